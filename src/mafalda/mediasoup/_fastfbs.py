@@ -1,0 +1,757 @@
+"""Fast FlatBuffers codec for the generated object API (``_fbs``), same results.
+
+The ``flatbuffers`` runtime checks the range of every number it reads or writes and
+reaches each field through several calls; the object API's ``_UnPack`` calls every
+accessor twice. That costs most of a channel round trip. This module keeps the
+generated code as the single source of truth and makes it cheaper:
+
+- :class:`FastBuilder` is a ``flatbuffers.Builder`` whose hot methods are rewritten
+  without the per-number checks (a value out of range for its field still fails, as
+  ``struct.error`` instead of ``TypeError``): the generated ``Pack`` methods run
+  unchanged on it and produce byte-identical buffers.
+- :func:`decoder` compiles, once per object-API class ``XxxT``, a function
+  ``(buf, pos) -> XxxT`` equivalent to ``XxxT.InitFromBuf(buf, pos)``: it reads the
+  generated reader class and ``_UnPack`` method (whose shapes are fixed by the pinned
+  flatc) and emits straight-line ``struct`` reads. A class whose code has an
+  unexpected shape falls back to ``InitFromBuf``.
+
+``tests/test_fastfbs.py`` checks both against the stock runtime for every table of the
+schemas, with random contents.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import struct
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import flatbuffers
+from flatbuffers import number_types as _N
+from flatbuffers.builder import IsNestedError, IsNotNestedError, OffsetArithmeticError
+from flatbuffers.compat import import_numpy
+
+np = import_numpy()
+
+Decoder = Callable[[Any, int], Any]
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_u32 = _U32.unpack_from
+_i32 = _I32.unpack_from
+_u16 = _U16.unpack_from
+_pack_u32 = _U32.pack_into
+_pack_i32 = _I32.pack_into
+_pack_u8 = _U8.pack_into
+
+# -- encoding -----------------------------------------------------------------------
+
+
+def _slot_method(packer: struct.Struct) -> Callable[..., None]:
+    pack_into = packer.pack_into
+    size = packer.size
+
+    def prepend_slot(self: FastBuilder, o: int, x: Any, d: Any) -> None:
+        if x != d or (self.forceDefaults and d is not None):
+            head = self.head
+            if size > self.minalign:
+                self.minalign = size
+            buf = self.Bytes
+            align = (head - len(buf)) & (size - 1)
+            if head < align + size:
+                self.Prep(size, 0)
+            elif align:
+                buf[head - align : head] = bytes(align)
+                head -= align
+                self.head = head
+            head = self.head - size
+            pack_into(self.Bytes, head, x)
+            self.head = head
+            if not self.nested:
+                raise IsNotNestedError()
+            self.current_vtable[o] = len(self.Bytes) - head
+
+    return prepend_slot
+
+
+def _prepend_method(packer: struct.Struct) -> Callable[..., None]:
+    pack_into = packer.pack_into
+    size = packer.size
+
+    def prepend(self: FastBuilder, x: Any) -> None:
+        self.Prep(size, 0)
+        head = self.head - size
+        pack_into(self.Bytes, head, x)
+        self.head = head
+
+    return prepend
+
+
+class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
+    """``flatbuffers.Builder`` with the generated code's hot paths made cheap.
+
+    Same buffers, same vtable deduplication, same errors for misuse (nesting,
+    offsets); only the per-number range checks are left to ``struct``.
+    """
+
+    __slots__ = ()
+
+    def Prep(self, size: int, additionalBytes: int) -> None:
+        if size > self.minalign:
+            self.minalign = size
+        head = self.head
+        buf_len = len(self.Bytes)
+        align = (head - buf_len - additionalBytes) & (size - 1)
+        needed = align + size + additionalBytes
+        while head < needed:
+            old = buf_len
+            self.GrowByteBuffer()
+            buf_len = len(self.Bytes)
+            head += buf_len - old
+        if align:
+            self.Bytes[head - align : head] = bytes(align)
+            head -= align
+        self.head = head
+
+    def StartObject(self, numfields: int) -> None:
+        if self.nested:
+            raise IsNestedError()
+        self.current_vtable = [0] * numfields
+        self.objectEnd = len(self.Bytes) - self.head
+        self.nested = True
+
+    def Slot(self, slotnum: int) -> None:
+        if not self.nested:
+            raise IsNotNestedError()
+        self.current_vtable[slotnum] = len(self.Bytes) - self.head
+
+    def EndObject(self) -> int:
+        if not self.nested:
+            raise IsNotNestedError()
+        self.nested = False
+        return self.WriteVtable()
+
+    def WriteVtable(self) -> int:
+        # The object's soffset to its vtable, filled below.
+        self.Prep(4, 0)
+        self.head -= 4
+        buf = self.Bytes
+        object_offset = len(buf) - self.head
+        current = self.current_vtable
+        n = len(current)
+        while n and current[n - 1] == 0:
+            n -= 1
+        fields = [object_offset - e if e else 0 for e in current[:n]]
+        object_size = object_offset - self.objectEnd
+        key = (*reversed(fields), object_size)
+        existing = self.vtables.get(key)
+        if existing is None:
+            size = (n + 2) * 2
+            self.Prep(2, size - 2)  # no padding: head is 4-aligned here
+            head = self.head - size
+            buf = self.Bytes
+            struct.pack_into(f"<{n + 2}H", buf, head, size, object_size, *fields)
+            self.head = head
+            end = len(buf)
+            _pack_i32(buf, end - object_offset, (end - head) - object_offset)
+            self.vtables[key] = end - head
+        else:
+            self.head = head = len(buf) - object_offset
+            _pack_i32(buf, head, existing - object_offset)
+        self.current_vtable = None
+        return object_offset
+
+    def PrependSOffsetTRelative(self, off: int) -> None:
+        self.Prep(4, 0)
+        offset = len(self.Bytes) - self.head
+        if not off <= offset:
+            raise OffsetArithmeticError("flatbuffers: Offset arithmetic error.")
+        self.head -= 4
+        _pack_i32(self.Bytes, self.head, offset - off + 4)
+
+    def PrependUOffsetTRelative(self, off: int) -> None:
+        self.Prep(4, 0)
+        offset = len(self.Bytes) - self.head
+        if not off <= offset:
+            raise OffsetArithmeticError("flatbuffers: Offset arithmetic error.")
+        self.head -= 4
+        _pack_u32(self.Bytes, self.head, offset - off + 4)
+
+    def PrependUOffsetTRelativeSlot(self, o: int, x: int, d: int) -> None:
+        if x != d or self.forceDefaults:
+            self.PrependUOffsetTRelative(x)
+            if not self.nested:
+                raise IsNotNestedError()
+            self.current_vtable[o] = len(self.Bytes) - self.head
+
+    def StartVector(self, elemSize: int, numElems: int, alignment: int) -> int:
+        if self.nested:
+            raise IsNestedError()
+        self.nested = True
+        self.vectorNumElems = numElems
+        self.Prep(4, elemSize * numElems)
+        self.Prep(alignment, elemSize * numElems)
+        return int(len(self.Bytes) - self.head)
+
+    def EndVector(self, numElems: int | None = None) -> int:
+        if numElems:
+            return int(super().EndVector(numElems))
+        if not self.nested:
+            raise IsNotNestedError()
+        self.nested = False
+        self.head -= 4
+        _pack_u32(self.Bytes, self.head, self.vectorNumElems)
+        self.vectorNumElems = None
+        return int(len(self.Bytes) - self.head)
+
+    def CreateString(self, s: Any, encoding: str = "utf-8", errors: str = "strict") -> int:
+        if self.nested:
+            raise IsNestedError()
+        if isinstance(s, str):
+            x = s.encode(encoding, errors)
+        elif isinstance(s, bytes | bytearray):
+            x = s
+        else:
+            raise TypeError("non-string passed to CreateString")
+        n = len(x)
+        self.Prep(4, n + 1)
+        head = self.head - n - 1
+        buf = self.Bytes
+        buf[head : head + n] = x
+        buf[head + n] = 0
+        head -= 4
+        _pack_u32(buf, head, n)
+        self.head = head
+        return int(len(buf) - head)
+
+    PrependBoolSlot = _slot_method(struct.Struct("<?"))
+    PrependByteSlot = _slot_method(_U8)
+    PrependUint8Slot = _slot_method(_U8)
+    PrependUint16Slot = _slot_method(_U16)
+    PrependUint32Slot = _slot_method(_U32)
+    PrependUint64Slot = _slot_method(struct.Struct("<Q"))
+    PrependInt8Slot = _slot_method(struct.Struct("<b"))
+    PrependInt16Slot = _slot_method(struct.Struct("<h"))
+    PrependInt32Slot = _slot_method(_I32)
+    PrependInt64Slot = _slot_method(struct.Struct("<q"))
+    PrependFloat32Slot = _slot_method(struct.Struct("<f"))
+    PrependFloat64Slot = _slot_method(struct.Struct("<d"))
+
+    PrependBool = _prepend_method(struct.Struct("<?"))
+    PrependByte = _prepend_method(_U8)
+    PrependUint8 = _prepend_method(_U8)
+    PrependUint16 = _prepend_method(_U16)
+    PrependUint32 = _prepend_method(_U32)
+    PrependUint64 = _prepend_method(struct.Struct("<Q"))
+    PrependInt8 = _prepend_method(struct.Struct("<b"))
+    PrependInt16 = _prepend_method(struct.Struct("<h"))
+    PrependInt32 = _prepend_method(_I32)
+    PrependInt64 = _prepend_method(struct.Struct("<q"))
+    PrependFloat32 = _prepend_method(struct.Struct("<f"))
+    PrependFloat64 = _prepend_method(struct.Struct("<d"))
+    PrependVOffsetT = _prepend_method(_U16)
+
+    def output_bytes(self) -> bytes:
+        """The finished buffer as bytes (one copy; ``Output()`` makes a bytearray)."""
+        if not self.finished:
+            return bytes(self.Output())
+        return bytes(memoryview(self.Bytes)[self.head :])
+
+
+# -- decoding -----------------------------------------------------------------------
+
+_FLAG_CODES: dict[str, str] = {
+    "BoolFlags": "?",
+    "Uint8Flags": "B",
+    "Uint16Flags": "H",
+    "Uint32Flags": "I",
+    "Uint64Flags": "Q",
+    "Int8Flags": "b",
+    "Int16Flags": "h",
+    "Int32Flags": "i",
+    "Int64Flags": "q",
+    "Float32Flags": "f",
+    "Float64Flags": "d",
+}
+
+
+class UnsupportedShapeError(Exception):
+    """Generated code of a shape this compiler does not know: use InitFromBuf."""
+
+
+@dataclass
+class Accessor:
+    """One reader method: where its field is and what it holds."""
+
+    kind: str  # scalar | string | table | vtable | vstring | vscalar | union | other
+    slot: int = 0  # vtable byte offset (4, 6, ...)
+    flags: str = ""
+    default: Any = None
+    wrap_bool: bool = False
+
+
+@dataclass
+class Field:
+    """One statement of ``_UnPack``: attribute ``name`` from accessor ``acc``."""
+
+    name: str
+    kind: str  # scalar | string | table | vtable | vstring | vscalar | union
+    acc: Accessor
+    decode: bool = False
+    target: Any = None  # T class (table, vtable) or union map {type: T class}
+    type_attr: str = ""  # union: the attribute holding the union type
+
+
+@dataclass
+class Spec:
+    cls: type
+    fields: list[Field] = field(default_factory=list)
+    init_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _module_ast(module: Any) -> ast.Module:
+    return ast.parse(inspect.getsource(module))
+
+
+def _classify_accessor(fn: ast.FunctionDef) -> Accessor:
+    src = ast.unparse(fn)
+    slots = [int(s) for s in _re_slot(src)]
+    if not slots:
+        return Accessor("other")
+    slot = slots[0]
+    has_j = len(fn.args.args) == 2
+    last = fn.body[-1]
+    default: Any = None
+    if isinstance(last, ast.Return) and last.value is not None:
+        try:
+            default = ast.literal_eval(last.value)
+        except ValueError:
+            default = None
+    if "Union(" in src:
+        return Accessor("union", slot)
+    if "GetVectorAsNumpy" in src or "VectorLen" in src or "return o == 0" in src:
+        return Accessor("other", slot)
+    if has_j:
+        if "Indirect(" in src:
+            return Accessor("vtable", slot)
+        if "String(" in src:
+            return Accessor("vstring", slot)
+        flags = _re_flags(src)
+        if flags:
+            return Accessor("vscalar", slot, flags=flags[-1])
+        raise UnsupportedShapeError(src)
+    if "Indirect(" in src:
+        return Accessor("table", slot)
+    if "String(" in src:
+        return Accessor("string", slot)
+    flags = _re_flags(src)
+    if flags and "Get(" in src:
+        return Accessor("scalar", slot, flags[-1], default, wrap_bool="bool(self._tab.Get" in src)
+    raise UnsupportedShapeError(src)
+
+
+def _re_slot(src: str) -> list[str]:
+    import re
+
+    return re.findall(r"self\._tab\.Offset\((\d+)\)", src)
+
+
+def _re_flags(src: str) -> list[str]:
+    import re
+
+    return [f for f in re.findall(r"number_types\.(\w+Flags)", src) if f != "UOffsetTFlags"]
+
+
+def _resolve(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _dotted(node: ast.expr) -> str:
+    return ast.unparse(node)
+
+
+def _is_self_attr(node: ast.expr) -> str | None:
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    ):
+        return node.attr
+    return None
+
+
+def _reader_call(node: ast.expr, reader: str) -> str | None:
+    """``reader.Method()`` or ``reader.Method(i)`` -> 'Method'."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == reader
+    ):
+        return node.func.attr
+    return None
+
+
+def _union_map(creator: Any) -> dict[int, type]:
+    """``{union type: T class}`` from a generated ``XxxCreator`` function."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(creator)))
+    fn = tree.body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    enum_module = importlib.import_module(creator.__module__)
+    result: dict[int, type] = {}
+    for stmt in fn.body:
+        if not isinstance(stmt, ast.If):
+            continue
+        test = stmt.test
+        if not (
+            isinstance(test, ast.Compare)
+            and isinstance(test.ops[0], ast.Eq)
+            and isinstance(test.comparators[0], ast.Attribute)
+        ):
+            continue
+        member = test.comparators[0]
+        assert isinstance(member.value, ast.Name)
+        enum = getattr(enum_module, member.value.id)
+        value = getattr(enum, member.attr)
+        ret = stmt.body[-1]
+        if not (
+            isinstance(ret, ast.Return)
+            and isinstance(ret.value, ast.Call)
+            and isinstance(ret.value.func, ast.Attribute)
+            and ret.value.func.attr == "InitFromBuf"
+        ):
+            raise UnsupportedShapeError(ast.unparse(stmt))
+        result[value] = _resolve(_dotted(ret.value.func.value))
+    return result
+
+
+def _spec(cls: type) -> Spec:
+    module = importlib.import_module(cls.__module__)
+    tree = _module_ast(module)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    t_node = classes[cls.__name__]
+    reader_node = classes[cls.__name__[:-1]]
+    accessors = {
+        fn.name: _classify_accessor(fn) for fn in reader_node.body if isinstance(fn, ast.FunctionDef)
+    }
+    methods = {fn.name: fn for fn in t_node.body if isinstance(fn, ast.FunctionDef)}
+    spec = Spec(cls)
+    # __init__ must only store its parameters: then the defaults are the attributes.
+    init = methods["__init__"]
+    for stmt in init.body:
+        if not (
+            isinstance(stmt, ast.Assign)
+            and _is_self_attr(stmt.targets[0]) is not None
+            and isinstance(stmt.value, ast.Name)
+            and stmt.value.id == _is_self_attr(stmt.targets[0])
+        ):
+            raise UnsupportedShapeError(ast.unparse(stmt))
+    params = inspect.signature(cls.__init__).parameters
+    spec.init_defaults = {
+        name: p.default for name, p in params.items() if name != "self"
+    }
+    unpack = methods["_UnPack"]
+    reader = unpack.args.args[1].arg
+    by_name: dict[str, Field] = {}
+    for stmt in unpack.body:
+        src = ast.unparse(stmt)
+        if isinstance(stmt, ast.If) and src.startswith(f"if {reader} is None:"):
+            continue
+        if isinstance(stmt, ast.Assign):
+            name = _is_self_attr(stmt.targets[0])
+            value = stmt.value
+            method = _reader_call(value, reader)
+            if name is not None and method is not None:
+                acc = accessors[method]
+                if acc.kind not in ("scalar", "string"):
+                    raise UnsupportedShapeError(src)
+                by_name[name] = f = Field(name, acc.kind, acc)
+                spec.fields.append(f)
+                continue
+            if (
+                name is not None
+                and isinstance(value, ast.Call)
+                and len(value.args) == 2
+                and _is_self_attr(value.args[0]) is not None
+                and _reader_call(value.args[1], reader) is not None
+            ):
+                method = _reader_call(value.args[1], reader)
+                assert method is not None
+                acc = accessors[method]
+                if acc.kind != "union":
+                    raise UnsupportedShapeError(src)
+                type_attr = _is_self_attr(value.args[0])
+                assert type_attr is not None
+                f = Field(name, "union", acc, type_attr=type_attr)
+                f.target = _union_map(_resolve(_dotted(value.func)))
+                by_name[name] = f
+                spec.fields.append(f)
+                continue
+            raise UnsupportedShapeError(src)
+        if isinstance(stmt, ast.If):
+            test = stmt.test
+            # if self.x is not None: self.x = self.x.decode('utf-8')
+            if (
+                isinstance(test, ast.Compare)
+                and _is_self_attr(test.left) is not None
+                and ".decode('utf-8')" in src
+            ):
+                name = _is_self_attr(test.left)
+                assert name is not None
+                if name not in by_name or by_name[name].kind != "string":
+                    raise UnsupportedShapeError(src)
+                by_name[name].decode = True
+                continue
+            # if reader.X() is not None: self.x = T.InitFromObj(reader.X())
+            if isinstance(test, ast.Compare) and _reader_call(test.left, reader) is not None:
+                method = _reader_call(test.left, reader)
+                assert method is not None
+                acc = accessors[method]
+                body = stmt.body[0]
+                if (
+                    acc.kind != "table"
+                    or len(stmt.body) != 1
+                    or not isinstance(body, ast.Assign)
+                    or not isinstance(body.value, ast.Call)
+                    or not isinstance(body.value.func, ast.Attribute)
+                    or body.value.func.attr != "InitFromObj"
+                ):
+                    raise UnsupportedShapeError(src)
+                name = _is_self_attr(body.targets[0])
+                assert name is not None
+                f = Field(name, "table", acc, target=_resolve(_dotted(body.value.func.value)))
+                by_name[name] = f
+                spec.fields.append(f)
+                continue
+            # if not reader.XIsNone(): <vector>
+            if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+                is_none = _reader_call(test.operand, reader)
+                if is_none is None or not is_none.endswith("IsNone"):
+                    raise UnsupportedShapeError(src)
+                method = is_none[: -len("IsNone")]
+                acc = accessors[method]
+                first = stmt.body[0]
+                if isinstance(first, ast.If):  # the numpy branch of a scalar vector
+                    first = first.body[0]
+                assert isinstance(first, ast.Assign)
+                name = _is_self_attr(first.targets[0])
+                assert name is not None
+                if acc.kind == "vtable":
+                    import re
+
+                    m = re.search(r"([\w.]+)\.InitFromObj", src)
+                    if m is None:
+                        raise UnsupportedShapeError(src)
+                    f = Field(name, "vtable", acc, target=_resolve(m.group(1)))
+                elif acc.kind == "vstring":
+                    f = Field(name, "vstring", acc, decode=".decode('utf-8')" in src)
+                elif acc.kind == "vscalar" and "np is None" in src:
+                    f = Field(name, "vscalar", acc)
+                else:
+                    raise UnsupportedShapeError(src)
+                by_name[name] = f
+                spec.fields.append(f)
+                continue
+        raise UnsupportedShapeError(src)
+    return spec
+
+
+# Compiled decoders share one namespace, so they call each other by name.
+_ns: dict[str, Any] = {
+    "_u32": _u32,
+    "_i32": _i32,
+    "_u16": _u16,
+    "_new": object.__new__,
+    "_vtab": None,  # set below
+    "np": np,
+}
+_decoders: dict[type, Decoder] = {}
+_names: dict[type, str] = {}
+_vt_structs: dict[int, Callable[[Any, int], tuple[int, ...]]] = {}
+
+
+def _vtab(buf: Any, pos: int, need: int) -> tuple[int, ...]:
+    """The vtable of the table at ``pos`` as (vtable size, object size, slot offsets...),
+    padded with zeros to ``need`` entries (fields past a trimmed vtable are absent)."""
+    vt = pos - _i32(buf, pos)[0]
+    size = _u16(buf, vt)[0] >> 1
+    unpack = _vt_structs.get(size)
+    if unpack is None:
+        unpack = _vt_structs[size] = struct.Struct(f"<{size}H").unpack_from
+    entries = unpack(buf, vt)
+    if size < need:
+        return entries + (0,) * (need - size)
+    return entries
+
+
+_ns["_vtab"] = _vtab
+
+
+def _numpy_dtype(flags: str) -> Any:
+    return np.dtype(getattr(_N, flags).name).newbyteorder("<")
+
+
+def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int, type]]]:
+    """Python source of the decoder function, the T classes it calls, its unions."""
+    deps: list[type] = []
+    unions: dict[str, dict[int, type]] = {}
+    need = max([f.acc.slot // 2 + 1 for f in spec.fields] + [2])
+    lines = [
+        f"def {fn_name}(b, p):",
+        f"    v = _vtab(b, p, {need})",
+    ]
+    values: dict[str, str] = {}
+    for i, f in enumerate(spec.fields):
+        var = f"f{i}"
+        values[f.name] = var
+        idx = f.acc.slot // 2
+        o = f"o{i}"
+        lines.append(f"    {o} = v[{idx}]")
+        if f.kind == "scalar":
+            code = _FLAG_CODES[f.acc.flags]
+            st = f"_s_{f.acc.flags}"
+            _ns[st] = struct.Struct("<" + code).unpack_from
+            expr = f"{st}(b, p + {o})[0]"
+            if f.acc.wrap_bool and code != "?":
+                expr = f"bool({expr})"
+            lines.append(f"    {var} = {expr} if {o} else {f.acc.default!r}")
+        elif f.kind == "string":
+            lines += [
+                f"    if {o}:",
+                f"        q = p + {o}",
+                "        q += _u32(b, q)[0]",
+                f"        {var} = {'str' if f.decode else 'bytes'}("
+                f"b[q + 4 : q + 4 + _u32(b, q)[0]]{', ' + repr('utf-8') if f.decode else ''})",
+                "    else:",
+                f"        {var} = None",
+            ]
+        elif f.kind == "table":
+            deps.append(f.target)
+            lines += [
+                f"    if {o}:",
+                f"        q = p + {o}",
+                f"        {var} = {_name(f.target)}(b, q + _u32(b, q)[0])",
+                "    else:",
+                f"        {var} = {spec.init_defaults[f.name]!r}",
+            ]
+        elif f.kind in ("vtable", "vstring", "vscalar"):
+            lines += [
+                f"    if {o}:",
+                f"        q = p + {o}",
+                "        q += _u32(b, q)[0]",
+                "        n = _u32(b, q)[0]",
+                "        q += 4",
+            ]
+            if f.kind == "vtable":
+                deps.append(f.target)
+                dec = _name(f.target)
+                lines.append(
+                    f"        {var} = [{dec}(b, e + _u32(b, e)[0]) for e in range(q, q + 4 * n, 4)]"
+                )
+            elif f.kind == "vstring":
+                conv = "str" if f.decode else "bytes"
+                enc = ", 'utf-8'" if f.decode else ""
+                lines += [
+                    f"        {var} = []",
+                    "        for e in range(q, q + 4 * n, 4):",
+                    "            e += _u32(b, e)[0]",
+                    f"            {var}.append({conv}(b[e + 4 : e + 4 + _u32(b, e)[0]]{enc}))",
+                ]
+            else:
+                code = _FLAG_CODES[f.acc.flags]
+                if np is not None:
+                    dt = f"_dt_{f.acc.flags}"
+                    _ns[dt] = _numpy_dtype(f.acc.flags)
+                    lines.append(f"        {var} = np.frombuffer(b, dtype={dt}, count=n, offset=q)")
+                else:
+                    lines.append(
+                        f"        {var} = list(struct.unpack_from('<%d{code}' % n, b, q))"
+                    )
+            lines += ["    else:", f"        {var} = {spec.init_defaults[f.name]!r}"]
+        elif f.kind == "union":
+            umap = f"_u_{fn_name}_{f.name}"
+            unions[umap] = f.target
+            deps.extend(f.target.values())
+            lines += [
+                f"    if {o}:",
+                f"        d = {umap}.get({values[f.type_attr]})",
+                f"        q = p + {o}",
+                f"        {var} = d(b, q + _u32(b, q)[0]) if d is not None else None",
+                "    else:",
+                f"        {var} = None",
+            ]
+    attrs = ", ".join(
+        f"{name!r}: {values.get(name, repr(default))}"
+        for name, default in spec.init_defaults.items()
+    )
+    lines += [
+        f"    x = _new({_cls_name(spec.cls)})",
+        f"    x.__dict__ = {{{attrs}}}",
+        "    return x",
+    ]
+    return "\n".join(lines) + "\n", deps, unions
+
+
+def _cls_name(cls: type) -> str:
+    name = "_c_" + _name(cls)[3:]
+    _ns[name] = cls
+    return name
+
+
+def _name(cls: type) -> str:
+    name = _names.get(cls)
+    if name is None:
+        short = cls.__module__.removeprefix("mafalda.mediasoup._fbs.").replace(".", "_")
+        name = _names[cls] = f"_d_{short}"
+    return name
+
+
+def _fallback(cls: Any) -> Decoder:
+    def decode(buf: Any, pos: int) -> Any:
+        return cls.InitFromBuf(buf, pos)
+
+    return decode
+
+
+def _compile(cls: type) -> None:
+    if cls in _decoders:
+        return
+    name = _name(cls)
+    _decoders[cls] = _fallback(cls)  # placeholder (and the answer if compiling fails)
+    try:
+        spec = _spec(cls)
+        source, deps, unions = _gen(spec, name)
+    except (UnsupportedShapeError, KeyError, AssertionError, AttributeError, TypeError):
+        _ns[name] = _decoders[cls]
+        return
+    for dep in deps:
+        _compile(dep)
+    for umap, members in unions.items():
+        # A member still being compiled (a recursive schema) keeps its fallback here.
+        _ns[umap] = {tag: _decoders[t_cls] for tag, t_cls in members.items()}
+    exec(compile(source, f"<fastfbs {cls.__module__}>", "exec"), _ns)
+    _decoders[cls] = _ns[name]
+
+
+_ns["struct"] = struct
+
+
+def decoder(cls: type) -> Decoder:
+    """``(buf, pos) -> cls`` instance, equivalent to ``cls.InitFromBuf(buf, pos)``."""
+    dec = _decoders.get(cls)
+    if dec is None:
+        _compile(cls)
+        dec = _decoders[cls]
+    return dec
+
+
+def union_decoders(creator: Any) -> dict[int, Decoder]:
+    """``{union type: decoder}`` for a generated ``XxxCreator`` function."""
+    return {tag: decoder(cls) for tag, cls in _union_map(creator).items()}

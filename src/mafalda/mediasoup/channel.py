@@ -1,0 +1,420 @@
+"""The worker channel: size-prefixed FlatBuffers messages over two pipes.
+
+The codec half (``encode_request``, ``encode_notification``, ``FrameDecoder``,
+``decode_message``) is pure and tested with canned bytes; :class:`Channel` is the thin
+asyncio driver that owns the pipes, matches responses to requests and dispatches
+notifications by handler id.
+
+Ordering rule (as in mediasoup's Node Channel): a notification never overtakes the
+response that precedes it. A response resolves a future, whose awaiting task is woken
+with ``call_soon``; notifications are dispatched with ``call_soon`` too, so they run
+after that task has resumed and, for instance, registered the object they target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import flatbuffers
+
+from mafalda.mediasoup._fbs.Log.Log import Log as FbsLog
+from mafalda.mediasoup._fbs.Message import Message as FbsMessageMod
+from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
+from mafalda.mediasoup._fbs.Message.Message import Message as FbsMessage
+from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
+from mafalda.mediasoup._fbs.Notification.Body import Body as NotificationBody
+from mafalda.mediasoup._fbs.Notification.Body import BodyCreator as notification_body_creator
+from mafalda.mediasoup._fbs.Notification.Event import Event
+from mafalda.mediasoup._fbs.Notification.Notification import Notification as FbsNotification
+from mafalda.mediasoup._fbs.Request import Request as FbsRequestMod
+from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
+from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Response.Body import BodyCreator as response_body_creator
+from mafalda.mediasoup._fbs.Response.Response import Response as FbsResponse
+from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import (
+    ChannelClosedError,
+    MediasoupError,
+    WorkerError,
+    WorkerTypeError,
+)
+
+logger = logging.getLogger("mafalda.mediasoup.channel")
+worker_logger = logging.getLogger("mafalda.mediasoup.worker.log")
+
+#: Largest message either side accepts: a 4 MiB payload plus its length prefix.
+MESSAGE_MAX_LEN = 4194308
+PAYLOAD_MAX_LEN = 4194304
+
+_FBS_PREFIX = "mafalda.mediasoup._fbs."
+_LEN = struct.Struct("<I")
+
+METHOD_NAMES: dict[int, str] = {
+    v: k for k, v in vars(Method).items() if not k.startswith("_") and isinstance(v, int)
+}
+EVENT_NAMES: dict[int, str] = {
+    v: k for k, v in vars(Event).items() if not k.startswith("_") and isinstance(v, int)
+}
+
+
+def _union_type(enum: type, body: Any) -> int:
+    """The union tag of an object-API table, derived from its generated module path.
+
+    ``mafalda.mediasoup._fbs.Worker.CreateRouterRequest`` is the union member
+    ``Worker_CreateRouterRequest``: the schemas name every member that way.
+    """
+    module = type(body).__module__
+    if not module.startswith(_FBS_PREFIX):
+        raise TypeError(f"not a generated FlatBuffers table: {type(body).__name__}")
+    name = module[len(_FBS_PREFIX) :].replace(".", "_")
+    try:
+        tag: int = getattr(enum, name)
+    except AttributeError:
+        raise TypeError(f"{name} is not a member of {enum.__module__}") from None
+    return tag
+
+
+_request_tags: dict[type, int] = {}
+_notification_tags: dict[type, int] = {}
+
+
+def _finish(builder: flatbuffers.Builder, data_type: int, data: int) -> bytes:
+    FbsMessageMod.Start(builder)
+    FbsMessageMod.AddDataType(builder, data_type)
+    FbsMessageMod.AddData(builder, data)
+    builder.FinishSizePrefixed(FbsMessageMod.End(builder))
+    return bytes(builder.Output())
+
+
+def encode_request(
+    builder: flatbuffers.Builder, request_id: int, method: int, handler_id: str, body: Any = None
+) -> bytes:
+    """Encode one request message, length prefix included. ``body`` is an object-API table."""
+    body_type = 0
+    body_offset = 0
+    if body is not None:
+        cls = type(body)
+        body_type = _request_tags.get(cls) or _request_tags.setdefault(
+            cls, _union_type(RequestBody, body)
+        )
+        body_offset = body.Pack(builder)
+    handler = builder.CreateString(handler_id)
+    FbsRequestMod.Start(builder)
+    FbsRequestMod.AddId(builder, request_id)
+    FbsRequestMod.AddMethod(builder, method)
+    FbsRequestMod.AddHandlerId(builder, handler)
+    if body_type:
+        FbsRequestMod.AddBodyType(builder, body_type)
+        FbsRequestMod.AddBody(builder, body_offset)
+    return _finish(builder, MessageBody.Request, FbsRequestMod.End(builder))
+
+
+def encode_notification(
+    builder: flatbuffers.Builder, event: int, handler_id: str, body: Any = None
+) -> bytes:
+    """Encode one notification message (to the worker), length prefix included."""
+    body_type = 0
+    body_offset = 0
+    if body is not None:
+        cls = type(body)
+        body_type = _notification_tags.get(cls) or _notification_tags.setdefault(
+            cls, _union_type(NotificationBody, body)
+        )
+        body_offset = body.Pack(builder)
+    handler = builder.CreateString(handler_id)
+    FbsNotificationMod.Start(builder)
+    FbsNotificationMod.AddHandlerId(builder, handler)
+    FbsNotificationMod.AddEvent(builder, event)
+    if body_type:
+        FbsNotificationMod.AddBodyType(builder, body_type)
+        FbsNotificationMod.AddBody(builder, body_offset)
+    return _finish(builder, MessageBody.Notification, FbsNotificationMod.End(builder))
+
+
+class FrameDecoder:
+    """Split a byte stream into length-prefixed message payloads."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete payload, in order.
+
+        A prefix announcing more than PAYLOAD_MAX_LEN means the stream is corrupt: the
+        buffer is discarded (as Node does) and ValueError raised.
+        """
+        buf = self._buffer
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = _LEN.unpack_from(buf, pos)
+            if size > PAYLOAD_MAX_LEN:
+                self._buffer = bytearray()
+                raise ValueError(f"message length {size} exceeds {PAYLOAD_MAX_LEN}")
+            if end - pos - 4 < size:
+                break
+            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete message."""
+        return len(self._buffer)
+
+
+@dataclass(slots=True)
+class ResponseMessage:
+    id: int
+    accepted: bool
+    error: str
+    reason: str
+    body: Any
+
+
+@dataclass(slots=True)
+class NotificationMessage:
+    handler_id: str
+    event: int
+    body: Any
+
+
+@dataclass(slots=True)
+class LogMessage:
+    level: str
+    text: str
+
+
+def _str(value: bytes | None) -> str:
+    return value.decode() if value else ""
+
+
+def decode_message(payload: bytes) -> ResponseMessage | NotificationMessage | LogMessage | None:
+    """Decode one payload; None for a message kind the worker should never send us."""
+    message = FbsMessage.GetRootAs(payload, 0)
+    kind = message.DataType()
+    table = message.Data()
+    if kind == MessageBody.Response:
+        response = FbsResponse()
+        response.Init(table.Bytes, table.Pos)
+        body = None
+        if response.BodyType():
+            body = response_body_creator(response.BodyType(), response.Body())
+        return ResponseMessage(
+            id=response.Id(),
+            accepted=bool(response.Accepted()),
+            error=_str(response.Error()),
+            reason=_str(response.Reason()),
+            body=body,
+        )
+    if kind == MessageBody.Notification:
+        notification = FbsNotification()
+        notification.Init(table.Bytes, table.Pos)
+        body = None
+        if notification.BodyType():
+            body = notification_body_creator(notification.BodyType(), notification.Body())
+        return NotificationMessage(
+            handler_id=_str(notification.HandlerId()),
+            event=notification.Event(),
+            body=body,
+        )
+    if kind == MessageBody.Log:
+        log = FbsLog()
+        log.Init(table.Bytes, table.Pos)
+        data = _str(log.Data())
+        return LogMessage(level=data[:1], text=data[1:])
+    return None
+
+
+def _log_ignored_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.debug("ignored request failure: %s", future.exception())
+
+
+NotificationHandler = Callable[[int, Any], None]
+
+
+class Channel:
+    """Requests to and notifications from one worker process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.closed = False
+        self._builder = flatbuffers.Builder(1024)
+        self._decoder = FrameDecoder()
+        self._next_id = 0
+        self._sents: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        self._handlers: dict[str, NotificationHandler] = {}
+        self._writer: asyncio.WriteTransport | None = None
+        self._loop = asyncio.get_running_loop()
+        #: Emits ``close`` once, when the read side ends or close() is called.
+        self.events = EventEmitter()
+
+    def attach(self, writer: asyncio.WriteTransport) -> None:
+        self._writer = writer
+
+    # -- handlers -----------------------------------------------------------------
+
+    def subscribe(self, handler_id: str, handler: NotificationHandler) -> None:
+        """Deliver notifications for ``handler_id`` to ``handler(event, body)``."""
+        self._handlers[handler_id] = handler
+
+    def unsubscribe(self, handler_id: str) -> None:
+        self._handlers.pop(handler_id, None)
+
+    # -- sending ------------------------------------------------------------------
+
+    def _write(self, data: bytes, what: str) -> None:
+        if len(data) > MESSAGE_MAX_LEN:
+            raise ValueError(f"{what} too big: {len(data)} bytes")
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ChannelClosedError(f"channel closed, cannot send {what}")
+        writer.write(data)
+
+    def request(self, method: int, handler_id: str = "", body: Any = None) -> asyncio.Future[Any]:
+        """Send a request; the returned future resolves to the response body table.
+
+        Raises ChannelClosedError at once when the channel is closed; the future fails
+        with ChannelClosedError when it closes before the answer, WorkerError (or
+        WorkerTypeError) when the worker refuses.
+        """
+        name = METHOD_NAMES.get(method, str(method))
+        if self.closed:
+            raise ChannelClosedError(f"channel closed, cannot send request [method:{name}]")
+        self._next_id = self._next_id + 1 if self._next_id < 4294967295 else 1
+        request_id = self._next_id
+        builder = self._builder
+        try:
+            data = encode_request(builder, request_id, method, handler_id, body)
+        finally:
+            builder.Clear()
+        self._write(data, f"request [method:{name}]")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._sents[request_id] = (future, name)
+        return future
+
+    def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
+        """Send a request whose answer nobody awaits (closing things, as Node's
+        ``request(...).catch(() => {})``): failures are logged at debug level."""
+        try:
+            future = self.request(method, handler_id, body)
+        except MediasoupError as error:
+            logger.debug("request_nowait() failed to send: %s", error)
+            return
+        future.add_done_callback(_log_ignored_failure)
+
+    def notify(self, event: int, handler_id: str = "", body: Any = None) -> None:
+        name = EVENT_NAMES.get(event, str(event))
+        if self.closed:
+            raise ChannelClosedError(f"channel closed, cannot send notification [event:{name}]")
+        builder = self._builder
+        try:
+            data = encode_notification(builder, event, handler_id, body)
+        finally:
+            builder.Clear()
+        self._write(data, f"notification [event:{name}]")
+
+    # -- receiving ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except ValueError as error:
+            logger.error("worker[pid:%s] sent an invalid frame: %s", self.pid, error)
+            return
+        for payload in frames:
+            try:
+                message = decode_message(payload)
+            except Exception as error:  # a corrupt message must not kill the channel
+                logger.error("worker[pid:%s] sent an invalid message: %s", self.pid, error)
+                continue
+            if isinstance(message, ResponseMessage):
+                self._on_response(message)
+            elif isinstance(message, NotificationMessage):
+                self._loop.call_soon(self._dispatch, message)
+            elif isinstance(message, LogMessage):
+                self._on_log(message)
+            else:
+                logger.warning("worker[pid:%s] sent an unexpected message", self.pid)
+
+    def _on_response(self, message: ResponseMessage) -> None:
+        sent = self._sents.pop(message.id, None)
+        if sent is None:
+            logger.error("response does not match any sent request [id:%s]", message.id)
+            return
+        future, name = sent
+        if future.done():  # the caller was cancelled
+            return
+        if message.accepted:
+            future.set_result(message.body)
+        elif message.error == "TypeError":
+            future.set_exception(WorkerTypeError(message.reason, method=name))
+        else:
+            future.set_exception(WorkerError(message.reason, method=name))
+
+    def _dispatch(self, message: NotificationMessage) -> None:
+        handler = self._handlers.get(message.handler_id)
+        if handler is None:
+            return
+        try:
+            handler(message.event, message.body)
+        except Exception:
+            logger.exception(
+                "notification handler failed [event:%s]", EVENT_NAMES.get(message.event)
+            )
+
+    def _on_log(self, message: LogMessage) -> None:
+        level = {"D": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}.get(
+            message.level, logging.INFO
+        )
+        worker_logger.log(level, "[pid:%s] %s", self.pid, message.text)
+
+    def close(self) -> None:
+        """Close the channel and fail every pending request with ChannelClosedError."""
+        if self.closed:
+            return
+        self.closed = True
+        sents, self._sents = self._sents, {}
+        for request_id, (future, name) in sents.items():
+            if not future.done():
+                future.set_exception(
+                    ChannelClosedError(
+                        f"channel closed, pending request aborted [method:{name}, id:{request_id}]"
+                    )
+                )
+                # Mark retrieved: a caller that gave up on this request must not cause
+                # "exception was never retrieved" noise.
+                future.exception()
+        if self._writer is not None:
+            self._writer.close()
+        self._handlers.clear()
+        self.events.emit("close")
+
+
+class ChannelReader(asyncio.Protocol):
+    """Feeds the worker's output pipe into a Channel."""
+
+    def __init__(self, channel: Channel, on_eof: Callable[[], None]) -> None:
+        self._channel = channel
+        self._on_eof = on_eof
+
+    def data_received(self, data: bytes) -> None:
+        self._channel.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_eof()

@@ -1,0 +1,147 @@
+"""A small event emitter with mediasoup's semantics.
+
+mediasoup's EnhancedEventEmitter never lets a listener's exception escape into the
+library: it is logged and the emit goes on. Listeners may be plain functions or
+coroutine functions; a coroutine is scheduled as a task that the emitter keeps a
+reference to until it finishes (so it is never garbage-collected mid-flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("mafalda.mediasoup.emitter")
+
+Listener = Callable[..., Any]
+
+
+class EventEmitter:
+    """Emitter with ``on``/``once``/``off``/``emit`` and a safe emit."""
+
+    __slots__ = ("_listeners", "_tasks")
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[tuple[Listener, bool]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def on(self, event: str, listener: Listener | None = None) -> Any:
+        """Add ``listener`` for ``event``; without a listener, acts as a decorator."""
+        if listener is None:
+
+            def decorator(fn: Listener) -> Listener:
+                self._add(event, fn, False)
+                return fn
+
+            return decorator
+        self._add(event, listener, False)
+        return self
+
+    add_listener = on
+
+    def once(self, event: str, listener: Listener | None = None) -> Any:
+        """Add a listener called at most once; decorator form without a listener."""
+        if listener is None:
+
+            def decorator(fn: Listener) -> Listener:
+                self._add(event, fn, True)
+                return fn
+
+            return decorator
+        self._add(event, listener, True)
+        return self
+
+    def _add(self, event: str, listener: Listener, once: bool) -> None:
+        self._listeners.setdefault(event, []).append((listener, once))
+
+    def off(self, event: str, listener: Listener) -> EventEmitter:
+        """Remove one registration of ``listener`` for ``event`` (no error if absent)."""
+        entries = self._listeners.get(event)
+        if entries:
+            for i, (fn, _) in enumerate(entries):
+                if fn is listener:
+                    del entries[i]
+                    break
+            if not entries:
+                del self._listeners[event]
+        return self
+
+    remove_listener = off
+
+    def remove_all_listeners(self, event: str | None = None) -> EventEmitter:
+        if event is None:
+            self._listeners.clear()
+        else:
+            self._listeners.pop(event, None)
+        return self
+
+    def listener_count(self, event: str) -> int:
+        return len(self._listeners.get(event, ()))
+
+    def listeners(self, event: str) -> list[Listener]:
+        return [fn for fn, _ in self._listeners.get(event, ())]
+
+    def event_names(self) -> list[str]:
+        return list(self._listeners)
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Call the listeners of ``event``; a failing listener is logged, never raised.
+
+        Returns whether the event had listeners, as Node's emit does.
+        """
+        entries = self._listeners.get(event)
+        if not entries:
+            return False
+        snapshot = list(entries)
+        for entry in snapshot:
+            fn, once = entry
+            if once:
+                current = self._listeners.get(event)
+                if current is None or entry not in current:
+                    continue
+                current.remove(entry)
+                if not current:
+                    del self._listeners[event]
+            try:
+                result = fn(*args)
+            except Exception:
+                logger.exception("listener of event %r failed", event)
+                self._emit_listener_error(event)
+                continue
+            if inspect.isawaitable(result):
+                self._track(event, result)
+        return True
+
+    safe_emit = emit
+
+    def _emit_listener_error(self, event: str) -> None:
+        if event != "listenererror" and "listenererror" in self._listeners:
+            self.emit("listenererror", event)
+
+    def _track(self, event: str, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error("async listener of event %r failed", event, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def wait_for(self, event: str) -> tuple[Any, ...]:
+        """Wait for the next ``event`` and return its arguments."""
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+        def listener(*args: Any) -> None:
+            if not future.done():
+                future.set_result(args)
+
+        self.once(event, listener)
+        try:
+            return await future
+        finally:
+            self.off(event, listener)

@@ -1,0 +1,46 @@
+"""Errors raised by mafalda.mediasoup.
+
+The tree::
+
+    MediasoupError                  root of every error the library raises itself
+    ├── UnsupportedError            something mediasoup does not support (a codec...)
+    ├── InvalidStateError           a call on a closed object, or in the wrong state
+    │   └── ChannelClosedError      the worker's channel closed (worker closed or died)
+    │                               while a request was pending or being sent
+    └── WorkerError                 the worker refused a request; ``reason`` is its text
+        └── WorkerTypeError         ... because an argument was wrong (also a TypeError)
+
+Invalid arguments detected before anything reaches the worker raise the builtin
+TypeError or ValueError, naming the field, as mediasoup's Node library does.
+"""
+
+from __future__ import annotations
+
+
+class MediasoupError(Exception):
+    """Root of the errors raised by mafalda.mediasoup."""
+
+
+class UnsupportedError(MediasoupError):
+    """Something is not supported (for instance a codec)."""
+
+
+class InvalidStateError(MediasoupError):
+    """A method was called on a closed object or in an invalid state."""
+
+
+class ChannelClosedError(InvalidStateError):
+    """The channel to the worker is closed: the request was not or could not be answered."""
+
+
+class WorkerError(MediasoupError):
+    """The worker answered a request with an error."""
+
+    def __init__(self, reason: str, *, method: str = "") -> None:
+        super().__init__(f"{reason} [method:{method}]" if method else reason)
+        self.reason = reason
+        self.method = method
+
+
+class WorkerTypeError(WorkerError, TypeError):
+    """The worker refused a request because of a wrong argument."""

@@ -1,0 +1,269 @@
+"""PipeTransport: RTP between two routers (same host or not), see Router.pipe_to_router()."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, NotRequired
+
+from mafalda.mediasoup import ortc
+from mafalda.mediasoup._fbs.Notification.Event import Event
+from mafalda.mediasoup._fbs.PipeTransport.ConnectRequest import ConnectRequestT
+from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.RtpParameters.MediaKind import MediaKind as FbsMediaKind
+from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
+from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
+from mafalda.mediasoup.channel import Channel
+from mafalda.mediasoup.consumer import Consumer
+from mafalda.mediasoup.data_producer import DataProducer
+from mafalda.mediasoup.plain_transport import (
+    validate_remote_ip,
+    validate_remote_port,
+    validate_srtp_parameters,
+)
+from mafalda.mediasoup.producer import Producer
+from mafalda.mediasoup.rtp_parameters import (
+    RtpCapabilities,
+    serialize_rtp_encoding_parameters,
+    serialize_rtp_parameters,
+)
+from mafalda.mediasoup.sctp_parameters import SctpParameters
+from mafalda.mediasoup.srtp_parameters import (
+    SrtpParameters,
+    parse_srtp_parameters,
+    serialize_srtp_parameters,
+)
+from mafalda.mediasoup.transport import (
+    BaseTransportDump,
+    BaseTransportStats,
+    SctpState,
+    Transport,
+    TransportTuple,
+    parse_base_transport_dump,
+    parse_base_transport_stats,
+    parse_sctp_state,
+    parse_tuple,
+)
+from mafalda.mediasoup.worker import validate_app_data
+
+__all__ = [
+    "PipeTransport",
+    "PipeTransportDump",
+    "PipeTransportStat",
+    "parse_pipe_transport_dump",
+    "parse_pipe_transport_stats",
+]
+
+logger = logging.getLogger("mafalda.mediasoup.pipe_transport")
+
+#: The only SRTP crypto suite a PipeTransport uses.
+PIPE_SRTP_CRYPTO_SUITE = "AEAD_AES_256_GCM"
+
+
+class PipeTransportDump(BaseTransportDump):
+    tuple: TransportTuple
+    rtx: bool
+    srtpParameters: NotRequired[SrtpParameters]
+
+
+class PipeTransportStat(BaseTransportStats):
+    tuple: TransportTuple
+
+
+def parse_pipe_transport_dump(body: Any) -> PipeTransportDump:
+    """A PipeTransport dump from a ``PipeTransport.DumpResponseT``."""
+    dump: PipeTransportDump = {
+        **parse_base_transport_dump(body.base),  # type: ignore[typeddict-item]
+        "tuple": parse_tuple(body.tuple),
+        "rtx": bool(body.rtx),
+    }
+    if body.srtpParameters is not None:
+        dump["srtpParameters"] = parse_srtp_parameters(body.srtpParameters)
+    return dump
+
+
+def parse_pipe_transport_stats(body: Any) -> PipeTransportStat:
+    """PipeTransport stats from a ``PipeTransport.GetStatsResponseT``."""
+    return {
+        **parse_base_transport_stats(body.base, "pipe-transport"),
+        "tuple": parse_tuple(body.tuple),
+    }
+
+
+class PipeTransport(Transport):
+    """One end of a router-to-router RTP link.
+
+    Events: ``sctpstatechange`` (state), ``trace`` (data), ``routerclose``; the observer
+    emits the same plus ``close``, ``newproducer``, ``newconsumer``, ``newdataproducer``,
+    ``newdataconsumer``.
+    """
+
+    type = "pipe"
+
+    def __init__(
+        self,
+        *,
+        router_id: str,
+        transport_id: str,
+        channel: Channel,
+        app_data: dict[str, Any] | None,
+        get_router_rtp_capabilities: Callable[[], RtpCapabilities],
+        get_producer_by_id: Callable[[str], Producer | None],
+        get_data_producer_by_id: Callable[[str], DataProducer | None],
+        data: PipeTransportDump,
+    ) -> None:
+        super().__init__(
+            router_id=router_id,
+            transport_id=transport_id,
+            channel=channel,
+            app_data=app_data,
+            get_router_rtp_capabilities=get_router_rtp_capabilities,
+            get_producer_by_id=get_producer_by_id,
+            get_data_producer_by_id=get_data_producer_by_id,
+            sctp_parameters=data.get("sctpParameters"),
+        )
+        self._tuple: TransportTuple = data["tuple"]
+        self._sctp_parameters: SctpParameters | None = data.get("sctpParameters")
+        self._sctp_state: SctpState | None = data.get("sctpState")
+        self._rtx = data["rtx"]
+        self._srtp_parameters: SrtpParameters | None = data.get("srtpParameters")
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def tuple(self) -> TransportTuple:
+        return self._tuple
+
+    @property
+    def sctp_parameters(self) -> SctpParameters | None:
+        return self._sctp_parameters
+
+    @property
+    def sctp_state(self) -> SctpState | None:
+        return self._sctp_state
+
+    @property
+    def rtx(self) -> bool:
+        """Whether RTX and NACK are enabled on this pipe (``enable_rtx``)."""
+        return self._rtx
+
+    @property
+    def srtp_parameters(self) -> SrtpParameters | None:
+        """The local SRTP parameters (give them to the other end), None without SRTP."""
+        return self._srtp_parameters
+
+    # -- closing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._sctp_state:
+            self._sctp_state = "closed"
+        super().close()
+
+    def router_closed(self) -> None:
+        if self._closed:
+            return
+        if self._sctp_state:
+            self._sctp_state = "closed"
+        super().router_closed()
+
+    # -- requests --------------------------------------------------------------------
+
+    async def dump(self) -> PipeTransportDump:
+        return parse_pipe_transport_dump(await self._dump_body())
+
+    async def get_stats(self) -> list[PipeTransportStat]:
+        return [parse_pipe_transport_stats(await self._stats_body())]
+
+    async def connect(
+        self,
+        *,
+        ip: str,
+        port: int,
+        srtp_parameters: SrtpParameters | None = None,
+    ) -> None:
+        """Give the address of the other end and, with SRTP, its SRTP parameters."""
+        self._check_open()
+        if self._srtp_parameters is None:
+            if srtp_parameters is not None:
+                raise TypeError("invalid srtp_parameters (SRTP not enabled)")
+        else:
+            if srtp_parameters is None:
+                raise TypeError("missing srtp_parameters (SRTP enabled)")
+            validate_srtp_parameters(srtp_parameters, crypto_suites=(PIPE_SRTP_CRYPTO_SUITE,))
+        validate_remote_ip(ip)
+        validate_remote_port(port)
+        request = ConnectRequestT()
+        request.ip = ip
+        request.port = port
+        if srtp_parameters is not None:
+            request.srtpParameters = serialize_srtp_parameters(srtp_parameters)
+        response = await self._request(Method.PIPETRANSPORT_CONNECT, request)
+        if response.tuple is not None:
+            self._tuple = parse_tuple(response.tuple)
+
+    async def consume(  # type: ignore[override]
+        self, *, producer_id: str, app_data: dict[str, Any] | None = None
+    ) -> Consumer:
+        """Create a pipe Consumer of a producer of this router (no RTP capabilities:
+        the consumer sends every consumable encoding as is)."""
+        self._check_open()
+        if not producer_id or not isinstance(producer_id, str):
+            raise TypeError("missing producer_id")
+        validate_app_data(app_data)
+        producer = self._get_producer_by_id(producer_id)
+        if producer is None:
+            raise ValueError(f'Producer with id "{producer_id}" not found')
+        rtp_parameters = ortc.get_pipe_consumer_rtp_parameters(
+            consumable_rtp_parameters=producer.consumable_rtp_parameters,
+            enable_rtx=self._rtx,
+        )
+        consumer_id = str(uuid.uuid4())
+        request = ConsumeRequestT()
+        request.consumerId = consumer_id
+        request.producerId = producer_id
+        request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
+        request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
+        request.type = FbsRtpType.PIPE
+        encodings = producer.consumable_rtp_parameters.get("encodings")
+        if encodings:
+            request.consumableRtpEncodings = serialize_rtp_encoding_parameters(encodings)
+        status = await self._request(Method.TRANSPORT_CONSUME, request)
+        consumer = Consumer(
+            transport_id=self._id,
+            consumer_id=consumer_id,
+            producer_id=producer_id,
+            kind=producer.kind,
+            rtp_parameters=rtp_parameters,
+            type="pipe",
+            channel=self._channel,
+            app_data=app_data,
+            paused=bool(status.paused),
+            producer_paused=bool(status.producerPaused),
+            # A pipe consumer has no score of its own: Node keeps its default one.
+            score={"score": 10, "producerScore": 10, "producerScores": []},
+        )
+        self._consumers[consumer_id] = consumer
+
+        def on_gone() -> None:
+            self._consumers.pop(consumer_id, None)
+
+        consumer.events.on("@close", on_gone)
+        consumer.events.on("@producerclose", on_gone)
+        self.observer.emit("newconsumer", consumer)
+        return consumer
+
+    # -- notifications ---------------------------------------------------------------
+
+    def _on_notification(self, event: int, body: Any) -> None:
+        if event == Event.TRANSPORT_SCTP_STATE_CHANGE:
+            sctp_state = parse_sctp_state(body.sctpState)
+            self._sctp_state = sctp_state
+            self.events.emit("sctpstatechange", sctp_state)
+            self.observer.emit("sctpstatechange", sctp_state)
+        elif event == Event.TRANSPORT_TRACE:
+            self._emit_trace(body)
+        else:
+            super()._on_notification(event, body)

@@ -1,0 +1,258 @@
+"""The channel codec with canned bytes, and the driver's ordering and failure rules."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import flatbuffers
+import pytest
+
+from mafalda.mediasoup._fbs.Log import Log as LogMod
+from mafalda.mediasoup._fbs.Message import Message as MessageMod
+from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
+from mafalda.mediasoup._fbs.Message.Message import Message
+from mafalda.mediasoup._fbs.Notification.Event import Event
+from mafalda.mediasoup._fbs.Notification.Notification import Notification
+from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
+from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Request.Request import Request
+from mafalda.mediasoup._fbs.Response import Response as ResponseMod
+from mafalda.mediasoup._fbs.Response.Body import Body as ResponseBody
+from mafalda.mediasoup._fbs.Router.DumpResponse import DumpResponseT
+from mafalda.mediasoup._fbs.Transport.SendRtcpNotification import SendRtcpNotificationT
+from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
+from mafalda.mediasoup.channel import (
+    PAYLOAD_MAX_LEN,
+    Channel,
+    FrameDecoder,
+    LogMessage,
+    NotificationMessage,
+    ResponseMessage,
+    decode_message,
+    encode_notification,
+    encode_request,
+)
+from mafalda.mediasoup.errors import ChannelClosedError, WorkerError, WorkerTypeError
+
+
+def _response(
+    request_id: int, *, accepted: bool = True, error: str = "", reason: str = "", body: Any = None
+) -> bytes:
+    b = flatbuffers.Builder(256)
+    body_offset = body.Pack(b) if body is not None else 0
+    err = b.CreateString(error) if error else 0
+    rsn = b.CreateString(reason) if reason else 0
+    ResponseMod.Start(b)
+    ResponseMod.AddId(b, request_id)
+    ResponseMod.AddAccepted(b, accepted)
+    if body is not None:
+        ResponseMod.AddBodyType(b, ResponseBody.Router_DumpResponse)
+        ResponseMod.AddBody(b, body_offset)
+    if err:
+        ResponseMod.AddError(b, err)
+    if rsn:
+        ResponseMod.AddReason(b, rsn)
+    resp = ResponseMod.End(b)
+    MessageMod.Start(b)
+    MessageMod.AddDataType(b, MessageBody.Response)
+    MessageMod.AddData(b, resp)
+    b.FinishSizePrefixed(MessageMod.End(b))
+    return bytes(b.Output())
+
+
+def _log(text: str) -> bytes:
+    b = flatbuffers.Builder(64)
+    data = b.CreateString(text)
+    LogMod.Start(b)
+    LogMod.AddData(b, data)
+    log = LogMod.End(b)
+    MessageMod.Start(b)
+    MessageMod.AddDataType(b, MessageBody.Log)
+    MessageMod.AddData(b, log)
+    b.FinishSizePrefixed(MessageMod.End(b))
+    return bytes(b.Output())
+
+
+def test_encode_request_round_trip() -> None:
+    body = CreateRouterRequestT()
+    body.routerId = "r1"
+    data = encode_request(flatbuffers.Builder(0), 7, Method.WORKER_CREATE_ROUTER, "h", body)
+    (size,) = struct.unpack_from("<I", data)
+    assert size == len(data) - 4
+    message = Message.GetRootAs(data, 4)
+    assert message.DataType() == MessageBody.Request
+    request = Request()
+    table = message.Data()
+    request.Init(table.Bytes, table.Pos)
+    assert request.Id() == 7
+    assert request.Method() == Method.WORKER_CREATE_ROUTER
+    assert request.HandlerId() == b"h"
+    assert request.BodyType() == RequestBody.Worker_CreateRouterRequest
+
+
+def test_encode_request_without_body() -> None:
+    data = encode_request(flatbuffers.Builder(0), 1, Method.WORKER_DUMP, "")
+    message = Message.GetRootAs(data, 4)
+    request = Request()
+    request.Init(message.Data().Bytes, message.Data().Pos)
+    assert request.BodyType() == RequestBody.NONE
+
+
+def test_encode_rejects_foreign_bodies() -> None:
+    with pytest.raises(TypeError, match="not a generated FlatBuffers table"):
+        encode_request(flatbuffers.Builder(0), 1, Method.WORKER_DUMP, "", object())
+    # A table that exists but is no member of the request union.
+    with pytest.raises(TypeError, match="not a member"):
+        encode_request(flatbuffers.Builder(0), 1, Method.WORKER_DUMP, "", DumpResponseT())
+
+
+def test_encode_notification() -> None:
+    body = SendRtcpNotificationT()
+    body.data = [1, 2, 3]
+    data = encode_notification(flatbuffers.Builder(0), Event.TRANSPORT_SEND_RTCP, "t", body)
+    message = Message.GetRootAs(data, 4)
+    assert message.DataType() == MessageBody.Notification
+    notification = Notification()
+    notification.Init(message.Data().Bytes, message.Data().Pos)
+    assert notification.Event() == Event.TRANSPORT_SEND_RTCP
+    assert notification.HandlerId() == b"t"
+
+
+def test_frame_decoder_splits_and_joins() -> None:
+    frames = _response(1) + _response(2)
+    decoder = FrameDecoder()
+    # Byte by byte: nothing until a frame is whole, then exactly that frame.
+    out: list[bytes] = []
+    for i in range(len(frames)):
+        out.extend(decoder.feed(frames[i : i + 1]))
+    assert len(out) == 2
+    assert decoder.pending == 0
+    first = decode_message(out[0])
+    assert isinstance(first, ResponseMessage) and first.id == 1
+
+
+def test_frame_decoder_rejects_oversized_length() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ValueError, match="exceeds"):
+        decoder.feed(struct.pack("<I", PAYLOAD_MAX_LEN + 1) + b"x")
+    assert decoder.pending == 0
+
+
+def test_decode_response_error_and_body() -> None:
+    body = DumpResponseT()
+    body.id = "router-x"
+    body.transportIds = []
+    body.rtpObserverIds = []
+    body.mapProducerIdConsumerIds = []
+    body.mapConsumerIdProducerId = []
+    body.mapProducerIdObserverIds = []
+    body.mapDataProducerIdDataConsumerIds = []
+    body.mapDataConsumerIdDataProducerId = []
+    message = decode_message(_response(3, body=body)[4:])
+    assert isinstance(message, ResponseMessage)
+    assert message.accepted and message.body.id == "router-x"
+    refused = decode_message(_response(4, accepted=False, error="Error", reason="nope")[4:])
+    assert isinstance(refused, ResponseMessage)
+    assert (refused.accepted, refused.error, refused.reason) == (False, "Error", "nope")
+
+
+def test_decode_log() -> None:
+    message = decode_message(_log("Wsomething odd")[4:])
+    assert message == LogMessage(level="W", text="something odd")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_channel_matches_responses_and_maps_errors() -> None:
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    ok = channel.request(Method.WORKER_DUMP)
+    bad = channel.request(Method.WORKER_DUMP)
+    typed = channel.request(Method.WORKER_DUMP)
+    assert len(writer.sent) == 3
+    channel.data_received(
+        _response(2, accepted=False, error="Error", reason="boom")
+        + _response(1)
+        + _response(3, accepted=False, error="TypeError", reason="wrong")
+        + _response(99)  # matches nothing: logged, ignored
+    )
+    assert await ok is None
+    with pytest.raises(WorkerError, match="boom"):
+        await bad
+    with pytest.raises(WorkerTypeError) as info:
+        await typed
+    assert isinstance(info.value, TypeError)
+
+
+async def test_channel_close_fails_pending_and_refuses_new() -> None:
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    pending = channel.request(Method.WORKER_DUMP)
+    channel.close()
+    channel.close()  # idempotent
+    with pytest.raises(ChannelClosedError, match="pending request aborted"):
+        await pending
+    with pytest.raises(ChannelClosedError):
+        channel.request(Method.WORKER_DUMP)
+    with pytest.raises(ChannelClosedError):
+        channel.notify(Event.WORKER_CLOSE)
+    channel.request_nowait(Method.WORKER_DUMP)  # swallowed
+
+
+async def test_notification_never_overtakes_its_response() -> None:
+    """A response and a notification in one read: the awaiting task runs first."""
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    order: list[str] = []
+
+    async def requester() -> None:
+        await channel.request(Method.WORKER_DUMP)
+        order.append("response")
+        channel.subscribe("obj", lambda event, body: order.append(f"notification:{event}"))
+
+    task = asyncio.ensure_future(requester())
+    await asyncio.sleep(0)
+    b = flatbuffers.Builder(64)
+    from mafalda.mediasoup._fbs.Notification import Notification as NotificationMod
+
+    handler = b.CreateString("obj")
+    NotificationMod.Start(b)
+    NotificationMod.AddHandlerId(b, handler)
+    NotificationMod.AddEvent(b, Event.PRODUCER_SCORE)
+    n = NotificationMod.End(b)
+    MessageMod.Start(b)
+    MessageMod.AddDataType(b, MessageBody.Notification)
+    MessageMod.AddData(b, n)
+    b.FinishSizePrefixed(MessageMod.End(b))
+    channel.data_received(_response(1) + bytes(b.Output()))
+    await task
+    await asyncio.sleep(0)
+    assert order == ["response", f"notification:{Event.PRODUCER_SCORE}"]
+    notif = decode_message(bytes(b.Output())[4:])
+    assert isinstance(notif, NotificationMessage) and notif.handler_id == "obj"
+
+
+async def test_channel_survives_garbage() -> None:
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel.data_received(struct.pack("<I", 4) + b"\x00\x00\x00\x00")  # not a message
+    channel.data_received(struct.pack("<I", PAYLOAD_MAX_LEN + 5))  # corrupt length
+    pending = channel.request(Method.WORKER_DUMP)
+    channel.data_received(_response(1))
+    assert await pending is None

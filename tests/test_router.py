@@ -1,0 +1,172 @@
+"""Router against the real worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mafalda.mediasoup import InvalidStateError, Router, UnsupportedError, Worker
+
+from .conftest import MEDIA_CODECS
+
+LISTEN = {"protocol": "udp", "ip": "127.0.0.1"}
+
+
+async def test_create_router_succeeds(worker: Worker) -> None:
+    seen: list[Router] = []
+    worker.observer.on("newrouter", seen.append)
+    router = await worker.create_router(media_codecs=MEDIA_CODECS, app_data={"foo": 123})
+    assert seen == [router]
+    assert router.closed is False
+    assert router.app_data == {"foo": 123}
+    codecs = router.rtp_capabilities["codecs"]
+    assert [c["mimeType"] for c in codecs] == [
+        "audio/opus",
+        "video/VP8",
+        "video/rtx",
+        "video/H264",
+        "video/rtx",
+    ]
+    dump = await worker.dump()
+    assert dump["routerIds"] == [router.id]
+    rdump = await router.dump()
+    assert rdump["id"] == router.id
+    assert rdump["transportIds"] == [] and rdump["rtpObserverIds"] == []
+    assert rdump["mapProducerIdConsumerIds"] == []
+
+
+async def test_create_router_rejects_bad_input(worker: Worker) -> None:
+    with pytest.raises(TypeError):
+        await worker.create_router(app_data="NOT-AN-OBJECT")  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedError):
+        await worker.create_router(
+            media_codecs=[{"kind": "audio", "mimeType": "audio/chicken", "clockRate": 8000}]
+        )
+    with pytest.raises((TypeError, ValueError)):
+        await worker.create_router(media_codecs=[{"kind": "audio"}])  # type: ignore[list-item]
+    assert (await worker.dump())["routerIds"] == []
+
+
+async def test_router_close_cascades(worker: Worker, router: Router) -> None:
+    transport = await router.create_plain_transport(listen_info=LISTEN)  # type: ignore[arg-type]
+    events: list[str] = []
+    router.observer.on("close", lambda: events.append("router"))
+    transport.on("routerclose", lambda: events.append("routerclose"))
+    transport.observer.on("close", lambda: events.append("transport"))
+    router.close()
+    router.close()
+    assert events == ["routerclose", "transport", "router"]
+    assert transport.closed
+    assert (await worker.dump())["routerIds"] == []
+    with pytest.raises(InvalidStateError):
+        await router.dump()
+    with pytest.raises(InvalidStateError):
+        await router.create_plain_transport(listen_info=LISTEN)  # type: ignore[arg-type]
+    with pytest.raises(InvalidStateError):
+        transport_method: Any = transport.dump
+        await transport_method()
+
+
+async def test_router_transports_in_dump(router: Router) -> None:
+    webrtc = await router.create_webrtc_transport(listen_infos=[LISTEN])  # type: ignore[list-item]
+    plain = await router.create_plain_transport(listen_info=LISTEN)  # type: ignore[arg-type]
+    pipe = await router.create_pipe_transport(listen_info=LISTEN)  # type: ignore[arg-type]
+    direct = await router.create_direct_transport()
+    dump = await router.dump()
+    assert sorted(dump["transportIds"]) == sorted([webrtc.id, plain.id, pipe.id, direct.id])
+    assert set(router.transports_for_testing) == {webrtc.id, plain.id, pipe.id, direct.id}
+    plain.close()
+    assert plain.id not in (await router.dump())["transportIds"]
+
+
+async def test_transport_creation_argument_errors(router: Router) -> None:
+    with pytest.raises(TypeError, match="one of them is mandatory"):
+        await router.create_webrtc_transport()
+    with pytest.raises(TypeError, match="only one"):
+        await router.create_webrtc_transport(
+            listen_infos=[LISTEN],
+            listen_ips=["127.0.0.1"],  # type: ignore[list-item]
+        )
+    with pytest.raises(ValueError, match=r"listen_infos\[0\].ip"):
+        await router.create_webrtc_transport(listen_infos=[{"protocol": "udp", "ip": "chicken"}])
+    with pytest.raises(ValueError, match=r"listen_infos\[0\].protocol"):
+        await router.create_webrtc_transport(
+            listen_infos=[{"protocol": "sctp", "ip": "127.0.0.1"}]  # type: ignore[list-item]
+        )
+    with pytest.raises(TypeError, match="num_sctp_streams"):
+        await router.create_webrtc_transport(
+            listen_infos=[LISTEN],
+            num_sctp_streams={"OS": 1},  # type: ignore[list-item, typeddict-item]
+        )
+    with pytest.raises(TypeError, match="missing listen_info and listen_ip"):
+        await router.create_plain_transport()
+    with pytest.raises(TypeError, match="only one of listen_info and listen_ip"):
+        await router.create_pipe_transport(listen_info=LISTEN, listen_ip="127.0.0.1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="portRange"):
+        await router.create_plain_transport(
+            listen_info={"protocol": "udp", "ip": "127.0.0.1", "portRange": {"min": 5, "max": 1}}
+        )
+    with pytest.raises(TypeError, match="max_message_size"):
+        await router.create_direct_transport(max_message_size="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_message_size"):
+        await router.create_direct_transport(max_message_size=-1)
+    assert (await router.dump())["transportIds"] == []
+
+
+async def test_deprecated_listen_ips_forms(router: Router) -> None:
+    transport = await router.create_webrtc_transport(
+        listen_ips=["127.0.0.1", {"ip": "127.0.0.1", "announcedIp": "9.9.9.1"}],
+        enable_tcp=True,
+        prefer_udp=True,
+    )
+    candidates = transport.ice_candidates
+    assert {c["protocol"] for c in candidates} == {"udp", "tcp"}
+    assert any(c["address"] == "9.9.9.1" for c in candidates)
+    plain = await router.create_plain_transport(listen_ip="127.0.0.1")
+    assert plain.tuple["localAddress"] == "127.0.0.1"
+    pipe = await router.create_pipe_transport(listen_ip={"ip": "127.0.0.1"})
+    assert pipe.tuple["localAddress"] == "127.0.0.1"
+
+
+async def test_update_media_codecs_and_can_consume(router: Router) -> None:
+    router.update_media_codecs(
+        [{"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}]
+    )
+    assert [c["mimeType"] for c in router.rtp_capabilities["codecs"]] == ["audio/opus"]
+    assert router.can_consume(producer_id="nope", rtp_capabilities={}) is False
+    with pytest.raises(UnsupportedError):
+        router.update_media_codecs(
+            [{"kind": "video", "mimeType": "video/chicken", "clockRate": 90000}]
+        )
+
+
+async def test_rtp_observers_in_dump(router: Router) -> None:
+    speaker = await router.create_active_speaker_observer()
+    levels = await router.create_audio_level_observer(max_entries=2, threshold=-70, interval=500)
+    dump = await router.dump()
+    assert sorted(dump["rtpObserverIds"]) == sorted([speaker.id, levels.id])
+    with pytest.raises(ValueError, match="max_entries"):
+        await router.create_audio_level_observer(max_entries=0)
+    with pytest.raises(ValueError, match="threshold"):
+        await router.create_audio_level_observer(threshold=10)
+    with pytest.raises(TypeError, match="interval"):
+        await router.create_active_speaker_observer(interval="x")  # type: ignore[arg-type]
+    speaker.close()
+    assert (await router.dump())["rtpObserverIds"] == [levels.id]
+    router.close()
+    assert levels.closed
+
+
+async def test_pipe_to_router_argument_errors(router: Router, worker2: Worker) -> None:
+    other = await worker2.create_router(media_codecs=MEDIA_CODECS)
+    with pytest.raises(TypeError, match="missing producer_id or data_producer_id"):
+        await router.pipe_to_router(router=other)
+    with pytest.raises(TypeError, match="just producer_id or data_producer_id"):
+        await router.pipe_to_router(router=other, producer_id="a", data_producer_id="b")
+    with pytest.raises(TypeError, match="cannot use this Router"):
+        await router.pipe_to_router(router=router, producer_id="a")
+    with pytest.raises(ValueError, match="not found"):
+        await router.pipe_to_router(router=other, producer_id="a")
+    with pytest.raises(ValueError, match="not found"):
+        await router.pipe_to_router(router=other, data_producer_id="a")

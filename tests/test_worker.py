@@ -1,0 +1,194 @@
+"""Worker against the real mediasoup-worker: creation, settings, dump, close, death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from mafalda import mediasoup
+from mafalda.mediasoup import InvalidStateError, Worker, create_worker
+from mafalda.mediasoup.errors import ChannelClosedError
+from mafalda.mediasoup.worker import WorkerDiedError
+from mafalda.mediasoup.worker_binary import WorkerBinaryNotFoundError, find_worker_bin
+
+from .conftest import MEDIA_CODECS
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): look at its state.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+async def test_create_worker_succeeds_and_emits_newworker() -> None:
+    seen: list[Worker] = []
+    mediasoup.observer.on("newworker", seen.append)
+    try:
+        worker = await create_worker(app_data={"foo": 123})
+    finally:
+        mediasoup.observer.off("newworker", seen.append)
+    assert seen == [worker]
+    assert isinstance(worker.pid, int) and _alive(worker.pid)
+    assert worker.closed is False and worker.died is False
+    assert worker.app_data == {"foo": 123}
+    worker.app_data = {"bar": 1}
+    assert worker.app_data == {"bar": 1}
+    worker.close()
+    assert worker.closed
+    code, sig = await worker.wait_closed()
+    assert not _alive(worker.pid)
+    assert worker.subprocess_closed
+    assert (code, sig) == (0, None)
+
+
+async def test_create_worker_with_all_settings(tmp_path: Any) -> None:
+    worker = await create_worker(
+        log_level="debug",
+        log_tags=["info", "ice", "dtls", "rtp", "srtp", "rtcp", "rtx", "bwe", "score"],
+        rtc_min_port=20000,
+        rtc_max_port=29999,
+        libwebrtc_field_trials="WebRTC-Bwe-AlrLimitedBackoff/Enabled/",
+        disable_liburing=True,
+        app_data={"bar": 456},
+    )
+    async with worker:
+        assert worker.app_data == {"bar": 456}
+        await worker.update_settings(log_level="none", log_tags=["ice"])
+    assert worker.closed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"log_level": "chicken"}, ValueError, "log_level"),
+        ({"log_tags": ["ice", "chicken"]}, ValueError, "log tag"),
+        ({"log_tags": "ice"}, TypeError, "log_tags"),
+        ({"rtc_min_port": 1000, "rtc_max_port": 999}, ValueError, "rtc_min_port"),
+        ({"rtc_min_port": "10000"}, TypeError, "rtc_min_port"),
+        ({"rtc_max_port": 70000}, ValueError, "rtc_max_port"),
+        ({"app_data": "NOT-AN-OBJECT"}, TypeError, "app_data"),
+        ({"dtls_certificate_file": "/notfound/cert.pem"}, ValueError, "go together"),
+        (
+            {"dtls_certificate_file": "/nf/c.pem", "dtls_private_key_file": "/nf/k.pem"},
+            ValueError,
+            "dtls_certificate_file",
+        ),
+    ],
+)
+async def test_create_worker_rejects_bad_settings(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await create_worker(**kwargs)
+
+
+async def test_worker_refusing_its_settings_raises_type_error(tmp_path: Any) -> None:
+    # Files that exist but are no certificate: only the worker can tell, and exits 42.
+    cert = tmp_path / "cert.pem"
+    key = tmp_path / "key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    with pytest.raises((TypeError, WorkerDiedError)):
+        await create_worker(dtls_certificate_file=str(cert), dtls_private_key_file=str(key))
+
+
+async def test_worker_binary_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("MEDIASOUP_WORKER_BIN", str(tmp_path / "nope"))
+    with pytest.raises(WorkerBinaryNotFoundError, match="MEDIASOUP_WORKER_BIN"):
+        find_worker_bin()
+    monkeypatch.delenv("MEDIASOUP_WORKER_BIN")
+    monkeypatch.setenv("MAFALDA_CACHE", str(tmp_path))
+    with pytest.raises(WorkerBinaryNotFoundError, match="build-worker.sh"):
+        await create_worker()
+
+
+async def test_worker_dump_and_resource_usage(worker: Worker) -> None:
+    dump = await worker.dump()
+    assert dump["pid"] == worker.pid
+    assert dump["routerIds"] == [] and dump["webRtcServerIds"] == []
+    assert dump["channelMessageHandlers"]["channelRequestHandlers"] == []
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    dump = await worker.dump()
+    assert dump["routerIds"] == [router.id]
+    assert worker.routers_for_testing == {router}
+    usage = await worker.get_resource_usage()
+    assert set(usage) >= {"ru_utime", "ru_stime", "ru_maxrss", "ru_nvcsw"}
+    assert usage["ru_maxrss"] > 0
+
+
+async def test_update_settings_rejects_bad_input(worker: Worker) -> None:
+    with pytest.raises(ValueError, match="log_level"):
+        await worker.update_settings(log_level="chicken")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="log tag"):
+        await worker.update_settings(log_tags=["chicken"])  # type: ignore[list-item]
+
+
+async def test_close_cascades_and_calls_after_close_raise() -> None:
+    worker = await create_worker()
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    closes: list[str] = []
+    worker.observer.on("close", lambda: closes.append("worker"))
+    router.observer.on("close", lambda: closes.append("router"))
+    router.on("workerclose", lambda: closes.append("workerclose"))
+    worker.close()
+    worker.close()  # second close does nothing
+    assert closes == ["router", "workerclose", "worker"] or closes == [
+        "workerclose",
+        "router",
+        "worker",
+    ]
+    assert router.closed
+    with pytest.raises(InvalidStateError):
+        await worker.dump()
+    with pytest.raises(InvalidStateError):
+        await worker.create_router(media_codecs=MEDIA_CODECS)
+    await worker.wait_closed()
+    assert not _alive(worker.pid)
+
+
+async def test_killed_worker_emits_died_fails_pending_and_spares_others() -> None:
+    victim = await create_worker()
+    survivor = await create_worker()
+    try:
+        victim_router = await victim.create_router(media_codecs=MEDIA_CODECS)
+        survivor_router = await survivor.create_router(media_codecs=MEDIA_CODECS)
+        died: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+        victim.on("died", died.set_result)
+        router_closed = asyncio.Event()
+        victim_router.on("workerclose", router_closed.set)
+        os.kill(victim.pid, signal.SIGSTOP)  # the pending request can't be answered
+        pending = asyncio.ensure_future(victim.dump())
+        await asyncio.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        error = await asyncio.wait_for(died, 5)
+        assert isinstance(error, WorkerDiedError)
+        assert error.signal == signal.SIGKILL
+        with pytest.raises(ChannelClosedError):
+            await asyncio.wait_for(pending, 5)
+        assert victim.died and victim.closed and victim.subprocess_closed
+        assert router_closed.is_set() and victim_router.closed
+        assert not _alive(victim.pid)
+        # The other worker and its router are untouched.
+        assert not survivor.closed
+        assert (await survivor_router.dump())["id"] == survivor_router.id
+    finally:
+        victim.close()
+        survivor.close()
+        await survivor.wait_closed()
+
+
+async def test_worker_that_exits_itself_is_reaped_as_died() -> None:
+    worker = await create_worker()
+    os.kill(worker.pid, signal.SIGTERM)
+    error = await asyncio.wait_for(worker.events.wait_for("died"), 5)
+    assert isinstance(error[0], WorkerDiedError)
+    await worker.wait_closed()
+    assert not _alive(worker.pid)

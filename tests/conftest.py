@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mafalda.mediasoup import Router, Worker, create_worker
+from mafalda.vertical import Mafalda, MafaldaRouter
 
 MEDIA_CODECS: list[Any] = [
     {
@@ -48,6 +49,27 @@ async def worker2() -> AsyncIterator[Worker]:
     await w.wait_closed()
 
 
-@pytest.fixture
-async def router(worker: Worker) -> Router:
-    return await worker.create_router(media_codecs=MEDIA_CODECS)
+def hosting_worker(router: Any, obj: Any, worker: Worker) -> Worker:
+    """The worker an object of ``router`` lives on: ``worker`` for a plain Router."""
+    if isinstance(router, MafaldaRouter):
+        return router.worker_of(obj)
+    return worker
+
+
+@pytest.fixture(params=["mediasoup", "mafalda"])
+async def router(request: pytest.FixtureRequest, worker: Worker) -> AsyncIterator[Router]:
+    """A mediasoup Router, and the same API from Mafalda: what "same API" means.
+
+    The Mafalda router spreads its transports over two workers, so consuming pipes
+    producers across workers in most tests.
+    """
+    if request.param == "mediasoup":
+        yield await worker.create_router(media_codecs=MEDIA_CODECS)
+        return
+    mafalda = await Mafalda.start(
+        num_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    try:
+        yield await mafalda.create_router(media_codecs=MEDIA_CODECS)  # type: ignore[misc]
+    finally:
+        await mafalda.aclose()

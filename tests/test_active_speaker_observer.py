@@ -4,6 +4,7 @@ test-ActiveSpeakerObserver.ts, plus the RtpObserver behaviours and its events)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -191,7 +192,7 @@ async def test_add_and_remove_producer_with_wrong_arguments(opus_router: Router)
     with pytest.raises(TypeError, match="producer_id"):
         await observer.add_producer(producer_id=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        await observer.add_producer("positional")  # type: ignore[misc]
+        await observer.add_producer("positional")  # type: ignore[call-arg]
 
 
 async def test_dominantspeaker_of_an_unknown_producer_is_ignored(opus_router: Router) -> None:
@@ -226,3 +227,26 @@ async def test_off_removes_a_listener(opus_router: Router) -> None:
     observer.off("routerclose", listener)
     opus_router.close()
     assert calls == []
+
+
+async def test_add_producer_guard_wraps_the_request(opus_router: Router) -> None:
+    producer = await audio_producer(opus_router)
+    observer = await opus_router.create_active_speaker_observer()
+    calls: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def guard(producer_id: str) -> AsyncIterator[None]:
+        calls.append(f"enter {producer_id}")
+        try:
+            yield
+        finally:
+            calls.append("exit")
+
+    observer.add_producer_guard = guard
+    observer.observer.on("addproducer", lambda p: calls.append("addproducer"))
+    await observer.add_producer(producer_id=producer.id)
+    # The event fires inside the guard: its owner sees the producer in use before it ends.
+    assert calls == [f"enter {producer.id}", "addproducer", "exit"]
+    with pytest.raises(ValueError, match="not found"):
+        await observer.add_producer(producer_id="nope")
+    assert calls[-2:] == ["enter nope", "exit"]

@@ -64,9 +64,7 @@ async def audio_producer(router: Router, ssrc: int) -> Producer:
 def rtp_packet(ssrc: int, seq: int, level: int) -> bytes:
     """An opus RTP packet with a one-byte ssrc-audio-level extension (-level dBov)."""
     header = struct.pack("!BBHII", 0x90, 100, seq, seq * 960, ssrc)
-    extension = struct.pack(
-        "!HHBBxx", 0xBEDE, 1, AUDIO_LEVEL_EXTENSION_ID << 4, 0x80 | level
-    )
+    extension = struct.pack("!HHBBxx", 0xBEDE, 1, AUDIO_LEVEL_EXTENSION_ID << 4, 0x80 | level)
     return header + extension + b"\xfc\xff\xfe"
 
 

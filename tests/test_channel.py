@@ -9,6 +9,7 @@ from typing import Any
 import flatbuffers
 import pytest
 
+from mafalda.mediasoup._fastfbs import FastBuilder
 from mafalda.mediasoup._fbs.Log import Log as LogMod
 from mafalda.mediasoup._fbs.Message import Message as MessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
@@ -256,3 +257,32 @@ async def test_channel_survives_garbage() -> None:
     pending = channel.request(Method.WORKER_DUMP)
     channel.data_received(_response(1))
     assert await pending is None
+
+
+async def test_bodyless_requests_encode_like_encode_request() -> None:
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    for handler_id in ("", "h", "a-much-longer-handler-id-é"):
+        for method in (Method.WORKER_DUMP, Method.TRANSPORT_DUMP, Method.PRODUCER_GET_STATS):
+            for request_id in (1, 2, 255, 256, 65536, 4294967295):
+                channel._next_id = request_id - 1
+                channel.request(method, handler_id)
+                expected = encode_request(flatbuffers.Builder(0), request_id, method, handler_id)
+                assert writer.sent[-1] == expected
+    channel._templates.clear()
+    for i in range(1030):  # the template cache stays bounded
+        channel.request(Method.TRANSPORT_DUMP, f"t{i}")
+    assert len(channel._templates) <= 1024
+    channel.close()
+
+
+def test_encode_out_of_range_number_is_a_type_error() -> None:
+    from mafalda.mediasoup._fbs.Transport.SetMaxIncomingBitrateRequest import (
+        SetMaxIncomingBitrateRequestT,
+    )
+
+    body = SetMaxIncomingBitrateRequestT()
+    body.maxIncomingBitrate = 2**40  # a uint32 field
+    with pytest.raises(TypeError, match="bad number"):
+        encode_request(FastBuilder(0), 1, Method.TRANSPORT_SET_MAX_INCOMING_BITRATE, "t", body)

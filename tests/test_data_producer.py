@@ -11,7 +11,10 @@ import pytest
 
 from mafalda.mediasoup import Router
 from mafalda.mediasoup._fbs.DataProducer.DumpResponse import DumpResponseT
-from mafalda.mediasoup._fbs.DataProducer.SendNotification import SendNotification
+from mafalda.mediasoup._fbs.DataProducer.SendNotification import (
+    SendNotification,
+    SendNotificationT,
+)
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Notification.Notification import Notification
 from mafalda.mediasoup._fbs.SctpParameters.SctpStreamParameters import SctpStreamParametersT
@@ -19,14 +22,15 @@ from mafalda.mediasoup.channel import encode_notification
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import (
     DataProducer,
-    _SendNotification,
+    DataProducerType,
     data_producer_type_from_fbs,
     data_producer_type_to_fbs,
     parse_data_producer_dump,
     resolve_message_ppid,
 )
+from mafalda.mediasoup.direct_transport import DirectTransport
 from mafalda.mediasoup.errors import InvalidStateError, WorkerError
-from mafalda.mediasoup.transport import Transport
+from mafalda.mediasoup.webrtc_transport import WebRtcTransport
 
 LISTEN_INFOS: list[Any] = [{"protocol": "udp", "ip": "127.0.0.1"}]
 
@@ -46,17 +50,17 @@ OPTIONS2: dict[str, Any] = {
 
 
 @pytest.fixture
-async def transport1(router: Router) -> Transport:
+async def transport1(router: Router) -> WebRtcTransport:
     return await router.create_webrtc_transport(listen_infos=LISTEN_INFOS, enable_sctp=True)
 
 
 @pytest.fixture
-async def transport2(router: Router) -> Transport:
+async def transport2(router: Router) -> WebRtcTransport:
     return await router.create_webrtc_transport(listen_infos=LISTEN_INFOS, enable_sctp=True)
 
 
 @pytest.fixture
-async def direct(router: Router) -> Transport:
+async def direct(router: Router) -> DirectTransport:
     return await router.create_direct_transport()
 
 
@@ -83,7 +87,7 @@ class Inbox:
 # -- creation (test-DataProducer.ts) ------------------------------------------------------
 
 
-async def test_produce_data_succeeds(router: Router, transport1: Transport) -> None:
+async def test_produce_data_succeeds(router: Router, transport1: WebRtcTransport) -> None:
     new: list[Any] = []
     transport1.observer.once("newdataproducer", new.append)
     data_producer = await transport1.produce_data(**OPTIONS1)
@@ -107,7 +111,7 @@ async def test_produce_data_succeeds(router: Router, transport1: Transport) -> N
 
 
 async def test_produce_data_paused_with_max_retransmits(
-    router: Router, transport2: Transport
+    router: Router, transport2: WebRtcTransport
 ) -> None:
     new: list[Any] = []
     transport2.observer.once("newdataproducer", new.append)
@@ -126,27 +130,29 @@ async def test_produce_data_paused_with_max_retransmits(
     assert (await transport2.dump())["dataProducerIds"] == [data_producer.id]
 
 
-async def test_produce_data_with_wrong_arguments(transport1: Transport) -> None:
+async def test_produce_data_with_wrong_arguments(transport1: WebRtcTransport) -> None:
     with pytest.raises(TypeError):
         await transport1.produce_data()
     with pytest.raises(TypeError):
-        await transport1.produce_data(sctp_stream_parameters={"foo": "foo"})  # type: ignore[typeddict-unknown-key]
+        await transport1.produce_data(sctp_stream_parameters={"foo": "foo"})  # type: ignore[arg-type]
 
 
-async def test_produce_data_with_used_stream_id_fails(transport1: Transport) -> None:
+async def test_produce_data_with_used_stream_id_fails(transport1: WebRtcTransport) -> None:
     await transport1.produce_data(**OPTIONS1)
     with pytest.raises(WorkerError):
         await transport1.produce_data(sctp_stream_parameters={"streamId": 666})
 
 
-async def test_produce_data_ordered_with_max_packet_life_time_fails(transport1: Transport) -> None:
+async def test_produce_data_ordered_with_max_packet_life_time_fails(
+    transport1: WebRtcTransport,
+) -> None:
     with pytest.raises(TypeError):
         await transport1.produce_data(
             sctp_stream_parameters={"streamId": 999, "ordered": True, "maxPacketLifeTime": 4000}
         )
 
 
-async def test_produce_data_on_direct_transport(direct: Transport) -> None:
+async def test_produce_data_on_direct_transport(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data(label="foo", protocol="bar")
     assert data_producer.type == "direct"
     assert data_producer.sctp_stream_parameters is None
@@ -164,7 +170,7 @@ async def test_produce_data_on_direct_transport(direct: Transport) -> None:
 # -- dump, stats, pause/resume ------------------------------------------------------------
 
 
-async def test_dump(transport1: Transport, transport2: Transport) -> None:
+async def test_dump(transport1: WebRtcTransport, transport2: WebRtcTransport) -> None:
     data_producer1 = await transport1.produce_data(**OPTIONS1)
     assert await data_producer1.dump() == {
         "id": data_producer1.id,
@@ -185,7 +191,7 @@ async def test_dump(transport1: Transport, transport2: Transport) -> None:
     }
 
 
-async def test_get_stats(transport1: Transport, transport2: Transport) -> None:
+async def test_get_stats(transport1: WebRtcTransport, transport2: WebRtcTransport) -> None:
     for transport, options in ((transport1, OPTIONS1), (transport2, OPTIONS2)):
         data_producer = await transport.produce_data(**options)
         stats = await data_producer.get_stats()
@@ -207,7 +213,7 @@ async def test_get_stats(transport1: Transport, transport2: Transport) -> None:
         assert stat["bytesReceived"] == 0
 
 
-async def test_pause_and_resume(transport1: Transport) -> None:
+async def test_pause_and_resume(transport1: WebRtcTransport) -> None:
     data_producer = await transport1.produce_data(**OPTIONS1)
     pauses: list[int] = []
     resumes: list[int] = []
@@ -236,7 +242,7 @@ async def test_pause_and_resume(transport1: Transport) -> None:
     assert len(resumes) == 3
 
 
-async def test_pause_and_resume_emit_events_in_order(transport1: Transport) -> None:
+async def test_pause_and_resume_emit_events_in_order(transport1: WebRtcTransport) -> None:
     data_producer = await transport1.produce_data(**OPTIONS1)
     events: list[str] = []
     data_producer.observer.once("resume", lambda: events.append("resume"))
@@ -249,7 +255,7 @@ async def test_pause_and_resume_emit_events_in_order(transport1: Transport) -> N
 # -- close --------------------------------------------------------------------------------
 
 
-async def test_close(router: Router, transport1: Transport) -> None:
+async def test_close(router: Router, transport1: WebRtcTransport) -> None:
     data_producer = await transport1.produce_data(**OPTIONS1)
     closes: list[int] = []
     private: list[int] = []
@@ -269,7 +275,7 @@ async def test_close(router: Router, transport1: Transport) -> None:
     assert transport_dump["dataConsumerIds"] == []
 
 
-async def test_methods_reject_if_closed(transport1: Transport) -> None:
+async def test_methods_reject_if_closed(transport1: WebRtcTransport) -> None:
     data_producer = await transport1.produce_data(**OPTIONS1)
     data_producer.close()
     with pytest.raises(InvalidStateError):
@@ -284,7 +290,7 @@ async def test_methods_reject_if_closed(transport1: Transport) -> None:
         data_producer.send("foo")
 
 
-async def test_emits_transportclose_if_transport_is_closed(transport2: Transport) -> None:
+async def test_emits_transportclose_if_transport_is_closed(transport2: WebRtcTransport) -> None:
     data_producer = await transport2.produce_data(**OPTIONS2)
     closes: list[int] = []
     transport_closes: list[int] = []
@@ -300,7 +306,9 @@ async def test_emits_transportclose_if_transport_is_closed(transport2: Transport
         await data_producer.dump()
 
 
-async def test_emits_transportclose_if_router_is_closed(router: Router, direct: Transport) -> None:
+async def test_emits_transportclose_if_router_is_closed(
+    router: Router, direct: DirectTransport
+) -> None:
     data_producer = await direct.produce_data()
     transport_closes: list[int] = []
     data_producer.on("transportclose", lambda: transport_closes.append(1))
@@ -309,7 +317,7 @@ async def test_emits_transportclose_if_router_is_closed(router: Router, direct: 
     assert data_producer.closed is True
 
 
-async def test_off_removes_a_listener(direct: Transport) -> None:
+async def test_on_once_off(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data()
     calls: list[int] = []
 
@@ -318,14 +326,15 @@ async def test_off_removes_a_listener(direct: Transport) -> None:
 
     data_producer.on("transportclose", listener)
     data_producer.off("transportclose", listener)
+    data_producer.once("transportclose", listener)
     direct.close()
-    assert calls == []
+    assert calls == [1]
 
 
 # -- send() through a DirectTransport ------------------------------------------------------
 
 
-async def test_send_strings_and_binary(direct: Transport) -> None:
+async def test_send_strings_and_binary(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data(label="foo", protocol="bar")
     data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
     inbox = Inbox(data_consumer)
@@ -354,11 +363,9 @@ async def test_send_strings_and_binary(direct: Transport) -> None:
     assert stats[0]["bytesReceived"] == len("héllo".encode()) + 3 + 2 + 2 + 1 + 1 + 6 + 1
 
 
-async def test_send_many_messages_with_pauses(direct: Transport) -> None:
+async def test_send_many_messages_with_pauses(direct: DirectTransport) -> None:
     """Port of test-DirectTransport.ts 'dataProducer.send() succeeds'."""
-    data_producer = await direct.produce_data(
-        label="foo", protocol="bar", app_data={"foo": "bar"}
-    )
+    data_producer = await direct.produce_data(label="foo", protocol="bar", app_data={"foo": "bar"})
     data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
     num_messages = 200
     pause_sending_at, resume_sending_at = 10, 20
@@ -415,7 +422,7 @@ async def test_send_many_messages_with_pauses(direct: Transport) -> None:
     assert consumer_stats[0]["bytesSent"] == effectively_sent_bytes
 
 
-async def test_send_with_subchannels(direct: Transport) -> None:
+async def test_send_with_subchannels(direct: DirectTransport) -> None:
     """Port of test-DirectTransport.ts 'dataProducer.send() with subchannels succeeds'."""
     data_producer = await direct.produce_data()
     data_consumer1 = await direct.consume_data(
@@ -437,9 +444,7 @@ async def test_send_with_subchannels(direct: Transport) -> None:
     data_producer.send("dc2", subchannels=[666], required_subchannel=2)
     # Make data_consumer2 also subscribe to subchannel 1. Not awaited, as in Node: its
     # request is written when the task first runs, so let it run before the next send.
-    task = asyncio.ensure_future(
-        data_consumer2.set_subchannels([*data_consumer2.subchannels, 1])
-    )
+    task = asyncio.ensure_future(data_consumer2.set_subchannels([*data_consumer2.subchannels, 1]))
     await asyncio.sleep(0)
     data_producer.send("both", subchannels=[1], required_subchannel=666)
     # Positional arguments, as Node's send(message, ppid, subchannels, requiredSubchannel).
@@ -466,7 +471,7 @@ async def test_send_over_max_message_size_is_dropped(router: Router) -> None:
     assert stats[0]["bytesReceived"] == 10
 
 
-async def test_send_large_binary_message(direct: Transport) -> None:
+async def test_send_large_binary_message(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data()
     data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
     inbox = Inbox(data_consumer)
@@ -477,7 +482,7 @@ async def test_send_large_binary_message(direct: Transport) -> None:
     assert messages[0][1] == 53
 
 
-async def test_paused_data_producer_sends_nothing(direct: Transport) -> None:
+async def test_paused_data_producer_sends_nothing(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data(paused=True)
     data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
     assert data_consumer.data_producer_paused is True
@@ -490,7 +495,7 @@ async def test_paused_data_producer_sends_nothing(direct: Transport) -> None:
     assert len(inbox.messages) == 1
 
 
-async def test_send_with_wrong_arguments(direct: Transport) -> None:
+async def test_send_with_wrong_arguments(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data()
     with pytest.raises(TypeError, match="message"):
         data_producer.send(123)  # type: ignore[arg-type]
@@ -520,7 +525,7 @@ async def test_send_with_wrong_arguments(direct: Transport) -> None:
     assert (await data_producer.get_stats())[0]["messagesReceived"] == 0
 
 
-async def test_app_data_is_settable(direct: Transport) -> None:
+async def test_app_data_is_settable(direct: DirectTransport) -> None:
     data_producer = await direct.produce_data(app_data={"a": 1})
     data_producer.app_data = {"b": 2}
     assert data_producer.app_data == {"b": 2}
@@ -530,8 +535,9 @@ async def test_app_data_is_settable(direct: Transport) -> None:
 
 
 def test_type_conversions() -> None:
-    for kind in ("sctp", "direct"):
-        assert data_producer_type_from_fbs(data_producer_type_to_fbs(kind)) == kind  # type: ignore[arg-type]
+    kinds: tuple[DataProducerType, ...] = ("sctp", "direct")
+    for kind in kinds:
+        assert data_producer_type_from_fbs(data_producer_type_to_fbs(kind)) == kind
     with pytest.raises(TypeError):
         data_producer_type_to_fbs("foo")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -569,7 +575,7 @@ def test_parse_dump_with_all_sctp_fields() -> None:
 
 
 def test_send_notification_encoding() -> None:
-    """The fast Pack() writes the very table the generated code would."""
+    """What DataProducer.send() writes: the payload as a byte vector, subchannels."""
     import flatbuffers
 
     builder = flatbuffers.Builder(64)
@@ -577,7 +583,7 @@ def test_send_notification_encoding() -> None:
         builder,
         Event.DATAPRODUCER_SEND,
         "dp",
-        _SendNotification(53, b"\x01\x02\x03", [7, 8], 9),
+        SendNotificationT(ppid=53, data=b"\x01\x02\x03", subchannels=[7, 8], requiredSubchannel=9),
     )
     notification = _decode_notification(data)
     body = SendNotification()
@@ -590,7 +596,7 @@ def test_send_notification_encoding() -> None:
     assert body.RequiredSubchannel() == 9
     builder = flatbuffers.Builder(64)
     data = encode_notification(
-        builder, Event.DATAPRODUCER_SEND, "dp", _SendNotification(51, b"", [], None)
+        builder, Event.DATAPRODUCER_SEND, "dp", SendNotificationT(ppid=51, data=b"", subchannels=[])
     )
     notification = _decode_notification(data)
     body = SendNotification()
@@ -611,7 +617,7 @@ def _decode_notification(data: bytes) -> Any:
 
 
 async def test_unknown_notification_is_logged(
-    direct: Transport, caplog: pytest.LogCaptureFixture
+    direct: DirectTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     data_producer = await direct.produce_data()
     assert isinstance(data_producer, DataProducer)

@@ -31,6 +31,8 @@ from mafalda.mediasoup.channel import Channel, encode_notification
 from mafalda.mediasoup.errors import InvalidStateError, WorkerError
 from mafalda.mediasoup.plain_transport import validate_srtp_parameters
 
+from .conftest import hosting_worker
+
 KEY_AES_CM = "ZnQ3eWJraDg0d3ZoYzM5cXN1Y2pnaHU5NWxrZTVv"  # 30 bytes
 KEY_GCM_256 = "YTdjcDBvY2JoMGY5YXNlNDc0eDJsdGgwaWRvNnJsamRrdG16aWVpZHphdHo="  # 44 bytes
 KEY_GCM_128 = base64.b64encode(bytes(range(28))).decode()
@@ -623,12 +625,14 @@ async def test_routerclose_when_router_closes(router: Router) -> None:
     assert transport.sctp_state == "closed"
 
 
-async def test_routerclose_when_worker_closes(worker: Worker, plain: PlainTransport) -> None:
+async def test_routerclose_when_worker_closes(
+    router: Router, worker: Worker, plain: PlainTransport
+) -> None:
     closes: list[None] = []
     plain.observer.once("close", lambda: closes.append(None))
     waiter = asyncio.ensure_future(plain.events.wait_for("routerclose"))
     await asyncio.sleep(0)
-    worker.close()
+    hosting_worker(router, plain, worker).close()
     await waiter
     assert closes == [None]
     assert plain.closed is True

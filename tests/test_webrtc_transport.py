@@ -49,6 +49,8 @@ from mafalda.mediasoup.webrtc_transport import (
     validate_dtls_parameters,
 )
 
+from .conftest import hosting_worker
+
 SHA256_VALUE = (
     "82:5A:68:3D:36:C3:0A:DE:AF:E7:32:43:D2:88:83:57:"
     "AC:2D:65:E5:80:C4:B6:FB:AF:1A:A0:21:9F:6D:0C:AD"
@@ -680,12 +682,14 @@ async def test_routerclose_when_router_closes(router: Router) -> None:
     assert transport.sctp_state == "closed"
 
 
-async def test_routerclose_when_worker_closes(worker: Worker, transport: WebRtcTransport) -> None:
+async def test_routerclose_when_worker_closes(
+    router: Router, worker: Worker, transport: WebRtcTransport
+) -> None:
     closes: list[None] = []
     transport.observer.once("close", lambda: closes.append(None))
     waiter = asyncio.ensure_future(transport.events.wait_for("routerclose"))
     await asyncio.sleep(0)
-    worker.close()
+    hosting_worker(router, transport, worker).close()
     await waiter
     assert closes == [None]
     assert transport.closed is True

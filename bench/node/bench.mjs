@@ -1,6 +1,8 @@
 // Node.js mediasoup twin of bench/run.py: the same scenarios, the same worker binary
-// (MEDIASOUP_WORKER_BIN), printed as JSON on stdout. Run through bench/run.py.
+// (MEDIASOUP_WORKER_BIN). Standalone (--runs N [--only a,b]) it prints one JSON object;
+// bench/run.py drives it with --serve (see serve()).
 import fs from 'node:fs';
+import readline from 'node:readline';
 import { performance } from 'node:perf_hooks';
 import * as mediasoup from 'mediasoup';
 
@@ -106,21 +108,28 @@ const SCENARIOS = {
 	consume_concurrent: consumeConcurrent,
 };
 
-async function main() {
-	const args = process.argv.slice(2);
-	const runsAt = args.indexOf('--runs');
-	const runs = runsAt >= 0 ? Number(args[runsAt + 1]) : 5;
-	const onlyAt = args.indexOf('--only');
-	const only = onlyAt >= 0 ? args[onlyAt + 1].split(',') : null;
+async function newRouter() {
+	const worker = await mediasoup.createWorker({ logLevel: 'warn' });
+	const router = await worker.createRouter({ mediaCodecs: MEDIA_CODECS });
+	return { worker, router };
+}
+
+async function closeWorker(worker) {
+	// Node's Worker.close() kills the process without waiting for it: wait for the exit.
+	const exited = new Promise((resolve) => worker.on('subprocessclose', resolve));
+	worker.close();
+	await exited;
+}
+
+// Standalone: every scenario, --runs times each, one JSON object on stdout.
+async function standalone(runs, only) {
 	const results = {};
 	let workerRss = 0;
-
 	for (const [name, fn] of Object.entries(SCENARIOS)) {
 		if (only && !only.includes(name)) {
 			continue;
 		}
-		const worker = await mediasoup.createWorker({ logLevel: 'warn' });
-		const router = await worker.createRouter({ mediaCodecs: MEDIA_CODECS });
+		const { worker, router } = await newRouter();
 		const state = {};
 		await fn(router, state); // warm-up
 		const rates = [];
@@ -132,10 +141,7 @@ async function main() {
 			rates.push(ops / seconds);
 		}
 		workerRss = rssMb(worker.pid);
-		// Node's Worker.close() kills the process without waiting for it: wait for the exit.
-		const exited = new Promise((resolve) => worker.on('subprocessclose', resolve));
-		worker.close();
-		await exited;
+		await closeWorker(worker);
 		results[name] = round1(median(rates));
 		results[`${name}_runs`] = rates.map(round1);
 	}
@@ -146,6 +152,58 @@ async function main() {
 	results.worker_rss_mb = round1(workerRss);
 	results.node_version = process.version;
 	process.stdout.write(JSON.stringify(results) + '\n');
+}
+
+// --serve: driven by bench/run.py one JSON command per stdin line, so that the Python
+// and Node runs of a scenario alternate under the same machine load. Commands:
+// {"cmd": "start", "scenario": name} (fresh worker + warm-up), {"cmd": "run"} (one
+// measured run -> {"ops", "seconds"}), {"cmd": "stop"} (-> worker RSS, closes it),
+// {"cmd": "memory"} (-> own RSS), {"cmd": "exit"}.
+async function serve() {
+	let current = null;
+	const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+	const rl = readline.createInterface({ input: process.stdin });
+	for await (const line of rl) {
+		const command = JSON.parse(line);
+		if (command.cmd === 'start') {
+			const { worker, router } = await newRouter();
+			current = { worker, router, state: {}, fn: SCENARIOS[command.scenario] };
+			await current.fn(router, current.state);
+			reply({ ok: true });
+		} else if (command.cmd === 'run') {
+			if (global.gc) {
+				global.gc();
+			}
+			const [ops, seconds] = await current.fn(current.router, current.state);
+			reply({ ops, seconds });
+		} else if (command.cmd === 'stop') {
+			const workerRss = rssMb(current.worker.pid);
+			await closeWorker(current.worker);
+			current = null;
+			reply({ worker_rss_mb: round1(workerRss) });
+		} else if (command.cmd === 'memory') {
+			if (global.gc) {
+				global.gc();
+			}
+			reply({ rss_mb: round1(rssMb()), node_version: process.version });
+		} else if (command.cmd === 'exit') {
+			rl.close();
+			break;
+		}
+	}
+}
+
+async function main() {
+	const args = process.argv.slice(2);
+	if (args.includes('--serve')) {
+		await serve();
+		return;
+	}
+	const runsAt = args.indexOf('--runs');
+	const runs = runsAt >= 0 ? Number(args[runsAt + 1]) : 5;
+	const onlyAt = args.indexOf('--only');
+	const only = onlyAt >= 0 ? args[onlyAt + 1].split(',') : null;
+	await standalone(runs, only);
 }
 
 main().catch((error) => {

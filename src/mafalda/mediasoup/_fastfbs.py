@@ -22,8 +22,10 @@ schemas, with random contents.
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
 import inspect
+import math
 import struct
 import textwrap
 from collections.abc import Callable
@@ -51,6 +53,8 @@ _pack_i32 = _I32.pack_into
 _pack_u8 = _U8.pack_into
 
 # -- encoding -----------------------------------------------------------------------
+
+_vt_packers: dict[int, Callable[..., None]] = {}  # vtables of n fields
 
 
 def _slot_method(packer: struct.Struct) -> Callable[..., None]:
@@ -100,7 +104,16 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
     offsets); only the per-number range checks are left to ``struct``.
     """
 
-    __slots__ = ()
+    Bytes: bytearray
+    head: int
+    minalign: int
+    nested: bool
+    forceDefaults: bool
+    finished: bool
+    objectEnd: int
+    current_vtable: list[int]
+    vtables: dict[tuple[int, ...], int]
+    vectorNumElems: int
 
     def Prep(self, size: int, additionalBytes: int) -> None:
         if size > self.minalign:
@@ -138,34 +151,56 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
         return self.WriteVtable()
 
     def WriteVtable(self) -> int:
-        # The object's soffset to its vtable, filled below.
-        self.Prep(4, 0)
-        self.head -= 4
-        buf = self.Bytes
-        object_offset = len(buf) - self.head
+        # The object's soffset to its vtable (Prep(4, 0) inlined), filled below.
+        head = self.head
+        end = len(self.Bytes)
+        if self.minalign < 4:
+            self.minalign = 4
+        align = (head - end) & 3
+        if head < align + 4:
+            self.Prep(4, 0)
+            head = self.head
+            end = len(self.Bytes)
+        elif align:
+            self.Bytes[head - align : head] = bytes(align)
+            head -= align
+        head -= 4
+        object_offset = end - head
         current = self.current_vtable
         n = len(current)
         while n and current[n - 1] == 0:
             n -= 1
-        fields = [object_offset - e if e else 0 for e in current[:n]]
-        object_size = object_offset - self.objectEnd
-        key = (*reversed(fields), object_size)
+        # (object size, field offsets...): the vtable after its own size. As the stock
+        # builder's key (reversed offsets + size), it identifies the vtable's bytes.
+        key = (
+            object_offset - self.objectEnd,
+            *[
+                object_offset - e if e else 0
+                for e in (current if n == len(current) else current[:n])
+            ],
+        )
         existing = self.vtables.get(key)
         if existing is None:
             size = (n + 2) * 2
-            self.Prep(2, size - 2)  # no padding: head is 4-aligned here
-            head = self.head - size
+            if head < size:  # Prep(2, size - 2): no padding, head is 4-aligned here
+                self.head = head
+                self.Prep(2, size - 2)
+                head = self.head
+                end = len(self.Bytes)
+            head -= size
             buf = self.Bytes
-            struct.pack_into(f"<{n + 2}H", buf, head, size, object_size, *fields)
-            self.head = head
-            end = len(buf)
+            packer = _vt_packers.get(n)
+            if packer is None:
+                packer = _vt_packers[n] = struct.Struct(f"<{n + 2}H").pack_into
+            packer(buf, head, size, *key)
             _pack_i32(buf, end - object_offset, (end - head) - object_offset)
             self.vtables[key] = end - head
         else:
-            self.head = head = len(buf) - object_offset
-            _pack_i32(buf, head, existing - object_offset)
-        self.current_vtable = None
-        return object_offset
+            head = end - object_offset
+            _pack_i32(self.Bytes, head, existing - object_offset)
+        self.head = head
+        self.current_vtable = None  # type: ignore[assignment]
+        return int(object_offset)
 
     def PrependSOffsetTRelative(self, off: int) -> None:
         self.Prep(4, 0)
@@ -176,12 +211,25 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
         _pack_i32(self.Bytes, self.head, offset - off + 4)
 
     def PrependUOffsetTRelative(self, off: int) -> None:
-        self.Prep(4, 0)
-        offset = len(self.Bytes) - self.head
+        head = self.head
+        end = len(self.Bytes)
+        if self.minalign < 4:
+            self.minalign = 4
+        align = (head - end) & 3
+        if head < align + 4:
+            self.Prep(4, 0)
+            head = self.head
+            end = len(self.Bytes)
+        elif align:
+            self.Bytes[head - align : head] = bytes(align)
+            head -= align
+        offset = end - head
         if not off <= offset:
+            self.head = head
             raise OffsetArithmeticError("flatbuffers: Offset arithmetic error.")
-        self.head -= 4
-        _pack_u32(self.Bytes, self.head, offset - off + 4)
+        head -= 4
+        _pack_u32(self.Bytes, head, offset - off + 4)
+        self.head = head
 
     def PrependUOffsetTRelativeSlot(self, o: int, x: int, d: int) -> None:
         if x != d or self.forceDefaults:
@@ -196,7 +244,8 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
         self.nested = True
         self.vectorNumElems = numElems
         self.Prep(4, elemSize * numElems)
-        self.Prep(alignment, elemSize * numElems)
+        if alignment > 4:  # otherwise a no-op after Prep(4, same bytes)
+            self.Prep(alignment, elemSize * numElems)
         return int(len(self.Bytes) - self.head)
 
     def EndVector(self, numElems: int | None = None) -> int:
@@ -207,12 +256,13 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
         self.nested = False
         self.head -= 4
         _pack_u32(self.Bytes, self.head, self.vectorNumElems)
-        self.vectorNumElems = None
+        self.vectorNumElems = None  # type: ignore[assignment]
         return int(len(self.Bytes) - self.head)
 
     def CreateString(self, s: Any, encoding: str = "utf-8", errors: str = "strict") -> int:
         if self.nested:
             raise IsNestedError()
+        x: bytes | bytearray
         if isinstance(s, str):
             x = s.encode(encoding, errors)
         elif isinstance(s, bytes | bytearray):
@@ -439,7 +489,9 @@ def _spec(cls: type) -> Spec:
     t_node = classes[cls.__name__]
     reader_node = classes[cls.__name__[:-1]]
     accessors = {
-        fn.name: _classify_accessor(fn) for fn in reader_node.body if isinstance(fn, ast.FunctionDef)
+        fn.name: _classify_accessor(fn)
+        for fn in reader_node.body
+        if isinstance(fn, ast.FunctionDef)
     }
     methods = {fn.name: fn for fn in t_node.body if isinstance(fn, ast.FunctionDef)}
     spec = Spec(cls)
@@ -453,10 +505,8 @@ def _spec(cls: type) -> Spec:
             and stmt.value.id == _is_self_attr(stmt.targets[0])
         ):
             raise UnsupportedShapeError(ast.unparse(stmt))
-    params = inspect.signature(cls.__init__).parameters
-    spec.init_defaults = {
-        name: p.default for name, p in params.items() if name != "self"
-    }
+    params = inspect.signature(cls).parameters
+    spec.init_defaults = {name: p.default for name, p in params.items() if name != "self"}
     unpack = methods["_UnPack"]
     reader = unpack.args.args[1].arg
     by_name: dict[str, Field] = {}
@@ -537,13 +587,17 @@ def _spec(cls: type) -> Spec:
                     raise UnsupportedShapeError(src)
                 method = is_none[: -len("IsNone")]
                 acc = accessors[method]
-                first = stmt.body[0]
+                first = stmt.body[-1 if "bytes(_tab.Bytes[" in src else 0]
                 if isinstance(first, ast.If):  # the numpy branch of a scalar vector
                     first = first.body[0]
-                assert isinstance(first, ast.Assign)
+                if not isinstance(first, ast.Assign):
+                    raise UnsupportedShapeError(src)
                 name = _is_self_attr(first.targets[0])
-                assert name is not None
-                if acc.kind == "vtable":
+                if name is None:
+                    raise UnsupportedShapeError(src)
+                if acc.kind == "vscalar" and "bytes(_tab.Bytes[" in src:
+                    f = Field(name, "vbytes", acc)
+                elif acc.kind == "vtable":
                     import re
 
                     m = re.search(r"([\w.]+)\.InitFromObj", src)
@@ -568,30 +622,26 @@ _ns: dict[str, Any] = {
     "_u32": _u32,
     "_i32": _i32,
     "_u16": _u16,
-    "_new": object.__new__,
-    "_vtab": None,  # set below
     "np": np,
 }
 _decoders: dict[type, Decoder] = {}
 _names: dict[type, str] = {}
-_vt_structs: dict[int, Callable[[Any, int], tuple[int, ...]]] = {}
 
 
-def _vtab(buf: Any, pos: int, need: int) -> tuple[int, ...]:
-    """The vtable of the table at ``pos`` as (vtable size, object size, slot offsets...),
-    padded with zeros to ``need`` entries (fields past a trimmed vtable are absent)."""
-    vt = pos - _i32(buf, pos)[0]
-    size = _u16(buf, vt)[0] >> 1
-    unpack = _vt_structs.get(size)
-    if unpack is None:
-        unpack = _vt_structs[size] = struct.Struct(f"<{size}H").unpack_from
-    entries = unpack(buf, vt)
-    if size < need:
-        return entries + (0,) * (need - size)
-    return entries
+class _VtableReaders(dict[int, Callable[[Any, int], tuple[int, ...]]]):
+    """``{vtable size in bytes: unpack_from of all its uint16 entries}``."""
+
+    def __missing__(self, size: int) -> Callable[[Any, int], tuple[int, ...]]:
+        reader: Callable[[Any, int], tuple[int, ...]] = struct.Struct(f"<{size >> 1}H").unpack_from
+        self[size] = reader
+        return reader
 
 
-_ns["_vtab"] = _vtab
+# A table's vtable is read whole, as (vtable size, object size, field offsets...), and
+# padded with zeros when it is shorter than the fields the decoder knows (a writer
+# trims trailing absent fields).
+_ns["_vts"] = _VtableReaders()
+_ns["_zeros"] = [(0,) * n for n in range(256)]
 
 
 def _numpy_dtype(flags: str) -> Any:
@@ -603,9 +653,14 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
     deps: list[type] = []
     unions: dict[str, dict[int, type]] = {}
     need = max([f.acc.slot // 2 + 1 for f in spec.fields] + [2])
+    if need >= 256:
+        raise UnsupportedShapeError(f"{spec.cls.__name__}: {need} vtable entries")
     lines = [
         f"def {fn_name}(b, p):",
-        f"    v = _vtab(b, p, {need})",
+        "    v = p - _i32(b, p)[0]",
+        "    v = _vts[_u16(b, v)[0]](b, v)",
+        f"    if len(v) < {need}:",
+        f"        v += _zeros[{need} - len(v)]",
     ]
     values: dict[str, str] = {}
     for i, f in enumerate(spec.fields):
@@ -627,8 +682,11 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 f"    if {o}:",
                 f"        q = p + {o}",
                 "        q += _u32(b, q)[0]",
-                f"        {var} = {'str' if f.decode else 'bytes'}("
-                f"b[q + 4 : q + 4 + _u32(b, q)[0]]{', ' + repr('utf-8') if f.decode else ''})",
+                (
+                    f"        {var} = b[q + 4 : q + 4 + _u32(b, q)[0]].decode('utf-8')"
+                    if f.decode
+                    else f"        {var} = bytes(b[q + 4 : q + 4 + _u32(b, q)[0]])"
+                ),
                 "    else:",
                 f"        {var} = None",
             ]
@@ -641,7 +699,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 "    else:",
                 f"        {var} = {spec.init_defaults[f.name]!r}",
             ]
-        elif f.kind in ("vtable", "vstring", "vscalar"):
+        elif f.kind in ("vtable", "vstring", "vscalar", "vbytes"):
             lines += [
                 f"    if {o}:",
                 f"        q = p + {o}",
@@ -655,14 +713,16 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 lines.append(
                     f"        {var} = [{dec}(b, e + _u32(b, e)[0]) for e in range(q, q + 4 * n, 4)]"
                 )
+            elif f.kind == "vbytes":
+                lines.append(f"        {var} = bytes(b[q : q + n])")
             elif f.kind == "vstring":
-                conv = "str" if f.decode else "bytes"
-                enc = ", 'utf-8'" if f.decode else ""
+                item = "b[e + 4 : e + 4 + _u32(b, e)[0]]"
+                item = f"{item}.decode('utf-8')" if f.decode else f"bytes({item})"
                 lines += [
                     f"        {var} = []",
                     "        for e in range(q, q + 4 * n, 4):",
                     "            e += _u32(b, e)[0]",
-                    f"            {var}.append({conv}(b[e + 4 : e + 4 + _u32(b, e)[0]]{enc}))",
+                    f"            {var}.append({item})",
                 ]
             else:
                 code = _FLAG_CODES[f.acc.flags]
@@ -671,31 +731,24 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                     _ns[dt] = _numpy_dtype(f.acc.flags)
                     lines.append(f"        {var} = np.frombuffer(b, dtype={dt}, count=n, offset=q)")
                 else:
-                    lines.append(
-                        f"        {var} = list(struct.unpack_from('<%d{code}' % n, b, q))"
-                    )
+                    lines.append(f"        {var} = list(struct.unpack_from('<%d{code}' % n, b, q))")
             lines += ["    else:", f"        {var} = {spec.init_defaults[f.name]!r}"]
         elif f.kind == "union":
             umap = f"_u_{fn_name}_{f.name}"
             unions[umap] = f.target
-            deps.extend(f.target.values())
             lines += [
                 f"    if {o}:",
-                f"        d = {umap}.get({values[f.type_attr]})",
+                f"        d = {umap}[{values[f.type_attr]}]",
                 f"        q = p + {o}",
                 f"        {var} = d(b, q + _u32(b, q)[0]) if d is not None else None",
                 "    else:",
                 f"        {var} = None",
             ]
-    attrs = ", ".join(
-        f"{name!r}: {values.get(name, repr(default))}"
-        for name, default in spec.init_defaults.items()
+    # __init__ only stores its parameters (checked by _spec): call it positionally.
+    args = ", ".join(
+        values.get(name, repr(default)) for name, default in spec.init_defaults.items()
     )
-    lines += [
-        f"    x = _new({_cls_name(spec.cls)})",
-        f"    x.__dict__ = {{{attrs}}}",
-        "    return x",
-    ]
+    lines.append(f"    return {_cls_name(spec.cls)}({args})")
     return "\n".join(lines) + "\n", deps, unions
 
 
@@ -720,6 +773,20 @@ def _fallback(cls: Any) -> Decoder:
     return decode
 
 
+class _UnionDecoders(dict[int, Decoder | None]):
+    """``{union type: decoder}``, each member compiled on first use (None: unknown type)."""
+
+    def __init__(self, members: dict[int, type]) -> None:
+        super().__init__()
+        self._members = members
+
+    def __missing__(self, tag: int) -> Decoder | None:
+        cls = self._members.get(tag)
+        dec = decoder(cls) if cls is not None else None
+        self[tag] = dec
+        return dec
+
+
 def _compile(cls: type) -> None:
     if cls in _decoders:
         return
@@ -734,8 +801,7 @@ def _compile(cls: type) -> None:
     for dep in deps:
         _compile(dep)
     for umap, members in unions.items():
-        # A member still being compiled (a recursive schema) keeps its fallback here.
-        _ns[umap] = {tag: _decoders[t_cls] for tag, t_cls in members.items()}
+        _ns[umap] = _UnionDecoders(members)
     exec(compile(source, f"<fastfbs {cls.__module__}>", "exec"), _ns)
     _decoders[cls] = _ns[name]
 
@@ -744,7 +810,8 @@ _ns["struct"] = struct
 
 
 def decoder(cls: type) -> Decoder:
-    """``(buf, pos) -> cls`` instance, equivalent to ``cls.InitFromBuf(buf, pos)``."""
+    """``(buf, pos) -> cls`` instance, equivalent to ``cls.InitFromBuf(buf, pos)`` for a
+    ``buf`` of bytes or bytearray."""
     dec = _decoders.get(cls)
     if dec is None:
         _compile(cls)
@@ -752,6 +819,263 @@ def decoder(cls: type) -> Decoder:
     return dec
 
 
-def union_decoders(creator: Any) -> dict[int, Decoder]:
-    """``{union type: decoder}`` for a generated ``XxxCreator`` function."""
-    return {tag: decoder(cls) for tag, cls in _union_map(creator).items()}
+def union_decoders(creator: Any) -> dict[int, Decoder | None]:
+    """``{union type: decoder or None}`` for a generated ``XxxCreator`` function; members
+    are compiled on first use, an unknown type maps to None."""
+    return _UnionDecoders(_union_map(creator))
+
+
+# -- packing ------------------------------------------------------------------------
+#
+# A generated ``Pack`` calls a module-level one-line wrapper per field
+# (``XAddF(builder, v)`` -> ``builder.PrependUint8Slot(3, v, 0)``) and each child's
+# ``Pack``. The compiled packer is the same ``Pack`` body with those wrappers inlined
+# and children packed by their own compiled packers: the same builder calls in the
+# same order, hence the same bytes.
+
+
+def _wrappers(tree: ast.Module) -> dict[str, tuple[list[str], ast.expr]]:
+    """Module-level functions whose body is one expression using each parameter once."""
+    result: dict[str, tuple[list[str], ast.expr]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef) or len(node.body) != 1:
+            continue
+        stmt = node.body[0]
+        if isinstance(stmt, ast.Expr | ast.Return) and stmt.value is not None:
+            params = [a.arg for a in node.args.args]
+            names = [n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)]
+            if all(names.count(p) <= 1 for p in params):
+                result[node.name] = (params, stmt.value)
+    return result
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, ast.expr]) -> None:
+        self.mapping = mapping
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return self.mapping.get(node.id, node)
+
+
+class _Inline(ast.NodeTransformer):
+    def __init__(self, wrappers: dict[str, tuple[list[str], ast.expr]]) -> None:
+        self.wrappers = wrappers
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        self.generic_visit(node)
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "py_type"
+            and ast.unparse(func.value) == "flatbuffers.number_types.UOffsetTFlags"
+            and len(node.args) == 1
+        ):
+            return node.args[0]  # int() of an offset, which is an int
+        if isinstance(func, ast.Name) and func.id in self.wrappers and not node.keywords:
+            params, expr = self.wrappers[func.id]
+            if len(params) == len(node.args):
+                body = _Substitute(dict(zip(params, node.args, strict=True))).visit(
+                    copy.deepcopy(expr)
+                )
+                result: ast.expr = self.visit(body)
+                return result
+        if isinstance(func, ast.Attribute) and func.attr == "Pack" and len(node.args) == 1:
+            # obj.Pack(builder) -> _P[type(obj)](obj, builder)
+            target = func.value
+            dispatch = ast.Subscript(
+                value=ast.Name("_P", ast.Load()),
+                slice=ast.Call(ast.Name("type", ast.Load()), [target], []),
+                ctx=ast.Load(),
+            )
+            return ast.Call(dispatch, [copy.deepcopy(target), node.args[0]], [])
+        return node
+
+
+_SLOT_FORMATS: dict[str, str] = {
+    "PrependBoolSlot": "?",
+    "PrependByteSlot": "B",
+    "PrependUint8Slot": "B",
+    "PrependUint16Slot": "H",
+    "PrependUint32Slot": "I",
+    "PrependUint64Slot": "Q",
+    "PrependInt8Slot": "b",
+    "PrependInt16Slot": "h",
+    "PrependInt32Slot": "i",
+    "PrependInt64Slot": "q",
+    "PrependFloat32Slot": "f",
+    "PrependFloat64Slot": "d",
+}
+
+
+def _builder_call(stmt: ast.stmt, builder: str) -> tuple[str, list[ast.expr]] | None:
+    """``builder.Method(args)`` as a statement -> (Method, args)."""
+    if (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Attribute)
+        and isinstance(stmt.value.func.value, ast.Name)
+        and stmt.value.func.value.id == builder
+        and not stmt.value.keywords
+    ):
+        return stmt.value.func.attr, list(stmt.value.args)
+    return None
+
+
+def _inline_slots(stmts: list[ast.stmt], builder: str, reserve: list[int]) -> list[ast.stmt]:
+    """The field writes of a table, with the builder's slot methods inlined on the locals
+    ``_buf``/``_h``/``_end`` (buffer, head, buffer length) and ``_vt`` (vtable)."""
+    out: list[ast.stmt] = []
+    for stmt in stmts:
+        if isinstance(stmt, ast.If) and not stmt.orelse:
+            stmt.body = _inline_slots(stmt.body, builder, reserve)
+            out.append(stmt)
+            continue
+        call = _builder_call(stmt, builder)
+        if call is None or len(call[1]) != 3:
+            raise UnsupportedShapeError(ast.unparse(stmt))
+        method, (slot, value, default) = call
+        if not isinstance(slot, ast.Constant) or not isinstance(default, ast.Constant):
+            raise UnsupportedShapeError(ast.unparse(stmt))
+        d = default.value
+        if isinstance(d, float) and not math.isfinite(d):  # no literal for it
+            raise UnsupportedShapeError(ast.unparse(stmt))
+        if method == "PrependUOffsetTRelativeSlot":
+            size = 4
+            write = [
+                "_o = _end - _h",
+                "if _v > _o:",
+                "    raise OffsetArithmeticError('flatbuffers: Offset arithmetic error.')",
+                "_h -= 4",
+                "_pk_u32(_buf, _h, _o - _v + 4)",
+            ]
+            cond = "_v != 0 or _fd" if d == 0 else None
+            if cond is None:
+                raise UnsupportedShapeError(ast.unparse(stmt))
+        elif method in _SLOT_FORMATS:
+            code = _SLOT_FORMATS[method]
+            size = struct.calcsize(code)
+            store = f"_pk_{code}" if code != "?" else "_pk_bool"
+            write = [f"_h -= {size}", f"{store}(_buf, _h, _v)"]
+            cond = f"_v != {d!r}" + (" or _fd" if d is not None else "")
+        else:
+            raise UnsupportedShapeError(ast.unparse(stmt))
+        reserve[0] += 2 * size - 1
+        lines = [f"_v = {ast.unparse(value)}", f"if {cond}:"]
+        if size > 1:
+            lines += [
+                f"    _p = (_h - _end) & {size - 1}",
+                "    if _p:",
+                "        _buf[_h - _p:_h] = _Z[_p]",
+                "        _h -= _p",
+                f"    if {builder}.minalign < {size}:",
+                f"        {builder}.minalign = {size}",
+            ]
+        lines += ["    " + line for line in write]
+        lines.append(f"    _vt[{slot.value!r}] = _end - _h")
+        out.extend(ast.parse("\n".join(lines)).body)
+    return out
+
+
+def _inline_table(fn: ast.FunctionDef) -> None:
+    """Inline the slot writes between ``builder.StartObject(n)`` and ``builder.EndObject()``."""
+    builder = fn.args.args[1].arg
+    body = fn.body
+    start = next(
+        i for i, st in enumerate(body) if (_builder_call(st, builder) or ("",))[0] == "StartObject"
+    )
+    end = next(
+        i
+        for i, st in enumerate(body)
+        if isinstance(st, ast.Assign) and ast.unparse(st.value) == f"{builder}.EndObject()"
+    )
+    start_call = body[start]
+    assert isinstance(start_call, ast.Expr) and isinstance(start_call.value, ast.Call)
+    num_fields = start_call.value.args[0]
+    if not isinstance(num_fields, ast.Constant):
+        raise UnsupportedShapeError(ast.unparse(start_call))
+    end_assign = body[end]
+    assert isinstance(end_assign, ast.Assign)
+    reserve = [0]
+    fields = _inline_slots(body[start + 1 : end], builder, reserve)
+    setup = ast.parse(
+        "\n".join(
+            [
+                # StartObject(n), inlined
+                f"if {builder}.nested:",
+                "    raise IsNestedError()",
+                f"_vt = {builder}.current_vtable = [0] * {num_fields.value!r}",
+                f"{builder}.objectEnd = len({builder}.Bytes) - {builder}.head",
+                f"{builder}.nested = True",
+                f"_fd = {builder}.forceDefaults",
+                f"if {builder}.head < {reserve[0]}:",
+                f"    _reserve({builder}, {reserve[0]})",
+                f"_buf = {builder}.Bytes",
+                f"_h = {builder}.head",
+                "_end = len(_buf)",
+            ]
+        )
+    ).body
+    # EndObject(), inlined: the object is still open (nothing above closes it).
+    store = ast.parse(
+        f"{builder}.head = _h\n{builder}.nested = False\n"
+        f"{ast.unparse(end_assign.targets[0])} = {builder}.WriteVtable()"
+    ).body
+    fn.body = body[:start] + setup + fields + store + body[end + 1 :]
+
+
+def _reserve(builder: Any, size: int) -> None:
+    """Grow the buffer until ``size`` bytes are free before the head (the bytes written
+    are the same: offsets count from the end of the buffer)."""
+    while builder.head < size:
+        old = len(builder.Bytes)
+        builder.GrowByteBuffer()
+        builder.head += len(builder.Bytes) - old
+
+
+_pack_namespace: dict[str, Any] = {
+    "IsNestedError": IsNestedError,
+    "_reserve": _reserve,
+    "OffsetArithmeticError": OffsetArithmeticError,
+    "_Z": [bytes(n) for n in range(8)],
+    "_pk_u32": _pack_u32,
+    "_pk_bool": struct.Struct("<?").pack_into,
+    **{f"_pk_{c}": struct.Struct("<" + c).pack_into for c in "BHIQbhiqfd"},
+}
+
+
+def _compile_packer(cls: type) -> Callable[[Any, Any], int]:
+    module = importlib.import_module(cls.__module__)
+    tree = _module_ast(module)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    methods = {fn.name: fn for fn in classes[cls.__name__].body if isinstance(fn, ast.FunctionDef)}
+    pack = copy.deepcopy(methods["Pack"])
+    pack.name = "_p_" + _name(cls)[3:]
+    pack.decorator_list = []
+    pack = _Inline(_wrappers(tree)).visit(pack)
+    try:
+        _inline_table(pack)
+    except (UnsupportedShapeError, StopIteration):
+        pass  # keep the builder's slot methods
+    source = ast.unparse(ast.fix_missing_locations(pack))
+    namespace = dict(vars(module))
+    namespace.update(_pack_namespace)
+    namespace["_P"] = packers
+    exec(compile(source, f"<fastfbs pack {cls.__module__}>", "exec"), namespace)
+    fn: Callable[[Any, Any], int] = namespace[pack.name]
+    return fn
+
+
+class _Packers(dict[type, Callable[[Any, Any], int]]):
+    """``{T class: packer(obj, builder) -> offset}``, compiled on first use."""
+
+    def __missing__(self, cls: type) -> Callable[[Any, Any], int]:
+        try:
+            fn = _compile_packer(cls)
+        except (KeyError, SyntaxError, TypeError, ValueError, AttributeError, OSError):
+            fn = getattr(cls, "Pack")  # noqa: B009 - not generated: its own Pack
+        self[cls] = fn
+        return fn
+
+
+#: ``packers[type(obj)](obj, builder)`` is ``obj.Pack(builder)``, with fewer calls.
+packers = _Packers()

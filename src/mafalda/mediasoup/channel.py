@@ -22,20 +22,16 @@ from typing import Any
 
 import flatbuffers
 
-from mafalda.mediasoup._fbs.Log.Log import Log as FbsLog
+from mafalda.mediasoup._fastfbs import FastBuilder, decoder, packers
 from mafalda.mediasoup._fbs.Message import Message as FbsMessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
-from mafalda.mediasoup._fbs.Message.Message import Message as FbsMessage
+from mafalda.mediasoup._fbs.Message.Message import MessageT
 from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
 from mafalda.mediasoup._fbs.Notification.Body import Body as NotificationBody
-from mafalda.mediasoup._fbs.Notification.Body import BodyCreator as notification_body_creator
 from mafalda.mediasoup._fbs.Notification.Event import Event
-from mafalda.mediasoup._fbs.Notification.Notification import Notification as FbsNotification
 from mafalda.mediasoup._fbs.Request import Request as FbsRequestMod
 from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
 from mafalda.mediasoup._fbs.Request.Method import Method
-from mafalda.mediasoup._fbs.Response.Body import BodyCreator as response_body_creator
-from mafalda.mediasoup._fbs.Response.Response import Response as FbsResponse
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import (
     ChannelClosedError,
@@ -88,7 +84,17 @@ def _finish(builder: flatbuffers.Builder, data_type: int, data: int) -> bytes:
     FbsMessageMod.AddDataType(builder, data_type)
     FbsMessageMod.AddData(builder, data)
     builder.FinishSizePrefixed(FbsMessageMod.End(builder))
-    return bytes(builder.Output())
+    # One copy of the finished bytes (Output() would copy them twice).
+    return bytes(memoryview(builder.Bytes)[builder.Head() :])
+
+
+def _pack(body: Any, builder: flatbuffers.Builder) -> int:
+    try:
+        offset: int = packers[type(body)](body, builder)
+    except struct.error as error:
+        # A number out of its field's range (the stock runtime raises TypeError too).
+        raise TypeError(f"bad number in {type(body).__name__}: {error}") from None
+    return offset
 
 
 def encode_request(
@@ -102,7 +108,7 @@ def encode_request(
         body_type = _request_tags.get(cls) or _request_tags.setdefault(
             cls, _union_type(RequestBody, body)
         )
-        body_offset = body.Pack(builder)
+        body_offset = _pack(body, builder)
     handler = builder.CreateString(handler_id)
     FbsRequestMod.Start(builder)
     FbsRequestMod.AddId(builder, request_id)
@@ -125,7 +131,7 @@ def encode_notification(
         body_type = _notification_tags.get(cls) or _notification_tags.setdefault(
             cls, _union_type(NotificationBody, body)
         )
-        body_offset = body.Pack(builder)
+        body_offset = _pack(body, builder)
     handler = builder.CreateString(handler_id)
     FbsNotificationMod.Start(builder)
     FbsNotificationMod.AddHandlerId(builder, handler)
@@ -196,44 +202,38 @@ class LogMessage:
     text: str
 
 
-def _str(value: bytes | None) -> str:
-    return value.decode() if value else ""
+_decode_message_t = decoder(MessageT)
+_RESPONSE = MessageBody.Response
+_NOTIFICATION = MessageBody.Notification
+_LOG = MessageBody.Log
 
 
 def decode_message(payload: bytes) -> ResponseMessage | NotificationMessage | LogMessage | None:
-    """Decode one payload; None for a message kind the worker should never send us."""
-    message = FbsMessage.GetRootAs(payload, 0)
-    kind = message.DataType()
-    table = message.Data()
-    if kind == MessageBody.Response:
-        response = FbsResponse()
-        response.Init(table.Bytes, table.Pos)
-        body = None
-        if response.BodyType():
-            body = response_body_creator(response.BodyType(), response.Body())
+    """Decode one payload; None for a message kind the worker should never send us.
+
+    Bodies are object-API tables (``...T``), decoded by the compiled decoders of
+    ``_fastfbs`` (the same objects as ``InitFromBuf`` makes, several times faster).
+    """
+    message = _decode_message_t(payload, _LEN.unpack_from(payload, 0)[0])
+    kind = message.dataType
+    data = message.data
+    if kind == _RESPONSE:
         return ResponseMessage(
-            id=response.Id(),
-            accepted=bool(response.Accepted()),
-            error=_str(response.Error()),
-            reason=_str(response.Reason()),
-            body=body,
+            id=data.id,
+            accepted=bool(data.accepted),
+            error=data.error or "",
+            reason=data.reason or "",
+            body=data.body,
         )
-    if kind == MessageBody.Notification:
-        notification = FbsNotification()
-        notification.Init(table.Bytes, table.Pos)
-        body = None
-        if notification.BodyType():
-            body = notification_body_creator(notification.BodyType(), notification.Body())
+    if kind == _NOTIFICATION:
         return NotificationMessage(
-            handler_id=_str(notification.HandlerId()),
-            event=notification.Event(),
-            body=body,
+            handler_id=data.handlerId or "",
+            event=data.event,
+            body=data.body,
         )
-    if kind == MessageBody.Log:
-        log = FbsLog()
-        log.Init(table.Bytes, table.Pos)
-        data = _str(log.Data())
-        return LogMessage(level=data[:1], text=data[1:])
+    if kind == _LOG:
+        text = data.data or ""
+        return LogMessage(level=text[:1], text=text[1:])
     return None
 
 
@@ -251,7 +251,8 @@ class Channel:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.closed = False
-        self._builder = flatbuffers.Builder(1024)
+        self._builder = FastBuilder(1024)
+        self._templates: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         self._decoder = FrameDecoder()
         self._next_id = 0
         self._sents: dict[int, tuple[asyncio.Future[Any], str]] = {}
@@ -290,20 +291,48 @@ class Channel:
         with ChannelClosedError when it closes before the answer, WorkerError (or
         WorkerTypeError) when the worker refuses.
         """
-        name = METHOD_NAMES.get(method, str(method))
+        name = METHOD_NAMES.get(method) or str(method)
         if self.closed:
             raise ChannelClosedError(f"channel closed, cannot send request [method:{name}]")
         self._next_id = self._next_id + 1 if self._next_id < 4294967295 else 1
         request_id = self._next_id
-        builder = self._builder
-        try:
-            data = encode_request(builder, request_id, method, handler_id, body)
-        finally:
-            builder.Clear()
-        self._write(data, f"request [method:{name}]")
+        if body is None:
+            data = self._bodyless_request(request_id, method, handler_id)
+        else:
+            builder = self._builder
+            try:
+                data = encode_request(builder, request_id, method, handler_id, body)
+            finally:
+                builder.Clear()
+        writer = self._writer
+        if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
+            self._write(data, f"request [method:{name}]")  # raises
+        else:
+            writer.write(data)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._sents[request_id] = (future, name)
         return future
+
+    def _bodyless_request(self, request_id: int, method: int, handler_id: str) -> bytes:
+        """``encode_request(..., request_id, method, handler_id)`` from a cached template
+        of the same request (dumps, stats, closes...): only the id differs."""
+        key = (method, handler_id)
+        template = self._templates.get(key)
+        if template is None:
+            builder = self._builder
+            try:
+                one = encode_request(builder, 0x01020304, method, handler_id)
+                builder.Clear()
+                two = encode_request(builder, 0x04030201, method, handler_id)
+            finally:
+                builder.Clear()
+            at = next(i for i in range(len(one)) if one[i] != two[i])
+            assert len(one) == len(two) and one[at + 4 :] == two[at + 4 :]
+            if len(self._templates) >= 1024:  # handler ids come and go
+                self._templates.clear()
+            template = self._templates[key] = (one[:at], one[at + 4 :])
+        head, tail = template
+        return head + _LEN.pack(request_id) + tail
 
     def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
         """Send a request whose answer nobody awaits (closing things, as Node's
@@ -352,7 +381,10 @@ class Channel:
     def _on_response(self, message: ResponseMessage) -> None:
         sent = self._sents.pop(message.id, None)
         if sent is None:
-            logger.error("response does not match any sent request [id:%s]", message.id)
+            # After close() the pending requests were failed already: their late
+            # answers are expected.
+            log = logger.debug if self.closed else logger.error
+            log("response does not match any sent request [id:%s]", message.id)
             return
         future, name = sent
         if future.done():  # the caller was cancelled

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
-from mafalda.mediasoup._fbs.DataConsumer import SendRequest as _fbs_send
 from mafalda.mediasoup._fbs.DataConsumer.AddSubchannelRequest import AddSubchannelRequestT
 from mafalda.mediasoup._fbs.DataConsumer.RemoveSubchannelRequest import (
     RemoveSubchannelRequestT,
@@ -135,24 +134,6 @@ def parse_data_consumer_stats(data: Any) -> DataConsumerStat:
         "bytesSent": data.bytesSent,
         "bufferedAmount": data.bufferedAmount,
     }
-
-
-class _SendRequest(SendRequestT):  # type: ignore[misc]
-    """``SendRequestT`` packing its payload in one copy (see data_producer._SendNotification)."""
-
-    __module__ = SendRequestT.__module__
-
-    def __init__(self, ppid: int, payload: bytes) -> None:
-        super().__init__(ppid=ppid)
-        self.payload = payload
-
-    def Pack(self, builder: Any) -> int:
-        data = builder.CreateByteVector(self.payload)
-        _fbs_send.Start(builder)
-        _fbs_send.AddPpid(builder, self.ppid)
-        _fbs_send.AddData(builder, data)
-        offset: int = _fbs_send.End(builder)
-        return offset
 
 
 class DataConsumer:
@@ -376,7 +357,9 @@ class DataConsumer:
         amount: int = body.bufferedAmount
         return amount
 
-    async def send(self, message: str | bytes, ppid: int | None = None) -> None:
+    async def send(
+        self, message: str | bytes | bytearray | memoryview, ppid: int | None = None
+    ) -> None:
         """Send a message to the remote endpoint over SCTP (an 'sctp' DataConsumer only).
 
         PPIDs as in ``DataProducer.send()``. The worker refuses a 'direct' DataConsumer
@@ -385,7 +368,9 @@ class DataConsumer:
         """
         self._check_open()
         payload, ppid = resolve_message_ppid(message, ppid)
-        await self._channel.request(Method.DATACONSUMER_SEND, self._id, _SendRequest(ppid, payload))
+        await self._channel.request(
+            Method.DATACONSUMER_SEND, self._id, SendRequestT(ppid=ppid, data=payload)
+        )
 
     async def set_subchannels(self, subchannels: list[int]) -> None:
         """Replace the subchannels (duplicates are removed by the worker)."""

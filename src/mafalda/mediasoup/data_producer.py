@@ -16,7 +16,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Literal, NotRequired, TypedDict
 
-from mafalda.mediasoup._fbs.DataProducer import SendNotification as _fbs_send
 from mafalda.mediasoup._fbs.DataProducer.SendNotification import SendNotificationT
 from mafalda.mediasoup._fbs.DataProducer.Type import Type as FbsDataProducerType
 from mafalda.mediasoup._fbs.Notification.Event import Event
@@ -42,6 +41,8 @@ __all__ = [
     "parse_data_producer_stats",
     "resolve_message_ppid",
     "validate_ppid",
+    "validate_subchannel",
+    "validate_subchannels",
 ]
 
 logger = logging.getLogger("mafalda.mediasoup.data_producer")
@@ -169,45 +170,6 @@ def validate_subchannels(values: Any, name: str = "subchannels") -> list[int]:
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise TypeError(f"{name} must be a list of integers")
     return [validate_subchannel(value, f"{name} item") for value in values]
-
-
-class _SendNotification(SendNotificationT):  # type: ignore[misc]
-    """``SendNotificationT`` packing its payload in one copy instead of byte by byte.
-
-    The generated object API prepends a vector of bytes one element at a time (without
-    numpy), which costs hundreds of milliseconds for a 256 KiB message. Same table,
-    same union member (the channel derives it from ``__module__``).
-    """
-
-    __module__ = SendNotificationT.__module__
-
-    def __init__(
-        self,
-        ppid: int,
-        payload: bytes,
-        subchannels: list[int],
-        required_subchannel: int | None,
-    ) -> None:
-        super().__init__(
-            ppid=ppid,
-            subchannels=subchannels,
-            requiredSubchannel=required_subchannel,
-        )
-        self.payload = payload
-
-    def Pack(self, builder: Any) -> int:
-        data = builder.CreateByteVector(self.payload)
-        _fbs_send.StartSubchannelsVector(builder, len(self.subchannels))
-        for subchannel in reversed(self.subchannels):
-            builder.PrependUint16(subchannel)
-        subchannels = builder.EndVector()
-        _fbs_send.Start(builder)
-        _fbs_send.AddPpid(builder, self.ppid)
-        _fbs_send.AddData(builder, data)
-        _fbs_send.AddSubchannels(builder, subchannels)
-        _fbs_send.AddRequiredSubchannel(builder, self.requiredSubchannel)
-        offset: int = _fbs_send.End(builder)
-        return offset
 
 
 class DataProducer:
@@ -359,7 +321,7 @@ class DataProducer:
 
     def send(
         self,
-        message: str | bytes,
+        message: str | bytes | bytearray | memoryview,
         ppid: int | None = None,
         subchannels: list[int] | None = None,
         required_subchannel: int | None = None,
@@ -380,5 +342,10 @@ class DataProducer:
         self._channel.notify(
             Event.DATAPRODUCER_SEND,
             self._id,
-            _SendNotification(ppid, payload, channels, required_subchannel),
+            SendNotificationT(
+                ppid=ppid,
+                data=payload,
+                subchannels=channels,
+                requiredSubchannel=required_subchannel,
+            ),
         )

@@ -111,7 +111,7 @@ class EventEmitter:
                 logger.exception("listener of event %r failed", event)
                 self._emit_listener_error(event)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 self._track(event, result)
         return True
 

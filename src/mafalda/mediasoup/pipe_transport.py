@@ -213,6 +213,13 @@ class PipeTransport(Transport):
         if not producer_id or not isinstance(producer_id, str):
             raise TypeError("missing producer_id")
         validate_app_data(app_data)
+        if self.consume_guard is None:
+            return await self._consume_pipe(producer_id, app_data)
+        async with self.consume_guard(producer_id):
+            self._check_open()
+            return await self._consume_pipe(producer_id, app_data)
+
+    async def _consume_pipe(self, producer_id: str, app_data: dict[str, Any] | None) -> Consumer:
         producer = self._get_producer_by_id(producer_id)
         if producer is None:
             raise ValueError(f'Producer with id "{producer_id}" not found')

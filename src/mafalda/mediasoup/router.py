@@ -740,6 +740,33 @@ class Router:
         piped.observer.on("close", consumer.close)
         return {"pipeDataConsumer": consumer, "pipeDataProducer": piped}
 
+    # -- aliases (for the layers above) ---------------------------------------------------
+
+    def alias_producer(self, key: str, producer: Producer) -> None:
+        """Make ``producer`` findable as ``key`` too (consume, pipe_to_router, observers).
+
+        Producer ids are unique per worker, not per router: a copy of a producer piped
+        into a worker that already hosts that id needs another id, and Mafalda keeps
+        the original id working through an alias. It goes when the producer closes.
+        """
+        self._producers[key] = producer
+
+        def drop() -> None:
+            if self._producers.get(key) is producer:
+                del self._producers[key]
+
+        producer.observer.on("close", drop)
+
+    def alias_data_producer(self, key: str, data_producer: DataProducer) -> None:
+        """As alias_producer(), for a data producer."""
+        self._data_producers[key] = data_producer
+
+        def drop() -> None:
+            if self._data_producers.get(key) is data_producer:
+                del self._data_producers[key]
+
+        data_producer.observer.on("close", drop)
+
     # -- RTP observers -------------------------------------------------------------------
 
     def _register_rtp_observer(self, rtp_observer: RtpObserver) -> None:

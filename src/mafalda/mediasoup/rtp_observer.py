@@ -16,8 +16,10 @@ subclass.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
 from mafalda.mediasoup._fbs.Request.Method import Method
@@ -60,6 +62,9 @@ class RtpObserver(abc.ABC):
         self._closed = False
         self._paused = False
         self._get_producer_by_id = get_producer_by_id
+        #: Entered with the producer id around add_producer() (Mafalda pipes a producer
+        #: of another worker into this observer's router there).
+        self.add_producer_guard: Callable[[str], AbstractAsyncContextManager[None]] | None = None
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
         self.events = EventEmitter()
         self.observer = EventEmitter()
@@ -164,13 +169,21 @@ class RtpObserver(abc.ABC):
         """Watch the audio Producer ``producer_id`` (of this observer's router)."""
         logger.debug("add_producer()")
         self._check_open()
-        producer = self._producer(producer_id)
-        await self._channel.request(
-            Method.RTPOBSERVER_ADD_PRODUCER,
-            self._id,
-            AddProducerRequestT(producerId=producer_id),
-        )
-        self.observer.emit("addproducer", producer)
+        if self.add_producer_guard is not None and isinstance(producer_id, str):
+            guard: AbstractAsyncContextManager[None] = self.add_producer_guard(producer_id)
+        else:
+            guard = contextlib.nullcontext()
+        async with guard:
+            self._check_open()
+            producer = self._producer(producer_id)
+            await self._channel.request(
+                Method.RTPOBSERVER_ADD_PRODUCER,
+                self._id,
+                AddProducerRequestT(producerId=producer_id),
+            )
+            # Inside the guard: whoever provided the producer sees it in use before
+            # the guard ends.
+            self.observer.emit("addproducer", producer)
 
     async def remove_producer(self, *, producer_id: str) -> None:
         """Stop watching the Producer ``producer_id``."""

@@ -6,11 +6,14 @@ and the helpers every transport kind shares (listen infos, tuples, base dump/sta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import logging
+import pickle
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup import ortc
@@ -68,6 +71,9 @@ if TYPE_CHECKING:
     pass
 
 logger = logging.getLogger("mafalda.mediasoup.transport")
+
+#: See Transport.consume_guard.
+ConsumeGuard = Callable[[str], AbstractAsyncContextManager[None]]
 
 TransportProtocol = Literal["udp", "tcp"]
 SctpState = Literal["new", "connecting", "connected", "failed", "closed"]
@@ -285,6 +291,34 @@ def listen_info_to_fbs(info: ListenInfo) -> ListenInfoT:
     return t
 
 
+# -- remote RTP capabilities ----------------------------------------------------------
+
+_normalized_caps: dict[bytes, bytes] = {}
+
+
+def normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
+    """A private, validated and normalized copy of ``rtp_capabilities`` (TypeError or
+    ValueError when invalid), as ``ortc.validate_and_normalize_rtp_capabilities`` on a
+    copy. Apps pass the same capabilities to every consume(): the validation, which is
+    deterministic, runs once per distinct content (keyed by its pickle) and later calls
+    get a fresh copy of the result."""
+    try:
+        key = pickle.dumps(rtp_capabilities, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # not plain data: validate (and reject) it without caching
+        key = b""
+    normalized = _normalized_caps.get(key) if key else None
+    if normalized is None:
+        caps: RtpCapabilities = ortc._clone(rtp_capabilities)
+        ortc.validate_and_normalize_rtp_capabilities(caps)
+        if not key:
+            return caps
+        if len(_normalized_caps) >= 64:
+            _normalized_caps.clear()
+        normalized = _normalized_caps[key] = pickle.dumps(caps, pickle.HIGHEST_PROTOCOL)
+    copy_: RtpCapabilities = pickle.loads(normalized)
+    return copy_
+
+
 # -- parsing ---------------------------------------------------------------------------
 
 _SCTP_STATES: dict[int, SctpState] = {
@@ -473,6 +507,11 @@ class Transport:
         self._next_mid_for_consumers = 0
         self._sctp_stream_ids: bytearray | None = None
         self._next_sctp_stream_id = 0
+        #: Entered with the producer id around the rest of consume() (and with the data
+        #: producer id around consume_data()): the layers above (Mafalda) pipe a producer
+        #: living on another worker into this router there, and know when it is done.
+        self.consume_guard: ConsumeGuard | None = None
+        self.consume_data_guard: ConsumeGuard | None = None
         self.events = EventEmitter()
         self.observer = EventEmitter()
         channel.subscribe(transport_id, self._on_notification)
@@ -715,85 +754,87 @@ class Transport:
                 preferred_layers.get("spatialLayer"), int
             ):
                 raise TypeError("preferred_layers.spatialLayer must be an integer")
-        caps: RtpCapabilities = copy.deepcopy(rtp_capabilities)
-        ortc.validate_and_normalize_rtp_capabilities(caps)
-        producer = self._get_producer_by_id(producer_id)
-        if producer is None:
-            raise ValueError(f'Producer with id "{producer_id}" not found')
-        if enable_rtx is None:
-            enable_rtx = producer.kind == "video"
-        rtp_parameters = ortc.get_consumer_rtp_parameters(
-            consumable_rtp_parameters=producer.consumable_rtp_parameters,
-            remote_rtp_capabilities=caps,
-            pipe=pipe,
-            enable_rtx=enable_rtx,
-        )
-        if not pipe:
-            if mid:
-                rtp_parameters["mid"] = mid
-            else:
-                rtp_parameters["mid"] = str(self._next_mid_for_consumers)
-                self._next_mid_for_consumers += 1
-                if self._next_mid_for_consumers == 100000000:
-                    self._next_mid_for_consumers = 0
-        consumer_id = str(uuid.uuid4())
-        request = ConsumeRequestT()
-        request.consumerId = consumer_id
-        request.producerId = producer.id
-        request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
-        request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
-        request.type = FbsRtpType.PIPE if pipe else _PRODUCER_TYPES_TO_FBS[producer.type]
-        request.consumableRtpEncodings = serialize_rtp_encoding_parameters(
-            producer.consumable_rtp_parameters.get("encodings") or []
-        )
-        request.paused = bool(paused)
-        if preferred_layers is not None:
-            layers = ConsumerLayersT()
-            layers.spatialLayer = preferred_layers["spatialLayer"]
-            layers.temporalLayer = preferred_layers.get("temporalLayer")
-            request.preferredLayers = layers
-        request.ignoreDtx = bool(ignore_dtx)
-        status = await self._request(Method.TRANSPORT_CONSUME, request)
-        score = status.score
-        status_layers = status.preferredLayers
-        consumer = Consumer(
-            transport_id=self._id,
-            consumer_id=consumer_id,
-            producer_id=producer_id,
-            kind=producer.kind,
-            rtp_parameters=rtp_parameters,
-            type="pipe" if pipe else producer.type,
-            channel=self._channel,
-            app_data=app_data,
-            paused=bool(status.paused),
-            producer_paused=bool(status.producerPaused),
-            score={
-                "score": score.score,
-                "producerScore": score.producerScore,
-                "producerScores": list(score.producerScores or []),
-            }
-            if score is not None
-            else None,
-            preferred_layers=(
-                {"spatialLayer": status_layers.spatialLayer}
-                | (
-                    {"temporalLayer": status_layers.temporalLayer}
-                    if status_layers.temporalLayer is not None
-                    else {}
-                )  # type: ignore[arg-type]
+        caps = normalized_rtp_capabilities(rtp_capabilities)
+        guard = self.consume_guard(producer_id) if self.consume_guard else contextlib.nullcontext()
+        async with guard:
+            self._check_open()
+            producer = self._get_producer_by_id(producer_id)
+            if producer is None:
+                raise ValueError(f'Producer with id "{producer_id}" not found')
+            if enable_rtx is None:
+                enable_rtx = producer.kind == "video"
+            rtp_parameters = ortc.get_consumer_rtp_parameters(
+                consumable_rtp_parameters=producer.consumable_rtp_parameters,
+                remote_rtp_capabilities=caps,
+                pipe=pipe,
+                enable_rtx=enable_rtx,
             )
-            if status_layers is not None
-            else None,
-        )
-        self._consumers[consumer_id] = consumer
+            if not pipe:
+                if mid:
+                    rtp_parameters["mid"] = mid
+                else:
+                    rtp_parameters["mid"] = str(self._next_mid_for_consumers)
+                    self._next_mid_for_consumers += 1
+                    if self._next_mid_for_consumers == 100000000:
+                        self._next_mid_for_consumers = 0
+            consumer_id = str(uuid.uuid4())
+            request = ConsumeRequestT()
+            request.consumerId = consumer_id
+            request.producerId = producer.id
+            request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
+            request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
+            request.type = FbsRtpType.PIPE if pipe else _PRODUCER_TYPES_TO_FBS[producer.type]
+            request.consumableRtpEncodings = serialize_rtp_encoding_parameters(
+                producer.consumable_rtp_parameters.get("encodings") or []
+            )
+            request.paused = bool(paused)
+            if preferred_layers is not None:
+                layers = ConsumerLayersT()
+                layers.spatialLayer = preferred_layers["spatialLayer"]
+                layers.temporalLayer = preferred_layers.get("temporalLayer")
+                request.preferredLayers = layers
+            request.ignoreDtx = bool(ignore_dtx)
+            status = await self._request(Method.TRANSPORT_CONSUME, request)
+            score = status.score
+            status_layers = status.preferredLayers
+            consumer = Consumer(
+                transport_id=self._id,
+                consumer_id=consumer_id,
+                producer_id=producer_id,
+                kind=producer.kind,
+                rtp_parameters=rtp_parameters,
+                type="pipe" if pipe else producer.type,
+                channel=self._channel,
+                app_data=app_data,
+                paused=bool(status.paused),
+                producer_paused=bool(status.producerPaused),
+                score={
+                    "score": score.score,
+                    "producerScore": score.producerScore,
+                    "producerScores": list(score.producerScores or []),
+                }
+                if score is not None
+                else None,
+                preferred_layers=(
+                    {"spatialLayer": status_layers.spatialLayer}
+                    | (
+                        {"temporalLayer": status_layers.temporalLayer}
+                        if status_layers.temporalLayer is not None
+                        else {}
+                    )  # type: ignore[arg-type]
+                )
+                if status_layers is not None
+                else None,
+            )
+            self._consumers[consumer_id] = consumer
 
-        def on_gone() -> None:
-            self._consumers.pop(consumer_id, None)
+            def on_gone() -> None:
+                self._consumers.pop(consumer_id, None)
 
-        consumer.events.on("@close", on_gone)
-        consumer.events.on("@producerclose", on_gone)
-        self.observer.emit("newconsumer", consumer)
-        return consumer
+            consumer.events.on("@close", on_gone)
+            consumer.events.on("@producerclose", on_gone)
+            self.observer.emit("newconsumer", consumer)
+            return consumer
 
     async def produce_data(
         self,
@@ -892,84 +933,95 @@ class Transport:
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
                 raise TypeError(f"{name} must be a non-negative integer")
-        data_producer = self._get_data_producer_by_id(data_producer_id)
-        if data_producer is None:
-            raise ValueError(f'DataProducer with id "{data_producer_id}" not found')
-        sctp_stream_id: int | None = None
-        params: SctpStreamParameters | None = None
-        if self.type == "direct":
-            kind = "direct"
-            if (
-                ordered is not None
-                or max_packet_life_time is not None
-                or max_retransmits is not None
-            ):
-                logger.warning(
-                    "consume_data() | ordered, max_packet_life_time and max_retransmits are "
-                    "ignored on a DirectTransport"
-                )
-        else:
-            kind = "sctp"
-            sctp_stream_id = self._get_next_sctp_stream_id()
-            source = data_producer.sctp_stream_parameters
-            params = (
-                copy.deepcopy(source) if source else {"streamId": sctp_stream_id, "ordered": True}
-            )
-            params["streamId"] = sctp_stream_id
-            if ordered is not None:
-                params["ordered"] = ordered
-                if ordered:
-                    params.pop("maxPacketLifeTime", None)
-                    params.pop("maxRetransmits", None)
-            if not ordered:
-                if max_packet_life_time is not None:
-                    params["ordered"] = False
-                    params["maxPacketLifeTime"] = max_packet_life_time
-                if max_retransmits is not None:
-                    params["ordered"] = False
-                    params["maxRetransmits"] = max_retransmits
-        data_consumer_id = str(uuid.uuid4())
-        request = ConsumeDataRequestT()
-        request.dataConsumerId = data_consumer_id
-        request.dataProducerId = data_producer_id
-        request.type = FbsDataProducerType.SCTP if kind == "sctp" else FbsDataProducerType.DIRECT
-        if params is not None:
-            request.sctpStreamParameters = serialize_sctp_stream_parameters(params)
-        request.label = data_producer.label
-        request.protocol = data_producer.protocol
-        request.paused = bool(paused)
-        request.subchannels = list(subchannels or [])
-        try:
-            body = await self._request(Method.TRANSPORT_CONSUME_DATA, request)
-        except BaseException:
-            self._release_sctp_stream_id(sctp_stream_id)
-            raise
-        dump = parse_data_consumer_dump(body)
-        data_consumer = DataConsumer(
-            transport_id=self._id,
-            data_consumer_id=data_consumer_id,
-            data_producer_id=dump["dataProducerId"],
-            type=dump["type"],
-            sctp_stream_parameters=dump.get("sctpStreamParameters"),
-            label=dump["label"],
-            protocol=dump["protocol"],
-            buffered_amount_low_threshold=dump["bufferedAmountLowThreshold"],
-            channel=self._channel,
-            paused=dump["paused"],
-            data_producer_paused=dump["dataProducerPaused"],
-            subchannels=dump["subchannels"],
-            app_data=app_data,
+        guard = (
+            self.consume_data_guard(data_producer_id)
+            if self.consume_data_guard
+            else contextlib.nullcontext()
         )
-        self._data_consumers[data_consumer_id] = data_consumer
+        async with guard:
+            self._check_open()
+            data_producer = self._get_data_producer_by_id(data_producer_id)
+            if data_producer is None:
+                raise ValueError(f'DataProducer with id "{data_producer_id}" not found')
+            sctp_stream_id: int | None = None
+            params: SctpStreamParameters | None = None
+            if self.type == "direct":
+                kind = "direct"
+                if (
+                    ordered is not None
+                    or max_packet_life_time is not None
+                    or max_retransmits is not None
+                ):
+                    logger.warning(
+                        "consume_data() | ordered, max_packet_life_time and max_retransmits are "
+                        "ignored on a DirectTransport"
+                    )
+            else:
+                kind = "sctp"
+                sctp_stream_id = self._get_next_sctp_stream_id()
+                source = data_producer.sctp_stream_parameters
+                params = (
+                    copy.deepcopy(source)
+                    if source
+                    else {"streamId": sctp_stream_id, "ordered": True}
+                )
+                params["streamId"] = sctp_stream_id
+                if ordered is not None:
+                    params["ordered"] = ordered
+                    if ordered:
+                        params.pop("maxPacketLifeTime", None)
+                        params.pop("maxRetransmits", None)
+                if not ordered:
+                    if max_packet_life_time is not None:
+                        params["ordered"] = False
+                        params["maxPacketLifeTime"] = max_packet_life_time
+                    if max_retransmits is not None:
+                        params["ordered"] = False
+                        params["maxRetransmits"] = max_retransmits
+            data_consumer_id = str(uuid.uuid4())
+            request = ConsumeDataRequestT()
+            request.dataConsumerId = data_consumer_id
+            request.dataProducerId = data_producer_id
+            request.type = (
+                FbsDataProducerType.SCTP if kind == "sctp" else FbsDataProducerType.DIRECT
+            )
+            if params is not None:
+                request.sctpStreamParameters = serialize_sctp_stream_parameters(params)
+            request.label = data_producer.label
+            request.protocol = data_producer.protocol
+            request.paused = bool(paused)
+            request.subchannels = list(subchannels or [])
+            try:
+                body = await self._request(Method.TRANSPORT_CONSUME_DATA, request)
+            except BaseException:
+                self._release_sctp_stream_id(sctp_stream_id)
+                raise
+            dump = parse_data_consumer_dump(body)
+            data_consumer = DataConsumer(
+                transport_id=self._id,
+                data_consumer_id=data_consumer_id,
+                data_producer_id=dump["dataProducerId"],
+                type=dump["type"],
+                sctp_stream_parameters=dump.get("sctpStreamParameters"),
+                label=dump["label"],
+                protocol=dump["protocol"],
+                buffered_amount_low_threshold=dump["bufferedAmountLowThreshold"],
+                channel=self._channel,
+                paused=dump["paused"],
+                data_producer_paused=dump["dataProducerPaused"],
+                subchannels=dump["subchannels"],
+                app_data=app_data,
+            )
+            self._data_consumers[data_consumer_id] = data_consumer
 
-        def on_gone() -> None:
-            self._data_consumers.pop(data_consumer_id, None)
-            self._release_sctp_stream_id(sctp_stream_id)
+            def on_gone() -> None:
+                self._data_consumers.pop(data_consumer_id, None)
+                self._release_sctp_stream_id(sctp_stream_id)
 
-        data_consumer.events.on("@close", on_gone)
-        data_consumer.events.on("@dataproducerclose", on_gone)
-        self.observer.emit("newdataconsumer", data_consumer)
-        return data_consumer
+            data_consumer.events.on("@close", on_gone)
+            data_consumer.events.on("@dataproducerclose", on_gone)
+            self.observer.emit("newdataconsumer", data_consumer)
+            return data_consumer
 
     def _release_sctp_stream_id(self, stream_id: int | None) -> None:
         if stream_id is not None and self._sctp_stream_ids is not None:

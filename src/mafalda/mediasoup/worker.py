@@ -351,6 +351,19 @@ class Worker:
             self._kill_task = asyncio.get_running_loop().create_task(self._ensure_exit())
         self.observer.emit("close")
 
+    def _abort(self, files: list[Any]) -> None:
+        """Undo a start that did not complete: kill the process, close every pipe."""
+        self._closed = True
+        self._spawn_done = True
+        self._channel.close()
+        for transport in self._transports:
+            transport.close()
+        for file in files:
+            if not any(t.get_extra_info("pipe") is file for t in self._transports):
+                file.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+
     async def _ensure_exit(self) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(self._exit_status), _CLOSE_GRACE_SECONDS)
@@ -545,22 +558,27 @@ async def create_worker(
     pidfd = os.pidfd_open(pid)
     worker._pidfd = pidfd
     loop.add_reader(pidfd, worker._on_process_exit)
-    for fd, mode, factory in (
-        (write_fd, "wb", None),
-        (read_fd, "rb", lambda: ChannelReader(channel, lambda: None)),
-        (out_fd, "rb", lambda: _LineLogger(pid, logging.DEBUG, "stdout")),
-        (err_fd, "rb", lambda: _LineLogger(pid, logging.ERROR, "stderr")),
-    ):
-        pipe = os.fdopen(fd, mode, buffering=0)
-        if factory is None:
-            writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, pipe)
-            channel.attach(writer)
-            worker._transports.append(writer)
-        else:
+    files = [
+        os.fdopen(fd, mode, buffering=0)
+        for fd, mode in ((write_fd, "wb"), (read_fd, "rb"), (out_fd, "rb"), (err_fd, "rb"))
+    ]
+    try:
+        writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, files[0])
+        channel.attach(writer)
+        worker._transports.append(writer)
+        for pipe, factory in (
+            (files[1], lambda: ChannelReader(channel, lambda: None)),
+            (files[2], lambda: _LineLogger(pid, logging.DEBUG, "stdout")),
+            (files[3], lambda: _LineLogger(pid, logging.ERROR, "stderr")),
+        ):
             reader, _ = await loop.connect_read_pipe(factory, pipe)
             worker._transports.append(reader)
-    _workers.add(worker)
-    await worker._started
+        _workers.add(worker)
+        await worker._started
+    except BaseException:
+        # Cancelled (or failed) after the process started: leave nothing behind.
+        worker._abort(files)
+        raise
     logger.debug("worker running [pid:%s]", pid)
     observer.emit("newworker", worker)
     return worker

@@ -1,0 +1,168 @@
+"""The ``mafalda`` command.
+
+    mafalda demo [--host 127.0.0.1] [--port 8080] [--rtc-ip 127.0.0.1] [--rtc-port 40000]
+                 [--announced-ip ADDRESS]
+
+Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
+MAFALDA_DEMO_RTC_IP, MAFALDA_DEMO_RTC_PORT, MAFALDA_DEMO_ANNOUNCED_IP); a flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mafalda.demo.server import DemoServer
+
+__all__ = ["main"]
+
+
+def _env_port(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        port = int(value)
+    except ValueError:
+        raise SystemExit(f"mafalda: {name}={value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise SystemExit(f"mafalda: {name}={value!r} is not a port number")
+    return port
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0..65535)")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mafalda", description="Mafalda SFU: mediasoup's server API in Python."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run the video room demo (open the printed URL in two browser tabs)",
+        description=(
+            "Serve a one-page video room: camera, microphone, active speaker, chat over a "
+            "data channel. Media goes through one mediasoup WebRtcServer (UDP and TCP)."
+        ),
+    )
+    env = os.environ.get
+    demo.add_argument(
+        "--host",
+        default=env("MAFALDA_DEMO_HOST") or "127.0.0.1",
+        help="HTTP and WebSocket address (env MAFALDA_DEMO_HOST; default %(default)s)",
+    )
+    demo.add_argument(
+        "--port",
+        type=_port,
+        default=_env_port("MAFALDA_DEMO_PORT", 8080),
+        help="HTTP and WebSocket port (env MAFALDA_DEMO_PORT; default %(default)s)",
+    )
+    demo.add_argument(
+        "--rtc-ip",
+        default=env("MAFALDA_DEMO_RTC_IP") or "127.0.0.1",
+        help="IP the WebRtcServer listens on for media (env MAFALDA_DEMO_RTC_IP; "
+        "default %(default)s)",
+    )
+    demo.add_argument(
+        "--rtc-port",
+        type=_port,
+        default=_env_port("MAFALDA_DEMO_RTC_PORT", 40000),
+        help="WebRtcServer port, UDP and TCP; 0 for any (env MAFALDA_DEMO_RTC_PORT; "
+        "default %(default)s)",
+    )
+    demo.add_argument(
+        "--announced-ip",
+        default=env("MAFALDA_DEMO_ANNOUNCED_IP") or None,
+        help="address browsers send media to, when it is not --rtc-ip: a public IP behind "
+        "NAT, or this host's address when --rtc-ip is 0.0.0.0 (env MAFALDA_DEMO_ANNOUNCED_IP)",
+    )
+    demo.add_argument("--room", default="demo", help="room named in the printed URL")
+    demo.add_argument(
+        "--verbose", "-v", action="store_true", help="log debug messages of the demo too"
+    )
+    return parser
+
+
+async def _run_demo(args: argparse.Namespace) -> int:
+    from mafalda.demo.server import DemoConfig, DemoServer
+
+    config = DemoConfig(
+        host=args.host,
+        port=args.port,
+        rtc_ip=args.rtc_ip,
+        rtc_port=args.rtc_port,
+        announced_ip=args.announced_ip,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _serve(DemoServer(config), stop, args.room)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def _serve(server: DemoServer, stop: asyncio.Event, room: str) -> int:
+    from mafalda.demo.server import BUNDLE
+
+    async with server:
+        if not BUNDLE.exists():
+            print(
+                "mafalda: the page's bundle is missing: run `bash scripts/build-demo.sh` "
+                "(it needs npm), then reload the page",
+                file=sys.stderr,
+            )
+        print(f"Mafalda demo running: open {server.url(room)} (in two tabs to see both)")
+        print("Press Ctrl+C to stop.", flush=True)
+        failed = asyncio.ensure_future(server.wait_failed())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if failed.done() and not failed.cancelled():
+            print(f"mafalda: {failed.result()}", file=sys.stderr)
+            return 1
+        failed.cancel()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("mafalda.demo").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from mafalda.mediasoup import MediasoupError
+
+    try:
+        return asyncio.run(_run_demo(args))
+    except (OSError, MediasoupError) as error:
+        print(f"mafalda: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

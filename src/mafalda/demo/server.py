@@ -1,0 +1,260 @@
+"""The demo's HTTP and WebSocket server (aiohttp): the page, its bundle, the signaling.
+
+    async with DemoServer(DemoConfig(port=8080)) as server:
+        print(server.url("demo"))
+        await server.wait_failed()   # or anything else that keeps the loop running
+
+Routes: ``GET /`` the page (it joins the room named by ``?room=``), ``/static/...`` its
+files (``static/build/demo.js`` is the bundle that ``scripts/build-demo.sh`` makes), and
+``GET /ws`` the signaling WebSocket (one :class:`~mafalda.demo.room.Session` each).
+Media flows through one WebRtcServer: one UDP and one TCP port for every transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from mafalda.demo import protocol
+from mafalda.demo.room import RoomManager, Session
+from mafalda.mediasoup import (
+    ListenInfo,
+    MediasoupError,
+    WebRtcServer,
+    Worker,
+    WorkerLogLevel,
+    create_worker,
+)
+
+__all__ = ["BUNDLE", "STATIC_DIR", "DemoConfig", "DemoServer"]
+
+logger = logging.getLogger("mafalda.demo")
+
+STATIC_DIR: Final = Path(__file__).parent / "static"
+#: The browser bundle (mediasoup-client and the page's code), built by
+#: ``scripts/build-demo.sh``; not in the source tree until then.
+BUNDLE: Final = STATIC_DIR / "build" / "demo.js"
+#: Messages queued for a client that does not read them; past this it is dropped.
+MAX_OUTBOX: Final = 1000
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Where the demo listens. Port 0 means any free port (for tests)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: The IP the WebRtcServer listens on for media (UDP and TCP).
+    rtc_ip: str = "127.0.0.1"
+    #: The WebRtcServer's port, the same for UDP and TCP (0: any free ones).
+    rtc_port: int = 40000
+    #: The address browsers are told to send media to, when not ``rtc_ip`` (NAT, 0.0.0.0).
+    announced_ip: str | None = None
+    worker_log_level: WorkerLogLevel = "warn"
+
+
+class DemoServer:
+    """The worker, its WebRtcServer, the rooms and the aiohttp application."""
+
+    def __init__(self, config: DemoConfig | None = None) -> None:
+        self.config = config or DemoConfig()
+        self._worker: Worker | None = None
+        self._webrtc_server: WebRtcServer | None = None
+        self._rooms: RoomManager | None = None
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failed: asyncio.Future[str] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self._failed = asyncio.get_running_loop().create_future()
+        self._worker = await create_worker(log_level=config.worker_log_level)
+        self._worker.on("died", self._on_worker_died)
+        listen_infos: list[ListenInfo] = []
+        for proto in ("udp", "tcp"):
+            info: ListenInfo = {"protocol": proto, "ip": config.rtc_ip}
+            if config.rtc_port:
+                info["port"] = config.rtc_port
+            if config.announced_ip:
+                info["announcedAddress"] = config.announced_ip
+            listen_infos.append(info)
+        try:
+            self._webrtc_server = await self._worker.create_webrtc_server(listen_infos=listen_infos)
+            self._rooms = RoomManager(worker=self._worker, webrtc_server=self._webrtc_server)
+            app = web.Application()
+            app.router.add_get("/", self._index)
+            app.router.add_get("/favicon.ico", self._no_content)
+            app.router.add_get("/ws", self._websocket)
+            app.router.add_static("/static/", STATIC_DIR)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, config.host, config.port)
+            await site.start()
+        except BaseException:
+            await self.close()
+            raise
+        address = self._runner.addresses[0]
+        self._port = int(address[1])
+        if not BUNDLE.exists():
+            logger.warning("%s is missing: run scripts/build-demo.sh (the page needs it)", BUNDLE)
+
+    async def close(self) -> None:
+        """Drop every client, close the rooms, the WebRtcServer and the worker."""
+        sockets = list(self._sockets)
+        if sockets:
+            await asyncio.gather(
+                *(
+                    ws.close(code=WSCloseCode.GOING_AWAY, message=b"server closing")
+                    for ws in sockets
+                ),
+                return_exceptions=True,
+            )
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._rooms is not None:
+            self._rooms.close()
+        if self._webrtc_server is not None:
+            self._webrtc_server.close()
+        if self._worker is not None:
+            if not self._worker.closed:
+                # The close requests above are fire-and-forget; the worker answers in
+                # order, so once this one is answered theirs have arrived too (else they
+                # would reach a closed channel and be logged as unmatched responses).
+                with contextlib.suppress(MediasoupError):
+                    await self._worker.dump()
+            self._worker.close()
+            await self._worker.wait_closed()
+        if self._failed is not None and not self._failed.done():
+            self._failed.cancel()
+
+    async def __aenter__(self) -> DemoServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_failed(self) -> str:
+        """Wait until the server cannot go on (its worker died); return why."""
+        assert self._failed is not None, "start() first"
+        return await asyncio.shield(self._failed)
+
+    def _on_worker_died(self, error: BaseException) -> None:
+        logger.error("mediasoup-worker died: %s", error)
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(f"mediasoup-worker died: {error}")
+
+    # -- what the server has -----------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def rooms(self) -> RoomManager:
+        assert self._rooms is not None, "start() first"
+        return self._rooms
+
+    @property
+    def worker(self) -> Worker:
+        assert self._worker is not None, "start() first"
+        return self._worker
+
+    @property
+    def webrtc_server(self) -> WebRtcServer:
+        assert self._webrtc_server is not None, "start() first"
+        return self._webrtc_server
+
+    def url(self, room: str = "demo") -> str:
+        """The page of ``room`` (getUserMedia needs localhost or https: 0.0.0.0 shows as
+        127.0.0.1)."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._port}/?room={room}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url().replace("http://", "ws://", 1).split("/?", 1)[0] + "/ws"
+
+    # -- handlers ----------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def _no_content(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=protocol.MAX_MESSAGE_SIZE, heartbeat=30.0)
+        await ws.prepare(request)
+        outbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def send(message: dict[str, Any]) -> None:
+            if outbox.qsize() >= MAX_OUTBOX:
+                if not ws.closed:
+                    logger.warning("dropping a client that does not read its messages")
+                    self._track(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow"))
+                return
+            outbox.put_nowait(protocol.encode(message))
+
+        session = Session(self.rooms, send)
+        writer = asyncio.create_task(_write(ws, outbox))
+        self._sockets.add(ws)
+        reason = "disconnected"
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    send(await session.handle_message(message.data))
+                elif message.type == WSMsgType.BINARY:
+                    send(protocol.error_response(None, "binary messages are not supported"))
+                else:  # ERROR: a frame too big, a broken frame...
+                    reason = f"dropped: {ws.exception()}"
+                    break
+        finally:
+            session.close(reason)
+            self._sockets.discard(ws)
+            outbox.put_nowait(None)
+            try:
+                async with asyncio.timeout(5):
+                    await writer
+            except TimeoutError:
+                writer.cancel()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    def _track(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _write(ws: web.WebSocketResponse, outbox: asyncio.Queue[str | None]) -> None:
+    """Send queued messages in order until ``None`` (or the connection fails)."""
+    while (text := await outbox.get()) is not None:
+        if ws.closed:
+            continue
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(text)

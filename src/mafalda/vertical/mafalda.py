@@ -1,0 +1,509 @@
+"""Mafalda: a pool of mediasoup workers behind Routers that span them all.
+
+``Mafalda.start()`` owns the workers (by default up to one per CPU core, started as
+load requires), samples their CPU time, places every new transport with a policy, and
+replaces a worker that dies, telling the application what was lost with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from mafalda.mediasoup import Worker, create_worker, ortc
+from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
+from mafalda.mediasoup.webrtc_server import WebRtcServer
+from mafalda.mediasoup.worker import validate_app_data
+from mafalda.vertical.policy import GROW, Limits, PlacementPolicy, WorkerLoad, make_policy
+
+if TYPE_CHECKING:
+    from mafalda.vertical.router import MafaldaRouter
+
+logger = logging.getLogger("mafalda.vertical")
+
+
+class WorkerLoss(TypedDict):
+    """What a dead worker took with it (the ``workerdied`` event's argument)."""
+
+    pid: int
+    error: str
+    routers: list[str]
+    transports: list[str]
+    producers: list[str]
+    consumers: list[str]
+    dataProducers: list[str]
+    dataConsumers: list[str]
+    rtpObservers: list[str]
+
+
+class WorkerStats(TypedDict):
+    pid: int
+    cpu: float
+    consumers: int
+    units: int
+    load: float
+    routers: int
+    transports: int
+
+
+class MafaldaStats(TypedDict):
+    workers: list[WorkerStats]
+    routers: int
+    maxWorkers: int
+
+
+@dataclass(slots=True)
+class _PoolWorker:
+    worker: Worker
+    cpu: float = 0.0
+    last_cpu_ms: float | None = None
+    last_sample: float = 0.0
+    idle_since: float | None = None
+    reserved: int = 0
+    loss: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Mafalda:
+    """A pool of mediasoup workers; create Routers that span them with create_router()."""
+
+    def __init__(
+        self,
+        *,
+        num_workers: int,
+        min_workers: int,
+        worker_settings: dict[str, Any],
+        policy: PlacementPolicy,
+        load_interval: float,
+        idle_worker_timeout: float,
+        app_data: dict[str, Any] | None,
+    ) -> None:
+        self._num_workers = num_workers
+        self._min_workers = min_workers
+        self._worker_settings = worker_settings
+        self.policy = policy
+        self._load_interval = load_interval
+        self._idle_worker_timeout = idle_worker_timeout
+        self.app_data: dict[str, Any] = app_data if app_data is not None else {}
+        self._pool: dict[Worker, _PoolWorker] = {}
+        #: Workers that left the pool (freed, closed from outside): aclose() still
+        #: waits for their processes.
+        self._retired: set[Worker] = set()
+        self._routers: dict[str, MafaldaRouter] = {}
+        self._closed = False
+        self._grow_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sampler: asyncio.Task[None] | None = None
+        self.events = EventEmitter()
+        self.observer = EventEmitter()
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        num_workers: int | None = None,
+        min_workers: int = 1,
+        worker_settings: dict[str, Any] | None = None,
+        policy: str | PlacementPolicy = "concentrate",
+        max_units_per_worker: int = 500,
+        cpu_watermark: float = 0.6,
+        load_interval: float = 1.0,
+        idle_worker_timeout: float = 30.0,
+        app_data: dict[str, Any] | None = None,
+    ) -> Mafalda:
+        """Start a pool.
+
+        num_workers: the most workers used (default: one per CPU core). min_workers:
+        started at once and never freed. worker_settings: keyword arguments of
+        ``create_worker`` for every worker. policy: 'concentrate' (default), 'spread'
+        or a PlacementPolicy; max_units_per_worker and cpu_watermark set the capacity
+        of a worker for the named policies. A worker with no router for
+        idle_worker_timeout seconds is closed (down to min_workers).
+        """
+        count = os.cpu_count() or 1 if num_workers is None else num_workers
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError("num_workers must be a positive integer")
+        if isinstance(min_workers, bool) or not isinstance(min_workers, int):
+            raise TypeError("min_workers must be an integer")
+        if not 0 <= min_workers <= count:
+            raise ValueError("min_workers must be in 0..num_workers")
+        settings = dict(worker_settings or {})
+        if "app_data" in settings:
+            raise ValueError("worker_settings cannot set app_data (Mafalda owns the workers)")
+        if isinstance(policy, str):
+            chosen = make_policy(
+                policy,
+                Limits(max_units_per_worker=max_units_per_worker, cpu_watermark=cpu_watermark),
+            )
+        elif hasattr(policy, "choose") and hasattr(policy, "limits"):
+            chosen = policy
+        else:
+            raise TypeError("policy must be 'concentrate', 'spread' or a PlacementPolicy")
+        for name, value in (
+            ("load_interval", load_interval),
+            ("idle_worker_timeout", idle_worker_timeout),
+        ):
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{name} must be a positive number")
+        validate_app_data(app_data)
+        mafalda = cls(
+            num_workers=count,
+            min_workers=min_workers,
+            worker_settings=settings,
+            policy=chosen,
+            load_interval=float(load_interval),
+            idle_worker_timeout=float(idle_worker_timeout),
+            app_data=app_data,
+        )
+        try:
+            await asyncio.gather(*(mafalda._add_worker() for _ in range(min_workers)))
+        except BaseException:
+            await mafalda.aclose()
+            raise
+        mafalda._sampler = asyncio.ensure_future(mafalda._sample_forever())
+        return mafalda
+
+    async def __aenter__(self) -> Mafalda:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def workers(self) -> list[Worker]:
+        return list(self._pool)
+
+    @property
+    def max_workers(self) -> int:
+        return self._num_workers
+
+    @property
+    def routers(self) -> list[MafaldaRouter]:
+        return list(self._routers.values())
+
+    def on(self, event: str, listener: Any = None) -> Any:
+        return self.events.on(event, listener)
+
+    def once(self, event: str, listener: Any = None) -> Any:
+        return self.events.once(event, listener)
+
+    def off(self, event: str, listener: Any) -> Any:
+        return self.events.off(event, listener)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidStateError("Mafalda closed")
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def _add_worker(self) -> Worker:
+        worker = await create_worker(**self._worker_settings)
+        if self._closed:
+            worker.close()
+            raise InvalidStateError("Mafalda closed")
+        entry = _PoolWorker(worker=worker, idle_since=time.monotonic())
+        self._pool[worker] = entry
+        worker.on("died", lambda error: self._on_worker_died(worker, error))
+        worker.observer.on("close", lambda: self._on_worker_closed(worker))
+        self.observer.emit("newworker", worker)
+        logger.info("worker %s started (%d in the pool)", worker.pid, len(self._pool))
+        return worker
+
+    def _on_worker_died(self, worker: Worker, error: Exception) -> None:
+        entry = self._pool.pop(worker, None)
+        if entry is None:
+            return
+        loss: WorkerLoss = {
+            "pid": worker.pid,
+            "error": str(error),
+            "routers": entry.loss.get("routers", []),
+            "transports": entry.loss.get("transports", []),
+            "producers": entry.loss.get("producers", []),
+            "consumers": entry.loss.get("consumers", []),
+            "dataProducers": entry.loss.get("dataProducers", []),
+            "dataConsumers": entry.loss.get("dataConsumers", []),
+            "rtpObservers": entry.loss.get("rtpObservers", []),
+        }
+        logger.error(
+            "worker %s died (%s): %d transports lost", worker.pid, error, len(loss["transports"])
+        )
+        self.events.emit("workerdied", loss)
+        self.observer.emit("workerdied", loss)
+        if not self._closed and len(self._pool) < self._min_workers:
+            self._spawn(self._replace_worker())
+
+    def _on_worker_closed(self, worker: Worker) -> None:
+        """A worker closed by someone else (not died): forget it, keep min_workers."""
+        if worker.died or self._closed or self._pool.pop(worker, None) is None:
+            return
+        self._retired.add(worker)
+        logger.warning("worker %s was closed outside Mafalda", worker.pid)
+        self.observer.emit("workerclose", worker)
+        if len(self._pool) < self._min_workers:
+            self._spawn(self._replace_worker())
+
+    async def _replace_worker(self) -> None:
+        try:
+            worker = await self._add_worker()
+        except Exception as error:
+            logger.error("could not replace a dead worker: %s", error)
+            return
+        self.events.emit("workerreplaced", worker)
+
+    def record_loss(self, worker: Worker, kind: str, object_id: str) -> None:
+        """Called by MafaldaRouters for every object closed because ``worker`` died."""
+        entry = self._pool.get(worker)
+        if entry is not None:
+            entry.loss.setdefault(kind, []).append(object_id)
+
+    def worker_hosts(self, worker: Worker, producer_id: str) -> bool:
+        """Whether a producer or data producer with this id exists on ``worker``."""
+        for router in self._routers.values():
+            child = router.child_router(worker)
+            if child is None:
+                continue
+            for transport in child.transports_for_testing.values():
+                if producer_id in transport.producers or producer_id in transport.data_producers:
+                    return True
+        return False
+
+    def worker_of_webrtc_server(self, server: WebRtcServer) -> Worker:
+        for worker in self._pool:
+            if server in worker.webrtc_servers_for_testing:
+                return worker
+        raise ValueError("webrtc_server does not belong to a worker of this Mafalda")
+
+    async def create_webrtc_servers(
+        self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
+    ) -> dict[int, WebRtcServer]:
+        """One WebRtcServer per current worker (ports must differ: use a portRange or port 0)."""
+        self._check_open()
+        servers = await asyncio.gather(
+            *(
+                w.create_webrtc_server(listen_infos=listen_infos, app_data=app_data)
+                for w in self._pool
+            )
+        )
+        return {w.pid: s for w, s in zip(self._pool, servers, strict=True)}
+
+    # -- load ---------------------------------------------------------------------------------
+
+    def _counts(self, worker: Worker) -> tuple[int, int, int, int]:
+        """(consumers, units, routers, transports) on a worker, over every MafaldaRouter."""
+        consumers = units = routers = transports = 0
+        for router in self._routers.values():
+            child = router.child_router(worker)
+            if child is None:
+                continue
+            routers += 1
+            for transport in child.transports_for_testing.values():
+                n = len(transport.consumers)
+                consumers += n
+                units += max(1, n)
+                transports += 1
+        return consumers, units, routers, transports
+
+    def loads(self, router: MafaldaRouter | None = None) -> list[WorkerLoad]:
+        """Load snapshots of the pool's workers, in pool order."""
+        result = []
+        for worker, entry in self._pool.items():
+            consumers, units, _, _ = self._counts(worker)
+            result.append(
+                WorkerLoad(
+                    pid=worker.pid,
+                    cpu=entry.cpu,
+                    consumers=consumers,
+                    units=units + entry.reserved,
+                    hosts_router=router is not None and router.child_router(worker) is not None,
+                )
+            )
+        return result
+
+    async def _sample(self) -> None:
+        now = time.monotonic()
+        for worker, entry in list(self._pool.items()):
+            if worker.closed:
+                continue
+            try:
+                usage = await worker.get_resource_usage()
+            except Exception:  # the worker died meanwhile: its death is handled elsewhere
+                continue
+            # ru_utime / ru_stime are milliseconds of CPU time.
+            cpu_ms = float(usage["ru_utime"] + usage["ru_stime"])
+            if entry.last_cpu_ms is not None and now > entry.last_sample:
+                entry.cpu = max(
+                    0.0, (cpu_ms - entry.last_cpu_ms) / ((now - entry.last_sample) * 1000.0)
+                )
+            entry.last_cpu_ms = cpu_ms
+            entry.last_sample = now
+            _, _, routers, _ = self._counts(worker)
+            if routers:
+                entry.idle_since = None
+            elif entry.idle_since is None:
+                entry.idle_since = now
+        await self._free_idle_workers(now)
+
+    async def _free_idle_workers(self, now: float) -> None:
+        for worker, entry in list(self._pool.items()):
+            if len(self._pool) <= self._min_workers:
+                return
+            if entry.idle_since is not None and now - entry.idle_since >= self._idle_worker_timeout:
+                if entry.reserved or self._counts(worker)[2]:
+                    continue
+                logger.info("closing idle worker %s", worker.pid)
+                del self._pool[worker]
+                self._retired.add(worker)
+                worker.close()
+                self.observer.emit("workerclose", worker)
+
+    async def _sample_forever(self) -> None:
+        while not self._closed:
+            try:
+                await self._sample()
+            except Exception:  # pragma: no cover - sampling must never stop the pool
+                logger.exception("load sampling failed")
+            await asyncio.sleep(self._load_interval)
+
+    async def sample_load(self) -> None:
+        """Sample CPU load now (it is also sampled every load_interval seconds)."""
+        self._check_open()
+        await self._sample()
+
+    async def place(self, router: MafaldaRouter) -> Worker:
+        """The worker where ``router``'s next transport goes (may start a worker)."""
+        self._check_open()
+        while True:
+            workers = list(self._pool)
+            choice = self.policy.choose(
+                self.loads(router), can_grow=len(workers) < self._num_workers
+            )
+            if choice != GROW:
+                return workers[choice]
+            async with self._grow_lock:
+                if len(self._pool) != len(workers):
+                    continue  # someone else grew the pool: choose again
+                if len(self._pool) >= self._num_workers:
+                    if not self._pool:
+                        raise InvalidStateError("no worker available")
+                    continue
+                return await self._add_worker()
+
+    @contextlib.contextmanager
+    def reserve(self, worker: Worker) -> Any:
+        """Count a transport being created on ``worker`` until it exists."""
+        entry = self._pool.get(worker)
+        if entry is not None:
+            entry.reserved += 1
+        try:
+            yield
+        finally:
+            if entry is not None:
+                entry.reserved -= 1
+
+    # -- routers ----------------------------------------------------------------------------
+
+    async def create_router(
+        self,
+        *,
+        media_codecs: list[RouterRtpCodecCapability] | None = None,
+        app_data: dict[str, Any] | None = None,
+    ) -> MafaldaRouter:
+        """A Router with mediasoup's API whose transports are spread over the pool."""
+        from mafalda.vertical.router import MafaldaRouter
+
+        self._check_open()
+        validate_app_data(app_data)
+        codecs = copy.deepcopy(media_codecs)
+        rtp_capabilities = ortc.generate_router_rtp_capabilities(codecs)
+        router = MafaldaRouter(
+            mafalda=self,
+            router_id=str(uuid.uuid4()),
+            rtp_capabilities=rtp_capabilities,
+            # Router capabilities are a deterministic function of the media codecs, so
+            # every child router generated from the same codecs agrees on payload types.
+            media_codecs=copy.deepcopy(media_codecs),
+            app_data=app_data,
+        )
+        self._routers[router.id] = router
+        router.events.on("@close", lambda: self._routers.pop(router.id, None))
+        self.observer.emit("newrouter", router)
+        return router
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def stats(self) -> MafaldaStats:
+        """A plain-dict view of the pool's load (no worker request)."""
+        workers: list[WorkerStats] = []
+        for worker, entry in self._pool.items():
+            consumers, units, routers, transports = self._counts(worker)
+            load = WorkerLoad(pid=worker.pid, cpu=entry.cpu, consumers=consumers, units=units)
+            workers.append(
+                {
+                    "pid": worker.pid,
+                    "cpu": round(entry.cpu, 4),
+                    "consumers": consumers,
+                    "units": units,
+                    "load": round(self.policy.limits.load(load), 4),
+                    "routers": routers,
+                    "transports": transports,
+                }
+            )
+        return {"workers": workers, "routers": len(self._routers), "maxWorkers": self._num_workers}
+
+    async def dump(self) -> dict[str, Any]:
+        """Workers with their load, and every router with its children, transports and pipes."""
+        self._check_open()
+        stats = self.stats()
+        return {
+            "workers": stats["workers"],
+            "maxWorkers": stats["maxWorkers"],
+            "routers": [await router.mafalda_dump() for router in list(self._routers.values())],
+        }
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Close every router and worker of the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sampler is not None:
+            self._sampler.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for router in list(self._routers.values()):
+            router.mafalda_closed()
+        self._routers.clear()
+        for worker in list(self._pool):
+            worker.close()
+        self.observer.emit("close")
+
+    async def aclose(self) -> None:
+        """Close, and wait until every worker process has exited."""
+        workers = [*self._pool, *self._retired]
+        self.close()
+        self._pool.clear()
+        tasks = [t for t in (self._sampler, *self._tasks) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(w.wait_closed() for w in workers), return_exceptions=True)

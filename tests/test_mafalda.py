@@ -1,0 +1,476 @@
+"""Mafalda (vertical scaling) against real workers: placement, pipes, media, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from mafalda import Mafalda, MafaldaRouter
+from mafalda.mediasoup import InvalidStateError, PlainTransport, Producer, Worker, create_worker
+from mafalda.vertical import SpreadPolicy, WorkerLoss
+from mafalda.vertical.policy import Limits
+
+from .conftest import MEDIA_CODECS
+
+OPUS_PT = 100
+LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
+
+
+class _Counter(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.rtp = 0
+        self.arrived = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) >= 12 and not 192 <= data[1] <= 223:  # RTP, not RTCP
+            self.rtp += 1
+            self.arrived.set()
+
+
+async def _receiver() -> tuple[asyncio.DatagramTransport, _Counter]:
+    loop = asyncio.get_running_loop()
+    transport, counter = await loop.create_datagram_endpoint(_Counter, local_addr=("127.0.0.1", 0))
+    return transport, counter
+
+
+def _rtp(seq: int, ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, OPUS_PT, seq, seq * 960, ssrc) + bytes(100)
+
+
+async def _send_rtp(transport: PlainTransport, ssrc: int, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    sock, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol,
+        remote_addr=(transport.tuple["localAddress"], transport.tuple["localPort"]),
+    )
+    try:
+        for seq in range(count):
+            sock.sendto(_rtp(seq, ssrc))
+            await asyncio.sleep(0.002)
+    finally:
+        sock.close()
+
+
+async def _audio_producer(
+    router: MafaldaRouter, ssrc: int = 1234
+) -> tuple[PlainTransport, Producer]:
+    transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    producer = await transport.produce(
+        kind="audio",
+        rtp_parameters={
+            "codecs": [
+                {
+                    "mimeType": "audio/opus",
+                    "payloadType": OPUS_PT,
+                    "clockRate": 48000,
+                    "channels": 2,
+                }
+            ],
+            "encodings": [{"ssrc": ssrc}],
+        },
+    )
+    return transport, producer
+
+
+@pytest.fixture
+async def mafalda() -> AsyncIterator[Mafalda]:
+    m = await Mafalda.start(
+        num_workers=2, max_units_per_worker=4, worker_settings={"log_level": "warn"}
+    )
+    yield m
+    await m.aclose()
+
+
+async def test_start_validates_options() -> None:
+    with pytest.raises(ValueError, match="num_workers"):
+        await Mafalda.start(num_workers=0)
+    with pytest.raises(ValueError, match="min_workers"):
+        await Mafalda.start(num_workers=1, min_workers=2)
+    with pytest.raises(TypeError, match="min_workers"):
+        await Mafalda.start(num_workers=1, min_workers="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown placement policy"):
+        await Mafalda.start(num_workers=1, policy="random")
+    with pytest.raises(TypeError, match="policy"):
+        await Mafalda.start(num_workers=1, policy=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="app_data"):
+        await Mafalda.start(num_workers=1, worker_settings={"app_data": {}})
+    with pytest.raises(ValueError, match="load_interval"):
+        await Mafalda.start(num_workers=1, load_interval=0)
+    with pytest.raises(ValueError, match="log_level"):
+        await Mafalda.start(num_workers=1, worker_settings={"log_level": "chicken"})
+
+
+async def test_start_and_close_with_async_with() -> None:
+    async with await Mafalda.start(num_workers=3, min_workers=2) as m:
+        assert len(m.workers) == 2 and m.max_workers == 3
+        pids = [w.pid for w in m.workers]
+        router = await m.create_router(media_codecs=MEDIA_CODECS, app_data={"room": "a"})
+        assert router.app_data == {"room": "a"}
+        assert m.routers == [router]
+        closed: list[str] = []
+        router.on("workerclose", lambda: closed.append("router"))
+    assert m.closed and router.closed and closed == ["router"]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(InvalidStateError):
+        await m.create_router(media_codecs=MEDIA_CODECS)
+
+
+async def test_router_capabilities_match_mediasoup(mafalda: Mafalda, worker: Worker) -> None:
+    plain = await worker.create_router(media_codecs=MEDIA_CODECS)
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    assert router.rtp_capabilities == plain.rtp_capabilities
+
+
+async def test_consumers_spill_to_second_worker_and_all_receive_media(mafalda: Mafalda) -> None:
+    """K=4 load units per worker: 8 consumers of one producer end up on both workers."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    send_transport, producer = await _audio_producer(router)
+    receivers: list[tuple[asyncio.DatagramTransport, _Counter]] = []
+    transports: list[PlainTransport] = []
+    try:
+        for _ in range(7):
+            transport = await router.create_plain_transport(listen_info=LISTEN)
+            sock, counter = await _receiver()
+            receivers.append((sock, counter))
+            port = sock.get_extra_info("sockname")[1]
+            await transport.connect(ip="127.0.0.1", port=port)
+            await transport.consume(
+                producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+            )
+            transports.append(transport)
+        hosts = {router.worker_of(t).pid for t in transports}
+        assert hosts == {w.pid for w in mafalda.workers} and len(hosts) == 2
+        # The producer's worker holds 4 units (its transport + 3 consumers); 4 consumers
+        # went to the other one through one pipe.
+        home = router.worker_of(producer)
+        assert sum(router.worker_of(t) is home for t in transports) == 3
+        dump = await mafalda.dump()
+        (rdump,) = dump["routers"]
+        assert len(rdump["pipes"]) == 1 and rdump["pipes"][0]["users"] == 4
+        assert sorted(w["consumers"] for w in dump["workers"]) == [4, 4]  # 3 + pipe consumer
+        await _send_rtp(send_transport, 1234, 50)
+        for _, counter in receivers:
+            await asyncio.wait_for(counter.arrived.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert all(c.rtp >= 45 for _, c in receivers), [c.rtp for _, c in receivers]
+    finally:
+        for sock, _ in receivers:
+            sock.close()
+
+
+async def test_pipes_and_children_are_freed(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    send_transport, producer = await _audio_producer(router)
+    consumers = []
+    transports = []
+    for _ in range(6):
+        transport = await router.create_plain_transport(listen_info=LISTEN)
+        transports.append(transport)
+        consumers.append(
+            await transport.consume(
+                producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+            )
+        )
+    assert len(router.child_routers) == 2
+    far = [
+        c
+        for c, t in zip(consumers, transports, strict=True)
+        if router.worker_of(t) is not router.worker_of(producer)
+    ]
+    assert far
+    # The pipe lives while one consumer needs it.
+    for consumer in far[:-1]:
+        consumer.close()
+    assert len((await router.mafalda_dump())["pipes"]) == 1
+    far[-1].close()
+    await asyncio.sleep(0.05)
+    dump = await router.mafalda_dump()
+    assert dump["pipes"] == [] and dump["pipeTransportPairs"] == []
+    for pid, info in dump["workers"].items():
+        assert info["pipeTransports"] == 0, pid
+    # Closing every transport closes the child routers too.
+    for transport in transports:
+        transport.close()
+    send_transport.close()
+    await asyncio.sleep(0.05)
+    assert router.child_routers == {}
+    for worker in mafalda.workers:
+        assert (await worker.dump())["routerIds"] == []
+    assert (await router.dump())["transportIds"] == []
+
+
+async def test_producer_pause_resume_and_close_reach_other_workers(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = SpreadPolicy(Limits(max_units_per_worker=4))
+    _, producer = await _audio_producer(router)
+    far_transport = await router.create_plain_transport(listen_info=LISTEN)
+    assert router.worker_of(far_transport) is not router.worker_of(producer)
+    consumer = await far_transport.consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    events: list[str] = []
+    for name in ("producerpause", "producerresume", "producerclose"):
+        consumer.on(name, lambda name=name: events.append(name))
+    await producer.pause()
+    await asyncio.wait_for(_until(lambda: consumer.producer_paused), 5)
+    await producer.resume()
+    await asyncio.wait_for(_until(lambda: not consumer.producer_paused), 5)
+    producer.close()
+    await asyncio.wait_for(_until(lambda: consumer.closed), 5)
+    assert events == ["producerpause", "producerresume", "producerclose"]
+    assert (await router.mafalda_dump())["pipes"] == []
+
+
+async def test_consume_paused_producer_on_other_worker(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = SpreadPolicy(Limits(max_units_per_worker=4))
+    _, producer = await _audio_producer(router)
+    await producer.pause()
+    far_transport = await router.create_plain_transport(listen_info=LISTEN)
+    consumer = await far_transport.consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    assert consumer.producer_paused is True
+
+
+async def test_data_producer_piped_to_other_worker(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = SpreadPolicy(Limits(max_units_per_worker=4))
+    source = await router.create_direct_transport()
+    sink = await router.create_direct_transport()
+    assert router.worker_of(source) is not router.worker_of(sink)
+    data_producer = await source.produce_data(label="chat")
+    data_consumer = await sink.consume_data(data_producer_id=data_producer.id)
+    assert data_consumer.label == "chat"
+    received: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+    data_consumer.on("message", lambda m, ppid: received.done() or received.set_result((m, ppid)))
+    await asyncio.sleep(0.1)
+    data_producer.send("hello across workers")
+    message, ppid = await asyncio.wait_for(received, 5)
+    assert (message, ppid) == (b"hello across workers", 51)
+    dump = await router.dump()
+    assert {"key": data_consumer.id, "value": data_producer.id} in dump[
+        "mapDataConsumerIdDataProducerId"
+    ]
+    data_consumer.close()
+    await asyncio.sleep(0.05)
+    assert (await router.mafalda_dump())["pipes"] == []
+
+
+async def test_killed_worker_is_replaced_and_reported(worker: Worker) -> None:
+    m = await Mafalda.start(num_workers=2, min_workers=2, policy="spread")
+    try:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        send_transport, producer = await _audio_producer(router)
+        near = await router.create_plain_transport(listen_info=LISTEN)
+        far = await router.create_plain_transport(listen_info=LISTEN)
+        home = router.worker_of(producer)
+        if router.worker_of(near) is not home:
+            near, far = far, near
+        assert router.worker_of(near) is home and router.worker_of(far) is not home
+        sock, counter = await _receiver()
+        await near.connect(ip="127.0.0.1", port=sock.get_extra_info("sockname")[1])
+        await near.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        far_consumer = await far.consume(
+            producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+        )
+        victim = router.worker_of(far)
+        losses: asyncio.Future[WorkerLoss] = asyncio.get_running_loop().create_future()
+        m.on("workerdied", losses.set_result)
+        replaced: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        m.on("workerreplaced", replaced.set_result)
+        far_closed = asyncio.Event()
+        far.on("routerclose", far_closed.set)
+        os.kill(victim.pid, signal.SIGKILL)
+        loss = await asyncio.wait_for(losses, 5)
+        assert loss["pid"] == victim.pid
+        assert far.id in loss["transports"] and far_consumer.id in loss["consumers"]
+        assert send_transport.id not in loss["transports"]
+        assert far_closed.is_set() and far_consumer.closed
+        new_worker = await asyncio.wait_for(replaced, 10)
+        assert new_worker in m.workers and len(m.workers) == 2
+        # The surviving worker keeps forwarding.
+        await _send_rtp(send_transport, 1234, 30)
+        await asyncio.wait_for(counter.arrived.wait(), 5)
+        assert not producer.closed
+        # And the router goes on using the pool, the new worker included.
+        again = await router.create_plain_transport(listen_info=LISTEN)
+        await again.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        sock.close()
+    finally:
+        await m.aclose()
+
+
+async def test_idle_workers_are_freed() -> None:
+    m = await Mafalda.start(
+        num_workers=2, min_workers=1, policy="spread", load_interval=0.05, idle_worker_timeout=0.1
+    )
+    try:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        a = await router.create_direct_transport()
+        b = await router.create_direct_transport()
+        assert len(m.workers) == 2 and router.worker_of(a) is not router.worker_of(b)
+        stats = m.stats()
+        assert [w["transports"] for w in stats["workers"]] == [1, 1]
+        b.close()
+        await asyncio.wait_for(_until(lambda: len(m.workers) == 1), 5)
+        assert router.worker_of(a) in m.workers
+        await m.sample_load()
+        assert 0.0 <= m.stats()["workers"][0]["cpu"] < 1.5
+    finally:
+        await m.aclose()
+
+
+async def test_rtp_observer_watches_producer_of_other_worker(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = SpreadPolicy(Limits(max_units_per_worker=4))
+    _, producer = await _audio_producer(router)
+    observer = await router.create_audio_level_observer()
+    assert router.worker_of(observer) is not router.worker_of(producer)
+    await observer.add_producer(producer_id=producer.id)
+    dump = await router.dump()
+    assert dump["rtpObserverIds"] == [observer.id]
+    assert {"key": producer.id, "values": [observer.id]} in dump["mapProducerIdObserverIds"]
+    assert len((await router.mafalda_dump())["pipes"]) == 1
+    await observer.remove_producer(producer_id=producer.id)
+    assert (await router.mafalda_dump())["pipes"] == []
+    observer.close()
+
+
+async def test_pipe_to_plain_router_and_between_mafalda_routers(
+    mafalda: Mafalda, worker: Worker
+) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    _, producer = await _audio_producer(router)
+    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    result = await router.pipe_to_router(router=other, producer_id=producer.id)
+    assert result["pipeProducer"].id == producer.id
+    second = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    result = await router.pipe_to_router(router=second, producer_id=producer.id)
+    # Same worker: the copy needs its own id there; the target knows it by the original.
+    assert second.can_consume(producer_id=producer.id, rtp_capabilities=second.rtp_capabilities)
+    assert result["pipeProducer"].kind == "audio"
+    with pytest.raises(TypeError, match="missing"):
+        await router.pipe_to_router(router=other)
+    with pytest.raises(TypeError, match="just"):
+        await router.pipe_to_router(router=other, producer_id="a", data_producer_id="b")
+    with pytest.raises(TypeError, match="this Router"):
+        await router.pipe_to_router(router=router, producer_id=producer.id)
+    with pytest.raises(ValueError, match="not found"):
+        await router.pipe_to_router(router=other, producer_id="nope")
+    with pytest.raises(TypeError, match="router must be"):
+        await router.pipe_to_router(router="x", producer_id=producer.id)  # type: ignore[arg-type]
+
+
+async def test_webrtc_server_pins_placement(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    servers = await mafalda.create_webrtc_servers(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+    )
+    ((pid, server),) = servers.items()
+    transport = await router.create_webrtc_transport(webrtc_server=server)
+    assert router.worker_of(transport).pid == pid
+    stranger = await create_worker()
+    try:
+        foreign = await stranger.create_webrtc_server(
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+        )
+        with pytest.raises(ValueError, match="does not belong"):
+            await router.create_webrtc_transport(webrtc_server=foreign)
+    finally:
+        stranger.close()
+        await stranger.wait_closed()
+
+
+async def test_worker_closed_from_outside_leaves_the_pool(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_direct_transport()
+    host = router.worker_of(transport)
+    closed = asyncio.Event()
+    transport.on("routerclose", closed.set)
+    host.close()
+    await asyncio.wait_for(closed.wait(), 5)
+    assert host not in mafalda.workers
+    # min_workers=1: a replacement is started.
+    await asyncio.wait_for(_until(lambda: len(mafalda.workers) == 1), 10)
+    assert router.transports_for_testing == {}
+    again = await router.create_direct_transport()
+    assert router.worker_of(again) in mafalda.workers
+
+
+async def test_can_consume_update_codecs_and_close(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    _, producer = await _audio_producer(router)
+    assert router.can_consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+    assert not router.can_consume(producer_id="nope", rtp_capabilities=router.rtp_capabilities)
+    assert not router.can_consume(producer_id=producer.id, rtp_capabilities={"codecs": 1})  # type: ignore[typeddict-item]
+    router.update_media_codecs(MEDIA_CODECS[:1])
+    assert [c["mimeType"] for c in router.rtp_capabilities["codecs"]] == ["audio/opus"]
+    events: list[str] = []
+    router.observer.on("close", lambda: events.append("close"))
+    router.close()
+    router.close()
+    assert events == ["close"] and producer.closed
+    with pytest.raises(InvalidStateError):
+        await router.create_plain_transport(listen_info=LISTEN)
+    with pytest.raises(InvalidStateError):
+        await router.dump()
+    with pytest.raises(ValueError, match="not on this router"):
+        router.worker_of(producer)
+    assert mafalda.routers == []
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+class _Pinned:
+    """A placement policy for tests: the worker at ``index``, growing the pool to reach it."""
+
+    def __init__(self, index: int) -> None:
+        self.limits = Limits()
+        self.index = index
+
+    def choose(self, workers: Any, *, can_grow: bool) -> int:
+        if len(workers) <= self.index:
+            return -1
+        return self.index
+
+
+async def test_piped_copy_on_a_worker_hosting_the_id_gets_an_alias(mafalda: Mafalda) -> None:
+    """Ids are unique per worker: room B piping back into room A's worker uses an alias."""
+    room_a = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    send_transport, producer = await _audio_producer(room_a)
+    first, second = mafalda.workers[0], None
+    mafalda.policy = _Pinned(1)
+    await room_a.pipe_to_router(router=room_b, producer_id=producer.id)
+    second = mafalda.workers[1]
+    assert room_b.worker_of(producer) is second  # room B's copy, known by the original id
+    # A consumer of room B on the first worker: piped from the second worker back into
+    # the first, which already hosts that id (room A's original).
+    mafalda.policy = _Pinned(0)
+    transport = await room_b.create_plain_transport(listen_info=LISTEN)
+    assert room_b.worker_of(transport) is first
+    sock, counter = await _receiver()
+    await transport.connect(ip="127.0.0.1", port=sock.get_extra_info("sockname")[1])
+    consumer = await transport.consume(
+        producer_id=producer.id, rtp_capabilities=room_b.rtp_capabilities
+    )
+    assert consumer.producer_id == producer.id
+    await _send_rtp(send_transport, 1234, 30)
+    await asyncio.wait_for(counter.arrived.wait(), 5)
+    sock.close()
+    consumer.close()
+    await asyncio.sleep(0.05)
+    assert (await room_b.mafalda_dump())["pipes"] == []

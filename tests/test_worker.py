@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from typing import Any
 
 import pytest
@@ -192,3 +193,48 @@ async def test_worker_that_exits_itself_is_reaped_as_died() -> None:
     assert isinstance(error[0], WorkerDiedError)
     await worker.wait_closed()
     assert not _alive(worker.pid)
+
+
+async def test_no_orphan_worker_when_python_is_killed() -> None:
+    """A Python process killed with SIGKILL runs no cleanup: the worker still exits,
+    because its channel (fd 3) reaches end of file."""
+    script = (
+        "import asyncio, os, signal\n"
+        "from mafalda.mediasoup import create_worker\n"
+        "async def main():\n"
+        "    worker = await create_worker()\n"
+        "    print(worker.pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "asyncio.run(main())\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    pid = int(line)
+    assert await process.wait() == -signal.SIGKILL
+    async with asyncio.timeout(10):
+        while _alive(pid):
+            await asyncio.sleep(0.05)
+
+
+async def test_atexit_kills_workers_left_open() -> None:
+    """A script that forgets to close its worker leaves no process behind at exit."""
+    script = (
+        "import asyncio\n"
+        "from mafalda.mediasoup import create_worker\n"
+        "async def main():\n"
+        "    worker = await create_worker()\n"
+        "    print(worker.pid, flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    pid = int(stdout)
+    async with asyncio.timeout(10):
+        while _alive(pid):
+            await asyncio.sleep(0.05)

@@ -15,7 +15,7 @@ from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
 from mafalda.mediasoup._fbs.Transport.CloseConsumerRequest import CloseConsumerRequestT
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.producer import (
     TraceEventDirection,
@@ -319,7 +319,7 @@ def parse_consumer_dump(dump: Any) -> ConsumerDump:
     return {**base, "type": "pipe", "rtpStreams": [parse_rtp_stream(s) for s in streams]}
 
 
-class Consumer:
+class Consumer(EventSource):
     """Media sent to an endpoint from a producer. Created by ``Transport.consume()``."""
 
     def __init__(
@@ -414,15 +414,6 @@ class Consumer:
         return self._channel
 
     # -- events -------------------------------------------------------------------
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return (

@@ -44,7 +44,7 @@ from mafalda.mediasoup.data_producer import (
     validate_subchannel,
     validate_subchannels,
 )
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.sctp_parameters import SctpStreamParameters, parse_sctp_stream_parameters
 
@@ -136,7 +136,7 @@ def parse_data_consumer_stats(data: Any) -> DataConsumerStat:
     }
 
 
-class DataConsumer:
+class DataConsumer(EventSource):
     """A data consumer. Created by ``Transport.consume_data()``."""
 
     def __init__(
@@ -225,15 +225,6 @@ class DataConsumer:
         return list(self._subchannels)
 
     # -- events -------------------------------------------------------------------
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return (

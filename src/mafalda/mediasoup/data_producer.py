@@ -22,7 +22,7 @@ from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.Transport.CloseDataProducerRequest import CloseDataProducerRequestT
 from mafalda.mediasoup.channel import Channel
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.sctp_parameters import SctpStreamParameters, parse_sctp_stream_parameters
 
@@ -172,7 +172,7 @@ def validate_subchannels(values: Any, name: str = "subchannels") -> list[int]:
     return [validate_subchannel(value, f"{name} item") for value in values]
 
 
-class DataProducer:
+class DataProducer(EventSource):
     """A data producer. Created by ``Transport.produce_data()``."""
 
     def __init__(
@@ -237,15 +237,6 @@ class DataProducer:
         return self._paused
 
     # -- events -------------------------------------------------------------------
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return (

@@ -145,3 +145,22 @@ class EventEmitter:
             return await future
         finally:
             self.off(event, listener)
+
+
+class EventSource:
+    """Base of the objects that emit mediasoup's events (Node's objects are emitters).
+
+    ``on``/``once``/``off`` act on the object's ``events`` emitter; its ``observer``
+    emitter carries the observer events.
+    """
+
+    events: EventEmitter
+
+    def on(self, event: str, listener: Listener | None = None) -> Any:
+        return self.events.on(event, listener)
+
+    def once(self, event: str, listener: Listener | None = None) -> Any:
+        return self.events.once(event, listener)
+
+    def off(self, event: str, listener: Listener) -> Any:
+        return self.events.off(event, listener)

@@ -15,7 +15,7 @@ from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.RtpParameters.MediaKind import MediaKind as FbsMediaKind
 from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
 from mafalda.mediasoup._fbs.Transport.CloseProducerRequest import CloseProducerRequestT
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.rtp_parameters import MediaKind, RtpParameters, parse_rtp_parameters
 from mafalda.mediasoup.rtp_stream_stats import RtpStreamRecvStats, parse_rtp_stream_recv_stats
@@ -253,7 +253,7 @@ class _SendNotificationT(FbsSendNotification.SendNotificationT):  # type: ignore
         return cast(int, FbsSendNotification.SendNotificationEnd(builder))
 
 
-class Producer:
+class Producer(EventSource):
     """An audio or video source in a transport. Created by ``Transport.produce()``."""
 
     def __init__(
@@ -324,15 +324,6 @@ class Producer:
         return self._channel
 
     # -- events -------------------------------------------------------------------
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return (

@@ -51,7 +51,7 @@ from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport, parse_direct_transport_dump
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.pipe_transport import PipeTransport, parse_pipe_transport_dump
 from mafalda.mediasoup.plain_transport import PlainTransport, parse_plain_transport_dump
@@ -185,7 +185,7 @@ def _single_listen_info(
     return info
 
 
-class Router:
+class Router(EventSource):
     """A mediasoup Router. Create with ``Worker.create_router()``."""
 
     def __init__(
@@ -224,15 +224,6 @@ class Router:
     @property
     def transports_for_testing(self) -> dict[str, Transport]:
         return self._transports
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return f"<Router id={self._id} closed={self._closed}>"

@@ -27,7 +27,7 @@ from mafalda.mediasoup._fbs.Router.CloseRtpObserverRequest import CloseRtpObserv
 from mafalda.mediasoup._fbs.RtpObserver.AddProducerRequest import AddProducerRequestT
 from mafalda.mediasoup._fbs.RtpObserver.RemoveProducerRequest import RemoveProducerRequestT
 from mafalda.mediasoup.channel import Channel
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ RtpObserverType = Literal["audiolevel", "activespeaker"]
 GetProducerById = Callable[[str], "Producer | None"]
 
 
-class RtpObserver(abc.ABC):
+class RtpObserver(EventSource, abc.ABC):
     """Common part of the RTP observers. Created by the Router."""
 
     def __init__(
@@ -90,15 +90,6 @@ class RtpObserver(abc.ABC):
         return self._paused
 
     # -- events -------------------------------------------------------------------
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id={self._id} closed={self._closed} paused={self._paused}>"

@@ -49,7 +49,7 @@ from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer, ConsumerLayers
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.rtp_parameters import (
@@ -473,7 +473,7 @@ _PRODUCER_TYPES = {FbsRtpType.SIMPLE: "simple", FbsRtpType.SIMULCAST: "simulcast
 _PRODUCER_TYPES_TO_FBS = {v: k for k, v in _PRODUCER_TYPES.items()}
 
 
-class Transport:
+class Transport(EventSource):
     """Base class of every transport: produce/consume and their bookkeeping."""
 
     type: TransportType
@@ -545,15 +545,6 @@ class Transport:
     @property
     def data_consumers(self) -> dict[str, DataConsumer]:
         return self._data_consumers
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id={self._id} closed={self._closed}>"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.Worker.CloseWebRtcServerRequest import CloseWebRtcServerRequestT
 from mafalda.mediasoup.channel import Channel
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.transport import ListenInfo
 
@@ -76,7 +76,7 @@ def parse_webrtc_server_dump(body: Any) -> WebRtcServerDump:
     }
 
 
-class WebRtcServer:
+class WebRtcServer(EventSource):
     """Listening sockets shared by WebRtcTransports. Create with
     ``Worker.create_webrtc_server()``.
 
@@ -108,15 +108,6 @@ class WebRtcServer:
     @property
     def webrtc_transports_for_testing(self) -> dict[str, WebRtcTransport]:
         return self._webrtc_transports
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return f"<WebRtcServer id={self._id} closed={self._closed}>"

@@ -19,7 +19,7 @@ from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterReques
 from mafalda.mediasoup._fbs.Worker.CreateWebRtcServerRequest import CreateWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.UpdateSettingsRequest import UpdateSettingsRequestT
 from mafalda.mediasoup.channel import Channel, ChannelReader
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError, MediasoupError
 from mafalda.mediasoup.worker_binary import WORKER_VERSION, find_worker_bin
 
@@ -204,7 +204,7 @@ class _LineLogger(asyncio.Protocol):
                 logger.log(self._level, "worker[pid:%s] (%s) %s", self._pid, self._stream, line)
 
 
-class Worker:
+class Worker(EventSource):
     """A mediasoup-worker process. Create with :func:`create_worker`."""
 
     def __init__(self, *, pid: int, channel: Channel, app_data: dict[str, Any] | None) -> None:
@@ -258,15 +258,6 @@ class Worker:
         return self._routers
 
     # -- events (Node's Worker is an emitter; ours delegates to ``events``) -----------
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return f"<Worker pid={self._pid} closed={self._closed} died={self._died}>"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from mafalda.mediasoup import Worker, create_worker, ortc
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.mediasoup.webrtc_server import WebRtcServer
@@ -72,7 +72,7 @@ class _PoolWorker:
     loss: dict[str, list[str]] = field(default_factory=dict)
 
 
-class Mafalda:
+class Mafalda(EventSource):
     """A pool of mediasoup workers; create Routers that span them with create_router()."""
 
     def __init__(
@@ -196,15 +196,6 @@ class Mafalda:
     @property
     def routers(self) -> list[MafaldaRouter]:
         return list(self._routers.values())
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -23,7 +23,7 @@ from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport
-from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.mediasoup.plain_transport import PlainTransport
@@ -73,7 +73,7 @@ class _Pipe:
     closed: bool = False
 
 
-class MafaldaRouter:
+class MafaldaRouter(EventSource):
     """A Router spanning the workers of a Mafalda pool. Create with Mafalda.create_router()."""
 
     def __init__(
@@ -127,15 +127,6 @@ class MafaldaRouter:
     @property
     def mafalda(self) -> Mafalda:
         return self._mafalda
-
-    def on(self, event: str, listener: Any = None) -> Any:
-        return self.events.on(event, listener)
-
-    def once(self, event: str, listener: Any = None) -> Any:
-        return self.events.once(event, listener)
-
-    def off(self, event: str, listener: Any) -> Any:
-        return self.events.off(event, listener)
 
     def __repr__(self) -> str:
         return f"<MafaldaRouter id={self._id} workers={len(self._children)} closed={self._closed}>"

@@ -56,15 +56,126 @@ def hosting_worker(router: Any, obj: Any, worker: Worker) -> Worker:
     return worker
 
 
-@pytest.fixture(params=["mediasoup", "mafalda"])
+#: Tests of the shared modules that cannot run against the remote router, and why.
+REMOTE_SKIPS: dict[str, str] = {
+    "test_data_consumer::test_sctp_send_buffer_full_and_buffered_amount_low": (
+        "timing: needs 8 MB queued faster than SCTP drains 256 KiB; through the remote link "
+        "(base64 over a WebSocket) the peer drains in between"
+    ),
+    "test_consumer::test_consume_succeeds": (
+        "asserts isinstance() against the local class; the remote object is a Remote* proxy"
+    ),
+    "test_consumer::test_repeated_producer_pause_notifications_are_ignored": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_consumer::test_emits_score": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_consumer::test_emits_layerschange": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_consumer::test_emits_trace_once_per_notification": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_consumer::test_close_succeeds": (
+        "calls the library-internal transport_closed() plumbing (not part of the remote API)"
+    ),
+    "test_consumer::test_emits_producerclose_if_producer_is_closed": (
+        "calls the library-internal transport_closed() plumbing (not part of the remote API)"
+    ),
+    "test_data_consumer::test_duplicated_data_producer_pause_notifications_are_ignored": (
+        "calls the private _on_notification() to fake a worker notification"
+    ),
+    "test_data_consumer::test_emits_transportclose_if_transport_is_closed": (
+        "calls the library-internal transport_closed() plumbing (not part of the remote API)"
+    ),
+    "test_data_consumer::test_sctp_send_buffer_full_notification": (
+        "calls the private _on_notification() to fake a worker notification"
+    ),
+    "test_data_consumer::test_unknown_notification_is_logged": (
+        "asserts isinstance() against the local class; the remote object is a Remote* proxy"
+    ),
+    "test_data_producer::test_emits_transportclose_if_transport_is_closed": (
+        "calls the library-internal transport_closed() plumbing (not part of the remote API)"
+    ),
+    "test_data_producer::test_unknown_notification_is_logged": (
+        "asserts isinstance() against the local class; the remote object is a Remote* proxy"
+    ),
+    "test_plain_transport::test_create_plain_transport_succeeds": (
+        "asserts isinstance() against the local class; the remote object is a Remote* proxy"
+    ),
+    "test_plain_transport::test_events": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_plain_transport::test_methods_reject_if_closed": (
+        "calls the library-internal router_closed() plumbing (not part of the remote API)"
+    ),
+    "test_plain_transport::test_routerclose_when_worker_closes": (
+        "closes the local `worker` fixture via hosting_worker(); the remote router's is remote"
+    ),
+    "test_producer::test_produce_audio_succeeds": (
+        "asserts isinstance() against the local class; the remote object is a Remote* proxy"
+    ),
+    "test_producer::test_emits_score": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_producer::test_emits_videoorientationchange_and_trace_notifications": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_producer::test_close_succeeds": (
+        "calls the library-internal transport_closed() plumbing (not part of the remote API)"
+    ),
+    "test_producer::test_closed_producer_ignores_notifications": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_producer::test_emits_transportclose_if_transport_is_closed": (
+        "calls the library-internal transport_closed() plumbing (not part of the remote API)"
+    ),
+    "test_router::test_pipe_to_router_argument_errors": (
+        "pipes into a local Router (worker2 fixture), which cannot be sent to the server"
+    ),
+    "test_webrtc_transport::test_events": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_webrtc_transport::test_unknown_notification_is_logged": (
+        "injects worker notifications through channel_for_testing (a client has no worker channel)"
+    ),
+    "test_webrtc_transport::test_methods_reject_if_closed": (
+        "calls the library-internal router_closed() plumbing (not part of the remote API)"
+    ),
+    "test_webrtc_transport::test_routerclose_when_worker_closes": (
+        "closes the local `worker` fixture via hosting_worker(); the remote router's is remote"
+    ),
+}
+
+
+@pytest.fixture(params=["mediasoup", "mafalda", "remote"])
 async def router(request: pytest.FixtureRequest, worker: Worker) -> AsyncIterator[Router]:
-    """A mediasoup Router, and the same API from Mafalda: what "same API" means.
+    """A mediasoup Router, and the same API from Mafalda and from Remote Mediasoup (a
+    server on 127.0.0.1, a client, a remote worker): what "same API" means.
 
     The Mafalda router spreads its transports over two workers, so consuming pipes
     producers across workers in most tests.
     """
     if request.param == "mediasoup":
         yield await worker.create_router(media_codecs=MEDIA_CODECS)
+        return
+    if request.param == "remote":
+        module = request.node.path.stem
+        reason = REMOTE_SKIPS.get(f"{module}::{request.node.originalname}")
+        if reason is not None:
+            pytest.skip(f"remote: {reason}")
+        from mafalda.remote import RemoteMediasoup, connect, serve
+
+        server = await serve(token="test-token", grace_period=0)
+        client = await connect(server.url, token="test-token")
+        assert isinstance(client, RemoteMediasoup)
+        try:
+            remote_worker = await client.create_worker(log_level="warn")
+            yield await remote_worker.create_router(media_codecs=MEDIA_CODECS)
+        finally:
+            await client.aclose()
+            await server.close()
         return
     mafalda = await Mafalda.start(
         num_workers=2, policy="spread", worker_settings={"log_level": "warn"}

@@ -2,6 +2,8 @@
 
     mafalda demo [--host 127.0.0.1] [--port 8080] [--rtc-ip 127.0.0.1] [--rtc-port 40000]
                  [--announced-ip ADDRESS]
+    mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
+                  [--tls-cert PEM --tls-key PEM]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
 MAFALDA_DEMO_RTC_IP, MAFALDA_DEMO_RTC_PORT, MAFALDA_DEMO_ANNOUNCED_IP); a flag wins.
@@ -96,7 +98,69 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--verbose", "-v", action="store_true", help="log debug messages of the demo too"
     )
+    _add_serve_parser(commands)
     return parser
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    env = os.environ.get
+    serve = commands.add_parser(
+        "serve",
+        help="serve Remote Mediasoup (or Remote Mafalda with --mafalda) over WebSocket",
+        description=(
+            "Let clients of mafalda.remote.connect() create workers (or, with --mafalda, "
+            "routers in a Mafalda pool) on this machine. The token comes from "
+            "MAFALDA_REMOTE_TOKEN or --token."
+        ),
+    )
+    serve.add_argument("--host", default=env("MAFALDA_REMOTE_HOST") or "127.0.0.1")
+    serve.add_argument("--port", type=_port, default=_env_port("MAFALDA_REMOTE_PORT", 4443))
+    serve.add_argument("--token", default=env("MAFALDA_REMOTE_TOKEN"), help="shared secret")
+    serve.add_argument("--mafalda", action="store_true", help="serve a Mafalda pool")
+    serve.add_argument("--num-workers", type=int, default=None, help="Mafalda pool size")
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="seconds a dropped client may resume"
+    )
+    serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss://")
+    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+
+
+async def _run_serve(args: argparse.Namespace) -> int:
+    import ssl
+
+    from mafalda import mediasoup
+    from mafalda.remote import serve
+    from mafalda.vertical import Mafalda
+
+    if not args.token:
+        print("mafalda: a token is required (--token or MAFALDA_REMOTE_TOKEN)", file=sys.stderr)
+        return 2
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    pool = await Mafalda.start(num_workers=args.num_workers) if args.mafalda else None
+    try:
+        server = await serve(
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            ssl=context,
+            target=pool if pool is not None else mediasoup,
+            grace_period=args.grace,
+        )
+        async with server:
+            print(f"Mafalda remote server listening on {server.url}", flush=True)
+            await stop.wait()
+    finally:
+        if pool is not None:
+            await pool.aclose()
+    return 0
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
@@ -154,10 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("mafalda.demo").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("mafalda.demo").setLevel(
+        logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    )
     from mafalda.mediasoup import MediasoupError
 
     try:
+        if args.command == "serve":
+            return asyncio.run(_run_serve(args))
         return asyncio.run(_run_demo(args))
     except (OSError, MediasoupError) as error:
         print(f"mafalda: {error}", file=sys.stderr)

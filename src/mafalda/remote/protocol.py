@@ -1,0 +1,333 @@
+"""The wire protocol of Remote Mediasoup / Remote Mafalda, version ``mafalda-remote/1``.
+
+Pure functions, no I/O. Every WebSocket text frame is one JSON-RPC 2.0 message.
+
+Client to server:
+
+- ``{"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"version": "mafalda-remote/1",
+  "token": "...", "session": null}}``: must come first. The result is ``{"version", "session",
+  "serves": "mediasoup" | "mafalda", "mediasoupVersion", "root": <root state>, "objects":
+  [<ref>...]}``; ``objects`` lists every object the session owns, with its state (empty for a
+  new session, the surviving objects when resuming a session within its grace period).
+- ``{"jsonrpc": "2.0", "id": 2, "method": "call", "params": {"target": <handle> | null,
+  "method": "create_router", "args": [...], "kwargs": {...}}}``: calls a public method of an
+  owned object (``target`` null: the served root, the mediasoup module or the Mafalda
+  instance). The result is ``{"value": <encoded return value>, "state": <target's state>}``.
+  Sent without ``id`` (a JSON-RPC notification) for fire-and-forget calls (``close()``,
+  ``send()``); their failure is logged by the server.
+
+Server to client (notifications, no ``id``):
+
+- ``{"method": "event", "params": {"target": <handle>, "emitter": "events" | "observer",
+  "event": "score", "args": [...], "state": <target's state>}}``.
+- ``{"method": "state", "params": {"target": <handle>, "state": {...}}}``.
+
+Values: JSON values pass through (wire dicts keep their camelCase keys), bytes travel as
+``{"$bytes": "<base64>"}``, tuples as lists, objects as references ``{"$ref": "<kind>",
+"id": "<handle>", "parent": "<handle>" | null, "state": {...}}`` (``state`` and ``parent``
+only where the object first appears or changes), exceptions (event arguments, such as a
+worker's death) as ``{"$error": "<class name>", "message": "..."}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AUTH_FAILED",
+    "FORBIDDEN",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "NOT_AUTHENTICATED",
+    "PARSE_ERROR",
+    "PROTOCOL_VERSION",
+    "RATE_LIMITED",
+    "REMOTE_ERROR",
+    "VERSION_MISMATCH",
+    "Call",
+    "Notification",
+    "ProtocolError",
+    "Request",
+    "Response",
+    "decode_bytes",
+    "dumps",
+    "encode_bytes",
+    "error_response",
+    "event_notification",
+    "is_bytes",
+    "is_error",
+    "is_ref",
+    "make_call",
+    "make_ref",
+    "notification",
+    "parse_call",
+    "parse_client_message",
+    "parse_server_message",
+    "request",
+    "result_response",
+]
+
+PROTOCOL_VERSION = "mafalda-remote/1"
+
+# JSON-RPC 2.0 standard codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Ours (implementation-defined server errors).
+REMOTE_ERROR = -32000  #: the called method raised; ``data`` names the exception
+NOT_AUTHENTICATED = -32001
+AUTH_FAILED = -32002
+VERSION_MISMATCH = -32003
+FORBIDDEN = -32004  #: unknown object, or one owned by another connection
+RATE_LIMITED = -32005
+
+_MAX_DEPTH = 64
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol: ``code`` is the JSON-RPC error code to answer."""
+
+    def __init__(self, code: int, message: str, request_id: int | str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    """A client request (``id`` None: a notification, no answer expected)."""
+
+    id: int | str | None
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """The parameters of a ``call`` request."""
+
+    target: str | None
+    method: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    """A server answer: ``result`` or ``error`` (``{"code", "message", "data"?}``)."""
+
+    id: int | str | None
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A server notification (``event`` or ``state``)."""
+
+    method: str
+    params: dict[str, Any]
+
+
+# -- building -------------------------------------------------------------------------------
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def request(request_id: int | None, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+def make_call(
+    request_id: int | None,
+    target: str | None,
+    method: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    return request(
+        request_id, "call", {"target": target, "method": method, "args": args, "kwargs": kwargs}
+    )
+
+
+def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def event_notification(
+    target: str, emitter: str, event: str, args: list[Any], state: dict[str, Any] | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"target": target, "emitter": emitter, "event": event, "args": args}
+    if state is not None:
+        params["state"] = state
+    return notification("event", params)
+
+
+def result_response(request_id: int | str | None, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(
+    request_id: int | str | None, code: int, message: str, data: Any = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def make_ref(
+    kind: str, handle: str, parent: str | None = None, state: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    ref: dict[str, Any] = {"$ref": kind, "id": handle}
+    if parent is not None:
+        ref["parent"] = parent
+    if state is not None:
+        ref["state"] = state
+    return ref
+
+
+def encode_bytes(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    return {"$bytes": base64.b64encode(bytes(data)).decode("ascii")}
+
+
+def is_ref(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("$ref"), str)
+        and isinstance(value.get("id"), str)
+    )
+
+
+def is_bytes(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("$bytes"), str)
+
+
+def is_error(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("$error"), str)
+        and isinstance(value.get("message"), str)
+    )
+
+
+def decode_bytes(value: dict[str, Any]) -> bytes:
+    try:
+        return base64.b64decode(value["$bytes"], validate=True)
+    except (ValueError, TypeError) as error:
+        raise ProtocolError(INVALID_PARAMS, "invalid $bytes value") from error
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+def _loads(text: str | bytes, max_size: int | None) -> Any:
+    if max_size is not None and len(text) > max_size:
+        raise ProtocolError(INVALID_REQUEST, "message too large")
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError(PARSE_ERROR, "parse error: not JSON") from error
+    if _depth(message) > _MAX_DEPTH:
+        raise ProtocolError(INVALID_REQUEST, "message nested too deeply")
+    return message
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > _MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, int | str) and not isinstance(value, bool))
+
+
+def parse_client_message(text: str | bytes, max_size: int | None = None) -> Request:
+    """Validate one client message. Raises ProtocolError (answer its ``code``)."""
+    message = _loads(text, max_size)
+    if not isinstance(message, dict):
+        raise ProtocolError(INVALID_REQUEST, "invalid request: not an object")
+    request_id = message.get("id")
+    if not _valid_id(request_id):
+        raise ProtocolError(INVALID_REQUEST, "invalid request: bad id")
+    if message.get("jsonrpc") != "2.0":
+        raise ProtocolError(INVALID_REQUEST, "invalid request: jsonrpc must be '2.0'", request_id)
+    method = message.get("method")
+    if not isinstance(method, str):
+        raise ProtocolError(INVALID_REQUEST, "invalid request: method missing", request_id)
+    params = message.get("params", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(INVALID_PARAMS, "invalid params: must be an object", request_id)
+    return Request(request_id, method, params)
+
+
+def parse_call(req: Request) -> Call:
+    """The ``call`` parameters of a request, validated."""
+    params = req.params
+    target = params.get("target")
+    if target is not None and not isinstance(target, str):
+        raise ProtocolError(INVALID_PARAMS, "invalid params: target", req.id)
+    method = params.get("method")
+    if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
+        raise ProtocolError(METHOD_NOT_FOUND, f"method not found: {method!r}", req.id)
+    args = params.get("args", [])
+    kwargs = params.get("kwargs", {})
+    if not isinstance(args, list):
+        raise ProtocolError(INVALID_PARAMS, "invalid params: args must be a list", req.id)
+    if not isinstance(kwargs, dict) or not all(
+        isinstance(k, str) and k.isidentifier() for k in kwargs
+    ):
+        raise ProtocolError(INVALID_PARAMS, "invalid params: kwargs", req.id)
+    return Call(target, method, args, kwargs)
+
+
+ServerMessage = Response | Notification
+
+
+def parse_server_message(
+    text: str | bytes, object_hook: Callable[[dict[str, Any]], Any] | None = None
+) -> ServerMessage:
+    """Validate one server message (client side); ``object_hook`` as ``json.loads``'s
+    (turning references, bytes and errors into values as the message is parsed)."""
+    try:
+        message = json.loads(text, object_hook=object_hook)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(PARSE_ERROR, "parse error: not JSON") from exc
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        raise ProtocolError(INVALID_REQUEST, "invalid message")
+    if "id" in message and "method" not in message:
+        error = message.get("error")
+        if error is not None and not (
+            isinstance(error, dict)
+            and isinstance(error.get("code"), int)
+            and isinstance(error.get("message"), str)
+        ):
+            raise ProtocolError(INVALID_REQUEST, "invalid error object")
+        return Response(message["id"], message.get("result"), error)
+    method = message.get("method")
+    params = message.get("params")
+    if not isinstance(method, str) or not isinstance(params, dict):
+        raise ProtocolError(INVALID_REQUEST, "invalid notification")
+    return Notification(method, params)
+
+
+Emitter = Literal["events", "observer"]

@@ -1,0 +1,382 @@
+"""Client-side proxies: the objects of ``mafalda.mediasoup`` living on a remote server.
+
+Each proxy has the methods, properties and events of its local twin. Methods are called
+remotely by name (async ones await the server's answer; sync ones such as ``send()`` are
+fire-and-forget). Properties are read from a snapshot of the object's state that the
+server sends with every reference, every event and every answer. ``close()`` closes the
+proxy and its children at once, with the same events as the local objects, then tells
+the server.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mafalda.mediasoup import ortc
+from mafalda.mediasoup.data_producer import (
+    resolve_message_ppid,
+    validate_subchannel,
+    validate_subchannels,
+)
+from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import InvalidStateError
+
+if TYPE_CHECKING:
+    from mafalda.remote.client import Connection
+
+__all__ = [
+    "RemoteConsumer",
+    "RemoteDataConsumer",
+    "RemoteDataProducer",
+    "RemoteObject",
+    "RemoteProducer",
+    "RemoteRouter",
+    "RemoteRtpObserver",
+    "RemoteTransport",
+    "RemoteWebRtcServer",
+    "RemoteWorker",
+    "proxy_class",
+]
+
+logger = logging.getLogger("mafalda.remote.client")
+
+
+class RemoteObject:
+    """Base of the proxies: state snapshot, events, remote calls by name, local close."""
+
+    proxy_kind: ClassVar[str] = ""
+    #: The event the object emits when its parent closes (Node's 'transportclose'...).
+    parent_close_event: ClassVar[str | None] = None
+    #: The event emitted on ``events`` by ``close()`` (None: none, as Worker).
+    close_event: ClassVar[str | None] = "@close"
+    #: Events still delivered after the proxy was closed locally.
+    late_events: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, connection: Connection, handle: str, state: dict[str, Any]) -> None:
+        self._connection = connection
+        self._handle = handle
+        self._state: dict[str, Any] = {}
+        self._closed_local = False
+        self._parent: RemoteObject | None = None
+        self._children: dict[str, RemoteObject] = {}
+        self._app_data: dict[str, Any] = {}
+        self.events = EventEmitter()
+        self.observer = EventEmitter()
+        self._apply_state(state)
+        app_data = state.get("app_data")
+        self._app_data = app_data if isinstance(app_data, dict) else {}
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        closed = self._state.get("closed", False)
+        for key, value in state.items():
+            if key != "app_data":
+                self._state[key] = value
+        if closed:
+            self._state["closed"] = True
+
+    def _link(self, parent: RemoteObject) -> None:
+        if self._parent is None:
+            self._parent = parent
+            parent._children[self._handle] = self
+
+    @property
+    def handle(self) -> str:
+        """The server's handle for this object (its reference id)."""
+        return self._handle
+
+    @property
+    def id(self) -> str:
+        return str(self._state.get("id", self._handle))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_local or bool(self._state.get("closed", False))
+
+    @property
+    def app_data(self) -> dict[str, Any]:
+        return self._app_data
+
+    @app_data.setter
+    def app_data(self, value: dict[str, Any]) -> None:
+        self._app_data = value
+        if not self._connection.closed and isinstance(value, dict):
+            self._connection.call_nowait(self, "set_app_data", (value,), {})
+
+    def _closed_message(self) -> str:
+        return f"{self._state.get('$class', type(self).__name__)} closed"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        state = self.__dict__.get("_state", {})
+        if name in state:
+            value = state[name]
+            # As the local properties: a copy, never the snapshot itself.
+            return copy.deepcopy(value) if isinstance(value, dict | list) else value
+        schema = self._connection.schema(state.get("$class", ""))
+        if name in schema["async"]:
+            return functools.partial(self._call, name)
+        if name in schema["sync"]:
+            return functools.partial(self._call_sync, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id} closed={self.closed}>"
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on(self, event: str, listener: Any = None) -> Any:
+        return self.events.on(event, listener)
+
+    def once(self, event: str, listener: Any = None) -> Any:
+        return self.events.once(event, listener)
+
+    def off(self, event: str, listener: Any) -> Any:
+        return self.events.off(event, listener)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._connection.call(self, method, args, kwargs)
+
+    def _call_sync(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self.closed:
+            raise InvalidStateError(self._closed_message())
+        self._connection.call_nowait(self, method, args, kwargs)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._close_locally(self.close_event)
+        self._connection.call_nowait(self, "close", (), {})
+
+    def _close_locally(self, event: str | None, *args: Any) -> None:
+        """Close here (children first, with their parent-close event), emitting ``event``
+        on ``events`` and 'close' on ``observer``."""
+        self._closed_local = True
+        self._state["closed"] = True
+        for child in list(self._children.values()):
+            if not child.closed:
+                child._close_locally(child.parent_close_event)
+        self._children.clear()
+        if self._parent is not None:
+            self._parent._children.pop(self._handle, None)
+        if event is not None:
+            self.events.emit(event, *args)
+        self.observer.emit("close")
+
+    def _connection_lost(self, error: Exception) -> None:
+        if not self.closed:
+            self._close_locally(self.parent_close_event)
+
+    def _forget(self) -> None:
+        """Drop the links of an object the server closed."""
+        for child in list(self._children.values()):
+            child._parent = None
+        self._children.clear()
+        if self._parent is not None:
+            self._parent._children.pop(self._handle, None)
+
+    def _open_children(self, kind: str) -> dict[str, Any]:
+        return {
+            child.id: child
+            for child in self._children.values()
+            if child.proxy_kind == kind and not child.closed
+        }
+
+
+class RemoteWorker(RemoteObject):
+    """A mediasoup Worker on the server (``pid`` is the server's process id)."""
+
+    proxy_kind = "worker"
+    close_event = None
+    late_events = frozenset({"subprocessclose", "died"})
+
+    @property
+    def id(self) -> str:
+        return self._handle
+
+    def _closed_message(self) -> str:
+        return "Worker closed"
+
+    def _connection_lost(self, error: Exception) -> None:
+        if self.closed:
+            return
+        self._state["died"] = True
+        self._state["subprocess_closed"] = True
+        self._close_locally("died", error)
+        self.events.emit("subprocessclose")
+
+    async def __aenter__(self) -> RemoteWorker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteWebRtcServer(RemoteObject):
+    proxy_kind = "webrtcserver"
+    parent_close_event = "workerclose"
+
+
+class RemoteRouter(RemoteObject):
+    """A Router (or a MafaldaRouter) on the server."""
+
+    proxy_kind = "router"
+    parent_close_event = "workerclose"
+
+    def _closed_message(self) -> str:
+        return "Router closed"
+
+    @property
+    def transports_for_testing(self) -> dict[str, Any]:
+        return self._open_children("transport")
+
+    def can_consume(self, *, producer_id: str, rtp_capabilities: Any) -> bool:
+        """Answered here, from the producer's consumable RTP parameters (as the Router)."""
+        producer = next(
+            (
+                child
+                for transport in self._children.values()
+                for child in transport._children.values()
+                if child.proxy_kind == "producer" and child.id == producer_id and not child.closed
+            ),
+            None,
+        )
+        if producer is None:
+            logger.error('can_consume() | Producer with id "%s" not found', producer_id)
+            return False
+        try:
+            return ortc.can_consume(
+                producer._state["consumable_rtp_parameters"], copy.deepcopy(rtp_capabilities)
+            )
+        except (TypeError, ValueError) as error:
+            logger.error("can_consume() | invalid rtp_capabilities: %s", error)
+            return False
+
+    def update_media_codecs(self, media_codecs: list[Any]) -> None:
+        if self.closed:
+            raise InvalidStateError("Router closed")
+        capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
+        self._state["rtp_capabilities"] = capabilities
+        self._connection.call_nowait(self, "update_media_codecs", (media_codecs,), {})
+
+
+class RemoteTransport(RemoteObject):
+    """Any transport (WebRtc, Plain, Pipe, Direct): its type's properties come with its
+    state (``ice_parameters``, ``tuple``...)."""
+
+    proxy_kind = "transport"
+    parent_close_event = "routerclose"
+
+    @property
+    def producers(self) -> dict[str, Any]:
+        return self._open_children("producer")
+
+    def _close_locally(self, event: str | None, *args: Any) -> None:
+        # As the local transports do when closing.
+        if self._state.get("$class") == "WebRtcTransport":
+            self._state.update(ice_state="closed", ice_selected_tuple=None, dtls_state="closed")
+        if self._state.get("sctp_state"):
+            self._state["sctp_state"] = "closed"
+        super()._close_locally(event, *args)
+
+    def send_rtcp(self, rtcp_packet: bytes) -> None:
+        """DirectTransport only: send an RTCP packet into the router (fire-and-forget)."""
+        if self.closed:
+            raise InvalidStateError(self._closed_message())
+        if not isinstance(rtcp_packet, bytes | bytearray | memoryview):
+            raise TypeError("rtcp_packet must be bytes")
+        self._call_sync("send_rtcp", bytes(rtcp_packet))
+
+    @property
+    def consumers(self) -> dict[str, Any]:
+        return self._open_children("consumer")
+
+    @property
+    def data_producers(self) -> dict[str, Any]:
+        return self._open_children("dataproducer")
+
+    @property
+    def data_consumers(self) -> dict[str, Any]:
+        return self._open_children("dataconsumer")
+
+
+class RemoteProducer(RemoteObject):
+    proxy_kind = "producer"
+    parent_close_event = "transportclose"
+
+    def send(self, rtp_packet: bytes | bytearray | memoryview) -> None:
+        """Send an RTP packet (DirectTransport producers; fire-and-forget)."""
+        if not isinstance(rtp_packet, bytes | bytearray | memoryview):
+            raise TypeError("rtp_packet must be bytes")
+        self._call_sync("send", bytes(rtp_packet))
+
+
+class RemoteConsumer(RemoteObject):
+    proxy_kind = "consumer"
+    parent_close_event = "transportclose"
+
+
+class RemoteDataProducer(RemoteObject):
+    proxy_kind = "dataproducer"
+    parent_close_event = "transportclose"
+
+    def send(
+        self,
+        message: str | bytes | bytearray | memoryview,
+        ppid: int | None = None,
+        subchannels: list[int] | None = None,
+        required_subchannel: int | None = None,
+    ) -> None:
+        """Send a message (fire-and-forget), validated here as the local DataProducer does."""
+        if self.closed:
+            raise InvalidStateError(self._closed_message())
+        payload, ppid = resolve_message_ppid(message, ppid)
+        channels = None if subchannels is None else validate_subchannels(subchannels)
+        if required_subchannel is not None:
+            validate_subchannel(required_subchannel, "required_subchannel")
+        self._call_sync(
+            "send",
+            message if isinstance(message, str) else payload,
+            ppid,
+            channels,
+            required_subchannel,
+        )
+
+
+class RemoteDataConsumer(RemoteObject):
+    proxy_kind = "dataconsumer"
+    parent_close_event = "transportclose"
+
+
+class RemoteRtpObserver(RemoteObject):
+    proxy_kind = "rtpobserver"
+    parent_close_event = "routerclose"
+
+
+_CLASSES: dict[str, type[RemoteObject]] = {
+    cls.proxy_kind: cls
+    for cls in (
+        RemoteWorker,
+        RemoteWebRtcServer,
+        RemoteRouter,
+        RemoteTransport,
+        RemoteProducer,
+        RemoteConsumer,
+        RemoteDataProducer,
+        RemoteDataConsumer,
+        RemoteRtpObserver,
+    )
+}
+
+
+def proxy_class(kind: str) -> type[RemoteObject]:
+    return _CLASSES.get(kind, RemoteObject)

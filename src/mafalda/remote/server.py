@@ -1,0 +1,808 @@
+"""The Remote Mediasoup / Remote Mafalda server (aiohttp WebSocket, JSON-RPC 2.0).
+
+    async with await serve(host="0.0.0.0", port=4443, token=TOKEN, target=mediasoup) as server:
+        await server.wait_closed()
+
+``target`` is the ``mafalda.mediasoup`` module (clients create their own workers) or a
+running ``Mafalda`` (clients create routers in its pool). Each connection authenticates
+with the token, then sees and controls only the objects it created and those created
+under them (its session). A session whose connection drops is kept ``grace_period``
+seconds for a reconnection (``hello`` with its session id), then its objects are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import inspect
+import json
+import logging
+import ssl as ssl_module
+import time
+import uuid
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from mafalda.mediasoup.consumer import Consumer
+from mafalda.mediasoup.data_consumer import DataConsumer
+from mafalda.mediasoup.data_producer import DataProducer
+from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.producer import Producer
+from mafalda.mediasoup.router import Router
+from mafalda.mediasoup.rtp_observer import RtpObserver
+from mafalda.mediasoup.supported_rtp_capabilities import get_supported_rtp_capabilities
+from mafalda.mediasoup.transport import Transport
+from mafalda.mediasoup.webrtc_server import WebRtcServer
+from mafalda.mediasoup.worker import Worker, create_worker
+from mafalda.mediasoup.worker_binary import WORKER_VERSION
+from mafalda.remote import protocol as p
+from mafalda.vertical.mafalda import Mafalda
+from mafalda.vertical.router import MafaldaRouter
+
+__all__ = ["RemoteServer", "serve"]
+
+logger = logging.getLogger("mafalda.remote.server")
+
+#: Served classes and the kind their references carry.
+KINDS: tuple[tuple[type, str], ...] = (
+    (Worker, "worker"),
+    (Router, "router"),
+    (MafaldaRouter, "router"),
+    (Transport, "transport"),
+    (Producer, "producer"),
+    (Consumer, "consumer"),
+    (DataProducer, "dataproducer"),
+    (DataConsumer, "dataconsumer"),
+    (RtpObserver, "rtpobserver"),
+    (WebRtcServer, "webrtcserver"),
+)
+
+#: The kinds an object's parent may have (the parent closes it when it closes).
+PARENT_KINDS: dict[str, frozenset[str]] = {
+    "router": frozenset({"worker"}),
+    "webrtcserver": frozenset({"worker"}),
+    "transport": frozenset({"router"}),
+    "rtpobserver": frozenset({"router"}),
+    "producer": frozenset({"transport"}),
+    "consumer": frozenset({"transport"}),
+    "dataproducer": frozenset({"transport"}),
+    "dataconsumer": frozenset({"transport"}),
+}
+
+#: Public names that are plumbing between the library's own objects, never called remotely.
+_DENIED = frozenset(
+    {
+        "on",
+        "once",
+        "off",
+        "worker_closed",
+        "router_closed",
+        "transport_closed",
+        "listen_server_closed",
+        "mafalda_closed",
+        "close_router_request",
+        "handle_webrtc_transport",
+        "child_router",
+        "worker_of",
+        "mafalda_dump",
+    }
+)
+_STATE_DENIED = frozenset(
+    {
+        "channel",
+        "producers",
+        "consumers",
+        "data_producers",
+        "data_consumers",
+        "mafalda",
+        "child_routers",
+        "routers",
+        "workers",
+    }
+)
+
+
+def kind_of(obj: Any) -> str | None:
+    for cls, kind in KINDS:
+        if isinstance(obj, cls):
+            return kind
+    return None
+
+
+_schemas: dict[type, dict[str, list[str]]] = {}
+_state_props: dict[type, tuple[str, ...]] = {}
+
+
+def schema_of(cls: type) -> dict[str, list[str]]:
+    """The remotely callable methods of a served class: public, not plumbing, split into
+    coroutine functions ('async') and plain ones ('sync')."""
+    schema = _schemas.get(cls)
+    if schema is None:
+        async_names: list[str] = []
+        sync_names: list[str] = []
+        for name in dir(cls):
+            if name.startswith("_") or name in _DENIED:
+                continue
+            attr = inspect.getattr_static(cls, name)
+            if isinstance(attr, staticmethod | classmethod | property):
+                continue
+            if inspect.iscoroutinefunction(attr):
+                async_names.append(name)
+            elif inspect.isfunction(attr):
+                sync_names.append(name)
+        schema = {"async": async_names, "sync": sync_names}
+        _schemas[cls] = schema
+    return schema
+
+
+def _state_props_of(cls: type) -> tuple[str, ...]:
+    props = _state_props.get(cls)
+    if props is None:
+        props = tuple(
+            name
+            for name in dir(cls)
+            if not name.startswith("_")
+            and not name.endswith("_for_testing")
+            and name not in _STATE_DENIED
+            and isinstance(inspect.getattr_static(cls, name), property)
+        )
+        _state_props[cls] = props
+    return props
+
+
+class _MediasoupRoot:
+    """What a client calls on a server of plain mediasoup workers."""
+
+    def __init__(self, worker_settings: dict[str, Any]) -> None:
+        self._worker_settings = worker_settings
+
+    async def create_worker(self, **kwargs: Any) -> Worker:
+        return await create_worker(**{**self._worker_settings, **kwargs})
+
+    def get_supported_rtp_capabilities(self) -> Any:
+        return get_supported_rtp_capabilities()
+
+    def state(self) -> dict[str, Any]:
+        return {"version": WORKER_VERSION}
+
+
+#: Calls that change nothing: their answer carries no state refresh.
+_READ_ONLY = ("dump", "get_", "can_", "stats")
+
+_ROOT_METHODS: dict[str, frozenset[str]] = {
+    "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
+    "mafalda": frozenset({"create_router", "dump", "stats"}),
+}
+
+
+class _Connection:
+    """One WebSocket: an ordered send queue drained by a writer task, a rate limiter."""
+
+    def __init__(self, ws: web.WebSocketResponse, rate: float, burst: float) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.writer = asyncio.get_running_loop().create_task(self._write())
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def send(self, message: dict[str, Any], default: Callable[[Any], Any] | None = None) -> None:
+        try:
+            text = json.dumps(message, separators=(",", ":"), default=default)
+        except (TypeError, ValueError):
+            logger.exception("unencodable message dropped")
+            return
+        self.queue.put_nowait(text)
+
+    async def _write(self) -> None:
+        while True:
+            text = await self.queue.get()
+            if text is None:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer, 2.0)
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+class _ForwardingEmitter(EventEmitter):
+    """Takes the place of an object's emitter (sharing its listeners) and forwards every
+    event to the session's client before the local listeners run."""
+
+    __slots__ = ("_session", "_handle", "_name")
+
+    def __init__(self, original: EventEmitter, session: Session, handle: str, name: str) -> None:
+        super().__init__()
+        self._listeners = original._listeners
+        self._tasks = original._tasks
+        self._session = session
+        self._handle = handle
+        self._name = name
+
+    def emit(self, event: str, *args: Any) -> bool:
+        session = self._session
+        if not session.closed:
+            try:
+                session.forward(self._handle, self._name, event, args)
+            except Exception:  # never break the library's own emit
+                logger.exception("forwarding %s %r failed", self._name, event)
+        return super().emit(event, *args)
+
+    safe_emit = emit
+
+
+class Session:
+    """The objects one client owns, kept across reconnections within the grace period."""
+
+    def __init__(self, server: RemoteServer) -> None:
+        self.id = str(uuid.uuid4())
+        self.server = server
+        self.objects: dict[str, Any] = {}
+        self.handles: dict[int, str] = {}
+        self.kinds: dict[str, str] = {}
+        self.parents: dict[str, str | None] = {}
+        self.connection: _Connection | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def register(self, obj: Any, kind: str, parent: str | None) -> tuple[str, bool]:
+        """The handle of ``obj`` (registered now if new, hooking its emitters)."""
+        handle = self.handles.get(id(obj))
+        if handle is not None:
+            if self.parents.get(handle) is None and parent is not None:
+                self.parents[handle] = parent
+            return handle, False
+        handle = str(uuid.uuid4())
+        self.objects[handle] = obj
+        self.handles[id(obj)] = handle
+        self.kinds[handle] = kind
+        self.parents[handle] = parent
+        for name in ("events", "observer"):
+            emitter = getattr(obj, name, None)
+            if isinstance(emitter, EventEmitter) and not isinstance(emitter, _ForwardingEmitter):
+                setattr(obj, name, _ForwardingEmitter(emitter, self, handle, name))
+        return handle, True
+
+    def state(self, obj: Any) -> dict[str, Any]:
+        cls = type(obj)
+        state: dict[str, Any] = {"$class": cls.__name__}
+        for name in _state_props_of(cls):
+            try:
+                value = getattr(obj, name)
+            except Exception:  # a property that is not available in this state
+                continue
+            state[name] = value
+        kind_type = getattr(cls, "type", None)
+        if isinstance(kind_type, str):  # the transports' class attribute
+            state["type"] = kind_type
+        state["app_data"] = getattr(obj, "app_data", {})
+        return state
+
+    def ref(self, obj: Any, kind: str, context: str | None) -> dict[str, Any]:
+        parent = None
+        if context is not None and self.kinds.get(context) in PARENT_KINDS.get(kind, ()):
+            parent = context
+        handle, _ = self.register(obj, kind, parent)
+        return p.make_ref(kind, handle, self.parents.get(handle), self.state(obj))
+
+    # -- values --------------------------------------------------------------------------------
+
+    def default(self, context: str | None) -> Callable[[Any], Any]:
+        """The ``json.dumps`` hook for what JSON lacks: bytes, sets, exceptions, and served
+        objects, which become references (registered here with ``context`` as their parent
+        when it may be; a full reference, with state, the first time)."""
+
+        def default(value: Any) -> Any:
+            if isinstance(value, bytes | bytearray | memoryview):
+                return p.encode_bytes(value)
+            if isinstance(value, set | frozenset):
+                return list(value)
+            if isinstance(value, BaseException):
+                return {"$error": type(value).__name__, "message": str(value)}
+            kind = kind_of(value)
+            if kind is not None:
+                handle = self.handles.get(id(value))
+                if handle is None:
+                    return self.ref(value, kind, context)
+                return p.make_ref(kind, handle)
+            return repr(value)
+
+        return default
+
+    def encode(self, value: Any, context: str | None) -> Any:
+        """``value`` made JSON-able (objects registered and turned into references)."""
+        kind = kind_of(value)
+        if kind is not None:
+            return self.ref(value, kind, context)
+        return json.loads(json.dumps(value, default=self.default(context)))
+
+    def decode(self, value: Any, request_id: Any, depth: int = 0) -> Any:
+        if isinstance(value, dict):
+            if p.is_ref(value):
+                obj = self.objects.get(value["id"])
+                if obj is None:
+                    raise p.ProtocolError(p.FORBIDDEN, "unknown object", request_id)
+                return obj
+            if p.is_bytes(value):
+                return p.decode_bytes(value)
+            return {k: self.decode(v, request_id, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.decode(v, request_id, depth + 1) for v in value]
+        return value
+
+    # -- events --------------------------------------------------------------------------------
+
+    def forward(self, handle: str, emitter: str, event: str, args: tuple[Any, ...]) -> None:
+        connection = self.connection
+        if connection is None:
+            # Still register objects created meanwhile: they belong to the session.
+            if args:
+                json.dumps(args, default=self.default(handle))
+            return
+        obj = self.objects[handle]
+        connection.send(
+            p.event_notification(handle, emitter, event, list(args), self.state(obj)),
+            self.default(handle),
+        )
+
+    def send(self, message: dict[str, Any], context: str | None = None) -> None:
+        if self.connection is not None:
+            self.connection.send(message, self.default(context))
+
+    def all_refs(self) -> list[dict[str, Any]]:
+        return [
+            p.make_ref(self.kinds[h], h, self.parents.get(h), self.state(obj))
+            for h, obj in list(self.objects.items())
+        ]
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close_objects(self) -> list[Worker]:
+        """Close every object of the session (roots first: closing cascades); returns the
+        workers closed, whose exit may be awaited."""
+        self.closed = True
+        workers = [o for o in self.objects.values() if isinstance(o, Worker)]
+        for obj in list(self.objects.values()):
+            closer = getattr(obj, "close", None)
+            if callable(closer) and not getattr(obj, "closed", True):
+                try:
+                    closer()
+                except Exception:
+                    logger.exception("closing %r failed", obj)
+        self.objects.clear()
+        self.handles.clear()
+        for task in list(self.tasks):
+            task.cancel()
+        return workers
+
+
+class RemoteServer:
+    """A running server. ``close()`` stops it (closing every session's objects)."""
+
+    def __init__(
+        self,
+        *,
+        target: Any,
+        token: str,
+        grace_period: float,
+        max_message_size: int,
+        rate_limit: float,
+        rate_burst: float,
+        hello_timeout: float,
+        heartbeat: float | None,
+    ) -> None:
+        if isinstance(target, Mafalda):
+            self.serves = "mafalda"
+            self._root: Any = target
+        elif isinstance(target, ModuleType) or target is None:
+            self.serves = "mediasoup"
+            self._root = _MediasoupRoot({})
+        elif isinstance(target, dict):  # worker settings for clients' workers
+            self.serves = "mediasoup"
+            self._root = _MediasoupRoot(target)
+        else:
+            raise TypeError("target must be the mafalda.mediasoup module or a Mafalda")
+        if not isinstance(token, str) or not token:
+            raise ValueError("token must be a non-empty string")
+        self._token = token.encode()
+        self.grace_period = grace_period
+        self.max_message_size = max_message_size
+        self._rate_limit = rate_limit
+        self._rate_burst = rate_burst
+        self._hello_timeout = hello_timeout
+        self._heartbeat = heartbeat
+        self.sessions: dict[str, Session] = {}
+        self._connections: set[_Connection] = set()
+        self._exiting: set[Worker] = set()  # closed with their session, maybe not exited yet
+        self._runner: web.AppRunner | None = None
+        self._closed = asyncio.Event()
+        self.host = ""
+        self.port = 0
+        self.scheme = "ws"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/"
+
+    async def start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl)
+        await site.start()
+        address = self._runner.addresses[0]
+        self.host, self.port = str(address[0]), int(address[1])
+        self.scheme = "wss" if ssl is not None else "ws"
+
+    async def close(self) -> None:
+        """Stop accepting, drop every connection and close every session's objects."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for session in list(self.sessions.values()):
+            self._expire(session)
+        workers = [w for w in self._exiting if not w.subprocess_closed]
+        self._exiting.clear()
+        for connection in list(self._connections):
+            await connection.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(w.wait_closed() for w in workers), return_exceptions=True)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> RemoteServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _expire(self, session: Session) -> list[Worker]:
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
+        self.sessions.pop(session.id, None)
+        workers = session.close_objects()
+        self._exiting = {w for w in self._exiting if not w.subprocess_closed}
+        self._exiting.update(w for w in workers if not w.subprocess_closed)
+        return workers
+
+    def _detach(self, session: Session, connection: _Connection) -> None:
+        if session.connection is not connection:
+            return
+        session.connection = None
+        if self._closed.is_set():
+            return
+        if self.grace_period <= 0:
+            self._expire(session)
+        else:
+            session.expiry = asyncio.get_running_loop().call_later(
+                self.grace_period, self._expire, session
+            )
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.max_message_size, heartbeat=self._heartbeat)
+        await ws.prepare(request)
+        connection = _Connection(ws, self._rate_limit, self._rate_burst)
+        self._connections.add(connection)
+        session: Session | None = None
+        try:
+            session = await self._hello(connection)
+            if session is not None:
+                await self._serve(connection, session)
+        finally:
+            self._connections.discard(connection)
+            if session is not None:
+                self._detach(session, connection)
+            await connection.close()
+        return ws
+
+    async def _receive(self, connection: _Connection, timeout: float | None) -> str | None:
+        msg = await connection.ws.receive(timeout)
+        if msg.type == WSMsgType.TEXT:
+            return str(msg.data)
+        if msg.type == WSMsgType.BINARY:
+            return bytes(msg.data).decode("utf-8", "replace")
+        return None
+
+    async def _hello(self, connection: _Connection) -> Session | None:
+        try:
+            text = await self._receive(connection, self._hello_timeout)
+        except TimeoutError:
+            return None
+        if text is None:
+            return None
+        try:
+            req = p.parse_client_message(text, self.max_message_size)
+        except p.ProtocolError as error:
+            connection.send(p.error_response(error.request_id, error.code, error.message))
+            return None
+        if req.method != "hello":
+            connection.send(p.error_response(req.id, p.NOT_AUTHENTICATED, "hello first"))
+            return None
+        params = req.params
+        token = params.get("token")
+        if not isinstance(token, str) or not hmac.compare_digest(
+            token.encode("utf-8", "replace"), self._token
+        ):
+            connection.send(p.error_response(req.id, p.AUTH_FAILED, "authentication failed"))
+            return None
+        if params.get("version") != p.PROTOCOL_VERSION:
+            connection.send(
+                p.error_response(
+                    req.id,
+                    p.VERSION_MISMATCH,
+                    f"unsupported protocol version (server speaks {p.PROTOCOL_VERSION})",
+                )
+            )
+            return None
+        session_id = params.get("session")
+        if session_id is None:
+            session = Session(self)
+            self.sessions[session.id] = session
+        else:
+            found = self.sessions.get(session_id) if isinstance(session_id, str) else None
+            if found is None:
+                connection.send(p.error_response(req.id, p.FORBIDDEN, "unknown session"))
+                return None
+            session = found
+            if session.expiry is not None:
+                session.expiry.cancel()
+                session.expiry = None
+            if session.connection is not None:
+                await session.connection.close()
+        session.connection = connection
+        connection.send(
+            p.result_response(
+                req.id,
+                {
+                    "version": p.PROTOCOL_VERSION,
+                    "session": session.id,
+                    "serves": self.serves,
+                    "mediasoupVersion": WORKER_VERSION,
+                    "root": self._root_state(session),
+                    "schemas": self._schemas(),
+                    "objects": session.all_refs(),
+                },
+            ),
+            session.default(None),
+        )
+        return session
+
+    def _schemas(self) -> dict[str, dict[str, list[str]]]:
+        classes: set[type] = set()
+        stack = [cls for cls, _ in KINDS]
+        while stack:
+            cls = stack.pop()
+            if cls not in classes:
+                classes.add(cls)
+                stack.extend(cls.__subclasses__())
+        return {cls.__name__: schema_of(cls) for cls in classes}
+
+    def _root_state(self, session: Session) -> dict[str, Any]:
+        if isinstance(self._root, Mafalda):
+            mafalda = self._root
+            return {
+                "closed": mafalda.closed,
+                "max_workers": mafalda.max_workers,
+                "workers": [
+                    {"pid": w.pid, "closed": w.closed, "died": w.died} for w in mafalda.workers
+                ],
+                "stats": mafalda.stats(),
+            }
+        state: dict[str, Any] = self._root.state()
+        state["supportedRtpCapabilities"] = get_supported_rtp_capabilities()
+        return state
+
+    async def _serve(self, connection: _Connection, session: Session) -> None:
+        while not self._closed.is_set():
+            try:
+                text = await self._receive(connection, None)
+            except (ConnectionError, RuntimeError, asyncio.CancelledError):
+                return
+            if text is None:
+                return
+            if not connection.allow():
+                connection.send(p.error_response(_peek_id(text), p.RATE_LIMITED, "rate limited"))
+                continue
+            try:
+                req = p.parse_client_message(text, self.max_message_size)
+                self._dispatch(connection, session, req)
+            except p.ProtocolError as error:
+                if error.request_id is not None or not _is_notification(text):
+                    connection.send(p.error_response(error.request_id, error.code, error.message))
+
+    def _dispatch(self, connection: _Connection, session: Session, req: p.Request) -> None:
+        if req.method == "ping":
+            if req.id is not None:
+                connection.send(p.result_response(req.id, "pong"))
+            return
+        if req.method == "bye":
+            session.connection = None
+            self._expire(session)
+            return
+        if req.method != "call":
+            raise p.ProtocolError(p.METHOD_NOT_FOUND, f"method not found: {req.method}", req.id)
+        call = p.parse_call(req)
+        if call.target is None:
+            obj = self._root
+            if call.method not in _ROOT_METHODS[self.serves]:
+                raise p.ProtocolError(
+                    p.METHOD_NOT_FOUND, f"method not found: {call.method}", req.id
+                )
+        else:
+            found = session.objects.get(call.target)
+            if found is None:
+                raise p.ProtocolError(p.FORBIDDEN, "unknown object", req.id)
+            obj = found
+            if call.method != "set_app_data":
+                schema = schema_of(type(obj))
+                if call.method not in schema["async"] and call.method not in schema["sync"]:
+                    raise p.ProtocolError(
+                        p.METHOD_NOT_FOUND, f"method not found: {call.method}", req.id
+                    )
+        args = session.decode(call.args, req.id)
+        kwargs = session.decode(call.kwargs, req.id)
+        if call.method == "set_app_data":
+            if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
+                raise p.ProtocolError(p.INVALID_PARAMS, "app_data must be a dict", req.id)
+            obj.app_data = args[0]
+            return self._answer(session, req.id, call.target, obj, None, "set_app_data")
+        # Every call runs in a task, started in arrival order: a sync call (send()) never
+        # overtakes the request of an async one that arrived before it.
+        task = asyncio.get_running_loop().create_task(
+            self._run(session, req.id, call, obj, args, kwargs)
+        )
+        session.tasks.add(task)
+        task.add_done_callback(session.tasks.discard)
+        return None
+
+    async def _run(
+        self,
+        session: Session,
+        request_id: Any,
+        call: p.Call,
+        obj: Any,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> None:
+        try:
+            result = getattr(obj, call.method)(*args, **kwargs)
+        except Exception as error:
+            self._fail(session, request_id, call, error)
+            return
+        if inspect.isawaitable(result):
+            await self._finish(session, request_id, call, obj, result)
+        else:
+            self._answer(session, request_id, call.target, obj, result, call.method)
+
+    async def _finish(
+        self, session: Session, request_id: Any, call: p.Call, obj: Any, awaitable: Any
+    ) -> None:
+        try:
+            result = await awaitable
+        except Exception as error:
+            self._fail(session, request_id, call, error)
+            return
+        self._answer(session, request_id, call.target, obj, result, call.method)
+
+    def _answer(
+        self,
+        session: Session,
+        request_id: Any,
+        target: str | None,
+        obj: Any,
+        result: Any,
+        method: str = "",
+    ) -> None:
+        kind = kind_of(result)
+        value = result if kind is None else session.ref(result, kind, target)
+        answer: dict[str, Any] = {"value": value}
+        if not method.startswith(_READ_ONLY):  # a mutating call: refresh the state
+            answer["state"] = self._root_state(session) if target is None else session.state(obj)
+        if request_id is None:
+            if "state" in answer:
+                session.send(p.notification("state", {"target": target, **answer}), target)
+        else:
+            session.send(p.result_response(request_id, answer), target)
+
+    def _fail(self, session: Session, request_id: Any, call: p.Call, error: Exception) -> None:
+        if request_id is None:
+            logger.warning("%s() failed: %s", call.method, error)
+            return
+        session.send(
+            p.error_response(
+                request_id,
+                p.REMOTE_ERROR,
+                str(error),
+                {
+                    "type": type(error).__name__,
+                    "bases": [c.__name__ for c in type(error).__mro__[1:-2]],
+                },
+            )
+        )
+
+
+def _peek_id(text: str) -> Any:
+    try:
+        return p.parse_client_message(text).id
+    except p.ProtocolError as error:
+        return error.request_id
+
+
+def _is_notification(text: str) -> bool:
+    try:
+        return p.parse_client_message(text).id is None
+    except p.ProtocolError:
+        return False
+
+
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str,
+    ssl: ssl_module.SSLContext | None = None,
+    target: Any = None,
+    grace_period: float = 10.0,
+    max_message_size: int = 1 << 20,
+    rate_limit: float = 2000.0,
+    rate_burst: float = 4000.0,
+    hello_timeout: float = 10.0,
+    heartbeat: float | None = 20.0,
+) -> RemoteServer:
+    """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
+
+    target: the ``mafalda.mediasoup`` module (default; a dict instead gives default
+    ``create_worker`` settings for the clients' workers) or a running ``Mafalda``.
+    token: the shared secret clients present. ssl: serve ``wss://`` with this context.
+    grace_period: seconds a disconnected client's objects survive, waiting for it to
+    resume its session. max_message_size: bytes per message (a larger one closes the
+    connection). rate_limit / rate_burst: requests per second a connection may send
+    (token bucket); more get a 'rate limited' error.
+    """
+    server = RemoteServer(
+        target=target,
+        token=token,
+        grace_period=grace_period,
+        max_message_size=max_message_size,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+        hello_timeout=hello_timeout,
+        heartbeat=heartbeat,
+    )
+    await server.start(host, port, ssl)
+    return server

@@ -1,0 +1,555 @@
+"""mafalda.remote against real servers, clients and workers: security, events, faults,
+Remote Mafalda. (The shared Router/transport/... modules also run against the remote
+router: the "remote" parameter of the ``router`` fixture.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mafalda import cli, mediasoup
+from mafalda.remote import (
+    PROTOCOL_VERSION,
+    RemoteConnectionError,
+    RemoteError,
+    RemoteMafalda,
+    RemoteMediasoup,
+    RemoteServer,
+    RemoteWorker,
+    connect,
+    serve,
+)
+from mafalda.remote import protocol as p
+from mafalda.vertical import Mafalda
+
+from .conftest import MEDIA_CODECS
+
+TOKEN = "s3cret"
+LISTEN = [{"protocol": "udp", "ip": "127.0.0.1"}]
+AUDIO: dict[str, Any] = {
+    "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000, "channels": 2}],
+    "encodings": [{"ssrc": 11111111}],
+}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RemoteServer]:
+    async with await serve(token=TOKEN, grace_period=0.3) as srv:
+        yield srv
+
+
+async def client_of(server: RemoteServer) -> RemoteMediasoup:
+    client = await connect(server.url, token=TOKEN)
+    assert isinstance(client, RemoteMediasoup)
+    return client
+
+
+async def raw(server: RemoteServer, hello: bool = True) -> aiohttp.ClientWebSocketResponse:
+    http = aiohttp.ClientSession()
+    ws = await http.ws_connect(server.url)
+    ws._test_http = http  # type: ignore[attr-defined]
+    if hello:
+        answer = await rpc(ws, 0, "hello", {"version": PROTOCOL_VERSION, "token": TOKEN})
+        assert answer["result"]["version"] == PROTOCOL_VERSION
+    return ws
+
+
+async def close_raw(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.close()
+    await ws._test_http.close()  # type: ignore[attr-defined]
+
+
+async def rpc(
+    ws: aiohttp.ClientWebSocketResponse, rid: Any, method: str, params: Any
+) -> dict[str, Any]:
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}))
+    return await answer_of(ws)
+
+
+async def answer_of(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    while True:
+        msg = await ws.receive(5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        message: dict[str, Any] = json.loads(msg.data)
+        if "method" not in message:
+            return message
+
+
+async def process_gone(pid: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            if Path(f"/proc/{pid}/stat").exists():
+                state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+                if state == "Z":
+                    return
+            await asyncio.sleep(0.02)
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+# -- the module API ------------------------------------------------------------------------
+
+
+async def test_module_api_and_events(server: RemoteServer) -> None:
+    client = await client_of(server)
+    assert client.version == mediasoup.version
+    assert client.get_supported_rtp_capabilities() == mediasoup.get_supported_rtp_capabilities()
+    new_workers: list[Any] = []
+    client.observer.on("newworker", new_workers.append)
+    worker = await client.create_worker(log_level="warn", app_data={"a": 1})
+    assert new_workers == [worker] and isinstance(worker, RemoteWorker)
+    assert worker.app_data == {"a": 1} and worker.pid > 0 and not worker.closed
+    assert (await worker.dump())["pid"] == worker.pid
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+    consumer_transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    consumer = await consumer_transport.consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    assert transport.producers == {producer.id: producer}
+    assert consumer.producer_id == producer.id and consumer.kind == "audio"
+    pauses: list[str] = []
+    consumer.on("producerpause", lambda: pauses.append("pause"))
+    await producer.pause()
+    assert producer.paused
+    await until(lambda: pauses == ["pause"])
+    assert consumer.producer_paused
+    closes: list[str] = []
+    consumer.observer.on("close", lambda: closes.append("observer"))
+    producer.close()
+    await asyncio.wait_for(consumer.events.wait_for("producerclose"), 5)
+    assert consumer.closed and closes == ["observer"]
+    # Unknown and private methods do not exist remotely.
+    with pytest.raises(AttributeError):
+        router.router_closed  # noqa: B018
+    with pytest.raises(AttributeError):
+        router._close_children  # noqa: B018
+    # The worker dies on the server: 'died', then its router closes.
+    router_events: list[str] = []
+    router.on("workerclose", lambda: router_events.append("workerclose"))
+    os.kill(worker.pid, signal.SIGKILL)
+    (error,) = await asyncio.wait_for(worker.events.wait_for("died"), 5)
+    assert isinstance(error, Exception) and worker.died and worker.closed
+    await asyncio.sleep(0.05)
+    assert router.closed and router_events == ["workerclose"] and transport.closed
+    await client.aclose()
+
+
+async def test_same_router_app_data_and_bytes(server: RemoteServer) -> None:
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    direct = await router.create_direct_transport()
+    data_producer = await direct.produce_data()
+    data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
+    messages: list[tuple[bytes, int]] = []
+    data_consumer.on("message", lambda m, ppid: messages.append((m, ppid)))
+    data_producer.send(b"\x00\x01binary")
+    data_producer.send("text")
+    async with asyncio.timeout(5):
+        while len(messages) < 2:
+            await asyncio.sleep(0.01)
+    assert messages == [(b"\x00\x01binary", 53), (b"text", 51)]
+    router.app_data = {"room": "x"}
+    await asyncio.sleep(0.05)
+    session = next(iter(server.sessions.values()))
+    served = next(o for o in session.objects.values() if isinstance(o, mediasoup.Router))
+    assert served.app_data == {"room": "x"}
+    await client.aclose()
+
+
+# -- security ------------------------------------------------------------------------------
+
+
+async def test_token_required(server: RemoteServer) -> None:
+    with pytest.raises(RemoteError, match="authentication failed") as info:
+        await connect(server.url, token="wrong")
+    assert info.value.code == p.AUTH_FAILED
+    ws = await raw(server, hello=False)
+    answer = await rpc(ws, 1, "call", {"target": None, "method": "create_worker"})
+    assert answer["error"]["code"] == p.NOT_AUTHENTICATED
+    await close_raw(ws)
+    ws = await raw(server, hello=False)
+    answer = await rpc(ws, 1, "hello", {"version": "mafalda-remote/0", "token": TOKEN})
+    assert answer["error"]["code"] == p.VERSION_MISMATCH
+    await close_raw(ws)
+    assert server.sessions == {}
+
+
+async def test_client_b_cannot_touch_client_a_objects(server: RemoteServer) -> None:
+    a = await client_of(server)
+    b = await client_of(server)
+    worker = await a.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    worker_b = await b.create_worker(log_level="warn")
+    router_b = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+    # B addresses A's router by its handle: unknown to B.
+    with pytest.raises(RemoteError, match="unknown object") as info:
+        await b.connection.call(router, "dump", (), {})
+    assert info.value.code == p.FORBIDDEN
+    b.connection.call_nowait(router, "close", (), {})
+    # Nor can B pass A's objects as arguments.
+    with pytest.raises(RemoteError, match="unknown object"):
+        await router_b.pipe_to_router(router=router, producer_id="x")
+    assert b.objects == [worker_b, router_b]
+    await asyncio.sleep(0.05)
+    assert not router.closed and (await router.dump())["id"] == router.id
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_hostile_calls_get_errors(server: RemoteServer) -> None:
+    ws = await raw(server)
+    answers = [
+        await rpc(ws, 1, "call", {"target": None, "method": "__import__", "args": ["os"]}),
+        await rpc(ws, 2, "call", {"target": None, "method": "close"}),
+        await rpc(ws, 3, "call", {"target": "nope", "method": "dump"}),
+        await rpc(ws, 4, "nope", {}),
+        await rpc(ws, 5, "call", {"target": None, "method": "create_worker", "args": [1, 2]}),
+    ]
+    codes = [a["error"]["code"] for a in answers]
+    assert codes == [
+        p.METHOD_NOT_FOUND,
+        p.METHOD_NOT_FOUND,
+        p.FORBIDDEN,
+        p.METHOD_NOT_FOUND,
+        p.REMOTE_ERROR,
+    ]
+    assert answers[4]["error"]["data"]["type"] == "TypeError"
+    worker = await rpc(ws, 6, "call", {"target": None, "method": "create_worker"})
+    handle = worker["result"]["value"]["id"]
+    for i, method in enumerate(["worker_closed", "close_router_request", "on", "channel"]):
+        answer = await rpc(ws, 10 + i, "call", {"target": handle, "method": method})
+        assert answer["error"]["code"] == p.METHOD_NOT_FOUND, method
+    await ws.send_str("{not json")
+    assert (await answer_of(ws))["error"]["code"] == p.PARSE_ERROR
+    assert (await rpc(ws, 99, "ping", {}))["result"] == "pong"
+    await close_raw(ws)
+
+
+async def test_rate_limit_and_message_size() -> None:
+    async with await serve(token=TOKEN, rate_limit=5, rate_burst=5, max_message_size=4096) as srv:
+        ws = await raw(srv)
+        for i in range(20):
+            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": i, "method": "ping"}))
+        answers = [await answer_of(ws) for _ in range(20)]
+        limited = [a for a in answers if "error" in a]
+        assert limited and all(a["error"]["code"] == p.RATE_LIMITED for a in limited)
+        assert len(limited) >= 14
+        # A message over the limit closes that connection; the server serves on.
+        other = await raw(srv)
+        await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "x" * 10000}))
+        msg = await ws.receive(5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert (await rpc(other, 2, "ping", {}))["result"] == "pong"
+        await close_raw(ws)
+        await close_raw(other)
+
+
+async def test_fuzz_live_server(server: RemoteServer) -> None:
+    """Random messages: every request gets an answer, the server keeps serving."""
+    ws = await raw(server)
+    junk = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=10,
+    )
+    message = st.fixed_dictionaries(
+        {"jsonrpc": st.just("2.0"), "id": st.integers(1, 10**6)},
+        optional={
+            "method": st.sampled_from(["call", "hello", "ping", "bogus"]) | junk,
+            "params": st.fixed_dictionaries(
+                {},
+                optional={
+                    "target": st.none() | st.text(max_size=5) | junk,
+                    "method": st.sampled_from(
+                        ["dump", "close", "create_worker", "_x", "stats", "__init__"]
+                    )
+                    | junk,
+                    "args": st.lists(junk, max_size=3) | junk,
+                    "kwargs": st.dictionaries(st.sampled_from(["x", "log_level"]), junk) | junk,
+                },
+            )
+            | junk,
+        },
+    )
+
+    async def exchange(text: str) -> None:
+        await ws.send_str(text)
+        await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": "sync", "method": "ping"}))
+        while True:  # each request is answered; the ping answer closes the exchange
+            answer = await answer_of(ws)
+            if answer.get("id") == "sync":
+                return
+
+    # Hypothesis draws the messages (its runner is synchronous), then each is sent.
+    texts = [
+        "",
+        "null",
+        '{"jsonrpc":"2.0","id":1,"method":"call","params":{"method":"create_worker",'
+        '"kwargs":{"log_level":5}}}',
+        '{"jsonrpc":"2.0","id":2,"method":"call","params":{"target":{"$ref":"x"},"method":"d"}}',
+        '{"jsonrpc":"2.0","id":3,"method":"call","params":{"method":"create_worker",'
+        '"args":[{"$bytes":"!!"}]}}',
+    ]
+    examples: list[str] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(message.map(json.dumps), st.text(max_size=50)))
+    def collect(text: str) -> None:
+        examples.append(text)
+
+    collect()
+    for text in texts + examples:
+        await exchange(text)
+    # Whatever was created meanwhile, the server still works for a fresh client.
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    assert (await worker.dump())["pid"] == worker.pid
+    await client.aclose()
+    await close_raw(ws)
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls(tmp_path: Path) -> None:
+    cert, key = _certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    async with await serve(token=TOKEN, ssl=server_context) as srv:
+        assert srv.url.startswith("wss://127.0.0.1:")
+        client_context = ssl.create_default_context(cafile=str(cert))
+        client = await connect(srv.url, token=TOKEN, ssl=client_context)
+        assert isinstance(client, RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        assert not worker.closed
+        await client.aclose()
+        with pytest.raises(aiohttp.ClientError):  # untrusted certificate
+            await connect(srv.url, token=TOKEN)
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+async def test_resume_within_grace_period(server: RemoteServer) -> None:
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    lost: list[str] = []
+    transport.observer.on("close", lambda: lost.append("close"))
+    await client.aclose(keep_session=True)
+    assert transport.closed and lost == ["close"]  # the proxies of a closed connection
+    resumed = await connect(server.url, token=TOKEN, session=client.session_id)
+    assert resumed.session_id == client.session_id
+    by_id = {o.id: o for o in resumed.objects}
+    again = by_id[transport.id]
+    assert not again.closed and again.tuple == transport.tuple
+    assert by_id[router.id].transports_for_testing == {transport.id: again}
+    assert (await again.dump())["id"] == transport.id
+    # Gone for good past the grace period: its worker exits.
+    pid = by_id[worker.id].pid
+    await resumed.aclose(keep_session=True)
+    await process_gone(pid)
+    assert server.sessions == {}
+    with pytest.raises(RemoteError, match="unknown session"):
+        await connect(server.url, token=TOKEN, session=client.session_id)
+
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from mafalda.remote import connect
+
+    async def main():
+        client = await connect(sys.argv[1], token=sys.argv[2])
+        worker = await client.create_worker(log_level="warn")
+        await worker.create_router()
+        print(worker.pid, flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_killed_client_objects_closed_after_grace(server: RemoteServer) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT_SCRIPT, server.url, TOKEN, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        pid = int(line)
+        assert len(server.sessions) == 1
+    finally:
+        proc.kill()
+        await proc.wait()
+    await process_gone(pid)
+    assert server.sessions == {}
+
+
+async def _start_server_process(*extra: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mafalda.cli",
+        "serve",
+        "--port",
+        "0",
+        "--token",
+        TOKEN,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    assert "listening on" in line, line
+    return proc, line.split("listening on ")[1].strip()
+
+
+async def test_killed_server_closes_every_proxy() -> None:
+    proc, url = await _start_server_process()
+    try:
+        client = await connect(url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+        events: list[str] = []
+        worker.on("died", lambda error: events.append(f"died:{type(error).__name__}"))
+        router.on("workerclose", lambda: events.append("router"))
+        transport.on("routerclose", lambda: events.append("transport"))
+        producer.on("transportclose", lambda: events.append("producer"))
+        producer.observer.on("close", lambda: events.append("producer observer"))
+        pending = asyncio.ensure_future(worker.wait_closed())
+        await asyncio.sleep(0.05)
+        proc.kill()
+        with pytest.raises(RemoteConnectionError):
+            await asyncio.wait_for(pending, 5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    assert sorted(events) == sorted(
+        ["died:RemoteConnectionError", "router", "transport", "producer", "producer observer"]
+    )
+    assert worker.closed and router.closed and transport.closed and producer.closed
+    with pytest.raises(RemoteConnectionError):
+        await router.dump()
+    await client.aclose()
+
+
+# -- Remote Mafalda ------------------------------------------------------------------------
+
+
+async def test_remote_mafalda() -> None:
+    mafalda = await Mafalda.start(
+        num_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    try:
+        async with await serve(token=TOKEN, target=mafalda) as srv:
+            client = await connect(srv.url, token=TOKEN)
+            assert isinstance(client, RemoteMafalda)
+            assert client.max_workers == 2 and len(client.workers) >= 1
+            router = await client.create_router(media_codecs=MEDIA_CODECS)
+            assert client.routers == [router]
+            t1 = await router.create_plain_transport(listen_ip="127.0.0.1")
+            t2 = await router.create_plain_transport(listen_ip="127.0.0.1")
+            producer = await t1.produce(kind="audio", rtp_parameters=AUDIO)
+            consumer = await t2.consume(
+                producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+            )
+            assert consumer.producer_id == producer.id
+            await client.refresh()
+            stats = client.stats()
+            assert stats["routers"] == 1
+            dump = await client.dump()
+            assert [r["id"] for r in dump["routers"]] == [router.id]
+            assert len(mafalda.routers) == 1
+            client.close()
+            assert router.closed and consumer.closed
+            await client.wait_closed()
+            async with asyncio.timeout(5):
+                while mafalda.routers:
+                    await asyncio.sleep(0.01)
+            assert not mafalda.closed  # the pool belongs to the server
+    finally:
+        await mafalda.aclose()
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def test_serve_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAFALDA_REMOTE_TOKEN", raising=False)
+    args = cli.build_parser().parse_args(["serve", "--port", "0", "--mafalda"])
+    assert (args.host, args.port, args.mafalda, args.token) == ("127.0.0.1", 0, True, None)
+    assert cli.main(["serve"]) == 2  # no token
+
+
+async def test_serve_command_mafalda_and_sigterm() -> None:
+    proc, url = await _start_server_process("--mafalda", "--num-workers", "1")
+    try:
+        client = await connect(url, token=TOKEN)
+        assert isinstance(client, RemoteMafalda)
+        router = await client.create_router(media_codecs=MEDIA_CODECS)
+        closed = asyncio.ensure_future(router.observer.wait_for("close"))
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await asyncio.wait_for(closed, 5)
+        await client.aclose()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

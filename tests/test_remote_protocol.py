@@ -1,0 +1,147 @@
+"""mafalda.remote.protocol: canned messages, and a hypothesis fuzz of the parser."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mafalda.remote import protocol as p
+
+
+def test_request_round_trip() -> None:
+    text = p.dumps(p.make_call(7, "h1", "dump", [1, "a"], {"x": None}))
+    req = p.parse_client_message(text)
+    assert (req.id, req.method) == (7, "call")
+    call = p.parse_call(req)
+    assert call == p.Call("h1", "dump", [1, "a"], {"x": None})
+
+
+def test_notification_has_no_id() -> None:
+    req = p.parse_client_message(p.dumps(p.make_call(None, None, "close", [], {})))
+    assert req.id is None
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("not json", p.PARSE_ERROR),
+        ("[1, 2]", p.INVALID_REQUEST),
+        ('{"jsonrpc": "1.0", "method": "x", "id": 1}', p.INVALID_REQUEST),
+        ('{"jsonrpc": "2.0", "id": 1}', p.INVALID_REQUEST),
+        ('{"jsonrpc": "2.0", "method": "x", "id": true}', p.INVALID_REQUEST),
+        ('{"jsonrpc": "2.0", "method": "x", "id": {}}', p.INVALID_REQUEST),
+        ('{"jsonrpc": "2.0", "method": "x", "id": 1, "params": [1]}', p.INVALID_PARAMS),
+        ("[" * 200 + "]" * 200, p.INVALID_REQUEST),
+    ],
+)
+def test_invalid_messages(text: str, code: int) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_message(text)
+    assert info.value.code == code
+
+
+def test_too_large() -> None:
+    with pytest.raises(p.ProtocolError, match="too large"):
+        p.parse_client_message('{"jsonrpc": "2.0", "method": "ping"}', max_size=10)
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"target": 1, "method": "dump"}, p.INVALID_PARAMS),
+        ({"method": "_channel"}, p.METHOD_NOT_FOUND),
+        ({"method": "__class__"}, p.METHOD_NOT_FOUND),
+        ({"method": "a b"}, p.METHOD_NOT_FOUND),
+        ({"method": None}, p.METHOD_NOT_FOUND),
+        ({"method": "dump", "args": {}}, p.INVALID_PARAMS),
+        ({"method": "dump", "kwargs": []}, p.INVALID_PARAMS),
+        ({"method": "dump", "kwargs": {"not an identifier": 1}}, p.INVALID_PARAMS),
+    ],
+)
+def test_invalid_calls(params: dict[str, Any], code: int) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_call(p.Request(3, "call", params))
+    assert (info.value.code, info.value.request_id) == (code, 3)
+
+
+def test_values() -> None:
+    assert p.decode_bytes(p.encode_bytes(b"\x00\xff")) == b"\x00\xff"
+    assert p.is_bytes({"$bytes": "AA=="}) and not p.is_bytes({"$bytes": 1})
+    with pytest.raises(p.ProtocolError):
+        p.decode_bytes({"$bytes": "!!"})
+    ref = p.make_ref("router", "h", "w", {"closed": False})
+    assert p.is_ref(ref) and ref["parent"] == "w"
+    assert not p.is_ref({"$ref": "router"})
+    assert p.is_error({"$error": "TypeError", "message": "m"})
+
+
+def test_server_messages() -> None:
+    ok = p.parse_server_message(p.dumps(p.result_response(1, {"value": 2})))
+    assert ok == p.Response(1, {"value": 2}, None)
+    err = p.parse_server_message(p.dumps(p.error_response(2, p.FORBIDDEN, "no", {"a": 1})))
+    assert isinstance(err, p.Response) and err.error == {
+        "code": p.FORBIDDEN,
+        "message": "no",
+        "data": {"a": 1},
+    }
+    event = p.parse_server_message(p.dumps(p.event_notification("h", "events", "x", [], None)))
+    assert event == p.Notification(
+        "event", {"target": "h", "emitter": "events", "event": "x", "args": []}
+    )
+    for bad in ("{}", '{"jsonrpc": "2.0", "id": 1, "error": 5}', '{"jsonrpc": "2.0"}'):
+        with pytest.raises(p.ProtocolError):
+            p.parse_server_message(bad)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text() | st.binary().map(lambda b: b.decode("latin-1")))
+def test_fuzz_parser_with_text(text: str) -> None:
+    """Any text: a Request or a ProtocolError, nothing else."""
+    try:
+        req = p.parse_client_message(text)
+    except p.ProtocolError as error:
+        assert error.code in {p.PARSE_ERROR, p.INVALID_REQUEST, p.INVALID_PARAMS}
+        return
+    assert isinstance(req.method, str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "jsonrpc": st.sampled_from(["2.0", "1.0", 2]),
+            "id": json_values,
+            "method": st.sampled_from(["call", "hello", "ping"]) | json_values,
+            "params": st.fixed_dictionaries(
+                {},
+                optional={
+                    "target": json_values,
+                    "method": st.sampled_from(["dump", "close", "_x"]) | json_values,
+                    "args": json_values,
+                    "kwargs": json_values,
+                },
+            )
+            | json_values,
+        },
+    )
+)
+def test_fuzz_parser_with_structures(message: dict[str, Any]) -> None:
+    try:
+        req = p.parse_client_message(json.dumps(message))
+        if req.method == "call":
+            call = p.parse_call(req)
+            assert not call.method.startswith("_")
+    except p.ProtocolError:
+        pass

@@ -32,11 +32,13 @@ if ((${#need_apt[@]})); then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The demo: Debian's chromium for its browser tests (Playwright drives it, no browser
-# download), npm for its browser bundle.
+# Debian's chromium for the demo's browser tests (Playwright drives it, no browser
+# download), npm for its browser bundle, redis-server for the cluster tests.
 need_demo=()
 [[ -x /usr/bin/chromium ]] || need_demo+=(chromium)
 command -v npm >/dev/null 2>&1 || need_demo+=(nodejs npm)
+# Redis for mafalda.horizontal's tests (started by the tests themselves).
+[[ -x /usr/bin/redis-server ]] || need_demo+=(redis-server)
 if ((${#need_demo[@]})); then
 	say "installing ${need_demo[*]}"
 	apt-get update -qq

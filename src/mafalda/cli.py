@@ -123,6 +123,15 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss://")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
+    cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
+    cluster.add_argument("--region", default=None, help="this server's region")
+    cluster.add_argument("--announce-ip", default=None, help="media address (default --host)")
+    cluster.add_argument("--server-id", default=None, help="registry id (default a UUID)")
+    cluster.add_argument("--heartbeat", type=float, default=2.0, help="seconds (TTL: 3x)")
+    cluster.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="SIGTERM: seconds to wait for objects"
+    )
 
 
 async def _run_serve(args: argparse.Namespace) -> int:
@@ -155,8 +164,25 @@ async def _run_serve(args: argparse.Namespace) -> int:
             grace_period=args.grace,
         )
         async with server:
+            node = None
+            if args.cluster:
+                from mafalda.horizontal import MediaNode
+
+                node = MediaNode(
+                    server,
+                    redis_url=args.cluster,
+                    server_id=args.server_id,
+                    media_address=args.announce_ip,
+                    region=args.region,
+                    interval=args.heartbeat,
+                )
+                await node.start()
             print(f"Mafalda remote server listening on {server.url}", flush=True)
             await stop.wait()
+            if node is not None:  # drain (a second signal: leave now), then deregister
+                stop.clear()
+                await node.drain(args.drain_timeout, abort=stop)
+                await node.aclose()
     finally:
         if pool is not None:
             await pool.aclose()

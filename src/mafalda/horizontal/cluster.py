@@ -1,0 +1,480 @@
+"""Mediasoup-horizontal: the media servers of a Redis registry, used as one.
+
+    cluster = await mafalda.horizontal.connect("redis://redis:6379/0", token=TOKEN)
+    worker = await cluster.create_worker()      # on the least loaded live server
+    router = await worker.create_router(media_codecs=[...])
+    # from here on: mafalda.mediasoup's API, through mafalda.remote
+
+Membership: a server that joins (pub/sub ``join``) is usable at once; one that leaves
+(``leave``) or whose record expired for ``grace`` seconds is dropped and the remote
+client to it closed, which closes this client's objects there with their close events
+(a worker emits 'died'). A server whose process dies is noticed sooner: its WebSocket
+closes and mafalda.remote closes the proxies at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import ipaddress
+import logging
+import os
+import ssl as ssl_module
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mafalda import mediasoup
+from mafalda.horizontal import registry
+from mafalda.horizontal.registry import ServerRecord
+from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import MediasoupError
+from mafalda.remote import (
+    PROTOCOL_VERSION,
+    RemoteConnectionError,
+    RemoteError,
+    RemoteMediasoup,
+    RemoteObject,
+    RemoteProducer,
+    RemoteRouter,
+    RemoteTransport,
+    RemoteWorker,
+)
+from mafalda.remote import connect as remote_connect
+
+__all__ = ["Cluster", "ClusterError", "Policy", "connect"]
+
+logger = logging.getLogger("mafalda.horizontal.cluster")
+
+Policy = Literal["least-loaded", "pack", "region"]
+_POLICIES: frozenset[str] = frozenset({"least-loaded", "pack", "region"})
+
+
+class ClusterError(MediasoupError):
+    """No live server could take the request."""
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+class Cluster:
+    """The ``mafalda.mediasoup`` module API over the servers of a Redis registry."""
+
+    def __init__(
+        self,
+        redis_client: aioredis.Redis,
+        *,
+        token: str,
+        policy: Policy,
+        region: str | None,
+        prefix: str,
+        interval: float,
+        grace: float,
+        ssl: ssl_module.SSLContext | None,
+        connect_timeout: float,
+    ) -> None:
+        self._redis = redis_client
+        self._token = token
+        self.policy: Policy = policy
+        self.region = region
+        self.prefix = prefix
+        self.interval = interval
+        self.grace = grace
+        self._ssl = ssl
+        self._connect_timeout = connect_timeout
+        self.observer = EventEmitter()
+        self._records: dict[str, ServerRecord] = {}
+        self._missing_since: dict[str, float] = {}
+        self._clients: dict[str, RemoteMediasoup] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+        self._workers: dict[RemoteWorker, str] = {}
+        self._pipes: dict[tuple[int, int], tuple[RemoteTransport, RemoteTransport]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- the mafalda.mediasoup module API ------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        return mediasoup.version
+
+    def get_supported_rtp_capabilities(self) -> Any:
+        return mediasoup.get_supported_rtp_capabilities()
+
+    @property
+    def workers(self) -> list[RemoteWorker]:
+        """This client's live workers, on every server."""
+        return [w for w in self._workers if not w.closed]
+
+    async def create_worker(self, **kwargs: Any) -> RemoteWorker:
+        """Create a worker on a live, non-draining server chosen by the policy (the next
+        candidate if one fails to answer). Raises ClusterError when none is left."""
+        if self._closed:
+            raise ClusterError("cluster client closed")
+        tried: set[str] = set()
+        while True:
+            record = self._choose(exclude=tried)
+            if record is None:
+                raise ClusterError("no live media server available")
+            tried.add(record["id"])
+            try:
+                client = await self._client(record)
+                worker = await client.create_worker(**kwargs)
+            except (RemoteConnectionError, OSError, TimeoutError) as error:
+                logger.warning("server %s failed: %s", record["id"], error)
+                continue
+            self._workers[worker] = record["id"]
+            worker.observer.on("close", lambda w=worker: self._workers.pop(w, None))
+            self.observer.emit("newworker", worker)
+            return worker
+
+    # -- placement -----------------------------------------------------------------------
+
+    @property
+    def servers(self) -> dict[str, ServerRecord]:
+        """The live servers' records, as last read from Redis."""
+        return copy.deepcopy(self._records)
+
+    def _estimated_load(self, record: ServerRecord) -> float:
+        """The record's load, raised by this client's workers it does not count yet."""
+        own = sum(1 for w, s in self._workers.items() if s == record["id"] and not w.closed)
+        if own <= record["workers"]:
+            return record["load"]
+        per_worker = (
+            record["load"] / record["workers"] if record["workers"] else 1 / (os.cpu_count() or 1)
+        )
+        return record["load"] + (own - record["workers"]) * per_worker
+
+    def _choose(self, exclude: set[str] | None = None) -> ServerRecord | None:
+        exclude = exclude or set()
+        candidates = [
+            r
+            for r in self._records.values()
+            if not r["draining"] and r["version"] == PROTOCOL_VERSION and r["id"] not in exclude
+        ]
+        if not candidates:
+            return None
+        if self.policy == "region" and self.region is not None:
+            local = [r for r in candidates if r["region"] == self.region]
+            candidates = local or candidates
+        ranked = sorted(
+            candidates, key=lambda r: (self._estimated_load(r), r["consumers"], r["id"])
+        )
+        if self.policy == "pack":
+            open_ = [r for r in ranked if self._estimated_load(r) < 1.0]
+            if open_:
+                return max(open_, key=lambda r: (self._estimated_load(r), r["id"]))
+        return ranked[0]
+
+    # -- servers -------------------------------------------------------------------------
+
+    async def _client(self, record: ServerRecord) -> RemoteMediasoup:
+        server_id = record["id"]
+        lock = self._connecting.setdefault(server_id, asyncio.Lock())
+        async with lock:
+            client = self._clients.get(server_id)
+            if client is not None and not client.closed:
+                return client
+            async with asyncio.timeout(self._connect_timeout):
+                remote = await remote_connect(
+                    record["controlUrl"],
+                    token=self._token,
+                    ssl=self._ssl,
+                    timeout=self._connect_timeout,
+                )
+            if not isinstance(remote, RemoteMediasoup):
+                await remote.aclose()
+                raise RemoteError(f"server {server_id} serves a Mafalda, not mediasoup")
+            self._clients[server_id] = remote
+            return remote
+
+    def server_of(self, obj: RemoteObject | RemoteMediasoup) -> ServerRecord | None:
+        """The record of the server an object lives on (None: not this cluster's, or gone)."""
+        connection = obj.connection if isinstance(obj, RemoteMediasoup) else obj._connection
+        for server_id, client in self._clients.items():
+            if client.connection is connection:
+                record = self._records.get(server_id)
+                return copy.deepcopy(record) if record is not None else None
+        return None
+
+    async def refresh(self) -> None:
+        """Read every server record now (the background loop does it every ``interval``)."""
+        found: dict[str, ServerRecord] = {}
+        pattern = registry.server_pattern(self.prefix)
+        keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
+        values = await self._redis.mget(keys) if keys else []
+        for key, raw in zip(keys, values, strict=True):
+            server_id = registry.server_id_from_key(key, self.prefix)
+            if server_id is None or raw is None:
+                continue
+            try:
+                record = registry.decode_record(raw)
+            except ValueError as error:
+                logger.warning("ignoring server %s: %s", server_id, error)
+                continue
+            if record["id"] == server_id:
+                found[server_id] = record
+        now = asyncio.get_running_loop().time()
+        for server_id, record in found.items():
+            self._missing_since.pop(server_id, None)
+            self._update(record)
+        for server_id in list(self._records):
+            if server_id in found:
+                continue
+            since = self._missing_since.setdefault(server_id, now)
+            if now - since >= self.grace:
+                await self._remove(server_id, "expired")
+
+    async def _fetch(self, server_id: str) -> None:
+        raw = await self._redis.get(registry.server_key(server_id, self.prefix))
+        if raw is None:
+            return
+        try:
+            record = registry.decode_record(raw)
+        except ValueError:
+            return
+        if record["id"] == server_id:
+            self._missing_since.pop(server_id, None)
+            self._update(record)
+
+    def _update(self, record: ServerRecord) -> None:
+        joined = record["id"] not in self._records
+        self._records[record["id"]] = record
+        if joined:
+            self.observer.emit("serverjoin", copy.deepcopy(record))
+
+    async def _remove(self, server_id: str, reason: str) -> None:
+        record = self._records.pop(server_id, None)
+        self._missing_since.pop(server_id, None)
+        client = self._clients.pop(server_id, None)
+        if client is not None:
+            # Closing the connection closes this client's objects there, with their events.
+            await client.aclose()
+        if record is not None:
+            logger.info("server %s left (%s)", server_id, reason)
+            self.observer.emit("serverleave", copy.deepcopy(record), reason)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except (RedisError, OSError) as error:
+                logger.warning("reading the registry failed: %s", error)
+            except Exception:  # keep watching whatever happened
+                logger.exception("reading the registry failed")
+
+    async def _listen(self) -> None:
+        channel = registry.membership_channel(self.prefix)
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                await self.refresh()  # what happened while not subscribed
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    parsed = registry.decode_membership(message["data"])
+                    if parsed is None:
+                        continue
+                    if parsed["event"] == "leave":
+                        await self._remove(parsed["id"], "left")
+                    else:
+                        await self._fetch(parsed["id"])
+            except (RedisError, OSError) as error:
+                logger.warning("membership channel lost: %s", error)
+                await asyncio.sleep(self.interval)
+            except Exception:  # keep listening whatever happened
+                logger.exception("membership channel failed")
+                await asyncio.sleep(self.interval)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for coro in (self._poll(), self._listen()):
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+
+    # -- pipes between servers -----------------------------------------------------------
+
+    async def pipe_to_router(
+        self,
+        *,
+        producer: RemoteProducer,
+        router: RemoteRouter,
+        target_router: RemoteRouter,
+        enable_rtx: bool = True,
+        enable_srtp: bool | None = None,
+    ) -> tuple[Any, Any]:
+        """Pipe ``producer`` (of ``router``) into ``target_router`` on another server:
+        a PipeTransport on each server, connected to each other's media address (one
+        pair per router pair, reused). SRTP defaults to on unless both addresses are
+        loopback. Returns (pipe consumer on ``router``, pipe producer on ``target_router``).
+        """
+        source, target = self.server_of(router), self.server_of(target_router)
+        if source is None or target is None:
+            raise ClusterError("both routers must live on servers of this cluster")
+        if enable_srtp is None:
+            enable_srtp = not (
+                is_loopback(source["mediaAddress"]) and is_loopback(target["mediaAddress"])
+            )
+        key = (id(router), id(target_router))
+        pair = self._pipes.get(key)
+        if pair is None or pair[0].closed or pair[1].closed:
+            options = {"enable_rtx": enable_rtx, "enable_srtp": enable_srtp}
+            local, remote = await asyncio.gather(
+                router.create_pipe_transport(
+                    listen_info={"protocol": "udp", "ip": source["mediaAddress"]}, **options
+                ),
+                target_router.create_pipe_transport(
+                    listen_info={"protocol": "udp", "ip": target["mediaAddress"]}, **options
+                ),
+            )
+            try:
+                await asyncio.gather(
+                    local.connect(
+                        ip=remote.tuple["localAddress"],
+                        port=remote.tuple["localPort"],
+                        srtp_parameters=remote.srtp_parameters,
+                    ),
+                    remote.connect(
+                        ip=local.tuple["localAddress"],
+                        port=local.tuple["localPort"],
+                        srtp_parameters=local.srtp_parameters,
+                    ),
+                )
+            except BaseException:
+                local.close()
+                remote.close()
+                raise
+            pair = (local, remote)
+            self._pipes[key] = pair
+        local, remote = pair
+        pipe_consumer = await local.consume(producer_id=producer.id)
+        try:
+            pipe_producer = await remote.produce(
+                id=producer.id,
+                kind=pipe_consumer.kind,
+                rtp_parameters=pipe_consumer.rtp_parameters,
+                paused=pipe_consumer.producer_paused,
+                app_data=producer.app_data,
+            )
+        except BaseException:
+            pipe_consumer.close()
+            raise
+        return pipe_consumer, pipe_producer
+
+    # -- visibility and closing ----------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Servers (records as last read), this client's workers on each, and the pipes."""
+        servers: dict[str, Any] = {}
+        for server_id, record in self._records.items():
+            client = self._clients.get(server_id)
+            servers[server_id] = {
+                **copy.deepcopy(record),
+                "connected": client is not None and not client.closed,
+                "clientWorkers": [
+                    w.id for w, s in self._workers.items() if s == server_id and not w.closed
+                ],
+            }
+        return {
+            "policy": self.policy,
+            "region": self.region,
+            "servers": servers,
+            "pipes": [
+                {
+                    "transportIds": [a.id, b.id],
+                    "srtp": getattr(a, "srtp_parameters", None) is not None,
+                }
+                for a, b in self._pipes.values()
+                if not a.closed and not b.closed
+            ],
+        }
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Close every remote client (this client's objects on the servers close) and
+        the Redis connections."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        clients = list(self._clients.values())
+        self._clients.clear()
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        await self._redis.aclose()
+        self.observer.emit("close")
+
+    async def __aenter__(self) -> Cluster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def connect(
+    redis_url: str,
+    *,
+    token: str,
+    policy: Policy = "least-loaded",
+    region: str | None = None,
+    prefix: str = registry.DEFAULT_PREFIX,
+    interval: float = 1.0,
+    grace: float = 5.0,
+    ssl: ssl_module.SSLContext | None = None,
+    connect_timeout: float = 10.0,
+) -> Cluster:
+    """Join the cluster registered in Redis at ``redis_url`` (``rediss://`` for TLS,
+    ``redis://user:password@host`` for AUTH).
+
+    token: the media servers' shared secret. policy: 'least-loaded' (default), 'pack'
+    (fill a server before using the next) or 'region' (servers of ``region`` first).
+    interval: seconds between registry reads (pub/sub announcements arrive at once).
+    grace: seconds a record may be missing before its server is dropped (covers a
+    Redis restart, after which servers register again at their next heartbeat).
+    """
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown placement policy {policy!r}")
+    if policy == "region" and not region:
+        raise ValueError("policy 'region' needs region=")
+    if interval <= 0 or grace < 0:
+        raise ValueError("interval must be > 0 and grace >= 0")
+    client: aioredis.Redis = aioredis.from_url(
+        redis_url,
+        socket_timeout=max(interval, 1.0) * 2,
+        socket_connect_timeout=max(interval, 1.0) * 2,
+    )
+    cluster = Cluster(
+        client,
+        token=token,
+        policy=policy,
+        region=region,
+        prefix=prefix,
+        interval=interval,
+        grace=grace,
+        ssl=ssl,
+        connect_timeout=connect_timeout,
+    )
+    try:
+        await cluster.refresh()
+    except BaseException:
+        await client.aclose()
+        raise
+    cluster._start()
+    return cluster

@@ -1,0 +1,175 @@
+"""A media server node: a Remote Mediasoup server that registers itself in Redis.
+
+    server = await mafalda.remote.serve(host="10.0.0.5", port=4443, token=TOKEN)
+    node = MediaNode(server, redis_url="redis://redis:6379/0", region="eu")
+    await node.start()          # registered, heart-beating
+    ...
+    await node.drain(timeout=30)  # SIGTERM: no new placements, wait for objects to close
+    await node.aclose()           # deregistered
+
+The record (``registry.ServerRecord``) is rewritten every ``interval`` seconds with a TTL
+of ``3 * interval``: a node that stops heart-beating (killed, cut off) disappears from
+the registry, and a node whose Redis restarted registers again at its next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mafalda.horizontal import registry
+from mafalda.horizontal.registry import MembershipEvent, ServerRecord
+from mafalda.mediasoup import Consumer, Worker
+from mafalda.remote import PROTOCOL_VERSION, RemoteServer
+
+__all__ = ["MediaNode"]
+
+logger = logging.getLogger("mafalda.horizontal.node")
+
+
+class MediaNode:
+    """Registers ``server`` in the cluster and keeps its record fresh."""
+
+    def __init__(
+        self,
+        server: RemoteServer,
+        *,
+        redis_url: str,
+        server_id: str | None = None,
+        media_address: str | None = None,
+        control_host: str | None = None,
+        region: str | None = None,
+        prefix: str = registry.DEFAULT_PREFIX,
+        interval: float = 2.0,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.server = server
+        self.id = server_id or str(uuid.uuid4())
+        registry.server_key(self.id, prefix)  # validates the id
+        host = control_host or server.host
+        if host in ("0.0.0.0", "::") and media_address:
+            host = media_address
+        self.control_url = (
+            f"{server.scheme}://{f'[{host}]' if ':' in host else host}:{server.port}/"
+        )
+        self.media_address = media_address or host
+        self.region = region
+        self.prefix = prefix
+        self.interval = interval
+        self.ttl_ms = int(interval * 3000)
+        self.draining = False
+        self.registered = False
+        self._redis: aioredis.Redis = aioredis.from_url(
+            redis_url,
+            socket_timeout=max(interval, 1.0),
+            socket_connect_timeout=max(interval, 1.0),
+        )
+        self._key = registry.server_key(self.id, prefix)
+        self._channel = registry.membership_channel(prefix)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- the record ----------------------------------------------------------------------
+
+    def _live_objects(self) -> list[Any]:
+        return [
+            obj
+            for session in list(self.server.sessions.values())
+            for obj in list(session.objects.values())
+            if not getattr(obj, "closed", True)
+        ]
+
+    def record(self) -> ServerRecord:
+        objects = self._live_objects()
+        workers = sum(1 for o in objects if isinstance(o, Worker))
+        consumers = sum(1 for o in objects if isinstance(o, Consumer))
+        return {
+            "id": self.id,
+            "controlUrl": self.control_url,
+            "mediaAddress": self.media_address,
+            "region": self.region,
+            "workers": workers,
+            "load": round(workers / (os.cpu_count() or 1), 4),
+            "consumers": consumers,
+            "draining": self.draining,
+            "version": PROTOCOL_VERSION,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register now (OSError if Redis is unreachable), then heart-beat in the background."""
+        try:
+            await self._beat()
+        except RedisError as error:
+            raise OSError(f"cannot register in Redis: {error}") from error
+        self._task = asyncio.get_running_loop().create_task(self._heartbeat())
+
+    async def _publish(self, event: MembershipEvent) -> None:
+        await self._redis.publish(self._channel, registry.encode_membership(event, self.id))
+
+    async def _beat(self) -> None:
+        previous = await self._redis.set(
+            self._key, registry.encode_record(self.record()), px=self.ttl_ms, get=True
+        )
+        self.registered = True
+        if previous is None:  # first registration, or the record was lost (Redis restart)
+            await self._publish("join")
+
+    async def _heartbeat(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self._beat()
+                if failing:
+                    logger.info("registered again in Redis")
+                failing = False
+            except (RedisError, OSError) as error:
+                if not failing:
+                    logger.warning("heartbeat to Redis failed: %s", error)
+                failing = True
+
+    async def drain(self, timeout: float, abort: asyncio.Event | None = None) -> bool:
+        """Take no new placements; wait until every object served here closed (True) or
+        ``timeout`` seconds or ``abort`` (False)."""
+        self.draining = True
+        with contextlib.suppress(RedisError, OSError):
+            await self._beat()
+            await self._publish("update")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._live_objects():
+            if loop.time() >= deadline or (abort is not None and abort.is_set()):
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def aclose(self) -> None:
+        """Stop heart-beating and deregister (best effort: the TTL covers a failure)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self._key)
+            await self._publish("leave")
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> MediaNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,138 @@
+"""The cluster's registry in Redis: key schema, server records, membership messages.
+
+Pure functions (no I/O), so the schema is testable without Redis.
+
+Keys (``prefix`` defaults to ``"mafalda"``; one prefix is one cluster):
+
+- ``{prefix}:server:{id}``: a string key holding the server's record as JSON, written
+  with ``SET ... PX ttl`` at every heartbeat: a server that stops heart-beating
+  disappears when its TTL runs out.
+- ``{prefix}:membership``: the pub/sub channel on which servers announce ``join``,
+  ``update`` (drain started) and ``leave``; messages are JSON
+  ``{"event": ..., "id": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypedDict
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MembershipEvent",
+    "MembershipMessage",
+    "ServerRecord",
+    "decode_membership",
+    "decode_record",
+    "encode_membership",
+    "encode_record",
+    "membership_channel",
+    "server_id_from_key",
+    "server_key",
+    "server_pattern",
+]
+
+DEFAULT_PREFIX = "mafalda"
+
+MembershipEvent = Literal["join", "update", "leave"]
+_EVENTS: frozenset[str] = frozenset({"join", "update", "leave"})
+
+
+class ServerRecord(TypedDict):
+    """What a media server publishes about itself."""
+
+    id: str
+    controlUrl: str  # the mafalda.remote URL (ws:// or wss://)
+    mediaAddress: str  # the IP peers and pipes send media to
+    region: str | None
+    workers: int  # live mediasoup workers on the server
+    load: float  # workers per CPU core
+    consumers: int
+    draining: bool  # True: take no new placements
+    version: str  # the mafalda.remote protocol version it speaks
+
+
+class MembershipMessage(TypedDict):
+    event: MembershipEvent
+    id: str
+
+
+def server_key(server_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    if not server_id or ":" in server_id or "*" in server_id:
+        raise ValueError(f"invalid server id {server_id!r}")
+    return f"{prefix}:server:{server_id}"
+
+
+def server_pattern(prefix: str = DEFAULT_PREFIX) -> str:
+    """The ``SCAN MATCH`` pattern of every server key."""
+    return f"{prefix}:server:*"
+
+
+def server_id_from_key(key: str | bytes, prefix: str = DEFAULT_PREFIX) -> str | None:
+    text = key.decode() if isinstance(key, bytes) else key
+    head = f"{prefix}:server:"
+    if not text.startswith(head) or len(text) == len(head):
+        return None
+    return text[len(head) :]
+
+
+def membership_channel(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}:membership"
+
+
+def encode_record(record: ServerRecord) -> str:
+    return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise ValueError(f"server record: invalid {name!r}")
+    return value
+
+
+def decode_record(raw: str | bytes) -> ServerRecord:
+    """Parse and check a record read from Redis (ValueError when it is not one)."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"server record: not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError("server record: not an object")
+    region = data.get("region")
+    if region is not None and not isinstance(region, str):
+        raise ValueError("server record: invalid 'region'")
+    workers = _field(data, "workers", int)
+    consumers = _field(data, "consumers", int)
+    load = _field(data, "load", (int, float))
+    if workers < 0 or consumers < 0 or load < 0:
+        raise ValueError("server record: negative count")
+    return {
+        "id": _field(data, "id", str),
+        "controlUrl": _field(data, "controlUrl", str),
+        "mediaAddress": _field(data, "mediaAddress", str),
+        "region": region,
+        "workers": workers,
+        "load": float(load),
+        "consumers": consumers,
+        "draining": _field(data, "draining", bool),
+        "version": _field(data, "version", str),
+    }
+
+
+def encode_membership(event: MembershipEvent, server_id: str) -> str:
+    return json.dumps({"event": event, "id": server_id}, separators=(",", ":"))
+
+
+def decode_membership(raw: str | bytes) -> MembershipMessage | None:
+    """A membership message, or None for anything else (ignored by listeners)."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    event, server_id = data.get("event"), data.get("id")
+    if event not in _EVENTS or not isinstance(server_id, str) or not server_id:
+        return None
+    return {"event": event, "id": server_id}

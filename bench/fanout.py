@@ -3,34 +3,38 @@
 Compares (a) one plain mediasoup Router on one worker with (b) one MafaldaRouter
 spanning two workers (issue #4, "Benchmark"). Run::
 
-    .venv/bin/python bench/fanout.py            # full run, about 4 minutes
-    .venv/bin/python bench/fanout.py --quick    # smoke run, about 40 s
+    .venv/bin/python bench/fanout.py            # full run, 2 to 4 minutes
+    .venv/bin/python bench/fanout.py --quick    # smoke run, about 1 minute
     .venv/bin/python bench/fanout.py --json out.json
 
-Method (details in README.md, "Fan-out benchmark"):
+Method (details and results in README.md, "Fan-out benchmark"):
 
 - The stream: one VP8 producer on a PlainTransport with comedia, fed by a separate
   sender PROCESS (this file with ``--sender``) pacing frames on an absolute clock:
   25 fps x 20 packets x 1000-byte payloads = 500 packets/s, about 4 Mbit/s (a 720p
   camera). Every 25th frame is a key frame, every packet carries a VP8 payload
   descriptor with a picture id, so the consumers do their full per-packet work.
-- The consumers: N PlainTransports (rtcp_mux off), each connected to one of a few UDP
-  sink sockets that are never read: once their small receive buffer is full the kernel
-  drops what arrives and counts it (``drops`` in /proc/net/udp), so the sinks cost the
-  measuring side nothing in user space, and the packets are still counted at the
-  sockets. Their RTCP goes to one more sink.
+- The consumers: N PlainTransports (rtcp_mux off, no congestion control), each sending
+  to its own UDP sink socket that is never read while measuring: once its small receive
+  buffer is full the kernel drops what arrives and counts it (``drops`` in
+  /proc/net/udp), so the sinks cost the measuring side nothing in user space and the
+  packets are still counted at the sockets. Their RTCP goes to one more sink.
+- (a) one mediasoup Router on one worker; (b) one MafaldaRouter on a 2-worker pool
+  whose 'concentrate' policy, with max_units_per_worker = N/2 + 1, splits the consumers
+  evenly: half consume on the producer's worker, half through a pipe on the other.
 - A trial: build the scenario for N, stream 1 s (consumers sync on a key frame), pause,
-  snapshot (every consumer's packetCount, the producer's, the sinks' counters, CPU
-  times), stream exactly ``rate x window`` packets, pause until the pipeline is empty,
-  snapshot again. No timing fuzz: each consumer should have sent exactly as many
-  packets as the sender sent.
+  read the counters (every consumer's packetCount, the producer's, the sinks'), stream
+  exactly ``rate x window`` packets, pause until the pipeline is empty, read again: no
+  timing fuzz, each consumer should have sent exactly the packets the sender sent.
 - Loss of a consumer = 1 - (its packets sent in the window / packets the sender sent).
-  N is served when the WORST consumer loses at most 0.5%. The largest served N is
-  searched by doubling, then bisection.
+  N is served when the WORST consumer loses at most 0.5%. The largest served N of each
+  setup is searched by doubling, then bisection to 4%, the trials of (a) and (b)
+  alternating so that both meet the same machine. Each trial first waits for the
+  machine to be quiet; a failed trial disturbed by other processes is run again.
 - CPU: each worker's ru_utime + ru_stime delta (get_resource_usage) over the window,
-  per packet it sent (consumer RTP, plus the pipe's copy on the producer's worker);
-  the harness's and the sender's own CPU time over the same window, and the machine's
-  (/proc/stat), are printed next to it.
+  per RTP packet it sent (to consumers, plus the pipe's copy on the producer's worker);
+  the harness's and the sender's own CPU time over the same window, and the share of
+  the machine used by anything else (/proc/stat), are printed next to it.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ NO_BWE_FEEDBACK = {"transport-cc", "goog-remb"}
 NO_BWE_EXTENSION = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 #: Served means the worst consumer lost at most this fraction of the packets sent.
 LOSS_THRESHOLD = 0.005
-#: Receive buffer asked for the sinks: the kernel's minimum, a few packets.
+#: Receive buffer asked for the sinks: tiny, a few packets.
 SINK_RCVBUF = 4096
 #: A failed trial is repeated once when other processes used more than this share of
 #: the machine while it streamed.
@@ -198,9 +202,12 @@ class Sender:
         return result
 
     async def close(self) -> None:
-        if self._process.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.command(cmd="quit")
+        stdin = self._process.stdin
+        if self._process.returncode is None and stdin is not None:
+            with contextlib.suppress(OSError):  # it already exited
+                stdin.write(b'{"cmd": "quit"}\n')
+                await stdin.drain()
+                stdin.close()
         await self._process.wait()
 
 
@@ -210,11 +217,11 @@ class Sender:
 class Sinks:
     """One UDP socket per consumer, never read while measuring: the kernel counts.
 
-    Their receive buffer is the kernel's minimum (a few packets); once full, each packet
-    that arrives is dropped and counted in the socket's ``drops`` (/proc/net/udp). So the
-    harness spends nothing per packet, and one socket per consumer means no two workers
-    ever write to the same socket (a shared sink would make the two cores fight over its
-    counters, a cost no real deployment has). Their RTCP goes to one more socket.
+    Their receive buffer is tiny (a few packets); once it is full, each packet that
+    arrives is dropped and counted in the socket's ``drops`` (/proc/net/udp), so the
+    harness spends nothing per packet. One socket per consumer, as each viewer is its own
+    destination: shared sinks would have both workers contend on the same sockets'
+    counters. Their RTCP goes to one more socket.
     """
 
     def __init__(self, count: int) -> None:
@@ -731,7 +738,7 @@ def _first_failing(trials: list[Trial], n: int) -> int | None:
 
 async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (~50 s)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 1 minute)")
     parser.add_argument("--window", type=float, help="seconds measured per trial (default 4)")
     parser.add_argument("--start", type=int, help="first N tried for the plain router")
     parser.add_argument("--json", type=Path, help="also write the full JSON result here")
@@ -750,9 +757,10 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         flush=True,
     )
-    if load[0] > 0.5:
-        print("warning: the machine is not quiet; the numbers will be lower", flush=True)
     began = time.monotonic()
+    busy = await wait_until_quiet(5.0 if quick else 20.0)
+    if busy >= QUIET:
+        print(f"warning: other work keeps {busy:.0%} of the machine busy", flush=True)
     # Two workers should serve about twice as many: (b)'s search starts at twice (a)'s.
     searches = [
         Search("plain", start=start, growth=2.0, resolution=resolution),
@@ -777,6 +785,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "load_average_at_start": [round(x, 2) for x in load],
+            "busy_at_start": round(busy, 3),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "stream": {**asdict(stream), "packets_per_s": stream.rate, "codec": "VP8"},

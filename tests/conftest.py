@@ -56,7 +56,17 @@ def hosting_worker(router: Any, obj: Any, worker: Worker) -> Worker:
     return worker
 
 
-#: Tests of the shared modules that cannot run against the remote router, and why.
+def is_mafalda_router(router: Any) -> bool:
+    """Whether ``router`` is a Mafalda router (local, or served by a Remote Mafalda), whose
+    consumers may read a piped copy of a producer hosted on another worker."""
+    if isinstance(router, MafaldaRouter):
+        return True
+    connection = getattr(router, "_connection", None)
+    return getattr(connection, "serves", None) == "mafalda"
+
+
+#: Tests of the shared modules that cannot run against the remote routers ("remote" and
+#: "remote-mafalda"), and why.
 REMOTE_SKIPS: dict[str, str] = {
     "test_data_consumer::test_sctp_send_buffer_full_and_buffered_amount_low": (
         "timing: needs 8 MB queued faster than SCTP drains 256 KiB; through the remote link "
@@ -149,10 +159,11 @@ REMOTE_SKIPS: dict[str, str] = {
 }
 
 
-@pytest.fixture(params=["mediasoup", "mafalda", "remote"])
+@pytest.fixture(params=["mediasoup", "mafalda", "remote", "remote-mafalda"])
 async def router(request: pytest.FixtureRequest, worker: Worker) -> AsyncIterator[Router]:
-    """A mediasoup Router, and the same API from Mafalda and from Remote Mediasoup (a
-    server on 127.0.0.1, a client, a remote worker): what "same API" means.
+    """A mediasoup Router, and the same API from Mafalda, from Remote Mediasoup (a
+    server on 127.0.0.1, a client, a remote worker) and from Remote Mafalda (a server
+    on 127.0.0.1 serving a Mafalda, a client's router in its pool): what "same API" means.
 
     The Mafalda router spreads its transports over two workers, so consuming pipes
     producers across workers in most tests.
@@ -176,6 +187,30 @@ async def router(request: pytest.FixtureRequest, worker: Worker) -> AsyncIterato
         finally:
             await client.aclose()
             await server.close()
+        return
+    if request.param == "remote-mafalda":
+        # The same limits as "remote" (a client proxy, no local worker); none added.
+        reason = REMOTE_SKIPS.get(f"{request.node.path.stem}::{request.node.originalname}")
+        if reason is not None:
+            pytest.skip(f"remote-mafalda: {reason}")
+        from mafalda.remote import RemoteMafalda, connect, serve
+
+        served = await Mafalda.start(
+            num_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+        )
+        try:
+            server = await serve(token="test-token", grace_period=0, target=served)
+            try:
+                remote = await connect(server.url, token="test-token")
+                assert isinstance(remote, RemoteMafalda)
+                try:
+                    yield await remote.create_router(media_codecs=MEDIA_CODECS)  # type: ignore[misc]
+                finally:
+                    await remote.aclose()
+            finally:
+                await server.close()
+        finally:
+            await served.aclose()
         return
     mafalda = await Mafalda.start(
         num_workers=2, policy="spread", worker_settings={"log_level": "warn"}

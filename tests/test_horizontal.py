@@ -270,8 +270,12 @@ async def test_registration_ttl_and_placement(
     async with await horizontal.connect(redis_server.url, token=TOKEN, policy="pack") as pack:
         chosen = pack._choose()
         assert chosen is not None
-        expected = "s2" if cpus <= 2 else "s1"  # s1 is full (load 1.0) on 2 cores
-        assert chosen["id"] == expected
+        if cpus <= 2:
+            # s1 is full (load 1.0); s2 holds one worker and s3 holds ours, which its
+            # record shows from its next heartbeat on: both are the busiest open ones.
+            assert chosen["id"] in {"s2", "s3"}
+        else:
+            assert chosen["id"] == "s1"
     async with await horizontal.connect(
         redis_server.url, token=TOKEN, policy="region", region="eu"
     ) as eu:

@@ -32,6 +32,7 @@ from mafalda.mediasoup._fbs.Transport.TraceEventType import TraceEventType
 from mafalda.mediasoup._fbs.Transport.TraceNotification import TraceNotificationT
 from mafalda.mediasoup.channel import Channel, encode_notification
 from mafalda.mediasoup.errors import InvalidStateError, MediasoupError, WorkerError
+from mafalda.mediasoup.pipe_transport import open_pipe_pair
 
 KEY_GCM_256 = "YTdjcDBvY2JoMGY5YXNlNDc0eDJsdGgwaWRvNnJsamRrdG16aWVpZHphdHo="  # 44 bytes
 KEY_AES_CM = "ZnQ3eWJraDg0d3ZoYzM5cXN1Y2pnaHU5NWxrZTVv"  # 30 bytes
@@ -954,3 +955,37 @@ async def test_media_piped_across_workers_is_counted_on_far_side(
     finally:
         sender.close()
         receiver.close()
+
+
+async def test_open_pipe_pair_connects_both_ends(worker: Worker) -> None:
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    listen: Any = {"protocol": "udp", "ip": "127.0.0.1"}
+    a, b = await open_pipe_pair(
+        router.create_pipe_transport(listen_info=listen),
+        router.create_pipe_transport(listen_info=listen),
+    )
+    assert (await a.dump())["tuple"]["remotePort"] == b.tuple["localPort"]
+    assert (await b.dump())["tuple"]["remotePort"] == a.tuple["localPort"]
+
+
+async def test_open_pipe_pair_leaves_nothing_open_on_failure(worker: Worker) -> None:
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    listen: Any = {"protocol": "udp", "ip": "127.0.0.1"}
+
+    async def refused() -> Any:
+        raise ValueError("no pipe here")
+
+    # One creation fails: the other end, created fine, is closed.
+    with pytest.raises(ValueError, match="no pipe here"):
+        await open_pipe_pair(router.create_pipe_transport(listen_info=listen), refused())
+    assert (await router.dump())["transportIds"] == []
+    # A connect fails (here: one end already closed): both ends are closed.
+    closed_end = await router.create_pipe_transport(listen_info=listen)
+    closed_end.close()
+
+    async def already_closed() -> Any:
+        return closed_end
+
+    with pytest.raises(InvalidStateError):
+        await open_pipe_pair(router.create_pipe_transport(listen_info=listen), already_closed())
+    assert (await router.dump())["transportIds"] == []

@@ -31,6 +31,7 @@ from mafalda.horizontal import registry
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import MediasoupError
+from mafalda.mediasoup.pipe_transport import open_pipe_pair
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -331,7 +332,7 @@ class Cluster:
         pair = self._pipes.get(key)
         if pair is None or pair[0].closed or pair[1].closed:
             options = {"enable_rtx": enable_rtx, "enable_srtp": enable_srtp}
-            local, remote = await asyncio.gather(
+            local, remote = await open_pipe_pair(
                 router.create_pipe_transport(
                     listen_info={"protocol": "udp", "ip": source["mediaAddress"]}, **options
                 ),
@@ -339,23 +340,6 @@ class Cluster:
                     listen_info={"protocol": "udp", "ip": target["mediaAddress"]}, **options
                 ),
             )
-            try:
-                await asyncio.gather(
-                    local.connect(
-                        ip=remote.tuple["localAddress"],
-                        port=remote.tuple["localPort"],
-                        srtp_parameters=remote.srtp_parameters,
-                    ),
-                    remote.connect(
-                        ip=local.tuple["localAddress"],
-                        port=local.tuple["localPort"],
-                        srtp_parameters=local.srtp_parameters,
-                    ),
-                )
-            except BaseException:
-                local.close()
-                remote.close()
-                raise
             pair = (local, remote)
             self._pipes[key] = pair
         local, remote = pair

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, NotRequired
+from collections.abc import Awaitable, Callable
+from typing import Any, NotRequired, TypeVar
 
 from mafalda.mediasoup import ortc
 from mafalda.mediasoup._fbs.Notification.Event import Event
@@ -252,14 +253,7 @@ class PipeTransport(Transport):
             # A pipe consumer has no score of its own: Node keeps its default one.
             score={"score": 10, "producerScore": 10, "producerScores": []},
         )
-        self._consumers[consumer_id] = consumer
-
-        def on_gone() -> None:
-            self._consumers.pop(consumer_id, None)
-
-        consumer.events.on("@close", on_gone)
-        consumer.events.on("@producerclose", on_gone)
-        self.observer.emit("newconsumer", consumer)
+        self._adopt_consumer(consumer)
         return consumer
 
     # -- notifications ---------------------------------------------------------------
@@ -274,3 +268,40 @@ class PipeTransport(Transport):
             self._emit_trace(body)
         else:
             super()._on_notification(event, body)
+
+
+_Pipe = TypeVar("_Pipe")
+
+
+async def open_pipe_pair(first: Awaitable[_Pipe], second: Awaitable[_Pipe]) -> tuple[_Pipe, _Pipe]:
+    """Create two PipeTransports and connect each to the other (tuple and SRTP parameters).
+
+    Whatever fails, nothing is left open: when one creation fails the other transport is
+    closed (both are awaited, so neither is lost), and when a connect fails both are
+    closed. Works with anything shaped like a PipeTransport (remote proxies too).
+    """
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        for result in results:
+            if not isinstance(result, BaseException):
+                result.close()  # type: ignore[attr-defined]
+        raise failures[0]
+    a, b = results
+    ends: Any = (a, b)
+    try:
+        await asyncio.gather(
+            *(
+                end.connect(
+                    ip=other.tuple["localAddress"],
+                    port=other.tuple["localPort"],
+                    srtp_parameters=other.srtp_parameters,
+                )
+                for end, other in (ends, ends[::-1])
+            )
+        )
+    except BaseException:
+        for end in ends:
+            end.close()
+        raise
+    return a, b  # type: ignore[return-value]

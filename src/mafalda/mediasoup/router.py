@@ -53,7 +53,11 @@ from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport, parse_direct_transport_dump
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
-from mafalda.mediasoup.pipe_transport import PipeTransport, parse_pipe_transport_dump
+from mafalda.mediasoup.pipe_transport import (
+    PipeTransport,
+    open_pipe_pair,
+    parse_pipe_transport_dump,
+)
 from mafalda.mediasoup.plain_transport import PlainTransport, parse_plain_transport_dump
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.rtp_observer import RtpObserver
@@ -606,38 +610,10 @@ class Router(EventSource):
         self, router: Router, info: ListenInfo, **options: Any
     ) -> dict[str, PipeTransport]:
         key = router.id
-        # return_exceptions: when one side fails, the other side's transport must still
-        # be known so it can be closed rather than leaked.
-        results = await asyncio.gather(
+        local_t, remote_t = await open_pipe_pair(
             self.create_pipe_transport(listen_info=info, **options),
             router.create_pipe_transport(listen_info=info, **options),
-            return_exceptions=True,
         )
-        created = [r for r in results if isinstance(r, PipeTransport)]
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            for transport in created:
-                transport.close()
-            raise failures[0]
-        local, remote = created
-        try:
-            await asyncio.gather(
-                local.connect(
-                    ip=remote.tuple["localAddress"],
-                    port=remote.tuple["localPort"],
-                    srtp_parameters=remote.srtp_parameters,
-                ),
-                remote.connect(
-                    ip=local.tuple["localAddress"],
-                    port=local.tuple["localPort"],
-                    srtp_parameters=local.srtp_parameters,
-                ),
-            )
-        except BaseException:
-            local.close()
-            remote.close()
-            raise
-        local_t, remote_t = local, remote
 
         def on_local_close() -> None:
             remote_t.close()

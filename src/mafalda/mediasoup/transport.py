@@ -817,15 +817,20 @@ class Transport(EventSource):
                 if status_layers is not None
                 else None,
             )
-            self._consumers[consumer_id] = consumer
-
-            def on_gone() -> None:
-                self._consumers.pop(consumer_id, None)
-
-            consumer.events.on("@close", on_gone)
-            consumer.events.on("@producerclose", on_gone)
-            self.observer.emit("newconsumer", consumer)
+            self._adopt_consumer(consumer)
             return consumer
+
+    def _adopt_consumer(self, consumer: Consumer) -> None:
+        """Track a consumer created on this transport until it or its producer closes."""
+        consumer_id = consumer.id
+        self._consumers[consumer_id] = consumer
+
+        def on_gone() -> None:
+            self._consumers.pop(consumer_id, None)
+
+        consumer.events.on("@close", on_gone)
+        consumer.events.on("@producerclose", on_gone)
+        self.observer.emit("newconsumer", consumer)
 
     async def produce_data(
         self,

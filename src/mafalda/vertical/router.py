@@ -25,7 +25,7 @@ from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
-from mafalda.mediasoup.pipe_transport import PipeTransport
+from mafalda.mediasoup.pipe_transport import PipeTransport, open_pipe_pair
 from mafalda.mediasoup.plain_transport import PlainTransport
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.router import PipeToRouterResult, Router, RouterDump
@@ -49,6 +49,7 @@ _PIPE_LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
 class _PipePair:
     """Two connected PipeTransports between the child routers of two workers."""
 
+    key: frozenset[Worker]
     transports: dict[Worker, PipeTransport] = field(default_factory=dict)
     ready: asyncio.Future[None] | None = None
     pipes: set[_Pipe] = field(default_factory=set)
@@ -398,12 +399,7 @@ class MafaldaRouter(EventSource):
             self._children[pipe.dst].alias_producer(producer_id, piped)
         if producer.closed:
             raise InvalidStateError("original Producer closed")
-        # The pipe consumer's own pause state follows the original producer's (as in
-        # mediasoup's pipeToRouter): consumers on the far side see producerpause/resume.
-        consumer.observer.on("pause", lambda: self._spawn(_quietly(piped.pause())))
-        consumer.observer.on("resume", lambda: self._spawn(_quietly(piped.resume())))
-        consumer.observer.on("close", lambda: self._close_pipe(pipe))
-        piped.observer.on("close", lambda: self._close_pipe(pipe))
+        self._wire_pipe(pipe, consumer, piped)
         if piped.paused != producer.paused:
             await (piped.pause() if producer.paused else piped.resume())
 
@@ -426,14 +422,25 @@ class MafaldaRouter(EventSource):
             self._children[pipe.dst].alias_data_producer(data_producer_id, piped)
         if data_producer.closed:
             raise InvalidStateError("original DataProducer closed")
-        # mediasoup's pipeToRouter does not carry a data producer's pause across; a
-        # Router that spans workers must, or consumers on other workers would differ.
+        self._wire_pipe(pipe, consumer, piped)
+        if consumer.data_producer_paused != piped.paused:
+            await (piped.pause() if consumer.data_producer_paused else piped.resume())
+
+    def _wire_pipe(
+        self,
+        pipe: _Pipe,
+        consumer: Consumer | DataConsumer,
+        piped: Producer | DataProducer,
+    ) -> None:
+        """The copy follows its pipe consumer: the consumer's pause state follows the
+        original (data) producer's, so consumers on the far side see producerpause /
+        dataproducerpause and resume (mediasoup's pipeToRouter carries it for media only;
+        a Router spanning workers must for data too); either end closing closes the pipe.
+        """
         consumer.observer.on("pause", lambda: self._spawn(_quietly(piped.pause())))
         consumer.observer.on("resume", lambda: self._spawn(_quietly(piped.resume())))
         consumer.observer.on("close", lambda: self._close_pipe(pipe))
         piped.observer.on("close", lambda: self._close_pipe(pipe))
-        if consumer.data_producer_paused != piped.paused:
-            await (piped.pause() if consumer.data_producer_paused else piped.resume())
 
     def _release_pipe_if_idle(self, pipe: _Pipe) -> None:
         if not pipe.closed and not pipe.users and pipe.pending == 0 and pipe.ready.done():
@@ -459,9 +466,9 @@ class MafaldaRouter(EventSource):
         key = frozenset((home, dst))
         pair = self._pairs.get(key)
         if pair is None or pair.closed:
-            pair = _PipePair(ready=asyncio.get_running_loop().create_future())
+            pair = _PipePair(key=key, ready=asyncio.get_running_loop().create_future())
             self._pairs[key] = pair
-            self._spawn(self._open_pair(pair, key, home, dst))
+            self._spawn(self._open_pair(pair, home, dst))
         pair.pending += 1
         assert pair.ready is not None
         try:
@@ -471,33 +478,19 @@ class MafaldaRouter(EventSource):
             raise
         return pair
 
-    async def _open_pair(
-        self, pair: _PipePair, key: frozenset[Worker], home: Worker, dst: Worker
-    ) -> None:
+    async def _open_pair(self, pair: _PipePair, home: Worker, dst: Worker) -> None:
         assert pair.ready is not None
         try:
-            children = await asyncio.gather(self._child(home), self._child(dst))
-            results = await asyncio.gather(
-                *(
-                    child.create_pipe_transport(listen_info=_PIPE_LISTEN, enable_sctp=True)
-                    for child in children
-                ),
-                return_exceptions=True,
+            child_home, child_dst = await asyncio.gather(self._child(home), self._child(dst))
+            a, b = await open_pipe_pair(
+                child_home.create_pipe_transport(listen_info=_PIPE_LISTEN, enable_sctp=True),
+                child_dst.create_pipe_transport(listen_info=_PIPE_LISTEN, enable_sctp=True),
             )
-            for worker, result in zip((home, dst), results, strict=True):
-                if isinstance(result, PipeTransport):
-                    pair.transports[worker] = result
-                    result.observer.on("close", lambda: self._close_pair(pair, key))
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            a, b = pair.transports[home], pair.transports[dst]
-            await asyncio.gather(
-                a.connect(ip=b.tuple["localAddress"], port=b.tuple["localPort"]),
-                b.connect(ip=a.tuple["localAddress"], port=a.tuple["localPort"]),
-            )
+            pair.transports = {home: a, dst: b}
+            for transport in (a, b):
+                transport.observer.on("close", lambda: self._close_pair(pair))
         except BaseException as error:
-            self._close_pair(pair, key)
+            self._close_pair(pair)
             pair.ready.set_exception(error)
             pair.ready.exception()
             if isinstance(error, asyncio.CancelledError):
@@ -506,23 +499,21 @@ class MafaldaRouter(EventSource):
         pair.ready.set_result(None)
 
     def _release_pair_if_idle(self, pair: _PipePair) -> None:
-        if not pair.closed and not pair.pipes and pair.pending == 0:
-            for key, value in list(self._pairs.items()):
-                if value is pair:
-                    self._close_pair(pair, key)
+        if not pair.pipes and pair.pending == 0:
+            self._close_pair(pair)
 
-    def _close_pair(self, pair: _PipePair, key: frozenset[Worker]) -> None:
+    def _close_pair(self, pair: _PipePair) -> None:
         if pair.closed:
             return
         pair.closed = True
-        if self._pairs.get(key) is pair:
-            del self._pairs[key]
+        if self._pairs.get(pair.key) is pair:
+            del self._pairs[pair.key]
         for pipe in list(pair.pipes):
             self._close_pipe(pipe)
         for transport in pair.transports.values():
             transport.close()
         if not self._closed:
-            for worker in key:
+            for worker in pair.key:
                 self._release_child_if_idle(worker)
 
     def _spawn(self, coro: Any) -> None:

@@ -1,8 +1,9 @@
 """mafalda.horizontal against a real Redis and real ``mafalda serve --cluster`` processes.
 
 Each media server is a separate process on its own loopback address (127.0.0.2, .3, .4:
-control port and media bound there). Network namespaces with veth pairs were not used
-in this increment.
+control port and media bound there); test_room_across_separate_hosts runs them in
+network namespaces on a bridge instead (their own IP addresses, SRTP on the pipes)
+where the machine allows it, and says which ran.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,56 +25,22 @@ from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
 from mafalda.remote import RemoteMediasoup, RemoteWorker
 from mafalda.remote import connect as remote_connect
+from tests.cluster_support import (
+    HAVE_REDIS,
+    TOKEN,
+    NetnsLab,
+    RedisProcess,
+    free_port,
+    serve_command,
+)
 
-TOKEN = "cluster-secret"
 HEARTBEAT = 0.3  # TTL 0.9 s
-REDIS_SERVER = "/usr/bin/redis-server"
 OPUS_PT = 100
 MEDIA_CODECS: list[Any] = [
     {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}
 ]
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(REDIS_SERVER), reason="redis-server is not installed"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisProcess:
-    """A throwaway redis-server (no persistence) that the tests may kill and restart."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        client: aioredis.Redis = aioredis.from_url(self.url)
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        if await client.ping():
-                            return
-                    except Exception:
-                        await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+pytestmark = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed")
 
 
 class Server:
@@ -87,7 +53,7 @@ class Server:
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisProcess]:
     server = RedisProcess()
-    await server.start()
+    server.start()
     yield server
     server.kill()
 
@@ -100,33 +66,12 @@ async def db(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
 
 
 async def _start_server(redis_url: str, index: int, *extra: str) -> Server:
-    server_id = f"s{index}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mafalda.cli",
-        "serve",
-        "--host",
-        f"127.0.0.{index + 1}",
-        "--port",
-        "0",
-        "--token",
-        TOKEN,
-        "--cluster",
-        redis_url,
-        "--server-id",
-        server_id,
-        "--heartbeat",
-        str(HEARTBEAT),
-        "--drain-timeout",
-        "10",
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    command = serve_command(redis_url, index, HEARTBEAT, *extra)
+    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
     assert "listening on" in line, line
-    return Server(proc, server_id, line.split("listening on ")[1].strip())
+    return Server(proc, f"s{index}", line.split("listening on ")[1].strip())
 
 
 @pytest.fixture
@@ -146,7 +91,9 @@ async def servers(redis_server: RedisProcess) -> AsyncIterator[list[Server]]:
 
 @pytest.fixture
 async def cluster(redis_server: RedisProcess, servers: list[Server]) -> AsyncIterator[Cluster]:
-    c = await horizontal.connect(redis_server.url, token=TOKEN, interval=0.2, grace=1.5)
+    c = await horizontal.connect(
+        redis_server.url, token=TOKEN, interval=0.2, grace=1.5, worker_idle=0.5
+    )
     yield c
     await c.aclose()
 
@@ -209,6 +156,8 @@ async def test_connect_validates_options(redis_server: RedisProcess) -> None:
         await horizontal.connect(redis_server.url, token=TOKEN, policy="region")
     with pytest.raises(ValueError, match="interval"):
         await horizontal.connect(redis_server.url, token=TOKEN, interval=0)
+    with pytest.raises(ValueError, match="worker_idle"):
+        await horizontal.connect(redis_server.url, token=TOKEN, worker_idle=-1)
     async with await horizontal.connect(redis_server.url, token=TOKEN) as empty:
         assert empty.servers == {} and empty.dump()["servers"] == {}
         with pytest.raises(ClusterError, match="no live media server"):
@@ -290,7 +239,7 @@ async def test_registration_ttl_and_placement(
     ghost: registry.ServerRecord = {
         **cluster.servers["s3"],
         "id": "s0",
-        "controlUrl": f"ws://127.0.0.1:{_free_port()}/",
+        "controlUrl": f"ws://127.0.0.1:{free_port()}/",
         "workers": 0,
         "load": 0.0,
     }
@@ -470,7 +419,7 @@ async def test_redis_restart_servers_register_again(
     cluster.observer.on("serverleave", lambda record, reason: leaves.append(record["id"]))
 
     redis_server.kill()
-    await redis_server.start()  # same port, empty
+    redis_server.start()  # same port, empty
 
     async def registered() -> bool:
         try:
@@ -522,7 +471,7 @@ async def test_serve_without_redis_fails_cleanly() -> None:
         "--token",
         TOKEN,
         "--cluster",
-        f"redis://127.0.0.1:{_free_port()}/0",
+        f"redis://127.0.0.1:{free_port()}/0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -567,3 +516,435 @@ async def test_media_node_in_process(redis_server: RedisProcess, db: aioredis.Re
             await client.aclose()
         assert await record_of(db, node.id) is None
         await node.aclose()  # closing twice does nothing
+
+
+# -- Mafalda-horizontal: a router spanning servers -----------------------------------------
+
+
+def _scale_model() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "scale_model.py"
+    spec = importlib.util.spec_from_file_location("bench_scale_model_h", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+OPUS_RTP: Any = {
+    "codecs": [
+        {"mimeType": "audio/opus", "payloadType": OPUS_PT, "clockRate": 48000, "channels": 2}
+    ],
+    "encodings": [{"ssrc": 5555}],
+}
+
+
+async def _sink(router: Any, server: str, local: str = "127.0.0.1") -> tuple[Any, _Counter, Any]:
+    """A plain transport on ``server`` (all interfaces: the server's address is announced)
+    sending to a fresh UDP socket on ``local`` whose RTP packets are counted."""
+    loop = asyncio.get_running_loop()
+    sock, counter = await loop.create_datagram_endpoint(_Counter, local_addr=(local, 0))
+    transport = await router.create_plain_transport(
+        server=server, listen_info={"protocol": "udp", "ip": "0.0.0.0"}, comedia=False
+    )
+    await transport.connect(ip=local, port=sock.get_extra_info("sockname")[1])
+    return transport, counter, sock
+
+
+class _Sender:
+    """Sends opus-like RTP into a comedia PlainTransport until stopped."""
+
+    def __init__(self, transport: Any) -> None:
+        self.address = (transport.tuple["localAddress"], transport.tuple["localPort"])
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=self.address
+        )
+        try:
+            seq = 0
+            while True:
+                sock.sendto(struct.pack("!BBHII", 0x80, OPUS_PT, seq, seq * 960, 5555) + bytes(80))
+                seq = (seq + 1) & 0xFFFF
+                await asyncio.sleep(0.005)
+        finally:
+            sock.close()
+
+    def __enter__(self) -> _Sender:
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+
+async def _received(counter: _Counter, more: int = 20, timeout: float = 10.0) -> None:
+    target = counter.rtp + more
+    async with asyncio.timeout(timeout):
+        while counter.rtp < target:
+            await asyncio.sleep(0.02)
+
+
+async def test_cluster_router_validates_before_anything(cluster: Cluster) -> None:
+    from mafalda.mediasoup.errors import UnsupportedError
+
+    with pytest.raises(TypeError):
+        await cluster.create_router(media_codecs=[{"kind": "audio"}])
+    with pytest.raises(UnsupportedError):
+        await cluster.create_router(
+            media_codecs=[{"kind": "audio", "mimeType": "audio/nope", "clockRate": 1}]
+        )
+    with pytest.raises(TypeError, match="app_data"):
+        await cluster.create_router(app_data="x")  # type: ignore[arg-type]
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    assert cluster.routers == [router] and router.servers == []  # nothing on any server yet
+    with pytest.raises(ClusterError, match="no live media server 'nope'"):
+        await router.create_plain_transport(server="nope", listen_ip="127.0.0.1")
+    with pytest.raises(UnsupportedError):
+        await router.create_webrtc_transport(webrtc_server=object())
+    with pytest.raises(UnsupportedError):
+        await router.pipe_to_router(router=router, producer_id="x")
+    assert router.servers == []
+    router.close()
+    assert router.closed and cluster.routers == []
+
+
+async def test_cluster_router_spans_three_servers(
+    db: aioredis.Redis, servers: list[Server], cluster: Cluster
+) -> None:
+    """Producer on s1, consumers on s2 and s3: one copy per server, from s1 (a tree);
+    killing s2 closes its objects, s1 → s3 keeps forwarding."""
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    send = await router.create_plain_transport(
+        server="s1", listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
+    )
+    producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+    assert router.server_of(send) == "s1" and router.server_of(producer) == "s1"
+    sinks = {s: await _sink(router, s) for s in ("s2", "s3")}
+    for server, (transport, _, _) in sinks.items():
+        # Listening on all interfaces, the transport announces its server's media address.
+        assert transport.tuple["localAddress"] == cluster.media_address(server)
+    consumers = {
+        s: await t.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        for s, (t, _, _) in sinks.items()
+    }
+    extra = await sinks["s2"][0].consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    view = router.cluster_dump()
+    assert sorted((p["from"], p["to"], p["users"]) for p in view["pipes"]) == [
+        ("s1", "s2", 2),
+        ("s1", "s3", 1),
+    ]
+    assert sorted((p["servers"], p["srtp"]) for p in view["pipeTransportPairs"]) == [
+        (["s1", "s2"], False),  # loopback addresses: no SRTP by default
+        (["s1", "s3"], False),
+    ]
+    assert cluster.dump()["routers"] == [view]
+    # The scale model's count for the same room is what the real cluster made.
+    model = _scale_model().pipe_counts(
+        {producer.id: "s1"}, [(producer.id, s) for s in ("s2", "s3", "s2")], "mesh"
+    )
+    assert model == {"pipes": len(view["pipes"]), "pairs": 2, "hops": 1}
+    dump = await router.dump()
+    assert sorted(dump["transportIds"]) == sorted([send.id] + [t.id for t, _, _ in sinks.values()])
+    [entry] = dump["mapProducerIdConsumerIds"]
+    assert entry["key"] == producer.id
+    assert sorted(entry["values"]) == sorted([extra.id] + [c.id for c in consumers.values()])
+
+    with _Sender(send):
+        await asyncio.gather(*(_received(counter) for _, counter, _ in sinks.values()))
+        # Pause reaches the far servers' consumers, and resume too.
+        paused = asyncio.ensure_future(consumers["s3"].events.wait_for("producerpause"))
+        await producer.pause()
+        async with asyncio.timeout(5):
+            await paused
+        resumed = asyncio.ensure_future(consumers["s3"].events.wait_for("producerresume"))
+        await producer.resume()
+        async with asyncio.timeout(5):
+            await resumed
+
+        closed: list[str] = []
+        b_transport = sinks["s2"][0]
+        b_transport.on("routerclose", lambda: closed.append("transport"))
+        consumers["s2"].on("transportclose", lambda: closed.append("consumer"))
+        left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+        servers[1].proc.send_signal(signal.SIGKILL)
+        await servers[1].proc.wait()
+        async with asyncio.timeout(10):
+            record, _ = await left
+        assert record["id"] == "s2"
+        assert sorted(closed) == ["consumer", "transport"]
+        assert b_transport.closed and consumers["s2"].closed and extra.closed
+        assert router.servers == ["s1", "s3"] and not router.closed
+        assert [(p["from"], p["to"]) for p in router.cluster_dump()["pipes"]] == [("s1", "s3")]
+        await _received(sinks["s3"][1])  # s1 → s3 still forwards
+
+        # A new transport lands on a live server, and consumes from s1 too.
+        late = await router.create_plain_transport(listen_ip="127.0.0.1")
+        assert router.server_of(late) in {"s1", "s3"}
+
+    # Unused pipes, pairs and children close: the last consumer on s3 frees the s1 → s3
+    # pipe; the last transport on s3 frees the child router there and the worker.
+    consumers["s3"].close()
+    assert router.cluster_dump()["pipes"] == []
+    assert router.cluster_dump()["pipeTransportPairs"] == []
+    for transport, _, sock in sinks.values():
+        transport.close()
+        sock.close()
+    late.close()
+    assert router.servers == ["s1"]
+    # The worker there stays a while (worker_idle) for a room that comes back, then goes.
+    assert cluster.dump()["servers"]["s3"]["clientWorkers"] != []
+
+    async def s3_empty() -> bool:
+        record = await record_of(db, "s3")
+        return record is not None and record["workers"] == 0
+
+    await wait_until(s3_empty)
+    router.close()
+    assert send.closed and producer.closed
+
+
+async def test_cluster_router_data_and_observers_across_servers(cluster: Cluster) -> None:
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    source = await router.create_direct_transport(server="s1")
+    sink = await router.create_direct_transport(server="s3")
+    data_producer = await source.produce_data(label="chat")
+    data_consumer = await sink.consume_data(data_producer_id=data_producer.id)
+    assert data_consumer.label == "chat"
+    assert [(p["kind"], p["from"], p["to"]) for p in router.cluster_dump()["pipes"]] == [
+        ("data", "s1", "s3")
+    ]
+    received = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+    await asyncio.sleep(0.2)  # the pipe's SCTP association comes up
+    for _ in range(50):
+        data_producer.send("hello")
+        if received.done():
+            break
+        await asyncio.sleep(0.1)
+    async with asyncio.timeout(5):
+        message, ppid = await received
+    assert bytes(message) == b"hello" and ppid == 51
+
+    # An RTP observer on another server than the producer: the producer is piped to it.
+    producer = await source.produce(kind="audio", rtp_parameters=OPUS_RTP)
+    observer = await router.create_audio_level_observer(server="s2")
+    assert router.server_of(observer) == "s2"
+    await observer.add_producer(producer_id=producer.id)
+    pipes = router.cluster_dump()["pipes"]
+    assert ("media", "s1", "s2", 1) in [(p["kind"], p["from"], p["to"], p["users"]) for p in pipes]
+    dump = await router.dump()
+    assert dump["rtpObserverIds"] == [observer.id]
+    await observer.remove_producer(producer_id=producer.id)
+    assert all(p["kind"] == "data" for p in router.cluster_dump()["pipes"])
+    observer.close()
+    data_consumer.close()
+    assert router.cluster_dump()["pipes"] == [] and router.servers == ["s1", "s3"]
+    await cluster.aclose()
+    assert router.closed and source.closed
+
+
+async def test_cluster_router_drain(
+    db: aioredis.Redis, servers: list[Server], cluster: Cluster
+) -> None:
+    """SIGTERM s3: new transports go elsewhere, s3 itself refuses creations; it leaves
+    once the router's last transport there closed."""
+    from mafalda.mediasoup.errors import InvalidStateError
+
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    on_s3 = await router.create_plain_transport(server="s3", listen_ip="127.0.0.4")
+    servers[2].proc.send_signal(signal.SIGTERM)
+
+    async def marked() -> bool:
+        record = cluster.servers.get("s3")
+        return record is not None and record["draining"]
+
+    await wait_until(marked)
+    for _ in range(3):
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        assert router.server_of(transport) != "s3"
+    with pytest.raises(ClusterError, match="draining"):
+        await router.create_plain_transport(server="s3", listen_ip="127.0.0.4")
+    # The server refuses by itself too (a client that did not see the record yet).
+    worker = await cluster.router_worker("s3")
+    with pytest.raises(InvalidStateError, match="draining"):
+        await worker.create_router(media_codecs=MEDIA_CODECS)
+    assert (await on_s3.dump())["id"] == on_s3.id  # what is there keeps working
+
+    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+    on_s3.close()
+    async with asyncio.timeout(15):
+        record, reason = await left
+        assert await servers[2].proc.wait() == 0
+    assert record["id"] == "s3" and reason == "left"
+    assert "s3" not in router.servers
+
+
+@pytest.fixture
+def hosts() -> Iterator[NetnsLab | None]:
+    """Three separate network hosts (namespaces on a bridge) where the machine allows
+    it; None otherwise (the test then uses loopback addresses and says so)."""
+    lab = NetnsLab(3)
+    try:
+        if os.geteuid() != 0:
+            raise OSError("not root")
+        lab.create()
+    except OSError as error:
+        print(f"network namespaces unavailable ({error}): loopback addresses used")
+        yield None
+        return
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+async def test_room_across_separate_hosts(
+    hosts: NetnsLab | None, record_property: Callable[[str, object], None]
+) -> None:
+    """The room of the issue on three hosts, each with its own IP address: a producer on
+    A, consumers on B and C; SRTP on the pipes (the addresses are not loopback); B killed:
+    its objects close, A keeps forwarding to C."""
+    which = "network namespaces" if hosts is not None else "loopback addresses"
+    print(f"hosts: {which}")
+    record_property("hosts", which)
+    gateway = hosts.gateway if hosts is not None else "127.0.0.1"
+    redis = RedisProcess(host=gateway)
+    redis.start()
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for index in (1, 2, 3):
+            prefix = hosts.exec_prefix(index) if hosts is not None else []
+            address = hosts.addresses[index - 1] if hosts is not None else f"127.0.0.{index + 1}"
+            command = serve_command(redis.url, index, HEARTBEAT, host=address)
+            proc = await asyncio.create_subprocess_exec(
+                *prefix, *command, stdout=asyncio.subprocess.PIPE
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert "listening on" in line, line
+        async with await horizontal.connect(
+            redis.url, token=TOKEN, interval=0.2, grace=1.5
+        ) as cluster:
+            await wait_until(_has_servers(cluster, 3))
+            router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+            send = await router.create_plain_transport(
+                server="s1", listen_info={"protocol": "udp", "ip": "0.0.0.0"}, comedia=True
+            )
+            assert send.tuple["localAddress"] == cluster.media_address("s1")
+            producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+            sinks = {s: await _sink(router, s, gateway) for s in ("s2", "s3")}
+            for transport, _, _ in sinks.values():
+                await transport.consume(
+                    producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+                )
+            pairs = router.cluster_dump()["pipeTransportPairs"]
+            srtp = hosts is not None  # on by default unless both ends are loopback
+            assert sorted((p["servers"], p["srtp"]) for p in pairs) == [
+                (["s1", "s2"], srtp),
+                (["s1", "s3"], srtp),
+            ]
+            with _Sender(send):
+                await asyncio.gather(*(_received(c) for _, c, _ in sinks.values()))
+                left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+                procs[1].kill()
+                await procs[1].wait()
+                async with asyncio.timeout(10):
+                    await left
+                assert sinks["s2"][0].closed and router.servers == ["s1", "s3"]
+                await _received(sinks["s3"][1])
+            for _, _, sock in sinks.values():
+                sock.close()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+        redis.kill()
+
+
+def _has_servers(cluster: Cluster, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        await cluster.refresh()
+        return len(cluster.servers) == count
+
+    return check
+
+
+def _tls_files(tmp_path: Any) -> tuple[str, str, str]:
+    """A CA and a certificate it signed for 127.0.0.1 (openssl from Debian)."""
+    ca_key, ca, key, csr, cert = (
+        str(tmp_path / name) for name in ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
+    )
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+        "-days", "1", "-subj", "/CN=test CA",
+    )  # fmt: skip
+    openssl(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", "/CN=127.0.0.1",
+    )  # fmt: skip
+    san = tmp_path / "san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "1", "-extfile", str(san),
+    )  # fmt: skip
+    return ca, cert, key
+
+
+async def test_redis_auth_and_tls(tmp_path: Any) -> None:
+    """Servers and clients reach a Redis that wants a password, over TLS (rediss:// with
+    the CA given in the URL); a wrong password is refused with a clear error."""
+    import shutil
+
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ca, cert, key = _tls_files(tmp_path)
+    redis = RedisProcess(
+        "127.0.0.1",
+        "--requirepass", "s3cret",
+        "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+        "--tls-auth-clients", "no",
+        scheme="rediss",
+    )  # fmt: skip
+    redis.start()
+    url = f"rediss://:s3cret@127.0.0.1:{redis.port}/0?ssl_ca_certs={ca}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *serve_command(url, 1, HEARTBEAT), stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert "listening on" in line, line
+            async with await horizontal.connect(url, token=TOKEN, interval=0.2) as cluster:
+                assert set(cluster.servers) == {"s1"}
+                worker = await cluster.create_worker(log_level="warn")
+                assert cluster.server_of(worker)["id"] == "s1"  # type: ignore[index]
+            wrong = url.replace("s3cret", "wrong")
+            with pytest.raises(AuthenticationError):
+                await horizontal.connect(wrong, token=TOKEN)
+            plain = f"redis://:s3cret@127.0.0.1:{redis.port}/0"
+            with pytest.raises(RedisConnectionError):  # not TLS: the server hangs up
+                await horizontal.connect(plain, token=TOKEN, interval=0.2)
+        finally:
+            proc.kill()
+            await proc.wait()
+    finally:
+        redis.kill()

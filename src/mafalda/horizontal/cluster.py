@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import os
 import ssl as ssl_module
+import uuid
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -29,9 +30,13 @@ from redis.exceptions import RedisError
 from mafalda import mediasoup
 from mafalda.horizontal import registry
 from mafalda.horizontal.registry import ServerRecord
+from mafalda.horizontal.router import ClusterRouter
+from mafalda.mediasoup import ortc
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import MediasoupError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
+from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
+from mafalda.mediasoup.worker import validate_app_data
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -79,6 +84,8 @@ class Cluster:
         grace: float,
         ssl: ssl_module.SSLContext | None,
         connect_timeout: float,
+        worker_settings: dict[str, Any] | None = None,
+        worker_idle: float = 10.0,
     ) -> None:
         self._redis = redis_client
         self._token = token
@@ -96,6 +103,12 @@ class Cluster:
         self._connecting: dict[str, asyncio.Lock] = {}
         self._workers: dict[RemoteWorker, str] = {}
         self._pipes: dict[tuple[int, int], tuple[RemoteTransport, RemoteTransport]] = {}
+        self._worker_settings = worker_settings
+        self._router_workers: dict[str, RemoteWorker] = {}
+        self._router_worker_locks: dict[str, asyncio.Lock] = {}
+        self._routers: dict[str, ClusterRouter] = {}
+        self._worker_idle = worker_idle
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -165,13 +178,134 @@ class Cluster:
             local = [r for r in candidates if r["region"] == self.region]
             candidates = local or candidates
         ranked = sorted(
-            candidates, key=lambda r: (self._estimated_load(r), r["consumers"], r["id"])
+            candidates,
+            key=lambda r: (
+                self._estimated_load(r),
+                self._own_transports(r["id"]),
+                r["consumers"],
+                r["id"],
+            ),
         )
         if self.policy == "pack":
             open_ = [r for r in ranked if self._estimated_load(r) < 1.0]
             if open_:
                 return max(open_, key=lambda r: (self._estimated_load(r), r["id"]))
         return ranked[0]
+
+    def _own_transports(self, server_id: str) -> int:
+        """This client's transports on a server, over its cluster routers (a record
+        counts them only from the server's next heartbeat on)."""
+        return sum(len(r.transports_on(server_id)) for r in self._routers.values())
+
+    def place(self) -> str:
+        """The server where a cluster router's next transport goes."""
+        if self._closed:
+            raise ClusterError("cluster client closed")
+        record = self._choose()
+        if record is None:
+            raise ClusterError("no live media server available")
+        return record["id"]
+
+    def check_placeable(self, server_id: str) -> None:
+        """ClusterError unless ``server_id`` is live and takes new transports."""
+        record = self._records.get(server_id)
+        if record is None:
+            raise ClusterError(f"no live media server {server_id!r}")
+        if record["draining"]:
+            raise ClusterError(f"media server {server_id!r} is draining")
+
+    def media_address(self, server_id: str) -> str:
+        record = self._records.get(server_id)
+        if record is None:
+            raise ClusterError(f"no live media server {server_id!r}")
+        return record["mediaAddress"]
+
+    @staticmethod
+    def srtp_between(a: str, b: str) -> bool:
+        """SRTP on pipes by default, unless both ends are loopback addresses."""
+        return not (is_loopback(a) and is_loopback(b))
+
+    # -- routers spanning servers --------------------------------------------------------
+
+    @property
+    def routers(self) -> list[ClusterRouter]:
+        return list(self._routers.values())
+
+    async def create_router(
+        self,
+        *,
+        media_codecs: list[RouterRtpCodecCapability] | None = None,
+        app_data: dict[str, Any] | None = None,
+    ) -> ClusterRouter:
+        """A Router with mediasoup's API whose transports are placed on the servers."""
+        if self._closed:
+            raise ClusterError("cluster client closed")
+        validate_app_data(app_data)
+        rtp_capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
+        router = ClusterRouter(
+            cluster=self,
+            router_id=str(uuid.uuid4()),
+            rtp_capabilities=rtp_capabilities,
+            media_codecs=copy.deepcopy(media_codecs),
+            app_data=app_data,
+        )
+        self._routers[router.id] = router
+        router.events.on("@close", lambda: self._routers.pop(router.id, None))
+        self.observer.emit("newrouter", router)
+        return router
+
+    async def router_worker(self, server_id: str) -> RemoteWorker:
+        """This client's worker on ``server_id`` for the children of cluster routers."""
+        lock = self._router_worker_locks.setdefault(server_id, asyncio.Lock())
+        async with lock:
+            worker = self._router_workers.get(server_id)
+            if worker is not None and not worker.closed:
+                return worker
+            record = self._records.get(server_id)
+            if record is None:
+                raise ClusterError(f"no live media server {server_id!r}")
+            client = await self._client(record)
+            worker = await client.create_worker(**(self._worker_settings or {}))
+            self._router_workers[server_id] = worker
+            self._workers[worker] = server_id
+            worker.observer.on("close", lambda w=worker: self._workers.pop(w, None))
+            return worker
+
+    def release_router_worker(self, server_id: str) -> None:
+        """Close this client's router worker on a server no cluster router uses any more,
+        at once when the server drains (so it can empty and leave), else after
+        ``worker_idle`` seconds unused (a room that comes back reuses it)."""
+        worker = self._router_workers.get(server_id)
+        if worker is None or worker.closed or self._router_worker_used(server_id):
+            return
+        record = self._records.get(server_id)
+        if record is not None and not record["draining"] and self._worker_idle > 0:
+            handle = self._idle_timers.pop(server_id, None)
+            if handle is not None:
+                handle.cancel()
+            self._idle_timers[server_id] = asyncio.get_running_loop().call_later(
+                self._worker_idle, self._release_idle, server_id, worker
+            )
+            return
+        self._release_idle(server_id, worker)
+
+    def _router_worker_used(self, server_id: str) -> bool:
+        lock = self._router_worker_locks.get(server_id)
+        return (lock is not None and lock.locked()) or any(
+            router.has_child_on(server_id) for router in self._routers.values()
+        )
+
+    def _release_idle(self, server_id: str, worker: RemoteWorker) -> None:
+        self._idle_timers.pop(server_id, None)
+        if self._router_workers.get(server_id) is not worker or self._router_worker_used(server_id):
+            return
+        del self._router_workers[server_id]
+        worker.close()
+
+    def server_lost(self, server_id: str) -> bool:
+        """Whether the worker of cluster routers on that server is gone."""
+        worker = self._router_workers.get(server_id)
+        return worker is None or worker.closed
 
     # -- servers -------------------------------------------------------------------------
 
@@ -249,6 +383,8 @@ class Cluster:
         self._records[record["id"]] = record
         if joined:
             self.observer.emit("serverjoin", copy.deepcopy(record))
+        if record["draining"]:
+            self.release_router_worker(record["id"])
 
     async def _remove(self, server_id: str, reason: str) -> None:
         record = self._records.pop(server_id, None)
@@ -261,8 +397,11 @@ class Cluster:
             logger.info("server %s left (%s)", server_id, reason)
             self.observer.emit("serverleave", copy.deepcopy(record), reason)
 
+    # Both loops also stop on ``_closed``: redis-py may turn a cancellation into a
+    # TimeoutError (an OSError), which they would otherwise survive.
+
     async def _poll(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.interval)
             try:
                 await self.refresh()
@@ -273,12 +412,12 @@ class Cluster:
 
     async def _listen(self) -> None:
         channel = registry.membership_channel(self.prefix)
-        while True:
+        while not self._closed:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
                 await self.refresh()  # what happened while not subscribed
-                while True:
+                while not self._closed:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "message":
                         continue
@@ -325,9 +464,7 @@ class Cluster:
         if source is None or target is None:
             raise ClusterError("both routers must live on servers of this cluster")
         if enable_srtp is None:
-            enable_srtp = not (
-                is_loopback(source["mediaAddress"]) and is_loopback(target["mediaAddress"])
-            )
+            enable_srtp = self.srtp_between(source["mediaAddress"], target["mediaAddress"])
         key = (id(router), id(target_router))
         pair = self._pipes.get(key)
         if pair is None or pair[0].closed or pair[1].closed:
@@ -375,6 +512,7 @@ class Cluster:
             "policy": self.policy,
             "region": self.region,
             "servers": servers,
+            "routers": [router.cluster_dump() for router in self._routers.values()],
             "pipes": [
                 {
                     "transportIds": [a.id, b.id],
@@ -395,9 +533,16 @@ class Cluster:
         if self._closed:
             return
         self._closed = True
+        for router in list(self._routers.values()):
+            router.cluster_closed()
+        self._routers.clear()
+        for handle in self._idle_timers.values():
+            handle.cancel()
+        self._idle_timers.clear()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)  # never hang on a stuck task
         self._tasks.clear()
         clients = list(self._clients.values())
         self._clients.clear()
@@ -423,6 +568,8 @@ async def connect(
     grace: float = 5.0,
     ssl: ssl_module.SSLContext | None = None,
     connect_timeout: float = 10.0,
+    worker_settings: dict[str, Any] | None = None,
+    worker_idle: float = 10.0,
 ) -> Cluster:
     """Join the cluster registered in Redis at ``redis_url`` (``rediss://`` for TLS,
     ``redis://user:password@host`` for AUTH).
@@ -432,6 +579,10 @@ async def connect(
     interval: seconds between registry reads (pub/sub announcements arrive at once).
     grace: seconds a record may be missing before its server is dropped (covers a
     Redis restart, after which servers register again at their next heartbeat).
+    worker_settings: create_worker() options of the workers that host the children of
+    cluster routers (one per server used); worker_idle: seconds such a worker stays
+    after its last child router closed (0: closed at once; at once anyway on a
+    draining server).
     """
     if policy not in _POLICIES:
         raise ValueError(f"unknown placement policy {policy!r}")
@@ -439,6 +590,8 @@ async def connect(
         raise ValueError("policy 'region' needs region=")
     if interval <= 0 or grace < 0:
         raise ValueError("interval must be > 0 and grace >= 0")
+    if worker_idle < 0:
+        raise ValueError("worker_idle must be >= 0")
     client: aioredis.Redis = aioredis.from_url(
         redis_url,
         socket_timeout=max(interval, 1.0) * 2,
@@ -454,6 +607,8 @@ async def connect(
         grace=grace,
         ssl=ssl,
         connect_timeout=connect_timeout,
+        worker_settings=worker_settings,
+        worker_idle=worker_idle,
     )
     try:
         await cluster.refresh()

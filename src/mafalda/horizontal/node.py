@@ -142,6 +142,7 @@ class MediaNode:
         """Take no new placements; wait until every object served here closed (True) or
         ``timeout`` seconds or ``abort`` (False)."""
         self.draining = True
+        self.server.draining = True
         with contextlib.suppress(RedisError, OSError):
             await self._beat()
             await self._publish("update")

@@ -31,6 +31,7 @@ from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.router import Router
 from mafalda.mediasoup.rtp_observer import RtpObserver
@@ -430,6 +431,9 @@ class RemoteServer:
             raise ValueError("token must be a non-empty string")
         self._token = token.encode()
         self.grace_period = grace_period
+        #: While True, every create_*() call is refused (a draining media server takes
+        #: no new workers, routers, transports or observers; the rest keeps working).
+        self.draining = False
         self.max_message_size = max_message_size
         self._rate_limit = rate_limit
         self._rate_burst = rate_burst
@@ -700,6 +704,8 @@ class RemoteServer:
         kwargs: dict[str, Any],
     ) -> None:
         try:
+            if self.draining and call.method.startswith("create_"):
+                raise InvalidStateError(f"media server draining: {call.method}() refused")
             result = getattr(obj, call.method)(*args, **kwargs)
         except Exception as error:
             self._fail(session, request_id, call, error)

@@ -1,0 +1,325 @@
+"""ClusterRouter: mediasoup's Router API over the media servers of a cluster.
+
+    router = await cluster.create_router(media_codecs=[...])
+    transport = await router.create_webrtc_transport(listen_infos=[...])   # placed by load
+    consumer = await transport.consume(producer_id=..., rtp_capabilities=...)
+
+Each transport goes to a server chosen by the cluster's policy (or the one named with
+``server=``), where the router has a child Router on this client's worker for that
+server. Consuming a producer that lives on another server pipes it there first, from
+the producer's server: one copy per (producer, server) shared by every consumer there
+(a tree rooted at the producer's server, never a full mesh of copies), one PipeTransport
+pair per server pair, both closed when unused (SpanningRouter's bookkeeping). What the
+router returns are mafalda.remote proxies, except transports and RTP observers, which
+are thin wrappers whose consume() / consume_data() / add_producer() pipe first.
+
+A server that dies takes its transports, producers and consumers with it (their close
+events fire, copies of its producers on other servers close, so their consumers see
+'producerclose'); the router keeps working on the servers that remain.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from mafalda.mediasoup.errors import UnsupportedError
+from mafalda.vertical.spanning import SpanningRouter
+
+if TYPE_CHECKING:
+    from mafalda.horizontal.cluster import Cluster
+
+__all__ = ["ClusterRouter", "ClusterRtpObserver", "ClusterTransport"]
+
+_ANY_ADDRESS = ("0.0.0.0", "::")
+
+
+class _Wrapper:
+    """Delegates every attribute to a remote proxy, except what the subclass defines."""
+
+    __slots__ = ("_proxy", "_router", "_server_id")
+    _proxy: Any
+    _router: ClusterRouter
+    _server_id: str
+
+    def __init__(self, router: ClusterRouter, server_id: str, proxy: Any) -> None:
+        object.__setattr__(self, "_proxy", proxy)
+        object.__setattr__(self, "_router", router)
+        object.__setattr__(self, "_server_id", server_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proxy, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._proxy, name, value)
+
+    @property
+    def server_id(self) -> str:
+        """The media server this object lives on."""
+        return self._server_id
+
+    @property
+    def proxy(self) -> Any:
+        """The mafalda.remote proxy behind this wrapper."""
+        return self._proxy
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._proxy!r} server={self._server_id}>"
+
+
+class ClusterTransport(_Wrapper):
+    """A transport of a ClusterRouter (any type: its properties are the proxy's)."""
+
+    __slots__ = ()
+
+    async def consume(self, **options: Any) -> Any:
+        async with self._router._pipe_guard(
+            _source(options, "producer_id"), self._server_id, False
+        ):
+            return await self._proxy.consume(**options)
+
+    async def consume_data(self, **options: Any) -> Any:
+        source = _source(options, "data_producer_id")
+        async with self._router._pipe_guard(source, self._server_id, True):
+            return await self._proxy.consume_data(**options)
+
+
+class ClusterRtpObserver(_Wrapper):
+    """An RTP observer of a ClusterRouter: add_producer() brings the producer to it."""
+
+    __slots__ = ()
+
+    async def add_producer(self, **options: Any) -> None:
+        async with self._router._pipe_guard(
+            _source(options, "producer_id"), self._server_id, False
+        ):
+            await self._proxy.add_producer(**options)
+
+
+def _announce(value: Any, address: str) -> Any:
+    """Listen info(s) with the server's media address announced where they listen on
+    all interfaces and announce nothing (anything else is left for validation)."""
+    if isinstance(value, list):
+        return [_announce(info, address) for info in value]
+    if (
+        isinstance(value, dict)
+        and value.get("ip") in _ANY_ADDRESS
+        and not value.get("announcedAddress")
+        and not value.get("announcedIp")
+    ):
+        return {**value, "announcedAddress": address}
+    return value
+
+
+def _source(options: dict[str, Any], key: str) -> str:
+    """The (data) producer id a call names; a wrong one is the proxy's to reject."""
+    value = options.get(key)
+    return value if isinstance(value, str) else ""
+
+
+class ClusterRouter(SpanningRouter[str]):
+    """A Router spanning the media servers of a cluster. Create with Cluster.create_router()."""
+
+    def __init__(
+        self,
+        *,
+        cluster: Cluster,
+        router_id: str,
+        rtp_capabilities: Any,
+        media_codecs: Any,
+        app_data: dict[str, Any] | None,
+    ) -> None:
+        super().__init__(
+            router_id=router_id,
+            rtp_capabilities=rtp_capabilities,
+            media_codecs=media_codecs,
+            app_data=app_data,
+        )
+        self._cluster = cluster
+
+    # -- SpanningRouter's hooks ----------------------------------------------------------
+
+    async def _new_child(self, host: str) -> Any:
+        worker = await self._cluster.router_worker(host)
+        return await worker.create_router(
+            media_codecs=copy.deepcopy(self._media_codecs), app_data={"clusterRouterId": self._id}
+        )
+
+    def _pair_transports(
+        self, home: str, dst: str, child_home: Any, child_dst: Any
+    ) -> tuple[Awaitable[Any], Awaitable[Any]]:
+        a, b = self._cluster.media_address(home), self._cluster.media_address(dst)
+        options = {
+            "enable_rtx": True,
+            "enable_sctp": True,
+            "enable_srtp": self._cluster.srtp_between(a, b),
+        }
+        return (
+            child_home.create_pipe_transport(listen_info={"protocol": "udp", "ip": a}, **options),
+            child_dst.create_pipe_transport(listen_info={"protocol": "udp", "ip": b}, **options),
+        )
+
+    def _lost(self, host: str) -> bool:
+        return self._cluster.server_lost(host)
+
+    def _child_gone(self, host: str) -> None:
+        self._cluster.release_router_worker(host)
+
+    def has_child_on(self, server_id: str) -> bool:
+        """Whether this router has (or is creating) a child router on a server."""
+        return server_id in self._children or server_id in self._child_futures
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def cluster(self) -> Cluster:
+        return self._cluster
+
+    @property
+    def transports_for_testing(self) -> dict[str, ClusterTransport]:
+        return dict(self._transports)
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers this router has a child on now."""
+        return sorted(self._children)
+
+    def transports_on(self, server_id: str) -> list[str]:
+        """Ids of this router's transports on a server."""
+        return [t for t, h in self._transport_host.items() if h == server_id]
+
+    def server_of(self, obj: Any) -> str:
+        """The server hosting a transport, an RTP observer, a producer or a data producer."""
+        oid = obj.id
+        if isinstance(obj, ClusterTransport | ClusterRtpObserver):
+            return obj.server_id
+        if oid in self._home:
+            return self._home[oid]
+        raise ValueError(f"{type(obj).__name__} {oid} is not on this router")
+
+    def __repr__(self) -> str:
+        return f"<ClusterRouter id={self._id} servers={self.servers} closed={self._closed}>"
+
+    # -- transports and observers --------------------------------------------------------
+
+    async def _host(self, server: str | None) -> tuple[str, Any]:
+        """The server for a new transport or observer, and the child router there."""
+        self._check_open()
+        if server is None:
+            server = self._cluster.place()
+        else:
+            self._cluster.check_placeable(server)
+        child = await self._child(server)
+        self._check_open()
+        return server, child
+
+    async def _create(
+        self, method: str, server: str | None, options: dict[str, Any]
+    ) -> ClusterTransport:
+        server, child = await self._host(server)
+        address = self._cluster.media_address(server)
+        for key in ("listen_infos", "listen_info"):
+            if key in options:
+                options[key] = _announce(options[key], address)
+        transport = await getattr(child, method)(**options)
+        wrapper = ClusterTransport(self, server, transport)
+        self._adopt(server, transport, wrapper)
+        return wrapper
+
+    async def create_webrtc_transport(
+        self, *, server: str | None = None, **options: Any
+    ) -> ClusterTransport:
+        """As mediasoup's, on ``server`` or where the policy says. A listen info on all
+        interfaces (0.0.0.0 or ::) without an announced address announces the server's
+        media address (the caller need not know which server it is)."""
+        if "webrtc_server" in options:
+            raise UnsupportedError("webrtc_server is not supported by a ClusterRouter")
+        return await self._create("create_webrtc_transport", server, options)
+
+    async def create_plain_transport(
+        self, *, server: str | None = None, **options: Any
+    ) -> ClusterTransport:
+        return await self._create("create_plain_transport", server, options)
+
+    async def create_pipe_transport(
+        self, *, server: str | None = None, **options: Any
+    ) -> ClusterTransport:
+        return await self._create("create_pipe_transport", server, options)
+
+    async def create_direct_transport(
+        self, *, server: str | None = None, **options: Any
+    ) -> ClusterTransport:
+        return await self._create("create_direct_transport", server, options)
+
+    async def _create_observer(
+        self, method: str, server: str | None, options: dict[str, Any]
+    ) -> ClusterRtpObserver:
+        server, child = await self._host(server)
+        rtp_observer = await getattr(child, method)(**options)
+        wrapper = ClusterRtpObserver(self, server, rtp_observer)
+        self._adopt_observer(server, rtp_observer, wrapper)
+        return wrapper
+
+    async def create_active_speaker_observer(
+        self, *, server: str | None = None, **options: Any
+    ) -> ClusterRtpObserver:
+        return await self._create_observer("create_active_speaker_observer", server, options)
+
+    async def create_audio_level_observer(
+        self, *, server: str | None = None, **options: Any
+    ) -> ClusterRtpObserver:
+        return await self._create_observer("create_audio_level_observer", server, options)
+
+    async def pipe_to_router(self, **options: Any) -> Any:
+        """Not yet: a ClusterRouter already spans servers (pipe a producer of a server's
+        Router to another with Cluster.pipe_to_router())."""
+        raise UnsupportedError("pipe_to_router() is not supported by a ClusterRouter yet")
+
+    # -- visibility ----------------------------------------------------------------------
+
+    def cluster_dump(self) -> dict[str, Any]:
+        """The router's view for the monitor: children per server, pipes between servers."""
+        servers: dict[str, Any] = {}
+        for server_id, child in self._children.items():
+            servers[server_id] = {
+                "routerId": child.id,
+                "transports": sum(1 for h in self._transport_host.values() if h == server_id),
+                "producers": sum(
+                    1 for p, h in self._home.items() if h == server_id and p in self._producers
+                ),
+                "rtpObservers": sum(1 for h in self._observer_host.values() if h == server_id),
+            }
+        return {
+            "id": self._id,
+            "servers": servers,
+            "pipes": [
+                {
+                    "id": pipe.key[1],
+                    "kind": "data" if pipe.data else "media",
+                    "from": pipe.home,
+                    "to": pipe.dst,
+                    "users": len(pipe.users),
+                }
+                for pipe in self._pipes.values()
+                if not pipe.closed
+            ],
+            "pipeTransportPairs": [
+                {
+                    "servers": sorted(key),
+                    "srtp": any(
+                        getattr(t, "srtp_parameters", None) for t in pair.transports.values()
+                    ),
+                }
+                for key, pair in self._pairs.items()
+                if not pair.closed
+            ],
+        }
+
+    def cluster_closed(self) -> None:
+        """Called by the Cluster when it closes (mediasoup's worker_closed)."""
+        if self._closed:
+            return
+        self._close_all()
+        self.events.emit("workerclose")
+        self.observer.emit("close")

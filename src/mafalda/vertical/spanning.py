@@ -1,0 +1,600 @@
+"""SpanningRouter: mediasoup's Router API over one child Router per host it uses.
+
+A host is whatever runs a child router: a worker of a Mafalda pool (MafaldaRouter) or a
+media server of a cluster (ClusterRouter). This base keeps the bookkeeping both share:
+which host each transport, producer and observer lives on; consuming a producer that
+lives on another host pipes it there first (one pipe per (producer, host), shared by
+every later consumer there, closed when its last user goes); one pipe transport pair
+per host pair, closed when it carries nothing; a child router with nothing left on it,
+closed too. Subclasses say where things go and how a host's objects are made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import AsyncIterator, Awaitable, Hashable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from mafalda.mediasoup import ortc
+from mafalda.mediasoup.emitter import EventEmitter, EventSource
+from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.pipe_transport import open_pipe_pair
+from mafalda.mediasoup.router import RouterDump
+from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability, RtpCapabilities
+
+logger = logging.getLogger("mafalda.vertical.spanning")
+
+H = TypeVar("H", bound=Hashable)
+
+
+@dataclass(eq=False, slots=True)
+class PipePair(Generic[H]):
+    """Two connected PipeTransports between the child routers of two hosts."""
+
+    key: frozenset[H]
+    transports: dict[H, Any] = field(default_factory=dict)
+    ready: asyncio.Future[None] | None = None
+    pipes: set[Pipe[H]] = field(default_factory=set)
+    pending: int = 0
+    closed: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Pipe(Generic[H]):
+    """One producer (or data producer) of host ``home`` made available on ``dst``."""
+
+    key: tuple[str, str, H]
+    home: H
+    dst: H
+    data: bool
+    ready: asyncio.Future[None]
+    pair: PipePair[H] | None = None
+    consumer: Any = None
+    producer: Any = None
+    users: set[str] = field(default_factory=set)
+    pending: int = 0
+    closed: bool = False
+
+
+def pipe_key(source_id: str, dst: H, data: bool) -> tuple[str, str, H]:
+    return ("data" if data else "media", source_id, dst)
+
+
+class SpanningRouter(EventSource, Generic[H]):
+    """The shared machinery of routers that span hosts (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        router_id: str,
+        rtp_capabilities: RtpCapabilities,
+        media_codecs: list[RouterRtpCodecCapability] | None,
+        app_data: dict[str, Any] | None,
+    ) -> None:
+        self._id = router_id
+        self._rtp_capabilities = rtp_capabilities
+        self._media_codecs = media_codecs
+        self._closed = False
+        self.app_data: dict[str, Any] = app_data if app_data is not None else {}
+        self._children: dict[H, Any] = {}
+        self._child_futures: dict[H, asyncio.Future[Any]] = {}
+        self._transports: dict[str, Any] = {}
+        self._transport_host: dict[str, H] = {}
+        self._producers: dict[str, Any] = {}
+        self._data_producers: dict[str, Any] = {}
+        self._home: dict[str, H] = {}
+        self._rtp_observers: dict[str, Any] = {}
+        self._observer_host: dict[str, H] = {}
+        self._pairs: dict[frozenset[H], PipePair[H]] = {}
+        self._pipes: dict[tuple[str, str, H], Pipe[H]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.events = EventEmitter()
+        self.observer = EventEmitter()
+
+    # -- what subclasses provide ---------------------------------------------------------
+
+    async def _new_child(self, host: H) -> Any:
+        """Create this router's child Router on ``host``."""
+        raise NotImplementedError
+
+    def _pair_transports(
+        self, home: H, dst: H, child_home: Any, child_dst: Any
+    ) -> tuple[Awaitable[Any], Awaitable[Any]]:
+        """The two create_pipe_transport() calls of a pair between ``home`` and ``dst``."""
+        raise NotImplementedError
+
+    def _lost(self, host: H) -> bool:
+        """Whether ``host`` is gone (its objects closed because it died)."""
+        raise NotImplementedError
+
+    def _record_loss(self, host: H, kind: str, object_id: str) -> None:
+        """An object of this router closed because ``host`` died."""
+
+    def _hosts_source(self, host: H, source_id: str) -> bool:
+        """Whether a (data) producer with this id already exists on ``host``'s worker
+        (then a copy there needs its own id, known to the child by the original one)."""
+        return False
+
+    def _alias(self, host: H, source_id: str, piped: Any, data: bool) -> None:
+        raise InvalidStateError(f"cannot pipe {source_id}: the id is taken on the target")
+
+    def _guard(self, host: H, transport: Any) -> None:
+        """Make consume() / consume_data() on ``transport`` call ``_pipe_guard`` first."""
+
+    def _guard_observer(self, host: H, rtp_observer: Any) -> None:
+        """Make add_producer() on ``rtp_observer`` call ``_pipe_guard`` first."""
+
+    # -- mediasoup Router properties -----------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def rtp_capabilities(self) -> RtpCapabilities:
+        return self._rtp_capabilities
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidStateError("Router closed")
+
+    # -- children ------------------------------------------------------------------------
+
+    async def _child(self, host: H) -> Any:
+        child = self._children.get(host)
+        if child is not None:
+            return child
+        future = self._child_futures.get(host)
+        if future is None:
+            future = asyncio.ensure_future(self._create_child(host))
+            self._child_futures[host] = future
+            future.add_done_callback(lambda _: self._child_futures.pop(host, None))
+        return await asyncio.shield(future)
+
+    async def _create_child(self, host: H) -> Any:
+        child = await self._new_child(host)
+        if self._closed:
+            child.close()
+            raise InvalidStateError("Router closed")
+        self._children[host] = child
+        child.on("workerclose", lambda: self._on_child_lost(host, child))
+        child.observer.on("close", lambda: self._forget_child(host, child))
+        return child
+
+    def _forget_child(self, host: H, child: Any) -> None:
+        if self._children.get(host) is child:
+            del self._children[host]
+            self._child_gone(host)
+
+    def _child_gone(self, host: H) -> None:
+        """The child router on ``host`` closed (for whatever reason)."""
+
+    def _on_child_lost(self, host: H, child: Any) -> None:
+        self._forget_child(host, child)
+        self._record_loss(host, "routers", child.id)
+
+    def _release_child_if_idle(self, host: H) -> None:
+        child = self._children.get(host)
+        if child is None or child.closed:
+            return
+        if any(h == host for h in self._transport_host.values()):
+            return
+        if any(h == host for h in self._observer_host.values()):
+            return
+        if any(p.dst == host and not p.closed for p in self._pipes.values()):
+            return
+        logger.debug("closing idle child router %s on %s", child.id, host)
+        child.close()
+
+    # -- what lives where ----------------------------------------------------------------
+
+    def _adopt(self, host: H, transport: Any, key: Any = None) -> None:
+        """Register a transport created on ``host``'s child (``key``: what the router's
+        users hold for it, when not the transport itself)."""
+        tid = transport.id
+        self._transports[tid] = transport if key is None else key
+        self._transport_host[tid] = host
+        self._guard(host, transport)
+        transport.observer.on("close", lambda: self._on_transport_close(host, tid))
+        transport.observer.on("newproducer", lambda p: self._adopt_producer(host, p))
+        transport.observer.on("newdataproducer", lambda d: self._adopt_data_producer(host, d))
+        transport.observer.on("newconsumer", lambda c: self._adopt_consumer(host, c, False))
+        transport.observer.on("newdataconsumer", lambda c: self._adopt_consumer(host, c, True))
+        self.observer.emit("newtransport", transport if key is None else key)
+
+    def _on_transport_close(self, host: H, transport_id: str) -> None:
+        self._transports.pop(transport_id, None)
+        self._transport_host.pop(transport_id, None)
+        if self._lost(host):
+            self._record_loss(host, "transports", transport_id)
+            return
+        self._release_child_if_idle(host)
+
+    def _adopt_producer(self, host: H, producer: Any, key: str | None = None) -> None:
+        """Register a producer of this router, under ``key`` when its id had to differ."""
+        self._adopt_source(host, producer, key or producer.id, self._producers, "producers")
+
+    def _adopt_data_producer(self, host: H, data_producer: Any, key: str | None = None) -> None:
+        self._adopt_source(
+            host, data_producer, key or data_producer.id, self._data_producers, "dataProducers"
+        )
+
+    def _adopt_source(
+        self, host: H, source: Any, key: str, table: dict[str, Any], kind: str
+    ) -> None:
+        table[key] = source
+        self._home[key] = host
+
+        def closed() -> None:
+            if table.get(key) is source:
+                del table[key]
+                self._home.pop(key, None)
+            if self._lost(host):
+                self._record_loss(host, kind, key)
+
+        source.observer.on("close", closed)
+
+    def _adopt_consumer(self, host: H, consumer: Any, data: bool) -> None:
+        source = consumer.data_producer_id if data else consumer.producer_id
+        pipe = self._pipes.get(pipe_key(source, host, data))
+        if pipe is not None and not pipe.closed:
+            pipe.users.add(consumer.id)
+
+        def closed() -> None:
+            if pipe is not None:
+                pipe.users.discard(consumer.id)
+                self._release_pipe_if_idle(pipe)
+            if self._lost(host):
+                self._record_loss(host, "dataConsumers" if data else "consumers", consumer.id)
+
+        consumer.observer.on("close", closed)
+
+    # -- pipes between hosts -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _pipe_guard(self, source_id: str, dst: H, data: bool) -> AsyncIterator[None]:
+        """Around a consume on ``dst``: make the (data) producer available there first."""
+        home = self._home.get(source_id)
+        if home is None or home == dst or self._closed:
+            yield
+            return
+        pipe = await self._acquire_pipe(source_id, home, dst, data)
+        try:
+            yield
+        finally:
+            pipe.pending -= 1
+            self._release_pipe_if_idle(pipe)
+
+    async def _acquire_pipe(self, source_id: str, home: H, dst: H, data: bool) -> Pipe[H]:
+        key = pipe_key(source_id, dst, data)
+        pipe = self._pipes.get(key)
+        if pipe is None or pipe.closed:
+            pipe = Pipe(
+                key=key,
+                home=home,
+                dst=dst,
+                data=data,
+                ready=asyncio.get_running_loop().create_future(),
+            )
+            self._pipes[key] = pipe
+            self._spawn(self._open_pipe(pipe, source_id))
+        pipe.pending += 1
+        try:
+            await asyncio.shield(pipe.ready)
+        except BaseException:
+            pipe.pending -= 1
+            raise
+        return pipe
+
+    async def _open_pipe(self, pipe: Pipe[H], source_id: str) -> None:
+        try:
+            pair = await self._acquire_pair(pipe.home, pipe.dst)
+            pipe.pair = pair
+            pair.pipes.add(pipe)
+            pair.pending -= 1
+            local, remote = pair.transports[pipe.home], pair.transports[pipe.dst]
+            if pipe.data:
+                await self._open_data_pipe(pipe, source_id, local, remote)
+            else:
+                await self._open_media_pipe(pipe, source_id, local, remote)
+        except BaseException as error:
+            self._close_pipe(pipe)
+            if not pipe.ready.done():
+                pipe.ready.set_exception(error)
+                pipe.ready.exception()  # awaiters get it; nobody waiting is fine too
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        pipe.ready.set_result(None)
+
+    async def _open_media_pipe(
+        self, pipe: Pipe[H], producer_id: str, local: Any, remote: Any
+    ) -> None:
+        producer = self._producers[producer_id]
+        consumer = await local.consume(producer_id=producer_id)
+        pipe.consumer = consumer
+        keep = not self._hosts_source(pipe.dst, producer_id)
+        piped = await remote.produce(
+            id=producer_id if keep else None,
+            kind=consumer.kind,
+            rtp_parameters=consumer.rtp_parameters,
+            paused=consumer.producer_paused,
+            app_data=producer.app_data,
+        )
+        pipe.producer = piped
+        if not keep:
+            self._alias(pipe.dst, producer_id, piped, False)
+        if producer.closed:
+            raise InvalidStateError("original Producer closed")
+        self._wire_pipe(pipe, consumer, piped)
+        if piped.paused != producer.paused:
+            await (piped.pause() if producer.paused else piped.resume())
+
+    async def _open_data_pipe(
+        self, pipe: Pipe[H], data_producer_id: str, local: Any, remote: Any
+    ) -> None:
+        data_producer = self._data_producers[data_producer_id]
+        consumer = await local.consume_data(data_producer_id=data_producer_id)
+        pipe.consumer = consumer
+        keep = not self._hosts_source(pipe.dst, data_producer_id)
+        piped = await remote.produce_data(
+            id=data_producer_id if keep else None,
+            sctp_stream_parameters=consumer.sctp_stream_parameters,
+            label=consumer.label,
+            protocol=consumer.protocol,
+            app_data=data_producer.app_data,
+        )
+        pipe.producer = piped
+        if not keep:
+            self._alias(pipe.dst, data_producer_id, piped, True)
+        if data_producer.closed:
+            raise InvalidStateError("original DataProducer closed")
+        self._wire_pipe(pipe, consumer, piped)
+        if consumer.data_producer_paused != piped.paused:
+            await (piped.pause() if consumer.data_producer_paused else piped.resume())
+
+    def _wire_pipe(self, pipe: Pipe[H], consumer: Any, piped: Any) -> None:
+        """The copy follows its pipe consumer: the consumer's pause state follows the
+        original (data) producer's, so consumers on the far side see producerpause /
+        dataproducerpause and resume (mediasoup's pipeToRouter carries it for media only;
+        a Router spanning hosts must for data too); either end closing closes the pipe.
+        """
+        consumer.observer.on("pause", lambda: self._spawn(_quietly(piped.pause())))
+        consumer.observer.on("resume", lambda: self._spawn(_quietly(piped.resume())))
+        consumer.observer.on("close", lambda: self._close_pipe(pipe))
+        piped.observer.on("close", lambda: self._close_pipe(pipe))
+
+    def _release_pipe_if_idle(self, pipe: Pipe[H]) -> None:
+        if not pipe.closed and not pipe.users and pipe.pending == 0 and pipe.ready.done():
+            self._close_pipe(pipe)
+
+    def _close_pipe(self, pipe: Pipe[H]) -> None:
+        if pipe.closed:
+            return
+        pipe.closed = True
+        if self._pipes.get(pipe.key) is pipe:
+            del self._pipes[pipe.key]
+        for end in (pipe.producer, pipe.consumer):
+            if end is not None:
+                end.close()
+        pair = pipe.pair
+        if pair is not None:
+            pair.pipes.discard(pipe)
+            self._release_pair_if_idle(pair)
+        if not self._closed:
+            self._release_child_if_idle(pipe.dst)
+
+    async def _acquire_pair(self, home: H, dst: H) -> PipePair[H]:
+        key = frozenset((home, dst))
+        pair = self._pairs.get(key)
+        if pair is None or pair.closed:
+            pair = PipePair(key=key, ready=asyncio.get_running_loop().create_future())
+            self._pairs[key] = pair
+            self._spawn(self._open_pair(pair, home, dst))
+        pair.pending += 1
+        assert pair.ready is not None
+        try:
+            await asyncio.shield(pair.ready)
+        except BaseException:
+            pair.pending -= 1
+            raise
+        return pair
+
+    async def _open_pair(self, pair: PipePair[H], home: H, dst: H) -> None:
+        assert pair.ready is not None
+        try:
+            child_home, child_dst = await asyncio.gather(self._child(home), self._child(dst))
+            a, b = await open_pipe_pair(*self._pair_transports(home, dst, child_home, child_dst))
+            pair.transports = {home: a, dst: b}
+            for transport in (a, b):
+                transport.observer.on("close", lambda: self._close_pair(pair))
+        except BaseException as error:
+            self._close_pair(pair)
+            pair.ready.set_exception(error)
+            pair.ready.exception()
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        pair.ready.set_result(None)
+
+    def _release_pair_if_idle(self, pair: PipePair[H]) -> None:
+        if not pair.pipes and pair.pending == 0:
+            self._close_pair(pair)
+
+    def _close_pair(self, pair: PipePair[H]) -> None:
+        if pair.closed:
+            return
+        pair.closed = True
+        if self._pairs.get(pair.key) is pair:
+            del self._pairs[pair.key]
+        for pipe in list(pair.pipes):
+            self._close_pipe(pipe)
+        for transport in pair.transports.values():
+            transport.close()
+        if not self._closed:
+            for host in pair.key:
+                self._release_child_if_idle(host)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- RTP observers -------------------------------------------------------------------
+
+    def _adopt_observer(self, host: H, rtp_observer: Any, key: Any = None) -> None:
+        oid = rtp_observer.id
+        self._rtp_observers[oid] = rtp_observer if key is None else key
+        self._observer_host[oid] = host
+        self._guard_observer(host, rtp_observer)
+        watched: dict[str, Pipe[H]] = {}
+
+        def added(producer: Any) -> None:
+            pipe = self._pipes.get(pipe_key(producer.id, host, False))
+            if pipe is not None:
+                pipe.users.add(f"observer:{oid}")
+                watched[producer.id] = pipe
+
+        def removed(producer: Any) -> None:
+            pipe = watched.pop(producer.id, None)
+            if pipe is not None:
+                pipe.users.discard(f"observer:{oid}")
+                self._release_pipe_if_idle(pipe)
+
+        def closed() -> None:
+            self._rtp_observers.pop(oid, None)
+            self._observer_host.pop(oid, None)
+            for pipe in watched.values():
+                pipe.users.discard(f"observer:{oid}")
+                self._release_pipe_if_idle(pipe)
+            watched.clear()
+            if self._lost(host):
+                self._record_loss(host, "rtpObservers", oid)
+            else:
+                self._release_child_if_idle(host)
+
+        rtp_observer.observer.on("addproducer", added)
+        rtp_observer.observer.on("removeproducer", removed)
+        rtp_observer.observer.on("close", closed)
+        self.observer.emit("newrtpobserver", rtp_observer if key is None else key)
+
+    # -- capabilities --------------------------------------------------------------------
+
+    def can_consume(self, *, producer_id: str, rtp_capabilities: RtpCapabilities) -> bool:
+        producer = self._producers.get(producer_id)
+        if producer is None:
+            logger.error('can_consume() | Producer with id "%s" not found', producer_id)
+            return False
+        try:
+            return ortc.can_consume(
+                producer.consumable_rtp_parameters, copy.deepcopy(rtp_capabilities)
+            )
+        except (TypeError, ValueError) as error:
+            logger.error("can_consume() | invalid rtp_capabilities: %s", error)
+            return False
+
+    def update_media_codecs(self, media_codecs: list[RouterRtpCodecCapability]) -> None:
+        self._check_open()
+        capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
+        for child in self._children.values():
+            child.update_media_codecs(media_codecs)
+        self._media_codecs = copy.deepcopy(media_codecs)
+        self._rtp_capabilities = capabilities
+
+    # -- dumps ---------------------------------------------------------------------------
+
+    def _internal_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for pipe in self._pipes.values():
+            if pipe.consumer is not None:
+                ids.add(pipe.consumer.id)
+        for pair in self._pairs.values():
+            ids.update(t.id for t in pair.transports.values())
+        return ids
+
+    async def dump(self) -> RouterDump:
+        """mediasoup's Router dump, merged over the child routers (pipes left out)."""
+        self._check_open()
+        dumps = await asyncio.gather(*(child.dump() for child in list(self._children.values())))
+        internal = self._internal_ids()
+        merged: dict[str, dict[str, list[str]]] = {
+            "mapProducerIdConsumerIds": {},
+            "mapProducerIdObserverIds": {},
+            "mapDataProducerIdDataConsumerIds": {},
+        }
+        pairs: dict[str, dict[str, str]] = {
+            "mapConsumerIdProducerId": {},
+            "mapDataConsumerIdDataProducerId": {},
+        }
+        for dump in dumps:
+            for name, table in merged.items():
+                for entry in dump[name]:
+                    values = [v for v in entry["values"] if v not in internal]
+                    table.setdefault(entry["key"], []).extend(values)
+            for name, mapping in pairs.items():
+                for entry in dump[name]:
+                    if entry["key"] not in internal:
+                        mapping[entry["key"]] = entry["value"]
+        user_sources = set(self._producers) | set(self._data_producers)
+        return {
+            "id": self._id,
+            "transportIds": list(self._transports),
+            "rtpObserverIds": list(self._rtp_observers),
+            "mapProducerIdConsumerIds": _entries(merged["mapProducerIdConsumerIds"], user_sources),
+            "mapConsumerIdProducerId": [
+                {"key": k, "value": v} for k, v in pairs["mapConsumerIdProducerId"].items()
+            ],
+            "mapProducerIdObserverIds": _entries(merged["mapProducerIdObserverIds"], user_sources),
+            "mapDataProducerIdDataConsumerIds": _entries(
+                merged["mapDataProducerIdDataConsumerIds"], user_sources
+            ),
+            "mapDataConsumerIdDataProducerId": [
+                {"key": k, "value": v} for k, v in pairs["mapDataConsumerIdDataProducerId"].items()
+            ],
+        }
+
+    # -- closing -------------------------------------------------------------------------
+
+    def _close_all(self) -> None:
+        self._closed = True
+        # Closing the children closes every pipe with them: mark pipes and pairs closed
+        # first so no request is sent for what the cascade closes anyway.
+        for pipe in self._pipes.values():
+            pipe.closed = True
+        for pair in self._pairs.values():
+            pair.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for future in self._child_futures.values():
+            future.cancel()
+        for child in list(self._children.values()):
+            child.close()
+        self._children.clear()
+        self._pipes.clear()
+        self._pairs.clear()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._close_all()
+        self.events.emit("@close")
+        self.observer.emit("close")
+
+
+def _entries(table: dict[str, list[str]], keep: set[str]) -> list[dict[str, Any]]:
+    return [{"key": k, "values": v} for k, v in table.items() if k in keep]
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception as error:
+        logger.debug("pipe follow-up failed: %s", error)

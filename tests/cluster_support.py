@@ -1,0 +1,186 @@
+"""Real processes for cluster tests: a throwaway redis-server and `mafalda serve --cluster`
+media servers, each on its own loopback address (127.0.0.2, .3, ...). Started with plain
+subprocesses so a session-wide cluster outlives every test's event loop."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+REDIS_SERVER = "/usr/bin/redis-server"
+TOKEN = "cluster-secret"
+HAVE_REDIS = os.path.exists(REDIS_SERVER)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisProcess:
+    """A redis-server without persistence that tests may kill and start again (same port)."""
+
+    def __init__(self, host: str = "127.0.0.1", *extra: str, scheme: str = "redis") -> None:
+        """``extra``: more redis-server arguments (a password, TLS files...); with
+        ``scheme="rediss"`` the port given is the TLS one (the plain port is off)."""
+        self.host = host
+        self.port = free_port()
+        self.url = f"{scheme}://{host}:{self.port}/0"
+        self.extra = extra
+        self.tls = scheme == "rediss"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        port = (
+            ["--port", "0", "--tls-port", str(self.port)]
+            if self.tls
+            else ["--port", str(self.port)]
+        )
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, *port, "--bind", self.host]
+            + ["--save", "", "--appendonly", "no", "--protected-mode", "no", *self.extra],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                # Listening is enough: redis-server binds once it is ready.
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ServerProcess:
+    """A `mafalda serve --cluster` process; ``url`` is its control URL."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], server_id: str, url: str) -> None:
+        self.proc = proc
+        self.id = server_id
+        self.url = url
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def serve_command(
+    redis_url: str, index: int, heartbeat: float, *extra: str, host: str | None = None
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mafalda.cli",
+        "serve",
+        "--host",
+        host or f"127.0.0.{index + 1}",
+        "--port",
+        "0",
+        "--token",
+        TOKEN,
+        "--cluster",
+        redis_url,
+        "--server-id",
+        f"s{index}",
+        "--heartbeat",
+        str(heartbeat),
+        "--drain-timeout",
+        "10",
+        *extra,
+    ]
+
+
+def start_servers(
+    redis_url: str, indexes: list[int], heartbeat: float = 0.3, timeout: float = 30.0
+) -> list[ServerProcess]:
+    """Start media servers s<i> on 127.0.0.<i+1> at once; wait until each listens."""
+    procs = [
+        subprocess.Popen(serve_command(redis_url, i, heartbeat), stdout=subprocess.PIPE)
+        for i in indexes
+    ]
+    started: list[ServerProcess] = []
+    try:
+        for index, proc in zip(indexes, procs, strict=True):
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            line = proc.stdout.readline().decode() if ready else ""
+            if "listening on " not in line:
+                raise RuntimeError(f"server s{index} did not start: {line!r}")
+            started.append(ServerProcess(proc, f"s{index}", line.split("listening on ")[1].strip()))
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        raise
+    return started
+
+
+class NetnsLab:
+    """Separate network hosts on this machine: one network namespace per server, each
+    with a veth pair whose outer end is on a bridge in the root namespace (which holds
+    ``gateway``). Needs root and `ip`; ``create()`` raises OSError when the machine
+    does not allow it. Names and the subnet derive from the pid, so concurrent runs
+    do not collide."""
+
+    def __init__(self, count: int) -> None:
+        pid = os.getpid()
+        self.tag = str(pid % 1_000_000)
+        self.bridge = f"mfb{self.tag}"
+        subnet = f"10.{100 + pid % 100}.{pid // 100 % 250}"
+        self.gateway = f"{subnet}.1"
+        self.namespaces = [f"mafalda-{self.tag}-{i}" for i in range(1, count + 1)]
+        self.addresses = [f"{subnet}.{10 + i}" for i in range(1, count + 1)]
+        self._created: list[list[str]] = []  # undo commands, run in reverse
+
+    def _ip(self, *args: str) -> None:
+        result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise OSError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+    def create(self) -> None:
+        try:
+            self._ip("link", "add", self.bridge, "type", "bridge")
+            self._created.append(["link", "del", self.bridge])
+            self._ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+            self._ip("link", "set", self.bridge, "up")
+            for i, (ns, address) in enumerate(
+                zip(self.namespaces, self.addresses, strict=True), start=1
+            ):
+                outer, inner = f"mfv{self.tag}{i}", f"mfp{self.tag}{i}"
+                self._ip("netns", "add", ns)
+                self._created.append(["netns", "del", ns])
+                self._ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+                self._created.append(["link", "del", outer])
+                self._ip("link", "set", outer, "master", self.bridge, "up")
+                self._ip("link", "set", inner, "netns", ns)
+                self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", inner)
+                self._ip("-n", ns, "link", "set", inner, "up")
+                self._ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def destroy(self) -> None:
+        while self._created:
+            undo = self._created.pop()
+            subprocess.run(["ip", *undo], capture_output=True, check=False)
+
+    def exec_prefix(self, index: int) -> list[str]:
+        """The command prefix that runs a program in server ``index``'s namespace (1-based)."""
+        return ["ip", "netns", "exec", self.namespaces[index - 1]]

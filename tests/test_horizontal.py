@@ -9,6 +9,7 @@ where the machine allows it, and says which ran.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import struct
@@ -123,13 +124,22 @@ def test_registry_encoding() -> None:
         "consumers": 7,
         "draining": False,
         "version": "mafalda-remote/1",
+        "serves": "mediasoup",
     }
     assert registry.decode_record(registry.encode_record(record)) == record
+    legacy = {k: v for k, v in record.items() if k != "serves"}  # first-increment records
+    assert registry.decode_record(json.dumps(legacy))["serves"] == "mediasoup"
     assert registry.decode_record(registry.encode_record(record).encode()) == record
     for bad in (b"\xff", "[]", "{", '{"id": "a"}'):
         with pytest.raises(ValueError, match="server record"):
             registry.decode_record(bad)
-    for key, value in (("workers", True), ("load", -1), ("region", 3), ("draining", 0)):
+    for key, value in (
+        ("workers", True),
+        ("load", -1),
+        ("region", 3),
+        ("draining", 0),
+        ("serves", "x"),
+    ):
         with pytest.raises(ValueError, match="server record"):
             registry.decode_record(registry.encode_record({**record, key: value}))  # type: ignore[misc]
     assert registry.server_key("a") == "mafalda:server:a"
@@ -948,3 +958,51 @@ async def test_redis_auth_and_tls(tmp_path: Any) -> None:
             await proc.wait()
     finally:
         redis.kill()
+
+
+async def test_cluster_router_over_mafalda_servers(
+    redis_server: RedisProcess, db: aioredis.Redis
+) -> None:
+    """Servers that serve a Mafalda pool (`mafalda serve --mafalda --cluster`): a cluster
+    router's children live in their pools (vertical inside each server, horizontal
+    across); they take no create_worker()."""
+    started = await asyncio.gather(
+        _start_server(redis_server.url, 5, "--mafalda", "--num-workers", "2"),
+        _start_server(redis_server.url, 6, "--mafalda", "--num-workers", "2"),
+    )
+    try:
+        async with await horizontal.connect(
+            redis_server.url, token=TOKEN, interval=0.2, grace=1.5
+        ) as cluster:
+            await wait_until(_has_servers(cluster, 2))
+            assert {r["serves"] for r in cluster.servers.values()} == {"mafalda"}
+            with pytest.raises(ClusterError, match="no live media server"):
+                await cluster.create_worker()
+            router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+            send = await router.create_plain_transport(
+                server="s5", listen_info={"protocol": "udp", "ip": "127.0.0.6"}, comedia=True
+            )
+            producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+            sinks = [await _sink(router, "s6") for _ in range(2)]
+            for transport, _, _ in sinks:
+                await transport.consume(
+                    producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+                )
+            [pipe] = router.cluster_dump()["pipes"]
+            assert (pipe["from"], pipe["to"], pipe["users"]) == ("s5", "s6", 2)
+            with _Sender(send):
+                await asyncio.gather(*(_received(c) for _, c, _ in sinks))
+
+            async def counted() -> bool:
+                record = await record_of(db, "s6")
+                return record is not None and record["consumers"] >= 2
+
+            await wait_until(counted)
+            for _, _, sock in sinks:
+                sock.close()
+            router.close()
+            assert send.closed
+    finally:
+        for server in started:
+            server.proc.kill()
+            await server.proc.wait()

@@ -41,6 +41,7 @@ from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
     RemoteError,
+    RemoteMafalda,
     RemoteMediasoup,
     RemoteObject,
     RemoteProducer,
@@ -99,7 +100,7 @@ class Cluster:
         self.observer = EventEmitter()
         self._records: dict[str, ServerRecord] = {}
         self._missing_since: dict[str, float] = {}
-        self._clients: dict[str, RemoteMediasoup] = {}
+        self._clients: dict[str, RemoteMediasoup | RemoteMafalda] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._workers: dict[RemoteWorker, str] = {}
         self._pipes: dict[tuple[int, int], tuple[RemoteTransport, RemoteTransport]] = {}
@@ -133,12 +134,12 @@ class Cluster:
             raise ClusterError("cluster client closed")
         tried: set[str] = set()
         while True:
-            record = self._choose(exclude=tried)
+            record = self._choose(exclude=tried, serves="mediasoup")
             if record is None:
                 raise ClusterError("no live media server available")
             tried.add(record["id"])
             try:
-                client = await self._client(record)
+                client = await self._mediasoup_client(record)
                 worker = await client.create_worker(**kwargs)
             except (RemoteConnectionError, OSError, TimeoutError) as error:
                 logger.warning("server %s failed: %s", record["id"], error)
@@ -165,12 +166,17 @@ class Cluster:
         )
         return record["load"] + (own - record["workers"]) * per_worker
 
-    def _choose(self, exclude: set[str] | None = None) -> ServerRecord | None:
+    def _choose(
+        self, exclude: set[str] | None = None, serves: str | None = None
+    ) -> ServerRecord | None:
         exclude = exclude or set()
         candidates = [
             r
             for r in self._records.values()
-            if not r["draining"] and r["version"] == PROTOCOL_VERSION and r["id"] not in exclude
+            if not r["draining"]
+            and r["version"] == PROTOCOL_VERSION
+            and r["id"] not in exclude
+            and serves in (None, r["serves"])
         ]
         if not candidates:
             return None
@@ -264,7 +270,7 @@ class Cluster:
             record = self._records.get(server_id)
             if record is None:
                 raise ClusterError(f"no live media server {server_id!r}")
-            client = await self._client(record)
+            client = await self._mediasoup_client(record)
             worker = await client.create_worker(**(self._worker_settings or {}))
             self._router_workers[server_id] = worker
             self._workers[worker] = server_id
@@ -302,14 +308,32 @@ class Cluster:
         del self._router_workers[server_id]
         worker.close()
 
+    async def child_router(self, server_id: str, **options: Any) -> RemoteRouter:
+        """A new child Router for a cluster router on ``server_id``: in the server's
+        Mafalda pool when it serves one, else on this client's worker there."""
+        record = self._records.get(server_id)
+        if record is None:
+            raise ClusterError(f"no live media server {server_id!r}")
+        if record["serves"] == "mafalda":
+            client = await self._client(record)
+            if isinstance(client, RemoteMafalda):
+                return await client.create_router(**options)
+        worker = await self.router_worker(server_id)
+        router: RemoteRouter = await worker.create_router(**options)
+        return router
+
     def server_lost(self, server_id: str) -> bool:
-        """Whether the worker of cluster routers on that server is gone."""
+        """Whether cluster routers lost that server (its connection, or the worker
+        their children were on)."""
+        client = self._clients.get(server_id)
+        if isinstance(client, RemoteMafalda):
+            return client.closed
         worker = self._router_workers.get(server_id)
         return worker is None or worker.closed
 
     # -- servers -------------------------------------------------------------------------
 
-    async def _client(self, record: ServerRecord) -> RemoteMediasoup:
+    async def _client(self, record: ServerRecord) -> RemoteMediasoup | RemoteMafalda:
         server_id = record["id"]
         lock = self._connecting.setdefault(server_id, asyncio.Lock())
         async with lock:
@@ -323,11 +347,14 @@ class Cluster:
                     ssl=self._ssl,
                     timeout=self._connect_timeout,
                 )
-            if not isinstance(remote, RemoteMediasoup):
-                await remote.aclose()
-                raise RemoteError(f"server {server_id} serves a Mafalda, not mediasoup")
             self._clients[server_id] = remote
             return remote
+
+    async def _mediasoup_client(self, record: ServerRecord) -> RemoteMediasoup:
+        client = await self._client(record)
+        if not isinstance(client, RemoteMediasoup):
+            raise RemoteError(f"server {record['id']} serves a Mafalda, not mediasoup")
+        return client
 
     def server_of(self, obj: RemoteObject | RemoteMediasoup) -> ServerRecord | None:
         """The record of the server an object lives on (None: not this cluster's, or gone)."""

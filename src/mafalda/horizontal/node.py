@@ -89,18 +89,28 @@ class MediaNode:
 
     def record(self) -> ServerRecord:
         objects = self._live_objects()
-        workers = sum(1 for o in objects if isinstance(o, Worker))
         consumers = sum(1 for o in objects if isinstance(o, Consumer))
+        pool = self.server.mafalda
+        if pool is not None:
+            # A Mafalda pool: its workers, and its busiest worker's load (CPU or units).
+            stats = pool.stats()
+            workers = len(stats["workers"])
+            load = max((w["load"] for w in stats["workers"]), default=0.0)
+            consumers = sum(w["consumers"] for w in stats["workers"])
+        else:
+            workers = sum(1 for o in objects if isinstance(o, Worker))
+            load = workers / (os.cpu_count() or 1)
         return {
             "id": self.id,
             "controlUrl": self.control_url,
             "mediaAddress": self.media_address,
             "region": self.region,
             "workers": workers,
-            "load": round(workers / (os.cpu_count() or 1), 4),
+            "load": round(load, 4),
             "consumers": consumers,
             "draining": self.draining,
             "version": PROTOCOL_VERSION,
+            "serves": "mafalda" if pool is not None else "mediasoup",
         }
 
     # -- lifecycle -----------------------------------------------------------------------

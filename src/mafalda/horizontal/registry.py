@@ -50,6 +50,7 @@ class ServerRecord(TypedDict):
     consumers: int
     draining: bool  # True: take no new placements
     version: str  # the mafalda.remote protocol version it speaks
+    serves: Literal["mediasoup", "mafalda"]  # workers for clients, or a Mafalda pool
 
 
 class MembershipMessage(TypedDict):
@@ -107,6 +108,9 @@ def decode_record(raw: str | bytes) -> ServerRecord:
     load = _field(data, "load", (int, float))
     if workers < 0 or consumers < 0 or load < 0:
         raise ValueError("server record: negative count")
+    serves = data.get("serves", "mediasoup")  # records of the first increment had none
+    if serves not in ("mediasoup", "mafalda"):
+        raise ValueError("server record: invalid 'serves'")
     return {
         "id": _field(data, "id", str),
         "controlUrl": _field(data, "controlUrl", str),
@@ -117,6 +121,7 @@ def decode_record(raw: str | bytes) -> ServerRecord:
         "consumers": consumers,
         "draining": _field(data, "draining", bool),
         "version": _field(data, "version", str),
+        "serves": serves,
     }
 
 

@@ -141,9 +141,10 @@ class ClusterRouter(SpanningRouter[str]):
     # -- SpanningRouter's hooks ----------------------------------------------------------
 
     async def _new_child(self, host: str) -> Any:
-        worker = await self._cluster.router_worker(host)
-        return await worker.create_router(
-            media_codecs=copy.deepcopy(self._media_codecs), app_data={"clusterRouterId": self._id}
+        return await self._cluster.child_router(
+            host,
+            media_codecs=copy.deepcopy(self._media_codecs),
+            app_data={"clusterRouterId": self._id},
         )
 
     def _pair_transports(

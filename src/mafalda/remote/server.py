@@ -449,6 +449,11 @@ class RemoteServer:
         self.scheme = "ws"
 
     @property
+    def mafalda(self) -> Mafalda | None:
+        """The Mafalda pool served, if this server serves one."""
+        return self._root if self.serves == "mafalda" else None
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}/"

@@ -82,12 +82,17 @@ async def rpc(
 
 
 async def answer_of(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The next answer (not a notification) from the server, batches taken apart."""
+    pending: list[dict[str, Any]] = ws.__dict__.setdefault("_test_pending", [])
     while True:
+        while pending:
+            message = pending.pop(0)
+            if "method" not in message:
+                return message
         msg = await ws.receive(5)
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        message: dict[str, Any] = json.loads(msg.data)
-        if "method" not in message:
-            return message
+        data = json.loads(msg.data)
+        pending.extend(data if isinstance(data, list) else [data])
 
 
 async def process_gone(pid: int, timeout: float = 10.0) -> None:
@@ -299,6 +304,29 @@ async def test_hostile_calls_get_errors(server: RemoteServer) -> None:
     await ws.send_str("{not json")
     assert (await answer_of(ws))["error"]["code"] == p.PARSE_ERROR
     assert (await rpc(ws, 99, "ping", {}))["result"] == "pong"
+    await close_raw(ws)
+
+
+async def test_batches(server: RemoteServer) -> None:
+    """A frame may hold a JSON array of messages: each is handled as if it came alone."""
+    ws = await raw(server)
+    await ws.send_str(
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                5,
+                {"jsonrpc": "2.0", "id": 2, "method": "call", "params": {"method": "nope"}},
+                {"jsonrpc": "2.0", "method": "call", "params": {"target": "x", "method": "close"}},
+                {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+            ]
+        )
+    )
+    answers = [await answer_of(ws) for _ in range(4)]
+    assert [a.get("id") for a in answers] == [1, None, 2, 3]
+    assert answers[1]["error"]["code"] == p.INVALID_REQUEST
+    assert answers[2]["error"]["code"] == p.METHOD_NOT_FOUND
+    await ws.send_str("[]")
+    assert (await answer_of(ws))["error"]["code"] == p.INVALID_REQUEST
     await close_raw(ws)
 
 

@@ -1,11 +1,15 @@
-"""Ordered text frames on an aiohttp WebSocket (client or server side), written at once.
+"""Ordered text frames on an aiohttp WebSocket (client or server side), batched per turn of
+the event loop and written at once.
 
 ``send_str`` is a coroutine: sending from synchronous code (events, fire-and-forget
 calls) needs a task, and a queue drained by a writer task keeps frames in order but costs
-a task switch per message. An uncompressed frame is written to the transport before
-``send_frame`` first yields, so ``FrameSender`` writes it right away through aiohttp's
-frame writer, and falls back to ``send_frame`` (awaiting the transport's drain, in order)
-while the transport pushes back or when that writer is not available.
+a task switch per message. ``FrameSender`` gathers the messages of one turn of the event
+loop (the answers to a burst of requests, an event and the answer that caused it) into
+one frame, a JSON array when there are several (one send() system call, one frame to
+parse), and writes it through aiohttp's frame writer right away: an uncompressed frame
+goes to the transport before ``send_frame`` first yields. While the transport pushes
+back, or when that writer is not available, frames wait for ``send_frame`` (which awaits
+the transport's drain), in order.
 """
 
 from __future__ import annotations
@@ -23,24 +27,53 @@ _ERRORS = (ConnectionError, RuntimeError)
 
 
 class FrameSender:
-    def __init__(self, ws: ClientWebSocketResponse | web.WebSocketResponse) -> None:
+    def __init__(
+        self, ws: ClientWebSocketResponse | web.WebSocketResponse, batch_limit: int = 256 * 1024
+    ) -> None:
         self._ws = ws
+        self._batch_limit = batch_limit
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._scheduled = False
         self._backlog: collections.deque[bytes] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self.broken = False
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` (one UTF-8 JSON message) after every message sent before, in this
+        turn of the event loop's frame."""
+        if self.broken:
+            return
+        if self._batch and self._batch_size + len(data) > self._batch_limit:
+            self._flush()
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_turn)
+
+    def _on_turn(self) -> None:
+        self._scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._batch_size = 0
+        self._write(batch[0] if len(batch) == 1 else b"[" + b",".join(batch) + b"]")
 
     def _direct(self) -> Any:
         """aiohttp's frame writer when a frame may go straight to the transport."""
         writer: Any = getattr(self._ws, "_writer", None)
         if writer is None or getattr(writer, "compress", None) != 0:
             return None
-        protocol = getattr(writer, "protocol", None)
-        if protocol is None or getattr(protocol, "_paused", True):
-            return None
+        if getattr(getattr(writer, "protocol", None), "_paused", True):
+            return None  # the transport pushes back: send_frame() waits for its drain
         return getattr(writer, "_write_websocket_frame", None)
 
-    def send(self, data: bytes) -> None:
-        """Queue ``data`` (UTF-8 JSON) as a text frame after every frame sent before."""
+    def _write(self, data: bytes) -> None:
         if self.broken:
             return
         if not self._backlog:
@@ -67,7 +100,8 @@ class FrameSender:
             self._task = None
 
     async def flush(self, timeout: float) -> None:
-        """Until every queued frame is written (or ``timeout`` seconds)."""
+        """Until every message sent is written (or ``timeout`` seconds)."""
+        self._flush()
         task = self._task
         if task is not None:
             with contextlib.suppress(Exception):

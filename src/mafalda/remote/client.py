@@ -97,6 +97,9 @@ class Connection:
         self._closing: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._held: list[bytes] = []  # fire-and-forget calls made while reconnecting
+        #: Handles of proxies closed here lately, whose close() the server may not have
+        #: run yet (a resume must not bring them back).
+        self._closed_lately: dict[str, None] = {}
         self._special = self._decode_marker
         self._attach(ws, hello)
 
@@ -114,8 +117,8 @@ class Connection:
         gone = [h for h, proxy in self.proxies.items() if h not in alive and not proxy.closed]
         for ref in refs:
             known = self.proxies.get(ref["id"])
-            if known is not None and known._closed_local:
-                continue  # closed here while disconnected: its close() is on its way
+            if ref["id"] in self._closed_lately or (known is not None and known._closed_local):
+                continue  # closed here: its close() is on its way
             self._resolve(ref, link=False)
         for ref in refs:
             if isinstance(ref.get("parent"), str):
@@ -128,6 +131,16 @@ class Connection:
             for proxy in [self.proxies.pop(handle) for handle in gone]:
                 proxy._connection_lost(error)
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+
+    def _closed_here(self, proxy: RemoteObject) -> None:
+        """``proxy`` closed itself (close(), or its parent's): the server sends no more
+        of its events (a worker's exit excepted), so it is dropped."""
+        if isinstance(proxy, RemoteWorker) or self.closed:
+            return
+        self.proxies.pop(proxy.handle, None)
+        self._closed_lately[proxy.handle] = None
+        if len(self._closed_lately) > _MAX_HELD:
+            del self._closed_lately[next(iter(self._closed_lately))]
 
     def schema(self, class_name: str) -> dict[str, list[str]]:
         return self._schemas.get(class_name, _EMPTY_SCHEMA)
@@ -243,17 +256,20 @@ class Connection:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    message = p.parse_server_message(msg.data, self._special)
+                    messages = p.parse_server_frame(msg.data, self._special)
                 except p.ProtocolError:
                     logger.warning("invalid message from the server dropped")
                     continue
-                try:
-                    if isinstance(message, p.Response):
-                        self._on_response(message)
-                    else:
-                        self._on_notification(message)
-                except Exception:
-                    logger.exception("handling a server message failed")
+                for message in messages:
+                    try:
+                        if isinstance(message, p.Response):
+                            self._on_response(message)
+                        elif isinstance(message, p.Notification):
+                            self._on_notification(message)
+                        else:
+                            logger.warning("invalid message from the server dropped")
+                    except Exception:
+                        logger.exception("handling a server message failed")
         except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
             pass
         finally:

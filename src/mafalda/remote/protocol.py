@@ -1,6 +1,10 @@
 """The wire protocol of Remote Mediasoup / Remote Mafalda, version ``mafalda-remote/2``.
 
-Pure functions, no I/O. Every WebSocket text frame is one JSON-RPC 2.0 message.
+Pure functions, no I/O. Every WebSocket text frame is one JSON-RPC 2.0 message, or a
+batch of them (a JSON array, as JSON-RPC 2.0's): both sides gather the messages of one
+turn of their event loop into one frame. Messages of a batch are handled in order, each
+as if it came alone (a client's batch gets no array answer: each answer comes when its
+call is done, possibly in a batch of its own).
 
 Client to server:
 
@@ -41,8 +45,9 @@ those markers cannot be confused with data, every other dict key that starts wit
 is sent with one more ``$`` in front (``{"$ref": 1}`` in app_data travels as ``{"$$ref":
 1}``); the receiver removes it.
 
-Changes from ``mafalda-remote/1``: state deltas instead of full snapshots, the ``error``
-notification, ``gracePeriod`` in the hello result, and the ``$`` escaping of keys.
+Changes from ``mafalda-remote/1``: batches both ways, state deltas instead of full
+snapshots, the ``error`` notification, ``gracePeriod`` in the hello result, ``class``
+(was ``$class``) in states, and the ``$`` escaping of keys.
 """
 
 from __future__ import annotations
@@ -90,7 +95,9 @@ __all__ = [
     "needs_walk",
     "notification",
     "parse_call",
+    "parse_client_frame",
     "parse_client_message",
+    "parse_server_frame",
     "parse_server_message",
     "request",
     "result_response",
@@ -368,7 +375,33 @@ def _valid_id(value: Any) -> bool:
 
 def parse_client_message(text: str | bytes, max_size: int | None = None) -> Request:
     """Validate one client message. Raises ProtocolError (answer its ``code``)."""
+    return _request_of(_loads(text, max_size))
+
+
+def parse_client_frame(
+    text: str | bytes, max_size: int | None = None
+) -> list[Request | ProtocolError]:
+    """Validate one frame from a client: a message, or a batch of them (a JSON array, as
+    JSON-RPC 2.0's). Raises ProtocolError when the frame is not JSON, too large or too
+    deep, or an empty batch; an invalid message is its ProtocolError in the list."""
     message = _loads(text, max_size)
+    if not isinstance(message, list):
+        try:
+            return [_request_of(message)]
+        except ProtocolError as error:
+            return [error]
+    if not message:
+        raise ProtocolError(INVALID_REQUEST, "invalid request: empty batch")
+    requests: list[Request | ProtocolError] = []
+    for item in message:
+        try:
+            requests.append(_request_of(item))
+        except ProtocolError as error:
+            requests.append(error)
+    return requests
+
+
+def _request_of(message: Any) -> Request:
     if not isinstance(message, dict):
         raise ProtocolError(INVALID_REQUEST, "invalid request: not an object")
     request_id = message.get("id")
@@ -413,14 +446,31 @@ def parse_server_message(
 ) -> ServerMessage:
     """Validate one server message (client side); ``special`` as ``unescape``'s (turning
     references, bytes and errors into values; the walk is skipped for plain JSON)."""
+    messages = parse_server_frame(text, special)
+    if len(messages) != 1 or isinstance(messages[0], ProtocolError):
+        raise ProtocolError(INVALID_REQUEST, "invalid message")
+    return messages[0]
+
+
+def parse_server_frame(
+    text: str | bytes, special: Callable[[dict[str, Any]], Any] | None = None
+) -> list[ServerMessage | ProtocolError]:
+    """The messages of one frame from the server (one, or a batch: a JSON array); an
+    invalid one is a ProtocolError in the list. Raises ProtocolError if not JSON."""
     try:
         message = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(PARSE_ERROR, "parse error: not JSON") from exc
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-        raise ProtocolError(INVALID_REQUEST, "invalid message")
     if special is not None and needs_walk(text):
         message = unescape(message, special)
+    if isinstance(message, list) and message:
+        return [_server_message(item) for item in message]
+    return [_server_message(message)]
+
+
+def _server_message(message: Any) -> ServerMessage | ProtocolError:
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return ProtocolError(INVALID_REQUEST, "invalid message")
     if "id" in message and "method" not in message:
         error = message.get("error")
         if error is not None and not (
@@ -428,12 +478,12 @@ def parse_server_message(
             and isinstance(error.get("code"), int)
             and isinstance(error.get("message"), str)
         ):
-            raise ProtocolError(INVALID_REQUEST, "invalid error object")
+            return ProtocolError(INVALID_REQUEST, "invalid error object")
         return Response(message["id"], message.get("result"), error)
     method = message.get("method")
     params = message.get("params")
     if not isinstance(method, str) or not isinstance(params, dict):
-        raise ProtocolError(INVALID_REQUEST, "invalid notification")
+        return ProtocolError(INVALID_REQUEST, "invalid notification")
     return Notification(method, params)
 
 

@@ -168,6 +168,7 @@ class RemoteObject:
         self._children.clear()
         if self._parent is not None:
             self._parent._children.pop(self._handle, None)
+        self._connection._closed_here(self)
         if event is not None:
             self.events.emit(event, *args)
         self.observer.emit("close")

@@ -32,6 +32,7 @@ from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.router import Router
 from mafalda.mediasoup.rtp_observer import RtpObserver
@@ -172,11 +173,35 @@ class _MediasoupRoot:
         return {"version": WORKER_VERSION}
 
 
+#: Closed objects a session remembers (their handles), the oldest forgotten first.
+_MAX_GONE = 100_000
+
+
+class _Closed:
+    """Stands for a closed object the session forgot: close() does nothing, and any other
+    call fails as the object's own would."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        def closed(*args: Any, **kwargs: Any) -> Any:
+            raise InvalidStateError(self._message)
+
+        return closed
+
+
 #: Events a client still takes from an object it closed (a worker's exit).
 _LATE_EVENTS = frozenset({"subprocessclose", "died"})
 
 #: Calls that change nothing: their answer carries no state refresh.
 _READ_ONLY = ("dump", "get_", "can_", "stats")
+#: Calls whose news is the object they return (its state goes with its reference), not a
+#: change of their target's own state (a router's, a transport's).
+_CREATING = ("create_", "consume", "produce", "pipe_to_router")
 
 _ROOT_METHODS: dict[str, frozenset[str]] = {
     "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
@@ -240,7 +265,10 @@ class _ForwardingEmitter(EventEmitter):
                 session.forward(self._handle, self._name, event, args)
             except Exception:  # never break the library's own emit
                 logger.exception("forwarding %s %r failed", self._name, event)
-        return super().emit(event, *args)
+        emitted = super().emit(event, *args)
+        if event == "close" and self._name == "observer":
+            session.forget(self._handle)
+        return emitted
 
     safe_emit = emit
 
@@ -264,6 +292,8 @@ class Session:
         self._prefix = self.id[:12] + "-"
         #: The handle whose close() the client asked for, while that call runs.
         self.closing: str | None = None
+        #: Closed objects forgotten: handle -> the error message calls on them get.
+        self.gone: dict[str, str] = {}
         self._counter = itertools.count(1)
 
     # -- registry ------------------------------------------------------------------------------
@@ -351,6 +381,20 @@ class Session:
             None if state is None else p.escape(state, self.converter(handle)),
         )
 
+    def forget(self, handle: str) -> None:
+        """Drop a closed object (its observer emitted 'close'): a long session must not
+        keep every object it ever created. Calls on it then fail as on a closed object
+        (its close() does nothing), from a small record of it."""
+        obj = self.objects.pop(handle, None)
+        if obj is None:
+            return
+        self.handles.pop(id(obj), None)
+        kind = self.kinds.pop(handle, None)
+        self.sent.pop(handle, None)
+        self.gone[handle] = "Router closed" if kind == "router" else f"{type(obj).__name__} closed"
+        if len(self.gone) > _MAX_GONE:
+            del self.gone[next(iter(self.gone))]
+
     def muted(self, handle: str) -> bool:
         """Whether ``handle`` is the object whose close() the client asked for, or under
         it: the client closed those already, with their events, and drops the server's."""
@@ -409,10 +453,14 @@ class Session:
             return
         if self.closing is not None and event not in _LATE_EVENTS and self.muted(handle):
             return
-        obj = self.objects[handle]
+        obj = self.objects.get(handle)  # None: closed and forgotten (a worker's exit)
         connection.send(
             p.event_notification(
-                handle, emitter, event, list(args), self.delta(handle, self.state(obj))
+                handle,
+                emitter,
+                event,
+                list(args),
+                None if obj is None else self.delta(handle, self.state(obj)),
             ),
             self.converter(handle),
         )
@@ -687,17 +735,27 @@ class RemoteServer:
                 return
             if text is None:
                 return
-            if not connection.allow():
-                connection.send(p.error_response(_peek_id(text), p.RATE_LIMITED, "rate limited"))
-                continue
             try:
-                req = p.parse_client_message(text, self.max_message_size)
-                self._dispatch(connection, session, req, p.needs_walk(text))
+                requests = p.parse_client_frame(text, self.max_message_size)
             except p.ProtocolError as error:
-                if error.request_id is not None or not _is_notification(text):
+                if connection.allow():
                     connection.send(p.error_response(error.request_id, error.code, error.message))
-                else:  # a fire-and-forget call nobody awaits: tell its client all the same
-                    connection.send(_call_error(text, error.code, error.message))
+                continue
+            walk = p.needs_walk(text)
+            for req in requests:
+                if isinstance(req, p.ProtocolError):
+                    if connection.allow():
+                        connection.send(p.error_response(req.request_id, req.code, req.message))
+                    continue
+                try:
+                    if not connection.allow():
+                        raise p.ProtocolError(p.RATE_LIMITED, "rate limited", req.id)
+                    self._dispatch(connection, session, req, walk)
+                except p.ProtocolError as error:
+                    if req.id is not None:
+                        connection.send(p.error_response(req.id, error.code, error.message))
+                    elif req.method == "call":  # fire-and-forget: its client hears of it too
+                        connection.send(_call_error(req, error.code, error.message))
 
     def _dispatch(
         self, connection: _Connection, session: Session, req: p.Request, walk: bool = True
@@ -722,9 +780,12 @@ class RemoteServer:
         else:
             found = session.objects.get(call.target)
             if found is None:
-                raise p.ProtocolError(p.FORBIDDEN, "unknown object", req.id)
+                closed = session.gone.get(call.target)
+                if closed is None:
+                    raise p.ProtocolError(p.FORBIDDEN, "unknown object", req.id)
+                found = _Closed(closed)
             obj = found
-            if call.method != "set_app_data":
+            if call.method != "set_app_data" and not isinstance(obj, _Closed):
                 schema = schema_of(type(obj))
                 if call.method not in schema["async"] and call.method not in schema["sync"]:
                     raise p.ProtocolError(
@@ -796,7 +857,9 @@ class RemoteServer:
         method: str = "",
     ) -> None:
         answer: dict[str, Any] = {"value": result}  # an object: a reference (converter)
-        if not method.startswith(_READ_ONLY):  # a mutating call: what changed
+        if not method.startswith(_READ_ONLY) and not (
+            target is not None and method.startswith(_CREATING)
+        ):  # a call that may change its target: what changed
             state = self._root_state(session) if target is None else session.state(obj)
             delta = session.delta(target, state)
             if delta is not None:
@@ -824,33 +887,15 @@ class RemoteServer:
         session.send(p.error_response(request_id, p.REMOTE_ERROR, str(error), wire))
 
 
-def _peek_id(text: str) -> Any:
-    try:
-        return p.parse_client_message(text).id
-    except p.ProtocolError as error:
-        return error.request_id
-
-
-def _call_error(text: str, code: int, message: str) -> dict[str, Any]:
+def _call_error(req: p.Request, code: int, message: str) -> dict[str, Any]:
     """The ``error`` notification for a fire-and-forget call refused before it ran."""
-    try:
-        params = p.parse_client_message(text).params
-    except p.ProtocolError:
-        params = {}
-    target, method = params.get("target"), params.get("method")
+    target, method = req.params.get("target"), req.params.get("method")
     return p.call_error_notification(
         target if isinstance(target, str) else None,
         method if isinstance(method, str) else "",
         code,
         message,
     )
-
-
-def _is_notification(text: str) -> bool:
-    try:
-        return p.parse_client_message(text).id is None
-    except p.ProtocolError:
-        return False
 
 
 async def serve(

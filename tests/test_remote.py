@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mafalda import cli, mediasoup
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -235,6 +236,28 @@ async def test_fire_and_forget_failure_reaches_the_client(
     assert any("send_rtcp() failed on the server" in r.getMessage() for r in logged)
     assert any("dump() failed on the server" in r.getMessage() for r in logged)
     assert not transport.closed and (await router.dump())["id"] == router.id
+    await client.aclose()
+
+
+async def test_closed_objects_are_forgotten(server: RemoteServer) -> None:
+    """A long session does not keep every object it ever created, on either side."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    session = server.sessions[client.session_id]
+    for _ in range(20):
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        transport.close()
+    await router.dump()  # the close() calls ran before it
+    assert len(session.objects) == 2 and len(client.connection.proxies) == 2
+    # A call on a forgotten object fails as the closed object's own would; close() is a no-op.
+    with pytest.raises(InvalidStateError, match="PlainTransport closed"):
+        await client.connection.call(transport, "dump", (), {})
+    errors: list[Any] = []
+    client.connection.events.on("callerror", lambda *a: errors.append(a))
+    client.connection.call_nowait(transport, "close", (), {})
+    await router.dump()
+    assert errors == []
     await client.aclose()
 
 

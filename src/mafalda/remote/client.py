@@ -154,10 +154,6 @@ class Connection:
             return p.make_ref(value.proxy_kind, value.handle)
         raise TypeError(f"cannot send a {type(value).__name__} to the remote server")
 
-    def encode(self, value: Any) -> Any:
-        """``value`` as wire JSON (proxies as references, bytes, ``$`` keys escaped)."""
-        return p.escape(value, self._convert)
-
     def _decode_marker(self, marker: dict[str, Any]) -> Any:
         if "$ref" in marker and p.is_ref(marker):
             return self._resolve(self._with_state(marker))
@@ -171,10 +167,6 @@ class Connection:
         if not isinstance(state, dict) or ref.get("plain") is True:
             return ref
         return {**ref, "state": p.unescape(state, self._special)}
-
-    def decode(self, value: Any) -> Any:
-        """Wire JSON as values: references become proxies, bytes and errors values."""
-        return p.unescape(value, self._special)
 
     def _resolve(self, ref: dict[str, Any], link: bool = True) -> Any:
         handle: str = ref["id"]

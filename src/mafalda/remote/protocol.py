@@ -39,11 +39,12 @@ Values: JSON values pass through (wire dicts keep their camelCase keys), bytes t
 ``{"$bytes": "<base64>"}``, tuples and sets as lists, objects as references ``{"$ref":
 "<kind>", "id": "<handle>", "parent": "<handle>", "state": {...}}`` (``state`` and
 ``parent`` only where the object first appears or changes; ``"plain": true`` when that
-state holds no marker and no ``$`` key, so that it is read as it is), exceptions (event arguments,
-such as a worker's death) as ``{"$error": "<class name>", "message": "..."}``. So that
-those markers cannot be confused with data, every other dict key that starts with ``$``
-is sent with one more ``$`` in front (``{"$ref": 1}`` in app_data travels as ``{"$$ref":
-1}``); the receiver removes it.
+state holds no marker and no ``$`` key, so that it is read as it is), exceptions (event
+arguments, such as a worker's death) as ``{"$error": "<class name>", "message": "..."}``.
+So that those markers cannot be confused with data, every other dict key that starts
+with ``$`` is sent with one more ``$`` in front (``{"$ref": 1}`` in app_data travels as
+``{"$$ref": 1}``); the receiver removes it. Integers travel within 64 bits (orjson's
+range: a larger one is sent, but read back as a float).
 
 Changes from ``mafalda-remote/1``: batches both ways, state deltas instead of full
 snapshots, the ``error`` notification, ``gracePeriod`` in the hello result, ``class``

@@ -611,6 +611,23 @@ async def test_fire_and_forget_calls_made_while_reconnecting_are_sent_after() ->
         await client.aclose()
 
 
+async def test_no_resume_when_the_session_is_gone() -> None:
+    """The connection drops and the server forgot the session: everything closes."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        died: list[Exception] = []
+        worker.on("died", died.append)
+        closed = asyncio.ensure_future(client.connection.events.wait_for("close"))
+        session = srv.sessions[client.session_id]
+        cutter.cut()
+        srv._expire(session)  # as if the grace period had run out
+        await asyncio.wait_for(closed, 10)
+        assert client.closed and worker.closed
+        assert len(died) == 1 and isinstance(died[0], RemoteConnectionError)
+        await client.aclose()
+
+
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys

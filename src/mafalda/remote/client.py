@@ -370,6 +370,17 @@ class Connection:
         self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        try:
+            if await self._resume():
+                return
+        except asyncio.CancelledError:
+            raise  # aclose(): it closes
+        except Exception:
+            logger.exception("reconnecting failed")
+        self._lost()
+
+    async def _resume(self) -> bool:
+        """Reconnect and resume the session; False when the server is gone for good."""
         assert self._opener is not None
         with contextlib.suppress(Exception):
             await self._ws.close()
@@ -379,20 +390,22 @@ class Connection:
         refused = 0
         while not self.closed and self._closing is None:
             try:
-                ws, hello = await self._opener(self._http, self.session_id)
-            except RemoteError as error:  # the server answered: session gone, token...
+                # No attempt outlives the grace period (a partition: connect() hangs).
+                async with asyncio.timeout(max(deadline - time.monotonic(), _FIRST_BACKOFF)):
+                    ws, hello = await self._opener(self._http, self.session_id)
+            except (RemoteError, p.ProtocolError) as error:  # answered: session gone...
                 logger.warning("cannot resume the session: %s", error)
-                break
-            except (OSError, aiohttp.ClientError, TimeoutError) as error:
+                return False
+            except (OSError, aiohttp.ClientError, TimeoutError, RemoteConnectionError) as error:
                 # Refused: nothing listens there any more (a restarted server would not
                 # know the session either), unless it is a moment's hiccup.
                 refused = refused + 1 if _refused(error) else 0
                 if refused >= _MAX_REFUSED:
-                    break
+                    return False
             else:
                 if self.closed or self._closing is not None:
                     await ws.close()
-                    return
+                    return True
                 self.reconnecting = False
                 self._attach(ws, hello)
                 held, self._held = self._held, []
@@ -400,12 +413,12 @@ class Connection:
                     self._frames.send(data)
                 logger.info("reconnected to the server, session resumed")
                 self.events.emit("reconnect")
-                return
+                return True
             if time.monotonic() + delay > deadline:
-                break
+                return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
-        self._lost()
+        return True  # closed meanwhile: nothing more to do
 
     def _fail_pending(self, error: Exception) -> None:
         pending = list(self._pending.values())

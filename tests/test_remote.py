@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mafalda import cli, mediasoup
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -82,12 +83,17 @@ async def rpc(
 
 
 async def answer_of(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The next answer (not a notification) from the server, batches taken apart."""
+    pending: list[dict[str, Any]] = ws.__dict__.setdefault("_test_pending", [])
     while True:
+        while pending:
+            message = pending.pop(0)
+            if "method" not in message:
+                return message
         msg = await ws.receive(5)
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        message: dict[str, Any] = json.loads(msg.data)
-        if "method" not in message:
-            return message
+        data = json.loads(msg.data)
+        pending.extend(data if isinstance(data, list) else [data])
 
 
 async def process_gone(pid: int, timeout: float = 10.0) -> None:
@@ -182,6 +188,79 @@ async def test_same_router_app_data_and_bytes(server: RemoteServer) -> None:
     await client.aclose()
 
 
+async def test_app_data_with_marker_keys_round_trips(server: RemoteServer) -> None:
+    """app_data whose keys are the protocol's markers travels as data, both ways."""
+    tricky: dict[str, Any] = {
+        "$ref": "worker",
+        "id": "not-a-handle",
+        "inner": {"$bytes": "AA=="},
+        "list": [{"$error": "E", "message": "m"}, {"$$ref": 1}],
+    }
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn", app_data=tricky)
+    router = await worker.create_router(media_codecs=MEDIA_CODECS, app_data={"$bytes": "x"})
+    assert worker.app_data == tricky and router.app_data == {"$bytes": "x"}
+    session = next(iter(server.sessions.values()))
+    served = next(o for o in session.objects.values() if isinstance(o, mediasoup.Worker))
+    assert served.app_data == tricky
+    router.app_data = {"$ref": "router", "id": router.handle}
+    await until(lambda: session.objects[router.handle].app_data == router.app_data)
+    # The state a resumed session gets back carries them unchanged too.
+    await client.aclose(keep_session=True)
+    resumed = await connect(server.url, token=TOKEN, session=client.session_id)
+    by_id = {o.id: o for o in resumed.objects}
+    assert by_id[worker.id].app_data == tricky
+    assert by_id[router.id].app_data == {"$ref": "router", "id": router.handle}
+    await resumed.aclose()
+
+
+async def test_fire_and_forget_failure_reaches_the_client(
+    server: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    errors: list[tuple[Any, str, Exception]] = []
+    client.connection.events.on("callerror", lambda *a: errors.append(a))
+    # Refused before it runs: a PlainTransport has no send_rtcp() (DirectTransport only).
+    transport.send_rtcp(b"\x80\xc8\x00\x01\x00\x00\x00\x01")
+    # Fails as it runs: dump() takes no argument.
+    client.connection.call_nowait(router, "dump", ("unexpected",), {})
+    await until(lambda: len(errors) == 2)
+    (t1, m1, e1), (t2, m2, e2) = errors
+    assert (t1, m1, t2, m2) == (transport, "send_rtcp", router, "dump")
+    assert isinstance(e1, RemoteError) and e1.code == p.METHOD_NOT_FOUND
+    assert isinstance(e2, TypeError)
+    logged = [r for r in caplog.records if r.name == "mafalda.remote.client"]
+    assert any("send_rtcp() failed on the server" in r.getMessage() for r in logged)
+    assert any("dump() failed on the server" in r.getMessage() for r in logged)
+    assert not transport.closed and (await router.dump())["id"] == router.id
+    await client.aclose()
+
+
+async def test_closed_objects_are_forgotten(server: RemoteServer) -> None:
+    """A long session does not keep every object it ever created, on either side."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    session = server.sessions[client.session_id]
+    for _ in range(20):
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        transport.close()
+    await router.dump()  # the close() calls ran before it
+    assert len(session.objects) == 2 and len(client.connection.proxies) == 2
+    # A call on a forgotten object fails as the closed object's own would; close() is a no-op.
+    with pytest.raises(InvalidStateError, match="PlainTransport closed"):
+        await client.connection.call(transport, "dump", (), {})
+    errors: list[Any] = []
+    client.connection.events.on("callerror", lambda *a: errors.append(a))
+    client.connection.call_nowait(transport, "close", (), {})
+    await router.dump()
+    assert errors == []
+    await client.aclose()
+
+
 # -- security ------------------------------------------------------------------------------
 
 
@@ -248,6 +327,29 @@ async def test_hostile_calls_get_errors(server: RemoteServer) -> None:
     await ws.send_str("{not json")
     assert (await answer_of(ws))["error"]["code"] == p.PARSE_ERROR
     assert (await rpc(ws, 99, "ping", {}))["result"] == "pong"
+    await close_raw(ws)
+
+
+async def test_batches(server: RemoteServer) -> None:
+    """A frame may hold a JSON array of messages: each is handled as if it came alone."""
+    ws = await raw(server)
+    await ws.send_str(
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                5,
+                {"jsonrpc": "2.0", "id": 2, "method": "call", "params": {"method": "nope"}},
+                {"jsonrpc": "2.0", "method": "call", "params": {"target": "x", "method": "close"}},
+                {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+            ]
+        )
+    )
+    answers = [await answer_of(ws) for _ in range(4)]
+    assert [a.get("id") for a in answers] == [1, None, 2, 3]
+    assert answers[1]["error"]["code"] == p.INVALID_REQUEST
+    assert answers[2]["error"]["code"] == p.METHOD_NOT_FOUND
+    await ws.send_str("[]")
+    assert (await answer_of(ws))["error"]["code"] == p.INVALID_REQUEST
     await close_raw(ws)
 
 
@@ -405,6 +507,127 @@ async def test_resume_within_grace_period(server: RemoteServer) -> None:
         await connect(server.url, token=TOKEN, session=client.session_id)
 
 
+class Cutter:
+    """A TCP relay on 127.0.0.1 in front of a server, whose connections can be cut (both
+    sockets aborted, as a network failure would) while it keeps accepting new ones."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Cutter:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._pairs.append((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for a, b in self._pairs:
+            a.transport.abort()
+            b.transport.abort()
+        self._pairs.clear()
+
+
+async def test_reconnects_after_a_cut_connection() -> None:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        kept = await router.create_plain_transport(listen_ip="127.0.0.1")
+        doomed = await router.create_plain_transport(listen_ip="127.0.0.1")
+        seen: list[str] = []
+        for name in ("disconnect", "reconnect", "close"):
+            client.connection.events.on(name, lambda name=name: seen.append(name))
+        doomed.observer.on("close", lambda: seen.append("doomed closed"))
+        pending = asyncio.ensure_future(worker.wait_closed())  # answered when it closes
+        await asyncio.sleep(0.05)
+        reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+        cutter.cut()
+        # The pending call fails at once; nothing waits for the reconnection.
+        with pytest.raises(RemoteConnectionError):
+            await asyncio.wait_for(pending, 5)
+        # Meanwhile the server closes one of the objects: the client learns it on resume.
+        session = srv.sessions[client.session_id]
+        session.objects[doomed.handle].close()
+        await asyncio.wait_for(reconnected, 10)
+        assert seen[:1] == ["disconnect"] and "reconnect" in seen and "close" not in seen
+        assert doomed.closed and "doomed closed" in seen
+        # The same proxies work on.
+        assert not client.closed and not router.closed and not kept.closed
+        assert (await kept.dump())["id"] == kept.id
+        again = await router.create_plain_transport(listen_ip="127.0.0.1")
+        assert router.transports_for_testing == {kept.id: kept, again.id: again}
+        await client.aclose()
+        assert server_objects_closed(srv)
+
+
+def server_objects_closed(server: RemoteServer) -> bool:
+    return all(s.closed for s in server.sessions.values()) and not server.sessions
+
+
+async def test_fire_and_forget_calls_made_while_reconnecting_are_sent_after() -> None:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+        during: list[asyncio.Future[Any]] = []
+
+        def on_disconnect() -> None:
+            assert client.connection.reconnecting
+            during.append(asyncio.ensure_future(router.dump()))  # no waiting for it
+            transport.close()  # held, then sent
+
+        client.connection.events.on("disconnect", on_disconnect)
+        cutter.cut()
+        await asyncio.wait_for(reconnected, 10)
+        with pytest.raises(RemoteConnectionError):
+            await during[0]
+        served = srv.sessions[client.session_id].objects[transport.handle]
+        await until(lambda: served.closed)
+        assert router.transports_for_testing == {}
+        await client.aclose()
+
+
+async def test_no_resume_when_the_session_is_gone() -> None:
+    """The connection drops and the server forgot the session: everything closes."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        died: list[Exception] = []
+        worker.on("died", died.append)
+        closed = asyncio.ensure_future(client.connection.events.wait_for("close"))
+        session = srv.sessions[client.session_id]
+        cutter.cut()
+        srv._expire(session)  # as if the grace period had run out
+        await asyncio.wait_for(closed, 10)
+        assert client.closed and worker.closed
+        assert len(died) == 1 and isinstance(died[0], RemoteConnectionError)
+        await client.aclose()
+
+
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
@@ -473,10 +696,13 @@ async def test_killed_server_closes_every_proxy() -> None:
         producer.on("transportclose", lambda: events.append("producer"))
         producer.observer.on("close", lambda: events.append("producer observer"))
         pending = asyncio.ensure_future(worker.wait_closed())
+        closed = asyncio.ensure_future(client.connection.events.wait_for("close"))
         await asyncio.sleep(0.05)
         proc.kill()
-        with pytest.raises(RemoteConnectionError):
+        with pytest.raises(RemoteConnectionError):  # at once, not after the reconnection
             await asyncio.wait_for(pending, 5)
+        # Reconnecting is refused: nothing listens there any more, the client closes.
+        await asyncio.wait_for(closed, 5)
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

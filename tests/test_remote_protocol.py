@@ -145,3 +145,47 @@ def test_fuzz_parser_with_structures(message: dict[str, Any]) -> None:
             assert not call.method.startswith("_")
     except p.ProtocolError:
         pass
+
+
+# Keys that look like the protocol's markers, and JSON within orjson's integer range.
+marker_keys = st.sampled_from(["$ref", "$bytes", "$error", "$$ref", "$", "$$", "id", "message"])
+wire_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(marker_keys | st.text(), children),
+    max_leaves=25,
+)
+
+
+def _no_special(marker: dict[str, Any]) -> Any:
+    raise AssertionError(f"plain data read as a marker: {marker}")
+
+
+def _no_object(value: Any) -> Any:
+    raise AssertionError(f"not JSON: {value!r}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(wire_values)
+def test_any_json_round_trips(value: Any) -> None:
+    """Dicts whose keys look like markers ("$ref", "$bytes"...) are data, never markers."""
+    data = p.encode_message({"v": value}, _no_object)
+    assert p.unescape(json.loads(data), _no_special)["v"] == value
+
+
+def test_marker_keys_are_escaped() -> None:
+    app_data = {
+        "$ref": "router",
+        "id": "h",
+        "$bytes": "AA==",
+        "x": [{"$error": "E", "message": ""}],
+    }
+    data = p.encode_message({"v": app_data, "b": b"\x01"}, _no_object)
+    wire = json.loads(data)
+    assert wire["v"]["$$ref"] == "router" and wire["b"] == {"$bytes": "AQ=="}
+    assert p.unescape(wire, lambda m: p.decode_bytes(m)) == {"v": app_data, "b": b"\x01"}
+    # Without markers or "$" keys, a message goes through as it is.
+    assert not p.needs_walk(p.encode_message({"v": {"a": [1, "b"]}}, _no_object))

@@ -10,7 +10,7 @@ Client::
     worker = await mediasoup.create_worker()
     router = await worker.create_router(media_codecs=[...])
 
-The wire protocol (JSON-RPC 2.0 over WebSocket, ``mafalda-remote/1``) is documented in
+The wire protocol (JSON-RPC 2.0 over WebSocket, ``mafalda-remote/2``) is documented in
 ``mafalda.remote.protocol``.
 """
 

@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import errno
 import itertools
 import logging
 import ssl as ssl_module
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.remote import protocol as p
+from mafalda.remote._frames import FrameSender
 from mafalda.remote.errors import RemoteConnectionError, RemoteError, error_from_wire
 from mafalda.remote.proxy import RemoteObject, RemoteRouter, RemoteWorker, proxy_class
 
@@ -34,90 +38,137 @@ logger = logging.getLogger("mafalda.remote.client")
 
 _EMPTY_SCHEMA: dict[str, list[str]] = {"async": [], "sync": []}
 
+#: Close codes after which the client does not reconnect: the server closed the
+#: connection on purpose (shutting down, or the session resumed on another connection).
+_FINAL_CLOSE_CODES = frozenset({1000, 1001, p.SESSION_TAKEN_OVER})
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
+_MAX_REFUSED = 3  # consecutive refused reconnections: nothing listens there any more
+_MAX_HELD = 10_000
+
+_Opener = Callable[
+    [aiohttp.ClientSession, str | None],
+    Awaitable[tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]],
+]
+
+
+def _refused(error: BaseException) -> bool:
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return error.os_error.errno == errno.ECONNREFUSED
+    return isinstance(error, ConnectionRefusedError)
+
 
 class Connection:
-    """The WebSocket to a server: requests, answers, notifications and the proxies."""
+    """The WebSocket to a server: requests, answers, notifications and the proxies.
+
+    When the WebSocket drops while the server lives on (a cut connection, a missed
+    heartbeat), the connection reconnects with backoff within the server's grace period
+    and resumes its session: pending calls fail at once with RemoteConnectionError, the
+    proxies stay and are re-synced from the states the server sends on resume (objects
+    the server closed meanwhile close here, with their close events). ``events`` emits
+    'disconnect' and 'reconnect' around that, 'close' when the connection is gone for
+    good (the server refused, forgot the session, or the grace period ran out), and
+    'callerror' (target proxy or None, method name, exception) when a fire-and-forget
+    call (``close()``, ``send()``...) failed on the server; that is logged too.
+    """
 
     def __init__(
         self,
         http: aiohttp.ClientSession,
         ws: aiohttp.ClientWebSocketResponse,
         hello: dict[str, Any],
+        opener: _Opener | None = None,
     ) -> None:
         self._http = http
-        self._ws = ws
+        self._opener = opener
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], RemoteObject | None]] = {}
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.proxies: dict[str, RemoteObject] = {}
         self.closed = False
+        self.reconnecting = False
         self.session_id: str = hello["session"]
         self.serves: str = hello["serves"]
         self.mediasoup_version: str = hello.get("mediasoupVersion", "")
-        self.root_state: dict[str, Any] = hello.get("root") or {}
-        self._schemas: dict[str, dict[str, list[str]]] = hello.get("schemas") or {}
+        self.root_state: dict[str, Any] = {}
+        self.grace_period = 0.0
+        self._schemas: dict[str, dict[str, list[str]]] = {}
         self.events = EventEmitter()
         self._done = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
-        refs = hello.get("objects") or []
+        self._reconnector: asyncio.Task[None] | None = None
+        self._held: list[bytes] = []  # fire-and-forget calls made while reconnecting
+        #: Handles of proxies closed here lately, whose close() the server may not have
+        #: run yet (a resume must not bring them back).
+        self._closed_lately: dict[str, None] = {}
+        self._special = self._decode_marker
+        self._attach(ws, hello)
+
+    def _attach(self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any]) -> None:
+        """Serve ``ws``, whose hello answered ``hello``: its states re-sync the proxies."""
+        self._ws = ws
+        self._frames = FrameSender(ws)
+        root = hello.get("root")
+        self.root_state = p.unescape(root, self._special) if isinstance(root, dict) else {}
+        grace = hello.get("gracePeriod")
+        self.grace_period = float(grace) if isinstance(grace, int | float) else 0.0
+        self._schemas = hello.get("schemas") or self._schemas
+        refs = [self._with_state(r) for r in hello.get("objects") or [] if p.is_ref(r)]
+        alive = {r["id"] for r in refs}
+        gone = [h for h, proxy in self.proxies.items() if h not in alive and not proxy.closed]
         for ref in refs:
-            if p.is_ref(ref):
-                state = ref.get("state")
-                decoded = self.decode(state, None) if isinstance(state, dict) else {}
-                self._resolve({**ref, "state": decoded}, None, link=False)
+            known = self.proxies.get(ref["id"])
+            if ref["id"] in self._closed_lately or (known is not None and known._closed_local):
+                continue  # closed here: its close() is on its way
+            self._resolve(ref, link=False)
         for ref in refs:
-            if p.is_ref(ref) and isinstance(ref.get("parent"), str):
+            if isinstance(ref.get("parent"), str):
                 child = self.proxies.get(ref["id"])
                 parent = self.proxies.get(ref["parent"])
                 if child is not None and parent is not None:
                     child._link(parent)
-        loop = asyncio.get_running_loop()
-        self._writer = loop.create_task(self._write())
-        self._reader = loop.create_task(self._read())
+        if gone:  # closed on the server while we were away (parents first: they cascade)
+            error = RemoteConnectionError("closed on the server while disconnected")
+            for proxy in [self.proxies.pop(handle) for handle in gone]:
+                proxy._connection_lost(error)
+        self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+
+    def _closed_here(self, proxy: RemoteObject) -> None:
+        """``proxy`` closed itself (close(), or its parent's): the server sends no more
+        of its events (a worker's exit excepted), so it is dropped."""
+        if isinstance(proxy, RemoteWorker) or self.closed:
+            return
+        self.proxies.pop(proxy.handle, None)
+        self._closed_lately[proxy.handle] = None
+        if len(self._closed_lately) > _MAX_HELD:
+            del self._closed_lately[next(iter(self._closed_lately))]
 
     def schema(self, class_name: str) -> dict[str, list[str]]:
         return self._schemas.get(class_name, _EMPTY_SCHEMA)
 
     # -- values ----------------------------------------------------------------------------
 
-    def encode(self, value: Any) -> Any:
-        if value is None or isinstance(value, bool | int | float | str):
-            return value
+    @staticmethod
+    def _convert(value: Any) -> Any:
+        """``protocol.escape``'s hook: proxies become references; nothing else goes."""
         if isinstance(value, RemoteObject):
             return p.make_ref(value.proxy_kind, value.handle)
-        if isinstance(value, bytes | bytearray | memoryview):
-            return p.encode_bytes(value)
-        if isinstance(value, dict):
-            return {str(k): self.encode(v) for k, v in value.items()}
-        if isinstance(value, list | tuple | set | frozenset):
-            return [self.encode(v) for v in value]
         raise TypeError(f"cannot send a {type(value).__name__} to the remote server")
 
-    def decode(self, value: Any, context: RemoteObject | None) -> Any:
-        if isinstance(value, dict):
-            if p.is_ref(value):
-                return self._resolve(value, context)
-            if p.is_bytes(value):
-                return p.decode_bytes(value)
-            if p.is_error(value):
-                return error_from_wire(0, value["message"], {"type": value["$error"]})
-            return {k: self.decode(v, context) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.decode(v, context) for v in value]
-        return value
+    def _decode_marker(self, marker: dict[str, Any]) -> Any:
+        if "$ref" in marker and p.is_ref(marker):
+            return self._resolve(self._with_state(marker))
+        if "$bytes" in marker and p.is_bytes(marker):
+            return p.decode_bytes(marker)
+        return error_from_wire(0, marker["message"], {"type": marker["$error"]})
 
-    def _hook(self, value: dict[str, Any]) -> Any:
-        """``json.loads`` object hook: references become proxies, bytes and errors values
-        (inner objects come first, so a reference's state is decoded already)."""
-        if "$ref" in value and p.is_ref(value):
-            return self._resolve(value, None)
-        if "$bytes" in value and p.is_bytes(value):
-            return p.decode_bytes(value)
-        if "$error" in value and p.is_error(value):
-            return error_from_wire(0, value["message"], {"type": value["$error"]})
-        return value
+    def _with_state(self, ref: dict[str, Any]) -> dict[str, Any]:
+        """``ref`` with its state read from the wire (as it is when marked plain)."""
+        state = ref.get("state")
+        if not isinstance(state, dict) or ref.get("plain") is True:
+            return ref
+        return {**ref, "state": p.unescape(state, self._special)}
 
-    def _resolve(self, ref: dict[str, Any], context: RemoteObject | None, link: bool = True) -> Any:
+    def _resolve(self, ref: dict[str, Any], link: bool = True) -> Any:
         handle: str = ref["id"]
         proxy = self.proxies.get(handle)
         state = ref.get("state")
@@ -135,8 +186,22 @@ class Connection:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def _send(self, message: dict[str, Any]) -> None:
-        self._queue.put_nowait(p.dumps(message))
+    def _message(
+        self,
+        request_id: int | None,
+        target: RemoteObject | None,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+    ) -> bytes:
+        message = p.make_call(
+            request_id,
+            None if target is None else target.handle,
+            method,
+            list(args),
+            kwargs,
+        )
+        return p.encode_message(message, self._convert)
 
     async def call(
         self,
@@ -148,17 +213,13 @@ class Connection:
         """Call ``method`` on the server's ``target`` (None: the root) and return its result."""
         if self.closed:
             raise RemoteConnectionError("remote connection closed")
+        if self.reconnecting:
+            raise RemoteConnectionError("remote connection lost, reconnecting")
         request_id = next(self._ids)
-        message = p.make_call(
-            request_id,
-            None if target is None else target.handle,
-            method,
-            self.encode(list(args)),
-            self.encode(kwargs),
-        )
+        data = self._message(request_id, target, method, args, kwargs)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, target)
-        self._send(message)
+        self._frames.send(data)
         return await future
 
     def call_nowait(
@@ -168,51 +229,43 @@ class Connection:
         args: tuple[Any, ...] | list[Any],
         kwargs: dict[str, Any],
     ) -> None:
-        """Fire-and-forget call (the server logs a failure)."""
+        """Fire-and-forget call (a failure comes back as 'callerror'). While reconnecting
+        it is held, and sent once the session is resumed."""
         if self.closed:
             return
-        message = p.make_call(
-            None,
-            None if target is None else target.handle,
-            method,
-            self.encode(list(args)),
-            self.encode(kwargs),
-        )
-        self._send(message)
+        data = self._message(None, target, method, args, kwargs)
+        if self.reconnecting:
+            if len(self._held) < _MAX_HELD:
+                self._held.append(data)
+            return
+        self._frames.send(data)
 
     # -- I/O -------------------------------------------------------------------------------
 
-    async def _write(self) -> None:
-        while True:
-            text = await self._queue.get()
-            if text is None:
-                return
-            try:
-                await self._ws.send_str(text)
-            except (ConnectionError, RuntimeError, aiohttp.ClientError):
-                return
-
-    async def _read(self) -> None:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
-            async for msg in self._ws:
+            async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    message = p.parse_server_message(msg.data, self._hook)
+                    messages = p.parse_server_frame(msg.data, self._special)
                 except p.ProtocolError:
                     logger.warning("invalid message from the server dropped")
                     continue
-                try:
-                    if isinstance(message, p.Response):
-                        self._on_response(message)
-                    else:
-                        self._on_notification(message)
-                except Exception:
-                    logger.exception("handling a server message failed")
+                for message in messages:
+                    try:
+                        if isinstance(message, p.Response):
+                            self._on_response(message)
+                        elif isinstance(message, p.Notification):
+                            self._on_notification(message)
+                        else:
+                            logger.warning("invalid message from the server dropped")
+                    except Exception:
+                        logger.exception("handling a server message failed")
         except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
             pass
         finally:
-            self._lost()
+            self._dropped(ws)
 
     def _on_response(self, response: p.Response) -> None:
         if not isinstance(response.id, int):
@@ -235,7 +288,7 @@ class Connection:
         state = result.get("state")
         if isinstance(state, dict):
             if target is None:
-                self.root_state = state
+                self.root_state.update(state)
             elif not target._closed_local:
                 target._apply_state(state)
         future.set_result(result.get("value"))
@@ -248,11 +301,14 @@ class Connection:
             if not isinstance(state, dict):
                 return
             if target is None:
-                self.root_state = state
+                self.root_state.update(state)
             elif isinstance(target, str) and target in self.proxies:
                 known = self.proxies[target]
                 if not known._closed_local:
                     known._apply_state(state)
+            return
+        if message.method == "error":
+            self._on_call_error(params)
             return
         if message.method != "event" or not isinstance(target, str):
             return
@@ -273,16 +329,112 @@ class Connection:
             if not isinstance(proxy, RemoteWorker):
                 self.proxies.pop(target, None)
 
+    def _on_call_error(self, params: dict[str, Any]) -> None:
+        wire = params.get("error")
+        if not isinstance(wire, dict):
+            return
+        error = error_from_wire(
+            int(wire.get("code", 0)), str(wire.get("message", "")), wire.get("data")
+        )
+        target = params.get("target")
+        proxy = self.proxies.get(target) if isinstance(target, str) else None
+        method = str(params.get("method", ""))
+        logger.warning(
+            "%s.%s() failed on the server: %s: %s",
+            "root" if proxy is None else type(proxy).__name__,
+            method,
+            type(error).__name__,
+            error,
+        )
+        self.events.emit("callerror", proxy, method, error)
+
+    # -- losing the connection -------------------------------------------------------------
+
+    def _dropped(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """The reader of ``ws`` ended: reconnect, or close for good."""
+        if self.closed or ws is not self._ws:
+            return
+        code = ws.close_code
+        if (
+            self._closing is not None
+            or self._opener is None
+            or self.grace_period <= 0
+            or code in _FINAL_CLOSE_CODES
+        ):
+            self._lost()
+            return
+        self.reconnecting = True
+        self._fail_pending(RemoteConnectionError("remote connection lost, reconnecting"))
+        logger.warning("connection to the server lost (code %s): reconnecting", code)
+        self.events.emit("disconnect")
+        self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        try:
+            if await self._resume():
+                return
+        except asyncio.CancelledError:
+            raise  # aclose(): it closes
+        except Exception:
+            logger.exception("reconnecting failed")
+        self._lost()
+
+    async def _resume(self) -> bool:
+        """Reconnect and resume the session; False when the server is gone for good."""
+        assert self._opener is not None
+        with contextlib.suppress(Exception):
+            await self._ws.close()
+        # Within the server's grace period (a margin kept for the hello's round trip).
+        deadline = time.monotonic() + self.grace_period * 0.9
+        delay = _FIRST_BACKOFF
+        refused = 0
+        while not self.closed and self._closing is None:
+            try:
+                # No attempt outlives the grace period (a partition: connect() hangs).
+                async with asyncio.timeout(max(deadline - time.monotonic(), _FIRST_BACKOFF)):
+                    ws, hello = await self._opener(self._http, self.session_id)
+            except (RemoteError, p.ProtocolError) as error:  # answered: session gone...
+                logger.warning("cannot resume the session: %s", error)
+                return False
+            except (OSError, aiohttp.ClientError, TimeoutError, RemoteConnectionError) as error:
+                # Refused: nothing listens there any more (a restarted server would not
+                # know the session either), unless it is a moment's hiccup.
+                refused = refused + 1 if _refused(error) else 0
+                if refused >= _MAX_REFUSED:
+                    return False
+            else:
+                if self.closed or self._closing is not None:
+                    await ws.close()
+                    return True
+                self.reconnecting = False
+                self._attach(ws, hello)
+                held, self._held = self._held, []
+                for data in held:
+                    self._frames.send(data)
+                logger.info("reconnected to the server, session resumed")
+                self.events.emit("reconnect")
+                return True
+            if time.monotonic() + delay > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+        return True  # closed meanwhile: nothing more to do
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for future, _ in pending:
+            if not future.done():
+                future.set_exception(error)
+
     def _lost(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.reconnecting = False
+        self._held.clear()
         error = RemoteConnectionError("remote connection closed")
-        for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self._pending.clear()
-        self._queue.put_nowait(None)
+        self._fail_pending(error)
         proxies = list(self.proxies.values())
         for proxy in proxies:
             if proxy._parent is None:
@@ -300,15 +452,18 @@ class Connection:
         """Close the connection. The server closes this session's objects at once, or
         after its grace period when ``keep_session`` (to resume with ``session=``)."""
         if self._closing is None:
-            if not self.closed and not keep_session:
-                self._send(p.request(None, "bye", {}))
+            if not self.closed and not self.reconnecting and not keep_session:
+                self._frames.send(p.dumps(p.request(None, "bye", {})))
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
         await asyncio.shield(self._closing)
 
     async def _shutdown(self) -> None:
-        self._queue.put_nowait(None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer, 2.0)
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector is not asyncio.current_task():
+            reconnector.cancel()
+            with contextlib.suppress(BaseException):
+                await reconnector
+        await self._frames.flush(2.0)
         with contextlib.suppress(Exception):
             await self._ws.close()
         with contextlib.suppress(Exception):
@@ -435,15 +590,19 @@ async def connect(
     timeout: float = 10.0,
     heartbeat: float | None = 20.0,
     max_message_size: int = 1 << 24,
+    reconnect: bool = True,
 ) -> RemoteMediasoup | RemoteMafalda:
     """Connect to a server started by ``serve()`` / ``mafalda serve``.
 
     session: the ``session_id`` of a previous connection, to resume it (its objects come
     back as proxies in ``objects``). ssl: the context for a ``wss://`` server.
+    reconnect: when the connection drops, reconnect and resume the session within the
+    server's grace period (see ``Connection``); False: close at once.
     """
-    http = aiohttp.ClientSession()
-    ws: aiohttp.ClientWebSocketResponse | None = None
-    try:
+
+    async def opener(
+        http: aiohttp.ClientSession, session_id: str | None
+    ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
         ws = await http.ws_connect(
             url,
             ssl=ssl if ssl is not None else True,
@@ -451,31 +610,32 @@ async def connect(
             max_msg_size=max_message_size,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
         )
-        await ws.send_str(
-            p.dumps(
-                p.request(
-                    0,
-                    "hello",
-                    {"version": p.PROTOCOL_VERSION, "token": token, "session": session},
-                )
-            )
-        )
-        msg = await ws.receive(timeout)
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            raise RemoteConnectionError("the server closed the connection during the hello")
-        answer = p.parse_server_message(msg.data)
-        if not isinstance(answer, p.Response):
-            raise RemoteError("unexpected hello answer")
-        if answer.error is not None:
-            raise RemoteError(answer.error["message"], code=answer.error["code"])
-        if not isinstance(answer.result, dict) or not isinstance(answer.result.get("session"), str):
-            raise RemoteError("invalid hello answer")
-    except BaseException:
-        if ws is not None:
+        try:
+            hello = {"version": p.PROTOCOL_VERSION, "token": token, "session": session_id}
+            await ws.send_str(p.dumps(p.request(0, "hello", hello)).decode())
+            msg = await ws.receive(timeout)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise RemoteConnectionError("the server closed the connection during the hello")
+            answer = p.parse_server_message(msg.data)
+            if not isinstance(answer, p.Response):
+                raise RemoteError("unexpected hello answer")
+            if answer.error is not None:
+                raise RemoteError(answer.error["message"], code=answer.error["code"])
+            result = answer.result
+            if not isinstance(result, dict) or not isinstance(result.get("session"), str):
+                raise RemoteError("invalid hello answer")
+        except BaseException:
             await ws.close()
+            raise
+        return ws, result
+
+    http = aiohttp.ClientSession()
+    try:
+        ws, hello = await opener(http, session)
+    except BaseException:
         await http.close()
         raise
-    connection = Connection(http, ws, answer.result)
+    connection = Connection(http, ws, hello, opener if reconnect else None)
     if connection.serves == "mafalda":
         return RemoteMafalda(connection)
     return RemoteMediasoup(connection)

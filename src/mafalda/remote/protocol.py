@@ -1,32 +1,54 @@
-"""The wire protocol of Remote Mediasoup / Remote Mafalda, version ``mafalda-remote/1``.
+"""The wire protocol of Remote Mediasoup / Remote Mafalda, version ``mafalda-remote/2``.
 
-Pure functions, no I/O. Every WebSocket text frame is one JSON-RPC 2.0 message.
+Pure functions, no I/O. Every WebSocket text frame is one JSON-RPC 2.0 message, or a
+batch of them (a JSON array, as JSON-RPC 2.0's): both sides gather the messages of one
+turn of their event loop into one frame. Messages of a batch are handled in order, each
+as if it came alone (a client's batch gets no array answer: each answer comes when its
+call is done, possibly in a batch of its own).
 
 Client to server:
 
-- ``{"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"version": "mafalda-remote/1",
+- ``{"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"version": "mafalda-remote/2",
   "token": "...", "session": null}}``: must come first. The result is ``{"version", "session",
-  "serves": "mediasoup" | "mafalda", "mediasoupVersion", "root": <root state>, "objects":
-  [<ref>...]}``; ``objects`` lists every object the session owns, with its state (empty for a
-  new session, the surviving objects when resuming a session within its grace period).
+  "serves": "mediasoup" | "mafalda", "mediasoupVersion", "gracePeriod", "root": <root
+  state>, "schemas", "objects": [<ref>...]}``; ``objects`` lists every live object the
+  session owns, with its full state (empty for a new session, the surviving objects when
+  resuming a session within its grace period, which is ``gracePeriod`` seconds).
 - ``{"jsonrpc": "2.0", "id": 2, "method": "call", "params": {"target": <handle> | null,
   "method": "create_router", "args": [...], "kwargs": {...}}}``: calls a public method of an
   owned object (``target`` null: the served root, the mediasoup module or the Mafalda
-  instance). The result is ``{"value": <encoded return value>, "state": <target's state>}``.
+  instance). The result is ``{"value": <encoded return value>, "state": <state delta>}``.
   Sent without ``id`` (a JSON-RPC notification) for fire-and-forget calls (``close()``,
-  ``send()``); their failure is logged by the server.
+  ``send()``); their failure comes back as an ``error`` notification.
+- ``{"jsonrpc": "2.0", "method": "bye"}``: close the session's objects now (no grace).
 
 Server to client (notifications, no ``id``):
 
 - ``{"method": "event", "params": {"target": <handle>, "emitter": "events" | "observer",
-  "event": "score", "args": [...], "state": <target's state>}}``.
-- ``{"method": "state", "params": {"target": <handle>, "state": {...}}}``.
+  "event": "score", "args": [...], "state": <state delta>}}``.
+- ``{"method": "state", "params": {"target": <handle> | null, "state": <state delta>}}``.
+- ``{"method": "error", "params": {"target": <handle> | null, "method": "close",
+  "error": {"code", "message", "data"}}}``: a fire-and-forget call failed on the server.
+
+State: a reference carries the object's full state (its properties, ``class``,
+``app_data``) where the object first appears; after that answers and events carry only
+the properties that changed since the last state sent for that object (``state`` is
+left out when nothing changed). A property never changes back to "absent".
 
 Values: JSON values pass through (wire dicts keep their camelCase keys), bytes travel as
-``{"$bytes": "<base64>"}``, tuples as lists, objects as references ``{"$ref": "<kind>",
-"id": "<handle>", "parent": "<handle>" | null, "state": {...}}`` (``state`` and ``parent``
-only where the object first appears or changes), exceptions (event arguments, such as a
-worker's death) as ``{"$error": "<class name>", "message": "..."}``.
+``{"$bytes": "<base64>"}``, tuples and sets as lists, objects as references ``{"$ref":
+"<kind>", "id": "<handle>", "parent": "<handle>", "state": {...}}`` (``state`` and
+``parent`` only where the object first appears or changes; ``"plain": true`` when that
+state holds no marker and no ``$`` key, so that it is read as it is), exceptions (event
+arguments, such as a worker's death) as ``{"$error": "<class name>", "message": "..."}``.
+So that those markers cannot be confused with data, every other dict key that starts
+with ``$`` is sent with one more ``$`` in front (``{"$ref": 1}`` in app_data travels as
+``{"$$ref": 1}``); the receiver removes it. Integers travel within 64 bits (orjson's
+range: a larger one is sent, but read back as a float).
+
+Changes from ``mafalda-remote/1``: batches both ways, state deltas instead of full
+snapshots, the ``error`` notification, ``gracePeriod`` in the hello result, ``class``
+(was ``$class``) in states, and the ``$`` escaping of keys.
 """
 
 from __future__ import annotations
@@ -36,6 +58,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 __all__ = [
     "AUTH_FAILED",
@@ -48,6 +72,7 @@ __all__ = [
     "PARSE_ERROR",
     "PROTOCOL_VERSION",
     "RATE_LIMITED",
+    "SESSION_TAKEN_OVER",
     "REMOTE_ERROR",
     "VERSION_MISMATCH",
     "Call",
@@ -55,9 +80,12 @@ __all__ = [
     "ProtocolError",
     "Request",
     "Response",
+    "call_error_notification",
     "decode_bytes",
     "dumps",
     "encode_bytes",
+    "encode_message",
+    "escape",
     "error_response",
     "event_notification",
     "is_bytes",
@@ -65,15 +93,19 @@ __all__ = [
     "is_ref",
     "make_call",
     "make_ref",
+    "needs_walk",
     "notification",
     "parse_call",
+    "parse_client_frame",
     "parse_client_message",
+    "parse_server_frame",
     "parse_server_message",
     "request",
     "result_response",
+    "unescape",
 ]
 
-PROTOCOL_VERSION = "mafalda-remote/1"
+PROTOCOL_VERSION = "mafalda-remote/2"
 
 # JSON-RPC 2.0 standard codes.
 PARSE_ERROR = -32700
@@ -88,6 +120,9 @@ AUTH_FAILED = -32002
 VERSION_MISMATCH = -32003
 FORBIDDEN = -32004  #: unknown object, or one owned by another connection
 RATE_LIMITED = -32005
+#: The WebSocket close code a connection gets when its session is resumed on another
+#: connection (a client does not reconnect after it).
+SESSION_TAKEN_OVER = 4001
 
 _MAX_DEPTH = 64
 
@@ -141,8 +176,68 @@ class Notification:
 # -- building -------------------------------------------------------------------------------
 
 
-def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+def dumps(message: dict[str, Any]) -> bytes:
+    """A message of plain JSON values as UTF-8 JSON (see ``encode_message`` for others)."""
+    return orjson.dumps(message)
+
+
+def needs_walk(data: bytes | str) -> bool:
+    """Whether encoded JSON may hold a marker or a ``$`` key (a quote followed by ``$``):
+    messages without one are plain JSON both ways, encoded and decoded without a walk
+    through their values in Python."""
+    return (b'"$' in data) if isinstance(data, bytes) else ('"$' in data)
+
+
+def escape(value: Any, convert: Callable[[Any], Any]) -> Any:
+    """``value`` as wire JSON: ``$`` keys escaped, bytes as ``$bytes``, tuples and sets as
+    lists; anything else is ``convert(value)`` (which returns wire JSON, or raises)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = key if isinstance(key, str) else str(key)
+            out["$" + name if name[:1] == "$" else name] = escape(item, convert)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        return [escape(item, convert) for item in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return encode_bytes(value)
+    return convert(value)
+
+
+def unescape(value: Any, special: Callable[[dict[str, Any]], Any]) -> Any:
+    """The inverse of ``escape``: ``special(marker)`` gives the value of each ``$ref`` /
+    ``$bytes`` / ``$error`` marker (references are resolved by the caller)."""
+    if isinstance(value, dict):
+        if ("$ref" in value or "$bytes" in value or "$error" in value) and (
+            is_ref(value) or is_bytes(value) or is_error(value)
+        ):
+            return special(value)
+        return {
+            (key[1:] if key[:2] == "$$" else key): unescape(item, special)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [unescape(item, special) for item in value]
+    return value
+
+
+def encode_message(message: dict[str, Any], convert: Callable[[Any], Any]) -> bytes:
+    """A message as UTF-8 JSON: straight through orjson when it is plain JSON without
+    ``$`` keys (the common case), else through ``escape`` (``convert`` as there)."""
+    try:
+        data = orjson.dumps(message)
+    except TypeError:  # objects, bytes, sets, non-string keys, huge integers
+        pass
+    else:
+        if not needs_walk(data):
+            return data
+    wire = escape(message, convert)
+    try:
+        return orjson.dumps(wire)
+    except TypeError:  # integers past 64 bits: the standard library encodes them
+        return json.dumps(wire, separators=(",", ":")).encode()
 
 
 def request(request_id: int | None, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +272,16 @@ def event_notification(
     return notification("event", params)
 
 
+def call_error_notification(
+    target: str | None, method: str, code: int, message: str, data: Any = None
+) -> dict[str, Any]:
+    """A fire-and-forget call failed (or was refused) on the server."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return notification("error", {"target": target, "method": method, "error": error})
+
+
 def result_response(request_id: int | str | None, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
@@ -191,7 +296,7 @@ def error_response(
 
 
 def make_ref(
-    kind: str, handle: str, parent: str | None = None, state: dict[str, Any] | None = None
+    kind: str, handle: str, parent: str | None = None, state: Any = None
 ) -> dict[str, Any]:
     ref: dict[str, Any] = {"$ref": kind, "id": handle}
     if parent is not None:
@@ -239,12 +344,20 @@ def _loads(text: str | bytes, max_size: int | None) -> Any:
     if max_size is not None and len(text) > max_size:
         raise ProtocolError(INVALID_REQUEST, "message too large")
     try:
-        message = json.loads(text)
-    except (ValueError, RecursionError) as error:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
         raise ProtocolError(PARSE_ERROR, "parse error: not JSON") from error
-    if _depth(message) > _MAX_DEPTH:
+    # No message nests deeper than it has brackets: only a message with many of them
+    # needs the walk that measures its depth.
+    if _brackets(text) > _MAX_DEPTH and _depth(message) > _MAX_DEPTH:
         raise ProtocolError(INVALID_REQUEST, "message nested too deeply")
     return message
+
+
+def _brackets(text: str | bytes) -> int:
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{")
+    return text.count("[") + text.count("{")
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -263,7 +376,33 @@ def _valid_id(value: Any) -> bool:
 
 def parse_client_message(text: str | bytes, max_size: int | None = None) -> Request:
     """Validate one client message. Raises ProtocolError (answer its ``code``)."""
+    return _request_of(_loads(text, max_size))
+
+
+def parse_client_frame(
+    text: str | bytes, max_size: int | None = None
+) -> list[Request | ProtocolError]:
+    """Validate one frame from a client: a message, or a batch of them (a JSON array, as
+    JSON-RPC 2.0's). Raises ProtocolError when the frame is not JSON, too large or too
+    deep, or an empty batch; an invalid message is its ProtocolError in the list."""
     message = _loads(text, max_size)
+    if not isinstance(message, list):
+        try:
+            return [_request_of(message)]
+        except ProtocolError as error:
+            return [error]
+    if not message:
+        raise ProtocolError(INVALID_REQUEST, "invalid request: empty batch")
+    requests: list[Request | ProtocolError] = []
+    for item in message:
+        try:
+            requests.append(_request_of(item))
+        except ProtocolError as error:
+            requests.append(error)
+    return requests
+
+
+def _request_of(message: Any) -> Request:
     if not isinstance(message, dict):
         raise ProtocolError(INVALID_REQUEST, "invalid request: not an object")
     request_id = message.get("id")
@@ -304,16 +443,35 @@ ServerMessage = Response | Notification
 
 
 def parse_server_message(
-    text: str | bytes, object_hook: Callable[[dict[str, Any]], Any] | None = None
+    text: str | bytes, special: Callable[[dict[str, Any]], Any] | None = None
 ) -> ServerMessage:
-    """Validate one server message (client side); ``object_hook`` as ``json.loads``'s
-    (turning references, bytes and errors into values as the message is parsed)."""
-    try:
-        message = json.loads(text, object_hook=object_hook)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(PARSE_ERROR, "parse error: not JSON") from exc
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+    """Validate one server message (client side); ``special`` as ``unescape``'s (turning
+    references, bytes and errors into values; the walk is skipped for plain JSON)."""
+    messages = parse_server_frame(text, special)
+    if len(messages) != 1 or isinstance(messages[0], ProtocolError):
         raise ProtocolError(INVALID_REQUEST, "invalid message")
+    return messages[0]
+
+
+def parse_server_frame(
+    text: str | bytes, special: Callable[[dict[str, Any]], Any] | None = None
+) -> list[ServerMessage | ProtocolError]:
+    """The messages of one frame from the server (one, or a batch: a JSON array); an
+    invalid one is a ProtocolError in the list. Raises ProtocolError if not JSON."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, "parse error: not JSON") from exc
+    if special is not None and needs_walk(text):
+        message = unescape(message, special)
+    if isinstance(message, list) and message:
+        return [_server_message(item) for item in message]
+    return [_server_message(message)]
+
+
+def _server_message(message: Any) -> ServerMessage | ProtocolError:
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return ProtocolError(INVALID_REQUEST, "invalid message")
     if "id" in message and "method" not in message:
         error = message.get("error")
         if error is not None and not (
@@ -321,12 +479,12 @@ def parse_server_message(
             and isinstance(error.get("code"), int)
             and isinstance(error.get("message"), str)
         ):
-            raise ProtocolError(INVALID_REQUEST, "invalid error object")
+            return ProtocolError(INVALID_REQUEST, "invalid error object")
         return Response(message["id"], message.get("result"), error)
     method = message.get("method")
     params = message.get("params")
     if not isinstance(method, str) or not isinstance(params, dict):
-        raise ProtocolError(INVALID_REQUEST, "invalid notification")
+        return ProtocolError(INVALID_REQUEST, "invalid notification")
     return Notification(method, params)
 
 

@@ -108,7 +108,7 @@ class RemoteObject:
             self._connection.call_nowait(self, "set_app_data", (value,), {})
 
     def _closed_message(self) -> str:
-        return f"{self._state.get('$class', type(self).__name__)} closed"
+        return f"{self._state.get('class', type(self).__name__)} closed"
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -118,7 +118,7 @@ class RemoteObject:
             value = state[name]
             # As the local properties: a copy, never the snapshot itself.
             return copy.deepcopy(value) if isinstance(value, dict | list) else value
-        schema = self._connection.schema(state.get("$class", ""))
+        schema = self._connection.schema(state.get("class", ""))
         if name in schema["async"]:
             return functools.partial(self._call, name)
         if name in schema["sync"]:
@@ -168,6 +168,7 @@ class RemoteObject:
         self._children.clear()
         if self._parent is not None:
             self._parent._children.pop(self._handle, None)
+        self._connection._closed_here(self)
         if event is not None:
             self.events.emit(event, *args)
         self.observer.emit("close")
@@ -282,7 +283,7 @@ class RemoteTransport(RemoteObject):
 
     def _close_locally(self, event: str | None, *args: Any) -> None:
         # As the local transports do when closing.
-        if self._state.get("$class") == "WebRtcTransport":
+        if self._state.get("class") == "WebRtcTransport":
             self._state.update(ice_state="closed", ice_selected_tuple=None, dtls_state="closed")
         if self._state.get("sctp_state"):
             self._state["sctp_state"] = "closed"

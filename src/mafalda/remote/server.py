@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import inspect
-import json
+import itertools
 import logging
 import ssl as ssl_module
 import time
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from mafalda.mediasoup.consumer import Consumer
@@ -41,6 +42,7 @@ from mafalda.mediasoup.webrtc_server import WebRtcServer
 from mafalda.mediasoup.worker import Worker, create_worker
 from mafalda.mediasoup.worker_binary import WORKER_VERSION
 from mafalda.remote import protocol as p
+from mafalda.remote._frames import FrameSender
 from mafalda.vertical.mafalda import Mafalda
 from mafalda.vertical.router import MafaldaRouter
 
@@ -171,8 +173,35 @@ class _MediasoupRoot:
         return {"version": WORKER_VERSION}
 
 
+#: Closed objects a session remembers (their handles), the oldest forgotten first.
+_MAX_GONE = 100_000
+
+
+class _Closed:
+    """Stands for a closed object the session forgot: close() does nothing, and any other
+    call fails as the object's own would."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        def closed(*args: Any, **kwargs: Any) -> Any:
+            raise InvalidStateError(self._message)
+
+        return closed
+
+
+#: Events a client still takes from an object it closed (a worker's exit).
+_LATE_EVENTS = frozenset({"subprocessclose", "died"})
+
 #: Calls that change nothing: their answer carries no state refresh.
 _READ_ONLY = ("dump", "get_", "can_", "stats")
+#: Calls whose news is the object they return (its state goes with its reference), not a
+#: change of their target's own state (a router's, a transport's).
+_CREATING = ("create_", "consume", "produce", "pipe_to_router")
 
 _ROOT_METHODS: dict[str, frozenset[str]] = {
     "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
@@ -181,12 +210,12 @@ _ROOT_METHODS: dict[str, frozenset[str]] = {
 
 
 class _Connection:
-    """One WebSocket: an ordered send queue drained by a writer task, a rate limiter."""
+    """One WebSocket: frames written in order (at once when the socket takes them), a
+    rate limiter."""
 
     def __init__(self, ws: web.WebSocketResponse, rate: float, burst: float) -> None:
         self.ws = ws
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.writer = asyncio.get_running_loop().create_task(self._write())
+        self.frames = FrameSender(ws)
         self._rate = rate
         self._burst = burst
         self._tokens = burst
@@ -201,30 +230,18 @@ class _Connection:
         self._tokens -= 1.0
         return True
 
-    def send(self, message: dict[str, Any], default: Callable[[Any], Any] | None = None) -> None:
+    def send(self, message: dict[str, Any], convert: Callable[[Any], Any] = repr) -> None:
         try:
-            text = json.dumps(message, separators=(",", ":"), default=default)
-        except (TypeError, ValueError):
+            data = p.encode_message(message, convert)
+        except (TypeError, ValueError, RecursionError):
             logger.exception("unencodable message dropped")
             return
-        self.queue.put_nowait(text)
+        self.frames.send(data)
 
-    async def _write(self) -> None:
-        while True:
-            text = await self.queue.get()
-            if text is None:
-                return
-            try:
-                await self.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
-
-    async def close(self) -> None:
-        self.queue.put_nowait(None)
+    async def close(self, code: int = 1000) -> None:
+        await self.frames.flush(2.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer, 2.0)
-        with contextlib.suppress(Exception):
-            await self.ws.close()
+            await self.ws.close(code=code)
 
 
 class _ForwardingEmitter(EventEmitter):
@@ -248,7 +265,10 @@ class _ForwardingEmitter(EventEmitter):
                 session.forward(self._handle, self._name, event, args)
             except Exception:  # never break the library's own emit
                 logger.exception("forwarding %s %r failed", self._name, event)
-        return super().emit(event, *args)
+        emitted = super().emit(event, *args)
+        if event == "close" and self._name == "observer":
+            session.forget(self._handle)
+        return emitted
 
     safe_emit = emit
 
@@ -267,6 +287,14 @@ class Session:
         self.expiry: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
+        #: The JSON of the last state sent per handle (None: the root), for deltas.
+        self.sent: dict[str | None, bytes] = {}
+        self._prefix = self.id[:12] + "-"
+        #: The handle whose close() the client asked for, while that call runs.
+        self.closing: str | None = None
+        #: Closed objects forgotten: handle -> the error message calls on them get.
+        self.gone: dict[str, str] = {}
+        self._counter = itertools.count(1)
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -277,7 +305,8 @@ class Session:
             if self.parents.get(handle) is None and parent is not None:
                 self.parents[handle] = parent
             return handle, False
-        handle = str(uuid.uuid4())
+        # Unique across sessions (the session id's prefix), without a uuid4 per object.
+        handle = f"{self._prefix}{next(self._counter):x}"
         self.objects[handle] = obj
         self.handles[id(obj)] = handle
         self.kinds[handle] = kind
@@ -290,7 +319,7 @@ class Session:
 
     def state(self, obj: Any) -> dict[str, Any]:
         cls = type(obj)
-        state: dict[str, Any] = {"$class": cls.__name__}
+        state: dict[str, Any] = {"class": cls.__name__}
         for name in _state_props_of(cls):
             try:
                 value = getattr(obj, name)
@@ -303,57 +332,115 @@ class Session:
         state["app_data"] = getattr(obj, "app_data", {})
         return state
 
+    def delta(self, key: str | None, state: dict[str, Any]) -> dict[str, Any] | None:
+        """What of ``state`` the client has not seen (None: nothing)."""
+        return self._delta(key, state)[0]
+
+    def _delta(
+        self, key: str | None, state: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, bytes | None]:
+        """``delta()``, and the JSON of it when that is the whole state, plain JSON (no
+        object, no ``$`` key: as it goes on the wire). The last state sent is kept as its
+        JSON: that copy cannot change under us, whereas properties return the objects'
+        own (mutable) dicts and lists."""
+        plain = True
+        try:
+            data = orjson.dumps(state)
+        except TypeError:
+            plain = False
+            try:
+                data = orjson.dumps(state, default=repr)
+            except TypeError:  # huge integers: no comparison, everything is news
+                self.sent.pop(key, None)
+                return state, None
+        last = self.sent.get(key)
+        self.sent[key] = data
+        if last is None:
+            return state, (data if plain and not p.needs_walk(data) else None)
+        if last == data:
+            return None, None
+        old = orjson.loads(last)
+        return {k: v for k, v in state.items() if k not in old or old[k] != v}, None
+
     def ref(self, obj: Any, kind: str, context: str | None) -> dict[str, Any]:
+        """A reference to ``obj`` (registered, with ``context`` as its parent when it may
+        be), carrying the state the client has not seen, escaped for the wire."""
         parent = None
         if context is not None and self.kinds.get(context) in PARENT_KINDS.get(kind, ()):
             parent = context
         handle, _ = self.register(obj, kind, parent)
-        return p.make_ref(kind, handle, self.parents.get(handle), self.state(obj))
+        state, data = self._delta(handle, self.state(obj))
+        if data is not None:  # plain JSON already: sent as it is, read as it is
+            ref = p.make_ref(kind, handle, self.parents.get(handle), orjson.Fragment(data))
+            ref["plain"] = True
+            return ref
+        return p.make_ref(
+            kind,
+            handle,
+            self.parents.get(handle),
+            None if state is None else p.escape(state, self.converter(handle)),
+        )
+
+    def forget(self, handle: str) -> None:
+        """Drop a closed object (its observer emitted 'close'): a long session must not
+        keep every object it ever created. Calls on it then fail as on a closed object
+        (its close() does nothing), from a small record of it."""
+        obj = self.objects.pop(handle, None)
+        if obj is None:
+            return
+        self.handles.pop(id(obj), None)
+        kind = self.kinds.pop(handle, None)
+        self.sent.pop(handle, None)
+        self.gone[handle] = "Router closed" if kind == "router" else f"{type(obj).__name__} closed"
+        if len(self.gone) > _MAX_GONE:
+            del self.gone[next(iter(self.gone))]
+
+    def muted(self, handle: str) -> bool:
+        """Whether ``handle`` is the object whose close() the client asked for, or under
+        it: the client closed those already, with their events, and drops the server's."""
+        closing = self.closing
+        while closing is not None and handle is not None:
+            if handle == closing:
+                return True
+            parent = self.parents.get(handle)
+            if parent is None:
+                return False
+            handle = parent
+        return False
 
     # -- values --------------------------------------------------------------------------------
 
-    def default(self, context: str | None) -> Callable[[Any], Any]:
-        """The ``json.dumps`` hook for what JSON lacks: bytes, sets, exceptions, and served
-        objects, which become references (registered here with ``context`` as their parent
-        when it may be; a full reference, with state, the first time)."""
+    def converter(self, context: str | None) -> Callable[[Any], Any]:
+        """``protocol.escape``'s hook for what JSON lacks: exceptions, and served objects,
+        which become references (registered here with ``context`` as their parent when it
+        may be); anything else becomes its repr()."""
 
-        def default(value: Any) -> Any:
-            if isinstance(value, bytes | bytearray | memoryview):
-                return p.encode_bytes(value)
-            if isinstance(value, set | frozenset):
-                return list(value)
+        def convert(value: Any) -> Any:
             if isinstance(value, BaseException):
                 return {"$error": type(value).__name__, "message": str(value)}
             kind = kind_of(value)
             if kind is not None:
-                handle = self.handles.get(id(value))
-                if handle is None:
-                    return self.ref(value, kind, context)
-                return p.make_ref(kind, handle)
+                return self.ref(value, kind, context)
             return repr(value)
 
-        return default
+        return convert
 
-    def encode(self, value: Any, context: str | None) -> Any:
-        """``value`` made JSON-able (objects registered and turned into references)."""
-        kind = kind_of(value)
-        if kind is not None:
-            return self.ref(value, kind, context)
-        return json.loads(json.dumps(value, default=self.default(context)))
-
-    def decode(self, value: Any, request_id: Any, depth: int = 0) -> Any:
-        if isinstance(value, dict):
-            if p.is_ref(value):
-                obj = self.objects.get(value["id"])
+    def _special(self, request_id: Any) -> Callable[[dict[str, Any]], Any]:
+        def special(marker: dict[str, Any]) -> Any:
+            if "$ref" in marker and p.is_ref(marker):
+                obj = self.objects.get(marker["id"])
                 if obj is None:
                     raise p.ProtocolError(p.FORBIDDEN, "unknown object", request_id)
                 return obj
-            if p.is_bytes(value):
-                return p.decode_bytes(value)
-            return {k: self.decode(v, request_id, depth + 1) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.decode(v, request_id, depth + 1) for v in value]
-        return value
+            if "$bytes" in marker and p.is_bytes(marker):
+                return p.decode_bytes(marker)
+            return marker  # clients send no errors: data as it came
+
+        return special
+
+    def decode(self, value: Any, request_id: Any) -> Any:
+        """Call arguments from the wire: references to owned objects, bytes, ``$`` keys."""
+        return p.unescape(value, self._special(request_id))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -362,23 +449,31 @@ class Session:
         if connection is None:
             # Still register objects created meanwhile: they belong to the session.
             if args:
-                json.dumps(args, default=self.default(handle))
+                p.escape(args, self.converter(handle))
             return
-        obj = self.objects[handle]
+        if self.closing is not None and event not in _LATE_EVENTS and self.muted(handle):
+            return
+        obj = self.objects.get(handle)  # None: closed and forgotten (a worker's exit)
         connection.send(
-            p.event_notification(handle, emitter, event, list(args), self.state(obj)),
-            self.default(handle),
+            p.event_notification(
+                handle,
+                emitter,
+                event,
+                list(args),
+                None if obj is None else self.delta(handle, self.state(obj)),
+            ),
+            self.converter(handle),
         )
 
     def send(self, message: dict[str, Any], context: str | None = None) -> None:
         if self.connection is not None:
-            self.connection.send(message, self.default(context))
+            self.connection.send(message, self.converter(context))
 
-    def all_refs(self) -> list[dict[str, Any]]:
-        return [
-            p.make_ref(self.kinds[h], h, self.parents.get(h), self.state(obj))
-            for h, obj in list(self.objects.items())
-        ]
+    def all_objects(self) -> list[Any]:
+        """Every live object, to send with its full state (a new connection knows nothing):
+        the converter makes each a reference with its parent."""
+        self.sent.clear()
+        return [o for o in self.objects.values() if not getattr(o, "closed", False)]
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -592,8 +687,11 @@ class RemoteServer:
                 session.expiry.cancel()
                 session.expiry = None
             if session.connection is not None:
-                await session.connection.close()
+                await session.connection.close(p.SESSION_TAKEN_OVER)
         session.connection = connection
+        objects = session.all_objects()
+        root = self._root_state(session)
+        session.delta(None, root)
         connection.send(
             p.result_response(
                 req.id,
@@ -602,12 +700,13 @@ class RemoteServer:
                     "session": session.id,
                     "serves": self.serves,
                     "mediasoupVersion": WORKER_VERSION,
-                    "root": self._root_state(session),
+                    "gracePeriod": self.grace_period,
+                    "root": root,
                     "schemas": self._schemas(),
-                    "objects": session.all_refs(),
+                    "objects": objects,
                 },
             ),
-            session.default(None),
+            session.converter(None),
         )
         return session
 
@@ -644,17 +743,31 @@ class RemoteServer:
                 return
             if text is None:
                 return
-            if not connection.allow():
-                connection.send(p.error_response(_peek_id(text), p.RATE_LIMITED, "rate limited"))
-                continue
             try:
-                req = p.parse_client_message(text, self.max_message_size)
-                self._dispatch(connection, session, req)
+                requests = p.parse_client_frame(text, self.max_message_size)
             except p.ProtocolError as error:
-                if error.request_id is not None or not _is_notification(text):
+                if connection.allow():
                     connection.send(p.error_response(error.request_id, error.code, error.message))
+                continue
+            walk = p.needs_walk(text)
+            for req in requests:
+                if isinstance(req, p.ProtocolError):
+                    if connection.allow():
+                        connection.send(p.error_response(req.request_id, req.code, req.message))
+                    continue
+                try:
+                    if not connection.allow():
+                        raise p.ProtocolError(p.RATE_LIMITED, "rate limited", req.id)
+                    self._dispatch(connection, session, req, walk)
+                except p.ProtocolError as error:
+                    if req.id is not None:
+                        connection.send(p.error_response(req.id, error.code, error.message))
+                    elif req.method == "call":  # fire-and-forget: its client hears of it too
+                        connection.send(_call_error(req, error.code, error.message))
 
-    def _dispatch(self, connection: _Connection, session: Session, req: p.Request) -> None:
+    def _dispatch(
+        self, connection: _Connection, session: Session, req: p.Request, walk: bool = True
+    ) -> None:
         if req.method == "ping":
             if req.id is not None:
                 connection.send(p.result_response(req.id, "pong"))
@@ -675,16 +788,20 @@ class RemoteServer:
         else:
             found = session.objects.get(call.target)
             if found is None:
-                raise p.ProtocolError(p.FORBIDDEN, "unknown object", req.id)
+                closed = session.gone.get(call.target)
+                if closed is None:
+                    raise p.ProtocolError(p.FORBIDDEN, "unknown object", req.id)
+                found = _Closed(closed)
             obj = found
-            if call.method != "set_app_data":
+            if call.method != "set_app_data" and not isinstance(obj, _Closed):
                 schema = schema_of(type(obj))
                 if call.method not in schema["async"] and call.method not in schema["sync"]:
                     raise p.ProtocolError(
                         p.METHOD_NOT_FOUND, f"method not found: {call.method}", req.id
                     )
-        args = session.decode(call.args, req.id)
-        kwargs = session.decode(call.kwargs, req.id)
+        # Plain JSON (no marker, no "$" key anywhere in the text) is used as it came.
+        args = session.decode(call.args, req.id) if walk else call.args
+        kwargs = session.decode(call.kwargs, req.id) if walk else call.kwargs
         if call.method == "set_app_data":
             if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
                 raise p.ProtocolError(p.INVALID_PARAMS, "app_data must be a dict", req.id)
@@ -708,12 +825,22 @@ class RemoteServer:
         args: list[Any],
         kwargs: dict[str, Any],
     ) -> None:
+        # A fire-and-forget close(): the client closed its proxies (and their children)
+        # with their events already; the server's would only be dropped there.
+        quiet = request_id is None and call.method == "close" and call.target is not None
+        if quiet:
+            session.closing = call.target
         try:
             if self.draining and call.method.startswith("create_"):
                 raise InvalidStateError(f"media server draining: {call.method}() refused")
             result = getattr(obj, call.method)(*args, **kwargs)
         except Exception as error:
             self._fail(session, request_id, call, error)
+            return
+        finally:
+            if quiet:
+                session.closing = None
+        if quiet and not inspect.isawaitable(result):
             return
         if inspect.isawaitable(result):
             await self._finish(session, request_id, call, obj, result)
@@ -739,11 +866,14 @@ class RemoteServer:
         result: Any,
         method: str = "",
     ) -> None:
-        kind = kind_of(result)
-        value = result if kind is None else session.ref(result, kind, target)
-        answer: dict[str, Any] = {"value": value}
-        if not method.startswith(_READ_ONLY):  # a mutating call: refresh the state
-            answer["state"] = self._root_state(session) if target is None else session.state(obj)
+        answer: dict[str, Any] = {"value": result}  # an object: a reference (converter)
+        if not method.startswith(_READ_ONLY) and not (
+            target is not None and method.startswith(_CREATING)
+        ):  # a call that may change its target: what changed
+            state = self._root_state(session) if target is None else session.state(obj)
+            delta = session.delta(target, state)
+            if delta is not None:
+                answer["state"] = delta
         if request_id is None:
             if "state" in answer:
                 session.send(p.notification("state", {"target": target, **answer}), target)
@@ -751,34 +881,31 @@ class RemoteServer:
             session.send(p.result_response(request_id, answer), target)
 
     def _fail(self, session: Session, request_id: Any, call: p.Call, error: Exception) -> None:
+        wire = {
+            "type": type(error).__name__,
+            "bases": [c.__name__ for c in type(error).__mro__[1:-2]],
+        }
         if request_id is None:
+            # Nobody awaits a fire-and-forget call: its client hears of the failure.
             logger.warning("%s() failed: %s", call.method, error)
-            return
-        session.send(
-            p.error_response(
-                request_id,
-                p.REMOTE_ERROR,
-                str(error),
-                {
-                    "type": type(error).__name__,
-                    "bases": [c.__name__ for c in type(error).__mro__[1:-2]],
-                },
+            session.send(
+                p.call_error_notification(
+                    call.target, call.method, p.REMOTE_ERROR, str(error), wire
+                )
             )
-        )
+            return
+        session.send(p.error_response(request_id, p.REMOTE_ERROR, str(error), wire))
 
 
-def _peek_id(text: str) -> Any:
-    try:
-        return p.parse_client_message(text).id
-    except p.ProtocolError as error:
-        return error.request_id
-
-
-def _is_notification(text: str) -> bool:
-    try:
-        return p.parse_client_message(text).id is None
-    except p.ProtocolError:
-        return False
+def _call_error(req: p.Request, code: int, message: str) -> dict[str, Any]:
+    """The ``error`` notification for a fire-and-forget call refused before it ran."""
+    target, method = req.params.get("target"), req.params.get("method")
+    return p.call_error_notification(
+        target if isinstance(target, str) else None,
+        method if isinstance(method, str) else "",
+        code,
+        message,
+    )
 
 
 async def serve(
@@ -790,8 +917,8 @@ async def serve(
     target: Any = None,
     grace_period: float = 10.0,
     max_message_size: int = 1 << 20,
-    rate_limit: float = 2000.0,
-    rate_burst: float = 4000.0,
+    rate_limit: float = 20000.0,
+    rate_burst: float = 40000.0,
     hello_timeout: float = 10.0,
     heartbeat: float | None = 20.0,
 ) -> RemoteServer:

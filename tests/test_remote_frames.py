@@ -1,0 +1,88 @@
+"""mafalda.remote._frames.FrameSender on a real aiohttp WebSocket: frames in order, written
+at once while the socket takes them, queued (then drained in order) while it pushes back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from mafalda.remote._frames import FrameSender
+
+FRAME = 256 * 1024
+COUNT = 64  # 16 MiB: more than the loopback socket buffers hold
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[FrameSender, aiohttp.ClientWebSocketResponse]]:
+    ready: asyncio.Future[FrameSender] = asyncio.get_running_loop().create_future()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        ready.set_result(FrameSender(ws))
+        async for _msg in ws:  # until the client closes
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=2 * FRAME)
+        sender = await ready
+        yield sender, ws
+        await ws.close()
+    await runner.cleanup()
+
+
+async def test_frames_arrive_in_order_through_back_pressure(
+    pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
+) -> None:
+    sender, ws = pair
+    for i in range(COUNT):
+        sender.send(b'"%05d' % i + b"x" * (FRAME - 7) + b'"')
+    # The reader has not read a byte: the socket pushed back and frames wait their turn.
+    assert sender._backlog
+    received = []
+    for _ in range(COUNT):
+        msg = await ws.receive(10)
+        assert msg.type == aiohttp.WSMsgType.TEXT
+        received.append(int(msg.data[1:6]))
+    assert received == list(range(COUNT))
+    await sender.flush(5)
+    assert not sender._backlog and not sender.broken
+    sender.send(b'"after"')  # written at once again
+    assert not sender._backlog
+    assert (await ws.receive(5)).data == '"after"'
+
+
+async def test_a_closed_socket_breaks_the_sender(
+    pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
+) -> None:
+    sender, ws = pair
+    await ws.close()
+    await asyncio.sleep(0.05)
+    for _ in range(3):
+        sender.send(b"1")
+    await sender.flush(5)
+    assert sender.broken
+    sender.send(b"2")  # dropped, no error
+
+
+async def test_messages_of_one_turn_share_a_frame(
+    pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
+) -> None:
+    sender, ws = pair
+    for data in (b'{"a":1}', b'{"b":2}', b"3"):
+        sender.send(data)
+    assert (await ws.receive(5)).data == '[{"a":1},{"b":2},3]'
+    sender.send(b'"alone"')
+    assert (await ws.receive(5)).data == '"alone"'

@@ -163,12 +163,7 @@ REMOTE_SKIPS: dict[str, str] = {
 
 #: Tests of the shared modules that cannot run against a cluster router, beyond
 #: REMOTE_SKIPS (its objects are mafalda.remote proxies too), and why.
-CLUSTER_SKIPS: dict[str, str] = {
-    "test_data_consumer::test_emits_dataproducerclose_if_data_producer_is_closed": (
-        "asserts observer 'close' right after 'dataproducerclose': through a pipe between "
-        "servers the two events may reach the client in separate WebSocket frames (flaky)"
-    ),
-}
+CLUSTER_SKIPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")

@@ -123,7 +123,7 @@ def test_registry_encoding() -> None:
         "load": 0.5,
         "consumers": 7,
         "draining": False,
-        "version": "mafalda-remote/1",
+        "version": "mafalda-remote/2",
         "serves": "mediasoup",
     }
     assert registry.decode_record(registry.encode_record(record)) == record

@@ -14,6 +14,7 @@ after that task has resumed and, for instance, registered the object they target
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from mafalda.mediasoup._fbs.Message.Message import MessageT
 from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
 from mafalda.mediasoup._fbs.Notification.Body import Body as NotificationBody
 from mafalda.mediasoup._fbs.Notification.Event import Event
-from mafalda.mediasoup._fbs.Request import Request as FbsRequestMod
 from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup.emitter import EventEmitter
@@ -97,27 +97,76 @@ def _pack(body: Any, builder: flatbuffers.Builder) -> int:
     return offset
 
 
+# The request envelope (Message -> Request -> handler id string) is written forward by
+# hand: it is the same for every request but for the id, the method, the union tag and
+# the handler id, and the builder spends as long on it as on a small body. The layout,
+# from the start of the frame (the size prefix, which the stock builder also aligns to):
+#
+#   0  u32 size            4  u32 root -> 16
+#   8  Message vtable      (8, 12, dataType at +8, data at +4)
+#  16  Message table       soffset 8, data -> 44, dataType Request
+#  28  Request vtable      (14, 20, id +4, method +16, handlerId +8, bodyType +17, body +12)
+#  44  Request table       soffset 16, id, handlerId -> 64, body -> ..., method, bodyType
+#  64  handler id string   (u32 length, bytes, NUL, padding to 4)
+#      zeros up to a multiple of 8 from the end, then the body as the builder made it
+#
+# The body's bytes keep their offsets from the end of the frame, so their alignment holds.
+_REQUEST_HEAD = struct.Struct("<I44sIIIBB2x")
+_REQUEST_CONST = struct.pack(
+    "<I4HiIB3x7H2xi", 12, 8, 12, 8, 4, 8, 24, MessageBody.Request, 14, 20, 4, 16, 8, 17, 12, 16
+)
+_REQUEST_CONST_NO_BODY = _REQUEST_CONST[:34] + bytes(4) + _REQUEST_CONST[38:]
+_PADS = [bytes(n) for n in range(8)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _string_bytes(value: str) -> bytes:
+    """A FlatBuffers string (length, UTF-8 bytes, NUL) padded to a multiple of 4."""
+    data = value.encode()
+    return _LEN.pack(len(data)) + data + _PADS[4 - (len(data) & 3)]
+
+
 def encode_request(
     builder: flatbuffers.Builder, request_id: int, method: int, handler_id: str, body: Any = None
 ) -> bytes:
-    """Encode one request message, length prefix included. ``body`` is an object-API table."""
-    body_type = 0
-    body_offset = 0
-    if body is not None:
+    """Encode one request message, length prefix included. ``body`` is an object-API table.
+
+    ``builder`` is used for the body only; the caller clears it afterwards."""
+    handler = _string_bytes(handler_id)
+    if body is None:
+        body_type = body_at = 0
+        pad = (-len(handler)) & 7
+        tail: Any = b""
+    else:
         cls = type(body)
         body_type = _request_tags.get(cls) or _request_tags.setdefault(
             cls, _union_type(RequestBody, body)
         )
-        body_offset = _pack(body, builder)
-    handler = builder.CreateString(handler_id)
-    FbsRequestMod.Start(builder)
-    FbsRequestMod.AddId(builder, request_id)
-    FbsRequestMod.AddMethod(builder, method)
-    FbsRequestMod.AddHandlerId(builder, handler)
-    if body_type:
-        FbsRequestMod.AddBodyType(builder, body_type)
-        FbsRequestMod.AddBody(builder, body_offset)
-    return _finish(builder, MessageBody.Request, FbsRequestMod.End(builder))
+        offset = _pack(body, builder)
+        head = builder.Head()
+        tail = memoryview(builder.Bytes)[head:]
+        size = len(tail)
+        pad = (-(len(handler) + size)) & 7
+        # From its field at 56 to the body table: what follows the envelope, minus the
+        # body's offset (which counts from the end).
+        body_at = 8 + len(handler) + pad + size - offset
+    total = 64 + len(handler) + pad + len(tail)
+    return b"".join(
+        (
+            _REQUEST_HEAD.pack(
+                total - 4,
+                _REQUEST_CONST if body_type else _REQUEST_CONST_NO_BODY,
+                request_id,
+                12,
+                body_at,
+                method,
+                body_type,
+            ),
+            handler,
+            _PADS[pad],
+            tail,
+        )
+    )
 
 
 def encode_notification(
@@ -252,7 +301,6 @@ class Channel:
         self.pid = pid
         self.closed = False
         self._builder = FastBuilder(1024)
-        self._templates: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         self._decoder = FrameDecoder()
         self._next_id = 0
         self._sents: dict[int, tuple[asyncio.Future[Any], str]] = {}
@@ -297,7 +345,7 @@ class Channel:
         self._next_id = self._next_id + 1 if self._next_id < 4294967295 else 1
         request_id = self._next_id
         if body is None:
-            data = self._bodyless_request(request_id, method, handler_id)
+            data = encode_request(self._builder, request_id, method, handler_id)
         else:
             builder = self._builder
             try:
@@ -312,27 +360,6 @@ class Channel:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._sents[request_id] = (future, name)
         return future
-
-    def _bodyless_request(self, request_id: int, method: int, handler_id: str) -> bytes:
-        """``encode_request(..., request_id, method, handler_id)`` from a cached template
-        of the same request (dumps, stats, closes...): only the id differs."""
-        key = (method, handler_id)
-        template = self._templates.get(key)
-        if template is None:
-            builder = self._builder
-            try:
-                one = encode_request(builder, 0x01020304, method, handler_id)
-                builder.Clear()
-                two = encode_request(builder, 0x04030201, method, handler_id)
-            finally:
-                builder.Clear()
-            at = next(i for i in range(len(one)) if one[i] != two[i])
-            assert len(one) == len(two) and one[at + 4 :] == two[at + 4 :]
-            if len(self._templates) >= 1024:  # handler ids come and go
-                self._templates.clear()
-            template = self._templates[key] = (one[:at], one[at + 4 :])
-        head, tail = template
-        return head + _LEN.pack(request_id) + tail
 
     def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
         """Send a request whose answer nobody awaits (closing things, as Node's

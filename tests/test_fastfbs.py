@@ -209,6 +209,18 @@ def test_create_string_accepts_bytes_and_end_vector_checks_its_count() -> None:
     assert fast.Bytes[fast.head :] == stock.Bytes[stock.head :]
 
 
+def test_a_buffer_of_partial_words_decodes_too() -> None:
+    # The views need whole words: a buffer with trailing bytes is decoded from a padded
+    # copy (a worker's payload never has them; a caller's slice may).
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    obj = PortRangeT(min=5, max=9)
+    data = _pack(flatbuffers.Builder(0), obj)
+    pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
+    for extra in (b"x", b"xy", b"xyz"):
+        assert_same(decoder(PortRangeT)(data + extra, pos), obj)
+
+
 def test_unknown_union_type_decodes_to_none() -> None:
     from mafalda.mediasoup._fbs.Response import Body
 

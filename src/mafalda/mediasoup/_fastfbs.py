@@ -623,22 +623,6 @@ _decoders: dict[type, Decoder] = {}
 _names: dict[type, str] = {}
 
 
-class _VtableReaders(dict[int, Callable[[Any, int], tuple[int, ...]]]):
-    """``{vtable size in bytes: unpack_from of all its uint16 entries}``."""
-
-    def __missing__(self, size: int) -> Callable[[Any, int], tuple[int, ...]]:
-        reader: Callable[[Any, int], tuple[int, ...]] = struct.Struct(f"<{size >> 1}H").unpack_from
-        self[size] = reader
-        return reader
-
-
-# A table's vtable is read whole, as (vtable size, object size, field offsets...), and
-# padded with zeros when it is shorter than the fields the decoder knows (a writer
-# trims trailing absent fields).
-_ns["_vts"] = _VtableReaders()
-_ns["_zeros"] = [(0,) * n for n in range(256)]
-
-
 def _numpy_dtype(flags: str) -> Any:
     return np.dtype(getattr(_N, flags).name).newbyteorder("<")
 
@@ -674,23 +658,16 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
     """
     deps: list[type] = []
     unions: dict[str, dict[int, type]] = {}
-    need = max([f.acc.slot // 2 + 1 for f in spec.fields] + [2])
-    if need >= 256:
-        raise UnsupportedShapeError(f"{spec.cls.__name__}: {need} vtable entries")
-    lines = [
-        f"def {fn_name}(b, w, s, h, p):",
-        "    v = p - s[p >> 2]",
-        "    v = _vts[h[v >> 1]](b, v)",
-        f"    if len(v) < {need}:",
-        f"        v += _zeros[{need} - len(v)]",
-    ]
+    # The vtable, entry by entry: a writer trims trailing absent fields, so an entry
+    # past its end (vn: its size in bytes) is 0.
+    lines = [f"def {fn_name}(b, w, s, h, p):", "    v = (p - s[p >> 2]) >> 1", "    vn = h[v]"]
     values: dict[str, str] = {}
     for i, f in enumerate(spec.fields):
         var = f"f{i}"
         values[f.name] = var
         idx = f.acc.slot // 2
         o = f"o{i}"
-        lines.append(f"    {o} = v[{idx}]")
+        lines.append(f"    {o} = h[v + {idx}] if vn > {2 * idx} else 0")
         if f.kind == "scalar":
             expr = _scalar_read(f.acc.flags, f"p + {o}")
             if f.acc.wrap_bool and f.acc.flags != "BoolFlags":

@@ -650,7 +650,7 @@ def _scalar_read(flags: str, at: str) -> str:
 def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int, type]]]:
     """Python source of the decoder function, the T classes it calls, its unions.
 
-    The decoder takes the buffer ``b``, its ``w``/``s``/``h`` views (see ``_views``) and
+    The decoder takes the buffer ``b``, its ``w``/``s``/``h`` views (see ``views``) and
     the table's position: a uoffset, a length or a small scalar is a subscript of a view
     instead of a ``struct`` call, which is most of what decoding costs. FlatBuffers
     writers align every number to its size (from the start of a finished buffer, and of
@@ -772,7 +772,7 @@ def _fallback(cls: Any) -> Callable[..., Any]:
     return fallback
 
 
-def _views(buf: Any) -> tuple[Any, Any, Any, Any]:
+def views(buf: Any) -> tuple[Any, Any, Any, Any]:
     """The buffer (padded to whole words if needed) and its uint32, int32 and uint16
     views, as the compiled decoders take them."""
     if len(buf) & 3:
@@ -790,7 +790,7 @@ def _public(cls: Any, internal: Callable[..., Any]) -> Decoder:
         return decode
 
     def decode_views(buf: Any, pos: int) -> Any:
-        return internal(*_views(buf), pos)
+        return internal(*views(buf), pos)
 
     return decode_views
 
@@ -849,7 +849,7 @@ def decoder(cls: type) -> Decoder:
 def union_decoders(creator: Any) -> dict[int, Callable[..., Any] | None]:
     """``{union type: decoder or None}`` for a generated ``XxxCreator`` function; members
     are compiled on first use, an unknown type maps to None. The decoders take
-    ``(*_views(buf), pos)``."""
+    ``(*views(buf), pos)``."""
     return _UnionDecoders(_union_map(creator))
 
 

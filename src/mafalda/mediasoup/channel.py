@@ -23,15 +23,16 @@ from typing import Any
 
 import flatbuffers
 
-from mafalda.mediasoup._fastfbs import FastBuilder, decoder, packers
+from mafalda.mediasoup._fastfbs import FastBuilder, packers, union_decoders, views
 from mafalda.mediasoup._fbs.Message import Message as FbsMessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
-from mafalda.mediasoup._fbs.Message.Message import MessageT
 from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
 from mafalda.mediasoup._fbs.Notification.Body import Body as NotificationBody
+from mafalda.mediasoup._fbs.Notification.Body import BodyCreator as NotificationBodyCreator
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
 from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Response.Body import BodyCreator as ResponseBodyCreator
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import (
     ChannelClosedError,
@@ -251,39 +252,97 @@ class LogMessage:
     text: str
 
 
-_decode_message_t = decoder(MessageT)
 _RESPONSE = MessageBody.Response
 _NOTIFICATION = MessageBody.Notification
 _LOG = MessageBody.Log
+_RESPONSE_BODIES = union_decoders(ResponseBodyCreator)
+_NOTIFICATION_BODIES = union_decoders(NotificationBodyCreator)
 
 
 def decode_message(payload: bytes) -> ResponseMessage | NotificationMessage | LogMessage | None:
     """Decode one payload; None for a message kind the worker should never send us.
 
     Bodies are object-API tables (``...T``), decoded by the compiled decoders of
-    ``_fastfbs`` (the same objects as ``InitFromBuf`` makes, several times faster).
+    ``_fastfbs`` (the same objects as ``InitFromBuf`` makes, several times faster). The
+    envelope (Message, then Response, Notification or Log) is read here directly, by
+    the vtable slots of those tables: ``h[v + i] if vn > 2 * i else 0`` is the offset
+    of field ``i - 2`` of the table whose vtable is at ``2 * v`` (absent: 0).
     """
-    message = _decode_message_t(payload, _LEN.unpack_from(payload, 0)[0])
-    kind = message.dataType
-    data = message.data
+    b, w, s, h = views(payload)
+    p = w[0]
+    v = (p - s[p >> 2]) >> 1
+    vn = h[v]
+    o = h[v + 2] if vn > 4 else 0
+    kind = b[p + o] if o else 0
+    if kind != _RESPONSE and kind != _NOTIFICATION and kind != _LOG:
+        return None
+    o = h[v + 3] if vn > 6 else 0
+    if not o:
+        raise ValueError("message without data")
+    p += o
+    p += w[p >> 2]
+    v = (p - s[p >> 2]) >> 1
+    vn = h[v]
     if kind == _RESPONSE:
+        # id: uint32, accepted: bool, body: Body (type, value), error, reason: string
+        o = h[v + 2] if vn > 4 else 0
+        request_id = w[(p + o) >> 2] if o else 0
+        o = h[v + 3] if vn > 6 else 0
+        accepted = b[p + o] != 0 if o else False
         return ResponseMessage(
-            id=data.id,
-            accepted=bool(data.accepted),
-            error=data.error or "",
-            reason=data.reason or "",
-            body=data.body,
+            id=request_id,
+            accepted=accepted,
+            error=_string(b, w, p, h[v + 6] if vn > 12 else 0),
+            reason=_string(b, w, p, h[v + 7] if vn > 14 else 0),
+            body=_union(
+                _RESPONSE_BODIES,
+                (b, w, s, h),
+                p,
+                h[v + 4] if vn > 8 else 0,
+                h[v + 5] if vn > 10 else 0,
+            ),
         )
     if kind == _NOTIFICATION:
+        # handler_id: string, event: Event (uint8), body: Body (type, value)
+        o = h[v + 3] if vn > 6 else 0
+        event = b[p + o] if o else 0
         return NotificationMessage(
-            handler_id=data.handlerId or "",
-            event=data.event,
-            body=data.body,
+            handler_id=_string(b, w, p, h[v + 2] if vn > 4 else 0),
+            event=event,
+            body=_union(
+                _NOTIFICATION_BODIES,
+                (b, w, s, h),
+                p,
+                h[v + 4] if vn > 8 else 0,
+                h[v + 5] if vn > 10 else 0,
+            ),
         )
-    if kind == _LOG:
-        text = data.data or ""
-        return LogMessage(level=text[:1], text=text[1:])
-    return None
+    # Log: data: string, its first character the level
+    text = _string(b, w, p, h[v + 2] if vn > 4 else 0)
+    return LogMessage(level=text[:1], text=text[1:])
+
+
+def _union(
+    decoders: dict[int, Any], buf: tuple[Any, Any, Any, Any], p: int, type_at: int, value_at: int
+) -> Any:
+    """The union value whose type and value fields are at these offsets of the table at
+    ``p`` (None when absent or of an unknown type)."""
+    b, w, s, h = buf
+    decode = decoders[b[p + type_at]] if type_at else None
+    if not value_at or decode is None:
+        return None
+    p += value_at
+    return decode(b, w, s, h, p + w[p >> 2])
+
+
+def _string(b: Any, w: Any, p: int, o: int) -> str:
+    """The string field at offset ``o`` of the table at ``p`` ("" when absent)."""
+    if not o:
+        return ""
+    p += o
+    p += w[p >> 2]
+    text: str = b[p + 4 : p + 4 + w[p >> 2]].decode()
+    return text
 
 
 def _log_ignored_failure(future: asyncio.Future[Any]) -> None:

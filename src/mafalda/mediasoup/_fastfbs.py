@@ -999,13 +999,14 @@ def _inline_slots(stmts: list[ast.stmt], builder: str, reserve: list[int]) -> li
                 f"        {builder}.minalign = {size}",
             ]
         lines += ["    " + line for line in write]
-        lines.append(f"    _vt[{slot.value!r}] = _end - _h")
+        lines.append(f"    _vt{slot.value!r} = _end - _h")
         out.extend(ast.parse("\n".join(lines)).body)
     return out
 
 
 def _inline_table(fn: ast.FunctionDef) -> None:
-    """Inline the slot writes between ``builder.StartObject(n)`` and ``builder.EndObject()``."""
+    """Inline ``builder.StartObject(n)``, the slot writes and ``builder.EndObject()``: the
+    vtable is kept in locals and written (or shared) as ``FastBuilder.WriteVtable`` does."""
     builder = fn.args.args[1].arg
     body = fn.body
     start = next(
@@ -1023,32 +1024,81 @@ def _inline_table(fn: ast.FunctionDef) -> None:
         raise UnsupportedShapeError(ast.unparse(start_call))
     end_assign = body[end]
     assert isinstance(end_assign, ast.Assign)
+    n = num_fields.value
+    if not isinstance(n, int) or not 0 < n < 256:
+        raise UnsupportedShapeError(ast.unparse(start_call))
     reserve = [0]
     fields = _inline_slots(body[start + 1 : end], builder, reserve)
+    # Room for the fields, the soffset (aligned) and the largest vtable.
+    room = reserve[0] + 7 + 2 * (n + 2)
+    slots = [f"_vt{i}" for i in range(n)]
     setup = ast.parse(
         "\n".join(
             [
-                # StartObject(n), inlined
+                # StartObject(n), inlined: the vtable's entries are the locals _vt0...
                 f"if {builder}.nested:",
                 "    raise IsNestedError()",
-                f"_vt = {builder}.current_vtable = [0] * {num_fields.value!r}",
-                f"{builder}.objectEnd = len({builder}.Bytes) - {builder}.head",
-                f"{builder}.nested = True",
                 f"_fd = {builder}.forceDefaults",
-                f"if {builder}.head < {reserve[0]}:",
-                f"    _reserve({builder}, {reserve[0]})",
+                f"if {builder}.head < {room}:",
+                f"    _reserve({builder}, {room})",
                 f"_buf = {builder}.Bytes",
                 f"_h = {builder}.head",
                 "_end = len(_buf)",
+                "_oe = _end - _h",
+                " = ".join(slots) + " = 0",
             ]
         )
     ).body
-    # EndObject(), inlined: the object is still open (nothing above closes it).
+    # EndObject(), inlined: FastBuilder.WriteVtable on the locals (same key, same bytes).
+    entries = "".join(f"_oo - {e} if {e} else 0, " for e in slots)
     store = ast.parse(
-        f"{builder}.head = _h\n{builder}.nested = False\n"
-        f"{ast.unparse(end_assign.targets[0])} = {builder}.WriteVtable()"
+        "\n".join(
+            [
+                "_p = (_h - _end) & 3",
+                "if _p:",
+                "    _buf[_h - _p:_h] = _Z[_p]",
+                "    _h -= _p",
+                f"if {builder}.minalign < 4:",
+                f"    {builder}.minalign = 4",
+                "_h -= 4",
+                "_oo = _end - _h",
+                f"_key = (_oo - _oe, {entries})",
+                "if not _key[-1]:",
+                "    _key = _trim(_key)",
+                f"_x = {builder}.vtables.get(_key)",
+                "if _x is None:",
+                "    _s = 2 * len(_key) + 2",
+                "    _h -= _s",
+                "    _vtw[len(_key)](_buf, _h, _s, *_key)",
+                "    _pk_i(_buf, _end - _oo, _end - _h - _oo)",
+                f"    {builder}.vtables[_key] = _end - _h",
+                "else:",
+                "    _h = _end - _oo",
+                "    _pk_i(_buf, _h, _x - _oo)",
+                f"{builder}.head = _h",
+                f"{ast.unparse(end_assign.targets[0])} = _oo",
+            ]
+        )
     ).body
     fn.body = body[:start] + setup + fields + store + body[end + 1 :]
+
+
+def _trim(key: tuple[int, ...]) -> tuple[int, ...]:
+    """A vtable key without its trailing absent fields (its first item, the object's
+    size, is never 0)."""
+    n = len(key)
+    while not key[n - 1]:
+        n -= 1
+    return key[:n]
+
+
+class _VtableWriters(dict[int, Callable[..., None]]):
+    """``{key length: pack_into of the vtable's size and its key}``."""
+
+    def __missing__(self, n: int) -> Callable[..., None]:
+        writer: Callable[..., None] = struct.Struct(f"<{n + 1}H").pack_into
+        self[n] = writer
+        return writer
 
 
 def _reserve(builder: Any, size: int) -> None:
@@ -1063,6 +1113,8 @@ def _reserve(builder: Any, size: int) -> None:
 _pack_namespace: dict[str, Any] = {
     "IsNestedError": IsNestedError,
     "_reserve": _reserve,
+    "_trim": _trim,
+    "_vtw": _VtableWriters(),
     "OffsetArithmeticError": OffsetArithmeticError,
     "_Z": [bytes(n) for n in range(8)],
     "_pk_u32": _pack_u32,

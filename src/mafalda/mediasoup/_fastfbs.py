@@ -53,6 +53,7 @@ _pack_u8 = _U8.pack_into
 # -- encoding -----------------------------------------------------------------------
 
 _vt_packers: dict[int, Callable[..., None]] = {}  # vtables of n fields
+_ZEROS = [bytes(n) for n in range(8)]
 
 
 def _slot_method(packer: struct.Struct) -> Callable[..., None]:
@@ -268,9 +269,20 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
         else:
             raise TypeError("non-string passed to CreateString")
         n = len(x)
-        self.Prep(4, n + 1)
-        head = self.head - n - 1
+        # Prep(4, n + 1), its common case inlined.
+        head = self.head
         buf = self.Bytes
+        if self.minalign < 4:
+            self.minalign = 4
+        align = (head - len(buf) - n - 1) & 3
+        if head < align + 4 + n + 1:
+            self.Prep(4, n + 1)
+            head = self.head
+            buf = self.Bytes
+        elif align:
+            buf[head - align : head] = _ZEROS[align]
+            head -= align
+        head -= n + 1
         buf[head : head + n] = x
         buf[head + n] = 0
         head -= 4

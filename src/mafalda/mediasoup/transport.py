@@ -367,17 +367,9 @@ def parse_base_transport_dump(t: Any) -> BaseTransportDump:
     ext = t.recvRtpHeaderExtensions
     recv_ext: RecvRtpHeaderExtensions = {}
     if ext is not None:
-        # Unrolled (this runs for every transport created or dumped).
-        if ext.mid is not None:
-            recv_ext["mid"] = ext.mid
-        if ext.rid is not None:
-            recv_ext["rid"] = ext.rid
-        if ext.rrid is not None:
-            recv_ext["rrid"] = ext.rrid
-        if ext.absSendTime is not None:
-            recv_ext["absSendTime"] = ext.absSendTime
-        if ext.transportWideCc01 is not None:
-            recv_ext["transportWideCc01"] = ext.transportWideCc01
+        for key, value in vars(ext).items():  # the wire keys are the table's fields
+            if value is not None:
+                recv_ext[key] = value  # type: ignore[literal-required]
     listener = t.rtpListener or _NO_RTP_LISTENER
     trace = t.traceEventTypes
     dump: BaseTransportDump = {

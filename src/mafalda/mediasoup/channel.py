@@ -206,8 +206,15 @@ class FrameDecoder:
         A prefix announcing more than PAYLOAD_MAX_LEN means the stream is corrupt: the
         buffer is discarded (as Node does) and ValueError raised.
         """
-        buf = self._buffer
-        buf += data
+        pending = self._buffer
+        buf: bytes | bytearray
+        if pending:
+            pending += data
+            buf = pending
+        else:
+            # Nothing pending (the common case): frames are sliced from ``data`` itself,
+            # one copy each; only an incomplete tail is kept.
+            buf = data
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
@@ -220,8 +227,11 @@ class FrameDecoder:
                 break
             frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
             pos += 4 + size
-        if pos:
-            del buf[:pos]
+        if buf is data:
+            if pos < end:
+                self._buffer = bytearray(data[pos:])
+        elif pos:
+            del pending[:pos]
         return frames
 
     @property

@@ -1032,13 +1032,11 @@ def _inline_table(fn: ast.FunctionDef) -> None:
     start_call = body[start]
     assert isinstance(start_call, ast.Expr) and isinstance(start_call.value, ast.Call)
     num_fields = start_call.value.args[0]
-    if not isinstance(num_fields, ast.Constant):
+    if not isinstance(num_fields, ast.Constant) or not isinstance(num_fields.value, int):
         raise UnsupportedShapeError(ast.unparse(start_call))
     end_assign = body[end]
     assert isinstance(end_assign, ast.Assign)
     n = num_fields.value
-    if not isinstance(n, int) or not 0 < n < 256:
-        raise UnsupportedShapeError(ast.unparse(start_call))
     reserve = [0]
     fields = _inline_slots(body[start + 1 : end], builder, reserve)
     # Room for the fields, the soffset (aligned) and the largest vtable.
@@ -1057,7 +1055,7 @@ def _inline_table(fn: ast.FunctionDef) -> None:
                 f"_h = {builder}.head",
                 "_end = len(_buf)",
                 "_oe = _end - _h",
-                " = ".join(slots) + " = 0",
+                " = ".join([*slots, "0"]),
             ]
         )
     ).body

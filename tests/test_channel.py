@@ -239,6 +239,14 @@ def test_decode_message_reads_the_envelope_as_the_object_api_does() -> None:
     assert decode_message(_message(MessageBody.NONE, lambda b: 0)[4:]) is None
 
 
+async def _next_turn() -> None:
+    """Return after the callbacks scheduled so far have run (one loop turn)."""
+    loop = asyncio.get_running_loop()
+    turn = loop.create_future()
+    loop.call_soon(turn.set_result, None)
+    await turn
+
+
 class _Writer:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -261,7 +269,8 @@ async def test_channel_matches_responses_and_maps_errors() -> None:
     ok = channel.request(Method.WORKER_DUMP)
     bad = channel.request(Method.WORKER_DUMP)
     typed = channel.request(Method.WORKER_DUMP)
-    assert len(writer.sent) == 3
+    await _next_turn()
+    assert len(FrameDecoder().feed(b"".join(writer.sent))) == 3
     channel.data_received(
         _response(2, accepted=False, error="Error", reason="boom")
         + _response(1)
@@ -384,10 +393,51 @@ async def test_channel_sends_what_encode_request_makes() -> None:
         for method in (Method.WORKER_DUMP, Method.TRANSPORT_DUMP, Method.PRODUCER_GET_STATS):
             for request_id in (1, 2, 255, 256, 65536, 4294967295):
                 channel._next_id = request_id - 1
-                channel.request(method, handler_id)
+                pending = channel.request(method, handler_id)
                 expected = encode_request(flatbuffers.Builder(0), request_id, method, handler_id)
                 assert writer.sent[-1] == expected
+                channel.data_received(_response(request_id))
+                assert pending.done()
     channel.close()
+
+
+async def test_requests_sent_while_two_are_awaited_go_out_together_in_order() -> None:
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    futures = [channel.request(Method.WORKER_DUMP, f"h{i}") for i in range(5)]
+    channel.notify(Event.TRANSPORT_SEND_RTCP, "t")
+    # The first two at once, the rest (the notification included) in one write at the
+    # next loop turn.
+    assert len(writer.sent) == 2
+    await _next_turn()
+    assert len(writer.sent) == 3
+    expected = [
+        encode_request(flatbuffers.Builder(0), i + 1, Method.WORKER_DUMP, f"h{i}") for i in range(5)
+    ]
+    assert writer.sent[:2] == expected[:2]
+    assert writer.sent[2].startswith(b"".join(expected[2:]))
+    # Then the notification, after the requests it follows.
+    (notification,) = FrameDecoder().feed(writer.sent[2][len(b"".join(expected[2:])) :])
+    message = decode_message(notification)
+    assert isinstance(message, NotificationMessage) and message.handler_id == "t"
+    for i, future in enumerate(futures):
+        channel.data_received(_response(i + 1))
+        assert await future is None
+    channel.close()
+
+
+async def test_closing_with_messages_waiting_fails_their_requests() -> None:
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    futures = [channel.request(Method.WORKER_DUMP) for _ in range(3)]
+    channel.close()  # before the loop turn that would send the third
+    await _next_turn()
+    assert len(writer.sent) == 2  # nothing written after close
+    for future in futures:
+        with pytest.raises(ChannelClosedError):
+            await future
 
 
 def test_encode_out_of_range_number_is_a_type_error() -> None:

@@ -375,6 +375,7 @@ class Channel:
         self._sents: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
+        self._out: list[bytes] = []  # messages for the next _flush()
         self._loop = asyncio.get_running_loop()
         #: Emits ``close`` once, when the read side ends or close() is called.
         self.events = EventEmitter()
@@ -399,7 +400,31 @@ class Channel:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise ChannelClosedError(f"channel closed, cannot send {what}")
-        writer.write(data)
+        self._send(writer, data)
+
+    def _send(self, writer: asyncio.WriteTransport, data: bytes) -> None:
+        # With two answers or more awaited the worker has work queued: what is sent
+        # meanwhile goes out in one pipe write at the next loop turn, in order (a burst
+        # of requests wakes the worker once instead of once per message, which on a
+        # busy machine costs more than encoding them). Otherwise at once: a lone
+        # request's latency is what sequential callers wait for.
+        out = self._out
+        if out:
+            out.append(data)
+        elif len(self._sents) > 1:
+            out.append(data)
+            self._loop.call_soon(self._flush)
+        else:
+            writer.write(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        writer = self._writer
+        # Closed meanwhile: close() fails the requests that were waiting here too.
+        if writer is not None and not writer.is_closing():
+            writer.write(data)
 
     def request(self, method: int, handler_id: str = "", body: Any = None) -> asyncio.Future[Any]:
         """Send a request; the returned future resolves to the response body table.
@@ -425,7 +450,7 @@ class Channel:
         if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
             self._write(data, f"request [method:{name}]")  # raises
         else:
-            writer.write(data)
+            self._send(writer, data)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._sents[request_id] = (future, name)
         return future

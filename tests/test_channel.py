@@ -427,14 +427,22 @@ async def test_requests_sent_while_two_are_awaited_go_out_together_in_order() ->
     channel.close()
 
 
-async def test_closing_with_messages_waiting_fails_their_requests() -> None:
+async def test_closing_with_messages_waiting_sends_them_first() -> None:
+    # As Worker.close() does: a notification for the worker, then close(), while
+    # requests are awaited. What waited for the loop turn is written before the close.
     channel = Channel(pid=1)
     writer = _Writer()
     channel.attach(writer)  # type: ignore[arg-type]
     futures = [channel.request(Method.WORKER_DUMP) for _ in range(3)]
-    channel.close()  # before the loop turn that would send the third
+    channel.notify(Event.WORKER_CLOSE)
+    channel.close()
+    assert writer.closed
+    frames = FrameDecoder().feed(b"".join(writer.sent))
+    last = decode_message(frames[-1])
+    assert len(frames) == 4
+    assert isinstance(last, NotificationMessage) and last.event == Event.WORKER_CLOSE
     await _next_turn()
-    assert len(writer.sent) == 2  # nothing written after close
+    assert len(FrameDecoder().feed(b"".join(writer.sent))) == 4  # nothing more
     for future in futures:
         with pytest.raises(ChannelClosedError):
             await future

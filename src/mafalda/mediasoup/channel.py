@@ -419,6 +419,8 @@ class Channel:
 
     def _flush(self) -> None:
         out = self._out
+        if not out:  # close() has sent them already
+            return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         writer = self._writer
@@ -551,6 +553,10 @@ class Channel:
                 # "exception was never retrieved" noise.
                 future.exception()
         if self._writer is not None:
+            if self._out:
+                # What waits for the next loop turn goes first (such as the worker's
+                # close notification): the transport writes it before it closes.
+                self._flush()
             self._writer.close()
         self._handlers.clear()
         self.events.emit("close")

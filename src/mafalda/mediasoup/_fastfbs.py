@@ -691,7 +691,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 f"        q = p + {o}",
                 "        q += w[q >> 2]",
                 (
-                    f"        {var} = b[q + 4 : q + 4 + w[q >> 2]].decode('utf-8')"
+                    f"        {var} = b[q + 4 : q + 4 + w[q >> 2]].decode()"
                     if f.decode
                     else f"        {var} = bytes(b[q + 4 : q + 4 + w[q >> 2]])"
                 ),
@@ -726,7 +726,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 lines.append(f"        {var} = bytes(b[q : q + n])")
             elif f.kind == "vstring":
                 item = "b[e + 4 : e + 4 + w[e >> 2]]"
-                item = f"{item}.decode('utf-8')" if f.decode else f"bytes({item})"
+                item = f"{item}.decode()" if f.decode else f"bytes({item})"
                 lines += [
                     f"        {var} = []",
                     "        for e in range(q, q + 4 * n, 4):",

@@ -13,7 +13,7 @@ from mafalda.mediasoup._fastfbs import FastBuilder
 from mafalda.mediasoup._fbs.Log import Log as LogMod
 from mafalda.mediasoup._fbs.Message import Message as MessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
-from mafalda.mediasoup._fbs.Message.Message import Message
+from mafalda.mediasoup._fbs.Message.Message import Message, MessageT
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Notification.Notification import Notification
 from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
@@ -22,6 +22,12 @@ from mafalda.mediasoup._fbs.Request.Request import Request
 from mafalda.mediasoup._fbs.Response import Response as ResponseMod
 from mafalda.mediasoup._fbs.Response.Body import Body as ResponseBody
 from mafalda.mediasoup._fbs.Router.DumpResponse import DumpResponseT
+from mafalda.mediasoup._fbs.RtpParameters.Double import DoubleT
+from mafalda.mediasoup._fbs.RtpParameters.Parameter import ParameterT
+from mafalda.mediasoup._fbs.RtpParameters.RtpCodecParameters import RtpCodecParametersT
+from mafalda.mediasoup._fbs.RtpParameters.RtpParameters import RtpParametersT
+from mafalda.mediasoup._fbs.RtpParameters.Value import Value
+from mafalda.mediasoup._fbs.Transport.ProduceRequest import ProduceRequestT
 from mafalda.mediasoup._fbs.Transport.SendRtcpNotification import SendRtcpNotificationT
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup.channel import (
@@ -164,6 +170,83 @@ def test_decode_log() -> None:
     assert message == LogMessage(level="W", text="something odd")
 
 
+def _message(kind: int, fill: Any) -> bytes:
+    """A size-prefixed Message of ``kind`` whose data table ``fill(builder)`` writes."""
+    b = flatbuffers.Builder(64)
+    data = fill(b)
+    MessageMod.Start(b)
+    MessageMod.AddDataType(b, kind)
+    if data:
+        MessageMod.AddData(b, data)
+    b.FinishSizePrefixed(MessageMod.End(b))
+    return bytes(b.Output())
+
+
+def _notification(handler_id: str | None, event: int, body: Any = None) -> bytes:
+    from mafalda.mediasoup._fbs.Notification import Notification as NotificationMod
+    from mafalda.mediasoup._fbs.Notification.Body import Body as NotificationBody
+
+    def fill(b: flatbuffers.Builder) -> int:
+        body_offset = body.Pack(b) if body is not None else 0
+        handler = b.CreateString(handler_id) if handler_id is not None else 0
+        NotificationMod.Start(b)
+        if handler:
+            NotificationMod.AddHandlerId(b, handler)
+        NotificationMod.AddEvent(b, event)
+        if body is not None:
+            NotificationMod.AddBodyType(b, NotificationBody.Transport_SendRtcpNotification)
+            NotificationMod.AddBody(b, body_offset)
+        end: int = NotificationMod.End(b)
+        return end
+
+    return _message(MessageBody.Notification, fill)
+
+
+def test_decode_message_reads_the_envelope_as_the_object_api_does() -> None:
+    # The envelope is read by hand from the vtables: every field present or absent,
+    # as the stock reader sees it.
+    frames = [
+        _response(0),
+        _response(4294967295, body=DumpResponseT(id="r")),
+        _response(2, accepted=False, error="TypeError", reason="bad é"),
+        _notification("h", Event.TRANSPORT_SEND_RTCP, SendRtcpNotificationT(data=[1, 2])),
+        _notification(None, 0),
+        _notification("é" * 9, Event.PRODUCER_SCORE),
+        _log("Dtext"),
+        _message(MessageBody.Log, lambda b: (LogMod.Start(b), LogMod.End(b))[1]),
+    ]
+    for frame in frames:
+        expected = MessageT.InitFromPackedBuf(frame, 4).data
+        message = decode_message(frame[4:])
+        if isinstance(message, ResponseMessage):
+            assert (message.id, message.accepted, message.error, message.reason) == (
+                expected.id,
+                expected.accepted,
+                expected.error or "",
+                expected.reason or "",
+            )
+            assert vars(message.body or expected) == vars(expected.body or expected)
+        elif isinstance(message, NotificationMessage):
+            assert (message.handler_id, message.event) == (expected.handlerId or "", expected.event)
+            assert vars(message.body or expected) == vars(expected.body or expected)
+        else:
+            text = expected.data or ""
+            assert message == LogMessage(level=text[:1], text=text[1:])
+    # No data: refused (the channel logs it); a request or no kind: not for us.
+    with pytest.raises(ValueError, match="without data"):
+        decode_message(_message(MessageBody.Response, lambda b: 0)[4:])
+    assert decode_message(_message(MessageBody.Request, lambda b: 0)[4:]) is None
+    assert decode_message(_message(MessageBody.NONE, lambda b: 0)[4:]) is None
+
+
+async def _next_turn() -> None:
+    """Return after the callbacks scheduled so far have run (one loop turn)."""
+    loop = asyncio.get_running_loop()
+    turn = loop.create_future()
+    loop.call_soon(turn.set_result, None)
+    await turn
+
+
 class _Writer:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -186,7 +269,8 @@ async def test_channel_matches_responses_and_maps_errors() -> None:
     ok = channel.request(Method.WORKER_DUMP)
     bad = channel.request(Method.WORKER_DUMP)
     typed = channel.request(Method.WORKER_DUMP)
-    assert len(writer.sent) == 3
+    await _next_turn()
+    assert len(FrameDecoder().feed(b"".join(writer.sent))) == 3
     channel.data_received(
         _response(2, accepted=False, error="Error", reason="boom")
         + _response(1)
@@ -259,7 +343,49 @@ async def test_channel_survives_garbage() -> None:
     assert await pending is None
 
 
-async def test_bodyless_requests_encode_like_encode_request() -> None:
+@pytest.mark.parametrize("handler_id", ["", "h", "ab", "abc", "abcd", "a-much-longer-id-é"])
+def test_request_envelope_reads_back_and_keeps_the_body_aligned(handler_id: str) -> None:
+    # The envelope is written by hand: the stock reader must find every field, whatever
+    # the padding of the handler id, and the body must keep its builder bytes at the
+    # end of a frame whose size is a multiple of 8 (its 8-byte numbers stay aligned).
+    parameter = ParameterT(name="x-double", valueType=Value.Double, value=DoubleT(value=0.5))
+    codec = RtpCodecParametersT(mimeType="audio/opus", payloadType=100, clockRate=48000)
+    codec.parameters = [parameter]
+    rtp_parameters = RtpParametersT(codecs=[codec])
+    body = ProduceRequestT(producerId="p", kind=1, rtpParameters=rtp_parameters)
+    builder = FastBuilder(0)
+    data = encode_request(builder, 4294967295, Method.TRANSPORT_PRODUCE, handler_id, body)
+    assert struct.unpack_from("<I", data)[0] == len(data) - 4
+    assert len(data) % 8 == 0
+    packed = builder.Bytes[builder.Head() :]
+    assert data.endswith(packed)
+    message = MessageT.InitFromPackedBuf(data, 4)
+    assert message.dataType == MessageBody.Request
+    request = message.data
+    assert (request.id, request.method, request.handlerId) == (
+        4294967295,
+        Method.TRANSPORT_PRODUCE,
+        handler_id,
+    )
+    assert request.bodyType == RequestBody.Transport_ProduceRequest
+    decoded = request.body
+    assert decoded.producerId == "p"
+    param = decoded.rtpParameters.codecs[0].parameters[0]
+    assert (param.name, param.value.value) == ("x-double", 0.5)
+    # Without a body: no union in the vtable, the same framing.
+    data = encode_request(builder, 3, Method.TRANSPORT_DUMP, handler_id)
+    assert len(data) % 8 == 0
+    request = MessageT.InitFromPackedBuf(data, 4).data
+    assert (request.id, request.method, request.handlerId, request.bodyType) == (
+        3,
+        Method.TRANSPORT_DUMP,
+        handler_id,
+        RequestBody.NONE,
+    )
+    assert request.body is None
+
+
+async def test_channel_sends_what_encode_request_makes() -> None:
     channel = Channel(pid=1)
     writer = _Writer()
     channel.attach(writer)  # type: ignore[arg-type]
@@ -267,14 +393,59 @@ async def test_bodyless_requests_encode_like_encode_request() -> None:
         for method in (Method.WORKER_DUMP, Method.TRANSPORT_DUMP, Method.PRODUCER_GET_STATS):
             for request_id in (1, 2, 255, 256, 65536, 4294967295):
                 channel._next_id = request_id - 1
-                channel.request(method, handler_id)
+                pending = channel.request(method, handler_id)
                 expected = encode_request(flatbuffers.Builder(0), request_id, method, handler_id)
                 assert writer.sent[-1] == expected
-    channel._templates.clear()
-    for i in range(1030):  # the template cache stays bounded
-        channel.request(Method.TRANSPORT_DUMP, f"t{i}")
-    assert len(channel._templates) <= 1024
+                channel.data_received(_response(request_id))
+                assert pending.done()
     channel.close()
+
+
+async def test_requests_sent_while_two_are_awaited_go_out_together_in_order() -> None:
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    futures = [channel.request(Method.WORKER_DUMP, f"h{i}") for i in range(5)]
+    channel.notify(Event.TRANSPORT_SEND_RTCP, "t")
+    # The first two at once, the rest (the notification included) in one write at the
+    # next loop turn.
+    assert len(writer.sent) == 2
+    await _next_turn()
+    assert len(writer.sent) == 3
+    expected = [
+        encode_request(flatbuffers.Builder(0), i + 1, Method.WORKER_DUMP, f"h{i}") for i in range(5)
+    ]
+    assert writer.sent[:2] == expected[:2]
+    assert writer.sent[2].startswith(b"".join(expected[2:]))
+    # Then the notification, after the requests it follows.
+    (notification,) = FrameDecoder().feed(writer.sent[2][len(b"".join(expected[2:])) :])
+    message = decode_message(notification)
+    assert isinstance(message, NotificationMessage) and message.handler_id == "t"
+    for i, future in enumerate(futures):
+        channel.data_received(_response(i + 1))
+        assert await future is None
+    channel.close()
+
+
+async def test_closing_with_messages_waiting_sends_them_first() -> None:
+    # As Worker.close() does: a notification for the worker, then close(), while
+    # requests are awaited. What waited for the loop turn is written before the close.
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    futures = [channel.request(Method.WORKER_DUMP) for _ in range(3)]
+    channel.notify(Event.WORKER_CLOSE)
+    channel.close()
+    assert writer.closed
+    frames = FrameDecoder().feed(b"".join(writer.sent))
+    last = decode_message(frames[-1])
+    assert len(frames) == 4
+    assert isinstance(last, NotificationMessage) and last.event == Event.WORKER_CLOSE
+    await _next_turn()
+    assert len(FrameDecoder().feed(b"".join(writer.sent))) == 4  # nothing more
+    for future in futures:
+        with pytest.raises(ChannelClosedError):
+            await future
 
 
 def test_encode_out_of_range_number_is_a_type_error() -> None:

@@ -209,6 +209,18 @@ def test_create_string_accepts_bytes_and_end_vector_checks_its_count() -> None:
     assert fast.Bytes[fast.head :] == stock.Bytes[stock.head :]
 
 
+def test_a_buffer_of_partial_words_decodes_too() -> None:
+    # The views need whole words: a buffer with trailing bytes is decoded from a padded
+    # copy (a worker's payload never has them; a caller's slice may).
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    obj = PortRangeT(min=5, max=9)
+    data = _pack(flatbuffers.Builder(0), obj)
+    pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
+    for extra in (b"x", b"xy", b"xyz"):
+        assert_same(decoder(PortRangeT)(data + extra, pos), obj)
+
+
 def test_unknown_union_type_decodes_to_none() -> None:
     from mafalda.mediasoup._fbs.Response import Body
 
@@ -224,6 +236,7 @@ def test_unsupported_shape_falls_back_to_init_from_buf(monkeypatch: pytest.Monke
         raise _fastfbs.UnsupportedShapeError(cls.__name__)
 
     monkeypatch.setattr(_fastfbs, "_decoders", {})
+    monkeypatch.setattr(_fastfbs, "_ns", dict(_fastfbs._ns))
     monkeypatch.setattr(_fastfbs, "_spec", refuse)
     decode = decoder(PortRangeT)
     obj = PortRangeT(min=5, max=9)
@@ -231,6 +244,30 @@ def test_unsupported_shape_falls_back_to_init_from_buf(monkeypatch: pytest.Monke
     pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
     assert decode.__name__ == "decode"
     assert_same(decode(data, pos), obj)
+
+
+def test_a_table_of_unsupported_shape_inside_a_compiled_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mafalda.mediasoup._fbs.Transport.ListenInfo import ListenInfoT
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    spec = _fastfbs._spec
+
+    def refuse_port_range(cls: type) -> Any:
+        if cls is PortRangeT:
+            raise _fastfbs.UnsupportedShapeError(cls.__name__)
+        return spec(cls)
+
+    monkeypatch.setattr(_fastfbs, "_decoders", {})
+    monkeypatch.setattr(_fastfbs, "_ns", dict(_fastfbs._ns))
+    monkeypatch.setattr(_fastfbs, "_spec", refuse_port_range)
+    decode = decoder(ListenInfoT)
+    assert decode.__name__ != "decode"
+    obj = ListenInfoT(ip="127.0.0.1", portRange=PortRangeT(min=5, max=9))
+    data = _pack(flatbuffers.Builder(0), obj)
+    pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
+    assert_same(decode(data, pos), ListenInfoT.InitFromBuf(data, pos))
 
 
 @pytest.mark.parametrize("cls", T_CLASSES, ids=lambda c: c.__module__.split("_fbs.")[1])

@@ -12,7 +12,8 @@ generated code as the single source of truth and makes it cheaper:
 - :func:`decoder` compiles, once per object-API class ``XxxT``, a function
   ``(buf, pos) -> XxxT`` equivalent to ``XxxT.InitFromBuf(buf, pos)``: it reads the
   generated reader class and ``_UnPack`` method (whose shapes are fixed by the pinned
-  flatc) and emits straight-line ``struct`` reads. A class whose code has an
+  flatc) and emits straight-line reads, mostly subscripts of uint32/int32/uint16
+  views of the buffer rather than ``struct`` calls. A class whose code has an
   unexpected shape falls back to ``InitFromBuf``.
 
 ``tests/test_fastfbs.py`` checks both against the stock runtime for every table of the
@@ -45,9 +46,6 @@ _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
-_u32 = _U32.unpack_from
-_i32 = _I32.unpack_from
-_u16 = _U16.unpack_from
 _pack_u32 = _U32.pack_into
 _pack_i32 = _I32.pack_into
 _pack_u8 = _U8.pack_into
@@ -55,6 +53,7 @@ _pack_u8 = _U8.pack_into
 # -- encoding -----------------------------------------------------------------------
 
 _vt_packers: dict[int, Callable[..., None]] = {}  # vtables of n fields
+_ZEROS = [bytes(n) for n in range(8)]
 
 
 def _slot_method(packer: struct.Struct) -> Callable[..., None]:
@@ -270,9 +269,20 @@ class FastBuilder(flatbuffers.Builder):  # type: ignore[misc]
         else:
             raise TypeError("non-string passed to CreateString")
         n = len(x)
-        self.Prep(4, n + 1)
-        head = self.head - n - 1
+        # Prep(4, n + 1), its common case inlined.
+        head = self.head
         buf = self.Bytes
+        if self.minalign < 4:
+            self.minalign = 4
+        align = (head - len(buf) - n - 1) & 3
+        if head < align + 4 + n + 1:
+            self.Prep(4, n + 1)
+            head = self.head
+            buf = self.Bytes
+        elif align:
+            buf[head - align : head] = _ZEROS[align]
+            head -= align
+        head -= n + 1
         buf[head : head + n] = x
         buf[head + n] = 0
         head -= 4
@@ -619,73 +629,71 @@ def _spec(cls: type) -> Spec:
 
 # Compiled decoders share one namespace, so they call each other by name.
 _ns: dict[str, Any] = {
-    "_u32": _u32,
-    "_i32": _i32,
-    "_u16": _u16,
     "np": np,
 }
 _decoders: dict[type, Decoder] = {}
 _names: dict[type, str] = {}
 
 
-class _VtableReaders(dict[int, Callable[[Any, int], tuple[int, ...]]]):
-    """``{vtable size in bytes: unpack_from of all its uint16 entries}``."""
-
-    def __missing__(self, size: int) -> Callable[[Any, int], tuple[int, ...]]:
-        reader: Callable[[Any, int], tuple[int, ...]] = struct.Struct(f"<{size >> 1}H").unpack_from
-        self[size] = reader
-        return reader
-
-
-# A table's vtable is read whole, as (vtable size, object size, field offsets...), and
-# padded with zeros when it is shorter than the fields the decoder knows (a writer
-# trims trailing absent fields).
-_ns["_vts"] = _VtableReaders()
-_ns["_zeros"] = [(0,) * n for n in range(256)]
-
-
 def _numpy_dtype(flags: str) -> Any:
     return np.dtype(getattr(_N, flags).name).newbyteorder("<")
 
 
+# Scalars read through the views (``w``: uint32, ``s``: int32, ``h``: uint16 words of the
+# buffer) or by byte; the others with struct.
+_VIEW_READS: dict[str, str] = {
+    "Uint8Flags": "b[{at}]",
+    "BoolFlags": "b[{at}] != 0",
+    "Uint16Flags": "h[({at}) >> 1]",
+    "Uint32Flags": "w[({at}) >> 2]",
+    "Int32Flags": "s[({at}) >> 2]",
+}
+
+
+def _scalar_read(flags: str, at: str) -> str:
+    view = _VIEW_READS.get(flags)
+    if view is not None:
+        return view.format(at=at)
+    st = f"_s_{flags}"
+    _ns[st] = struct.Struct("<" + _FLAG_CODES[flags]).unpack_from
+    return f"{st}(b, {at})[0]"
+
+
 def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int, type]]]:
-    """Python source of the decoder function, the T classes it calls, its unions."""
+    """Python source of the decoder function, the T classes it calls, its unions.
+
+    The decoder takes the buffer ``b``, its ``w``/``s``/``h`` views (see ``views``) and
+    the table's position: a uoffset, a length or a small scalar is a subscript of a view
+    instead of a ``struct`` call, which is most of what decoding costs. FlatBuffers
+    writers align every number to its size (from the start of a finished buffer, and of
+    a payload after its 4-byte size prefix), so the views see them whole.
+    """
     deps: list[type] = []
     unions: dict[str, dict[int, type]] = {}
-    need = max([f.acc.slot // 2 + 1 for f in spec.fields] + [2])
-    if need >= 256:
-        raise UnsupportedShapeError(f"{spec.cls.__name__}: {need} vtable entries")
-    lines = [
-        f"def {fn_name}(b, p):",
-        "    v = p - _i32(b, p)[0]",
-        "    v = _vts[_u16(b, v)[0]](b, v)",
-        f"    if len(v) < {need}:",
-        f"        v += _zeros[{need} - len(v)]",
-    ]
+    # The vtable, entry by entry: a writer trims trailing absent fields, so an entry
+    # past its end (vn: its size in bytes) is 0.
+    lines = [f"def {fn_name}(b, w, s, h, p):", "    v = (p - s[p >> 2]) >> 1", "    vn = h[v]"]
     values: dict[str, str] = {}
     for i, f in enumerate(spec.fields):
         var = f"f{i}"
         values[f.name] = var
         idx = f.acc.slot // 2
         o = f"o{i}"
-        lines.append(f"    {o} = v[{idx}]")
+        lines.append(f"    {o} = h[v + {idx}] if vn > {2 * idx} else 0")
         if f.kind == "scalar":
-            code = _FLAG_CODES[f.acc.flags]
-            st = f"_s_{f.acc.flags}"
-            _ns[st] = struct.Struct("<" + code).unpack_from
-            expr = f"{st}(b, p + {o})[0]"
-            if f.acc.wrap_bool and code != "?":
+            expr = _scalar_read(f.acc.flags, f"p + {o}")
+            if f.acc.wrap_bool and f.acc.flags != "BoolFlags":
                 expr = f"bool({expr})"
             lines.append(f"    {var} = {expr} if {o} else {f.acc.default!r}")
         elif f.kind == "string":
             lines += [
                 f"    if {o}:",
                 f"        q = p + {o}",
-                "        q += _u32(b, q)[0]",
+                "        q += w[q >> 2]",
                 (
-                    f"        {var} = b[q + 4 : q + 4 + _u32(b, q)[0]].decode('utf-8')"
+                    f"        {var} = b[q + 4 : q + 4 + w[q >> 2]].decode()"
                     if f.decode
-                    else f"        {var} = bytes(b[q + 4 : q + 4 + _u32(b, q)[0]])"
+                    else f"        {var} = bytes(b[q + 4 : q + 4 + w[q >> 2]])"
                 ),
                 "    else:",
                 f"        {var} = None",
@@ -695,7 +703,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
             lines += [
                 f"    if {o}:",
                 f"        q = p + {o}",
-                f"        {var} = {_name(f.target)}(b, q + _u32(b, q)[0])",
+                f"        {var} = {_name(f.target)}(b, w, s, h, q + w[q >> 2])",
                 "    else:",
                 f"        {var} = {spec.init_defaults[f.name]!r}",
             ]
@@ -703,25 +711,26 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
             lines += [
                 f"    if {o}:",
                 f"        q = p + {o}",
-                "        q += _u32(b, q)[0]",
-                "        n = _u32(b, q)[0]",
+                "        q += w[q >> 2]",
+                "        n = w[q >> 2]",
                 "        q += 4",
             ]
             if f.kind == "vtable":
                 deps.append(f.target)
                 dec = _name(f.target)
                 lines.append(
-                    f"        {var} = [{dec}(b, e + _u32(b, e)[0]) for e in range(q, q + 4 * n, 4)]"
+                    f"        {var} = [{dec}(b, w, s, h, e + w[e >> 2])"
+                    " for e in range(q, q + 4 * n, 4)] if n else []"
                 )
             elif f.kind == "vbytes":
                 lines.append(f"        {var} = bytes(b[q : q + n])")
             elif f.kind == "vstring":
-                item = "b[e + 4 : e + 4 + _u32(b, e)[0]]"
-                item = f"{item}.decode('utf-8')" if f.decode else f"bytes({item})"
+                item = "b[e + 4 : e + 4 + w[e >> 2]]"
+                item = f"{item}.decode()" if f.decode else f"bytes({item})"
                 lines += [
                     f"        {var} = []",
                     "        for e in range(q, q + 4 * n, 4):",
-                    "            e += _u32(b, e)[0]",
+                    "            e += w[e >> 2]",
                     f"            {var}.append({item})",
                 ]
             else:
@@ -730,6 +739,8 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                     dt = f"_dt_{f.acc.flags}"
                     _ns[dt] = _numpy_dtype(f.acc.flags)
                     lines.append(f"        {var} = np.frombuffer(b, dtype={dt}, count=n, offset=q)")
+                elif code == "B":
+                    lines.append(f"        {var} = list(b[q : q + n])")
                 else:
                     lines.append(f"        {var} = list(struct.unpack_from('<%d{code}' % n, b, q))")
             lines += ["    else:", f"        {var} = {spec.init_defaults[f.name]!r}"]
@@ -740,7 +751,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 f"    if {o}:",
                 f"        d = {umap}[{values[f.type_attr]}]",
                 f"        q = p + {o}",
-                f"        {var} = d(b, q + _u32(b, q)[0]) if d is not None else None",
+                f"        {var} = d(b, w, s, h, q + w[q >> 2]) if d is not None else None",
                 "    else:",
                 f"        {var} = None",
             ]
@@ -766,23 +777,50 @@ def _name(cls: type) -> str:
     return name
 
 
-def _fallback(cls: Any) -> Decoder:
-    def decode(buf: Any, pos: int) -> Any:
-        return cls.InitFromBuf(buf, pos)
+def _fallback(cls: Any) -> Callable[..., Any]:
+    def fallback(b: Any, w: Any, s: Any, h: Any, p: int) -> Any:
+        return cls.InitFromBuf(b, p)
 
-    return decode
+    return fallback
 
 
-class _UnionDecoders(dict[int, Decoder | None]):
-    """``{union type: decoder}``, each member compiled on first use (None: unknown type)."""
+def views(buf: Any) -> tuple[Any, Any, Any, Any]:
+    """The buffer (padded to whole words if needed) and its uint32, int32 and uint16
+    views, as the compiled decoders take them."""
+    if len(buf) & 3:
+        buf = bytes(buf) + bytes(4 - (len(buf) & 3))
+    m = memoryview(buf)
+    return buf, m.cast("I"), m.cast("i"), m.cast("H")
+
+
+def _public(cls: Any, internal: Callable[..., Any]) -> Decoder:
+    if internal.__name__ == "fallback":
+
+        def decode(buf: Any, pos: int) -> Any:
+            return cls.InitFromBuf(buf, pos)
+
+        return decode
+
+    def decode_views(buf: Any, pos: int) -> Any:
+        return internal(*views(buf), pos)
+
+    return decode_views
+
+
+class _UnionDecoders(dict[int, Callable[..., Any] | None]):
+    """``{union type: internal decoder}``, each member compiled on first use (None:
+    unknown type)."""
 
     def __init__(self, members: dict[int, type]) -> None:
         super().__init__()
         self._members = members
 
-    def __missing__(self, tag: int) -> Decoder | None:
+    def __missing__(self, tag: int) -> Callable[..., Any] | None:
         cls = self._members.get(tag)
-        dec = decoder(cls) if cls is not None else None
+        dec = None
+        if cls is not None:
+            _compile(cls)
+            dec = _ns[_name(cls)]
         self[tag] = dec
         return dec
 
@@ -791,19 +829,20 @@ def _compile(cls: type) -> None:
     if cls in _decoders:
         return
     name = _name(cls)
-    _decoders[cls] = _fallback(cls)  # placeholder (and the answer if compiling fails)
+    # A placeholder while its dependencies compile (and the answer if compiling fails).
+    _ns[name] = _fallback(cls)
+    _decoders[cls] = _public(cls, _ns[name])
     try:
         spec = _spec(cls)
         source, deps, unions = _gen(spec, name)
     except (UnsupportedShapeError, KeyError, AssertionError, AttributeError, TypeError):
-        _ns[name] = _decoders[cls]
         return
     for dep in deps:
         _compile(dep)
     for umap, members in unions.items():
         _ns[umap] = _UnionDecoders(members)
     exec(compile(source, f"<fastfbs {cls.__module__}>", "exec"), _ns)
-    _decoders[cls] = _ns[name]
+    _decoders[cls] = _public(cls, _ns[name])
 
 
 _ns["struct"] = struct
@@ -819,9 +858,10 @@ def decoder(cls: type) -> Decoder:
     return dec
 
 
-def union_decoders(creator: Any) -> dict[int, Decoder | None]:
+def union_decoders(creator: Any) -> dict[int, Callable[..., Any] | None]:
     """``{union type: decoder or None}`` for a generated ``XxxCreator`` function; members
-    are compiled on first use, an unknown type maps to None."""
+    are compiled on first use, an unknown type maps to None. The decoders take
+    ``(*views(buf), pos)``."""
     return _UnionDecoders(_union_map(creator))
 
 
@@ -971,13 +1011,14 @@ def _inline_slots(stmts: list[ast.stmt], builder: str, reserve: list[int]) -> li
                 f"        {builder}.minalign = {size}",
             ]
         lines += ["    " + line for line in write]
-        lines.append(f"    _vt[{slot.value!r}] = _end - _h")
+        lines.append(f"    _vt{slot.value!r} = _end - _h")
         out.extend(ast.parse("\n".join(lines)).body)
     return out
 
 
 def _inline_table(fn: ast.FunctionDef) -> None:
-    """Inline the slot writes between ``builder.StartObject(n)`` and ``builder.EndObject()``."""
+    """Inline ``builder.StartObject(n)``, the slot writes and ``builder.EndObject()``: the
+    vtable is kept in locals and written (or shared) as ``FastBuilder.WriteVtable`` does."""
     builder = fn.args.args[1].arg
     body = fn.body
     start = next(
@@ -991,36 +1032,83 @@ def _inline_table(fn: ast.FunctionDef) -> None:
     start_call = body[start]
     assert isinstance(start_call, ast.Expr) and isinstance(start_call.value, ast.Call)
     num_fields = start_call.value.args[0]
-    if not isinstance(num_fields, ast.Constant):
+    if not isinstance(num_fields, ast.Constant) or not isinstance(num_fields.value, int):
         raise UnsupportedShapeError(ast.unparse(start_call))
     end_assign = body[end]
     assert isinstance(end_assign, ast.Assign)
+    n = num_fields.value
     reserve = [0]
     fields = _inline_slots(body[start + 1 : end], builder, reserve)
+    # Room for the fields, the soffset (aligned) and the largest vtable.
+    room = reserve[0] + 7 + 2 * (n + 2)
+    slots = [f"_vt{i}" for i in range(n)]
     setup = ast.parse(
         "\n".join(
             [
-                # StartObject(n), inlined
+                # StartObject(n), inlined: the vtable's entries are the locals _vt0...
                 f"if {builder}.nested:",
                 "    raise IsNestedError()",
-                f"_vt = {builder}.current_vtable = [0] * {num_fields.value!r}",
-                f"{builder}.objectEnd = len({builder}.Bytes) - {builder}.head",
-                f"{builder}.nested = True",
                 f"_fd = {builder}.forceDefaults",
-                f"if {builder}.head < {reserve[0]}:",
-                f"    _reserve({builder}, {reserve[0]})",
+                f"if {builder}.head < {room}:",
+                f"    _reserve({builder}, {room})",
                 f"_buf = {builder}.Bytes",
                 f"_h = {builder}.head",
                 "_end = len(_buf)",
+                "_oe = _end - _h",
+                " = ".join([*slots, "0"]),
             ]
         )
     ).body
-    # EndObject(), inlined: the object is still open (nothing above closes it).
+    # EndObject(), inlined: FastBuilder.WriteVtable on the locals (same key, same bytes).
+    entries = "".join(f"_oo - {e} if {e} else 0, " for e in slots)
     store = ast.parse(
-        f"{builder}.head = _h\n{builder}.nested = False\n"
-        f"{ast.unparse(end_assign.targets[0])} = {builder}.WriteVtable()"
+        "\n".join(
+            [
+                "_p = (_h - _end) & 3",
+                "if _p:",
+                "    _buf[_h - _p:_h] = _Z[_p]",
+                "    _h -= _p",
+                f"if {builder}.minalign < 4:",
+                f"    {builder}.minalign = 4",
+                "_h -= 4",
+                "_oo = _end - _h",
+                f"_key = (_oo - _oe, {entries})",
+                "if not _key[-1]:",
+                "    _key = _trim(_key)",
+                f"_x = {builder}.vtables.get(_key)",
+                "if _x is None:",
+                "    _s = 2 * len(_key) + 2",
+                "    _h -= _s",
+                "    _vtw[len(_key)](_buf, _h, _s, *_key)",
+                "    _pk_i(_buf, _end - _oo, _end - _h - _oo)",
+                f"    {builder}.vtables[_key] = _end - _h",
+                "else:",
+                "    _h = _end - _oo",
+                "    _pk_i(_buf, _h, _x - _oo)",
+                f"{builder}.head = _h",
+                f"{ast.unparse(end_assign.targets[0])} = _oo",
+            ]
+        )
     ).body
     fn.body = body[:start] + setup + fields + store + body[end + 1 :]
+
+
+def _trim(key: tuple[int, ...]) -> tuple[int, ...]:
+    """A vtable key without its trailing absent fields (its first item, the object's
+    size, is never 0)."""
+    n = len(key)
+    while not key[n - 1]:
+        n -= 1
+    return key[:n]
+
+
+class _VtableWriters(dict[int, Callable[..., None]]):
+    """``{key length: pack_into of the vtable's size and its key}``."""
+
+    def __missing__(self, n: int) -> Callable[..., None]:
+        writer: Callable[..., None] = struct.Struct(f"<{n + 1}H").pack_into
+        self[n] = writer
+        return writer
 
 
 def _reserve(builder: Any, size: int) -> None:
@@ -1035,6 +1123,8 @@ def _reserve(builder: Any, size: int) -> None:
 _pack_namespace: dict[str, Any] = {
     "IsNestedError": IsNestedError,
     "_reserve": _reserve,
+    "_trim": _trim,
+    "_vtw": _VtableWriters(),
     "OffsetArithmeticError": OffsetArithmeticError,
     "_Z": [bytes(n) for n in range(8)],
     "_pk_u32": _pack_u32,

@@ -14,6 +14,7 @@ after that task has resumed and, for instance, registered the object they target
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from collections.abc import Callable
@@ -22,16 +23,16 @@ from typing import Any
 
 import flatbuffers
 
-from mafalda.mediasoup._fastfbs import FastBuilder, decoder, packers
+from mafalda.mediasoup._fastfbs import FastBuilder, packers, union_decoders, views
 from mafalda.mediasoup._fbs.Message import Message as FbsMessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
-from mafalda.mediasoup._fbs.Message.Message import MessageT
 from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
 from mafalda.mediasoup._fbs.Notification.Body import Body as NotificationBody
+from mafalda.mediasoup._fbs.Notification.Body import BodyCreator as NotificationBodyCreator
 from mafalda.mediasoup._fbs.Notification.Event import Event
-from mafalda.mediasoup._fbs.Request import Request as FbsRequestMod
 from mafalda.mediasoup._fbs.Request.Body import Body as RequestBody
 from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Response.Body import BodyCreator as ResponseBodyCreator
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import (
     ChannelClosedError,
@@ -97,27 +98,76 @@ def _pack(body: Any, builder: flatbuffers.Builder) -> int:
     return offset
 
 
+# The request envelope (Message -> Request -> handler id string) is written forward by
+# hand: it is the same for every request but for the id, the method, the union tag and
+# the handler id, and the builder spends as long on it as on a small body. The layout,
+# from the start of the frame (the size prefix, which the stock builder also aligns to):
+#
+#   0  u32 size            4  u32 root -> 16
+#   8  Message vtable      (8, 12, dataType at +8, data at +4)
+#  16  Message table       soffset 8, data -> 44, dataType Request
+#  28  Request vtable      (14, 20, id +4, method +16, handlerId +8, bodyType +17, body +12)
+#  44  Request table       soffset 16, id, handlerId -> 64, body -> ..., method, bodyType
+#  64  handler id string   (u32 length, bytes, NUL, padding to 4)
+#      zeros up to a multiple of 8 from the end, then the body as the builder made it
+#
+# The body's bytes keep their offsets from the end of the frame, so their alignment holds.
+_REQUEST_HEAD = struct.Struct("<I44sIIIBB2x")
+_REQUEST_CONST = struct.pack(
+    "<I4HiIB3x7H2xi", 12, 8, 12, 8, 4, 8, 24, MessageBody.Request, 14, 20, 4, 16, 8, 17, 12, 16
+)
+_REQUEST_CONST_NO_BODY = _REQUEST_CONST[:34] + bytes(4) + _REQUEST_CONST[38:]
+_PADS = [bytes(n) for n in range(8)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _string_bytes(value: str) -> bytes:
+    """A FlatBuffers string (length, UTF-8 bytes, NUL) padded to a multiple of 4."""
+    data = value.encode()
+    return _LEN.pack(len(data)) + data + _PADS[4 - (len(data) & 3)]
+
+
 def encode_request(
     builder: flatbuffers.Builder, request_id: int, method: int, handler_id: str, body: Any = None
 ) -> bytes:
-    """Encode one request message, length prefix included. ``body`` is an object-API table."""
-    body_type = 0
-    body_offset = 0
-    if body is not None:
+    """Encode one request message, length prefix included. ``body`` is an object-API table.
+
+    ``builder`` is used for the body only; the caller clears it afterwards."""
+    handler = _string_bytes(handler_id)
+    if body is None:
+        body_type = body_at = 0
+        pad = (-len(handler)) & 7
+        tail: Any = b""
+    else:
         cls = type(body)
         body_type = _request_tags.get(cls) or _request_tags.setdefault(
             cls, _union_type(RequestBody, body)
         )
-        body_offset = _pack(body, builder)
-    handler = builder.CreateString(handler_id)
-    FbsRequestMod.Start(builder)
-    FbsRequestMod.AddId(builder, request_id)
-    FbsRequestMod.AddMethod(builder, method)
-    FbsRequestMod.AddHandlerId(builder, handler)
-    if body_type:
-        FbsRequestMod.AddBodyType(builder, body_type)
-        FbsRequestMod.AddBody(builder, body_offset)
-    return _finish(builder, MessageBody.Request, FbsRequestMod.End(builder))
+        offset = _pack(body, builder)
+        head = builder.Head()
+        tail = memoryview(builder.Bytes)[head:]
+        size = len(tail)
+        pad = (-(len(handler) + size)) & 7
+        # From its field at 56 to the body table: what follows the envelope, minus the
+        # body's offset (which counts from the end).
+        body_at = 8 + len(handler) + pad + size - offset
+    total = 64 + len(handler) + pad + len(tail)
+    return b"".join(
+        (
+            _REQUEST_HEAD.pack(
+                total - 4,
+                _REQUEST_CONST if body_type else _REQUEST_CONST_NO_BODY,
+                request_id,
+                12,
+                body_at,
+                method,
+                body_type,
+            ),
+            handler,
+            _PADS[pad],
+            tail,
+        )
+    )
 
 
 def encode_notification(
@@ -156,8 +206,15 @@ class FrameDecoder:
         A prefix announcing more than PAYLOAD_MAX_LEN means the stream is corrupt: the
         buffer is discarded (as Node does) and ValueError raised.
         """
-        buf = self._buffer
-        buf += data
+        pending = self._buffer
+        buf: bytes | bytearray
+        if pending:
+            pending += data
+            buf = pending
+        else:
+            # Nothing pending (the common case): frames are sliced from ``data`` itself,
+            # one copy each; only an incomplete tail is kept.
+            buf = data
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
@@ -170,8 +227,11 @@ class FrameDecoder:
                 break
             frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
             pos += 4 + size
-        if pos:
-            del buf[:pos]
+        if buf is data:
+            if pos < end:
+                self._buffer = bytearray(data[pos:])
+        elif pos:
+            del pending[:pos]
         return frames
 
     @property
@@ -202,39 +262,97 @@ class LogMessage:
     text: str
 
 
-_decode_message_t = decoder(MessageT)
 _RESPONSE = MessageBody.Response
 _NOTIFICATION = MessageBody.Notification
 _LOG = MessageBody.Log
+_RESPONSE_BODIES = union_decoders(ResponseBodyCreator)
+_NOTIFICATION_BODIES = union_decoders(NotificationBodyCreator)
 
 
 def decode_message(payload: bytes) -> ResponseMessage | NotificationMessage | LogMessage | None:
     """Decode one payload; None for a message kind the worker should never send us.
 
     Bodies are object-API tables (``...T``), decoded by the compiled decoders of
-    ``_fastfbs`` (the same objects as ``InitFromBuf`` makes, several times faster).
+    ``_fastfbs`` (the same objects as ``InitFromBuf`` makes, several times faster). The
+    envelope (Message, then Response, Notification or Log) is read here directly, by
+    the vtable slots of those tables: ``h[v + i] if vn > 2 * i else 0`` is the offset
+    of field ``i - 2`` of the table whose vtable is at ``2 * v`` (absent: 0).
     """
-    message = _decode_message_t(payload, _LEN.unpack_from(payload, 0)[0])
-    kind = message.dataType
-    data = message.data
+    b, w, s, h = views(payload)
+    p = w[0]
+    v = (p - s[p >> 2]) >> 1
+    vn = h[v]
+    o = h[v + 2] if vn > 4 else 0
+    kind = b[p + o] if o else 0
+    if kind != _RESPONSE and kind != _NOTIFICATION and kind != _LOG:
+        return None
+    o = h[v + 3] if vn > 6 else 0
+    if not o:
+        raise ValueError("message without data")
+    p += o
+    p += w[p >> 2]
+    v = (p - s[p >> 2]) >> 1
+    vn = h[v]
     if kind == _RESPONSE:
+        # id: uint32, accepted: bool, body: Body (type, value), error, reason: string
+        o = h[v + 2] if vn > 4 else 0
+        request_id = w[(p + o) >> 2] if o else 0
+        o = h[v + 3] if vn > 6 else 0
+        accepted = b[p + o] != 0 if o else False
         return ResponseMessage(
-            id=data.id,
-            accepted=bool(data.accepted),
-            error=data.error or "",
-            reason=data.reason or "",
-            body=data.body,
+            id=request_id,
+            accepted=accepted,
+            error=_string(b, w, p, h[v + 6] if vn > 12 else 0),
+            reason=_string(b, w, p, h[v + 7] if vn > 14 else 0),
+            body=_union(
+                _RESPONSE_BODIES,
+                (b, w, s, h),
+                p,
+                h[v + 4] if vn > 8 else 0,
+                h[v + 5] if vn > 10 else 0,
+            ),
         )
     if kind == _NOTIFICATION:
+        # handler_id: string, event: Event (uint8), body: Body (type, value)
+        o = h[v + 3] if vn > 6 else 0
+        event = b[p + o] if o else 0
         return NotificationMessage(
-            handler_id=data.handlerId or "",
-            event=data.event,
-            body=data.body,
+            handler_id=_string(b, w, p, h[v + 2] if vn > 4 else 0),
+            event=event,
+            body=_union(
+                _NOTIFICATION_BODIES,
+                (b, w, s, h),
+                p,
+                h[v + 4] if vn > 8 else 0,
+                h[v + 5] if vn > 10 else 0,
+            ),
         )
-    if kind == _LOG:
-        text = data.data or ""
-        return LogMessage(level=text[:1], text=text[1:])
-    return None
+    # Log: data: string, its first character the level
+    text = _string(b, w, p, h[v + 2] if vn > 4 else 0)
+    return LogMessage(level=text[:1], text=text[1:])
+
+
+def _union(
+    decoders: dict[int, Any], buf: tuple[Any, Any, Any, Any], p: int, type_at: int, value_at: int
+) -> Any:
+    """The union value whose type and value fields are at these offsets of the table at
+    ``p`` (None when absent or of an unknown type)."""
+    b, w, s, h = buf
+    decode = decoders[b[p + type_at]] if type_at else None
+    if not value_at or decode is None:
+        return None
+    p += value_at
+    return decode(b, w, s, h, p + w[p >> 2])
+
+
+def _string(b: Any, w: Any, p: int, o: int) -> str:
+    """The string field at offset ``o`` of the table at ``p`` ("" when absent)."""
+    if not o:
+        return ""
+    p += o
+    p += w[p >> 2]
+    text: str = b[p + 4 : p + 4 + w[p >> 2]].decode()
+    return text
 
 
 def _log_ignored_failure(future: asyncio.Future[Any]) -> None:
@@ -252,12 +370,12 @@ class Channel:
         self.pid = pid
         self.closed = False
         self._builder = FastBuilder(1024)
-        self._templates: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         self._decoder = FrameDecoder()
         self._next_id = 0
         self._sents: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
+        self._out: list[bytes] = []  # messages for the next _flush()
         self._loop = asyncio.get_running_loop()
         #: Emits ``close`` once, when the read side ends or close() is called.
         self.events = EventEmitter()
@@ -282,7 +400,33 @@ class Channel:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise ChannelClosedError(f"channel closed, cannot send {what}")
-        writer.write(data)
+        self._send(writer, data)
+
+    def _send(self, writer: asyncio.WriteTransport, data: bytes) -> None:
+        # With two answers or more awaited the worker has work queued: what is sent
+        # meanwhile goes out in one pipe write at the next loop turn, in order (a burst
+        # of requests wakes the worker once instead of once per message, which on a
+        # busy machine costs more than encoding them). Otherwise at once: a lone
+        # request's latency is what sequential callers wait for.
+        out = self._out
+        if out:
+            out.append(data)
+        elif len(self._sents) > 1:
+            out.append(data)
+            self._loop.call_soon(self._flush)
+        else:
+            writer.write(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:  # close() has sent them already
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        writer = self._writer
+        # Closed meanwhile: close() fails the requests that were waiting here too.
+        if writer is not None and not writer.is_closing():
+            writer.write(data)
 
     def request(self, method: int, handler_id: str = "", body: Any = None) -> asyncio.Future[Any]:
         """Send a request; the returned future resolves to the response body table.
@@ -297,7 +441,7 @@ class Channel:
         self._next_id = self._next_id + 1 if self._next_id < 4294967295 else 1
         request_id = self._next_id
         if body is None:
-            data = self._bodyless_request(request_id, method, handler_id)
+            data = encode_request(self._builder, request_id, method, handler_id)
         else:
             builder = self._builder
             try:
@@ -308,31 +452,10 @@ class Channel:
         if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
             self._write(data, f"request [method:{name}]")  # raises
         else:
-            writer.write(data)
+            self._send(writer, data)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._sents[request_id] = (future, name)
         return future
-
-    def _bodyless_request(self, request_id: int, method: int, handler_id: str) -> bytes:
-        """``encode_request(..., request_id, method, handler_id)`` from a cached template
-        of the same request (dumps, stats, closes...): only the id differs."""
-        key = (method, handler_id)
-        template = self._templates.get(key)
-        if template is None:
-            builder = self._builder
-            try:
-                one = encode_request(builder, 0x01020304, method, handler_id)
-                builder.Clear()
-                two = encode_request(builder, 0x04030201, method, handler_id)
-            finally:
-                builder.Clear()
-            at = next(i for i in range(len(one)) if one[i] != two[i])
-            assert len(one) == len(two) and one[at + 4 :] == two[at + 4 :]
-            if len(self._templates) >= 1024:  # handler ids come and go
-                self._templates.clear()
-            template = self._templates[key] = (one[:at], one[at + 4 :])
-        head, tail = template
-        return head + _LEN.pack(request_id) + tail
 
     def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
         """Send a request whose answer nobody awaits (closing things, as Node's
@@ -430,6 +553,10 @@ class Channel:
                 # "exception was never retrieved" noise.
                 future.exception()
         if self._writer is not None:
+            if self._out:
+                # What waits for the next loop turn goes first (such as the worker's
+                # close notification): the transport writes it before it closes.
+                self._flush()
             self._writer.close()
         self._handlers.clear()
         self.events.emit("close")

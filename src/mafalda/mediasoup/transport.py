@@ -11,6 +11,7 @@ import copy
 import ipaddress
 import logging
 import pickle
+import types
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -356,41 +357,38 @@ def parse_tuple(t: Any) -> TransportTuple:
 
 
 def _key_values(items: Any) -> list[dict[str, Any]]:
-    return [{"key": kv.key, "value": kv.value} for kv in items or []]
+    return [{"key": kv.key, "value": kv.value} for kv in items] if items else []
+
+
+_NO_RTP_LISTENER = types.SimpleNamespace(ssrcTable=None, midTable=None, ridTable=None)
 
 
 def parse_base_transport_dump(t: Any) -> BaseTransportDump:
     ext = t.recvRtpHeaderExtensions
     recv_ext: RecvRtpHeaderExtensions = {}
     if ext is not None:
-        for key, attr in (
-            ("mid", "mid"),
-            ("rid", "rid"),
-            ("rrid", "rrid"),
-            ("absSendTime", "absSendTime"),
-            ("transportWideCc01", "transportWideCc01"),
-        ):
-            value = getattr(ext, attr)
+        for key, value in vars(ext).items():  # the wire keys are the table's fields
             if value is not None:
                 recv_ext[key] = value  # type: ignore[literal-required]
-    listener = t.rtpListener
+    listener = t.rtpListener or _NO_RTP_LISTENER
+    trace = t.traceEventTypes
     dump: BaseTransportDump = {
         "id": t.id,
         "direct": bool(t.direct),
-        "producerIds": list(t.producerIds or []),
-        "consumerIds": list(t.consumerIds or []),
+        "producerIds": list(t.producerIds) if t.producerIds else [],
+        "consumerIds": list(t.consumerIds) if t.consumerIds else [],
         "mapSsrcConsumerId": _key_values(t.mapSsrcConsumerId),
         "mapRtxSsrcConsumerId": _key_values(t.mapRtxSsrcConsumerId),
-        "dataProducerIds": list(t.dataProducerIds or []),
-        "dataConsumerIds": list(t.dataConsumerIds or []),
+        "dataProducerIds": list(t.dataProducerIds) if t.dataProducerIds else [],
+        "dataConsumerIds": list(t.dataConsumerIds) if t.dataConsumerIds else [],
         "recvRtpHeaderExtensions": recv_ext,
         "rtpListener": {
-            "ssrcTable": _key_values(listener.ssrcTable if listener else None),
-            "midTable": _key_values(listener.midTable if listener else None),
-            "ridTable": _key_values(listener.ridTable if listener else None),
+            "ssrcTable": _key_values(listener.ssrcTable),
+            "midTable": _key_values(listener.midTable),
+            "ridTable": _key_values(listener.ridTable),
         },
         "maxMessageSize": t.maxMessageSize,
-        "traceEventTypes": [_TRACE_TYPES_FROM_FBS[e] for e in t.traceEventTypes or []],
+        "traceEventTypes": [_TRACE_TYPES_FROM_FBS[e] for e in trace] if trace else [],
     }
     if t.sctpParameters is not None:
         dump["sctpParameters"] = parse_sctp_parameters_dump(t.sctpParameters)

@@ -602,7 +602,7 @@ async def _received(counter: _Counter, more: int = 20, timeout: float = 10.0) ->
 
 
 async def test_cluster_router_validates_before_anything(cluster: Cluster) -> None:
-    from mafalda.mediasoup.errors import UnsupportedError
+    from mafalda.mediasoup.errors import InvalidStateError, UnsupportedError
 
     with pytest.raises(TypeError):
         await cluster.create_router(media_codecs=[{"kind": "audio"}])
@@ -618,9 +618,25 @@ async def test_cluster_router_validates_before_anything(cluster: Cluster) -> Non
         await router.create_plain_transport(server="nope", listen_ip="127.0.0.1")
     with pytest.raises(UnsupportedError):
         await router.create_webrtc_transport(webrtc_server=object())
-    with pytest.raises(UnsupportedError):
+    with pytest.raises(TypeError, match="destination"):
         await router.pipe_to_router(router=router, producer_id="x")
-    assert router.servers == []
+    other = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    with pytest.raises(TypeError, match="missing"):
+        await router.pipe_to_router(router=other)
+    with pytest.raises(TypeError, match="just"):
+        await router.pipe_to_router(router=other, producer_id="a", data_producer_id="b")
+    with pytest.raises(ValueError, match='Producer with id "a" not found'):
+        await router.pipe_to_router(router=other, producer_id="a")
+    with pytest.raises(ValueError, match='DataProducer with id "a" not found'):
+        await router.pipe_to_router(router=other, data_producer_id="a")
+    assert router.servers == []  # nothing reached a server
+    direct = await router.create_direct_transport()
+    data_producer = await direct.produce_data()
+    with pytest.raises(TypeError, match="ClusterRouter"):
+        await router.pipe_to_router(router=object(), data_producer_id=data_producer.id)  # type: ignore[arg-type]
+    other.close()
+    with pytest.raises(InvalidStateError, match="destination"):
+        await router.pipe_to_router(router=other, data_producer_id=data_producer.id)
     router.close()
     assert router.closed and cluster.routers == []
 
@@ -1006,3 +1022,39 @@ async def test_cluster_router_over_mafalda_servers(
         for server in started:
             server.proc.kill()
             await server.proc.wait()
+
+
+async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
+    """A producer (and a data producer) of one cluster router piped into another: the copy
+    is made on the producer's server; the target's consumers on other servers get it."""
+    room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    send = await room.create_plain_transport(
+        server="s1", listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
+    )
+    producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+    result = await room.pipe_to_router(router=breakout, producer_id=producer.id)
+    assert result["pipeProducer"].kind == "audio"
+    assert breakout.server_of(producer) == "s1"  # known by the original id, on s1
+    sink, counter, sock = await _sink(breakout, "s2")
+    consumer = await sink.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
+    assert consumer.producer_id == producer.id
+    assert [(p["from"], p["to"]) for p in breakout.cluster_dump()["pipes"]] == [("s1", "s2")]
+    with _Sender(send):
+        await _received(counter)
+    sock.close()
+
+    direct = await room.create_direct_transport(server="s1")
+    data_producer = await direct.produce_data(label="notes")
+    piped = await room.pipe_to_router(router=breakout, data_producer_id=data_producer.id)
+    assert piped["pipeDataProducer"].label == "notes"
+    reader = await breakout.create_direct_transport(server="s3")
+    data_consumer = await reader.consume_data(data_producer_id=data_producer.id)
+    assert data_consumer.label == "notes"
+
+    # The original closes: the copy and its consumers go with it.
+    closed = asyncio.ensure_future(consumer.events.wait_for("producerclose"))
+    producer.close()
+    async with asyncio.timeout(5):
+        await closed
+    assert consumer.closed

@@ -170,3 +170,38 @@ async def test_pipe_to_router_argument_errors(router: Router, worker2: Worker) -
         await router.pipe_to_router(router=other, producer_id="a")
     with pytest.raises(ValueError, match="not found"):
         await router.pipe_to_router(router=other, data_producer_id="a")
+
+
+async def test_aliases_resolve_for_pipe_and_data_consumers(worker: Worker) -> None:
+    """A copy piped into a router of the same worker has its own id (ids are unique per
+    worker); with an alias, pipe consumers and data consumers find it by the original."""
+    first = await worker.create_router(media_codecs=MEDIA_CODECS)
+    second = await worker.create_router(media_codecs=MEDIA_CODECS)
+    source = await first.create_direct_transport()
+    producer = await source.produce(
+        kind="audio",
+        rtp_parameters={
+            "codecs": [
+                {"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000, "channels": 2}
+            ],
+            "encodings": [{"ssrc": 1234}],
+        },
+    )
+    data_producer = await source.produce_data(label="a")
+    piped = await first.pipe_to_router(router=second, producer_id=producer.id, keep_id=False)
+    piped_data = await first.pipe_to_router(
+        router=second, data_producer_id=data_producer.id, keep_id=False
+    )
+    copy, copy_data = piped["pipeProducer"], piped_data["pipeDataProducer"]
+    assert copy.id != producer.id and copy_data.id != data_producer.id
+    second.alias_producer(producer.id, copy)
+    second.alias_data_producer(data_producer.id, copy_data)
+    pipe = await second.create_pipe_transport(listen_info=LISTEN)  # type: ignore[arg-type]
+    consumer = await pipe.consume(producer_id=producer.id)
+    assert consumer.producer_id == producer.id
+    direct = await second.create_direct_transport()
+    data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
+    assert data_consumer.data_producer_id == data_producer.id
+    dump = await second.dump()
+    assert {e["key"] for e in dump["mapProducerIdConsumerIds"]} == {copy.id}
+    assert {e["key"] for e in dump["mapDataProducerIdDataConsumerIds"]} == {copy_data.id}

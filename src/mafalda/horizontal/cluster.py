@@ -220,6 +220,13 @@ class Cluster:
         if record["draining"]:
             raise ClusterError(f"media server {server_id!r} is draining")
 
+    def serves(self, server_id: str) -> str:
+        """What a server serves: 'mediasoup' (workers for clients) or 'mafalda' (a pool)."""
+        record = self._records.get(server_id)
+        if record is None:
+            raise ClusterError(f"no live media server {server_id!r}")
+        return record["serves"]
+
     def media_address(self, server_id: str) -> str:
         record = self._records.get(server_id)
         if record is None:

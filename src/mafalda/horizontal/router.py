@@ -20,11 +20,12 @@ events fire, copies of its producers on other servers close, so their consumers 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from mafalda.mediasoup.errors import UnsupportedError
+from mafalda.mediasoup.errors import InvalidStateError, UnsupportedError
 from mafalda.vertical.spanning import SpanningRouter
 
 if TYPE_CHECKING:
@@ -272,10 +273,42 @@ class ClusterRouter(SpanningRouter[str]):
     ) -> ClusterRtpObserver:
         return await self._create_observer("create_audio_level_observer", server, options)
 
-    async def pipe_to_router(self, **options: Any) -> Any:
-        """Not yet: a ClusterRouter already spans servers (pipe a producer of a server's
-        Router to another with Cluster.pipe_to_router())."""
-        raise UnsupportedError("pipe_to_router() is not supported by a ClusterRouter yet")
+    async def pipe_to_router(
+        self,
+        *,
+        router: ClusterRouter,
+        producer_id: str | None = None,
+        data_producer_id: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """As mediasoup's, into another ClusterRouter of the same cluster: the copy is
+        made on the (data) producer's server, so no media crosses servers for it; from
+        there the target router pipes it wherever its consumers are."""
+        source_id, home = self._pipe_source(router, producer_id, data_producer_id)
+        if not isinstance(router, ClusterRouter) or router.cluster is not self._cluster:
+            raise TypeError("router must be a ClusterRouter of the same cluster")
+        if router.closed:
+            raise InvalidStateError("destination Router closed")
+        source, target = await asyncio.gather(self._child(home), router._child(home))
+        one_worker = self._cluster.serves(home) == "mediasoup"
+        if one_worker:
+            # Both children live on this client's worker there, and ids are unique per
+            # worker: the copy gets its own id, and the target child knows it by ours.
+            options["keep_id"] = False
+        result = await source.pipe_to_router(
+            router=target, producer_id=producer_id, data_producer_id=data_producer_id, **options
+        )
+        if producer_id:
+            piped = result["pipeProducer"]
+            if one_worker and piped.id != source_id:
+                target.alias_producer(source_id, piped)
+            router._adopt_producer(home, piped, source_id)
+        else:
+            piped = result["pipeDataProducer"]
+            if one_worker and piped.id != source_id:
+                target.alias_data_producer(source_id, piped)
+            router._adopt_data_producer(home, piped, source_id)
+        return result
 
     # -- visibility ----------------------------------------------------------------------
 

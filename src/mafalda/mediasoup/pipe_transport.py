@@ -231,7 +231,7 @@ class PipeTransport(Transport):
         consumer_id = str(uuid.uuid4())
         request = ConsumeRequestT()
         request.consumerId = consumer_id
-        request.producerId = producer_id
+        request.producerId = producer.id  # not an alias (Router.alias_producer)
         request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
         request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
         request.type = FbsRtpType.PIPE

@@ -975,7 +975,7 @@ class Transport(EventSource):
             data_consumer_id = str(uuid.uuid4())
             request = ConsumeDataRequestT()
             request.dataConsumerId = data_consumer_id
-            request.dataProducerId = data_producer_id
+            request.dataProducerId = data_producer.id  # not an alias
             request.type = (
                 FbsDataProducerType.SCTP if kind == "sctp" else FbsDataProducerType.DIRECT
             )
@@ -994,7 +994,7 @@ class Transport(EventSource):
             data_consumer = DataConsumer(
                 transport_id=self._id,
                 data_consumer_id=data_consumer_id,
-                data_producer_id=dump["dataProducerId"],
+                data_producer_id=data_producer_id,  # as asked (an alias stays an alias)
                 type=dump["type"],
                 sctp_stream_parameters=dump.get("sctpStreamParameters"),
                 label=dump["label"],

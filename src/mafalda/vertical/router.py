@@ -183,19 +183,7 @@ class MafaldaRouter(SpanningRouter[Worker]):
         **options: Any,
     ) -> PipeToRouterResult:
         """As mediasoup's, from wherever the (data) producer lives into ``router``."""
-        self._check_open()
-        if not producer_id and not data_producer_id:
-            raise TypeError("missing producer_id or data_producer_id")
-        if producer_id and data_producer_id:
-            raise TypeError("just producer_id or data_producer_id can be given")
-        if router is self:
-            raise TypeError("cannot use this Router as destination")
-        source_id = producer_id or data_producer_id
-        assert source_id is not None
-        home = self._home.get(source_id)
-        if home is None:
-            kind = "Producer" if producer_id else "DataProducer"
-            raise ValueError(f'{kind} with id "{source_id}" not found')
+        source_id, home = self._pipe_source(router, producer_id, data_producer_id)
         target: Router
         target_worker: Worker | None = None
         if isinstance(router, MafaldaRouter):

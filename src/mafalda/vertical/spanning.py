@@ -189,6 +189,8 @@ class SpanningRouter(EventSource, Generic[H]):
             return
         if any(h == host for h in self._observer_host.values()):
             return
+        if any(h == host for h in self._home.values()):  # e.g. a copy piped in
+            return
         if any(p.dst == host and not p.closed for p in self._pipes.values()):
             return
         logger.debug("closing idle child router %s on %s", child.id, host)
@@ -239,6 +241,8 @@ class SpanningRouter(EventSource, Generic[H]):
                 self._home.pop(key, None)
             if self._lost(host):
                 self._record_loss(host, kind, key)
+            elif not self._closed:
+                self._release_child_if_idle(host)
 
         source.observer.on("close", closed)
 
@@ -447,6 +451,26 @@ class SpanningRouter(EventSource, Generic[H]):
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _pipe_source(
+        self, router: Any, producer_id: str | None, data_producer_id: str | None
+    ) -> tuple[str, H]:
+        """mediasoup's argument checks of pipe_to_router(); the (data) producer's id and
+        the host it lives on."""
+        self._check_open()
+        if not producer_id and not data_producer_id:
+            raise TypeError("missing producer_id or data_producer_id")
+        if producer_id and data_producer_id:
+            raise TypeError("just producer_id or data_producer_id can be given")
+        if router is self:
+            raise TypeError("cannot use this Router as destination")
+        source_id = producer_id or data_producer_id
+        assert source_id is not None
+        home = self._home.get(source_id)
+        if home is None:
+            kind = "Producer" if producer_id else "DataProducer"
+            raise ValueError(f'{kind} with id "{source_id}" not found')
+        return source_id, home
 
     # -- RTP observers -------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def _load(name: str, path: Path) -> Any:
 
 
 bench = _load("mafalda_bench_run", HERE / "run.py")
-support = _load("mafalda_cluster_support", HERE.parent / "tests" / "cluster_support.py")
+support = _load("mafalda_test_processes", HERE.parent / "tests" / "processes.py")
 
 
 class _First(asyncio.DatagramProtocol):

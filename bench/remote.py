@@ -28,34 +28,24 @@ HERE = Path(__file__).resolve().parent
 TOKEN = "bench-token"
 
 
-def _load_local_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("mafalda_bench_run", HERE / "run.py")
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-bench = _load_local_bench()
+bench = _load("mafalda_bench_run", HERE / "run.py")
+processes = _load("mafalda_test_processes", HERE.parent / "tests" / "processes.py")
 
 
 async def _start_server_process() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mafalda.cli",
-        "serve",
-        "--port",
-        "0",
-        "--token",
-        TOKEN,
-        stdout=asyncio.subprocess.PIPE,
+    result: tuple[asyncio.subprocess.Process, str] = await processes.spawn_serve(
+        processes.serve_args(token=TOKEN)
     )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    if "listening on" not in line:
-        raise RuntimeError(f"mafalda serve did not start: {line!r}")
-    return proc, line.split("listening on ")[1].strip()
+    return result
 
 
 async def _measure(name: str, router: Any) -> float:

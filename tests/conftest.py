@@ -10,7 +10,7 @@ import pytest
 from mafalda.horizontal.router import ClusterRouter
 from mafalda.mediasoup import Router, Worker, create_worker
 from mafalda.vertical import Mafalda, MafaldaRouter
-from tests import cluster_support
+from tests import processes
 
 MEDIA_CODECS: list[Any] = [
     {
@@ -171,12 +171,12 @@ def shared_cluster() -> Iterator[str]:
     """A redis-server and two `mafalda serve --cluster` processes (s1 on 127.0.0.2, s2
     on 127.0.0.3) for the whole session; each test's cluster client has its own objects
     there, closed with it. Yields the Redis URL."""
-    if not cluster_support.HAVE_REDIS:
+    if not processes.HAVE_REDIS:
         pytest.skip("redis-server is not installed")
-    redis = cluster_support.RedisProcess()
+    redis = processes.RedisProcess()
     redis.start()
     try:
-        servers = cluster_support.start_servers(redis.url, [1, 2])
+        servers = processes.start_servers(redis.url, [1, 2])
         try:
             yield redis.url
         finally:
@@ -196,7 +196,7 @@ async def _cluster_router(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     redis_url = request.getfixturevalue("shared_cluster")
     cluster = await horizontal.connect(
         redis_url,
-        token=cluster_support.TOKEN,
+        token=processes.TOKEN,
         interval=0.2,
         grace=1.5,
         worker_settings={"log_level": "warn"},

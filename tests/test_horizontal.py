@@ -26,13 +26,14 @@ from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
 from mafalda.remote import RemoteMediasoup, RemoteWorker
 from mafalda.remote import connect as remote_connect
-from tests.cluster_support import (
+from tests.processes import (
     HAVE_REDIS,
     TOKEN,
     NetnsLab,
     RedisProcess,
     free_port,
     serve_command,
+    spawn_serve,
 )
 
 HEARTBEAT = 0.3  # TTL 0.9 s
@@ -67,12 +68,8 @@ async def db(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
 
 
 async def _start_server(redis_url: str, index: int, *extra: str) -> Server:
-    command = serve_command(redis_url, index, HEARTBEAT, *extra)
-    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    assert "listening on" in line, line
-    return Server(proc, f"s{index}", line.split("listening on ")[1].strip())
+    proc, url = await spawn_serve(serve_command(redis_url, index, HEARTBEAT, *extra))
+    return Server(proc, f"s{index}", url)
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from mafalda.remote import protocol as p
 from mafalda.vertical import Mafalda
 
 from .conftest import MEDIA_CODECS
+from .processes import serve_args, spawn_serve
 
 TOKEN = "s3cret"
 LISTEN = [{"protocol": "udp", "ip": "127.0.0.1"}]
@@ -662,22 +663,7 @@ async def test_killed_client_objects_closed_after_grace(server: RemoteServer) ->
 
 
 async def _start_server_process(*extra: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mafalda.cli",
-        "serve",
-        "--port",
-        "0",
-        "--token",
-        TOKEN,
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    assert "listening on" in line, line
-    return proc, line.split("listening on ")[1].strip()
+    return await spawn_serve(serve_args(*extra, token=TOKEN))
 
 
 async def test_killed_server_closes_every_proxy() -> None:

@@ -1,9 +1,12 @@
-"""Real processes for cluster tests: a throwaway redis-server and `mafalda serve --cluster`
-media servers, each on its own loopback address (127.0.0.2, .3, ...). Started with plain
-subprocesses so a session-wide cluster outlives every test's event loop."""
+"""Real processes for tests and benchmarks: `mafalda serve` servers, a throwaway
+redis-server, cluster media servers each on its own loopback address (127.0.0.2, .3, ...)
+or in its own network namespace. The synchronous starters use plain subprocesses, so a
+session-wide cluster outlives every test's event loop; ``spawn_serve`` is the asyncio one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -78,20 +81,40 @@ class ServerProcess:
             self.proc.stdout.close()
 
 
+def serve_args(*extra: str, token: str = TOKEN) -> list[str]:
+    """The command line of `mafalda serve` on a free port, with ``extra`` arguments."""
+    return [sys.executable, "-m", "mafalda.cli", "serve", "--port", "0", "--token", token, *extra]
+
+
+def _url_of(line: bytes) -> str:
+    text = line.decode(errors="replace")
+    if "listening on " not in text:
+        raise RuntimeError(f"mafalda serve did not start: {text!r}")
+    return text.split("listening on ")[1].strip()
+
+
+async def spawn_serve(
+    command: list[str], timeout: float = 30.0
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a `mafalda serve` command; its process and URL once it listens."""
+    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        return proc, _url_of(await asyncio.wait_for(proc.stdout.readline(), timeout))
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
+
+
 def serve_command(
     redis_url: str, index: int, heartbeat: float, *extra: str, host: str | None = None
 ) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mafalda.cli",
-        "serve",
+    """`mafalda serve --cluster` for server s<index> on 127.0.0.<index+1> (or ``host``)."""
+    return serve_args(
         "--host",
         host or f"127.0.0.{index + 1}",
-        "--port",
-        "0",
-        "--token",
-        TOKEN,
         "--cluster",
         redis_url,
         "--server-id",
@@ -101,7 +124,7 @@ def serve_command(
         "--drain-timeout",
         "10",
         *extra,
-    ]
+    )
 
 
 def start_servers(
@@ -117,10 +140,8 @@ def start_servers(
         for index, proc in zip(indexes, procs, strict=True):
             assert proc.stdout is not None
             ready, _, _ = select.select([proc.stdout], [], [], timeout)
-            line = proc.stdout.readline().decode() if ready else ""
-            if "listening on " not in line:
-                raise RuntimeError(f"server s{index} did not start: {line!r}")
-            started.append(ServerProcess(proc, f"s{index}", line.split("listening on ")[1].strip()))
+            url = _url_of(proc.stdout.readline() if ready else b"")
+            started.append(ServerProcess(proc, f"s{index}", url))
     except BaseException:
         for proc in procs:
             proc.kill()

@@ -453,6 +453,30 @@ async def _cpu_times(scenario: Scenario) -> CpuTimes:
     )
 
 
+async def _settle(
+    scenario: Scenario, sinks: Sinks, quiet: float = 0.2, limit: float = 10.0
+) -> None:
+    """Wait until no packet moves: the consumers' counters and the sinks' drop counters
+    unchanged over ``quiet`` seconds (at most ``limit``), so a window's counts are final
+    however loaded the machine is."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    last: tuple[list[int], int] | None = None
+    while loop.time() < deadline:
+        stats = await asyncio.gather(*(c.get_stats() for c in scenario.consumers))
+        now = (
+            [
+                int(next(s for s in stat if s["type"] == "outbound-rtp")["packetCount"])
+                for stat in stats
+            ],
+            sinks.drops(),
+        )
+        if now == last:
+            return
+        last = now
+        await asyncio.sleep(quiet)
+
+
 async def _counters(scenario: Scenario, sinks: Sinks, *, first: bool) -> Counters:
     stats = await asyncio.gather(*(c.get_stats() for c in scenario.consumers))
     consumer_packets = [
@@ -535,7 +559,7 @@ async def run_trial(setup: str, n: int, *, stream: Stream, window: float, sender
             await sender.command(cmd="target", port=scenario.producer_port)
             # Warm-up: consumers sync on the first key frame; then the pipeline empties.
             await sender.command(cmd="send", frames=stream.fps)
-            await asyncio.sleep(0.3)
+            await _settle(scenario, sinks)
             # Counters are read outside the CPU window, so that the stats requests are
             # not billed to forwarding.
             counters0 = await _counters(scenario, sinks, first=True)
@@ -544,6 +568,7 @@ async def run_trial(setup: str, n: int, *, stream: Stream, window: float, sender
             cpu_streaming = await _cpu_times(scenario)
             await asyncio.sleep(0.5)  # every queue empties: the counts are final
             cpu1 = await _cpu_times(scenario)
+            await _settle(scenario, sinks)  # a loaded machine may need longer
             counters1 = await _counters(scenario, sinks, first=False)
         finally:
             await scenario.close()

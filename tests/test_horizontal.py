@@ -783,6 +783,7 @@ async def test_cluster_router_drain(
 
     router = await cluster.create_router(media_codecs=MEDIA_CODECS)
     on_s3 = await router.create_plain_transport(server="s3", listen_ip="127.0.0.4")
+    producer = await on_s3.produce(kind="audio", rtp_parameters=OPUS_RTP)
     servers[2].proc.send_signal(signal.SIGTERM)
 
     async def marked() -> bool:
@@ -800,14 +801,22 @@ async def test_cluster_router_drain(
     with pytest.raises(InvalidStateError, match="draining"):
         await worker.create_router(media_codecs=MEDIA_CODECS)
     assert (await on_s3.dump())["id"] == on_s3.id  # what is there keeps working
+    # ... and reaches new consumers elsewhere (a pipe transport is not a placement).
+    elsewhere = await router.create_plain_transport(listen_ip="127.0.0.1")
+    consumer = await elsewhere.consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    assert [p["from"] for p in router.cluster_dump()["pipes"]] == ["s3"]
+    gone = asyncio.ensure_future(consumer.events.wait_for("producerclose"))
 
     left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
     on_s3.close()
     async with asyncio.timeout(15):
+        await gone
         record, reason = await left
         assert await servers[2].proc.wait() == 0
     assert record["id"] == "s3" and reason == "left"
-    assert "s3" not in router.servers
+    assert "s3" not in router.servers and router.cluster_dump()["pipes"] == []
 
 
 @pytest.fixture

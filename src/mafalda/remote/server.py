@@ -199,6 +199,8 @@ _LATE_EVENTS = frozenset({"subprocessclose", "died"})
 
 #: Calls that change nothing: their answer carries no state refresh.
 _READ_ONLY = ("dump", "get_", "can_", "stats")
+#: create_*() calls a draining server still takes: pipes carry what is already there.
+_DRAIN_OK = frozenset({"create_pipe_transport"})
 #: Calls whose news is the object they return (its state goes with its reference), not a
 #: change of their target's own state (a router's, a transport's).
 _CREATING = ("create_", "consume", "produce", "pipe_to_router")
@@ -527,7 +529,8 @@ class RemoteServer:
         self._token = token.encode()
         self.grace_period = grace_period
         #: While True, every create_*() call is refused (a draining media server takes
-        #: no new workers, routers, transports or observers; the rest keeps working).
+        #: no new workers, routers, transports or observers; the rest keeps working),
+        #: except pipe transports: they carry what is already there to other servers.
         self.draining = False
         self.max_message_size = max_message_size
         self._rate_limit = rate_limit
@@ -831,7 +834,7 @@ class RemoteServer:
         if quiet:
             session.closing = call.target
         try:
-            if self.draining and call.method.startswith("create_"):
+            if self.draining and call.method.startswith("create_") and call.method not in _DRAIN_OK:
                 raise InvalidStateError(f"media server draining: {call.method}() refused")
             result = getattr(obj, call.method)(*args, **kwargs)
         except Exception as error:

@@ -451,6 +451,46 @@ async def test_redis_restart_servers_register_again(
         await late.proc.wait()
 
 
+async def test_media_node_record_of_a_mafalda_pool(
+    redis_server: RedisProcess, db: aioredis.Redis
+) -> None:
+    """A node serving a Mafalda pool reports the pool: its workers, consumers and its
+    busiest worker's load; draining refuses creations but not pipe transports."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.mediasoup.errors import InvalidStateError
+    from mafalda.remote import RemoteMafalda, serve
+    from mafalda.vertical import Mafalda
+
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, worker_settings={"log_level": "warn"}
+    ) as pool:
+        async with await serve(token=TOKEN, target=pool) as server:
+            assert server.mafalda is pool
+            async with MediaNode(server, redis_url=redis_server.url, interval=0.1) as node:
+                record = node.record()
+                assert record["serves"] == "mafalda" and record["workers"] == 2
+                client = await remote_connect(server.url, token=TOKEN)
+                assert isinstance(client, RemoteMafalda)
+                router = await client.create_router(media_codecs=MEDIA_CODECS)
+                send = await router.create_direct_transport()
+                producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+                recv = await router.create_direct_transport()
+                await recv.consume(
+                    producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+                )
+                record = node.record()
+                assert record["consumers"] == 1
+                loads = [w["load"] for w in pool.stats()["workers"]]
+                assert record["load"] == round(max(loads), 4)
+                assert not await node.drain(0)  # objects left: deadline passed
+                with pytest.raises(InvalidStateError, match="draining"):
+                    await router.create_direct_transport()
+                pipe = await router.create_pipe_transport(listen_ip="127.0.0.1")
+                assert pipe.id
+                await client.aclose()
+                assert await node.drain(5)
+
+
 def test_serve_cluster_arguments() -> None:
     from mafalda import cli
 

@@ -744,6 +744,7 @@ def get_consumer_rtp_parameters(
     remote_rtp_capabilities: RtpCapabilities,
     pipe: bool,
     enable_rtx: bool,
+    normalized: bool = False,
 ) -> RtpParameters:
     """The RTP parameters of a consumer for a remote endpoint of the given capabilities.
 
@@ -751,12 +752,15 @@ def get_consumer_rtp_parameters(
     supports. A regular consumer gets a single encoding (simulcast streams become
     spatial layers of its scalability mode); a pipe consumer (``pipe``) keeps all the
     consumable encodings. RTX only when ``enable_rtx`` and the endpoint supports it.
-    The codecs of ``remote_rtp_capabilities`` are normalized in place. Raises
-    UnsupportedError when no media codec is compatible.
+    The codecs of ``remote_rtp_capabilities`` are normalized in place, unless
+    ``normalized`` says that they are already (by validate_and_normalize_rtp_capabilities):
+    then ``remote_rtp_capabilities`` is only read (the result shares nothing with it), so
+    it may be shared. Raises UnsupportedError when no media codec is compatible.
     """
     remote_codecs: list[dict[str, Any]] = cast(Any, remote_rtp_capabilities.get("codecs", []))
-    for cap_codec in remote_codecs:
-        validate_and_normalize_rtp_codec_capability(cast(RtpCodecCapability, cap_codec))
+    if not normalized:
+        for cap_codec in remote_codecs:
+            validate_and_normalize_rtp_codec_capability(cast(RtpCodecCapability, cap_codec))
 
     codecs: list[dict[str, Any]] = []
     for codec in cast(list[dict[str, Any]], _clone(consumable_rtp_parameters["codecs"])):

@@ -294,30 +294,35 @@ def listen_info_to_fbs(info: ListenInfo) -> ListenInfoT:
 
 # -- remote RTP capabilities ----------------------------------------------------------
 
-_normalized_caps: dict[bytes, bytes] = {}
+_normalized_caps: dict[bytes, RtpCapabilities] = {}
 
 
-def normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
-    """A private, validated and normalized copy of ``rtp_capabilities`` (TypeError or
+def _shared_normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
+    """The validated and normalized form of ``rtp_capabilities`` (TypeError or
     ValueError when invalid), as ``ortc.validate_and_normalize_rtp_capabilities`` on a
-    copy. Apps pass the same capabilities to every consume(): the validation, which is
-    deterministic, runs once per distinct content (keyed by its pickle) and later calls
-    get a fresh copy of the result."""
+    copy, SHARED: the result may be the cached one, which nobody may modify (consume()
+    only reads it). Apps pass the same capabilities to every consume(): the validation,
+    which is deterministic, runs once per distinct content (keyed by its pickle)."""
     try:
         key = pickle.dumps(rtp_capabilities, pickle.HIGHEST_PROTOCOL)
     except Exception:  # not plain data: validate (and reject) it without caching
         key = b""
     normalized = _normalized_caps.get(key) if key else None
     if normalized is None:
-        caps: RtpCapabilities = ortc._clone(rtp_capabilities)
-        ortc.validate_and_normalize_rtp_capabilities(caps)
-        if not key:
-            return caps
-        if len(_normalized_caps) >= 64:
-            _normalized_caps.clear()
-        normalized = _normalized_caps[key] = pickle.dumps(caps, pickle.HIGHEST_PROTOCOL)
-    copy_: RtpCapabilities = pickle.loads(normalized)
-    return copy_
+        normalized = ortc._clone(rtp_capabilities)
+        ortc.validate_and_normalize_rtp_capabilities(normalized)
+        if key:
+            if len(_normalized_caps) >= 64:
+                _normalized_caps.clear()
+            _normalized_caps[key] = normalized
+    return normalized
+
+
+def normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
+    """A private, validated and normalized copy of ``rtp_capabilities`` (TypeError or
+    ValueError when invalid), as ``ortc.validate_and_normalize_rtp_capabilities`` on a
+    copy; the validation runs once per distinct content."""
+    return ortc._clone(_shared_normalized_rtp_capabilities(rtp_capabilities))
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -743,7 +748,8 @@ class Transport(EventSource):
                 preferred_layers.get("spatialLayer"), int
             ):
                 raise TypeError("preferred_layers.spatialLayer must be an integer")
-        caps = normalized_rtp_capabilities(rtp_capabilities)
+        # Read-only from here on: get_consumer_rtp_parameters() copies what it keeps.
+        caps = _shared_normalized_rtp_capabilities(rtp_capabilities)
         guard = self.consume_guard(producer_id) if self.consume_guard else contextlib.nullcontext()
         async with guard:
             self._check_open()
@@ -757,6 +763,7 @@ class Transport(EventSource):
                 remote_rtp_capabilities=caps,
                 pipe=pipe,
                 enable_rtx=enable_rtx,
+                normalized=True,
             )
             if not pipe:
                 if mid:

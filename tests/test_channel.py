@@ -427,6 +427,27 @@ async def test_requests_sent_while_two_are_awaited_go_out_together_in_order() ->
     channel.close()
 
 
+async def test_unawaited_request_shares_the_write_of_what_follows_it() -> None:
+    # As transport.close() then the next create: the close request waits for the loop
+    # turn, and the request sent right after it goes out in the same write, after it.
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r")
+    assert writer.sent == []
+    future = channel.request(Method.WORKER_DUMP, "w")
+    assert writer.sent == []
+    await _next_turn()
+    assert writer.sent == [
+        encode_request(flatbuffers.Builder(0), 1, Method.ROUTER_CLOSE_TRANSPORT, "r")
+        + encode_request(flatbuffers.Builder(0), 2, Method.WORKER_DUMP, "w")
+    ]
+    channel.data_received(_response(1))
+    channel.data_received(_response(2))
+    assert await future is None
+    channel.close()
+
+
 async def test_closing_with_messages_waiting_sends_them_first() -> None:
     # As Worker.close() does: a notification for the worker, then close(), while
     # requests are awaited. What waited for the loop turn is written before the close.

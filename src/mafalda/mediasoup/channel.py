@@ -402,16 +402,18 @@ class Channel:
             raise ChannelClosedError(f"channel closed, cannot send {what}")
         self._send(writer, data)
 
-    def _send(self, writer: asyncio.WriteTransport, data: bytes) -> None:
+    def _send(self, writer: asyncio.WriteTransport, data: bytes, defer: bool = False) -> None:
         # With two answers or more awaited the worker has work queued: what is sent
         # meanwhile goes out in one pipe write at the next loop turn, in order (a burst
         # of requests wakes the worker once instead of once per message, which on a
-        # busy machine costs more than encoding them). Otherwise at once: a lone
+        # busy machine costs more than encoding them). So does a request whose answer
+        # nobody awaits (``defer``): what the caller sends next, such as the next
+        # creation after a close, shares its write. Otherwise at once: a lone
         # request's latency is what sequential callers wait for.
         out = self._out
         if out:
             out.append(data)
-        elif len(self._sents) > 1:
+        elif defer or len(self._sents) > 1:
             out.append(data)
             self._loop.call_soon(self._flush)
         else:
@@ -435,6 +437,9 @@ class Channel:
         with ChannelClosedError when it closes before the answer, WorkerError (or
         WorkerTypeError) when the worker refuses.
         """
+        return self._request(method, handler_id, body, False)
+
+    def _request(self, method: int, handler_id: str, body: Any, defer: bool) -> asyncio.Future[Any]:
         name = METHOD_NAMES.get(method) or str(method)
         if self.closed:
             raise ChannelClosedError(f"channel closed, cannot send request [method:{name}]")
@@ -452,7 +457,7 @@ class Channel:
         if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
             self._write(data, f"request [method:{name}]")  # raises
         else:
-            self._send(writer, data)
+            self._send(writer, data, defer)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._sents[request_id] = (future, name)
         return future
@@ -461,7 +466,7 @@ class Channel:
         """Send a request whose answer nobody awaits (closing things, as Node's
         ``request(...).catch(() => {})``): failures are logged at debug level."""
         try:
-            future = self.request(method, handler_id, body)
+            future = self._request(method, handler_id, body, True)
         except MediasoupError as error:
             logger.debug("request_nowait() failed to send: %s", error)
             return

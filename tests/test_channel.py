@@ -40,6 +40,7 @@ from mafalda.mediasoup.channel import (
     decode_message,
     encode_notification,
     encode_request,
+    prepack,
 )
 from mafalda.mediasoup.errors import ChannelClosedError, WorkerError, WorkerTypeError
 
@@ -383,6 +384,39 @@ def test_request_envelope_reads_back_and_keeps_the_body_aligned(handler_id: str)
         RequestBody.NONE,
     )
     assert request.body is None
+
+
+def _fields(value: Any) -> Any:
+    """An object-API table as nested dicts (the tables have no __eq__)."""
+    if isinstance(value, list):
+        return [_fields(item) for item in value]
+    if hasattr(value, "__dict__"):
+        return {key: _fields(item) for key, item in vars(value).items()}
+    return value
+
+
+@pytest.mark.parametrize("producer_id", ["", "p", "pr", "pro", "prod", "produ", "a" * 37])
+def test_prepacked_table_reads_back_as_the_table_itself(producer_id: str) -> None:
+    # The packed bytes of a table copied into a later buffer: the decoded request is
+    # the one the table itself makes, whatever the padding before it (the 8-byte
+    # double inside must stay aligned).
+    parameter = ParameterT(name="x-double", valueType=Value.Double, value=DoubleT(value=0.5))
+    codec = RtpCodecParametersT(mimeType="audio/opus", payloadType=100, clockRate=48000)
+    codec.parameters = [parameter]
+    rtp_parameters = RtpParametersT(codecs=[codec])
+    prepacked = prepack(rtp_parameters)
+    decoded = []
+    for table in (rtp_parameters, prepacked, prepacked):
+        body = ProduceRequestT(producerId=producer_id, kind=1, rtpParameters=table)
+        data = encode_request(FastBuilder(0), 7, Method.TRANSPORT_PRODUCE, "t", body)
+        decoded.append(_fields(MessageT.InitFromPackedBuf(data, 4).data.body))
+    assert decoded[0]["rtpParameters"]["codecs"][0]["parameters"][0]["value"]["value"] == 0.5
+    assert decoded[1] == decoded[0] and decoded[2] == decoded[0]
+
+
+def test_prepack_out_of_range_number_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="bad number"):
+        prepack(RtpCodecParametersT(mimeType="audio/opus", payloadType=256, clockRate=48000))
 
 
 async def test_channel_sends_what_encode_request_makes() -> None:

@@ -1169,3 +1169,33 @@ class _Packers(dict[type, Callable[[Any, Any], int]]):
 
 #: ``packers[type(obj)](obj, builder)`` is ``obj.Pack(builder)``, with fewer calls.
 packers = _Packers()
+
+
+class Prepacked:
+    """A table packed once (by ``channel.prepack``), which packs into later buffers by
+    copying its bytes: their offsets are relative (to the end of the buffer, or from
+    one field to what it points to), so they hold wherever the block lands at the same
+    alignment. For the option tables that sequential creations repeat."""
+
+    __slots__ = ("align", "data", "root")
+
+    def __init__(self, data: bytes, root: int, align: int) -> None:
+        self.data = data  # the packed bytes, the table and everything below it
+        self.root = root  # the table's offset from the end of ``data``
+        self.align = align  # the largest alignment inside ``data``
+
+
+def _pack_prepacked(obj: Prepacked, builder: Any) -> int:
+    builder.Prep(obj.align, 0)  # the block's end lands on a multiple of its alignment
+    data = obj.data
+    size = len(data)
+    if builder.head < size:
+        _reserve(builder, size)
+    head = builder.head - size
+    builder.Bytes[head : head + size] = data
+    builder.head = head
+    offset: int = len(builder.Bytes) - head - size + obj.root
+    return offset
+
+
+packers[Prepacked] = _pack_prepacked

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import pickle
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from mafalda.mediasoup import ortc
+from mafalda.mediasoup._fastfbs import Prepacked
 from mafalda.mediasoup._fbs.ActiveSpeakerObserver.ActiveSpeakerObserverOptions import (
     ActiveSpeakerObserverOptionsT,
 )
@@ -46,7 +49,7 @@ from mafalda.mediasoup._fbs.WebRtcTransport.WebRtcTransportOptions import (
 from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
 from mafalda.mediasoup.active_speaker_observer import ActiveSpeakerObserver
 from mafalda.mediasoup.audio_level_observer import AudioLevelObserver
-from mafalda.mediasoup.channel import Channel
+from mafalda.mediasoup.channel import Channel, prepack
 from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
@@ -167,6 +170,28 @@ def _base_options(
             initial_available_outgoing_bitrate, "initial_available_outgoing_bitrate"
         )
     return options
+
+
+_prepacked: dict[bytes, Prepacked] = {}
+
+
+def _prepacked_options(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The options table that ``build()`` makes, packed once per distinct content of
+    ``key`` (the arguments it is made of, keyed by their pickle, which tells True from
+    1): apps create their transports with the same few option sets, and packing the
+    options table costs more than the rest of the request. Building validates as it
+    goes, deterministically: a key seen before built without error."""
+    try:
+        pickled = pickle.dumps(key, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # not plain data: build it each time
+        return build()
+    found = _prepacked.get(pickled)
+    if found is None:
+        found = prepack(build())
+        if len(_prepacked) >= 64:
+            _prepacked.clear()
+        _prepacked[pickled] = found
+    return found
 
 
 def _single_listen_info(
@@ -432,25 +457,44 @@ class Router(EventSource):
                     "create_plain_transport() | rtcp_mux ignored: rtcp_listen_info given"
                 )
                 rtcp_mux = False
-        options = PlainTransportOptionsT()
-        options.base = _base_options(
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-            max_sctp_message_size=max_sctp_message_size,
-            sctp_send_buffer_size=sctp_send_buffer_size,
-            is_data_channel=False,
-        )
-        options.listenInfo = listen_info_to_fbs(info)
-        if rtcp_listen_info is not None:
-            options.rtcpListenInfo = listen_info_to_fbs(rtcp_listen_info)
-        options.rtcpMux = bool(rtcp_mux)
-        options.comedia = bool(comedia)
-        options.enableSrtp = bool(enable_srtp)
-        options.srtpCryptoSuite = crypto_suite_to_fbs(srtp_crypto_suite)
+
+        def build() -> PlainTransportOptionsT:
+            options = PlainTransportOptionsT()
+            options.base = _base_options(
+                enable_sctp=enable_sctp,
+                num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
+                max_sctp_message_size=max_sctp_message_size,
+                sctp_send_buffer_size=sctp_send_buffer_size,
+                is_data_channel=False,
+            )
+            options.listenInfo = listen_info_to_fbs(info)
+            if rtcp_listen_info is not None:
+                options.rtcpListenInfo = listen_info_to_fbs(rtcp_listen_info)
+            options.rtcpMux = bool(rtcp_mux)
+            options.comedia = bool(comedia)
+            options.enableSrtp = bool(enable_srtp)
+            options.srtpCryptoSuite = crypto_suite_to_fbs(srtp_crypto_suite)
+            return options
+
         transport_id = str(uuid.uuid4())
         request = CreatePlainTransportRequestT()
         request.transportId = transport_id
-        request.options = options
+        request.options = _prepacked_options(
+            (
+                "plain",
+                info,
+                rtcp_listen_info,
+                rtcp_mux,
+                comedia,
+                enable_sctp,
+                num_sctp_streams,
+                max_sctp_message_size,
+                sctp_send_buffer_size,
+                enable_srtp,
+                srtp_crypto_suite,
+            ),
+            build,
+        )
         body = await self._channel.request(Method.ROUTER_CREATE_PLAINTRANSPORT, self._id, request)
         transport = PlainTransport(
             **self._transport_kwargs(transport_id, app_data),

@@ -172,6 +172,22 @@ def _base_options(
     return options
 
 
+def _media_base_options(
+    enable_sctp: bool,
+    num_sctp_streams: NumSctpStreams | None,
+    max_sctp_message_size: int,
+    sctp_send_buffer_size: int,
+) -> OptionsT:
+    """The base options of a plain or pipe transport (no data channel)."""
+    return _base_options(
+        enable_sctp=enable_sctp,
+        num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
+        max_sctp_message_size=max_sctp_message_size,
+        sctp_send_buffer_size=sctp_send_buffer_size,
+        is_data_channel=False,
+    )
+
+
 _prepacked: dict[bytes, Prepacked] = {}
 
 
@@ -460,12 +476,8 @@ class Router(EventSource):
 
         def build() -> PlainTransportOptionsT:
             options = PlainTransportOptionsT()
-            options.base = _base_options(
-                enable_sctp=enable_sctp,
-                num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-                max_sctp_message_size=max_sctp_message_size,
-                sctp_send_buffer_size=sctp_send_buffer_size,
-                is_data_channel=False,
+            options.base = _media_base_options(
+                enable_sctp, num_sctp_streams, max_sctp_message_size, sctp_send_buffer_size
             )
             options.listenInfo = listen_info_to_fbs(info)
             if rtcp_listen_info is not None:
@@ -520,21 +532,33 @@ class Router(EventSource):
         self._check_open()
         info = _single_listen_info(listen_info, listen_ip, port)
         validate_app_data(app_data)
-        options = PipeTransportOptionsT()
-        options.base = _base_options(
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-            max_sctp_message_size=max_sctp_message_size,
-            sctp_send_buffer_size=sctp_send_buffer_size,
-            is_data_channel=False,
-        )
-        options.listenInfo = listen_info_to_fbs(info)
-        options.enableRtx = bool(enable_rtx)
-        options.enableSrtp = bool(enable_srtp)
+
+        def build() -> PipeTransportOptionsT:
+            options = PipeTransportOptionsT()
+            options.base = _media_base_options(
+                enable_sctp, num_sctp_streams, max_sctp_message_size, sctp_send_buffer_size
+            )
+            options.listenInfo = listen_info_to_fbs(info)
+            options.enableRtx = bool(enable_rtx)
+            options.enableSrtp = bool(enable_srtp)
+            return options
+
         transport_id = str(uuid.uuid4())
         request = CreatePipeTransportRequestT()
         request.transportId = transport_id
-        request.options = options
+        request.options = _prepacked_options(
+            (
+                "pipe",
+                info,
+                enable_sctp,
+                num_sctp_streams,
+                max_sctp_message_size,
+                sctp_send_buffer_size,
+                enable_rtx,
+                enable_srtp,
+            ),
+            build,
+        )
         body = await self._channel.request(Method.ROUTER_CREATE_PIPETRANSPORT, self._id, request)
         transport = PipeTransport(
             **self._transport_kwargs(transport_id, app_data),

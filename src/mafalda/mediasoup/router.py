@@ -403,34 +403,55 @@ class Router(EventSource):
                 raise TypeError("listen_infos must be a non-empty list")
             for i, info in enumerate(listen_infos):
                 validate_listen_info(info, f"listen_infos[{i}]")
-        options = WebRtcTransportOptionsT()
-        options.base = _base_options(
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-            max_sctp_message_size=max_sctp_message_size,
-            sctp_send_buffer_size=sctp_send_buffer_size,
-            is_data_channel=True,
-            initial_available_outgoing_bitrate=initial_available_outgoing_bitrate,
-        )
-        if webrtc_server is not None:
-            listen_server = ListenServerT()
-            listen_server.webRtcServerId = webrtc_server.id
-            options.listenType = Listen.ListenServer
-            options.listen = listen_server
-        else:
-            individual = ListenIndividualT()
-            individual.listenInfos = [listen_info_to_fbs(i) for i in listen_infos or []]
-            options.listenType = Listen.ListenIndividual
-            options.listen = individual
-        options.enableUdp = bool(enable_udp)
-        options.enableTcp = bool(enable_tcp)
-        options.preferUdp = bool(prefer_udp)
-        options.preferTcp = bool(prefer_tcp)
-        options.iceConsentTimeout = ice_consent_timeout
+
+        def build() -> WebRtcTransportOptionsT:
+            options = WebRtcTransportOptionsT()
+            options.base = _base_options(
+                enable_sctp=enable_sctp,
+                num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
+                max_sctp_message_size=max_sctp_message_size,
+                sctp_send_buffer_size=sctp_send_buffer_size,
+                is_data_channel=True,
+                initial_available_outgoing_bitrate=initial_available_outgoing_bitrate,
+            )
+            if webrtc_server is not None:
+                listen_server = ListenServerT()
+                listen_server.webRtcServerId = webrtc_server.id
+                options.listenType = Listen.ListenServer
+                options.listen = listen_server
+            else:
+                individual = ListenIndividualT()
+                individual.listenInfos = [listen_info_to_fbs(i) for i in listen_infos or []]
+                options.listenType = Listen.ListenIndividual
+                options.listen = individual
+            options.enableUdp = bool(enable_udp)
+            options.enableTcp = bool(enable_tcp)
+            options.preferUdp = bool(prefer_udp)
+            options.preferTcp = bool(prefer_tcp)
+            options.iceConsentTimeout = ice_consent_timeout
+            return options
+
         transport_id = str(uuid.uuid4())
         request = CreateWebRtcTransportRequestT()
         request.transportId = transport_id
-        request.options = options
+        request.options = _prepacked_options(
+            (
+                "webrtc",
+                webrtc_server.id if webrtc_server is not None else None,
+                listen_infos,
+                enable_udp,
+                enable_tcp,
+                prefer_udp,
+                prefer_tcp,
+                initial_available_outgoing_bitrate,
+                enable_sctp,
+                num_sctp_streams,
+                max_sctp_message_size,
+                sctp_send_buffer_size,
+                ice_consent_timeout,
+            ),
+            build,
+        )
         method = (
             Method.ROUTER_CREATE_WEBRTCTRANSPORT_WITH_SERVER
             if webrtc_server is not None

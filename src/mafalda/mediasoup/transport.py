@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import ipaddress
 import logging
 import pickle
@@ -208,13 +209,21 @@ def _check_port(value: Any, name: str, *, allow_zero: bool = True) -> None:
         raise ValueError(f"{name} must be in {low}..65535, got {value}")
 
 
-def _check_ip(value: Any, name: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"missing {name}")
+@functools.lru_cache(maxsize=256)
+def _is_ip(value: str) -> bool:
+    # Apps listen on a few addresses, every creation checks one: parse each once.
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{name} {value!r} is not an IP address") from None
+        return False
+    return True
+
+
+def _check_ip(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"missing {name}")
+    if not _is_ip(value):
+        raise ValueError(f"{name} {value!r} is not an IP address")
 
 
 def validate_listen_info(info: Any, name: str = "listen_info") -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import flatbuffers
 import pytest
 
-from mafalda.mediasoup._fastfbs import FastBuilder
+from mafalda.mediasoup._fastfbs import FastBuilder, prepack
 from mafalda.mediasoup._fbs.Log import Log as LogMod
 from mafalda.mediasoup._fbs.Message import Message as MessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
@@ -40,7 +40,6 @@ from mafalda.mediasoup.channel import (
     decode_message,
     encode_notification,
     encode_request,
-    prepack,
 )
 from mafalda.mediasoup.errors import ChannelClosedError, WorkerError, WorkerTypeError
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import flatbuffers
 
-from mafalda.mediasoup._fastfbs import FastBuilder, Prepacked, packers, union_decoders, views
+from mafalda.mediasoup._fastfbs import FastBuilder, packers, union_decoders, views
 from mafalda.mediasoup._fbs.Message import Message as FbsMessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
 from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
@@ -96,14 +96,6 @@ def _pack(body: Any, builder: flatbuffers.Builder) -> int:
         # A number out of its field's range (the stock runtime raises TypeError too).
         raise TypeError(f"bad number in {type(body).__name__}: {error}") from None
     return offset
-
-
-def prepack(table: Any) -> Prepacked:
-    """``table`` (an object-API table) packed once, to stand for it in later request
-    bodies; TypeError for a number out of its field's range, as when sending it."""
-    builder = FastBuilder(256)
-    root = _pack(table, builder)
-    return Prepacked(bytes(builder.Bytes[builder.head :]), root, builder.minalign)
 
 
 # The request envelope (Message -> Request -> handler id string) is written forward by

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import pickle
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from mafalda.mediasoup import ortc
-from mafalda.mediasoup._fastfbs import Prepacked
+from mafalda.mediasoup._fastfbs import PrepackedCache
 from mafalda.mediasoup._fbs.ActiveSpeakerObserver.ActiveSpeakerObserverOptions import (
     ActiveSpeakerObserverOptionsT,
 )
@@ -49,7 +47,7 @@ from mafalda.mediasoup._fbs.WebRtcTransport.WebRtcTransportOptions import (
 from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
 from mafalda.mediasoup.active_speaker_observer import ActiveSpeakerObserver
 from mafalda.mediasoup.audio_level_observer import AudioLevelObserver
-from mafalda.mediasoup.channel import Channel, prepack
+from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
@@ -188,26 +186,8 @@ def _media_base_options(
     )
 
 
-_prepacked: dict[bytes, Prepacked] = {}
-
-
-def _prepacked_options(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-    """The options table that ``build()`` makes, packed once per distinct content of
-    ``key`` (the arguments it is made of, keyed by their pickle, which tells True from
-    1): apps create their transports with the same few option sets, and packing the
-    options table costs more than the rest of the request. Building validates as it
-    goes, deterministically: a key seen before built without error."""
-    try:
-        pickled = pickle.dumps(key, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # not plain data: build it each time
-        return build()
-    found = _prepacked.get(pickled)
-    if found is None:
-        found = prepack(build())
-        if len(_prepacked) >= 64:
-            _prepacked.clear()
-        _prepacked[pickled] = found
-    return found
+#: The option tables of transport creations (apps repeat a few option sets).
+_prepacked_options = PrepackedCache(64).get
 
 
 def _single_listen_info(

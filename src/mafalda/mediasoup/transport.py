@@ -703,7 +703,7 @@ class Transport(EventSource):
         request = ProduceRequestT()
         request.producerId = producer_id
         request.kind = FbsMediaKind.AUDIO if kind == "audio" else FbsMediaKind.VIDEO
-        request.rtpParameters = serialize_rtp_parameters(params)
+        request.rtpParameters = serialize_rtp_parameters(params, prepacked=True)
         request.rtpMapping = ortc.serialize_rtp_mapping(rtp_mapping)
         request.paused = bool(paused)
         request.keyFrameRequestDelay = key_frame_request_delay or 0
@@ -787,7 +787,7 @@ class Transport(EventSource):
             request.consumerId = consumer_id
             request.producerId = producer.id
             request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
-            request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
+            request.rtpParameters = serialize_rtp_parameters(rtp_parameters, prepacked=True)
             request.type = FbsRtpType.PIPE if pipe else _PRODUCER_TYPES_TO_FBS[producer.type]
             request.consumableRtpEncodings = serialize_rtp_encoding_parameters(
                 producer.consumable_rtp_parameters.get("encodings") or []

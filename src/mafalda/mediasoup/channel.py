@@ -376,6 +376,7 @@ class Channel:
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
         self._out: list[bytes] = []  # messages for the next _flush()
+        self._out_deferred = False  # those are requests nobody awaits, only
         self._loop = asyncio.get_running_loop()
         #: Emits ``close`` once, when the read side ends or close() is called.
         self.events = EventEmitter()
@@ -408,13 +409,17 @@ class Channel:
         # of requests wakes the worker once instead of once per message, which on a
         # busy machine costs more than encoding them). So does a request whose answer
         # nobody awaits (``defer``): what the caller sends next, such as the next
-        # creation after a close, shares its write. Otherwise at once: a lone
-        # request's latency is what sequential callers wait for.
+        # creation after a close, shares its write, at once (``_out_deferred``: only
+        # such requests wait). Otherwise at once: a lone request's latency is what
+        # sequential callers wait for.
         out = self._out
         if out:
             out.append(data)
+            if self._out_deferred and not defer:
+                self._flush()
         elif defer or len(self._sents) > 1:
             out.append(data)
+            self._out_deferred = defer
             self._loop.call_soon(self._flush)
         else:
             writer.write(data)

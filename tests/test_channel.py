@@ -9,7 +9,7 @@ from typing import Any
 import flatbuffers
 import pytest
 
-from mafalda.mediasoup._fastfbs import FastBuilder
+from mafalda.mediasoup._fastfbs import FastBuilder, prepack
 from mafalda.mediasoup._fbs.Log import Log as LogMod
 from mafalda.mediasoup._fbs.Message import Message as MessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
@@ -385,6 +385,39 @@ def test_request_envelope_reads_back_and_keeps_the_body_aligned(handler_id: str)
     assert request.body is None
 
 
+def _fields(value: Any) -> Any:
+    """An object-API table as nested dicts (the tables have no __eq__)."""
+    if isinstance(value, list):
+        return [_fields(item) for item in value]
+    if hasattr(value, "__dict__"):
+        return {key: _fields(item) for key, item in vars(value).items()}
+    return value
+
+
+@pytest.mark.parametrize("producer_id", ["", "p", "pr", "pro", "prod", "produ", "a" * 37])
+def test_prepacked_table_reads_back_as_the_table_itself(producer_id: str) -> None:
+    # The packed bytes of a table copied into a later buffer: the decoded request is
+    # the one the table itself makes, whatever the padding before it (the 8-byte
+    # double inside must stay aligned).
+    parameter = ParameterT(name="x-double", valueType=Value.Double, value=DoubleT(value=0.5))
+    codec = RtpCodecParametersT(mimeType="audio/opus", payloadType=100, clockRate=48000)
+    codec.parameters = [parameter]
+    rtp_parameters = RtpParametersT(codecs=[codec])
+    prepacked = prepack(rtp_parameters)
+    decoded = []
+    for table in (rtp_parameters, prepacked, prepacked):
+        body = ProduceRequestT(producerId=producer_id, kind=1, rtpParameters=table)
+        data = encode_request(FastBuilder(0), 7, Method.TRANSPORT_PRODUCE, "t", body)
+        decoded.append(_fields(MessageT.InitFromPackedBuf(data, 4).data.body))
+    assert decoded[0]["rtpParameters"]["codecs"][0]["parameters"][0]["value"]["value"] == 0.5
+    assert decoded[1] == decoded[0] and decoded[2] == decoded[0]
+
+
+def test_prepack_out_of_range_number_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="bad number"):
+        prepack(RtpCodecParametersT(mimeType="audio/opus", payloadType=256, clockRate=48000))
+
+
 async def test_channel_sends_what_encode_request_makes() -> None:
     channel = Channel(pid=1)
     writer = _Writer()
@@ -424,6 +457,37 @@ async def test_requests_sent_while_two_are_awaited_go_out_together_in_order() ->
     for i, future in enumerate(futures):
         channel.data_received(_response(i + 1))
         assert await future is None
+    channel.close()
+
+
+async def test_unawaited_request_shares_the_write_of_what_follows_it() -> None:
+    # As transport.close() then the next create: the close request waits (for the loop
+    # turn at the latest), and the request sent right after it goes out at once in the
+    # same write, after it.
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r")
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r2")
+    assert writer.sent == []
+    future = channel.request(Method.WORKER_DUMP, "w")
+    close = [
+        encode_request(flatbuffers.Builder(0), 1, Method.ROUTER_CLOSE_TRANSPORT, "r"),
+        encode_request(flatbuffers.Builder(0), 2, Method.ROUTER_CLOSE_TRANSPORT, "r2"),
+    ]
+    assert writer.sent == [
+        b"".join(close) + encode_request(flatbuffers.Builder(0), 3, Method.WORKER_DUMP, "w")
+    ]
+    # Alone, they go out at the loop turn.
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r3")
+    assert len(writer.sent) == 1
+    await _next_turn()
+    assert writer.sent[1:] == [
+        encode_request(flatbuffers.Builder(0), 4, Method.ROUTER_CLOSE_TRANSPORT, "r3")
+    ]
+    for request_id in (1, 2, 3, 4):
+        channel.data_received(_response(request_id))
+    assert await future is None
     channel.close()
 
 

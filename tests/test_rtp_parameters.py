@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mafalda.mediasoup._fastfbs import FastBuilder, packers
 from mafalda.mediasoup._fbs.RtpParameters.Parameter import ParameterT
 from mafalda.mediasoup._fbs.RtpParameters.RtpEncodingParameters import (
     RtpEncodingParameters,
@@ -130,6 +131,19 @@ FULL_RTP_PARAMETERS: Any = {
     "rtcp": {"cname": "abcd", "reducedSize": True},
     "msid": "stream track",
 }
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_prepacked_codecs_and_header_extensions_read_back_the_same(fast: bool) -> None:
+    # Packed once, copied after: twice (the second from the cache), with the stock
+    # builder and Pack() or with the compiled packers.
+    expected = rtp_round_trip(FULL_RTP_PARAMETERS)
+    for _ in range(2):
+        table = serialize_rtp_parameters(FULL_RTP_PARAMETERS, prepacked=True)
+        builder = FastBuilder(0) if fast else flatbuffers.Builder(0)
+        builder.Finish(packers[RtpParametersT](table, builder) if fast else table.Pack(builder))
+        read = RtpParametersT.InitFromObj(RtpParameters.GetRootAs(builder.Output(), 0))
+        assert parse_rtp_parameters(read) == expected
 
 
 def test_rtp_parameters_round_trip() -> None:

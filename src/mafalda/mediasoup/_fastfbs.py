@@ -27,6 +27,7 @@ import copy
 import importlib
 import inspect
 import math
+import pickle
 import struct
 import textwrap
 from collections.abc import Callable
@@ -1169,3 +1170,78 @@ class _Packers(dict[type, Callable[[Any, Any], int]]):
 
 #: ``packers[type(obj)](obj, builder)`` is ``obj.Pack(builder)``, with fewer calls.
 packers = _Packers()
+
+
+class Prepacked:
+    """A table packed once (by ``channel.prepack``), which packs into later buffers by
+    copying its bytes: their offsets are relative (to the end of the buffer, or from
+    one field to what it points to), so they hold wherever the block lands at the same
+    alignment. For the option tables that sequential creations repeat."""
+
+    __slots__ = ("align", "data", "root")
+
+    def __init__(self, data: bytes, root: int, align: int) -> None:
+        self.data = data  # the packed bytes, the table and everything below it
+        self.root = root  # the table's offset from the end of ``data``
+        self.align = align  # the largest alignment inside ``data``
+
+    def Pack(self, builder: Any) -> int:  # noqa: N802 - the object API's name
+        """As a table's own Pack(), for the stock packers of enclosing tables."""
+        return _pack_prepacked(self, builder)
+
+
+def _pack_prepacked(obj: Prepacked, builder: Any) -> int:
+    builder.Prep(obj.align, 0)  # the block's end lands on a multiple of its alignment
+    data = obj.data
+    size = len(data)
+    if builder.head < size:
+        _reserve(builder, size)
+    head = builder.head - size
+    builder.Bytes[head : head + size] = data
+    builder.head = head
+    offset: int = len(builder.Bytes) - head - size + obj.root
+    return offset
+
+
+packers[Prepacked] = _pack_prepacked
+
+
+def prepack(table: Any) -> Prepacked:
+    """``table`` (an object-API table) packed once, to stand for it in later request
+    bodies; TypeError for a number out of its field's range, as when sending it."""
+    builder = FastBuilder(256)
+    try:
+        root = packers[type(table)](table, builder)
+    except struct.error as error:
+        raise TypeError(f"bad number in {type(table).__name__}: {error}") from None
+    return Prepacked(bytes(builder.Bytes[builder.head :]), root, builder.minalign)
+
+
+class PrepackedCache:
+    """Tables packed once per distinct content of the arguments they are made of
+    (keyed by their pickle, which tells True from 1 and a tuple from a list), for the
+    option sets, codecs and header extensions that apps repeat request after request.
+    Building validates as it goes, deterministically: a key seen before built without
+    error. Bounded: emptied when full."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._tables: dict[bytes, Prepacked] = {}
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The prepacked table that ``build()`` makes for ``key``; ``build()``'s own
+        table when ``key`` is not plain data."""
+        try:
+            pickled = pickle.dumps(key, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # not plain data: build it each time
+            return build()
+        found = self._tables.get(pickled)
+        if found is None:
+            found = prepack(build())
+            if len(self._tables) >= self._size:
+                self._tables.clear()
+            self._tables[pickled] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._tables)

@@ -376,6 +376,7 @@ class Channel:
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
         self._out: list[bytes] = []  # messages for the next _flush()
+        self._out_deferred = False  # those are requests nobody awaits, only
         self._loop = asyncio.get_running_loop()
         #: Emits ``close`` once, when the read side ends or close() is called.
         self.events = EventEmitter()
@@ -402,17 +403,23 @@ class Channel:
             raise ChannelClosedError(f"channel closed, cannot send {what}")
         self._send(writer, data)
 
-    def _send(self, writer: asyncio.WriteTransport, data: bytes) -> None:
+    def _send(self, writer: asyncio.WriteTransport, data: bytes, defer: bool = False) -> None:
         # With two answers or more awaited the worker has work queued: what is sent
         # meanwhile goes out in one pipe write at the next loop turn, in order (a burst
         # of requests wakes the worker once instead of once per message, which on a
-        # busy machine costs more than encoding them). Otherwise at once: a lone
-        # request's latency is what sequential callers wait for.
+        # busy machine costs more than encoding them). So does a request whose answer
+        # nobody awaits (``defer``): what the caller sends next, such as the next
+        # creation after a close, shares its write, at once (``_out_deferred``: only
+        # such requests wait). Otherwise at once: a lone request's latency is what
+        # sequential callers wait for.
         out = self._out
         if out:
             out.append(data)
-        elif len(self._sents) > 1:
+            if self._out_deferred and not defer:
+                self._flush()
+        elif defer or len(self._sents) > 1:
             out.append(data)
+            self._out_deferred = defer
             self._loop.call_soon(self._flush)
         else:
             writer.write(data)
@@ -435,6 +442,9 @@ class Channel:
         with ChannelClosedError when it closes before the answer, WorkerError (or
         WorkerTypeError) when the worker refuses.
         """
+        return self._request(method, handler_id, body, False)
+
+    def _request(self, method: int, handler_id: str, body: Any, defer: bool) -> asyncio.Future[Any]:
         name = METHOD_NAMES.get(method) or str(method)
         if self.closed:
             raise ChannelClosedError(f"channel closed, cannot send request [method:{name}]")
@@ -452,7 +462,7 @@ class Channel:
         if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
             self._write(data, f"request [method:{name}]")  # raises
         else:
-            self._send(writer, data)
+            self._send(writer, data, defer)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._sents[request_id] = (future, name)
         return future
@@ -461,7 +471,7 @@ class Channel:
         """Send a request whose answer nobody awaits (closing things, as Node's
         ``request(...).catch(() => {})``): failures are logged at debug level."""
         try:
-            future = self.request(method, handler_id, body)
+            future = self._request(method, handler_id, body, True)
         except MediasoupError as error:
             logger.debug("request_nowait() failed to send: %s", error)
             return

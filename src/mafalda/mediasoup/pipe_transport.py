@@ -233,7 +233,7 @@ class PipeTransport(Transport):
         request.consumerId = consumer_id
         request.producerId = producer.id  # not an alias (Router.alias_producer)
         request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
-        request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
+        request.rtpParameters = serialize_rtp_parameters(rtp_parameters, prepacked=True)
         request.type = FbsRtpType.PIPE
         encodings = producer.consumable_rtp_parameters.get("encodings")
         if encodings:

@@ -9,6 +9,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from mafalda.mediasoup import ortc
+from mafalda.mediasoup._fastfbs import PrepackedCache
 from mafalda.mediasoup._fbs.ActiveSpeakerObserver.ActiveSpeakerObserverOptions import (
     ActiveSpeakerObserverOptionsT,
 )
@@ -167,6 +168,26 @@ def _base_options(
             initial_available_outgoing_bitrate, "initial_available_outgoing_bitrate"
         )
     return options
+
+
+def _media_base_options(
+    enable_sctp: bool,
+    num_sctp_streams: NumSctpStreams | None,
+    max_sctp_message_size: int,
+    sctp_send_buffer_size: int,
+) -> OptionsT:
+    """The base options of a plain or pipe transport (no data channel)."""
+    return _base_options(
+        enable_sctp=enable_sctp,
+        num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
+        max_sctp_message_size=max_sctp_message_size,
+        sctp_send_buffer_size=sctp_send_buffer_size,
+        is_data_channel=False,
+    )
+
+
+#: The option tables of transport creations (apps repeat a few option sets).
+_prepacked_options = PrepackedCache(64).get
 
 
 def _single_listen_info(
@@ -362,34 +383,55 @@ class Router(EventSource):
                 raise TypeError("listen_infos must be a non-empty list")
             for i, info in enumerate(listen_infos):
                 validate_listen_info(info, f"listen_infos[{i}]")
-        options = WebRtcTransportOptionsT()
-        options.base = _base_options(
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-            max_sctp_message_size=max_sctp_message_size,
-            sctp_send_buffer_size=sctp_send_buffer_size,
-            is_data_channel=True,
-            initial_available_outgoing_bitrate=initial_available_outgoing_bitrate,
-        )
-        if webrtc_server is not None:
-            listen_server = ListenServerT()
-            listen_server.webRtcServerId = webrtc_server.id
-            options.listenType = Listen.ListenServer
-            options.listen = listen_server
-        else:
-            individual = ListenIndividualT()
-            individual.listenInfos = [listen_info_to_fbs(i) for i in listen_infos or []]
-            options.listenType = Listen.ListenIndividual
-            options.listen = individual
-        options.enableUdp = bool(enable_udp)
-        options.enableTcp = bool(enable_tcp)
-        options.preferUdp = bool(prefer_udp)
-        options.preferTcp = bool(prefer_tcp)
-        options.iceConsentTimeout = ice_consent_timeout
+
+        def build() -> WebRtcTransportOptionsT:
+            options = WebRtcTransportOptionsT()
+            options.base = _base_options(
+                enable_sctp=enable_sctp,
+                num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
+                max_sctp_message_size=max_sctp_message_size,
+                sctp_send_buffer_size=sctp_send_buffer_size,
+                is_data_channel=True,
+                initial_available_outgoing_bitrate=initial_available_outgoing_bitrate,
+            )
+            if webrtc_server is not None:
+                listen_server = ListenServerT()
+                listen_server.webRtcServerId = webrtc_server.id
+                options.listenType = Listen.ListenServer
+                options.listen = listen_server
+            else:
+                individual = ListenIndividualT()
+                individual.listenInfos = [listen_info_to_fbs(i) for i in listen_infos or []]
+                options.listenType = Listen.ListenIndividual
+                options.listen = individual
+            options.enableUdp = bool(enable_udp)
+            options.enableTcp = bool(enable_tcp)
+            options.preferUdp = bool(prefer_udp)
+            options.preferTcp = bool(prefer_tcp)
+            options.iceConsentTimeout = ice_consent_timeout
+            return options
+
         transport_id = str(uuid.uuid4())
         request = CreateWebRtcTransportRequestT()
         request.transportId = transport_id
-        request.options = options
+        request.options = _prepacked_options(
+            (
+                "webrtc",
+                webrtc_server.id if webrtc_server is not None else None,
+                listen_infos,
+                enable_udp,
+                enable_tcp,
+                prefer_udp,
+                prefer_tcp,
+                initial_available_outgoing_bitrate,
+                enable_sctp,
+                num_sctp_streams,
+                max_sctp_message_size,
+                sctp_send_buffer_size,
+                ice_consent_timeout,
+            ),
+            build,
+        )
         method = (
             Method.ROUTER_CREATE_WEBRTCTRANSPORT_WITH_SERVER
             if webrtc_server is not None
@@ -432,25 +474,40 @@ class Router(EventSource):
                     "create_plain_transport() | rtcp_mux ignored: rtcp_listen_info given"
                 )
                 rtcp_mux = False
-        options = PlainTransportOptionsT()
-        options.base = _base_options(
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-            max_sctp_message_size=max_sctp_message_size,
-            sctp_send_buffer_size=sctp_send_buffer_size,
-            is_data_channel=False,
-        )
-        options.listenInfo = listen_info_to_fbs(info)
-        if rtcp_listen_info is not None:
-            options.rtcpListenInfo = listen_info_to_fbs(rtcp_listen_info)
-        options.rtcpMux = bool(rtcp_mux)
-        options.comedia = bool(comedia)
-        options.enableSrtp = bool(enable_srtp)
-        options.srtpCryptoSuite = crypto_suite_to_fbs(srtp_crypto_suite)
+
+        def build() -> PlainTransportOptionsT:
+            options = PlainTransportOptionsT()
+            options.base = _media_base_options(
+                enable_sctp, num_sctp_streams, max_sctp_message_size, sctp_send_buffer_size
+            )
+            options.listenInfo = listen_info_to_fbs(info)
+            if rtcp_listen_info is not None:
+                options.rtcpListenInfo = listen_info_to_fbs(rtcp_listen_info)
+            options.rtcpMux = bool(rtcp_mux)
+            options.comedia = bool(comedia)
+            options.enableSrtp = bool(enable_srtp)
+            options.srtpCryptoSuite = crypto_suite_to_fbs(srtp_crypto_suite)
+            return options
+
         transport_id = str(uuid.uuid4())
         request = CreatePlainTransportRequestT()
         request.transportId = transport_id
-        request.options = options
+        request.options = _prepacked_options(
+            (
+                "plain",
+                info,
+                rtcp_listen_info,
+                rtcp_mux,
+                comedia,
+                enable_sctp,
+                num_sctp_streams,
+                max_sctp_message_size,
+                sctp_send_buffer_size,
+                enable_srtp,
+                srtp_crypto_suite,
+            ),
+            build,
+        )
         body = await self._channel.request(Method.ROUTER_CREATE_PLAINTRANSPORT, self._id, request)
         transport = PlainTransport(
             **self._transport_kwargs(transport_id, app_data),
@@ -476,21 +533,33 @@ class Router(EventSource):
         self._check_open()
         info = _single_listen_info(listen_info, listen_ip, port)
         validate_app_data(app_data)
-        options = PipeTransportOptionsT()
-        options.base = _base_options(
-            enable_sctp=enable_sctp,
-            num_sctp_streams=num_sctp_streams or {"OS": 1024, "MIS": 1024},
-            max_sctp_message_size=max_sctp_message_size,
-            sctp_send_buffer_size=sctp_send_buffer_size,
-            is_data_channel=False,
-        )
-        options.listenInfo = listen_info_to_fbs(info)
-        options.enableRtx = bool(enable_rtx)
-        options.enableSrtp = bool(enable_srtp)
+
+        def build() -> PipeTransportOptionsT:
+            options = PipeTransportOptionsT()
+            options.base = _media_base_options(
+                enable_sctp, num_sctp_streams, max_sctp_message_size, sctp_send_buffer_size
+            )
+            options.listenInfo = listen_info_to_fbs(info)
+            options.enableRtx = bool(enable_rtx)
+            options.enableSrtp = bool(enable_srtp)
+            return options
+
         transport_id = str(uuid.uuid4())
         request = CreatePipeTransportRequestT()
         request.transportId = transport_id
-        request.options = options
+        request.options = _prepacked_options(
+            (
+                "pipe",
+                info,
+                enable_sctp,
+                num_sctp_streams,
+                max_sctp_message_size,
+                sctp_send_buffer_size,
+                enable_rtx,
+                enable_srtp,
+            ),
+            build,
+        )
         body = await self._channel.request(Method.ROUTER_CREATE_PIPETRANSPORT, self._id, request)
         transport = PipeTransport(
             **self._transport_kwargs(transport_id, app_data),

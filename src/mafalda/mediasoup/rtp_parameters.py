@@ -10,8 +10,10 @@ Fields that mediasoup leaves ``undefined`` are absent keys here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
+from mafalda.mediasoup._fastfbs import PrepackedCache
 from mafalda.mediasoup._fbs.RtpParameters.Boolean import BooleanT
 from mafalda.mediasoup._fbs.RtpParameters.Double import DoubleT
 from mafalda.mediasoup._fbs.RtpParameters.Integer32 import Integer32T
@@ -382,18 +384,34 @@ def parse_rtp_encoding_parameters(data: Any) -> RtpEncodingParameters:
     return encoding
 
 
-def serialize_rtp_parameters(rtp_parameters: RtpParameters) -> Any:
-    """RTP parameters as an ``RtpParametersT`` (ready for a request body)."""
+#: Codecs and header extensions packed once: every consumer of a producer (and most
+#: producers) repeats the same ones, and their parameter lists cost the most to pack.
+_prepacked = PrepackedCache(256).get
+
+
+def serialize_rtp_parameters(rtp_parameters: RtpParameters, *, prepacked: bool = False) -> Any:
+    """RTP parameters as an ``RtpParametersT`` (ready for a request body).
+
+    ``prepacked``: its codecs and header extensions are ``Prepacked`` (already packed,
+    only for a request body), not tables."""
     rtcp = rtp_parameters.get("rtcp")
     if rtcp is None:
         rtcp = {"reducedSize": True}
+    codecs = rtp_parameters["codecs"]
+    header_extensions = rtp_parameters.get("headerExtensions") or ()
     return RtpParametersT(
         mid=rtp_parameters.get("mid"),
-        codecs=[_serialize_rtp_codec_parameters(codec) for codec in rtp_parameters["codecs"]],
+        codecs=[
+            _prepacked(("codec", c), partial(_serialize_rtp_codec_parameters, c)) for c in codecs
+        ]
+        if prepacked
+        else [_serialize_rtp_codec_parameters(codec) for codec in codecs],
         headerExtensions=[
-            _serialize_rtp_header_extension_parameters(ext)
-            for ext in rtp_parameters.get("headerExtensions") or ()
-        ],
+            _prepacked(("ext", e), partial(_serialize_rtp_header_extension_parameters, e))
+            for e in header_extensions
+        ]
+        if prepacked
+        else [_serialize_rtp_header_extension_parameters(ext) for ext in header_extensions],
         encodings=serialize_rtp_encoding_parameters(rtp_parameters.get("encodings") or ()),
         rtcp=RtcpParametersT(cname=rtcp.get("cname"), reducedSize=bool(rtcp.get("reducedSize"))),
         msid=rtp_parameters.get("msid"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import ipaddress
 import logging
 import pickle
@@ -208,13 +209,21 @@ def _check_port(value: Any, name: str, *, allow_zero: bool = True) -> None:
         raise ValueError(f"{name} must be in {low}..65535, got {value}")
 
 
-def _check_ip(value: Any, name: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"missing {name}")
+@functools.lru_cache(maxsize=256)
+def _is_ip(value: str) -> bool:
+    # Apps listen on a few addresses, every creation checks one: parse each once.
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{name} {value!r} is not an IP address") from None
+        return False
+    return True
+
+
+def _check_ip(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"missing {name}")
+    if not _is_ip(value):
+        raise ValueError(f"{name} {value!r} is not an IP address")
 
 
 def validate_listen_info(info: Any, name: str = "listen_info") -> None:
@@ -294,30 +303,35 @@ def listen_info_to_fbs(info: ListenInfo) -> ListenInfoT:
 
 # -- remote RTP capabilities ----------------------------------------------------------
 
-_normalized_caps: dict[bytes, bytes] = {}
+_normalized_caps: dict[bytes, RtpCapabilities] = {}
 
 
-def normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
-    """A private, validated and normalized copy of ``rtp_capabilities`` (TypeError or
+def _shared_normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
+    """The validated and normalized form of ``rtp_capabilities`` (TypeError or
     ValueError when invalid), as ``ortc.validate_and_normalize_rtp_capabilities`` on a
-    copy. Apps pass the same capabilities to every consume(): the validation, which is
-    deterministic, runs once per distinct content (keyed by its pickle) and later calls
-    get a fresh copy of the result."""
+    copy, SHARED: the result may be the cached one, which nobody may modify (consume()
+    only reads it). Apps pass the same capabilities to every consume(): the validation,
+    which is deterministic, runs once per distinct content (keyed by its pickle)."""
     try:
         key = pickle.dumps(rtp_capabilities, pickle.HIGHEST_PROTOCOL)
     except Exception:  # not plain data: validate (and reject) it without caching
         key = b""
     normalized = _normalized_caps.get(key) if key else None
     if normalized is None:
-        caps: RtpCapabilities = ortc._clone(rtp_capabilities)
-        ortc.validate_and_normalize_rtp_capabilities(caps)
-        if not key:
-            return caps
-        if len(_normalized_caps) >= 64:
-            _normalized_caps.clear()
-        normalized = _normalized_caps[key] = pickle.dumps(caps, pickle.HIGHEST_PROTOCOL)
-    copy_: RtpCapabilities = pickle.loads(normalized)
-    return copy_
+        normalized = ortc._clone(rtp_capabilities)
+        ortc.validate_and_normalize_rtp_capabilities(normalized)
+        if key:
+            if len(_normalized_caps) >= 64:
+                _normalized_caps.clear()
+            _normalized_caps[key] = normalized
+    return normalized
+
+
+def normalized_rtp_capabilities(rtp_capabilities: RtpCapabilities) -> RtpCapabilities:
+    """A private, validated and normalized copy of ``rtp_capabilities`` (TypeError or
+    ValueError when invalid), as ``ortc.validate_and_normalize_rtp_capabilities`` on a
+    copy; the validation runs once per distinct content."""
+    return ortc._clone(_shared_normalized_rtp_capabilities(rtp_capabilities))
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -689,7 +703,7 @@ class Transport(EventSource):
         request = ProduceRequestT()
         request.producerId = producer_id
         request.kind = FbsMediaKind.AUDIO if kind == "audio" else FbsMediaKind.VIDEO
-        request.rtpParameters = serialize_rtp_parameters(params)
+        request.rtpParameters = serialize_rtp_parameters(params, prepacked=True)
         request.rtpMapping = ortc.serialize_rtp_mapping(rtp_mapping)
         request.paused = bool(paused)
         request.keyFrameRequestDelay = key_frame_request_delay or 0
@@ -743,7 +757,8 @@ class Transport(EventSource):
                 preferred_layers.get("spatialLayer"), int
             ):
                 raise TypeError("preferred_layers.spatialLayer must be an integer")
-        caps = normalized_rtp_capabilities(rtp_capabilities)
+        # Read-only from here on: get_consumer_rtp_parameters() copies what it keeps.
+        caps = _shared_normalized_rtp_capabilities(rtp_capabilities)
         guard = self.consume_guard(producer_id) if self.consume_guard else contextlib.nullcontext()
         async with guard:
             self._check_open()
@@ -757,6 +772,7 @@ class Transport(EventSource):
                 remote_rtp_capabilities=caps,
                 pipe=pipe,
                 enable_rtx=enable_rtx,
+                normalized=True,
             )
             if not pipe:
                 if mid:
@@ -771,7 +787,7 @@ class Transport(EventSource):
             request.consumerId = consumer_id
             request.producerId = producer.id
             request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
-            request.rtpParameters = serialize_rtp_parameters(rtp_parameters)
+            request.rtpParameters = serialize_rtp_parameters(rtp_parameters, prepacked=True)
             request.type = FbsRtpType.PIPE if pipe else _PRODUCER_TYPES_TO_FBS[producer.type]
             request.consumableRtpEncodings = serialize_rtp_encoding_parameters(
                 producer.consumable_rtp_parameters.get("encodings") or []

@@ -8,14 +8,23 @@ Media server (``mafalda serve --cluster redis://...`` or)::
 Client::
 
     cluster = await mafalda.horizontal.connect(REDIS, token=TOKEN)
-    worker = await cluster.create_worker()   # placed by load on a live server
-
-First increment: Mediasoup-horizontal (workers placed on servers, pipes between
-servers' routers). Routers spanning servers (Mafalda-horizontal) come next.
+    router = await cluster.create_router(media_codecs=[...])  # spans the servers
+    worker = await cluster.create_worker()   # or: a worker placed by load on a server
 """
 
 from mafalda.horizontal.cluster import Cluster, ClusterError, Policy, connect
 from mafalda.horizontal.node import MediaNode
 from mafalda.horizontal.registry import ServerRecord
+from mafalda.horizontal.router import ClusterRouter, ClusterRtpObserver, ClusterTransport
 
-__all__ = ["Cluster", "ClusterError", "MediaNode", "Policy", "ServerRecord", "connect"]
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "ClusterRouter",
+    "ClusterRtpObserver",
+    "ClusterTransport",
+    "MediaNode",
+    "Policy",
+    "ServerRecord",
+    "connect",
+]

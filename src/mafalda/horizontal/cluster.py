@@ -1,6 +1,8 @@
 """Mediasoup-horizontal: the media servers of a Redis registry, used as one.
 
     cluster = await mafalda.horizontal.connect("redis://redis:6379/0", token=TOKEN)
+    router = await cluster.create_router(media_codecs=[...])   # spans the servers
+    # or, by hand:
     worker = await cluster.create_worker()      # on the least loaded live server
     router = await worker.create_router(media_codecs=[...])
     # from here on: mafalda.mediasoup's API, through mafalda.remote

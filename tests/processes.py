@@ -15,6 +15,18 @@ import sys
 import time
 
 REDIS_SERVER = "/usr/bin/redis-server"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, however it dies
+    (a session-wide server must not outlive a pytest killed hard)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 TOKEN = "cluster-secret"
 HAVE_REDIS = os.path.exists(REDIS_SERVER)
 
@@ -48,6 +60,7 @@ class RedisProcess:
             [REDIS_SERVER, *port, "--bind", self.host]
             + ["--save", "", "--appendonly", "no", "--protected-mode", "no", *self.extra],
             stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -132,7 +145,11 @@ def start_servers(
 ) -> list[ServerProcess]:
     """Start media servers s<i> on 127.0.0.<i+1> at once; wait until each listens."""
     procs = [
-        subprocess.Popen(serve_command(redis_url, i, heartbeat), stdout=subprocess.PIPE)
+        subprocess.Popen(
+            serve_command(redis_url, i, heartbeat),
+            stdout=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
         for i in indexes
     ]
     started: list[ServerProcess] = []

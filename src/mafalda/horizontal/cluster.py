@@ -23,7 +23,6 @@ import ipaddress
 import logging
 import os
 import ssl as ssl_module
-import uuid
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -33,12 +32,10 @@ from mafalda import mediasoup
 from mafalda.horizontal import registry
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.horizontal.router import ClusterRouter
-from mafalda.mediasoup import ortc
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import MediasoupError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
-from mafalda.mediasoup.worker import validate_app_data
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -255,15 +252,7 @@ class Cluster:
         """A Router with mediasoup's API whose transports are placed on the servers."""
         if self._closed:
             raise ClusterError("cluster client closed")
-        validate_app_data(app_data)
-        rtp_capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
-        router = ClusterRouter(
-            cluster=self,
-            router_id=str(uuid.uuid4()),
-            rtp_capabilities=rtp_capabilities,
-            media_codecs=copy.deepcopy(media_codecs),
-            app_data=app_data,
-        )
+        router = ClusterRouter(cluster=self, media_codecs=media_codecs, app_data=app_data)
         self._routers[router.id] = router
         router.events.on("@close", lambda: self._routers.pop(router.id, None))
         self.observer.emit("newrouter", router)

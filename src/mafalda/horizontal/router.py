@@ -126,17 +126,10 @@ class ClusterRouter(SpanningRouter[str]):
         self,
         *,
         cluster: Cluster,
-        router_id: str,
-        rtp_capabilities: Any,
         media_codecs: Any,
         app_data: dict[str, Any] | None,
     ) -> None:
-        super().__init__(
-            router_id=router_id,
-            rtp_capabilities=rtp_capabilities,
-            media_codecs=media_codecs,
-            app_data=app_data,
-        )
+        super().__init__(media_codecs=media_codecs, app_data=app_data)
         self._cluster = cluster
 
     # -- SpanningRouter's hooks ----------------------------------------------------------

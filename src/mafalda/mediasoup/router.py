@@ -876,20 +876,30 @@ class Router(EventSource):
 
     def can_consume(self, *, producer_id: str, rtp_capabilities: RtpCapabilities) -> bool:
         producer = self._producers.get(producer_id)
-        if producer is None:
-            logger.error('can_consume() | Producer with id "%s" not found', producer_id)
-            return False
-        try:
-            return ortc.can_consume(
-                producer.consumable_rtp_parameters, copy.deepcopy(rtp_capabilities)
-            )
-        except (TypeError, ValueError) as error:
-            logger.error("can_consume() | invalid rtp_capabilities: %s", error)
-            return False
+        consumable = None if producer is None else producer.consumable_rtp_parameters
+        return answer_can_consume(producer_id, consumable, rtp_capabilities, logger)
 
     def update_media_codecs(self, media_codecs: list[RouterRtpCodecCapability]) -> None:
         self._check_open()
         self._rtp_capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
+
+
+def answer_can_consume(
+    producer_id: str,
+    consumable_rtp_parameters: Any,
+    rtp_capabilities: Any,
+    log: logging.Logger,
+) -> bool:
+    """Router.can_consume() once the producer's consumable RTP parameters are known (None:
+    no such producer), for every Router-shaped class: never raises, logs why not."""
+    if consumable_rtp_parameters is None:
+        log.error('can_consume() | Producer with id "%s" not found', producer_id)
+        return False
+    try:
+        return ortc.can_consume(consumable_rtp_parameters, copy.deepcopy(rtp_capabilities))
+    except (TypeError, ValueError) as error:
+        log.error("can_consume() | invalid rtp_capabilities: %s", error)
+        return False
 
 
 _background: set[asyncio.Task[Any]] = set()

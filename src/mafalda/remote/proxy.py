@@ -23,6 +23,7 @@ from mafalda.mediasoup.data_producer import (
 )
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.router import answer_can_consume
 
 if TYPE_CHECKING:
     from mafalda.remote.client import Connection
@@ -251,16 +252,8 @@ class RemoteRouter(RemoteObject):
             ),
             None,
         )
-        if producer is None:
-            logger.error('can_consume() | Producer with id "%s" not found', producer_id)
-            return False
-        try:
-            return ortc.can_consume(
-                producer._state["consumable_rtp_parameters"], copy.deepcopy(rtp_capabilities)
-            )
-        except (TypeError, ValueError) as error:
-            logger.error("can_consume() | invalid rtp_capabilities: %s", error)
-            return False
+        consumable = None if producer is None else producer._state["consumable_rtp_parameters"]
+        return answer_can_consume(producer_id, consumable, rtp_capabilities, logger)
 
     def update_media_codecs(self, media_codecs: list[Any]) -> None:
         if self.closed:

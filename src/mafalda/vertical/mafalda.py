@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from mafalda.mediasoup import Worker, create_worker, ortc
+from mafalda.mediasoup import Worker, create_worker
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
@@ -419,18 +417,7 @@ class Mafalda(EventSource):
         from mafalda.vertical.router import MafaldaRouter
 
         self._check_open()
-        validate_app_data(app_data)
-        codecs = copy.deepcopy(media_codecs)
-        rtp_capabilities = ortc.generate_router_rtp_capabilities(codecs)
-        router = MafaldaRouter(
-            mafalda=self,
-            router_id=str(uuid.uuid4()),
-            rtp_capabilities=rtp_capabilities,
-            # Router capabilities are a deterministic function of the media codecs, so
-            # every child router generated from the same codecs agrees on payload types.
-            media_codecs=copy.deepcopy(media_codecs),
-            app_data=app_data,
-        )
+        router = MafaldaRouter(mafalda=self, media_codecs=media_codecs, app_data=app_data)
         self._routers[router.id] = router
         router.events.on("@close", lambda: self._routers.pop(router.id, None))
         self.observer.emit("newrouter", router)

@@ -19,7 +19,7 @@ from mafalda.mediasoup.plain_transport import PlainTransport
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.router import PipeToRouterResult, Router
 from mafalda.mediasoup.rtp_observer import RtpObserver
-from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability, RtpCapabilities
+from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.mediasoup.transport import Transport
 from mafalda.mediasoup.webrtc_transport import WebRtcTransport
 from mafalda.mediasoup.worker import Worker
@@ -40,17 +40,10 @@ class MafaldaRouter(SpanningRouter[Worker]):
         self,
         *,
         mafalda: Mafalda,
-        router_id: str,
-        rtp_capabilities: RtpCapabilities,
         media_codecs: list[RouterRtpCodecCapability] | None,
         app_data: dict[str, Any] | None,
     ) -> None:
-        super().__init__(
-            router_id=router_id,
-            rtp_capabilities=rtp_capabilities,
-            media_codecs=media_codecs,
-            app_data=app_data,
-        )
+        super().__init__(media_codecs=media_codecs, app_data=app_data)
         self._mafalda = mafalda
 
     # -- SpanningRouter's hooks -------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from mafalda.mediasoup import ortc
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
-from mafalda.mediasoup.router import RouterDump
+from mafalda.mediasoup.router import RouterDump, answer_can_consume
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability, RtpCapabilities
+from mafalda.mediasoup.worker import validate_app_data
 
 logger = logging.getLogger("mafalda.vertical.spanning")
 
@@ -70,14 +72,17 @@ class SpanningRouter(EventSource, Generic[H]):
     def __init__(
         self,
         *,
-        router_id: str,
-        rtp_capabilities: RtpCapabilities,
         media_codecs: list[RouterRtpCodecCapability] | None,
         app_data: dict[str, Any] | None,
     ) -> None:
-        self._id = router_id
-        self._rtp_capabilities = rtp_capabilities
-        self._media_codecs = media_codecs
+        """Validate ``app_data`` and the codecs (the Router's RTP capabilities come from
+        them) before anything reaches a host."""
+        validate_app_data(app_data)
+        self._rtp_capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
+        # Router capabilities are a deterministic function of the media codecs, so every
+        # child router generated from the same codecs agrees on payload types.
+        self._media_codecs = copy.deepcopy(media_codecs)
+        self._id = str(uuid.uuid4())
         self._closed = False
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
         self._children: dict[H, Any] = {}
@@ -514,16 +519,8 @@ class SpanningRouter(EventSource, Generic[H]):
 
     def can_consume(self, *, producer_id: str, rtp_capabilities: RtpCapabilities) -> bool:
         producer = self._producers.get(producer_id)
-        if producer is None:
-            logger.error('can_consume() | Producer with id "%s" not found', producer_id)
-            return False
-        try:
-            return ortc.can_consume(
-                producer.consumable_rtp_parameters, copy.deepcopy(rtp_capabilities)
-            )
-        except (TypeError, ValueError) as error:
-            logger.error("can_consume() | invalid rtp_capabilities: %s", error)
-            return False
+        consumable = None if producer is None else producer.consumable_rtp_parameters
+        return answer_can_consume(producer_id, consumable, rtp_capabilities, logger)
 
     def update_media_codecs(self, media_codecs: list[RouterRtpCodecCapability]) -> None:
         self._check_open()

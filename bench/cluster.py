@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import statistics
 import struct
@@ -25,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import run as bench  # bench/run.py: this script's folder is on sys.path
 
 from mafalda import horizontal, mediasoup
 
@@ -39,17 +40,7 @@ RTP: Any = {
 LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("mafalda_bench_run", HERE / "run.py")
-support = _load("mafalda_test_processes", HERE.parent / "tests" / "processes.py")
+support = bench.load_path("mafalda_test_processes", HERE.parent / "tests" / "processes.py")
 
 
 class _First(asyncio.DatagramProtocol):
@@ -134,14 +125,6 @@ async def _latencies(router: Any, cluster: bool, runs: int) -> dict[str, float]:
     return out
 
 
-async def _throughput(router: Any, name: str) -> float:
-    scenario = bench.SCENARIO_FUNCS[name]
-    state: dict[str, Any] = {}
-    await scenario(router, state)  # warm-up
-    ops, seconds = await scenario(router, state)
-    return float(ops / seconds)
-
-
 async def main(runs: int, as_json: bool) -> int:
     redis = support.RedisProcess()
     redis.start()
@@ -160,8 +143,8 @@ async def main(runs: int, as_json: bool) -> int:
             for name, unit, label in bench.SCENARIOS:
                 local_rates, cluster_rates = [], []
                 for _ in range(runs):
-                    local_rates.append(await _throughput(local_router, name))
-                    cluster_rates.append(await _throughput(cluster_router, name))
+                    local_rates.append(await bench.measure_rate(name, local_router))
+                    cluster_rates.append(await bench.measure_rate(name, cluster_router))
                 local_rate = statistics.median(local_rates)
                 cluster_rate = statistics.median(cluster_rates)
                 results["throughput"][name] = {

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+
+import run as bench  # bench/run.py: this script's folder is on sys.path
 
 from mafalda import mediasoup
 from mafalda.remote import RemoteMediasoup, connect, serve
@@ -28,17 +28,7 @@ HERE = Path(__file__).resolve().parent
 TOKEN = "bench-token"
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("mafalda_bench_run", HERE / "run.py")
-processes = _load("mafalda_test_processes", HERE.parent / "tests" / "processes.py")
+processes = bench.load_path("mafalda_test_processes", HERE.parent / "tests" / "processes.py")
 
 
 async def _start_server_process() -> tuple[asyncio.subprocess.Process, str]:
@@ -48,19 +38,11 @@ async def _start_server_process() -> tuple[asyncio.subprocess.Process, str]:
     return result
 
 
-async def _measure(name: str, router: Any) -> float:
-    scenario = bench.SCENARIO_FUNCS[name]
-    state: dict[str, Any] = {}
-    await scenario(router, state)  # warm-up
-    ops, seconds = await scenario(router, state)
-    return float(ops / seconds)
-
-
 async def _local(name: str) -> float:
     worker = await mediasoup.create_worker(log_level="warn")
     try:
         router = await worker.create_router(media_codecs=bench.MEDIA_CODECS)
-        return await _measure(name, router)
+        return await bench.measure_rate(name, router)
     finally:
         worker.close()
         await worker.wait_closed()
@@ -72,7 +54,7 @@ async def _remote(name: str, url: str) -> float:
     try:
         worker = await client.create_worker(log_level="warn")
         router = await worker.create_router(media_codecs=bench.MEDIA_CODECS)
-        return await _measure(name, router)
+        return await bench.measure_rate(name, router)
     finally:
         await client.aclose()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -154,6 +155,26 @@ SCENARIO_FUNCS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[tuple[int, f
     "webrtc_concurrent": webrtc_concurrent,
     "consume_concurrent": consume_concurrent,
 }
+
+
+async def measure_rate(name: str, router: Any) -> float:
+    """One warm-up run of scenario ``name`` on ``router``, then one measured: its rate."""
+    scenario = SCENARIO_FUNCS[name]
+    state: dict[str, Any] = {}
+    await scenario(router, state)
+    ops, seconds = await scenario(router, state)
+    return float(ops / seconds)
+
+
+def load_path(name: str, path: Path) -> Any:
+    """Import the Python file at ``path`` as module ``name`` (e.g. tests/processes.py,
+    which the other benchmarks use to start servers)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class NodeSide:

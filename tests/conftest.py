@@ -35,6 +35,21 @@ MEDIA_CODECS: list[Any] = [
 ]
 
 
+def opus_rtp_parameters(ssrc: int, payload_type: int = 100) -> Any:
+    """A producer's RTP parameters for one opus stream (plain RTP sent by the tests)."""
+    return {
+        "codecs": [
+            {
+                "mimeType": "audio/opus",
+                "payloadType": payload_type,
+                "clockRate": 48000,
+                "channels": 2,
+            }
+        ],
+        "encodings": [{"ssrc": ssrc}],
+    }
+
+
 @pytest.fixture
 async def worker() -> AsyncIterator[Worker]:
     w = await create_worker(log_level="warn")

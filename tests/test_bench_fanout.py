@@ -6,26 +6,11 @@ consumer forwards, the sinks count what the workers say they sent.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "fanout.py"
+from .bench_modules import load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_fanout", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-fanout = _load()
+fanout = load_bench("fanout")
 
 
 @pytest.mark.parametrize("setup", ["plain", "mafalda"])

@@ -16,7 +16,7 @@ from mafalda.mediasoup import InvalidStateError, PlainTransport, Producer, Worke
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
 
-from .conftest import MEDIA_CODECS
+from .conftest import MEDIA_CODECS, opus_rtp_parameters
 
 OPUS_PT = 100
 LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
@@ -63,17 +63,7 @@ async def _audio_producer(
     transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
     producer = await transport.produce(
         kind="audio",
-        rtp_parameters={
-            "codecs": [
-                {
-                    "mimeType": "audio/opus",
-                    "payloadType": OPUS_PT,
-                    "clockRate": 48000,
-                    "channels": 2,
-                }
-            ],
-            "encodings": [{"ssrc": ssrc}],
-        },
+        rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT),
     )
     return transport, producer
 

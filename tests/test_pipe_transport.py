@@ -34,6 +34,8 @@ from mafalda.mediasoup.channel import Channel, encode_notification
 from mafalda.mediasoup.errors import InvalidStateError, MediasoupError, WorkerError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
 
+from .conftest import opus_rtp_parameters
+
 KEY_GCM_256 = "YTdjcDBvY2JoMGY5YXNlNDc0eDJsdGgwaWRvNnJsamRrdG16aWVpZHphdHo="  # 44 bytes
 KEY_AES_CM = "ZnQ3eWJraDg0d3ZoYzM5cXN1Y2pnaHU5NWxrZTVv"  # 30 bytes
 
@@ -896,17 +898,7 @@ async def test_media_piped_across_workers_is_counted_on_far_side(
         ingest = await router1.create_plain_transport(listen_ip="127.0.0.1", comedia=True)
         producer = await ingest.produce(
             kind="audio",
-            rtp_parameters={
-                "codecs": [
-                    {
-                        "mimeType": "audio/opus",
-                        "payloadType": OPUS_PT,
-                        "clockRate": 48000,
-                        "channels": 2,
-                    }
-                ],
-                "encodings": [{"ssrc": OPUS_SSRC}],
-            },
+            rtp_parameters=opus_rtp_parameters(OPUS_SSRC, OPUS_PT),
         )
         result = await router1.pipe_to_router(producer_id=producer.id, router=router2, **options)
         pipe_producer = result["pipeProducer"]

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections import Counter
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "scale_model.py"
+from .bench_modules import BENCH, load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_scale_model", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sm = _load()
+sm = load_bench("scale_model")
 FAST = settings(max_examples=60, deadline=None)
 
 
@@ -490,7 +477,15 @@ def test_script_runs_as_a_file() -> None:
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--json", "--rooms", "10", "--servers", "1,3"],
+        [
+            sys.executable,
+            str(BENCH / "scale_model.py"),
+            "--json",
+            "--rooms",
+            "10",
+            "--servers",
+            "1,3",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -500,7 +495,7 @@ def test_script_runs_as_a_file() -> None:
 
 
 def test_scale_md_shows_the_current_tables() -> None:
-    doc = (BENCH.parent / "SCALE.md").read_text()
+    doc = (BENCH / "SCALE.md").read_text()
     params = sm.Params()
     for line in sm.format_table(sm.scenarios(params)).splitlines():
         assert line in doc

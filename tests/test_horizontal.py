@@ -26,6 +26,8 @@ from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
 from mafalda.remote import RemoteMediasoup, RemoteWorker
 from mafalda.remote import connect as remote_connect
+from tests.bench_modules import load_bench
+from tests.conftest import opus_rtp_parameters
 from tests.processes import (
     HAVE_REDIS,
     TOKEN,
@@ -90,7 +92,12 @@ async def servers(redis_server: RedisProcess) -> AsyncIterator[list[Server]]:
 @pytest.fixture
 async def cluster(redis_server: RedisProcess, servers: list[Server]) -> AsyncIterator[Cluster]:
     c = await horizontal.connect(
-        redis_server.url, token=TOKEN, interval=0.2, grace=1.5, worker_idle=0.5
+        # grace 3 s: a heartbeat late on a loaded machine (TTL 0.9 s) does not drop a server
+        redis_server.url,
+        token=TOKEN,
+        interval=0.2,
+        grace=3.0,
+        worker_idle=0.5,
     )
     yield c
     await c.aclose()
@@ -286,17 +293,7 @@ async def test_pipe_between_servers_carries_rtp(cluster: Cluster, srtp: bool | N
     )
     producer = await send.produce(
         kind="audio",
-        rtp_parameters={
-            "codecs": [
-                {
-                    "mimeType": "audio/opus",
-                    "payloadType": OPUS_PT,
-                    "clockRate": 48000,
-                    "channels": 2,
-                }
-            ],
-            "encodings": [{"ssrc": 4321}],
-        },
+        rtp_parameters=opus_rtp_parameters(4321, OPUS_PT),
     )
     pipe_consumer, pipe_producer = await cluster.pipe_to_router(
         producer=producer, router=router_a, target_router=router_b, enable_srtp=srtp
@@ -337,17 +334,7 @@ async def test_pipe_between_servers_carries_rtp(cluster: Cluster, srtp: bool | N
     # A second producer reuses the same pipe transports.
     producer2 = await send.produce(
         kind="audio",
-        rtp_parameters={
-            "codecs": [
-                {
-                    "mimeType": "audio/opus",
-                    "payloadType": OPUS_PT,
-                    "clockRate": 48000,
-                    "channels": 2,
-                }
-            ],
-            "encodings": [{"ssrc": 4322}],
-        },
+        rtp_parameters=opus_rtp_parameters(4322, OPUS_PT),
     )
     await cluster.pipe_to_router(producer=producer2, router=router_a, target_router=router_b)
     assert len(cluster.dump()["pipes"]) == 1
@@ -396,6 +383,7 @@ async def test_sigterm_drains_then_deregisters(
     draining = next(w for w in workers if cluster.server_of(w)["id"] == "s3")  # type: ignore[index]
     router = await draining.create_router(media_codecs=MEDIA_CODECS)
 
+    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
     servers[2].proc.send_signal(signal.SIGTERM)
 
     async def marked() -> bool:
@@ -409,7 +397,7 @@ async def test_sigterm_drains_then_deregisters(
         fresh = await cluster.create_worker(log_level="warn")
         assert cluster.server_of(fresh)["id"] != "s3"  # type: ignore[index]
 
-    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+    assert not left.done()  # s3 stays while it has objects
     draining.close()
     async with asyncio.timeout(10):
         record, reason = await left
@@ -568,25 +556,7 @@ async def test_media_node_in_process(redis_server: RedisProcess, db: aioredis.Re
 # -- Mafalda-horizontal: a router spanning servers -----------------------------------------
 
 
-def _scale_model() -> Any:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "scale_model.py"
-    spec = importlib.util.spec_from_file_location("bench_scale_model_h", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-OPUS_RTP: Any = {
-    "codecs": [
-        {"mimeType": "audio/opus", "payloadType": OPUS_PT, "clockRate": 48000, "channels": 2}
-    ],
-    "encodings": [{"ssrc": 5555}],
-}
+OPUS_RTP: Any = opus_rtp_parameters(5555, OPUS_PT)
 
 
 async def _sink(router: Any, server: str, local: str = "127.0.0.1") -> tuple[Any, _Counter, Any]:
@@ -711,7 +681,7 @@ async def test_cluster_router_spans_three_servers(
     ]
     assert cluster.dump()["routers"] == [view]
     # The scale model's count for the same room is what the real cluster made.
-    model = _scale_model().pipe_counts(
+    model = load_bench("scale_model").pipe_counts(
         {producer.id: "s1"}, [(producer.id, s) for s in ("s2", "s3", "s2")], "mesh"
     )
     assert model == {"pipes": len(view["pipes"]), "pairs": 2, "hops": 1}
@@ -824,6 +794,7 @@ async def test_cluster_router_drain(
     router = await cluster.create_router(media_codecs=MEDIA_CODECS)
     on_s3 = await router.create_plain_transport(server="s3", listen_ip="127.0.0.4")
     producer = await on_s3.produce(kind="audio", rtp_parameters=OPUS_RTP)
+    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
     servers[2].proc.send_signal(signal.SIGTERM)
 
     async def marked() -> bool:
@@ -849,7 +820,7 @@ async def test_cluster_router_drain(
     assert [p["from"] for p in router.cluster_dump()["pipes"]] == ["s3"]
     gone = asyncio.ensure_future(consumer.events.wait_for("producerclose"))
 
-    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+    assert not left.done()  # s3 stays while it has objects
     on_s3.close()
     async with asyncio.timeout(15):
         await gone

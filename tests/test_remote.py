@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mafalda import cli, mediasoup
+from mafalda.mediasoup._io import READ_SIZE
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.remote import (
     PROTOCOL_VERSION,
@@ -186,6 +187,27 @@ async def test_same_router_app_data_and_bytes(server: RemoteServer) -> None:
     session = next(iter(server.sessions.values()))
     served = next(o for o in session.objects.values() if isinstance(o, mediasoup.Router))
     assert served.app_data == {"room": "x"}
+    await client.aclose()
+
+
+async def test_big_messages_over_small_reads(server: RemoteServer) -> None:
+    # Both ends read the socket READ_SIZE bytes at a time (not asyncio's 256 KiB, an mmap
+    # per read): a message several reads long still arrives whole, both ways.
+    client = await client_of(server)
+    connection = client._connection
+    transport = connection._ws._response.connection.transport
+    assert transport.max_size == READ_SIZE
+    served = next(iter(server._connections))
+    assert served.ws._req.transport.max_size == READ_SIZE
+    worker = await client.create_worker(log_level="warn")
+    big = {"blob": "x" * (3 * READ_SIZE), "list": list(range(20000))}
+    router = await worker.create_router(media_codecs=MEDIA_CODECS, app_data=big)
+    assert router.app_data == big
+    dump = await worker.dump()
+    assert router.id in dump["routerIds"]
+    session = next(iter(server.sessions.values()))
+    served = next(o for o in session.objects.values() if isinstance(o, mediasoup.Router))
+    assert served.app_data == big
     await client.aclose()
 
 

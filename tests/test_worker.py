@@ -12,6 +12,7 @@ import pytest
 
 from mafalda import mediasoup
 from mafalda.mediasoup import InvalidStateError, Worker, create_worker
+from mafalda.mediasoup._io import READ_SIZE, limit_read_size
 from mafalda.mediasoup.errors import ChannelClosedError
 from mafalda.mediasoup.worker import WorkerDiedError
 from mafalda.mediasoup.worker_binary import WorkerBinaryNotFoundError, find_worker_bin
@@ -238,3 +239,27 @@ async def test_atexit_kills_workers_left_open() -> None:
     async with asyncio.timeout(10):
         while _alive(pid):
             await asyncio.sleep(0.05)
+
+
+async def test_channel_reads_are_limited_to_read_size() -> None:
+    # asyncio's pipe transport asks for 256 KiB per read, which costs an mmap per
+    # response; the worker's output pipe must ask for READ_SIZE (bigger messages take
+    # several reads: test_data_producer sends 256 KiB through the worker).
+    worker = await create_worker()
+    try:
+        readers = worker._transports[1:]  # the channel's pipe, then stdout and stderr
+        assert [getattr(t, "max_size", None) for t in readers] == [READ_SIZE] * 3
+        assert READ_SIZE < 128 * 1024  # glibc's default mmap threshold
+    finally:
+        worker.close()
+        await worker.wait_closed()
+
+
+def test_limit_read_size_leaves_other_transports_alone() -> None:
+    class NoMaxSize:
+        pass
+
+    other = NoMaxSize()
+    limit_read_size(other)
+    limit_read_size(None)
+    assert not hasattr(other, "max_size")

@@ -18,6 +18,7 @@ from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateWebRtcServerRequest import CreateWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.UpdateSettingsRequest import UpdateSettingsRequestT
+from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.channel import Channel, ChannelReader
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError, MediasoupError
@@ -563,6 +564,7 @@ async def create_worker(
             (files[3], lambda: _LineLogger(pid, logging.ERROR, "stderr")),
         ):
             reader, _ = await loop.connect_read_pipe(factory, pipe)
+            limit_read_size(reader)
             worker._transports.append(reader)
         _workers.add(worker)
         await worker._started

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
@@ -610,6 +611,9 @@ async def connect(
             max_msg_size=max_message_size,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
         )
+        # aiohttp keeps the connection private; without it reads stay at asyncio's size.
+        connection = getattr(getattr(ws, "_response", None), "connection", None)
+        limit_read_size(getattr(connection, "transport", None))
         try:
             hello = {"version": p.PROTOCOL_VERSION, "token": token, "session": session_id}
             await ws.send_str(p.dumps(p.request(0, "hello", hello)).decode())

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
@@ -623,6 +624,7 @@ class RemoteServer:
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self.max_message_size, heartbeat=self._heartbeat)
         await ws.prepare(request)
+        limit_read_size(request.transport)
         connection = _Connection(ws, self._rate_limit, self._rate_burst)
         self._connections.add(connection)
         session: Session | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import run as bench  # bench/run.py: this script's folder is on sys.path
 
 from mafalda import mediasoup
+from mafalda.cli import loop_runner
 from mafalda.remote import RemoteMediasoup, connect, serve
 
 HERE = Path(__file__).resolve().parent
@@ -105,11 +107,18 @@ def cli() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="scale the op counts")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--in-process", action="store_true", help="server in this process")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of both sides (the server process gets it through MAFALDA_LOOP)",
+    )
     args = parser.parse_args()
+    os.environ["MAFALDA_LOOP"] = args.loop
     for count in ("RTT_COUNT", "PLAIN_COUNT", "CONCURRENT"):
         setattr(bench, count, max(1, int(getattr(bench, count) * args.scale)))
     names = [n for n in args.only.split(",") if n] or [n for n, _, _ in bench.SCENARIOS]
-    return asyncio.run(main(args.runs, names, args.in_process))
+    return loop_runner(args.loop)(main(args.runs, names, args.in_process))
 
 
 if __name__ == "__main__":

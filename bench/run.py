@@ -12,7 +12,8 @@ Both sides drive the same mediasoup-worker binary through the same scenarios
 Each scenario runs in a fresh worker per side, once unmeasured (warm-up), then
 ``--runs`` times, the runs of the two sides alternating so that both meet the same
 machine load; the figure is the median. Run: ``.venv/bin/python bench/run.py [--runs 5]``
-(``--python-only`` skips Node; ``--only request_rtt,...`` picks scenarios). The Node side
+(``--python-only`` skips Node; ``--only request_rtt,...`` picks scenarios; ``--loop
+uvloop`` runs Python on uvloop instead of asyncio's own loop). The Node side
 (``bench/node``) is installed with npm on first use.
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mafalda import mediasoup
+from mafalda.cli import loop_runner
 from mafalda.mediasoup.worker_binary import find_worker_bin
 
 HERE = Path(__file__).resolve().parent
@@ -306,13 +308,16 @@ def main() -> None:
     parser.add_argument(
         "--only", help="comma-separated scenarios: " + ",".join(n for n, _, _ in SCENARIOS)
     )
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="Python's event loop"
+    )
     args = parser.parse_args()
     only = args.only.split(",") if args.only else None
     worker_bin = find_worker_bin()
 
     node = None if args.python_only else NodeSide(worker_bin)
     try:
-        py, nd = asyncio.run(run(args.runs, only, node))
+        py, nd = loop_runner(args.loop)(run(args.runs, only, node))
     finally:
         if node is not None:
             node.close()
@@ -322,7 +327,7 @@ def main() -> None:
     print(json.dumps({"node": nd}, indent=2))
     print()
     print(
-        f"median of {args.runs} runs; Python {platform.python_version()}, "
+        f"median of {args.runs} runs; Python {platform.python_version()} ({args.loop}), "
         f"Node {nd.get('node_version', '?')}, mediasoup-worker {mediasoup.version}, "
         f"{os.cpu_count()} CPUs ({platform.machine()})"
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -33,6 +34,16 @@ MEDIA_CODECS: list[Any] = [
         },
     },
 ]
+
+
+if os.environ.get("MAFALDA_TEST_LOOP") == "uvloop":
+
+    def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Any]:
+        """MAFALDA_TEST_LOOP=uvloop runs the tests on uvloop instead of asyncio's own
+        loop (scripts/test.sh runs a part of the suite that way too)."""
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
 
 
 def opus_rtp_parameters(ssrc: int, payload_type: int = 100) -> Any:

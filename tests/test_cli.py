@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -99,14 +100,35 @@ def interrupt_when_listening(port: int) -> threading.Thread:
 
 
 @pytest.mark.timeout(120)
-def test_demo_runs_until_interrupted(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_demo_runs_until_interrupted(loop: str, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_tcp_port()
     thread = interrupt_when_listening(port)
-    code = cli.main(["demo", "--port", str(port), "--rtc-port", "0", "--room", "r1", "-v"])
+    argv = ["--loop", loop, "demo", "--port", str(port), "--rtc-port", "0", "--room", "r1", "-v"]
+    code = cli.main(argv)
     thread.join()
     assert code == 0
     out = capsys.readouterr().out
     assert f"open http://127.0.0.1:{port}/?room=r1 " in out
+
+
+def test_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    monkeypatch.delenv("MAFALDA_LOOP", raising=False)
+    assert cli.build_parser().parse_args(["demo"]).loop == "auto"
+    monkeypatch.setenv("MAFALDA_LOOP", "asyncio")
+    assert cli.build_parser().parse_args(["demo"]).loop == "asyncio"
+    assert cli.build_parser().parse_args(["--loop", "uvloop", "demo"]).loop == "uvloop"
+    assert cli.loop_runner("asyncio") is asyncio.run
+    assert cli.loop_runner("auto") is uvloop.run
+    assert cli.loop_runner("uvloop") is uvloop.run
+    # Where uvloop is missing (a fake: it is a dependency here), auto falls back and an
+    # explicit uvloop says so.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert cli.loop_runner("auto") is asyncio.run
+    with pytest.raises(SystemExit, match="uvloop is not installed"):
+        cli.loop_runner("uvloop")
 
 
 @pytest.mark.timeout(120)

@@ -196,9 +196,9 @@ async def test_big_messages_over_small_reads(server: RemoteServer) -> None:
     client = await client_of(server)
     connection = client._connection
     transport = connection._ws._response.connection.transport
-    assert transport.max_size == READ_SIZE
-    served = next(iter(server._connections))
-    assert served.ws._req.transport.max_size == READ_SIZE
+    served = next(iter(server._connections)).ws._req.transport
+    if type(asyncio.get_running_loop()).__module__.startswith("asyncio"):  # not uvloop
+        assert (transport.max_size, served.max_size) == (READ_SIZE, READ_SIZE)
     worker = await client.create_worker(log_level="warn")
     big = {"blob": "x" * (3 * READ_SIZE), "list": list(range(20000))}
     router = await worker.create_router(media_codecs=MEDIA_CODECS, app_data=big)

@@ -10,6 +10,7 @@ import os
 import signal
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup._fbs.Notification.Event import Event
@@ -193,8 +194,19 @@ def _spawn(argv: list[str]) -> tuple[int, int, int, int, int]:
     return pid, to_worker_w, from_worker_r, out_r, err_r
 
 
-class _LineLogger(asyncio.Protocol):
-    def __init__(self, pid: int, level: int, stream: str) -> None:
+class _PipeEnd(asyncio.Protocol):
+    """Reports when its pipe is closed for good (the transport let go of the file)."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self._on_lost = on_lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()
+
+
+class _LineLogger(_PipeEnd):
+    def __init__(self, pid: int, level: int, stream: str, on_lost: Callable[[], None]) -> None:
+        super().__init__(on_lost)
         self._pid = pid
         self._level = level
         self._stream = stream
@@ -218,6 +230,11 @@ class Worker(EventSource):
             asyncio.get_running_loop().create_future()
         )
         self._transports: list[asyncio.BaseTransport] = []
+        # Pipes whose transport has not reported connection_lost yet: wait_closed() waits
+        # for them (uvloop closes the files a loop turn after the transports).
+        self._pipes_open = 0
+        self._handed: list[Any] = []  # pipe files given to the loop
+        self._pipes_closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pidfd = -1
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
         self._webrtc_servers: set[WebRtcServer] = set()
@@ -351,7 +368,9 @@ class Worker(EventSource):
         for transport in self._transports:
             transport.close()
         for file in files:
-            if not any(t.get_extra_info("pipe") is file for t in self._transports):
+            # A file handed to connect_*_pipe() is the loop's to close, even when that
+            # failed (asyncio closes it, uvloop's transport closed its descriptor).
+            if file not in self._handed:
                 file.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self._pid, signal.SIGKILL)
@@ -364,9 +383,19 @@ class Worker(EventSource):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
 
+    def _pipe_lost(self) -> None:
+        self._pipes_open -= 1
+        if self._pipes_open <= 0 and not self._pipes_closed.done():
+            self._pipes_closed.set_result(None)
+
     async def wait_closed(self) -> tuple[int | None, int | None]:
-        """Wait until the process has exited and was reaped; returns (exit code, signal)."""
-        return await asyncio.shield(self._exit_status)
+        """Wait until the process has exited and was reaped and its pipes are closed;
+        returns (exit code, signal)."""
+        status = await asyncio.shield(self._exit_status)
+        if self._pipes_open > 0:
+            with contextlib.suppress(TimeoutError):  # never hang on a transport's close
+                await asyncio.wait_for(asyncio.shield(self._pipes_closed), _CLOSE_GRACE_SECONDS)
+        return status
 
     async def __aenter__(self) -> Worker:
         return self
@@ -555,22 +584,30 @@ async def create_worker(
         for fd, mode in ((write_fd, "wb"), (read_fd, "rb"), (out_fd, "rb"), (err_fd, "rb"))
     ]
     try:
-        writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, files[0])
+        lost = worker._pipe_lost
+        worker._handed.append(files[0])
+        writer, _ = await loop.connect_write_pipe(lambda: _PipeEnd(lost), files[0])
+        worker._pipes_open += 1
         channel.attach(writer)
         worker._transports.append(writer)
         for pipe, factory in (
-            (files[1], lambda: ChannelReader(channel, lambda: None)),
-            (files[2], lambda: _LineLogger(pid, logging.DEBUG, "stdout")),
-            (files[3], lambda: _LineLogger(pid, logging.ERROR, "stderr")),
+            (files[1], lambda: ChannelReader(channel, lost)),
+            (files[2], lambda: _LineLogger(pid, logging.DEBUG, "stdout", lost)),
+            (files[3], lambda: _LineLogger(pid, logging.ERROR, "stderr", lost)),
         ):
+            worker._handed.append(pipe)
             reader, _ = await loop.connect_read_pipe(factory, pipe)
+            worker._pipes_open += 1
             limit_read_size(reader)
             worker._transports.append(reader)
         _workers.add(worker)
         await worker._started
     except BaseException:
-        # Cancelled (or failed) after the process started: leave nothing behind.
+        # Cancelled (or failed) after the process started: leave nothing behind, not
+        # even a pipe whose transport closes a loop turn later (uvloop).
         worker._abort(files)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(worker.wait_closed()), _CLOSE_GRACE_SECONDS)
         raise
     logger.debug("worker running [pid:%s]", pid)
     observer.emit("newworker", worker)

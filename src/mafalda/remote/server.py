@@ -21,6 +21,7 @@ import logging
 import ssl as ssl_module
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -163,9 +164,13 @@ class _MediasoupRoot:
 
     def __init__(self, worker_settings: dict[str, Any]) -> None:
         self._worker_settings = worker_settings
+        #: Every worker started for a client: the server's close() waits for them to exit.
+        self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
     async def create_worker(self, **kwargs: Any) -> Worker:
-        return await create_worker(**{**self._worker_settings, **kwargs})
+        worker = await create_worker(**{**self._worker_settings, **kwargs})
+        self.workers.add(worker)
+        return worker
 
     def get_supported_rtp_capabilities(self) -> Any:
         return get_supported_rtp_capabilities()
@@ -575,8 +580,10 @@ class RemoteServer:
         self._closed.set()
         for session in list(self.sessions.values()):
             self._expire(session)
-        workers = [w for w in self._exiting if not w.subprocess_closed]
+        workers = {w for w in self._exiting if not w.subprocess_closed}
         self._exiting.clear()
+        if isinstance(self._root, _MediasoupRoot):  # closed by their clients, maybe exiting
+            workers.update(w for w in self._root.workers if w.closed)
         for connection in list(self._connections):
             await connection.close()
         if self._runner is not None:

@@ -204,6 +204,7 @@ class Mafalda(EventSource):
     async def _add_worker(self) -> Worker:
         worker = await create_worker(**self._worker_settings)
         if self._closed:
+            self._retired.add(worker)  # aclose() waits for it too
             worker.close()
             raise InvalidStateError("Mafalda closed")
         entry = _PoolWorker(worker=worker, idle_since=time.monotonic())
@@ -251,7 +252,8 @@ class Mafalda(EventSource):
         try:
             worker = await self._add_worker()
         except Exception as error:
-            logger.error("could not replace a dead worker: %s", error)
+            if not self._closed:
+                logger.error("could not replace a dead worker: %s", error)
             return
         self.events.emit("workerreplaced", worker)
 
@@ -468,8 +470,8 @@ class Mafalda(EventSource):
         self._closed = True
         if self._sampler is not None:
             self._sampler.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        # Replacement workers being started are left to finish: they see the pool closed
+        # and close their worker (a start cancelled midway could leave a pipe behind).
         for router in list(self._routers.values()):
             router.mafalda_closed()
         self._routers.clear()
@@ -479,9 +481,11 @@ class Mafalda(EventSource):
 
     async def aclose(self) -> None:
         """Close, and wait until every worker process has exited."""
-        workers = [*self._pool, *self._retired]
+        self._retired.update(self._pool)
         self.close()
         self._pool.clear()
         tasks = [t for t in (self._sampler, *self._tasks) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        # After the tasks: a worker being started when close() came is retired by now.
+        workers = list(self._retired)
         await asyncio.gather(*(w.wait_closed() for w in workers), return_exceptions=True)

@@ -579,7 +579,11 @@ def test_a_class_the_c_decoder_cannot_make_gets_the_python_one(
     unsupported = [
         replace(spec, init_order=spec.init_order[1:]),
         replace(spec, init_defaults={**spec.init_defaults, "codecs": []}),
-        replace(spec, init_defaults={**spec.init_defaults, "nothing": []}),
+        replace(
+            spec,
+            init_defaults={**spec.init_defaults, "other": []},
+            init_order=[*spec.init_order, "other"],
+        ),
         replace(spec, cls=type("OwnSetattr", (), {"__setattr__": lambda *a: None})),
     ]
     for bad in unsupported:

@@ -15,9 +15,14 @@ generated code as the single source of truth and makes it cheaper:
   flatc) and emits straight-line reads, mostly subscripts of uint32/int32/uint16
   views of the buffer rather than ``struct`` calls. A class whose code has an
   unexpected shape falls back to ``InitFromBuf``.
+- Where the C extension ``_cfastfbs`` is built, the same reading of the generated code
+  describes each class to it instead, and its decoders (same objects, same calling
+  convention) replace the generated Python ones, which stay the fallback: for a class
+  it cannot decode alike, without the extension, or with ``MAFALDA_PURE_PYTHON=1``.
 
-``tests/test_fastfbs.py`` checks both against the stock runtime for every table of the
-schemas, with random contents.
+``tests/test_fastfbs.py`` checks them against the stock runtime for every table of the
+schemas, with random contents, and the C decoders against the Python ones on corrupt
+buffers.
 """
 
 from __future__ import annotations

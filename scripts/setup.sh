@@ -53,7 +53,12 @@ if [[ ! -x .venv/bin/python ]]; then
 	python3 -m venv .venv
 fi
 stamp=.venv/.mafalda-installed
-if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+# Reinstalling also rebuilds the C extension: when its source changes too.
+stale=0
+for f in pyproject.toml setup.py src/mafalda/mediasoup/_cfastfbs.c; do
+	[[ "$f" -nt "$stamp" ]] && stale=1
+done
+if [[ ! -f "$stamp" || $stale == 1 ]]; then
 	say "installing mafalda-sfu (editable) and dev tools into .venv"
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -e '.[dev]'

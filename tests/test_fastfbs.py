@@ -1,20 +1,30 @@
-"""The fast codec against the stock flatbuffers runtime, for every table of the schemas."""
+"""The fast codec against the stock flatbuffers runtime, for every table of the schemas;
+the C decoders against the Python ones, on real and on corrupt buffers."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import math
+import os
 import pkgutil
 import random
 import struct
+import subprocess
+import sys
 from typing import Any
 
 import flatbuffers
 import pytest
 from flatbuffers.builder import IsNestedError, IsNotNestedError, OffsetArithmeticError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mafalda.mediasoup import _fastfbs, _fbs
-from mafalda.mediasoup._fastfbs import FastBuilder, decoder
+from mafalda.mediasoup._fastfbs import FastBuilder, decoder, python_decoder
+
+# The suite runs the C decoders unless told not to (then they are tested all the same).
+PURE = os.environ.get("MAFALDA_PURE_PYTHON", "0") not in ("", "0")
 
 
 def _all_t_classes() -> list[type]:
@@ -111,6 +121,8 @@ def assert_same(a: Any, b: Any, path: str = "root") -> None:
         assert list(vars(a)) == list(vars(b)), path
         for key in vars(a):
             assert_same(vars(a)[key], vars(b)[key], f"{path}.{key}")
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), f"{path}: {a!r} != {b!r}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
@@ -130,15 +142,22 @@ def test_every_table_packs_and_unpacks_like_the_stock_runtime(cls: type) -> None
     # A dirty, reused buffer: padding must be written, not assumed zero.
     fast = FastBuilder(16)
     fast.Bytes[:] = b"\xaa" * len(fast.Bytes)
-    decode = decoder(cls)
-    assert decode.__name__ != "decode", "fell back to InitFromBuf"
+    python = python_decoder(cls)
+    assert python.__name__ == "decode_views", "fell back to InitFromBuf"
+    # Each decoder as decoder() gives it, and as the decoders and channel.py call it.
+    decoders = [(python, _fastfbs._python.ns[_fastfbs._name(cls)])]
+    if _fastfbs.HAVE_NATIVE:
+        decoders.append((_native(cls), _native_set.ns[_fastfbs._name(cls)]))
     for _ in range(25):
         obj = random_instance(cls, rng)
         data = _pack(stock, obj)
         assert _pack(fast, obj) == data
         pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
-        assert_same(decode(data, pos), cls.InitFromBuf(data, pos))
-        assert_same(decode(bytearray(data), pos), cls.InitFromBuf(data, pos))
+        expected = cls.InitFromBuf(data, pos)
+        for decode, internal in decoders:
+            assert_same(decode(data, pos), expected)
+            assert_same(decode(bytearray(data), pos), expected)
+            assert_same(internal(*_fastfbs.views(data), pos), expected)
 
 
 def test_default_instances_pack_alike_with_force_defaults() -> None:
@@ -219,14 +238,25 @@ def test_a_buffer_of_partial_words_decodes_too() -> None:
     pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
     for extra in (b"x", b"xy", b"xyz"):
         assert_same(decoder(PortRangeT)(data + extra, pos), obj)
+        assert_same(python_decoder(PortRangeT)(data + extra, pos), obj)
 
 
-def test_unknown_union_type_decodes_to_none() -> None:
+@pytest.mark.parametrize("python", [False, True])
+def test_unknown_union_type_decodes_to_none(python: bool) -> None:
     from mafalda.mediasoup._fbs.Response import Body
+    from mafalda.mediasoup._fbs.RtpStream.Stats import StatsT
 
-    decoders = _fastfbs.union_decoders(Body.BodyCreator)
+    decoders = _fastfbs.union_decoders(Body.BodyCreator, python=python)
     assert decoders[250] is None
     assert decoders[Body.Body.Worker_DumpResponse] is not None
+    # A table whose union type is unknown: its value decodes to None, not read.
+    data = _pack(flatbuffers.Builder(0), StatsT(dataType=1, data=_fbs_base_stats()))
+    pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
+    type_at = pos + _field_offset(data, pos, 4)
+    corrupt = data[:type_at] + bytes([200]) + data[type_at + 1 :]
+    decode = python_decoder(StatsT) if python else decoder(StatsT)
+    assert decode(corrupt, pos).data is None
+    assert decode(corrupt, pos).dataType == 200
 
 
 def test_unsupported_shape_falls_back_to_init_from_buf(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,8 +265,7 @@ def test_unsupported_shape_falls_back_to_init_from_buf(monkeypatch: pytest.Monke
     def refuse(cls: type) -> Any:
         raise _fastfbs.UnsupportedShapeError(cls.__name__)
 
-    monkeypatch.setattr(_fastfbs, "_decoders", {})
-    monkeypatch.setattr(_fastfbs, "_ns", dict(_fastfbs._ns))
+    monkeypatch.setattr(_fastfbs, "_default", _fastfbs._Compiled(native=not PURE))
     monkeypatch.setattr(_fastfbs, "_spec", refuse)
     decode = decoder(PortRangeT)
     obj = PortRangeT(min=5, max=9)
@@ -246,8 +275,9 @@ def test_unsupported_shape_falls_back_to_init_from_buf(monkeypatch: pytest.Monke
     assert_same(decode(data, pos), obj)
 
 
+@pytest.mark.parametrize("native", [False, True])
 def test_a_table_of_unsupported_shape_inside_a_compiled_one(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
     from mafalda.mediasoup._fbs.Transport.ListenInfo import ListenInfoT
     from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
@@ -259,15 +289,18 @@ def test_a_table_of_unsupported_shape_inside_a_compiled_one(
             raise _fastfbs.UnsupportedShapeError(cls.__name__)
         return spec(cls)
 
-    monkeypatch.setattr(_fastfbs, "_decoders", {})
-    monkeypatch.setattr(_fastfbs, "_ns", dict(_fastfbs._ns))
+    monkeypatch.setattr(_fastfbs, "_default", _fastfbs._Compiled(native=native and not PURE))
     monkeypatch.setattr(_fastfbs, "_spec", refuse_port_range)
     decode = decoder(ListenInfoT)
-    assert decode.__name__ != "decode"
+    assert getattr(decode, "__name__", "") != "decode"
     obj = ListenInfoT(ip="127.0.0.1", portRange=PortRangeT(min=5, max=9))
     data = _pack(flatbuffers.Builder(0), obj)
     pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
-    assert_same(decode(data, pos), ListenInfoT.InitFromBuf(data, pos))
+    expected = ListenInfoT.InitFromBuf(data, pos)
+    assert_same(decode(data, pos), expected)  # views made for the nested Python decoder
+    assert_same(decode(data + b"x", pos), expected)  # ... from a padded copy
+    internal = _fastfbs._default.ns[_fastfbs._name(ListenInfoT)]
+    assert_same(internal(*_fastfbs.views(data), pos), expected)  # views passed along
 
 
 @pytest.mark.parametrize("cls", T_CLASSES, ids=lambda c: c.__module__.split("_fbs.")[1])
@@ -291,3 +324,286 @@ def test_packer_of_a_foreign_class_is_its_own_pack() -> None:
             return 0
 
     assert _fastfbs.packers[Foreign] is Foreign.Pack
+
+
+# -- the C decoders -----------------------------------------------------------------
+
+_native_set = _fastfbs._Compiled(native=True)
+
+
+def _native(cls: type) -> Any:
+    """The C decoder of ``cls``, whatever MAFALDA_PURE_PYTHON says."""
+    _fastfbs._compile(cls, _native_set)
+    decode = _native_set.public[cls]
+    assert isinstance(decode, _fastfbs._cfastfbs.Decoder), "fell back to Python"
+    return decode
+
+
+def _root(data: bytes) -> int:
+    pos: int = flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0)
+    return pos
+
+
+def _field_offset(data: bytes, pos: int, slot: int) -> int:
+    """The offset of a table's field from the table (0: absent)."""
+    vtable = pos - struct.unpack_from("<i", data, pos)[0]
+    size = struct.unpack_from("<H", data, vtable)[0]
+    return struct.unpack_from("<H", data, vtable + slot)[0] if slot < size else 0
+
+
+def _fbs_base_stats() -> Any:
+    from mafalda.mediasoup._fbs.RtpStream.BaseStats import BaseStatsT
+
+    return BaseStatsT(ssrc=7, mimeType="audio/opus")
+
+
+def test_the_c_extension_is_built_and_used() -> None:
+    assert _fastfbs.HAVE_NATIVE, "the C extension did not build (pip install -e . needs gcc)"
+    assert _fastfbs.NATIVE is not PURE
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    assert isinstance(decoder(PortRangeT), _fastfbs._cfastfbs.Decoder) is not PURE
+
+
+@pytest.mark.parametrize("value", ["1", "0"])
+def test_mafalda_pure_python_picks_the_python_decoders(value: str) -> None:
+    code = (
+        "from mafalda.mediasoup import _fastfbs\n"
+        "from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT\n"
+        "print(_fastfbs.NATIVE, type(_fastfbs.decoder(PortRangeT)).__name__)\n"
+    )
+    env = {**os.environ, "MAFALDA_PURE_PYTHON": value}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == (["True", "Decoder"] if value == "0" else ["False", "function"])
+
+
+def _c_or_error(cls: type, data: bytes, pos: int) -> None:
+    """The C decoder refuses ``data`` (ValueError) or gives what the Python one gives."""
+    try:
+        got = _native(cls)(data, pos)
+    except ValueError:
+        return
+    assert_same(got, python_decoder(cls)(data, pos))
+
+
+FUZZ_CLASSES = [cls for cls in T_CLASSES if _spec(cls).fields]
+
+
+@functools.cache
+def _sample(cls: type, seed: int) -> bytes:
+    return _pack(flatbuffers.Builder(0), random_instance(cls, random.Random(seed)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cls=st.sampled_from(FUZZ_CLASSES),
+    seed=st.integers(0, 7),
+    flips=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 7)), max_size=6),
+    cut=st.none() | st.integers(0, 2**16),
+    noise=st.none() | st.tuples(st.integers(0, 2**16), st.binary(min_size=1, max_size=16)),
+)
+def test_c_decoder_on_mutated_tables(
+    cls: type,
+    seed: int,
+    flips: list[tuple[int, int]],
+    cut: int | None,
+    noise: tuple[int, bytes] | None,
+) -> None:
+    data = bytearray(_sample(cls, seed))
+    pos = _root(bytes(data))
+    for at, bit in flips:
+        data[at % len(data)] ^= 1 << bit
+    if noise is not None:
+        at = noise[0] % len(data)
+        data[at : at + len(noise[1])] = noise[1]
+    if cut is not None:
+        del data[cut % (len(data) + 1) :]
+    _c_or_error(cls, bytes(data), pos)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cls=st.sampled_from(FUZZ_CLASSES),
+    data=st.binary(max_size=300),
+    pos=st.integers(-8, 310),
+)
+def test_c_decoder_on_random_bytes(cls: type, data: bytes, pos: int) -> None:
+    _c_or_error(cls, data, pos)
+
+
+def test_c_decoder_on_every_byte_changed_and_every_truncation() -> None:
+    rng = random.Random("corrupt")
+    for cls in FUZZ_CLASSES:
+        data = _sample(cls, 0)
+        pos = _root(data)
+        for at in range(len(data)):
+            mask = rng.randrange(1, 256)
+            _c_or_error(cls, data[:at] + bytes([data[at] ^ mask]) + data[at + 1 :], pos)
+            _c_or_error(cls, data[:at], pos)
+
+
+def _nested_stats(levels: int) -> Any:
+    from mafalda.mediasoup._fbs.RtpStream.RecvStats import RecvStatsT
+    from mafalda.mediasoup._fbs.RtpStream.Stats import StatsT
+
+    stats = StatsT(dataType=1, data=_fbs_base_stats())
+    for _ in range(levels):
+        stats = StatsT(dataType=2, data=RecvStatsT(base=stats, packetCount=3))
+    return stats
+
+
+def test_nesting_is_bounded() -> None:
+    from mafalda.mediasoup._fbs.RtpStream.Stats import StatsT
+
+    data = _pack(flatbuffers.Builder(0), _nested_stats(30))  # 61 tables deep
+    assert_same(_native(StatsT)(data, _root(data)), python_decoder(StatsT)(data, _root(data)))
+    data = _pack(flatbuffers.Builder(0), _nested_stats(40))
+    python_decoder(StatsT)(data, _root(data))  # valid, but deeper than a worker sends
+    with pytest.raises(ValueError, match="nested too deep"):
+        _native(StatsT)(data, _root(data))
+
+
+def _shared_tables(n: int) -> bytes:
+    """RtpParameters whose ``n`` codecs are one table, whose ``n`` RTCP feedbacks are one
+    table: ``1 + n + n * n`` tables to decode from ``8 * n`` bytes or so."""
+    from mafalda.mediasoup._fbs.RtpParameters import RtcpFeedback as Fb
+    from mafalda.mediasoup._fbs.RtpParameters import RtpCodecParameters as Codec
+    from mafalda.mediasoup._fbs.RtpParameters import RtpParameters as Params
+
+    def repeated(start_vector: Any, table: int) -> int:
+        start_vector(b, n)
+        for _ in range(n):
+            b.PrependUOffsetTRelative(table)
+        return int(b.EndVector())
+
+    b = flatbuffers.Builder(0)
+    nack = b.CreateString("nack")
+    Fb.Start(b)
+    Fb.AddType(b, nack)
+    feedbacks = repeated(Codec.StartRtcpFeedbackVector, Fb.End(b))
+    mime = b.CreateString("audio/opus")
+    Codec.Start(b)
+    Codec.AddMimeType(b, mime)
+    Codec.AddRtcpFeedback(b, feedbacks)
+    codecs = repeated(Params.StartCodecsVector, Codec.End(b))
+    Params.Start(b)
+    Params.AddCodecs(b, codecs)
+    b.Finish(Params.End(b))
+    return bytes(b.Output())
+
+
+def test_tables_decoded_per_call_are_bounded_by_the_buffer() -> None:
+    # Shared tables (which writers of this protocol never make) could multiply the work
+    # exponentially with the nesting: more tables than the buffer holds is refused.
+    from mafalda.mediasoup._fbs.RtpParameters.RtpParameters import RtpParametersT
+
+    data = _shared_tables(3)
+    got = _native(RtpParametersT)(data, _root(data))
+    assert_same(got, python_decoder(RtpParametersT)(data, _root(data)))
+    assert len(got.codecs) == 3 and len(got.codecs[2].rtcpFeedback) == 3
+    data = _shared_tables(40)
+    assert len(python_decoder(RtpParametersT)(data, _root(data)).codecs) == 40
+    with pytest.raises(ValueError, match="more tables than the buffer"):
+        _native(RtpParametersT)(data, _root(data))
+
+
+def test_c_decoder_calls_and_descriptors_are_checked() -> None:
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    native = _fastfbs._cfastfbs
+    decode = _native(PortRangeT)
+    assert decode.cls is PortRangeT
+    assert repr(decode) == "<Decoder of PortRangeT>"
+    data = _pack(flatbuffers.Builder(0), PortRangeT(min=1, max=2))
+    for bad_call in ((data,), (data, 1, 2, 3), ()):
+        with pytest.raises(TypeError):
+            decode(*bad_call)
+    with pytest.raises(TypeError):
+        decode(data, pos=4)
+    with pytest.raises(TypeError):
+        decode(data, "4")
+    with pytest.raises(TypeError):
+        decode(12, 4)
+    with pytest.raises(TypeError):
+        native.set_views(1)
+
+    class OwnNew:
+        def __new__(cls) -> OwnNew:
+            return super().__new__(cls)
+
+    class Plain:
+        pass
+
+    field = (0, 4, "B", False, False, -1, 0, None)
+    for args in (
+        (OwnNew, [], []),
+        (Plain, [field[:4]], []),
+        (Plain, ["x"], []),
+        (Plain, [], ["x"]),
+        (Plain, [], [("a", 0, None)]),  # no such field
+        (Plain, [(99, *field[1:])], []),  # kind
+        (Plain, [(0, 3, *field[2:])], []),  # odd slot
+        (Plain, [(0, 4, "x", *field[3:])], []),  # scalar code
+        (Plain, [(2, 4, "", False, False, -1, None, 1)], []),  # table decoder not callable
+        (Plain, [(7, 4, "", False, False, 0, None, {})], []),  # union without type field
+        (Plain, [field, (7, 6, "", False, False, 0, None, 1)], []),  # union map
+        (Plain, [field] * 65, []),
+    ):
+        with pytest.raises((TypeError, ValueError)):
+            native.Decoder(*args)
+    # PortRange's min and max read as a union's type and value: type 1, which a plain
+    # dict (no __missing__) may not know.
+    attrs = [("kind", 0, None), ("value", 1, None)]
+    union = (7, 6, "", False, False, 0, None, {1: None})
+    two = native.Decoder(Plain, [field, union], attrs)
+    assert vars(two(data, _root(data))) == {"kind": 1, "value": None}
+    two = native.Decoder(Plain, [field, (*union[:-1], {})], attrs)
+    with pytest.raises(KeyError):
+        two(data, _root(data))
+
+
+def test_a_class_the_c_decoder_cannot_make_gets_the_python_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    from mafalda.mediasoup._fbs.RtpParameters.RtpParameters import RtpParametersT
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    spec = _fastfbs._spec(RtpParametersT)
+    ns = _native_set.ns
+    _native(RtpParametersT)
+    name = _fastfbs._name(RtpParametersT)
+    unsupported = [
+        replace(spec, init_order=spec.init_order[1:]),
+        replace(spec, init_defaults={**spec.init_defaults, "codecs": []}),
+        replace(
+            spec,
+            init_defaults={**spec.init_defaults, "other": []},
+            init_order=[*spec.init_order, "other"],
+        ),
+        replace(spec, cls=type("OwnSetattr", (), {"__setattr__": lambda *a: None})),
+    ]
+    for bad in unsupported:
+        with pytest.raises(_fastfbs.UnsupportedShapeError):
+            _fastfbs._native_decoder(bad, name, ns)
+    monkeypatch.setattr(_fastfbs, "np", object())  # numpy arrays: the Python decoder
+    with pytest.raises(_fastfbs.UnsupportedShapeError):
+        _fastfbs._native_decoder(_fastfbs._spec(_fbs_vscalar_class()), "_d_x", ns)
+    monkeypatch.undo()
+
+    def refuse(spec: Any, fn_name: str, ns: Any) -> Any:
+        raise _fastfbs.UnsupportedShapeError(fn_name)
+
+    monkeypatch.setattr(_fastfbs, "_native_decoder", refuse)
+    monkeypatch.setattr(_fastfbs, "_default", _fastfbs._Compiled(native=True))
+    decode = decoder(PortRangeT)
+    assert decode.__name__ == "decode_views"
+    data = _pack(flatbuffers.Builder(0), PortRangeT(min=1, max=2))
+    assert_same(decode(data, _root(data)), PortRangeT(min=1, max=2))
+
+
+def _fbs_vscalar_class() -> type:
+    return next(c for c in FUZZ_CLASSES if any(f.kind == "vscalar" for f in _spec(c).fields))

@@ -15,9 +15,14 @@ generated code as the single source of truth and makes it cheaper:
   flatc) and emits straight-line reads, mostly subscripts of uint32/int32/uint16
   views of the buffer rather than ``struct`` calls. A class whose code has an
   unexpected shape falls back to ``InitFromBuf``.
+- Where the C extension ``_cfastfbs`` is built, the same reading of the generated code
+  describes each class to it instead, and its decoders (same objects, same calling
+  convention) replace the generated Python ones, which stay the fallback: for a class
+  it cannot decode alike, without the extension, or with ``MAFALDA_PURE_PYTHON=1``.
 
-``tests/test_fastfbs.py`` checks both against the stock runtime for every table of the
-schemas, with random contents.
+``tests/test_fastfbs.py`` checks them against the stock runtime for every table of the
+schemas, with random contents, and the C decoders against the Python ones on corrupt
+buffers.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import copy
 import importlib
 import inspect
 import math
+import os
 import pickle
 import struct
 import textwrap
@@ -38,6 +44,13 @@ import flatbuffers
 from flatbuffers import number_types as _N
 from flatbuffers.builder import IsNestedError, IsNotNestedError, OffsetArithmeticError
 from flatbuffers.compat import import_numpy
+
+try:
+    from mafalda.mediasoup import _cfastfbs
+except ImportError:  # pragma: no cover - installed without a C compiler
+    HAVE_NATIVE = False
+else:
+    HAVE_NATIVE = True
 
 np = import_numpy()
 
@@ -374,6 +387,7 @@ class Spec:
     cls: type
     fields: list[Field] = field(default_factory=list)
     init_defaults: dict[str, Any] = field(default_factory=dict)
+    init_order: list[str] = field(default_factory=list)  # the attributes __init__ sets
 
 
 def _module_ast(module: Any) -> ast.Module:
@@ -516,6 +530,7 @@ def _spec(cls: type) -> Spec:
             and stmt.value.id == _is_self_attr(stmt.targets[0])
         ):
             raise UnsupportedShapeError(ast.unparse(stmt))
+        spec.init_order.append(stmt.value.id)
     params = inspect.signature(cls).parameters
     spec.init_defaults = {name: p.default for name, p in params.items() if name != "self"}
     unpack = methods["_UnPack"]
@@ -628,11 +643,18 @@ def _spec(cls: type) -> Spec:
     return spec
 
 
-# Compiled decoders share one namespace, so they call each other by name.
-_ns: dict[str, Any] = {
-    "np": np,
-}
-_decoders: dict[type, Decoder] = {}
+class _Compiled:
+    """One set of compiled decoders. ``ns`` is the namespace the generated Python ones
+    share (they call each other by name) and holds every internal decoder by
+    ``_name(cls)``; ``public`` has the ``(buf, pos)`` ones. ``native``: compile to
+    ``_cfastfbs`` decoders where the class allows."""
+
+    def __init__(self, native: bool) -> None:
+        self.native = native
+        self.ns: dict[str, Any] = {"np": np, "struct": struct}
+        self.public: dict[type, Decoder] = {}
+
+
 _names: dict[type, str] = {}
 
 
@@ -651,16 +673,18 @@ _VIEW_READS: dict[str, str] = {
 }
 
 
-def _scalar_read(flags: str, at: str) -> str:
+def _scalar_read(flags: str, at: str, ns: dict[str, Any]) -> str:
     view = _VIEW_READS.get(flags)
     if view is not None:
         return view.format(at=at)
     st = f"_s_{flags}"
-    _ns[st] = struct.Struct("<" + _FLAG_CODES[flags]).unpack_from
+    ns[st] = struct.Struct("<" + _FLAG_CODES[flags]).unpack_from
     return f"{st}(b, {at})[0]"
 
 
-def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int, type]]]:
+def _gen(
+    spec: Spec, fn_name: str, ns: dict[str, Any]
+) -> tuple[str, list[type], dict[str, dict[int, type]]]:
     """Python source of the decoder function, the T classes it calls, its unions.
 
     The decoder takes the buffer ``b``, its ``w``/``s``/``h`` views (see ``views``) and
@@ -682,7 +706,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
         o = f"o{i}"
         lines.append(f"    {o} = h[v + {idx}] if vn > {2 * idx} else 0")
         if f.kind == "scalar":
-            expr = _scalar_read(f.acc.flags, f"p + {o}")
+            expr = _scalar_read(f.acc.flags, f"p + {o}", ns)
             if f.acc.wrap_bool and f.acc.flags != "BoolFlags":
                 expr = f"bool({expr})"
             lines.append(f"    {var} = {expr} if {o} else {f.acc.default!r}")
@@ -738,7 +762,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                 code = _FLAG_CODES[f.acc.flags]
                 if np is not None:
                     dt = f"_dt_{f.acc.flags}"
-                    _ns[dt] = _numpy_dtype(f.acc.flags)
+                    ns[dt] = _numpy_dtype(f.acc.flags)
                     lines.append(f"        {var} = np.frombuffer(b, dtype={dt}, count=n, offset=q)")
                 elif code == "B":
                     lines.append(f"        {var} = list(b[q : q + n])")
@@ -746,7 +770,7 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
                     lines.append(f"        {var} = list(struct.unpack_from('<%d{code}' % n, b, q))")
             lines += ["    else:", f"        {var} = {spec.init_defaults[f.name]!r}"]
         elif f.kind == "union":
-            umap = f"_u_{fn_name}_{f.name}"
+            umap = _union_name(fn_name, f)
             unions[umap] = f.target
             lines += [
                 f"    if {o}:",
@@ -760,14 +784,14 @@ def _gen(spec: Spec, fn_name: str) -> tuple[str, list[type], dict[str, dict[int,
     args = ", ".join(
         values.get(name, repr(default)) for name, default in spec.init_defaults.items()
     )
-    lines.append(f"    return {_cls_name(spec.cls)}({args})")
+    cls_name = "_c_" + fn_name[3:]
+    ns[cls_name] = spec.cls
+    lines.append(f"    return {cls_name}({args})")
     return "\n".join(lines) + "\n", deps, unions
 
 
-def _cls_name(cls: type) -> str:
-    name = "_c_" + _name(cls)[3:]
-    _ns[name] = cls
-    return name
+def _union_name(fn_name: str, f: Field) -> str:
+    return f"_u_{fn_name}_{f.name}"
 
 
 def _name(cls: type) -> str:
@@ -776,6 +800,66 @@ def _name(cls: type) -> str:
         short = cls.__module__.removeprefix("mafalda.mediasoup._fbs.").replace(".", "_")
         name = _names[cls] = f"_d_{short}"
     return name
+
+
+# -- the C decoders -----------------------------------------------------------------
+#
+# A ``_cfastfbs.Decoder`` is made of the same Spec: it reads what the generated Python
+# decoder reads and gives the same object (it stores the attributes as __init__ would,
+# without calling it), or raises ValueError where the buffer is out of shape.
+
+_NATIVE_KINDS = {
+    kind: i
+    for i, kind in enumerate(
+        ("scalar", "string", "table", "vtable", "vstring", "vscalar", "vbytes", "union")
+    )
+}
+# One object serves every decoded table only if nobody can change it in place (the
+# Python decoders make a new one from its repr each time).
+_SHAREABLE = (type(None), bool, int, float, str, bytes)
+
+
+def _absent_value(spec: Spec, f: Field) -> Any:
+    """What the Python decoder gives for an absent field."""
+    if f.kind == "scalar":
+        return f.acc.default
+    if f.kind in ("string", "union"):
+        return None
+    return spec.init_defaults[f.name]
+
+
+def _native_decoder(spec: Spec, fn_name: str, ns: dict[str, Any]) -> Any:
+    """The ``_cfastfbs.Decoder`` of ``spec``; UnsupportedShapeError when it cannot give
+    what the Python decoder gives. Its dependencies are compiled already (in ``ns``)."""
+    cls = spec.cls
+    if any("__new__" in vars(k) or "__setattr__" in vars(k) for k in cls.__mro__[:-1]):
+        raise UnsupportedShapeError(f"{cls.__name__}: own __new__ or __setattr__")
+    if set(spec.init_order) != set(spec.init_defaults):
+        raise UnsupportedShapeError(f"{cls.__name__}: __init__ skips a parameter")
+    index = {f.name: i for i, f in enumerate(spec.fields)}
+    fields: list[tuple[int, int, str, bool, bool, int, Any, Any]] = []
+    for f in spec.fields:
+        absent = _absent_value(spec, f)
+        if type(absent) not in _SHAREABLE:
+            raise UnsupportedShapeError(f"{cls.__name__}.{f.name}: mutable default")
+        if f.kind == "vscalar" and np is not None:
+            raise UnsupportedShapeError(f"{cls.__name__}.{f.name}: numpy array")
+        code = _FLAG_CODES[f.acc.flags] if f.kind in ("scalar", "vscalar") else ""
+        target: Any = None
+        type_field = -1
+        if f.kind in ("table", "vtable"):
+            target = ns[_name(f.target)]
+        elif f.kind == "union":
+            target = ns[_union_name(fn_name, f)]
+            type_field = index[f.type_attr]
+        kind = _NATIVE_KINDS[f.kind]
+        fields.append(
+            (kind, f.acc.slot, code, f.acc.wrap_bool, f.decode, type_field, absent, target)
+        )
+    attrs = [(name, index.get(name, -1), spec.init_defaults[name]) for name in spec.init_order]
+    if any(type(value) not in _SHAREABLE for _, _, value in attrs):
+        raise UnsupportedShapeError(f"{cls.__name__}: mutable default")
+    return _cfastfbs.Decoder(cls, fields, attrs)
 
 
 def _fallback(cls: Any) -> Callable[..., Any]:
@@ -795,6 +879,8 @@ def views(buf: Any) -> tuple[Any, Any, Any, Any]:
 
 
 def _public(cls: Any, internal: Callable[..., Any]) -> Decoder:
+    if HAVE_NATIVE and isinstance(internal, _cfastfbs.Decoder):
+        return internal  # takes (buf, pos) as well
     if internal.__name__ == "fallback":
 
         def decode(buf: Any, pos: int) -> Any:
@@ -812,58 +898,82 @@ class _UnionDecoders(dict[int, Callable[..., Any] | None]):
     """``{union type: internal decoder}``, each member compiled on first use (None:
     unknown type)."""
 
-    def __init__(self, members: dict[int, type]) -> None:
+    def __init__(self, members: dict[int, type], compiled: _Compiled) -> None:
         super().__init__()
         self._members = members
+        self._compiled = compiled
 
     def __missing__(self, tag: int) -> Callable[..., Any] | None:
         cls = self._members.get(tag)
         dec = None
         if cls is not None:
-            _compile(cls)
-            dec = _ns[_name(cls)]
+            _compile(cls, self._compiled)
+            dec = self._compiled.ns[_name(cls)]
         self[tag] = dec
         return dec
 
 
-def _compile(cls: type) -> None:
-    if cls in _decoders:
+def _compile(cls: type, compiled: _Compiled) -> None:
+    if cls in compiled.public:
         return
+    ns = compiled.ns
     name = _name(cls)
     # A placeholder while its dependencies compile (and the answer if compiling fails).
-    _ns[name] = _fallback(cls)
-    _decoders[cls] = _public(cls, _ns[name])
+    ns[name] = _fallback(cls)
+    compiled.public[cls] = _public(cls, ns[name])
     try:
         spec = _spec(cls)
-        source, deps, unions = _gen(spec, name)
+        source, deps, unions = _gen(spec, name, ns)
     except (UnsupportedShapeError, KeyError, AssertionError, AttributeError, TypeError):
         return
     for dep in deps:
-        _compile(dep)
+        _compile(dep, compiled)
     for umap, members in unions.items():
-        _ns[umap] = _UnionDecoders(members)
-    exec(compile(source, f"<fastfbs {cls.__module__}>", "exec"), _ns)
-    _decoders[cls] = _public(cls, _ns[name])
+        ns[umap] = _UnionDecoders(members, compiled)
+    internal = None
+    if compiled.native:
+        try:
+            internal = _native_decoder(spec, name, ns)
+        except (UnsupportedShapeError, TypeError, ValueError):
+            internal = None  # the Python decoder below
+    if internal is None:
+        exec(compile(source, f"<fastfbs {cls.__module__}>", "exec"), ns)
+        internal = ns[name]
+    ns[name] = internal
+    compiled.public[cls] = _public(cls, internal)
 
 
-_ns["struct"] = struct
+#: The C decoders are in use: the extension is built and ``MAFALDA_PURE_PYTHON`` is
+#: unset (or "0"). Either way both kinds give the same objects.
+NATIVE = HAVE_NATIVE and os.environ.get("MAFALDA_PURE_PYTHON", "0") in ("", "0")
+_default = _Compiled(native=NATIVE)
+# The generated Python decoders alone, whatever NATIVE says: the fallback, kept tested.
+_python = _default if not NATIVE else _Compiled(native=False)
+if HAVE_NATIVE:
+    _cfastfbs.set_views(views)
 
 
 def decoder(cls: type) -> Decoder:
     """``(buf, pos) -> cls`` instance, equivalent to ``cls.InitFromBuf(buf, pos)`` for a
-    ``buf`` of bytes or bytearray."""
-    dec = _decoders.get(cls)
+    ``buf`` of bytes or bytearray (a C decoder when ``NATIVE``)."""
+    dec = _default.public.get(cls)
     if dec is None:
-        _compile(cls)
-        dec = _decoders[cls]
+        _compile(cls, _default)
+        dec = _default.public[cls]
     return dec
 
 
-def union_decoders(creator: Any) -> dict[int, Callable[..., Any] | None]:
+def python_decoder(cls: type) -> Decoder:
+    """As ``decoder(cls)``, but the generated Python decoder whatever ``NATIVE`` says."""
+    _compile(cls, _python)
+    return _python.public[cls]
+
+
+def union_decoders(creator: Any, python: bool = False) -> dict[int, Callable[..., Any] | None]:
     """``{union type: decoder or None}`` for a generated ``XxxCreator`` function; members
     are compiled on first use, an unknown type maps to None. The decoders take
-    ``(*views(buf), pos)``."""
-    return _UnionDecoders(_union_map(creator))
+    ``(*views(buf), pos)``; ``python``: the Python ones whatever ``NATIVE`` says."""
+    return _UnionDecoders(_union_map(creator), _python if python else _default)
 
 
 # -- packing ------------------------------------------------------------------------

@@ -828,7 +828,8 @@ async def test_cluster_router_drain(
             record, reason = await left
     except TimeoutError:  # seen once in a loaded full run: say where it stuck
         pytest.fail(
-            f"s3 did not leave: producerclose {gone.done()}, pipes {router.cluster_dump()}, "
+            f"s3 did not leave: producerclose {gone.done()}, serverleave {left.done()}, "
+            f"s3 exit {servers[2].proc.returncode}, pipes {router.cluster_dump()}, "
             f"children {list(router._children)}, homes {router._home}, "
             f"workers {list(cluster._router_workers)}, record {cluster.servers.get('s3')}"
         )

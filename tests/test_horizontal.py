@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from mafalda import horizontal
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
-from mafalda.remote import RemoteMediasoup, RemoteWorker
+from mafalda.remote import PROTOCOL_VERSION, RemoteMediasoup, RemoteWorker
 from mafalda.remote import connect as remote_connect
 from tests.bench_modules import load_bench
 from tests.conftest import opus_rtp_parameters
@@ -264,6 +264,37 @@ async def test_registration_ttl_and_placement(
         worker = await cluster.create_worker(log_level="warn")
     assert cluster.server_of(worker)["id"] != "s0"  # type: ignore[index]
     assert "server s0 failed" in caplog.text
+
+
+async def test_a_leave_during_a_read_is_not_undone(
+    redis_server: RedisProcess, db: aioredis.Redis
+) -> None:
+    """A registry read begun before a server left must not bring it back (it did, as a
+    ghost 'serverjoin', when its read predated the record's deletion)."""
+    record: registry.ServerRecord = {
+        "id": "s9",
+        "controlUrl": f"ws://127.0.0.1:{free_port()}/",
+        "mediaAddress": "127.0.0.1",
+        "region": None,
+        "workers": 0,
+        "load": 0.0,
+        "consumers": 0,
+        "draining": False,
+        "version": PROTOCOL_VERSION,
+        "serves": "mediasoup",
+    }
+    await db.set(registry.server_key("s9"), registry.encode_record(record), px=60000)
+    async with await horizontal.connect(redis_server.url, token=TOKEN, interval=30) as c:
+        assert "s9" in c.servers
+        joins: list[Any] = []
+        c.observer.on("serverjoin", joins.append)
+        reading = asyncio.ensure_future(c.refresh())
+        await asyncio.sleep(0)  # the read is under way
+        await c._remove("s9", "left")  # as the 'leave' message does
+        await reading
+        assert "s9" not in c.servers and joins == []
+        await c.refresh()  # a read begun after the leave: the record is there for real
+        assert "s9" in c.servers and [j["id"] for j in joins] == ["s9"]
 
 
 # -- media between servers -----------------------------------------------------------------

@@ -99,6 +99,9 @@ class Cluster:
         self.observer = EventEmitter()
         self._records: dict[str, ServerRecord] = {}
         self._missing_since: dict[str, float] = {}
+        #: When each server last left: a refresh that read the registry before that must
+        #: not bring it back (its read may predate the deletion of the record).
+        self._left_at: dict[str, float] = {}
         self._clients: dict[str, RemoteMediasoup | RemoteMafalda] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._workers: dict[RemoteWorker, str] = {}
@@ -366,6 +369,7 @@ class Cluster:
     async def refresh(self) -> None:
         """Read every server record now (the background loop does it every ``interval``)."""
         found: dict[str, ServerRecord] = {}
+        started = asyncio.get_running_loop().time()
         pattern = registry.server_pattern(self.prefix)
         keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
         values = await self._redis.mget(keys) if keys else []
@@ -382,8 +386,13 @@ class Cluster:
                 found[server_id] = record
         now = asyncio.get_running_loop().time()
         for server_id, record in found.items():
+            if self._left_at.get(server_id, -1.0) >= started:
+                continue  # left while this read was under way
             self._missing_since.pop(server_id, None)
             self._update(record)
+        for server_id, at in list(self._left_at.items()):
+            if at < started:  # every later read sees the record gone (or back for real)
+                del self._left_at[server_id]
         for server_id in list(self._records):
             if server_id in found:
                 continue
@@ -414,6 +423,7 @@ class Cluster:
     async def _remove(self, server_id: str, reason: str) -> None:
         record = self._records.pop(server_id, None)
         self._missing_since.pop(server_id, None)
+        self._left_at[server_id] = asyncio.get_running_loop().time()
         client = self._clients.pop(server_id, None)
         if client is not None:
             # Closing the connection closes this client's objects there, with their events.

@@ -284,6 +284,26 @@ async def test_closed_objects_are_forgotten(server: RemoteServer) -> None:
     await client.aclose()
 
 
+async def test_server_close_waits_for_workers_its_clients_closed() -> None:
+    """Workers closed by their client (not with a session) have exited and let go of
+    their pipes when the server's close() returns."""
+    server = await serve(token=TOKEN)
+    client = await client_of(server)
+    kept = await client.create_worker(log_level="warn")
+    closed = await client.create_worker(log_level="warn")
+    served = {
+        w.pid: w
+        for w in server.sessions[client.session_id].objects.values()
+        if isinstance(w, mediasoup.Worker)
+    }
+    closed.close()
+    await kept.dump()  # the close() call ran before it
+    await client.aclose()
+    await server.close()
+    for worker in served.values():
+        assert worker.subprocess_closed and worker._pipes_closed.done()
+
+
 # -- security ------------------------------------------------------------------------------
 
 

@@ -485,11 +485,9 @@ class Session:
 
     # -- closing -------------------------------------------------------------------------------
 
-    def close_objects(self) -> list[Worker]:
-        """Close every object of the session (roots first: closing cascades); returns the
-        workers closed, whose exit may be awaited."""
+    def close_objects(self) -> None:
+        """Close every object of the session (roots first: closing cascades)."""
         self.closed = True
-        workers = [o for o in self.objects.values() if isinstance(o, Worker)]
         for obj in list(self.objects.values()):
             closer = getattr(obj, "close", None)
             if callable(closer) and not getattr(obj, "closed", True):
@@ -501,7 +499,6 @@ class Session:
         self.handles.clear()
         for task in list(self.tasks):
             task.cancel()
-        return workers
 
 
 class RemoteServer:
@@ -545,7 +542,6 @@ class RemoteServer:
         self._heartbeat = heartbeat
         self.sessions: dict[str, Session] = {}
         self._connections: set[_Connection] = set()
-        self._exiting: set[Worker] = set()  # closed with their session, maybe not exited yet
         self._runner: web.AppRunner | None = None
         self._closed = asyncio.Event()
         self.host = ""
@@ -580,10 +576,10 @@ class RemoteServer:
         self._closed.set()
         for session in list(self.sessions.values()):
             self._expire(session)
-        workers = {w for w in self._exiting if not w.subprocess_closed}
-        self._exiting.clear()
-        if isinstance(self._root, _MediasoupRoot):  # closed by their clients, maybe exiting
-            workers.update(w for w in self._root.workers if w.closed)
+        # Closed with their session or by their client, maybe not exited yet.
+        workers = []
+        if isinstance(self._root, _MediasoupRoot):
+            workers = [w for w in self._root.workers if w.closed]
         for connection in list(self._connections):
             await connection.close()
         if self._runner is not None:
@@ -603,15 +599,12 @@ class RemoteServer:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def _expire(self, session: Session) -> list[Worker]:
+    def _expire(self, session: Session) -> None:
         if session.expiry is not None:
             session.expiry.cancel()
             session.expiry = None
         self.sessions.pop(session.id, None)
-        workers = session.close_objects()
-        self._exiting = {w for w in self._exiting if not w.subprocess_closed}
-        self._exiting.update(w for w in workers if not w.subprocess_closed)
-        return workers
+        session.close_objects()
 
     def _detach(self, session: Session, connection: _Connection) -> None:
         if session.connection is not connection:

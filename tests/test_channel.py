@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from typing import Any
 
@@ -489,6 +490,28 @@ async def test_unawaited_request_shares_the_write_of_what_follows_it() -> None:
         channel.data_received(_response(request_id))
     assert await future is None
     channel.close()
+
+
+async def test_unawaited_request_answers_are_matched_and_refusals_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # request_nowait() keeps no future: its answer is matched by id (no "does not match"
+    # error), a refusal is only logged at debug level, and closing the channel while it
+    # is pending raises nothing.
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r")
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r2")
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r3")
+    with caplog.at_level(logging.DEBUG, logger="mafalda.mediasoup.channel"):
+        channel.data_received(_response(1))
+        channel.data_received(_response(2, accepted=False, error="Error", reason="gone"))
+    records = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert records == [
+        (logging.DEBUG, "ignored request failure [method:ROUTER_CLOSE_TRANSPORT]: gone")
+    ]
+    channel.close()  # request 3 is still pending: nothing to fail, nothing raised
+    assert channel.closed
 
 
 async def test_closing_with_messages_waiting_sends_them_first() -> None:

@@ -607,3 +607,171 @@ def test_a_class_the_c_decoder_cannot_make_gets_the_python_one(
 
 def _fbs_vscalar_class() -> type:
     return next(c for c in FUZZ_CLASSES if any(f.kind == "vscalar" for f in _spec(c).fields))
+
+
+# -- the C encoders -----------------------------------------------------------------
+
+
+def _encoder(cls: type) -> Any:
+    """The C encoder of ``cls``, whatever MAFALDA_PURE_PYTHON says."""
+    return _fastfbs._encoder_of(cls)
+
+
+def _standalone(tail: bytes, root: int) -> tuple[bytes, int]:
+    """A C encoder's output as a whole buffer (root offset first, aligned to 8): the
+    buffer and the root table's position."""
+    pad = (-(4 + len(tail))) & 7
+    pos = 4 + pad + len(tail) - root
+    return struct.pack("<I", pos) + bytes(pad) + tail, pos
+
+
+needs_c = pytest.mark.skipif(not _fastfbs.HAVE_NATIVE, reason="the C extension is not built")
+
+
+@needs_c
+@pytest.mark.parametrize("cls", T_CLASSES, ids=lambda c: c.__module__.split("_fbs.")[1])
+def test_every_table_encodes_in_c_to_what_decodes_as_packed(cls: type) -> None:
+    encode = _encoder(cls)
+    assert isinstance(encode, _fastfbs._cfastfbs.Encoder)
+    rng = random.Random("encode" + cls.__module__)
+    stock = flatbuffers.Builder(0)
+    for _ in range(25):
+        obj = random_instance(cls, rng)
+        data, pos = _standalone(*encode(obj))
+        expected = cls.InitFromBuf(_pack(stock, obj), _root(_pack(stock, obj)))
+        # The stock reader and the C decoder (which refuses misaligned fields) agree.
+        assert_same(cls.InitFromBuf(data, pos), expected)
+        if not PURE:
+            assert_same(decoder(cls)(data, pos), expected)
+        assert _root(data) == pos
+
+
+@needs_c
+def test_c_encoder_writes_defaults_only_where_the_reader_needs_them() -> None:
+    from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
+
+    empty = ConsumeRequestT()  # every scalar at its default, nothing else
+    data, pos = _standalone(*_encoder(ConsumeRequestT)(empty))
+    vtable = pos - struct.unpack_from("<i", data, pos)[0]
+    assert struct.unpack_from("<HH", data, vtable) == (4, 4)  # no field, table = soffset
+    empty.paused = True
+    data, pos = _standalone(*_encoder(ConsumeRequestT)(empty))
+    assert ConsumeRequestT.InitFromBuf(data, pos).paused is True
+
+
+@needs_c
+def test_c_encoder_copies_prepacked_children() -> None:
+    from mafalda.mediasoup._fbs.Router.CreatePlainTransportRequest import (
+        CreatePlainTransportRequestT,
+    )
+
+    rng = random.Random("prepacked")
+    for _ in range(20):
+        obj = random_instance(CreatePlainTransportRequestT, rng)
+        if obj.options is None:
+            continue
+        expected = _standalone(*_encoder(CreatePlainTransportRequestT)(obj))
+        obj.options = _fastfbs.prepack(obj.options)
+        data, pos = _standalone(*_encoder(CreatePlainTransportRequestT)(obj))
+        assert_same(
+            CreatePlainTransportRequestT.InitFromBuf(data, pos),
+            CreatePlainTransportRequestT.InitFromBuf(*expected),
+        )
+
+
+@needs_c
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("kind", 256),  # uint8 out of range
+        ("kind", -1),
+        ("kind", "audio"),  # not a number
+        ("kind", None),  # not optional
+        ("consumerId", 5),  # not a string
+        ("consumerId", "\ud800"),  # not encodable
+        ("consumableRtpEncodings", "abc"),  # not a list
+        ("consumableRtpEncodings", [object()]),  # a child of no known table class
+        ("rtpParameters", object()),
+    ],
+)
+def test_c_encoder_leaves_what_it_does_not_pack_to_the_python_packer(
+    field: str, value: Any
+) -> None:
+    from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
+
+    obj = ConsumeRequestT()
+    setattr(obj, field, value)
+    with pytest.raises(_fastfbs.EncoderUnsupported, match=field):
+        _encoder(ConsumeRequestT)(obj)
+
+
+@needs_c
+def test_c_encoder_scalar_ranges_and_kinds() -> None:
+    from mafalda.mediasoup._fbs.RtpParameters.RtpEncodingParameters import (
+        RtpEncodingParametersT,
+    )
+
+    encode = _encoder(RtpEncodingParametersT)
+    obj = RtpEncodingParametersT()
+    obj.ssrc = 2**32 - 1  # uint32, optional
+    obj.maxBitrate = 0  # optional: written although 0
+    obj.dtx = 1  # bool from an int
+    data, pos = _standalone(*encode(obj))
+    back = RtpEncodingParametersT.InitFromBuf(data, pos)
+    assert (back.ssrc, back.maxBitrate, back.dtx) == (2**32 - 1, 0, True)
+    obj.ssrc = 2**32
+    with pytest.raises(_fastfbs.EncoderUnsupported, match="ssrc"):
+        encode(obj)
+
+
+def test_native_encoder_is_none_in_pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mafalda.mediasoup._fbs.Router.CloseTransportRequest import CloseTransportRequestT
+
+    monkeypatch.setattr(_fastfbs, "NATIVE", False)
+    assert _fastfbs.native_encoder(CloseTransportRequestT) is None
+
+
+def test_native_encoder_of_a_class_of_unknown_shape_is_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Foreign:
+        pass
+
+    monkeypatch.setattr(_fastfbs, "NATIVE", True)
+    monkeypatch.setattr(_fastfbs, "_encoder_for", {})
+    assert _fastfbs.native_encoder(Foreign) is None
+    assert _fastfbs.native_encoder(Foreign) is None  # remembered
+    assert Foreign not in _fastfbs._encoder_registry
+
+
+@needs_c
+def test_c_encoder_grows_its_buffer_for_big_tables() -> None:
+    from mafalda.mediasoup._fbs.DataProducer.SendNotification import SendNotificationT
+    from mafalda.mediasoup._fbs.RtpParameters.RtpEncodingParameters import (
+        RtpEncodingParametersT,
+    )
+    from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
+
+    message = SendNotificationT()
+    message.data = bytes(range(256)) * 4000
+    message.subchannels = list(range(3000))
+    message.ppid = 53
+    back = SendNotificationT.InitFromBuf(*_standalone(*_encoder(SendNotificationT)(message)))
+    assert (bytes(back.data), list(back.subchannels), back.ppid) == (
+        message.data,
+        message.subchannels,
+        53,
+    )
+    request = ConsumeRequestT()
+    request.consumerId = "x" * 10000
+    request.consumableRtpEncodings = []
+    for i in range(5000):
+        encoding = RtpEncodingParametersT()
+        encoding.ssrc = i
+        encoding.rid = str(i)
+        request.consumableRtpEncodings.append(encoding)
+    back = ConsumeRequestT.InitFromBuf(*_standalone(*_encoder(ConsumeRequestT)(request)))
+    assert back.consumerId == request.consumerId
+    assert [(e.ssrc, e.rid) for e in back.consumableRtpEncodings] == [
+        (i, str(i)) for i in range(5000)
+    ]

@@ -1,4 +1,5 @@
-/* Compiled decoders of FlatBuffers tables into the flatc object API's XxxT instances.
+/* Compiled decoders of FlatBuffers tables into the flatc object API's XxxT instances
+   (and, further down, encoders of those instances into FlatBuffers bytes).
 
    _fastfbs describes each table class from its generated code (per field: kind, vtable
    slot, scalar type, value when absent, nested decoder or union map) and hands that to
@@ -17,7 +18,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define MAX_DEPTH 64
 #define MAX_FIELDS 64
@@ -573,30 +577,633 @@ static PyObject *set_views(PyObject *module, PyObject *fn) {
     Py_RETURN_NONE;
 }
 
+
+/* -- encoders ---------------------------------------------------------------------------
+
+   An Encoder packs an object-API table (XxxT instance) into FlatBuffers bytes, as the
+   generated Pack() does with a Builder: back to front, children before their parent,
+   each scalar written only when it differs from its default (an optional scalar: when
+   not None). The bytes differ from Pack()'s (fields are written by size, vtables are
+   not shared) but decode to the same object. Only the expected shapes are handled: a
+   value of another kind (a number out of range, a string that is not one, a child of
+   a class without an Encoder) raises Unsupported, and the caller packs with the Python
+   packer instead, which gives the usual error for a bad value. */
+
+typedef struct {
+    int kind;
+    int slot;            /* field index in the vtable */
+    char code;           /* scalar or vector item code */
+    int optional;        /* scalar: written when not None (no default) */
+    uint64_t udefault;   /* the default's bits, as scalar_bits() gives them */
+    double fdefault;
+    PyObject *name;      /* the attribute */
+} EField;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *cls_name;
+    Py_ssize_t nfields;
+    EField *fields;
+    Py_ssize_t *order;   /* field indices, widest first */
+} Encoder;
+
+static PyTypeObject EncoderType;
+static PyObject *encoders;        /* {XxxT class: Encoder} */
+static PyObject *prepacked_type;  /* _fastfbs.Prepacked */
+static PyObject *Unsupported;     /* _cfastfbs.Unsupported */
+
+typedef struct {
+    unsigned char *buf;
+    Py_ssize_t cap;
+    Py_ssize_t head;
+    int depth;
+} Out;
+
+#define USED(o) ((o)->cap - (o)->head)
+
+static int unsupported(const char *what, PyObject *name) {
+    if (name != NULL)
+        PyErr_Format(Unsupported, "%s: %U", what, name);
+    else
+        PyErr_SetString(Unsupported, what);
+    return -1;
+}
+
+/* Room for `need` more bytes below head. */
+static int reserve(Out *o, Py_ssize_t need) {
+    Py_ssize_t used, cap;
+    unsigned char *buf;
+    if (o->head >= need)
+        return 0;
+    used = USED(o);
+    if (need > PY_SSIZE_T_MAX / 2 - used) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    cap = o->cap * 2;
+    if (cap < used + need)
+        cap = used + need;
+    buf = PyMem_Malloc((size_t)cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(buf + cap - used, o->buf + o->head, (size_t)used);
+    PyMem_Free(o->buf);
+    o->buf = buf;
+    o->head = cap - used;
+    o->cap = cap;
+    return 0;
+}
+
+/* Zeros so that `size` bytes written after `additional` more are aligned to `size`. */
+static int prep(Out *o, int size, Py_ssize_t additional) {
+    Py_ssize_t pad = (-(USED(o) + additional)) & (size - 1);
+    if (reserve(o, pad + size + additional) < 0)
+        return -1;
+    o->head -= pad;
+    memset(o->buf + o->head, 0, (size_t)pad);
+    return 0;
+}
+
+static inline void put_le(Out *o, uint64_t v, int size) {
+    int i;
+    o->head -= size;
+    for (i = 0; i < size; i++)
+        o->buf[o->head + i] = (unsigned char)(v >> (8 * i));
+}
+
+/* The bytes of scalar `v` for `code` (little-endian in *bits); Unsupported when out of
+   range or not a number of that kind. */
+static int scalar_bits(char code, PyObject *v, uint64_t *bits, PyObject *name) {
+    long long x;
+    int overflow;
+    double d;
+    float f;
+    switch (code) {
+    case '?':
+        x = PyObject_IsTrue(v);
+        if (x < 0)
+            return -1;
+        *bits = (uint64_t)x;
+        return 0;
+    case 'f': case 'd':
+        if (!PyFloat_Check(v) && !PyLong_Check(v))
+            return unsupported("not a number", name);
+        d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return unsupported("bad float", name);
+        }
+        if (code == 'd') {
+            memcpy(bits, &d, 8);
+            return 0;
+        }
+        if (isfinite(d) && (d > FLT_MAX || d < -FLT_MAX))
+            return unsupported("float out of range", name);
+        f = (float)d;
+        {
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            *bits = u;
+        }
+        return 0;
+    case 'Q':
+        if (!PyLong_Check(v))
+            return unsupported("not an integer", name);
+        *bits = PyLong_AsUnsignedLongLong(v);
+        if (*bits == (uint64_t)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return unsupported("integer out of range", name);
+        }
+        return 0;
+    default:
+        break;
+    }
+    if (!PyLong_Check(v))
+        return unsupported("not an integer", name);
+    x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return unsupported("integer out of range", name);
+    }
+    switch (code) {
+    case 'B': if (x < 0 || x > 0xFF) goto range; break;
+    case 'b': if (x < -0x80 || x > 0x7F) goto range; break;
+    case 'H': if (x < 0 || x > 0xFFFF) goto range; break;
+    case 'h': if (x < -0x8000 || x > 0x7FFF) goto range; break;
+    case 'I': if (x < 0 || x > 0xFFFFFFFFLL) goto range; break;
+    case 'i': if (x < -0x80000000LL || x > 0x7FFFFFFFLL) goto range; break;
+    case 'q': break;
+    default: return unsupported("unknown scalar code", name);
+    }
+    *bits = (uint64_t)x;
+    return 0;
+range:
+    return unsupported("integer out of range", name);
+}
+
+static int is_default(const EField *f, char code, uint64_t bits) {
+    double d;
+    float x;
+    switch (code) {
+    case 'f':
+        { uint32_t u = (uint32_t)bits; memcpy(&x, &u, 4); }
+        return (double)x == f->fdefault;
+    case 'd':
+        memcpy(&d, &bits, 8);
+        return d == f->fdefault;
+    default:
+        return bits == f->udefault;
+    }
+}
+
+static int encode_table(Encoder *e, PyObject *obj, Out *o, uint32_t *off);
+
+static int put_string(Out *o, PyObject *v, uint32_t *off, PyObject *name) {
+    const char *data;
+    Py_ssize_t n;
+    if (PyUnicode_Check(v)) {
+        data = PyUnicode_AsUTF8AndSize(v, &n);
+        if (data == NULL) {
+            PyErr_Clear();
+            return unsupported("string not encodable", name);
+        }
+    } else if (PyBytes_Check(v)) {
+        data = PyBytes_AS_STRING(v);
+        n = PyBytes_GET_SIZE(v);
+    } else {
+        return unsupported("not a string", name);
+    }
+    if (n > 0x7FFFFFF0)
+        return unsupported("string too long", name);
+    if (prep(o, 4, n + 1) < 0)
+        return -1;
+    o->head -= n + 1;
+    memcpy(o->buf + o->head, data, (size_t)n);
+    o->buf[o->head + n] = 0;
+    put_le(o, (uint64_t)n, 4);
+    *off = (uint32_t)USED(o);
+    return 0;
+}
+
+/* A Prepacked block: its bytes, copied at its alignment. */
+static int put_prepacked(Out *o, PyObject *v, uint32_t *off) {
+    PyObject *data = NULL, *root = NULL, *align = NULL;
+    long r, a;
+    Py_ssize_t n;
+    int rc = -1;
+    data = PyObject_GetAttrString(v, "data");
+    root = PyObject_GetAttrString(v, "root");
+    align = PyObject_GetAttrString(v, "align");
+    if (data == NULL || root == NULL || align == NULL)
+        goto done;
+    if (!PyBytes_Check(data) || !PyLong_Check(root) || !PyLong_Check(align)) {
+        unsupported("malformed Prepacked", NULL);
+        goto done;
+    }
+    r = PyLong_AsLong(root);
+    a = PyLong_AsLong(align);
+    n = PyBytes_GET_SIZE(data);
+    if (r < 0 || r > n || !(a == 1 || a == 2 || a == 4 || a == 8)) {
+        if (!PyErr_Occurred())
+            unsupported("malformed Prepacked", NULL);
+        goto done;
+    }
+    if (prep(o, (int)a, 0) < 0 || reserve(o, n) < 0)
+        goto done;
+    o->head -= n;
+    memcpy(o->buf + o->head, PyBytes_AS_STRING(data), (size_t)n);
+    *off = (uint32_t)(USED(o) - n + r);
+    rc = 0;
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(root);
+    Py_XDECREF(align);
+    return rc;
+}
+
+/* A child table (or Prepacked block): its offset. */
+static int put_child(Out *o, PyObject *v, uint32_t *off, PyObject *name) {
+    PyObject *enc;
+    if ((PyObject *)Py_TYPE(v) == prepacked_type)
+        return put_prepacked(o, v, off);
+    enc = PyDict_GetItemWithError(encoders, (PyObject *)Py_TYPE(v));
+    if (enc == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return unsupported("no encoder for a child", name);
+    }
+    if (Py_TYPE(enc) != &EncoderType)
+        return unsupported("not an Encoder in the registry", name);
+    return encode_table((Encoder *)enc, v, o, off);
+}
+
+static int put_vector(Out *o, const EField *f, PyObject *v, uint32_t *off) {
+    PyObject *seq;
+    Py_ssize_t n, i;
+    int size, rc = -1;
+    uint32_t *offs = NULL;
+    if (f->kind == K_VBYTES) {
+        const char *data;
+        if (PyBytes_Check(v)) {
+            data = PyBytes_AS_STRING(v);
+            n = PyBytes_GET_SIZE(v);
+        } else if (PyByteArray_Check(v)) {
+            data = PyByteArray_AS_STRING(v);
+            n = PyByteArray_GET_SIZE(v);
+        } else {
+            return unsupported("not bytes", f->name);
+        }
+        if (n > 0x7FFFFFF0)
+            return unsupported("bytes too long", f->name);
+        if (prep(o, 4, n) < 0)
+            return -1;
+        o->head -= n;
+        memcpy(o->buf + o->head, data, (size_t)n);
+        put_le(o, (uint64_t)n, 4);
+        *off = (uint32_t)USED(o);
+        return 0;
+    }
+    if (!PyList_Check(v) && !PyTuple_Check(v))
+        return unsupported("not a list", f->name);
+    seq = v;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 0x1000000)
+        return unsupported("vector too long", f->name);
+    if (f->kind == K_VSCALAR) {
+        size = code_size(f->code);
+        if (prep(o, 4, n * size) < 0 || prep(o, size, n * size) < 0)
+            return -1;
+        for (i = n - 1; i >= 0; i--) {
+            uint64_t bits;
+            if (scalar_bits(f->code, PySequence_Fast_GET_ITEM(seq, i), &bits, f->name) < 0)
+                return -1;
+            put_le(o, bits, size);
+        }
+        put_le(o, (uint64_t)n, 4);
+        *off = (uint32_t)USED(o);
+        return 0;
+    }
+    /* strings or tables: pack each, then the vector of their offsets */
+    offs = PyMem_Malloc(sizeof(uint32_t) * (size_t)(n ? n : 1));
+    if (offs == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (f->kind == K_VSTRING ? put_string(o, item, &offs[i], f->name)
+                                 : put_child(o, item, &offs[i], f->name))
+            goto done;
+        /* a child may have changed the list: stop at what is left */
+        if (PySequence_Fast_GET_SIZE(seq) != n) {
+            unsupported("list changed while packing", f->name);
+            goto done;
+        }
+    }
+    if (prep(o, 4, n * 4) < 0 || prep(o, 4, n * 4) < 0)
+        goto done;
+    for (i = n - 1; i >= 0; i--) {
+        /* PrependUOffsetTRelative: relative to where it is written */
+        put_le(o, (uint64_t)(USED(o) + 4 - offs[i]), 4);
+    }
+    put_le(o, (uint64_t)n, 4);
+    *off = (uint32_t)USED(o);
+    rc = 0;
+done:
+    PyMem_Free(offs);
+    return rc;
+}
+
+static int field_width(const EField *f) {
+    return f->kind == K_SCALAR ? code_size(f->code) : 4;
+}
+
+static int encode_table(Encoder *e, PyObject *obj, Out *o, uint32_t *off) {
+    PyObject *vals[MAX_FIELDS];
+    uint64_t bits[MAX_FIELDS];
+    char present[MAX_FIELDS];
+    uint32_t slots[MAX_FIELDS];
+    Py_ssize_t i, j, nslots = 0;
+    uint32_t object_end, object_at, child;
+    int rc = -1;
+    if (o->depth >= MAX_DEPTH)
+        return unsupported("nested too deep", e->cls_name);
+    o->depth++;
+    for (i = 0; i < e->nfields; i++)
+        vals[i] = NULL;
+    /* children first (and every value checked before anything of the table is written) */
+    for (i = 0; i < e->nfields; i++) {
+        const EField *f = &e->fields[i];
+        PyObject *v = PyObject_GetAttr(obj, f->name);
+        if (v == NULL) {
+            PyErr_Clear();
+            unsupported("missing attribute", f->name);
+            goto done;
+        }
+        vals[i] = v;
+        present[i] = 0;
+        if (f->kind == K_SCALAR) {
+            if (v == Py_None && f->optional)
+                continue;
+            if (scalar_bits(f->code, v, &bits[i], f->name) < 0)
+                goto done;
+            present[i] = f->optional || !is_default(f, f->code, bits[i]);
+            continue;
+        }
+        if (v == Py_None)
+            continue;
+        switch (f->kind) {
+        case K_STRING:
+            if (put_string(o, v, &child, f->name) < 0)
+                goto done;
+            break;
+        case K_TABLE: case K_UNION:
+            if (put_child(o, v, &child, f->name) < 0)
+                goto done;
+            break;
+        default:
+            if (put_vector(o, f, v, &child) < 0)
+                goto done;
+            break;
+        }
+        bits[i] = child;
+        present[i] = 1;
+    }
+    /* the table: its fields, widest first; then its vtable */
+    object_end = (uint32_t)USED(o);
+    for (i = 0; i < MAX_FIELDS; i++)
+        slots[i] = 0;
+    for (j = 0; j < e->nfields; j++) {
+        const EField *f;
+        int width;
+        i = e->order[j];
+        if (!present[i])
+            continue;
+        f = &e->fields[i];
+        width = field_width(f);
+        if (prep(o, width, 0) < 0)
+            goto done;
+        if (f->kind == K_SCALAR)
+            put_le(o, bits[i], width);
+        else
+            put_le(o, (uint64_t)(USED(o) + 4 - bits[i]), 4);
+        slots[f->slot] = (uint32_t)USED(o);
+        if (f->slot + 1 > nslots)
+            nslots = f->slot + 1;
+    }
+    if (prep(o, 4, 0) < 0)
+        goto done;
+    put_le(o, 0, 4); /* the vtable's soffset, below */
+    object_at = (uint32_t)USED(o);
+    if (prep(o, 2, (nslots + 2) * 2) < 0)
+        goto done;
+    for (i = nslots - 1; i >= 0; i--)
+        put_le(o, slots[i] ? object_at - slots[i] : 0, 2);
+    put_le(o, object_at - object_end, 2);
+    put_le(o, (uint64_t)((nslots + 2) * 2), 2);
+    {
+        Py_ssize_t at = o->cap - object_at;
+        int32_t soff = (int32_t)(USED(o) - object_at);
+        for (i = 0; i < 4; i++)
+            o->buf[at + i] = (unsigned char)((uint32_t)soff >> (8 * i));
+    }
+    *off = object_at;
+    rc = 0;
+done:
+    for (i = 0; i < e->nfields; i++)
+        Py_XDECREF(vals[i]);
+    o->depth--;
+    return rc;
+}
+
+static PyObject *encoder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames) {
+    Out o;
+    uint32_t root;
+    PyObject *data, *result;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "an Encoder takes one table");
+        return NULL;
+    }
+    if (encoders == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_encoders() not called");
+        return NULL;
+    }
+    o.cap = 512;
+    o.head = o.cap;
+    o.depth = 0;
+    o.buf = PyMem_Malloc((size_t)o.cap);
+    if (o.buf == NULL)
+        return PyErr_NoMemory();
+    if (encode_table((Encoder *)self, args[0], &o, &root) < 0) {
+        PyMem_Free(o.buf);
+        return NULL;
+    }
+    data = PyBytes_FromStringAndSize((const char *)o.buf + o.head, USED(&o));
+    PyMem_Free(o.buf);
+    if (data == NULL)
+        return NULL;
+    result = Py_BuildValue("(NI)", data, (unsigned int)root);
+    return result;
+}
+
+static void encoder_dealloc(Encoder *e) {
+    Py_ssize_t i;
+    if (e->fields != NULL) {
+        for (i = 0; i < e->nfields; i++)
+            Py_XDECREF(e->fields[i].name);
+        PyMem_Free(e->fields);
+    }
+    PyMem_Free(e->order);
+    Py_XDECREF(e->cls_name);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+/* Encoder(cls_name, [(kind, slot, code, name, default), ...]) */
+static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *cls_name, *specs;
+    Encoder *e;
+    Py_ssize_t n, i, j, w;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Encoder() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "UO!:Encoder", &cls_name, &PyList_Type, &specs))
+        return NULL;
+    n = PyList_GET_SIZE(specs);
+    if (n > MAX_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "too many fields");
+        return NULL;
+    }
+    e = (Encoder *)type->tp_alloc(type, 0);
+    if (e == NULL)
+        return NULL;
+    e->vectorcall = encoder_vectorcall;
+    Py_INCREF(cls_name);
+    e->cls_name = cls_name;
+    e->fields = PyMem_Calloc((size_t)(n ? n : 1), sizeof(EField));
+    e->order = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_ssize_t));
+    if (e->fields == NULL || e->order == NULL) {
+        Py_DECREF(e);
+        return PyErr_NoMemory();
+    }
+    for (i = 0; i < n; i++) {
+        EField *f = &e->fields[i];
+        PyObject *spec = PyList_GET_ITEM(specs, i), *name, *dflt;
+        const char *code;
+        if (!PyArg_ParseTuple(spec, "iisUO", &f->kind, &f->slot, &code, &name, &dflt))
+            goto fail;
+        e->nfields = i + 1;
+        Py_INCREF(name);
+        f->name = name;
+        f->code = code[0];
+        if (f->kind < 0 || f->kind >= K_COUNT || f->slot < 0 || f->slot >= MAX_FIELDS) {
+            PyErr_SetString(PyExc_ValueError, "bad field spec");
+            goto fail;
+        }
+        if ((f->kind == K_SCALAR || f->kind == K_VSCALAR) &&
+            (strlen(code) != 1 || code_size(f->code) == 0)) {
+            PyErr_Format(PyExc_ValueError, "bad scalar code %R", spec);
+            goto fail;
+        }
+        if (f->kind == K_SCALAR) {
+            uint64_t bits;
+            f->optional = dflt == Py_None;
+            if (!f->optional) {
+                if (f->code == 'f' || f->code == 'd') {
+                    f->fdefault = PyFloat_AsDouble(dflt);
+                    if (f->fdefault == -1.0 && PyErr_Occurred())
+                        goto fail;
+                } else {
+                    if (scalar_bits(f->code, dflt, &bits, name) < 0)
+                        goto fail;
+                    f->udefault = bits;
+                }
+            }
+        }
+    }
+    /* widest first, keeping the order of fields of one width */
+    j = 0;
+    for (w = 8; w >= 1; w /= 2)
+        for (i = 0; i < n; i++)
+            if (field_width(&e->fields[i]) == w)
+                e->order[j++] = i;
+    return (PyObject *)e;
+fail:
+    Py_DECREF(e);
+    return NULL;
+}
+
+static PyObject *encoder_repr(Encoder *e) {
+    return PyUnicode_FromFormat("<Encoder %U>", e->cls_name);
+}
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mafalda.mediasoup._cfastfbs.Encoder",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_dealloc = (destructor)encoder_dealloc,
+    .tp_vectorcall_offset = offsetof(Encoder, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_repr = (reprfunc)encoder_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Encoder(cls_name, fields): called with a table, gives (bytes, root offset "
+              "from the end).",
+    .tp_new = encoder_new,
+};
+
+static PyObject *set_encoders(PyObject *module, PyObject *args) {
+    PyObject *registry, *prepacked;
+    if (!PyArg_ParseTuple(args, "O!O:set_encoders", &PyDict_Type, &registry, &prepacked))
+        return NULL;
+    Py_INCREF(registry);
+    Py_XSETREF(encoders, registry);
+    Py_INCREF(prepacked);
+    Py_XSETREF(prepacked_type, prepacked);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_views", set_views, METH_O,
      "set_views(fn): how to make (b, w, s, h) of a buffer for nested Python decoders."},
+    {"set_encoders", set_encoders, METH_VARARGS,
+     "set_encoders(registry, prepacked_type): the {class: Encoder} children are packed by."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "mafalda.mediasoup._cfastfbs",
-    .m_doc = "Compiled FlatBuffers table decoders for mafalda.mediasoup._fastfbs.",
+    .m_doc = "Compiled FlatBuffers table decoders and encoders for mafalda.mediasoup._fastfbs.",
     .m_size = -1,
     .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__cfastfbs(void) {
     PyObject *module;
-    if (PyType_Ready(&DecoderType) < 0)
+    if (PyType_Ready(&DecoderType) < 0 || PyType_Ready(&EncoderType) < 0)
         return NULL;
     if (no_args == NULL && (no_args = PyTuple_New(0)) == NULL)
         return NULL;
     module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(module, "Decoder", (PyObject *)&DecoderType) < 0) {
+    if (Unsupported == NULL) {
+        Unsupported = PyErr_NewExceptionWithDoc(
+            "mafalda.mediasoup._cfastfbs.Unsupported",
+            "A value an Encoder does not pack: pack it with the Python packer.",
+            PyExc_ValueError, NULL);
+        if (Unsupported == NULL) {
+            Py_DECREF(module);
+            return NULL;
+        }
+    }
+    if (PyModule_AddObjectRef(module, "Decoder", (PyObject *)&DecoderType) < 0 ||
+        PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0 ||
+        PyModule_AddObjectRef(module, "Unsupported", Unsupported) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -19,10 +19,14 @@ generated code as the single source of truth and makes it cheaper:
   describes each class to it instead, and its decoders (same objects, same calling
   convention) replace the generated Python ones, which stay the fallback: for a class
   it cannot decode alike, without the extension, or with ``MAFALDA_PURE_PYTHON=1``.
+- The same descriptions make C encoders (:func:`native_encoder`), which pack a request
+  body in one call: other bytes than ``Pack`` writes (fields by size, no shared
+  vtables) that decode to the same object. A value they do not expect (out of range,
+  of another type) is left to the compiled Python packer, which gives the usual error.
 
 ``tests/test_fastfbs.py`` checks them against the stock runtime for every table of the
-schemas, with random contents, and the C decoders against the Python ones on corrupt
-buffers.
+schemas, with random contents, the C decoders against the Python ones on corrupt
+buffers, and what the C encoders write against what ``Pack`` writes, decoded.
 """
 
 from __future__ import annotations
@@ -976,6 +980,68 @@ def union_decoders(creator: Any, python: bool = False) -> dict[int, Callable[...
     return _UnionDecoders(_union_map(creator), _python if python else _default)
 
 
+# -- the C encoders -----------------------------------------------------------------
+#
+# A ``_cfastfbs.Encoder`` packs a table from the same Spec as its decoder: per field its
+# kind, vtable slot, scalar code and default (None: an optional scalar). Children are
+# packed by the Encoder of their class, found in ``_encoder_registry`` (which holds
+# Encoders only: the C code looks them up there).
+
+_encoder_registry: dict[type, Any] = {}
+_encoder_for: dict[type, Any] = {}
+
+
+class _NoEncoder(Exception):
+    pass
+
+
+#: What an Encoder raises for a value it does not pack (then the Python packer packs it).
+EncoderUnsupported: type[Exception] = _cfastfbs.Unsupported if HAVE_NATIVE else _NoEncoder
+
+
+def _build_encoder(cls: type) -> Any:
+    spec = _spec(cls)
+    fields: list[tuple[int, int, str, str, Any]] = []
+    children: list[type] = []
+    for f in spec.fields:
+        code = _FLAG_CODES[f.acc.flags] if f.kind in ("scalar", "vscalar") else ""
+        default = f.acc.default if f.kind == "scalar" else None
+        if f.kind == "scalar" and type(default) not in (type(None), bool, int, float):
+            raise UnsupportedShapeError(f"{cls.__name__}.{f.name}: default {default!r}")
+        fields.append((_NATIVE_KINDS[f.kind], (f.acc.slot - 4) // 2, code, f.name, default))
+        if f.kind in ("table", "vtable"):
+            children.append(f.target)
+        elif f.kind == "union":
+            children.extend(f.target.values())
+    encoder = _cfastfbs.Encoder(cls.__name__, fields)
+    _encoder_for[cls] = encoder
+    _encoder_registry[cls] = encoder
+    for child in children:
+        _encoder_of(child)
+    return encoder
+
+
+def _encoder_of(cls: type) -> Any:
+    if cls in _encoder_for:
+        return _encoder_for[cls]
+    _encoder_for[cls] = None  # while its children are built (a cycle ends here)
+    try:
+        return _build_encoder(cls)
+    except (UnsupportedShapeError, KeyError, AssertionError, AttributeError, TypeError,
+            ValueError, OSError):  # fmt: skip
+        _encoder_for[cls] = None
+        _encoder_registry.pop(cls, None)
+        return None
+
+
+def native_encoder(cls: type) -> Callable[[Any], tuple[bytes, int]] | None:
+    """The C encoder of table class ``cls`` (``encoder(table) -> (bytes, root)``, root
+    the table's offset from the end of the bytes), None when ``NATIVE`` is off or the
+    class is of a shape it does not know. It raises ``EncoderUnsupported`` for a value
+    it does not pack."""
+    return _encoder_of(cls) if NATIVE else None
+
+
 # -- packing ------------------------------------------------------------------------
 #
 # A generated ``Pack`` calls a module-level one-line wrapper per field
@@ -1355,3 +1421,7 @@ class PrepackedCache:
 
     def __len__(self) -> int:
         return len(self._tables)
+
+
+if HAVE_NATIVE:
+    _cfastfbs.set_encoders(_encoder_registry, Prepacked)

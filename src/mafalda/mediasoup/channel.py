@@ -23,7 +23,14 @@ from typing import Any
 
 import flatbuffers
 
-from mafalda.mediasoup._fastfbs import FastBuilder, packers, union_decoders, views
+from mafalda.mediasoup._fastfbs import (
+    EncoderUnsupported,
+    FastBuilder,
+    native_encoder,
+    packers,
+    union_decoders,
+    views,
+)
 from mafalda.mediasoup._fbs.Message import Message as FbsMessageMod
 from mafalda.mediasoup._fbs.Message.Body import Body as MessageBody
 from mafalda.mediasoup._fbs.Notification import Notification as FbsNotificationMod
@@ -143,9 +150,15 @@ def encode_request(
         body_type = _request_tags.get(cls) or _request_tags.setdefault(
             cls, _union_type(RequestBody, body)
         )
-        offset = _pack(body, builder)
-        head = builder.Head()
-        tail = memoryview(builder.Bytes)[head:]
+        encode = native_encoder(cls)
+        if encode is not None:
+            try:
+                tail, offset = encode(body)
+            except EncoderUnsupported:
+                encode = None
+        if encode is None:
+            offset = _pack(body, builder)
+            tail = memoryview(builder.Bytes)[builder.Head() :]
         size = len(tail)
         pad = (-(len(handler) + size)) & 7
         # From its field at 56 to the body table: what follows the envelope, minus the
@@ -355,11 +368,6 @@ def _string(b: Any, w: Any, p: int, o: int) -> str:
     return text
 
 
-def _log_ignored_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.debug("ignored request failure: %s", future.exception())
-
-
 NotificationHandler = Callable[[int, Any], None]
 
 
@@ -372,7 +380,8 @@ class Channel:
         self._builder = FastBuilder(1024)
         self._decoder = FrameDecoder()
         self._next_id = 0
-        self._sents: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        # request id -> (future, method); no future for a request nobody awaits
+        self._sents: dict[int, tuple[asyncio.Future[Any] | None, int]] = {}
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
         self._out: list[bytes] = []  # messages for the next _flush()
@@ -435,21 +444,12 @@ class Channel:
         if writer is not None and not writer.is_closing():
             writer.write(data)
 
-    def request(self, method: int, handler_id: str = "", body: Any = None) -> asyncio.Future[Any]:
-        """Send a request; the returned future resolves to the response body table.
-
-        Raises ChannelClosedError at once when the channel is closed; the future fails
-        with ChannelClosedError when it closes before the answer, WorkerError (or
-        WorkerTypeError) when the worker refuses.
-        """
-        return self._request(method, handler_id, body, False)
-
-    def _request(self, method: int, handler_id: str, body: Any, defer: bool) -> asyncio.Future[Any]:
-        name = METHOD_NAMES.get(method) or str(method)
+    def _send_request(self, method: int, handler_id: str, body: Any, defer: bool) -> int:
+        """Encode and send one request; its id."""
         if self.closed:
+            name = METHOD_NAMES.get(method) or str(method)
             raise ChannelClosedError(f"channel closed, cannot send request [method:{name}]")
-        self._next_id = self._next_id + 1 if self._next_id < 4294967295 else 1
-        request_id = self._next_id
+        self._next_id = request_id = self._next_id + 1 if self._next_id < 4294967295 else 1
         if body is None:
             data = encode_request(self._builder, request_id, method, handler_id)
         else:
@@ -460,22 +460,34 @@ class Channel:
                 builder.Clear()
         writer = self._writer
         if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
+            name = METHOD_NAMES.get(method) or str(method)
             self._write(data, f"request [method:{name}]")  # raises
         else:
             self._send(writer, data, defer)
+        return request_id
+
+    def request(self, method: int, handler_id: str = "", body: Any = None) -> asyncio.Future[Any]:
+        """Send a request; the returned future resolves to the response body table.
+
+        Raises ChannelClosedError at once when the channel is closed; the future fails
+        with ChannelClosedError when it closes before the answer, WorkerError (or
+        WorkerTypeError) when the worker refuses.
+        """
+        request_id = self._send_request(method, handler_id, body, False)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._sents[request_id] = (future, name)
+        self._sents[request_id] = (future, method)
         return future
 
     def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
         """Send a request whose answer nobody awaits (closing things, as Node's
-        ``request(...).catch(() => {})``): failures are logged at debug level."""
+        ``request(...).catch(() => {})``): failures are logged at debug level. No future
+        stands for it: its answer only needs to be matched."""
         try:
-            future = self._request(method, handler_id, body, True)
+            request_id = self._send_request(method, handler_id, body, True)
         except MediasoupError as error:
             logger.debug("request_nowait() failed to send: %s", error)
             return
-        future.add_done_callback(_log_ignored_failure)
+        self._sents[request_id] = (None, method)
 
     def notify(self, event: int, handler_id: str = "", body: Any = None) -> None:
         name = EVENT_NAMES.get(event, str(event))
@@ -519,12 +531,22 @@ class Channel:
             log = logger.debug if self.closed else logger.error
             log("response does not match any sent request [id:%s]", message.id)
             return
-        future, name = sent
+        future, method = sent
+        if future is None:  # request_nowait()
+            if not message.accepted:
+                logger.debug(
+                    "ignored request failure [method:%s]: %s",
+                    METHOD_NAMES.get(method, method),
+                    message.reason,
+                )
+            return
         if future.done():  # the caller was cancelled
             return
         if message.accepted:
             future.set_result(message.body)
-        elif message.error == "TypeError":
+            return
+        name = METHOD_NAMES.get(method) or str(method)
+        if message.error == "TypeError":
             future.set_exception(WorkerTypeError(message.reason, method=name))
         else:
             future.set_exception(WorkerError(message.reason, method=name))
@@ -552,8 +574,9 @@ class Channel:
             return
         self.closed = True
         sents, self._sents = self._sents, {}
-        for request_id, (future, name) in sents.items():
-            if not future.done():
+        for request_id, (future, method) in sents.items():
+            if future is not None and not future.done():
+                name = METHOD_NAMES.get(method) or str(method)
                 future.set_exception(
                     ChannelClosedError(
                         f"channel closed, pending request aborted [method:{name}, id:{request_id}]"

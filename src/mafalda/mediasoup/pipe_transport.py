@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, NotRequired, TypeVar
 
@@ -15,6 +14,7 @@ from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.RtpParameters.MediaKind import MediaKind as FbsMediaKind
 from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
 from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
+from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer
 from mafalda.mediasoup.data_producer import DataProducer
@@ -228,7 +228,7 @@ class PipeTransport(Transport):
             consumable_rtp_parameters=producer.consumable_rtp_parameters,
             enable_rtx=self._rtx,
         )
-        consumer_id = str(uuid.uuid4())
+        consumer_id = new_id()
         request = ConsumeRequestT()
         request.consumerId = consumer_id
         request.producerId = producer.id  # not an alias (Router.alias_producer)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from mafalda.mediasoup import ortc
@@ -45,6 +44,7 @@ from mafalda.mediasoup._fbs.WebRtcTransport.WebRtcTransportOptions import (
     WebRtcTransportOptionsT,
 )
 from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
+from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.active_speaker_observer import ActiveSpeakerObserver
 from mafalda.mediasoup.audio_level_observer import AudioLevelObserver
 from mafalda.mediasoup.channel import Channel
@@ -411,7 +411,7 @@ class Router(EventSource):
             options.iceConsentTimeout = ice_consent_timeout
             return options
 
-        transport_id = str(uuid.uuid4())
+        transport_id = new_id()
         request = CreateWebRtcTransportRequestT()
         request.transportId = transport_id
         request.options = _prepacked_options(
@@ -489,7 +489,7 @@ class Router(EventSource):
             options.srtpCryptoSuite = crypto_suite_to_fbs(srtp_crypto_suite)
             return options
 
-        transport_id = str(uuid.uuid4())
+        transport_id = new_id()
         request = CreatePlainTransportRequestT()
         request.transportId = transport_id
         request.options = _prepacked_options(
@@ -544,7 +544,7 @@ class Router(EventSource):
             options.enableSrtp = bool(enable_srtp)
             return options
 
-        transport_id = str(uuid.uuid4())
+        transport_id = new_id()
         request = CreatePipeTransportRequestT()
         request.transportId = transport_id
         request.options = _prepacked_options(
@@ -582,7 +582,7 @@ class Router(EventSource):
         base.maxMessageSize = max_message_size
         options = DirectTransportOptionsT()
         options.base = base
-        transport_id = str(uuid.uuid4())
+        transport_id = new_id()
         request = CreateDirectTransportRequestT()
         request.transportId = transport_id
         request.options = options
@@ -719,7 +719,7 @@ class Router(EventSource):
         try:
             pipe_consumer = await local.consume(producer_id=producer.id)
             pipe_producer = await remote.produce(
-                id=producer.id if keep_id else str(uuid.uuid4()),
+                id=producer.id if keep_id else new_id(),
                 kind=pipe_consumer.kind,
                 rtp_parameters=pipe_consumer.rtp_parameters,
                 paused=pipe_consumer.producer_paused,
@@ -757,7 +757,7 @@ class Router(EventSource):
         try:
             pipe_consumer = await local.consume_data(data_producer_id=data_producer.id)
             pipe_producer = await remote.produce_data(
-                id=data_producer.id if keep_id else str(uuid.uuid4()),
+                id=data_producer.id if keep_id else new_id(),
                 sctp_stream_parameters=pipe_consumer.sctp_stream_parameters,
                 label=pipe_consumer.label,
                 protocol=pipe_consumer.protocol,
@@ -817,7 +817,7 @@ class Router(EventSource):
         self._check_open()
         _check_uint(interval, "interval", 65535)
         validate_app_data(app_data)
-        observer_id = str(uuid.uuid4())
+        observer_id = new_id()
         options = ActiveSpeakerObserverOptionsT()
         options.interval = interval
         request = CreateActiveSpeakerObserverRequestT()
@@ -853,7 +853,7 @@ class Router(EventSource):
             raise ValueError("if given, threshold must be a negative number greater than -127")
         _check_uint(interval, "interval", 65535)
         validate_app_data(app_data)
-        observer_id = str(uuid.uuid4())
+        observer_id = new_id()
         options = AudioLevelObserverOptionsT()
         options.maxEntries = max_entries
         options.threshold = int(threshold)

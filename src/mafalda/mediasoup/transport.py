@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import pickle
 import types
-import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
@@ -47,6 +46,7 @@ from mafalda.mediasoup._fbs.Transport.SetMinOutgoingBitrateRequest import (
 )
 from mafalda.mediasoup._fbs.Transport.SocketFlags import SocketFlagsT
 from mafalda.mediasoup._fbs.Transport.TraceEventType import TraceEventType as FbsTraceEventType
+from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer, ConsumerLayers
 from mafalda.mediasoup.data_consumer import DataConsumer
@@ -693,13 +693,13 @@ class Transport(EventSource):
         if self.type != "pipe":
             rtcp = params.get("rtcp") or {}
             if not self._cname_for_producers:
-                self._cname_for_producers = rtcp.get("cname") or str(uuid.uuid4())[:8]
+                self._cname_for_producers = rtcp.get("cname") or new_id()[:8]
             rtcp["cname"] = self._cname_for_producers
             params["rtcp"] = rtcp
         router_caps = self._get_router_rtp_capabilities()
         rtp_mapping = ortc.get_producer_rtp_parameters_mapping(params, router_caps)
         consumable = ortc.get_consumable_rtp_parameters(kind, params, router_caps, rtp_mapping)
-        producer_id = id or str(uuid.uuid4())
+        producer_id = id or new_id()
         request = ProduceRequestT()
         request.producerId = producer_id
         request.kind = FbsMediaKind.AUDIO if kind == "audio" else FbsMediaKind.VIDEO
@@ -782,7 +782,7 @@ class Transport(EventSource):
                     self._next_mid_for_consumers += 1
                     if self._next_mid_for_consumers == 100000000:
                         self._next_mid_for_consumers = 0
-            consumer_id = str(uuid.uuid4())
+            consumer_id = new_id()
             request = ConsumeRequestT()
             request.consumerId = consumer_id
             request.producerId = producer.id
@@ -879,7 +879,7 @@ class Transport(EventSource):
                     "produce_data() | sctp_stream_parameters are ignored on a DirectTransport"
                 )
                 params = None
-        data_producer_id = id or str(uuid.uuid4())
+        data_producer_id = id or new_id()
         request = ProduceDataRequestT()
         request.dataProducerId = data_producer_id
         request.type = FbsDataProducerType.SCTP if kind == "sctp" else FbsDataProducerType.DIRECT
@@ -988,7 +988,7 @@ class Transport(EventSource):
                     if max_retransmits is not None:
                         params["ordered"] = False
                         params["maxRetransmits"] = max_retransmits
-            data_consumer_id = str(uuid.uuid4())
+            data_consumer_id = new_id()
             request = ConsumeDataRequestT()
             request.dataConsumerId = data_consumer_id
             request.dataProducerId = data_producer.id  # not an alias

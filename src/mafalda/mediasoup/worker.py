@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import signal
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
@@ -19,6 +18,7 @@ from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateWebRtcServerRequest import CreateWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.UpdateSettingsRequest import UpdateSettingsRequestT
+from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.channel import Channel, ChannelReader
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
@@ -479,7 +479,7 @@ class Worker(EventSource):
             raise TypeError("listen_infos must be a non-empty list")
         for i, info in enumerate(listen_infos):
             validate_listen_info(info, f"listen_infos[{i}]")
-        server_id = str(uuid.uuid4())
+        server_id = new_id()
         request = CreateWebRtcServerRequestT()
         request.webRtcServerId = server_id
         request.listenInfos = [listen_info_to_fbs(info) for info in listen_infos]
@@ -504,7 +504,7 @@ class Worker(EventSource):
         self._check_open()
         validate_app_data(app_data)
         rtp_capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
-        router_id = str(uuid.uuid4())
+        router_id = new_id()
         request = CreateRouterRequestT()
         request.routerId = router_id
         await self._channel.request(Method.WORKER_CREATE_ROUTER, "", request)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import types
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -107,3 +111,44 @@ async def test_async_listeners_and_wait_for(caplog: pytest.LogCaptureFixture) ->
     e.emit("z", 1, 2)
     assert await waiter == (1, 2)
     assert e.listener_count("z") == 0
+
+
+async def test_every_kind_of_awaitable_a_listener_returns_is_run() -> None:
+    # Coroutines, generator-based coroutines, futures and objects with __await__ are run
+    # to completion; plain values (a dict's pop(), a generator) are left alone.
+    e = EventEmitter()
+    done: list[str] = []
+
+    async def native() -> None:
+        done.append("native")
+
+    @types.coroutine
+    def generator_based() -> Generator[Any, None, None]:
+        yield
+        done.append("generator-based")
+
+    class Custom:
+        def __await__(self) -> Generator[Any, None, None]:
+            yield
+            done.append("custom")
+
+    def plain_generator() -> Generator[int, None, None]:
+        done.append("plain generator ran")  # never: a plain generator is not awaited
+        yield 1
+
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda _: done.append("future"))
+    for listener in (native, generator_based, Custom, plain_generator, lambda: future, dict):
+        e.on("x", listener)
+    for _ in range(2):  # the second time from what was learnt of each class
+        e.emit("x")
+        future.set_result(None) if not future.done() else None
+        for _ in range(5):
+            await asyncio.sleep(0)
+    # The future's callback runs once: it is the same future both times.
+    assert collections.Counter(done) == {
+        "native": 2,
+        "generator-based": 2,
+        "custom": 2,
+        "future": 1,
+    }

@@ -792,12 +792,8 @@ async def test_cluster_router_data_and_observers_across_servers(cluster: Cluster
         ("data", "s1", "s3")
     ]
     received = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-    await asyncio.sleep(0.2)  # the pipe's SCTP association comes up
-    for _ in range(50):
-        data_producer.send("hello")
-        if received.done():
-            break
-        await asyncio.sleep(0.1)
+    # At once, once: the pipe's SCTP association is up before consume_data() returns.
+    data_producer.send("hello")
     async with asyncio.timeout(5):
         message, ppid = await received
     assert bytes(message) == b"hello" and ppid == 51

@@ -242,7 +242,8 @@ async def test_data_producer_piped_to_other_worker(mafalda: Mafalda) -> None:
     assert data_consumer.label == "chat"
     received: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
     data_consumer.on("message", lambda m, ppid: received.done() or received.set_result((m, ppid)))
-    await asyncio.sleep(0.1)
+    # At once: the pipe's SCTP association is up before consume_data() returns (a message
+    # sent into a pipe before that would be dropped by the worker).
     data_producer.send("hello across workers")
     message, ppid = await asyncio.wait_for(received, 5)
     assert (message, ppid) == (b"hello across workers", 51)
@@ -464,3 +465,50 @@ async def test_piped_copy_on_a_worker_hosting_the_id_gets_an_alias(mafalda: Mafa
     consumer.close()
     await asyncio.sleep(0.05)
     assert (await room_b.mafalda_dump())["pipes"] == []
+
+
+async def test_sctp_connected_waits_for_the_association(worker: Worker) -> None:
+    # Two workers, as Mafalda's pipes (two SCTP ends in one worker never connect).
+    other_worker = await create_worker()
+    try:
+        await _sctp_connected_cases(
+            await worker.create_router(media_codecs=MEDIA_CODECS),
+            await other_worker.create_router(media_codecs=MEDIA_CODECS),
+        )
+    finally:
+        other_worker.close()
+        await other_worker.wait_closed()
+
+
+async def _sctp_connected_cases(router: Any, other: Any) -> None:
+    from mafalda.vertical.spanning import sctp_connected
+
+    a = await router.create_pipe_transport(listen_info=LISTEN, enable_sctp=True)
+    b = await other.create_pipe_transport(listen_info=LISTEN, enable_sctp=True)
+    waiting = asyncio.ensure_future(sctp_connected(a))
+    await a.connect(ip="127.0.0.1", port=b.tuple["localPort"])
+    await b.connect(ip="127.0.0.1", port=a.tuple["localPort"])
+    await asyncio.sleep(0.05)
+    # Connected transports, but no association yet: the worker starts it with the first
+    # SCTP stream.
+    assert not waiting.done()
+    source = await (await router.create_direct_transport()).produce_data()
+    await a.consume_data(data_producer_id=source.id)
+    await asyncio.wait_for(waiting, 5)
+    assert a.sctp_state == "connected"
+    await sctp_connected(a)  # connected already: at once
+    # A transport that closes while waited for fails the wait at once.
+    c = await router.create_pipe_transport(listen_info=LISTEN, enable_sctp=True)
+    waiting = asyncio.ensure_future(sctp_connected(c))
+    await asyncio.sleep(0)
+    c.close()
+    with pytest.raises(InvalidStateError, match="closed"):
+        await asyncio.wait_for(waiting, 1)
+    with pytest.raises(InvalidStateError, match="closed"):
+        await sctp_connected(c)
+    # And one that never connects: TimeoutError, its listeners gone.
+    d = await router.create_pipe_transport(listen_info=LISTEN, enable_sctp=True)
+    with pytest.raises(TimeoutError):
+        await sctp_connected(d, timeout=0.05)
+    assert d.observer.listener_count("sctpstatechange") == 0
+    assert d.observer.listener_count("close") == 0

@@ -266,3 +266,25 @@ def test_limit_read_size_leaves_other_transports_alone() -> None:
     limit_read_size(other)
     limit_read_size(None)
     assert not hasattr(other, "max_size")
+
+
+@pytest.mark.parametrize("how", ["blocked", "ignored"])
+async def test_worker_obeys_sigterm_whatever_this_thread_does_with_it(how: str) -> None:
+    # The worker starts with no signal blocked or ignored, whatever the spawning thread's
+    # mask and dispositions (it would otherwise inherit them and outlive a SIGTERM).
+    if how == "blocked":
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    else:
+        handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        worker = await create_worker()
+    finally:
+        if how == "blocked":
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        else:
+            signal.signal(signal.SIGTERM, handler)
+    os.kill(worker.pid, signal.SIGTERM)
+    error = await asyncio.wait_for(worker.events.wait_for("died"), 5)
+    assert isinstance(error[0], WorkerDiedError)
+    await worker.wait_closed()
+    assert not _alive(worker.pid)

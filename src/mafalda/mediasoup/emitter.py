@@ -11,12 +11,27 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import types
 from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("mafalda.mediasoup.emitter")
 
 Listener = Callable[..., Any]
+
+# Whether instances of a class are awaitable, by class: listeners mostly return None or
+# plain values (a dict's pop()), and inspect.isawaitable() costs an ABC check each time.
+_awaitable_classes: dict[type, bool] = {}
+
+
+def _is_awaitable(value: Any) -> bool:
+    cls = type(value)
+    known = _awaitable_classes.get(cls)
+    if known is None:
+        if cls is types.GeneratorType:  # awaitable or not by its code's flags
+            return inspect.isawaitable(value)
+        known = _awaitable_classes[cls] = inspect.isawaitable(value)
+    return known
 
 
 class EventEmitter:
@@ -111,7 +126,7 @@ class EventEmitter:
                 logger.exception("listener of event %r failed", event)
                 self._emit_listener_error(event)
                 continue
-            if result is not None and inspect.isawaitable(result):
+            if result is not None and _is_awaitable(result):
                 self._track(event, result)
         return True
 

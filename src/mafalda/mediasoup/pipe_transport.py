@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, NotRequired, TypeVar
 
 from mafalda.mediasoup import ortc
@@ -17,15 +17,12 @@ from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
 from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer
-from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.plain_transport import (
     validate_remote_ip,
     validate_remote_port,
     validate_srtp_parameters,
 )
-from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.rtp_parameters import (
-    RtpCapabilities,
     serialize_rtp_encoding_parameters,
     serialize_rtp_parameters,
 )
@@ -38,6 +35,7 @@ from mafalda.mediasoup.srtp_parameters import (
 from mafalda.mediasoup.transport import (
     BaseTransportDump,
     BaseTransportStats,
+    RouterBook,
     SctpState,
     Transport,
     TransportTuple,
@@ -109,9 +107,7 @@ class PipeTransport(Transport):
         transport_id: str,
         channel: Channel,
         app_data: dict[str, Any] | None,
-        get_router_rtp_capabilities: Callable[[], RtpCapabilities],
-        get_producer_by_id: Callable[[str], Producer | None],
-        get_data_producer_by_id: Callable[[str], DataProducer | None],
+        book: RouterBook,
         data: PipeTransportDump,
     ) -> None:
         super().__init__(
@@ -119,9 +115,7 @@ class PipeTransport(Transport):
             transport_id=transport_id,
             channel=channel,
             app_data=app_data,
-            get_router_rtp_capabilities=get_router_rtp_capabilities,
-            get_producer_by_id=get_producer_by_id,
-            get_data_producer_by_id=get_data_producer_by_id,
+            book=book,
             sctp_parameters=data.get("sctpParameters"),
         )
         self._tuple: TransportTuple = data["tuple"]

@@ -6,16 +6,14 @@ import base64
 import binascii
 import ipaddress
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any, Final, NotRequired
 
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.PlainTransport.ConnectRequest import ConnectRequestT
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup.channel import Channel
-from mafalda.mediasoup.data_producer import DataProducer
-from mafalda.mediasoup.producer import Producer
-from mafalda.mediasoup.rtp_parameters import InvalidValueError, RtpCapabilities
+from mafalda.mediasoup.rtp_parameters import InvalidValueError
 from mafalda.mediasoup.sctp_parameters import SctpParameters
 from mafalda.mediasoup.srtp_parameters import (
     SrtpParameters,
@@ -25,6 +23,7 @@ from mafalda.mediasoup.srtp_parameters import (
 from mafalda.mediasoup.transport import (
     BaseTransportDump,
     BaseTransportStats,
+    RouterBook,
     SctpState,
     Transport,
     TransportTuple,
@@ -182,9 +181,7 @@ class PlainTransport(Transport):
         transport_id: str,
         channel: Channel,
         app_data: dict[str, Any] | None,
-        get_router_rtp_capabilities: Callable[[], RtpCapabilities],
-        get_producer_by_id: Callable[[str], Producer | None],
-        get_data_producer_by_id: Callable[[str], DataProducer | None],
+        book: RouterBook,
         data: PlainTransportDump,
     ) -> None:
         super().__init__(
@@ -192,9 +189,7 @@ class PlainTransport(Transport):
             transport_id=transport_id,
             channel=channel,
             app_data=app_data,
-            get_router_rtp_capabilities=get_router_rtp_capabilities,
-            get_producer_by_id=get_producer_by_id,
-            get_data_producer_by_id=get_data_producer_by_id,
+            book=book,
             sctp_parameters=data.get("sctpParameters"),
         )
         self._rtcp_mux = data["rtcpMux"]

@@ -67,6 +67,7 @@ from mafalda.mediasoup.sctp_parameters import NumSctpStreams
 from mafalda.mediasoup.srtp_parameters import SrtpCryptoSuite, crypto_suite_to_fbs
 from mafalda.mediasoup.transport import (
     ListenInfo,
+    RouterBook,
     Transport,
     TransportListenIp,
     TransportProtocol,
@@ -226,10 +227,12 @@ class Router(EventSource):
         self._channel = channel
         self._closed = False
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
-        self._transports: dict[str, Transport] = {}
-        self._producers: dict[str, Producer] = {}
+        self._book = RouterBook(lambda: self._rtp_capabilities)
+        # The book's maps, which the transports keep up to date.
+        self._transports: dict[str, Transport] = self._book.transports
+        self._producers: dict[str, Producer] = self._book.producers
         self._rtp_observers: dict[str, RtpObserver] = {}
-        self._data_producers: dict[str, DataProducer] = {}
+        self._data_producers: dict[str, DataProducer] = self._book.data_producers
         self._pipe_pairs: dict[str, asyncio.Future[dict[str, PipeTransport]]] = {}
         self.events = EventEmitter()
         self.observer = EventEmitter()
@@ -305,21 +308,12 @@ class Router(EventSource):
             "transport_id": transport_id,
             "channel": self._channel,
             "app_data": app_data,
-            "get_router_rtp_capabilities": lambda: self._rtp_capabilities,
-            "get_producer_by_id": self._producers.get,
-            "get_data_producer_by_id": self._data_producers.get,
+            "book": self._book,
         }
 
     def _register_transport(self, transport: Transport) -> None:
-        tid = transport.id
-        self._transports[tid] = transport
-        events = transport.events
-        events.on("@close", lambda: self._transports.pop(tid, None))
-        events.on("@listenserverclose", lambda: self._transports.pop(tid, None))
-        events.on("@newproducer", lambda p: self._producers.__setitem__(p.id, p))
-        events.on("@producerclose", lambda p: self._producers.pop(p.id, None))
-        events.on("@newdataproducer", lambda d: self._data_producers.__setitem__(d.id, d))
-        events.on("@dataproducerclose", lambda d: self._data_producers.pop(d.id, None))
+        # It leaves the book itself when it closes.
+        self._transports[transport.id] = transport
         self.observer.emit("newtransport", transport)
 
     async def create_webrtc_transport(

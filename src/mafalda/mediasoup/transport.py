@@ -485,6 +485,20 @@ _PRODUCER_TYPES = {FbsRtpType.SIMPLE: "simple", FbsRtpType.SIMULCAST: "simulcast
 _PRODUCER_TYPES_TO_FBS = {v: k for k, v in _PRODUCER_TYPES.items()}
 
 
+class RouterBook:
+    """A Router's maps of its transports, producers and data producers, which its
+    transports keep up to date themselves (six listeners per transport cost as much as
+    the rest of its creation), and how to read the router's RTP capabilities."""
+
+    __slots__ = ("data_producers", "get_rtp_capabilities", "producers", "transports")
+
+    def __init__(self, get_rtp_capabilities: Callable[[], RtpCapabilities]) -> None:
+        self.get_rtp_capabilities = get_rtp_capabilities
+        self.transports: dict[str, Transport] = {}
+        self.producers: dict[str, Producer] = {}
+        self.data_producers: dict[str, DataProducer] = {}
+
+
 class Transport(EventSource):
     """Base class of every transport: produce/consume and their bookkeeping."""
 
@@ -497,9 +511,7 @@ class Transport(EventSource):
         transport_id: str,
         channel: Channel,
         app_data: dict[str, Any] | None,
-        get_router_rtp_capabilities: Callable[[], RtpCapabilities],
-        get_producer_by_id: Callable[[str], Producer | None],
-        get_data_producer_by_id: Callable[[str], DataProducer | None],
+        book: RouterBook,
         sctp_parameters: SctpParameters | None = None,
     ) -> None:
         self._router_id = router_id
@@ -507,9 +519,10 @@ class Transport(EventSource):
         self._channel = channel
         self._closed = False
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
-        self._get_router_rtp_capabilities = get_router_rtp_capabilities
-        self._get_producer_by_id = get_producer_by_id
-        self._get_data_producer_by_id = get_data_producer_by_id
+        self._book = book
+        self._get_router_rtp_capabilities = book.get_rtp_capabilities
+        self._get_producer_by_id = book.producers.get
+        self._get_data_producer_by_id = book.data_producers.get
         self._base_sctp_parameters = sctp_parameters
         self._producers: dict[str, Producer] = {}
         self._consumers: dict[str, Consumer] = {}
@@ -579,22 +592,27 @@ class Transport(EventSource):
 
     def _close_children(self, *, notify_router: bool) -> None:
         self._channel.unsubscribe(self._id)
-        for producer in list(self._producers.values()):
-            producer.transport_closed()
-            if notify_router:
-                self.events.emit("@producerclose", producer)
-        self._producers.clear()
-        for consumer in list(self._consumers.values()):
-            consumer.transport_closed()
-        self._consumers.clear()
-        for data_producer in list(self._data_producers.values()):
-            data_producer.transport_closed()
-            if notify_router:
-                self.events.emit("@dataproducerclose", data_producer)
-        self._data_producers.clear()
-        for data_consumer in list(self._data_consumers.values()):
-            data_consumer.transport_closed()
-        self._data_consumers.clear()
+        book = self._book
+        if self._producers:
+            for producer in list(self._producers.values()):
+                producer.transport_closed()
+                if notify_router:
+                    book.producers.pop(producer.id, None)
+            self._producers.clear()
+        if self._consumers:
+            for consumer in list(self._consumers.values()):
+                consumer.transport_closed()
+            self._consumers.clear()
+        if self._data_producers:
+            for data_producer in list(self._data_producers.values()):
+                data_producer.transport_closed()
+                if notify_router:
+                    book.data_producers.pop(data_producer.id, None)
+            self._data_producers.clear()
+        if self._data_consumers:
+            for data_consumer in list(self._data_consumers.values()):
+                data_consumer.transport_closed()
+            self._data_consumers.clear()
 
     def close(self) -> None:
         """Close the transport and everything on it."""
@@ -605,6 +623,7 @@ class Transport(EventSource):
         request.transportId = self._id
         self._channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, self._router_id, request)
         self._close_children(notify_router=True)
+        self._book.transports.pop(self._id, None)
         self.events.emit("@close")
         self.observer.emit("close")
 
@@ -621,6 +640,7 @@ class Transport(EventSource):
             return
         self._closed = True
         self._close_children(notify_router=False)
+        self._book.transports.pop(self._id, None)
         self.events.emit("@listenserverclose")
         self.events.emit("listenserverclose")
         self.observer.emit("close")
@@ -723,13 +743,14 @@ class Transport(EventSource):
             paused=bool(paused),
         )
         self._producers[producer_id] = producer
+        book = self._book
 
         def on_close() -> None:
             self._producers.pop(producer_id, None)
-            self.events.emit("@producerclose", producer)
+            book.producers.pop(producer_id, None)
 
         producer.events.on("@close", on_close)
-        self.events.emit("@newproducer", producer)
+        book.producers[producer_id] = producer
         self.observer.emit("newproducer", producer)
         return producer
 
@@ -902,13 +923,14 @@ class Transport(EventSource):
             app_data=app_data,
         )
         self._data_producers[data_producer_id] = data_producer
+        book = self._book
 
         def on_close() -> None:
             self._data_producers.pop(data_producer_id, None)
-            self.events.emit("@dataproducerclose", data_producer)
+            book.data_producers.pop(data_producer_id, None)
 
         data_producer.events.on("@close", on_close)
-        self.events.emit("@newdataproducer", data_producer)
+        book.data_producers[data_producer_id] = data_producer
         self.observer.emit("newdataproducer", data_producer)
         return data_producer
 

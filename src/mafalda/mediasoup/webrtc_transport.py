@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup._fbs.Notification.Event import Event
@@ -26,13 +25,12 @@ from mafalda.mediasoup._fbs.WebRtcTransport.IceCandidateType import (
 from mafalda.mediasoup._fbs.WebRtcTransport.IceRole import IceRole as FbsIceRole
 from mafalda.mediasoup._fbs.WebRtcTransport.IceState import IceState as FbsIceState
 from mafalda.mediasoup.channel import Channel
-from mafalda.mediasoup.data_producer import DataProducer
-from mafalda.mediasoup.producer import Producer
-from mafalda.mediasoup.rtp_parameters import InvalidValueError, RtpCapabilities
+from mafalda.mediasoup.rtp_parameters import InvalidValueError
 from mafalda.mediasoup.sctp_parameters import SctpParameters
 from mafalda.mediasoup.transport import (
     BaseTransportDump,
     BaseTransportStats,
+    RouterBook,
     SctpState,
     Transport,
     TransportProtocol,
@@ -323,9 +321,7 @@ class WebRtcTransport(Transport):
         transport_id: str,
         channel: Channel,
         app_data: dict[str, Any] | None,
-        get_router_rtp_capabilities: Callable[[], RtpCapabilities],
-        get_producer_by_id: Callable[[str], Producer | None],
-        get_data_producer_by_id: Callable[[str], DataProducer | None],
+        book: RouterBook,
         data: WebRtcTransportDump,
     ) -> None:
         super().__init__(
@@ -333,9 +329,7 @@ class WebRtcTransport(Transport):
             transport_id=transport_id,
             channel=channel,
             app_data=app_data,
-            get_router_rtp_capabilities=get_router_rtp_capabilities,
-            get_producer_by_id=get_producer_by_id,
-            get_data_producer_by_id=get_data_producer_by_id,
+            book=book,
             sctp_parameters=data.get("sctpParameters"),
         )
         self._ice_role: Literal["controlled"] = data["iceRole"]

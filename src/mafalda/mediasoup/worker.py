@@ -150,6 +150,11 @@ def validate_app_data(app_data: Any) -> None:
         raise TypeError("if given, app_data must be a dict")
 
 
+_RESETTABLE_SIGNALS = tuple(
+    sig for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP)
+)
+
+
 def _spawn(argv: list[str]) -> tuple[int, int, int, int, int]:
     """Start the worker with fd 3 (it reads) and fd 4 (it writes) as channel pipes.
 
@@ -183,6 +188,10 @@ def _spawn(argv: list[str]) -> tuple[int, int, int, int, int]:
                 (os.POSIX_SPAWN_DUP2, to_worker_r, 3),
                 (os.POSIX_SPAWN_DUP2, from_worker_w, 4),
             ],
+            # As Node (libuv) starts it: no signal blocked or ignored because this
+            # thread blocks or ignores it (the worker would outlive a SIGTERM).
+            setsigmask=(),
+            setsigdef=_RESETTABLE_SIGNALS,
         )
     except BaseException:
         for fd in (to_worker_w, from_worker_r, out_r, err_r):

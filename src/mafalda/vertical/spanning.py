@@ -362,6 +362,10 @@ class SpanningRouter(EventSource, Generic[H]):
             app_data=data_producer.app_data,
         )
         pipe.producer = piped
+        # Messages sent into the pipe before its SCTP association is up are dropped by
+        # the worker, which starts it with the first stream (the consumer above): the
+        # pipe is ready once it is up (at once but for a pair's first data pipe).
+        await asyncio.gather(sctp_connected(local), sctp_connected(remote))
         if not keep:
             self._alias(pipe.dst, data_producer_id, piped, True)
         if data_producer.closed:
@@ -612,6 +616,38 @@ class SpanningRouter(EventSource, Generic[H]):
 
 def _entries(table: dict[str, list[str]], keep: set[str]) -> list[dict[str, Any]]:
     return [{"key": k, "values": v} for k, v in table.items() if k in keep]
+
+
+async def sctp_connected(transport: Any, timeout: float = 10.0) -> None:
+    """Return once the SCTP association of ``transport`` (a local or remote proxy
+    transport) is connected; InvalidStateError when it fails or the transport closes
+    first, TimeoutError after ``timeout`` seconds."""
+    if transport.sctp_state == "connected":
+        return
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_state(state: str) -> None:
+        if future.done():
+            return
+        if state == "connected":
+            future.set_result(None)
+        elif state in ("failed", "closed"):
+            future.set_exception(InvalidStateError(f"SCTP association {state}"))
+
+    def on_close() -> None:
+        if not future.done():
+            future.set_exception(InvalidStateError("transport closed"))
+
+    if transport.closed:
+        raise InvalidStateError("transport closed")
+    transport.observer.on("sctpstatechange", on_state)
+    transport.observer.on("close", on_close)
+    try:
+        async with asyncio.timeout(timeout):
+            await future
+    finally:
+        transport.observer.off("sctpstatechange", on_state)
+        transport.observer.off("close", on_close)
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from mafalda.mediasoup._ids import new_id
@@ -24,3 +25,20 @@ def test_ids_are_random_version_4_uuids() -> None:
         seen_one |= n
         seen_zero |= ~n
     assert seen_one & seen_zero & ((1 << 128) - 1) == ((1 << 128) - 1) & ~fixed
+
+
+def test_a_forked_child_makes_other_ids() -> None:
+    new_id()  # random bytes are read ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, " ".join(new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_id() for _ in range(3)]
+    assert len(child) == 3
+    assert not set(child) & set(parent)

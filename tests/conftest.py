@@ -151,6 +151,9 @@ REMOTE_SKIPS: dict[str, str] = {
     "test_plain_transport::test_routerclose_when_worker_closes": (
         "closes the local `worker` fixture via hosting_worker(); the remote router's is remote"
     ),
+    "test_direct_transport::test_routerclose_when_worker_closes": (
+        "closes the local `worker` fixture via hosting_worker(); the remote router's is remote"
+    ),
     "test_producer::test_produce_audio_succeeds": (
         "asserts isinstance() against the local class; the remote object is a Remote* proxy"
     ),

@@ -189,3 +189,33 @@ def test_marker_keys_are_escaped() -> None:
     assert p.unescape(wire, lambda m: p.decode_bytes(m)) == {"v": app_data, "b": b"\x01"}
     # Without markers or "$" keys, a message goes through as it is.
     assert not p.needs_walk(p.encode_message({"v": {"a": [1, "b"]}}, _no_object))
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_messages_nested_too_deeply_are_refused(batch: bool) -> None:
+    def frame(levels: int) -> bytes:
+        # the message itself is 2 containers (the request, its params) around kwargs
+        message = {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"x": _nested(levels)}}
+        return json.dumps([message, message] if batch else message).encode()
+
+    limit = p._MAX_DEPTH - 2 - batch
+    assert len(p.parse_client_frame(frame(limit))) == 1 + batch
+    with pytest.raises(p.ProtocolError, match="nested too deeply") as info:
+        p.parse_client_frame(frame(limit + 1))
+    assert info.value.code == p.INVALID_REQUEST
+
+
+def test_depth_counts_containers_on_the_deepest_path() -> None:
+    assert p._depth(1) == 0
+    assert p._depth("[[[") == 0
+    assert p._depth({}) == 1
+    assert p._depth([1, {"a": []}, []]) == 3
+    assert p._depth([_nested(3), _nested(7), 5]) == 8
+    assert p._depth(_nested(500)) == p._MAX_DEPTH + 1  # counting stops past the limit

@@ -41,7 +41,8 @@ class EventEmitter:
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[tuple[Listener, bool]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Tasks of async listeners, made with the first (most emitters never have one).
+        self._tasks: set[asyncio.Task[Any]] | None = None
 
     def on(self, event: str, listener: Listener | None = None) -> Any:
         """Add ``listener`` for ``event``; without a listener, acts as a decorator."""
@@ -138,10 +139,13 @@ class EventEmitter:
 
     def _track(self, event: str, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
-        self._tasks.add(task)
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
+            tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 logger.error("async listener of event %r failed", event, exc_info=t.exception())
 

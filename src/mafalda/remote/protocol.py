@@ -360,14 +360,23 @@ def _brackets(text: str | bytes) -> int:
     return text.count("[") + text.count("{")
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if level > _MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
+def _depth(value: Any) -> int:
+    """How many containers deep ``value`` nests (counted up to ``_MAX_DEPTH + 1``): level
+    by level, looking at each value once (a batch of requests has brackets enough to be
+    walked, and a recursive walk cost as much as the rest of its parsing)."""
+    level = 0
+    current = [value] if type(value) in _CONTAINERS else []
+    while current and level <= _MAX_DEPTH:
+        level += 1
+        below: list[Any] = []
+        for item in current:
+            below += [v for v in (item.values() if type(item) is dict else item)
+                      if type(v) in _CONTAINERS]  # fmt: skip
+        current = below
     return level
+
+
+_CONTAINERS = (dict, list)  # what orjson.loads makes
 
 
 def _valid_id(value: Any) -> bool:

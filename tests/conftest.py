@@ -77,6 +77,25 @@ async def worker2() -> AsyncIterator[Worker]:
     await w.wait_closed()
 
 
+#: A transport's byte and bitrate counters in get_stats(): all 0 on a fresh transport.
+TRANSPORT_STAT_COUNTERS = (
+    "bytesReceived",
+    "recvBitrate",
+    "bytesSent",
+    "sendBitrate",
+    "rtpBytesReceived",
+    "rtpRecvBitrate",
+    "rtpBytesSent",
+    "rtpSendBitrate",
+    "rtxBytesReceived",
+    "rtxRecvBitrate",
+    "rtxBytesSent",
+    "rtxSendBitrate",
+    "probationBytesSent",
+    "probationSendBitrate",
+)
+
+
 def hosting_worker(router: Any, obj: Any, worker: Worker) -> Worker:
     """The worker an object of ``router`` lives on: ``worker`` for a plain Router."""
     if isinstance(router, MafaldaRouter):

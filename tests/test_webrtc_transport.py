@@ -49,7 +49,7 @@ from mafalda.mediasoup.webrtc_transport import (
     validate_dtls_parameters,
 )
 
-from .conftest import hosting_worker
+from .conftest import TRANSPORT_STAT_COUNTERS, hosting_worker
 
 SHA256_VALUE = (
     "82:5A:68:3D:36:C3:0A:DE:AF:E7:32:43:D2:88:83:57:"
@@ -312,22 +312,7 @@ async def test_get_stats(router: Router) -> None:
     assert stat["iceState"] == "new"
     assert stat["dtlsState"] == "new"
     assert "sctpState" not in stat
-    for key in (
-        "bytesReceived",
-        "recvBitrate",
-        "bytesSent",
-        "sendBitrate",
-        "rtpBytesReceived",
-        "rtpRecvBitrate",
-        "rtpBytesSent",
-        "rtpSendBitrate",
-        "rtxBytesReceived",
-        "rtxRecvBitrate",
-        "rtxBytesSent",
-        "rtxSendBitrate",
-        "probationBytesSent",
-        "probationSendBitrate",
-    ):
+    for key in TRANSPORT_STAT_COUNTERS:
         assert stat[key] == 0, key
     assert "iceSelectedTuple" not in stat
     assert "maxIncomingBitrate" not in stat

@@ -775,3 +775,40 @@ def test_c_encoder_grows_its_buffer_for_big_tables() -> None:
     assert [(e.ssrc, e.rid) for e in back.consumableRtpEncodings] == [
         (i, str(i)) for i in range(5000)
     ]
+
+
+def test_prepacked_cache_lists() -> None:
+    from mafalda.mediasoup._fbs.RtpParameters.RtcpFeedback import RtcpFeedbackT
+
+    cache = _fastfbs.PrepackedCache(2)
+    builds: list[str] = []
+
+    def build(kind: str) -> Any:
+        def make() -> list[Any]:
+            builds.append(kind)
+            return [RtcpFeedbackT(type=kind, parameter=p) for p in ("", "pli")]
+
+        return make
+
+    first = cache.get_list(("fb", "nack"), build("nack"))
+    again = cache.get_list(("fb", "nack"), build("nack"))
+    assert builds == ["nack"]  # the second from the cache...
+    assert again == first and again is not first  # ... as a new list of the same blocks
+    again.clear()
+    assert len(cache.get_list(("fb", "nack"), build("nack"))) == 2
+    assert all(isinstance(block, _fastfbs.Prepacked) for block in first)
+    builder = FastBuilder(0)
+    builder.Finish(first[1].Pack(builder))
+    data = builder.output_bytes()
+    assert_same(
+        RtcpFeedbackT.InitFromBuf(data, _root(data)), RtcpFeedbackT(type="nack", parameter="pli")
+    )
+    # True and 1 are other keys; a key that is not plain data is built each time.
+    cache.get_list(("fb", True), build("ccm"))
+    cache.get_list(("fb", 1), build("goog-remb"))
+    assert builds == ["nack", "ccm", "goog-remb"]
+    unkeyable = ("fb", lambda: None)  # not picklable
+    tables = cache.get_list(unkeyable, build("x"))
+    cache.get_list(unkeyable, build("x"))
+    assert builds[-2:] == ["x", "x"] and isinstance(tables[0], RtcpFeedbackT)
+    assert len(cache) <= 2  # bounded: emptied when full

@@ -1402,7 +1402,7 @@ class PrepackedCache:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._tables: dict[bytes, Prepacked] = {}
+        self._tables: dict[bytes, Any] = {}  # a Prepacked, or a tuple of them
 
     def get(self, key: Any, build: Callable[[], Any]) -> Any:
         """The prepacked table that ``build()`` makes for ``key``; ``build()``'s own
@@ -1418,6 +1418,22 @@ class PrepackedCache:
                 self._tables.clear()
             self._tables[pickled] = found
         return found
+
+    def get_list(self, key: Any, build: Callable[[], list[Any]]) -> list[Any]:
+        """As ``get``, for a list of tables (``build()`` makes them): a new list of
+        their prepacked forms (one lookup for, say, all the codecs of some RTP
+        parameters)."""
+        try:
+            pickled = pickle.dumps(key, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # not plain data: build them each time
+            return build()
+        found = self._tables.get(pickled)
+        if found is None:
+            found = tuple(prepack(table) for table in build())
+            if len(self._tables) >= self._size:
+                self._tables.clear()
+            self._tables[pickled] = found
+        return list(found)
 
     def __len__(self) -> int:
         return len(self._tables)

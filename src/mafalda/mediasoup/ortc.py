@@ -150,12 +150,14 @@ def _clone(value: _JsonT) -> _JsonT:
 
 def _deep_copy(value: Any) -> Any:
     # Leaves (most items) are kept without a call, and no cast() call per level: half
-    # the time of a plain recursion.
+    # the time of a plain recursion; a dict is copied whole (in C), then its containers
+    # replaced by their copies (assigning existing keys while iterating is safe).
     if isinstance(value, dict):
-        return {
-            key: _deep_copy(item) if isinstance(item, _CONTAINERS) else item
-            for key, item in value.items()
-        }
+        copied = dict(value)
+        for key, item in copied.items():
+            if isinstance(item, _CONTAINERS):
+                copied[key] = _deep_copy(item)
+        return copied
     if isinstance(value, list | tuple):
         return [_deep_copy(item) if isinstance(item, _CONTAINERS) else item for item in value]
     return value
@@ -776,14 +778,21 @@ def get_consumer_rtp_parameters(
             validate_and_normalize_rtp_codec_capability(cast(RtpCodecCapability, cap_codec))
 
     codecs: list[dict[str, Any]] = []
-    for codec in cast(list[dict[str, Any]], _clone(consumable_rtp_parameters["codecs"])):
-        if not enable_rtx and _is_rtx_codec(codec):
+    for original in cast(list[dict[str, Any]], consumable_rtp_parameters["codecs"]):
+        if not enable_rtx and _is_rtx_codec(original):
             continue
         matched = next(
-            (cap for cap in remote_codecs if _match_codecs(cap, codec, strict=True)), None
+            (cap for cap in remote_codecs if _match_codecs(cap, original, strict=True)), None
         )
         if matched is None:
             continue
+        # A copy of what is kept (its feedback is replaced just below, in its place).
+        codec = {
+            key: _deep_copy(value)
+            if key != "rtcpFeedback" and isinstance(value, _CONTAINERS)
+            else value
+            for key, value in original.items()
+        }
         codec["rtcpFeedback"] = [
             _clone(fb)
             for fb in matched["rtcpFeedback"]
@@ -807,13 +816,15 @@ def get_consumer_rtp_parameters(
         raise UnsupportedError("no compatible media codecs")
 
     remote_header_extensions = remote_rtp_capabilities.get("headerExtensions", [])
+    try:
+        # What the remote supports, for a lookup per extension (as == compares).
+        supported: Any = {(cap["preferredId"], cap["uri"]) for cap in remote_header_extensions}
+    except TypeError:  # unhashable values (capabilities not normalized): compare each
+        supported = [(cap["preferredId"], cap["uri"]) for cap in remote_header_extensions]
     header_extensions = [
         _clone(ext)
         for ext in consumable_rtp_parameters.get("headerExtensions", [])
-        if any(
-            cap_ext["preferredId"] == ext["id"] and cap_ext["uri"] == ext["uri"]
-            for cap_ext in remote_header_extensions
-        )
+        if (ext["id"], ext["uri"]) in supported
     ]
 
     # Transport-wide CC if negotiated, else REMB if abs-send-time is, else neither.

@@ -10,7 +10,6 @@ Fields that mediasoup leaves ``undefined`` are absent keys here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup._fastfbs import PrepackedCache
@@ -386,7 +385,7 @@ def parse_rtp_encoding_parameters(data: Any) -> RtpEncodingParameters:
 
 #: Codecs and header extensions packed once: every consumer of a producer (and most
 #: producers) repeats the same ones, and their parameter lists cost the most to pack.
-_prepacked = PrepackedCache(256).get
+_prepacked = PrepackedCache(256).get_list
 
 
 def serialize_rtp_parameters(rtp_parameters: RtpParameters, *, prepacked: bool = False) -> Any:
@@ -399,19 +398,26 @@ def serialize_rtp_parameters(rtp_parameters: RtpParameters, *, prepacked: bool =
         rtcp = {"reducedSize": True}
     codecs = rtp_parameters["codecs"]
     header_extensions = rtp_parameters.get("headerExtensions") or ()
+    if prepacked:
+        # One lookup for both lists: the codecs' tables, then the extensions'.
+        tables = _prepacked(
+            (codecs, header_extensions),
+            lambda: (
+                [_serialize_rtp_codec_parameters(c) for c in codecs]
+                + [_serialize_rtp_header_extension_parameters(e) for e in header_extensions]
+            ),
+        )
+        codec_tables = tables[: len(codecs)]
+        extension_tables = tables[len(codecs) :]
+    else:
+        codec_tables = [_serialize_rtp_codec_parameters(codec) for codec in codecs]
+        extension_tables = [
+            _serialize_rtp_header_extension_parameters(ext) for ext in header_extensions
+        ]
     return RtpParametersT(
         mid=rtp_parameters.get("mid"),
-        codecs=[
-            _prepacked(("codec", c), partial(_serialize_rtp_codec_parameters, c)) for c in codecs
-        ]
-        if prepacked
-        else [_serialize_rtp_codec_parameters(codec) for codec in codecs],
-        headerExtensions=[
-            _prepacked(("ext", e), partial(_serialize_rtp_header_extension_parameters, e))
-            for e in header_extensions
-        ]
-        if prepacked
-        else [_serialize_rtp_header_extension_parameters(ext) for ext in header_extensions],
+        codecs=codec_tables,
+        headerExtensions=extension_tables,
         encodings=serialize_rtp_encoding_parameters(rtp_parameters.get("encodings") or ()),
         rtcp=RtcpParametersT(cname=rtcp.get("cname"), reducedSize=bool(rtcp.get("reducedSize"))),
         msid=rtp_parameters.get("msid"),

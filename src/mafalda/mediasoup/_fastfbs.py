@@ -1407,33 +1407,26 @@ class PrepackedCache:
     def get(self, key: Any, build: Callable[[], Any]) -> Any:
         """The prepacked table that ``build()`` makes for ``key``; ``build()``'s own
         table when ``key`` is not plain data."""
+        return self._get(key, lambda: prepack(build()), build)
+
+    def get_list(self, key: Any, build: Callable[[], list[Any]]) -> list[Any]:
+        """As ``get``, for a list of tables (``build()`` makes them): a new list of
+        their prepacked forms (one lookup for, say, all the codecs of some RTP
+        parameters)."""
+        return list(self._get(key, lambda: tuple(prepack(t) for t in build()), build))
+
+    def _get(self, key: Any, make: Callable[[], Any], build: Callable[[], Any]) -> Any:
         try:
             pickled = pickle.dumps(key, pickle.HIGHEST_PROTOCOL)
         except Exception:  # not plain data: build it each time
             return build()
         found = self._tables.get(pickled)
         if found is None:
-            found = prepack(build())
+            found = make()
             if len(self._tables) >= self._size:
                 self._tables.clear()
             self._tables[pickled] = found
         return found
-
-    def get_list(self, key: Any, build: Callable[[], list[Any]]) -> list[Any]:
-        """As ``get``, for a list of tables (``build()`` makes them): a new list of
-        their prepacked forms (one lookup for, say, all the codecs of some RTP
-        parameters)."""
-        try:
-            pickled = pickle.dumps(key, pickle.HIGHEST_PROTOCOL)
-        except Exception:  # not plain data: build them each time
-            return build()
-        found = self._tables.get(pickled)
-        if found is None:
-            found = tuple(prepack(table) for table in build())
-            if len(self._tables) >= self._size:
-                self._tables.clear()
-            self._tables[pickled] = found
-        return list(found)
 
     def __len__(self) -> int:
         return len(self._tables)

@@ -744,10 +744,10 @@ range:
     return unsupported("integer out of range", name);
 }
 
-static int is_default(const EField *f, char code, uint64_t bits) {
+static int is_default(const EField *f, uint64_t bits) {
     double d;
     float x;
-    switch (code) {
+    switch (f->code) {
     case 'f':
         { uint32_t u = (uint32_t)bits; memcpy(&x, &u, 4); }
         return (double)x == f->fdefault;
@@ -841,7 +841,6 @@ static int put_child(Out *o, PyObject *v, uint32_t *off, PyObject *name) {
 }
 
 static int put_vector(Out *o, const EField *f, PyObject *v, uint32_t *off) {
-    PyObject *seq;
     Py_ssize_t n, i;
     int size, rc = -1;
     uint32_t *offs = NULL;
@@ -868,8 +867,7 @@ static int put_vector(Out *o, const EField *f, PyObject *v, uint32_t *off) {
     }
     if (!PyList_Check(v) && !PyTuple_Check(v))
         return unsupported("not a list", f->name);
-    seq = v;
-    n = PySequence_Fast_GET_SIZE(seq);
+    n = PySequence_Fast_GET_SIZE(v);
     if (n > 0x1000000)
         return unsupported("vector too long", f->name);
     if (f->kind == K_VSCALAR) {
@@ -878,7 +876,7 @@ static int put_vector(Out *o, const EField *f, PyObject *v, uint32_t *off) {
             return -1;
         for (i = n - 1; i >= 0; i--) {
             uint64_t bits;
-            if (scalar_bits(f->code, PySequence_Fast_GET_ITEM(seq, i), &bits, f->name) < 0)
+            if (scalar_bits(f->code, PySequence_Fast_GET_ITEM(v, i), &bits, f->name) < 0)
                 return -1;
             put_le(o, bits, size);
         }
@@ -893,17 +891,17 @@ static int put_vector(Out *o, const EField *f, PyObject *v, uint32_t *off) {
         return -1;
     }
     for (i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *item = PySequence_Fast_GET_ITEM(v, i);
         if (f->kind == K_VSTRING ? put_string(o, item, &offs[i], f->name)
                                  : put_child(o, item, &offs[i], f->name))
             goto done;
         /* a child may have changed the list: stop at what is left */
-        if (PySequence_Fast_GET_SIZE(seq) != n) {
+        if (PySequence_Fast_GET_SIZE(v) != n) {
             unsupported("list changed while packing", f->name);
             goto done;
         }
     }
-    if (prep(o, 4, n * 4) < 0 || prep(o, 4, n * 4) < 0)
+    if (prep(o, 4, n * 4) < 0)
         goto done;
     for (i = n - 1; i >= 0; i--) {
         /* PrependUOffsetTRelative: relative to where it is written */
@@ -950,7 +948,7 @@ static int encode_table(Encoder *e, PyObject *obj, Out *o, uint32_t *off) {
                 continue;
             if (scalar_bits(f->code, v, &bits[i], f->name) < 0)
                 goto done;
-            present[i] = f->optional || !is_default(f, f->code, bits[i]);
+            present[i] = f->optional || !is_default(f, bits[i]);
             continue;
         }
         if (v == Py_None)

@@ -66,6 +66,11 @@ EVENT_NAMES: dict[int, str] = {
 }
 
 
+def _method_name(method: int) -> str:
+    """A request method's name, for messages (its number when unknown)."""
+    return METHOD_NAMES.get(method) or str(method)
+
+
 def _union_type(enum: type, body: Any) -> int:
     """The union tag of an object-API table, derived from its generated module path.
 
@@ -443,7 +448,7 @@ class Channel:
     def _send_request(self, method: int, handler_id: str, body: Any) -> int:
         """Encode and send one request; its id."""
         if self.closed:
-            name = METHOD_NAMES.get(method) or str(method)
+            name = _method_name(method)
             raise ChannelClosedError(f"channel closed, cannot send request [method:{name}]")
         self._next_id = request_id = self._next_id + 1 if self._next_id < 4294967295 else 1
         if body is None:
@@ -456,7 +461,7 @@ class Channel:
                 builder.Clear()
         writer = self._writer
         if writer is None or len(data) > MESSAGE_MAX_LEN or writer.is_closing():
-            name = METHOD_NAMES.get(method) or str(method)
+            name = _method_name(method)
             self._write(data, f"request [method:{name}]")  # raises
         else:
             self._send(writer, data)
@@ -532,7 +537,7 @@ class Channel:
             if not message.accepted:
                 logger.debug(
                     "ignored request failure [method:%s]: %s",
-                    METHOD_NAMES.get(method, method),
+                    _method_name(method),
                     message.reason,
                 )
             return
@@ -541,7 +546,7 @@ class Channel:
         if message.accepted:
             future.set_result(message.body)
             return
-        name = METHOD_NAMES.get(method) or str(method)
+        name = _method_name(method)
         if message.error == "TypeError":
             future.set_exception(WorkerTypeError(message.reason, method=name))
         else:
@@ -572,7 +577,7 @@ class Channel:
         sents, self._sents = self._sents, {}
         for request_id, (future, method) in sents.items():
             if future is not None and not future.done():
-                name = METHOD_NAMES.get(method) or str(method)
+                name = _method_name(method)
                 future.set_exception(
                     ChannelClosedError(
                         f"channel closed, pending request aborted [method:{name}, id:{request_id}]"

@@ -398,22 +398,16 @@ def serialize_rtp_parameters(rtp_parameters: RtpParameters, *, prepacked: bool =
         rtcp = {"reducedSize": True}
     codecs = rtp_parameters["codecs"]
     header_extensions = rtp_parameters.get("headerExtensions") or ()
-    if prepacked:
-        # One lookup for both lists: the codecs' tables, then the extensions'.
-        tables = _prepacked(
-            (codecs, header_extensions),
-            lambda: (
-                [_serialize_rtp_codec_parameters(c) for c in codecs]
-                + [_serialize_rtp_header_extension_parameters(e) for e in header_extensions]
-            ),
-        )
-        codec_tables = tables[: len(codecs)]
-        extension_tables = tables[len(codecs) :]
-    else:
-        codec_tables = [_serialize_rtp_codec_parameters(codec) for codec in codecs]
-        extension_tables = [
-            _serialize_rtp_header_extension_parameters(ext) for ext in header_extensions
+
+    def build() -> list[Any]:  # the codecs' tables, then the extensions'
+        return [_serialize_rtp_codec_parameters(c) for c in codecs] + [
+            _serialize_rtp_header_extension_parameters(e) for e in header_extensions
         ]
+
+    # Prepacked: one cache lookup for both lists.
+    tables = _prepacked((codecs, header_extensions), build) if prepacked else build()
+    codec_tables = tables[: len(codecs)]
+    extension_tables = tables[len(codecs) :]
     return RtpParametersT(
         mid=rtp_parameters.get("mid"),
         codecs=codec_tables,

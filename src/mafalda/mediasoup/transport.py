@@ -485,6 +485,18 @@ _PRODUCER_TYPES = {FbsRtpType.SIMPLE: "simple", FbsRtpType.SIMULCAST: "simulcast
 _PRODUCER_TYPES_TO_FBS = {v: k for k, v in _PRODUCER_TYPES.items()}
 
 
+def _close_all(children: dict[str, Any], router_map: dict[str, Any] | None) -> None:
+    """Tell each of a transport's ``children`` that it closed (and drop it from the
+    router's map, when given), then forget them."""
+    if not children:  # the common case, at no cost
+        return
+    for child in list(children.values()):
+        child.transport_closed()
+        if router_map is not None:
+            router_map.pop(child.id, None)
+    children.clear()
+
+
 class RouterBook:
     """A Router's maps of its transports, producers and data producers, which its
     transports keep up to date themselves (six listeners per transport cost as much as
@@ -593,26 +605,10 @@ class Transport(EventSource):
     def _close_children(self, *, notify_router: bool) -> None:
         self._channel.unsubscribe(self._id)
         book = self._book
-        if self._producers:
-            for producer in list(self._producers.values()):
-                producer.transport_closed()
-                if notify_router:
-                    book.producers.pop(producer.id, None)
-            self._producers.clear()
-        if self._consumers:
-            for consumer in list(self._consumers.values()):
-                consumer.transport_closed()
-            self._consumers.clear()
-        if self._data_producers:
-            for data_producer in list(self._data_producers.values()):
-                data_producer.transport_closed()
-                if notify_router:
-                    book.data_producers.pop(data_producer.id, None)
-            self._data_producers.clear()
-        if self._data_consumers:
-            for data_consumer in list(self._data_consumers.values()):
-                data_consumer.transport_closed()
-            self._data_consumers.clear()
+        _close_all(self._producers, book.producers if notify_router else None)
+        _close_all(self._consumers, None)
+        _close_all(self._data_producers, book.data_producers if notify_router else None)
+        _close_all(self._data_consumers, None)
 
     def close(self) -> None:
         """Close the transport and everything on it."""

@@ -624,6 +624,8 @@ async def sctp_connected(transport: Any, timeout: float = 10.0) -> None:
     first, TimeoutError after ``timeout`` seconds."""
     if transport.sctp_state == "connected":
         return
+    if transport.closed:
+        raise InvalidStateError("transport closed")
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_state(state: str) -> None:
@@ -638,8 +640,6 @@ async def sctp_connected(transport: Any, timeout: float = 10.0) -> None:
         if not future.done():
             future.set_exception(InvalidStateError("transport closed"))
 
-    if transport.closed:
-        raise InvalidStateError("transport closed")
     transport.observer.on("sctpstatechange", on_state)
     transport.observer.on("close", on_close)
     try:

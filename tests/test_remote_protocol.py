@@ -212,6 +212,48 @@ def test_messages_nested_too_deeply_are_refused(batch: bool) -> None:
     assert info.value.code == p.INVALID_REQUEST
 
 
+_JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.text(alphabet='ab[]{}"\\:, ')
+_JSON_VALUES = st.recursive(
+    _JSON_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='k[{"\\', max_size=3), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES)
+def test_depth_from_text_is_the_walks_or_unknown(value: Any) -> None:
+    text = json.dumps(value)
+    expected = p._depth(value)
+    assert p._text_depth(text) in (None, expected)
+    assert p._text_depth(text.encode()) == p._text_depth(text)
+    if not any(c in s for s in _strings(value) for c in '[]{}"\\'):
+        # strings without brackets, quotes or backslashes: the text always tells
+        assert p._text_depth(text) == expected
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value, *(s for v in value.values() for s in _strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_depth_from_text_of_a_batch_and_past_the_limit() -> None:
+    request = {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"x": _nested(5)}}
+    assert p._text_depth(json.dumps([request] * 100)) == 8
+    assert p._text_depth(json.dumps(_nested(500))) == p._MAX_DEPTH + 1
+    assert p._text_depth(json.dumps({"a": "x]"})) is None  # a bracket in a string
+    assert p._text_depth(json.dumps({"a": 'say "hi"'})) is None  # an escaped quote
+    assert p._text_depth(json.dumps(['"]"'])) is None  # quotes that would pair up wrongly
+
+
 def test_depth_counts_containers_on_the_deepest_path() -> None:
     assert p._depth(1) == 0
     assert p._depth("[[[") == 0

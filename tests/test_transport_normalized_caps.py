@@ -76,3 +76,25 @@ def test_cache_stays_bounded() -> None:
         caps["codecs"][0]["clockRate"] = 8000 + i
         normalized_rtp_capabilities(caps)
     assert len(transport._normalized_caps) <= 64
+
+
+def test_values_equal_in_python_but_of_another_type_are_validated_again() -> None:
+    assert normalized_rtp_capabilities(CAPS) == _reference(CAPS)  # cached now
+    as_float = copy.deepcopy(CAPS)
+    as_float["codecs"][0]["clockRate"] = 48000.0  # == 48000: valid, but kept as it came
+    assert type(normalized_rtp_capabilities(as_float)["codecs"][0]["clockRate"]) is float
+    as_bool = copy.deepcopy(CAPS)
+    as_bool["headerExtensions"][0]["preferredId"] = True  # == 1, but a bool
+    with pytest.raises(TypeError, match="preferredId"):
+        normalized_rtp_capabilities(as_bool)
+
+
+def test_subclassed_values_are_validated_without_cache() -> None:
+    class Text(str):
+        pass
+
+    caps = copy.deepcopy(CAPS)
+    caps["codecs"][0]["mimeType"] = Text("audio/opus")
+    before = dict(transport._normalized_caps)
+    assert normalized_rtp_capabilities(caps) == _reference(CAPS)
+    assert transport._normalized_caps == before

@@ -191,6 +191,62 @@ def test_marker_keys_are_escaped() -> None:
     assert not p.needs_walk(p.encode_message({"v": {"a": [1, "b"]}}, _no_object))
 
 
+class _Served:
+    """Stands for a served object: convert() makes it a reference."""
+
+    def __init__(self, handle: str) -> None:
+        self.handle = handle
+
+
+def _counting_convert(calls: list[Any]) -> Any:
+    def convert(value: Any) -> Any:
+        calls.append(value)
+        if isinstance(value, _Served):
+            return p.make_ref("router", value.handle, None, {"x": {"$$k": value.handle}})
+        return f'repr "${type(value).__name__}'  # a string with a quote and a dollar
+
+    return convert
+
+
+with_objects = st.recursive(
+    wire_values
+    | st.binary(max_size=8)
+    | st.frozensets(st.integers(0, 3), max_size=3)
+    | st.builds(_Served, st.sampled_from(["a", "b"]))
+    | st.builds(object),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(marker_keys | st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(with_objects)
+def test_encoding_is_the_walks_and_converts_each_object_once(value: Any) -> None:
+    calls: list[Any] = []
+    data = p.encode_message({"v": value}, _counting_convert(calls))
+    walked: list[Any] = []
+    expected = p.escape({"v": value}, _counting_convert(walked))
+    assert json.loads(data) == json.loads(json.dumps(expected))
+    assert len(calls) == len({id(v) for v in calls}) == len({id(v) for v in walked})
+
+
+def test_objects_with_marker_keys_beside_them_are_converted_once() -> None:
+    calls: list[Any] = []
+    router = _Served("r1")
+    message = {"v": [router, {"$ref": "data"}, b"\x02", router]}
+    wire = json.loads(p.encode_message(message, _counting_convert(calls)))
+    assert calls == [router]  # a reference carries its state, once made, wherever it goes
+    assert wire["v"][1] == {"$$ref": "data"} and wire["v"][2] == {"$bytes": "Ag=="}
+    assert (
+        wire["v"][0]
+        == wire["v"][3]
+        == {"$ref": "router", "id": "r1", "state": {"x": {"$$k": "r1"}}}
+    )
+
+
 def _nested(levels: int) -> Any:
     value: Any = 1
     for i in range(levels):

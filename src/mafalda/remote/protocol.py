@@ -224,20 +224,58 @@ def unescape(value: Any, special: Callable[[dict[str, Any]], Any]) -> Any:
 
 
 def encode_message(message: dict[str, Any], convert: Callable[[Any], Any]) -> bytes:
-    """A message as UTF-8 JSON: straight through orjson when it is plain JSON without
-    ``$`` keys (the common case), else through ``escape`` (``convert`` as there)."""
+    """A message as UTF-8 JSON, ``escape``'s wire form. In one orjson pass when it can be:
+    what JSON lacks (objects, bytes, sets) goes through orjson's ``default`` hook, and the
+    result stands when every ``"$`` in it is one of the markers the hook made (no ``$``
+    key to escape). Else the message is walked by ``escape``, reusing what ``convert``
+    made in the first pass (it runs once per value: references carry state once)."""
+    made: dict[int, Any] = {}
+    markers = 0
+
+    def default(value: Any) -> Any:
+        nonlocal markers
+        wire = made.get(id(value), _NONE)
+        if wire is _NONE:
+            if isinstance(value, bytes | bytearray | memoryview):
+                wire = encode_bytes(value)
+            elif isinstance(value, set | frozenset):
+                wire = list(value)
+            else:
+                wire = convert(value)
+            made[id(value)] = wire
+        if isinstance(wire, dict):
+            markers += _dollars(wire)
+        return wire
+
     try:
-        data = orjson.dumps(message)
-    except TypeError:  # objects, bytes, sets, non-string keys, huge integers
+        data = orjson.dumps(message, default=default)
+    except TypeError:  # non-string keys, huge integers (or a value convert refuses)
         pass
     else:
-        if not needs_walk(data):
+        if data.count(b'"$') == markers:
             return data
-    wire = escape(message, convert)
+
+    def again(value: Any) -> Any:
+        wire = made.get(id(value), _NONE)
+        return convert(value) if wire is _NONE else wire
+
+    wire = escape(message, again)
     try:
         return orjson.dumps(wire)
     except TypeError:  # integers past 64 bits: the standard library encodes them
         return json.dumps(wire, separators=(",", ":")).encode()
+
+
+_NONE = object()
+
+
+def _dollars(marker: dict[str, Any]) -> int:
+    """How many ``"$`` a marker made by ``default`` above puts in the JSON: one per ``$``
+    key, plus those of a state already escaped (a plain state, a Fragment, has none)."""
+    state = marker.get("state")
+    if state is None or isinstance(state, orjson.Fragment):
+        return sum(1 for key in marker if key[:1] == "$")
+    return orjson.dumps(marker).count(b'"$')
 
 
 def request(request_id: int | None, method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -406,17 +406,18 @@ _NOT_SKELETON = bytes(c for c in range(256) if c not in b'[]{}"')
 
 def _text_depth(text: str | bytes) -> int | None:
     """How deep valid JSON ``text`` nests (counted up to ``_MAX_DEPTH + 1``), from its
-    brackets and quotes alone, at C speed (10x faster than ``_depth`` on a batch of
+    brackets and quotes alone, at C speed (4x faster than ``_depth`` on a batch of
     requests); None when it cannot tell: an escaped quote, or a bracket in a string.
     Without escaped quotes every string leaves two quotes in the skeleton, adjacent only
     when the string holds no bracket; once they are gone, each pass that deletes the
     innermost ``[]`` pairs is one level."""
     data = text.encode() if isinstance(text, str) else text
-    if b'\\"' in data:
+    if b"\\" in data and b'\\"' in data:  # memchr first: backslashes are rare
         return None
-    skeleton = data.translate(_TO_SQUARE, _NOT_SKELETON).replace(b'""', b"")
-    if b'"' in skeleton:
+    skeleton = data.translate(_TO_SQUARE, _NOT_SKELETON)
+    if skeleton.count(b'""') * 2 != skeleton.count(b'"'):
         return None
+    skeleton = skeleton.translate(None, b'"')
     depth = 0
     while skeleton and depth <= _MAX_DEPTH:
         skeleton = skeleton.replace(b"[]", b"")

@@ -1,0 +1,313 @@
+"""Bad input to transports: an error naming what is wrong, raised before any request
+reaches the worker (the channel's request counter does not move), and the transport still
+usable after it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from mafalda.mediasoup import InvalidStateError, Router, Worker
+from mafalda.mediasoup.transport import Transport, validate_listen_info
+
+from .conftest import opus_rtp_parameters
+
+LISTEN: dict[str, Any] = {"protocol": "udp", "ip": "127.0.0.1"}
+MEDIA_CODECS: list[Any] = [
+    {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}
+]
+
+
+@pytest.mark.parametrize(
+    ("info", "error", "message"),
+    [
+        ("udp://127.0.0.1", TypeError, "listen_info must be a dict"),
+        ({"protocol": "sctp", "ip": "127.0.0.1"}, ValueError, "listen_info.protocol must be"),
+        ({"protocol": "udp"}, TypeError, "missing listen_info.ip"),
+        ({"protocol": "udp", "ip": "localhost"}, ValueError, "'localhost' is not an IP"),
+        ({**LISTEN, "announcedAddress": 1}, TypeError, "listen_info.announcedAddress must"),
+        ({**LISTEN, "announcedIp": ["1.2.3.4"]}, TypeError, "listen_info.announcedIp must"),
+        ({**LISTEN, "port": "4443"}, TypeError, "listen_info.port must be an integer"),
+        ({**LISTEN, "port": True}, TypeError, "listen_info.port must be an integer"),
+        ({**LISTEN, "port": 65536}, ValueError, "listen_info.port must be in 0..65535"),
+        ({**LISTEN, "portRange": (1, 2)}, TypeError, "listen_info.portRange must be a dict"),
+        ({**LISTEN, "portRange": {"min": 1}}, TypeError, "listen_info.portRange.max must"),
+        (
+            {**LISTEN, "portRange": {"min": 2000, "max": 1000}},
+            ValueError,
+            "portRange.min is greater than listen_info.portRange.max",
+        ),
+        ({**LISTEN, "flags": ["ipv6Only"]}, TypeError, "listen_info.flags must be a dict"),
+        ({**LISTEN, "sendBufferSize": -1}, ValueError, "listen_info.sendBufferSize must be"),
+        ({**LISTEN, "recvBufferSize": 1.5}, ValueError, "listen_info.recvBufferSize must be"),
+    ],
+)
+def test_listen_info_errors_name_the_field(info: Any, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        validate_listen_info(info)
+
+
+def test_valid_listen_info_passes() -> None:
+    validate_listen_info(
+        {
+            **LISTEN,
+            "announcedAddress": "example.com",
+            "port": 0,
+            "portRange": {"min": 1000, "max": 1000},
+            "flags": {"ipv6Only": False},
+            "sendBufferSize": 0,
+            "recvBufferSize": None,
+        }
+    )
+
+
+@pytest.fixture
+async def router(worker: Worker) -> AsyncIterator[Router]:
+    yield await worker.create_router(media_codecs=MEDIA_CODECS)
+
+
+async def _refused(
+    transport: Transport,
+    call: Callable[[], Awaitable[Any]],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """``call()`` raises ``error`` matching ``message`` and sends nothing to the worker."""
+    channel = transport._channel
+    sent = channel._next_id
+    with pytest.raises(error, match=message):
+        await call()
+    assert channel._next_id == sent
+    assert not transport.closed
+
+
+async def test_listen_info_refused_by_create_plain_transport(router: Router) -> None:
+    with pytest.raises(ValueError, match="listen_info.port must be in 0..65535"):
+        await router.create_plain_transport(listen_info={**LISTEN, "port": -1})
+    assert (await router.dump())["transportIds"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "error", "message"),
+    [
+        ("set_max_incoming_bitrate", "1000", TypeError, "bitrate must be an integer"),
+        ("set_max_outgoing_bitrate", True, TypeError, "bitrate must be an integer"),
+        ("set_min_outgoing_bitrate", -1, ValueError, r"bitrate must be in 0..4294967295, got -1"),
+        ("set_max_incoming_bitrate", 2**32, ValueError, "bitrate must be in 0..4294967295"),
+    ],
+)
+async def test_bitrates_out_of_range(
+    router: Router, method: str, value: Any, error: type[Exception], message: str
+) -> None:
+    transport = await router.create_plain_transport(listen_info=LISTEN)
+    await _refused(transport, lambda: getattr(transport, method)(value), error, message)
+    await getattr(transport, method)(100_000)  # still usable
+
+
+async def test_produce_and_consume_arguments(router: Router) -> None:
+    transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+    caps = router.rtp_capabilities
+    rtp = opus_rtp_parameters(2222)
+    cases: list[tuple[Callable[[], Awaitable[Any]], type[Exception], str]] = [
+        (
+            lambda: transport.produce(kind="audio", rtp_parameters=rtp, id=producer.id),
+            TypeError,
+            f'a Producer with same id "{producer.id}" already exists',
+        ),
+        (
+            lambda: transport.produce(kind="data", rtp_parameters=rtp),  # type: ignore[arg-type]
+            TypeError,
+            'invalid kind "data"',
+        ),
+        (
+            lambda: transport.produce(kind="audio", rtp_parameters=rtp, key_frame_request_delay=-5),
+            ValueError,
+            "key_frame_request_delay must be in",
+        ),
+        (
+            lambda: transport.consume(producer_id="", rtp_capabilities=caps),
+            TypeError,
+            "missing producer_id",
+        ),
+        (
+            lambda: transport.consume(producer_id=producer.id, rtp_capabilities=caps, mid=""),
+            TypeError,
+            "mid must be non empty string",
+        ),
+        (
+            lambda: transport.consume(
+                producer_id=producer.id,
+                rtp_capabilities=caps,
+                preferred_layers={"spatialLayer": "0"},  # type: ignore[typeddict-item]
+            ),
+            TypeError,
+            "preferred_layers.spatialLayer must be an integer",
+        ),
+        (
+            lambda: transport.consume(producer_id="nope", rtp_capabilities=caps),
+            ValueError,
+            'Producer with id "nope" not found',
+        ),
+    ]
+    for call, error, message in cases:
+        await _refused(transport, call, error, message)
+    consumer = await transport.consume(producer_id=producer.id, rtp_capabilities=caps)
+    assert consumer.producer_id == producer.id
+
+
+async def test_data_arguments(router: Router) -> None:
+    direct = await router.create_direct_transport()
+    data_producer = await direct.produce_data(label="chat")
+    plain = await router.create_plain_transport(listen_info=LISTEN)  # no SCTP
+    cases: list[tuple[Transport, Callable[[], Awaitable[Any]], type[Exception], str]] = [
+        (
+            direct,
+            lambda: direct.produce_data(id=data_producer.id),
+            TypeError,
+            f'a DataProducer with same id "{data_producer.id}" already exists',
+        ),
+        (direct, lambda: direct.produce_data(label=5), TypeError, "label must be a string"),  # type: ignore[arg-type]
+        (
+            direct,
+            lambda: direct.produce_data(protocol=b"x"),  # type: ignore[arg-type]
+            TypeError,
+            "protocol must be a string",
+        ),
+        (plain, lambda: plain.produce_data(), TypeError, "missing sctp_stream_parameters"),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id=""),
+            TypeError,
+            "missing data_producer_id",
+        ),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id=data_producer.id, max_packet_life_time=-1),
+            TypeError,
+            "max_packet_life_time must be a non-negative integer",
+        ),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id=data_producer.id, max_retransmits=True),
+            TypeError,
+            "max_retransmits must be a non-negative integer",
+        ),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id=data_producer.id, subchannels=[70000]),
+            TypeError,
+            "subchannels must be a list of integers in 0..65535",
+        ),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id="nope"),
+            ValueError,
+            'DataProducer with id "nope" not found',
+        ),
+        (
+            plain,
+            lambda: plain.consume_data(data_producer_id=data_producer.id),
+            TypeError,
+            r"missing sctpParameters.MIS \(SCTP not enabled on this transport\)",
+        ),
+    ]
+    for transport, call, error, message in cases:
+        await _refused(transport, call, error, message)
+    data_consumer = await direct.consume_data(data_producer_id=data_producer.id)
+    assert data_consumer.data_producer_id == data_producer.id
+
+
+async def test_sctp_options_on_a_direct_transport_are_ignored_with_a_warning(
+    router: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    direct = await router.create_direct_transport()
+    with caplog.at_level(logging.WARNING, logger="mafalda.mediasoup.transport"):
+        data_producer = await direct.produce_data(sctp_stream_parameters={"streamId": 1})
+        data_consumer = await direct.consume_data(
+            data_producer_id=data_producer.id, ordered=False, max_retransmits=2
+        )
+    assert data_producer.type == data_consumer.type == "direct"
+    assert data_producer.sctp_stream_parameters is None
+    assert data_consumer.sctp_stream_parameters is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("sctp_stream_parameters are ignored" in w for w in warnings)
+    assert any(
+        "ordered, max_packet_life_time and max_retransmits are ignored" in w for w in warnings
+    )
+
+
+async def test_pipe_to_router_arguments(worker: Worker, router: Router) -> None:
+    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+    with pytest.raises(TypeError, match="only one of listen_info and listen_ip must be given"):
+        await router.pipe_to_router(
+            router=other, producer_id=producer.id, listen_info=LISTEN, listen_ip="127.0.0.1"
+        )
+    with pytest.raises(TypeError, match="router must be a Router"):
+        await router.pipe_to_router(router="other", producer_id=producer.id)  # type: ignore[arg-type]
+    other.close()
+    with pytest.raises(InvalidStateError, match="destination Router closed"):
+        await router.pipe_to_router(router=other, producer_id=producer.id)
+    assert (await router.dump())["transportIds"] == [transport.id]  # no pipe transport made
+
+
+async def test_producer_closed_while_piped_fails_the_pipe_and_leaves_nothing(
+    worker: Worker, router: Router
+) -> None:
+    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+
+    def on_new_transport(pipe: Any) -> None:
+        # The pipe consumer exists: the original goes away before the pipe producer does.
+        pipe.observer.once("newconsumer", lambda consumer: producer.close())
+
+    router.observer.once("newtransport", on_new_transport)
+    with pytest.raises(InvalidStateError, match="original Producer closed"):
+        await router.pipe_to_router(router=other, producer_id=producer.id)
+    # The cleanup's close requests went before this dump on the same channel.
+    (pipe_id,) = (await other.dump())["transportIds"]
+    assert (await other.transports_for_testing[pipe_id].dump())["producerIds"] == []
+
+
+async def test_data_producer_closed_while_piped_fails_the_pipe_and_leaves_nothing(
+    worker: Worker, router: Router
+) -> None:
+    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    direct = await router.create_direct_transport()
+    data_producer = await direct.produce_data(label="chat")
+
+    def on_new_transport(pipe: Any) -> None:
+        if pipe.type == "pipe":
+            pipe.observer.once("newdataconsumer", lambda consumer: data_producer.close())
+
+    router.observer.on("newtransport", on_new_transport)
+    with pytest.raises(InvalidStateError, match="original DataProducer closed"):
+        await router.pipe_to_router(router=other, data_producer_id=data_producer.id)
+    (pipe_id,) = (await other.dump())["transportIds"]
+    assert (await other.transports_for_testing[pipe_id].dump())["dataProducerIds"] == []
+
+
+async def test_router_options_out_of_range(router: Router) -> None:
+    channel = router._channel
+    sent = channel._next_id
+    with pytest.raises(ValueError, match=r"num_sctp_streams.OS must be in 1..65535"):
+        await router.create_plain_transport(
+            listen_info=LISTEN, enable_sctp=True, num_sctp_streams={"OS": 0, "MIS": 10}
+        )
+    with pytest.raises(ValueError, match=r"max_sctp_message_size must be in 0..4294967295, got -1"):
+        await router.create_plain_transport(listen_info=LISTEN, max_sctp_message_size=-1)
+    with pytest.raises(ValueError, match=r"ice_consent_timeout must be in 0..255, got 256"):
+        await router.create_webrtc_transport(listen_infos=[LISTEN], ice_consent_timeout=256)
+    with pytest.raises(ValueError, match=r"interval must be in 0..65535, got 70000"):
+        await router.create_audio_level_observer(interval=70000)
+    with pytest.raises(TypeError, match="if given, max_entries must be a positive integer"):
+        await router.create_audio_level_observer(max_entries="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="if given, max_entries must be a positive integer"):
+        await router.create_audio_level_observer(max_entries=0)
+    assert channel._next_id == sent

@@ -256,41 +256,35 @@ async def test_pipe_to_router_arguments(worker: Worker, router: Router) -> None:
     assert (await router.dump())["transportIds"] == [transport.id]  # no pipe transport made
 
 
-async def test_producer_closed_while_piped_fails_the_pipe_and_leaves_nothing(
-    worker: Worker, router: Router
+@pytest.mark.parametrize("data", [False, True])
+async def test_original_closed_while_piped_fails_the_pipe_and_leaves_nothing(
+    worker: Worker, router: Router, data: bool
 ) -> None:
     other = await worker.create_router(media_codecs=MEDIA_CODECS)
-    transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
-    producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+    if data:
+        direct = await router.create_direct_transport()
+        original: Any = await direct.produce_data(label="chat")
+    else:
+        plain = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+        original = await plain.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
 
     def on_new_transport(pipe: Any) -> None:
         # The pipe consumer exists: the original goes away before the pipe producer does.
-        pipe.observer.once("newconsumer", lambda consumer: producer.close())
-
-    router.observer.once("newtransport", on_new_transport)
-    with pytest.raises(InvalidStateError, match="original Producer closed"):
-        await router.pipe_to_router(router=other, producer_id=producer.id)
-    # The cleanup's close requests went before this dump on the same channel.
-    (pipe_id,) = (await other.dump())["transportIds"]
-    assert (await other.transports_for_testing[pipe_id].dump())["producerIds"] == []
-
-
-async def test_data_producer_closed_while_piped_fails_the_pipe_and_leaves_nothing(
-    worker: Worker, router: Router
-) -> None:
-    other = await worker.create_router(media_codecs=MEDIA_CODECS)
-    direct = await router.create_direct_transport()
-    data_producer = await direct.produce_data(label="chat")
-
-    def on_new_transport(pipe: Any) -> None:
         if pipe.type == "pipe":
-            pipe.observer.once("newdataconsumer", lambda consumer: data_producer.close())
+            event = "newdataconsumer" if data else "newconsumer"
+            pipe.observer.once(event, lambda consumer: original.close())
 
     router.observer.on("newtransport", on_new_transport)
-    with pytest.raises(InvalidStateError, match="original DataProducer closed"):
-        await router.pipe_to_router(router=other, data_producer_id=data_producer.id)
+    kind = "DataProducer" if data else "Producer"
+    with pytest.raises(InvalidStateError, match=f"original {kind} closed"):
+        if data:
+            await router.pipe_to_router(router=other, data_producer_id=original.id)
+        else:
+            await router.pipe_to_router(router=other, producer_id=original.id)
+    # The cleanup's close requests went before this dump on the same channel.
     (pipe_id,) = (await other.dump())["transportIds"]
-    assert (await other.transports_for_testing[pipe_id].dump())["dataProducerIds"] == []
+    dump = await other.transports_for_testing[pipe_id].dump()
+    assert dump["dataProducerIds" if data else "producerIds"] == []
 
 
 async def test_router_options_out_of_range(router: Router) -> None:

@@ -322,6 +322,51 @@ async def test_token_required(server: RemoteServer) -> None:
     assert server.sessions == {}
 
 
+async def test_handshake_faults() -> None:
+    """A connection that says nothing, or starts with garbage, is dropped after an error;
+    a hello may come as a binary frame; a session resumed elsewhere drops the old link."""
+    with pytest.raises(TypeError, match="target must be the mafalda.mediasoup module"):
+        await serve(token=TOKEN, target="mediasoup")
+    with pytest.raises(ValueError, match="token must be a non-empty string"):
+        await serve(token="")
+    async with await serve(token=TOKEN, hello_timeout=0.2, target={"log_level": "warn"}) as srv:
+        silent = await raw(srv, hello=False)
+        msg = await silent.receive(5)  # closed by the server, no hello came in time
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await close_raw(silent)
+        garbage = await raw(srv, hello=False)
+        await garbage.send_str("{hello")
+        assert (await answer_of(garbage))["error"]["code"] == p.PARSE_ERROR
+        assert (await garbage.receive(5)).type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+        )
+        await close_raw(garbage)
+        first = await raw(srv, hello=False)
+        hello = {"version": PROTOCOL_VERSION, "token": TOKEN}
+        await first.send_bytes(
+            json.dumps({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": hello}).encode()
+        )
+        session = (await answer_of(first))["result"]["session"]
+        worker = await rpc(first, 1, "call", {"target": None, "method": "create_worker"})
+        handle = worker["result"]["value"]["id"]
+        assert srv.sessions[session].objects[handle].closed is False
+        second = await raw(srv, hello=False)
+        answer = await rpc(second, 0, "hello", {**hello, "session": session})
+        assert answer["result"]["session"] == session
+        closing = await first.receive(5)  # the old connection is told why it goes
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == p.SESSION_TAKEN_OVER
+        # The worker (the server's default settings) is the session's, on the new link.
+        dump = await rpc(second, 2, "call", {"target": handle, "method": "dump"})
+        assert dump["result"]["value"]["pid"] == srv.sessions[session].objects[handle].pid
+        bad = await rpc(
+            second, 3, "call", {"target": handle, "method": "set_app_data", "args": [5]}
+        )
+        assert bad["error"] == {"code": p.INVALID_PARAMS, "message": "app_data must be a dict"}
+        await close_raw(first)
+        await close_raw(second)
+
+
 async def test_client_b_cannot_touch_client_a_objects(server: RemoteServer) -> None:
     a = await client_of(server)
     b = await client_of(server)

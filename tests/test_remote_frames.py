@@ -12,6 +12,8 @@ from aiohttp import web
 
 from mafalda.remote._frames import FrameSender
 
+from .ws_peer import start_ws_peer
+
 FRAME = 256 * 1024
 COUNT = 64  # 16 MiB: more than the loopback socket buffers hold
 
@@ -28,15 +30,9 @@ async def pair() -> AsyncIterator[tuple[FrameSender, aiohttp.ClientWebSocketResp
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, url = await start_ws_peer(handler)
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=2 * FRAME)
+        ws = await http.ws_connect(url, max_msg_size=2 * FRAME)
         sender = await ready
         yield sender, ws
         await ws.close()

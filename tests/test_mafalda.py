@@ -512,3 +512,39 @@ async def _sctp_connected_cases(router: Any, other: Any) -> None:
         await sctp_connected(d, timeout=0.05)
     assert d.observer.listener_count("sctpstatechange") == 0
     assert d.observer.listener_count("close") == 0
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_original_closed_while_its_pipe_opens_fails_the_consume_and_frees_the_pipe(
+    data: bool,
+) -> None:
+    """The consume waits for a pipe from the original's worker; the original goes away
+    meanwhile: the consume fails with an error, and the half-made pipe is torn down."""
+    async with await Mafalda.start(
+        num_workers=2, max_units_per_worker=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        if data:
+            source_transport: Any = await router.create_direct_transport()
+            original: Any = await source_transport.produce_data(label="chat")
+        else:
+            source_transport, original = await _audio_producer(router)
+        for _ in range(4):  # until placement picks the other worker
+            far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
+            if router.worker_of(far) is not router.worker_of(original):
+                break
+        assert router.worker_of(far) is not router.worker_of(original)
+        if data:
+            attempt = asyncio.ensure_future(far.consume_data(data_producer_id=original.id))
+        else:
+            attempt = asyncio.ensure_future(
+                far.consume(producer_id=original.id, rtp_capabilities=router.rtp_capabilities)
+            )
+        await asyncio.sleep(0)  # the pipe is on its way
+        original.close()
+        with pytest.raises(InvalidStateError, match="original (Data)?Producer closed"):
+            await attempt
+        dump = await router.mafalda_dump()
+        assert dump["pipes"] == []
+        assert all(info["pipeTransports"] == 0 for info in dump["workers"].values())
+        assert far.consumers == {} and far.data_consumers == {}

@@ -327,7 +327,9 @@ class SpanningRouter(EventSource, Generic[H]):
     async def _open_media_pipe(
         self, pipe: Pipe[H], producer_id: str, local: Any, remote: Any
     ) -> None:
-        producer = self._producers[producer_id]
+        producer = self._producers.get(producer_id)
+        if producer is None:  # closed while the pipe pair was opening
+            raise InvalidStateError("original Producer closed")
         consumer = await local.consume(producer_id=producer_id)
         pipe.consumer = consumer
         keep = not self._hosts_source(pipe.dst, producer_id)
@@ -350,7 +352,9 @@ class SpanningRouter(EventSource, Generic[H]):
     async def _open_data_pipe(
         self, pipe: Pipe[H], data_producer_id: str, local: Any, remote: Any
     ) -> None:
-        data_producer = self._data_producers[data_producer_id]
+        data_producer = self._data_producers.get(data_producer_id)
+        if data_producer is None:  # closed while the pipe pair was opening
+            raise InvalidStateError("original DataProducer closed")
         consumer = await local.consume_data(data_producer_id=data_producer_id)
         pipe.consumer = consumer
         keep = not self._hosts_source(pipe.dst, data_producer_id)

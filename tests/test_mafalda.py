@@ -548,3 +548,41 @@ async def test_original_closed_while_its_pipe_opens_fails_the_consume_and_frees_
         assert dump["pipes"] == []
         assert all(info["pipeTransports"] == 0 for info in dump["workers"].values())
         assert far.consumers == {} and far.data_consumers == {}
+
+
+@pytest.mark.parametrize("victim_side", ["original", "far"])
+async def test_worker_killed_while_a_pipe_opens_fails_the_consume_promptly(
+    victim_side: str,
+) -> None:
+    """A worker at either end of a pipe being opened dies: the consume waiting for the
+    pipe fails with an error (it does not hang), and the router keeps working."""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        send_transport, producer = await _audio_producer(router)
+        for _ in range(4):
+            far = await router.create_plain_transport(listen_info=LISTEN)
+            if router.worker_of(far) is not router.worker_of(producer):
+                break
+        assert router.worker_of(far) is not router.worker_of(producer)
+        victim = router.worker_of(producer if victim_side == "original" else far)
+        attempt = asyncio.ensure_future(
+            far.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        )
+        await asyncio.sleep(0)  # the pipe is on its way
+        os.kill(victim.pid, signal.SIGKILL)
+        # The pipe's requests to the dead worker are aborted: ChannelClosedError.
+        with pytest.raises(InvalidStateError, match="channel closed"):
+            await asyncio.wait_for(attempt, 5)
+        # The router goes on: a new producer and a consumer on another worker.
+        await asyncio.wait_for(victim.wait_closed(), 5)
+        source, again = await _audio_producer(router, ssrc=4321)
+        for _ in range(4):
+            sink = await router.create_plain_transport(listen_info=LISTEN)
+            if router.worker_of(sink) is not router.worker_of(again):
+                break
+        consumer = await sink.consume(
+            producer_id=again.id, rtp_capabilities=router.rtp_capabilities
+        )
+        assert consumer.producer_id == again.id and not consumer.closed

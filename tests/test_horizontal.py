@@ -1115,3 +1115,27 @@ async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
     async with asyncio.timeout(5):
         await closed
     assert consumer.closed
+
+
+async def test_cluster_original_closed_while_its_pipe_opens(cluster: Cluster) -> None:
+    """As on one machine (test_mafalda): the consume waiting for a pipe between servers
+    fails with InvalidStateError when the producer closes meanwhile, and no pipe stays."""
+    from mafalda.mediasoup.errors import InvalidStateError
+
+    room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    send = await room.create_plain_transport(
+        server="s1", listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
+    )
+    producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+    far = await room.create_plain_transport(
+        server="s2", listen_info={"protocol": "udp", "ip": "127.0.0.3"}
+    )
+    attempt = asyncio.ensure_future(
+        far.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
+    )
+    await asyncio.sleep(0)  # the pipe is on its way
+    producer.close()
+    with pytest.raises(InvalidStateError, match="original Producer closed"):
+        await asyncio.wait_for(attempt, 10)
+    assert room.cluster_dump()["pipes"] == []
+    room.close()

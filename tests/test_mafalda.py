@@ -586,3 +586,42 @@ async def test_worker_killed_while_a_pipe_opens_fails_the_consume_promptly(
             producer_id=again.id, rtp_capabilities=router.rtp_capabilities
         )
         assert consumer.producer_id == again.id and not consumer.closed
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_original_paused_while_its_pipe_opens_reaches_the_far_consumer(
+    data: bool,
+) -> None:
+    """A producer paused while a consumer on another worker waits for its pipe: that
+    consumer ends up seeing it paused (and resumed after), as a local one would."""
+    async with await Mafalda.start(
+        num_workers=2, max_units_per_worker=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        if data:
+            source_transport: Any = await router.create_direct_transport()
+            original: Any = await source_transport.produce_data(label="chat")
+        else:
+            source_transport, original = await _audio_producer(router)
+        for _ in range(4):
+            far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
+            if router.worker_of(far) is not router.worker_of(original):
+                break
+        assert router.worker_of(far) is not router.worker_of(original)
+        if data:
+            attempt = asyncio.ensure_future(far.consume_data(data_producer_id=original.id))
+        else:
+            attempt = asyncio.ensure_future(
+                far.consume(producer_id=original.id, rtp_capabilities=router.rtp_capabilities)
+            )
+        await asyncio.sleep(0)  # the pipe is on its way
+        await original.pause()
+        consumer = await asyncio.wait_for(attempt, 5)
+        paused = "data_producer_paused" if data else "producer_paused"
+        async with asyncio.timeout(5):
+            while not getattr(consumer, paused):
+                await asyncio.sleep(0.01)
+        await original.resume()
+        async with asyncio.timeout(5):
+            while getattr(consumer, paused):
+                await asyncio.sleep(0.01)

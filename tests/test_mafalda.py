@@ -514,6 +514,32 @@ async def _sctp_connected_cases(router: Any, other: Any) -> None:
     assert d.observer.listener_count("close") == 0
 
 
+async def _far_consume_under_way(
+    m: Mafalda, data: bool
+) -> tuple[MafaldaRouter, Any, PlainTransport, asyncio.Future[Any]]:
+    """A (data) producer, a transport on the other worker, and a consume there that has
+    just started opening the pipe between the two workers."""
+    router = await m.create_router(media_codecs=MEDIA_CODECS)
+    if data:
+        source_transport: Any = await router.create_direct_transport()
+        original: Any = await source_transport.produce_data(label="chat")
+    else:
+        _, original = await _audio_producer(router)
+    for _ in range(4):  # until placement picks the other worker
+        far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
+        if router.worker_of(far) is not router.worker_of(original):
+            break
+    assert router.worker_of(far) is not router.worker_of(original)
+    if data:
+        attempt = asyncio.ensure_future(far.consume_data(data_producer_id=original.id))
+    else:
+        attempt = asyncio.ensure_future(
+            far.consume(producer_id=original.id, rtp_capabilities=router.rtp_capabilities)
+        )
+    await asyncio.sleep(0)  # the pipe is on its way
+    return router, original, far, attempt
+
+
 @pytest.mark.parametrize("data", [False, True])
 async def test_original_closed_while_its_pipe_opens_fails_the_consume_and_frees_the_pipe(
     data: bool,
@@ -523,24 +549,7 @@ async def test_original_closed_while_its_pipe_opens_fails_the_consume_and_frees_
     async with await Mafalda.start(
         num_workers=2, max_units_per_worker=2, worker_settings={"log_level": "warn"}
     ) as m:
-        router = await m.create_router(media_codecs=MEDIA_CODECS)
-        if data:
-            source_transport: Any = await router.create_direct_transport()
-            original: Any = await source_transport.produce_data(label="chat")
-        else:
-            source_transport, original = await _audio_producer(router)
-        for _ in range(4):  # until placement picks the other worker
-            far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
-            if router.worker_of(far) is not router.worker_of(original):
-                break
-        assert router.worker_of(far) is not router.worker_of(original)
-        if data:
-            attempt = asyncio.ensure_future(far.consume_data(data_producer_id=original.id))
-        else:
-            attempt = asyncio.ensure_future(
-                far.consume(producer_id=original.id, rtp_capabilities=router.rtp_capabilities)
-            )
-        await asyncio.sleep(0)  # the pipe is on its way
+        router, original, far, attempt = await _far_consume_under_way(m, data)
         original.close()
         with pytest.raises(InvalidStateError, match="original (Data)?Producer closed"):
             await attempt
@@ -597,24 +606,7 @@ async def test_original_paused_while_its_pipe_opens_reaches_the_far_consumer(
     async with await Mafalda.start(
         num_workers=2, max_units_per_worker=2, worker_settings={"log_level": "warn"}
     ) as m:
-        router = await m.create_router(media_codecs=MEDIA_CODECS)
-        if data:
-            source_transport: Any = await router.create_direct_transport()
-            original: Any = await source_transport.produce_data(label="chat")
-        else:
-            source_transport, original = await _audio_producer(router)
-        for _ in range(4):
-            far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
-            if router.worker_of(far) is not router.worker_of(original):
-                break
-        assert router.worker_of(far) is not router.worker_of(original)
-        if data:
-            attempt = asyncio.ensure_future(far.consume_data(data_producer_id=original.id))
-        else:
-            attempt = asyncio.ensure_future(
-                far.consume(producer_id=original.id, rtp_capabilities=router.rtp_capabilities)
-            )
-        await asyncio.sleep(0)  # the pipe is on its way
+        router, original, far, attempt = await _far_consume_under_way(m, data)
         await original.pause()
         consumer = await asyncio.wait_for(attempt, 5)
         paused = "data_producer_paused" if data else "producer_paused"

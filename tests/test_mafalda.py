@@ -581,8 +581,10 @@ async def test_worker_killed_while_a_pipe_opens_fails_the_consume_promptly(
         )
         await asyncio.sleep(0)  # the pipe is on its way
         os.kill(victim.pid, signal.SIGKILL)
-        # The pipe's requests to the dead worker are aborted: ChannelClosedError.
-        with pytest.raises(InvalidStateError, match="channel closed"):
+        # The pipe's requests to the dead worker are aborted ("channel closed"), or the
+        # death is seen before they go ("Worker closed", "Router closed", a transport's):
+        # which comes first depends on the loop and the machine's load.
+        with pytest.raises(InvalidStateError, match="closed"):
             await asyncio.wait_for(attempt, 5)
         # The router goes on: a new producer and a consumer on another worker.
         await asyncio.wait_for(victim.wait_closed(), 5)

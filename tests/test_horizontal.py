@@ -1117,9 +1117,11 @@ async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
     assert consumer.closed
 
 
-async def test_cluster_original_closed_while_its_pipe_opens(cluster: Cluster) -> None:
+@pytest.mark.parametrize("closing", ["producer", "router"])
+async def test_cluster_closed_while_a_pipe_opens(cluster: Cluster, closing: str) -> None:
     """As on one machine (test_mafalda): the consume waiting for a pipe between servers
-    fails with InvalidStateError when the producer closes meanwhile, and no pipe stays."""
+    fails with InvalidStateError when the producer closes meanwhile (it failed with a
+    KeyError) or the cluster router does (it waited forever), and no pipe stays."""
     from mafalda.mediasoup.errors import InvalidStateError
 
     room = await cluster.create_router(media_codecs=MEDIA_CODECS)
@@ -1134,8 +1136,9 @@ async def test_cluster_original_closed_while_its_pipe_opens(cluster: Cluster) ->
         far.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
     )
     await asyncio.sleep(0)  # the pipe is on its way
-    producer.close()
-    with pytest.raises(InvalidStateError, match="original Producer closed"):
+    (producer if closing == "producer" else room).close()
+    message = "original Producer closed" if closing == "producer" else "Router closed"
+    with pytest.raises(InvalidStateError, match=message):
         await asyncio.wait_for(attempt, 10)
     assert room.cluster_dump()["pipes"] == []
     room.close()

@@ -619,3 +619,42 @@ async def test_original_paused_while_its_pipe_opens_reaches_the_far_consumer(
         async with asyncio.timeout(5):
             while getattr(consumer, paused):
                 await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("closing", ["router", "far transport"])
+async def test_closed_while_a_pipe_opens_fails_the_consume_and_frees_everything(
+    closing: str,
+) -> None:
+    """The router, or the transport that consumes, closes while the consume waits for its
+    pipe: the consume fails with InvalidStateError (no hang, no stray error) and no
+    pipe or child router is left on the workers."""
+    async with await Mafalda.start(
+        num_workers=2, max_units_per_worker=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        router, original, far, attempt = await _far_consume_under_way(m, data=False)
+        (router if closing == "router" else far).close()
+        with pytest.raises(InvalidStateError, match="closed"):
+            await asyncio.wait_for(attempt, 5)
+        if closing == "router":
+            for worker in m.workers:
+                assert (await worker.dump())["routerIds"] == []
+        else:
+            assert far.closed and not original.closed
+            dump = await router.mafalda_dump()
+            assert dump["pipes"] == []
+            assert all(info["pipeTransports"] == 0 for info in dump["workers"].values())
+
+
+async def test_router_closed_while_a_transport_is_being_placed() -> None:
+    """The first transport of a router makes its child router on a worker; the router
+    closes meanwhile: the creation fails with InvalidStateError (not CancelledError),
+    and the child router made in the worker is closed, not left behind."""
+    async with await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"}) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        attempt = asyncio.ensure_future(router.create_plain_transport(listen_info=LISTEN))
+        await asyncio.sleep(0)  # the child router is being made
+        router.close()
+        with pytest.raises(InvalidStateError, match="Router closed"):
+            await asyncio.wait_for(attempt, 5)
+        (worker,) = m.workers
+        assert (await worker.dump())["routerIds"] == []

@@ -595,15 +595,20 @@ class SpanningRouter(EventSource, Generic[H]):
     def _close_all(self) -> None:
         self._closed = True
         # Closing the children closes every pipe with them: mark pipes and pairs closed
-        # first so no request is sent for what the cascade closes anyway.
+        # first so no request is sent for what the cascade closes anyway. Whoever waits
+        # for one hears that the router closed (their opening task, cancelled below,
+        # may not even have started).
         for pipe in self._pipes.values():
             pipe.closed = True
+            _fail_waiters(pipe.ready)
         for pair in self._pairs.values():
             pair.closed = True
+            if pair.ready is not None:
+                _fail_waiters(pair.ready)
         for task in list(self._tasks):
             task.cancel()
-        for future in self._child_futures.values():
-            future.cancel()
+        # Children being created are not cancelled: a cancelled creation would leave its
+        # router in the worker; _create_child closes it and fails its waiters instead.
         for child in list(self._children.values()):
             child.close()
         self._children.clear()
@@ -616,6 +621,12 @@ class SpanningRouter(EventSource, Generic[H]):
         self._close_all()
         self.events.emit("@close")
         self.observer.emit("close")
+
+
+def _fail_waiters(ready: asyncio.Future[Any]) -> None:
+    if not ready.done():
+        ready.set_exception(InvalidStateError("Router closed"))
+        ready.exception()  # nobody waiting is fine too
 
 
 def _entries(table: dict[str, list[str]], keep: set[str]) -> list[dict[str, Any]]:

@@ -161,7 +161,13 @@ class SpanningRouter(EventSource, Generic[H]):
         if future is None:
             future = asyncio.ensure_future(self._create_child(host))
             self._child_futures[host] = future
-            future.add_done_callback(lambda _: self._child_futures.pop(host, None))
+
+            def done(f: asyncio.Future[Any]) -> None:
+                self._child_futures.pop(host, None)
+                if not f.cancelled():
+                    f.exception()  # its waiters raise it; none at all is fine too
+
+            future.add_done_callback(done)
         return await asyncio.shield(future)
 
     async def _create_child(self, host: H) -> Any:

@@ -658,3 +658,24 @@ async def test_router_closed_while_a_transport_is_being_placed() -> None:
             await asyncio.wait_for(attempt, 5)
         (worker,) = m.workers
         assert (await worker.dump())["routerIds"] == []
+
+
+async def test_worker_killed_while_a_transport_is_being_placed_on_it() -> None:
+    """The worker chosen for a router's first transport dies while the child router is
+    made there: the creation fails with InvalidStateError, and the next one is placed on
+    the replacement worker."""
+    async with await Mafalda.start(
+        num_workers=1, min_workers=1, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        (victim,) = m.workers
+        replaced: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        m.on("workerreplaced", replaced.set_result)
+        attempt = asyncio.ensure_future(router.create_plain_transport(listen_info=LISTEN))
+        await asyncio.sleep(0)  # the child router is being made on the victim
+        os.kill(victim.pid, signal.SIGKILL)
+        with pytest.raises(InvalidStateError, match="closed"):
+            await asyncio.wait_for(attempt, 5)
+        new_worker = await asyncio.wait_for(replaced, 10)
+        transport = await router.create_plain_transport(listen_info=LISTEN)
+        assert router.worker_of(transport) is new_worker

@@ -4,6 +4,7 @@ usable after it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -305,3 +306,36 @@ async def test_router_options_out_of_range(router: Router) -> None:
     with pytest.raises(ValueError, match="if given, max_entries must be a positive integer"):
         await router.create_audio_level_observer(max_entries=0)
     assert channel._next_id == sent
+
+
+@pytest.mark.parametrize("closing", ["source", "destination"])
+async def test_router_closed_while_pipe_to_router_runs(
+    worker: Worker, router: Router, closing: str
+) -> None:
+    """Either router closes while pipe_to_router() makes its pipe transports: the call
+    fails with InvalidStateError (not CancelledError), and the router left open keeps
+    no pipe transport."""
+    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+    attempt = asyncio.ensure_future(router.pipe_to_router(router=other, producer_id=producer.id))
+    await asyncio.sleep(0)  # the pipe transports are being made
+    (router if closing == "source" else other).close()
+    with pytest.raises(InvalidStateError, match="closed"):
+        await asyncio.wait_for(attempt, 5)
+    survivor = other if closing == "source" else router
+    expected = [] if closing == "source" else [transport.id]
+    assert (await survivor.dump())["transportIds"] == expected
+
+
+async def test_router_closed_while_a_transport_is_made(router: Router) -> None:
+    """The router closes while the worker makes a transport: the creation fails with
+    InvalidStateError instead of handing out a transport the worker already closed."""
+    made: list[Any] = []
+    router.observer.on("newtransport", made.append)
+    attempt = asyncio.ensure_future(router.create_plain_transport(listen_info=LISTEN))
+    await asyncio.sleep(0)  # the request is with the worker
+    router.close()
+    with pytest.raises(InvalidStateError, match="Router closed"):
+        await attempt
+    assert made == [] and router.transports_for_testing == {}

@@ -271,9 +271,9 @@ class Router(EventSource):
             rtp_observer.router_closed()
         self._rtp_observers.clear()
         self._data_producers.clear()
-        for future in self._pipe_pairs.values():
-            if not future.done():
-                future.cancel()
+        # Pipe pairs being made are not cancelled (their waiters would get CancelledError
+        # and the other router could keep its end): they fail with InvalidStateError as
+        # this router's transport cannot be made or connected, and close the other end.
         self._pipe_pairs.clear()
 
     def close(self) -> None:
@@ -312,6 +312,9 @@ class Router(EventSource):
         }
 
     def _register_transport(self, transport: Transport) -> None:
+        if self._closed:  # closed while the worker made it: the worker closed it with us
+            transport.router_closed()
+            raise InvalidStateError("Router closed")
         # It leaves the book itself when it closes.
         self._transports[transport.id] = transport
         self.observer.emit("newtransport", transport)

@@ -339,3 +339,40 @@ async def test_router_closed_while_a_transport_is_made(router: Router) -> None:
     with pytest.raises(InvalidStateError, match="Router closed"):
         await attempt
     assert made == [] and router.transports_for_testing == {}
+
+
+@pytest.mark.parametrize(
+    "what", ["produce", "consume", "produce_data", "consume_data", "audio_level_observer"]
+)
+async def test_parent_closed_while_the_worker_makes_a_child(router: Router, what: str) -> None:
+    """The transport (or router) closes while the worker makes a producer, consumer, data
+    producer, data consumer (or RTP observer): the call fails with InvalidStateError
+    rather than hand out an object the worker closed with its parent."""
+    source = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    producer = await source.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+    direct = await router.create_direct_transport()
+    data_producer = await direct.produce_data()
+    transport = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "produce": lambda: transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(2)),
+        "consume": lambda: transport.consume(
+            producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+        ),
+        "produce_data": lambda: transport.produce_data(sctp_stream_parameters={"streamId": 1}),
+        "consume_data": lambda: transport.consume_data(data_producer_id=data_producer.id),
+        "audio_level_observer": lambda: router.create_audio_level_observer(),
+    }
+    made: list[Any] = []
+    for emitter in (transport.observer, router.observer):
+        for event in ("newproducer", "newconsumer", "newdataproducer", "newdataconsumer"):
+            emitter.on(event, made.append)
+    router.observer.on("newrtpobserver", made.append)
+    attempt = asyncio.ensure_future(calls[what]())
+    await asyncio.sleep(0)  # the request is with the worker
+    parent: Any = router if what == "audio_level_observer" else transport
+    parent.close()
+    with pytest.raises(InvalidStateError, match=f"{type(parent).__name__} closed"):
+        await attempt
+    assert made == []
+    assert transport.producers == transport.consumers == {}
+    assert transport.data_producers == transport.data_consumers == {}

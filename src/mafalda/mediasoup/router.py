@@ -803,6 +803,9 @@ class Router(EventSource):
     # -- RTP observers -------------------------------------------------------------------
 
     def _register_rtp_observer(self, rtp_observer: RtpObserver) -> None:
+        if self._closed:  # closed while the worker made it: the worker closed it with us
+            rtp_observer.router_closed()
+            raise InvalidStateError("Router closed")
         oid = rtp_observer.id
         self._rtp_observers[oid] = rtp_observer
         rtp_observer.events.on("@close", lambda: self._rtp_observers.pop(oid, None))

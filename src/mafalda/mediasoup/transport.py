@@ -740,6 +740,7 @@ class Transport(EventSource):
             app_data=app_data,
             paused=bool(paused),
         )
+        self._check_still_open(producer)
         self._producers[producer_id] = producer
         book = self._book
 
@@ -853,8 +854,17 @@ class Transport(EventSource):
             self._adopt_consumer(consumer)
             return consumer
 
+    def _check_still_open(self, child: Any) -> None:
+        """InvalidStateError when this transport closed while the worker made ``child``
+        (the worker closed that with the transport): handing it out would give the app
+        an object that looks open and is not; it is marked closed instead."""
+        if self._closed:
+            child.transport_closed()
+            raise InvalidStateError(f"{type(self).__name__} closed")
+
     def _adopt_consumer(self, consumer: Consumer) -> None:
         """Track a consumer created on this transport until it or its producer closes."""
+        self._check_still_open(consumer)
         consumer_id = consumer.id
         self._consumers[consumer_id] = consumer
 
@@ -920,6 +930,7 @@ class Transport(EventSource):
             paused=bool(paused),
             app_data=app_data,
         )
+        self._check_still_open(data_producer)
         self._data_producers[data_producer_id] = data_producer
         book = self._book
 
@@ -1042,6 +1053,11 @@ class Transport(EventSource):
                 subchannels=dump["subchannels"],
                 app_data=app_data,
             )
+            try:
+                self._check_still_open(data_consumer)
+            except InvalidStateError:
+                self._release_sctp_stream_id(sctp_stream_id)
+                raise
             self._data_consumers[data_consumer_id] = data_consumer
 
             def on_gone() -> None:

@@ -376,3 +376,18 @@ async def test_parent_closed_while_the_worker_makes_a_child(router: Router, what
     assert made == []
     assert transport.producers == transport.consumers == {}
     assert transport.data_producers == transport.data_consumers == {}
+
+
+async def test_webrtc_server_closed_while_a_transport_is_made_on_it(
+    worker: Worker, router: Router
+) -> None:
+    server = await worker.create_webrtc_server(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+    )
+    attempt = asyncio.ensure_future(router.create_webrtc_transport(webrtc_server=server))
+    await asyncio.sleep(0)  # the request is with the worker
+    server.close()
+    with pytest.raises(InvalidStateError, match="WebRtcServer closed"):
+        await attempt
+    assert router.transports_for_testing == {}
+    assert (await router.dump())["transportIds"] == []

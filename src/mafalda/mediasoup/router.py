@@ -439,6 +439,10 @@ class Router(EventSource):
             **self._transport_kwargs(transport_id, app_data),
             data=parse_webrtc_transport_dump(body),
         )
+        if webrtc_server is not None and webrtc_server.closed and not self._closed:
+            # Closed while the worker made it: the worker closed it with the server.
+            transport.listen_server_closed()
+            raise InvalidStateError("WebRtcServer closed")
         self._register_transport(transport)
         if webrtc_server is not None:
             webrtc_server.handle_webrtc_transport(transport)

@@ -311,10 +311,15 @@ class Router(EventSource):
             "book": self._book,
         }
 
-    def _register_transport(self, transport: Transport) -> None:
-        if self._closed:  # closed while the worker made it: the worker closed it with us
-            transport.router_closed()
+    def _check_still_open(self, child: Transport | RtpObserver) -> None:
+        """InvalidStateError when this router closed while the worker made ``child`` (the
+        worker closed that with the router): it is marked closed, not handed out."""
+        if self._closed:
+            child.router_closed()
             raise InvalidStateError("Router closed")
+
+    def _register_transport(self, transport: Transport) -> None:
+        self._check_still_open(transport)
         # It leaves the book itself when it closes.
         self._transports[transport.id] = transport
         self.observer.emit("newtransport", transport)
@@ -807,9 +812,7 @@ class Router(EventSource):
     # -- RTP observers -------------------------------------------------------------------
 
     def _register_rtp_observer(self, rtp_observer: RtpObserver) -> None:
-        if self._closed:  # closed while the worker made it: the worker closed it with us
-            rtp_observer.router_closed()
-            raise InvalidStateError("Router closed")
+        self._check_still_open(rtp_observer)
         oid = rtp_observer.id
         self._rtp_observers[oid] = rtp_observer
         rtp_observer.events.on("@close", lambda: self._rtp_observers.pop(oid, None))

@@ -441,6 +441,61 @@ async def test_batches(server: RemoteServer) -> None:
     await close_raw(ws)
 
 
+async def test_state_on_the_wire_full_once_then_what_changed(server: RemoteServer) -> None:
+    """An object's first reference carries its whole state; later answers carry only what
+    changed (a router's rtp_capabilities are not resent), except after a call that changes
+    what is otherwise fixed (update_media_codecs): the new capabilities come back."""
+    ws = await raw(server)
+    seen: list[Any] = []
+
+    async def call(rid: int, target: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
+        message = {"target": target, "method": method, "args": list(args), "kwargs": kwargs}
+        await ws.send_str(
+            json.dumps({"jsonrpc": "2.0", "id": rid, "method": "call", "params": message})
+        )
+        while True:  # every message until the answer: references may come in events first
+            data = json.loads((await ws.receive(5)).data)
+            for one in data if isinstance(data, list) else [data]:
+                seen.append(one)
+                if one.get("id") == rid:
+                    return one["result"]
+
+    def first_state(handle: str) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                if value.get("$ref") and value.get("id") == handle and "state" in value:
+                    found.append(value["state"])
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk(seen)
+        assert len(found) == 1, found
+        return found[0]
+
+    worker = (await call(1, None, "create_worker"))["value"]
+    assert first_state(worker["id"])["pid"] > 0
+    router = (await call(2, worker["id"], "create_router", media_codecs=MEDIA_CODECS))["value"]
+    state = first_state(router["id"])
+    assert state["class"] == "Router" and state["id"]
+    assert len(state["rtp_capabilities"]["codecs"]) > 1
+    assert (await call(3, router["id"], "set_app_data", {"room": "a"}))["state"] == {
+        "app_data": {"room": "a"}
+    }
+    opus = [{"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}]
+    news = (await call(4, router["id"], "update_media_codecs", media_codecs=opus))["state"]
+    assert [c["mimeType"] for c in news["rtp_capabilities"]["codecs"]] == ["audio/opus"]
+    assert news["id"] == state["id"] and news["app_data"] == {"room": "a"}
+    assert (await call(5, router["id"], "set_app_data", {"room": "b"}))["state"] == {
+        "app_data": {"room": "b"}
+    }
+    await close_raw(ws)
+
+
 async def test_rate_limit_and_message_size() -> None:
     async with await serve(token=TOKEN, rate_limit=5, rate_burst=5, max_message_size=4096) as srv:
         ws = await raw(srv)

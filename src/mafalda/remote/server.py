@@ -109,6 +109,32 @@ _STATE_DENIED = frozenset(
         "workers",
     }
 )
+#: State that cannot change once an object exists (mediasoup sets it at creation): sent
+#: with an object's first reference, never read again for its deltas. A router's
+#: rtp_capabilities or a producer's rtp_parameters are most of the JSON of its state.
+_FIXED_STATE = frozenset(
+    {
+        "id",
+        "kind",
+        "type",
+        "pid",
+        "rtp_capabilities",
+        "rtp_parameters",
+        "consumable_rtp_parameters",
+        "producer_id",
+        "data_producer_id",
+        "label",
+        "protocol",
+        "sctp_stream_parameters",
+        "ice_role",
+        "ice_candidates",
+        "comedia",
+        "rtcp_mux",
+        "rtx",
+    }
+)
+#: The calls that change what ``_FIXED_STATE`` holds: their answer sends the full state.
+_REFRESHING = frozenset({"update_media_codecs"})
 
 
 def kind_of(obj: Any) -> str | None:
@@ -119,7 +145,7 @@ def kind_of(obj: Any) -> str | None:
 
 
 _schemas: dict[type, dict[str, list[str]]] = {}
-_state_props: dict[type, tuple[str, ...]] = {}
+_state_props: dict[tuple[type, bool], tuple[str, ...]] = {}
 
 
 def schema_of(cls: type) -> dict[str, list[str]]:
@@ -144,8 +170,10 @@ def schema_of(cls: type) -> dict[str, list[str]]:
     return schema
 
 
-def _state_props_of(cls: type) -> tuple[str, ...]:
-    props = _state_props.get(cls)
+def _state_props_of(cls: type, full: bool = True) -> tuple[str, ...]:
+    """The properties of ``cls`` a client's proxy mirrors (``full=False``: those that may
+    change, i.e. not in ``_FIXED_STATE``)."""
+    props = _state_props.get((cls, full))
     if props is None:
         props = tuple(
             name
@@ -153,9 +181,10 @@ def _state_props_of(cls: type) -> tuple[str, ...]:
             if not name.startswith("_")
             and not name.endswith("_for_testing")
             and name not in _STATE_DENIED
+            and (full or name not in _FIXED_STATE)
             and isinstance(inspect.getattr_static(cls, name), property)
         )
-        _state_props[cls] = props
+        _state_props[(cls, full)] = props
     return props
 
 
@@ -325,20 +354,41 @@ class Session:
                 setattr(obj, name, _ForwardingEmitter(emitter, self, handle, name))
         return handle, True
 
-    def state(self, obj: Any) -> dict[str, Any]:
+    def state(self, obj: Any, full: bool = False) -> dict[str, Any]:
+        """What a proxy of ``obj`` mirrors: all of it (``full``, for an object the client
+        has not seen), or what may have changed since (not ``_FIXED_STATE``)."""
         cls = type(obj)
-        state: dict[str, Any] = {"class": cls.__name__}
-        for name in _state_props_of(cls):
+        state: dict[str, Any] = {"class": cls.__name__} if full else {}
+        for name in _state_props_of(cls, full):
             try:
                 value = getattr(obj, name)
             except Exception:  # a property that is not available in this state
                 continue
             state[name] = value
-        kind_type = getattr(cls, "type", None)
-        if isinstance(kind_type, str):  # the transports' class attribute
-            state["type"] = kind_type
+        if full:
+            kind_type = getattr(cls, "type", None)
+            if isinstance(kind_type, str):  # the transports' class attribute
+                state["type"] = kind_type
         state["app_data"] = getattr(obj, "app_data", {})
         return state
+
+    def news(self, handle: str, obj: Any) -> dict[str, Any] | None:
+        """What of ``obj``'s state its client has not seen (None: nothing)."""
+        if handle not in self.sent:
+            return self._first(handle, obj)[0]
+        return self._delta(handle, self.state(obj))[0]
+
+    def _first(self, handle: str, obj: Any) -> tuple[dict[str, Any], bytes | None]:
+        """The full state of ``obj``, for a client that has not seen it, and its JSON when
+        that is plain (as in ``_delta``); what of it may change is recorded for deltas."""
+        full = self.state(obj, full=True)
+        changing = (*_state_props_of(type(obj), False), "app_data")
+        self._delta(handle, {name: full[name] for name in changing if name in full})
+        try:
+            data = orjson.dumps(full)
+        except TypeError:  # objects in app_data (or huge integers): escaped by the caller
+            return full, None
+        return full, (None if p.needs_walk(data) else data)
 
     def delta(self, key: str | None, state: dict[str, Any]) -> dict[str, Any] | None:
         """What of ``state`` the client has not seen (None: nothing)."""
@@ -377,7 +427,10 @@ class Session:
         if context is not None and self.kinds.get(context) in PARENT_KINDS.get(kind, ()):
             parent = context
         handle, _ = self.register(obj, kind, parent)
-        state, data = self._delta(handle, self.state(obj))
+        if handle in self.sent:
+            state, data = self._delta(handle, self.state(obj))
+        else:
+            state, data = self._first(handle, obj)
         if data is not None:  # plain JSON already: sent as it is, read as it is
             ref = p.make_ref(kind, handle, self.parents.get(handle), orjson.Fragment(data))
             ref["plain"] = True
@@ -468,7 +521,7 @@ class Session:
                 emitter,
                 event,
                 list(args),
-                None if obj is None else self.delta(handle, self.state(obj)),
+                None if obj is None else self.news(handle, obj),
             ),
             self.converter(handle),
         )
@@ -875,8 +928,12 @@ class RemoteServer:
         if not method.startswith(_READ_ONLY) and not (
             target is not None and method.startswith(_CREATING)
         ):  # a call that may change its target: what changed
-            state = self._root_state(session) if target is None else session.state(obj)
-            delta = session.delta(target, state)
+            if target is None:
+                delta = session.delta(None, self._root_state(session))
+            else:
+                if method in _REFRESHING:
+                    session.sent.pop(target, None)
+                delta = session.news(target, obj)
             if delta is not None:
                 answer["state"] = delta
         if request_id is None:

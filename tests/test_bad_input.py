@@ -1,6 +1,8 @@
 """Bad input to transports: an error naming what is wrong, raised before any request
 reaches the worker (the channel's request counter does not move), and the transport still
-usable after it."""
+usable after it; and parents closed while the worker makes a child. Each runs on a local
+router and through Remote Mediasoup (a loopback server: the error comes back with its
+class and message, and the server's worker channel did not move either)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from typing import Any
 import pytest
 
 from mafalda.mediasoup import InvalidStateError, Router, Worker
+from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.transport import Transport, validate_listen_info
+from mafalda.remote import RemoteMediasoup, RemoteServer, connect, serve
+from mafalda.remote.proxy import RemoteObject
 
 from .conftest import opus_rtp_parameters
 
@@ -65,9 +70,45 @@ def test_valid_listen_info_passes() -> None:
     )
 
 
+#: The loopback server behind each remote client's connection, to find served objects.
+_SERVERS: dict[Any, RemoteServer] = {}
+
+
+@pytest.fixture(params=["mediasoup", "remote"])
+async def host(request: pytest.FixtureRequest, worker: Worker) -> AsyncIterator[Worker]:
+    """The worker the ``router`` lives on: local, or a Remote Mediasoup client's."""
+    if request.param == "mediasoup":
+        yield worker
+        return
+    server = await serve(token="bad-input", grace_period=0)
+    client = await connect(server.url, token="bad-input")
+    assert isinstance(client, RemoteMediasoup)
+    _SERVERS[client._connection] = server
+    try:
+        yield await client.create_worker(log_level="warn")  # type: ignore[misc]
+    finally:
+        del _SERVERS[client._connection]
+        await client.aclose()
+        await server.close()
+
+
 @pytest.fixture
-async def router(worker: Worker) -> AsyncIterator[Router]:
-    yield await worker.create_router(media_codecs=MEDIA_CODECS)
+async def router(host: Worker) -> AsyncIterator[Router]:
+    yield await host.create_router(media_codecs=MEDIA_CODECS)
+
+
+def served(obj: Any) -> Any:
+    """The library object behind ``obj`` (itself, or the server's for a remote proxy)."""
+    if not isinstance(obj, RemoteObject):
+        return obj
+    server = _SERVERS[obj._connection]
+    (session,) = server.sessions.values()
+    return session.objects[obj.handle]
+
+
+def channel_of(obj: Any) -> Channel:
+    channel: Channel = served(obj)._channel
+    return channel
 
 
 async def _refused(
@@ -77,7 +118,7 @@ async def _refused(
     message: str,
 ) -> None:
     """``call()`` raises ``error`` matching ``message`` and sends nothing to the worker."""
-    channel = transport._channel
+    channel = channel_of(transport)
     sent = channel._next_id
     with pytest.raises(error, match=message):
         await call()
@@ -241,8 +282,8 @@ async def test_sctp_options_on_a_direct_transport_are_ignored_with_a_warning(
     )
 
 
-async def test_pipe_to_router_arguments(worker: Worker, router: Router) -> None:
-    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+async def test_pipe_to_router_arguments(host: Worker, router: Router) -> None:
+    other = await host.create_router(media_codecs=MEDIA_CODECS)
     transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
     producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
     with pytest.raises(TypeError, match="only one of listen_info and listen_ip must be given"):
@@ -258,10 +299,46 @@ async def test_pipe_to_router_arguments(worker: Worker, router: Router) -> None:
 
 
 @pytest.mark.parametrize("data", [False, True])
-async def test_original_closed_while_piped_fails_the_pipe_and_leaves_nothing(
-    worker: Worker, router: Router, data: bool
+async def test_pipe_keeping_ids_into_the_same_worker_is_refused(
+    host: Worker, router: Router, data: bool
 ) -> None:
-    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    """A piped producer keeps its id by default, and a worker holds one object per id:
+    piping into a router of the same worker is refused before anything is made (Node's
+    mediasoup makes the pipe, then the worker refuses the producer); keep_id=False works."""
+    other = await host.create_router(media_codecs=MEDIA_CODECS)
+    if data:
+        direct = await router.create_direct_transport()
+        original: Any = await direct.produce_data(label="chat")
+        pipe = lambda keep: router.pipe_to_router(  # noqa: E731
+            router=other, data_producer_id=original.id, keep_id=keep
+        )
+    else:
+        plain = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+        original = await plain.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+        pipe = lambda keep: router.pipe_to_router(  # noqa: E731
+            router=other, producer_id=original.id, keep_id=keep
+        )
+    channel = channel_of(router)
+    sent = channel._next_id
+    with pytest.raises(TypeError, match="keep_id: the destination Router is in the same Worker"):
+        await pipe(True)
+    assert channel._next_id == sent
+    assert (await other.dump())["transportIds"] == []
+    result = await pipe(False)
+    piped = result["pipeDataProducer" if data else "pipeProducer"]
+    assert piped is not None and piped.id != original.id
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_original_closed_while_piped_fails_the_pipe_and_leaves_nothing(
+    host: Worker, router: Router, data: bool
+) -> None:
+    if not isinstance(router, Router):
+        pytest.skip(
+            "closes the original from an event listener that must run inside "
+            "pipe_to_router(); a remote client's listeners run after the server's call"
+        )
+    other = await host.create_router(media_codecs=MEDIA_CODECS)
     if data:
         direct = await router.create_direct_transport()
         original: Any = await direct.produce_data(label="chat")
@@ -279,9 +356,9 @@ async def test_original_closed_while_piped_fails_the_pipe_and_leaves_nothing(
     kind = "DataProducer" if data else "Producer"
     with pytest.raises(InvalidStateError, match=f"original {kind} closed"):
         if data:
-            await router.pipe_to_router(router=other, data_producer_id=original.id)
+            await router.pipe_to_router(router=other, data_producer_id=original.id, keep_id=False)
         else:
-            await router.pipe_to_router(router=other, producer_id=original.id)
+            await router.pipe_to_router(router=other, producer_id=original.id, keep_id=False)
     # The cleanup's close requests went before this dump on the same channel.
     (pipe_id,) = (await other.dump())["transportIds"]
     dump = await other.transports_for_testing[pipe_id].dump()
@@ -289,7 +366,7 @@ async def test_original_closed_while_piped_fails_the_pipe_and_leaves_nothing(
 
 
 async def test_router_options_out_of_range(router: Router) -> None:
-    channel = router._channel
+    channel = channel_of(router)
     sent = channel._next_id
     with pytest.raises(ValueError, match=r"num_sctp_streams.OS must be in 1..65535"):
         await router.create_plain_transport(
@@ -310,15 +387,17 @@ async def test_router_options_out_of_range(router: Router) -> None:
 
 @pytest.mark.parametrize("closing", ["source", "destination"])
 async def test_router_closed_while_pipe_to_router_runs(
-    worker: Worker, router: Router, closing: str
+    host: Worker, router: Router, closing: str
 ) -> None:
     """Either router closes while pipe_to_router() makes its pipe transports: the call
     fails with InvalidStateError (not CancelledError), and the router left open keeps
     no pipe transport."""
-    other = await worker.create_router(media_codecs=MEDIA_CODECS)
+    other = await host.create_router(media_codecs=MEDIA_CODECS)
     transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
     producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
-    attempt = asyncio.ensure_future(router.pipe_to_router(router=other, producer_id=producer.id))
+    attempt = asyncio.ensure_future(
+        router.pipe_to_router(router=other, producer_id=producer.id, keep_id=False)
+    )
     await asyncio.sleep(0)  # the pipe transports are being made
     (router if closing == "source" else other).close()
     with pytest.raises(InvalidStateError, match="closed"):
@@ -367,11 +446,12 @@ async def test_parent_closed_while_the_worker_makes_a_child(router: Router, what
         for event in ("newproducer", "newconsumer", "newdataproducer", "newdataconsumer"):
             emitter.on(event, made.append)
     router.observer.on("newrtpobserver", made.append)
+    parent: Any = router if what == "audio_level_observer" else transport
+    name = type(served(parent)).__name__
     attempt = asyncio.ensure_future(calls[what]())
     await asyncio.sleep(0)  # the request is with the worker
-    parent: Any = router if what == "audio_level_observer" else transport
     parent.close()
-    with pytest.raises(InvalidStateError, match=f"{type(parent).__name__} closed"):
+    with pytest.raises(InvalidStateError, match=f"{name} closed"):
         await attempt
     assert made == []
     assert transport.producers == transport.consumers == {}
@@ -379,9 +459,9 @@ async def test_parent_closed_while_the_worker_makes_a_child(router: Router, what
 
 
 async def test_webrtc_server_closed_while_a_transport_is_made_on_it(
-    worker: Worker, router: Router
+    host: Worker, router: Router
 ) -> None:
-    server = await worker.create_webrtc_server(
+    server = await host.create_webrtc_server(
         listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
     )
     attempt = asyncio.ensure_future(router.create_webrtc_transport(webrtc_server=server))

@@ -31,7 +31,7 @@ from mafalda.mediasoup._fbs.Transport.SctpStateChangeNotification import (
 from mafalda.mediasoup._fbs.Transport.TraceEventType import TraceEventType
 from mafalda.mediasoup._fbs.Transport.TraceNotification import TraceNotificationT
 from mafalda.mediasoup.channel import Channel, encode_notification
-from mafalda.mediasoup.errors import InvalidStateError, MediasoupError, WorkerError
+from mafalda.mediasoup.errors import InvalidStateError, WorkerError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
 
 from .conftest import opus_rtp_parameters
@@ -695,10 +695,14 @@ async def test_producer_close_reaches_pipe_consumer(ctx: Ctx) -> None:
 
 async def test_pipe_to_router_keep_id_fails_on_same_worker(ctx: Ctx) -> None:
     router1bis = await ctx.worker1.create_router(media_codecs=MEDIA_CODECS)
-    with pytest.raises(MediasoupError):
+    transports = (await ctx.router1.dump())["transportIds"]
+    with pytest.raises(TypeError, match="destination Router is in the same Worker"):
         await ctx.router1.pipe_to_router(
             producer_id=ctx.video_producer.id, router=router1bis, keep_id=True
         )
+    # Refused before anything was made (the worker would refuse the producer after).
+    assert (await ctx.router1.dump())["transportIds"] == transports
+    assert (await router1bis.dump())["transportIds"] == []
 
 
 async def test_pipe_to_router_without_keep_id_on_same_worker(ctx: Ctx) -> None:

@@ -237,6 +237,30 @@ async def test_app_data_with_marker_keys_round_trips(server: RemoteServer) -> No
     await resumed.aclose()
 
 
+async def test_app_data_holding_objects_and_bytes(server: RemoteServer) -> None:
+    """app_data may hold served objects and bytes (not JSON): a proxy's first state and a
+    resumed session's carry them back as proxies and bytes, and deltas still work."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_webrtc_transport(
+        listen_infos=LISTEN, app_data={"peer": router, "raw": b"\x00\x01"}
+    )
+    assert transport.app_data == {"peer": router, "raw": b"\x00\x01"}
+    session = next(iter(server.sessions.values()))
+    served = session.objects[transport.handle]
+    assert served.app_data["peer"] is session.objects[router.handle]
+    await transport.restart_ice()  # a call that changes state: its delta goes through
+    await client.aclose(keep_session=True)
+    resumed = await connect(server.url, token=TOKEN, session=client.session_id)
+    by_id = {o.id: o for o in resumed.objects}
+    again = by_id[transport.id]
+    assert again.app_data["peer"] is by_id[router.id]
+    assert again.app_data["raw"] == b"\x00\x01"
+    assert again.ice_parameters == served.ice_parameters
+    await resumed.aclose()
+
+
 async def test_fire_and_forget_failure_reaches_the_client(
     server: RemoteServer, caplog: pytest.LogCaptureFixture
 ) -> None:

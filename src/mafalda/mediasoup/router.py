@@ -635,6 +635,13 @@ class Router(EventSource):
             raise TypeError("cannot use this Router as destination")
         if router.closed:
             raise InvalidStateError("destination Router closed")
+        if keep_id and router._channel is self._channel:
+            # The worker would refuse the piped producer after the pipe is made (Node's
+            # mediasoup lets it): one object per id in a worker.
+            raise TypeError(
+                "keep_id: the destination Router is in the same Worker, where the piped "
+                "producer cannot keep its id; pass keep_id=False or a Router of another Worker"
+            )
         info = _single_listen_info(listen_info, listen_ip, None)
         producer = data_producer = None
         if producer_id:

@@ -906,6 +906,36 @@ async def test_remote_mafalda() -> None:
         await mafalda.aclose()
 
 
+async def test_clients_as_async_context_managers(server: RemoteServer) -> None:
+    """``async with`` a client: leaving it closes the client and, on the server, the
+    session's objects (Remote Mediasoup: its workers exit; Remote Mafalda: its routers
+    leave the pool, which stays). ``workers`` lists a Remote Mediasoup client's own."""
+    async with await client_of(server) as client:
+        worker = await client.create_worker(log_level="warn")
+        assert client.workers == [worker]
+        pid = worker.pid
+        # Only proxies and JSON go to the server: anything else fails here, sends nothing.
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(TypeError, match="cannot send a value of type 'object' to the"):
+            await router.create_plain_transport(listen_info=LISTEN[0], app_data={"x": object()})
+        assert (await router.dump())["transportIds"] == []
+    assert client.closed and worker.closed
+    await process_gone(pid)
+    mafalda = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    try:
+        async with await serve(token=TOKEN, target=mafalda, grace_period=0) as srv:
+            async with await connect(srv.url, token=TOKEN) as remote:
+                assert isinstance(remote, RemoteMafalda)
+                await remote.create_router(media_codecs=MEDIA_CODECS)
+                assert len(mafalda.routers) == 1
+            async with asyncio.timeout(5):
+                while mafalda.routers:
+                    await asyncio.sleep(0.01)
+            assert not mafalda.closed
+    finally:
+        await mafalda.aclose()
+
+
 # -- the command ---------------------------------------------------------------------------
 
 

@@ -153,7 +153,10 @@ class Connection:
         """``protocol.escape``'s hook: proxies become references; nothing else goes."""
         if isinstance(value, RemoteObject):
             return p.make_ref(value.proxy_kind, value.handle)
-        raise TypeError(f"cannot send a {type(value).__name__} to the remote server")
+        raise TypeError(
+            f"cannot send a value of type {type(value).__name__!r} to the remote server "
+            "(only JSON values, bytes and proxies of the server's objects)"
+        )
 
     def _decode_marker(self, marker: dict[str, Any]) -> Any:
         if "$ref" in marker and p.is_ref(marker):

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from mafalda import horizontal
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
-from mafalda.remote import PROTOCOL_VERSION, RemoteMediasoup, RemoteWorker
+from mafalda.remote import PROTOCOL_VERSION, RemoteConnectionError, RemoteMediasoup, RemoteWorker
 from mafalda.remote import connect as remote_connect
 from tests.bench_modules import load_bench
 from tests.conftest import opus_rtp_parameters
@@ -410,6 +410,39 @@ async def test_killed_server_is_removed_and_its_objects_close(
         assert (await r.dump())["id"] == r.id
     extra = await cluster.create_worker(log_level="warn")
     assert cluster.server_of(extra)["id"] in {"s1", "s3"}  # type: ignore[index]
+
+
+async def test_frozen_server_is_removed_promptly_and_its_objects_close(
+    db: aioredis.Redis, servers: list[Server], cluster: Cluster
+) -> None:
+    """A server that freezes (SIGSTOP: no heartbeat, its sockets open, nothing answers)
+    is removed after the grace period like a dead one, its proxies closed and pending
+    calls failed then: not ~10 s later, when a closing handshake with it would give up."""
+    workers = [await cluster.create_worker(log_level="warn") for _ in range(3)]
+    by_server = {cluster.server_of(w)["id"]: w for w in workers}  # type: ignore[index]
+    victim = by_server["s2"]
+    router = await victim.create_router(media_codecs=MEDIA_CODECS)
+    events: list[str] = []
+    victim.on("died", lambda error: events.append("died"))
+    router.on("workerclose", lambda: events.append("router"))
+    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+    servers[1].proc.send_signal(signal.SIGSTOP)
+    try:
+        pending = asyncio.ensure_future(router.dump())
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(8):  # grace 3 s + a heartbeat's TTL, and margin
+            record, reason = await left
+        took = asyncio.get_running_loop().time() - started
+        assert record["id"] == "s2" and reason == "expired", (record, reason)
+        assert victim.closed and router.closed and sorted(events) == ["died", "router"]
+        with pytest.raises(RemoteConnectionError):
+            await asyncio.wait_for(pending, 1)
+        assert took < 8
+        # The others keep working meanwhile.
+        r = await by_server["s1"].create_router(media_codecs=MEDIA_CODECS)
+        assert (await r.dump())["id"] == r.id
+    finally:
+        servers[1].proc.send_signal(signal.SIGCONT)
 
 
 async def test_sigterm_drains_then_deregisters(

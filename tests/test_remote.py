@@ -868,6 +868,37 @@ async def test_killed_server_closes_every_proxy() -> None:
     await client.aclose()
 
 
+async def test_abort_drops_a_frozen_server_at_once() -> None:
+    """A server that stops answering (SIGSTOP: frozen, its socket open) would hold
+    aclose()'s closing handshake for ~10 s; abort() closes every proxy at once with its
+    events, fails the pending call, and releases the socket without waiting."""
+    proc, url = await _start_server_process()
+    try:
+        client = await connect(url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        events: list[str] = []
+        worker.on("died", lambda error: events.append(f"died:{type(error).__name__}"))
+        router.on("workerclose", lambda: events.append("router"))
+        proc.send_signal(signal.SIGSTOP)
+        pending = asyncio.ensure_future(router.dump())
+        await asyncio.sleep(0.05)
+        assert not pending.done()  # the server is frozen: no answer comes
+        client.abort()
+        assert client.closed and worker.closed and router.closed
+        assert sorted(events) == ["died:RemoteConnectionError", "router"]
+        with pytest.raises(RemoteConnectionError):
+            await asyncio.wait_for(pending, 1)
+        await asyncio.wait_for(client.wait_closed(), 2)
+        client.abort()  # again: nothing more
+        await client.aclose()  # after abort(): returns at once
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        await proc.wait()
+
+
 # -- Remote Mafalda ------------------------------------------------------------------------
 
 

@@ -426,8 +426,10 @@ class Cluster:
         self._left_at[server_id] = asyncio.get_running_loop().time()
         client = self._clients.pop(server_id, None)
         if client is not None:
-            # Closing the connection closes this client's objects there, with their events.
-            await client.aclose()
+            # The server is gone: its proxies close now, with their events, and pending
+            # calls fail; a frozen server would hold a closing handshake ~10 s, and the
+            # registry and membership loops with it.
+            client.abort()
         if record is not None:
             logger.info("server %s left (%s)", server_id, reason)
             self.observer.emit("serverleave", copy.deepcopy(record), reason)

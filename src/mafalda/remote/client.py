@@ -461,17 +461,32 @@ class Connection:
             self._closing = asyncio.get_running_loop().create_task(self._shutdown())
         await asyncio.shield(self._closing)
 
-    async def _shutdown(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection now, without the closing handshake (for a server that is
+        gone or does not answer, which ``aclose()`` would wait for): every proxy closes
+        at once with its events, pending calls fail, the socket is released after."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._shutdown(False))
+        self._lost()
+
+    async def _shutdown(self, handshake: bool = True) -> None:
         reconnector = self._reconnector
         if reconnector is not None and reconnector is not asyncio.current_task():
             reconnector.cancel()
             with contextlib.suppress(BaseException):
                 await reconnector
-        await self._frames.flush(2.0)
-        with contextlib.suppress(Exception):
-            await self._ws.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._reader, 2.0)
+        if handshake:
+            await self._frames.flush(2.0)
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 2.0)
+        else:
+            self._reader.cancel()
+            # No handshake: the socket closes now (aiohttp keeps it private, as above).
+            response: Any = getattr(self._ws, "_response", None)
+            if response is not None:
+                response.close()
         self._lost()
         await self._http.close()
         self._done.set()
@@ -502,6 +517,10 @@ class _Facade:
 
     async def aclose(self, *, keep_session: bool = False) -> None:
         await self._connection.aclose(keep_session=keep_session)
+
+    def abort(self) -> None:
+        """Drop the connection without waiting for the server (see ``Connection.abort``)."""
+        self._connection.abort()
 
     async def wait_closed(self) -> None:
         """Until the connection is closed and released."""

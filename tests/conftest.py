@@ -61,6 +61,17 @@ def opus_rtp_parameters(ssrc: int, payload_type: int = 100) -> Any:
     }
 
 
+def served_by(server: Any, obj: Any) -> Any:
+    """The library object behind ``obj``: itself, or, for a proxy of a client of the
+    loopback ``server`` (one session), the server's object (to look inside)."""
+    from mafalda.remote.proxy import RemoteObject
+
+    if server is None or not isinstance(obj, RemoteObject):
+        return obj
+    (session,) = server.sessions.values()
+    return session.objects[obj.handle]
+
+
 @pytest.fixture
 async def worker() -> AsyncIterator[Worker]:
     w = await create_worker(log_level="warn")

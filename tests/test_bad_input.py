@@ -19,7 +19,7 @@ from mafalda.mediasoup.transport import Transport, validate_listen_info
 from mafalda.remote import RemoteMediasoup, RemoteServer, connect, serve
 from mafalda.remote.proxy import RemoteObject
 
-from .conftest import opus_rtp_parameters
+from .conftest import opus_rtp_parameters, served_by
 
 LISTEN: dict[str, Any] = {"protocol": "udp", "ip": "127.0.0.1"}
 MEDIA_CODECS: list[Any] = [
@@ -101,9 +101,7 @@ def served(obj: Any) -> Any:
     """The library object behind ``obj`` (itself, or the server's for a remote proxy)."""
     if not isinstance(obj, RemoteObject):
         return obj
-    server = _SERVERS[obj._connection]
-    (session,) = server.sessions.values()
-    return session.objects[obj.handle]
+    return served_by(_SERVERS[obj._connection], obj)
 
 
 def channel_of(obj: Any) -> Channel:

@@ -22,11 +22,10 @@ import pytest
 from mafalda import Mafalda, MafaldaRouter
 from mafalda.mediasoup import InvalidStateError, PlainTransport, Producer, Worker, create_worker
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
-from mafalda.remote.proxy import RemoteObject
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
 
-from .conftest import MEDIA_CODECS, opus_rtp_parameters
+from .conftest import MEDIA_CODECS, opus_rtp_parameters, served_by
 
 OPUS_PT = 100
 LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
@@ -102,10 +101,7 @@ class Pool:
 
     def served(self, obj: Any) -> Any:
         """The library object behind ``obj`` (itself, or the server's for a proxy)."""
-        if self.server is None or not isinstance(obj, RemoteObject):
-            return obj
-        (session,) = self.server.sessions.values()
-        return session.objects[obj.handle]
+        return served_by(self.server, obj)
 
     def worker_of(self, router: Any, obj: Any) -> Worker:
         worker: Worker = self.served(router).worker_of(self.served(obj))

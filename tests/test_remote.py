@@ -832,18 +832,25 @@ async def _start_server_process(*extra: str) -> tuple[asyncio.subprocess.Process
     return await spawn_serve(serve_args(*extra, token=TOKEN))
 
 
+async def _watched_router(url: str) -> tuple[RemoteMediasoup, Any, Any, list[str]]:
+    """A client of ``url``, a worker and a router, and the list their close events go
+    to ('died:<error class>', 'router')."""
+    client = await connect(url, token=TOKEN)
+    assert isinstance(client, RemoteMediasoup)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    events: list[str] = []
+    worker.on("died", lambda error: events.append(f"died:{type(error).__name__}"))
+    router.on("workerclose", lambda: events.append("router"))
+    return client, worker, router, events
+
+
 async def test_killed_server_closes_every_proxy() -> None:
     proc, url = await _start_server_process()
     try:
-        client = await connect(url, token=TOKEN)
-        assert isinstance(client, RemoteMediasoup)
-        worker = await client.create_worker(log_level="warn")
-        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        client, worker, router, events = await _watched_router(url)
         transport = await router.create_plain_transport(listen_ip="127.0.0.1")
         producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
-        events: list[str] = []
-        worker.on("died", lambda error: events.append(f"died:{type(error).__name__}"))
-        router.on("workerclose", lambda: events.append("router"))
         transport.on("routerclose", lambda: events.append("transport"))
         producer.on("transportclose", lambda: events.append("producer"))
         producer.observer.on("close", lambda: events.append("producer observer"))
@@ -874,13 +881,7 @@ async def test_abort_drops_a_frozen_server_at_once() -> None:
     events, fails the pending call, and releases the socket without waiting."""
     proc, url = await _start_server_process()
     try:
-        client = await connect(url, token=TOKEN)
-        assert isinstance(client, RemoteMediasoup)
-        worker = await client.create_worker(log_level="warn")
-        router = await worker.create_router(media_codecs=MEDIA_CODECS)
-        events: list[str] = []
-        worker.on("died", lambda error: events.append(f"died:{type(error).__name__}"))
-        router.on("workerclose", lambda: events.append("router"))
+        client, worker, router, events = await _watched_router(url)
         proc.send_signal(signal.SIGSTOP)
         pending = asyncio.ensure_future(router.dump())
         await asyncio.sleep(0.05)

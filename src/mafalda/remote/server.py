@@ -372,11 +372,18 @@ class Session:
         state["app_data"] = getattr(obj, "app_data", {})
         return state
 
-    def news(self, handle: str, obj: Any) -> dict[str, Any] | None:
-        """What of ``obj``'s state its client has not seen (None: nothing)."""
-        if handle not in self.sent:
-            return self._first(handle, obj)[0]
-        return self._delta(handle, self.state(obj))[0]
+    def news(self, handle: str, obj: Any, full: bool = False) -> dict[str, Any] | None:
+        """What of ``obj``'s state its client has not seen (None: nothing); ``full``: all
+        of it again (after a call that changed what is otherwise fixed)."""
+        return self._news(handle, obj, full)[0]
+
+    def _news(
+        self, handle: str, obj: Any, full: bool = False
+    ) -> tuple[dict[str, Any] | None, bytes | None]:
+        """``news()``, and its plain JSON when it is the full state (see ``_first``)."""
+        if full or handle not in self.sent:
+            return self._first(handle, obj)
+        return self._delta(handle, self.state(obj))
 
     def _first(self, handle: str, obj: Any) -> tuple[dict[str, Any], bytes | None]:
         """The full state of ``obj``, for a client that has not seen it, and its JSON when
@@ -427,10 +434,7 @@ class Session:
         if context is not None and self.kinds.get(context) in PARENT_KINDS.get(kind, ()):
             parent = context
         handle, _ = self.register(obj, kind, parent)
-        if handle in self.sent:
-            state, data = self._delta(handle, self.state(obj))
-        else:
-            state, data = self._first(handle, obj)
+        state, data = self._news(handle, obj)
         if data is not None:  # plain JSON already: sent as it is, read as it is
             ref = p.make_ref(kind, handle, self.parents.get(handle), orjson.Fragment(data))
             ref["plain"] = True
@@ -931,9 +935,7 @@ class RemoteServer:
             if target is None:
                 delta = session.delta(None, self._root_state(session))
             else:
-                if method in _REFRESHING:
-                    session.sent.pop(target, None)
-                delta = session.news(target, obj)
+                delta = session.news(target, obj, method in _REFRESHING)
             if delta is not None:
                 answer["state"] = delta
         if request_id is None:

@@ -136,7 +136,10 @@ class MediaNode:
 
     async def _heartbeat(self) -> None:
         failing = False
-        while True:
+        # Also stops on ``_closed``: on Python 3.11, redis-py's asyncio.wait_for() around
+        # a socket write swallows a cancellation that lands as the write completes, and
+        # aclose() would wait for this loop forever (the record kept fresh meanwhile).
+        while not self._closed:
             await asyncio.sleep(self.interval)
             try:
                 await self._beat()
@@ -171,8 +174,8 @@ class MediaNode:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait(), not await: a cancellation of aclose() itself must not be swallowed.
+            await asyncio.wait([self._task])
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(self._key)
             await self._publish("leave")

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from mafalda import Mafalda, MafaldaRouter
-from mafalda.mediasoup import InvalidStateError, PlainTransport, Producer, Worker, create_worker
+from mafalda.mediasoup import (
+    InvalidStateError,
+    PipeTransport,
+    PlainTransport,
+    Producer,
+    Worker,
+    create_worker,
+)
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
@@ -756,3 +763,138 @@ async def test_worker_killed_while_a_transport_is_being_placed_on_it() -> None:
         new_worker = await asyncio.wait_for(replaced, 10)
         transport = await router.create_plain_transport(listen_info=LISTEN)
         assert router.worker_of(transport) is new_worker
+
+
+async def _split(m: Mafalda, data: bool) -> tuple[MafaldaRouter, Any, PlainTransport]:
+    """A router of ``m`` with a (data) producer on the first worker and a transport on
+    the second, where consuming it needs a pipe."""
+    router = await m.create_router(media_codecs=MEDIA_CODECS)
+    m.policy = _Pinned(0)
+    original: Any
+    if data:
+        original = await (await router.create_direct_transport()).produce_data(label="chat")
+    else:
+        _, original = await _audio_producer(router)
+    m.policy = _Pinned(1)
+    far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
+    assert router.worker_of(far) is not router.worker_of(original)
+    return router, original, far
+
+
+def _on_pipe_stage(router: MafaldaRouter, home: Worker, stage: str, callback: Any) -> None:
+    """Call ``callback`` (synchronously) when a pipe out of ``home`` reaches ``stage``:
+    'pair' (a pipe transport of the pair made there, the pair not connected yet) or
+    'consumer' / 'dataconsumer' (the pipe's consumer made there, its copy on the other
+    worker not yet)."""
+    child = router.child_router(home)
+    assert child is not None
+
+    def new_transport(transport: Any) -> None:
+        if not isinstance(transport, PipeTransport):
+            return
+        if stage == "pair":
+            callback()
+        else:
+            transport.observer.on(f"new{stage}", lambda _consumer: callback())
+
+    child.observer.on("newtransport", new_transport)
+
+
+def _far_consume(router: MafaldaRouter, far: PlainTransport, original: Any) -> asyncio.Future[Any]:
+    if isinstance(original, Producer):
+        return asyncio.ensure_future(
+            far.consume(producer_id=original.id, rtp_capabilities=router.rtp_capabilities)
+        )
+    return asyncio.ensure_future(far.consume_data(data_producer_id=original.id))
+
+
+async def test_router_closed_while_the_pipe_transports_open(mafalda: Mafalda) -> None:
+    """The router closes while the pipe transport pair between two workers is being made
+    for a consume: the consume fails with InvalidStateError, the router's own tasks end
+    cancelled (no error left that nobody retrieves), and no router is left on the workers."""
+    router, producer, far = await _split(mafalda, data=False)
+    opening = asyncio.Event()
+    _on_pipe_stage(router, router.worker_of(producer), "pair", opening.set)
+    attempt = _far_consume(router, far, producer)
+    await asyncio.wait_for(opening.wait(), 5)
+    tasks = set(router._tasks)
+    assert tasks  # the pipe and its pair being opened
+    router.close()
+    with pytest.raises(InvalidStateError, match="Router closed"):
+        await asyncio.wait_for(attempt, 5)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    for worker in mafalda.workers:
+        assert (await worker.dump())["routerIds"] == []
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_original_closed_once_its_pipe_consumer_exists(mafalda: Mafalda, data: bool) -> None:
+    """The original (data) producer closes after its pipe consumed it but before the copy
+    on the other worker exists: the consume fails with InvalidStateError, and neither the
+    pipe nor the half-made copy is left."""
+    router, original, far = await _split(mafalda, data)
+    home = router.worker_of(original)
+    _on_pipe_stage(router, home, "dataconsumer" if data else "consumer", original.close)
+    attempt = _far_consume(router, far, original)
+    with pytest.raises(InvalidStateError, match="original (Data)?Producer closed"):
+        await asyncio.wait_for(attempt, 5)
+    dump = await router.mafalda_dump()
+    assert dump["pipes"] == []
+    assert all(info["pipeTransports"] == 0 for info in dump["workers"].values())
+    assert far.consumers == {} and far.data_consumers == {}
+    (far_child,) = (c for w, c in router._children.items() if w is not home)
+    for transport in far_child.transports_for_testing.values():
+        assert transport.producers == {} and transport.data_producers == {}
+
+
+async def test_producer_paused_while_its_copy_is_made_reaches_the_far_consumer(
+    mafalda: Mafalda,
+) -> None:
+    """The producer pauses after its pipe consumer exists (made unpaused) and before the
+    copy on the other worker is made: the copy is paused too, so the far consumer starts
+    paused. The other worker is held with SIGSTOP so that the pause lands in between."""
+    router, producer, far = await _split(mafalda, data=False)
+    home = router.worker_of(producer)
+    (dst,) = (w for w in mafalda.workers if w is not home)
+    held = asyncio.Event()
+
+    def hold() -> None:
+        os.kill(dst.pid, signal.SIGSTOP)
+        held.set()
+
+    _on_pipe_stage(router, home, "consumer", hold)
+    attempt = _far_consume(router, far, producer)
+    try:
+        await asyncio.wait_for(held.wait(), 5)
+        await producer.pause()
+    finally:
+        os.kill(dst.pid, signal.SIGCONT)
+    consumer = await asyncio.wait_for(attempt, 5)
+    assert consumer.producer_paused is True
+    await producer.resume()
+    await asyncio.wait_for(_until(lambda: not consumer.producer_paused), 5)
+
+
+async def test_worker_closed_once_a_pipe_consumer_exists(mafalda: Mafalda) -> None:
+    """The far worker is closed from outside after the pipe consumed the producer, before
+    the copy exists there: the consume fails with InvalidStateError, the pipe's consumer
+    on the producer's worker is closed with it, and the router goes on (the pool starts
+    a new worker for the next far transport)."""
+    router, producer, far = await _split(mafalda, data=False)
+    home = router.worker_of(producer)
+    (dst,) = (w for w in mafalda.workers if w is not home)
+    _on_pipe_stage(router, home, "consumer", dst.close)
+    attempt = _far_consume(router, far, producer)
+    with pytest.raises(InvalidStateError, match="closed"):
+        await asyncio.wait_for(attempt, 5)
+    dump = await router.mafalda_dump()
+    assert dump["pipes"] == [] and dump["pipeTransportPairs"] == []
+    assert list(dump["workers"]) == [home.pid]
+    assert dump["workers"][home.pid]["consumers"] == 0
+    again = await router.create_plain_transport(listen_info=LISTEN)
+    assert router.worker_of(again) not in (home, dst)
+    consumer = await again.consume(
+        producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+    )
+    assert consumer.producer_id == producer.id

@@ -441,8 +441,10 @@ class SpanningRouter(EventSource, Generic[H]):
                 transport.observer.on("close", lambda: self._close_pair(pair))
         except BaseException as error:
             self._close_pair(pair)
-            pair.ready.set_exception(error)
-            pair.ready.exception()
+            # A router closing fails the waiters itself before cancelling this task.
+            if not pair.ready.done():
+                pair.ready.set_exception(error)
+                pair.ready.exception()
             if isinstance(error, asyncio.CancelledError):
                 raise
             return

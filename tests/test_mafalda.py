@@ -898,3 +898,49 @@ async def test_worker_closed_once_a_pipe_consumer_exists(mafalda: Mafalda) -> No
         producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
     )
     assert consumer.producer_id == producer.id
+
+
+class _Fixed:
+    """A placement policy that may break its contract: always ``choice``, GROW (-1)
+    included even when the pool cannot grow."""
+
+    def __init__(self, choice: int) -> None:
+        self.limits = Limits()
+        self.choice = choice
+
+    def choose(self, workers: Any, *, can_grow: bool) -> int:
+        return self.choice
+
+
+async def test_policy_instance_and_its_contract() -> None:
+    """A PlacementPolicy object is used as given; one that asks for a new worker in a full
+    pool, or for a worker that is not there, gets a clear error (not a hang)."""
+    policy = SpreadPolicy(Limits(max_units_per_worker=1))
+    async with await Mafalda.start(
+        num_workers=1, policy=policy, worker_settings={"log_level": "warn"}
+    ) as m:
+        assert m.policy is policy
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Fixed(-1)
+        with pytest.raises(ValueError, match="placement policy .* full pool"):
+            await asyncio.wait_for(router.create_direct_transport(), 5)
+        for wrong in (1, -2):
+            m.policy = _Fixed(wrong)
+            with pytest.raises(ValueError, match=f"placement policy chose worker {wrong} of 1"):
+                await router.create_direct_transport()
+        assert len(m.workers) == 1 and router.transports_for_testing == {}
+
+
+async def test_concurrent_placements_grow_the_pool_once() -> None:
+    """Two transports placed at once on a worker not started yet: the pool grows by one
+    worker, which both get (the second sees the first's growth and chooses again)."""
+    async with await Mafalda.start(
+        num_workers=3, min_workers=1, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(1)
+        a, b = await asyncio.gather(
+            router.create_direct_transport(), router.create_direct_transport()
+        )
+        assert len(m.workers) == 2
+        assert router.worker_of(a) is router.worker_of(b) is m.workers[1]

@@ -381,19 +381,24 @@ class Mafalda(EventSource):
         self._check_open()
         while True:
             workers = list(self._pool)
-            choice = self.policy.choose(
-                self.loads(router), can_grow=len(workers) < self._num_workers
-            )
-            if choice != GROW:
-                return workers[choice]
-            async with self._grow_lock:
-                if len(self._pool) != len(workers):
-                    continue  # someone else grew the pool: choose again
-                if len(self._pool) >= self._num_workers:
-                    if not self._pool:
-                        raise InvalidStateError("no worker available")
-                    continue
-                return await self._add_worker()
+            can_grow = len(workers) < self._num_workers
+            choice = self.policy.choose(self.loads(router), can_grow=can_grow)
+            if choice == GROW and can_grow:
+                async with self._grow_lock:
+                    if len(self._pool) != len(workers):
+                        continue  # someone else grew the pool: choose again
+                    return await self._add_worker()
+            # A custom policy breaking its contract: an error, not a loop that never yields
+            # (a negative index would silently pick another worker).
+            if choice == GROW:
+                raise ValueError(
+                    f"placement policy chose to start a worker in a full pool ({len(workers)})"
+                )
+            if not isinstance(choice, int) or not 0 <= choice < len(workers):
+                raise ValueError(
+                    f"placement policy chose worker {choice!r} of {len(workers)} in the pool"
+                )
+            return workers[choice]
 
     @contextlib.contextmanager
     def reserve(self, worker: Worker) -> Any:

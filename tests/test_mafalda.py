@@ -944,3 +944,23 @@ async def test_concurrent_placements_grow_the_pool_once() -> None:
         )
         assert len(m.workers) == 2
         assert router.worker_of(a) is router.worker_of(b) is m.workers[1]
+
+
+async def test_worker_closed_as_a_child_router_is_made_on_it(mafalda: Mafalda) -> None:
+    """The worker chosen for a router's first transport is closed from outside right as
+    the child router is made there: the creation fails with InvalidStateError, the closed
+    child is not kept (the router's dump still works), and the next transport is placed
+    on the worker that replaces it."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    (victim,) = mafalda.workers
+    victim.observer.on("newrouter", lambda _router: victim.close())
+    replaced = asyncio.Event()
+    mafalda.observer.on("newworker", lambda _worker: replaced.set())
+    with pytest.raises(InvalidStateError, match="closed"):
+        await router.create_direct_transport()
+    assert router.child_routers == {}
+    assert (await router.dump())["transportIds"] == []
+    await asyncio.wait_for(replaced.wait(), 10)
+    transport = await router.create_direct_transport()
+    assert router.worker_of(transport) in mafalda.workers
+    assert router.worker_of(transport) is not victim

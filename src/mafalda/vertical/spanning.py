@@ -175,6 +175,10 @@ class SpanningRouter(EventSource, Generic[H]):
         if self._closed:
             child.close()
             raise InvalidStateError("Router closed")
+        if child.closed:
+            # Its host closed as it was being made: its 'workerclose' is gone already, so
+            # kept it would stay in the router for good (and fail every dump()).
+            raise InvalidStateError("child router closed with its host")
         self._children[host] = child
         child.on("workerclose", lambda: self._on_child_lost(host, child))
         child.observer.on("close", lambda: self._forget_child(host, child))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import struct
 from collections.abc import AsyncIterator
@@ -964,3 +965,91 @@ async def test_worker_closed_as_a_child_router_is_made_on_it(mafalda: Mafalda) -
     transport = await router.create_direct_transport()
     assert router.worker_of(transport) in mafalda.workers
     assert router.worker_of(transport) is not victim
+
+
+async def test_workers_lost_above_min_workers_are_not_replaced() -> None:
+    """A pool above min_workers that loses a worker (killed, or closed from outside)
+    reports it and goes on with the others: no replacement is started."""
+    async with await Mafalda.start(
+        num_workers=3, min_workers=1, policy="spread", worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        transports = [await router.create_direct_transport() for _ in range(3)]
+        killed, closed, kept = (router.worker_of(t) for t in transports)
+        assert len({killed, closed, kept}) == 3
+        losses: asyncio.Future[WorkerLoss] = asyncio.get_running_loop().create_future()
+        m.on("workerdied", losses.set_result)
+        os.kill(killed.pid, signal.SIGKILL)
+        loss = await asyncio.wait_for(losses, 5)
+        assert loss["pid"] == killed.pid and loss["transports"] == [transports[0].id]
+        assert m.workers == [closed, kept] and not m._tasks
+        closed.close()
+        assert m.workers == [kept] and not m._tasks
+        assert list(router.transports_for_testing) == [transports[2].id]
+
+
+async def test_a_dead_worker_that_cannot_be_replaced(tmp_path: Any, caplog: Any) -> None:
+    """The worker binary is gone when a worker dies (e.g. removed by an upgrade): the
+    replacement fails with a logged error, and the next placement, which has to start a
+    worker, fails with the start's error instead of hanging."""
+    from mafalda.mediasoup.worker_binary import find_worker_bin
+
+    binary = tmp_path / "mediasoup-worker"
+    shutil.copy(find_worker_bin(), binary)
+    async with await Mafalda.start(
+        num_workers=1, worker_settings={"worker_bin": str(binary), "log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        (victim,) = m.workers
+        binary.unlink()
+        os.kill(victim.pid, signal.SIGKILL)
+        await asyncio.wait_for(_until(lambda: "could not replace a dead worker" in caplog.text), 10)
+        assert m.workers == []
+        with pytest.raises(OSError):
+            await router.create_direct_transport()
+
+
+async def test_workers_dying_or_closed_while_the_load_is_sampled() -> None:
+    """sample_load() goes on over a worker that dies under it (its request fails) and one
+    closed while it waits for another: no error, the others are sampled."""
+    async with await Mafalda.start(
+        num_workers=3, min_workers=3, load_interval=3600, worker_settings={"log_level": "warn"}
+    ) as m:
+        killed, sampled, closed = m.workers
+        os.kill(killed.pid, signal.SIGKILL)
+        sampling = asyncio.ensure_future(m.sample_load())
+        await asyncio.sleep(0)  # it waits for the killed worker's answer
+        closed.close()
+        await asyncio.wait_for(sampling, 5)
+        assert closed not in m.workers
+        await m.sample_load()
+        assert sampled in m.workers
+        assert [w["pid"] for w in m.stats()["workers"]].count(sampled.pid) == 1
+
+
+async def test_an_idle_worker_chosen_for_a_transport_is_not_freed() -> None:
+    """A worker idle for longer than idle_worker_timeout is chosen for a transport; the
+    load is sampled while its child router is being made there (the worker has no router
+    of the pool yet): the worker is kept, and the transport is made on it."""
+    async with await Mafalda.start(
+        num_workers=2,
+        min_workers=1,
+        load_interval=3600,
+        idle_worker_timeout=1e-6,
+        worker_settings={"log_level": "warn"},
+    ) as m:
+        # Ours comes after the sampler's first run (same worker, answers in order): that
+        # run is over, with one worker in the pool, when this returns.
+        await m.sample_load()
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(1)
+        busy = await router.create_direct_transport()
+        first, second = m.workers
+        assert router.worker_of(busy) is second
+        m.policy = _Pinned(0)
+        attempt = asyncio.ensure_future(router.create_direct_transport())
+        await asyncio.sleep(0)  # placed on the idle worker, its child router requested
+        await m.sample_load()
+        transport = await asyncio.wait_for(attempt, 5)
+        assert router.worker_of(transport) is first
+        assert m.workers == [first, second] and not first.closed

@@ -177,6 +177,11 @@ async def test_start_and_close_with_async_with() -> None:
         closed: list[str] = []
         router.on("workerclose", lambda: closed.append("router"))
     assert m.closed and router.closed and closed == ["router"]
+    assert router.mafalda is m
+    events: list[str] = []
+    m.observer.on("close", lambda: events.append("close"))
+    await m.aclose()  # closed already: nothing happens
+    assert events == []
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -351,6 +356,8 @@ async def test_killed_worker_is_replaced_and_reported(worker: Worker) -> None:
             producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
         )
         victim = router.worker_of(far)
+        observer = await router.create_audio_level_observer()
+        assert router.worker_of(observer) is victim  # the least loaded
         losses: asyncio.Future[WorkerLoss] = asyncio.get_running_loop().create_future()
         m.on("workerdied", losses.set_result)
         replaced: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
@@ -361,6 +368,7 @@ async def test_killed_worker_is_replaced_and_reported(worker: Worker) -> None:
         loss = await asyncio.wait_for(losses, 5)
         assert loss["pid"] == victim.pid
         assert far.id in loss["transports"] and far_consumer.id in loss["consumers"]
+        assert loss["rtpObservers"] == [observer.id] and observer.closed
         assert send_transport.id not in loss["transports"]
         assert far_closed.is_set() and far_consumer.closed
         new_worker = await asyncio.wait_for(replaced, 10)
@@ -410,7 +418,24 @@ async def test_rtp_observer_watches_producer_of_other_worker(pool: Pool) -> None
     assert len((await pool.mafalda_dump(router))["pipes"]) == 1
     await observer.remove_producer(producer_id=producer.id)
     assert (await pool.mafalda_dump(router))["pipes"] == []
+    # Closing an observer that watches a piped producer frees the pipe too.
+    await observer.add_producer(producer_id=producer.id)
+    assert len((await pool.mafalda_dump(router))["pipes"]) == 1
     observer.close()
+    await router.dump()  # a remote close() went before it
+    assert (await pool.mafalda_dump(router))["pipes"] == []
+    # An observer on the producer's own worker watches it without a pipe.
+    home = pool.worker_of(router, producer)
+    pool.inside.policy = _Pinned(pool.inside.workers.index(home))
+    near = await router.create_active_speaker_observer()
+    assert pool.worker_of(router, near) is home
+    await near.add_producer(producer_id=producer.id)
+    assert (await pool.mafalda_dump(router))["pipes"] == []
+    assert {"key": producer.id, "values": [near.id]} in (await router.dump())[
+        "mapProducerIdObserverIds"
+    ]
+    await near.remove_producer(producer_id=producer.id)
+    assert (await router.dump())["mapProducerIdObserverIds"] == [{"key": producer.id, "values": []}]
 
 
 async def test_pipe_to_plain_router_and_between_mafalda_routers(
@@ -1053,3 +1078,39 @@ async def test_an_idle_worker_chosen_for_a_transport_is_not_freed() -> None:
         transport = await asyncio.wait_for(attempt, 5)
         assert router.worker_of(transport) is first
         assert m.workers == [first, second] and not first.closed
+
+
+async def test_data_producer_piped_onto_a_worker_that_hosts_its_id(mafalda: Mafalda) -> None:
+    """Ids are unique per worker: a data producer piped into another Mafalda router on
+    its own worker, or piped by that router from elsewhere back into its worker, gets its
+    own id there and is known by the original one; messages flow through both."""
+    room_a = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_c = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    original = await (await room_a.create_direct_transport()).produce_data(label="chat")
+    first = mafalda.workers[0]
+    # Into room B on the same worker: an alias there.
+    result = await room_a.pipe_to_router(router=room_b, data_producer_id=original.id)
+    assert result["pipeDataProducer"].id != original.id
+    assert room_b.worker_of(original) is first  # known by the original id
+    # Into room C on the second worker: the original id; then room C consumes it back on
+    # the first worker, which hosts that id: its pipe's copy gets an alias there.
+    mafalda.policy = _Pinned(1)
+    result = await room_a.pipe_to_router(router=room_c, data_producer_id=original.id)
+    assert result["pipeDataProducer"].id == original.id
+    assert room_c.worker_of(original) is mafalda.workers[1]
+    mafalda.policy = _Pinned(0)
+    sinks = [await room.create_direct_transport() for room in (room_b, room_c)]
+    assert all(room.worker_of(s) is first for room, s in zip((room_b, room_c), sinks, strict=True))
+    received: list[asyncio.Future[bytes]] = []
+    for sink in sinks:
+        consumer = await sink.consume_data(data_producer_id=original.id)
+        assert consumer.data_producer_id == original.id
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        consumer.on("message", lambda m, _ppid, f=future: f.done() or f.set_result(m))
+        received.append(future)
+    assert len((await room_c.mafalda_dump())["pipes"]) == 1
+    original.send("to every room")
+    for future in received:
+        assert await asyncio.wait_for(future, 5) == b"to every room"

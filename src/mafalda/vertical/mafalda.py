@@ -216,9 +216,8 @@ class Mafalda(EventSource):
         return worker
 
     def _on_worker_died(self, worker: Worker, error: Exception) -> None:
-        entry = self._pool.pop(worker, None)
-        if entry is None:
-            return
+        # A worker leaves the pool only by dying or by being closed (then it cannot die).
+        entry = self._pool.pop(worker)
         loss: WorkerLoss = {
             "pid": worker.pid,
             "error": str(error),
@@ -364,7 +363,7 @@ class Mafalda(EventSource):
                 self.observer.emit("workerclose", worker)
 
     async def _sample_forever(self) -> None:
-        while not self._closed:
+        while True:  # until close() cancels it
             try:
                 await self._sample()
             except Exception:  # pragma: no cover - sampling must never stop the pool

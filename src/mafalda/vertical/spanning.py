@@ -15,6 +15,7 @@ import asyncio
 import copy
 import logging
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ class PipePair(Generic[H]):
     """Two connected PipeTransports between the child routers of two hosts."""
 
     key: frozenset[H]
+    ready: asyncio.Future[None]
     transports: dict[H, Any] = field(default_factory=dict)
-    ready: asyncio.Future[None] | None = None
     pipes: set[Pipe[H]] = field(default_factory=set)
     pending: int = 0
     closed: bool = False
@@ -66,7 +67,7 @@ def pipe_key(source_id: str, dst: H, data: bool) -> tuple[str, str, H]:
     return ("data" if data else "media", source_id, dst)
 
 
-class SpanningRouter(EventSource, Generic[H]):
+class SpanningRouter(EventSource, Generic[H], ABC):
     """The shared machinery of routers that span hosts (see the module docstring)."""
 
     def __init__(
@@ -102,19 +103,19 @@ class SpanningRouter(EventSource, Generic[H]):
 
     # -- what subclasses provide ---------------------------------------------------------
 
+    @abstractmethod
     async def _new_child(self, host: H) -> Any:
         """Create this router's child Router on ``host``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _pair_transports(
         self, home: H, dst: H, child_home: Any, child_dst: Any
     ) -> tuple[Awaitable[Any], Awaitable[Any]]:
         """The two create_pipe_transport() calls of a pair between ``home`` and ``dst``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _lost(self, host: H) -> bool:
         """Whether ``host`` is gone (its objects closed because it died)."""
-        raise NotImplementedError
 
     def _record_loss(self, host: H, kind: str, object_id: str) -> None:
         """An object of this router closed because ``host`` died."""
@@ -407,8 +408,9 @@ class SpanningRouter(EventSource, Generic[H]):
         if pipe.closed:
             return
         pipe.closed = True
-        if self._pipes.get(pipe.key) is pipe:
-            del self._pipes[pipe.key]
+        # An open pipe is always the one registered under its key (it is replaced only
+        # once closed, and a closing router marks every pipe closed first).
+        del self._pipes[pipe.key]
         for end in (pipe.producer, pipe.consumer):
             if end is not None:
                 end.close()
@@ -416,8 +418,7 @@ class SpanningRouter(EventSource, Generic[H]):
         if pair is not None:
             pair.pipes.discard(pipe)
             self._release_pair_if_idle(pair)
-        if not self._closed:
-            self._release_child_if_idle(pipe.dst)
+        self._release_child_if_idle(pipe.dst)
 
     async def _acquire_pair(self, home: H, dst: H) -> PipePair[H]:
         key = frozenset((home, dst))
@@ -427,7 +428,6 @@ class SpanningRouter(EventSource, Generic[H]):
             self._pairs[key] = pair
             self._spawn(self._open_pair(pair, home, dst))
         pair.pending += 1
-        assert pair.ready is not None
         try:
             await asyncio.shield(pair.ready)
         except BaseException:
@@ -436,7 +436,6 @@ class SpanningRouter(EventSource, Generic[H]):
         return pair
 
     async def _open_pair(self, pair: PipePair[H], home: H, dst: H) -> None:
-        assert pair.ready is not None
         try:
             child_home, child_dst = await asyncio.gather(self._child(home), self._child(dst))
             a, b = await open_pipe_pair(*self._pair_transports(home, dst, child_home, child_dst))
@@ -462,15 +461,13 @@ class SpanningRouter(EventSource, Generic[H]):
         if pair.closed:
             return
         pair.closed = True
-        if self._pairs.get(pair.key) is pair:
-            del self._pairs[pair.key]
+        del self._pairs[pair.key]  # as for pipes: an open pair is the registered one
         for pipe in list(pair.pipes):
             self._close_pipe(pipe)
         for transport in pair.transports.values():
             transport.close()
-        if not self._closed:
-            for host in pair.key:
-                self._release_child_if_idle(host)
+        for host in pair.key:
+            self._release_child_if_idle(host)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -615,8 +612,7 @@ class SpanningRouter(EventSource, Generic[H]):
             _fail_waiters(pipe.ready)
         for pair in self._pairs.values():
             pair.closed = True
-            if pair.ready is not None:
-                _fail_waiters(pair.ready)
+            _fail_waiters(pair.ready)
         for task in list(self._tasks):
             task.cancel()
         # Children being created are not cancelled: a cancelled creation would leave its

@@ -1114,3 +1114,21 @@ async def test_data_producer_piped_onto_a_worker_that_hosts_its_id(mafalda: Mafa
     original.send("to every room")
     for future in received:
         assert await asyncio.wait_for(future, 5) == b"to every room"
+
+
+async def test_mafalda_closed_from_a_close_listener_of_a_closing_router() -> None:
+    """The application closes the whole pool when a transport closes, and that happens
+    because its router is closing: the router closes once (one 'close', no 'workerclose'
+    on top), and the pool closes."""
+    m = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    try:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_direct_transport()
+        transport.observer.on("close", m.close)
+        events: list[str] = []
+        router.observer.on("close", lambda: events.append("close"))
+        router.on("workerclose", lambda: events.append("workerclose"))
+        router.close()
+        assert events == ["close"] and m.closed and m.routers == []
+    finally:
+        await m.aclose()

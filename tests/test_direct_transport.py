@@ -6,14 +6,18 @@ test_data_consumer.py and test_data_producer.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from typing import Any
 
+import flatbuffers
 import pytest
 
 from mafalda.mediasoup import InvalidStateError, Router, UnsupportedError, Worker
+from mafalda.mediasoup._fbs.Notification.Event import Event
+from mafalda.mediasoup.channel import encode_notification
 
-from .conftest import TRANSPORT_STAT_COUNTERS, hosting_worker
+from .conftest import TRANSPORT_STAT_COUNTERS, hosting_worker, opus_rtp_parameters
 
 VP8_PT = 101
 VIDEO_SSRC = 22223333
@@ -183,3 +187,43 @@ def _pli_about(packet: bytes, media_ssrc: int) -> bool:
             return True
         at += 4 * (words + 1)
     return False
+
+
+async def test_unknown_notification_is_logged(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notification a DirectTransport has no use for (injected: the worker sends none)
+    is logged, not raised."""
+    router = await worker.create_router()
+    transport = await router.create_direct_transport()
+    notification = encode_notification(
+        flatbuffers.Builder(256), Event.PLAINTRANSPORT_TUPLE, transport.id, None
+    )
+    with caplog.at_level(logging.ERROR):
+        transport.channel_for_testing.data_received(notification)
+        await asyncio.sleep(0)  # notifications are dispatched with call_soon
+    assert "ignoring unknown event" in caplog.text
+    assert transport.closed is False
+
+
+async def test_consumer_mids_wrap_around(worker: Worker) -> None:
+    """The mids given to consumers count up to 99999999 then start again at 0 (as
+    mediasoup's). The counter is set near its end: 10^8 consumers are out of reach."""
+    router = await worker.create_router(
+        media_codecs=[
+            {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}
+        ]
+    )
+    sending = await router.create_direct_transport()
+    producer = await sending.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1234))
+    receiving = await router.create_direct_transport()
+    receiving._next_mid_for_consumers = 99999999
+    mids = [
+        (
+            await receiving.consume(
+                producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+            )
+        ).rtp_parameters.get("mid")
+        for _ in range(2)
+    ]
+    assert mids == ["99999999", "0"]

@@ -70,10 +70,8 @@ class DirectTransport(Transport):
         self._channel.notify(Event.TRANSPORT_SEND_RTCP, self._id, notification)
 
     def _on_notification(self, event: int, body: Any) -> None:
-        if event == Event.TRANSPORT_TRACE:
-            self._emit_trace(body)
-        elif event == Event.DIRECTTRANSPORT_RTCP:
-            if not self._closed:
-                self.events.emit("rtcp", _as_bytes(body.data))
+        if event == Event.DIRECTTRANSPORT_RTCP:
+            # Never after close: closing unsubscribes this handler from the channel.
+            self.events.emit("rtcp", _as_bytes(body.data))
         else:
             super()._on_notification(event, body)

@@ -150,19 +150,9 @@ class PipeTransport(Transport):
 
     # -- closing ---------------------------------------------------------------------
 
-    def close(self) -> None:
-        if self._closed:
-            return
+    def _mark_closed(self) -> None:
         if self._sctp_state:
             self._sctp_state = "closed"
-        super().close()
-
-    def router_closed(self) -> None:
-        if self._closed:
-            return
-        if self._sctp_state:
-            self._sctp_state = "closed"
-        super().router_closed()
 
     # -- requests --------------------------------------------------------------------
 
@@ -196,8 +186,7 @@ class PipeTransport(Transport):
         if srtp_parameters is not None:
             request.srtpParameters = serialize_srtp_parameters(srtp_parameters)
         response = await self._request(Method.PIPETRANSPORT_CONNECT, request)
-        if response.tuple is not None:
-            self._tuple = parse_tuple(response.tuple)
+        self._tuple = parse_tuple(response.tuple)  # a required field (pipeTransport.fbs)
 
     async def consume(  # type: ignore[override]
         self, *, producer_id: str, app_data: dict[str, Any] | None = None
@@ -229,9 +218,10 @@ class PipeTransport(Transport):
         request.kind = FbsMediaKind.AUDIO if producer.kind == "audio" else FbsMediaKind.VIDEO
         request.rtpParameters = serialize_rtp_parameters(rtp_parameters, prepacked=True)
         request.type = FbsRtpType.PIPE
-        encodings = producer.consumable_rtp_parameters.get("encodings")
-        if encodings:
-            request.consumableRtpEncodings = serialize_rtp_encoding_parameters(encodings)
+        # Never empty: the worker refuses a producer without encodings.
+        request.consumableRtpEncodings = serialize_rtp_encoding_parameters(
+            producer.consumable_rtp_parameters["encodings"]
+        )
         status = await self._request(Method.TRANSPORT_CONSUME, request)
         consumer = Consumer(
             transport_id=self._id,
@@ -258,8 +248,6 @@ class PipeTransport(Transport):
             self._sctp_state = sctp_state
             self.events.emit("sctpstatechange", sctp_state)
             self.observer.emit("sctpstatechange", sctp_state)
-        elif event == Event.TRANSPORT_TRACE:
-            self._emit_trace(body)
         else:
             super()._on_notification(event, body)
 

@@ -233,19 +233,9 @@ class PlainTransport(Transport):
 
     # -- closing ---------------------------------------------------------------------
 
-    def close(self) -> None:
-        if self._closed:
-            return
+    def _mark_closed(self) -> None:
         if self._sctp_state:
             self._sctp_state = "closed"
-        super().close()
-
-    def router_closed(self) -> None:
-        if self._closed:
-            return
-        if self._sctp_state:
-            self._sctp_state = "closed"
-        super().router_closed()
 
     # -- requests --------------------------------------------------------------------
 
@@ -325,7 +315,5 @@ class PlainTransport(Transport):
             self._sctp_state = sctp_state
             self.events.emit("sctpstatechange", sctp_state)
             self.observer.emit("sctpstatechange", sctp_state)
-        elif event == Event.TRANSPORT_TRACE:
-            self._emit_trace(body)
         else:
             super()._on_notification(event, body)

@@ -12,7 +12,6 @@ import functools
 import ipaddress
 import logging
 import marshal
-import types
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
@@ -21,6 +20,7 @@ from mafalda.mediasoup import ortc
 from mafalda.mediasoup._fbs.Common.TraceDirection import TraceDirection
 from mafalda.mediasoup._fbs.Consumer.ConsumerLayers import ConsumerLayersT
 from mafalda.mediasoup._fbs.DataProducer.Type import Type as FbsDataProducerType
+from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.Router.CloseTransportRequest import CloseTransportRequestT
 from mafalda.mediasoup._fbs.RtpParameters.MediaKind import MediaKind as FbsMediaKind
@@ -376,17 +376,13 @@ def _key_values(items: Any) -> list[dict[str, Any]]:
     return [{"key": kv.key, "value": kv.value} for kv in items] if items else []
 
 
-_NO_RTP_LISTENER = types.SimpleNamespace(ssrcTable=None, midTable=None, ridTable=None)
-
-
 def parse_base_transport_dump(t: Any) -> BaseTransportDump:
-    ext = t.recvRtpHeaderExtensions
+    # recvRtpHeaderExtensions and rtpListener are required fields (transport.fbs).
     recv_ext: RecvRtpHeaderExtensions = {}
-    if ext is not None:
-        for key, value in vars(ext).items():  # the wire keys are the table's fields
-            if value is not None:
-                recv_ext[key] = value  # type: ignore[literal-required]
-    listener = t.rtpListener or _NO_RTP_LISTENER
+    for key, value in vars(t.recvRtpHeaderExtensions).items():  # the wire keys are the fields
+        if value is not None:
+            recv_ext[key] = value  # type: ignore[literal-required]
+    listener = t.rtpListener
     trace = t.traceEventTypes
     dump: BaseTransportDump = {
         "id": t.id,
@@ -595,12 +591,13 @@ class Transport(EventSource):
     # -- notifications (subclasses extend) ---------------------------------------------
 
     def _on_notification(self, event: int, body: Any) -> None:
-        logger.error("ignoring unknown event %s in %s", event, type(self).__name__)
-
-    def _emit_trace(self, body: Any) -> None:
-        trace = parse_transport_trace_event_data(body)
-        self.events.emit("trace", trace)
-        self.observer.emit("trace", trace)
+        """The events of every transport type (the subclasses handle their own first)."""
+        if event == Event.TRANSPORT_TRACE:
+            trace = parse_transport_trace_event_data(body)
+            self.events.emit("trace", trace)
+            self.observer.emit("trace", trace)
+        else:
+            logger.error("ignoring unknown event %s in %s", event, type(self).__name__)
 
     # -- closing -----------------------------------------------------------------------
 
@@ -612,11 +609,16 @@ class Transport(EventSource):
         _close_all(self._data_producers, book.data_producers if notify_router else None)
         _close_all(self._data_consumers, None)
 
+    def _mark_closed(self) -> None:
+        """Set the state properties of a subclass to their closed values (before the
+        close events, so that listeners see them)."""
+
     def close(self) -> None:
         """Close the transport and everything on it."""
         if self._closed:
             return
         self._closed = True
+        self._mark_closed()
         request = CloseTransportRequestT()
         request.transportId = self._id
         self._channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, self._router_id, request)
@@ -629,6 +631,7 @@ class Transport(EventSource):
         if self._closed:
             return
         self._closed = True
+        self._mark_closed()
         self._close_children(notify_router=False)
         self.events.emit("routerclose")
         self.observer.emit("close")
@@ -637,6 +640,7 @@ class Transport(EventSource):
         if self._closed:
             return
         self._closed = True
+        self._mark_closed()
         self._close_children(notify_router=False)
         self._book.transports.pop(self._id, None)
         self.events.emit("@listenserverclose")

@@ -260,15 +260,14 @@ def parse_ice_candidate(t: Any) -> IceCandidate:
 
 
 def parse_dtls_parameters(t: Any) -> DtlsParameters:
-    result: DtlsParameters = {
+    # role is a scalar with a default (auto): always there once decoded.
+    return {
         "fingerprints": [
             {"algorithm": _FINGERPRINT_ALGORITHMS[fp.algorithm], "value": fp.value}
             for fp in t.fingerprints or []
-        ]
+        ],
+        "role": _DTLS_ROLES[t.role],
     }
-    if t.role is not None:
-        result["role"] = _DTLS_ROLES[t.role]
-    return result
 
 
 def parse_webrtc_transport_dump(body: Any) -> WebRtcTransportDump:
@@ -395,24 +394,6 @@ class WebRtcTransport(Transport):
         if self._sctp_state:
             self._sctp_state = "closed"
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._mark_closed()
-        super().close()
-
-    def router_closed(self) -> None:
-        if self._closed:
-            return
-        self._mark_closed()
-        super().router_closed()
-
-    def listen_server_closed(self) -> None:
-        if self._closed:
-            return
-        self._mark_closed()
-        super().listen_server_closed()
-
     # -- requests --------------------------------------------------------------------
 
     async def dump(self) -> WebRtcTransportDump:
@@ -462,7 +443,5 @@ class WebRtcTransport(Transport):
             self._sctp_state = sctp_state
             self.events.emit("sctpstatechange", sctp_state)
             self.observer.emit("sctpstatechange", sctp_state)
-        elif event == Event.TRANSPORT_TRACE:
-            self._emit_trace(body)
         else:
             super()._on_notification(event, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -205,3 +206,85 @@ async def test_aliases_resolve_for_pipe_and_data_consumers(worker: Worker) -> No
     dump = await second.dump()
     assert {e["key"] for e in dump["mapProducerIdConsumerIds"]} == {copy.id}
     assert {e["key"] for e in dump["mapDataProducerIdDataConsumerIds"]} == {copy_data.id}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_deprecated_listen_ips_with_port_and_protocol_preferences(worker: Worker) -> None:
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    port = free_udp_port()
+    plain = await router.create_plain_transport(listen_ip="127.0.0.1", port=port)
+    assert plain.tuple["localPort"] == port
+    # TCP first when preferred; the worker gives the first listen info the higher priority.
+    both = await router.create_webrtc_transport(
+        listen_ips=["127.0.0.1"], enable_tcp=True, prefer_tcp=True
+    )
+    assert [c["protocol"] for c in both.ice_candidates] == ["tcp", "udp"]
+    assert both.ice_candidates[0]["priority"] > both.ice_candidates[1]["priority"]
+    with socket.socket() as sock:  # a free TCP port
+        sock.bind(("127.0.0.1", 0))
+        tcp_port = sock.getsockname()[1]
+    tcp_only = await router.create_webrtc_transport(
+        listen_ips=["127.0.0.1"], port=tcp_port, enable_udp=False, enable_tcp=True
+    )
+    assert [(c["protocol"], c["port"]) for c in tcp_only.ice_candidates] == [("tcp", tcp_port)]
+    # Said as such, not as an empty list of listen infos the caller did not give.
+    with pytest.raises(TypeError, match="enable_udp and enable_tcp both False"):
+        await router.create_webrtc_transport(
+            listen_ips=["127.0.0.1"], enable_udp=False, enable_tcp=False
+        )
+
+
+async def test_plain_transport_with_rtcp_listen_info_and_rtcp_mux_off(worker: Worker) -> None:
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(
+        listen_info=LISTEN,  # type: ignore[arg-type]
+        rtcp_listen_info=LISTEN,  # type: ignore[arg-type]
+        rtcp_mux=False,
+    )
+    assert transport.rtcp_mux is False
+    assert transport.rtcp_tuple is not None
+    assert transport.rtcp_tuple["localPort"] != transport.tuple["localPort"]
+
+
+async def test_alias_outlives_a_replaced_producer(worker: Worker) -> None:
+    """An alias moved to another producer stays when the first one closes."""
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    direct = await router.create_direct_transport()
+    parameters: Any = {
+        "codecs": [
+            {"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000, "channels": 2}
+        ],
+        "encodings": [{"ssrc": 1111}],
+    }
+    first = await direct.produce(kind="audio", rtp_parameters=parameters)
+    parameters["encodings"] = [{"ssrc": 2222}]
+    second = await direct.produce(kind="audio", rtp_parameters=parameters)
+    first_data = await direct.produce_data(label="first")
+    second_data = await direct.produce_data(label="second")
+    router.alias_producer("alias", first)
+    router.alias_producer("alias", second)
+    router.alias_data_producer("data-alias", first_data)
+    router.alias_data_producer("data-alias", second_data)
+    first.close()
+    first_data.close()
+    pipe = await router.create_pipe_transport(listen_info=LISTEN)  # type: ignore[arg-type]
+    consumer = await pipe.consume(producer_id="alias")
+    dump = await router.dump()
+    assert {e["key"]: e["values"] for e in dump["mapProducerIdConsumerIds"]} == {
+        second.id: [consumer.id]
+    }
+    consuming = await router.create_direct_transport()
+    data_consumer = await consuming.consume_data(data_producer_id="data-alias")
+    assert data_consumer.label == "second"
+    second.close()
+    second_data.close()
+    with pytest.raises(ValueError, match="not found"):
+        await pipe.consume(producer_id="alias")
+    with pytest.raises(ValueError, match="not found"):
+        await consuming.consume_data(data_producer_id="data-alias")

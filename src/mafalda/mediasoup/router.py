@@ -373,6 +373,8 @@ class Router(EventSource):
                 protocols.append("tcp")
                 if enable_udp:
                     protocols.append("udp")
+            else:
+                raise TypeError("listen_ips with enable_udp and enable_tcp both False")
             listen_infos = []
             for i, listen_ip in enumerate(listen_ips):
                 for protocol in protocols:

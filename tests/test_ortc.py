@@ -866,6 +866,27 @@ def test_get_consumer_rtp_parameters_header_extension_needs_same_id() -> None:
     assert consumer["headerExtensions"] == []
 
 
+def test_get_consumer_rtp_parameters_with_unhashable_header_extension_values() -> None:
+    """Capabilities that were not normalized may hold any JSON value (as the Node library
+    takes them): an extension whose uri is an object matches nothing, the others still
+    match, nothing raises."""
+    consumable = consumable_video()
+    bad = {"kind": "video", "uri": {"not": "a string"}, "preferredId": 4}
+    caps = remote_caps(remote_codec("video/VP8", 96), header_extensions=[bad, ext(TRANSPORT_CC, 5)])
+    consumer = ortc.get_consumer_rtp_parameters(
+        consumable_rtp_parameters=consumable,
+        remote_rtp_capabilities=caps,
+        pipe=False,
+        enable_rtx=True,
+    )
+    assert [e["uri"] for e in consumer["headerExtensions"]] == [TRANSPORT_CC]
+    assert [fb["type"] for fb in consumer["codecs"][0]["rtcpFeedback"]] == [
+        "nack",
+        "nack",
+        "transport-cc",
+    ]
+
+
 def test_get_consumer_rtp_parameters_without_compatible_codecs_raises() -> None:
     consumable = consumable_video()
     for caps in (

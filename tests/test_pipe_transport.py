@@ -985,3 +985,113 @@ async def test_open_pipe_pair_leaves_nothing_open_on_failure(worker: Worker) -> 
     with pytest.raises(InvalidStateError):
         await open_pipe_pair(router.create_pipe_transport(listen_info=listen), already_closed())
     assert (await router.dump())["transportIds"] == []
+
+
+# -- pipe_to_router failures and races --------------------------------------------------
+
+
+async def test_pipe_to_router_closes_the_pipe_consumer_when_the_copy_is_refused(
+    ctx: Ctx,
+) -> None:
+    """Ids are unique per worker: a second copy (keep_id) into another router of the
+    same worker is refused by the worker, after the pipe consumer was made; that one
+    must not stay behind in the source router."""
+    for kwargs in (
+        {"producer_id": ctx.audio_producer.id},
+        {"data_producer_id": ctx.data_producer.id},
+    ):
+        await ctx.router1.pipe_to_router(router=ctx.router2, **kwargs)
+    router3 = await ctx.worker2.create_router(media_codecs=MEDIA_CODECS)
+    pipes: list[PipeTransport] = []
+    ctx.router1.observer.on("newtransport", pipes.append)
+    with pytest.raises(WorkerError):
+        await ctx.router1.pipe_to_router(router=router3, producer_id=ctx.audio_producer.id)
+    with pytest.raises(WorkerError):
+        await ctx.router1.pipe_to_router(router=router3, data_producer_id=ctx.data_producer.id)
+    (pipe,) = pipes  # one pair towards router3, made once
+    dump = await pipe.dump()
+    assert dump["consumerIds"] == [] and dump["dataConsumerIds"] == []
+    assert (await router3.dump())["mapProducerIdConsumerIds"] == []
+
+
+async def test_pipe_to_router_fails_when_the_producer_closes_while_piping(ctx: Ctx) -> None:
+    """The producer closes while the pipe pair is made: nothing is consumed nor produced
+    (the pipe pair stays, for the next producers)."""
+    closing = [ctx.audio_producer, ctx.data_producer]
+
+    def close_next(transport: PipeTransport) -> None:
+        closing.pop(0).close()
+
+    ctx.router1.observer.on("newtransport", close_next)
+    with pytest.raises(ValueError, match="not found"):
+        await ctx.router1.pipe_to_router(router=ctx.router2, producer_id=ctx.audio_producer.id)
+    ctx.router1.observer.off("newtransport", close_next)
+    # The data producer: closed when the next pair (towards another router) is made.
+    router3 = await ctx.worker2.create_router(media_codecs=MEDIA_CODECS)
+    ctx.router1.observer.on("newtransport", close_next)
+    with pytest.raises(ValueError, match="not found"):
+        await ctx.router1.pipe_to_router(router=router3, data_producer_id=ctx.data_producer.id)
+    assert closing == []
+    dump = await ctx.router1.dump()
+    entries = dump["mapProducerIdConsumerIds"] + dump["mapDataProducerIdDataConsumerIds"]
+    assert all(entry["values"] == [] for entry in entries)  # no pipe consumer
+    assert len(dump["transportIds"]) == 3  # the pipe pairs stay, for the next producers
+    for router in (ctx.router2, router3):  # no copy
+        dump = await router.dump()
+        assert dump["mapProducerIdConsumerIds"] == []
+        assert dump["mapDataProducerIdDataConsumerIds"] == []
+
+
+@pytest.mark.parametrize("paused", [False, True])
+async def test_pipe_to_router_follows_a_pause_or_resume_made_while_piping(
+    ctx: Ctx, paused: bool
+) -> None:
+    """The producer is paused (or resumed) after the pipe consumer was made, before its
+    copy is: the copy follows the producer. The race cannot be produced on demand, so the
+    destination transport's produce() is wrapped to pause/resume the producer first."""
+    producer = ctx.video_producer
+    if paused:
+        await producer.pause()
+
+    def wrap(transport: PipeTransport) -> None:
+        produce = transport.produce
+
+        async def toggling_produce(**kwargs: Any) -> Producer:
+            await (producer.resume() if paused else producer.pause())
+            return await produce(**kwargs)
+
+        transport.produce = toggling_produce  # type: ignore[method-assign]
+
+    ctx.router2.observer.once("newtransport", wrap)
+    result = await ctx.router1.pipe_to_router(router=ctx.router2, producer_id=producer.id)
+    copy = result["pipeProducer"]
+    assert producer.paused is not paused
+    assert copy.paused is not paused
+    assert (await copy.dump())["paused"] is not paused
+
+
+async def test_pipe_consume_on_mafalda_pipes_a_producer_of_another_worker() -> None:
+    """A PipeTransport of a Mafalda router consumes a producer living on another worker
+    of the pool: the producer is piped into the transport's worker first."""
+    from mafalda.vertical import Mafalda
+
+    mafalda = await Mafalda.start(
+        num_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    try:
+        router: Any = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+        direct = await router.create_direct_transport()
+        producer = await direct.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1234))
+        pipe = await router.create_pipe_transport(listen_ip="127.0.0.1")
+        home, there = router.worker_of(direct), router.worker_of(pipe)
+        assert home is not there  # spread
+        consumer = await pipe.consume(producer_id=producer.id)
+        assert consumer.producer_id == producer.id
+        assert consumer.kind == "audio" and consumer.type == "pipe"
+        # It reads a copy of the producer made on the pipe transport's worker.
+        maps = [
+            (await child.dump())["mapProducerIdConsumerIds"] for child in there.routers_for_testing
+        ]
+        assert [[consumer.id]] == [e["values"] for m in maps for e in m if e["values"]]
+    finally:
+        await mafalda.aclose()

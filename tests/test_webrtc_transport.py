@@ -42,7 +42,7 @@ from mafalda.mediasoup._fbs.WebRtcTransport.IceStateChangeNotification import (
     IceStateChangeNotificationT,
 )
 from mafalda.mediasoup.channel import Channel, encode_notification
-from mafalda.mediasoup.errors import InvalidStateError, WorkerError
+from mafalda.mediasoup.errors import InvalidStateError, WorkerError, WorkerTypeError
 from mafalda.mediasoup.webrtc_transport import (
     parse_dtls_parameters,
     serialize_dtls_parameters,
@@ -826,3 +826,28 @@ async def test_dtls_handshake_with_worker_as_dtls_server(router: Router, peer: P
     assert transport.dtls_remote_cert is not None
     assert transport.ice_selected_tuple is not None
     assert (await transport.dump())["dtlsState"] == "connected"
+
+
+async def test_sctp_stream_ids_are_taken_and_given_back(worker: Worker) -> None:
+    """A data consumer takes a free SCTP stream id (up to MIS), gives it back when it
+    closes, and when the worker refuses it."""
+    router = await worker.create_router()
+    transport = await router.create_webrtc_transport(
+        listen_infos=[LOCAL_UDP], enable_sctp=True, num_sctp_streams={"OS": 2, "MIS": 2}
+    )
+    source = await router.create_direct_transport()
+    data_producer = await source.produce_data(label="chat")
+    with pytest.raises(WorkerTypeError, match="maxPacketLifeTime and maxRetransmits"):
+        await transport.consume_data(
+            data_producer_id=data_producer.id, max_packet_life_time=100, max_retransmits=3
+        )
+    first = await transport.consume_data(data_producer_id=data_producer.id)
+    second = await transport.consume_data(data_producer_id=data_producer.id)
+    ids = [c.sctp_stream_parameters["streamId"] for c in (first, second)]  # type: ignore[index]
+    assert sorted(ids) == [0, 1]  # the refused one took none
+    with pytest.raises(ValueError, match="no sctpStreamId available"):
+        await transport.consume_data(data_producer_id=data_producer.id)
+    first.close()
+    third = await transport.consume_data(data_producer_id=data_producer.id)
+    assert third.sctp_stream_parameters["streamId"] == ids[0]  # type: ignore[index]
+    assert len((await transport.dump())["dataConsumerIds"]) == 2

@@ -463,6 +463,31 @@ async def test_pipe_to_plain_router_and_between_mafalda_routers(
         await router.pipe_to_router(router="x", producer_id=producer.id)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("data", [False, True], ids=["producer", "data_producer"])
+async def test_second_copy_into_a_mafalda_router_is_refused(mafalda: Mafalda, data: bool) -> None:
+    """As mediasoup's target router refuses a second copy of a producer, before anything
+    is made: it could otherwise land on another worker and shadow the first copy."""
+    room_a = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    if data:
+        original: Any = await (await room_a.create_direct_transport()).produce_data(label="c")
+        ids = {"data_producer_id": original.id}
+    else:
+        _, original = await _audio_producer(room_a)
+        ids = {"producer_id": original.id}
+    mafalda.policy = _Pinned(1)
+    first = await room_a.pipe_to_router(router=room_b, **ids)
+    made = await room_b.mafalda_dump(), await room_a.mafalda_dump()
+    mafalda.policy = _Pinned(0)  # the second copy would go to the other worker
+    kind = "DataProducer" if data else "Producer"
+    with pytest.raises(TypeError, match=f'a {kind} with same id "{original.id}" already exists'):
+        await room_a.pipe_to_router(router=room_b, **ids)
+    assert (await room_b.mafalda_dump(), await room_a.mafalda_dump()) == made
+    copy = first["pipeDataProducer" if data else "pipeProducer"]
+    assert not copy.closed and room_b.worker_of(original) is mafalda.workers[1]
+
+
 async def test_webrtc_server_pins_placement(mafalda: Mafalda) -> None:
     router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
     servers = await mafalda.create_webrtc_servers(

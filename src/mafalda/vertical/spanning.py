@@ -488,10 +488,16 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             raise TypeError("cannot use this Router as destination")
         source_id = producer_id or data_producer_id
         assert source_id is not None
+        kind = "Producer" if producer_id else "DataProducer"
         home = self._home.get(source_id)
         if home is None:
-            kind = "Producer" if producer_id else "DataProducer"
             raise ValueError(f'{kind} with id "{source_id}" not found')
+        if isinstance(router, SpanningRouter):
+            # As mediasoup's target refuses a second copy: here it could land on another
+            # host and silently shadow the first.
+            copies = router._producers if producer_id else router._data_producers
+            if source_id in copies:
+                raise TypeError(f'a {kind} with same id "{source_id}" already exists')
         return source_id, home
 
     # -- RTP observers -------------------------------------------------------------------

@@ -674,6 +674,26 @@ async def test_resume_within_grace_period(server: RemoteServer) -> None:
         await connect(server.url, token=TOKEN, session=client.session_id)
 
 
+async def test_objects_created_after_the_connection_dropped_belong_to_the_session() -> None:
+    """A worker whose create_worker() answer finds the connection gone (no parent's event
+    tells of it) is the session's: a resume gets it, the session's end closes it. It used
+    to be left running, unknown to the session, until the server exited."""
+    async with await serve(token=TOKEN, grace_period=5) as srv:
+        ws = await raw(srv)
+        (session_id,) = srv.sessions
+        call = {"target": None, "method": "create_worker", "kwargs": {"log_level": "warn"}}
+        await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "call", "params": call}))
+        await close_raw(ws)  # no bye: the session waits for a resume
+        await until(lambda: srv.sessions[session_id].connection is None)
+        await until(lambda: any(not w.closed for w in srv._root.workers), 10)
+        (served,) = [w for w in srv._root.workers if not w.closed]
+        resumed = await connect(srv.url, token=TOKEN, session=session_id)
+        assert isinstance(resumed, RemoteMediasoup)
+        assert [w.pid for w in resumed.workers] == [served.pid]
+        await resumed.aclose()
+        await process_gone(served.pid)
+
+
 class Cutter:
     """A TCP relay on 127.0.0.1 in front of a server, whose connections can be cut (both
     sockets aborted, as a network failure would) while it keeps accepting new ones."""

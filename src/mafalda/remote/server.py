@@ -533,6 +533,11 @@ class Session:
     def send(self, message: dict[str, Any], context: str | None = None) -> None:
         if self.connection is not None:
             self.connection.send(message, self.converter(context))
+        elif not self.closed:
+            # Detached, within the grace period: what a call created meanwhile (a worker,
+            # a Mafalda's router: no event of a parent tells of them) is the session's
+            # all the same, resumed or closed with it, never left running.
+            p.escape(message, self.converter(context))
 
     def all_objects(self) -> list[Any]:
         """Every live object, to send with its full state (a new connection knows nothing):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from mafalda.remote import (
     serve,
 )
 from mafalda.remote import protocol as p
+from mafalda.remote import server as server_module
 from mafalda.vertical import Mafalda
 
 from .conftest import MEDIA_CODECS
@@ -286,6 +288,30 @@ async def test_fire_and_forget_failure_reaches_the_client(
     await client.aclose()
 
 
+async def test_closing_a_webrtc_server_closes_the_transports_using_it(
+    server: RemoteServer,
+) -> None:
+    """A WebRtcServer closed by its client (fire-and-forget) closes, on the server, the
+    transports that listen through it, in another branch of the tree: their
+    'listenserverclose' reaches the client, whose proxies close too (only what is under
+    the closed object is closed by the client itself, its events not resent)."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    webrtc_server = await worker.create_webrtc_server(listen_infos=LISTEN)
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_webrtc_transport(webrtc_server=webrtc_server)
+    events: list[str] = []
+    transport.on("listenserverclose", lambda: events.append("listenserverclose"))
+    transport.observer.on("close", lambda: events.append("observer close"))
+    webrtc_server.close()
+    await asyncio.wait_for(transport.observer.wait_for("close"), 5)
+    assert events == ["listenserverclose", "observer close"]
+    assert transport.closed and transport.ice_state == "closed"
+    assert not router.closed and router.transports_for_testing == {}
+    assert (await router.dump())["transportIds"] == []
+    await client.aclose()
+
+
 async def test_closed_objects_are_forgotten(server: RemoteServer) -> None:
     """A long session does not keep every object it ever created, on either side."""
     client = await client_of(server)
@@ -306,6 +332,53 @@ async def test_closed_objects_are_forgotten(server: RemoteServer) -> None:
     await router.dump()
     assert errors == []
     await client.aclose()
+
+
+async def test_forgotten_closed_objects_are_bounded(
+    server: RemoteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session remembers a bounded number of closed objects (their calls fail as on a
+    closed object); past it, the oldest is unknown. The bound is lowered to 2 here: the
+    real one (100 000) would take minutes of transports to reach."""
+    monkeypatch.setattr(server_module, "_MAX_GONE", 2)
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    closed = []
+    for _ in range(3):
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        transport.close()
+        closed.append(transport)
+    await router.dump()  # the close() calls ran before it
+    with pytest.raises(RemoteError, match="unknown object") as info:
+        await client.connection.call(closed[0], "dump", (), {})
+    assert info.value.code == p.FORBIDDEN
+    for transport in closed[1:]:
+        with pytest.raises(InvalidStateError, match="PlainTransport closed"):
+            await client.connection.call(transport, "dump", (), {})
+    await client.aclose()
+
+
+async def test_values_json_lacks_set_on_the_server_reach_the_client_as_their_repr(
+    server: RemoteServer,
+) -> None:
+    """app_data set by the server's own code may hold what JSON lacks (no client can send
+    it): the client gets its repr(), in the full state of a resumed session and in the
+    delta an answer carries; integers past 64 bits are sent (read back as floats)."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    served = server.sessions[client.session_id].objects[transport.handle]
+    served.app_data = {"ratio": Fraction(1, 3), "big": 2**70}
+    await client.aclose(keep_session=True)
+    resumed = await connect(server.url, token=TOKEN, session=client.session_id)
+    (transport,) = [o for o in resumed.objects if o.id == transport.id]
+    assert transport.app_data == {"ratio": "Fraction(1, 3)", "big": float(2**70)}
+    # A call that changes state: its answer's delta is made of such a state too.
+    await transport.set_max_incoming_bitrate(100_000)
+    assert (await transport.dump())["id"] == transport.id
+    await resumed.aclose()
 
 
 async def test_server_close_waits_for_workers_its_clients_closed() -> None:
@@ -537,6 +610,40 @@ async def test_rate_limit_and_message_size() -> None:
         assert (await rpc(other, 2, "ping", {}))["result"] == "pong"
         await close_raw(ws)
         await close_raw(other)
+
+
+async def test_a_rate_limited_client_gets_no_answer_to_what_it_did_not_ask() -> None:
+    """Past its rate, a connection's malformed frames and notifications get nothing back
+    (a flood is not echoed); a request gets a 'rate limited' error, and a fire-and-forget
+    call its 'error' notification. A notification within the rate is not answered either."""
+    async with await serve(token=TOKEN, rate_limit=1e-6, rate_burst=3) as srv:
+        ws = await raw(srv)
+        call = {"target": None, "method": "create_worker"}
+        for message in (
+            {"jsonrpc": "2.0", "method": "ping"},  # within the rate, no id: no answer
+            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        ):
+            await ws.send_str(json.dumps(message))
+        for text in ("{not json", "[5]"):
+            await ws.send_str(text)
+        for message in (
+            {"jsonrpc": "2.0", "method": "ping"},
+            {"jsonrpc": "2.0", "method": "call", "params": call},
+            {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+        ):
+            await ws.send_str(json.dumps(message))
+        received: list[dict[str, Any]] = []
+        while not received or received[-1].get("id") != 3:
+            data = json.loads((await ws.receive(5)).data)
+            received.extend(data if isinstance(data, list) else [data])
+        assert [m.get("result") for m in received[:2]] == ["pong", "pong"]
+        notice, limited = received[2:]
+        assert notice["method"] == "error" and notice["params"]["method"] == "create_worker"
+        assert notice["params"]["error"]["code"] == p.RATE_LIMITED
+        assert limited["error"]["code"] == p.RATE_LIMITED
+        assert not list(srv._root.workers)
+        await close_raw(ws)
 
 
 async def test_fuzz_live_server(server: RemoteServer) -> None:

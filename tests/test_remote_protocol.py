@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -245,6 +246,21 @@ def test_objects_with_marker_keys_beside_them_are_converted_once() -> None:
         == wire["v"][3]
         == {"$ref": "router", "id": "r1", "state": {"x": {"$$k": "r1"}}}
     )
+
+
+def test_integers_past_64_bits_beside_plain_states_are_encoded() -> None:
+    """A message whose integers orjson cannot write is walked, then written with them as
+    they are, and with the plain states (Fragments) of the references it holds: the
+    standard library's encoder, used before, failed on those (the message was dropped)."""
+
+    def convert(value: Any) -> Any:
+        assert isinstance(value, _Served)
+        return p.make_ref("router", value.handle, None, orjson.Fragment(b'{"closed":false}'))
+
+    message = {"v": [_Served("r1"), {"$k": 2**70, "small": -(2**63)}], "n": -(2**64)}
+    wire = json.loads(p.encode_message(message, convert))
+    assert wire["v"][0] == {"$ref": "router", "id": "r1", "state": {"closed": False}}
+    assert wire["v"][1] == {"$$k": 2**70, "small": -(2**63)} and wire["n"] == -(2**64)
 
 
 def _nested(levels: int) -> Any:

@@ -54,7 +54,6 @@ snapshots, the ``error`` notification, ``gracePeriod`` in the hello result, ``cl
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -262,8 +261,21 @@ def encode_message(message: dict[str, Any], convert: Callable[[Any], Any]) -> by
     wire = escape(message, again)
     try:
         return orjson.dumps(wire)
-    except TypeError:  # integers past 64 bits: the standard library encodes them
-        return json.dumps(wire, separators=(",", ":")).encode()
+    except TypeError:  # integers past 64 bits
+        return orjson.dumps(_wide_ints(wire))
+
+
+def _wide_ints(value: Any) -> Any:
+    """``value`` with its integers past 64 bits as their decimal text in a Fragment, which
+    orjson writes as it is (it writes no such integer; the standard library's encoder,
+    which does, cannot write the Fragments of plain states)."""
+    if isinstance(value, dict):
+        return {key: _wide_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wide_ints(item) for item in value]
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    return value
 
 
 _NONE = object()

@@ -396,9 +396,12 @@ async def test_server_close_waits_for_workers_its_clients_closed() -> None:
     closed.close()
     await kept.dump()  # the close() call ran before it
     await client.aclose()
+    waiting = asyncio.ensure_future(server.wait_closed())
     await server.close()
+    await asyncio.wait_for(waiting, 5)
     for worker in served.values():
         assert worker.subprocess_closed and worker._pipes_closed.done()
+    await server.close()  # again: nothing more to do
 
 
 # -- security ------------------------------------------------------------------------------
@@ -431,6 +434,8 @@ async def test_handshake_faults() -> None:
         msg = await silent.receive(5)  # closed by the server, no hello came in time
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await close_raw(silent)
+        gone = await raw(srv, hello=False)
+        await close_raw(gone)  # before its hello: no session
         garbage = await raw(srv, hello=False)
         await garbage.send_str("{hello")
         assert (await answer_of(garbage))["error"]["code"] == p.PARSE_ERROR
@@ -462,6 +467,7 @@ async def test_handshake_faults() -> None:
         assert bad["error"] == {"code": p.INVALID_PARAMS, "message": "app_data must be a dict"}
         await close_raw(first)
         await close_raw(second)
+        assert list(srv.sessions) == [session]
 
 
 async def test_client_b_cannot_touch_client_a_objects(server: RemoteServer) -> None:
@@ -509,6 +515,16 @@ async def test_hostile_calls_get_errors(server: RemoteServer) -> None:
     for i, method in enumerate(["worker_closed", "close_router_request", "on", "channel"]):
         answer = await rpc(ws, 10 + i, "call", {"target": handle, "method": method})
         assert answer["error"]["code"] == p.METHOD_NOT_FOUND, method
+    # An exception marker from a client is data, never an exception on the server.
+    fake = {"$error": "RuntimeError", "message": "m"}
+    params = {"target": handle, "method": "set_app_data", "args": [{"e": fake}]}
+    assert "error" not in await rpc(ws, 20, "call", params)
+    served = server.sessions[next(iter(server.sessions))].objects[handle]
+    assert served.app_data == {"e": fake}
+    # What the client library reads from the hello, a raw client may call for.
+    params = {"target": None, "method": "get_supported_rtp_capabilities"}
+    answer = await rpc(ws, 21, "call", params)
+    assert answer["result"]["value"] == mediasoup.get_supported_rtp_capabilities()
     await ws.send_str("{not json")
     assert (await answer_of(ws))["error"]["code"] == p.PARSE_ERROR
     assert (await rpc(ws, 99, "ping", {}))["result"] == "pong"
@@ -765,11 +781,12 @@ async def test_resume_within_grace_period(server: RemoteServer) -> None:
     transport.observer.on("close", lambda: lost.append("close"))
     await client.aclose(keep_session=True)
     assert transport.closed and lost == ["close"]  # the proxies of a closed connection
+    transport.app_data = {"set": "after the close"}  # kept here, sent nowhere
     resumed = await connect(server.url, token=TOKEN, session=client.session_id)
     assert resumed.session_id == client.session_id
     by_id = {o.id: o for o in resumed.objects}
     again = by_id[transport.id]
-    assert not again.closed and again.tuple == transport.tuple
+    assert not again.closed and again.tuple == transport.tuple and again.app_data == {}
     assert by_id[router.id].transports_for_testing == {transport.id: again}
     assert (await again.dump())["id"] == transport.id
     # Gone for good past the grace period: its worker exits.
@@ -1054,9 +1071,13 @@ async def test_remote_mafalda() -> None:
             dump = await client.dump()
             assert [r["id"] for r in dump["routers"]] == [router.id]
             assert len(mafalda.routers) == 1
+            closes: list[str] = []
+            client.observer.on("close", lambda: closes.append("close"))
             client.close()
             assert router.closed and consumer.closed
             await client.wait_closed()
+            client.close()  # closed already: nothing more
+            assert closes == ["close"]
             async with asyncio.timeout(5):
                 while mafalda.routers:
                     await asyncio.sleep(0.01)
@@ -1080,6 +1101,23 @@ async def test_clients_as_async_context_managers(server: RemoteServer) -> None:
         assert (await router.dump())["transportIds"] == []
     assert client.closed and worker.closed
     await process_gone(pid)
+    async with await serve(token=TOKEN, grace_period=0) as srv:
+        client = await client_of(srv)
+        async with await client.create_worker(log_level="warn") as worker:
+            router = await worker.create_router(media_codecs=MEDIA_CODECS)
+            router.close()
+            # Sync calls on a closed router fail here, as on a local one.
+            with pytest.raises(InvalidStateError, match="Router closed"):
+                router.update_media_codecs(MEDIA_CODECS)
+            with pytest.raises(InvalidStateError, match="Router closed"):
+                router.alias_producer("key", None)
+        assert worker.closed
+        kept = await client.create_worker(log_level="warn")
+        pid = kept.pid
+        # No grace period: a connection dropped without a bye ends its session at once.
+        await client.aclose(keep_session=True)
+        await process_gone(pid)
+        assert srv.sessions == {}
     mafalda = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
     try:
         async with await serve(token=TOKEN, target=mafalda, grace_period=0) as srv:

@@ -205,9 +205,6 @@ class RemoteWorker(RemoteObject):
     def id(self) -> str:
         return self._handle
 
-    def _closed_message(self) -> str:
-        return "Worker closed"
-
     def _connection_lost(self, error: Exception) -> None:
         if self.closed:
             return

@@ -463,14 +463,11 @@ class Session:
     def muted(self, handle: str) -> bool:
         """Whether ``handle`` is the object whose close() the client asked for, or under
         it: the client closed those already, with their events, and drops the server's."""
-        closing = self.closing
-        while closing is not None and handle is not None:
-            if handle == closing:
+        node: str | None = handle
+        while node is not None:
+            if node == self.closing:
                 return True
-            parent = self.parents.get(handle)
-            if parent is None:
-                return False
-            handle = parent
+            node = self.parents.get(node)
         return False
 
     # -- values --------------------------------------------------------------------------------

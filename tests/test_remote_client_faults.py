@@ -5,6 +5,7 @@ read, logs it, and keeps serving the calls that are answered properly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from mafalda.remote import PROTOCOL_VERSION, RemoteConnectionError, RemoteError, connect
+from mafalda.remote.protocol import ProtocolError
 
 from .ws_peer import start_ws_peer
 
@@ -84,6 +86,21 @@ async def test_unreadable_messages_are_dropped_and_calls_still_answered(
             {"jsonrpc": "2.0", "method": "state", "params": {"target": "h", "state": 5}},
             {"jsonrpc": "2.0", "method": "event", "params": {"target": "unknown", "event": "x"}},
             {"jsonrpc": "2.0", "method": "event", "params": {"target": 5}},
+            {"jsonrpc": "2.0", "id": "x", "result": {"value": "for nobody either"}},
+            {"jsonrpc": "2.0", "method": "error", "params": {"error": 5}},
+            {"jsonrpc": "2.0", "method": "error", "params": {"error": {"code": "x"}}},
+            {
+                "jsonrpc": "2.0",
+                "method": "error",
+                "params": {
+                    "method": "send",
+                    "error": {
+                        "code": -1,
+                        "message": "m",
+                        "data": {"type": 5, "bases": ["KeyError"]},
+                    },
+                },
+            },
         ]
         await ws.send_bytes(b"binary frames are not the protocol's")
         for message in junk:
@@ -92,6 +109,8 @@ async def test_unreadable_messages_are_dropped_and_calls_still_answered(
         await ws.receive()  # until the client goes
 
     client = await connect(await peer(script), token="t", reconnect=False)
+    errors: list[Any] = []
+    client.connection.events.on("callerror", lambda *a: errors.append(a))
     with caplog.at_level(logging.WARNING, logger="mafalda.remote.client"):
         value = await client.connection.call(None, "get_supported_rtp_capabilities", (), {})
     assert value == "the answer"
@@ -99,4 +118,153 @@ async def test_unreadable_messages_are_dropped_and_calls_still_answered(
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings.count("invalid message from the server dropped") == 3
     assert "server error: for nobody" in warnings
+    # An error notification whose code is no integer: logged, dropped, nothing emitted;
+    # one whose type is no name: its known bases still give its class.
+    assert warnings.count("handling a server message failed") == 1
+    ((target, method, error),) = errors
+    assert (target, method, type(error), error.args) == (None, "send", KeyError, ("m",))
     await client.aclose()
+
+
+async def test_cancelled_calls_answered_or_lost_later(
+    peer: Callable[[Script], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call whose caller gave up (its task cancelled) may still be answered, or be
+    pending when the connection is lost: neither breaks the client (the connection still
+    closes with its 'close' event)."""
+    received: list[dict[str, Any]] = []
+    both = asyncio.Event()
+    answer_and_go = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        await ws.send_str(_answer(hello["id"], HELLO))
+        while len(received) < 2:
+            data = json.loads((await ws.receive()).data)
+            received.extend(data if isinstance(data, list) else [data])
+        both.set()
+        await answer_and_go.wait()
+        await ws.send_str(_answer(received[0]["id"], {"value": "too late"}))
+        await ws.close(code=4000)
+
+    client = await connect(await peer(script), token="t", reconnect=False)
+    connection = client.connection
+    calls = [asyncio.ensure_future(connection.call(None, "dump", (), {})) for _ in range(2)]
+    await asyncio.wait_for(both.wait(), 5)
+    for call in calls:
+        call.cancel()
+    closed = asyncio.ensure_future(connection.events.wait_for("close"))
+    with caplog.at_level(logging.WARNING, logger="mafalda.remote.client"):
+        answer_and_go.set()
+        await asyncio.wait_for(closed, 5)
+    assert all(call.cancelled() for call in calls) and client.closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await client.aclose()
+
+
+def _dropping(resume: Script) -> Script:
+    """A peer that answers a first hello (grace period 1 s), then drops the connection
+    (close code 4000: no reason to give up, the client reconnects), and runs ``resume``
+    on the connections that come back."""
+
+    async def script(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        if hello["params"].get("session") is not None:
+            await resume(ws, hello)
+            return
+        await ws.send_str(_answer(hello["id"], {**HELLO, "gracePeriod": 1}))
+        await ws.close(code=4000)
+
+    return script
+
+
+async def test_a_resume_whose_hello_keeps_failing_gives_up_within_the_grace_period(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    """Each resume is closed during its hello (not refused: the client tries again), until
+    the grace period is over: the client then closes."""
+    attempts: list[str] = []
+
+    async def hang_up(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        attempts.append(hello["params"]["session"])
+        await ws.close()
+
+    client = await connect(await peer(_dropping(hang_up)), token="t")
+    closed = asyncio.ensure_future(client.connection.events.wait_for("close"))
+    await asyncio.wait_for(closed, 10)
+    assert client.closed and len(attempts) >= 2 and set(attempts) == {"s1"}
+    await client.aclose()
+
+
+async def test_aclose_stops_a_resume_in_progress(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    """The resume's hello is never answered: aclose() does not wait for the grace period,
+    it stops the attempt (whose socket closes) and the client closes."""
+    hanging = asyncio.Event()
+    released = asyncio.Event()
+
+    async def never_answer(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        hanging.set()
+        await ws.receive()  # until the client lets go
+        released.set()
+
+    client = await connect(await peer(_dropping(never_answer)), token="t")
+    await asyncio.wait_for(hanging.wait(), 5)
+    assert client.connection.reconnecting
+    await asyncio.wait_for(client.aclose(), 5)
+    assert client.closed
+    await asyncio.wait_for(released.wait(), 5)
+
+
+async def test_aclose_as_the_connection_drops_makes_no_resume(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    resumes: list[dict[str, Any]] = []
+
+    async def resume(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        resumes.append(hello)
+        await ws.close()
+
+    client = await connect(await peer(_dropping(resume)), token="t")
+    closing: list[asyncio.Future[None]] = []
+    client.connection.events.on(
+        "disconnect", lambda: closing.append(asyncio.ensure_future(client.aclose()))
+    )
+    await asyncio.wait_for(client.connection.events.wait_for("close"), 5)
+    await asyncio.wait_for(closing[0], 5)
+    assert client.closed and resumes == []
+
+
+async def test_an_unreadable_resume_answer_closes_the_client(
+    peer: Callable[[Script], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resume is answered with a state the client cannot read (bytes that are no
+    base64): logged, and the client closes, with the new socket."""
+    released = asyncio.Event()
+
+    async def garbled(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        await ws.send_str(_answer(hello["id"], {**HELLO, "root": {"b": {"$bytes": "!!"}}}))
+        await ws.receive()
+        released.set()
+
+    client = await connect(await peer(_dropping(garbled)), token="t")
+    with caplog.at_level(logging.WARNING, logger="mafalda.remote.client"):
+        await asyncio.wait_for(client.connection.events.wait_for("close"), 5)
+        await asyncio.wait_for(released.wait(), 5)
+    assert client.closed
+    assert "reconnecting failed" in [r.getMessage() for r in caplog.records]
+    await client.aclose()
+
+
+async def test_an_unreadable_hello_answer_fails_connect_and_closes_the_socket(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    released = asyncio.Event()
+
+    async def garbled(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        await ws.send_str(_answer(hello["id"], {**HELLO, "root": {"b": {"$bytes": "!!"}}}))
+        await ws.receive()
+        released.set()
+
+    with pytest.raises(ProtocolError, match="bytes"):
+        await connect(await peer(garbled), token="t")
+    await asyncio.wait_for(released.wait(), 5)

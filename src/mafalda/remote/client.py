@@ -658,10 +658,14 @@ async def connect(
     http = aiohttp.ClientSession()
     try:
         ws, hello = await opener(http, session)
+        try:
+            connection = Connection(http, ws, hello, opener if reconnect else None)
+        except BaseException:  # a hello answer it cannot read: the socket goes too
+            await ws.close()
+            raise
     except BaseException:
         await http.close()
         raise
-    connection = Connection(http, ws, hello, opener if reconnect else None)
     if connection.serves == "mafalda":
         return RemoteMafalda(connection)
     return RemoteMediasoup(connection)

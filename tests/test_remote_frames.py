@@ -19,20 +19,25 @@ COUNT = 64  # 16 MiB: more than the loopback socket buffers hold
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[tuple[FrameSender, aiohttp.ClientWebSocketResponse]]:
+async def pair(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[FrameSender, aiohttp.ClientWebSocketResponse]]:
+    """A sender on the server side of a WebSocket, and its client. Parameters (indirect):
+    ``batch_limit``, ``compress`` (the client asks for permessage-deflate)."""
+    options: dict[str, int] = getattr(request, "param", {})
     ready: asyncio.Future[FrameSender] = asyncio.get_running_loop().create_future()
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        ready.set_result(FrameSender(ws))
+        ready.set_result(FrameSender(ws, options.get("batch_limit", 256 * 1024)))
         async for _msg in ws:  # until the client closes
             pass
         return ws
 
     runner, url = await start_ws_peer(handler)
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(url, max_msg_size=2 * FRAME)
+        ws = await http.ws_connect(url, max_msg_size=2 * FRAME, compress=options.get("compress", 0))
         sender = await ready
         yield sender, ws
         await ws.close()
@@ -60,9 +65,12 @@ async def test_frames_arrive_in_order_through_back_pressure(
     assert (await ws.receive(5)).data == '"after"'
 
 
+@pytest.mark.parametrize("pair", [{}, {"batch_limit": 1}], indirect=True)
 async def test_a_closed_socket_breaks_the_sender(
     pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
 ) -> None:
+    """Whether the socket breaks on the first frame of a turn or on its last (a batch
+    limit of 1 byte: one frame per message), what is left is dropped without error."""
     sender, ws = pair
     await ws.close()
     await asyncio.sleep(0.05)
@@ -71,6 +79,34 @@ async def test_a_closed_socket_breaks_the_sender(
     await sender.flush(5)
     assert sender.broken
     sender.send(b"2")  # dropped, no error
+
+
+async def test_a_socket_lost_under_back_pressure_breaks_the_sender(
+    pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
+) -> None:
+    """Frames waiting for the transport when the peer goes away are dropped: flush()
+    returns (it waits for the writer), the sender is broken, nothing is kept."""
+    sender, ws = pair
+    for _ in range(COUNT):
+        sender.send(b'"' + b"x" * (FRAME - 2) + b'"')
+    assert sender._backlog
+    ws._response.connection.transport.abort()  # type: ignore[union-attr]
+    await sender.flush(5)
+    assert sender.broken and not sender._backlog
+
+
+@pytest.mark.parametrize("pair", [{"compress": 15}], indirect=True)
+async def test_compressed_frames_arrive_in_order(
+    pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
+) -> None:
+    """With permessage-deflate (a client may ask for it), frames are not written at once
+    but through aiohttp's compressing send_frame(), still in order."""
+    sender, ws = pair
+    for i in range(3):
+        sender.send(b'"%d"' % i)
+        await asyncio.sleep(0)  # one frame per turn
+    await sender.flush(5)
+    assert [(await ws.receive(5)).data for _ in range(3)] == ['"0"', '"1"', '"2"']
 
 
 async def test_messages_of_one_turn_share_a_frame(

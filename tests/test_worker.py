@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import logging
 import os
 import signal
 import sys
@@ -92,14 +95,15 @@ async def test_create_worker_rejects_bad_settings(
         await create_worker(**kwargs)
 
 
-async def test_worker_refusing_its_settings_raises_type_error(tmp_path: Any) -> None:
-    # Files that exist but are no certificate: only the worker can tell, and exits 42.
+async def test_worker_failing_on_its_certificate_raises_worker_died_error(tmp_path: Any) -> None:
+    # Files that exist but are no certificate: only the worker can tell, and aborts.
     cert = tmp_path / "cert.pem"
     key = tmp_path / "key.pem"
     cert.write_text("not a certificate")
     key.write_text("not a key")
-    with pytest.raises((TypeError, WorkerDiedError)):
+    with pytest.raises(WorkerDiedError) as info:
         await create_worker(dtls_certificate_file=str(cert), dtls_private_key_file=str(key))
+    assert info.value.signal == signal.SIGABRT
 
 
 async def test_worker_binary_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -288,3 +292,125 @@ async def test_worker_obeys_sigterm_whatever_this_thread_does_with_it(how: str) 
     assert isinstance(error[0], WorkerDiedError)
     await worker.wait_closed()
     assert not _alive(worker.pid)
+
+
+def _open_fds() -> set[str]:
+    """This process's descriptors but /dev/null (libuv keeps one open per loop, made
+    with its first stream, for when descriptors run out)."""
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own, closed since
+            if os.readlink(f"/proc/self/fd/{fd}") != os.devnull:
+                fds.add(fd)
+    return fds
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "not executable"])
+async def test_a_binary_that_cannot_be_started_leaves_no_descriptor_behind(
+    tmp_path: Any, kind: str
+) -> None:
+    binary = tmp_path / "mediasoup-worker"
+    if kind == "not executable":
+        binary.write_text("#!/bin/sh\n")
+    before = _open_fds()
+    with pytest.raises(OSError):
+        await create_worker(worker_bin=str(binary))
+    assert _open_fds() == before  # the eight pipe ends are all closed
+
+
+async def test_the_binary_of_mediasoup_worker_bin_is_the_one_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    binary = tmp_path / "bin" / "mediasoup-worker"
+    binary.parent.mkdir()
+    binary.symlink_to(find_worker_bin())
+    monkeypatch.setenv("MAFALDA_CACHE", str(tmp_path / "empty-cache"))  # no cached binary
+    monkeypatch.setenv("MEDIASOUP_WORKER_BIN", str(binary))
+    assert find_worker_bin() == str(binary)
+    async with await create_worker() as worker:
+        assert _cmdline(worker.pid)[0] == str(binary)
+
+
+async def test_without_log_level_the_worker_keeps_its_own_default() -> None:
+    async with await create_worker(log_level=None) as worker:  # type: ignore[arg-type]
+        args = _cmdline(worker.pid)
+        assert not [a for a in args if a.startswith("--logLevel")]
+        assert "--rtcMinPort=10000" in args
+        assert (await worker.dump())["pid"] == worker.pid
+
+
+async def test_a_worker_refusing_its_command_line_raises_type_error(tmp_path: Any) -> None:
+    """The worker exits 42 on a setting it refuses. Every setting it could refuse is
+    checked here first (or, as root, passes both checks), so a wrapper given as
+    worker_bin adds one: the real worker refuses it."""
+    wrapper = tmp_path / "refusing-worker"
+    wrapper.write_text(f'#!/bin/sh\nexec {find_worker_bin()} --logLevel=chicken "$@"\n')
+    wrapper.chmod(0o755)
+    before = _open_fds()
+    with pytest.raises(TypeError, match="wrong settings"):
+        await create_worker(worker_bin=str(wrapper))
+    assert _open_fds() == before
+
+
+async def test_a_worker_that_does_not_exit_after_close_is_killed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("mafalda.mediasoup.worker._CLOSE_GRACE_SECONDS", 0.5)
+    worker = await create_worker()
+    os.kill(worker.pid, signal.SIGSTOP)  # cannot handle its close, nor exit
+    subprocess_closed = asyncio.Event()
+    worker.on("subprocessclose", subprocess_closed.set)
+    worker.close()
+    assert await worker.wait_closed() == (None, signal.SIGKILL)
+    assert not _alive(worker.pid)
+    assert subprocess_closed.is_set() and worker.subprocess_closed and not worker.died
+    assert "did not exit after close, killing it" in caplog.text
+
+
+async def test_cancelling_create_worker_leaves_nothing_behind() -> None:
+    # Cancelled after 0, 1, 2... loop turns: before the process starts, while its pipes
+    # are handed to the loop (some of them handed, the others not), then while it
+    # waits for the worker to run.
+    from mafalda.mediasoup import worker as worker_module
+
+    before = _open_fds()
+    for turns in range(12):
+        task = asyncio.ensure_future(create_worker())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        pids = set(worker_module._live_pids)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _open_fds() == before, f"after {turns} turns"
+        assert not any(_alive(pid) for pid in pids), f"after {turns} turns"
+        assert not worker_module._live_pids
+        # Nothing closes a descriptor again later, by then someone else's (the numbers
+        # of the pipes just closed are the next ones given out).
+        others = os.pipe()
+        del task
+        await asyncio.sleep(0)  # uvloop lets go of a transport at its close callback
+        gc.collect()
+        for fd in others:
+            os.fstat(fd)
+            os.close(fd)
+
+
+def test_worker_output_lines_are_logged_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    from mafalda.mediasoup.worker import _LineLogger
+
+    lost: list[bool] = []
+    output = _LineLogger(1234, logging.WARNING, "stderr", lambda: lost.append(True))
+    with caplog.at_level(logging.DEBUG, logger="mafalda.mediasoup.worker"):
+        output.data_received(b"first\n\nsecond \xff\n\n")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "worker[pid:1234] (stderr) first"),
+        (logging.WARNING, "worker[pid:1234] (stderr) second \ufffd"),
+    ]
+    output.connection_lost(None)
+    assert lost == [True]

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Method import Method
-from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateWebRtcServerRequest import CreateWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.UpdateSettingsRequest import UpdateSettingsRequestT
@@ -203,6 +202,31 @@ def _spawn(argv: list[str]) -> tuple[int, int, int, int, int]:
     return pid, to_worker_w, from_worker_r, out_r, err_r
 
 
+class _PipeFile:
+    """A pipe end as the loop takes it (``fileno()``, ``close()``), which closes its
+    descriptor once and never when collected.
+
+    A file object would: when ``connect_*_pipe()`` fails or is cancelled, uvloop's
+    transport has closed the descriptor but not the file, whose finalizer closes the
+    number again, by then perhaps another pipe's.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            # uvloop's transport closes the descriptor itself, then its file.
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class _PipeEnd(asyncio.Protocol):
     """Reports when its pipe is closed for good (the transport let go of the file)."""
 
@@ -242,7 +266,7 @@ class Worker(EventSource):
         # Pipes whose transport has not reported connection_lost yet: wait_closed() waits
         # for them (uvloop closes the files a loop turn after the transports).
         self._pipes_open = 0
-        self._handed: list[Any] = []  # pipe files given to the loop
+        self._handed: list[_PipeFile] = []  # pipe ends given to the loop
         self._pipes_closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pidfd = -1
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
@@ -270,11 +294,6 @@ class Worker(EventSource):
     @property
     def subprocess_closed(self) -> bool:
         return self._subprocess_closed
-
-    @property
-    def channel(self) -> Channel:
-        """The channel to the process (used by this library's classes, not by apps)."""
-        return self._channel
 
     @property
     def webrtc_servers_for_testing(self) -> set[WebRtcServer]:
@@ -309,8 +328,7 @@ class Worker(EventSource):
         _live_pids.discard(self._pid)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        if not self._exit_status.done():
-            self._exit_status.set_result((code, sig))
+        self._exit_status.set_result((code, sig))  # once: the reader is removed above
         for transport in self._transports:
             transport.close()
         if not self._spawn_done:
@@ -327,9 +345,8 @@ class Worker(EventSource):
                 self._started.set_exception(error)
             return
         if self._closed:
-            if not self._subprocess_closed:
-                self._subprocess_closed = True
-                self.events.emit("subprocessclose")
+            self._subprocess_closed = True
+            self.events.emit("subprocessclose")
             return
         logger.error(
             "worker process died unexpectedly [pid:%s, code:%s, signal:%s]", self._pid, code, sig
@@ -365,11 +382,11 @@ class Worker(EventSource):
         with contextlib.suppress(MediasoupError):
             self._channel.notify(Event.WORKER_CLOSE)
         self._channel.close()
-        if not self._exit_status.done():
-            self._kill_task = asyncio.get_running_loop().create_task(self._ensure_exit())
+        # Not exited yet: an exit closes the worker first (it died, or never started).
+        self._kill_task = asyncio.get_running_loop().create_task(self._ensure_exit())
         self.observer.emit("close")
 
-    def _abort(self, files: list[Any]) -> None:
+    def _abort(self, files: list[_PipeFile]) -> None:
         """Undo a start that did not complete: kill the process, close every pipe."""
         self._closed = True
         self._spawn_done = True
@@ -528,12 +545,6 @@ class Worker(EventSource):
         self.observer.emit("newrouter", router)
         return router
 
-    def close_router_request(self, router_id: str) -> None:
-        """Fire-and-forget WORKER_CLOSE_ROUTER (Router.close uses it)."""
-        request = CloseRouterRequestT()
-        request.routerId = router_id
-        self._channel.request_nowait(Method.WORKER_CLOSE_ROUTER, "", request)
-
 
 async def create_worker(
     *,
@@ -588,10 +599,7 @@ async def create_worker(
     pidfd = os.pidfd_open(pid)
     worker._pidfd = pidfd
     loop.add_reader(pidfd, worker._on_process_exit)
-    files = [
-        os.fdopen(fd, mode, buffering=0)
-        for fd, mode in ((write_fd, "wb"), (read_fd, "rb"), (out_fd, "rb"), (err_fd, "rb"))
-    ]
+    files = [_PipeFile(fd) for fd in (write_fd, read_fd, out_fd, err_fd)]
     try:
         lost = worker._pipe_lost
         worker._handed.append(files[0])

@@ -541,3 +541,139 @@ def test_encode_out_of_range_number_is_a_type_error() -> None:
     body.maxIncomingBitrate = 2**40  # a uint32 field
     with pytest.raises(TypeError, match="bad number"):
         encode_request(FastBuilder(0), 1, Method.TRANSPORT_SET_MAX_INCOMING_BITRATE, "t", body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        CreateRouterRequestT(routerId="r1"),
+        ProduceRequestT(
+            producerId="p",
+            kind=1,
+            rtpParameters=RtpParametersT(
+                codecs=[RtpCodecParametersT(mimeType="audio/opus", payloadType=100)]
+            ),
+        ),
+    ],
+    ids=["flat", "nested"],
+)
+def test_requests_without_the_c_encoders_read_back_the_same(
+    monkeypatch: pytest.MonkeyPatch, body: Any
+) -> None:
+    # MAFALDA_PURE_PYTHON=1 (or no C extension): the Python packer writes the body.
+    from mafalda.mediasoup import _fastfbs
+
+    method = Method.TRANSPORT_PRODUCE
+    native = MessageT.InitFromPackedBuf(encode_request(FastBuilder(0), 9, method, "h", body), 4)
+    monkeypatch.setattr(_fastfbs, "NATIVE", False)
+    builder = FastBuilder(0)
+    data = encode_request(builder, 9, method, "h", body)
+    assert data.endswith(builder.Bytes[builder.Head() :])  # the builder's bytes are the body
+    assert len(data) % 8 == 0
+    assert _fields(MessageT.InitFromPackedBuf(data, 4)) == _fields(native)
+
+
+async def test_a_message_too_big_for_the_channel_is_refused_and_the_channel_goes_on(
+    worker: Any,
+) -> None:
+    # A DataProducer's message over 4 MiB cannot be framed for the worker (as Node's
+    # "Channel request too big"); the channel is not broken by it.
+    from tests.conftest import MEDIA_CODECS
+
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_direct_transport()
+    data_producer = await transport.produce_data()
+    with pytest.raises(ValueError, match="too big"):
+        data_producer.send(bytes(PAYLOAD_MAX_LEN))
+    data_producer.send(b"small")
+    assert (await data_producer.get_stats())[0]["messagesReceived"] == 1
+
+
+async def test_requests_to_a_pipe_that_is_gone_raise_channel_closed() -> None:
+    # Not attached yet, or the write side closed (the worker exited) before the
+    # channel learns it.
+    channel = Channel(pid=1)
+    with pytest.raises(ChannelClosedError, match="cannot send request"):
+        channel.request(Method.WORKER_DUMP)
+    with pytest.raises(ChannelClosedError, match="cannot send notification"):
+        channel.notify(Event.WORKER_CLOSE)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    writer.closed = True
+    with pytest.raises(ChannelClosedError, match="cannot send request"):
+        channel.request(Method.WORKER_DUMP, "h", CreateRouterRequestT(routerId="r"))
+    assert writer.sent == [] and not channel._sents
+
+
+async def test_a_burst_whose_pipe_closes_before_its_write_is_failed_by_close() -> None:
+    channel = Channel(pid=1)
+    writer = _Writer()
+    channel.attach(writer)  # type: ignore[arg-type]
+    futures = [channel.request(Method.WORKER_DUMP) for _ in range(3)]
+    assert len(writer.sent) == 2  # the third waits for the loop turn
+    writer.closed = True
+    await _next_turn()
+    assert len(writer.sent) == 2  # nothing written to a closing pipe
+    channel.close()
+    for future in futures:
+        with pytest.raises(ChannelClosedError):
+            await future
+
+
+async def test_closing_a_channel_never_attached() -> None:
+    channel = Channel(pid=1)
+    closed: list[bool] = []
+    channel.events.on("close", lambda: closed.append(True))
+    channel.close()
+    assert channel.closed and closed == [True]
+
+
+async def test_an_invalid_message_is_logged_and_the_next_ones_handled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = Channel(pid=7)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    pending = channel.request(Method.WORKER_DUMP)
+    no_data = _message(MessageBody.Response, lambda b: 0)
+    channel.data_received(no_data + _response(1))
+    assert await pending is None
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "worker[pid:7] sent an invalid message: message without data")
+    ]
+
+
+async def test_the_answer_to_a_cancelled_request_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    cancelled = channel.request(Method.WORKER_DUMP)
+    cancelled.cancel()
+    pending = channel.request(Method.WORKER_DUMP)
+    channel.data_received(_response(1) + _response(2))
+    assert await pending is None
+    assert cancelled.cancelled()
+    assert not caplog.records  # matched (no "does not match any sent request")
+    assert not channel._sents
+
+
+async def test_a_failing_notification_handler_is_logged_and_the_others_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    seen: list[int] = []
+
+    def failing(event: int, body: Any) -> None:
+        raise RuntimeError("handler boom")
+
+    channel.subscribe("bad", failing)
+    channel.subscribe("good", lambda event, body: seen.append(event))
+    channel.data_received(
+        _notification("bad", Event.PRODUCER_SCORE) + _notification("good", Event.PRODUCER_SCORE)
+    )
+    await _next_turn()
+    assert seen == [Event.PRODUCER_SCORE]
+    (record,) = caplog.records
+    assert record.getMessage() == "notification handler failed [event:PRODUCER_SCORE]"
+    assert record.exc_info is not None and str(record.exc_info[1]) == "handler boom"

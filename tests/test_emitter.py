@@ -152,3 +152,22 @@ async def test_every_kind_of_awaitable_a_listener_returns_is_run() -> None:
         "custom": 2,
         "future": 1,
     }
+
+
+async def test_wait_for_cancelled_as_its_event_comes_is_just_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The waiter is cancelled, then the event comes before it resumes to remove its
+    # listener: the event is for the other listeners, no error is logged.
+    e = EventEmitter()
+    seen: list[int] = []
+    waiter = asyncio.ensure_future(e.wait_for("x"))
+    await asyncio.sleep(0)
+    e.on("x", seen.append)
+    waiter.cancel()
+    assert e.emit("x", 1)
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert seen == [1]
+    assert e.listener_count("x") == 1
+    assert not caplog.records

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.resources
 import math
 import os
 import pkgutil
@@ -812,3 +813,276 @@ def test_prepacked_cache_lists() -> None:
     cache.get_list(unkeyable, build("x"))
     assert builds[-2:] == ["x", "x"] and isinstance(tables[0], RtcpFeedbackT)
     assert len(cache) <= 2  # bounded: emptied when full
+
+
+def test_builder_methods_the_generated_code_does_not_call_write_as_the_stock_ones() -> None:
+    stock, fast = flatbuffers.Builder(0), FastBuilder(0)
+    for b in (stock, fast):
+        text = b.CreateString("x")
+        b.StartVector(8, 2, 8)  # elements aligned to 8, more than the length's 4
+        b.PrependUint64(1)
+        b.PrependUint64(2)
+        vector = b.EndVector()
+        b.StartObject(4)
+        b.PrependUOffsetTRelativeSlot(0, text, 0)
+        b.PrependUOffsetTRelativeSlot(1, 0, 0)  # the default: not written
+        b.PrependUOffsetTRelativeSlot(2, vector, 0)
+        b.PrependUint8(7)
+        b.Slot(3)
+        table = b.EndObject()
+        b.PrependSOffsetTRelative(table)
+    assert fast.Bytes[fast.head :] == stock.Bytes[stock.head :]
+    assert fast.head == stock.head and fast.minalign == stock.minalign == 8
+
+
+# -- generated code of other shapes -------------------------------------------------
+#
+# The compilers read the generated code: a flatc writing other shapes must get the
+# stock reader or packer (same results, slower), never a wrong compiled one. Each case
+# is a real generated module with one edit, imported from a temporary package.
+
+_LISTEN_INFO = "Transport/ListenInfo.py"
+_STATS = "RtpStream/Stats.py"
+_GET_STATS = "Consumer/GetStatsResponse.py"
+_TRACE_EVENT = "Transport/EnableTraceEventRequest.py"
+_ODD_ACCESSOR = "    # ListenInfo\n    def Ip(self):"
+_ODD_CREATOR = """
+from mafalda.mediasoup._fbs.RtpStream.StatsData import StatsData
+
+def OddCreator(unionType, table):
+    if unionType == StatsData.BaseStats:
+        return None
+    return None
+"""
+
+# (module, old text, new text): shapes the decoder compiler refuses.
+_READER_VARIANTS = {
+    "accessor of a vector of unknown items": (
+        _LISTEN_INFO,
+        _ODD_ACCESSOR,
+        "    def Odd(self, j):\n        o = self._tab.Offset(22)\n        return j\n"
+        + _ODD_ACCESSOR,
+    ),
+    "accessor of an unknown kind": (
+        _LISTEN_INFO,
+        _ODD_ACCESSOR,
+        "    def Odd(self):\n        o = self._tab.Offset(22)\n        return o\n" + _ODD_ACCESSOR,
+    ),
+    "union creator not calling InitFromBuf": (
+        _STATS,
+        "mafalda.mediasoup._fbs.RtpStream.StatsData.StatsDataCreator(self.dataType",
+        "{module}.OddCreator(self.dataType",
+    ),
+    "__init__ computing an attribute": (_LISTEN_INFO, "self.port = port ", "self.port = +port "),
+    "a table accessor assigned as a scalar": (
+        _LISTEN_INFO,
+        "self.sendBufferSize = listenInfo.SendBufferSize()",
+        "self.sendBufferSize = listenInfo.PortRange()",
+    ),
+    "a scalar accessor as a union's value": (_STATS, "stats.Data())", "stats.DataType())"),
+    "an assignment of another form": (
+        _LISTEN_INFO,
+        "self.port = listenInfo.Port()",
+        "self.port = 0 + listenInfo.Port()",
+    ),
+    "a table decoded as a string": (
+        _LISTEN_INFO,
+        "self.sendBufferSize = listenInfo.SendBufferSize()\n",
+        "self.sendBufferSize = listenInfo.SendBufferSize()\n"
+        "        if self.portRange is not None:\n"
+        "            self.portRange = self.portRange.decode('utf-8')\n",
+    ),
+    "a scalar read as a table": (
+        _LISTEN_INFO,
+        "if listenInfo.PortRange() is not None:",
+        "if listenInfo.Port() is not None:",
+    ),
+    "a vector test of another form": (
+        _LISTEN_INFO,
+        "self.port = listenInfo.Port()\n",
+        "self.port = listenInfo.Port()\n        if not listenInfo.Port():\n            pass\n",
+    ),
+    "a vector read without an assignment first": (_GET_STATS, "self.stats = []", "pass"),
+    "a vector assigned to a local": (_GET_STATS, "self.stats = []", "stats = []"),
+    "a vector of tables not made by InitFromObj": (
+        _GET_STATS,
+        "StatsT.InitFromObj(getStatsResponse.Stats(i))",
+        "StatsT.InitFromBuf(getStatsResponse.Stats(i)._tab.Bytes,"
+        " getStatsResponse.Stats(i)._tab.Pos)",
+    ),
+    "a vector of scalars without the numpy test": (_TRACE_EVENT, "if np is None:", "if True:"),
+    "a test of another form": (
+        _LISTEN_INFO,
+        "if listenInfo.PortRange() is not None:",
+        "if 0 < 1:",
+    ),
+    "a statement of another kind": (
+        _LISTEN_INFO,
+        "self.port = listenInfo.Port()\n",
+        "self.port = listenInfo.Port()\n        print(end='')\n",
+    ),
+}
+
+# Shapes the packer compiler does not inline (it keeps the builder's slot methods).
+_PACKER_VARIANTS = {
+    "a wrapper called with fewer arguments than it has": (
+        _LISTEN_INFO,
+        "def ListenInfoAddPort(builder, port):\n    builder.PrependUint16Slot(4, port, 0)",
+        "def ListenInfoAddPort(builder, port, d=0):\n    builder.PrependUint16Slot(4, port, d)",
+    ),
+    "a default that is no literal": (
+        _LISTEN_INFO,
+        "PrependUint16Slot(4, port, 0)",
+        "PrependUint16Slot(4, port, int(0))",
+    ),
+    "a default with no literal": (
+        "RtpParameters/Double.py",
+        "PrependFloat64Slot(0, value, 0.0)",
+        "PrependFloat64Slot(0, value, 1e999)",
+    ),
+    "an offset slot whose default is not 0": (
+        _LISTEN_INFO,
+        "UOffsetTFlags.py_type(ip), 0)",
+        "UOffsetTFlags.py_type(ip), 1)",
+    ),
+    "a slot method it does not know": (
+        _LISTEN_INFO,
+        "builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags"
+        ".py_type(portRange), 0)",
+        "builder.PrependStructSlot(5, portRange, 0)",
+    ),
+    "a field count that is no literal": (
+        _LISTEN_INFO,
+        "builder.StartObject(9)",
+        "builder.StartObject(3 * 3)",
+    ),
+}
+
+# Shapes that change nothing: the compiled reader and packer are still used.
+_HARMLESS_VARIANTS = {
+    "an accessor ending without a return": (
+        _LISTEN_INFO,
+        _ODD_ACCESSOR,
+        "    def Odd(self):\n        o = self._tab.Offset(22)\n"
+        "        if o != 0:\n            return self._tab.String(o + self._tab.Pos)\n"
+        "        pass\n" + _ODD_ACCESSOR,
+    ),
+    "a number read as a bool": (
+        _LISTEN_INFO,
+        "return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)",
+        "return bool(self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos))",
+    ),
+    "module functions that are no wrappers": (
+        _LISTEN_INFO,
+        "def ListenInfoStart(builder):",
+        "def Odd(builder):\n    x = builder\n\n"
+        "def Twice(builder):\n    return builder + builder\n\n"
+        "def ListenInfoStart(builder):",
+    ),
+}
+
+
+def _variant(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, case: tuple[str, str, str]) -> Any:
+    """The T class of generated module ``case[0]`` with ``case[1]`` replaced by ``case[2]``
+    (where ``{module}`` is the module's own name; it then defines OddCreator too)."""
+    path, old, new = case
+    source = (importlib.resources.files(_fbs) / path).read_text()
+    assert old in source, old
+    package = f"fbs_variant_{abs(hash(case))}"
+    directory = tmp_path / package
+    directory.mkdir()
+    (directory / "__init__.py").write_text("")
+    name = path.rsplit("/", 1)[1].removesuffix(".py")
+    source = source.replace(old, new.replace("{module}", f"{package}.{name}"))
+    if "{module}" in new:
+        source += _ODD_CREATOR + f"\nimport {package}.{name}\n"
+    (directory / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, package, raising=False)
+    module = importlib.import_module(f"{package}.{name}")
+    return getattr(module, f"{name}T")
+
+
+def _variant_instances(cls: type, tables: bool = True) -> list[Any]:
+    """Instances to pack; ``tables``: a ListenInfo with a table field too."""
+    from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT
+
+    name = cls.__name__
+    if name == "ListenInfoT":
+        full = {"ip": "10.0.0.1", "announcedAddress": "a", "port": 5, "sendBufferSize": 7}
+        more = [cls(**full, portRange=PortRangeT(min=1, max=2))] if tables else []
+        return [cls(), cls(**full), *more]
+    if name == "DoubleT":
+        return [cls(), cls(value=0.5)]
+    if name == "StatsT":
+        return [cls(), cls(dataType=1, data=_fbs_base_stats())]
+    if name == "EnableTraceEventRequestT":
+        return [cls(), cls(events=[1, 2])]
+    return [cls()]
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("case", list(_READER_VARIANTS), ids=str)
+def test_generated_reader_of_another_shape_gets_init_from_buf(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, case: str, native: bool
+) -> None:
+    cls = _variant(tmp_path, monkeypatch, _READER_VARIANTS[case])
+    with pytest.raises(_fastfbs.UnsupportedShapeError):
+        _fastfbs._spec(cls)
+    compiled = _fastfbs._Compiled(native=native and _fastfbs.HAVE_NATIVE)
+    _fastfbs._compile(cls, compiled)
+    decode = compiled.public[cls]
+    assert decode.__name__ == "decode"  # InitFromBuf's
+    # (without the tables that some of these edits make InitFromBuf mistake for others)
+    for obj in _variant_instances(cls, tables=False):
+        data = _pack(flatbuffers.Builder(0), obj)
+        assert_same(decode(data, _root(data)), cls.InitFromBuf(data, _root(data)))
+    if _fastfbs.HAVE_NATIVE:
+        monkeypatch.setattr(_fastfbs, "_encoder_for", {})
+        assert _fastfbs._encoder_of(cls) is None  # the Python packer packs it
+
+
+@pytest.mark.parametrize("case", list(_PACKER_VARIANTS), ids=str)
+def test_generated_packer_of_another_shape_keeps_the_builder_calls(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    cls = _variant(tmp_path, monkeypatch, _PACKER_VARIANTS[case])
+    pack = _fastfbs._compile_packer(cls)
+    assert "StartObject" in pack.__code__.co_names  # not inlined
+    for obj in _variant_instances(cls):
+        if case == "a slot method it does not know":
+            obj.portRange = None  # a struct slot would take no table
+        fast = FastBuilder(0)
+        fast.Finish(pack(obj, fast))
+        assert fast.output_bytes() == _pack(flatbuffers.Builder(0), obj)
+
+
+@pytest.mark.parametrize("case", list(_HARMLESS_VARIANTS), ids=str)
+def test_generated_code_with_harmless_extras_is_still_compiled(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    cls = _variant(tmp_path, monkeypatch, _HARMLESS_VARIANTS[case])
+    compiled = _fastfbs._Compiled(native=False)
+    _fastfbs._compile(cls, compiled)
+    assert compiled.public[cls].__name__ == "decode_views"
+    pack = _fastfbs._compile_packer(cls)
+    assert "StartObject" not in pack.__code__.co_names  # inlined
+    for obj in _variant_instances(cls):
+        data = _pack(flatbuffers.Builder(0), obj)
+        assert_same(compiled.public[cls](data, _root(data)), cls.InitFromBuf(data, _root(data)))
+        fast = FastBuilder(0)
+        fast.Finish(pack(obj, fast))
+        assert fast.output_bytes() == data
+
+
+def test_a_scalar_default_the_c_encoder_cannot_hold_leaves_the_class_to_pack(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scalar whose default is a string: decoded alike, packed by the Python packer.
+    cls = _variant(
+        tmp_path, monkeypatch, (_LISTEN_INFO, "        return 1\n", "        return 'udp'\n")
+    )
+    monkeypatch.setattr(_fastfbs, "_encoder_for", {})
+    assert _fastfbs._encoder_of(cls) is None
+    data = _pack(flatbuffers.Builder(0), cls(protocol=2))
+    assert python_decoder(cls)(data, _root(data)).protocol == 2

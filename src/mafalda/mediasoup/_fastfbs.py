@@ -773,7 +773,7 @@ def _gen(
                 else:
                     lines.append(f"        {var} = list(struct.unpack_from('<%d{code}' % n, b, q))")
             lines += ["    else:", f"        {var} = {spec.init_defaults[f.name]!r}"]
-        elif f.kind == "union":
+        else:  # union: _spec makes no other kind
             umap = _union_name(fn_name, f)
             unions[umap] = f.target
             lines += [
@@ -1319,10 +1319,15 @@ def _compile_packer(cls: type) -> Callable[[Any, Any], int]:
     pack.name = "_p_" + _name(cls)[3:]
     pack.decorator_list = []
     pack = _Inline(_wrappers(tree)).visit(pack)
+    # On a copy: a shape it does not know can stop the inlining half-way (the fields
+    # under an ``if`` inlined, a later one not), which must leave nothing of it.
+    inlined = copy.deepcopy(pack)
     try:
-        _inline_table(pack)
+        _inline_table(inlined)
     except (UnsupportedShapeError, StopIteration):
         pass  # keep the builder's slot methods
+    else:
+        pack = inlined
     source = ast.unparse(ast.fix_missing_locations(pack))
     namespace = dict(vars(module))
     namespace.update(_pack_namespace)

@@ -414,3 +414,17 @@ def test_worker_output_lines_are_logged_one_by_one(caplog: pytest.LogCaptureFixt
     ]
     output.connection_lost(None)
     assert lost == [True]
+
+
+def test_a_pipe_end_closes_its_descriptor_once() -> None:
+    from mafalda.mediasoup.worker import _PipeFile
+
+    read, write = os.pipe()
+    end = _PipeFile(read)
+    assert end.fileno() == read
+    end.close()
+    others = os.pipe()  # may reuse the number just closed
+    end.close()  # ... which is not closed again
+    for fd in (*others, write):
+        os.fstat(fd)
+        os.close(fd)

@@ -89,7 +89,6 @@ _DENIED = frozenset(
         "transport_closed",
         "listen_server_closed",
         "mafalda_closed",
-        "close_router_request",
         "handle_webrtc_transport",
         "child_router",
         "worker_of",

@@ -134,7 +134,7 @@ def test_registry_encoding() -> None:
     legacy = {k: v for k, v in record.items() if k != "serves"}  # first-increment records
     assert registry.decode_record(json.dumps(legacy))["serves"] == "mediasoup"
     assert registry.decode_record(registry.encode_record(record).encode()) == record
-    for bad in (b"\xff", "[]", "{", '{"id": "a"}'):
+    for bad in (b"\xff", "[]", "{", '{"id": "a"}', "[" * 100_000):
         with pytest.raises(ValueError, match="server record"):
             registry.decode_record(bad)
     for key, value in (
@@ -154,11 +154,21 @@ def test_registry_encoding() -> None:
     assert registry.server_id_from_key(b"mafalda:server:a") == "a"
     assert registry.server_id_from_key("mafalda:server:") is None
     assert registry.server_id_from_key("other:server:a") is None
+    for bad_key in (b"mafalda:server:\xff", "mafalda:server:a:b", "mafalda:server:*"):
+        assert registry.server_id_from_key(bad_key) is None
     assert registry.server_pattern("x") == "x:server:*"
     assert registry.membership_channel() == "mafalda:membership"
     message = registry.encode_membership("leave", "a")
     assert registry.decode_membership(message) == {"event": "leave", "id": "a"}
-    for bad in (b"\xff", "1", '{"event": "boom", "id": "a"}', '{"event": "join", "id": ""}'):
+    for bad in (
+        b"\xff",
+        "1",
+        "[" * 100_000,
+        '{"event": "boom", "id": "a"}',
+        '{"event": [], "id": "a"}',
+        '{"event": "join", "id": ""}',
+        '{"event": "join", "id": "a:b"}',
+    ):
         assert registry.decode_membership(bad) is None
     assert is_loopback("127.0.0.3") and is_loopback("localhost") and not is_loopback("10.0.0.1")
 
@@ -300,6 +310,92 @@ async def test_a_leave_during_a_read_is_not_undone(
         assert "s9" not in c.servers and joins == []
         await c.refresh()  # a read begun after the leave: the record is there for real
         assert "s9" in c.servers and [j["id"] for j in joins] == ["s9"]
+
+
+def _hand_record(server_id: str, **changes: Any) -> str:
+    """A server record written by hand (no server behind its control URL)."""
+    record: dict[str, Any] = {
+        "id": server_id,
+        "controlUrl": f"ws://127.0.0.1:{free_port()}/",
+        "mediaAddress": "127.0.0.1",
+        "region": None,
+        "workers": 0,
+        "load": 0.0,
+        "consumers": 0,
+        "draining": False,
+        "version": PROTOCOL_VERSION,
+        "serves": "mediasoup",
+        **changes,
+    }
+    return json.dumps(record)
+
+
+async def _subscribed(db: aioredis.Redis) -> None:
+    """Until the cluster client listens on the membership channel (what is published
+    before that is not heard)."""
+
+    async def listening() -> bool:
+        [(_, count)] = await db.pubsub_numsub(registry.membership_channel())
+        return int(count) > 0
+
+    await wait_until(listening)
+
+
+async def test_junk_in_the_registry_is_ignored(
+    redis_server: RedisProcess, db: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever writes under the prefix, what is no server's record or membership message
+    is ignored, one at a time. A record nested too deep (a RecursionError) or a key that
+    is not UTF-8 made every registry read fail: connect() raised, and a client already
+    connected never saw a server join, leave or expire again. An unhashable event or
+    an id no server could have made the membership listener fail and subscribe again
+    ``interval`` later, the messages published meanwhile lost."""
+    raw: aioredis.Redis = aioredis.from_url(redis_server.url)  # keys that are not UTF-8
+    try:
+        await raw.set(b"mafalda:server:\xff", _hand_record("s3"))
+    finally:
+        await raw.aclose()
+    await db.set("mafalda:server:deep", "[" * 100_000)
+    await db.set("mafalda:server:", _hand_record("s3"))  # no id in the key
+    await db.set("mafalda:server:a*b", _hand_record("a*b"))  # an id no server can have
+    await db.hset("mafalda:server:h", "id", "h")  # not a string: MGET answers nil
+    await db.set("mafalda:server:s7", _hand_record("s8"))  # another server's record
+    await db.set("mafalda:server:s1", _hand_record("s1"))
+    # interval 30: only the membership listener reads the registry (at its subscribe).
+    async with await horizontal.connect(redis_server.url, token=TOKEN, interval=30) as c:
+        assert set(c.servers) == {"s1"}
+        joins: list[str] = []
+        leaves: list[tuple[str, str]] = []
+        c.observer.on("serverjoin", lambda record: joins.append(record["id"]))
+        c.observer.on("serverleave", lambda record, why: leaves.append((record["id"], why)))
+        await _subscribed(db)
+        channel = registry.membership_channel()
+        await db.set("mafalda:server:s6", "not json")
+        for junk in (
+            "not json",
+            '{"event": [], "id": "s2"}',
+            '{"event": "join", "id": "a*b"}',
+            '{"event": "join", "id": "a:b"}',
+            registry.encode_membership("join", "s5"),  # no record
+            registry.encode_membership("join", "s6"),  # not a record
+            registry.encode_membership("update", "s7"),  # another server's record
+            registry.encode_membership("leave", "s9"),  # not a server of this client
+        ):
+            await db.publish(channel, junk)
+        # Messages arrive in order: once s2's join is heard, the junk was handled.
+        joined = asyncio.ensure_future(c.observer.wait_for("serverjoin"))
+        await db.set("mafalda:server:s2", _hand_record("s2"))
+        await db.publish(channel, registry.encode_membership("join", "s2"))
+        async with asyncio.timeout(10):
+            await joined
+        await db.delete("mafalda:server:s1")
+        left = asyncio.ensure_future(c.observer.wait_for("serverleave"))
+        await db.publish(channel, registry.encode_membership("leave", "s1"))
+        async with asyncio.timeout(10):
+            await left
+        assert joins == ["s2"] and leaves == [("s1", "left")]
+        assert set(c.servers) == {"s2"}
+        assert "membership channel" not in caplog.text
 
 
 # -- media between servers -----------------------------------------------------------------

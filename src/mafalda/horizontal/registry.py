@@ -15,7 +15,7 @@ Keys (``prefix`` defaults to ``"mafalda"``; one prefix is one cluster):
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeGuard
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -35,7 +35,7 @@ __all__ = [
 DEFAULT_PREFIX = "mafalda"
 
 MembershipEvent = Literal["join", "update", "leave"]
-_EVENTS: frozenset[str] = frozenset({"join", "update", "leave"})
+_EVENTS: tuple[str, ...] = ("join", "update", "leave")
 
 
 class ServerRecord(TypedDict):
@@ -58,8 +58,12 @@ class MembershipMessage(TypedDict):
     id: str
 
 
+def _valid_id(server_id: object) -> TypeGuard[str]:
+    return isinstance(server_id, str) and bool(server_id) and not {":", "*"} & set(server_id)
+
+
 def server_key(server_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    if not server_id or ":" in server_id or "*" in server_id:
+    if not _valid_id(server_id):
         raise ValueError(f"invalid server id {server_id!r}")
     return f"{prefix}:server:{server_id}"
 
@@ -70,9 +74,14 @@ def server_pattern(prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def server_id_from_key(key: str | bytes, prefix: str = DEFAULT_PREFIX) -> str | None:
-    text = key.decode() if isinstance(key, bytes) else key
+    """The server id of a key, or None for a key that is no server's (anyone may write
+    keys under the prefix: not UTF-8, or an id no server could have)."""
+    try:
+        text = key.decode() if isinstance(key, bytes) else key
+    except UnicodeDecodeError:
+        return None
     head = f"{prefix}:server:"
-    if not text.startswith(head) or len(text) == len(head):
+    if not text.startswith(head) or not _valid_id(text[len(head) :]):
         return None
     return text[len(head) :]
 
@@ -96,7 +105,7 @@ def decode_record(raw: str | bytes) -> ServerRecord:
     """Parse and check a record read from Redis (ValueError when it is not one)."""
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise ValueError(f"server record: not JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError("server record: not an object")
@@ -133,11 +142,13 @@ def decode_membership(raw: str | bytes) -> MembershipMessage | None:
     """A membership message, or None for anything else (ignored by listeners)."""
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     if not isinstance(data, dict):
         return None
     event, server_id = data.get("event"), data.get("id")
-    if event not in _EVENTS or not isinstance(server_id, str) or not server_id:
+    # _EVENTS is a tuple: an unhashable event (a list...) is compared, not hashed (a
+    # TypeError); an id no server could have would make the listener's key lookup raise.
+    if event not in _EVENTS or not _valid_id(server_id):
         return None
     return {"event": event, "id": server_id}

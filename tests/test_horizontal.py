@@ -9,6 +9,7 @@ where the machine allows it, and says which ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -186,9 +187,24 @@ async def test_connect_validates_options(redis_server: RedisProcess) -> None:
         assert empty.servers == {} and empty.dump()["servers"] == {}
         with pytest.raises(ClusterError, match="no live media server"):
             await empty.create_worker()
-    assert empty.closed
+        router = await empty.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(ClusterError, match="no live media server available"):
+            await router.create_plain_transport(listen_ip="127.0.0.1")
+        # What cluster routers ask of the cluster, about a server it does not know.
+        for ask in (empty.serves, empty.media_address, empty.check_placeable):
+            with pytest.raises(ClusterError, match="no live media server 'nope'"):
+                ask("nope")
+        with pytest.raises(ClusterError, match="no live media server 'nope'"):
+            await empty.router_worker("nope")
+        with pytest.raises(ClusterError, match="no live media server 'nope'"):
+            await empty.child_router("nope", media_codecs=MEDIA_CODECS)
+    assert empty.closed and router.closed
     with pytest.raises(ClusterError, match="closed"):
         await empty.create_worker()
+    with pytest.raises(ClusterError, match="closed"):
+        await empty.create_router(media_codecs=MEDIA_CODECS)
+    with pytest.raises(ClusterError, match="closed"):
+        empty.place()
 
 
 # -- registration and placement ------------------------------------------------------------
@@ -396,6 +412,23 @@ async def test_junk_in_the_registry_is_ignored(
         assert joins == ["s2"] and leaves == [("s1", "left")]
         assert set(c.servers) == {"s2"}
         assert "membership channel" not in caplog.text
+
+
+async def test_pack_takes_the_least_loaded_when_every_server_is_full(
+    redis_server: RedisProcess, db: aioredis.Redis
+) -> None:
+    """'pack' fills the busiest server that is not full; when every one is full, it
+    places on the least loaded rather than refusing."""
+    await db.set(registry.server_key("s1"), _hand_record("s1", workers=4, load=2.0))
+    await db.set(registry.server_key("s2"), _hand_record("s2", workers=2, load=1.0))
+    await db.set(registry.server_key("s3"), _hand_record("s3", workers=1, load=0.5))
+    async with await horizontal.connect(
+        redis_server.url, token=TOKEN, policy="pack", interval=30
+    ) as pack:
+        assert pack.place() == "s3"  # the only one not full
+        await db.set(registry.server_key("s3"), _hand_record("s3", workers=3, load=1.5))
+        await pack.refresh()
+        assert pack.place() == "s2"
 
 
 # -- media between servers -----------------------------------------------------------------
@@ -716,6 +749,57 @@ async def test_media_node_in_process(redis_server: RedisProcess, db: aioredis.Re
             await client.aclose()
         assert await record_of(db, node.id) is None
         await node.aclose()  # closing twice does nothing
+        never = MediaNode(server, redis_url=redis_server.url, server_id="never")
+        await never.aclose()  # never started: nothing to stop, nothing registered
+        assert not never.registered and await record_of(db, "never") is None
+
+
+async def test_media_node_outlives_a_redis_outage(
+    redis_server: RedisProcess,
+    db: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis killed under a running node: its heartbeats fail, with one warning (not one
+    per beat), and it registers again once Redis is back. The beat is wrapped to count
+    the failures (it still does what it does)."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+
+    async with await serve(host="127.0.0.1", token=TOKEN) as server:
+        node = MediaNode(server, redis_url=redis_server.url, interval=0.05)
+        real_beat = node._beat
+        failed = 0
+
+        async def counted_beat() -> None:
+            nonlocal failed
+            try:
+                await real_beat()
+            except Exception:
+                failed += 1
+                raise
+
+        monkeypatch.setattr(node, "_beat", counted_beat)
+        with caplog.at_level("INFO", logger="mafalda.horizontal.node"):
+            async with node:
+                redis_server.kill()
+
+                async def failing() -> bool:
+                    return failed >= 3
+
+                await wait_until(failing)
+                redis_server.start()  # same port, empty
+
+                async def registered() -> bool:
+                    return "registered again in Redis" in caplog.text
+
+                await wait_until(registered)
+                with contextlib.suppress(Exception):  # db's connection died with Redis
+                    await db.ping()
+                assert await record_of(db, node.id) is not None
+                assert caplog.text.count("heartbeat to Redis failed") == 1
+                assert caplog.text.count("registered again in Redis") == 1
+        assert await record_of(db, node.id) is None
 
 
 async def test_media_node_closes_when_a_cancellation_is_swallowed(

@@ -414,6 +414,61 @@ async def test_junk_in_the_registry_is_ignored(
         assert "membership channel" not in caplog.text
 
 
+async def test_cluster_closes_when_its_loops_swallow_a_cancellation(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose() ends both background loops even when their cancellation is lost: on
+    Python 3.11 redis-py's asyncio.wait_for() around a socket write returns instead of
+    raising when the cancellation lands as the write completes (see the MediaNode test
+    above). That race cannot be produced on demand, so here the registry read of the
+    polling loop and the membership read of the listening loop swallow it once and
+    return, as they would then."""
+    cluster = await horizontal.connect(redis_server.url, token=TOKEN, interval=0.05)
+    tasks = list(cluster._tasks)  # not started yet: they call what is patched below
+    inside = {"_poll": asyncio.Event(), "_listen": asyncio.Event()}
+    swallowed: set[str] = set()
+
+    def loop_name() -> str:
+        task = asyncio.current_task()
+        return getattr(task.get_coro(), "__name__", "") if task is not None else ""
+
+    async def hold(name: str) -> None:
+        inside[name].set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.add(name)
+
+    real_refresh = cluster.refresh
+
+    async def refresh() -> None:
+        if loop_name() == "_poll" and "_poll" not in swallowed:
+            await hold("_poll")
+            return
+        await real_refresh()
+
+    real_get_message = aioredis.client.PubSub.get_message
+
+    async def get_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if loop_name() == "_listen" and "_listen" not in swallowed:
+            await hold("_listen")
+            return None
+        return await real_get_message(self, *args, **kwargs)
+
+    monkeypatch.setattr(cluster, "refresh", refresh)
+    monkeypatch.setattr(aioredis.client.PubSub, "get_message", get_message)
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(event.wait() for event in inside.values()))
+            await cluster.aclose()
+        assert swallowed == {"_poll", "_listen"}
+        # They ended by themselves, not by aclose() giving up on them after 5 s.
+        assert all(task.done() and not task.cancelled() for task in tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def test_pack_takes_the_least_loaded_when_every_server_is_full(
     redis_server: RedisProcess, db: aioredis.Redis
 ) -> None:

@@ -560,6 +560,42 @@ async def test_pipe_between_servers_carries_rtp(cluster: Cluster, srtp: bool | N
     assert len(cluster.dump()["pipes"]) == 1
 
 
+async def test_pipe_refuses_foreign_routers_and_undoes_a_failed_pipe(
+    servers: list[Server], cluster: Cluster
+) -> None:
+    """A router of another client (another connection to the same server) is not this
+    cluster's: pipe_to_router() refuses it before creating anything. A pipe whose far
+    end fails (the producer piped twice into the same router) closes the pipe consumer
+    it made at the near end."""
+    worker_a = await cluster.create_worker(log_level="warn")
+    worker_b = await cluster.create_worker(log_level="warn")
+    router_a = await worker_a.create_router(media_codecs=MEDIA_CODECS)
+    router_b = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+    send = await router_a.create_direct_transport()
+    producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+
+    other = await remote_connect(servers[0].url, token=TOKEN)
+    try:
+        assert isinstance(other, RemoteMediasoup)
+        foreign = await (await other.create_worker(log_level="warn")).create_router(
+            media_codecs=MEDIA_CODECS
+        )
+        assert cluster.server_of(other) is None and cluster.server_of(foreign) is None
+        with pytest.raises(ClusterError, match="both routers"):
+            await cluster.pipe_to_router(producer=producer, router=router_a, target_router=foreign)
+        assert cluster.dump()["pipes"] == []
+    finally:
+        await other.aclose()
+
+    consumer, _ = await cluster.pipe_to_router(
+        producer=producer, router=router_a, target_router=router_b
+    )
+    with pytest.raises(TypeError, match="already exists"):
+        await cluster.pipe_to_router(producer=producer, router=router_a, target_router=router_b)
+    dump = await router_a.dump()
+    assert dump["mapProducerIdConsumerIds"] == [{"key": producer.id, "values": [consumer.id]}]
+
+
 # -- faults and membership -----------------------------------------------------------------
 
 

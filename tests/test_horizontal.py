@@ -1023,6 +1023,11 @@ async def test_cluster_router_validates_before_anything(cluster: Cluster) -> Non
     assert router.servers == []  # nothing reached a server
     direct = await router.create_direct_transport()
     data_producer = await direct.produce_data()
+    # A transport is its proxy: what is set on it is set there.
+    direct.app_data = {"room": "a"}
+    assert direct.proxy.app_data == {"room": "a"} and direct.app_data == {"room": "a"}
+    with pytest.raises(ValueError, match="not on this router"):
+        other.server_of(data_producer)
     with pytest.raises(TypeError, match="ClusterRouter"):
         await router.pipe_to_router(router=object(), data_producer_id=data_producer.id)  # type: ignore[arg-type]
     other.close()
@@ -1160,8 +1165,15 @@ async def test_cluster_router_data_and_observers_across_servers(cluster: Cluster
     observer.close()
     data_consumer.close()
     assert router.cluster_dump()["pipes"] == [] and router.servers == ["s1", "s3"]
+    # A router that another's close event closes, as the cluster closes them, closes once.
+    breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    closes: list[str] = []
+    breakout.observer.on("close", lambda: closes.append("close"))
+    breakout.events.on("workerclose", lambda: closes.append("workerclose"))
+    router.events.on("workerclose", breakout.close)
     await cluster.aclose()
     assert router.closed and source.closed
+    assert breakout.closed and closes == ["close"]
 
 
 async def test_cluster_router_drain(

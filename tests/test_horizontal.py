@@ -1425,7 +1425,18 @@ async def test_cluster_router_over_mafalda_servers(
                 )
             [pipe] = router.cluster_dump()["pipes"]
             assert (pipe["from"], pipe["to"], pipe["users"]) == ("s5", "s6", 2)
-            with _Sender(send):
+            # Piped into another cluster router: the copy is made in s5's pool (which
+            # tells its routers' ids apart by itself), known there by the original id.
+            breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
+            await router.pipe_to_router(router=breakout, producer_id=producer.id)
+            assert breakout.server_of(producer) == "s5"
+            near = await _sink(breakout, "s5")
+            consumer = await near[0].consume(
+                producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+            )
+            assert consumer.producer_id == producer.id
+            sinks.append(near)
+            with _Sender(send):  # one sender: the comedia transport takes its first address
                 await asyncio.gather(*(_received(c) for _, c, _ in sinks))
 
             async def counted() -> bool:
@@ -1435,6 +1446,16 @@ async def test_cluster_router_over_mafalda_servers(
             await wait_until(counted)
             for _, _, sock in sinks:
                 sock.close()
+            direct = await router.create_direct_transport(server="s5")
+            data_producer = await direct.produce_data(label="notes")
+            await router.pipe_to_router(router=breakout, data_producer_id=data_producer.id)
+            reader = await breakout.create_direct_transport(server="s6")
+            data_consumer = await reader.consume_data(data_producer_id=data_producer.id)
+            received = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+            data_producer.send("hello")
+            async with asyncio.timeout(5):
+                message, _ = await received
+            assert bytes(message) == b"hello"
             router.close()
             assert send.closed
     finally:
@@ -1445,13 +1466,19 @@ async def test_cluster_router_over_mafalda_servers(
 
 async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
     """A producer (and a data producer) of one cluster router piped into another: the copy
-    is made on the producer's server; the target's consumers on other servers get it."""
+    is made on the producer's server; the target's consumers on other servers get it,
+    there too where the first router's consumers have a copy by the same id (on the same
+    worker of this client: the target's consume failed with the worker's 'Channel
+    request handler with ID ... already exists')."""
     room = await cluster.create_router(media_codecs=MEDIA_CODECS)
     breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
     send = await room.create_plain_transport(
         server="s1", listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
     )
     producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+    # The room's consumers on s2 have a copy of the producer there, by its id.
+    room_sink = await room.create_direct_transport(server="s2")
+    await room_sink.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
     result = await room.pipe_to_router(router=breakout, producer_id=producer.id)
     assert result["pipeProducer"].kind == "audio"
     assert breakout.server_of(producer) == "s1"  # known by the original id, on s1
@@ -1465,11 +1492,19 @@ async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
 
     direct = await room.create_direct_transport(server="s1")
     data_producer = await direct.produce_data(label="notes")
+    room_reader = await room.create_direct_transport(server="s3")
+    await room_reader.consume_data(data_producer_id=data_producer.id)
     piped = await room.pipe_to_router(router=breakout, data_producer_id=data_producer.id)
     assert piped["pipeDataProducer"].label == "notes"
     reader = await breakout.create_direct_transport(server="s3")
     data_consumer = await reader.consume_data(data_producer_id=data_producer.id)
     assert data_consumer.label == "notes"
+    assert data_consumer.data_producer_id == data_producer.id
+    received = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+    data_producer.send("hello")
+    async with asyncio.timeout(5):
+        message, _ = await received
+    assert bytes(message) == b"hello"
 
     # The original closes: the copy and its consumers go with it.
     closed = asyncio.ensure_future(consumer.events.wait_for("producerclose"))

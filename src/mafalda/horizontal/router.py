@@ -161,6 +161,40 @@ class ClusterRouter(SpanningRouter[str]):
     def _child_gone(self, host: str) -> None:
         self._cluster.release_router_worker(host)
 
+    def _hosts_source(self, host: str, source_id: str) -> bool:
+        # On a mediasoup server every cluster router's child lives on this client's one
+        # worker there, where ids are unique: another router (a breakout room fed by
+        # pipe_to_router) may have piped a copy there under that id already. A Mafalda
+        # server's pool places its routers itself.
+        return self._cluster.serves(host) == "mediasoup" and any(
+            router._holds(host, source_id, opening=router is self)
+            for router in self._cluster.routers
+        )
+
+    def _holds(self, host: str, source_id: str, *, opening: bool) -> bool:
+        """Whether this router has, or may be about to have, a (data) producer with this
+        very id on ``host`` (``opening``: its own pipe there is the one asking)."""
+        for table in (self._producers, self._data_producers):
+            for key, source in table.items():
+                if self._home.get(key) == host and source.id == source_id and not source.closed:
+                    return True
+        for pipe in self._pipes.values():
+            if pipe.dst != host or pipe.closed:
+                continue
+            if pipe.producer is not None:
+                if pipe.producer.id == source_id:
+                    return True
+            elif not opening and pipe.key[1] == source_id:
+                return True  # still opening: it may take the id
+        return False
+
+    def _alias(self, host: str, source_id: str, piped: Any, data: bool) -> None:
+        child = self._children[host]
+        if data:
+            child.alias_data_producer(source_id, piped)
+        else:
+            child.alias_producer(source_id, piped)
+
     def has_child_on(self, server_id: str) -> bool:
         """Whether this router has (or is creating) a child router on a server."""
         return server_id in self._children or server_id in self._child_futures

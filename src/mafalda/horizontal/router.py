@@ -172,12 +172,10 @@ class ClusterRouter(SpanningRouter[str]):
         )
 
     def _holds(self, host: str, source_id: str, *, opening: bool) -> bool:
-        """Whether this router has, or may be about to have, a (data) producer with this
-        very id on ``host`` (``opening``: its own pipe there is the one asking)."""
-        for table in (self._producers, self._data_producers):
-            for key, source in table.items():
-                if self._home.get(key) == host and source.id == source_id and not source.closed:
-                    return True
+        """Whether this router has, or may be about to have, a pipe copy with this very
+        id on ``host`` (``opening``: its own pipe there is the one asking). Originals
+        need no look: every router's (data) producer by that id, and pipe_to_router's
+        copies of it, live on its home, which a pipe never goes to."""
         for pipe in self._pipes.values():
             if pipe.dst != host or pipe.closed:
                 continue

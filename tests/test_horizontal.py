@@ -1486,6 +1486,11 @@ async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
     consumer = await sink.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
     assert consumer.producer_id == producer.id
     assert [(p["from"], p["to"]) for p in breakout.cluster_dump()["pipes"]] == [("s1", "s2")]
+    # A second copy is refused, as mediasoup's target router does, before anything is made.
+    dumps = room.cluster_dump(), breakout.cluster_dump()
+    with pytest.raises(TypeError, match=f'a Producer with same id "{producer.id}" already'):
+        await room.pipe_to_router(router=breakout, producer_id=producer.id)
+    assert (room.cluster_dump(), breakout.cluster_dump()) == dumps
     with _Sender(send):
         await _received(counter)
     sock.close()
@@ -1496,6 +1501,8 @@ async def test_cluster_router_pipe_to_router(cluster: Cluster) -> None:
     await room_reader.consume_data(data_producer_id=data_producer.id)
     piped = await room.pipe_to_router(router=breakout, data_producer_id=data_producer.id)
     assert piped["pipeDataProducer"].label == "notes"
+    with pytest.raises(TypeError, match="a DataProducer with same id"):
+        await room.pipe_to_router(router=breakout, data_producer_id=data_producer.id)
     reader = await breakout.create_direct_transport(server="s3")
     data_consumer = await reader.consume_data(data_producer_id=data_producer.id)
     assert data_consumer.label == "notes"

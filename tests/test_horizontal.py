@@ -297,19 +297,7 @@ async def test_a_leave_during_a_read_is_not_undone(
 ) -> None:
     """A registry read begun before a server left must not bring it back (it did, as a
     ghost 'serverjoin', when its read predated the record's deletion)."""
-    record: registry.ServerRecord = {
-        "id": "s9",
-        "controlUrl": f"ws://127.0.0.1:{free_port()}/",
-        "mediaAddress": "127.0.0.1",
-        "region": None,
-        "workers": 0,
-        "load": 0.0,
-        "consumers": 0,
-        "draining": False,
-        "version": PROTOCOL_VERSION,
-        "serves": "mediasoup",
-    }
-    await db.set(registry.server_key("s9"), registry.encode_record(record), px=60000)
+    await db.set(registry.server_key("s9"), _hand_record("s9"), px=60000)
     async with await horizontal.connect(redis_server.url, token=TOKEN, interval=30) as c:
         assert "s9" in c.servers
         # Only this test's reads: the background ones would see the record (still in

@@ -41,7 +41,7 @@ from mafalda.remote import protocol as p
 from mafalda.remote import server as server_module
 from mafalda.vertical import Mafalda
 
-from .conftest import MEDIA_CODECS
+from .conftest import MEDIA_CODECS, served_by
 from .processes import serve_args, spawn_serve
 
 TOKEN = "s3cret"
@@ -379,6 +379,30 @@ async def test_values_json_lacks_set_on_the_server_reach_the_client_as_their_rep
     await transport.set_max_incoming_bitrate(100_000)
     assert (await transport.dump())["id"] == transport.id
     await resumed.aclose()
+
+
+async def test_an_answer_the_server_cannot_encode_fails_the_call(
+    server: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's own code may put a value in an object's state that cannot be encoded
+    (a cyclic app_data): the answer carrying it comes back as an error, where the call
+    used to wait forever; the session goes on."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+
+    def cyclic(transport: Any) -> None:
+        transport.app_data["self"] = transport.app_data
+
+    served_by(server, router).observer.on("newtransport", cyclic)
+    with pytest.raises(RemoteError, match="could not be encoded: .*Recursion"):
+        async with asyncio.timeout(10):
+            await router.create_plain_transport(listen_ip="127.0.0.1")
+    assert "unencodable message dropped" in caplog.text
+    served_by(server, router).observer.off("newtransport", cyclic)
+    transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    assert (await transport.dump())["id"] == transport.id
+    await client.aclose()
 
 
 async def test_server_close_waits_for_workers_its_clients_closed() -> None:

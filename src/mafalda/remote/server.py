@@ -269,9 +269,18 @@ class _Connection:
     def send(self, message: dict[str, Any], convert: Callable[[Any], Any] = repr) -> None:
         try:
             data = p.encode_message(message, convert)
-        except (TypeError, ValueError, RecursionError):
+        except (TypeError, ValueError, RecursionError) as error:
+            # Only the server's own code can make such a value (a cyclic app_data...).
             logger.exception("unencodable message dropped")
-            return
+            if "result" not in message:
+                return
+            # Its caller would wait for this answer forever: an error answer instead.
+            error_message = p.error_response(
+                message.get("id"),
+                p.INTERNAL_ERROR,
+                f"the answer could not be encoded: {type(error).__name__}: {error}",
+            )
+            data = p.encode_message(error_message, convert)
         self.frames.send(data)
 
     async def close(self, code: int = 1000) -> None:

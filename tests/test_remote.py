@@ -791,6 +791,18 @@ async def test_tls(tmp_path: Path) -> None:
         await client.aclose()
         with pytest.raises(aiohttp.ClientError):  # untrusted certificate
             await connect(srv.url, token=TOKEN)
+    # The command's options: `mafalda serve --tls-cert --tls-key` serves wss:// too.
+    proc, url = await _start_server_process(
+        "--host", "127.0.0.1", "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    try:
+        assert url.startswith("wss://127.0.0.1:")
+        client = await connect(url, token=TOKEN, ssl=client_context)
+        assert (await (await client.create_worker(log_level="warn")).dump())["pid"] > 0
+        await client.aclose()
+    finally:
+        proc.terminate()
+        assert await proc.wait() == 0
 
 
 # -- faults --------------------------------------------------------------------------------

@@ -1391,7 +1391,8 @@ async def test_cluster_router_over_mafalda_servers(
     across); they take no create_worker()."""
     started = await asyncio.gather(
         _start_server(redis_server.url, 5, "--mafalda", "--num-workers", "2"),
-        _start_server(redis_server.url, 6, "--mafalda", "--num-workers", "2"),
+        # One worker: the two cluster routers' children there share it (and its ids).
+        _start_server(redis_server.url, 6, "--mafalda", "--num-workers", "1"),
     )
     try:
         async with await horizontal.connect(
@@ -1424,6 +1425,13 @@ async def test_cluster_router_over_mafalda_servers(
             )
             assert consumer.producer_id == producer.id
             sinks.append(near)
+            # On s6 too, where the room's copy of the producer already has that id.
+            far = await _sink(breakout, "s6")
+            consumer = await far[0].consume(
+                producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+            )
+            assert consumer.producer_id == producer.id
+            sinks.append(far)
             with _Sender(send):  # one sender: the comedia transport takes its first address
                 await asyncio.gather(*(_received(c) for _, c, _ in sinks))
 

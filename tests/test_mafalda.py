@@ -463,6 +463,45 @@ async def test_pipe_to_plain_router_and_between_mafalda_routers(
         await router.pipe_to_router(router="x", producer_id=producer.id)  # type: ignore[arg-type]
 
 
+async def test_alias_makes_a_producer_findable_by_another_id_on_every_worker(
+    mafalda: Mafalda,
+) -> None:
+    """What a cluster router asks of a Mafalda server's router for a pipe copy made with
+    its own id: the alias consumes from another worker (piped there by the alias), pipes
+    to another router, and goes with the producer; bad aliases are refused first."""
+    room = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    other = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    _, producer = await _audio_producer(room)
+    data_producer = await (await room.create_direct_transport()).produce_data(label="c")
+    with pytest.raises(TypeError, match="key must be"):
+        room.alias_producer("", producer)
+    with pytest.raises(ValueError, match="not of this router"):
+        other.alias_producer("copy", producer)
+    with pytest.raises(TypeError, match="same id"):
+        room.alias_data_producer(data_producer.id, data_producer)
+    room.alias_producer("copy", producer)
+    room.alias_data_producer("data-copy", data_producer)
+    mafalda.policy = _Pinned(1)
+    sink = await room.create_direct_transport()
+    assert room.worker_of(sink) is mafalda.workers[1]
+    consumer = await sink.consume(producer_id="copy", rtp_capabilities=room.rtp_capabilities)
+    assert consumer.kind == "audio"
+    assert [p["id"] for p in (await room.mafalda_dump())["pipes"]] == ["copy"]
+    data_consumer = await sink.consume_data(data_producer_id="data-copy")
+    assert data_consumer.label == "c"
+    await room.pipe_to_router(router=other, producer_id="copy")
+    assert other.can_consume(producer_id="copy", rtp_capabilities=other.rtp_capabilities)
+    closed = asyncio.ensure_future(consumer.events.wait_for("producerclose"))
+    producer.close()
+    await asyncio.wait_for(closed, 5)
+    with pytest.raises(ValueError, match="not found"):
+        await sink.consume(producer_id="copy", rtp_capabilities=room.rtp_capabilities)
+    room.close()
+    with pytest.raises(InvalidStateError):
+        room.alias_data_producer("late", data_producer)
+
+
 @pytest.mark.parametrize("data", [False, True], ids=["producer", "data_producer"])
 async def test_second_copy_into_a_mafalda_router_is_refused(mafalda: Mafalda, data: bool) -> None:
     """As mediasoup's target router refuses a second copy of a producer, before anything

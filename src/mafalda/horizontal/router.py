@@ -165,8 +165,11 @@ class ClusterRouter(SpanningRouter[str]):
         # On a mediasoup server every cluster router's child lives on this client's one
         # worker there, where ids are unique: another router (a breakout room fed by
         # pipe_to_router) may have piped a copy there under that id already. A Mafalda
-        # server's pool places its routers itself.
-        return self._cluster.serves(host) == "mediasoup" and any(
+        # server's pool places its routers itself, on workers this client does not see:
+        # a copy there always takes its own id, and its router an alias.
+        if self._cluster.serves(host) != "mediasoup":
+            return True
+        return any(
             router._holds(host, source_id, opening=router is self)
             for router in self._cluster.routers
         )

@@ -165,6 +165,33 @@ class MafaldaRouter(SpanningRouter[Worker]):
         self._adopt(worker, transport)
         return transport
 
+    # -- aliases ------------------------------------------------------------------------------
+
+    def alias_producer(self, key: str, producer: Producer) -> None:
+        """As Router's: ``producer`` of this router (a pipe copy made with its own id
+        because its worker hosts that id already) is findable as ``key`` too, from every
+        worker of the pool. It goes when the producer closes."""
+        worker = self._aliased_home(key, producer, self._producers, "Producer")
+        self._children[worker].alias_producer(key, producer)
+        self._adopt_producer(worker, producer, key)
+
+    def alias_data_producer(self, key: str, data_producer: DataProducer) -> None:
+        """As alias_producer(), for a data producer."""
+        worker = self._aliased_home(key, data_producer, self._data_producers, "DataProducer")
+        self._children[worker].alias_data_producer(key, data_producer)
+        self._adopt_data_producer(worker, data_producer, key)
+
+    def _aliased_home(self, key: str, source: Any, table: dict[str, Any], kind: str) -> Worker:
+        self._check_open()
+        if not isinstance(key, str) or not key:
+            raise TypeError("key must be a non-empty string")
+        source_id: str = getattr(source, "id", "")
+        if table.get(source_id) is not source:
+            raise ValueError(f"{kind} {source_id or source!r} is not of this router")
+        if key in table:
+            raise TypeError(f'a {kind} with same id "{key}" already exists')
+        return self._home[source_id]
+
     # -- piping to other routers ----------------------------------------------------------------
 
     async def pipe_to_router(

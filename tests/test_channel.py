@@ -42,7 +42,12 @@ from mafalda.mediasoup.channel import (
     encode_notification,
     encode_request,
 )
-from mafalda.mediasoup.errors import ChannelClosedError, WorkerError, WorkerTypeError
+from mafalda.mediasoup.errors import (
+    ChannelClosedError,
+    ChannelTimeoutError,
+    WorkerError,
+    WorkerTypeError,
+)
 
 
 def _response(
@@ -655,6 +660,38 @@ async def test_the_answer_to_a_cancelled_request_is_dropped(
     assert cancelled.cancelled()
     assert not caplog.records  # matched (no "does not match any sent request")
     assert not channel._sents
+
+
+async def test_a_request_not_answered_in_time_fails_and_its_late_answer_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As mediasoup's 'Channel request timeout': the timeout, plus 0.1 s per request
+    pending when it was sent; one timer looks at them all and goes on for the later ones;
+    what nobody awaits never times out; a late answer is matched and dropped quietly."""
+    channel = Channel(pid=1)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel.request_timeout = 0.05
+    channel.request_nowait(Method.WORKER_DUMP)  # id 1
+    first = channel.request(Method.WORKER_DUMP)  # id 2: 0.05 + 0.1 s
+    answered = channel.request(Method.WORKER_DUMP)  # id 3
+    later = channel.request(Method.WORKER_DUMP)  # id 4: 0.05 + 0.3 s
+    channel.data_received(_response(3))
+    assert await answered is None
+    with pytest.raises(ChannelTimeoutError, match=r"request timeout \[method:WORKER_DUMP, id:2\]"):
+        await first
+    assert not later.done()
+    with pytest.raises(ChannelTimeoutError, match="id:4"):
+        await later
+    channel.data_received(_response(2) + _response(4) + _response(1))
+    assert not caplog.records and not channel._sents
+    assert channel._sweeper is None  # nothing left to watch
+    # close() stops the timer with the requests it fails.
+    pending = channel.request(Method.WORKER_DUMP)
+    assert channel._sweeper is not None
+    channel.close()
+    assert channel._sweeper is None
+    with pytest.raises(ChannelClosedError):
+        await pending
 
 
 async def test_a_failing_notification_handler_is_logged_and_the_others_run(

@@ -16,7 +16,7 @@ import pytest
 from mafalda import mediasoup
 from mafalda.mediasoup import InvalidStateError, Worker, create_worker
 from mafalda.mediasoup._io import READ_SIZE, limit_read_size
-from mafalda.mediasoup.errors import ChannelClosedError
+from mafalda.mediasoup.errors import ChannelClosedError, ChannelTimeoutError
 from mafalda.mediasoup.worker import WorkerDiedError
 from mafalda.mediasoup.worker_binary import WorkerBinaryNotFoundError, find_worker_bin
 
@@ -189,6 +189,31 @@ async def test_killed_worker_emits_died_fails_pending_and_spares_others() -> Non
         victim.close()
         survivor.close()
         await survivor.wait_closed()
+
+
+async def test_frozen_worker_fails_requests_with_a_timeout_then_serves_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that stops answering (SIGSTOP) does not hang its callers: the request
+    fails with ChannelTimeoutError (15 s by default, shortened here); once the worker
+    runs again, its late answer is dropped and new requests are answered."""
+    worker = await create_worker()
+    try:
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        worker._channel.request_timeout = 0.3
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ChannelTimeoutError, match="ROUTER_DUMP"):
+                await asyncio.wait_for(router.dump(), 10)
+            assert not worker.closed and not router.closed
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        assert (await router.dump())["id"] == router.id
+        assert (await worker.dump())["pid"] == worker.pid
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        worker.close()
+        await worker.wait_closed()
 
 
 async def test_worker_that_exits_itself_is_reaped_as_died() -> None:

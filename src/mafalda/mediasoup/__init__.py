@@ -25,6 +25,7 @@ from mafalda.mediasoup.direct_transport import DirectTransport
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import (
     ChannelClosedError,
+    ChannelTimeoutError,
     InvalidStateError,
     MediasoupError,
     UnsupportedError,
@@ -85,6 +86,7 @@ __all__ = [
     "ActiveSpeakerObserver",
     "AudioLevelObserver",
     "ChannelClosedError",
+    "ChannelTimeoutError",
     "Consumer",
     "DataConsumer",
     "DataProducer",

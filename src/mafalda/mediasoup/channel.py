@@ -43,6 +43,7 @@ from mafalda.mediasoup._fbs.Response.Body import BodyCreator as ResponseBodyCrea
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import (
     ChannelClosedError,
+    ChannelTimeoutError,
     MediasoupError,
     WorkerError,
     WorkerTypeError,
@@ -53,6 +54,7 @@ worker_logger = logging.getLogger("mafalda.mediasoup.worker.log")
 
 #: Largest message either side accepts: a 4 MiB payload plus its length prefix.
 MESSAGE_MAX_LEN = 4194308
+REQUEST_TIMEOUT = 15.0  # seconds (see Channel.request_timeout)
 PAYLOAD_MAX_LEN = 4194304
 
 _FBS_PREFIX = "mafalda.mediasoup._fbs."
@@ -385,8 +387,13 @@ class Channel:
         self._builder = FastBuilder(1024)
         self._decoder = FrameDecoder()
         self._next_id = 0
-        # request id -> (future, method); no future for a request nobody awaits
-        self._sents: dict[int, tuple[asyncio.Future[Any] | None, int]] = {}
+        # request id -> (future, method, deadline); no future for a request nobody
+        # awaits (or one that timed out: its late answer is matched and dropped)
+        self._sents: dict[int, tuple[asyncio.Future[Any] | None, int, float]] = {}
+        #: Seconds an awaited request waits for its answer (a frozen worker), plus 0.1 s
+        #: per request pending when it is sent, as mediasoup's Node library does.
+        self.request_timeout = REQUEST_TIMEOUT
+        self._sweeper: asyncio.TimerHandle | None = None
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
         self._out: list[bytes] = []  # messages for the next _flush()
@@ -476,8 +483,37 @@ class Channel:
         """
         request_id = self._send_request(method, handler_id, body)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._sents[request_id] = (future, method)
+        sents = self._sents
+        deadline = self._loop.time() + self.request_timeout + 0.1 * len(sents)
+        sents[request_id] = (future, method, deadline)
+        sweeper = self._sweeper
+        if sweeper is None or deadline < sweeper.when():
+            # One timer for them all (not one per request): it looks at every pending
+            # request when the earliest may have timed out.
+            if sweeper is not None:
+                sweeper.cancel()
+            self._sweeper = self._loop.call_at(deadline, self._sweep)
         return future
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self._loop.time()
+        earliest: float | None = None
+        for request_id, (future, method, deadline) in list(self._sents.items()):
+            if future is None:
+                continue
+            if deadline > now:
+                earliest = deadline if earliest is None else min(earliest, deadline)
+                continue
+            self._sents[request_id] = (None, method, deadline)
+            if not future.done():
+                name = _method_name(method)
+                future.set_exception(
+                    ChannelTimeoutError(f"request timeout [method:{name}, id:{request_id}]")
+                )
+                future.exception()  # a caller that gave up must not cause noise
+        if earliest is not None:
+            self._sweeper = self._loop.call_at(earliest, self._sweep)
 
     def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
         """Send a request whose answer nobody awaits (closing things, as Node's
@@ -488,7 +524,7 @@ class Channel:
         except MediasoupError as error:
             logger.debug("request_nowait() failed to send: %s", error)
             return
-        self._sents[request_id] = (None, method)
+        self._sents[request_id] = (None, method, 0.0)
 
     def notify(self, event: int, handler_id: str = "", body: Any = None) -> None:
         name = EVENT_NAMES.get(event, str(event))
@@ -532,8 +568,8 @@ class Channel:
             log = logger.debug if self.closed else logger.error
             log("response does not match any sent request [id:%s]", message.id)
             return
-        future, method = sent
-        if future is None:  # request_nowait()
+        future, method, _ = sent
+        if future is None:  # request_nowait(), or timed out
             if not message.accepted:
                 logger.debug(
                     "ignored request failure [method:%s]: %s",
@@ -575,7 +611,10 @@ class Channel:
             return
         self.closed = True
         sents, self._sents = self._sents, {}
-        for request_id, (future, method) in sents.items():
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for request_id, (future, method, _) in sents.items():
             if future is not None and not future.done():
                 name = _method_name(method)
                 future.set_exception(

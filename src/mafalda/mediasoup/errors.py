@@ -7,6 +7,7 @@ The tree::
     ├── InvalidStateError           a call on a closed object, or in the wrong state
     │   └── ChannelClosedError      the worker's channel closed (worker closed or died)
     │                               while a request was pending or being sent
+    ├── ChannelTimeoutError         the worker did not answer a request in time (frozen)
     └── WorkerError                 the worker refused a request; ``reason`` is its text
         └── WorkerTypeError         ... because an argument was wrong (also a TypeError)
 
@@ -31,6 +32,12 @@ class InvalidStateError(MediasoupError):
 
 class ChannelClosedError(InvalidStateError):
     """The channel to the worker is closed: the request was not or could not be answered."""
+
+
+class ChannelTimeoutError(MediasoupError):
+    """The worker did not answer a request in time (15 s, plus 0.1 s per request pending
+    when it was sent, as mediasoup's 'Channel request timeout'): it is frozen or
+    overloaded. Its late answer, if any, is dropped."""
 
 
 class WorkerError(MediasoupError):

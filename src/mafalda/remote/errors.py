@@ -6,6 +6,7 @@ from typing import Any
 
 from mafalda.mediasoup.errors import (
     ChannelClosedError,
+    ChannelTimeoutError,
     InvalidStateError,
     MediasoupError,
     UnsupportedError,
@@ -48,6 +49,7 @@ _BY_NAME: dict[str, type[Exception]] = {
     "InvalidValueError": InvalidValueError,
     "InvalidStateError": InvalidStateError,
     "ChannelClosedError": ChannelClosedError,
+    "ChannelTimeoutError": ChannelTimeoutError,
     "UnsupportedError": UnsupportedError,
     "WorkerError": _RemoteWorkerError,
     "WorkerTypeError": _RemoteWorkerTypeError,

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from mafalda import cli, mediasoup
 from mafalda.mediasoup._io import READ_SIZE
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import ChannelTimeoutError, InvalidStateError
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -402,6 +402,25 @@ async def test_an_answer_the_server_cannot_encode_fails_the_call(
     served_by(server, router).observer.off("newtransport", cyclic)
     transport = await router.create_plain_transport(listen_ip="127.0.0.1")
     assert (await transport.dump())["id"] == transport.id
+    await client.aclose()
+
+
+async def test_a_frozen_workers_timeout_reaches_the_client(server: RemoteServer) -> None:
+    """A served worker that stops answering (SIGSTOP): the client's call fails with
+    mediasoup's ChannelTimeoutError (the server's channel timeout, shortened here), and
+    the worker serves again once it runs."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    served_by(server, worker)._channel.request_timeout = 0.3
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ChannelTimeoutError, match="ROUTER_DUMP"):
+            async with asyncio.timeout(10):
+                await router.dump()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert (await router.dump())["id"] == router.id
     await client.aclose()
 
 

@@ -1122,6 +1122,37 @@ async def test_cluster_router_spans_three_servers(
     assert send.closed and producer.closed
 
 
+async def test_a_room_back_within_worker_idle_reuses_the_router_worker(
+    redis_server: RedisProcess, servers: list[Server]
+) -> None:
+    """The client's router worker on a server outlives its last child router by
+    worker_idle seconds: a room that comes back meanwhile reuses it (no new worker), and
+    its leaving starts the wait anew; a draining server's goes at once."""
+    async with await horizontal.connect(
+        redis_server.url, token=TOKEN, interval=0.2, grace=3.0, worker_idle=60
+    ) as cluster:
+        await wait_until(_has_servers(cluster, 3))
+        first = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        await first.create_direct_transport(server="s2")
+        worker = cluster._router_workers["s2"]
+        first.close()
+        waiting = cluster._idle_timers["s2"]
+        assert not worker.closed
+        second = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        await second.create_direct_transport(server="s2")
+        assert cluster._router_workers["s2"] is worker  # reused
+        second.close()
+        rearmed = cluster._idle_timers["s2"]
+        assert waiting.cancelled() and not rearmed.cancelled()
+        assert not worker.closed
+        closed = asyncio.ensure_future(worker.observer.wait_for("close"))
+        servers[1].proc.send_signal(signal.SIGTERM)  # draining: no reason to wait
+        async with asyncio.timeout(10):
+            await closed
+        assert "s2" not in cluster._router_workers
+        assert rearmed.cancelled()  # no timer left behind for a worker gone
+
+
 async def test_cluster_router_data_and_observers_across_servers(cluster: Cluster) -> None:
     router = await cluster.create_router(media_codecs=MEDIA_CODECS)
     source = await router.create_direct_transport(server="s1")

@@ -303,7 +303,9 @@ class Cluster:
         )
 
     def _release_idle(self, server_id: str, worker: RemoteWorker) -> None:
-        self._idle_timers.pop(server_id, None)
+        handle = self._idle_timers.pop(server_id, None)
+        if handle is not None:  # released before its time (the server drains)
+            handle.cancel()
         if self._router_workers.get(server_id) is not worker or self._router_worker_used(server_id):
             return
         del self._router_workers[server_id]

@@ -57,17 +57,18 @@ def test_decorator_forms_and_remove_all() -> None:
 def test_listener_error_is_contained(caplog: pytest.LogCaptureFixture) -> None:
     e = EventEmitter()
     after: list[int] = []
-    errors: list[str] = []
-    e.on("listenererror", errors.append)
+    errors: list[tuple[str, Exception]] = []
+    e.on("listenererror", lambda name, error: errors.append((name, error)))
+    failure = RuntimeError("boom")
 
     def boom() -> None:
-        raise RuntimeError("boom")
+        raise failure
 
     e.on("x", boom)
     e.on("x", lambda: after.append(1))
     assert e.emit("x") is True
     assert after == [1]
-    assert errors == ["x"]
+    assert errors == [("x", failure)]
     assert "boom" in caplog.text
 
 

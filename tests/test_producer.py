@@ -569,6 +569,23 @@ async def test_pause_when_paused_emits_nothing(transport1: Any) -> None:
     assert events == ["resume"]
 
 
+async def test_failing_listener_emits_listenererror_with_the_error(transport1: Any) -> None:
+    """As mediasoup's safeEmit: 'listenererror' gets the event name and the exception,
+    and the pause still succeeds."""
+    producer = await transport1.produce(**AUDIO_PRODUCER_OPTIONS)
+    failure = RuntimeError("listener failed")
+    errors: list[tuple[str, Exception]] = []
+
+    def fail() -> None:
+        raise failure
+
+    producer.observer.on("pause", fail)
+    producer.observer.on("listenererror", lambda name, error: errors.append((name, error)))
+    await producer.pause()
+    assert producer.paused is True
+    assert errors == [("pause", failure)]
+
+
 # -- trace events ---------------------------------------------------------------------
 
 

@@ -123,9 +123,9 @@ class EventEmitter:
                     del self._listeners[event]
             try:
                 result = fn(*args)
-            except Exception:
+            except Exception as error:
                 logger.exception("listener of event %r failed", event)
-                self._emit_listener_error(event)
+                self._emit_listener_error(event, error)
                 continue
             if result is not None and _is_awaitable(result):
                 self._track(event, result)
@@ -133,9 +133,10 @@ class EventEmitter:
 
     safe_emit = emit
 
-    def _emit_listener_error(self, event: str) -> None:
+    def _emit_listener_error(self, event: str, error: Exception) -> None:
+        # As mediasoup's safeEmit: 'listenererror' gets (event name, exception).
         if event != "listenererror" and "listenererror" in self._listeners:
-            self.emit("listenererror", event)
+            self.emit("listenererror", event, error)
 
     def _track(self, event: str, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)

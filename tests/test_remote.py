@@ -574,6 +574,72 @@ async def test_hostile_calls_get_errors(server: RemoteServer) -> None:
     await close_raw(ws)
 
 
+# -- a second tenant ---------------------------------------------------------------------
+
+
+async def test_a_client_cannot_choose_the_workers_binary_or_files(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    """The worker's binary and its DTLS files are the server's settings: a client naming
+    them (a program of its choice run on the server, files of the server read) is refused
+    and nothing runs."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    client = await client_of(server)
+    for kwargs in (
+        {"worker_bin": str(script)},
+        {"dtls_certificate_file": "/etc/passwd", "dtls_private_key_file": "/etc/passwd"},
+    ):
+        with pytest.raises(TypeError, match="the server's setting"):
+            await client.create_worker(**kwargs)
+    assert not marker.exists()
+    assert client.objects == []
+    worker = await client.create_worker(log_level="warn")  # what a client may choose
+    assert not worker.closed
+    await client.aclose()
+
+
+async def test_remote_mafalda_clients_see_only_their_own_routers() -> None:
+    """Two clients of one Mafalda pool: each one's dump() lists its own routers, never the
+    other's (their ids, their producers' ids in pipes), and neither reaches the other's
+    producer by its id, nor pipes it."""
+    mafalda = await Mafalda.start(
+        num_workers=1, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    try:
+        async with await serve(token=TOKEN, target=mafalda) as srv:
+            a = await connect(srv.url, token=TOKEN)
+            b = await connect(srv.url, token=TOKEN)
+            assert isinstance(a, RemoteMafalda) and isinstance(b, RemoteMafalda)
+            router_a = await a.create_router(media_codecs=MEDIA_CODECS)
+            transport_a = await router_a.create_plain_transport(listen_ip="127.0.0.1")
+            producer_a = await transport_a.produce(kind="audio", rtp_parameters=AUDIO)
+            router_b = await b.create_router(media_codecs=MEDIA_CODECS)
+            other_b = await b.create_router(media_codecs=MEDIA_CODECS)
+            transport_b = await router_b.create_plain_transport(listen_ip="127.0.0.1")
+            dump_a, dump_b = await a.dump(), await b.dump()
+            assert [r["id"] for r in dump_a["routers"]] == [router_a.id]
+            assert sorted(r["id"] for r in dump_b["routers"]) == sorted([router_b.id, other_b.id])
+            assert router_a.id not in json.dumps(dump_b)
+            # A's producer id, on B's objects (same worker): not found there.
+            with pytest.raises(ValueError, match="not found"):
+                await transport_b.consume(
+                    producer_id=producer_a.id, rtp_capabilities=router_b.rtp_capabilities
+                )
+            with pytest.raises(ValueError, match="not found"):
+                await router_b.pipe_to_router(router=other_b, producer_id=producer_a.id)
+            observer = await router_b.create_audio_level_observer()
+            with pytest.raises(ValueError, match="not found"):
+                await observer.add_producer(producer_id=producer_a.id)
+            assert not producer_a.closed and (await producer_a.dump())["id"] == producer_a.id
+            await a.aclose()
+            await b.aclose()
+    finally:
+        await mafalda.aclose()
+
+
 async def test_batches(server: RemoteServer) -> None:
     """A frame may hold a JSON array of messages: each is handled as if it came alone."""
     ws = await raw(server)

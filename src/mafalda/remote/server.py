@@ -187,6 +187,12 @@ def _state_props_of(cls: type, full: bool = True) -> tuple[str, ...]:
     return props
 
 
+#: create_worker() settings only the server's operator gives (a path on the server).
+_SERVER_WORKER_SETTINGS = frozenset(
+    {"worker_bin", "dtls_certificate_file", "dtls_private_key_file"}
+)
+
+
 class _MediasoupRoot:
     """What a client calls on a server of plain mediasoup workers."""
 
@@ -196,6 +202,9 @@ class _MediasoupRoot:
         self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
     async def create_worker(self, **kwargs: Any) -> Worker:
+        for name in _SERVER_WORKER_SETTINGS.intersection(kwargs):
+            # A program of the client's choice run on the server, the server's files read.
+            raise TypeError(f"{name} is the server's setting, not a client's")
         worker = await create_worker(**{**self._worker_settings, **kwargs})
         self.workers.add(worker)
         return worker
@@ -205,6 +214,36 @@ class _MediasoupRoot:
 
     def state(self) -> dict[str, Any]:
         return {"version": WORKER_VERSION}
+
+
+class _MafaldaRoot:
+    """What a client calls on a server of a Mafalda pool: the pool is shared, its dump()
+    is of the client's own routers (never another client's ids)."""
+
+    def __init__(self, mafalda: Mafalda, session: Session) -> None:
+        self._mafalda = mafalda
+        self._session = session
+
+    async def create_router(self, **kwargs: Any) -> MafaldaRouter:
+        return await self._mafalda.create_router(**kwargs)
+
+    def stats(self) -> Any:
+        return self._mafalda.stats()
+
+    async def dump(self) -> dict[str, Any]:
+        if self._mafalda.closed:
+            raise InvalidStateError("Mafalda closed")
+        stats = self._mafalda.stats()
+        own = [
+            obj
+            for obj in list(self._session.objects.values())
+            if isinstance(obj, MafaldaRouter) and not obj.closed
+        ]
+        return {
+            "workers": stats["workers"],
+            "maxWorkers": stats["maxWorkers"],
+            "routers": [await router.mafalda_dump() for router in own],
+        }
 
 
 #: Closed objects a session remembers (their handles), the oldest forgotten first.
@@ -853,6 +892,8 @@ class RemoteServer:
         call = p.parse_call(req)
         if call.target is None:
             obj = self._root
+            if isinstance(obj, Mafalda):
+                obj = _MafaldaRoot(obj, session)
             if call.method not in _ROOT_METHODS[self.serves]:
                 raise p.ProtocolError(
                     p.METHOD_NOT_FOUND, f"method not found: {call.method}", req.id

@@ -640,6 +640,33 @@ async def test_remote_mafalda_clients_see_only_their_own_routers() -> None:
         await mafalda.aclose()
 
 
+async def test_held_calls_are_bounded() -> None:
+    """Calls that wait (a worker's wait_closed()) hold a task each on the server: past
+    max_pending_calls a session's calls get 'too many calls pending' (the server's memory
+    stays bounded), except close(), and are taken again once the held ones end."""
+    async with await serve(token=TOKEN, grace_period=0.3, max_pending_calls=3) as srv:
+        ws = await raw(srv)
+        worker = await rpc(ws, 1, "call", {"target": None, "method": "create_worker"})
+        handle = worker["result"]["value"]["id"]
+        held = {"target": handle, "method": "wait_closed"}
+        for rid in (2, 3, 4):
+            await ws.send_str(
+                json.dumps({"jsonrpc": "2.0", "id": rid, "method": "call", "params": held})
+            )
+        refused = await rpc(ws, 5, "call", held)
+        assert refused["error"] == {"code": p.RATE_LIMITED, "message": "too many calls pending"}
+        assert (await rpc(ws, 6, "ping", {}))["result"] == "pong"
+        # close() is taken all the same: the held calls end with it.
+        closed = await rpc(ws, 7, "call", {"target": handle, "method": "close"})
+        answers = [closed] + [await answer_of(ws) for _ in range(3)]
+        assert sorted(a["id"] for a in answers) == [2, 3, 4, 7]
+        assert all("result" in a for a in answers)
+        await until(lambda: not srv.sessions[next(iter(srv.sessions))].tasks)
+        again = await rpc(ws, 8, "call", {"target": None, "method": "create_worker"})
+        assert again["result"]["value"]["$ref"] == "worker"
+        await close_raw(ws)
+
+
 async def test_batches(server: RemoteServer) -> None:
     """A frame may hold a JSON array of messages: each is handled as if it came alone."""
     ws = await raw(server)

@@ -621,6 +621,7 @@ class RemoteServer:
         rate_burst: float,
         hello_timeout: float,
         heartbeat: float | None,
+        max_pending_calls: int = 10_000,
     ) -> None:
         if isinstance(target, Mafalda):
             self.serves = "mafalda"
@@ -644,6 +645,7 @@ class RemoteServer:
         self.max_message_size = max_message_size
         self._rate_limit = rate_limit
         self._rate_burst = rate_burst
+        self.max_pending_calls = max_pending_calls
         self._hello_timeout = hello_timeout
         self._heartbeat = heartbeat
         self.sessions: dict[str, Session] = {}
@@ -920,6 +922,9 @@ class RemoteServer:
                 raise p.ProtocolError(p.INVALID_PARAMS, "app_data must be a dict", req.id)
             obj.app_data = args[0]
             return self._answer(session, req.id, call.target, obj, None, "set_app_data")
+        if len(session.tasks) >= self.max_pending_calls and call.method != "close":
+            # Calls held (wait_closed()...) would hold the server's memory without bound.
+            raise p.ProtocolError(p.RATE_LIMITED, "too many calls pending", req.id)
         # Every call runs in a task, started in arrival order: a sync call (send()) never
         # overtakes the request of an async one that arrived before it.
         task = asyncio.get_running_loop().create_task(
@@ -1036,6 +1041,7 @@ async def serve(
     rate_burst: float = 40000.0,
     hello_timeout: float = 10.0,
     heartbeat: float | None = 20.0,
+    max_pending_calls: int = 10_000,
 ) -> RemoteServer:
     """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
 
@@ -1045,7 +1051,9 @@ async def serve(
     grace_period: seconds a disconnected client's objects survive, waiting for it to
     resume its session. max_message_size: bytes per message (a larger one closes the
     connection). rate_limit / rate_burst: requests per second a connection may send
-    (token bucket); more get a 'rate limited' error.
+    (token bucket); more get a 'rate limited' error. max_pending_calls: calls of a
+    session running at once (held ones: wait_closed()...); more get a 'too many calls
+    pending' error (close() is always taken).
     """
     server = RemoteServer(
         target=target,
@@ -1056,6 +1064,7 @@ async def serve(
         rate_burst=rate_burst,
         hello_timeout=hello_timeout,
         heartbeat=heartbeat,
+        max_pending_calls=max_pending_calls,
     )
     await server.start(host, port, ssl)
     return server

@@ -667,6 +667,51 @@ async def test_held_calls_are_bounded() -> None:
         await close_raw(ws)
 
 
+async def test_a_client_that_does_not_read_is_pushed_back(server: RemoteServer) -> None:
+    """A client sending requests without reading their answers: the server stops reading
+    its requests while max_backlog bytes of answers wait for it (the memory they hold is
+    bounded), and answers every request once the client reads."""
+    server.max_backlog = 64 * 1024
+    ws = await raw(server)
+    count = 3000  # ~10 kB answers each: ~30 MB, beyond any socket buffer
+    request = {"target": None, "method": "get_supported_rtp_capabilities"}
+    frames = [
+        json.dumps({"jsonrpc": "2.0", "id": rid, "method": "call", "params": request})
+        for rid in range(1, count + 1)
+    ]
+    (connection,) = server._connections
+
+    async def send_all() -> None:
+        for frame in frames:
+            await ws.send_str(frame)
+
+    sender = asyncio.create_task(send_all())
+    try:
+        await _pushed_back(server, ws, connection, sender, count)
+    finally:
+        sender.cancel()
+        await close_raw(ws)
+
+
+async def _pushed_back(
+    server: RemoteServer, ws: Any, connection: Any, sender: Any, count: int
+) -> None:
+    most = 0
+    # Sent (socket buffers take these requests), none of the answers read yet.
+    await sender
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        most = max(most, connection.frames.backlog_bytes)
+    # The backlog bound, and a batch of answers (one frame) beyond it.
+    assert most <= server.max_backlog + 512 * 1024
+    ids = set()
+    while len(ids) < count:
+        ids.add((await answer_of(ws))["id"])
+        most = max(most, connection.frames.backlog_bytes)
+    assert ids == set(range(1, count + 1))
+    assert most <= server.max_backlog + 512 * 1024
+
+
 async def test_batches(server: RemoteServer) -> None:
     """A frame may hold a JSON array of messages: each is handled as if it came alone."""
     ws = await raw(server)

@@ -36,6 +36,8 @@ class FrameSender:
         self._batch_size = 0
         self._scheduled = False
         self._backlog: collections.deque[bytes] = collections.deque()
+        #: Bytes waiting in ``_backlog`` (the peer or the network not taking them).
+        self.backlog_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self.broken = False
 
@@ -85,6 +87,7 @@ class FrameSender:
                     self.broken = True
                 return
         self._backlog.append(data)
+        self.backlog_bytes += len(data)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
@@ -92,12 +95,24 @@ class FrameSender:
         try:
             while self._backlog:
                 await self._ws.send_frame(self._backlog[0], WSMsgType.TEXT)
-                self._backlog.popleft()
+                self.backlog_bytes -= len(self._backlog.popleft())
         except _ERRORS:
             self.broken = True
             self._backlog.clear()
+            self.backlog_bytes = 0
         finally:
             self._task = None
+
+    async def drained(self, limit: int) -> None:
+        """Until at most ``limit`` bytes wait for the peer (or the sender is broken): a
+        reader waiting for this before taking more requests pushes back on a peer that
+        sends without reading what it asked for."""
+        while not self.broken:
+            self._flush()  # this turn's messages count too
+            task = self._task
+            if self.backlog_bytes <= limit or task is None:
+                return
+            await asyncio.shield(task)
 
     async def flush(self, timeout: float) -> None:
         """Until every message sent is written (or ``timeout`` seconds)."""

@@ -646,6 +646,8 @@ class RemoteServer:
         self._rate_limit = rate_limit
         self._rate_burst = rate_burst
         self.max_pending_calls = max_pending_calls
+        #: Bytes of answers and events waiting for a client before its requests wait.
+        self.max_backlog = max(4 * max_message_size, 1 << 22)
         self._hello_timeout = hello_timeout
         self._heartbeat = heartbeat
         self.sessions: dict[str, Session] = {}
@@ -851,6 +853,13 @@ class RemoteServer:
     async def _serve(self, connection: _Connection, session: Session) -> None:
         while not self._closed.is_set():
             try:
+                if session.tasks:
+                    # The calls of the last frame run up to their first wait, answering
+                    # what they can, before the backlog is looked at.
+                    await asyncio.sleep(0)
+                # A client sending requests without reading their answers: no more
+                # requests read (TCP pushes back on it) until it takes what waits.
+                await connection.frames.drained(self.max_backlog)
                 text = await self._receive(connection, None)
             except (ConnectionError, RuntimeError, asyncio.CancelledError):
                 return

@@ -121,6 +121,14 @@ async def spawn_serve(
         raise
 
 
+async def reap(proc: asyncio.subprocess.Process) -> int:
+    """Wait for ``proc`` to exit, then close its pipes: uvloop may see a pipe's end later
+    than the exit, and a loop closed with that pipe still open fails (EBUSY)."""
+    code = await proc.wait()
+    proc._transport.close()  # type: ignore[attr-defined]
+    return code
+
+
 def serve_command(
     redis_url: str, index: int, heartbeat: float, *extra: str, host: str | None = None
 ) -> list[str]:

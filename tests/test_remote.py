@@ -42,7 +42,7 @@ from mafalda.remote import server as server_module
 from mafalda.vertical import Mafalda
 
 from .conftest import MEDIA_CODECS, served_by
-from .processes import serve_args, spawn_serve
+from .processes import reap, serve_args, spawn_serve
 
 TOKEN = "s3cret"
 LISTEN = [{"protocol": "udp", "ip": "127.0.0.1"}]
@@ -959,7 +959,7 @@ async def test_tls(tmp_path: Path) -> None:
         await client.aclose()
     finally:
         proc.terminate()
-        assert await proc.wait() == 0
+        assert await reap(proc) == 0
 
 
 # -- faults --------------------------------------------------------------------------------
@@ -1160,7 +1160,7 @@ async def test_killed_client_objects_closed_after_grace(server: RemoteServer) ->
         assert len(server.sessions) == 1
     finally:
         proc.kill()
-        await proc.wait()
+        await reap(proc)
     await process_gone(pid)
     assert server.sessions == {}
 
@@ -1202,7 +1202,7 @@ async def test_killed_server_closes_every_proxy() -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        await reap(proc)
     assert sorted(events) == sorted(
         ["died:RemoteConnectionError", "router", "transport", "producer", "producer observer"]
     )
@@ -1234,7 +1234,7 @@ async def test_abort_drops_a_frozen_server_at_once() -> None:
     finally:
         proc.send_signal(signal.SIGCONT)
         proc.kill()
-        await proc.wait()
+        await reap(proc)
 
 
 # -- Remote Mafalda ------------------------------------------------------------------------
@@ -1344,10 +1344,10 @@ async def test_serve_command_mafalda_and_sigterm() -> None:
         router = await client.create_router(media_codecs=MEDIA_CODECS)
         closed = asyncio.ensure_future(router.observer.wait_for("close"))
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await asyncio.wait_for(reap(proc), 20) == 0
         await asyncio.wait_for(closed, 5)
         await client.aclose()
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await reap(proc)

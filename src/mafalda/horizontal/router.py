@@ -189,13 +189,6 @@ class ClusterRouter(SpanningRouter[str]):
                 return True  # still opening: it may take the id
         return False
 
-    def _alias(self, host: str, source_id: str, piped: Any, data: bool) -> None:
-        child = self._children[host]
-        if data:
-            child.alias_data_producer(source_id, piped)
-        else:
-            child.alias_producer(source_id, piped)
-
     def has_child_on(self, server_id: str) -> bool:
         """Whether this router has (or is creating) a child router on a server."""
         return server_id in self._children or server_id in self._child_futures

@@ -231,19 +231,12 @@ class _MafaldaRoot:
         return self._mafalda.stats()
 
     async def dump(self) -> dict[str, Any]:
-        if self._mafalda.closed:
-            raise InvalidStateError("Mafalda closed")
-        stats = self._mafalda.stats()
         own = [
             obj
             for obj in list(self._session.objects.values())
             if isinstance(obj, MafaldaRouter) and not obj.closed
         ]
-        return {
-            "workers": stats["workers"],
-            "maxWorkers": stats["maxWorkers"],
-            "routers": [await router.mafalda_dump() for router in own],
-        }
+        return await self._mafalda.dump(routers=own)
 
 
 #: Closed objects a session remembers (their handles), the oldest forgotten first.

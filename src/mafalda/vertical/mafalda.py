@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -450,14 +451,16 @@ class Mafalda(EventSource):
             )
         return {"workers": workers, "routers": len(self._routers), "maxWorkers": self._num_workers}
 
-    async def dump(self) -> dict[str, Any]:
-        """Workers with their load, and every router with its children, transports and pipes."""
+    async def dump(self, *, routers: Iterable[MafaldaRouter] | None = None) -> dict[str, Any]:
+        """Workers with their load, and every router (or only ``routers``) with its
+        children, transports and pipes."""
         self._check_open()
         stats = self.stats()
+        chosen = list(self._routers.values()) if routers is None else list(routers)
         return {
             "workers": stats["workers"],
             "maxWorkers": stats["maxWorkers"],
-            "routers": [await router.mafalda_dump() for router in list(self._routers.values())],
+            "routers": [await router.mafalda_dump() for router in chosen],
         }
 
     # -- closing --------------------------------------------------------------------------------

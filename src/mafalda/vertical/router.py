@@ -70,13 +70,6 @@ class MafaldaRouter(SpanningRouter[Worker]):
     def _hosts_source(self, host: Worker, source_id: str) -> bool:
         return self._mafalda.worker_hosts(host, source_id)
 
-    def _alias(self, host: Worker, source_id: str, piped: Any, data: bool) -> None:
-        child: Router = self._children[host]
-        if data:
-            child.alias_data_producer(source_id, piped)
-        else:
-            child.alias_producer(source_id, piped)
-
     def _guard(self, host: Worker, transport: Any) -> None:
         transport.consume_guard = lambda producer_id: self._pipe_guard(producer_id, host, False)
         transport.consume_data_guard = lambda data_producer_id: self._pipe_guard(

@@ -126,7 +126,13 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         return False
 
     def _alias(self, host: H, source_id: str, piped: Any, data: bool) -> None:
-        raise InvalidStateError(f"cannot pipe {source_id}: the id is taken on the target")
+        """Make ``host``'s child find the copy ``piped`` (made with its own id) by
+        ``source_id`` too."""
+        child = self._children[host]
+        if data:
+            child.alias_data_producer(source_id, piped)
+        else:
+            child.alias_producer(source_id, piped)
 
     def _guard(self, host: H, transport: Any) -> None:
         """Make consume() / consume_data() on ``transport`` call ``_pipe_guard`` first."""

@@ -858,7 +858,7 @@ async def test_media_node_outlives_a_redis_outage(
                 failed += 1
                 raise
 
-        monkeypatch.setattr(node, "_beat", counted_beat)
+        monkeypatch.setattr(node._heartbeat, "step", counted_beat)
         with caplog.at_level("INFO", logger="mafalda.horizontal.node"):
             async with node:
                 redis_server.kill()
@@ -918,10 +918,11 @@ async def test_media_node_closes_when_a_cancellation_is_swallowed(
             async with asyncio.timeout(5):
                 await node.aclose()
         finally:
-            assert node._task is not None
-            if not node._task.done():  # a heartbeat still running fails the test
-                node._task.cancel()
-        assert swallowed and not node._task.cancelled()  # it ended by itself
+            task = node._heartbeat._task
+            assert task is not None
+            if not task.done():  # a heartbeat still running fails the test
+                task.cancel()
+        assert swallowed and not task.cancelled()  # it ended by itself
         assert await record_of(db, node.id) is None
 
 

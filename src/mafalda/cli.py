@@ -3,7 +3,8 @@
     mafalda demo [--host 127.0.0.1] [--port 8080] [--rtc-ip 127.0.0.1] [--rtc-port 40000]
                  [--announced-ip ADDRESS]
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
-                  [--tls-cert PEM --tls-key PEM]
+                  [--tls-cert PEM --tls-key PEM] [--cluster REDIS_URL ...]
+    mafalda monitor REDIS_URL [--interval 2] [--once] [--json] [--web --port 8090]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
 MAFALDA_DEMO_RTC_IP, MAFALDA_DEMO_RTC_PORT, MAFALDA_DEMO_ANNOUNCED_IP); a flag wins.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -109,7 +111,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", "-v", action="store_true", help="log debug messages of the demo too"
     )
     _add_serve_parser(commands)
+    _add_monitor_parser(commands)
     return parser
+
+
+def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    monitor = commands.add_parser(
+        "monitor",
+        help="watch a cluster live: servers, workers, routers, loads, links",
+        description=(
+            "Read the cluster's Redis (the servers' registry records and the reports of "
+            "`mafalda serve --cluster`) and show it: in this terminal, refreshed every "
+            "--interval seconds (--once: once), as JSON (--json), or as a live web page "
+            "(--web)."
+        ),
+    )
+    monitor.add_argument("redis_url", metavar="REDIS_URL", help="the cluster's Redis")
+    monitor.add_argument("--prefix", default="mafalda", help="the cluster's key prefix")
+    monitor.add_argument("--interval", type=_positive, default=2.0, help="seconds")
+    monitor.add_argument("--once", action="store_true", help="print one view and exit")
+    monitor.add_argument("--json", action="store_true", help="print views as JSON lines")
+    monitor.add_argument("--web", action="store_true", help="serve the live page instead")
+    monitor.add_argument("--host", default="127.0.0.1", help="--web: address")
+    monitor.add_argument("--port", type=_port, default=8090, help="--web: port")
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return number
 
 
 def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,6 +197,12 @@ async def _run_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    probe = None
+    if args.cluster:
+        from mafalda.monitor import Probe
+
+        probe = Probe()  # before any worker starts: it follows them from their start
+        probe.start()
     pool = await Mafalda.start(num_workers=args.num_workers) if args.mafalda else None
     try:
         server = await serve(
@@ -187,16 +227,60 @@ async def _run_serve(args: argparse.Namespace) -> int:
                     interval=args.heartbeat,
                 )
                 await node.start()
+            reporter = None
+            if node is not None and probe is not None:
+                from mafalda.monitor import Reporter
+
+                reporter = Reporter(
+                    probe, redis_url=args.cluster, server_id=node.id, interval=args.heartbeat
+                )
+                await reporter.start()
             print(f"Mafalda remote server listening on {server.url}", flush=True)
             await stop.wait()
             if node is not None:  # drain (a second signal: leave now), then deregister
                 stop.clear()
                 await node.drain(args.drain_timeout, abort=stop)
                 await node.aclose()
+            if reporter is not None:
+                await reporter.aclose()
     finally:
         if pool is not None:
             await pool.aclose()
     return 0
+
+
+async def _run_monitor(args: argparse.Namespace) -> int:
+    from mafalda.monitor import connect
+    from mafalda.monitor.web import MonitorWeb
+
+    async with await connect(args.redis_url, prefix=args.prefix, interval=args.interval) as mon:
+        if args.web:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
+            async with MonitorWeb(mon, host=args.host, port=args.port) as page:
+                print(f"Mafalda monitor on {page.url}", flush=True)
+                await stop.wait()
+            return 0
+        if args.once:
+            _print_view(await mon.view(), args)
+            return 0
+        async for view in mon.views():
+            _print_view(view, args)
+    return 0
+
+
+def _print_view(view: Any, args: argparse.Namespace) -> None:
+    from mafalda.monitor import render_text
+
+    if args.json:
+        print(json.dumps(view, separators=(",", ":")), flush=True)
+    else:
+        # A live terminal view redraws in place; a pipe or --once gets plain pages.
+        clear = "" if args.once or not sys.stdout.isatty() else "\x1b[H\x1b[2J"
+        print(clear + render_text(view), flush=True)
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
@@ -276,6 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run(_run_serve(args))
+        if args.command == "monitor":
+            try:
+                return run(_run_monitor(args))
+            except KeyboardInterrupt:  # Ctrl+C in the terminal view: done watching
+                return 130
         return run(_run_demo(args))
     except (OSError, MediasoupError) as error:
         print(f"mafalda: {error}", file=sys.stderr)

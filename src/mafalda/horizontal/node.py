@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
+from mafalda.horizontal.periodic import Periodic
 from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
@@ -74,7 +75,14 @@ class MediaNode:
         )
         self._key = registry.server_key(self.id, prefix)
         self._channel = registry.membership_channel(prefix)
-        self._task: asyncio.Task[None] | None = None
+        self._heartbeat = Periodic(
+            self._beat,
+            interval=interval,
+            logger=logger,
+            failed="heartbeat to Redis failed",
+            again="registered again in Redis",
+            refused="cannot register in Redis",
+        )
         self._closed = False
 
     # -- the record ----------------------------------------------------------------------
@@ -117,11 +125,7 @@ class MediaNode:
 
     async def start(self) -> None:
         """Register now (OSError if Redis is unreachable), then heart-beat in the background."""
-        try:
-            await self._beat()
-        except RedisError as error:
-            raise OSError(f"cannot register in Redis: {error}") from error
-        self._task = asyncio.get_running_loop().create_task(self._heartbeat())
+        await self._heartbeat.start()
 
     async def _publish(self, event: MembershipEvent) -> None:
         await self._redis.publish(self._channel, registry.encode_membership(event, self.id))
@@ -133,23 +137,6 @@ class MediaNode:
         self.registered = True
         if previous is None:  # first registration, or the record was lost (Redis restart)
             await self._publish("join")
-
-    async def _heartbeat(self) -> None:
-        failing = False
-        # Also stops on ``_closed``: on Python 3.11, redis-py's asyncio.wait_for() around
-        # a socket write swallows a cancellation that lands as the write completes, and
-        # aclose() would wait for this loop forever (the record kept fresh meanwhile).
-        while not self._closed:
-            await asyncio.sleep(self.interval)
-            try:
-                await self._beat()
-                if failing:
-                    logger.info("registered again in Redis")
-                failing = False
-            except (RedisError, OSError) as error:
-                if not failing:
-                    logger.warning("heartbeat to Redis failed: %s", error)
-                failing = True
 
     async def drain(self, timeout: float, abort: asyncio.Event | None = None) -> bool:
         """Take no new placements; wait until every object served here closed (True) or
@@ -172,10 +159,7 @@ class MediaNode:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            # wait(), not await: a cancellation of aclose() itself must not be swallowed.
-            await asyncio.wait([self._task])
+        await self._heartbeat.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(self._key)
             await self._publish("leave")

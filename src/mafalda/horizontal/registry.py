@@ -26,6 +26,7 @@ __all__ = [
     "decode_record",
     "encode_membership",
     "encode_record",
+    "is_server_id",
     "membership_channel",
     "server_id_from_key",
     "server_key",
@@ -58,12 +59,14 @@ class MembershipMessage(TypedDict):
     id: str
 
 
-def _valid_id(server_id: object) -> TypeGuard[str]:
+def is_server_id(server_id: object) -> TypeGuard[str]:
+    """A string a server id can be: not empty, no ':' nor '*' (they would make its keys
+    ambiguous or patterns)."""
     return isinstance(server_id, str) and bool(server_id) and not {":", "*"} & set(server_id)
 
 
 def server_key(server_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    if not _valid_id(server_id):
+    if not is_server_id(server_id):
         raise ValueError(f"invalid server id {server_id!r}")
     return f"{prefix}:server:{server_id}"
 
@@ -81,7 +84,7 @@ def server_id_from_key(key: str | bytes, prefix: str = DEFAULT_PREFIX) -> str | 
     except UnicodeDecodeError:
         return None
     head = f"{prefix}:server:"
-    if not text.startswith(head) or not _valid_id(text[len(head) :]):
+    if not text.startswith(head) or not is_server_id(text[len(head) :]):
         return None
     return text[len(head) :]
 
@@ -149,6 +152,6 @@ def decode_membership(raw: str | bytes) -> MembershipMessage | None:
     event, server_id = data.get("event"), data.get("id")
     # _EVENTS is a tuple: an unhashable event (a list...) is compared, not hashed (a
     # TypeError); an id no server could have would make the listener's key lookup raise.
-    if event not in _EVENTS or not _valid_id(server_id):
+    if event not in _EVENTS or not is_server_id(server_id):
         return None
     return {"event": event, "id": server_id}

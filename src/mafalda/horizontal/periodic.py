@@ -1,0 +1,72 @@
+"""A step run now, then every ``interval`` seconds, riding out Redis outages.
+
+A media server's registry heartbeat (``MediaNode``) and its Monitor reports
+(``mafalda.monitor.Reporter``) both write to Redis on a beat: the first write must
+succeed (``start()`` raises OSError otherwise: a misconfigured server fails at once),
+later failures are logged once per outage, and the beat goes on until ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+__all__ = ["Periodic"]
+
+
+class Periodic:
+    def __init__(
+        self,
+        step: Callable[[], Awaitable[object]],
+        *,
+        interval: float,
+        logger: logging.Logger,
+        failed: str,
+        again: str,
+        refused: str,
+    ) -> None:
+        """``failed`` is logged (with the error) when a step fails after a success,
+        ``again`` when one succeeds after a failure; ``refused`` starts the OSError of a
+        first step that fails. ``interval`` > 0 (its users check it).
+        """
+        self.step = step
+        self.interval = interval
+        self._logger = logger
+        self._failed, self._again, self._refused = failed, again, refused
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        try:
+            await self.step()
+        except RedisError as error:
+            raise OSError(f"{self._refused}: {error}") from error
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        failing = False
+        # Also stops on ``_stopped``: on Python 3.11, redis-py's asyncio.wait_for() around
+        # a socket write swallows a cancellation that lands as the write completes, and
+        # stop() would wait for this loop forever (the beat going on meanwhile).
+        while not self._stopped:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.step()
+                if failing:
+                    self._logger.info(self._again)
+                failing = False
+            except (RedisError, OSError) as error:
+                if not failing:
+                    self._logger.warning("%s: %s", self._failed, error)
+                failing = True
+
+    async def stop(self) -> None:
+        """Stop beating (a step under way is cancelled)."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            # wait(), not await: a cancellation of stop() itself must not be swallowed.
+            await asyncio.wait([self._task])

@@ -1,0 +1,129 @@
+"""The Monitor: a live view of a cluster's servers, workers, routers, loads and links.
+
+    async with await mafalda.monitor.connect("redis://redis:6379/0") as monitor:
+        view = await monitor.view()              # ClusterView, a plain dict
+        async for view in monitor.views():       # one now, then one per interval
+            print(render_text(view))
+
+It only reads Redis: the registry's records (``mafalda.horizontal``) and the reports
+the servers' probes publish beside them (``mafalda serve --cluster`` publishes one), so
+watching costs the media servers nothing more, and any number of monitors may watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mafalda.horizontal import registry
+from mafalda.horizontal.registry import ServerRecord
+from mafalda.monitor.stats import ServerStats, decode_stats, stats_pattern
+from mafalda.monitor.view import ClusterView, build_view
+
+__all__ = ["Monitor", "connect"]
+
+logger = logging.getLogger("mafalda.monitor")
+
+
+class Monitor:
+    def __init__(
+        self, redis_url: str, *, prefix: str = registry.DEFAULT_PREFIX, interval: float = 2.0
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.prefix = prefix
+        self.interval = interval
+        self._redis: aioredis.Redis = aioredis.from_url(
+            redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
+        )
+        self._warned: set[tuple[str, str]] = set()
+
+    def _ignore(self, key: str, error: ValueError) -> None:
+        # Said once per key and reason: a bad key is read again at every refresh.
+        if (key, str(error)) not in self._warned:
+            self._warned.add((key, str(error)))
+            logger.warning("ignoring %s: %s", key, error)
+
+    async def _read(self, pattern: str) -> list[tuple[str, bytes | str]]:
+        keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
+        values = await self._redis.mget(keys) if keys else []
+        return [
+            (key.decode(errors="replace") if isinstance(key, bytes) else key, raw)
+            for key, raw in zip(keys, values, strict=True)
+            if raw is not None  # expired between the scan and the read
+        ]
+
+    async def records(self) -> list[ServerRecord]:
+        found: list[ServerRecord] = []
+        for key, raw in await self._read(registry.server_pattern(self.prefix)):
+            server_id = registry.server_id_from_key(key, self.prefix)
+            if server_id is None:
+                continue
+            try:
+                record = registry.decode_record(raw)
+            except ValueError as error:
+                self._ignore(key, error)
+                continue
+            if record["id"] == server_id:
+                found.append(record)
+        return found
+
+    async def reports(self) -> list[ServerStats]:
+        found: list[ServerStats] = []
+        head = f"{self.prefix}:stats:"
+        for key, raw in await self._read(stats_pattern(self.prefix)):
+            try:
+                report = decode_stats(raw)
+            except ValueError as error:
+                self._ignore(key, error)
+                continue
+            if key == head + report["id"]:  # a report under another server's key: not it
+                found.append(report)
+        return found
+
+    async def view(self) -> ClusterView:
+        """Read Redis now (RedisError/OSError when it cannot be reached)."""
+        records = await self.records()
+        return build_view(records, await self.reports())
+
+    async def views(self) -> AsyncIterator[ClusterView]:
+        """A view now, then one every ``interval`` seconds; while Redis cannot be read,
+        nothing (logged once), and views again when it can."""
+        failing = False
+        while True:
+            try:
+                view = await self.view()
+            except (RedisError, OSError) as error:
+                if not failing:
+                    logger.warning("reading Redis failed: %s", error)
+                failing = True
+            else:
+                failing = False
+                yield view
+            await asyncio.sleep(self.interval)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> Monitor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def connect(
+    redis_url: str, *, prefix: str = registry.DEFAULT_PREFIX, interval: float = 2.0
+) -> Monitor:
+    """A Monitor of the cluster in ``redis_url`` (OSError when Redis cannot be reached)."""
+    monitor = Monitor(redis_url, prefix=prefix, interval=interval)
+    try:
+        await monitor._redis.ping()
+    except (RedisError, OSError) as error:
+        await monitor.aclose()
+        raise OSError(f"cannot reach Redis at {redis_url}: {error}") from error
+    return monitor

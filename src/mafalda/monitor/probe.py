@@ -1,0 +1,195 @@
+"""The media server's side of the Monitor: what this process's workers hold.
+
+    probe = Probe()
+    probe.start()                  # before creating workers: it follows them from then on
+    worker = await mafalda.mediasoup.create_worker()
+    ...
+    stats = await probe.sample()   # ServerStats: workers (with CPU), routers, pipe ends
+
+It follows mediasoup's observer API only (``newworker``, ``newrouter``,
+``newtransport``), as a monitoring tool of mediasoup would: every worker this process
+starts is seen, whoever starts it (a Remote Mediasoup client, a Mafalda pool, the app).
+Objects are held weakly and closed ones skipped, so the probe adds no listener per
+producer or consumer and keeps nothing alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import weakref
+from collections.abc import Iterable
+
+from mafalda import mediasoup
+from mafalda.mediasoup import PipeTransport, Router, Transport, Worker
+from mafalda.monitor.stats import PipeEnd, RouterStats, ServerStats, WorkerStats
+
+__all__ = ["Probe"]
+
+_COUNTS = ("producers", "consumers", "dataProducers", "dataConsumers")
+
+
+def _transport_counts(transport: Transport) -> dict[str, int]:
+    return {
+        "producers": len(transport.producers),
+        "consumers": len(transport.consumers),
+        "dataProducers": len(transport.data_producers),
+        "dataConsumers": len(transport.data_consumers),
+    }
+
+
+class Probe:
+    """Follows the workers this process starts; ``sample()`` reports on them."""
+
+    def __init__(self, *, server_id: str = "local", max_routers: int = 1000) -> None:
+        if max_routers < 0:
+            raise ValueError("max_routers must be >= 0")
+        self.server_id = server_id
+        self.max_routers = max_routers
+        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        self._routers: weakref.WeakKeyDictionary[Router, Worker] = weakref.WeakKeyDictionary()
+        self._transports: weakref.WeakKeyDictionary[Transport, Router] = weakref.WeakKeyDictionary()
+        # pid -> (monotonic time, CPU seconds) of the previous sample
+        self._cpu: dict[int, tuple[float, float]] = {}
+        self._started = False
+
+    # -- following ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Follow every worker started from now on (``mafalda.mediasoup.observer``)."""
+        if not self._started:
+            self._started = True
+            mediasoup.observer.on("newworker", self.add_worker)
+
+    def stop(self) -> None:
+        """Stop following (what is followed already stays followed until it closes)."""
+        if self._started:
+            self._started = False
+            mediasoup.observer.off("newworker", self.add_worker)
+
+    def add_worker(self, worker: Worker) -> None:
+        """Follow a worker started before ``start()`` (its routers from now on)."""
+        if worker not in self._workers:
+            self._workers.add(worker)
+            worker.observer.on("newrouter", functools.partial(self._add_router, worker))
+
+    def _add_router(self, worker: Worker, router: Router) -> None:
+        self._routers[router] = worker
+        router.observer.on("newtransport", functools.partial(self._add_transport, router))
+
+    def _add_transport(self, router: Router, transport: Transport) -> None:
+        self._transports[transport] = router
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def workers(self) -> list[Worker]:
+        return sorted((w for w in self._workers if not w.closed), key=lambda w: w.pid)
+
+    async def _cpu_seconds(self, worker: Worker) -> float | None:
+        try:
+            usage = await worker.get_resource_usage()
+        except mediasoup.MediasoupError:  # closed or died meanwhile (then left out)
+            return None
+        return (usage["ru_utime"] + usage["ru_stime"]) / 1000.0
+
+    async def sample(self) -> ServerStats:
+        """Ask each worker its CPU time (one request each, concurrently) and report."""
+        workers = self.workers()
+        seconds = await asyncio.gather(*(self._cpu_seconds(w) for w in workers))
+        now = time.monotonic()
+        cpu: dict[int, float | None] = {}
+        previous, self._cpu = self._cpu, {}
+        for worker, used in zip(workers, seconds, strict=True):
+            if used is None:
+                cpu[worker.pid] = None
+                continue
+            self._cpu[worker.pid] = (now, used)
+            before = previous.get(worker.pid)
+            if before is None or now <= before[0]:
+                cpu[worker.pid] = None
+            else:
+                cpu[worker.pid] = round(max(0.0, used - before[1]) / (now - before[0]), 4)
+        return self.snapshot(cpu)
+
+    def snapshot(self, cpu: dict[int, float | None] | None = None) -> ServerStats:
+        """The report without asking the workers anything (CPU from ``cpu``, by pid)."""
+        cpu = cpu or {}
+        workers: dict[Worker, WorkerStats] = {
+            worker: {
+                "pid": worker.pid,
+                "cpu": cpu.get(worker.pid),
+                "routers": 0,
+                "transports": 0,
+                "producers": 0,
+                "consumers": 0,
+                "dataProducers": 0,
+                "dataConsumers": 0,
+            }
+            for worker in self.workers()
+        }
+        routers: dict[Router, RouterStats] = {}
+        for router, worker in list(self._routers.items()):
+            if router.closed or worker not in workers:
+                continue
+            workers[worker]["routers"] += 1
+            routers[router] = {
+                "id": router.id,
+                "worker": worker.pid,
+                "transports": 0,
+                "producers": 0,
+                "consumers": 0,
+                "dataProducers": 0,
+                "dataConsumers": 0,
+            }
+        pipes: list[PipeEnd] = []
+        for transport, router in list(self._transports.items()):
+            entry = routers.get(router)
+            if transport.closed or entry is None:
+                continue
+            worker_entry = workers[self._routers[router]]
+            counts = _transport_counts(transport)
+            entry["transports"] += 1
+            worker_entry["transports"] += 1
+            for name in _COUNTS:
+                entry[name] += counts[name]  # type: ignore[literal-required]
+                worker_entry[name] += counts[name]  # type: ignore[literal-required]
+            if isinstance(transport, PipeTransport):
+                pipes.append(_pipe_end(transport, router, entry["worker"], counts))
+        kept = _busiest(routers.values(), self.max_routers)
+        return {
+            "id": self.server_id,
+            "time": time.time(),
+            "workers": list(workers.values()),
+            "routers": kept,
+            "routersOmitted": len(routers) - len(kept),
+            "pipes": sorted(pipes, key=lambda p: p["transportId"]),
+        }
+
+
+def _busiest(routers: Iterable[RouterStats], limit: int) -> list[RouterStats]:
+    ordered = sorted(
+        routers, key=lambda r: (-(r["consumers"] + r["producers"]), -r["transports"], r["id"])
+    )
+    return ordered[:limit]
+
+
+def _pipe_end(
+    transport: PipeTransport, router: Router, pid: int, counts: dict[str, int]
+) -> PipeEnd:
+    tuple_ = transport.tuple
+    remote_ip = tuple_.get("remoteIp")
+    remote_port = tuple_.get("remotePort")
+    connected = bool(remote_ip) and bool(remote_port)
+    return {
+        "transportId": transport.id,
+        "routerId": router.id,
+        "worker": pid,
+        # The address a peer connects to (the announced one, if any), as the other end's
+        # remoteIp says it: the Monitor pairs ends by these.
+        "localIp": tuple_["localAddress"],
+        "localPort": tuple_["localPort"],
+        "remoteIp": remote_ip if connected else None,
+        "remotePort": remote_port if connected else None,
+        **counts,  # type: ignore[typeddict-item]
+    }

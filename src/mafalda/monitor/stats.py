@@ -1,0 +1,203 @@
+"""What a media server reports to the Monitor: its workers, routers and pipe ends.
+
+Pure functions (no I/O). A server's report is a JSON string under the Redis key
+``{prefix}:stats:{id}`` (beside its registry record ``{prefix}:server:{id}``), rewritten
+at every sample with a TTL, so a server that stops reporting disappears from the view.
+
+Reports come from the network (anyone who can write to the cluster's Redis can write
+one): ``decode_stats`` checks every field and raises ValueError naming the first bad
+one, and the Monitor leaves such a report out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict
+
+from mafalda.horizontal import registry
+
+__all__ = [
+    "Counts",
+    "PipeEnd",
+    "RouterStats",
+    "ServerStats",
+    "WorkerStats",
+    "decode_stats",
+    "encode_stats",
+    "stats_key",
+    "stats_pattern",
+]
+
+
+class Counts(TypedDict):
+    """What lives on transports, counted (a worker's, a router's, a pipe end's...)."""
+
+    producers: int
+    consumers: int
+    dataProducers: int
+    dataConsumers: int
+
+
+class WorkerStats(Counts):
+    pid: int
+    cpu: float | None  # share of one core used since the previous sample (None: first)
+    routers: int
+    transports: int
+
+
+class RouterStats(Counts):
+    id: str
+    worker: int  # pid
+    transports: int
+
+
+class PipeEnd(Counts):
+    """One PipeTransport: one end of a link between two workers (on this server or
+    another). Its consumers send streams to the other end, its producers receive them."""
+
+    transportId: str
+    routerId: str
+    worker: int  # pid
+    localIp: str
+    localPort: int
+    remoteIp: str | None  # None until connected
+    remotePort: int | None
+
+
+class ServerStats(TypedDict):
+    id: str
+    time: float  # seconds since the epoch, when sampled
+    workers: list[WorkerStats]
+    routers: list[RouterStats]
+    routersOmitted: int  # beyond the report's cap (the busiest are kept)
+    pipes: list[PipeEnd]
+
+
+def stats_key(server_id: str, prefix: str = registry.DEFAULT_PREFIX) -> str:
+    registry.server_key(server_id, prefix)  # the same ids as the registry's (ValueError)
+    return f"{prefix}:stats:{server_id}"
+
+
+def stats_pattern(prefix: str = registry.DEFAULT_PREFIX) -> str:
+    return f"{prefix}:stats:*"
+
+
+def encode_stats(stats: ServerStats) -> str:
+    return json.dumps(stats, separators=(",", ":"))
+
+
+_COUNTS = ("producers", "consumers", "dataProducers", "dataConsumers")
+
+
+def _int(data: dict[str, Any], name: str, where: str, *, low: int = 0) -> int:
+    value = data.get(name)
+    if type(value) is not int or value < low:
+        raise ValueError(f"server stats: invalid {where}{name!r}")
+    return value
+
+
+def _str(data: dict[str, Any], name: str, where: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"server stats: invalid {where}{name!r}")
+    return value
+
+
+def _list(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = data.get(name)
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"server stats: invalid {name!r}")
+    return value
+
+
+def _counts(data: dict[str, Any], where: str) -> dict[str, int]:
+    return {name: _int(data, name, where) for name in _COUNTS}
+
+
+def _worker(data: dict[str, Any]) -> WorkerStats:
+    where = "worker "
+    cpu = data.get("cpu")
+    if cpu is not None and (
+        not isinstance(cpu, int | float) or isinstance(cpu, bool) or not 0 <= cpu < 1e300
+    ):
+        raise ValueError("server stats: invalid worker 'cpu'")
+    counts = _counts(data, where)
+    return {
+        "pid": _int(data, "pid", where, low=1),
+        "cpu": None if cpu is None else float(cpu),
+        "routers": _int(data, "routers", where),
+        "transports": _int(data, "transports", where),
+        "producers": counts["producers"],
+        "consumers": counts["consumers"],
+        "dataProducers": counts["dataProducers"],
+        "dataConsumers": counts["dataConsumers"],
+    }
+
+
+def _router(data: dict[str, Any]) -> RouterStats:
+    where = "router "
+    counts = _counts(data, where)
+    return {
+        "id": _str(data, "id", where),
+        "worker": _int(data, "worker", where, low=1),
+        "transports": _int(data, "transports", where),
+        "producers": counts["producers"],
+        "consumers": counts["consumers"],
+        "dataProducers": counts["dataProducers"],
+        "dataConsumers": counts["dataConsumers"],
+    }
+
+
+def _port(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if type(value) is not int or not 0 < value <= 65535:
+        raise ValueError(f"server stats: invalid pipe {name!r}")
+    return value
+
+
+def _pipe(data: dict[str, Any]) -> PipeEnd:
+    where = "pipe "
+    remote_ip = data.get("remoteIp")
+    if remote_ip is not None and (not isinstance(remote_ip, str) or not remote_ip):
+        raise ValueError("server stats: invalid pipe 'remoteIp'")
+    remote_port = None if data.get("remotePort") is None else _port(data, "remotePort")
+    if (remote_ip is None) != (remote_port is None):
+        raise ValueError("server stats: pipe 'remoteIp' and 'remotePort' go together")
+    counts = _counts(data, where)
+    return {
+        "transportId": _str(data, "transportId", where),
+        "routerId": _str(data, "routerId", where),
+        "worker": _int(data, "worker", where, low=1),
+        "localIp": _str(data, "localIp", where),
+        "localPort": _port(data, "localPort"),
+        "remoteIp": remote_ip,
+        "remotePort": remote_port,
+        "producers": counts["producers"],
+        "consumers": counts["consumers"],
+        "dataProducers": counts["dataProducers"],
+        "dataConsumers": counts["dataConsumers"],
+    }
+
+
+def decode_stats(raw: str | bytes) -> ServerStats:
+    """Parse and check a report read from Redis (ValueError naming what is wrong)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        raise ValueError(f"server stats: not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError("server stats: not an object")
+    server_id = data.get("id")
+    if not registry.is_server_id(server_id):
+        raise ValueError("server stats: invalid 'id'")
+    time = data.get("time")
+    if not isinstance(time, int | float) or isinstance(time, bool) or not 0 <= time < 1e300:
+        raise ValueError("server stats: invalid 'time'")
+    return {
+        "id": server_id,
+        "time": float(time),
+        "workers": [_worker(item) for item in _list(data, "workers")],
+        "routers": [_router(item) for item in _list(data, "routers")],
+        "routersOmitted": _int(data, "routersOmitted", ""),
+        "pipes": [_pipe(item) for item in _list(data, "pipes")],
+    }

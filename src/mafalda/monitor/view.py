@@ -1,0 +1,241 @@
+"""The cluster as the Monitor shows it: servers, their workers and routers, and links.
+
+Pure functions (no I/O): ``build_view()`` joins the registry's records (who is in the
+cluster, its load, draining...) with the servers' reports (``stats.ServerStats``) and
+pairs pipe ends into links; ``render_text()`` prints a view for a terminal.
+
+A link joins two workers (on one server: a Mafalda pool's pipes between its workers;
+on two: pipes between servers) and counts the streams each way (consumers and data
+consumers on the sending end's PipeTransports). Two pipe ends are one pipe when each
+one's remote address is the other's local address. An end whose other end no server
+reports (a peer outside the cluster, or one gone) is a link to nobody (``b`` None).
+"""
+
+from __future__ import annotations
+
+import time as _time
+from typing import Literal, TypedDict
+
+from mafalda.horizontal.registry import ServerRecord
+from mafalda.monitor.stats import Counts, PipeEnd, RouterStats, ServerStats, WorkerStats
+
+__all__ = [
+    "ClusterView",
+    "LinkEnd",
+    "LinkView",
+    "ServerView",
+    "Totals",
+    "build_view",
+    "render_text",
+]
+
+
+class Totals(Counts):
+    workers: int
+    routers: int
+    transports: int
+
+
+class ServerView(TypedDict):
+    id: str
+    controlUrl: str
+    mediaAddress: str
+    region: str | None
+    serves: Literal["mediasoup", "mafalda"]
+    draining: bool
+    load: float  # the registry's figure (workers per core, or a pool's busiest worker)
+    reported: bool  # False: no report from it (yet, or it runs no probe)
+    age: float | None  # seconds since its report was sampled
+    workers: list[WorkerStats]
+    routers: list[RouterStats]
+    routersOmitted: int
+    totals: Totals
+
+
+class LinkEnd(TypedDict):
+    server: str
+    worker: int  # pid
+
+
+class LinkView(TypedDict):
+    a: LinkEnd
+    b: LinkEnd | None  # None: the other end is reported by no server of the cluster
+    aToB: int  # streams a sends to b (media and data)
+    bToA: int
+    pipes: int  # PipeTransport pairs (or lone ends) making up the link
+
+
+class ClusterView(TypedDict):
+    time: float
+    servers: list[ServerView]
+    links: list[LinkView]
+    totals: Totals
+
+
+def _totals(workers: list[WorkerStats]) -> Totals:
+    return {
+        "workers": len(workers),
+        "routers": sum(w["routers"] for w in workers),
+        "transports": sum(w["transports"] for w in workers),
+        "producers": sum(w["producers"] for w in workers),
+        "consumers": sum(w["consumers"] for w in workers),
+        "dataProducers": sum(w["dataProducers"] for w in workers),
+        "dataConsumers": sum(w["dataConsumers"] for w in workers),
+    }
+
+
+def _sends(end: PipeEnd) -> int:
+    return end["consumers"] + end["dataConsumers"]
+
+
+def _receives(end: PipeEnd) -> int:
+    return end["producers"] + end["dataProducers"]
+
+
+_Owned = tuple[str, PipeEnd]  # (server id, end)
+
+
+def _pair(ends: list[_Owned]) -> list[tuple[_Owned, _Owned | None]]:
+    """Each pipe once: (end, its other end or None)."""
+    by_local: dict[tuple[str, int], list[_Owned]] = {}
+    for owned in ends:
+        by_local.setdefault((owned[1]["localIp"], owned[1]["localPort"]), []).append(owned)
+    pairs: list[tuple[_Owned, _Owned | None]] = []
+    taken: set[tuple[str, str]] = set()
+    for server, end in ends:
+        if (server, end["transportId"]) in taken:
+            continue
+        taken.add((server, end["transportId"]))
+        other: _Owned | None = None
+        if end["remoteIp"] is not None:
+            candidates = [
+                (s, e)
+                for s, e in by_local.get((end["remoteIp"], end["remotePort"] or 0), [])
+                if e["remoteIp"] == end["localIp"]
+                and e["remotePort"] == end["localPort"]
+                and (s, e["transportId"]) not in taken
+            ]
+            # Two hosts may both pipe on 127.0.0.1: a loopback pair is on one server.
+            candidates.sort(key=lambda c: c[0] != server)
+            if candidates:
+                other = candidates[0]
+                taken.add((other[0], other[1]["transportId"]))
+        pairs.append(((server, end), other))
+    return pairs
+
+
+def _links(ends: list[_Owned]) -> list[LinkView]:
+    links: dict[tuple[tuple[str, int], tuple[str, int] | None], LinkView] = {}
+    for (a_server, a), other in _pair(ends):
+        a_key = (a_server, a["worker"])
+        if other is None:
+            key: tuple[tuple[str, int], tuple[str, int] | None] = (a_key, None)
+            a_to_b, b_to_a = _sends(a), _receives(a)
+        else:
+            b_server, b = other
+            b_key = (b_server, b["worker"])
+            if b_key < a_key:
+                a_key, b_key, a, b = b_key, a_key, b, a
+            key = (a_key, b_key)
+            a_to_b, b_to_a = _sends(a), _sends(b)
+        link = links.get(key)
+        if link is None:
+            link = links[key] = {
+                "a": {"server": key[0][0], "worker": key[0][1]},
+                "b": None if key[1] is None else {"server": key[1][0], "worker": key[1][1]},
+                "aToB": 0,
+                "bToA": 0,
+                "pipes": 0,
+            }
+        link["aToB"] += a_to_b
+        link["bToA"] += b_to_a
+        link["pipes"] += 1
+    return sorted(
+        links.values(),
+        key=lambda link: (
+            link["a"]["server"],
+            link["a"]["worker"],
+            link["b"] is None,
+            "" if link["b"] is None else link["b"]["server"],
+            0 if link["b"] is None else link["b"]["worker"],
+        ),
+    )
+
+
+def build_view(
+    records: list[ServerRecord], reports: list[ServerStats], *, now: float | None = None
+) -> ClusterView:
+    """The view of the servers in ``records`` (reports of servers not in the registry,
+    which left or were never in it, are left out)."""
+    now = _time.time() if now is None else now
+    by_id = {report["id"]: report for report in reports}
+    servers: list[ServerView] = []
+    ends: list[_Owned] = []
+    for record in sorted(records, key=lambda r: r["id"]):
+        report = by_id.get(record["id"])
+        workers = report["workers"] if report else []
+        servers.append(
+            {
+                "id": record["id"],
+                "controlUrl": record["controlUrl"],
+                "mediaAddress": record["mediaAddress"],
+                "region": record["region"],
+                "serves": record["serves"],
+                "draining": record["draining"],
+                "load": record["load"],
+                "reported": report is not None,
+                "age": None if report is None else round(max(0.0, now - report["time"]), 3),
+                "workers": workers,
+                "routers": report["routers"] if report else [],
+                "routersOmitted": report["routersOmitted"] if report else 0,
+                "totals": _totals(workers),
+            }
+        )
+        if report is not None:
+            ends.extend((record["id"], end) for end in report["pipes"])
+    everything = [w for server in servers for w in server["workers"]]
+    return {"time": now, "servers": servers, "links": _links(ends), "totals": _totals(everything)}
+
+
+def _end(end: LinkEnd | None) -> str:
+    return "(outside the cluster)" if end is None else f"{end['server']}/{end['worker']}"
+
+
+def render_text(view: ClusterView) -> str:
+    """A terminal page: one line per server and per worker, then the links."""
+    totals = view["totals"]
+    stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(view["time"]))
+    lines = [
+        f"mafalda monitor  {stamp}  servers {len(view['servers'])}  "
+        f"workers {totals['workers']}  routers {totals['routers']}  "
+        f"transports {totals['transports']}  producers {totals['producers']}  "
+        f"consumers {totals['consumers']}  links {len(view['links'])}",
+        "",
+    ]
+    for server in view["servers"]:
+        state = "draining" if server["draining"] else "up"
+        if not server["reported"]:
+            state += ", no report"
+        t = server["totals"]
+        lines.append(
+            f"{server['id']}  {server['serves']}  {server['mediaAddress']}  "
+            f"region {server['region'] or '-'}  load {server['load']:.2f}  {state}  "
+            f"routers {t['routers']}  transports {t['transports']}  "
+            f"producers {t['producers']}  consumers {t['consumers']}"
+        )
+        for worker in server["workers"]:
+            cpu = "-" if worker["cpu"] is None else f"{worker['cpu'] * 100:.1f}%"
+            lines.append(
+                f"  worker {worker['pid']}  cpu {cpu}  routers {worker['routers']}  "
+                f"transports {worker['transports']}  producers {worker['producers']}  "
+                f"consumers {worker['consumers']}  data {worker['dataProducers']}/"
+                f"{worker['dataConsumers']}"
+            )
+    lines.append("")
+    lines.append("links" if view["links"] else "links: none")
+    for link in view["links"]:
+        lines.append(
+            f"  {_end(link['a'])} -> {_end(link['b'])}: {link['aToB']} streams, "
+            f"{link['bToA']} back ({link['pipes']} pipe{'s' if link['pipes'] != 1 else ''})"
+        )
+    return "\n".join(lines) + "\n"

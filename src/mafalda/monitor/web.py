@@ -1,0 +1,116 @@
+"""The Monitor's live page: ``mafalda monitor REDIS_URL --web`` (aiohttp).
+
+    GET /         the page (no build step, no external files): servers, workers with
+                  their CPU and counts, a map of the links, refreshed by /events
+    GET /view     the current ClusterView as JSON
+    GET /events   Server-Sent Events: one ``view`` event per interval
+
+Every client of /events shares one reader of Redis (the latest view is fanned out), so
+a wall of screens costs Redis what one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from mafalda.monitor.monitor import Monitor
+from mafalda.monitor.view import ClusterView
+
+__all__ = ["MonitorWeb", "PAGE"]
+
+logger = logging.getLogger("mafalda.monitor.web")
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+class MonitorWeb:
+    """Serves ``monitor``'s views over HTTP; ``start()`` binds, ``aclose()`` stops."""
+
+    def __init__(self, monitor: Monitor, *, host: str = "127.0.0.1", port: int = 8090) -> None:
+        self.monitor = monitor
+        self.host = host
+        self.port = port
+        self.latest: ClusterView | None = None
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self._closed = False
+        self.app = web.Application()
+        self.app.router.add_get("/", self._page)
+        self.app.router.add_get("/view", self._view)
+        self.app.router.add_get("/events", self._events)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        # A short shutdown: /events streams never end by themselves.
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        if self.port == 0:
+            server = site._server
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def _read(self) -> None:
+        async for view in self.monitor.views():
+            # Checked as well as cancelled: on Python 3.11, redis-py's asyncio.wait_for()
+            # may swallow a cancellation that lands as a command completes.
+            if self._closed:
+                break
+            async with self._changed:
+                self.latest = view
+                self._changed.notify_all()
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.read_text(), content_type="text/html")
+
+    async def _view(self, request: web.Request) -> web.Response:
+        view = self.latest if self.latest is not None else await self.monitor.view()
+        return web.json_response(view)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        sent: ClusterView | None = None
+        while True:
+            async with self._changed:
+                while self.latest is sent:
+                    await self._changed.wait()
+                sent = self.latest
+            data = json.dumps(sent, separators=(",", ":"))
+            try:
+                await response.write(f"event: view\ndata: {data}\n\n".encode())
+            except (ConnectionError, RuntimeError):  # the page went away
+                return response
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader])
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> MonitorWeb:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

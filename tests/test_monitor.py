@@ -1,0 +1,634 @@
+"""The Monitor: reports (pure), the probe on real workers, Redis, the CLI and the page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from mafalda import horizontal, mediasoup, monitor
+from mafalda.horizontal import registry
+from mafalda.horizontal.registry import ServerRecord
+from mafalda.mediasoup import Worker
+from mafalda.monitor import Probe, Reporter, build_view, render_text
+from mafalda.monitor.stats import (
+    PipeEnd,
+    ServerStats,
+    decode_stats,
+    encode_stats,
+    stats_key,
+    stats_pattern,
+)
+from mafalda.monitor.web import MonitorWeb
+from tests.conftest import MEDIA_CODECS, opus_rtp_parameters
+from tests.processes import (
+    HAVE_REDIS,
+    TOKEN,
+    RedisProcess,
+    free_port,
+    reap,
+    serve_command,
+    spawn_serve,
+)
+
+needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed")
+
+# -- reports and views, without a process ---------------------------------------------------
+
+
+def _record(server_id: str, address: str, **extra: Any) -> ServerRecord:
+    record: ServerRecord = {
+        "id": server_id,
+        "controlUrl": f"ws://{address}:4443/",
+        "mediaAddress": address,
+        "region": None,
+        "workers": 1,
+        "load": 0.5,
+        "consumers": 0,
+        "draining": False,
+        "version": "mafalda-remote/2",
+        "serves": "mediasoup",
+    }
+    return {**record, **extra}  # type: ignore[typeddict-item]
+
+
+def _end(
+    transport_id: str,
+    worker: int,
+    local: tuple[str, int],
+    remote: tuple[str, int] | None,
+    *,
+    producers: int = 0,
+    consumers: int = 0,
+    data_consumers: int = 0,
+) -> PipeEnd:
+    return {
+        "transportId": transport_id,
+        "routerId": "r-" + transport_id,
+        "worker": worker,
+        "localIp": local[0],
+        "localPort": local[1],
+        "remoteIp": None if remote is None else remote[0],
+        "remotePort": None if remote is None else remote[1],
+        "producers": producers,
+        "consumers": consumers,
+        "dataProducers": 0,
+        "dataConsumers": data_consumers,
+    }
+
+
+def _report(server_id: str, workers: list[int], pipes: list[PipeEnd], time: float) -> ServerStats:
+    return {
+        "id": server_id,
+        "time": time,
+        "workers": [
+            {
+                "pid": pid,
+                "cpu": 0.25,
+                "routers": 1,
+                "transports": 2,
+                "producers": 1,
+                "consumers": 3,
+                "dataProducers": 0,
+                "dataConsumers": 1,
+            }
+            for pid in workers
+        ],
+        "routers": [
+            {
+                "id": f"r{pid}",
+                "worker": pid,
+                "transports": 2,
+                "producers": 1,
+                "consumers": 3,
+                "dataProducers": 0,
+                "dataConsumers": 1,
+            }
+            for pid in workers
+        ],
+        "routersOmitted": 0,
+        "pipes": pipes,
+    }
+
+
+def test_report_round_trip_and_keys() -> None:
+    report = _report("s1", [10], [_end("t1", 10, ("10.0.0.1", 4000), ("10.0.0.2", 5000))], 5.0)
+    assert decode_stats(encode_stats(report)) == report
+    assert decode_stats(encode_stats(report).encode()) == report
+    assert stats_key("s1") == "mafalda:stats:s1"
+    assert stats_key("s1", "x") == "x:stats:s1"
+    assert stats_pattern("x") == "x:stats:*"
+    with pytest.raises(ValueError, match="server id"):
+        stats_key("a:b")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda r: "[", "not JSON"),
+        (lambda r: "[" * 100_000, "not JSON"),
+        (lambda r: "[]", "not an object"),
+        (lambda r: {**r, "id": "a:b"}, "'id'"),
+        (lambda r: {**r, "id": 3}, "'id'"),
+        (lambda r: {**r, "time": True}, "'time'"),
+        (lambda r: {**r, "time": -1}, "'time'"),
+        (lambda r: {**r, "time": float("nan")}, "'time'"),
+        (lambda r: {**r, "workers": {}}, "'workers'"),
+        (lambda r: {**r, "workers": [1]}, "'workers'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "pid": 0}]}, "worker 'pid'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "cpu": -0.1}]}, "worker 'cpu'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "cpu": "1"}]}, "worker 'cpu'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "consumers": 1.5}]}, "'consumers'"),
+        (lambda r: {**r, "routers": [{**r["routers"][0], "id": ""}]}, "router 'id'"),
+        (lambda r: {**r, "routers": [{**r["routers"][0], "worker": True}]}, "router 'worker'"),
+        (lambda r: {**r, "routersOmitted": -1}, "'routersOmitted'"),
+        (lambda r: {**r, "pipes": [{**r["pipes"][0], "localPort": 70000}]}, "'localPort'"),
+        (lambda r: {**r, "pipes": [{**r["pipes"][0], "remoteIp": 5}]}, "'remoteIp'"),
+        (lambda r: {**r, "pipes": [{**r["pipes"][0], "remotePort": None}]}, "go together"),
+        (lambda r: {**r, "pipes": [{**r["pipes"][0], "transportId": None}]}, "'transportId'"),
+    ],
+)
+def test_a_bad_report_is_refused_naming_what_is_wrong(change: Any, named: str) -> None:
+    report = _report("s1", [10], [_end("t1", 10, ("10.0.0.1", 4000), ("10.0.0.2", 5000))], 5.0)
+    bad = change(json.loads(encode_stats(report)))
+    with pytest.raises(ValueError, match="server stats") as error:
+        decode_stats(bad if isinstance(bad, str) else json.dumps(bad))
+    assert named in str(error.value)
+
+
+def test_view_pairs_pipe_ends_into_links_between_workers() -> None:
+    records = [_record("s1", "10.0.0.1"), _record("s2", "10.0.0.2", draining=True)]
+    records.append(_record("s3", "10.0.0.3"))  # in the registry, no report (yet)
+    reports = [
+        _report(
+            "s1",
+            [11, 12],
+            [
+                # s1/11 sends 2 streams to s2/21 over two pipes (two routers), 1 comes back.
+                _end("a", 11, ("10.0.0.1", 4000), ("10.0.0.2", 5000), consumers=1),
+                _end("b", 11, ("10.0.0.1", 4001), ("10.0.0.2", 5001), data_consumers=1),
+                # A pool's pipe between its own workers, on loopback...
+                # (the end of the higher pid first: the link is still named by the lower)
+                _end("d", 12, ("127.0.0.1", 6001), ("127.0.0.1", 6000), producers=3),
+                _end("c", 11, ("127.0.0.1", 6000), ("127.0.0.1", 6001), consumers=3),
+                # ...and one whose other end no server reports, and one not connected.
+                _end("e", 12, ("10.0.0.1", 4002), ("192.0.2.9", 7000), consumers=1, producers=2),
+                _end("f", 12, ("10.0.0.1", 4003), None),
+            ],
+            100.0,
+        ),
+        _report(
+            "s2",
+            [21],
+            [
+                _end("g", 21, ("10.0.0.2", 5000), ("10.0.0.1", 4000), producers=1),
+                _end("h", 21, ("10.0.0.2", 5001), ("10.0.0.1", 4001), consumers=1),
+                # The same loopback ports on another host: not s1's pool pipe.
+                _end("i", 21, ("127.0.0.1", 6000), ("127.0.0.1", 6001)),
+            ],
+            99.0,
+        ),
+        _report("gone", [31], [], 100.0),  # reported, but no longer in the registry
+    ]
+    view = build_view(records, reports, now=101.5)
+    assert [s["id"] for s in view["servers"]] == ["s1", "s2", "s3"]
+    s1, s2, s3 = view["servers"]
+    assert (s1["reported"], s1["age"], s2["age"], s2["draining"]) == (True, 1.5, 2.5, True)
+    assert (s3["reported"], s3["age"], s3["workers"], s3["totals"]["workers"]) == (
+        False,
+        None,
+        [],
+        0,
+    )
+    assert s1["totals"]["workers"] == 2 and s1["totals"]["consumers"] == 6
+    assert view["totals"]["workers"] == 3 and view["totals"]["dataConsumers"] == 3
+    links = [
+        (
+            (link["a"]["server"], link["a"]["worker"]),
+            None if link["b"] is None else (link["b"]["server"], link["b"]["worker"]),
+            link["aToB"],
+            link["bToA"],
+            link["pipes"],
+        )
+        for link in view["links"]
+    ]
+    assert links == [
+        (("s1", 11), ("s1", 12), 3, 0, 1),
+        (("s1", 11), ("s2", 21), 2, 1, 2),
+        (("s1", 12), None, 1, 2, 2),  # e (1 stream out, 2 in) and f (not connected)
+        (("s2", 21), None, 0, 0, 1),  # i
+    ]
+    text = render_text(view)
+    assert "servers 3  workers 3" in text
+    assert "s2  mediasoup  10.0.0.2  region -  load 0.50  draining" in text
+    assert "s3  mediasoup  10.0.0.3  region -  load 0.50  up, no report" in text
+    assert "  worker 11  cpu 25.0%  routers 1" in text
+    assert "  s1/11 -> s2/21: 2 streams, 1 back (2 pipes)" in text
+    assert "  s1/12 -> (outside the cluster): 1 streams, 2 back (2 pipes)" in text
+    assert "  s2/21 -> (outside the cluster): 0 streams, 0 back (1 pipe)" in text
+    assert "links: none" in render_text(build_view([], []))
+
+
+# -- the probe, on real workers -------------------------------------------------------------
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[Probe]:
+    probe = Probe(server_id="here")
+    probe.start()
+    yield probe
+    probe.stop()
+
+
+async def _worker() -> Worker:
+    return await mediasoup.create_worker(log_level="warn")
+
+
+async def test_probe_reports_workers_routers_and_a_link_between_two_workers(
+    probe: Probe,
+) -> None:
+    worker1, worker2 = await _worker(), await _worker()
+    try:
+        router1 = await worker1.create_router(media_codecs=MEDIA_CODECS)
+        router2 = await worker2.create_router(media_codecs=MEDIA_CODECS)
+        send = await router1.create_plain_transport(
+            listen_info={"protocol": "udp", "ip": "127.0.0.1"}
+        )
+        producer = await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+        await router1.pipe_to_router(producer_id=producer.id, router=router2)
+        recv = await router2.create_plain_transport(
+            listen_info={"protocol": "udp", "ip": "127.0.0.1"}
+        )
+        consumer = await recv.consume(
+            producer_id=producer.id, rtp_capabilities=router2.rtp_capabilities
+        )
+        stats = await probe.sample()
+        assert decode_stats(encode_stats(stats)) == stats  # what the probe says is valid
+        by_pid = {w["pid"]: w for w in stats["workers"]}
+        assert list(by_pid) == sorted([worker1.pid, worker2.pid])
+        assert by_pid[worker1.pid]["cpu"] is None  # a first sample has no interval
+        w1, w2 = by_pid[worker1.pid], by_pid[worker2.pid]
+        # worker1: the plain transport and the pipe, its producer and the pipe consumer
+        assert (w1["routers"], w1["transports"], w1["producers"], w1["consumers"]) == (1, 2, 1, 1)
+        assert (w2["routers"], w2["transports"], w2["producers"], w2["consumers"]) == (1, 2, 1, 1)
+        routers = {r["id"]: r for r in stats["routers"]}
+        assert routers[router1.id]["worker"] == worker1.pid
+        assert routers[router2.id]["transports"] == 2
+        assert len(stats["pipes"]) == 2 and stats["id"] == "here"
+        view = build_view([_record("here", "127.0.0.1")], [stats])
+        [link] = view["links"]
+        ends = {(link["a"]["worker"], link["aToB"]), (link["b"]["worker"], link["bToA"])}  # type: ignore[index]
+        assert ends == {(worker1.pid, 1), (worker2.pid, 0)}
+
+        await asyncio.sleep(0.05)
+        again = await probe.sample()
+        assert all(w["cpu"] is not None and w["cpu"] >= 0 for w in again["workers"])
+
+        consumer.close()
+        recv.close()
+        after = {w["pid"]: w for w in probe.snapshot()["workers"]}
+        assert (after[worker2.pid]["transports"], after[worker2.pid]["consumers"]) == (1, 0)
+        router2.close()
+        after = {w["pid"]: w for w in probe.snapshot()["workers"]}
+        assert after[worker2.pid]["routers"] == 0
+        # pipe_to_router's pair closes with either router (as mediasoup's): no end left.
+        assert probe.snapshot()["pipes"] == []
+        worker2.close()
+        assert [w["pid"] for w in probe.snapshot()["workers"]] == [worker1.pid]
+    finally:
+        worker1.close()
+        worker2.close()
+        await asyncio.gather(worker1.wait_closed(), worker2.wait_closed())
+    assert probe.snapshot()["workers"] == []
+
+
+async def test_probe_reports_a_worker_that_died_without_cpu_then_drops_it(probe: Probe) -> None:
+    worker = await _worker()
+    try:
+        await probe.sample()
+        died = asyncio.ensure_future(worker.events.wait_for("died"))
+        os.kill(worker.pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            await died
+        assert (await probe.sample())["workers"] == []
+    finally:
+        worker.close()
+        await worker.wait_closed()
+
+
+async def test_a_worker_closed_while_sampled_does_not_fail_the_sample(probe: Probe) -> None:
+    worker = await _worker()
+    try:
+        sampling = asyncio.ensure_future(probe.sample())
+        await asyncio.sleep(0)  # the sample has listed the workers, not yet asked them
+        worker.close()  # its request fails (InvalidStateError): the report leaves it out
+        assert (await sampling)["workers"] == []
+    finally:
+        worker.close()
+        await worker.wait_closed()
+
+
+async def test_probe_follows_only_from_start_and_add_worker_catches_up() -> None:
+    probe = Probe(max_routers=2)
+    earlier = await _worker()
+    try:
+        probe.start()
+        probe.start()  # twice: one listener
+        assert mediasoup.observer.listener_count("newworker") >= 1
+        later = await _worker()
+        try:
+            assert [w["pid"] for w in probe.snapshot()["workers"]] == [later.pid]
+            probe.add_worker(earlier)
+            probe.add_worker(earlier)  # twice: followed once
+            routers = [await earlier.create_router(media_codecs=MEDIA_CODECS) for _ in range(3)]
+            await routers[1].create_direct_transport()
+            snapshot = probe.snapshot()
+            assert {w["pid"]: w["routers"] for w in snapshot["workers"]} == {
+                earlier.pid: 3,
+                later.pid: 0,
+            }
+            # Capped: the busiest routers are kept, the rest counted.
+            assert snapshot["routersOmitted"] == 1
+            assert snapshot["routers"][0]["id"] == routers[1].id
+            probe.stop()
+            probe.stop()
+            third = await _worker()
+            third.close()
+            assert third.pid not in [w["pid"] for w in probe.snapshot()["workers"]]
+        finally:
+            later.close()
+            await later.wait_closed()
+    finally:
+        probe.stop()
+        earlier.close()
+        await earlier.wait_closed()
+    with pytest.raises(ValueError, match="max_routers"):
+        Probe(max_routers=-1)
+
+
+# -- Redis: reporter, monitor, `mafalda serve --cluster`, the CLI, the page -------------------
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisProcess]:
+    if not HAVE_REDIS:
+        pytest.skip("redis-server is not installed")
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.kill()
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def _wait_view(mon: monitor.Monitor, predicate: Any, timeout: float = 15.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            view = await mon.view()
+            if predicate(view):
+                return view
+            await asyncio.sleep(0.1)
+
+
+@needs_redis
+async def test_reporter_publishes_and_monitor_ignores_junk(
+    redis_server: RedisProcess, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    db: aioredis.Redis = aioredis.from_url(redis_server.url)
+    worker = await _worker()
+    try:
+        await db.set(registry.server_key("p1"), registry.encode_record(_record("p1", "127.0.0.1")))
+        async with Reporter(probe, redis_url=redis_server.url, server_id="p1", interval=0.2) as rep:
+            assert probe.server_id == "p1"
+            assert 500 <= await db.pttl(rep.key) <= 600  # three intervals
+            # Junk anyone could write under the prefix is left out, said once per key.
+            await db.set(stats_key("junk"), "{")
+            await db.set(stats_key("other"), encode_stats(_report("p1", [1], [], 1.0)))
+            await db.set(registry.server_key("bad"), "[]")
+            await db.set(  # a record under another server's key
+                registry.server_key("q"), registry.encode_record(_record("p1", "127.0.0.9"))
+            )
+            await db.set("mafalda:server:a:b", "{}")
+            async with await monitor.connect(redis_server.url, interval=0.1) as mon:
+                with caplog.at_level(logging.WARNING, "mafalda.monitor"):
+                    view = await _wait_view(
+                        mon, lambda v: v["servers"] and v["servers"][0]["workers"]
+                    )
+                    await mon.view()
+                [server] = view["servers"]
+                assert server["id"] == "p1" and server["reported"]
+                assert server["mediaAddress"] == "127.0.0.1"
+                assert [w["pid"] for w in server["workers"]] == [worker.pid]
+                warned = [r.getMessage() for r in caplog.records]
+                assert sum("mafalda:stats:junk" in m for m in warned) == 1
+                assert sum("mafalda:server:bad" in m for m in warned) == 1
+                # The CPU comes with the second sample.
+                view = await _wait_view(
+                    mon, lambda v: v["servers"][0]["workers"][0]["cpu"] is not None
+                )
+        assert await db.get(stats_key("p1")) is None  # deleted on close
+        await rep.aclose()  # twice: nothing more
+    finally:
+        worker.close()
+        await worker.wait_closed()
+        await db.aclose()
+    with pytest.raises(ValueError, match="interval"):
+        Reporter(probe, redis_url=redis_server.url, server_id="p1", interval=0)
+    with pytest.raises(ValueError, match="interval"):
+        monitor.Monitor(redis_server.url, interval=-1)
+
+
+@needs_redis
+async def test_monitor_and_reporter_ride_out_a_redis_restart(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "mafalda.monitor")
+    key = stats_key("r1")
+    async with (
+        await monitor.connect(redis_server.url, interval=0.1) as mon,
+        Reporter(Probe(), redis_url=redis_server.url, server_id="r1", interval=0.1),
+    ):
+        views = mon.views()
+        assert (await anext(views))["servers"] == []
+        redis_server.kill()
+        reporter = Reporter(Probe(), redis_url=redis_server.url, server_id="x", interval=0.1)
+        with pytest.raises(OSError, match="cannot report to Redis"):
+            await reporter.start()
+        await reporter.aclose()
+        waiting = asyncio.ensure_future(anext(views))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # nothing while Redis is down
+        redis_server.start()
+        async with asyncio.timeout(10):
+            assert (await waiting)["servers"] == []
+        await views.aclose()
+        # The running reporter published again once Redis was back (its data was lost).
+        db: aioredis.Redis = aioredis.from_url(redis_server.url)
+        try:
+            await _until(lambda: db.exists(key))
+        finally:
+            await db.aclose()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("report to Redis failed") for m in messages) == 1
+    assert sum(m.startswith("reading Redis failed") for m in messages) == 1
+    assert "reporting to Redis again" in messages
+    with pytest.raises(OSError, match="cannot reach Redis"):
+        await monitor.connect(redis_server.url.replace(str(redis_server.port), "1"))
+
+
+@needs_redis
+async def test_monitor_shows_a_room_across_two_servers(redis_server: RedisProcess) -> None:
+    """Two `mafalda serve --cluster` processes: a producer on s1, its consumer on s2; the
+    monitor sees both servers' workers and the s1 -> s2 link; a killed server leaves."""
+    procs = []
+    for index in (1, 2):
+        procs.append((await spawn_serve(serve_command(redis_server.url, index, 0.3)))[0])
+    cluster = await horizontal.connect(redis_server.url, token=TOKEN, interval=0.2, grace=3.0)
+    try:
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        send = await router.create_plain_transport(
+            server="s1", listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
+        )
+        producer = await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(2222))
+        recv = await router.create_plain_transport(
+            server="s2", listen_info={"protocol": "udp", "ip": "127.0.0.3"}
+        )
+        await recv.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        async with await monitor.connect(redis_server.url, interval=0.1) as mon:
+
+            def linked(view: Any) -> bool:
+                # Each server samples on its own clock: wait until both have seen it all.
+                totals = [s["totals"] for s in view["servers"]]
+                if [(t["producers"], t["consumers"]) for t in totals] != [(1, 1), (1, 1)]:
+                    return False
+                return any(
+                    link["b"] is not None
+                    and {link["a"]["server"], link["b"]["server"]} == {"s1", "s2"}
+                    and link["aToB"] + link["bToA"] == 1
+                    for link in view["links"]
+                )
+
+            view = await _wait_view(mon, linked)
+            s1, s2 = view["servers"]
+            assert (s1["id"], s2["id"]) == ("s1", "s2")
+            assert s1["totals"]["producers"] == 1 and s1["totals"]["transports"] == 2
+            assert s2["totals"]["consumers"] == 1 and s2["totals"]["producers"] == 1
+            [link] = [x for x in view["links"] if x["b"] is not None]
+            assert (link["a"]["server"], link["aToB"], link["bToA"]) == ("s1", 1, 0)
+            assert link["a"]["worker"] == s1["workers"][0]["pid"]
+            assert link["b"]["worker"] == s2["workers"][0]["pid"]  # type: ignore[index]
+
+            procs[1].kill()
+            await reap(procs[1])
+            view = await _wait_view(mon, lambda v: [s["id"] for s in v["servers"]] == ["s1"])
+            assert all(link["b"] is None for link in view["links"])
+    finally:
+        await cluster.aclose()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await reap(proc)
+
+
+@needs_redis
+async def test_monitor_command_and_page(redis_server: RedisProcess, probe: Probe) -> None:
+    worker = await _worker()
+    db: aioredis.Redis = aioredis.from_url(redis_server.url)
+    await db.set(registry.server_key("w1"), registry.encode_record(_record("w1", "127.0.0.1")))
+    try:
+        async with Reporter(probe, redis_url=redis_server.url, server_id="w1", interval=0.2):
+            command = [sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url]
+            once = await asyncio.create_subprocess_exec(*command, "--once", stdout=subprocess.PIPE)
+            text, _ = await once.communicate()
+            assert once.returncode == 0
+            assert f"  worker {worker.pid}  cpu" in text.decode()
+            as_json = await asyncio.create_subprocess_exec(
+                *command, "--once", "--json", stdout=subprocess.PIPE
+            )
+            out, _ = await as_json.communicate()
+            assert json.loads(out)["servers"][0]["workers"][0]["pid"] == worker.pid
+
+            async with (
+                await monitor.connect(redis_server.url, interval=0.1) as mon,
+                MonitorWeb(mon, port=0) as page,
+                aiohttp.ClientSession() as http,
+            ):
+                async with http.get(page.url) as response:
+                    assert "EventSource" in await response.text()
+                async with http.get(page.url + "view") as response:
+                    assert (await response.json())["servers"][0]["id"] == "w1"
+                async with http.get(page.url + "events") as response:
+                    seen = []
+                    async for line in response.content:
+                        if line.startswith(b"data: "):
+                            seen.append(json.loads(line[6:])["time"])
+                            if len(seen) == 2:
+                                break
+                    assert seen[1] > seen[0]  # a fresh view each interval
+                # A page that went away: the stream ends with the next view.
+                await asyncio.sleep(0.3)
+                # Another page on the same port cannot start: the error, nothing left.
+                taken = MonitorWeb(mon, port=page.port)
+                with pytest.raises(OSError):
+                    await taken.start()
+            await MonitorWeb(mon).aclose()  # never started: nothing to stop
+    finally:
+        worker.close()
+        await worker.wait_closed()
+        await db.aclose()
+
+
+@needs_redis
+async def test_monitor_command_serves_the_page_until_sigterm(redis_server: RedisProcess) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url],
+        *["--web", "--port", str(port), "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        assert line.strip() == f"Mafalda monitor on http://127.0.0.1:{port}/"
+        async with aiohttp.ClientSession() as http, http.get(line.split()[-1] + "view") as got:
+            assert (await got.json())["servers"] == []
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await reap(proc) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await reap(proc)
+
+
+def test_monitor_command_without_redis() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mafalda.cli", "monitor", "redis://127.0.0.1:1/0", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "mafalda.cli", "monitor", "redis://x", "--interval", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "positive number of seconds" in bad.stderr

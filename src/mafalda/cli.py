@@ -3,7 +3,8 @@
     mafalda demo [--host 127.0.0.1] [--port 8080] [--rtc-ip 127.0.0.1] [--rtc-port 40000]
                  [--announced-ip ADDRESS]
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
-                  [--tls-cert PEM --tls-key PEM] [--cluster REDIS_URL ...]
+                  [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N]
+                  [--max-sessions N] [--rtc-port-range MIN-MAX] [--cluster REDIS_URL ...]
     mafalda monitor REDIS_URL [--interval 2] [--once] [--json] [--web --port 8090]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
@@ -53,6 +54,30 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0..65535)")
     return port
+
+
+def _limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return limit
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    from mafalda.remote._limits import check_port_range
+
+    try:
+        low, high = (int(part) for part in value.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port range (MIN-MAX)") from None
+    try:
+        check_port_range((low, high))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return low, high
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +192,29 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss://")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    limits = serve.add_argument_group("limits (see mafalda.remote.serve)")
+    limits.add_argument(
+        "--max-workers-per-session",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help="workers a client may have at once (default: 4 per CPU core, at least 8)",
+    )
+    limits.add_argument(
+        "--max-sessions",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help="clients at once, those within their grace period included (default 1000)",
+    )
+    limits.add_argument(
+        "--rtc-port-range",
+        type=_port_range,
+        default=None,
+        metavar="MIN-MAX",
+        help="the only RTC ports clients' workers and transports may listen on "
+        "(default: any); --mafalda: its workers' range too",
+    )
     cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
     cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
     cluster.add_argument("--region", default=None, help="this server's region")
@@ -176,6 +224,13 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cluster.add_argument(
         "--drain-timeout", type=float, default=30.0, help="SIGTERM: seconds to wait for objects"
     )
+
+
+def serve_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``serve()`` keywords of the limits given on the command line (the others keep
+    ``serve()``'s defaults)."""
+    names = ("max_workers_per_session", "max_sessions", "rtc_port_range")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 async def _run_serve(args: argparse.Namespace) -> int:
@@ -203,7 +258,14 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
         probe = Probe()  # before any worker starts: it follows them from their start
         probe.start()
-    pool = await Mafalda.start(num_workers=args.num_workers) if args.mafalda else None
+    pool = None
+    if args.mafalda:
+        settings = {}
+        if args.rtc_port_range is not None:
+            # The pool's workers pick the ports of transports that name none.
+            low, high = args.rtc_port_range
+            settings = {"rtc_min_port": low, "rtc_max_port": high}
+        pool = await Mafalda.start(num_workers=args.num_workers, worker_settings=settings)
     try:
         server = await serve(
             host=args.host,
@@ -212,6 +274,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
             ssl=context,
             target=pool if pool is not None else mediasoup,
             grace_period=args.grace,
+            **serve_limits(args),
         )
         async with server:
             node = None

@@ -45,6 +45,15 @@ from mafalda.mediasoup.worker import Worker, create_worker
 from mafalda.mediasoup.worker_binary import WORKER_VERSION
 from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
+from mafalda.remote._limits import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_WORKERS_PER_SESSION,
+    LISTENING_METHODS,
+    check_limit,
+    check_listen_ports,
+    check_port_range,
+    worker_ports,
+)
 from mafalda.vertical.mafalda import Mafalda
 from mafalda.vertical.router import MafaldaRouter
 
@@ -194,26 +203,51 @@ _SERVER_WORKER_SETTINGS = frozenset(
 
 
 class _MediasoupRoot:
-    """What a client calls on a server of plain mediasoup workers."""
+    """The server's side of a server of plain mediasoup workers: the operator's settings
+    of the clients' workers, and every worker started for a client."""
 
     def __init__(self, worker_settings: dict[str, Any]) -> None:
-        self._worker_settings = worker_settings
+        self.worker_settings = worker_settings
         #: Every worker started for a client: the server's close() waits for them to exit.
         self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
+    def state(self) -> dict[str, Any]:
+        return {"version": WORKER_VERSION}
+
+
+class _MediasoupSessionRoot:
+    """What a client calls on a server of plain mediasoup workers."""
+
+    def __init__(self, root: _MediasoupRoot, session: Session) -> None:
+        self._root = root
+        self._session = session
+
     async def create_worker(self, **kwargs: Any) -> Worker:
+        root, session = self._root, self._session
+        server = session.server
         for name in _SERVER_WORKER_SETTINGS.intersection(kwargs):
             # A program of the client's choice run on the server, the server's files read.
             raise TypeError(f"{name} is the server's setting, not a client's")
-        worker = await create_worker(**{**self._worker_settings, **kwargs})
-        self.workers.add(worker)
+        settings = worker_ports({**root.worker_settings, **kwargs}, server.rtc_port_range)
+        # Counted before the first wait: a frame of many create_worker() calls (their
+        # tasks run in turn up to it) cannot pass the limit together.
+        session.workers = {w for w in session.workers if not w.closed}
+        limit = server.max_workers_per_session
+        if len(session.workers) + session.starting_workers >= limit:
+            raise p.ProtocolError(
+                p.RATE_LIMITED, f"too many workers: max_workers_per_session is {limit}"
+            )
+        session.starting_workers += 1
+        try:
+            worker = await create_worker(**settings)
+        finally:
+            session.starting_workers -= 1
+        session.workers.add(worker)
+        root.workers.add(worker)
         return worker
 
     def get_supported_rtp_capabilities(self) -> Any:
         return get_supported_rtp_capabilities()
-
-    def state(self) -> dict[str, Any]:
-        return {"version": WORKER_VERSION}
 
 
 class _MafaldaRoot:
@@ -372,6 +406,11 @@ class Session:
         #: Closed objects forgotten: handle -> the error message calls on them get.
         self.gone: dict[str, str] = {}
         self._counter = itertools.count(1)
+        #: The workers this session started (Remote Mediasoup; closed ones are dropped
+        #: when the next is asked for), and those still starting: its share of the
+        #: server's processes (``max_workers_per_session``).
+        self.workers: set[Worker] = set()
+        self.starting_workers = 0
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -615,16 +654,30 @@ class RemoteServer:
         hello_timeout: float,
         heartbeat: float | None,
         max_pending_calls: int = 10_000,
+        max_workers_per_session: int = DEFAULT_MAX_WORKERS_PER_SESSION,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        rtc_port_range: tuple[int, int] | None = None,
     ) -> None:
+        #: Workers a Remote Mediasoup session may have at once (closed ones do not count).
+        self.max_workers_per_session = check_limit(
+            max_workers_per_session, "max_workers_per_session"
+        )
+        #: Sessions at once, those waiting for a reconnection included: they hold objects.
+        self.max_sessions = check_limit(max_sessions, "max_sessions")
+        #: The ports the clients' workers, transports and WebRtcServers may listen on
+        #: (None: any, as the library allows).
+        self.rtc_port_range = check_port_range(rtc_port_range)
         if isinstance(target, Mafalda):
             self.serves = "mafalda"
             self._root: Any = target
         elif isinstance(target, ModuleType) or target is None:
             self.serves = "mediasoup"
-            self._root = _MediasoupRoot({})
+            self._root = _MediasoupRoot(worker_ports({}, self.rtc_port_range))
         elif isinstance(target, dict):  # worker settings for clients' workers
             self.serves = "mediasoup"
-            self._root = _MediasoupRoot(target)
+            # The operator's own ports must fit the operator's range too: refused now,
+            # not at every client's create_worker().
+            self._root = _MediasoupRoot(worker_ports(target, self.rtc_port_range))
         else:
             raise TypeError("target must be the mafalda.mediasoup module or a Mafalda")
         if not isinstance(token, str) or not token:
@@ -783,6 +836,16 @@ class RemoteServer:
             return None
         session_id = params.get("session")
         if session_id is None:
+            if len(self.sessions) >= self.max_sessions:
+                # Sessions in their grace period count: they hold their objects.
+                connection.send(
+                    p.error_response(
+                        req.id,
+                        p.RATE_LIMITED,
+                        f"too many sessions: max_sessions is {self.max_sessions}",
+                    )
+                )
+                return None
             session = Session(self)
             self.sessions[session.id] = session
         else:
@@ -898,6 +961,8 @@ class RemoteServer:
             obj = self._root
             if isinstance(obj, Mafalda):
                 obj = _MafaldaRoot(obj, session)
+            else:
+                obj = _MediasoupSessionRoot(obj, session)
             if call.method not in _ROOT_METHODS[self.serves]:
                 raise p.ProtocolError(
                     p.METHOD_NOT_FOUND, f"method not found: {call.method}", req.id
@@ -953,6 +1018,8 @@ class RemoteServer:
         try:
             if self.draining and call.method.startswith("create_") and call.method not in _DRAIN_OK:
                 raise InvalidStateError(f"media server draining: {call.method}() refused")
+            if call.method in LISTENING_METHODS:
+                check_listen_ports(kwargs, self.rtc_port_range)
             result = getattr(obj, call.method)(*args, **kwargs)
         except Exception as error:
             self._fail(session, request_id, call, error)
@@ -1003,20 +1070,24 @@ class RemoteServer:
             session.send(p.result_response(request_id, answer), target)
 
     def _fail(self, session: Session, request_id: Any, call: p.Call, error: Exception) -> None:
-        wire = {
-            "type": type(error).__name__,
-            "bases": [c.__name__ for c in type(error).__mro__[1:-2]],
-        }
+        code, wire = p.REMOTE_ERROR, None
+        if isinstance(error, p.ProtocolError):
+            # A server's limit met inside the call (a session's workers): refused as
+            # the limits met before a call runs are, not as the method's own error.
+            code = error.code
+        else:
+            wire = {
+                "type": type(error).__name__,
+                "bases": [c.__name__ for c in type(error).__mro__[1:-2]],
+            }
         if request_id is None:
             # Nobody awaits a fire-and-forget call: its client hears of the failure.
             logger.warning("%s() failed: %s", call.method, error)
             session.send(
-                p.call_error_notification(
-                    call.target, call.method, p.REMOTE_ERROR, str(error), wire
-                )
+                p.call_error_notification(call.target, call.method, code, str(error), wire)
             )
             return
-        session.send(p.error_response(request_id, p.REMOTE_ERROR, str(error), wire))
+        session.send(p.error_response(request_id, code, str(error), wire))
 
 
 def _call_error(req: p.Request, code: int, message: str) -> dict[str, Any]:
@@ -1044,6 +1115,9 @@ async def serve(
     hello_timeout: float = 10.0,
     heartbeat: float | None = 20.0,
     max_pending_calls: int = 10_000,
+    max_workers_per_session: int = DEFAULT_MAX_WORKERS_PER_SESSION,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+    rtc_port_range: tuple[int, int] | None = None,
 ) -> RemoteServer:
     """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
 
@@ -1056,6 +1130,31 @@ async def serve(
     (token bucket); more get a 'rate limited' error. max_pending_calls: calls of a
     session running at once (held ones: wait_closed()...); more get a 'too many calls
     pending' error (close() is always taken).
+
+    The operator's limits (refusals come back as ``RemoteError`` with code
+    ``RATE_LIMITED``, as 'too many calls pending' does; port refusals as ``ValueError``
+    naming the argument, before anything reaches a worker):
+
+    max_workers_per_session: workers one Remote Mediasoup session may have at once
+    (closed or dead ones do not count); one more gets a 'too many workers' error. The
+    default is 4 per CPU core, at least 8: a worker is a process that uses up to one
+    core, so more per session add no media capacity, only processes and memory taken
+    from the machine and its other clients, while 4 per core leave room for rooms in
+    their own workers and for workers being replaced. (A Mafalda's pool is bounded by
+    its own ``num_workers``.)
+    max_sessions: sessions at once (those waiting for a reconnection within their grace
+    period count: they hold their objects; a polite ``aclose()`` ends its session at
+    once). A new client beyond it gets a 'too many sessions' error from ``connect()``;
+    resuming a session is always taken.
+    rtc_port_range: ``(min, max)``, the only ports clients may have workers, transports
+    and WebRtcServers listen on; None (default): any, as the library allows. A client's
+    ``create_worker(rtc_min_port=, rtc_max_port=)`` must lie within it (left out: the
+    range's bounds); a ``port`` or a ``portRange`` bound given in ``listen_infos``,
+    ``listen_info``, ``rtcp_listen_info``, ``listen_ip(s)`` or ``port`` of
+    ``create_*_transport()``, ``pipe_to_router()`` or ``create_webrtc_server()`` must be
+    0 (the worker picks from its own range) or within it. Serving a Mafalda, start its
+    pool with ``worker_settings`` giving the same ``rtc_min_port`` / ``rtc_max_port``
+    (its workers are the operator's: port 0 picks from their range).
     """
     server = RemoteServer(
         target=target,
@@ -1067,6 +1166,9 @@ async def serve(
         hello_timeout=hello_timeout,
         heartbeat=heartbeat,
         max_pending_calls=max_pending_calls,
+        max_workers_per_session=max_workers_per_session,
+        max_sessions=max_sessions,
+        rtc_port_range=rtc_port_range,
     )
     await server.start(host, port, ssl)
     return server

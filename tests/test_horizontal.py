@@ -25,7 +25,13 @@ import redis.asyncio as aioredis
 from mafalda import horizontal
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
-from mafalda.remote import PROTOCOL_VERSION, RemoteConnectionError, RemoteMediasoup, RemoteWorker
+from mafalda.remote import (
+    PROTOCOL_VERSION,
+    RemoteConnectionError,
+    RemoteError,
+    RemoteMediasoup,
+    RemoteWorker,
+)
 from mafalda.remote import connect as remote_connect
 from tests.bench_modules import load_bench
 from tests.conftest import opus_rtp_parameters
@@ -35,6 +41,7 @@ from tests.processes import (
     NetnsLab,
     RedisProcess,
     free_port,
+    reap,
     serve_command,
     spawn_serve,
 )
@@ -681,6 +688,48 @@ async def test_sigterm_drains_then_deregisters(
         assert await servers[2].proc.wait() == 0
     assert record["id"] == "s3" and reason == "left"
     assert await record_of(db, "s3") is None
+
+
+async def test_a_server_at_its_limit_is_passed_over(redis_server: RedisProcess) -> None:
+    """s2 takes one worker per client (--max-workers-per-session 1): with the pack policy
+    (the busiest open server first) the next worker and a cluster router's child, both
+    refused there (RATE_LIMITED), go to s1 instead of failing."""
+    started = [
+        await _start_server(redis_server.url, 1),
+        await _start_server(redis_server.url, 2, "--max-workers-per-session", "1"),
+    ]
+    cluster = await horizontal.connect(redis_server.url, token=TOKEN, policy="pack")
+    try:
+        first = await cluster.create_worker(log_level="warn")
+        second = await cluster.create_worker(log_level="warn")
+        assert [cluster.server_of(w)["id"] for w in (first, second)] == ["s2", "s1"]  # type: ignore[index]
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_direct_transport()
+        assert transport.server_id == "s1"
+        # Pinned, the refusal is the caller's to see.
+        with pytest.raises(RemoteError, match="max_workers_per_session is 1"):
+            await router.create_direct_transport(server="s2")
+        # An error of the call itself is not a refusal: no other server is tried.
+        with pytest.raises(ValueError, match="invalid log_level"):
+            await cluster.create_worker(log_level="nope")
+        # Every server refused: nothing to fall back on.
+        with pytest.raises(ClusterError, match="no live media server"):
+            cluster.place(exclude={"s1", "s2"})
+        # A child router failing on its own account is not passed over either.
+        bad = await horizontal.connect(
+            redis_server.url, token=TOKEN, worker_settings={"log_level": "nope"}
+        )
+        try:
+            broken = await bad.create_router(media_codecs=MEDIA_CODECS)
+            with pytest.raises(ValueError, match="invalid log_level"):
+                await broken.create_direct_transport()
+        finally:
+            await bad.aclose()
+    finally:
+        await cluster.aclose()
+        for server in started:
+            server.proc.kill()
+            await reap(server.proc)
 
 
 async def test_redis_restart_servers_register_again(

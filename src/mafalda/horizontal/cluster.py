@@ -31,14 +31,13 @@ from redis.exceptions import RedisError
 from mafalda import mediasoup
 from mafalda.horizontal import registry
 from mafalda.horizontal.registry import ServerRecord
-from mafalda.horizontal.router import ClusterRouter
+from mafalda.horizontal.router import ClusterRouter, refused_by_server
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import MediasoupError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.remote import (
     PROTOCOL_VERSION,
-    RemoteConnectionError,
     RemoteError,
     RemoteMafalda,
     RemoteMediasoup,
@@ -143,7 +142,9 @@ class Cluster:
             try:
                 client = await self._mediasoup_client(record)
                 worker = await client.create_worker(**kwargs)
-            except (RemoteConnectionError, OSError, TimeoutError) as error:
+            except Exception as error:
+                if not refused_by_server(error):
+                    raise
                 logger.warning("server %s failed: %s", record["id"], error)
                 continue
             self._workers[worker] = record["id"]
@@ -205,11 +206,12 @@ class Cluster:
         counts them only from the server's next heartbeat on)."""
         return sum(len(r.transports_on(server_id)) for r in self._routers.values())
 
-    def place(self) -> str:
-        """The server where a cluster router's next transport goes."""
+    def place(self, exclude: set[str] | None = None) -> str:
+        """The server where a cluster router's next transport goes (not one of
+        ``exclude``: servers that refused it)."""
         if self._closed:
             raise ClusterError("cluster client closed")
-        record = self._choose()
+        record = self._choose(exclude=exclude)
         if record is None:
             raise ClusterError("no live media server available")
         return record["id"]

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.errors import InvalidStateError, UnsupportedError
+from mafalda.remote import RemoteConnectionError, RemoteError
+from mafalda.remote.protocol import RATE_LIMITED
 from mafalda.vertical.spanning import SpanningRouter
 
 if TYPE_CHECKING:
@@ -34,6 +37,18 @@ if TYPE_CHECKING:
 __all__ = ["ClusterRouter", "ClusterRtpObserver", "ClusterTransport"]
 
 _ANY_ADDRESS = ("0.0.0.0", "::")
+
+
+logger = logging.getLogger("mafalda.horizontal.router")
+
+
+def refused_by_server(error: BaseException) -> bool:
+    """True for an error that says the server cannot take the call now (unreachable,
+    or at one of its limits: sessions, workers per session...), so that the next
+    candidate should be tried; False for an error of the call itself."""
+    if isinstance(error, RemoteError):
+        return error.code == RATE_LIMITED
+    return isinstance(error, RemoteConnectionError | OSError | TimeoutError)
 
 
 class _Wrapper:
@@ -229,13 +244,24 @@ class ClusterRouter(SpanningRouter[str]):
     async def _host(self, server: str | None) -> tuple[str, Any]:
         """The server for a new transport or observer, and the child router there."""
         self._check_open()
-        if server is None:
-            server = self._cluster.place()
-        else:
+        if server is not None:
             self._cluster.check_placeable(server)
-        child = await self._child(server)
-        self._check_open()
-        return server, child
+            child = await self._child(server)
+            self._check_open()
+            return server, child
+        refused: set[str] = set()
+        while True:
+            server = self._cluster.place(exclude=refused)  # ClusterError when none is left
+            try:
+                child = await self._child(server)
+            except Exception as error:
+                if not refused_by_server(error):
+                    raise
+                logger.warning("server %s refused a child router: %s", server, error)
+                refused.add(server)
+                continue
+            self._check_open()
+            return server, child
 
     async def _create(
         self, method: str, server: str | None, options: dict[str, Any]

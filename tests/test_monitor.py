@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,7 @@ from tests.processes import (
     spawn_serve,
 )
 
+CHROMIUM = Path("/usr/bin/chromium")
 needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed")
 
 # -- reports and views, without a process ---------------------------------------------------
@@ -118,6 +120,11 @@ def _report(server_id: str, workers: list[int], pipes: list[PipeEnd], time: floa
         ],
         "routersOmitted": 0,
         "pipes": pipes,
+        "clients": [
+            {"address": "10.9.0.1", "connected": True, "objects": 5},
+            {"address": None, "connected": False, "objects": 2},
+        ],
+        "clientsOmitted": 1,
     }
 
 
@@ -125,6 +132,9 @@ def test_report_round_trip_and_keys() -> None:
     report = _report("s1", [10], [_end("t1", 10, ("10.0.0.1", 4000), ("10.0.0.2", 5000))], 5.0)
     assert decode_stats(encode_stats(report)) == report
     assert decode_stats(encode_stats(report).encode()) == report
+    # A report of a probe serving no clients (or an older one) has none.
+    bare = {k: v for k, v in report.items() if k not in ("clients", "clientsOmitted")}
+    assert decode_stats(json.dumps(bare)) == {**report, "clients": [], "clientsOmitted": 0}
     assert stats_key("s1") == "mafalda:stats:s1"
     assert stats_key("s1", "x") == "x:stats:s1"
     assert stats_pattern("x") == "x:stats:*"
@@ -156,6 +166,11 @@ def test_report_round_trip_and_keys() -> None:
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "remoteIp": 5}]}, "'remoteIp'"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "remotePort": None}]}, "go together"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "transportId": None}]}, "'transportId'"),
+        (lambda r: {**r, "clients": [{**r["clients"][0], "address": 5}]}, "client 'address'"),
+        (lambda r: {**r, "clients": [{**r["clients"][0], "connected": 1}]}, "client 'connected'"),
+        (lambda r: {**r, "clients": [{**r["clients"][0], "objects": -1}]}, "client 'objects'"),
+        (lambda r: {**r, "clients": {}}, "'clients'"),
+        (lambda r: {**r, "clientsOmitted": "1"}, "'clientsOmitted'"),
     ],
 )
 def test_a_bad_report_is_refused_naming_what_is_wrong(change: Any, named: str) -> None:
@@ -229,9 +244,10 @@ def test_view_pairs_pipe_ends_into_links_between_workers() -> None:
         (("s2", 21), None, 0, 0, 1),  # i
     ]
     text = render_text(view)
-    assert "servers 3  workers 3" in text
-    assert "s2  mediasoup  10.0.0.2  region -  load 0.50  draining" in text
-    assert "s3  mediasoup  10.0.0.3  region -  load 0.50  up, no report" in text
+    assert "servers 3  clients 6  workers 3" in text
+    assert "s2  mediasoup  10.0.0.2  region -  load 0.50  draining  clients 3 (1 away)" in text
+    assert "s3  mediasoup  10.0.0.3  region -  load 0.50  up, no report  clients 0  " in text
+    assert (s1["totals"]["clients"], s3["clients"], view["totals"]["clients"]) == (3, [], 6)
     assert "  worker 11  cpu 25.0%  routers 1" in text
     assert "  s1/11 -> s2/21: 2 streams, 1 back (2 pipes)" in text
     assert "  s1/12 -> (outside the cluster): 1 streams, 2 back (2 pipes)" in text
@@ -374,6 +390,20 @@ async def test_probe_follows_only_from_start_and_add_worker_catches_up() -> None
         await earlier.wait_closed()
     with pytest.raises(ValueError, match="max_routers"):
         Probe(max_routers=-1)
+    with pytest.raises(ValueError, match="max_clients"):
+        Probe(max_clients=-1)
+
+
+def test_probe_reports_clients_connected_and_busiest_first() -> None:
+    clients = [
+        {"address": None, "connected": False, "objects": 9},
+        {"address": "10.0.0.7", "connected": True, "objects": 1},
+        {"address": "10.0.0.8", "connected": True, "objects": 4},
+    ]
+    snapshot = Probe(clients=lambda: clients, max_clients=2).snapshot()  # type: ignore[arg-type,return-value]
+    assert [c["address"] for c in snapshot["clients"]] == ["10.0.0.8", "10.0.0.7"]
+    assert snapshot["clientsOmitted"] == 1
+    assert Probe().snapshot()["clients"] == []
 
 
 # -- Redis: reporter, monitor, `mafalda serve --cluster`, the CLI, the page -------------------
@@ -531,6 +561,11 @@ async def test_monitor_shows_a_room_across_two_servers(redis_server: RedisProces
             assert (link["a"]["server"], link["aToB"], link["bToA"]) == ("s1", 1, 0)
             assert link["a"]["worker"] == s1["workers"][0]["pid"]
             assert link["b"]["worker"] == s2["workers"][0]["pid"]  # type: ignore[index]
+            # This test's cluster client is each server's one client.
+            for server in (s1, s2):
+                [client] = server["clients"]
+                assert client["connected"] and client["objects"] >= 3  # worker, router...
+                assert client["address"] is not None and client["address"].startswith("127.")
 
             procs[1].kill()
             await reap(procs[1])
@@ -614,6 +649,59 @@ async def test_monitor_command_serves_the_page_until_sigterm(redis_server: Redis
         if proc.returncode is None:
             proc.kill()
             await reap(proc)
+
+
+@needs_redis
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
+async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> None:
+    """The page as a browser runs it: rows for the server and its worker, the link map,
+    updated by the event stream, no script error."""
+    from playwright.async_api import async_playwright
+
+    worker = await _worker()
+    db: aioredis.Redis = aioredis.from_url(redis_server.url)
+    await db.set(registry.server_key("b1"), registry.encode_record(_record("b1", "127.0.0.1")))
+    probe.clients = lambda: [{"address": "127.0.0.9", "connected": False, "objects": 2}]
+    try:
+        router1 = await worker.create_router(media_codecs=MEDIA_CODECS)
+        router2 = await worker.create_router(media_codecs=MEDIA_CODECS)
+        direct = await router1.create_direct_transport()
+        data = await direct.produce_data()
+        await router1.pipe_to_router(data_producer_id=data.id, router=router2, keep_id=False)
+        async with (
+            Reporter(probe, redis_url=redis_server.url, server_id="b1", interval=0.2),
+            await monitor.connect(redis_server.url, interval=0.2) as mon,
+            MonitorWeb(mon, port=0) as page_server,
+            async_playwright() as playwright,
+        ):
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = await browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(page_server.url)
+                await page.wait_for_selector(f"tr.worker[data-worker='{worker.pid}']")
+                row = await page.inner_text("tr.server[data-server='b1']")
+                assert "1 (1 away)" in row  # the client, away
+                assert "links" in (await page.inner_text("#status"))
+                # The pipe between the two routers of one worker: a link to itself.
+                assert await page.locator("#links tbody tr").count() == 1
+                links = await page.inner_text("#links tbody")
+                assert f"b1/{worker.pid}" in links
+                first = await page.inner_text("#status")
+                await page.wait_for_function(
+                    "(first) => document.getElementById('status').textContent !== first",
+                    arg=first,
+                )
+                assert errors == []
+            finally:
+                await browser.close()
+    finally:
+        worker.close()
+        await worker.wait_closed()
+        await db.aclose()
 
 
 def test_monitor_command_without_redis() -> None:

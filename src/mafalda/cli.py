@@ -294,6 +294,8 @@ async def _run_serve(args: argparse.Namespace) -> int:
             if node is not None and probe is not None:
                 from mafalda.monitor import Reporter
 
+                probe.clients = server.clients
+
                 reporter = Reporter(
                     probe, redis_url=args.cluster, server_id=node.id, interval=args.heartbeat
                 )

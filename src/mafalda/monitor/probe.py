@@ -19,11 +19,17 @@ import asyncio
 import functools
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from mafalda import mediasoup
 from mafalda.mediasoup import PipeTransport, Router, Transport, Worker
-from mafalda.monitor.stats import PipeEnd, RouterStats, ServerStats, WorkerStats
+from mafalda.monitor.stats import (
+    ClientStats,
+    PipeEnd,
+    RouterStats,
+    ServerStats,
+    WorkerStats,
+)
 
 __all__ = ["Probe"]
 
@@ -42,11 +48,22 @@ def _transport_counts(transport: Transport) -> dict[str, int]:
 class Probe:
     """Follows the workers this process starts; ``sample()`` reports on them."""
 
-    def __init__(self, *, server_id: str = "local", max_routers: int = 1000) -> None:
-        if max_routers < 0:
-            raise ValueError("max_routers must be >= 0")
+    def __init__(
+        self,
+        *,
+        server_id: str = "local",
+        max_routers: int = 1000,
+        clients: Callable[[], Sequence[ClientStats]] | None = None,
+        max_clients: int = 1000,
+    ) -> None:
+        """``clients``: who is connected to this process, as ``RemoteServer.clients``
+        (settable later: ``mafalda serve`` starts the probe before its server)."""
+        if max_routers < 0 or max_clients < 0:
+            raise ValueError("max_routers and max_clients must be >= 0")
         self.server_id = server_id
         self.max_routers = max_routers
+        self.clients = clients
+        self.max_clients = max_clients
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._routers: weakref.WeakKeyDictionary[Router, Worker] = weakref.WeakKeyDictionary()
         self._transports: weakref.WeakKeyDictionary[Transport, Router] = weakref.WeakKeyDictionary()
@@ -157,6 +174,7 @@ class Probe:
             if isinstance(transport, PipeTransport):
                 pipes.append(_pipe_end(transport, router, entry["worker"], counts))
         kept = _busiest(routers.values(), self.max_routers)
+        clients = list(self.clients()) if self.clients is not None else []
         return {
             "id": self.server_id,
             "time": time.time(),
@@ -164,6 +182,11 @@ class Probe:
             "routers": kept,
             "routersOmitted": len(routers) - len(kept),
             "pipes": sorted(pipes, key=lambda p: p["transportId"]),
+            # The busiest clients are kept (those away last: they are leaving).
+            "clients": sorted(clients, key=lambda c: (not c["connected"], -c["objects"]))[
+                : self.max_clients
+            ],
+            "clientsOmitted": max(0, len(clients) - self.max_clients),
         }
 
 

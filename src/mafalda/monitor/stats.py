@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from mafalda.horizontal import registry
 
 __all__ = [
+    "ClientStats",
     "Counts",
     "PipeEnd",
     "RouterStats",
@@ -64,6 +65,14 @@ class PipeEnd(Counts):
     remotePort: int | None
 
 
+class ClientStats(TypedDict):
+    """A client of the server (a mafalda.remote session), as ``RemoteServer.clients()``."""
+
+    address: str | None  # its IP address (None: disconnected, within its grace period)
+    connected: bool
+    objects: int
+
+
 class ServerStats(TypedDict):
     id: str
     time: float  # seconds since the epoch, when sampled
@@ -71,6 +80,8 @@ class ServerStats(TypedDict):
     routers: list[RouterStats]
     routersOmitted: int  # beyond the report's cap (the busiest are kept)
     pipes: list[PipeEnd]
+    clients: list[ClientStats]
+    clientsOmitted: int  # beyond the report's cap
 
 
 def stats_key(server_id: str, prefix: str = registry.DEFAULT_PREFIX) -> str:
@@ -179,6 +190,16 @@ def _pipe(data: dict[str, Any]) -> PipeEnd:
     }
 
 
+def _client(data: dict[str, Any]) -> ClientStats:
+    address = data.get("address")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ValueError("server stats: invalid client 'address'")
+    connected = data.get("connected")
+    if not isinstance(connected, bool):
+        raise ValueError("server stats: invalid client 'connected'")
+    return {"address": address, "connected": connected, "objects": _int(data, "objects", "client ")}
+
+
 def decode_stats(raw: str | bytes) -> ServerStats:
     """Parse and check a report read from Redis (ValueError naming what is wrong)."""
     try:
@@ -200,4 +221,7 @@ def decode_stats(raw: str | bytes) -> ServerStats:
         "routers": [_router(item) for item in _list(data, "routers")],
         "routersOmitted": _int(data, "routersOmitted", ""),
         "pipes": [_pipe(item) for item in _list(data, "pipes")],
+        # Absent from a probe that serves no clients' sessions (nor from older reports).
+        "clients": [_client(item) for item in _list(data, "clients")] if "clients" in data else [],
+        "clientsOmitted": _int(data, "clientsOmitted", "") if "clientsOmitted" in data else 0,
     }

@@ -17,7 +17,14 @@ import time as _time
 from typing import Literal, TypedDict
 
 from mafalda.horizontal.registry import ServerRecord
-from mafalda.monitor.stats import Counts, PipeEnd, RouterStats, ServerStats, WorkerStats
+from mafalda.monitor.stats import (
+    ClientStats,
+    Counts,
+    PipeEnd,
+    RouterStats,
+    ServerStats,
+    WorkerStats,
+)
 
 __all__ = [
     "ClusterView",
@@ -34,6 +41,7 @@ class Totals(Counts):
     workers: int
     routers: int
     transports: int
+    clients: int  # mafalda.remote sessions (apps driving the servers), away ones included
 
 
 class ServerView(TypedDict):
@@ -49,6 +57,8 @@ class ServerView(TypedDict):
     workers: list[WorkerStats]
     routers: list[RouterStats]
     routersOmitted: int
+    clients: list[ClientStats]
+    clientsOmitted: int
     totals: Totals
 
 
@@ -72,8 +82,9 @@ class ClusterView(TypedDict):
     totals: Totals
 
 
-def _totals(workers: list[WorkerStats]) -> Totals:
+def _totals(workers: list[WorkerStats], clients: int) -> Totals:
     return {
+        "clients": clients,
         "workers": len(workers),
         "routers": sum(w["routers"] for w in workers),
         "transports": sum(w["transports"] for w in workers),
@@ -174,6 +185,8 @@ def build_view(
     for record in sorted(records, key=lambda r: r["id"]):
         report = by_id.get(record["id"])
         workers = report["workers"] if report else []
+        clients = report["clients"] if report else []
+        clients_omitted = report["clientsOmitted"] if report else 0
         servers.append(
             {
                 "id": record["id"],
@@ -188,13 +201,20 @@ def build_view(
                 "workers": workers,
                 "routers": report["routers"] if report else [],
                 "routersOmitted": report["routersOmitted"] if report else 0,
-                "totals": _totals(workers),
+                "clients": clients,
+                "clientsOmitted": clients_omitted,
+                "totals": _totals(workers, len(clients) + clients_omitted),
             }
         )
         if report is not None:
             ends.extend((record["id"], end) for end in report["pipes"])
     everything = [w for server in servers for w in server["workers"]]
-    return {"time": now, "servers": servers, "links": _links(ends), "totals": _totals(everything)}
+    return {
+        "time": now,
+        "servers": servers,
+        "links": _links(ends),
+        "totals": _totals(everything, sum(s["totals"]["clients"] for s in servers)),
+    }
 
 
 def _end(end: LinkEnd | None) -> str:
@@ -207,7 +227,7 @@ def render_text(view: ClusterView) -> str:
     stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(view["time"]))
     lines = [
         f"mafalda monitor  {stamp}  servers {len(view['servers'])}  "
-        f"workers {totals['workers']}  routers {totals['routers']}  "
+        f"clients {totals['clients']}  workers {totals['workers']}  routers {totals['routers']}  "
         f"transports {totals['transports']}  producers {totals['producers']}  "
         f"consumers {totals['consumers']}  links {len(view['links'])}",
         "",
@@ -217,9 +237,11 @@ def render_text(view: ClusterView) -> str:
         if not server["reported"]:
             state += ", no report"
         t = server["totals"]
+        away = sum(1 for c in server["clients"] if not c["connected"])
         lines.append(
             f"{server['id']}  {server['serves']}  {server['mediaAddress']}  "
             f"region {server['region'] or '-'}  load {server['load']:.2f}  {state}  "
+            f"clients {t['clients']}{f' ({away} away)' if away else ''}  "
             f"routers {t['routers']}  transports {t['transports']}  "
             f"producers {t['producers']}  consumers {t['consumers']}"
         )

@@ -24,7 +24,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -57,7 +57,7 @@ from mafalda.remote._limits import (
 from mafalda.vertical.mafalda import Mafalda
 from mafalda.vertical.router import MafaldaRouter
 
-__all__ = ["RemoteServer", "serve"]
+__all__ = ["ClientInfo", "RemoteServer", "serve"]
 
 logger = logging.getLogger("mafalda.remote.server")
 
@@ -315,8 +315,12 @@ class _Connection:
     """One WebSocket: frames written in order (at once when the socket takes them), a
     rate limiter."""
 
-    def __init__(self, ws: web.WebSocketResponse, rate: float, burst: float) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, rate: float, burst: float, address: str | None = None
+    ) -> None:
         self.ws = ws
+        #: The client's IP address (for the operator's eyes: the Monitor's clients).
+        self.address = address
         self.frames = FrameSender(ws)
         self._rate = rate
         self._burst = burst
@@ -382,6 +386,12 @@ class _ForwardingEmitter(EventEmitter):
         return emitted
 
     safe_emit = emit
+
+
+class ClientInfo(TypedDict):
+    address: str | None  # the client's IP address (None: disconnected, in its grace period)
+    connected: bool
+    objects: int  # live objects it owns (workers, routers, transports...)
 
 
 class Session:
@@ -714,6 +724,21 @@ class RemoteServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}/"
 
+    def clients(self) -> list[ClientInfo]:
+        """The sessions, for the operator (the Monitor): where each client connects
+        from (None while it is away, within its grace period) and how many objects it
+        holds. Session ids are left out: they are the clients' keys to resume."""
+        return [
+            {
+                "address": None if session.connection is None else session.connection.address,
+                "connected": session.connection is not None,
+                "objects": sum(
+                    1 for o in session.objects.values() if not getattr(o, "closed", True)
+                ),
+            }
+            for session in list(self.sessions.values())
+        ]
+
     async def start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
         app = web.Application()
         app.router.add_get("/", self._handle)
@@ -781,7 +806,7 @@ class RemoteServer:
         ws = web.WebSocketResponse(max_msg_size=self.max_message_size, heartbeat=self._heartbeat)
         await ws.prepare(request)
         limit_read_size(request.transport)
-        connection = _Connection(ws, self._rate_limit, self._rate_burst)
+        connection = _Connection(ws, self._rate_limit, self._rate_burst, request.remote)
         self._connections.add(connection)
         session: Session | None = None
         try:

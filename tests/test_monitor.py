@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -480,6 +481,8 @@ async def test_reporter_publishes_and_monitor_ignores_junk(
         Reporter(probe, redis_url=redis_server.url, server_id="p1", interval=0)
     with pytest.raises(ValueError, match="interval"):
         monitor.Monitor(redis_server.url, interval=-1)
+    with pytest.raises(ValueError, match="interval"):
+        monitor.LocalMonitor(probe, record=lambda: _record("x", "127.0.0.1"), interval=0)
 
 
 @needs_redis
@@ -627,6 +630,19 @@ async def test_monitor_command_and_page(redis_server: RedisProcess, probe: Probe
         await db.aclose()
 
 
+async def _terminate(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM, then its exit code (within 30 s)."""
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        return await reap(proc)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await reap(proc)
+
+
 @needs_redis
 async def test_monitor_command_serves_the_page_until_sigterm(redis_server: RedisProcess) -> None:
     port = free_port()
@@ -642,13 +658,9 @@ async def test_monitor_command_serves_the_page_until_sigterm(redis_server: Redis
         assert line.strip() == f"Mafalda monitor on http://127.0.0.1:{port}/"
         async with aiohttp.ClientSession() as http, http.get(line.split()[-1] + "view") as got:
             assert (await got.json())["servers"] == []
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            assert await reap(proc) == 0
+        assert await _terminate(proc) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await reap(proc)
+        await _kill(proc)
 
 
 @needs_redis
@@ -701,6 +713,70 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
     finally:
         worker.close()
         await worker.wait_closed()
+        await db.aclose()
+
+
+async def test_serve_with_its_own_monitor_page() -> None:
+    """`mafalda serve --monitor-port`: no Redis, the server's own view (its client, the
+    worker and the router it made), the same page and JSON as a cluster's."""
+    from mafalda.remote import RemoteMediasoup
+    from mafalda.remote import connect as remote_connect
+
+    port = free_port()
+    proc, url = await spawn_serve(
+        [
+            *[sys.executable, "-m", "mafalda.cli", "serve", "--port", "0", "--token", TOKEN],
+            *["--monitor-port", str(port)],
+        ]
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await proc.stdout.readline()).decode().strip()
+        assert line == f"Mafalda monitor on http://127.0.0.1:{port}/"
+        client = await remote_connect(url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        try:
+            worker = await client.create_worker(log_level="warn")
+            router = await worker.create_router(media_codecs=MEDIA_CODECS)
+            await router.create_direct_transport()
+            async with aiohttp.ClientSession() as http:
+                async with http.get(line.split()[-1] + "view") as got:
+                    view = await got.json()
+        finally:
+            await client.aclose()
+        [server] = view["servers"]
+        assert (server["id"], server["controlUrl"], server["serves"]) == ("local", url, "mediasoup")
+        assert server["workers"][0]["pid"] == worker.pid
+        assert (server["totals"]["routers"], server["totals"]["transports"]) == (1, 1)
+        assert [c["connected"] for c in server["clients"]] == [True]
+        assert await _terminate(proc) == 0
+    finally:
+        await _kill(proc)
+
+
+@needs_redis
+async def test_serve_leaves_the_cluster_when_its_monitor_page_cannot_start(
+    redis_server: RedisProcess,
+) -> None:
+    """A monitor port in use fails `mafalda serve` after it registered: it deregisters
+    at once (not when its record expires) and says why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = serve_command(redis_server.url, 1, 5.0, "--monitor-port", str(port))
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert b"address already in use" in err
+    db: aioredis.Redis = aioredis.from_url(redis_server.url)
+    try:
+        assert await db.get(registry.server_key("s1")) is None  # TTL would be 15 s
+        assert await db.get(stats_key("s1")) is None
+    finally:
         await db.aclose()
 
 

@@ -215,6 +215,19 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="the only RTC ports clients' workers and transports may listen on "
         "(default: any); --mafalda: its workers' range too",
     )
+    watch = serve.add_argument_group("monitor (mafalda.monitor)")
+    watch.add_argument(
+        "--monitor-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve this server's live monitor page (and /view JSON) on PORT",
+    )
+    watch.add_argument(
+        "--monitor-host",
+        default="127.0.0.1",
+        help="the monitor page's address (default %(default)s: it has no authentication)",
+    )
     cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
     cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
     cluster.add_argument("--region", default=None, help="this server's region")
@@ -253,7 +266,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     probe = None
-    if args.cluster:
+    if args.cluster or args.monitor_port is not None:
         from mafalda.monitor import Probe
 
         probe = Probe()  # before any worker starts: it follows them from their start
@@ -276,7 +289,9 @@ async def _run_serve(args: argparse.Namespace) -> int:
             grace_period=args.grace,
             **serve_limits(args),
         )
-        async with server:
+        # The stack closes what started if a later step fails (a monitor port in use...):
+        # a node left registered would be placed on until its record expired.
+        async with server, contextlib.AsyncExitStack() as started:
             node = None
             if args.cluster:
                 from mafalda.horizontal import MediaNode
@@ -290,28 +305,56 @@ async def _run_serve(args: argparse.Namespace) -> int:
                     interval=args.heartbeat,
                 )
                 await node.start()
-            reporter = None
+                started.push_async_callback(node.aclose)
+            if probe is not None:
+                probe.clients = server.clients
             if node is not None and probe is not None:
                 from mafalda.monitor import Reporter
-
-                probe.clients = server.clients
 
                 reporter = Reporter(
                     probe, redis_url=args.cluster, server_id=node.id, interval=args.heartbeat
                 )
                 await reporter.start()
+                started.push_async_callback(reporter.aclose)
+            page = None
+            if probe is not None and args.monitor_port is not None:
+                page = await _start_monitor_page(args, server, probe, node)
+                started.push_async_callback(page.aclose)
             print(f"Mafalda remote server listening on {server.url}", flush=True)
+            if page is not None:
+                print(f"Mafalda monitor on {page.url}", flush=True)
             await stop.wait()
             if node is not None:  # drain (a second signal: leave now), then deregister
                 stop.clear()
                 await node.drain(args.drain_timeout, abort=stop)
                 await node.aclose()
-            if reporter is not None:
-                await reporter.aclose()
     finally:
         if pool is not None:
             await pool.aclose()
     return 0
+
+
+async def _start_monitor_page(args: argparse.Namespace, server: Any, probe: Any, node: Any) -> Any:
+    """This server's own monitor page (no Redis): its record as it would publish it."""
+    from mafalda.horizontal.node import server_record
+    from mafalda.monitor import LocalMonitor
+    from mafalda.monitor.web import MonitorWeb
+
+    def record() -> Any:
+        if node is not None:
+            return node.record()
+        return server_record(
+            server, server_id="local", control_url=server.url, media_address=server.host
+        )
+
+    interval = args.heartbeat if node is not None else 2.0
+    page = MonitorWeb(
+        LocalMonitor(probe, record=record, interval=interval),
+        host=args.monitor_host,
+        port=args.monitor_port,
+    )
+    await page.start()
+    return page
 
 
 async def _run_monitor(args: argparse.Namespace) -> int:

@@ -30,9 +30,54 @@ from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
 
-__all__ = ["MediaNode"]
+__all__ = ["MediaNode", "live_objects", "server_record"]
 
 logger = logging.getLogger("mafalda.horizontal.node")
+
+
+def live_objects(server: RemoteServer) -> list[Any]:
+    """Every live object the server's clients hold."""
+    return [
+        obj
+        for session in list(server.sessions.values())
+        for obj in list(session.objects.values())
+        if not getattr(obj, "closed", True)
+    ]
+
+
+def server_record(
+    server: RemoteServer,
+    *,
+    server_id: str,
+    control_url: str,
+    media_address: str,
+    region: str | None = None,
+) -> ServerRecord:
+    """What ``server`` would publish about itself now (its load, workers, consumers)."""
+    objects = live_objects(server)
+    consumers = sum(1 for o in objects if isinstance(o, Consumer))
+    pool = server.mafalda
+    if pool is not None:
+        # A Mafalda pool: its workers, and its busiest worker's load (CPU or units).
+        stats = pool.stats()
+        workers = len(stats["workers"])
+        load = max((w["load"] for w in stats["workers"]), default=0.0)
+        consumers = sum(w["consumers"] for w in stats["workers"])
+    else:
+        workers = sum(1 for o in objects if isinstance(o, Worker))
+        load = workers / (os.cpu_count() or 1)
+    return {
+        "id": server_id,
+        "controlUrl": control_url,
+        "mediaAddress": media_address,
+        "region": region,
+        "workers": workers,
+        "load": round(load, 4),
+        "consumers": consumers,
+        "draining": server.draining,
+        "version": PROTOCOL_VERSION,
+        "serves": "mafalda" if pool is not None else "mediasoup",
+    }
 
 
 class MediaNode:
@@ -88,38 +133,16 @@ class MediaNode:
     # -- the record ----------------------------------------------------------------------
 
     def _live_objects(self) -> list[Any]:
-        return [
-            obj
-            for session in list(self.server.sessions.values())
-            for obj in list(session.objects.values())
-            if not getattr(obj, "closed", True)
-        ]
+        return live_objects(self.server)
 
     def record(self) -> ServerRecord:
-        objects = self._live_objects()
-        consumers = sum(1 for o in objects if isinstance(o, Consumer))
-        pool = self.server.mafalda
-        if pool is not None:
-            # A Mafalda pool: its workers, and its busiest worker's load (CPU or units).
-            stats = pool.stats()
-            workers = len(stats["workers"])
-            load = max((w["load"] for w in stats["workers"]), default=0.0)
-            consumers = sum(w["consumers"] for w in stats["workers"])
-        else:
-            workers = sum(1 for o in objects if isinstance(o, Worker))
-            load = workers / (os.cpu_count() or 1)
-        return {
-            "id": self.id,
-            "controlUrl": self.control_url,
-            "mediaAddress": self.media_address,
-            "region": self.region,
-            "workers": workers,
-            "load": round(load, 4),
-            "consumers": consumers,
-            "draining": self.draining,
-            "version": PROTOCOL_VERSION,
-            "serves": "mafalda" if pool is not None else "mediasoup",
-        }
+        return server_record(
+            self.server,
+            server_id=self.id,
+            control_url=self.control_url,
+            media_address=self.media_address,
+            region=self.region,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

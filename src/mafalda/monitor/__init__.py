@@ -12,6 +12,7 @@ Watching (``mafalda monitor redis://...`` in a terminal, ``--web`` for a live pa
             print(render_text(view))
 """
 
+from mafalda.monitor.local import LocalMonitor
 from mafalda.monitor.monitor import Monitor, connect
 from mafalda.monitor.probe import Probe
 from mafalda.monitor.reporter import Reporter
@@ -21,6 +22,7 @@ from mafalda.monitor.view import ClusterView, LinkView, ServerView, build_view, 
 __all__ = [
     "ClusterView",
     "LinkView",
+    "LocalMonitor",
     "Monitor",
     "PipeEnd",
     "Probe",

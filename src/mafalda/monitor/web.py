@@ -2,7 +2,7 @@
 
     GET /         the page (no build step, no external files): servers, workers with
                   their CPU and counts, a map of the links, refreshed by /events
-    GET /view     the current ClusterView as JSON
+    GET /view     the ClusterView now, as JSON
     GET /events   Server-Sent Events: one ``view`` event per interval
 
 Every client of /events shares one reader of Redis (the latest view is fanned out), so
@@ -14,24 +14,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
-from mafalda.monitor.monitor import Monitor
 from mafalda.monitor.view import ClusterView
 
-__all__ = ["MonitorWeb", "PAGE"]
+__all__ = ["MonitorWeb", "PAGE", "ViewSource"]
 
 logger = logging.getLogger("mafalda.monitor.web")
 
 PAGE = Path(__file__).with_name("page.html")
 
 
+class ViewSource(Protocol):
+    """A cluster's ``Monitor``, or one process's ``LocalMonitor``."""
+
+    async def view(self) -> ClusterView: ...
+
+    def views(self) -> AsyncIterator[ClusterView]: ...
+
+
 class MonitorWeb:
     """Serves ``monitor``'s views over HTTP; ``start()`` binds, ``aclose()`` stops."""
 
-    def __init__(self, monitor: Monitor, *, host: str = "127.0.0.1", port: int = 8090) -> None:
+    def __init__(self, monitor: ViewSource, *, host: str = "127.0.0.1", port: int = 8090) -> None:
         self.monitor = monitor
         self.host = host
         self.port = port
@@ -80,8 +89,7 @@ class MonitorWeb:
         return web.Response(text=PAGE.read_text(), content_type="text/html")
 
     async def _view(self, request: web.Request) -> web.Response:
-        view = self.latest if self.latest is not None else await self.monitor.view()
-        return web.json_response(view)
+        return web.json_response(await self.monitor.view())  # now, not the last pushed
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

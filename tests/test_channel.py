@@ -268,6 +268,13 @@ class _Writer:
         self.closed = True
 
 
+def _attached(pid: int = 1) -> Channel:
+    """A channel writing into a _Writer (no worker: the tests feed its answers)."""
+    channel = Channel(pid=pid)
+    channel.attach(_Writer())  # type: ignore[arg-type]
+    return channel
+
+
 async def test_channel_matches_responses_and_maps_errors() -> None:
     channel = Channel(pid=1)
     writer = _Writer()
@@ -292,8 +299,7 @@ async def test_channel_matches_responses_and_maps_errors() -> None:
 
 
 async def test_channel_close_fails_pending_and_refuses_new() -> None:
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     pending = channel.request(Method.WORKER_DUMP)
     channel.close()
     channel.close()  # idempotent
@@ -308,8 +314,7 @@ async def test_channel_close_fails_pending_and_refuses_new() -> None:
 
 async def test_notification_never_overtakes_its_response() -> None:
     """A response and a notification in one read: the awaiting task runs first."""
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     order: list[str] = []
 
     async def requester() -> None:
@@ -340,8 +345,7 @@ async def test_notification_never_overtakes_its_response() -> None:
 
 
 async def test_channel_survives_garbage() -> None:
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     channel.data_received(struct.pack("<I", 4) + b"\x00\x00\x00\x00")  # not a message
     channel.data_received(struct.pack("<I", PAYLOAD_MAX_LEN + 5))  # corrupt length
     pending = channel.request(Method.WORKER_DUMP)
@@ -500,8 +504,7 @@ async def test_unawaited_request_answers_are_matched_and_refusals_logged_at_debu
     # request_nowait() keeps no future: its answer is matched by id (no "does not match"
     # error), a refusal is only logged at debug level, and closing the channel while it
     # is pending raises nothing.
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r")
     channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r2")
     channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r3")
@@ -636,8 +639,7 @@ async def test_closing_a_channel_never_attached() -> None:
 async def test_an_invalid_message_is_logged_and_the_next_ones_handled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    channel = Channel(pid=7)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached(7)
     pending = channel.request(Method.WORKER_DUMP)
     no_data = _message(MessageBody.Response, lambda b: 0)
     channel.data_received(no_data + _response(1))
@@ -650,8 +652,7 @@ async def test_an_invalid_message_is_logged_and_the_next_ones_handled(
 async def test_the_answer_to_a_cancelled_request_is_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     cancelled = channel.request(Method.WORKER_DUMP)
     cancelled.cancel()
     pending = channel.request(Method.WORKER_DUMP)
@@ -668,8 +669,7 @@ async def test_a_request_not_answered_in_time_fails_and_its_late_answer_is_dropp
     """As mediasoup's 'Channel request timeout': the timeout, plus 0.1 s per request
     pending when it was sent; one timer looks at them all and goes on for the later ones;
     what nobody awaits never times out; a late answer is matched and dropped quietly."""
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     channel.request_timeout = 0.05
     channel.request_nowait(Method.WORKER_DUMP)  # id 1
     first = channel.request(Method.WORKER_DUMP)  # id 2: 0.05 + 0.1 s
@@ -697,8 +697,7 @@ async def test_a_request_not_answered_in_time_fails_and_its_late_answer_is_dropp
 async def test_a_failing_notification_handler_is_logged_and_the_others_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    channel = Channel(pid=1)
-    channel.attach(_Writer())  # type: ignore[arg-type]
+    channel = _attached()
     seen: list[int] = []
 
     def failing(event: int, body: Any) -> None:

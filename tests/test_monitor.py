@@ -98,6 +98,7 @@ def _report(server_id: str, workers: list[int], pipes: list[PipeEnd], time: floa
             {
                 "pid": pid,
                 "cpu": 0.25,
+                "load": 0.4,
                 "routers": 1,
                 "transports": 2,
                 "producers": 1,
@@ -159,6 +160,8 @@ def test_report_round_trip_and_keys() -> None:
         (lambda r: {**r, "workers": [{**r["workers"][0], "pid": 0}]}, "worker 'pid'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "cpu": -0.1}]}, "worker 'cpu'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "cpu": "1"}]}, "worker 'cpu'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "load": -2}]}, "worker 'load'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "load": True}]}, "worker 'load'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "consumers": 1.5}]}, "'consumers'"),
         (lambda r: {**r, "routers": [{**r["routers"][0], "id": ""}]}, "router 'id'"),
         (lambda r: {**r, "routers": [{**r["routers"][0], "worker": True}]}, "router 'worker'"),
@@ -249,7 +252,7 @@ def test_view_pairs_pipe_ends_into_links_between_workers() -> None:
     assert "s2  mediasoup  10.0.0.2  region -  load 0.50  draining  clients 3 (1 away)" in text
     assert "s3  mediasoup  10.0.0.3  region -  load 0.50  up, no report  clients 0  " in text
     assert (s1["totals"]["clients"], s3["clients"], view["totals"]["clients"]) == (3, [], 6)
-    assert "  worker 11  cpu 25.0%  routers 1" in text
+    assert "  worker 11  cpu 25.0%  load 0.40  routers 1" in text
     assert "  s1/11 -> s2/21: 2 streams, 1 back (2 pipes)" in text
     assert "  s1/12 -> (outside the cluster): 1 streams, 2 back (2 pipes)" in text
     assert "  s2/21 -> (outside the cluster): 0 streams, 0 back (1 pipe)" in text
@@ -393,6 +396,28 @@ async def test_probe_follows_only_from_start_and_add_worker_catches_up() -> None
         Probe(max_routers=-1)
     with pytest.raises(ValueError, match="max_clients"):
         Probe(max_clients=-1)
+
+
+async def test_probe_reports_a_mafalda_pools_loads(probe: Probe) -> None:
+    from mafalda.monitor.probe import pool_loads
+    from mafalda.vertical import Mafalda
+
+    pool = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    try:
+        probe.loads = pool_loads(pool)
+        router = await pool.create_router(media_codecs=MEDIA_CODECS)
+        await router.create_direct_transport()
+        [worker] = probe.snapshot()["workers"]
+        [expected] = pool.stats()["workers"]
+        assert (worker["pid"], worker["load"]) == (expected["pid"], expected["load"])
+        assert worker["transports"] == 1
+        assert "load" in render_text(
+            build_view([_record("local", "127.0.0.1")], [probe.snapshot() | {"id": "local"}])
+        )  # type: ignore[operator]
+    finally:
+        await pool.aclose()
+    probe.loads = None
+    assert probe.snapshot()["workers"] == []
 
 
 def test_probe_reports_clients_connected_and_busiest_first() -> None:
@@ -716,17 +741,20 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
         await db.aclose()
 
 
-async def test_serve_with_its_own_monitor_page() -> None:
+@pytest.mark.parametrize("serves", ["mediasoup", "mafalda"])
+async def test_serve_with_its_own_monitor_page(serves: str) -> None:
     """`mafalda serve --monitor-port`: no Redis, the server's own view (its client, the
-    worker and the router it made), the same page and JSON as a cluster's."""
-    from mafalda.remote import RemoteMediasoup
+    router it made and the worker under it; a pool's placement loads), the same page and
+    JSON as a cluster's."""
+    from mafalda.remote import RemoteMafalda, RemoteMediasoup
     from mafalda.remote import connect as remote_connect
 
     port = free_port()
+    extra = ["--mafalda", "--num-workers", "1"] if serves == "mafalda" else []
     proc, url = await spawn_serve(
         [
             *[sys.executable, "-m", "mafalda.cli", "serve", "--port", "0", "--token", TOKEN],
-            *["--monitor-port", str(port)],
+            *["--monitor-port", str(port), *extra],
         ]
     )
     try:
@@ -734,10 +762,13 @@ async def test_serve_with_its_own_monitor_page() -> None:
         line = (await proc.stdout.readline()).decode().strip()
         assert line == f"Mafalda monitor on http://127.0.0.1:{port}/"
         client = await remote_connect(url, token=TOKEN)
-        assert isinstance(client, RemoteMediasoup)
         try:
-            worker = await client.create_worker(log_level="warn")
-            router = await worker.create_router(media_codecs=MEDIA_CODECS)
+            if isinstance(client, RemoteMafalda):
+                router = await client.create_router(media_codecs=MEDIA_CODECS)
+            else:
+                assert isinstance(client, RemoteMediasoup)
+                worker = await client.create_worker(log_level="warn")
+                router = await worker.create_router(media_codecs=MEDIA_CODECS)
             await router.create_direct_transport()
             async with aiohttp.ClientSession() as http:
                 async with http.get(line.split()[-1] + "view") as got:
@@ -745,8 +776,9 @@ async def test_serve_with_its_own_monitor_page() -> None:
         finally:
             await client.aclose()
         [server] = view["servers"]
-        assert (server["id"], server["controlUrl"], server["serves"]) == ("local", url, "mediasoup")
-        assert server["workers"][0]["pid"] == worker.pid
+        assert (server["id"], server["controlUrl"], server["serves"]) == ("local", url, serves)
+        [entry] = server["workers"]
+        assert (entry["load"] is not None) == (serves == "mafalda")
         assert (server["totals"]["routers"], server["totals"]["transports"]) == (1, 1)
         assert [c["connected"] for c in server["clients"]] == [True]
         assert await _terminate(proc) == 0

@@ -308,6 +308,10 @@ async def _run_serve(args: argparse.Namespace) -> int:
                 started.push_async_callback(node.aclose)
             if probe is not None:
                 probe.clients = server.clients
+                if pool is not None:
+                    from mafalda.monitor.probe import pool_loads
+
+                    probe.loads = pool_loads(pool)
             if node is not None and probe is not None:
                 from mafalda.monitor import Reporter
 

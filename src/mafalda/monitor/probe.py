@@ -19,7 +19,7 @@ import asyncio
 import functools
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from mafalda import mediasoup
 from mafalda.mediasoup import PipeTransport, Router, Transport, Worker
@@ -30,8 +30,9 @@ from mafalda.monitor.stats import (
     ServerStats,
     WorkerStats,
 )
+from mafalda.vertical import Mafalda
 
-__all__ = ["Probe"]
+__all__ = ["Probe", "pool_loads"]
 
 _COUNTS = ("producers", "consumers", "dataProducers", "dataConsumers")
 
@@ -55,15 +56,18 @@ class Probe:
         max_routers: int = 1000,
         clients: Callable[[], Sequence[ClientStats]] | None = None,
         max_clients: int = 1000,
+        loads: Callable[[], Mapping[int, float]] | None = None,
     ) -> None:
         """``clients``: who is connected to this process, as ``RemoteServer.clients``
-        (settable later: ``mafalda serve`` starts the probe before its server)."""
+        (settable later: ``mafalda serve`` starts the probe before its server).
+        ``loads``: placement loads by worker pid (a Mafalda pool's, see ``pool_loads``)."""
         if max_routers < 0 or max_clients < 0:
             raise ValueError("max_routers and max_clients must be >= 0")
         self.server_id = server_id
         self.max_routers = max_routers
         self.clients = clients
         self.max_clients = max_clients
+        self.loads = loads
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._routers: weakref.WeakKeyDictionary[Router, Worker] = weakref.WeakKeyDictionary()
         self._transports: weakref.WeakKeyDictionary[Transport, Router] = weakref.WeakKeyDictionary()
@@ -132,10 +136,12 @@ class Probe:
     def snapshot(self, cpu: dict[int, float | None] | None = None) -> ServerStats:
         """The report without asking the workers anything (CPU from ``cpu``, by pid)."""
         cpu = cpu or {}
+        loads = self.loads() if self.loads is not None else {}
         workers: dict[Worker, WorkerStats] = {
             worker: {
                 "pid": worker.pid,
                 "cpu": cpu.get(worker.pid),
+                "load": loads.get(worker.pid),
                 "routers": 0,
                 "transports": 0,
                 "producers": 0,
@@ -188,6 +194,11 @@ class Probe:
             ],
             "clientsOmitted": max(0, len(clients) - self.max_clients),
         }
+
+
+def pool_loads(pool: Mafalda) -> Callable[[], dict[int, float]]:
+    """A Mafalda pool's placement loads by worker pid, for ``Probe(loads=...)``."""
+    return lambda: {w["pid"]: w["load"] for w in pool.stats()["workers"]}
 
 
 def _busiest(routers: Iterable[RouterStats], limit: int) -> list[RouterStats]:

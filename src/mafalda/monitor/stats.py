@@ -42,6 +42,7 @@ class Counts(TypedDict):
 class WorkerStats(Counts):
     pid: int
     cpu: float | None  # share of one core used since the previous sample (None: first)
+    load: float | None  # a Mafalda pool's placement load (its policy's figure), else None
     routers: int
     transports: int
 
@@ -132,10 +133,16 @@ def _worker(data: dict[str, Any]) -> WorkerStats:
         not isinstance(cpu, int | float) or isinstance(cpu, bool) or not 0 <= cpu < 1e300
     ):
         raise ValueError("server stats: invalid worker 'cpu'")
+    load = data.get("load")
+    if load is not None and (
+        not isinstance(load, int | float) or isinstance(load, bool) or not 0 <= load < 1e300
+    ):
+        raise ValueError("server stats: invalid worker 'load'")
     counts = _counts(data, where)
     return {
         "pid": _int(data, "pid", where, low=1),
         "cpu": None if cpu is None else float(cpu),
+        "load": None if load is None else float(load),
         "routers": _int(data, "routers", where),
         "transports": _int(data, "transports", where),
         "producers": counts["producers"],

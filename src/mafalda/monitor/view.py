@@ -247,8 +247,9 @@ def render_text(view: ClusterView) -> str:
         )
         for worker in server["workers"]:
             cpu = "-" if worker["cpu"] is None else f"{worker['cpu'] * 100:.1f}%"
+            load = "" if worker["load"] is None else f"  load {worker['load']:.2f}"
             lines.append(
-                f"  worker {worker['pid']}  cpu {cpu}  routers {worker['routers']}  "
+                f"  worker {worker['pid']}  cpu {cpu}{load}  routers {worker['routers']}  "
                 f"transports {worker['transports']}  producers {worker['producers']}  "
                 f"consumers {worker['consumers']}  data {worker['dataProducers']}/"
                 f"{worker['dataConsumers']}"

@@ -420,6 +420,32 @@ async def test_probe_reports_a_mafalda_pools_loads(probe: Probe) -> None:
     assert probe.snapshot()["workers"] == []
 
 
+async def test_probe_sees_a_mafalda_router_spanning_two_workers_as_a_link(probe: Probe) -> None:
+    """A pool's own pipes between its workers (on loopback, made by Mafalda on demand)
+    are a link between those workers of one server, with the stream it carries."""
+    from mafalda.vertical import Mafalda
+
+    pool = await Mafalda.start(
+        num_workers=2, min_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    try:
+        router = await pool.create_router(media_codecs=MEDIA_CODECS)
+        source = await router.create_direct_transport()
+        sink = await router.create_direct_transport()  # spread: the other worker
+        data = await source.produce_data()
+        await sink.consume_data(data_producer_id=data.id)
+        pids = sorted(w.pid for w in pool.workers)
+        report = {**(await probe.sample()), "id": "local"}
+        view = build_view([_record("local", "127.0.0.1")], [report])  # type: ignore[list-item]
+        [link] = view["links"]
+        assert link["b"] is not None
+        assert sorted([link["a"]["worker"], link["b"]["worker"]]) == pids
+        assert link["a"]["server"] == link["b"]["server"] == "local"
+        assert (link["aToB"] + link["bToA"], link["pipes"]) == (1, 1)
+    finally:
+        await pool.aclose()
+
+
 def test_probe_reports_clients_connected_and_busiest_first() -> None:
     clients = [
         {"address": None, "connected": False, "objects": 9},

@@ -25,6 +25,7 @@ from mafalda.remote import (
 from mafalda.remote import protocol as p
 from mafalda.remote._limits import (
     DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_WORKERS,
     DEFAULT_MAX_WORKERS_PER_SESSION,
     check_limit,
     check_listen_ports,
@@ -73,6 +74,7 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 
 def test_defaults() -> None:
     assert DEFAULT_MAX_WORKERS_PER_SESSION == max(8, 4 * (os.cpu_count() or 1))
+    assert DEFAULT_MAX_WORKERS == 2 * DEFAULT_MAX_WORKERS_PER_SESSION
     assert DEFAULT_MAX_SESSIONS == 1000
 
 
@@ -269,6 +271,33 @@ async def test_max_workers_per_session() -> None:
             await a.create_worker(log_level="nope")
         assert [await a.create_worker(log_level="warn") for _ in range(2)]
         assert not other.closed
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_max_workers_counts_every_session_together() -> None:
+    """max_workers bounds all sessions' workers together (starting ones included): the
+    next is refused (RATE_LIMITED, the limit named) until one closes, whichever session's."""
+    async with await serve(token=TOKEN, grace_period=0, max_workers=3) as srv:
+        a = await connect(srv.url, token=TOKEN)
+        b = await connect(srv.url, token=TOKEN)
+        assert isinstance(a, RemoteMediasoup) and isinstance(b, RemoteMediasoup)
+        # One frame of calls: the three slots go, the fourth call is refused.
+        results = await asyncio.gather(
+            *(a.create_worker(log_level="warn") for _ in range(2)),
+            *(b.create_worker(log_level="warn") for _ in range(2)),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, Exception)]
+        assert len(refused) == 1
+        assert isinstance(refused[0], RemoteError) and refused[0].code == p.RATE_LIMITED
+        assert str(refused[0]) == "too many workers on this server: max_workers is 3"
+        live = [r for r in results if not isinstance(r, BaseException)]
+        live[0].close()
+        extra = await b.create_worker(log_level="warn")  # a slot freed by another's close
+        with pytest.raises(RemoteError, match="max_workers is 3"):
+            await a.create_worker(log_level="warn")
+        assert not extra.closed
         await a.aclose()
         await b.aclose()
 
@@ -482,11 +511,14 @@ def test_serve_limit_flags() -> None:
             "3",
             "--max-sessions",
             "5",
+            "--max-workers",
+            "7",
             "--rtc-port-range",
             "40000-40099",
         ]
     )
     assert cli.serve_limits(args) == {
+        "max_workers": 7,
         "max_workers_per_session": 3,
         "max_sessions": 5,
         "rtc_port_range": (40000, 40099),

@@ -3,7 +3,7 @@
     mafalda demo [--host 127.0.0.1] [--port 8080] [--rtc-ip 127.0.0.1] [--rtc-port 40000]
                  [--announced-ip ADDRESS]
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
-                  [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N]
+                  [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N] [--max-workers N]
                   [--max-sessions N] [--rtc-port-range MIN-MAX] [--cluster REDIS_URL ...]
     mafalda monitor REDIS_URL [--interval 2] [--once] [--json] [--web --port 8090]
 
@@ -201,6 +201,13 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="workers a client may have at once (default: 4 per CPU core, at least 8)",
     )
     limits.add_argument(
+        "--max-workers",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help="workers of all clients together (default: 8 per CPU core, at least 16)",
+    )
+    limits.add_argument(
         "--max-sessions",
         type=_limit,
         default=None,
@@ -242,7 +249,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def serve_limits(args: argparse.Namespace) -> dict[str, Any]:
     """The ``serve()`` keywords of the limits given on the command line (the others keep
     ``serve()``'s defaults)."""
-    names = ("max_workers_per_session", "max_sessions", "rtc_port_range")
+    names = ("max_workers_per_session", "max_workers", "max_sessions", "rtc_port_range")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
+    "DEFAULT_MAX_WORKERS",
     "DEFAULT_MAX_WORKERS_PER_SESSION",
     "LISTENING_METHODS",
     "check_limit",
@@ -27,6 +28,9 @@ __all__ = [
 #: from the other sessions). Four per core leave room for an app that gives rooms their
 #: own workers and for workers being replaced; small machines still get eight.
 DEFAULT_MAX_WORKERS_PER_SESSION = max(8, 4 * (os.cpu_count() or 1))
+#: Every session's workers together: twice one session's share, so that one client
+#: taking its whole share leaves room for others; past it a cluster client goes elsewhere.
+DEFAULT_MAX_WORKERS = 2 * DEFAULT_MAX_WORKERS_PER_SESSION
 #: Generous: a session costs little until it creates objects, and the workers of each
 #: are bounded by ``max_workers_per_session``.
 DEFAULT_MAX_SESSIONS = 1000

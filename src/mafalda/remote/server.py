@@ -47,6 +47,7 @@ from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
 from mafalda.remote._limits import (
     DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_WORKERS,
     DEFAULT_MAX_WORKERS_PER_SESSION,
     LISTENING_METHODS,
     check_limit,
@@ -210,6 +211,11 @@ class _MediasoupRoot:
         self.worker_settings = worker_settings
         #: Every worker started for a client: the server's close() waits for them to exit.
         self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        #: Workers being started for clients (they count against max_workers already).
+        self.starting = 0
+
+    def live_workers(self) -> int:
+        return sum(1 for w in self.workers if not w.closed) + self.starting
 
     def state(self) -> dict[str, Any]:
         return {"version": WORKER_VERSION}
@@ -237,11 +243,20 @@ class _MediasoupSessionRoot:
             raise p.ProtocolError(
                 p.RATE_LIMITED, f"too many workers: max_workers_per_session is {limit}"
             )
+        if root.live_workers() >= server.max_workers:
+            # Every client's together: sessions x max_workers_per_session can be far more
+            # processes than the machine runs well.
+            raise p.ProtocolError(
+                p.RATE_LIMITED,
+                f"too many workers on this server: max_workers is {server.max_workers}",
+            )
         session.starting_workers += 1
+        root.starting += 1
         try:
             worker = await create_worker(**settings)
         finally:
             session.starting_workers -= 1
+            root.starting -= 1
         session.workers.add(worker)
         root.workers.add(worker)
         return worker
@@ -667,6 +682,7 @@ class RemoteServer:
         max_workers_per_session: int = DEFAULT_MAX_WORKERS_PER_SESSION,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         rtc_port_range: tuple[int, int] | None = None,
+        max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
         #: Workers a Remote Mediasoup session may have at once (closed ones do not count).
         self.max_workers_per_session = check_limit(
@@ -674,6 +690,8 @@ class RemoteServer:
         )
         #: Sessions at once, those waiting for a reconnection included: they hold objects.
         self.max_sessions = check_limit(max_sessions, "max_sessions")
+        #: Workers of every Remote Mediasoup session together (starting ones included).
+        self.max_workers = check_limit(max_workers, "max_workers")
         #: The ports the clients' workers, transports and WebRtcServers may listen on
         #: (None: any, as the library allows).
         self.rtc_port_range = check_port_range(rtc_port_range)
@@ -1143,6 +1161,7 @@ async def serve(
     max_workers_per_session: int = DEFAULT_MAX_WORKERS_PER_SESSION,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     rtc_port_range: tuple[int, int] | None = None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
 ) -> RemoteServer:
     """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
 
@@ -1167,6 +1186,10 @@ async def serve(
     from the machine and its other clients, while 4 per core leave room for rooms in
     their own workers and for workers being replaced. (A Mafalda's pool is bounded by
     its own ``num_workers``.)
+    max_workers: workers of all Remote Mediasoup sessions together (default 8 per CPU
+    core, at least 16: twice what one session may have, so a second client still gets
+    some when one took its share); one more gets a 'too many workers on this server'
+    error (a cluster client then tries another server).
     max_sessions: sessions at once (those waiting for a reconnection within their grace
     period count: they hold their objects; a polite ``aclose()`` ends its session at
     once). A new client beyond it gets a 'too many sessions' error from ``connect()``;
@@ -1194,6 +1217,7 @@ async def serve(
         max_workers_per_session=max_workers_per_session,
         max_sessions=max_sessions,
         rtc_port_range=rtc_port_range,
+        max_workers=max_workers,
     )
     await server.start(host, port, ssl)
     return server

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from mafalda import cli
@@ -305,6 +306,26 @@ async def test_max_workers_counts_every_session_together() -> None:
 # -- sessions ------------------------------------------------------------------------------
 
 
+async def test_max_connections_counts_sockets_before_their_hello() -> None:
+    """Sockets that never say hello hold connections: past max_connections a new one is
+    answered RATE_LIMITED (connect() raises it) and closed; a slot frees when one goes."""
+    async with await serve(token=TOKEN, max_connections=2) as srv:
+        async with aiohttp.ClientSession() as http:
+            silent = [await http.ws_connect(srv.url) for _ in range(2)]
+            with pytest.raises(RemoteError) as info:
+                await connect(srv.url, token=TOKEN)
+            assert info.value.code == p.RATE_LIMITED
+            assert str(info.value) == "too many connections: max_connections is 2"
+            await silent[0].close()
+            await until(lambda: len(srv._connections) < 2)
+            client = await connect(srv.url, token=TOKEN)
+            assert isinstance(client, RemoteMediasoup)
+            await client.aclose()
+            await silent[1].close()
+    async with await serve(token=TOKEN, max_sessions=7) as srv:
+        assert srv.max_connections == 107  # by default, the sessions and 100 more
+
+
 async def test_max_sessions() -> None:
     """Past max_sessions a new client's connect() is refused (RemoteError, code
     RATE_LIMITED, the limit named). A session waiting for its client within its grace
@@ -513,11 +534,14 @@ def test_serve_limit_flags() -> None:
             "5",
             "--max-workers",
             "7",
+            "--max-connections",
+            "9",
             "--rtc-port-range",
             "40000-40099",
         ]
     )
     assert cli.serve_limits(args) == {
+        "max_connections": 9,
         "max_workers": 7,
         "max_workers_per_session": 3,
         "max_sessions": 5,

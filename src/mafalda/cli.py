@@ -4,7 +4,8 @@
                  [--announced-ip ADDRESS]
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
                   [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N] [--max-workers N]
-                  [--max-sessions N] [--rtc-port-range MIN-MAX] [--cluster REDIS_URL ...]
+                  [--max-sessions N] [--max-connections N] [--rtc-port-range MIN-MAX]
+                  [--cluster REDIS_URL ...]
     mafalda monitor REDIS_URL [--interval 2] [--once] [--json] [--web --port 8090]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
@@ -208,6 +209,13 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="workers of all clients together (default: 8 per CPU core, at least 16)",
     )
     limits.add_argument(
+        "--max-connections",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help="open WebSockets, before their hello too (default: --max-sessions + 100)",
+    )
+    limits.add_argument(
         "--max-sessions",
         type=_limit,
         default=None,
@@ -249,7 +257,13 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def serve_limits(args: argparse.Namespace) -> dict[str, Any]:
     """The ``serve()`` keywords of the limits given on the command line (the others keep
     ``serve()``'s defaults)."""
-    names = ("max_workers_per_session", "max_workers", "max_sessions", "rtc_port_range")
+    names = (
+        "max_workers_per_session",
+        "max_workers",
+        "max_sessions",
+        "max_connections",
+        "rtc_port_range",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

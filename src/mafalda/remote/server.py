@@ -683,6 +683,7 @@ class RemoteServer:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         rtc_port_range: tuple[int, int] | None = None,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        max_connections: int | None = None,
     ) -> None:
         #: Workers a Remote Mediasoup session may have at once (closed ones do not count).
         self.max_workers_per_session = check_limit(
@@ -692,6 +693,12 @@ class RemoteServer:
         self.max_sessions = check_limit(max_sessions, "max_sessions")
         #: Workers of every Remote Mediasoup session together (starting ones included).
         self.max_workers = check_limit(max_workers, "max_workers")
+        #: Open WebSockets, those still before their hello included (default: one per
+        #: session, and 100 more for clients saying hello or reconnecting).
+        self.max_connections = check_limit(
+            self.max_sessions + 100 if max_connections is None else max_connections,
+            "max_connections",
+        )
         #: The ports the clients' workers, transports and WebRtcServers may listen on
         #: (None: any, as the library allows).
         self.rtc_port_range = check_port_range(rtc_port_range)
@@ -825,6 +832,13 @@ class RemoteServer:
         await ws.prepare(request)
         limit_read_size(request.transport)
         connection = _Connection(ws, self._rate_limit, self._rate_burst, request.remote)
+        if len(self._connections) >= self.max_connections:
+            # Refused before its hello (answered as the hello's, id 0): a flood of sockets
+            # that never say hello would otherwise each hold one for hello_timeout.
+            message = f"too many connections: max_connections is {self.max_connections}"
+            connection.send(p.error_response(0, p.RATE_LIMITED, message))
+            await connection.close()
+            return ws
         self._connections.add(connection)
         session: Session | None = None
         try:
@@ -1162,6 +1176,7 @@ async def serve(
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     rtc_port_range: tuple[int, int] | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
+    max_connections: int | None = None,
 ) -> RemoteServer:
     """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
 
@@ -1190,6 +1205,9 @@ async def serve(
     core, at least 16: twice what one session may have, so a second client still gets
     some when one took its share); one more gets a 'too many workers on this server'
     error (a cluster client then tries another server).
+    max_connections: open WebSockets at once, those still before their hello included
+    (default: max_sessions + 100); one more is answered 'too many connections' and closed
+    before its hello is read.
     max_sessions: sessions at once (those waiting for a reconnection within their grace
     period count: they hold their objects; a polite ``aclose()`` ends its session at
     once). A new client beyond it gets a 'too many sessions' error from ``connect()``;
@@ -1218,6 +1236,7 @@ async def serve(
         max_sessions=max_sessions,
         rtc_port_range=rtc_port_range,
         max_workers=max_workers,
+        max_connections=max_connections,
     )
     await server.start(host, port, ssl)
     return server

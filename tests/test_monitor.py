@@ -22,7 +22,7 @@ from mafalda import horizontal, mediasoup, monitor
 from mafalda.horizontal import registry
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.mediasoup import Worker
-from mafalda.monitor import Probe, Reporter, build_view, render_text
+from mafalda.monitor import Probe, Reporter, build_view, busiest_routers, render_text
 from mafalda.monitor.stats import (
     PipeEnd,
     ServerStats,
@@ -257,6 +257,11 @@ def test_view_pairs_pipe_ends_into_links_between_workers() -> None:
     assert "  s1/12 -> (outside the cluster): 1 streams, 2 back (2 pipes)" in text
     assert "  s2/21 -> (outside the cluster): 0 streams, 0 back (1 pipe)" in text
     assert "links: none" in render_text(build_view([], []))
+    # The busiest routers, across servers (s1's two, s2's one: the same counts, by id).
+    assert text.count("busiest routers") == 1
+    assert "  r11  s1/11  transports 2  producers 1  consumers 3  data 0/1" in text
+    assert [r["id"] for _, r in busiest_routers(view, 2)] == ["r11", "r12"]
+    assert "busiest routers" not in render_text(view, routers=0)
 
 
 # -- the probe, on real workers -------------------------------------------------------------
@@ -749,6 +754,8 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
                 row = await page.inner_text("tr.server[data-server='b1']")
                 assert "1 (1 away)" in row  # the client, away
                 assert "links" in (await page.inner_text("#status"))
+                assert await page.locator("#routers tbody tr.router").count() == 2
+                assert router1.id in await page.inner_text("#routers tbody")
                 # The pipe between the two routers of one worker: a link to itself.
                 assert await page.locator("#links tbody tr").count() == 1
                 links = await page.inner_text("#links tbody")

@@ -17,7 +17,14 @@ from mafalda.monitor.monitor import Monitor, connect
 from mafalda.monitor.probe import Probe
 from mafalda.monitor.reporter import Reporter
 from mafalda.monitor.stats import PipeEnd, RouterStats, ServerStats, WorkerStats
-from mafalda.monitor.view import ClusterView, LinkView, ServerView, build_view, render_text
+from mafalda.monitor.view import (
+    ClusterView,
+    LinkView,
+    ServerView,
+    build_view,
+    busiest_routers,
+    render_text,
+)
 
 __all__ = [
     "ClusterView",
@@ -32,6 +39,7 @@ __all__ = [
     "ServerView",
     "WorkerStats",
     "build_view",
+    "busiest_routers",
     "connect",
     "render_text",
 ]

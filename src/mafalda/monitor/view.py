@@ -33,6 +33,7 @@ __all__ = [
     "ServerView",
     "Totals",
     "build_view",
+    "busiest_routers",
     "render_text",
 ]
 
@@ -221,8 +222,24 @@ def _end(end: LinkEnd | None) -> str:
     return "(outside the cluster)" if end is None else f"{end['server']}/{end['worker']}"
 
 
-def render_text(view: ClusterView) -> str:
-    """A terminal page: one line per server and per worker, then the links."""
+def busiest_routers(view: ClusterView, limit: int = 10) -> list[tuple[str, RouterStats]]:
+    """The ``limit`` busiest routers of the cluster (consumers and producers, then
+    transports), with their server's id."""
+    routers = [(s["id"], r) for s in view["servers"] for r in s["routers"]]
+    routers.sort(
+        key=lambda sr: (
+            -(sr[1]["consumers"] + sr[1]["producers"]),
+            -sr[1]["transports"],
+            sr[0],
+            sr[1]["id"],
+        )
+    )
+    return routers[:limit]
+
+
+def render_text(view: ClusterView, *, routers: int = 10) -> str:
+    """A terminal page: one line per server and per worker, the ``routers`` busiest
+    routers, then the links."""
     totals = view["totals"]
     stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(view["time"]))
     lines = [
@@ -254,6 +271,17 @@ def render_text(view: ClusterView) -> str:
                 f"consumers {worker['consumers']}  data {worker['dataProducers']}/"
                 f"{worker['dataConsumers']}"
             )
+    busiest = busiest_routers(view, routers)
+    if busiest:
+        lines.append("")
+        lines.append("busiest routers")
+    for server_id, router in busiest:
+        lines.append(
+            f"  {router['id']}  {server_id}/{router['worker']}  "
+            f"transports {router['transports']}  producers {router['producers']}  "
+            f"consumers {router['consumers']}  data {router['dataProducers']}/"
+            f"{router['dataConsumers']}"
+        )
     lines.append("")
     lines.append("links" if view["links"] else "links: none")
     for link in view["links"]:

@@ -845,6 +845,33 @@ async def test_serve_leaves_the_cluster_when_its_monitor_page_cannot_start(
         await db.aclose()
 
 
+@needs_redis
+async def test_monitor_command_redraws_until_ctrl_c(redis_server: RedisProcess) -> None:
+    """The terminal view: a page per interval (plain pages on a pipe), Ctrl+C ends it
+    quietly (exit code 130, no traceback)."""
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url],
+        *["--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(30):
+            pages = 0
+            while pages < 2:
+                line = await proc.stdout.readline()
+                assert not line.startswith(b"\x1b")  # no screen clearing on a pipe
+                pages += line.startswith(b"mafalda monitor  ")
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            err = await proc.stderr.read()
+            assert await reap(proc) == 130
+        assert b"Traceback" not in err
+    finally:
+        await _kill(proc)
+
+
 def test_monitor_command_without_redis() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mafalda.cli", "monitor", "redis://127.0.0.1:1/0", "--once"],

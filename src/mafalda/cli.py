@@ -30,6 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mafalda.demo.server import DemoServer
+    from mafalda.horizontal import MediaNode
+    from mafalda.horizontal.registry import ServerRecord
+    from mafalda.monitor import Probe
+    from mafalda.monitor.web import MonitorWeb
+    from mafalda.remote import RemoteServer
 
 __all__ = ["main"]
 
@@ -359,13 +364,15 @@ async def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _start_monitor_page(args: argparse.Namespace, server: Any, probe: Any, node: Any) -> Any:
+async def _start_monitor_page(
+    args: argparse.Namespace, server: RemoteServer, probe: Probe, node: MediaNode | None
+) -> MonitorWeb:
     """This server's own monitor page (no Redis): its record as it would publish it."""
     from mafalda.horizontal.node import server_record
     from mafalda.monitor import LocalMonitor
     from mafalda.monitor.web import MonitorWeb
 
-    def record() -> Any:
+    def record() -> ServerRecord:
         if node is not None:
             return node.record()
         return server_record(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from mafalda.monitor.view import ClusterView
 
@@ -70,10 +71,7 @@ class MonitorWeb:
         except BaseException:
             await self.aclose()
             raise
-        if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = int(self._runner.addresses[0][1])  # the one bound (port 0: any)
 
     async def _read(self) -> None:
         async for view in self.monitor.views():
@@ -89,7 +87,11 @@ class MonitorWeb:
         return web.Response(text=PAGE.read_text(), content_type="text/html")
 
     async def _view(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.monitor.view())  # now, not the last pushed
+        try:
+            view = await self.monitor.view()  # now, not the last pushed
+        except (RedisError, OSError) as error:
+            return web.Response(status=503, text=f"cannot read the cluster's Redis: {error}")
+        return web.json_response(view)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

@@ -30,6 +30,31 @@ def test_on_once_off_and_counts() -> None:
     assert e.event_names() == []
 
 
+def test_off_removes_a_bound_method_given_again() -> None:
+    """obj.handler is a new object at each access: off() finds the one on() got by
+    equality (it silently kept it before), one registration at a time."""
+
+    class Handler:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def handle(self, x: int) -> None:
+            self.seen.append(x)
+
+    e = EventEmitter()
+    first, second = Handler(), Handler()
+    e.on("x", first.handle)
+    e.on("x", first.handle)
+    e.on("x", second.handle)
+    e.off("x", first.handle)
+    e.emit("x", 1)
+    assert (first.seen, second.seen) == ([1], [1])
+    e.off("x", first.handle)
+    e.emit("x", 2)
+    assert (first.seen, second.seen) == ([1], [1, 2])  # the other instance's stays
+    assert e.listener_count("x") == 1
+
+
 def test_decorator_forms_and_remove_all() -> None:
     e = EventEmitter()
     seen: list[str] = []

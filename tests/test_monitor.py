@@ -388,8 +388,13 @@ async def test_probe_follows_only_from_start_and_add_worker_catches_up() -> None
             probe.stop()
             probe.stop()
             third = await _worker()
-            third.close()
-            assert third.pid not in [w["pid"] for w in probe.snapshot()["workers"]]
+            try:
+                assert third.pid not in [w["pid"] for w in probe.snapshot()["workers"]]
+            finally:
+                # Waited for: a worker left exiting would be the next test's (its pipes
+                # unclosed at the loop's end: EBUSY on uvloop; its pid seen live).
+                third.close()
+                await third.wait_closed()
         finally:
             later.close()
             await later.wait_closed()

@@ -78,7 +78,9 @@ class EventEmitter:
         entries = self._listeners.get(event)
         if entries:
             for i, (fn, _) in enumerate(entries):
-                if fn is listener:
+                # ==, not is: a bound method (obj.handler) is a new object at every
+                # access, equal to the one given to on().
+                if fn == listener:
                     del entries[i]
                     break
             if not entries:

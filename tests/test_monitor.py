@@ -659,12 +659,14 @@ async def test_monitor_command_and_page(redis_server: RedisProcess, probe: Probe
             command = [sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url]
             once = await asyncio.create_subprocess_exec(*command, "--once", stdout=subprocess.PIPE)
             text, _ = await once.communicate()
+            await reap(once)  # its pipes closed before the loop ends (EBUSY on uvloop)
             assert once.returncode == 0
             assert f"  worker {worker.pid}  cpu" in text.decode()
             as_json = await asyncio.create_subprocess_exec(
                 *command, "--once", "--json", stdout=subprocess.PIPE
             )
             out, _ = await as_json.communicate()
+            await reap(as_json)
             assert json.loads(out)["servers"][0]["workers"][0]["pid"] == worker.pid
 
             async with (
@@ -846,6 +848,7 @@ async def test_serve_leaves_the_cluster_when_its_monitor_page_cannot_start(
         )
         async with asyncio.timeout(30):
             _, err = await proc.communicate()
+            await reap(proc)
     assert proc.returncode == 1
     assert b"address already in use" in err
     db: aioredis.Redis = aioredis.from_url(redis_server.url)

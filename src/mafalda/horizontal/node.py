@@ -132,9 +132,6 @@ class MediaNode:
 
     # -- the record ----------------------------------------------------------------------
 
-    def _live_objects(self) -> list[Any]:
-        return live_objects(self.server)
-
     def record(self) -> ServerRecord:
         return server_record(
             self.server,
@@ -171,7 +168,7 @@ class MediaNode:
             await self._publish("update")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._live_objects():
+        while live_objects(self.server):
             if loop.time() >= deadline or (abort is not None and abort.is_set()):
                 return False
             await asyncio.sleep(0.1)

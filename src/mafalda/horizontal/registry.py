@@ -27,6 +27,7 @@ __all__ = [
     "encode_membership",
     "encode_record",
     "is_server_id",
+    "json_object",
     "membership_channel",
     "server_id_from_key",
     "server_key",
@@ -104,14 +105,21 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
-def decode_record(raw: str | bytes) -> ServerRecord:
-    """Parse and check a record read from Redis (ValueError when it is not one)."""
+def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    """The JSON object in ``raw`` read from Redis (anyone who can write there can write
+    it): ValueError starting with ``what`` when it is not one."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
-        raise ValueError(f"server record: not JSON ({error})") from None
+        raise ValueError(f"{what}: not JSON ({error})") from None
     if not isinstance(data, dict):
-        raise ValueError("server record: not an object")
+        raise ValueError(f"{what}: not an object")
+    return data
+
+
+def decode_record(raw: str | bytes) -> ServerRecord:
+    """Parse and check a record read from Redis (ValueError when it is not one)."""
+    data = json_object(raw, "server record")
     region = data.get("region")
     if region is not None and not isinstance(region, str):
         raise ValueError("server record: invalid 'region'")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from mafalda import mediasoup
 from mafalda.mediasoup import PipeTransport, Router, Transport, Worker
 from mafalda.monitor.stats import (
+    COUNT_FIELDS,
     ClientStats,
     PipeEnd,
     RouterStats,
@@ -33,8 +34,6 @@ from mafalda.monitor.stats import (
 from mafalda.vertical import Mafalda
 
 __all__ = ["Probe", "pool_loads"]
-
-_COUNTS = ("producers", "consumers", "dataProducers", "dataConsumers")
 
 
 def _transport_counts(transport: Transport) -> dict[str, int]:
@@ -174,7 +173,7 @@ class Probe:
             counts = _transport_counts(transport)
             entry["transports"] += 1
             worker_entry["transports"] += 1
-            for name in _COUNTS:
+            for name in COUNT_FIELDS:
                 entry[name] += counts[name]  # type: ignore[literal-required]
                 worker_entry[name] += counts[name]  # type: ignore[literal-required]
             if isinstance(transport, PipeTransport):

@@ -15,8 +15,10 @@ import json
 from typing import Any, TypedDict
 
 from mafalda.horizontal import registry
+from mafalda.remote.server import ClientInfo
 
 __all__ = [
+    "COUNT_FIELDS",
     "ClientStats",
     "Counts",
     "PipeEnd",
@@ -66,12 +68,8 @@ class PipeEnd(Counts):
     remotePort: int | None
 
 
-class ClientStats(TypedDict):
-    """A client of the server (a mafalda.remote session), as ``RemoteServer.clients()``."""
-
-    address: str | None  # its IP address (None: disconnected, within its grace period)
-    connected: bool
-    objects: int
+#: A client of the server (a mafalda.remote session), as ``RemoteServer.clients()``.
+ClientStats = ClientInfo
 
 
 class ServerStats(TypedDict):
@@ -98,7 +96,8 @@ def encode_stats(stats: ServerStats) -> str:
     return json.dumps(stats, separators=(",", ":"))
 
 
-_COUNTS = ("producers", "consumers", "dataProducers", "dataConsumers")
+#: The fields of ``Counts``, in order.
+COUNT_FIELDS = ("producers", "consumers", "dataProducers", "dataConsumers")
 
 
 def _int(data: dict[str, Any], name: str, where: str, *, low: int = 0) -> int:
@@ -123,7 +122,7 @@ def _list(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def _counts(data: dict[str, Any], where: str) -> dict[str, int]:
-    return {name: _int(data, name, where) for name in _COUNTS}
+    return {name: _int(data, name, where) for name in COUNT_FIELDS}
 
 
 def _worker(data: dict[str, Any]) -> WorkerStats:
@@ -209,12 +208,7 @@ def _client(data: dict[str, Any]) -> ClientStats:
 
 def decode_stats(raw: str | bytes) -> ServerStats:
     """Parse and check a report read from Redis (ValueError naming what is wrong)."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
-        raise ValueError(f"server stats: not JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError("server stats: not an object")
+    data = registry.json_object(raw, "server stats")
     server_id = data.get("id")
     if not registry.is_server_id(server_id):
         raise ValueError("server stats: invalid 'id'")

@@ -197,3 +197,19 @@ async def test_wait_for_cancelled_as_its_event_comes_is_just_cancelled(
     assert seen == [1]
     assert e.listener_count("x") == 1
     assert not caplog.records
+
+
+async def test_wait_for_listens_from_the_call_not_from_the_first_await() -> None:
+    # An event emitted before the caller yields (as a killed worker's exit, which the
+    # loop can read before a task made by ensure_future() first runs) is not missed.
+    e = EventEmitter()
+    waiter = asyncio.ensure_future(e.wait_for("x"))
+    assert e.emit("x", 7)
+    assert await asyncio.wait_for(waiter, 1) == (7,)
+    assert e.listener_count("x") == 0
+    # A waiter dropped before its event leaves no listener behind.
+    dropped = e.wait_for("y")
+    dropped.cancel()
+    await asyncio.sleep(0)
+    assert e.listener_count("y") == 0
+    assert not e.emit("y")

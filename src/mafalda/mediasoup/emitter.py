@@ -154,8 +154,14 @@ class EventEmitter:
 
         task.add_done_callback(done)
 
-    async def wait_for(self, event: str) -> tuple[Any, ...]:
-        """Wait for the next ``event`` and return its arguments."""
+    def wait_for(self, event: str) -> asyncio.Future[tuple[Any, ...]]:
+        """A future of the next ``event``'s arguments.
+
+        The listener is added at the call, as Node's ``events.once()`` does, not when the
+        future is first awaited: an event that comes before that (a process killed right
+        after, whose exit the loop reads first) is not missed. Cancelling the future
+        removes the listener.
+        """
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
 
         def listener(*args: Any) -> None:
@@ -163,10 +169,8 @@ class EventEmitter:
                 future.set_result(args)
 
         self.once(event, listener)
-        try:
-            return await future
-        finally:
-            self.off(event, listener)
+        future.add_done_callback(lambda _: self.off(event, listener))
+        return future
 
 
 class EventSource:

@@ -17,4 +17,4 @@ MAFALDA_TEST_LOOP=uvloop PYTHONASYNCIODEBUG=1 .venv/bin/python -m pytest -q -p n
 	tests/test_pipe_transport.py tests/test_producer.py tests/test_consumer.py \
 	tests/test_data_producer.py tests/test_data_consumer.py tests/test_active_speaker_observer.py \
 	tests/test_audio_level_observer.py tests/test_mafalda.py tests/test_remote.py tests/test_cli.py \
-	tests/test_monitor.py
+	tests/test_monitor.py tests/test_swarm.py

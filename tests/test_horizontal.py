@@ -45,12 +45,13 @@ from tests.processes import (
     serve_command,
     spawn_serve,
 )
+from tests.rtp_flow import MEDIA_CODECS, OPUS_PT, OPUS_RTP
+from tests.rtp_flow import Counter as _Counter
+from tests.rtp_flow import Sender as _Sender
+from tests.rtp_flow import received as _received
+from tests.rtp_flow import sink as _sink
 
 HEARTBEAT = 0.3  # TTL 0.9 s
-OPUS_PT = 100
-MEDIA_CODECS: list[Any] = [
-    {"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}
-]
 
 pytestmark = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed")
 
@@ -420,7 +421,7 @@ async def test_cluster_closes_when_its_loops_swallow_a_cancellation(
     return, as they would then."""
     cluster = await horizontal.connect(redis_server.url, token=TOKEN, interval=0.05)
     tasks = list(cluster._tasks)  # not started yet: they call what is patched below
-    inside = {"_poll": asyncio.Event(), "_listen": asyncio.Event()}
+    inside = {"_poll": asyncio.Event(), "watch": asyncio.Event()}
     swallowed: set[str] = set()
 
     def loop_name() -> str:
@@ -445,8 +446,8 @@ async def test_cluster_closes_when_its_loops_swallow_a_cancellation(
     real_get_message = aioredis.client.PubSub.get_message
 
     async def get_message(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if loop_name() == "_listen" and "_listen" not in swallowed:
-            await hold("_listen")
+        if loop_name() == "watch" and "watch" not in swallowed:
+            await hold("watch")
             return None
         return await real_get_message(self, *args, **kwargs)
 
@@ -456,7 +457,7 @@ async def test_cluster_closes_when_its_loops_swallow_a_cancellation(
         async with asyncio.timeout(10):
             await asyncio.gather(*(event.wait() for event in inside.values()))
             await cluster.aclose()
-        assert swallowed == {"_poll", "_listen"}
+        assert swallowed == {"_poll", "watch"}
         # They ended by themselves, not by aclose() giving up on them after 5 s.
         assert all(task.done() and not task.cancelled() for task in tasks)
     finally:
@@ -482,15 +483,6 @@ async def test_pack_takes_the_least_loaded_when_every_server_is_full(
 
 
 # -- media between servers -----------------------------------------------------------------
-
-
-class _Counter(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.rtp = 0
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if len(data) >= 12 and not 192 <= data[1] <= 223:  # RTP, not RTCP
-            self.rtp += 1
 
 
 @pytest.mark.parametrize("srtp", [None, True], ids=["default-loopback", "srtp"])
@@ -976,58 +968,6 @@ async def test_media_node_closes_when_a_cancellation_is_swallowed(
 
 
 # -- Mafalda-horizontal: a router spanning servers -----------------------------------------
-
-
-OPUS_RTP: Any = opus_rtp_parameters(5555, OPUS_PT)
-
-
-async def _sink(router: Any, server: str, local: str = "127.0.0.1") -> tuple[Any, _Counter, Any]:
-    """A plain transport on ``server`` (all interfaces: the server's address is announced)
-    sending to a fresh UDP socket on ``local`` whose RTP packets are counted."""
-    loop = asyncio.get_running_loop()
-    sock, counter = await loop.create_datagram_endpoint(_Counter, local_addr=(local, 0))
-    transport = await router.create_plain_transport(
-        server=server, listen_info={"protocol": "udp", "ip": "0.0.0.0"}, comedia=False
-    )
-    await transport.connect(ip=local, port=sock.get_extra_info("sockname")[1])
-    return transport, counter, sock
-
-
-class _Sender:
-    """Sends opus-like RTP into a comedia PlainTransport until stopped."""
-
-    def __init__(self, transport: Any) -> None:
-        self.address = (transport.tuple["localAddress"], transport.tuple["localPort"])
-        self.task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        sock, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, remote_addr=self.address
-        )
-        try:
-            seq = 0
-            while True:
-                sock.sendto(struct.pack("!BBHII", 0x80, OPUS_PT, seq, seq * 960, 5555) + bytes(80))
-                seq = (seq + 1) & 0xFFFF
-                await asyncio.sleep(0.005)
-        finally:
-            sock.close()
-
-    def __enter__(self) -> _Sender:
-        self.task = asyncio.ensure_future(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-
-
-async def _received(counter: _Counter, more: int = 20, timeout: float = 10.0) -> None:
-    target = counter.rtp + more
-    async with asyncio.timeout(timeout):
-        while counter.rtp < target:
-            await asyncio.sleep(0.02)
 
 
 async def test_cluster_router_validates_before_anything(cluster: Cluster) -> None:

@@ -5,7 +5,7 @@
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
                   [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N] [--max-workers N]
                   [--max-sessions N] [--max-connections N] [--rtc-port-range MIN-MAX]
-                  [--cluster REDIS_URL ...]
+                  [--cluster REDIS_URL ... | --swarm [SEED_URL ...] ...]
     mafalda monitor REDIS_URL [--interval 2] [--once] [--json] [--web --port 8090]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mafalda.monitor import Probe
     from mafalda.monitor.web import MonitorWeb
     from mafalda.remote import RemoteServer
+    from mafalda.swarm import SwarmNode
 
 __all__ = ["main"]
 
@@ -250,10 +251,23 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
     cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
+    cluster.add_argument(
+        "--swarm",
+        nargs="*",
+        default=None,
+        metavar="SEED_URL",
+        help="join a swarm (mafalda.swarm) through these servers' URLs, or start one "
+        "(no URL); no Redis: the servers gossip on this port",
+    )
     cluster.add_argument("--region", default=None, help="this server's region")
     cluster.add_argument("--announce-ip", default=None, help="media address (default --host)")
     cluster.add_argument("--server-id", default=None, help="registry id (default a UUID)")
-    cluster.add_argument("--heartbeat", type=float, default=2.0, help="seconds (TTL: 3x)")
+    cluster.add_argument(
+        "--heartbeat",
+        type=float,
+        default=2.0,
+        help="seconds (--cluster: the record's TTL is 3x; --swarm: a server silent 5x is dropped)",
+    )
     cluster.add_argument(
         "--drain-timeout", type=float, default=30.0, help="SIGTERM: seconds to wait for objects"
     )
@@ -281,6 +295,9 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
     if not args.token:
         print("mafalda: a token is required (--token or MAFALDA_REMOTE_TOKEN)", file=sys.stderr)
+        return 2
+    if args.cluster and args.swarm is not None:
+        print("mafalda: --cluster and --swarm are two ways to join: pick one", file=sys.stderr)
         return 2
     context = None
     if args.tls_cert:
@@ -318,7 +335,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
         # The stack closes what started if a later step fails (a monitor port in use...):
         # a node left registered would be placed on until its record expired.
         async with server, contextlib.AsyncExitStack() as started:
-            node = None
+            node: MediaNode | SwarmNode | None = None
             if args.cluster:
                 from mafalda.horizontal import MediaNode
 
@@ -330,6 +347,19 @@ async def _run_serve(args: argparse.Namespace) -> int:
                     region=args.region,
                     interval=args.heartbeat,
                 )
+            elif args.swarm is not None:
+                from mafalda.swarm import SwarmNode
+
+                node = SwarmNode(
+                    server,
+                    token=args.token,
+                    seeds=args.swarm,
+                    server_id=args.server_id,
+                    media_address=args.announce_ip,
+                    region=args.region,
+                    interval=args.heartbeat,
+                )
+            if node is not None:
                 await node.start()
                 started.push_async_callback(node.aclose)
             if probe is not None:
@@ -338,7 +368,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
                     from mafalda.monitor.probe import pool_loads
 
                     probe.loads = pool_loads(pool)
-            if node is not None and probe is not None:
+            if args.cluster and node is not None and probe is not None:
                 from mafalda.monitor import Reporter
 
                 reporter = Reporter(
@@ -365,7 +395,10 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
 
 async def _start_monitor_page(
-    args: argparse.Namespace, server: RemoteServer, probe: Probe, node: MediaNode | None
+    args: argparse.Namespace,
+    server: RemoteServer,
+    probe: Probe,
+    node: MediaNode | SwarmNode | None,
 ) -> MonitorWeb:
     """This server's own monitor page (no Redis): its record as it would publish it."""
     from mafalda.horizontal.node import server_record

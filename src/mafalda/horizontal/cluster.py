@@ -17,7 +17,6 @@ closes and mafalda.remote closes the proxies at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import ipaddress
 import logging
@@ -30,6 +29,7 @@ from redis.exceptions import RedisError
 
 from mafalda import mediasoup
 from mafalda.horizontal import registry
+from mafalda.horizontal.membership import Membership, RedisMembership
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.horizontal.router import ClusterRouter, refused_by_server
 from mafalda.mediasoup.emitter import EventEmitter
@@ -49,7 +49,7 @@ from mafalda.remote import (
 )
 from mafalda.remote import connect as remote_connect
 
-__all__ = ["Cluster", "ClusterError", "Policy", "connect"]
+__all__ = ["Cluster", "ClusterError", "Policy", "check_options", "connect", "open_cluster"]
 
 logger = logging.getLogger("mafalda.horizontal.cluster")
 
@@ -73,12 +73,11 @@ class Cluster:
 
     def __init__(
         self,
-        redis_client: aioredis.Redis,
+        membership: Membership,
         *,
         token: str,
         policy: Policy,
         region: str | None,
-        prefix: str,
         interval: float,
         grace: float,
         ssl: ssl_module.SSLContext | None,
@@ -86,11 +85,10 @@ class Cluster:
         worker_settings: dict[str, Any] | None = None,
         worker_idle: float = 10.0,
     ) -> None:
-        self._redis = redis_client
+        self.membership = membership
         self._token = token
         self.policy: Policy = policy
         self.region = region
-        self.prefix = prefix
         self.interval = interval
         self.grace = grace
         self._ssl = ssl
@@ -372,49 +370,29 @@ class Cluster:
 
     async def refresh(self) -> None:
         """Read every server record now (the background loop does it every ``interval``)."""
-        found: dict[str, ServerRecord] = {}
         started = asyncio.get_running_loop().time()
-        pattern = registry.server_pattern(self.prefix)
-        keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
-        values = await self._redis.mget(keys) if keys else []
-        for key, raw in zip(keys, values, strict=True):
-            server_id = registry.server_id_from_key(key, self.prefix)
-            if server_id is None or raw is None:
-                continue
-            try:
-                record = registry.decode_record(raw)
-            except ValueError as error:
-                logger.warning("ignoring server %s: %s", server_id, error)
-                continue
-            if record["id"] == server_id:
-                found[server_id] = record
+        found, departed = await self.membership.read()
         now = asyncio.get_running_loop().time()
         for server_id, record in found.items():
             if self._left_at.get(server_id, -1.0) >= started:
                 continue  # left while this read was under way
-            self._missing_since.pop(server_id, None)
-            self._update(record)
+            self._seen(record)
         for server_id, at in list(self._left_at.items()):
             if at < started:  # every later read sees the record gone (or back for real)
                 del self._left_at[server_id]
         for server_id in list(self._records):
             if server_id in found:
                 continue
+            if server_id in departed:
+                await self._remove(server_id, "left")
+                continue
             since = self._missing_since.setdefault(server_id, now)
             if now - since >= self.grace:
                 await self._remove(server_id, "expired")
 
-    async def _fetch(self, server_id: str) -> None:
-        raw = await self._redis.get(registry.server_key(server_id, self.prefix))
-        if raw is None:
-            return
-        try:
-            record = registry.decode_record(raw)
-        except ValueError:
-            return
-        if record["id"] == server_id:
-            self._missing_since.pop(server_id, None)
-            self._update(record)
+    def _seen(self, record: ServerRecord) -> None:
+        self._missing_since.pop(record["id"], None)
+        self._update(record)
 
     def _update(self, record: ServerRecord) -> None:
         joined = record["id"] not in self._records
@@ -438,8 +416,8 @@ class Cluster:
             logger.info("server %s left (%s)", server_id, reason)
             self.observer.emit("serverleave", copy.deepcopy(record), reason)
 
-    # Both loops also stop on ``_closed``: redis-py may turn a cancellation into a
-    # TimeoutError (an OSError), which they would otherwise survive.
+    # The loop also stops on ``_closed``: redis-py may turn a cancellation into a
+    # TimeoutError (an OSError), which it would otherwise survive.
 
     async def _poll(self) -> None:
         while not self._closed:
@@ -451,37 +429,15 @@ class Cluster:
             except Exception:  # keep watching whatever happened
                 logger.exception("reading the registry failed")
 
-    async def _listen(self) -> None:
-        channel = registry.membership_channel(self.prefix)
-        while not self._closed:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                await self.refresh()  # what happened while not subscribed
-                while not self._closed:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    parsed = registry.decode_membership(message["data"])
-                    if parsed is None:
-                        continue
-                    if parsed["event"] == "leave":
-                        await self._remove(parsed["id"], "left")
-                    else:
-                        await self._fetch(parsed["id"])
-            except (RedisError, OSError) as error:
-                logger.warning("membership channel lost: %s", error)
-                await asyncio.sleep(self.interval)
-            except Exception:  # keep listening whatever happened
-                logger.exception("membership channel failed")
-                await asyncio.sleep(self.interval)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        for coro in (self._poll(), self._listen()):
+        watch = self.membership.watch(
+            running=lambda: not self._closed,
+            refresh=self.refresh,
+            seen=self._seen,
+            left=lambda server_id: self._remove(server_id, "left"),
+        )
+        for coro in (self._poll(), watch):
             task = loop.create_task(coro)
             self._tasks.add(task)
 
@@ -588,7 +544,7 @@ class Cluster:
         clients = list(self._clients.values())
         self._clients.clear()
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
-        await self._redis.aclose()
+        await self.membership.aclose()
         self.observer.emit("close")
 
     async def __aenter__(self) -> Cluster:
@@ -596,6 +552,20 @@ class Cluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def check_options(
+    *, policy: str, region: str | None, interval: float, grace: float, worker_idle: float
+) -> None:
+    """ValueError naming the first bad option of a cluster client."""
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown placement policy {policy!r}")
+    if policy == "region" and not region:
+        raise ValueError("policy 'region' needs region=")
+    if interval <= 0 or grace < 0:
+        raise ValueError("interval must be > 0 and grace >= 0")
+    if worker_idle < 0:
+        raise ValueError("worker_idle must be >= 0")
 
 
 async def connect(
@@ -625,25 +595,20 @@ async def connect(
     after its last child router closed (0: closed at once; at once anyway on a
     draining server).
     """
-    if policy not in _POLICIES:
-        raise ValueError(f"unknown placement policy {policy!r}")
-    if policy == "region" and not region:
-        raise ValueError("policy 'region' needs region=")
-    if interval <= 0 or grace < 0:
-        raise ValueError("interval must be > 0 and grace >= 0")
-    if worker_idle < 0:
-        raise ValueError("worker_idle must be >= 0")
+    check_options(
+        policy=policy, region=region, interval=interval, grace=grace, worker_idle=worker_idle
+    )
     client: aioredis.Redis = aioredis.from_url(
         redis_url,
         socket_timeout=max(interval, 1.0) * 2,
         socket_connect_timeout=max(interval, 1.0) * 2,
     )
-    cluster = Cluster(
-        client,
+    membership = RedisMembership(client, prefix=prefix, interval=interval)
+    return await open_cluster(
+        membership,
         token=token,
         policy=policy,
         region=region,
-        prefix=prefix,
         interval=interval,
         grace=grace,
         ssl=ssl,
@@ -651,10 +616,16 @@ async def connect(
         worker_settings=worker_settings,
         worker_idle=worker_idle,
     )
+
+
+async def open_cluster(membership: Membership, **options: Any) -> Cluster:
+    """A Cluster over ``membership`` that has read it once, watching it from now on
+    (``membership`` closed if that first read fails)."""
+    cluster = Cluster(membership, **options)
     try:
         await cluster.refresh()
     except BaseException:
-        await client.aclose()
+        await membership.aclose()
         raise
     cluster._start()
     return cluster

@@ -30,7 +30,7 @@ from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
 
-__all__ = ["MediaNode", "live_objects", "server_record"]
+__all__ = ["MediaNode", "control_url", "live_objects", "server_record", "wait_drained"]
 
 logger = logging.getLogger("mafalda.horizontal.node")
 
@@ -80,6 +80,32 @@ def server_record(
     }
 
 
+def control_url(
+    server: RemoteServer, control_host: str | None, media_address: str | None
+) -> tuple[str, str]:
+    """The URL clients reach ``server`` at, and its media address: ``control_host`` or
+    the server's host (when that is every interface: the media address)."""
+    host = control_host or server.host
+    if host in ("0.0.0.0", "::") and media_address:
+        host = media_address
+    url = f"{server.scheme}://{f'[{host}]' if ':' in host else host}:{server.port}/"
+    return url, media_address or host
+
+
+async def wait_drained(
+    server: RemoteServer, timeout: float, abort: asyncio.Event | None = None
+) -> bool:
+    """Wait until every object served by ``server`` closed (True), or ``timeout``
+    seconds or ``abort`` (False)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while live_objects(server):
+        if loop.time() >= deadline or (abort is not None and abort.is_set()):
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 class MediaNode:
     """Registers ``server`` in the cluster and keeps its record fresh."""
 
@@ -100,13 +126,7 @@ class MediaNode:
         self.server = server
         self.id = server_id or str(uuid.uuid4())
         registry.server_key(self.id, prefix)  # validates the id
-        host = control_host or server.host
-        if host in ("0.0.0.0", "::") and media_address:
-            host = media_address
-        self.control_url = (
-            f"{server.scheme}://{f'[{host}]' if ':' in host else host}:{server.port}/"
-        )
-        self.media_address = media_address or host
+        self.control_url, self.media_address = control_url(server, control_host, media_address)
         self.region = region
         self.prefix = prefix
         self.interval = interval
@@ -166,13 +186,7 @@ class MediaNode:
         with contextlib.suppress(RedisError, OSError):
             await self._beat()
             await self._publish("update")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while live_objects(self.server):
-            if loop.time() >= deadline or (abort is not None and abort.is_set()):
-                return False
-            await asyncio.sleep(0.1)
-        return True
+        return await wait_drained(self.server, timeout, abort)
 
     async def aclose(self) -> None:
         """Stop heart-beating and deregister (best effort: the TTL covers a failure)."""

@@ -22,6 +22,7 @@ __all__ = [
     "MembershipEvent",
     "MembershipMessage",
     "ServerRecord",
+    "check_record",
     "decode_membership",
     "decode_record",
     "encode_membership",
@@ -119,7 +120,11 @@ def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
 
 def decode_record(raw: str | bytes) -> ServerRecord:
     """Parse and check a record read from Redis (ValueError when it is not one)."""
-    data = json_object(raw, "server record")
+    return check_record(json_object(raw, "server record"))
+
+
+def check_record(data: dict[str, Any]) -> ServerRecord:
+    """The record in a decoded JSON object (ValueError naming the first bad field)."""
     region = data.get("region")
     if region is not None and not isinstance(region, str):
         raise ValueError("server record: invalid 'region'")

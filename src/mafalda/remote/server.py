@@ -22,7 +22,7 @@ import ssl as ssl_module
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypedDict
 
@@ -259,6 +259,7 @@ class _MediasoupSessionRoot:
             root.starting -= 1
         session.workers.add(worker)
         root.workers.add(worker)
+        server.observer.emit("newworker", worker)
         return worker
 
     def get_supported_rtp_capabilities(self) -> Any:
@@ -734,6 +735,14 @@ class RemoteServer:
         self.sessions: dict[str, Session] = {}
         self._connections: set[_Connection] = set()
         self._runner: web.AppRunner | None = None
+        self._routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
+        #: 'newworker' (worker): a worker started for a client of this server (not the
+        #: process's other workers, as mediasoup.observer's).
+        self.observer = EventEmitter()
+        #: Called with the transport and the producer id before a client's ``consume()``
+        #: runs; an awaitable it returns is waited for first (a swarm pipes in a producer
+        #: that lives on another server: ``mafalda.swarm.streams``).
+        self.before_consume: Callable[[Any, str], Awaitable[None] | None] | None = None
         self._closed = asyncio.Event()
         self.host = ""
         self.port = 0
@@ -764,9 +773,36 @@ class RemoteServer:
             for session in list(self.sessions.values())
         ]
 
+    def add_route(
+        self, name: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> None:
+        """Serve ``handler`` at ``/{name}`` (any method; the body at most
+        ``max_message_size``) to requests that carry the token (``Authorization: Bearer
+        TOKEN``); others get 401. How a swarm's servers gossip on their own port."""
+        if not name.isascii() or not name.isalnum():
+            raise ValueError(f"invalid route name {name!r}")
+        if name in self._routes:
+            raise ValueError(f"route /{name} already served")
+        self._routes[name] = handler
+
+    def remove_route(self, name: str) -> None:
+        self._routes.pop(name, None)
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(
+            given[7:].encode("utf-8", "replace"), self._token
+        ):
+            return web.Response(status=401, text="a token is required")
+        handler = self._routes.get(request.match_info["name"])
+        if handler is None:
+            return web.Response(status=404, text="no such route")
+        return await handler(request)
+
     async def start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_message_size)
         app.router.add_get("/", self._handle)
+        app.router.add_route("*", "/{name}", self._route)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl)
@@ -1077,6 +1113,12 @@ class RemoteServer:
                 raise InvalidStateError(f"media server draining: {call.method}() refused")
             if call.method in LISTENING_METHODS:
                 check_listen_ports(kwargs, self.rtc_port_range)
+            hook = self.before_consume
+            if hook is not None and call.method == "consume":
+                producer_id = kwargs.get("producer_id")
+                waiting = hook(obj, producer_id) if isinstance(producer_id, str) else None
+                if waiting is not None:
+                    await waiting
             result = getattr(obj, call.method)(*args, **kwargs)
         except Exception as error:
             self._fail(session, request_id, call, error)

@@ -1,0 +1,431 @@
+"""Streams across a swarm's entry points: a producer published through one server can be
+consumed through any other, by any app, with mediasoup's plain API.
+
+An app connected to server Y calls ``transport.consume(producer_id=P)`` for a producer
+P that another app created on server X.
+Y's router does not have P, so before the call runs Y asks its peers who has P, and
+pipes it in: a PipeTransport on each side (on each server's media address, SRTP unless
+both are loopback, RTX on), X consuming P into its end and Y producing it, with P's id,
+into the consuming router. The call then runs as if P had been there all along, and
+every later consumer of P on that router shares the pipe.
+
+What happens to P reaches Y's copy: a pause, a resume, its close (Y's consumers get
+``producerpause``, ``producerresume``, ``producerclose``); a router closed on either side
+closes the pipe; a server that leaves or goes silent closes every pipe to and from it.
+
+Servers talk on their own port, on the token-protected route ``/streams``, in JSON:
+``find`` (do you have P?), ``open`` (pipe P to this end), and the notices ``close``,
+``pause``, ``resume`` of a pipe, sent in order per peer.
+
+Only servers that serve mediasoup (not a Mafalda pool) take part, and only
+``consume()`` looks across the swarm (not RTP observers, not data producers). The
+remote client answers ``router.can_consume()`` itself, from the producers it knows (as
+mediasoup answers it from the router's): False for another app's producer; consume()
+and its error are the way to ask. A pipe stays until P, or either router, closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from mafalda import mediasoup
+from mafalda.horizontal.cluster import Cluster
+from mafalda.horizontal.registry import ServerRecord, json_object
+from mafalda.mediasoup import Consumer, Producer, Router, Transport, Worker
+from mafalda.mediasoup.pipe_transport import PipeTransport
+from mafalda.remote import RemoteServer
+from mafalda.swarm.urls import route_url
+
+__all__ = ["ROUTE", "StreamError", "SwarmStreams", "check_message"]
+
+logger = logging.getLogger("mafalda.swarm.streams")
+
+ROUTE = "streams"
+_OPS = ("find", "open", "close", "pause", "resume")
+
+
+class StreamError(mediasoup.MediasoupError):
+    """A producer found on another server could not be piped in."""
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise ValueError(f"streams: invalid {name!r}")
+    return value
+
+
+def check_message(raw: bytes) -> dict[str, Any]:
+    """A message of the streams route, checked (ValueError naming what is wrong)."""
+    data = json_object(raw, "streams")
+    op = data.get("op")
+    if op not in _OPS:
+        raise ValueError("streams: invalid 'op'")
+    if op == "find":
+        _text(data, "producerId")
+    elif op == "open":
+        _text(data, "producerId")
+        _text(data, "pipeId")
+        _text(data, "from")
+        _text(data, "ip")
+        port = data.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError("streams: invalid 'port'")
+        srtp = data.get("srtpParameters")
+        if srtp is not None and not isinstance(srtp, dict):
+            raise ValueError("streams: invalid 'srtpParameters'")
+    else:
+        _text(data, "pipeId")
+    return data
+
+
+class _Pipe:
+    """One end of a piped stream: this server's PipeTransport and what it carries."""
+
+    __slots__ = ("id", "peer", "transport", "carrier")
+
+    def __init__(self, pipe_id: str, peer: str, transport: PipeTransport, carrier: Any) -> None:
+        self.id = pipe_id
+        self.peer = peer  # the other server's id
+        self.transport = transport
+        self.carrier = carrier  # the pipe consumer (out) or the pipe producer (in)
+
+
+class SwarmStreams:
+    """Makes ``server``'s consume() calls find producers on the swarm's other servers.
+
+    ``members`` gives the swarm's live records (a SwarmNode's ``members``); call
+    ``start()`` before clients start workers (it follows the server's workers from
+    their start), and ``peers_gone()`` with the servers that left or went silent.
+    """
+
+    def __init__(
+        self,
+        server: RemoteServer,
+        *,
+        server_id: str,
+        token: str,
+        members: Callable[[], dict[str, ServerRecord]],
+        timeout: float = 10.0,
+    ) -> None:
+        if server.serves != "mediasoup":
+            raise ValueError("swarm streams need a server that serves mediasoup")
+        self.server = server
+        self.id = server_id
+        self._token = token
+        self._members = members
+        self._timeout = timeout
+        #: Every producer of this process by (router id, producer id), and the origins
+        #: (not copies made by pipes) by producer id.
+        self._here: weakref.WeakValueDictionary[tuple[str, str], Producer] = (
+            weakref.WeakValueDictionary()
+        )
+        self._originals: weakref.WeakValueDictionary[str, Producer] = weakref.WeakValueDictionary()
+        self._router_of: weakref.WeakKeyDictionary[Any, Router] = weakref.WeakKeyDictionary()
+        #: Pipes out (this server has the producer) and in (this server has a copy),
+        #: by pipe id; copies being made, by (router id, producer id). (A copy from
+        #: another router of this server is mediasoup's pipe_to_router().)
+        self._out: dict[str, _Pipe] = {}
+        self._in: dict[str, _Pipe] = {}
+        self._bringing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._started = False
+
+    # -- following this process's producers ---------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.server.observer.on("newworker", self._follow_worker)
+        self.server.add_route(ROUTE, self._handle)
+        self.server.before_consume = self._before_consume
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers={"Authorization": f"Bearer {self._token}"},
+        )
+
+    def _follow_worker(self, worker: Worker) -> None:
+        worker.observer.on("newrouter", self._follow_router)
+
+    def _follow_router(self, router: Router) -> None:
+        def new_transport(transport: Transport) -> None:
+            self._router_of[transport] = router
+            # What a pipe produces is a copy of a producer, not a stream's origin.
+            origin = not isinstance(transport, PipeTransport)
+
+            def new_producer(producer: Producer) -> None:
+                self._here[(router.id, producer.id)] = producer
+                if origin:
+                    self._originals[producer.id] = producer
+                    self._router_of[producer] = router
+
+            transport.observer.on("newproducer", new_producer)
+
+        router.observer.on("newtransport", new_transport)
+
+    def _original(self, producer_id: str) -> tuple[Producer, Router] | None:
+        """A live producer of this server's clients (not a copy piped in), and its router."""
+        producer = self._originals.get(producer_id)
+        if producer is None or producer.closed:
+            return None
+        router = self._router_of.get(producer)
+        return None if router is None or router.closed else (producer, router)
+
+    # -- the hook: before a consume() / can_consume() -----------------------------------
+
+    def _before_consume(self, transport: Any, producer_id: str) -> Awaitable[None] | None:
+        router = self._router_of.get(transport)
+        if router is None or router.closed:
+            return None
+        key = (router.id, producer_id)
+        present = self._here.get(key)
+        if present is not None and not present.closed:
+            return None  # here already (its origin or a copy): mediasoup's call as it is
+        pending = self._bringing.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._bring(router, producer_id))
+            self._bringing[key] = pending
+            pending.add_done_callback(lambda _: self._bringing.pop(key, None))
+        return asyncio.shield(pending)
+
+    async def _bring(self, router: Router, producer_id: str) -> None:
+        found = self._original(producer_id)
+        if found is not None:  # another app's router on this server
+            await found[1].pipe_to_router(producer_id=producer_id, router=router)
+            return
+        owner = await self._find(producer_id)
+        if owner is not None:  # else nowhere: mediasoup's own "not found" answers the call
+            await self._open(router, producer_id, owner)
+
+    async def _find(self, producer_id: str) -> ServerRecord | None:
+        """The peer that has the producer (asked all at once; the first yes wins)."""
+
+        async def ask(record: ServerRecord) -> ServerRecord | None:
+            try:
+                answer = await self._post(record, {"op": "find", "producerId": producer_id})
+            except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
+                return None
+            return record if answer.get("found") is True else None
+
+        asks = [asyncio.ensure_future(ask(r)) for i, r in self._members().items() if i != self.id]
+        try:
+            for next_answer in asyncio.as_completed(asks):
+                owner = await next_answer
+                if owner is not None:
+                    return owner
+            return None
+        finally:
+            for task in asks:
+                task.cancel()
+
+    async def _open(self, router: Router, producer_id: str, owner: ServerRecord) -> None:
+        me = self._members().get(self.id)
+        address = me["mediaAddress"] if me is not None else self.server.host
+        srtp = Cluster.srtp_between(address, owner["mediaAddress"])
+        transport = await router.create_pipe_transport(
+            listen_info={"protocol": "udp", "ip": address}, enable_rtx=True, enable_srtp=srtp
+        )
+        pipe_id = str(uuid.uuid4())
+        try:
+            answer = await self._post(
+                owner,
+                {
+                    "op": "open",
+                    "producerId": producer_id,
+                    "pipeId": pipe_id,
+                    "from": self.id,
+                    "ip": transport.tuple["localAddress"],
+                    "port": transport.tuple["localPort"],
+                    "srtpParameters": transport.srtp_parameters,
+                },
+            )
+            if "error" in answer:
+                raise StreamError(f"server {owner['id']}: {answer['error']}")
+            await transport.connect(
+                ip=answer["ip"], port=answer["port"], srtp_parameters=answer["srtpParameters"]
+            )
+            copy = await transport.produce(
+                id=producer_id,
+                kind=answer["kind"],
+                rtp_parameters=answer["rtpParameters"],
+                paused=answer["paused"],
+            )
+        except BaseException as error:
+            transport.close()
+            self._notify(owner["id"], {"op": "close", "pipeId": pipe_id})
+            wrong = (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError)
+            if isinstance(error, wrong):
+                raise StreamError(
+                    f"producer {producer_id} is on server {owner['id']}, which could not "
+                    f"pipe it here: {error!r}"
+                ) from error
+            raise
+        pipe = _Pipe(pipe_id, owner["id"], transport, copy)
+        self._in[pipe_id] = pipe
+        transport.observer.on("close", lambda: self._closed_in(pipe, notify=True))
+        logger.info("producer %s piped in from server %s", producer_id, owner["id"])
+
+    def _closed_in(self, pipe: _Pipe, *, notify: bool) -> None:
+        if self._in.pop(pipe.id, None) is None:
+            return
+        pipe.transport.close()  # the copy closes with it
+        if notify:
+            self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
+
+    # -- the route: what peers ask ------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405, text="POST")
+        try:
+            message = check_message(await request.read())
+        except ValueError as error:
+            return web.Response(status=400, text=str(error))
+        op = message["op"]
+        if op == "find":
+            return web.json_response({"found": self._original(message["producerId"]) is not None})
+        if op == "open":
+            try:
+                return web.json_response(await self._pipe_out(message))
+            except Exception as error:  # the asking server fails its call with this
+                return web.json_response({"error": str(error) or type(error).__name__})
+        pipe_id = message["pipeId"]
+        if op == "close":
+            if pipe_id in self._out:
+                self._closed_out(self._out[pipe_id], notify=False)
+            elif pipe_id in self._in:
+                self._closed_in(self._in[pipe_id], notify=False)
+        else:
+            pipe = self._in.get(pipe_id)
+            if pipe is not None:
+                with contextlib.suppress(Exception):  # closed meanwhile
+                    await (pipe.carrier.pause() if op == "pause" else pipe.carrier.resume())
+        return web.json_response({})
+
+    async def _pipe_out(self, message: dict[str, Any]) -> dict[str, Any]:
+        found = self._original(message["producerId"])
+        if found is None:
+            raise StreamError(f"no producer {message['producerId']} here")
+        producer, router = found
+        peer = message["from"]
+        me = self._members().get(self.id)
+        address = me["mediaAddress"] if me is not None else self.server.host
+        srtp = message.get("srtpParameters") is not None
+        transport = await router.create_pipe_transport(
+            listen_info={"protocol": "udp", "ip": address}, enable_rtx=True, enable_srtp=srtp
+        )
+        try:
+            await transport.connect(
+                ip=message["ip"],
+                port=message["port"],
+                srtp_parameters=message.get("srtpParameters"),
+            )
+            consumer: Consumer = await transport.consume(producer_id=producer.id)
+        except BaseException:
+            transport.close()
+            raise
+        pipe = _Pipe(message["pipeId"], peer, transport, consumer)
+        self._out[pipe.id] = pipe
+        transport.observer.on("close", lambda: self._closed_out(pipe, notify=True))
+        consumer.observer.on("close", lambda: self._closed_out(pipe, notify=True))
+        consumer.on("producerpause", lambda: self._notify(peer, {"op": "pause", "pipeId": pipe.id}))
+        consumer.on(
+            "producerresume", lambda: self._notify(peer, {"op": "resume", "pipeId": pipe.id})
+        )
+        return {
+            "ip": transport.tuple["localAddress"],
+            "port": transport.tuple["localPort"],
+            "srtpParameters": transport.srtp_parameters,
+            "kind": consumer.kind,
+            "rtpParameters": consumer.rtp_parameters,
+            "paused": consumer.producer_paused,
+        }
+
+    def _closed_out(self, pipe: _Pipe, *, notify: bool) -> None:
+        if self._out.pop(pipe.id, None) is None:
+            return
+        pipe.transport.close()
+        if notify:
+            self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
+
+    # -- talking to peers ---------------------------------------------------------------
+
+    async def _post(self, record: ServerRecord, message: dict[str, Any]) -> dict[str, Any]:
+        assert self._http is not None
+        url = route_url(record["controlUrl"], ROUTE)
+        async with self._http.post(url, data=json.dumps(message)) as response:
+            if response.status != 200:
+                raise StreamError(f"server {record['id']}: HTTP {response.status}")
+            answer = json.loads(await response.read())
+        if not isinstance(answer, dict):
+            raise StreamError(f"server {record['id']}: not an answer")
+        return answer
+
+    def _notify(self, peer: str, message: dict[str, Any]) -> None:
+        """Send a notice to ``peer``, after those sent to it before (best effort)."""
+        queue = self._queues.get(peer)
+        if queue is None:
+            queue = self._queues[peer] = asyncio.Queue()
+            self._senders[peer] = asyncio.ensure_future(self._send(peer, queue))
+        queue.put_nowait(message)
+
+    async def _send(self, peer: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            message = await queue.get()
+            record = self._members().get(peer)
+            if record is None:
+                continue  # gone: its pipes close with it
+            try:
+                await self._post(record, message)
+            except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError) as error:
+                logger.warning("telling server %s of %s failed: %r", peer, message["op"], error)
+
+    # -- peers gone, and the end ---------------------------------------------------------
+
+    def peers_gone(self, server_ids: list[str]) -> None:
+        """Close every pipe to and from servers that left the swarm."""
+        gone = set(server_ids)
+        for pipe in [p for p in self._in.values() if p.peer in gone]:
+            logger.info("server %s gone: closing its stream %s", pipe.peer, pipe.carrier.id)
+            self._closed_in(pipe, notify=False)
+        for pipe in [p for p in self._out.values() if p.peer in gone]:
+            self._closed_out(pipe, notify=False)
+        for peer in gone:
+            self._queues.pop(peer, None)
+            sender = self._senders.pop(peer, None)
+            if sender is not None:
+                sender.cancel()
+
+    async def aclose(self) -> None:
+        """Stop: the copies brought here close (their consumers get 'producerclose'),
+        and so do the pipes out (peers are told by the swarm: this server left)."""
+        if not self._started:
+            return
+        self._started = False
+        for pipe in list(self._in.values()):
+            self._closed_in(pipe, notify=False)
+        for pipe in list(self._out.values()):
+            self._closed_out(pipe, notify=False)
+        self.server.observer.off("newworker", self._follow_worker)
+        self.server.remove_route(ROUTE)
+        self.server.before_consume = None
+        for sender in self._senders.values():
+            sender.cancel()
+        if self._senders:
+            await asyncio.wait(list(self._senders.values()))
+        self._senders.clear()
+        assert self._http is not None
+        await self._http.close()

@@ -1,0 +1,31 @@
+"""Servers' URLs in a swarm: a server is known by its control URL (ws:// or wss://),
+and its HTTP routes are on the same port."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+__all__ = ["GOSSIP_ROUTE", "check_url", "route_url"]
+
+GOSSIP_ROUTE = "swarm"
+
+
+def check_url(url: object, what: str) -> str:
+    """``url`` when it is a server's ws:// or wss:// URL (ValueError naming ``what``)."""
+    if not isinstance(url, str):
+        raise TypeError(f"{what} must be a ws:// or wss:// URL string")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{what} {url!r} is not a URL") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{what} {url!r} is not a ws:// or wss:// URL")
+    return url
+
+
+def route_url(url: str, route: str = GOSSIP_ROUTE) -> str:
+    """A route (the gossip's by default) of the server at ``url`` (its control URL)."""
+    parts = urlsplit(url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}/{route}"

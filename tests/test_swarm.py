@@ -1,0 +1,1001 @@
+"""mafalda.swarm: the gossip table alone, SwarmNodes on real servers in this process, and
+real ``mafalda serve --swarm`` processes (each on its own loopback address) used as one
+cluster through any of them, with RTP between them and servers killed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mafalda import remote, swarm
+from mafalda.horizontal.cluster import Cluster, ClusterError
+from mafalda.horizontal.registry import ServerRecord
+from mafalda.remote import PROTOCOL_VERSION, RemoteServer
+from mafalda.swarm import SwarmNode, Table, gossip
+from mafalda.swarm.gossip import Entry, decode_gossip, encode_gossip
+from mafalda.swarm.streams import SwarmStreams, check_message
+from mafalda.swarm.urls import route_url
+from mafalda.vertical import Mafalda
+from tests.processes import TOKEN, reap, serve_args, spawn_serve
+from tests.rtp_flow import MEDIA_CODECS, OPUS_RTP, Sender, received, sink
+
+ROUND = 0.1  # seconds between gossip rounds in this module
+
+
+def record(server_id: str, **changes: Any) -> ServerRecord:
+    base: ServerRecord = {
+        "id": server_id,
+        "controlUrl": f"ws://{server_id}.invalid:4443/",
+        "mediaAddress": "127.0.0.1",
+        "region": None,
+        "workers": 0,
+        "load": 0.0,
+        "consumers": 0,
+        "draining": False,
+        "version": PROTOCOL_VERSION,
+        "serves": "mediasoup",
+    }
+    return {**base, **changes}  # type: ignore[typeddict-item]
+
+
+def entry(
+    server_id: str, generation: int = 1, beat: int = 1, left: bool = False, **rec: Any
+) -> Entry:
+    return {
+        "record": record(server_id, **rec),
+        "generation": generation,
+        "beat": beat,
+        "left": left,
+    }
+
+
+def table(server_id: str = "me", fail_after: float = 5.0, **options: Any) -> Table:
+    return Table(record(server_id), generation=1, fail_after=fail_after, **options)
+
+
+# -- the gossip format and the table, without I/O ------------------------------------------
+
+
+def test_gossip_round_trip() -> None:
+    entries = [entry("a"), entry("b", generation=7, beat=3, left=True, region="eu")]
+    assert decode_gossip(encode_gossip(entries)) == entries
+    assert decode_gossip(encode_gossip([])) == []
+
+
+def _message(**item: Any) -> str:
+    good: dict[str, Any] = dict(entry("a"))
+    good.update(item)
+    return json.dumps({"swarm": 1, "entries": [good]})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("not json", "gossip: not JSON"),
+        ("[1]", "gossip: not an object"),
+        ("[" * 100_000, "gossip: not JSON"),
+        ('{"swarm": 2, "entries": []}', "not swarm version 1"),
+        ('{"entries": []}', "not swarm version 1"),
+        ('{"swarm": 1, "entries": {}}', "invalid 'entries'"),
+        ('{"swarm": 1, "entries": [1]}', "gossip entry 0: not an object"),
+        (_message(record=[]), "gossip entry 0: invalid 'record'"),
+        (_message(record={**record("a"), "workers": -1}), "gossip entry 0: server record"),
+        (_message(record={**record("a"), "load": "high"}), "invalid 'load'"),
+        (_message(record=record("a:b")), "invalid server id 'a:b'"),
+        (_message(record=record("")), "invalid server id ''"),
+        (_message(left=0), "gossip entry 0: invalid 'left'"),
+        (_message(beat=-1), "gossip entry 0: invalid 'beat'"),
+        (_message(beat=True), "invalid 'beat'"),
+        (_message(beat=1.5), "invalid 'beat'"),
+        (_message(generation=1 << 64), "invalid 'generation'"),
+        (_message(generation=None), "invalid 'generation'"),
+    ],
+)
+def test_bad_gossip_is_refused_naming_what(raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decode_gossip(raw)
+
+
+def test_too_many_entries_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gossip, "MAX_ENTRIES", 2)
+    with pytest.raises(ValueError, match="more than 2 entries"):
+        decode_gossip(encode_gossip([entry("a"), entry("b"), entry("c")]))
+
+
+_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+_json = (
+    _leaf
+    | st.lists(_leaf, max_size=4)
+    | st.dictionaries(st.text(max_size=8), _leaf | st.lists(_leaf, max_size=3), max_size=4)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        _json.map(json.dumps),
+        st.fixed_dictionaries({"swarm": st.just(1), "entries": st.lists(_json, max_size=3)}).map(
+            json.dumps
+        ),
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "record": st.fixed_dictionaries(
+                        {k: _json for k in ("id", "workers", "load", "draining")}
+                    ).map(lambda r: {**record("x"), **r}),
+                    "generation": _json,
+                    "beat": _json,
+                    "left": _json,
+                }
+            ),
+            max_size=3,
+        ).map(lambda items: json.dumps({"swarm": 1, "entries": items})),
+        st.binary(max_size=64),
+    )
+)
+def test_gossip_fuzz_decodes_or_names_an_error(raw: str | bytes) -> None:
+    try:
+        entries = decode_gossip(raw)
+    except ValueError as error:
+        assert str(error).startswith("gossip")
+        return
+    # What is taken is a table's entry in every field, and a table takes it.
+    t = table()
+    t.merge(entries, 0.0)
+    for item in entries:
+        assert isinstance(item["left"], bool) and item["beat"] >= 0 and item["generation"] >= 0
+
+
+def test_merge_keeps_the_newest_version_of_each_server() -> None:
+    t = table()
+    assert t.merge([entry("a", beat=2, workers=1)], 0.0) == [("join", "a")]
+    assert t.merge([entry("a", beat=1, workers=9)], 0.0) == []  # older: ignored
+    assert t.merge([entry("a", beat=2, workers=9)], 0.0) == []  # same version: ignored
+    assert t.records()["a"]["workers"] == 1
+    assert t.merge([entry("a", beat=3, workers=2)], 0.0) == [("update", "a")]
+    assert t.merge([entry("a", beat=4, workers=2)], 0.0) == []  # a beat, nothing new
+    # A restart (a newer generation) outranks any beat of the former life.
+    assert t.merge([entry("a", generation=2, beat=0, workers=0)], 0.0) == [("update", "a")]
+    assert t.records()["a"]["workers"] == 0
+    # What a peer says of this server is ignored: it knows itself best.
+    assert t.merge([entry("me", generation=9, beat=9, left=True)], 0.0) == []
+    assert set(t.records()) == {"me", "a"}
+    assert [e["record"]["id"] for e in t.entries()] == ["me", "a"]
+    assert [p["id"] for p in t.peers()] == ["a"]
+
+
+def test_beat_and_leave_of_the_table_own_server() -> None:
+    t = table()
+    t.beat(record("me", workers=3))
+    t.beat(record("me", workers=4))
+    assert (t.own["beat"], t.own["record"]["workers"], t.own["left"]) == (2, 4, False)
+    with pytest.raises(ValueError, match="own server"):
+        t.beat(record("other"))
+    t.leave()
+    assert (t.own["beat"], t.own["left"]) == (3, True)
+    assert "me" not in t.records()
+    # Another table learns the leave as newer than what it knew.
+    other = table("other")
+    other.merge([{**t.own, "beat": 2, "left": False}], 0.0)
+    assert other.merge([t.own], 0.0) == [("leave", "me")]
+    assert other.departed() == {"me"} and "me" not in other.records()
+
+
+def test_a_tombstone_spreads_and_is_forgotten_later() -> None:
+    t = table(fail_after=1.0, forget_after=10.0)
+    t.merge([entry("a", beat=5)], 0.0)
+    # A tombstone of the same version still wins (the server left at that beat).
+    assert t.merge([entry("a", beat=5, left=True)], 1.0) == [("leave", "a")]
+    assert t.merge([entry("a", beat=5)], 1.0) == []
+    assert [e["left"] for e in t.entries() if e["record"]["id"] == "a"] == [True]
+    assert t.expire(5.0) == []  # a tombstone is no live server dropped
+    assert "a" in t.departed()
+    assert t.expire(11.0) == []
+    assert t.departed() == frozenset() and all(e["record"]["id"] != "a" for e in t.entries())
+    # Remembered a while more: a late peer's old version does not bring it back.
+    assert t.merge([entry("a", beat=5)], 12.0) == []
+    assert t.merge([entry("a", beat=6)], 12.0) == [("join", "a")]  # back for real
+
+
+def test_a_silent_server_is_dropped_and_not_brought_back_by_stale_gossip() -> None:
+    t = table(fail_after=2.0, forget_after=10.0)
+    t.merge([entry("a", beat=1), entry("b", beat=1)], 0.0)
+    t.merge([entry("b", beat=2)], 1.5)
+    assert t.expire(1.9) == []
+    assert t.expire(2.0) == ["a"]  # b was heard of at 1.5
+    assert set(t.records()) == {"me", "b"}
+    assert t.merge([entry("a", beat=1)], 3.0) == []  # what a slower peer still has
+    assert t.merge([entry("a", beat=2)], 3.0) == [("join", "a")]  # it was alive after all
+    # An unknown server's tombstone is remembered, not kept: nothing to spread.
+    assert t.merge([entry("c", beat=3, left=True)], 3.0) == []
+    assert t.merge([entry("c", beat=3)], 3.0) == []
+    assert "c" not in t.records() and "c" not in t.departed()
+    assert sorted(t.expire(30.0)) == ["a", "b"]
+    assert t.merge([entry("c", beat=3)], 41.0) == [("join", "c")]  # forgotten by then
+
+
+def test_a_table_holds_at_most_max_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gossip, "MAX_ENTRIES", 2)
+    t = table()
+    assert t.merge([entry("a"), entry("b"), entry("c")], 0.0) == [("join", "a"), ("join", "b")]
+    assert t.merge([entry("a", beat=2, workers=1)], 0.0) == [("update", "a")]  # known: taken
+
+
+def test_table_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="fail_after"):
+        table(fail_after=0)
+
+
+def test_gossip_converges_in_a_few_rounds() -> None:
+    """64 servers that each know one seed: push-pull with one random peer a round
+    spreads everyone to everyone in O(log n) rounds, and a leave as fast."""
+    rng = random.Random(7)
+    n = 64
+    tables = [table(f"s{i}") for i in range(n)]
+    for i in range(1, n):  # each knows only server s0 (or the previous one)
+        tables[i].merge([tables[rng.randrange(i)].own], 0.0)
+
+    def round_() -> None:
+        for t in tables:
+            t.beat(t.own["record"])
+        for t in tables:
+            peers = t.peers()
+            if peers:
+                peer = tables[int(rng.choice(peers)["id"][1:])]
+                t.merge(peer.entries(), 0.0)
+                peer.merge(t.entries(), 0.0)
+
+    rounds = 0
+    while not all(len(t.records()) == n for t in tables):
+        round_()
+        rounds += 1
+        assert rounds <= 20
+    tables[5].leave()
+    left_at = rounds
+    while any("s5" in t.records() for t in tables if t is not tables[5]):
+        round_()
+        rounds += 1
+        assert rounds - left_at <= 20
+
+
+# -- SwarmNodes in this process, on real servers -------------------------------------------
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
+) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            result = predicate()
+            if result if isinstance(result, bool) else await result:
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def trio() -> AsyncIterator[tuple[list[RemoteServer], list[SwarmNode]]]:
+    """s1, s2 (seed s1), s3 (seed s2): servers on 127.0.0.2-4 with their nodes."""
+    servers: list[RemoteServer] = []
+    nodes: list[SwarmNode] = []
+    try:
+        for i in range(3):
+            server = await remote.serve(host=f"127.0.0.{i + 2}", token=TOKEN)
+            servers.append(server)
+            node = SwarmNode(
+                server,
+                token=TOKEN,
+                seeds=[servers[i - 1].url] if i else [],
+                server_id=f"s{i + 1}",
+                interval=ROUND,
+            )
+            await node.start()
+            nodes.append(node)
+        yield servers, nodes
+    finally:
+        for node in nodes:
+            await node.aclose()
+        for server in servers:
+            await server.close()
+
+
+def _everyone_knows(nodes: list[SwarmNode], ids: set[str]) -> Callable[[], bool]:
+    return lambda: all(set(n.members) == ids for n in nodes)
+
+
+async def test_nodes_learn_each_other_drain_and_leave(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    servers, nodes = trio
+    # s1 never heard of s3 directly: it learns it through s2's gossip.
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    assert nodes[0].members["s3"]["controlUrl"] == servers[2].url
+    assert nodes[0].members["s3"]["version"] == PROTOCOL_VERSION
+    # A drain reaches every peer at once (no round to wait for).
+    drained = asyncio.ensure_future(nodes[2].drain(timeout=5))
+    await wait_until(lambda: all(n.members["s3"]["draining"] for n in nodes[:2]), timeout=ROUND)
+    assert await drained and servers[2].draining
+    # A polite leave too: a tombstone, pushed to every live peer.
+    await nodes[1].aclose()
+    assert all(set(n.members) == {"s1", "s3"} for n in (nodes[0], nodes[2]))
+    # s3's seed (s2) left: it keeps gossiping with s1, which it learnt from the swarm.
+    for _ in range(5):
+        await asyncio.sleep(ROUND)
+    assert set(nodes[2].members) == {"s1", "s3"} and set(nodes[0].members) == {"s1", "s3"}
+
+
+async def test_a_node_cut_off_is_dropped_after_fail_after(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    # s3's server stops answering (closed without its node leaving: as if killed).
+    await servers[2].close()
+    assert nodes[2]._task is not None
+    nodes[2]._task.cancel()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await wait_until(_everyone_knows(nodes[:2], {"s1", "s2"}))
+    assert loop.time() - start >= 5 * ROUND * 0.8  # fail_after (5 rounds), not before
+
+
+async def test_the_gossip_route_refuses_what_is_not_gossip(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    servers, nodes = trio
+    url = route_url(servers[0].url)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+            async with http.get(url, headers=headers) as response:
+                assert response.status == 401
+        async with http.post(url, data=b"{junk", headers=auth) as response:
+            assert response.status == 400 and "gossip: not JSON" in await response.text()
+        async with http.put(url, data=b"", headers=auth) as response:
+            assert response.status == 405
+        async with http.get(url.replace("/swarm", "/nope"), headers=auth) as response:
+            assert response.status == 404
+        too_big = encode_gossip([entry(f"x{i}") for i in range(5_000)])
+        assert len(too_big) > servers[0].max_message_size
+        async with http.post(url, data=io.BytesIO(too_big), headers=auth) as response:
+            assert response.status == 413
+        # A peer's entry is taken like any gossip (the token is the swarm's trust).
+        async with http.post(url, data=encode_gossip([entry("x1")]), headers=auth) as response:
+            assert response.status == 200
+            answer = decode_gossip(await response.read())
+        assert answer[0]["record"]["id"] == "s1"
+    assert "x1" in nodes[0].members
+    # The Remote Mediasoup side kept serving all along.
+    client = await remote.connect(servers[0].url, token=TOKEN)
+    try:
+        worker = await client.create_worker()
+        assert not worker.closed
+    finally:
+        await client.aclose()
+
+
+async def test_swarm_node_and_route_arguments() -> None:
+    async with await remote.serve(token=TOKEN) as server:
+        with pytest.raises(ValueError, match="token"):
+            SwarmNode(server, token="")
+        with pytest.raises(ValueError, match="interval"):
+            SwarmNode(server, token=TOKEN, interval=0)
+        with pytest.raises(ValueError, match="fail_after"):
+            SwarmNode(server, token=TOKEN, interval=1, fail_after=1)
+        with pytest.raises(TypeError, match="not one string"):
+            SwarmNode(server, token=TOKEN, seeds="ws://a:1/")
+        with pytest.raises(ValueError, match="seed 'http://a:1/' is not a ws"):
+            SwarmNode(server, token=TOKEN, seeds=["http://a:1/"])
+        with pytest.raises(ValueError, match="seed 'ws://a:x/' is not a URL"):
+            SwarmNode(server, token=TOKEN, seeds=["ws://a:x/"])
+        with pytest.raises(TypeError, match="seed must be"):
+            SwarmNode(server, token=TOKEN, seeds=[1])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="server id"):
+            SwarmNode(server, token=TOKEN, server_id="a:b")
+        with pytest.raises(ValueError, match="route name"):
+            server.add_route("a/b", _nothing)
+        async with SwarmNode(server, token=TOKEN, interval=ROUND, streams=False) as plain:
+            assert plain.streams is None and server.before_consume is None
+        node = SwarmNode(server, token=TOKEN, interval=ROUND)
+        async with node:
+            with pytest.raises(RuntimeError, match="already started"):
+                await node.start()
+            with pytest.raises(ValueError, match="already served"):
+                server.add_route("swarm", _nothing)
+            assert set(node.members) == {node.id}  # a swarm of one
+        await node.aclose()  # twice: nothing more
+        server.add_route("swarm", _nothing)  # free again
+        # Never started: a drain only drains, a close only closes.
+        unstarted = SwarmNode(server, token=TOKEN, interval=ROUND)
+        assert await unstarted.drain(timeout=1) and server.draining
+        await unstarted.aclose()
+        assert set(unstarted.members) == set()  # it left
+
+
+async def test_a_failing_round_does_not_stop_the_gossip(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fault no real input produces here (the record is the node's own): the server's
+    # record fails once to be computed; the next rounds go on.
+    async with await remote.serve(token=TOKEN) as server:
+        async with SwarmNode(server, token=TOKEN, interval=ROUND) as node:
+            real = node.record
+            failed = asyncio.Event()
+
+            def record() -> ServerRecord:
+                if not failed.is_set():
+                    failed.set()
+                    raise RuntimeError("boom")
+                return real()
+
+            monkeypatch.setattr(node, "record", record)
+            beat = node._table.own["beat"]
+            await asyncio.wait_for(failed.wait(), 5)
+            await wait_until(lambda: node._table.own["beat"] >= beat + 2)
+    assert "gossip round failed" in caplog.text
+
+
+async def _nothing(request: Any) -> Any:
+    raise AssertionError("not called")
+
+
+async def test_a_node_with_another_token_is_not_let_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as a,
+        await remote.serve(host="127.0.0.3", token="other") as b,
+    ):
+        async with (
+            SwarmNode(a, token=TOKEN, server_id="a", interval=ROUND) as node_a,
+            SwarmNode(b, token="other", seeds=[a.url], server_id="b", interval=ROUND) as node_b,
+        ):
+            for _ in range(3):
+                await asyncio.sleep(ROUND)
+            assert set(node_a.members) == {"a"} and set(node_b.members) == {"b"}
+    assert "refused: HTTP 401" in caplog.text
+
+
+# -- the client: mafalda.swarm.connect ----------------------------------------------------
+
+
+async def test_connect_checks_its_arguments_and_its_seeds(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    servers, _ = trio
+    with pytest.raises(TypeError, match="not one string"):
+        await swarm.connect(servers[0].url, token=TOKEN)
+    with pytest.raises(ValueError, match="at least one"):
+        await swarm.connect([], token=TOKEN)
+    with pytest.raises(ValueError, match="policy"):
+        await swarm.connect([servers[0].url], token=TOKEN, policy="random")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="is not a ws"):
+        await swarm.connect(["redis://x"], token=TOKEN)
+    with pytest.raises(PermissionError, match="refused the token"):
+        await swarm.connect([servers[0].url], token="nope")
+    closed = await remote.serve(host="127.0.0.5", token=TOKEN)
+    dead = closed.url
+    await closed.close()
+    with pytest.raises(OSError, match="no server of the swarm answered"):
+        await swarm.connect([dead], token=TOKEN)
+    # A server that is no swarm's (no gossip route) is no entry point.
+    async with await remote.serve(host="127.0.0.5", token=TOKEN) as lone:
+        with pytest.raises(OSError, match=f"{lone.url}: HTTP 404"):
+            await swarm.connect([lone.url], token=TOKEN)
+    # A dead seed first: the next one is read.
+    async with await swarm.connect([dead, servers[1].url], token=TOKEN) as cluster:
+        assert cluster.membership.entry_point == servers[1].url  # type: ignore[attr-defined]
+
+
+async def test_the_client_reads_through_any_server_and_follows_leaves(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    async with await swarm.connect([servers[2].url], token=TOKEN, interval=ROUND) as cluster:
+        assert set(cluster.servers) == {"s1", "s2", "s3"}
+        worker = await cluster.create_worker()
+        placed = cluster.server_of(worker)
+        assert placed is not None
+        # A polite leave is gone at the next read, not after grace (5 s).
+        left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+        await nodes[0].aclose()
+        async with asyncio.timeout(2):
+            gone, reason = await left
+        assert (gone["id"], reason) == ("s1", "left")
+        # The entry point goes away: the client reads another live server.
+        await nodes[2].aclose()
+        await servers[2].close()
+        await wait_until(lambda: set(cluster.servers) == {"s2"}, timeout=10)
+        assert cluster.membership.entry_point == servers[1].url  # type: ignore[attr-defined]
+        with pytest.raises(ClusterError, match="no live media server 's3'"):
+            cluster.check_placeable("s3")
+
+
+# -- real `mafalda serve --swarm` processes ------------------------------------------------
+
+
+class Server:
+    def __init__(self, proc: asyncio.subprocess.Process, server_id: str, url: str) -> None:
+        self.proc, self.id, self.url = proc, server_id, url
+
+
+async def _start(index: int, *seeds: str) -> Server:
+    proc, url = await spawn_serve(
+        serve_args(
+            "--host",
+            f"127.0.0.{index + 1}",
+            "--server-id",
+            f"s{index}",
+            "--heartbeat",
+            "0.2",
+            "--drain-timeout",
+            "10",
+            "--swarm",
+            *seeds,
+        )
+    )
+    return Server(proc, f"s{index}", url)
+
+
+@pytest.fixture
+async def swarm_servers() -> AsyncIterator[list[Server]]:
+    started: list[Server] = []
+    try:
+        started.append(await _start(1))
+        started.append(await _start(2, started[0].url))
+        started.append(await _start(3, started[1].url))
+        yield started
+    finally:
+        for server in started:
+            if server.proc.returncode is None:
+                server.proc.kill()
+            await reap(server.proc)
+
+
+def _has(cluster: Cluster, ids: set[str]) -> Callable[[], bool]:
+    return lambda: set(cluster.servers) == ids
+
+
+async def test_a_room_across_swarm_servers_through_any_entry_point(
+    swarm_servers: list[Server],
+) -> None:
+    """Three `mafalda serve --swarm` processes, each seeded with the previous one; the
+    client knows only s3. A producer on s1 is consumed on s2 and s3 (RTP counted);
+    killing s2 closes what was there, s1 → s3 goes on; SIGTERM on s3 (the entry point)
+    drains and leaves, and the client reads s1 from then on."""
+    s1, s2, s3 = swarm_servers
+    async with await swarm.connect(
+        [s3.url], token=TOKEN, interval=0.2, grace=3.0, worker_idle=0.5
+    ) as cluster:
+        await wait_until(_has(cluster, {"s1", "s2", "s3"}), timeout=15)
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        send = await router.create_plain_transport(
+            server="s1", listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
+        )
+        producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+        sinks = {s: await sink(router, s) for s in ("s2", "s3")}
+        consumers = {
+            s: await t.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+            for s, (t, _, _) in sinks.items()
+        }
+        assert sorted((p["from"], p["to"]) for p in router.cluster_dump()["pipes"]) == [
+            ("s1", "s2"),
+            ("s1", "s3"),
+        ]
+        with Sender(send):
+            await asyncio.gather(*(received(counter) for _, counter, _ in sinks.values()))
+            left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+            s2.proc.send_signal(signal.SIGKILL)
+            await reap(s2.proc)
+            async with asyncio.timeout(10):
+                gone, _ = await left
+            assert gone["id"] == "s2" and consumers["s2"].closed
+            await received(sinks["s3"][1])  # s1 → s3 still forwards
+        for transport, _, sock in sinks.values():
+            transport.close()
+            sock.close()
+        router.close()
+        # SIGTERM: the entry point drains (nothing of this client left there), leaves
+        # with a tombstone, and exits 0; the client reads the swarm from s1.
+        left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+        s3.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(reap(s3.proc), 20) == 0
+        async with asyncio.timeout(10):
+            gone, reason = await left
+        assert (gone["id"], reason) == ("s3", "left")
+        assert set(cluster.servers) == {"s1"}
+        assert cluster.membership.entry_point == s1.url  # type: ignore[attr-defined]
+        worker = await cluster.create_worker()
+        assert cluster.server_of(worker)["id"] == "s1"  # type: ignore[index]
+
+
+async def test_serve_swarm_and_cluster_are_exclusive() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *serve_args("--cluster", "redis://127.0.0.1:1/0", "--swarm"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and b"pick one" in err
+
+
+# -- streams across entry points (mafalda.swarm.streams) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (b"[]", "streams: not an object"),
+        (b'{"op": "nope"}', "invalid 'op'"),
+        (b'{"op": "find"}', "invalid 'producerId'"),
+        (b'{"op": "find", "producerId": ""}', "invalid 'producerId'"),
+        (b'{"op": "close", "pipeId": 3}', "invalid 'pipeId'"),
+        (b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1"}', "'port'"),
+        (
+            b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1",'
+            b' "port": 70000}',
+            "'port'",
+        ),
+        (
+            b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1",'
+            b' "port": 7, "srtpParameters": 1}',
+            "'srtpParameters'",
+        ),
+    ],
+)
+def test_bad_stream_messages_are_refused_naming_what(message: bytes, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        check_message(message)
+
+
+class App:
+    """An app's Remote Mediasoup session on one server: a worker and a router."""
+
+    def __init__(self, client: Any, router: Any) -> None:
+        self.client, self.router = client, router
+
+    @classmethod
+    async def on(cls, url: str) -> App:
+        client = await remote.connect(url, token=TOKEN)
+        worker = await client.create_worker()
+        return cls(client, await worker.create_router(media_codecs=MEDIA_CODECS))
+
+    async def producer(self, host: str) -> tuple[Any, Any]:
+        send = await self.router.create_plain_transport(
+            listen_info={"protocol": "udp", "ip": host}, comedia=True
+        )
+        return send, await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+
+    async def consumer(self, producer_id: str) -> tuple[Any, Any, Any]:
+        transport, counter, sock = await sink(self.router)
+        caps = self.router.rtp_capabilities
+        consumer = await transport.consume(producer_id=producer_id, rtp_capabilities=caps)
+        return consumer, counter, sock
+
+
+async def test_a_stream_is_consumed_through_another_entry_point(
+    swarm_servers: list[Server],
+) -> None:
+    """App A publishes through s1; app B, a separate session of s2, consumes by the
+    producer's id with mediasoup's plain API: s2 pipes it in from s1. Pause, resume and
+    close reach B's consumer; an unknown id is still 'not found'; a third app on s2
+    consumes a producer of B's router (two routers of one server); killing s1 closes
+    what came from it."""
+    s1, s2, _ = swarm_servers
+    a, b, c = await App.on(s1.url), await App.on(s2.url), await App.on(s2.url)
+    try:
+        send, producer = await a.producer("127.0.0.2")
+        caps = b.router.rtp_capabilities
+        # The client answers can_consume() from the producers its router has: not yet
+        # another app's; once a consume() brought it, the copy is there (as mediasoup's
+        # pipe_to_router() shows its pipe transports to the router's observer).
+        assert not b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
+        consumer, counter, sock = await b.consumer(producer.id)
+        assert consumer.producer_id == producer.id and consumer.kind == "audio"
+        assert b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
+        with Sender(send):
+            await received(counter)
+            paused = asyncio.ensure_future(consumer.events.wait_for("producerpause"))
+            await producer.pause()
+            async with asyncio.timeout(5):
+                await paused
+            assert consumer.producer_paused
+            resumed = asyncio.ensure_future(consumer.events.wait_for("producerresume"))
+            await producer.resume()
+            async with asyncio.timeout(5):
+                await resumed
+            await received(counter)
+            # A second consumer of the same stream on B's router shares the pipe.
+            second, counter2, sock2 = await b.consumer(producer.id)
+            await received(counter2)
+        # B's router has the copy, and one pipe transport more than B made.
+        dump = await b.router.dump()
+        [mapping] = dump["mapProducerIdConsumerIds"]
+        assert mapping["key"] == producer.id
+        assert sorted(mapping["values"]) == sorted([consumer.id, second.id])
+        assert len(dump["transportIds"]) == 3
+
+        probe = await b.router.create_direct_transport()
+        with pytest.raises(Exception, match="not found"):
+            await probe.consume(
+                producer_id="nobody-has-this", rtp_capabilities=b.router.rtp_capabilities
+            )
+
+        # Two routers of one server: C consumes what B's direct transport produces.
+        direct = await b.router.create_direct_transport()
+        local = await direct.produce(kind="audio", rtp_parameters=OPUS_RTP)
+        from_b, _, sock3 = await c.consumer(local.id)
+        assert from_b.producer_id == local.id
+
+        before = await _transports(b)
+        closed = asyncio.ensure_future(consumer.events.wait_for("producerclose"))
+        closed2 = asyncio.ensure_future(second.events.wait_for("producerclose"))
+        producer.close()
+        async with asyncio.timeout(5):
+            await asyncio.gather(closed, closed2)
+        assert consumer.closed and second.closed
+        # The pipe went with it.
+        await wait_until(lambda: _count_is(b, before - 1))
+
+        # The owner server dies: what came from it closes on s2.
+        send2, producer2 = await a.producer("127.0.0.2")
+        consumer3, _, sock4 = await b.consumer(producer2.id)
+        gone = asyncio.ensure_future(consumer3.events.wait_for("producerclose"))
+        s1.proc.send_signal(signal.SIGKILL)
+        await reap(s1.proc)
+        async with asyncio.timeout(10):
+            await gone
+        assert not from_b.closed  # s2's own stream is untouched
+        for s in (sock, sock2, sock3, sock4):
+            s.close()
+    finally:
+        for app in (a, b, c):
+            await app.client.aclose()
+
+
+async def _transports(app: App) -> int:
+    return len((await app.router.dump())["transportIds"])
+
+
+async def _count_is(app: App, count: int) -> bool:
+    return await _transports(app) == count
+
+
+async def test_streams_between_servers_of_this_process(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """The same as across processes, in one (so every step is measured): a stream of
+    s1 consumed through s2 and s3, pause and close reaching the copies, a router closed
+    on the consuming side closing the pipe on the producing side, concurrent consumes
+    sharing one pipe, two routers of one server, s1 cut off, s3 leaving."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    a, b, c = [await App.on(server.url) for server in servers]
+    d = await App.on(servers[1].url)
+    streams = [n.streams for n in nodes]
+    assert all(s is not None for s in streams)
+    out1, in2, in3 = streams[0]._out, streams[1]._in, streams[2]._in  # type: ignore[union-attr]
+    try:
+        send, producer = await a.producer("127.0.0.2")
+        consumer_b, counter_b, sock_b = await b.consumer(producer.id)
+        consumer_c, counter_c, sock_c = await c.consumer(producer.id)
+        with Sender(send):
+            await asyncio.gather(received(counter_b), received(counter_c))
+        assert len(out1) == 2 and len(in2) == 1 and len(in3) == 1
+        paused = asyncio.ensure_future(consumer_c.events.wait_for("producerpause"))
+        await producer.pause()
+        async with asyncio.timeout(5):
+            await paused
+        # C's router closes: the pipe out of s1 to s3 closes with it.
+        c.router.close()
+        await wait_until(lambda: len(out1) == 1 and not in3)
+        # Concurrent consumes of one stream on a router that has none: one pipe.
+        transports = [await sink(d.router) for _ in range(3)]
+        more = await asyncio.gather(
+            *(
+                t.consume(producer_id=producer.id, rtp_capabilities=d.router.rtp_capabilities)
+                for t, _, _ in transports
+            )
+        )
+        assert all(m.producer_id == producer.id for m in more)
+        assert len(in2) == 2 and len(out1) == 2
+        closed = asyncio.ensure_future(consumer_b.events.wait_for("producerclose"))
+        producer.close()
+        async with asyncio.timeout(5):
+            await closed
+        await wait_until(lambda: not in2 and not out1 and all(m.closed for m in more))
+
+        # Two routers of one server: D consumes what B's direct transport produces.
+        direct = await b.router.create_direct_transport()
+        local = await direct.produce(kind="audio", rtp_parameters=OPUS_RTP)
+        from_b, _, sock_d = await d.consumer(local.id)
+        assert from_b.producer_id == local.id and not in2  # mediasoup's own pipe
+
+        # s1 is cut off: its gossip stops and it cannot reach anyone (a partition; the
+        # process cannot be killed here, the test above kills a real one).
+        send2, producer2 = await a.producer("127.0.0.2")
+        consumer2, _, sock2 = await b.consumer(producer2.id)
+        gone = asyncio.ensure_future(consumer2.events.wait_for("producerclose"))
+        assert nodes[0]._task is not None and streams[0] is not None
+        nodes[0]._task.cancel()
+        await streams[0]._http.close()  # type: ignore[union-attr]
+        await servers[0].close()
+        # Meanwhile, an id nobody has: s1 does not answer, s3 says no: mediasoup's error.
+        probe = await b.router.create_direct_transport()
+        with pytest.raises(Exception, match="not found"):
+            await probe.consume(
+                producer_id="nobody-has-this", rtp_capabilities=b.router.rtp_capabilities
+            )
+        async with asyncio.timeout(10):
+            await gone
+        assert not in2 and not from_b.closed
+
+        # s3 leaves while C has a copy of s2's stream: the copy closes with the leave.
+        c2 = await App.on(servers[2].url)
+        from_s2, _, sock_c2 = await c2.consumer(local.id)
+        left = asyncio.ensure_future(from_s2.events.wait_for("producerclose"))
+        await nodes[2].aclose()
+        async with asyncio.timeout(5):
+            await left
+        await wait_until(lambda: not streams[1]._out)  # type: ignore[union-attr]
+        for s in (sock_b, sock_c, sock_d, sock2, sock_c2, *(t[2] for t in transports)):
+            s.close()
+        await c2.client.aclose()
+    finally:
+        for app in (a, b, c, d):
+            await app.client.aclose()
+
+
+async def test_a_worker_started_before_the_streams_is_not_followed() -> None:
+    async with await remote.serve(host="127.0.0.2", token=TOKEN) as server:
+        early = await App.on(server.url)
+        try:
+            async with SwarmNode(server, token=TOKEN, interval=ROUND) as node:
+                assert node.streams is not None
+                node.streams.start()  # twice: once
+                transport = await early.router.create_direct_transport()
+                with pytest.raises(Exception, match="not found"):
+                    await transport.consume(
+                        producer_id="x", rtp_capabilities=early.router.rtp_capabilities
+                    )
+        finally:
+            await early.client.aclose()
+    pool = await Mafalda.start(num_workers=1)
+    try:
+        async with await remote.serve(token=TOKEN, target=pool) as server:
+            with pytest.raises(ValueError, match="serves mediasoup"):
+                SwarmStreams(server, server_id="s", token=TOKEN, members=dict)
+            assert SwarmNode(server, token=TOKEN).streams is None  # a Mafalda pool: none
+    finally:
+        await pool.aclose()
+
+
+async def test_streams_route_refuses_and_answers(
+    trio: tuple[list[RemoteServer], list[SwarmNode]], caplog: pytest.LogCaptureFixture
+) -> None:
+    servers, nodes = trio
+    url = route_url(servers[0].url, "streams")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(url) as response:
+            assert response.status == 405
+        async with http.post(url, data=b'{"op": 1}') as response:
+            assert response.status == 400 and "invalid 'op'" in await response.text()
+        async with http.post(url, data=b'{"op": "find", "producerId": "nope"}') as response:
+            assert await response.json() == {"found": False}
+        opening = {"op": "open", "producerId": "nope", "pipeId": "p", "from": "s9"}
+        opening |= {"ip": "127.0.0.1", "port": 9}
+        async with http.post(url, json=opening) as response:
+            assert await response.json() == {"error": "no producer nope here"}
+        for op in ("close", "pause", "resume"):  # of no pipe: nothing to do
+            async with http.post(url, json={"op": op, "pipeId": "p"}) as response:
+                assert await response.json() == {}
+        # A producer that is here, but an end that cannot be connected to: nothing left.
+        a = await App.on(servers[0].url)
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            before = await _transports(a)
+            bad = opening | {"producerId": producer.id, "srtpParameters": {}}
+            async with http.post(url, json=bad) as response:
+                assert "srtp" in (await response.json())["error"].lower()
+            assert await _transports(a) == before
+            # Opened for a server the swarm does not know: its notices are dropped, and
+            # the pipe closes when this node leaves.
+            async with http.post(url, json=opening | {"producerId": producer.id}) as response:
+                answer = await response.json()
+            assert answer["kind"] == "audio" and answer["srtpParameters"] is None
+            assert await _transports(a) == before + 1
+            await producer.pause()
+            await nodes[0].aclose()
+            assert await _transports(a) == before
+            assert "telling server" not in caplog.text
+        finally:
+            await a.client.aclose()
+
+
+class _LyingPeer:
+    """A server of the swarm (it has the token) whose streams route misbehaves: it says
+    it has every producer, then answers 'open' with ``answer``; what it is told is
+    kept."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.told: list[dict[str, Any]] = []
+        self.runner: aiohttp.web.AppRunner | None = None
+        self.url = ""
+
+    async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        message = await request.json()
+        if message["op"] == "find":
+            return aiohttp.web.json_response({"found": True})
+        if message["op"] == "open":
+            if isinstance(self.answer, int):
+                return aiohttp.web.Response(status=self.answer)
+            return aiohttp.web.Response(body=self.answer, content_type="application/json")
+        self.told.append(message)
+        return aiohttp.web.Response(status=500)  # and it fails what it is told
+
+    async def __aenter__(self) -> _LyingPeer:
+        app = aiohttp.web.Application()
+        app.router.add_post("/streams", self._streams)
+        self.runner = aiohttp.web.AppRunner(app)
+        await self.runner.setup()
+        site = aiohttp.web.TCPSite(self.runner, "127.0.0.9", 0)
+        await site.start()
+        self.url = f"ws://127.0.0.9:{self.runner.addresses[0][1]}/"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b'{"error": "boom"}', "server liar: boom"),
+        (b'{"ip": "127.0.0.9"}', "could not pipe it here: KeyError"),
+        (b"[]", "server liar: not an answer"),
+        (503, "server liar: HTTP 503"),
+    ],
+)
+async def test_a_peer_that_cannot_pipe_fails_the_consume_and_leaves_nothing(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+    caplog: pytest.LogCaptureFixture,
+    answer: Any,
+    error: str,
+) -> None:
+    servers, nodes = trio
+    async with _LyingPeer(answer) as liar:
+        # The liar joins through gossip, as any holder of the token can.
+        late = entry("liar", generation=2**40, controlUrl=liar.url, mediaAddress="127.0.0.9")
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=auth) as http:
+            async with http.post(route_url(servers[1].url), data=encode_gossip([late])) as r:
+                assert r.status == 200
+        assert "liar" in nodes[1].members
+        b = await App.on(servers[1].url)
+        try:
+            before = await _transports(b)
+            transport, _, sock = await sink(b.router)
+            with pytest.raises(Exception, match=error):
+                await transport.consume(
+                    producer_id="anything", rtp_capabilities=b.router.rtp_capabilities
+                )
+            sock.close()
+            # The pipe transport made for it is closed, and the liar told so.
+            assert await _transports(b) == before + 1
+            await wait_until(lambda: bool(liar.told))
+            assert liar.told[0]["op"] == "close"
+        finally:
+            await b.client.aclose()
+    await wait_until(lambda: "telling server liar of close failed" in caplog.text)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 REDIS_SERVER = "/usr/bin/redis-server"
 _PR_SET_PDEATHSIG = 1
@@ -230,3 +231,31 @@ class NetnsLab:
     def exec_prefix(self, index: int) -> list[str]:
         """The command prefix that runs a program in server ``index``'s namespace (1-based)."""
         return ["ip", "netns", "exec", self.namespaces[index - 1]]
+
+
+def tls_files(tmp_path: Any, *ips: str) -> tuple[str, str, str]:
+    """A CA, and a certificate it signed for 127.0.0.1 and ``ips`` (openssl from Debian):
+    (CA file, certificate file, key file)."""
+    ca_key, ca, key, csr, cert = (
+        str(tmp_path / name) for name in ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
+    )
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+        "-days", "1", "-subj", "/CN=test CA",
+    )  # fmt: skip
+    openssl(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", "/CN=127.0.0.1",
+    )  # fmt: skip
+    san = tmp_path / "san.ext"
+    names = ",".join(f"IP:{ip}" for ip in ("127.0.0.1", *ips))
+    san.write_text(f"subjectAltName={names}\n")
+    openssl(
+        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "1", "-extfile", str(san),
+    )  # fmt: skip
+    return ca, cert, key

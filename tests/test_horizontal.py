@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import struct
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -25,6 +24,7 @@ import redis.asyncio as aioredis
 from mafalda import horizontal
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -44,6 +44,7 @@ from tests.processes import (
     reap,
     serve_command,
     spawn_serve,
+    tls_files,
 )
 from tests.rtp_flow import MEDIA_CODECS, OPUS_PT, OPUS_RTP
 from tests.rtp_flow import Counter as _Counter
@@ -874,6 +875,37 @@ async def test_media_node_in_process(redis_server: RedisProcess, db: aioredis.Re
         assert not never.registered and await record_of(db, "never") is None
 
 
+async def test_a_server_draining_before_its_record_says_so_is_passed_over(
+    redis_server: RedisProcess,
+) -> None:
+    """A server that started draining (its record not rewritten yet: a heartbeat away)
+    refuses creations with ServerDrainingError, an InvalidStateError: a cluster client
+    tries the next server, for create_worker() and for a cluster router's transport;
+    a transport pinned there gets the refusal."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import ServerDrainingError, serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        MediaNode(a, redis_url=redis_server.url, server_id="a", interval=60),
+        MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+        assert set(cluster.servers) == {"a", "b"}
+        a.draining = True  # as MediaNode.drain() starts, before its record is rewritten
+        assert not cluster.servers["a"]["draining"]
+        worker = await cluster.create_worker()  # "a" first (least loaded, by id), refused
+        assert cluster.server_of(worker)["id"] == "b"  # type: ignore[index]
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        assert router.server_of(transport) == "b"
+        with pytest.raises(ServerDrainingError, match="media server draining"):
+            await router.create_plain_transport(server="a", listen_ip="127.0.0.1")
+        assert issubclass(ServerDrainingError, InvalidStateError)
+        router.close()
+
+
 async def test_media_node_outlives_a_redis_outage(
     redis_server: RedisProcess,
     db: aioredis.Redis,
@@ -1333,32 +1365,6 @@ def _has_servers(cluster: Cluster, count: int) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def _tls_files(tmp_path: Any) -> tuple[str, str, str]:
-    """A CA and a certificate it signed for 127.0.0.1 (openssl from Debian)."""
-    ca_key, ca, key, csr, cert = (
-        str(tmp_path / name) for name in ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
-    )
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-        "-days", "1", "-subj", "/CN=test CA",
-    )  # fmt: skip
-    openssl(
-        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-        "-subj", "/CN=127.0.0.1",
-    )  # fmt: skip
-    san = tmp_path / "san.ext"
-    san.write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-        "-out", cert, "-days", "1", "-extfile", str(san),
-    )  # fmt: skip
-    return ca, cert, key
-
-
 async def test_redis_auth_and_tls(tmp_path: Any) -> None:
     """Servers and clients reach a Redis that wants a password, over TLS (rediss:// with
     the CA given in the URL); a wrong password is refused with a clear error."""
@@ -1369,7 +1375,7 @@ async def test_redis_auth_and_tls(tmp_path: Any) -> None:
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    ca, cert, key = _tls_files(tmp_path)
+    ca, cert, key = tls_files(tmp_path)
     redis = RedisProcess(
         "127.0.0.1",
         "--requirepass", "s3cret",

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
 import signal
+import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,16 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mafalda import remote, swarm
+from mafalda import monitor, remote, swarm
 from mafalda.horizontal.cluster import Cluster, ClusterError
 from mafalda.horizontal.registry import ServerRecord
+from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
 from mafalda.swarm import SwarmNode, Table, gossip
 from mafalda.swarm.gossip import Entry, decode_gossip, encode_gossip
 from mafalda.swarm.streams import SwarmStreams, check_message
 from mafalda.swarm.urls import route_url
 from mafalda.vertical import Mafalda
-from tests.processes import TOKEN, reap, serve_args, spawn_serve
+from tests.processes import TOKEN, reap, serve_args, spawn_serve, tls_files
 from tests.rtp_flow import MEDIA_CODECS, OPUS_RTP, Sender, received, sink
 
 ROUND = 0.1  # seconds between gossip rounds in this module
@@ -529,7 +533,9 @@ class Server:
         self.proc, self.id, self.url = proc, server_id, url
 
 
-async def _start(index: int, *seeds: str) -> Server:
+async def _start(index: int, *extra: str) -> Server:
+    """`mafalda serve --swarm` as s<index> on 127.0.0.<index + 1>; ``extra`` arguments
+    follow (seeds first: they are --swarm's)."""
     proc, url = await spawn_serve(
         serve_args(
             "--host",
@@ -541,7 +547,7 @@ async def _start(index: int, *seeds: str) -> Server:
             "--drain-timeout",
             "10",
             "--swarm",
-            *seeds,
+            *extra,
         )
     )
     return Server(proc, f"s{index}", url)
@@ -638,6 +644,7 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
         (b'{"op": "nope"}', "invalid 'op'"),
         (b'{"op": "find"}', "invalid 'producerId'"),
         (b'{"op": "find", "producerId": ""}', "invalid 'producerId'"),
+        (b'{"op": "find", "producerId": "p", "data": 1}', "invalid 'data'"),
         (b'{"op": "close", "pipeId": 3}', "invalid 'pipeId'"),
         (b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1"}', "'port'"),
         (
@@ -896,6 +903,8 @@ async def test_streams_route_refuses_and_answers(
         opening |= {"ip": "127.0.0.1", "port": 9}
         async with http.post(url, json=opening) as response:
             assert await response.json() == {"error": "no producer nope here"}
+        async with http.post(url, json=opening | {"data": True}) as response:
+            assert await response.json() == {"error": "no data producer nope here"}
         for op in ("close", "pause", "resume"):  # of no pipe: nothing to do
             async with http.post(url, json={"op": op, "pipeId": "p"}) as response:
                 assert await response.json() == {}
@@ -999,3 +1008,267 @@ async def test_a_peer_that_cannot_pipe_fails_the_consume_and_leaves_nothing(
         finally:
             await b.client.aclose()
     await wait_until(lambda: "telling server liar of close failed" in caplog.text)
+
+
+# -- the Monitor over a swarm (mafalda.monitor.swarm) --------------------------------------
+
+
+async def test_monitor_reads_a_swarm_through_any_server(
+    trio: tuple[list[RemoteServer], list[SwarmNode]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table from one server, each server's report from itself: s1 serves reports
+    (sampled once per interval, whoever asks), s2 and s3 run no probe (their records
+    show, unreported, said once)."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    probe = Probe()
+    probe.start()
+    stats = StatsRoute(probe, servers[0], server_id="s1", interval=60)
+    stats.start()
+    app = await App.on(servers[0].url)
+    try:
+        first, again = await asyncio.gather(stats.report(), stats.report())
+        assert first is again  # one sample for both
+        assert await stats.report() is first  # and until the interval is over
+        async with await monitor.connect(servers[2].url, token=TOKEN, interval=0.1) as mon:
+            assert isinstance(mon, SwarmMonitor)
+            view = await mon.view()
+            by_id = {s["id"]: s for s in view["servers"]}
+            assert set(by_id) == {"s1", "s2", "s3"}
+            assert by_id["s1"]["reported"] and not by_id["s2"]["reported"]
+            assert app.router.id in {r["id"] for r in by_id["s1"]["routers"]}
+            views = mon.views()
+            assert len((await anext(views))["servers"]) == 3
+            # A server going away leaves the view; while none answers, no view.
+            await nodes[1].aclose()
+            await wait_until(
+                lambda: _view_has(mon, {"s1", "s3"}),
+                timeout=5,
+            )
+            await views.aclose()
+        assert caplog.text.count("no report from server s2: HTTP 404") == 1
+        with pytest.raises(ValueError, match="token"):
+            await monitor.connect(servers[0].url)
+        with pytest.raises(PermissionError):
+            await monitor.connect(servers[0].url, token="nope")
+        with pytest.raises(TypeError, match="not one string"):
+            SwarmMonitor(servers[0].url, token=TOKEN)
+        with pytest.raises(ValueError, match="at least one"):
+            SwarmMonitor([], token=TOKEN)
+        with pytest.raises(ValueError, match="interval"):
+            SwarmMonitor([servers[0].url], token=TOKEN, interval=0)
+        with pytest.raises(ValueError, match="interval"):
+            StatsRoute(probe, servers[0], server_id="s1", interval=0)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=auth) as http:
+            async with http.post(route_url(servers[0].url, "stats")) as response:
+                assert response.status == 405
+    finally:
+        stats.stop()
+        probe.stop()
+        await app.client.aclose()
+
+
+async def _view_has(mon: SwarmMonitor, ids: set[str]) -> bool:
+    return {s["id"] for s in (await mon.view())["servers"]} == ids
+
+
+async def test_monitor_command_shows_a_swarm_and_its_streams(
+    swarm_servers: list[Server],
+) -> None:
+    """`mafalda monitor ws://... --once --json` on three `mafalda serve --swarm`
+    processes: every server reported, and a stream of s1 consumed through s2 is a link
+    s1 -> s2 carrying one stream."""
+    s1, s2, s3 = swarm_servers
+    a, b = await App.on(s1.url), await App.on(s2.url)
+    try:
+        _, producer = await a.producer("127.0.0.2")
+        _, _, sock = await b.consumer(producer.id)
+        sock.close()
+
+        async def view() -> dict[str, Any]:
+            proc = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "mafalda.cli", "monitor", s3.url, "--once", "--json"],
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "MAFALDA_REMOTE_TOKEN": TOKEN},
+            )
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            result: dict[str, Any] = json.loads(out)
+            return result
+
+        async def linked() -> bool:
+            found = await view()
+            servers = {s["id"]: s for s in found["servers"]}
+            if set(servers) != {"s1", "s2", "s3"} or not all(
+                s["reported"] for s in servers.values()
+            ):
+                return False
+            links = [(k["a"]["server"], (k["b"] or {}).get("server"), k) for k in found["links"]]
+            return any({x, y} == {"s1", "s2"} and k["aToB"] + k["bToA"] == 1 for x, y, k in links)
+
+        await wait_until(linked, timeout=30)
+    finally:
+        for app in (a, b):
+            await app.client.aclose()
+    no_token = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "mafalda.cli", "monitor", s3.url, "--once"],
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "MAFALDA_REMOTE_TOKEN"},
+    )
+    _, err = await no_token.communicate()
+    assert no_token.returncode == 2 and b"token" in err
+
+
+async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
+    """A copy with no consumer left closes its pipe ``stream_idle`` seconds later, on
+    both servers; a consumer back within it reuses the pipe; a consume that failed
+    after the pipe was made does not leave it."""
+    idle = 0.3
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        await remote.serve(host="127.0.0.3", token=TOKEN) as s2,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND, stream_idle=idle) as n1,
+        SwarmNode(
+            s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND, stream_idle=idle
+        ) as n2,
+    ):
+        await wait_until(_everyone_knows([n1, n2], {"s1", "s2"}))
+        assert n1.streams is not None and n2.streams is not None
+        out1, in2 = n1.streams._out, n2.streams._in
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            consumer, _, sock = await b.consumer(producer.id)
+            [pipe_id] = list(in2)
+            consumer.close()
+            await asyncio.sleep(idle / 3)
+            again, _, sock2 = await b.consumer(producer.id)  # back in time: the same pipe
+            assert list(in2) == [pipe_id]
+            await asyncio.sleep(idle * 2)
+            assert list(in2) == [pipe_id]  # in use: kept
+            again.close()
+            await wait_until(lambda: not in2 and not out1, timeout=5)
+            # A consume that fails once the copy is there (capabilities without opus).
+            transport, _, sock3 = await sink(b.router)
+            with pytest.raises(Exception, match="no compatible media codecs"):
+                await transport.consume(
+                    producer_id=producer.id, rtp_capabilities={"codecs": [], "headerExtensions": []}
+                )
+            assert len(in2) == 1
+            await wait_until(lambda: not in2 and not out1, timeout=5)
+            for s in (sock, sock2, sock3):
+                s.close()
+            with pytest.raises(ValueError, match="idle"):
+                SwarmNode(s1, token=TOKEN, stream_idle=-1)
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
+async def test_data_streams_between_servers(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """A data producer of an app on s1 consumed through s2 (direct transports, SCTP on
+    the pipe): messages arrive, pause/resume and close reach the consumer, and two
+    routers of s2 share it through mediasoup's pipe_to_router()."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    a, b, c = (
+        await App.on(servers[0].url),
+        await App.on(servers[1].url),
+        await App.on(servers[1].url),
+    )
+    in2 = nodes[1].streams._in  # type: ignore[union-attr]
+    try:
+        source = await a.router.create_direct_transport()
+        data_producer = await source.produce_data(label="chat", protocol="text")
+        sink_b = await b.router.create_direct_transport()
+        data_consumer = await sink_b.consume_data(data_producer_id=data_producer.id)
+        assert (data_consumer.label, data_consumer.protocol) == ("chat", "text")
+        assert len(in2) == 1
+        got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+        data_producer.send("hello")
+        async with asyncio.timeout(5):
+            message, ppid = await got
+        assert bytes(message) == b"hello" and ppid == 51  # WebRTC string
+        paused = asyncio.ensure_future(data_consumer.events.wait_for("dataproducerpause"))
+        await data_producer.pause()
+        async with asyncio.timeout(5):
+            await paused
+        resumed = asyncio.ensure_future(data_consumer.events.wait_for("dataproducerresume"))
+        await data_producer.resume()
+        async with asyncio.timeout(5):
+            await resumed
+        # Another app's router on s2 takes the data from B's router, not from s1 again.
+        local = await b.router.create_direct_transport()
+        b_data = await local.produce_data(label="b")
+        sink_c = await c.router.create_direct_transport()
+        from_b = await sink_c.consume_data(data_producer_id=b_data.id)
+        assert from_b.label == "b" and len(in2) == 1
+        closed = asyncio.ensure_future(data_consumer.events.wait_for("dataproducerclose"))
+        data_producer.close()
+        async with asyncio.timeout(5):
+            await closed
+        await wait_until(lambda: not in2)
+        with pytest.raises(Exception, match="not found"):
+            await sink_b.consume_data(data_producer_id="nobody-has-this")
+    finally:
+        for app in (a, b, c):
+            await app.client.aclose()
+
+
+async def test_a_swarm_over_tls(tmp_path: Any) -> None:
+    """`mafalda serve --swarm --tls-cert --tls-key --tls-ca`: the servers gossip, pipe
+    streams and answer the Monitor over HTTPS, checking each other's certificates; a
+    server that does not trust their authority stays alone."""
+    ca, cert, key = tls_files(tmp_path, "127.0.0.2", "127.0.0.3", "127.0.0.4")
+    tls = ["--tls-cert", cert, "--tls-key", key]
+    context = ssl.create_default_context(cafile=ca)
+    started: list[Server] = []
+    try:
+        started.append(await _start(1, *tls, "--tls-ca", ca))
+        s1 = started[0]
+        assert s1.url.startswith("wss://")
+        started.append(await _start(2, *tls, "--tls-ca", ca, "--swarm", s1.url))
+        started.append(await _start(3, *tls, "--swarm", s1.url))  # the system's CAs only
+        s2, s3 = started[1], started[2]
+        async with await swarm.connect([s2.url], token=TOKEN, ssl=context) as cluster:
+            await wait_until(lambda: set(cluster.servers) == {"s1", "s2"}, timeout=15)
+            await asyncio.sleep(1.0)  # five more rounds of s3 trying s1
+            await cluster.refresh()
+            assert set(cluster.servers) == {"s1", "s2"}
+        async with await swarm.connect([s3.url], token=TOKEN, ssl=context) as alone:
+            assert set(alone.servers) == {"s3"}
+        a = await remote.connect(s1.url, token=TOKEN, ssl=context)
+        b = await remote.connect(s2.url, token=TOKEN, ssl=context)
+        try:
+            source = await (
+                await (await a.create_worker()).create_router()
+            ).create_direct_transport()
+            data_producer = await source.produce_data()
+            router_b = await (await b.create_worker()).create_router()
+            sink_b = await router_b.create_direct_transport()
+            data_consumer = await sink_b.consume_data(data_producer_id=data_producer.id)
+            got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+            data_producer.send(b"over tls")
+            async with asyncio.timeout(5):
+                message, _ = await got
+            assert bytes(message) == b"over tls"
+        finally:
+            await a.aclose()
+            await b.aclose()
+        result = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "mafalda.cli", "monitor", s1.url, "--once", "--json"],
+            *["--tls-ca", ca, "--token", TOKEN],
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await result.communicate()
+        assert result.returncode == 0
+        servers = {s["id"]: s for s in json.loads(out)["servers"]}
+        assert set(servers) == {"s1", "s2"} and all(s["reported"] for s in servers.values())
+    finally:
+        for server in started:
+            if server.proc.returncode is None:
+                server.proc.kill()
+            await reap(server.proc)

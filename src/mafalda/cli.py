@@ -6,7 +6,8 @@
                   [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N] [--max-workers N]
                   [--max-sessions N] [--max-connections N] [--rtc-port-range MIN-MAX]
                   [--cluster REDIS_URL ... | --swarm [SEED_URL ...] ...]
-    mafalda monitor REDIS_URL [--interval 2] [--once] [--json] [--web --port 8090]
+    mafalda monitor REDIS_URL|SWARM_SERVER_URL [--token T] [--interval 2] [--once] [--json]
+                    [--web --port 8090]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
 MAFALDA_DEMO_RTC_IP, MAFALDA_DEMO_RTC_PORT, MAFALDA_DEMO_ANNOUNCED_IP); a flag wins.
@@ -29,6 +30,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl as ssl_module
+
     from mafalda.demo.server import DemoServer
     from mafalda.horizontal import MediaNode
     from mafalda.horizontal.registry import ServerRecord
@@ -153,12 +156,29 @@ def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="watch a cluster live: servers, workers, routers, loads, links",
         description=(
             "Read the cluster's Redis (the servers' registry records and the reports of "
-            "`mafalda serve --cluster`) and show it: in this terminal, refreshed every "
-            "--interval seconds (--once: once), as JSON (--json), or as a live web page "
-            "(--web)."
+            "`mafalda serve --cluster`), or a swarm through any of its servers (the "
+            "swarm's table and each server's report; `mafalda serve --swarm`), and show "
+            "it: in this terminal, refreshed every --interval seconds (--once: once), as "
+            "JSON (--json), or as a live web page (--web)."
         ),
     )
-    monitor.add_argument("redis_url", metavar="REDIS_URL", help="the cluster's Redis")
+    monitor.add_argument(
+        "url",
+        metavar="URL",
+        help="the cluster's Redis (redis://, rediss://) or a swarm's server (ws://, wss://)",
+    )
+    monitor.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="PEM",
+        help="a swarm's: the authorities its servers' wss:// certificates are checked "
+        "against (default: the system's)",
+    )
+    monitor.add_argument(
+        "--token",
+        default=os.environ.get("MAFALDA_REMOTE_TOKEN"),
+        help="a swarm's: the servers' shared secret (default: MAFALDA_REMOTE_TOKEN)",
+    )
     monitor.add_argument("--prefix", default="mafalda", help="the cluster's key prefix")
     monitor.add_argument("--interval", type=_positive, default=2.0, help="seconds")
     monitor.add_argument("--once", action="store_true", help="print one view and exit")
@@ -199,6 +219,13 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss://")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="PEM",
+        help="--swarm: the certificate authorities that other servers' wss:// certificates "
+        "are checked against (default: the system's)",
+    )
     limits = serve.add_argument_group("limits (see mafalda.remote.serve)")
     limits.add_argument(
         "--max-workers-per-session",
@@ -286,6 +313,16 @@ def serve_limits(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def peer_context(ca_file: str | None) -> ssl_module.SSLContext | None:
+    """The context other servers' (and a swarm's) certificates are checked with: the
+    given authorities', or None (the system's)."""
+    if ca_file is None:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_file)
+
+
 async def _run_serve(args: argparse.Namespace) -> int:
     import ssl
 
@@ -309,7 +346,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     probe = None
-    if args.cluster or args.monitor_port is not None:
+    if args.cluster or args.swarm is not None or args.monitor_port is not None:
         from mafalda.monitor import Probe
 
         probe = Probe()  # before any worker starts: it follows them from their start
@@ -354,6 +391,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
                     server,
                     token=args.token,
                     seeds=args.swarm,
+                    ssl=peer_context(args.tls_ca),
                     server_id=args.server_id,
                     media_address=args.announce_ip,
                     region=args.region,
@@ -376,6 +414,12 @@ async def _run_serve(args: argparse.Namespace) -> int:
                 )
                 await reporter.start()
                 started.push_async_callback(reporter.aclose)
+            if args.swarm is not None and node is not None and probe is not None:
+                from mafalda.monitor import StatsRoute
+
+                stats = StatsRoute(probe, server, server_id=node.id, interval=args.heartbeat)
+                stats.start()
+                started.callback(stats.stop)
             page = None
             if probe is not None and args.monitor_port is not None:
                 page = await _start_monitor_page(args, server, probe, node)
@@ -426,7 +470,19 @@ async def _run_monitor(args: argparse.Namespace) -> int:
     from mafalda.monitor import connect
     from mafalda.monitor.web import MonitorWeb
 
-    async with await connect(args.redis_url, prefix=args.prefix, interval=args.interval) as mon:
+    try:
+        opened = connect(
+            args.url,
+            token=args.token,
+            prefix=args.prefix,
+            interval=args.interval,
+            ssl=peer_context(args.tls_ca),
+        )
+        mon = await opened
+    except ValueError as error:
+        print(f"mafalda: {error} (--token or MAFALDA_REMOTE_TOKEN)", file=sys.stderr)
+        return 2
+    async with mon:
         if args.web:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

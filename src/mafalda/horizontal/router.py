@@ -27,7 +27,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.errors import InvalidStateError, UnsupportedError
-from mafalda.remote import RemoteConnectionError, RemoteError
+from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
 from mafalda.vertical.spanning import SpanningRouter
 
@@ -44,8 +44,11 @@ logger = logging.getLogger("mafalda.horizontal.router")
 
 def refused_by_server(error: BaseException) -> bool:
     """True for an error that says the server cannot take the call now (unreachable,
-    or at one of its limits: sessions, workers per session...), so that the next
-    candidate should be tried; False for an error of the call itself."""
+    draining before this client saw its record say so, or at one of its limits:
+    sessions, workers per session...), so that the next candidate should be tried;
+    False for an error of the call itself."""
+    if isinstance(error, ServerDrainingError):
+        return True
     if isinstance(error, RemoteError):
         return error.code == RATE_LIMITED
     return isinstance(error, RemoteConnectionError | OSError | TimeoutError)

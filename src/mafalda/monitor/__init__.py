@@ -5,7 +5,12 @@ Media server side (``mafalda serve --cluster`` does this)::
     probe = Probe(); probe.start()     # follows this process's workers
     async with Reporter(probe, redis_url=REDIS, server_id=node.id): ...
 
-Watching (``mafalda monitor redis://...`` in a terminal, ``--web`` for a live page)::
+A swarm's server (``mafalda serve --swarm`` does this; no Redis)::
+
+    StatsRoute(probe, server, server_id=node.id).start()   # GET /stats
+
+Watching (``mafalda monitor redis://...`` or ``ws://a-swarm-server/ --token T`` in a
+terminal, ``--web`` for a live page)::
 
     async with await mafalda.monitor.connect(REDIS) as monitor:
         async for view in monitor.views():
@@ -17,6 +22,7 @@ from mafalda.monitor.monitor import Monitor, connect
 from mafalda.monitor.probe import Probe
 from mafalda.monitor.reporter import Reporter
 from mafalda.monitor.stats import PipeEnd, RouterStats, ServerStats, WorkerStats
+from mafalda.monitor.swarm import StatsRoute, SwarmMonitor
 from mafalda.monitor.view import (
     ClusterView,
     LinkView,
@@ -37,6 +43,8 @@ __all__ = [
     "RouterStats",
     "ServerStats",
     "ServerView",
+    "StatsRoute",
+    "SwarmMonitor",
     "WorkerStats",
     "build_view",
     "busiest_routers",

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -24,9 +26,34 @@ from mafalda.horizontal.registry import ServerRecord
 from mafalda.monitor.stats import ServerStats, decode_stats, stats_pattern
 from mafalda.monitor.view import ClusterView, build_view
 
-__all__ = ["Monitor", "connect"]
+if TYPE_CHECKING:
+    from mafalda.monitor.swarm import SwarmMonitor
+
+__all__ = ["Monitor", "connect", "poll_views"]
 
 logger = logging.getLogger("mafalda.monitor")
+
+
+async def poll_views(
+    view: Callable[[], Awaitable[ClusterView]],
+    interval: float,
+    errors: tuple[type[Exception], ...],
+    what: str,
+) -> AsyncIterator[ClusterView]:
+    """``view()`` now, then every ``interval`` seconds; while it fails with ``errors``,
+    nothing (``what`` failed, logged once), and views again when it works."""
+    failing = False
+    while True:
+        try:
+            result = await view()
+        except errors as error:
+            if not failing:
+                logger.warning("%s failed: %s", what, error)
+            failing = True
+        else:
+            failing = False
+            yield result
+        await asyncio.sleep(interval)
 
 
 class Monitor:
@@ -90,21 +117,10 @@ class Monitor:
         records = await self.records()
         return build_view(records, await self.reports())
 
-    async def views(self) -> AsyncIterator[ClusterView]:
+    def views(self) -> AsyncIterator[ClusterView]:
         """A view now, then one every ``interval`` seconds; while Redis cannot be read,
         nothing (logged once), and views again when it can."""
-        failing = False
-        while True:
-            try:
-                view = await self.view()
-            except (RedisError, OSError) as error:
-                if not failing:
-                    logger.warning("reading Redis failed: %s", error)
-                failing = True
-            else:
-                failing = False
-                yield view
-            await asyncio.sleep(self.interval)
+        return poll_views(self.view, self.interval, (RedisError, OSError), "reading Redis")
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -117,13 +133,27 @@ class Monitor:
 
 
 async def connect(
-    redis_url: str, *, prefix: str = registry.DEFAULT_PREFIX, interval: float = 2.0
-) -> Monitor:
-    """A Monitor of the cluster in ``redis_url`` (OSError when Redis cannot be reached)."""
-    monitor = Monitor(redis_url, prefix=prefix, interval=interval)
+    url: str,
+    *,
+    token: str | None = None,
+    prefix: str = registry.DEFAULT_PREFIX,
+    interval: float = 2.0,
+    ssl: ssl_module.SSLContext | None = None,
+) -> Monitor | SwarmMonitor:
+    """A Monitor of the cluster whose Redis is ``url`` (``redis://``, ``rediss://``: TLS
+    options go in the URL), or of the swarm that the server at ``url`` (``ws://``,
+    ``wss://``: ``ssl`` checks the servers' certificates) belongs to, read with the
+    servers' ``token``. OSError when it cannot be reached."""
+    if url.startswith(("ws://", "wss://")):
+        if not token:
+            raise ValueError("watching a swarm needs its servers' token")
+        from mafalda.monitor.swarm import connect_swarm  # it stands on this module
+
+        return await connect_swarm([url], token=token, interval=interval, ssl=ssl)
+    monitor = Monitor(url, prefix=prefix, interval=interval)
     try:
         await monitor._redis.ping()
     except (RedisError, OSError) as error:
         await monitor.aclose()
-        raise OSError(f"cannot reach Redis at {redis_url}: {error}") from error
+        raise OSError(f"cannot reach Redis at {url}: {error}") from error
     return monitor

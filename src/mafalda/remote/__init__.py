@@ -15,7 +15,7 @@ The wire protocol (JSON-RPC 2.0 over WebSocket, ``mafalda-remote/2``) is documen
 """
 
 from mafalda.remote.client import Connection, RemoteMafalda, RemoteMediasoup, connect
-from mafalda.remote.errors import RemoteConnectionError, RemoteError
+from mafalda.remote.errors import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import PROTOCOL_VERSION
 from mafalda.remote.proxy import (
     RemoteConsumer,
@@ -46,6 +46,7 @@ __all__ = [
     "RemoteRouter",
     "RemoteRtpObserver",
     "RemoteServer",
+    "ServerDrainingError",
     "RemoteTransport",
     "RemoteWebRtcServer",
     "RemoteWorker",

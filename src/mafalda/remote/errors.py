@@ -15,7 +15,7 @@ from mafalda.mediasoup.errors import (
 )
 from mafalda.mediasoup.rtp_parameters import InvalidValueError
 
-__all__ = ["RemoteConnectionError", "RemoteError", "error_from_wire"]
+__all__ = ["RemoteConnectionError", "RemoteError", "ServerDrainingError", "error_from_wire"]
 
 
 class RemoteError(MediasoupError):
@@ -34,6 +34,11 @@ class RemoteConnectionError(ChannelClosedError):
     with it, and every proxy closes."""
 
 
+class ServerDrainingError(InvalidStateError):
+    """The media server is draining: it takes no new workers, routers, transports or
+    observers (a cluster client tries the next server)."""
+
+
 class _RemoteWorkerError(WorkerError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,6 +53,7 @@ _BY_NAME: dict[str, type[Exception]] = {
     "MediasoupError": MediasoupError,
     "InvalidValueError": InvalidValueError,
     "InvalidStateError": InvalidStateError,
+    "ServerDrainingError": ServerDrainingError,
     "ChannelClosedError": ChannelClosedError,
     "ChannelTimeoutError": ChannelTimeoutError,
     "UnsupportedError": UnsupportedError,

@@ -55,6 +55,7 @@ from mafalda.remote._limits import (
     check_port_range,
     worker_ports,
 )
+from mafalda.remote.errors import ServerDrainingError
 from mafalda.vertical.mafalda import Mafalda
 from mafalda.vertical.router import MafaldaRouter
 
@@ -317,6 +318,8 @@ _LATE_EVENTS = frozenset({"subprocessclose", "died"})
 _READ_ONLY = ("dump", "get_", "can_", "stats")
 #: create_*() calls a draining server still takes: pipes carry what is already there.
 _DRAIN_OK = frozenset({"create_pipe_transport"})
+#: Calls that name a (data) producer by id: a swarm may bring it from another server.
+_CONSUMING = frozenset({"consume", "consume_data"})
 #: Calls whose news is the object they return (its state goes with its reference), not a
 #: change of their target's own state (a router's, a transport's).
 _CREATING = ("create_", "consume", "produce", "pipe_to_router")
@@ -739,10 +742,11 @@ class RemoteServer:
         #: 'newworker' (worker): a worker started for a client of this server (not the
         #: process's other workers, as mediasoup.observer's).
         self.observer = EventEmitter()
-        #: Called with the transport and the producer id before a client's ``consume()``
-        #: runs; an awaitable it returns is waited for first (a swarm pipes in a producer
-        #: that lives on another server: ``mafalda.swarm.streams``).
-        self.before_consume: Callable[[Any, str], Awaitable[None] | None] | None = None
+        #: Called with the transport, the (data) producer id and whether it is data,
+        #: before a client's ``consume()`` or ``consume_data()`` runs; an awaitable it
+        #: returns is waited for first (a swarm pipes in a producer that lives on another
+        #: server: ``mafalda.swarm.streams``).
+        self.before_consume: Callable[[Any, str, bool], Awaitable[None] | None] | None = None
         self._closed = asyncio.Event()
         self.host = ""
         self.port = 0
@@ -1110,13 +1114,14 @@ class RemoteServer:
             session.closing = call.target
         try:
             if self.draining and call.method.startswith("create_") and call.method not in _DRAIN_OK:
-                raise InvalidStateError(f"media server draining: {call.method}() refused")
+                raise ServerDrainingError(f"media server draining: {call.method}() refused")
             if call.method in LISTENING_METHODS:
                 check_listen_ports(kwargs, self.rtc_port_range)
             hook = self.before_consume
-            if hook is not None and call.method == "consume":
-                producer_id = kwargs.get("producer_id")
-                waiting = hook(obj, producer_id) if isinstance(producer_id, str) else None
+            if hook is not None and call.method in _CONSUMING:
+                data = call.method == "consume_data"
+                producer_id = kwargs.get("data_producer_id" if data else "producer_id")
+                waiting = hook(obj, producer_id, data) if isinstance(producer_id, str) else None
                 if waiting is not None:
                     await waiting
             result = getattr(obj, call.method)(*args, **kwargs)

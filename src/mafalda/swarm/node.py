@@ -65,13 +65,15 @@ class SwarmNode:
         fail_after: float | None = None,
         ssl: ssl_module.SSLContext | None = None,
         streams: bool = True,
+        stream_idle: float = 10.0,
     ) -> None:
         """token: the servers' shared secret (the one clients present too). seeds: URLs
         of servers of the swarm to join (none: this one starts a swarm). interval:
         seconds between gossip rounds. fail_after: seconds without news of a server
         before it is dropped (default 5 rounds). ssl: the context to reach wss:// peers.
         streams: let this server's clients consume producers of the swarm's other
-        servers (``mafalda.swarm.streams``; on a server that serves mediasoup).
+        servers (``mafalda.swarm.streams``; on a server that serves mediasoup);
+        stream_idle: seconds such a copy stays unconsumed before its pipe closes.
 
         ``observer`` emits 'serverjoin' (id) and 'serverleave' (id, 'left' or
         'silent') as this node learns them.
@@ -103,7 +105,12 @@ class SwarmNode:
         self.streams: SwarmStreams | None = None
         if streams and server.serves == "mediasoup":
             mine = self.streams = SwarmStreams(
-                server, server_id=self.id, token=token, members=lambda: self.members
+                server,
+                server_id=self.id,
+                token=token,
+                members=lambda: self.members,
+                idle=stream_idle,
+                ssl=ssl,
             )
             self.observer.on("serverleave", lambda server_id, _why: mine.peers_gone([server_id]))
         self._http: aiohttp.ClientSession | None = None

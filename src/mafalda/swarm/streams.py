@@ -2,8 +2,8 @@
 consumed through any other, by any app, with mediasoup's plain API.
 
 An app connected to server Y calls ``transport.consume(producer_id=P)`` for a producer
-P that another app created on server X.
-Y's router does not have P, so before the call runs Y asks its peers who has P, and
+P that another app created on server X. Y's router does not have P, so before the
+call runs Y asks its peers who has P, and
 pipes it in: a PipeTransport on each side (on each server's media address, SRTP unless
 both are loopback, RTX on), X consuming P into its end and Y producing it, with P's id,
 into the consuming router. The call then runs as if P had been there all along, and
@@ -17,11 +17,13 @@ Servers talk on their own port, on the token-protected route ``/streams``, in JS
 ``find`` (do you have P?), ``open`` (pipe P to this end), and the notices ``close``,
 ``pause``, ``resume`` of a pipe, sent in order per peer.
 
+Data producers the same way (``consume_data(data_producer_id=P)``; SCTP on the pipe).
 Only servers that serve mediasoup (not a Mafalda pool) take part, and only
-``consume()`` looks across the swarm (not RTP observers, not data producers). The
+``consume()`` and ``consume_data()`` look across the swarm (not RTP observers). The
 remote client answers ``router.can_consume()`` itself, from the producers it knows (as
 mediasoup answers it from the router's): False for another app's producer; consume()
-and its error are the way to ask. A pipe stays until P, or either router, closes.
+and its error are the way to ask. A copy with no consumer left closes its pipe ``idle``
+seconds later.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl as ssl_module
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
@@ -41,7 +44,7 @@ from aiohttp import web
 from mafalda import mediasoup
 from mafalda.horizontal.cluster import Cluster
 from mafalda.horizontal.registry import ServerRecord, json_object
-from mafalda.mediasoup import Consumer, Producer, Router, Transport, Worker
+from mafalda.mediasoup import Router, Transport, Worker
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.remote import RemoteServer
 from mafalda.swarm.urls import route_url
@@ -71,6 +74,8 @@ def check_message(raw: bytes) -> dict[str, Any]:
     op = data.get("op")
     if op not in _OPS:
         raise ValueError("streams: invalid 'op'")
+    if not isinstance(data.get("data", False), bool):
+        raise ValueError("streams: invalid 'data'")
     if op == "find":
         _text(data, "producerId")
     elif op == "open":
@@ -92,13 +97,15 @@ def check_message(raw: bytes) -> dict[str, Any]:
 class _Pipe:
     """One end of a piped stream: this server's PipeTransport and what it carries."""
 
-    __slots__ = ("id", "peer", "transport", "carrier")
+    __slots__ = ("carrier", "id", "idle", "peer", "transport", "users")
 
     def __init__(self, pipe_id: str, peer: str, transport: PipeTransport, carrier: Any) -> None:
         self.id = pipe_id
         self.peer = peer  # the other server's id
         self.transport = transport
         self.carrier = carrier  # the pipe consumer (out) or the pipe producer (in)
+        self.users = 0  # in: the consumers of the copy
+        self.idle: asyncio.TimerHandle | None = None  # in: its collection, when unused
 
 
 class SwarmStreams:
@@ -117,7 +124,14 @@ class SwarmStreams:
         token: str,
         members: Callable[[], dict[str, ServerRecord]],
         timeout: float = 10.0,
+        idle: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        """idle: seconds a copy brought from another server stays with no consumer
+        before its pipe closes (a consumer back within it reuses the pipe). ssl: the
+        context to reach wss:// peers (default: the system's certificate authorities)."""
+        if idle < 0:
+            raise ValueError("idle must be >= 0")
         if server.serves != "mediasoup":
             raise ValueError("swarm streams need a server that serves mediasoup")
         self.server = server
@@ -125,19 +139,24 @@ class SwarmStreams:
         self._token = token
         self._members = members
         self._timeout = timeout
-        #: Every producer of this process by (router id, producer id), and the origins
-        #: (not copies made by pipes) by producer id.
-        self._here: weakref.WeakValueDictionary[tuple[str, str], Producer] = (
+        self.idle = idle
+        self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
+        #: Every producer and data producer of this server by (router id, id, data), and
+        #: the origins (not copies made by pipes) by (id, data).
+        self._here: weakref.WeakValueDictionary[tuple[str, str, bool], Any] = (
             weakref.WeakValueDictionary()
         )
-        self._originals: weakref.WeakValueDictionary[str, Producer] = weakref.WeakValueDictionary()
+        self._originals: weakref.WeakValueDictionary[tuple[str, bool], Any] = (
+            weakref.WeakValueDictionary()
+        )
         self._router_of: weakref.WeakKeyDictionary[Any, Router] = weakref.WeakKeyDictionary()
         #: Pipes out (this server has the producer) and in (this server has a copy),
         #: by pipe id; copies being made, by (router id, producer id). (A copy from
         #: another router of this server is mediasoup's pipe_to_router().)
         self._out: dict[str, _Pipe] = {}
         self._in: dict[str, _Pipe] = {}
-        self._bringing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._copies: dict[tuple[str, str, bool], _Pipe] = {}  # pipes in, by _here's key
+        self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -166,19 +185,30 @@ class SwarmStreams:
             # What a pipe produces is a copy of a producer, not a stream's origin.
             origin = not isinstance(transport, PipeTransport)
 
-            def new_producer(producer: Producer) -> None:
-                self._here[(router.id, producer.id)] = producer
+            def new_producer(producer: Any, data: bool = False) -> None:
+                self._here[(router.id, producer.id, data)] = producer
                 if origin:
-                    self._originals[producer.id] = producer
+                    self._originals[(producer.id, data)] = producer
                     self._router_of[producer] = router
 
+            def new_consumer(consumer: Any, data: bool = False) -> None:
+                source = consumer.data_producer_id if data else consumer.producer_id
+                pipe = self._copies.get((router.id, source, data))
+                if pipe is not None:
+                    self._use(pipe, 1)
+                    consumer.observer.on("close", lambda: self._use(pipe, -1))
+
             transport.observer.on("newproducer", new_producer)
+            transport.observer.on("newconsumer", new_consumer)
+            transport.observer.on("newdataproducer", lambda p: new_producer(p, True))
+            transport.observer.on("newdataconsumer", lambda c: new_consumer(c, True))
 
         router.observer.on("newtransport", new_transport)
 
-    def _original(self, producer_id: str) -> tuple[Producer, Router] | None:
-        """A live producer of this server's clients (not a copy piped in), and its router."""
-        producer = self._originals.get(producer_id)
+    def _original(self, producer_id: str, data: bool) -> tuple[Any, Router] | None:
+        """A live (data) producer of this server's clients (not a copy piped in), and its
+        router."""
+        producer = self._originals.get((producer_id, data))
         if producer is None or producer.closed:
             return None
         router = self._router_of.get(producer)
@@ -186,36 +216,45 @@ class SwarmStreams:
 
     # -- the hook: before a consume() / can_consume() -----------------------------------
 
-    def _before_consume(self, transport: Any, producer_id: str) -> Awaitable[None] | None:
+    def _before_consume(
+        self, transport: Any, producer_id: str, data: bool
+    ) -> Awaitable[None] | None:
         router = self._router_of.get(transport)
         if router is None or router.closed:
             return None
-        key = (router.id, producer_id)
+        key = (router.id, producer_id, data)
         present = self._here.get(key)
         if present is not None and not present.closed:
+            pipe = self._copies.get(key)
+            if pipe is not None and pipe.users == 0:
+                self._use(pipe, 0)  # an unused copy: a new idle period for this consume
             return None  # here already (its origin or a copy): mediasoup's call as it is
         pending = self._bringing.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._bring(router, producer_id))
+            pending = asyncio.ensure_future(self._bring(router, producer_id, data))
             self._bringing[key] = pending
             pending.add_done_callback(lambda _: self._bringing.pop(key, None))
         return asyncio.shield(pending)
 
-    async def _bring(self, router: Router, producer_id: str) -> None:
-        found = self._original(producer_id)
+    async def _bring(self, router: Router, producer_id: str, data: bool) -> None:
+        found = self._original(producer_id, data)
         if found is not None:  # another app's router on this server
-            await found[1].pipe_to_router(producer_id=producer_id, router=router)
+            if data:
+                await found[1].pipe_to_router(router=router, data_producer_id=producer_id)
+            else:
+                await found[1].pipe_to_router(router=router, producer_id=producer_id)
             return
-        owner = await self._find(producer_id)
+        owner = await self._find(producer_id, data)
         if owner is not None:  # else nowhere: mediasoup's own "not found" answers the call
-            await self._open(router, producer_id, owner)
+            await self._open(router, producer_id, owner, data)
 
-    async def _find(self, producer_id: str) -> ServerRecord | None:
+    async def _find(self, producer_id: str, data: bool) -> ServerRecord | None:
         """The peer that has the producer (asked all at once; the first yes wins)."""
 
         async def ask(record: ServerRecord) -> ServerRecord | None:
             try:
-                answer = await self._post(record, {"op": "find", "producerId": producer_id})
+                ask = {"op": "find", "producerId": producer_id, "data": data}
+                answer = await self._post(record, ask)
             except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
                 return None
             return record if answer.get("found") is True else None
@@ -231,12 +270,17 @@ class SwarmStreams:
             for task in asks:
                 task.cancel()
 
-    async def _open(self, router: Router, producer_id: str, owner: ServerRecord) -> None:
+    async def _open(
+        self, router: Router, producer_id: str, owner: ServerRecord, data: bool
+    ) -> None:
         me = self._members().get(self.id)
         address = me["mediaAddress"] if me is not None else self.server.host
         srtp = Cluster.srtp_between(address, owner["mediaAddress"])
         transport = await router.create_pipe_transport(
-            listen_info={"protocol": "udp", "ip": address}, enable_rtx=True, enable_srtp=srtp
+            listen_info={"protocol": "udp", "ip": address},
+            enable_rtx=True,
+            enable_srtp=srtp,
+            enable_sctp=data,
         )
         pipe_id = str(uuid.uuid4())
         try:
@@ -245,6 +289,7 @@ class SwarmStreams:
                 {
                     "op": "open",
                     "producerId": producer_id,
+                    "data": data,
                     "pipeId": pipe_id,
                     "from": self.id,
                     "ip": transport.tuple["localAddress"],
@@ -257,12 +302,22 @@ class SwarmStreams:
             await transport.connect(
                 ip=answer["ip"], port=answer["port"], srtp_parameters=answer["srtpParameters"]
             )
-            copy = await transport.produce(
-                id=producer_id,
-                kind=answer["kind"],
-                rtp_parameters=answer["rtpParameters"],
-                paused=answer["paused"],
-            )
+            copy: Any
+            if data:
+                copy = await transport.produce_data(
+                    id=producer_id,
+                    sctp_stream_parameters=answer["sctpStreamParameters"],
+                    label=answer["label"],
+                    protocol=answer["protocol"],
+                    paused=answer["paused"],
+                )
+            else:
+                copy = await transport.produce(
+                    id=producer_id,
+                    kind=answer["kind"],
+                    rtp_parameters=answer["rtpParameters"],
+                    paused=answer["paused"],
+                )
         except BaseException as error:
             transport.close()
             self._notify(owner["id"], {"op": "close", "pipeId": pipe_id})
@@ -275,12 +330,33 @@ class SwarmStreams:
             raise
         pipe = _Pipe(pipe_id, owner["id"], transport, copy)
         self._in[pipe_id] = pipe
+        self._copies[(router.id, producer_id, data)] = pipe
         transport.observer.on("close", lambda: self._closed_in(pipe, notify=True))
+        self._use(pipe, 0)  # collected if the consume that asked for it fails
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
+
+    def _use(self, pipe: _Pipe, change: int) -> None:
+        """Count a copy's consumers; with none, close its pipe ``idle`` seconds later."""
+        pipe.users += change
+        if pipe.idle is not None:
+            pipe.idle.cancel()
+            pipe.idle = None
+        if pipe.users == 0 and pipe.id in self._in:
+            pipe.idle = asyncio.get_running_loop().call_later(self.idle, self._collect, pipe)
+
+    def _collect(self, pipe: _Pipe) -> None:
+        if pipe.users == 0:
+            logger.info("producer %s unused here: its pipe closes", pipe.carrier.id)
+            self._closed_in(pipe, notify=True)
 
     def _closed_in(self, pipe: _Pipe, *, notify: bool) -> None:
         if self._in.pop(pipe.id, None) is None:
             return
+        if pipe.idle is not None:
+            pipe.idle.cancel()
+        for key, copy in list(self._copies.items()):
+            if copy is pipe:
+                del self._copies[key]
         pipe.transport.close()  # the copy closes with it
         if notify:
             self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
@@ -296,7 +372,8 @@ class SwarmStreams:
             return web.Response(status=400, text=str(error))
         op = message["op"]
         if op == "find":
-            return web.json_response({"found": self._original(message["producerId"]) is not None})
+            found = self._original(message["producerId"], message.get("data", False))
+            return web.json_response({"found": found is not None})
         if op == "open":
             try:
                 return web.json_response(await self._pipe_out(message))
@@ -316,16 +393,21 @@ class SwarmStreams:
         return web.json_response({})
 
     async def _pipe_out(self, message: dict[str, Any]) -> dict[str, Any]:
-        found = self._original(message["producerId"])
+        data = message.get("data", False)
+        found = self._original(message["producerId"], data)
         if found is None:
-            raise StreamError(f"no producer {message['producerId']} here")
+            kind = "data producer" if data else "producer"
+            raise StreamError(f"no {kind} {message['producerId']} here")
         producer, router = found
         peer = message["from"]
         me = self._members().get(self.id)
         address = me["mediaAddress"] if me is not None else self.server.host
         srtp = message.get("srtpParameters") is not None
         transport = await router.create_pipe_transport(
-            listen_info={"protocol": "udp", "ip": address}, enable_rtx=True, enable_srtp=srtp
+            listen_info={"protocol": "udp", "ip": address},
+            enable_rtx=True,
+            enable_srtp=srtp,
+            enable_sctp=data,
         )
         try:
             await transport.connect(
@@ -333,7 +415,11 @@ class SwarmStreams:
                 port=message["port"],
                 srtp_parameters=message.get("srtpParameters"),
             )
-            consumer: Consumer = await transport.consume(producer_id=producer.id)
+            consumer: Any
+            if data:
+                consumer = await transport.consume_data(data_producer_id=producer.id)
+            else:
+                consumer = await transport.consume(producer_id=producer.id)
         except BaseException:
             transport.close()
             raise
@@ -341,18 +427,30 @@ class SwarmStreams:
         self._out[pipe.id] = pipe
         transport.observer.on("close", lambda: self._closed_out(pipe, notify=True))
         consumer.observer.on("close", lambda: self._closed_out(pipe, notify=True))
-        consumer.on("producerpause", lambda: self._notify(peer, {"op": "pause", "pipeId": pipe.id}))
-        consumer.on(
-            "producerresume", lambda: self._notify(peer, {"op": "resume", "pipeId": pipe.id})
-        )
-        return {
+        prefix = "dataproducer" if data else "producer"
+        for op in ("pause", "resume"):
+            consumer.on(
+                prefix + op, lambda op=op: self._notify(peer, {"op": op, "pipeId": pipe.id})
+            )
+        answer: dict[str, Any] = {
             "ip": transport.tuple["localAddress"],
             "port": transport.tuple["localPort"],
             "srtpParameters": transport.srtp_parameters,
-            "kind": consumer.kind,
-            "rtpParameters": consumer.rtp_parameters,
-            "paused": consumer.producer_paused,
         }
+        if data:
+            answer |= {
+                "sctpStreamParameters": consumer.sctp_stream_parameters,
+                "label": consumer.label,
+                "protocol": consumer.protocol,
+                "paused": consumer.data_producer_paused,
+            }
+        else:
+            answer |= {
+                "kind": consumer.kind,
+                "rtpParameters": consumer.rtp_parameters,
+                "paused": consumer.producer_paused,
+            }
+        return answer
 
     def _closed_out(self, pipe: _Pipe, *, notify: bool) -> None:
         if self._out.pop(pipe.id, None) is None:
@@ -366,7 +464,7 @@ class SwarmStreams:
     async def _post(self, record: ServerRecord, message: dict[str, Any]) -> dict[str, Any]:
         assert self._http is not None
         url = route_url(record["controlUrl"], ROUTE)
-        async with self._http.post(url, data=json.dumps(message)) as response:
+        async with self._http.post(url, data=json.dumps(message), ssl=self._ssl) as response:
             if response.status != 200:
                 raise StreamError(f"server {record['id']}: HTTP {response.status}")
             answer = json.loads(await response.read())

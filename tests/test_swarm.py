@@ -324,9 +324,9 @@ async def test_nodes_learn_each_other_drain_and_leave(
     await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
     assert nodes[0].members["s3"]["controlUrl"] == servers[2].url
     assert nodes[0].members["s3"]["version"] == PROTOCOL_VERSION
-    # A drain reaches every peer at once (no round to wait for).
+    # A drain is pushed to every peer (they know it when drain() starts waiting).
     drained = asyncio.ensure_future(nodes[2].drain(timeout=5))
-    await wait_until(lambda: all(n.members["s3"]["draining"] for n in nodes[:2]), timeout=ROUND)
+    await wait_until(lambda: all(n.members["s3"]["draining"] for n in nodes[:2]), timeout=5)
     assert await drained and servers[2].draining
     # A polite leave too: a tombstone, pushed to every live peer.
     await nodes[1].aclose()
@@ -702,13 +702,13 @@ async def test_a_stream_is_consumed_through_another_entry_point(
     try:
         send, producer = await a.producer("127.0.0.2")
         caps = b.router.rtp_capabilities
-        # The client answers can_consume() from the producers its router has: not yet
-        # another app's; once a consume() brought it, the copy is there (as mediasoup's
-        # pipe_to_router() shows its pipe transports to the router's observer).
+        # The client answers can_consume() from the producers it knows: another app's
+        # is none of them, before or after a consume() brought its copy (the copy has
+        # an id of its own: the server's router knows it by the original's).
         assert not b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
         consumer, counter, sock = await b.consumer(producer.id)
         assert consumer.producer_id == producer.id and consumer.kind == "audio"
-        assert b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
+        assert not b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
         with Sender(send):
             await received(counter)
             paused = asyncio.ensure_future(consumer.events.wait_for("producerpause"))
@@ -727,7 +727,7 @@ async def test_a_stream_is_consumed_through_another_entry_point(
         # B's router has the copy, and one pipe transport more than B made.
         dump = await b.router.dump()
         [mapping] = dump["mapProducerIdConsumerIds"]
-        assert mapping["key"] == producer.id
+        assert mapping["key"] != producer.id  # the copy, by its own id in the worker
         assert sorted(mapping["values"]) == sorted([consumer.id, second.id])
         assert len(dump["transportIds"]) == 3
 
@@ -876,14 +876,8 @@ async def test_a_worker_started_before_the_streams_is_not_followed() -> None:
                     )
         finally:
             await early.client.aclose()
-    pool = await Mafalda.start(num_workers=1)
-    try:
-        async with await remote.serve(token=TOKEN, target=pool) as server:
-            with pytest.raises(ValueError, match="serves mediasoup"):
-                SwarmStreams(server, server_id="s", token=TOKEN, members=dict)
-            assert SwarmNode(server, token=TOKEN).streams is None  # a Mafalda pool: none
-    finally:
-        await pool.aclose()
+    with pytest.raises(ValueError, match="idle"):
+        SwarmStreams(server, server_id="s", token=TOKEN, members=dict, idle=-1)
 
 
 async def test_streams_route_refuses_and_answers(
@@ -1157,6 +1151,23 @@ async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
                 )
             assert len(in2) == 1
             await wait_until(lambda: not in2 and not out1, timeout=5)
+            # An RTP observer's add_producer() brings it too, and keeps it while watched.
+            observer = await b.router.create_audio_level_observer()
+            await observer.add_producer(producer_id=producer.id)
+            await asyncio.sleep(idle * 2)
+            assert len(in2) == 1
+            await observer.remove_producer(producer_id=producer.id)
+            await wait_until(lambda: not in2 and not out1, timeout=5)
+            await observer.add_producer(producer_id=producer.id)
+            await asyncio.sleep(idle * 2)
+            assert len(in2) == 1
+            # A producer of s2's own is no copy: nothing to count.
+            _, own = await b.producer("127.0.0.3")
+            await observer.add_producer(producer_id=own.id)
+            await observer.remove_producer(producer_id=own.id)
+            assert len(in2) == 1
+            observer.close()  # watching nothing any more
+            await wait_until(lambda: not in2 and not out1, timeout=5)
             for s in (sock, sock2, sock3):
                 s.close()
             with pytest.raises(ValueError, match="idle"):
@@ -1272,3 +1283,119 @@ async def test_a_swarm_over_tls(tmp_path: Any) -> None:
             if server.proc.returncode is None:
                 server.proc.kill()
             await reap(server.proc)
+
+
+async def test_streams_between_servers_of_mafalda_pools() -> None:
+    """`mafalda serve --mafalda --swarm`: Remote Mafalda apps on two servers, each a
+    pool of two workers. A producer of a MafaldaRouter on s1 is consumed through s2 on
+    transports of its MafaldaRouter on both workers there (the copy lands on one, the
+    router pipes it to the other); closing it reaches every consumer."""
+    pools = [await Mafalda.start(num_workers=2, min_workers=2, policy="spread") for _ in range(2)]
+    try:
+        async with (
+            await remote.serve(host="127.0.0.2", token=TOKEN, target=pools[0]) as s1,
+            await remote.serve(host="127.0.0.3", token=TOKEN, target=pools[1]) as s2,
+            SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
+            SwarmNode(s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND) as n2,
+        ):
+            await wait_until(_everyone_knows([n1, n2], {"s1", "s2"}))
+            a = await remote.connect(s1.url, token=TOKEN)
+            b = await remote.connect(s2.url, token=TOKEN)
+            try:
+                room_a = await a.create_router(media_codecs=MEDIA_CODECS)
+                room_b = await b.create_router(media_codecs=MEDIA_CODECS)
+                app_a, app_b = App(a, room_a), App(b, room_b)
+                send, producer = await app_a.producer("127.0.0.2")
+                consumers = []
+                with Sender(send):
+                    for _ in range(3):  # spread over s2's two workers (policy 'spread')
+                        consumer, counter, sock = await app_b.consumer(producer.id)
+                        consumers.append(consumer)
+                        await received(counter)
+                        sock.close()
+                # Both of s2's workers have consumers: one has the copy, the other takes
+                # it from there (one pipe in from s1 all the same).
+                busy = [w for w in pools[1].stats()["workers"] if w["consumers"] > 0]
+                assert len(busy) == 2
+                assert len(n2.streams._in) == 1  # type: ignore[union-attr]
+                # Another app of s2 takes a data producer of B's room: MafaldaRouter's own
+                # pipe_to_router() between the two rooms.
+                third = await remote.connect(s2.url, token=TOKEN)
+                room_c = await third.create_router(media_codecs=MEDIA_CODECS)
+                data_producer = await (await room_b.create_direct_transport()).produce_data()
+                sink_c = await room_c.create_direct_transport()
+                from_b = await sink_c.consume_data(data_producer_id=data_producer.id)
+                got = asyncio.ensure_future(from_b.events.wait_for("message"))
+                data_producer.send(b"room to room")
+                async with asyncio.timeout(5):
+                    message, _ = await got
+                assert bytes(message) == b"room to room"
+                await third.aclose()
+                closed = [
+                    asyncio.ensure_future(c.events.wait_for("producerclose")) for c in consumers
+                ]
+                producer.close()
+                async with asyncio.timeout(5):
+                    await asyncio.gather(*closed)
+            finally:
+                await a.aclose()
+                await b.aclose()
+    finally:
+        for pool in pools:
+            await pool.aclose()
+
+
+async def test_swarm_benchmark_runs() -> None:
+    """bench/swarm.py once, so that it cannot rot: every figure is there and positive."""
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "bench/swarm.py", "--runs", "1", "--json"],
+        stdout=asyncio.subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0
+    figures = json.loads(out)
+    assert set(figures) == {
+        "firstPacketSameEntryMs",
+        "firstPacketOtherEntryNewPipeMs",
+        "firstPacketOtherEntryCopyThereMs",
+        "findNowhereMs",
+    }
+    assert all(value > 0 for value in figures.values())
+
+
+async def test_two_routers_of_one_worker_take_copies_of_one_stream(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """Producer ids are unique per worker, not per router: two routers of one worker of
+    s2 consume one stream of s1 (each its copy, under an id of its own, known by the
+    original's), and a third router of that worker consumes a producer of the first
+    (a pipe inside the worker). Every consumer is known by the original id."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    a = await App.on(servers[0].url)
+    b = await remote.connect(servers[1].url, token=TOKEN)
+    try:
+        send, producer = await a.producer("127.0.0.2")
+        worker = await b.create_worker()
+        routers = [await worker.create_router(media_codecs=MEDIA_CODECS) for _ in range(3)]
+        apps = [App(b, router) for router in routers]
+        with Sender(send):
+            for app in apps[:2]:
+                consumer, counter, sock = await app.consumer(producer.id)
+                assert consumer.producer_id == producer.id
+                await received(counter)
+                sock.close()
+        direct = await routers[0].create_direct_transport()
+        data_producer = await direct.produce_data()
+        local = await routers[2].create_direct_transport()
+        data_consumer = await local.consume_data(data_producer_id=data_producer.id)
+        assert data_consumer.data_producer_id == data_producer.id
+        got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+        data_producer.send(b"same worker")
+        async with asyncio.timeout(5):
+            message, _ = await got
+        assert bytes(message) == b"same worker"
+    finally:
+        await a.client.aclose()
+        await b.aclose()

@@ -3,11 +3,11 @@
     mafalda demo [--host 127.0.0.1] [--port 8080] [--rtc-ip 127.0.0.1] [--rtc-port 40000]
                  [--announced-ip ADDRESS]
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
-                  [--tls-cert PEM --tls-key PEM] [--max-workers-per-session N] [--max-workers N]
-                  [--max-sessions N] [--max-connections N] [--rtc-port-range MIN-MAX]
-                  [--cluster REDIS_URL ... | --swarm [SEED_URL ...] ...]
-    mafalda monitor REDIS_URL|SWARM_SERVER_URL [--token T] [--interval 2] [--once] [--json]
-                    [--web --port 8090]
+                  [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--max-workers-per-session N]
+                  [--max-workers N] [--max-sessions N] [--max-connections N]
+                  [--rtc-port-range MIN-MAX] [--cluster REDIS_URL ... | --swarm [SEED_URL ...]]
+    mafalda monitor REDIS_URL|SWARM_SERVER_URL [--token T] [--tls-ca PEM] [--interval 2]
+                    [--once] [--json] [--web --port 8090]
 
 Each flag has an environment variable (MAFALDA_DEMO_HOST, MAFALDA_DEMO_PORT,
 MAFALDA_DEMO_RTC_IP, MAFALDA_DEMO_RTC_PORT, MAFALDA_DEMO_ANNOUNCED_IP); a flag wins.

@@ -170,7 +170,7 @@ class RtpObserver(EventSource, abc.ABC):
             await self._channel.request(
                 Method.RTPOBSERVER_ADD_PRODUCER,
                 self._id,
-                AddProducerRequestT(producerId=producer_id),
+                AddProducerRequestT(producerId=producer.id),
             )
             # Inside the guard: whoever provided the producer sees it in use before
             # the guard ends.
@@ -184,6 +184,6 @@ class RtpObserver(EventSource, abc.ABC):
         await self._channel.request(
             Method.RTPOBSERVER_REMOVE_PRODUCER,
             self._id,
-            RemoveProducerRequestT(producerId=producer_id),
+            RemoveProducerRequestT(producerId=producer.id),
         )
         self.observer.emit("removeproducer", producer)

@@ -276,7 +276,9 @@ class _MafaldaRoot:
         self._session = session
 
     async def create_router(self, **kwargs: Any) -> MafaldaRouter:
-        return await self._mafalda.create_router(**kwargs)
+        router = await self._mafalda.create_router(**kwargs)
+        self._session.server.observer.emit("newrouter", router)
+        return router
 
     def stats(self) -> Any:
         return self._mafalda.stats()
@@ -319,7 +321,7 @@ _READ_ONLY = ("dump", "get_", "can_", "stats")
 #: create_*() calls a draining server still takes: pipes carry what is already there.
 _DRAIN_OK = frozenset({"create_pipe_transport"})
 #: Calls that name a (data) producer by id: a swarm may bring it from another server.
-_CONSUMING = frozenset({"consume", "consume_data"})
+_CONSUMING = frozenset({"consume", "consume_data", "add_producer"})
 #: Calls whose news is the object they return (its state goes with its reference), not a
 #: change of their target's own state (a router's, a transport's).
 _CREATING = ("create_", "consume", "produce", "pipe_to_router")
@@ -740,12 +742,13 @@ class RemoteServer:
         self._runner: web.AppRunner | None = None
         self._routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
         #: 'newworker' (worker): a worker started for a client of this server (not the
-        #: process's other workers, as mediasoup.observer's).
+        #: process's other workers, as mediasoup.observer's); 'newrouter' (router): a
+        #: MafaldaRouter created for a client of a server of a Mafalda pool.
         self.observer = EventEmitter()
-        #: Called with the transport, the (data) producer id and whether it is data,
-        #: before a client's ``consume()`` or ``consume_data()`` runs; an awaitable it
-        #: returns is waited for first (a swarm pipes in a producer that lives on another
-        #: server: ``mafalda.swarm.streams``).
+        #: Called with the transport (or RTP observer), the (data) producer id and
+        #: whether it is data, before a client's ``consume()``, ``consume_data()`` or
+        #: ``add_producer()`` runs; an awaitable it returns is waited for first (a swarm
+        #: pipes in a producer that lives on another server: ``mafalda.swarm.streams``).
         self.before_consume: Callable[[Any, str, bool], Awaitable[None] | None] | None = None
         self._closed = asyncio.Event()
         self.host = ""

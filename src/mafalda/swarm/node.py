@@ -72,7 +72,7 @@ class SwarmNode:
         seconds between gossip rounds. fail_after: seconds without news of a server
         before it is dropped (default 5 rounds). ssl: the context to reach wss:// peers.
         streams: let this server's clients consume producers of the swarm's other
-        servers (``mafalda.swarm.streams``; on a server that serves mediasoup);
+        servers (``mafalda.swarm.streams``);
         stream_idle: seconds such a copy stays unconsumed before its pipe closes.
 
         ``observer`` emits 'serverjoin' (id) and 'serverleave' (id, 'left' or
@@ -103,7 +103,7 @@ class SwarmNode:
         )
         self.observer = EventEmitter()
         self.streams: SwarmStreams | None = None
-        if streams and server.serves == "mediasoup":
+        if streams:
             mine = self.streams = SwarmStreams(
                 server,
                 server_id=self.id,

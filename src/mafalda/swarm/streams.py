@@ -18,8 +18,9 @@ Servers talk on their own port, on the token-protected route ``/streams``, in JS
 ``pause``, ``resume`` of a pipe, sent in order per peer.
 
 Data producers the same way (``consume_data(data_producer_id=P)``; SCTP on the pipe).
-Only servers that serve mediasoup (not a Mafalda pool) take part, and only
-``consume()`` and ``consume_data()`` look across the swarm (not RTP observers). The
+RTP observers' ``add_producer(producer_id=P)`` too (a watched copy is in use). On a
+server of a Mafalda pool the same happens at its MafaldaRouters (a copy lands on one
+worker; the router pipes it on to its other workers). The
 remote client answers ``router.can_consume()`` itself, from the producers it knows (as
 mediasoup answers it from the router's): False for another app's producer; consume()
 and its error are the way to ask. A copy with no consumer left closes its pipe ``idle``
@@ -48,6 +49,7 @@ from mafalda.mediasoup import Router, Transport, Worker
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.remote import RemoteServer
 from mafalda.swarm.urls import route_url
+from mafalda.vertical.router import MafaldaRouter
 
 __all__ = ["ROUTE", "StreamError", "SwarmStreams", "check_message"]
 
@@ -132,8 +134,6 @@ class SwarmStreams:
         context to reach wss:// peers (default: the system's certificate authorities)."""
         if idle < 0:
             raise ValueError("idle must be >= 0")
-        if server.serves != "mediasoup":
-            raise ValueError("swarm streams need a server that serves mediasoup")
         self.server = server
         self.id = server_id
         self._token = token
@@ -149,13 +149,16 @@ class SwarmStreams:
         self._originals: weakref.WeakValueDictionary[tuple[str, bool], Any] = (
             weakref.WeakValueDictionary()
         )
-        self._router_of: weakref.WeakKeyDictionary[Any, Router] = weakref.WeakKeyDictionary()
-        #: Pipes out (this server has the producer) and in (this server has a copy),
-        #: by pipe id; copies being made, by (router id, producer id). (A copy from
-        #: another router of this server is mediasoup's pipe_to_router().)
+        #: The router of each transport and origin: a Router, or on a server of a Mafalda
+        #: pool the MafaldaRouter (whose transports pipe from its other workers).
+        self._router_of: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: Pipes out (this server has the producer) and in (this server has a copy), by
+        #: pipe id; the pipes in and the copies being made by (router id, id, data). (A
+        #: copy from another router of this server is mediasoup's pipe_to_router().)
         self._out: dict[str, _Pipe] = {}
         self._in: dict[str, _Pipe] = {}
-        self._copies: dict[tuple[str, str, bool], _Pipe] = {}  # pipes in, by _here's key
+        self._copies: dict[tuple[str, str, bool], _Pipe] = {}
+        self._carrying: dict[str, _Pipe] = {}  # the pipes in, by their copy's own id
         self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
@@ -169,6 +172,7 @@ class SwarmStreams:
             return
         self._started = True
         self.server.observer.on("newworker", self._follow_worker)
+        self.server.observer.on("newrouter", self._follow_router)
         self.server.add_route(ROUTE, self._handle)
         self.server.before_consume = self._before_consume
         self._http = aiohttp.ClientSession(
@@ -179,7 +183,7 @@ class SwarmStreams:
     def _follow_worker(self, worker: Worker) -> None:
         worker.observer.on("newrouter", self._follow_router)
 
-    def _follow_router(self, router: Router) -> None:
+    def _follow_router(self, router: Router | MafaldaRouter) -> None:
         def new_transport(transport: Transport) -> None:
             self._router_of[transport] = router
             # What a pipe produces is a copy of a producer, not a stream's origin.
@@ -203,9 +207,35 @@ class SwarmStreams:
             transport.observer.on("newdataproducer", lambda p: new_producer(p, True))
             transport.observer.on("newdataconsumer", lambda c: new_consumer(c, True))
 
-        router.observer.on("newtransport", new_transport)
+        def new_rtp_observer(rtp_observer: Any) -> None:
+            self._router_of[rtp_observer] = router
+            watched: set[_Pipe] = set()  # the copies it watches: they are in use
 
-    def _original(self, producer_id: str, data: bool) -> tuple[Any, Router] | None:
+            def added(producer: Any) -> None:
+                pipe = self._carrying.get(producer.id)
+                if pipe is not None and pipe not in watched:
+                    watched.add(pipe)
+                    self._use(pipe, 1)
+
+            def removed(producer: Any) -> None:
+                pipe = self._carrying.get(producer.id)
+                if pipe is not None and pipe in watched:
+                    watched.discard(pipe)
+                    self._use(pipe, -1)
+
+            def closed() -> None:
+                for pipe in watched:
+                    self._use(pipe, -1)
+                watched.clear()
+
+            rtp_observer.observer.on("addproducer", added)
+            rtp_observer.observer.on("removeproducer", removed)
+            rtp_observer.observer.on("close", closed)
+
+        router.observer.on("newtransport", new_transport)
+        router.observer.on("newrtpobserver", new_rtp_observer)
+
+    def _original(self, producer_id: str, data: bool) -> tuple[Any, Any] | None:
         """A live (data) producer of this server's clients (not a copy piped in), and its
         router."""
         producer = self._originals.get((producer_id, data))
@@ -214,12 +244,12 @@ class SwarmStreams:
         router = self._router_of.get(producer)
         return None if router is None or router.closed else (producer, router)
 
-    # -- the hook: before a consume() / can_consume() -----------------------------------
+    # -- the hook: before a consume(), consume_data() or add_producer() ------------------
 
-    def _before_consume(
-        self, transport: Any, producer_id: str, data: bool
-    ) -> Awaitable[None] | None:
-        router = self._router_of.get(transport)
+    def _before_consume(self, target: Any, producer_id: str, data: bool) -> Awaitable[None] | None:
+        """Before a consume() / consume_data() on transport ``target`` (or an RTP
+        observer's add_producer()): what brings the producer here first, if anything."""
+        router = self._router_of.get(target)
         if router is None or router.closed:
             return None
         key = (router.id, producer_id, data)
@@ -236,17 +266,31 @@ class SwarmStreams:
             pending.add_done_callback(lambda _: self._bringing.pop(key, None))
         return asyncio.shield(pending)
 
-    async def _bring(self, router: Router, producer_id: str, data: bool) -> None:
+    async def _bring(self, router: Any, producer_id: str, data: bool) -> None:
         found = self._original(producer_id, data)
         if found is not None:  # another app's router on this server
-            if data:
-                await found[1].pipe_to_router(router=router, data_producer_id=producer_id)
-            else:
-                await found[1].pipe_to_router(router=router, producer_id=producer_id)
+            await self._pipe_locally(found[1], router, producer_id, data)
             return
         owner = await self._find(producer_id, data)
         if owner is not None:  # else nowhere: mediasoup's own "not found" answers the call
             await self._open(router, producer_id, owner, data)
+
+    async def _pipe_locally(self, source: Any, router: Any, producer_id: str, data: bool) -> None:
+        """mediasoup's pipe_to_router(); between plain Routers, with a copy of its own id
+        that the router knows by the original's (both routers may share a worker: a
+        MafaldaRouter sees to that itself)."""
+        which = "data_producer_id" if data else "producer_id"
+        if isinstance(source, MafaldaRouter):
+            await source.pipe_to_router(router=router, **{which: producer_id})
+            return
+        result = await source.pipe_to_router(router=router, keep_id=False, **{which: producer_id})
+        if data:
+            copy = result["pipeDataProducer"]
+            router.alias_data_producer(producer_id, copy)
+        else:
+            copy = result["pipeProducer"]
+            router.alias_producer(producer_id, copy)
+        self._here[(router.id, producer_id, data)] = copy
 
     async def _find(self, producer_id: str, data: bool) -> ServerRecord | None:
         """The peer that has the producer (asked all at once; the first yes wins)."""
@@ -270,9 +314,7 @@ class SwarmStreams:
             for task in asks:
                 task.cancel()
 
-    async def _open(
-        self, router: Router, producer_id: str, owner: ServerRecord, data: bool
-    ) -> None:
+    async def _open(self, router: Any, producer_id: str, owner: ServerRecord, data: bool) -> None:
         me = self._members().get(self.id)
         address = me["mediaAddress"] if me is not None else self.server.host
         srtp = Cluster.srtp_between(address, owner["mediaAddress"])
@@ -302,22 +344,25 @@ class SwarmStreams:
             await transport.connect(
                 ip=answer["ip"], port=answer["port"], srtp_parameters=answer["srtpParameters"]
             )
+            # The copy gets an id of its own, and the router knows it by P's: ids are
+            # unique per worker, and another router of this worker may hold a copy of P.
             copy: Any
             if data:
                 copy = await transport.produce_data(
-                    id=producer_id,
                     sctp_stream_parameters=answer["sctpStreamParameters"],
                     label=answer["label"],
                     protocol=answer["protocol"],
                     paused=answer["paused"],
                 )
+                router.alias_data_producer(producer_id, copy)
             else:
                 copy = await transport.produce(
-                    id=producer_id,
                     kind=answer["kind"],
                     rtp_parameters=answer["rtpParameters"],
                     paused=answer["paused"],
                 )
+                router.alias_producer(producer_id, copy)
+            self._here[(router.id, producer_id, data)] = copy
         except BaseException as error:
             transport.close()
             self._notify(owner["id"], {"op": "close", "pipeId": pipe_id})
@@ -331,6 +376,7 @@ class SwarmStreams:
         pipe = _Pipe(pipe_id, owner["id"], transport, copy)
         self._in[pipe_id] = pipe
         self._copies[(router.id, producer_id, data)] = pipe
+        self._carrying[copy.id] = pipe
         transport.observer.on("close", lambda: self._closed_in(pipe, notify=True))
         self._use(pipe, 0)  # collected if the consume that asked for it fails
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
@@ -345,9 +391,9 @@ class SwarmStreams:
             pipe.idle = asyncio.get_running_loop().call_later(self.idle, self._collect, pipe)
 
     def _collect(self, pipe: _Pipe) -> None:
-        if pipe.users == 0:
-            logger.info("producer %s unused here: its pipe closes", pipe.carrier.id)
-            self._closed_in(pipe, notify=True)
+        # Only ever due with no user: a use cancels the timer.
+        logger.info("producer %s unused here: its pipe closes", pipe.carrier.id)
+        self._closed_in(pipe, notify=True)
 
     def _closed_in(self, pipe: _Pipe, *, notify: bool) -> None:
         if self._in.pop(pipe.id, None) is None:
@@ -357,6 +403,7 @@ class SwarmStreams:
         for key, copy in list(self._copies.items()):
             if copy is pipe:
                 del self._copies[key]
+        self._carrying.pop(pipe.carrier.id, None)
         pipe.transport.close()  # the copy closes with it
         if notify:
             self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
@@ -518,6 +565,7 @@ class SwarmStreams:
         for pipe in list(self._out.values()):
             self._closed_out(pipe, notify=False)
         self.server.observer.off("newworker", self._follow_worker)
+        self.server.observer.off("newrouter", self._follow_router)
         self.server.remove_route(ROUTE)
         self.server.before_consume = None
         for sender in self._senders.values():

@@ -24,6 +24,7 @@ from mafalda import monitor, remote, swarm
 from mafalda.horizontal.cluster import Cluster, ClusterError
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
+from mafalda.monitor.web import MonitorWeb
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
 from mafalda.swarm import SwarmNode, Table, gossip
 from mafalda.swarm.gossip import Entry, decode_gossip, encode_gossip
@@ -1033,6 +1034,12 @@ async def test_monitor_reads_a_swarm_through_any_server(
             assert app.router.id in {r["id"] for r in by_id["s1"]["routers"]}
             views = mon.views()
             assert len((await anext(views))["servers"]) == 3
+            # The live page over a swarm, as over Redis.
+            async with MonitorWeb(mon, port=0) as page:
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(page.url + "view") as response:
+                        assert response.status == 200
+                        assert len((await response.json())["servers"]) == 3
             # A server going away leaves the view; while none answers, no view.
             await nodes[1].aclose()
             await wait_until(
@@ -1041,6 +1048,19 @@ async def test_monitor_reads_a_swarm_through_any_server(
             )
             await views.aclose()
         assert caplog.text.count("no report from server s2: HTTP 404") == 1
+        closed = await remote.serve(host="127.0.0.5", token=TOKEN)
+        dead = closed.url
+        await closed.close()
+        async with (
+            SwarmMonitor([dead], token=TOKEN) as nobody,
+            MonitorWeb(nobody, port=0) as page,
+            aiohttp.ClientSession() as http,
+            http.get(page.url + "view") as response,
+        ):
+            assert response.status == 503
+            assert (await response.text()).startswith(
+                "cannot read the cluster: no server of the swarm answered"
+            )
         with pytest.raises(ValueError, match="token"):
             await monitor.connect(servers[0].url)
         with pytest.raises(PermissionError):

@@ -89,8 +89,10 @@ class MonitorWeb:
     async def _view(self, request: web.Request) -> web.Response:
         try:
             view = await self.monitor.view()  # now, not the last pushed
-        except (RedisError, OSError) as error:
+        except RedisError as error:
             return web.Response(status=503, text=f"cannot read the cluster's Redis: {error}")
+        except OSError as error:  # a swarm's servers, none answering
+            return web.Response(status=503, text=f"cannot read the cluster: {error}")
         return web.json_response(view)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from mafalda import monitor, remote, swarm
 from mafalda.horizontal.cluster import Cluster, ClusterError
 from mafalda.horizontal.registry import ServerRecord
+from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
 from mafalda.monitor.web import MonitorWeb
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
@@ -638,6 +639,12 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
 # -- streams across entry points (mafalda.swarm.streams) -----------------------------------
 
 
+_OPEN = b'{"op": "open", "producerId": "p", "pipeId": "x", "pairId": "y", "from": "s", "ip": "1"'
+
+
+_OPEN = b'{"op": "open", "producerId": "p", "pipeId": "x", "pairId": "y", "from": "s", "ip": "1"'
+
+
 @pytest.mark.parametrize(
     ("message", "error"),
     [
@@ -647,17 +654,11 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
         (b'{"op": "find", "producerId": ""}', "invalid 'producerId'"),
         (b'{"op": "find", "producerId": "p", "data": 1}', "invalid 'data'"),
         (b'{"op": "close", "pipeId": 3}', "invalid 'pipeId'"),
-        (b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1"}', "'port'"),
-        (
-            b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1",'
-            b' "port": 70000}',
-            "'port'",
-        ),
-        (
-            b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s", "ip": "1",'
-            b' "port": 7, "srtpParameters": 1}',
-            "'srtpParameters'",
-        ),
+        (b'{"op": "closepair"}', "invalid 'pairId'"),
+        (b'{"op": "open", "producerId": "p", "pipeId": "x", "from": "s"}', "invalid 'pairId'"),
+        (_OPEN + b"}", "'port'"),
+        (_OPEN + b', "port": 70000}', "'port'"),
+        (_OPEN + b', "port": 7, "srtpParameters": 1}', "'srtpParameters'"),
     ],
 )
 def test_bad_stream_messages_are_refused_naming_what(message: bytes, error: str) -> None:
@@ -894,7 +895,7 @@ async def test_streams_route_refuses_and_answers(
             assert response.status == 400 and "invalid 'op'" in await response.text()
         async with http.post(url, data=b'{"op": "find", "producerId": "nope"}') as response:
             assert await response.json() == {"found": False}
-        opening = {"op": "open", "producerId": "nope", "pipeId": "p", "from": "s9"}
+        opening = {"op": "open", "producerId": "nope", "pipeId": "p", "from": "s9", "pairId": "q"}
         opening |= {"ip": "127.0.0.1", "port": 9}
         async with http.post(url, json=opening) as response:
             assert await response.json() == {"error": "no producer nope here"}
@@ -918,9 +919,46 @@ async def test_streams_route_refuses_and_answers(
                 answer = await response.json()
             assert answer["kind"] == "audio" and answer["srtpParameters"] is None
             assert await _transports(a) == before + 1
+            # A second stream of that router on that pair: no transport more.
+            _, second = await a.producer("127.0.0.2")
+            more = {"producerId": second.id, "pipeId": "p2", "pairId": "q", "from": "s9"}
+            async with http.post(url, json={"op": "open"} | more) as response:
+                assert (await response.json())["kind"] == "audio"
+            assert await _transports(a) == before + 2  # its own sending transport only
+            # Not of a pair this server has, nor of another router's producer.
+            unknown = {"op": "open"} | more | {"pipeId": "p3", "pairId": "nope"}
+            async with http.post(url, json=unknown) as response:
+                assert await response.json() == {"error": "no pipe pair nope here"}
+            other = await (await a.client.create_worker()).create_router(media_codecs=MEDIA_CODECS)
+            _, elsewhere = await App(a.client, other).producer("127.0.0.2")
+            wrong = {"op": "open"} | more | {"pipeId": "p4", "producerId": elsewhere.id}
+            async with http.post(url, json=wrong) as response:
+                assert "is not of" in (await response.json())["error"]
+            async with http.post(url, json={"op": "closepair", "pairId": "nope"}) as response:
+                assert await response.json() == {}
+            # 'closepair' closes the pair and its streams here.
+            async with http.post(url, json={"op": "closepair", "pairId": "q"}) as response:
+                assert await response.json() == {}
+            assert await _transports(a) == before + 1  # the second producer's own
+            # A pair whose first consume fails leaves nothing (a fault made by hand: a
+            # producer closing between the check and the consume, a race).
+            real = PipeTransport.consume
+
+            async def failing(self: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("closed meanwhile")
+
+            PipeTransport.consume = failing  # type: ignore[method-assign]
+            try:
+                async with http.post(url, json=opening | {"producerId": producer.id}) as r:
+                    assert await r.json() == {"error": "closed meanwhile"}
+            finally:
+                PipeTransport.consume = real  # type: ignore[method-assign]
+            assert await _transports(a) == before + 1
+            async with http.post(url, json=opening | {"producerId": producer.id}) as r:
+                assert (await r.json())["kind"] == "audio"
             await producer.pause()
             await nodes[0].aclose()
-            assert await _transports(a) == before
+            assert await _transports(a) == before + 1  # the pair went, not what A made
             assert "telling server" not in caplog.text
         finally:
             await a.client.aclose()
@@ -940,7 +978,7 @@ class _LyingPeer:
     async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         message = await request.json()
         if message["op"] == "find":
-            return aiohttp.web.json_response({"found": True})
+            return aiohttp.web.json_response({"found": True, "routerId": "theirs"})
         if message["op"] == "open":
             if isinstance(self.answer, int):
                 return aiohttp.web.Response(status=self.answer)
@@ -1155,6 +1193,14 @@ async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
             _, producer = await a.producer("127.0.0.2")
             consumer, _, sock = await b.consumer(producer.id)
             [pipe_id] = list(in2)
+            # A second stream of A's router to B's: the same pipe pair.
+            _, other = await a.producer("127.0.0.2")
+            extra, _, sock4 = await b.consumer(other.id)
+            assert len(in2) == 2 and len(n2.streams._pairs_in) == 1
+            assert len(n1.streams._pairs_out) == 1
+            extra.close()
+            await wait_until(lambda: len(in2) == 1 and len(out1) == 1, timeout=5)
+            assert len(n2.streams._pairs_in) == 1  # still carrying the first
             consumer.close()
             await asyncio.sleep(idle / 3)
             again, _, sock2 = await b.consumer(producer.id)  # back in time: the same pipe
@@ -1163,6 +1209,8 @@ async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
             assert list(in2) == [pipe_id]  # in use: kept
             again.close()
             await wait_until(lambda: not in2 and not out1, timeout=5)
+            # The last stream gone, the pair goes on both sides.
+            await wait_until(lambda: not n2.streams._pairs_in and not n1.streams._pairs_out)
             # A consume that fails once the copy is there (capabilities without opus).
             transport, _, sock3 = await sink(b.router)
             with pytest.raises(Exception, match="no compatible media codecs"):
@@ -1188,7 +1236,7 @@ async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
             assert len(in2) == 1
             observer.close()  # watching nothing any more
             await wait_until(lambda: not in2 and not out1, timeout=5)
-            for s in (sock, sock2, sock3):
+            for s in (sock, sock2, sock3, sock4):
                 s.close()
             with pytest.raises(ValueError, match="idle"):
                 SwarmNode(s1, token=TOKEN, stream_idle=-1)

@@ -7,15 +7,18 @@ call runs Y asks its peers who has P, and
 pipes it in: a PipeTransport on each side (on each server's media address, SRTP unless
 both are loopback, RTX on), X consuming P into its end and Y producing it, with P's id,
 into the consuming router. The call then runs as if P had been there all along, and
-every later consumer of P on that router shares the pipe.
+every later consumer of P on that router shares the copy. The streams between two
+routers share one PipeTransport pair, opened by the consuming server with its first
+stream and closed after its last.
 
 What happens to P reaches Y's copy: a pause, a resume, its close (Y's consumers get
 ``producerpause``, ``producerresume``, ``producerclose``); a router closed on either side
 closes the pipe; a server that leaves or goes silent closes every pipe to and from it.
 
 Servers talk on their own port, on the token-protected route ``/streams``, in JSON:
-``find`` (do you have P?), ``open`` (pipe P to this end), and the notices ``close``,
-``pause``, ``resume`` of a pipe, sent in order per peer.
+``find`` (do you have P, in which router?), ``open`` (pipe P on this pair; a new pair
+comes with this end's address), and the notices ``close``, ``pause``, ``resume`` of a
+stream and ``closepair``, sent in order per peer.
 
 Data producers the same way (``consume_data(data_producer_id=P)``; SCTP on the pipe).
 RTP observers' ``add_producer(producer_id=P)`` too (a watched copy is in use). On a
@@ -56,7 +59,7 @@ __all__ = ["ROUTE", "StreamError", "SwarmStreams", "check_message"]
 logger = logging.getLogger("mafalda.swarm.streams")
 
 ROUTE = "streams"
-_OPS = ("find", "open", "close", "pause", "resume")
+_OPS = ("find", "open", "close", "pause", "resume", "closepair")
 
 
 class StreamError(mediasoup.MediasoupError):
@@ -83,31 +86,58 @@ def check_message(raw: bytes) -> dict[str, Any]:
     elif op == "open":
         _text(data, "producerId")
         _text(data, "pipeId")
+        _text(data, "pairId")
         _text(data, "from")
-        _text(data, "ip")
-        port = data.get("port")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ValueError("streams: invalid 'port'")
-        srtp = data.get("srtpParameters")
-        if srtp is not None and not isinstance(srtp, dict):
-            raise ValueError("streams: invalid 'srtpParameters'")
+        if "ip" in data:  # a new pair: the asking end's address
+            _text(data, "ip")
+            port = data.get("port")
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                raise ValueError("streams: invalid 'port'")
+            srtp = data.get("srtpParameters")
+            if srtp is not None and not isinstance(srtp, dict):
+                raise ValueError("streams: invalid 'srtpParameters'")
+    elif op == "closepair":
+        _text(data, "pairId")
     else:
         _text(data, "pipeId")
     return data
 
 
-class _Pipe:
-    """One end of a piped stream: this server's PipeTransport and what it carries."""
+class _Pair:
+    """This server's end of a PipeTransport pair between one of its routers and one
+    router of a peer, shared by every stream between the two (as mediasoup's
+    pipe_to_router() shares one per router pair). The consuming side owns it: it opens
+    it with its first stream and closes it ('closepair') after its last."""
 
-    __slots__ = ("carrier", "id", "idle", "peer", "transport", "users")
+    __slots__ = ("id", "key", "peer", "streams", "transport")
 
-    def __init__(self, pipe_id: str, peer: str, transport: PipeTransport, carrier: Any) -> None:
-        self.id = pipe_id
-        self.peer = peer  # the other server's id
+    def __init__(
+        self,
+        pair_id: str,
+        peer: str,
+        transport: PipeTransport,
+        key: tuple[str, str, str] | None = None,
+    ) -> None:
+        self.id = pair_id
+        self.peer = peer
         self.transport = transport
-        self.carrier = carrier  # the pipe consumer (out) or the pipe producer (in)
+        self.key = key  # one this server opened: (router id, peer id, peer's router id)
+        self.streams: set[str] = set()  # the pipe ids it carries
+
+
+class _Pipe:
+    """One piped stream, at this end: its pair and what carries it here."""
+
+    __slots__ = ("carrier", "id", "idle", "pair", "peer", "users")
+
+    def __init__(self, pipe_id: str, pair: _Pair, carrier: Any) -> None:
+        self.id = pipe_id
+        self.pair = pair
+        self.peer = pair.peer  # the other server's id
+        self.carrier = carrier  # the pipe consumer (out) or the copy (in)
         self.users = 0  # in: the consumers of the copy
         self.idle: asyncio.TimerHandle | None = None  # in: its collection, when unused
+        pair.streams.add(pipe_id)
 
 
 class SwarmStreams:
@@ -159,6 +189,11 @@ class SwarmStreams:
         self._in: dict[str, _Pipe] = {}
         self._copies: dict[tuple[str, str, bool], _Pipe] = {}
         self._carrying: dict[str, _Pipe] = {}  # the pipes in, by their copy's own id
+        #: Pairs this server opened, by (router id, peer id, peer's router id), and the
+        #: making of each (one at a time); the pairs peers opened here, by pair id.
+        self._pairs_in: dict[tuple[str, str, str], _Pair] = {}
+        self._pair_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._pairs_out: dict[str, _Pair] = {}
         self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
@@ -271,9 +306,12 @@ class SwarmStreams:
         if found is not None:  # another app's router on this server
             await self._pipe_locally(found[1], router, producer_id, data)
             return
-        owner = await self._find(producer_id, data)
-        if owner is not None:  # else nowhere: mediasoup's own "not found" answers the call
-            await self._open(router, producer_id, owner, data)
+        found_at = await self._find(producer_id, data)
+        if found_at is not None:  # else nowhere: mediasoup's own "not found" answers the call
+            owner, owner_router = found_at
+            key = (router.id, owner["id"], owner_router)
+            async with self._pair_locks.setdefault(key, asyncio.Lock()):
+                await self._open(router, producer_id, owner, key, data)
 
     async def _pipe_locally(self, source: Any, router: Any, producer_id: str, data: bool) -> None:
         """mediasoup's pipe_to_router(); between plain Routers, with a copy of its own id
@@ -292,16 +330,20 @@ class SwarmStreams:
             router.alias_producer(producer_id, copy)
         self._here[(router.id, producer_id, data)] = copy
 
-    async def _find(self, producer_id: str, data: bool) -> ServerRecord | None:
-        """The peer that has the producer (asked all at once; the first yes wins)."""
+    async def _find(self, producer_id: str, data: bool) -> tuple[ServerRecord, str] | None:
+        """The peer that has the producer, and its router there (asked all at once; the
+        first yes wins)."""
 
-        async def ask(record: ServerRecord) -> ServerRecord | None:
+        async def ask(record: ServerRecord) -> tuple[ServerRecord, str] | None:
             try:
                 ask = {"op": "find", "producerId": producer_id, "data": data}
                 answer = await self._post(record, ask)
             except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
                 return None
-            return record if answer.get("found") is True else None
+            router_id = answer.get("routerId")
+            if answer.get("found") is True and isinstance(router_id, str):
+                return record, router_id
+            return None
 
         asks = [asyncio.ensure_future(ask(r)) for i, r in self._members().items() if i != self.id]
         try:
@@ -314,41 +356,47 @@ class SwarmStreams:
             for task in asks:
                 task.cancel()
 
-    async def _open(self, router: Any, producer_id: str, owner: ServerRecord, data: bool) -> None:
-        me = self._members().get(self.id)
-        address = me["mediaAddress"] if me is not None else self.server.host
-        srtp = Cluster.srtp_between(address, owner["mediaAddress"])
-        transport = await router.create_pipe_transport(
-            listen_info={"protocol": "udp", "ip": address},
-            enable_rtx=True,
-            enable_srtp=srtp,
-            enable_sctp=data,
-        )
-        pipe_id = str(uuid.uuid4())
-        try:
-            answer = await self._post(
-                owner,
-                {
-                    "op": "open",
-                    "producerId": producer_id,
-                    "data": data,
-                    "pipeId": pipe_id,
-                    "from": self.id,
-                    "ip": transport.tuple["localAddress"],
-                    "port": transport.tuple["localPort"],
-                    "srtpParameters": transport.srtp_parameters,
-                },
+    async def _open(
+        self,
+        router: Any,
+        producer_id: str,
+        owner: ServerRecord,
+        key: tuple[str, str, str],
+        data: bool,
+    ) -> None:
+        pair = self._pairs_in.get(key)
+        new = pair is None
+        message: dict[str, Any] = {"op": "open", "producerId": producer_id, "data": data}
+        if pair is None:
+            me = self._members().get(self.id)
+            address = me["mediaAddress"] if me is not None else self.server.host
+            transport = await router.create_pipe_transport(
+                listen_info={"protocol": "udp", "ip": address},
+                enable_rtx=True,
+                enable_srtp=Cluster.srtp_between(address, owner["mediaAddress"]),
+                enable_sctp=True,  # media and data streams alike
             )
+            pair = _Pair(str(uuid.uuid4()), owner["id"], transport, key)
+            message |= {
+                "ip": transport.tuple["localAddress"],
+                "port": transport.tuple["localPort"],
+                "srtpParameters": transport.srtp_parameters,
+            }
+        pipe_id = str(uuid.uuid4())
+        message |= {"pipeId": pipe_id, "pairId": pair.id, "from": self.id}
+        try:
+            answer = await self._post(owner, message)
             if "error" in answer:
                 raise StreamError(f"server {owner['id']}: {answer['error']}")
-            await transport.connect(
-                ip=answer["ip"], port=answer["port"], srtp_parameters=answer["srtpParameters"]
-            )
+            if new:
+                await pair.transport.connect(
+                    ip=answer["ip"], port=answer["port"], srtp_parameters=answer["srtpParameters"]
+                )
             # The copy gets an id of its own, and the router knows it by P's: ids are
             # unique per worker, and another router of this worker may hold a copy of P.
             copy: Any
             if data:
-                copy = await transport.produce_data(
+                copy = await pair.transport.produce_data(
                     sctp_stream_parameters=answer["sctpStreamParameters"],
                     label=answer["label"],
                     protocol=answer["protocol"],
@@ -356,7 +404,7 @@ class SwarmStreams:
                 )
                 router.alias_data_producer(producer_id, copy)
             else:
-                copy = await transport.produce(
+                copy = await pair.transport.produce(
                     kind=answer["kind"],
                     rtp_parameters=answer["rtpParameters"],
                     paused=answer["paused"],
@@ -364,8 +412,9 @@ class SwarmStreams:
                 router.alias_producer(producer_id, copy)
             self._here[(router.id, producer_id, data)] = copy
         except BaseException as error:
-            transport.close()
             self._notify(owner["id"], {"op": "close", "pipeId": pipe_id})
+            if not pair.streams:  # new, or emptied while this open was under way
+                pair.transport.close()
             wrong = (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError)
             if isinstance(error, wrong):
                 raise StreamError(
@@ -373,13 +422,27 @@ class SwarmStreams:
                     f"pipe it here: {error!r}"
                 ) from error
             raise
-        pipe = _Pipe(pipe_id, owner["id"], transport, copy)
+        if new:
+            self._pairs_in[key] = pair
+            pair.transport.observer.on("close", lambda: self._pair_in_closed(pair))
+        pipe = _Pipe(pipe_id, pair, copy)
         self._in[pipe_id] = pipe
         self._copies[(router.id, producer_id, data)] = pipe
         self._carrying[copy.id] = pipe
-        transport.observer.on("close", lambda: self._closed_in(pipe, notify=True))
+        copy.observer.on("close", lambda: self._closed_in(pipe, notify=True))
         self._use(pipe, 0)  # collected if the consume that asked for it fails
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
+
+    def _pair_in_closed(self, pair: _Pair) -> None:
+        """A pair of this server closed: its router did (its copies closed first, with
+        their transport), or its last stream went."""
+        assert pair.key is not None
+        # The key's next pair is made only once this one is gone from the map.
+        self._pairs_in.pop(pair.key, None)
+        lock = self._pair_locks.get(pair.key)
+        if lock is not None and not lock.locked():  # else an open under way uses it
+            del self._pair_locks[pair.key]
+        self._notify(pair.peer, {"op": "closepair", "pairId": pair.id})
 
     def _use(self, pipe: _Pipe, change: int) -> None:
         """Count a copy's consumers; with none, close its pipe ``idle`` seconds later."""
@@ -404,9 +467,17 @@ class SwarmStreams:
             if copy is pipe:
                 del self._copies[key]
         self._carrying.pop(pipe.carrier.id, None)
-        pipe.transport.close()  # the copy closes with it
+        pipe.carrier.close()
         if notify:
             self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
+        pair = pipe.pair
+        pair.streams.discard(pipe.id)
+        assert pair.key is not None
+        lock = self._pair_locks.get(pair.key)
+        # Its last stream: the pair goes ('closepair' then), unless an open is under way
+        # on it (which closes it if it fails).
+        if not pair.streams and (lock is None or not lock.locked()):
+            pair.transport.close()
 
     # -- the route: what peers ask ------------------------------------------------------
 
@@ -420,12 +491,23 @@ class SwarmStreams:
         op = message["op"]
         if op == "find":
             found = self._original(message["producerId"], message.get("data", False))
-            return web.json_response({"found": found is not None})
+            if found is None:
+                return web.json_response({"found": False})
+            return web.json_response({"found": True, "routerId": found[1].id})
         if op == "open":
             try:
                 return web.json_response(await self._pipe_out(message))
             except Exception as error:  # the asking server fails its call with this
                 return web.json_response({"error": str(error) or type(error).__name__})
+        if op == "closepair":
+            pair = self._pairs_out.pop(message["pairId"], None)
+            if pair is not None:
+                for pipe_id in list(pair.streams):  # the asking side closed them already
+                    stream = self._out.get(pipe_id)
+                    if stream is not None:
+                        self._closed_out(stream, notify=False)
+                pair.transport.close()
+            return web.json_response({})
         pipe_id = message["pipeId"]
         if op == "close":
             if pipe_id in self._out:
@@ -447,32 +529,27 @@ class SwarmStreams:
             raise StreamError(f"no {kind} {message['producerId']} here")
         producer, router = found
         peer = message["from"]
-        me = self._members().get(self.id)
-        address = me["mediaAddress"] if me is not None else self.server.host
-        srtp = message.get("srtpParameters") is not None
-        transport = await router.create_pipe_transport(
-            listen_info={"protocol": "udp", "ip": address},
-            enable_rtx=True,
-            enable_srtp=srtp,
-            enable_sctp=data,
-        )
+        pair = self._pairs_out.get(message["pairId"])
+        new = pair is None
+        if pair is None:
+            if "ip" not in message:
+                raise StreamError(f"no pipe pair {message['pairId']} here")
+            pair = await self._pair_out(router, message)
+        elif self._router_of.get(pair.transport) is not router or pair.peer != peer:
+            raise StreamError(f"pipe pair {pair.id} is not of {message['producerId']}'s router")
+        consumer: Any
         try:
-            await transport.connect(
-                ip=message["ip"],
-                port=message["port"],
-                srtp_parameters=message.get("srtpParameters"),
-            )
-            consumer: Any
             if data:
-                consumer = await transport.consume_data(data_producer_id=producer.id)
+                consumer = await pair.transport.consume_data(data_producer_id=producer.id)
             else:
-                consumer = await transport.consume(producer_id=producer.id)
+                consumer = await pair.transport.consume(producer_id=producer.id)
         except BaseException:
-            transport.close()
+            if new:
+                self._pairs_out.pop(pair.id, None)
+                pair.transport.close()
             raise
-        pipe = _Pipe(message["pipeId"], peer, transport, consumer)
+        pipe = _Pipe(message["pipeId"], pair, consumer)
         self._out[pipe.id] = pipe
-        transport.observer.on("close", lambda: self._closed_out(pipe, notify=True))
         consumer.observer.on("close", lambda: self._closed_out(pipe, notify=True))
         prefix = "dataproducer" if data else "producer"
         for op in ("pause", "resume"):
@@ -480,9 +557,9 @@ class SwarmStreams:
                 prefix + op, lambda op=op: self._notify(peer, {"op": op, "pipeId": pipe.id})
             )
         answer: dict[str, Any] = {
-            "ip": transport.tuple["localAddress"],
-            "port": transport.tuple["localPort"],
-            "srtpParameters": transport.srtp_parameters,
+            "ip": pair.transport.tuple["localAddress"],
+            "port": pair.transport.tuple["localPort"],
+            "srtpParameters": pair.transport.srtp_parameters,
         }
         if data:
             answer |= {
@@ -499,10 +576,40 @@ class SwarmStreams:
             }
         return answer
 
+    async def _pair_out(self, router: Any, message: dict[str, Any]) -> _Pair:
+        """A pair a peer opens with this server's ``router``: this end, connected."""
+        me = self._members().get(self.id)
+        address = me["mediaAddress"] if me is not None else self.server.host
+        transport = await router.create_pipe_transport(
+            listen_info={"protocol": "udp", "ip": address},
+            enable_rtx=True,
+            enable_srtp=message.get("srtpParameters") is not None,
+            enable_sctp=True,
+        )
+        try:
+            await transport.connect(
+                ip=message["ip"],
+                port=message["port"],
+                srtp_parameters=message.get("srtpParameters"),
+            )
+        except BaseException:
+            transport.close()
+            raise
+        pair = _Pair(message["pairId"], message["from"], transport)
+        self._pairs_out[pair.id] = pair
+
+        def closed() -> None:  # its router closed (or 'closepair'): its streams with it
+            if self._pairs_out.get(pair.id) is pair:
+                del self._pairs_out[pair.id]
+
+        transport.observer.on("close", closed)
+        return pair
+
     def _closed_out(self, pipe: _Pipe, *, notify: bool) -> None:
         if self._out.pop(pipe.id, None) is None:
             return
-        pipe.transport.close()
+        pipe.carrier.close()
+        pipe.pair.streams.discard(pipe.id)
         if notify:
             self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
 
@@ -548,6 +655,8 @@ class SwarmStreams:
             self._closed_in(pipe, notify=False)
         for pipe in [p for p in self._out.values() if p.peer in gone]:
             self._closed_out(pipe, notify=False)
+        for pair in [p for p in self._pairs_out.values() if p.peer in gone]:
+            pair.transport.close()
         for peer in gone:
             self._queues.pop(peer, None)
             sender = self._senders.pop(peer, None)
@@ -564,6 +673,8 @@ class SwarmStreams:
             self._closed_in(pipe, notify=False)
         for pipe in list(self._out.values()):
             self._closed_out(pipe, notify=False)
+        for pair in list(self._pairs_out.values()):
+            pair.transport.close()
         self.server.observer.off("newworker", self._follow_worker)
         self.server.observer.off("newrouter", self._follow_router)
         self.server.remove_route(ROUTE)

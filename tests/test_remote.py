@@ -1351,3 +1351,34 @@ async def test_serve_command_mafalda_and_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await reap(proc)
+
+
+async def test_call_timeout_against_a_frozen_server() -> None:
+    """A server process frozen (SIGSTOP): with call_timeout a call fails with
+    ChannelTimeoutError after it, not after the heartbeat; a held wait_closed() is not
+    timed out; once the server runs again (SIGCONT) the same connection serves calls,
+    and the late answer of the timed-out call is dropped."""
+    with pytest.raises(ValueError, match="call_timeout"):
+        await connect("ws://127.0.0.1:1/", token=TOKEN, call_timeout=0)
+    proc, url = await _start_server_process()
+    try:
+        client = await connect(url, token=TOKEN, call_timeout=0.5)
+        assert client.connection.call_timeout == 0.5
+        worker = await client.create_worker(log_level="warn")
+        held = asyncio.ensure_future(worker.wait_closed())
+        proc.send_signal(signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(ChannelTimeoutError, match=r"remote call timeout \[method:dump\]"):
+            await worker.dump()
+        assert 0.4 < loop.time() - start < 3
+        assert not held.done()
+        proc.send_signal(signal.SIGCONT)
+        assert (await worker.dump())["pid"] == worker.pid
+        worker.close()
+        await asyncio.wait_for(held, 10)
+        await client.aclose()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        await reap(proc)

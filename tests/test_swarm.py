@@ -486,6 +486,8 @@ async def test_connect_checks_its_arguments_and_its_seeds(
         await swarm.connect([servers[0].url], token=TOKEN, policy="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="is not a ws"):
         await swarm.connect(["redis://x"], token=TOKEN)
+    with pytest.raises(ValueError, match="call_timeout"):
+        await swarm.connect([servers[0].url], token=TOKEN, call_timeout=-1)
     with pytest.raises(PermissionError, match="refused the token"):
         await swarm.connect([servers[0].url], token="nope")
     closed = await remote.serve(host="127.0.0.5", token=TOKEN)
@@ -507,9 +509,12 @@ async def test_the_client_reads_through_any_server_and_follows_leaves(
 ) -> None:
     servers, nodes = trio
     await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
-    async with await swarm.connect([servers[2].url], token=TOKEN, interval=ROUND) as cluster:
+    async with await swarm.connect(
+        [servers[2].url], token=TOKEN, interval=ROUND, call_timeout=5
+    ) as cluster:
         assert set(cluster.servers) == {"s1", "s2", "s3"}
         worker = await cluster.create_worker()
+        assert worker._connection.call_timeout == 5  # the remote clients' option
         placed = cluster.server_of(worker)
         assert placed is not None
         # A polite leave is gone at the next read, not after grace (5 s).

@@ -84,8 +84,10 @@ class Cluster:
         connect_timeout: float,
         worker_settings: dict[str, Any] | None = None,
         worker_idle: float = 10.0,
+        call_timeout: float | None = None,
     ) -> None:
         self.membership = membership
+        self._call_timeout = call_timeout
         self._token = token
         self.policy: Policy = policy
         self.region = region
@@ -349,6 +351,7 @@ class Cluster:
                     token=self._token,
                     ssl=self._ssl,
                     timeout=self._connect_timeout,
+                    call_timeout=self._call_timeout,
                 )
             self._clients[server_id] = remote
             return remote
@@ -555,9 +558,19 @@ class Cluster:
 
 
 def check_options(
-    *, policy: str, region: str | None, interval: float, grace: float, worker_idle: float
+    *,
+    policy: str,
+    region: str | None,
+    interval: float,
+    grace: float,
+    worker_idle: float,
+    call_timeout: float | None = None,
 ) -> None:
     """ValueError naming the first bad option of a cluster client."""
+    if call_timeout is not None and not (
+        isinstance(call_timeout, int | float) and 0 < call_timeout < float("inf")
+    ):
+        raise ValueError("call_timeout must be a positive number of seconds or None")
     if policy not in _POLICIES:
         raise ValueError(f"unknown placement policy {policy!r}")
     if policy == "region" and not region:
@@ -581,6 +594,7 @@ async def connect(
     connect_timeout: float = 10.0,
     worker_settings: dict[str, Any] | None = None,
     worker_idle: float = 10.0,
+    call_timeout: float | None = None,
 ) -> Cluster:
     """Join the cluster registered in Redis at ``redis_url`` (``rediss://`` for TLS,
     ``redis://user:password@host`` for AUTH).
@@ -593,10 +607,15 @@ async def connect(
     worker_settings: create_worker() options of the workers that host the children of
     cluster routers (one per server used); worker_idle: seconds such a worker stays
     after its last child router closed (0: closed at once; at once anyway on a
-    draining server).
+    draining server). call_timeout: the servers' clients' (``mafalda.remote.connect``).
     """
     check_options(
-        policy=policy, region=region, interval=interval, grace=grace, worker_idle=worker_idle
+        policy=policy,
+        region=region,
+        interval=interval,
+        grace=grace,
+        worker_idle=worker_idle,
+        call_timeout=call_timeout,
     )
     client: aioredis.Redis = aioredis.from_url(
         redis_url,
@@ -615,6 +634,7 @@ async def connect(
         connect_timeout=connect_timeout,
         worker_settings=worker_settings,
         worker_idle=worker_idle,
+        call_timeout=call_timeout,
     )
 
 

@@ -28,6 +28,7 @@ import aiohttp
 
 from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.emitter import EventEmitter
+from mafalda.mediasoup.errors import ChannelTimeoutError
 from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
 from mafalda.remote.errors import RemoteConnectionError, RemoteError, error_from_wire
@@ -98,6 +99,9 @@ class Connection:
         self._closing: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._held: list[bytes] = []  # fire-and-forget calls made while reconnecting
+        #: Seconds a call waits for its answer (None: as long as the connection lives);
+        #: wait_*() calls (wait_closed()) are never timed out.
+        self.call_timeout: float | None = None
         #: Handles of proxies closed here lately, whose close() the server may not have
         #: run yet (a resume must not bring them back).
         self._closed_lately: dict[str, None] = {}
@@ -224,7 +228,18 @@ class Connection:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, target)
         self._frames.send(data)
-        return await future
+        limit = self.call_timeout
+        if limit is None or method.startswith("wait_"):  # wait_closed(): held by design
+            return await future
+        try:
+            async with asyncio.timeout(limit):
+                return await future
+        except TimeoutError:
+            # Its answer, if the server ever sends one, is dropped (unknown id).
+            self._pending.pop(request_id, None)
+            raise ChannelTimeoutError(
+                f"remote call timeout [method:{method}]: no answer in {limit} s"
+            ) from None
 
     def call_nowait(
         self,
@@ -614,6 +629,7 @@ async def connect(
     heartbeat: float | None = 20.0,
     max_message_size: int = 1 << 24,
     reconnect: bool = True,
+    call_timeout: float | None = None,
 ) -> RemoteMediasoup | RemoteMafalda:
     """Connect to a server started by ``serve()`` / ``mafalda serve``.
 
@@ -621,7 +637,15 @@ async def connect(
     back as proxies in ``objects``). ssl: the context for a ``wss://`` server.
     reconnect: when the connection drops, reconnect and resume the session within the
     server's grace period (see ``Connection``); False: close at once.
+    call_timeout: seconds a call waits for its answer before it fails with
+    ``ChannelTimeoutError`` (a frozen server: the heartbeat would take ~1.5 heartbeats
+    to notice); None (default): as long as the connection lives. The server's own
+    worker requests time out after 15 s. ``wait_closed()`` is never timed out.
     """
+    if call_timeout is not None and not (
+        isinstance(call_timeout, int | float) and 0 < call_timeout < float("inf")
+    ):
+        raise ValueError("call_timeout must be a positive number of seconds or None")
 
     async def opener(
         http: aiohttp.ClientSession, session_id: str | None
@@ -660,6 +684,7 @@ async def connect(
         ws, hello = await opener(http, session)
         try:
             connection = Connection(http, ws, hello, opener if reconnect else None)
+            connection.call_timeout = call_timeout
         except BaseException:  # a hello answer it cannot read: the socket goes too
             await ws.close()
             raise

@@ -99,6 +99,7 @@ async def connect(
     connect_timeout: float = 10.0,
     worker_settings: dict[str, Any] | None = None,
     worker_idle: float = 10.0,
+    call_timeout: float | None = None,
 ) -> Cluster:
     """Use the servers of the swarm that ``seeds`` (URLs of any of its servers) belong
     to; the same Cluster, and the same options, as ``mafalda.horizontal.connect()``.
@@ -114,7 +115,12 @@ async def connect(
     if not urls:
         raise ValueError("seeds must name at least one server of the swarm")
     check_options(
-        policy=policy, region=region, interval=interval, grace=grace, worker_idle=worker_idle
+        policy=policy,
+        region=region,
+        interval=interval,
+        grace=grace,
+        worker_idle=worker_idle,
+        call_timeout=call_timeout,
     )
     membership = SwarmMembership(
         urls, token=token, ssl=ssl, timeout=min(connect_timeout, max(interval, 1.0) * 2)
@@ -130,4 +136,5 @@ async def connect(
         connect_timeout=connect_timeout,
         worker_settings=worker_settings,
         worker_idle=worker_idle,
+        call_timeout=call_timeout,
     )

@@ -870,7 +870,11 @@ async def test_media_node_in_process(redis_server: RedisProcess, db: aioredis.Re
             await client.aclose()
         assert await record_of(db, node.id) is None
         await node.aclose()  # closing twice does nothing
-        never = MediaNode(server, redis_url=redis_server.url, server_id="never")
+        with pytest.raises(ValueError, match=r"every interface \(0.0.0.0\).*--announce-ip"):
+            MediaNode(server, redis_url=redis_server.url)
+        never = MediaNode(
+            server, redis_url=redis_server.url, server_id="never", media_address="127.0.0.1"
+        )
         await never.aclose()  # never started: nothing to stop, nothing registered
         assert not never.registered and await record_of(db, "never") is None
 

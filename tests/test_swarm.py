@@ -407,6 +407,11 @@ async def test_swarm_node_and_route_arguments() -> None:
             SwarmNode(server, token=TOKEN, seeds=[1])  # type: ignore[list-item]
         with pytest.raises(ValueError, match="server id"):
             SwarmNode(server, token=TOKEN, server_id="a:b")
+        async with await remote.serve(host="0.0.0.0", token=TOKEN) as everywhere:
+            with pytest.raises(ValueError, match="every interface"):
+                SwarmNode(everywhere, token=TOKEN)
+            node = SwarmNode(everywhere, token=TOKEN, media_address="127.0.0.1")
+            assert node.control_url == f"ws://127.0.0.1:{everywhere.port}/"
         with pytest.raises(ValueError, match="route name"):
             server.add_route("a/b", _nothing)
         async with SwarmNode(server, token=TOKEN, interval=ROUND, streams=False) as plain:
@@ -639,6 +644,13 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
     )
     _, err = await proc.communicate()
     assert proc.returncode == 2 and b"pick one" in err
+    # Listening on every interface, the address to tell peers is required.
+    proc = await asyncio.create_subprocess_exec(
+        *serve_args("--host", "0.0.0.0", "--swarm"), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and b"every interface (0.0.0.0)" in err
+    assert b"Traceback" not in err
 
 
 # -- streams across entry points (mafalda.swarm.streams) -----------------------------------

@@ -598,6 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, MediasoupError) as error:
         print(f"mafalda: {error}", file=sys.stderr)
         return 1
+    except ValueError as error:  # settings that do not go together (a usage error)
+        print(f"mafalda: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

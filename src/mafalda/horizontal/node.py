@@ -86,7 +86,14 @@ def control_url(
     """The URL clients reach ``server`` at, and its media address: ``control_host`` or
     the server's host (when that is every interface: the media address)."""
     host = control_host or server.host
-    if host in ("0.0.0.0", "::") and media_address:
+    if host in ("0.0.0.0", "::"):
+        if not media_address:
+            # Peers and clients would be told to reach "0.0.0.0": refused now, not at
+            # every client's connect.
+            raise ValueError(
+                f"the server listens on every interface ({host}): give the address "
+                "clients reach it at (control_host, or media_address: --announce-ip)"
+            )
         host = media_address
     url = f"{server.scheme}://{f'[{host}]' if ':' in host else host}:{server.port}/"
     return url, media_address or host

@@ -437,8 +437,8 @@ class SwarmStreams:
         """A pair of this server closed: its router did (its copies closed first, with
         their transport), or its last stream went."""
         assert pair.key is not None
-        # The key's next pair is made only once this one is gone from the map.
-        self._pairs_in.pop(pair.key, None)
+        if self._pairs_in.get(pair.key) is pair:  # (not a newer pair of the same key)
+            del self._pairs_in[pair.key]
         lock = self._pair_locks.get(pair.key)
         if lock is not None and not lock.locked():  # else an open under way uses it
             del self._pair_locks[pair.key]

@@ -48,6 +48,7 @@ from mafalda.remote import (
     RemoteWorker,
 )
 from mafalda.remote import connect as remote_connect
+from mafalda.remote.client import check_call_timeout
 
 __all__ = ["Cluster", "ClusterError", "Policy", "check_options", "connect", "open_cluster"]
 
@@ -567,10 +568,7 @@ def check_options(
     call_timeout: float | None = None,
 ) -> None:
     """ValueError naming the first bad option of a cluster client."""
-    if call_timeout is not None and not (
-        isinstance(call_timeout, int | float) and 0 < call_timeout < float("inf")
-    ):
-        raise ValueError("call_timeout must be a positive number of seconds or None")
+    check_call_timeout(call_timeout)
     if policy not in _POLICIES:
         raise ValueError(f"unknown placement policy {policy!r}")
     if policy == "region" and not region:

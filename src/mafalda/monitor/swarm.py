@@ -31,7 +31,7 @@ from mafalda.monitor.stats import ServerStats, decode_stats, encode_stats
 from mafalda.monitor.view import ClusterView, build_view
 from mafalda.remote import RemoteServer
 from mafalda.swarm.client import SwarmMembership
-from mafalda.swarm.urls import check_url, route_url
+from mafalda.swarm.urls import check_seeds, route_url
 
 __all__ = ["STATS_ROUTE", "StatsRoute", "SwarmMonitor", "connect_swarm"]
 
@@ -101,11 +101,7 @@ class SwarmMonitor:
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
-        if isinstance(seeds, str):
-            raise TypeError("seeds must be a list of URLs, not one string")
-        urls = [check_url(seed, "seed") for seed in seeds]
-        if not urls:
-            raise ValueError("seeds must name at least one server of the swarm")
+        urls = check_seeds(seeds, required=True)
         self.interval = interval
         self._ssl = ssl
         self._membership = SwarmMembership(urls, token=token, ssl=ssl, timeout=timeout)

@@ -619,6 +619,14 @@ class RemoteMafalda(_Facade):
         await self.aclose()
 
 
+def check_call_timeout(call_timeout: object) -> None:
+    """ValueError unless ``call_timeout`` is a positive number of seconds or None."""
+    if call_timeout is not None and not (
+        isinstance(call_timeout, int | float) and 0 < call_timeout < float("inf")
+    ):
+        raise ValueError("call_timeout must be a positive number of seconds or None")
+
+
 async def connect(
     url: str,
     *,
@@ -642,10 +650,7 @@ async def connect(
     to notice); None (default): as long as the connection lives. The server's own
     worker requests time out after 15 s. ``wait_closed()`` is never timed out.
     """
-    if call_timeout is not None and not (
-        isinstance(call_timeout, int | float) and 0 < call_timeout < float("inf")
-    ):
-        raise ValueError("call_timeout must be a positive number of seconds or None")
+    check_call_timeout(call_timeout)
 
     async def opener(
         http: aiohttp.ClientSession, session_id: str | None

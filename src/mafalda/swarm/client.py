@@ -18,7 +18,7 @@ from mafalda.horizontal.cluster import Cluster, Policy, check_options, open_clus
 from mafalda.horizontal.membership import Snapshot
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.swarm.gossip import decode_gossip
-from mafalda.swarm.urls import check_url, route_url
+from mafalda.swarm.urls import check_seeds, route_url
 
 __all__ = ["SwarmMembership", "connect"]
 
@@ -109,11 +109,7 @@ async def connect(
     left politely is dropped at the next read; one the swarm dropped as silent, or that
     is missing from the table, ``grace`` seconds later.
     """
-    if isinstance(seeds, str):
-        raise TypeError("seeds must be a list of URLs, not one string")
-    urls = [check_url(seed, "seed") for seed in seeds]
-    if not urls:
-        raise ValueError("seeds must name at least one server of the swarm")
+    urls = check_seeds(seeds, required=True)
     check_options(
         policy=policy,
         region=region,

@@ -37,7 +37,7 @@ from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.remote import RemoteServer
 from mafalda.swarm.gossip import Change, Table, decode_gossip, encode_gossip
 from mafalda.swarm.streams import SwarmStreams
-from mafalda.swarm.urls import GOSSIP_ROUTE, check_url, route_url
+from mafalda.swarm.urls import GOSSIP_ROUTE, check_seeds, route_url
 
 __all__ = ["SwarmNode"]
 
@@ -84,9 +84,7 @@ class SwarmNode:
             raise ValueError("interval must be > 0")
         if fail_after is not None and not fail_after > interval:
             raise ValueError("fail_after must be more than interval")
-        if isinstance(seeds, str):
-            raise TypeError("seeds must be a list of URLs, not one string")
-        self.seeds = [check_url(seed, "seed") for seed in seeds]
+        self.seeds = check_seeds(seeds, required=False)
         self.server = server
         self.id = server_id or str(uuid.uuid4())
         if not registry.is_server_id(self.id):
@@ -111,6 +109,7 @@ class SwarmNode:
                 members=lambda: self.members,
                 idle=stream_idle,
                 ssl=ssl,
+                media_address=self.media_address,
             )
             self.observer.on("serverleave", lambda server_id, _why: mine.peers_gone([server_id]))
         self._http: aiohttp.ClientSession | None = None

@@ -128,10 +128,17 @@ class _Pair:
 class _Pipe:
     """One piped stream, at this end: its pair and what carries it here."""
 
-    __slots__ = ("carrier", "id", "idle", "pair", "peer", "users")
+    __slots__ = ("carrier", "id", "idle", "key", "pair", "peer", "users")
 
-    def __init__(self, pipe_id: str, pair: _Pair, carrier: Any) -> None:
+    def __init__(
+        self,
+        pipe_id: str,
+        pair: _Pair,
+        carrier: Any,
+        key: tuple[str, str, bool] | None = None,
+    ) -> None:
         self.id = pipe_id
+        self.key = key  # in: the copy's (router id, producer id, data)
         self.pair = pair
         self.peer = pair.peer  # the other server's id
         self.carrier = carrier  # the pipe consumer (out) or the copy (in)
@@ -158,8 +165,10 @@ class SwarmStreams:
         timeout: float = 10.0,
         idle: float = 10.0,
         ssl: ssl_module.SSLContext | None = None,
+        media_address: str | None = None,
     ) -> None:
-        """idle: seconds a copy brought from another server stays with no consumer
+        """media_address: where this server's pipe transports listen (default: the
+        server's host). idle: seconds a copy brought from another server stays with no consumer
         before its pipe closes (a consumer back within it reuses the pipe). ssl: the
         context to reach wss:// peers (default: the system's certificate authorities)."""
         if idle < 0:
@@ -170,6 +179,7 @@ class SwarmStreams:
         self._members = members
         self._timeout = timeout
         self.idle = idle
+        self.media_address = media_address or server.host
         self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
         #: Every producer and data producer of this server by (router id, id, data), and
         #: the origins (not copies made by pipes) by (id, data).
@@ -368,14 +378,8 @@ class SwarmStreams:
         new = pair is None
         message: dict[str, Any] = {"op": "open", "producerId": producer_id, "data": data}
         if pair is None:
-            me = self._members().get(self.id)
-            address = me["mediaAddress"] if me is not None else self.server.host
-            transport = await router.create_pipe_transport(
-                listen_info={"protocol": "udp", "ip": address},
-                enable_rtx=True,
-                enable_srtp=Cluster.srtp_between(address, owner["mediaAddress"]),
-                enable_sctp=True,  # media and data streams alike
-            )
+            srtp = Cluster.srtp_between(self.media_address, owner["mediaAddress"])
+            transport = await self._pipe_transport(router, srtp)
             pair = _Pair(str(uuid.uuid4()), owner["id"], transport, key)
             message |= {
                 "ip": transport.tuple["localAddress"],
@@ -425,7 +429,7 @@ class SwarmStreams:
         if new:
             self._pairs_in[key] = pair
             pair.transport.observer.on("close", lambda: self._pair_in_closed(pair))
-        pipe = _Pipe(pipe_id, pair, copy)
+        pipe = _Pipe(pipe_id, pair, copy, (router.id, producer_id, data))
         self._in[pipe_id] = pipe
         self._copies[(router.id, producer_id, data)] = pipe
         self._carrying[copy.id] = pipe
@@ -463,9 +467,9 @@ class SwarmStreams:
             return
         if pipe.idle is not None:
             pipe.idle.cancel()
-        for key, copy in list(self._copies.items()):
-            if copy is pipe:
-                del self._copies[key]
+        assert pipe.key is not None
+        if self._copies.get(pipe.key) is pipe:
+            del self._copies[pipe.key]
         self._carrying.pop(pipe.carrier.id, None)
         pipe.carrier.close()
         if notify:
@@ -576,16 +580,20 @@ class SwarmStreams:
             }
         return answer
 
-    async def _pair_out(self, router: Any, message: dict[str, Any]) -> _Pair:
-        """A pair a peer opens with this server's ``router``: this end, connected."""
-        me = self._members().get(self.id)
-        address = me["mediaAddress"] if me is not None else self.server.host
-        transport = await router.create_pipe_transport(
-            listen_info={"protocol": "udp", "ip": address},
+    async def _pipe_transport(self, router: Any, srtp: bool) -> PipeTransport:
+        """This server's end of a pair: on its media address, RTX and SCTP on (media and
+        data streams alike)."""
+        transport: PipeTransport = await router.create_pipe_transport(
+            listen_info={"protocol": "udp", "ip": self.media_address},
             enable_rtx=True,
-            enable_srtp=message.get("srtpParameters") is not None,
+            enable_srtp=srtp,
             enable_sctp=True,
         )
+        return transport
+
+    async def _pair_out(self, router: Any, message: dict[str, Any]) -> _Pair:
+        """A pair a peer opens with this server's ``router``: this end, connected."""
+        transport = await self._pipe_transport(router, message.get("srtpParameters") is not None)
         try:
             await transport.connect(
                 ip=message["ip"],

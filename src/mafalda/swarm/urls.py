@@ -3,9 +3,10 @@ and its HTTP routes are on the same port."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-__all__ = ["GOSSIP_ROUTE", "check_url", "route_url"]
+__all__ = ["GOSSIP_ROUTE", "check_seeds", "check_url", "route_url"]
 
 GOSSIP_ROUTE = "swarm"
 
@@ -22,6 +23,17 @@ def check_url(url: object, what: str) -> str:
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"{what} {url!r} is not a ws:// or wss:// URL")
     return url
+
+
+def check_seeds(seeds: Iterable[str], *, required: bool) -> list[str]:
+    """The seed URLs in ``seeds`` (a list of them, at least one when ``required``):
+    TypeError or ValueError naming what is wrong."""
+    if isinstance(seeds, str):
+        raise TypeError("seeds must be a list of URLs, not one string")
+    urls = [check_url(seed, "seed") for seed in seeds]
+    if required and not urls:
+        raise ValueError("seeds must name at least one server of the swarm")
+    return urls
 
 
 def route_url(url: str, route: str = GOSSIP_ROUTE) -> str:

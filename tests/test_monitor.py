@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -31,7 +33,7 @@ from mafalda.monitor.stats import (
     stats_key,
     stats_pattern,
 )
-from mafalda.monitor.web import MonitorWeb
+from mafalda.monitor.web import MonitorWeb, check_page_options, password_of
 from tests.conftest import MEDIA_CODECS, opus_rtp_parameters
 from tests.processes import (
     HAVE_REDIS,
@@ -41,6 +43,7 @@ from tests.processes import (
     reap,
     serve_command,
     spawn_serve,
+    tls_files,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -546,6 +549,72 @@ async def test_reporter_publishes_and_monitor_ignores_junk(
         monitor.LocalMonitor(probe, record=lambda: _record("x", "127.0.0.1"), interval=0)
 
 
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_page_password_header_and_options() -> None:
+    """What an Authorization header gives (Basic: any user, a colon in the password
+    kept; Bearer), and the page's options refused before anything binds."""
+    assert password_of(_basic("anyone", "pa:ss")) == "pa:ss"
+    assert password_of(_basic("", "x")) == "x"
+    assert password_of("bearer  tok ") == "tok"
+    for header in ("", "Basic", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode()):
+        assert password_of(header) is None
+    assert password_of("Basic " + base64.b64encode(b"\xff:x").decode()) is None  # not UTF-8
+    assert password_of("Digest x") is None
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        check_page_options(host, None)  # only this machine reaches it
+    for host in ("0.0.0.0", "::", "10.0.0.1", "monitor.example"):
+        with pytest.raises(ValueError, match=f"on {host} could be read from other machines"):
+            check_page_options(host, None)
+        check_page_options(host, "secret")
+    for bad in ("", 123):
+        with pytest.raises(ValueError, match="password must be a non-empty string"):
+            check_page_options("127.0.0.1", bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--web-password"):
+        MonitorWeb(
+            monitor.LocalMonitor(Probe(), record=lambda: _record("x", "127.0.0.1")), host="0.0.0.0"
+        )
+
+
+async def test_page_with_a_password_over_https(probe: Probe, tmp_path: Path) -> None:
+    """A page on every interface (so on 127.0.0.1 too) with a password and a certificate:
+    every route refuses without the password (401 and a Basic challenge, which browsers
+    prompt for), takes it as Basic with any user or as Bearer, over HTTPS only."""
+    ca, cert, key = tls_files(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    client_side = ssl.create_default_context(cafile=ca)
+    local = monitor.LocalMonitor(probe, record=lambda: _record("here", "127.0.0.1"), interval=0.1)
+    async with (
+        MonitorWeb(local, host="0.0.0.0", port=0, password="s3cret", ssl=server_side) as page,
+        aiohttp.ClientSession() as http,
+    ):
+        assert page.url.startswith("https://0.0.0.0:")
+        url = f"https://127.0.0.1:{page.port}/"
+        for path in ("", "view", "events", "nothing"):
+            for headers in ({}, {"Authorization": _basic("u", "wrong")}, {"Authorization": "x"}):
+                async with http.get(url + path, headers=headers, ssl=client_side) as got:
+                    assert got.status == 401
+                    assert got.headers["WWW-Authenticate"].startswith('Basic realm="Mafalda')
+        auth = {"Authorization": _basic("whoever", "s3cret")}
+        async with http.get(url, headers=auth, ssl=client_side) as got:
+            assert got.status == 200 and "EventSource" in await got.text()
+        bearer = {"Authorization": "Bearer s3cret"}
+        async with http.get(url + "view", headers=bearer, ssl=client_side) as got:
+            assert (await got.json())["servers"][0]["id"] == "here"
+        async with http.get(url + "events", headers=auth, ssl=client_side) as got:
+            async for line in got.content:
+                if line.startswith(b"data: "):
+                    assert json.loads(line[6:])["servers"][0]["id"] == "here"
+                    break
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await http.get(url, headers=auth)  # the system's authorities: not ours
+        with pytest.raises(aiohttp.ClientError):
+            await http.get(f"http://127.0.0.1:{page.port}/view", headers=auth)  # plain HTTP
+
+
 @needs_redis
 async def test_monitor_and_reporter_ride_out_a_redis_restart(
     redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
@@ -732,11 +801,104 @@ async def test_monitor_command_serves_the_page_until_sigterm(redis_server: Redis
         await _kill(proc)
 
 
+def _without_password() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MAFALDA_MONITOR_PASSWORD"}
+
+
+async def _exit_of(*command: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_without_password()
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+        return await reap(proc), err.decode()
+
+
+async def test_commands_refuse_a_reachable_page_without_a_password() -> None:
+    """`mafalda serve --monitor-host` / `mafalda monitor --web --host` on an address
+    other machines reach, with no password: exit code 2 naming the option, before a
+    worker or a connection starts (the Redis URL here answers nothing)."""
+    cli = [sys.executable, "-m", "mafalda.cli"]
+    code, err = await _exit_of(
+        *cli, "serve", "--token", TOKEN, "--port", "0", "--mafalda", "--num-workers", "1",
+        "--monitor-port", "0", "--monitor-host", "0.0.0.0",
+    )  # fmt: skip
+    assert code == 2
+    assert "monitor page on 0.0.0.0 could be read from other machines" in err
+    assert "--monitor-password" in err and "Traceback" not in err
+    code, err = await _exit_of(
+        *cli, "monitor", "redis://127.0.0.1:1", "--web", "--host", "10.0.0.1", "--port", "0"
+    )
+    assert code == 2 and "--web-password" in err and "Traceback" not in err
+
+
+async def test_serve_monitor_page_with_a_password_over_https(tmp_path: Path) -> None:
+    """`mafalda serve --tls-cert --monitor-password`: the page on every interface, over
+    HTTPS with the server's certificate, asks for the password."""
+    ca, cert, key = tls_files(tmp_path)
+    port = free_port()
+    proc, url = await spawn_serve(
+        [
+            *[sys.executable, "-m", "mafalda.cli", "serve", "--port", "0", "--token", TOKEN],
+            *["--tls-cert", cert, "--tls-key", key, "--monitor-port", str(port)],
+            *["--monitor-host", "0.0.0.0", "--monitor-password", "pw"],
+        ]
+    )
+    try:
+        assert url.startswith("wss://")
+        assert proc.stdout is not None
+        line = (await proc.stdout.readline()).decode().strip()
+        assert line == f"Mafalda monitor on https://0.0.0.0:{port}/"
+        trusted = ssl.create_default_context(cafile=ca)
+        view_url = f"https://127.0.0.1:{port}/view"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(view_url, ssl=trusted) as got:
+                assert got.status == 401
+            auth = {"Authorization": _basic("admin", "pw")}
+            async with http.get(view_url, ssl=trusted, headers=auth) as got:
+                assert (await got.json())["servers"][0]["id"] == "local"
+        assert await _terminate(proc) == 0
+    finally:
+        await _kill(proc)
+
+
+@needs_redis
+async def test_monitor_command_page_with_a_password_over_https(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """`mafalda monitor --web --web-cert --web-key`, the password from
+    MAFALDA_MONITOR_PASSWORD."""
+    ca, cert, key = tls_files(tmp_path)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url, "--web"],
+        *["--host", "0.0.0.0", "--port", str(port), "--web-cert", cert, "--web-key", key],
+        stdout=subprocess.PIPE,
+        env=_without_password() | {"MAFALDA_MONITOR_PASSWORD": "from env"},
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode().strip()
+        assert line == f"Mafalda monitor on https://0.0.0.0:{port}/"
+        trusted = ssl.create_default_context(cafile=ca)
+        async with aiohttp.ClientSession() as http:
+            url = f"https://127.0.0.1:{port}/view"
+            async with http.get(url, ssl=trusted, headers={"Authorization": "Bearer x"}) as got:
+                assert got.status == 401
+            bearer = {"Authorization": "Bearer from env"}
+            async with http.get(url, ssl=trusted, headers=bearer) as got:
+                assert (await got.json())["servers"] == []
+        assert await _terminate(proc) == 0
+    finally:
+        await _kill(proc)
+
+
 @needs_redis
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
 async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> None:
-    """The page as a browser runs it: rows for the server and its worker, the link map,
-    updated by the event stream, no script error."""
+    """The page as a browser runs it, behind its password: rows for the server and its
+    worker, the link map, updated by the event stream, no script error."""
     from playwright.async_api import async_playwright
 
     worker = await _worker()
@@ -752,14 +914,17 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
         async with (
             Reporter(probe, redis_url=redis_server.url, server_id="b1", interval=0.2),
             await monitor.connect(redis_server.url, interval=0.2) as mon,
-            MonitorWeb(mon, port=0) as page_server,
+            MonitorWeb(mon, port=0, password="pw") as page_server,
             async_playwright() as playwright,
         ):
             browser = await playwright.chromium.launch(
                 executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
             )
             try:
-                page = await browser.new_page()
+                # The browser answers the Basic challenge (as a user typing it in would),
+                # then sends it again on the page's /events stream.
+                credentials: Any = {"username": "me", "password": "pw"}
+                page = await (await browser.new_context(http_credentials=credentials)).new_page()
                 errors: list[str] = []
                 page.on("pageerror", lambda error: errors.append(str(error)))
                 await page.goto(page_server.url)
@@ -880,7 +1045,8 @@ async def test_monitor_command_redraws_until_ctrl_c(redis_server: RedisProcess) 
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             err = await proc.stderr.read()
-            assert await reap(proc) == 130
+            code = await reap(proc)
+        assert code == 130, err.decode()
         assert b"Traceback" not in err
     finally:
         await _kill(proc)

@@ -184,8 +184,20 @@ def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     monitor.add_argument("--once", action="store_true", help="print one view and exit")
     monitor.add_argument("--json", action="store_true", help="print views as JSON lines")
     monitor.add_argument("--web", action="store_true", help="serve the live page instead")
-    monitor.add_argument("--host", default="127.0.0.1", help="--web: address")
+    monitor.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="--web: address (other than loopback: --web-password is required)",
+    )
     monitor.add_argument("--port", type=_port, default=8090, help="--web: port")
+    monitor.add_argument(
+        "--web-password",
+        default=os.environ.get("MAFALDA_MONITOR_PASSWORD") or None,
+        help="--web: the page's password (HTTP Basic, any user name; default: "
+        "MAFALDA_MONITOR_PASSWORD)",
+    )
+    monitor.add_argument("--web-cert", default=None, metavar="PEM", help="--web: serve HTTPS")
+    monitor.add_argument("--web-key", default=None, metavar="PEM", help="--web-cert's key")
 
 
 def _positive(value: str) -> float:
@@ -274,7 +286,14 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     watch.add_argument(
         "--monitor-host",
         default="127.0.0.1",
-        help="the monitor page's address (default %(default)s: it has no authentication)",
+        help="the monitor page's address (default %(default)s; other than loopback: "
+        "--monitor-password is required)",
+    )
+    watch.add_argument(
+        "--monitor-password",
+        default=env("MAFALDA_MONITOR_PASSWORD") or None,
+        help="the monitor page's password (HTTP Basic, any user name; default: "
+        "MAFALDA_MONITOR_PASSWORD); the page is served over HTTPS with --tls-cert",
     )
     cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
     cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
@@ -336,6 +355,10 @@ async def _run_serve(args: argparse.Namespace) -> int:
     if args.cluster and args.swarm is not None:
         print("mafalda: --cluster and --swarm are two ways to join: pick one", file=sys.stderr)
         return 2
+    if args.monitor_port is not None:
+        from mafalda.monitor.web import check_page_options
+
+        check_page_options(args.monitor_host, args.monitor_password)
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -422,7 +445,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
                 started.callback(stats.stop)
             page = None
             if probe is not None and args.monitor_port is not None:
-                page = await _start_monitor_page(args, server, probe, node)
+                page = await _start_monitor_page(args, context, server, probe, node)
                 started.push_async_callback(page.aclose)
             print(f"Mafalda remote server listening on {server.url}", flush=True)
             if page is not None:
@@ -440,6 +463,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
 async def _start_monitor_page(
     args: argparse.Namespace,
+    context: ssl_module.SSLContext | None,
     server: RemoteServer,
     probe: Probe,
     node: MediaNode | SwarmNode | None,
@@ -461,15 +485,25 @@ async def _start_monitor_page(
         LocalMonitor(probe, record=record, interval=interval),
         host=args.monitor_host,
         port=args.monitor_port,
+        password=args.monitor_password,
+        ssl=context,
     )
     await page.start()
     return page
 
 
 async def _run_monitor(args: argparse.Namespace) -> int:
-    from mafalda.monitor import connect
-    from mafalda.monitor.web import MonitorWeb
+    import ssl
 
+    from mafalda.monitor import connect
+    from mafalda.monitor.web import MonitorWeb, check_page_options
+
+    context = None
+    if args.web:
+        check_page_options(args.host, args.web_password)
+        if args.web_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(args.web_cert, args.web_key)
     try:
         opened = connect(
             args.url,
@@ -489,7 +523,9 @@ async def _run_monitor(args: argparse.Namespace) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(sig, stop.set)
-            async with MonitorWeb(mon, host=args.host, port=args.port) as page:
+            async with MonitorWeb(
+                mon, host=args.host, port=args.port, password=args.web_password, ssl=context
+            ) as page:
                 print(f"Mafalda monitor on {page.url}", flush=True)
                 await stop.wait()
             return 0

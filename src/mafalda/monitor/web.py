@@ -7,23 +7,35 @@
 
 Every client of /events shares one reader of Redis (the latest view is fanned out), so
 a wall of screens costs Redis what one does.
+
+The page shows the cluster's addresses, clients and loads: with a ``password`` every
+route asks for it (HTTP Basic, which browsers prompt for and send again on the page's
+own requests, any user name; or ``Authorization: Bearer PASSWORD`` for scripts), and a
+page on an address other machines can reach is refused without one. ``ssl`` serves it
+over HTTPS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
+import ipaddress
 import json
 import logging
+import ssl as ssl_module
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from mafalda.monitor.view import ClusterView
 
-__all__ = ["MonitorWeb", "PAGE", "ViewSource"]
+__all__ = ["MonitorWeb", "PAGE", "ViewSource", "check_page_options", "password_of"]
 
 logger = logging.getLogger("mafalda.monitor.web")
 
@@ -38,19 +50,73 @@ class ViewSource(Protocol):
     def views(self) -> AsyncIterator[ClusterView]: ...
 
 
+REALM = 'Basic realm="Mafalda monitor", charset="UTF-8"'
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (an address, or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any interface
+        return False
+
+
+def check_page_options(host: str, password: str | None) -> None:
+    """ValueError naming what is wrong with a page's ``host`` and ``password``."""
+    if password is not None and (not isinstance(password, str) or not password):
+        raise ValueError("the monitor page's password must be a non-empty string")
+    if password is None and not is_loopback(host):
+        raise ValueError(
+            f"the monitor page on {host} could be read from other machines: give it a "
+            "password (password=, --web-password / --monitor-password, or "
+            "MAFALDA_MONITOR_PASSWORD) or serve it on 127.0.0.1"
+        )
+
+
+def password_of(header: str) -> str | None:
+    """The password an ``Authorization`` header carries (Basic: any user; Bearer)."""
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip()
+    if scheme != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
 class MonitorWeb:
     """Serves ``monitor``'s views over HTTP; ``start()`` binds, ``aclose()`` stops."""
 
-    def __init__(self, monitor: ViewSource, *, host: str = "127.0.0.1", port: int = 8090) -> None:
+    def __init__(
+        self,
+        monitor: ViewSource,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8090,
+        password: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        """password: asked for on every route (required unless ``host`` is a loopback
+        address). ssl: serve HTTPS with this context (its certificate chain loaded)."""
+        check_page_options(host, password)
         self.monitor = monitor
         self.host = host
         self.port = port
+        self._password = password.encode() if password is not None else None
+        self._ssl = ssl
         self.latest: ClusterView | None = None
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._closed = False
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._authorize])
         self.app.router.add_get("/", self._page)
         self.app.router.add_get("/view", self._view)
         self.app.router.add_get("/events", self._events)
@@ -58,14 +124,26 @@ class MonitorWeb:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._password is not None:
+            given = password_of(request.headers.get("Authorization", ""))
+            # Constant time: how long a refusal takes tells nothing of the password.
+            if given is None or not hmac.compare_digest(given.encode(), self._password):
+                return web.Response(
+                    status=401, text="password required", headers={"WWW-Authenticate": REALM}
+                )
+        return await handler(request)
 
     async def start(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read())
         # A short shutdown: /events streams never end by themselves.
         self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         try:
             await site.start()
         except BaseException:

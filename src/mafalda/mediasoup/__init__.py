@@ -32,6 +32,7 @@ from mafalda.mediasoup.errors import (
     WorkerError,
     WorkerTypeError,
 )
+from mafalda.mediasoup.log_events import LogEventListeners, set_log_event_listeners
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.mediasoup.plain_transport import PlainTransport
 from mafalda.mediasoup.producer import Producer
@@ -94,6 +95,7 @@ __all__ = [
     "EventEmitter",
     "InvalidStateError",
     "ListenInfo",
+    "LogEventListeners",
     "MediaKind",
     "MediasoupError",
     "NumSctpStreams",
@@ -138,5 +140,6 @@ __all__ = [
     "observer",
     "ortc",
     "parse_scalability_mode",
+    "set_log_event_listeners",
     "version",
 ]

@@ -1254,11 +1254,12 @@ def test_validate_and_normalize_rtp_parameters_fills_defaults() -> None:
         "rtcp": {"reducedSize": True},
     }
 
-    # As mediasoup, reduced size RTCP is forced; a CNAME is kept; zero/NaN mean "not given".
+    # As mediasoup, reduced size RTCP is forced; a CNAME is kept; zero means "not given"
+    # (NaN too for mediasoup, whose encoder then writes 0: refused here, see below).
     rtcp: Any = {
         "codecs": [],
         "rtcp": {"cname": "c", "reducedSize": False},
-        "encodings": [{"ssrc": 0}, {"ssrc": float("nan")}],
+        "encodings": [{"ssrc": 0}, {"ssrc": None}],
         "headerExtensions": [{"uri": MID, "id": 1, "encrypt": True}],
     }
     ortc.validate_and_normalize_rtp_parameters(rtcp)
@@ -1328,6 +1329,75 @@ def test_validate_and_normalize_rtp_parameters_fills_defaults() -> None:
         ({"codecs": [], "rtcp": "x"}, TypeError, "params.rtcp is not an object"),
         ({"codecs": [], "rtcp": {"cname": 1}}, TypeError, "invalid rtcp.cname"),
         ({"codecs": [], "msid": ["a"]}, TypeError, "params.msid is not a string"),
+        # Beyond mediasoup's checks: what the wire cannot carry, named before encoding
+        # (mediasoup's JavaScript would write NaN as 0 and wrap out of range numbers).
+        ({"codecs": [], "mid": False}, TypeError, "params.mid is not a string"),
+        ({"codecs": [], "msid": 0}, TypeError, "params.msid is not a string"),
+        *[
+            ({"codecs": [], "encodings": [{"ssrc": bad}]}, TypeError, "invalid encoding.ssrc")
+            for bad in (float("nan"), float("inf"), -1, 2**32, False, "")
+        ],
+        (
+            {"codecs": [], "encodings": [{"rtx": {"ssrc": float("-inf")}}]},
+            TypeError,
+            "missing encoding.rtx.ssrc",
+        ),
+        (
+            {"codecs": [], "encodings": [{"rtx": {"ssrc": 2**40}}]},
+            TypeError,
+            "invalid encoding.rtx.ssrc: 1099511627776 is not a number in [0, 4294967295]",
+        ),
+        ({"codecs": [], "encodings": [{"rid": 0}]}, TypeError, "invalid encoding.rid"),
+        (
+            {"codecs": [], "encodings": [{"scalabilityMode": False}]},
+            TypeError,
+            "invalid encoding.scalabilityMode",
+        ),
+        (
+            {"codecs": [], "encodings": [{"maxBitrate": {}}]},
+            TypeError,
+            "invalid encoding.maxBitrate: {} is not a number in [0, 4294967295]",
+        ),
+        (
+            {"codecs": [], "encodings": [{"maxBitrate": float("nan")}]},
+            TypeError,
+            "invalid encoding.maxBitrate",
+        ),
+        (
+            {"codecs": [], "encodings": [{"codecPayloadType": 256}]},
+            TypeError,
+            "invalid encoding.codecPayloadType: 256 is not a number in [0, 255]",
+        ),
+        ({"codecs": [], "rtcp": {"cname": 0}}, TypeError, "invalid rtcp.cname"),
+        (
+            {"codecs": [{"mimeType": "audio/opus", "payloadType": 256, "clockRate": 48000}]},
+            TypeError,
+            "invalid codec.payloadType: 256 is not a number in [0, 255]",
+        ),
+        (
+            {"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": -9e99}]},
+            TypeError,
+            "invalid codec.clockRate",
+        ),
+        (
+            {"codecs": [{"mimeType": "audio/opus", "payloadType": 96, "clockRate": float("inf")}]},
+            TypeError,
+            "missing codec.clockRate",
+        ),
+        (
+            {
+                "codecs": [
+                    {"mimeType": "audio/opus", "payloadType": 9, "clockRate": 8000, "channels": 300}
+                ]
+            },
+            TypeError,
+            "invalid codec.channels: 300 is not a number in [0, 255]",
+        ),
+        (
+            {"codecs": [], "headerExtensions": [{"uri": MID, "id": 256}]},
+            TypeError,
+            "invalid ext.id: 256 is not a number in [0, 255]",
+        ),
     ],
 )
 def test_validate_and_normalize_rtp_parameters_errors(
@@ -1384,6 +1454,15 @@ def test_validate_and_normalize_sctp_stream_parameters(params: Any, expected: An
             "invalid params.maxPacketLifeTime",
         ),
         ({"streamId": 1, "maxRetransmits": "1"}, TypeError, "invalid params.maxRetransmits"),
+        ({"streamId": 70000}, TypeError, "invalid params.streamId: 70000 is not a number in"),
+        ({"streamId": float("nan")}, TypeError, "missing params.streamId"),
+        ({"streamId": 1, "maxRetransmits": -1}, TypeError, "invalid params.maxRetransmits"),
+        (
+            {"streamId": 1, "maxPacketLifeTime": float("nan")},
+            TypeError,
+            "invalid params.maxPacketLifeTime",
+        ),
+        ({"streamId": 1, "maxPacketLifeTime": ""}, TypeError, "invalid params.maxPacketLifeTime"),
         (
             {"streamId": 1, "maxPacketLifeTime": 1, "maxRetransmits": 1},
             InvalidValueError,

@@ -16,6 +16,7 @@ ValueError) for a wrong value, with mediasoup's messages.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -119,7 +120,40 @@ _JsonT = TypeVar("_JsonT")
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """JavaScript's ``typeof value === 'number'``, but finite: NaN and the infinities
+    have no place in any field the worker reads."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -math.inf < value < math.inf
+    )
+
+
+#: The largest values of the worker's unsigned fields (FlatBuffers uint8/16/32).
+UINT8: Final = 0xFF
+UINT16: Final = 0xFFFF
+UINT32: Final = 0xFFFF_FFFF
+
+
+def _fits(value: object, high: int) -> bool:
+    """A finite number that an unsigned wire field up to ``high`` holds (a fraction is
+    truncated there, as by mediasoup's FlatBuffers builder)."""
+    return _is_number(value) and 0 <= value <= high  # type: ignore[operator]
+
+
+def _check_fits(obj: Mapping[str, Any], key: str, high: int, field: str) -> None:
+    """TypeError naming ``field`` unless ``obj[key]`` is absent (None) or fits."""
+    value = obj.get(key)
+    if value is not None and not _fits(value, high):
+        raise TypeError(f"invalid {field}: {value!r} is not a number in [0, {high}]")
+
+
+def _check_string(obj: Mapping[str, Any], key: str, message: str) -> None:
+    """TypeError with ``message`` unless ``obj[key]`` is absent (None) or a string (an
+    empty one is absent for mediasoup; any other value has no wire form)."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(message)
 
 
 def _is_array(value: object) -> bool:
@@ -198,9 +232,7 @@ def validate_and_normalize_rtp_parameters(params: RtpParameters) -> None:
     """Validate RTP parameters, filling missing lists, ``rtcp`` and their defaults."""
     obj = _as_object(params, "params")
 
-    mid = obj.get("mid")
-    if _truthy(mid) and not isinstance(mid, str):
-        raise TypeError("params.mid is not a string")
+    _check_string(obj, "mid", "params.mid is not a string")
 
     codecs = obj.get("codecs")
     if not _is_array(codecs):
@@ -230,9 +262,7 @@ def validate_and_normalize_rtp_parameters(params: RtpParameters) -> None:
     if not _truthy(rtcp):
         obj["rtcp"] = rtcp = {}
 
-    msid = obj.get("msid")
-    if _truthy(msid) and not isinstance(msid, str):
-        raise TypeError("params.msid is not a string")
+    _check_string(obj, "msid", "params.msid is not a string")
 
     validate_and_normalize_rtcp_parameters(cast(RtcpParameters, rtcp))
 
@@ -243,18 +273,16 @@ def validate_and_normalize_sctp_stream_parameters(params: SctpStreamParameters) 
 
     if not _is_number(obj.get("streamId")):
         raise TypeError("missing params.streamId")
+    _check_fits(obj, "streamId", UINT16, "params.streamId")
 
     ordered_given = isinstance(obj.get("ordered"), bool)
     if not ordered_given:
         obj["ordered"] = True
 
     max_packet_life_time = obj.get("maxPacketLifeTime")
-    if _truthy(max_packet_life_time) and not _is_number(max_packet_life_time):
-        raise TypeError("invalid params.maxPacketLifeTime")
-
+    _check_fits(obj, "maxPacketLifeTime", UINT16, "params.maxPacketLifeTime")
     max_retransmits = obj.get("maxRetransmits")
-    if _truthy(max_retransmits) and not _is_number(max_retransmits):
-        raise TypeError("invalid params.maxRetransmits")
+    _check_fits(obj, "maxRetransmits", UINT16, "params.maxRetransmits")
 
     # Zero means "not given" for both, as in mediasoup.
     partially_reliable = _truthy(max_packet_life_time) or _truthy(max_retransmits)
@@ -306,6 +334,7 @@ def _normalize_channels(codec: dict[str, Any], kind: MediaKind) -> None:
     if kind == "audio":
         if not _is_number(codec.get("channels")):
             codec["channels"] = 1
+        _check_fits(codec, "channels", UINT8, "codec.channels")
     else:
         codec.pop("channels", None)
 
@@ -394,9 +423,11 @@ def validate_and_normalize_rtp_codec_parameters(codec: RtpCodecParameters) -> No
 
     if not _is_number(obj.get("payloadType")):
         raise TypeError("missing codec.payloadType")
+    _check_fits(obj, "payloadType", UINT8, "codec.payloadType")
 
     if not _is_number(obj.get("clockRate")):
         raise TypeError("missing codec.clockRate")
+    _check_fits(obj, "clockRate", UINT32, "codec.clockRate")
 
     _normalize_channels(obj, kind)
     _normalize_codec_parameters_and_feedback(obj)
@@ -414,6 +445,7 @@ def validate_and_normalize_rtp_header_extension_parameters(
 
     if not _is_number(obj.get("id")):
         raise TypeError("missing ext.id")
+    _check_fits(obj, "id", UINT8, "ext.id")
 
     encrypt = obj.get("encrypt")
     if _truthy(encrypt) and not isinstance(encrypt, bool):
@@ -435,13 +467,10 @@ def validate_and_normalize_rtp_encoding_parameters(encoding: RtpEncodingParamete
     """Validate an RTP encoding; ``dtx`` defaults to False."""
     obj = _as_object(encoding, "encoding")
 
-    ssrc = obj.get("ssrc")
-    if _truthy(ssrc) and not _is_number(ssrc):
-        raise TypeError("invalid encoding.ssrc")
-
-    rid = obj.get("rid")
-    if _truthy(rid) and not isinstance(rid, str):
-        raise TypeError("invalid encoding.rid")
+    _check_fits(obj, "ssrc", UINT32, "encoding.ssrc")
+    _check_string(obj, "rid", "invalid encoding.rid")
+    _check_fits(obj, "codecPayloadType", UINT8, "encoding.codecPayloadType")
+    _check_fits(obj, "maxBitrate", UINT32, "encoding.maxBitrate")
 
     rtx = obj.get("rtx")
     if _truthy(rtx):
@@ -449,22 +478,19 @@ def validate_and_normalize_rtp_encoding_parameters(encoding: RtpEncodingParamete
             raise TypeError("invalid encoding.rtx")
         if not _is_number(rtx.get("ssrc")):
             raise TypeError("missing encoding.rtx.ssrc")
+        _check_fits(rtx, "ssrc", UINT32, "encoding.rtx.ssrc")
 
     if not isinstance(obj.get("dtx"), bool):
         obj["dtx"] = False
 
-    scalability_mode = obj.get("scalabilityMode")
-    if _truthy(scalability_mode) and not isinstance(scalability_mode, str):
-        raise TypeError("invalid encoding.scalabilityMode")
+    _check_string(obj, "scalabilityMode", "invalid encoding.scalabilityMode")
 
 
 def validate_and_normalize_rtcp_parameters(rtcp: RtcpParameters) -> None:
     """Validate RTCP parameters; ``reducedSize`` is always made True, as in mediasoup."""
     obj = _as_object(rtcp, "rtcp")
 
-    cname = obj.get("cname")
-    if _truthy(cname) and not isinstance(cname, str):
-        raise TypeError("invalid rtcp.cname")
+    _check_string(obj, "cname", "invalid rtcp.cname")
 
     # mediasoup's check (!reducedSize) turns a given False into True too: kept as is.
     if obj.get("reducedSize") is not True:

@@ -327,3 +327,30 @@ async def test_two_aiortc_peers_through_the_demo(
         camera.stop()
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.timeout(120)
+async def test_rooms_closing_under_the_speaker_tell_nobody(
+    demo: DemoServer, http: aiohttp.ClientSession
+) -> None:
+    """The rooms closed under connected clients (the server closing): the dominant
+    speaker's audio closes with her peer, and her closed peer is not told that nobody
+    speaks any more."""
+    alice = DemoClient("alice")
+    tone = ToneTrack()
+    try:
+        await alice.connect(http, demo.ws_url)
+        await alice.join("closing")
+        alice_send = await alice.send_transport()
+        audio = await alice_send.produce(track=tone, stopTracks=False)
+        speaker = {"peerId": alice.peer_id, "producerId": audio.id}
+        assert await alice.wait_notification("activeSpeaker") == speaker
+        room = demo.rooms.rooms["closing"]
+        demo.rooms.close()
+        assert room.closed and room.active_speaker is None
+        # Anything sent to alice before this answer has arrived (one ordered outbox).
+        await alice.request("getRouterRtpCapabilities")
+        assert [data for name, data in alice.notifications if name == "activeSpeaker"] == [speaker]
+    finally:
+        tone.stop()
+        await alice.close()

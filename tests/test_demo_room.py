@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +25,8 @@ from mafalda.demo.room import (
     Session,
 )
 from mafalda.demo.server import DemoConfig, DemoServer
-from mafalda.mediasoup import WebRtcServer, Worker
+from mafalda.mediasoup import MediasoupError, WebRtcServer, Worker
+from mafalda.mediasoup.channel import REQUEST_TIMEOUT
 
 AUDIO_RTP: dict[str, Any] = {
     "mid": "0",
@@ -296,6 +299,9 @@ async def test_join_creates_the_room_and_last_leave_closes_it(
     assert joined["roomId"] == "room1"
     assert joined["peers"] == []
     room = manager.rooms["room1"]
+    peer = room.peers[joined["peerId"]]
+    assert repr(peer) == f"<Peer id={peer.id} room=room1 name='alice'>"
+    assert repr(room) == "<Room id=room1 peers=1>"
     # What the client loads its device with is what the room's router has.
     assert caps == json.loads(json.dumps(room.router.rtp_capabilities))
     assert (await worker.dump())["routerIds"] == [room.router.id]
@@ -709,20 +715,111 @@ async def test_client_vanishing_mid_negotiation_frees_everything(
     await bob.request("pauseProducer", {"producerId": b_audio})
 
 
-async def test_joining_while_the_session_closes(manager: RoomManager) -> None:
+async def test_joining_while_the_session_closes(manager: RoomManager, worker: Worker) -> None:
+    """A client gone while its join waits for the room (its Router being made, by this
+    join or by another client's): refused; a room that nobody joined is closed again."""
+    alone = Client(manager)
+    caps = (await alone.request("getRouterRtpCapabilities"))["rtpCapabilities"]
+    join = {"roomId": "room1", "rtpCapabilities": caps}
+    worker.observer.once("newrouter", lambda router: alone.session.close())
+    assert await alone.error("join", join) == "session closed"
+    assert manager.rooms == {}
+    assert (await worker.dump())["routerIds"] == []
+
+    # first's join creates the room; gone's join waits for it (the manager's lock) and
+    # gone vanishes meanwhile: the room stays, with first alone in it.
+    first, gone = Client(manager), Client(manager)
+    worker.observer.once("newrouter", lambda router: gone.session.close())
+    async with asyncio.timeout(10):
+        joined, refused = await asyncio.gather(first.request("join", join), gone.send("join", join))
+    assert refused["ok"] is False and refused["error"] == "session closed"
+    room = manager.rooms["room1"]
+    assert list(room.peers) == [joined["peerId"]]
+    assert not room.closed
+    assert gone.session.peer is None
+    assert first.notified("peerJoined") == []
+    assert (await worker.dump())["routerIds"] == [room.router.id]
+
+
+async def test_sessions_outliving_their_closed_room(manager: RoomManager, worker: Worker) -> None:
+    """The rooms closed under connected clients (the server closing): their sessions
+    closing later touch nothing, not even a new room of the same name."""
+    alice, bob = Client(manager), Client(manager)
+    await alice.join(name="alice")
+    await bob.join(name="bob")
+    old_room = manager.rooms["room1"]
+    manager.close()
+    assert manager.rooms == {}
+    assert old_room.closed and old_room.router.closed and old_room.peers == {}
+    carol = Client(manager)
+    c = await carol.join(name="carol")
+    room = manager.rooms["room1"]
+    assert room is not old_room
+    alice.session.close()
+    bob.session.close()
+    assert list(room.peers) == [c["peerId"]]
+    assert carol.notified("peerLeft") == []
+    assert manager.rooms == {"room1": room} and not room.closed
+    assert (await worker.dump())["routerIds"] == [room.router.id]
+
+
+async def test_join_fails_cleanly_when_the_worker_stops_answering(
+    manager: RoomManager, worker: Worker
+) -> None:
+    """The worker freezes (SIGSTOP) once the room's Router exists, before its
+    ActiveSpeakerObserver: the join fails with the timeout and the Router is not leaked."""
     client = Client(manager)
     caps = (await client.request("getRouterRtpCapabilities"))["rtpCapabilities"]
-    original = manager.get_or_create
 
-    async def slow_get_or_create(room_id: str) -> Any:
-        room = await original(room_id)
-        client.session.close()  # the client vanished while the room was being made
-        return room
+    def freeze(*made: object) -> None:
+        # Short only from here on: the requests before are answered at any machine load.
+        worker._channel.request_timeout = 0.2
+        os.kill(worker.pid, signal.SIGSTOP)
 
-    manager.get_or_create = slow_get_or_create  # type: ignore[method-assign]
-    error = await client.error("join", {"roomId": "room1", "rtpCapabilities": caps})
-    assert error == "session closed"
+    worker.observer.once("newrouter", freeze)
+    try:
+        async with asyncio.timeout(10):
+            error = await client.error("join", {"roomId": "room1", "rtpCapabilities": caps})
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+        worker._channel.request_timeout = REQUEST_TIMEOUT
+    assert error.startswith("join: request timeout [method:ROUTER_CREATE_ACTIVESPEAKEROBSERVER")
     assert manager.rooms == {}
+    assert (await worker.dump())["routerIds"] == []
+    # The worker answers again: the same client joins.
+    await client.join()
+    assert (await worker.dump())["routerIds"] == [manager.rooms["room1"].router.id]
+
+
+async def test_produce_goes_on_when_the_active_speaker_observer_does_not_answer(
+    manager: RoomManager, worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker freezes (SIGSTOP) once an audio Producer exists, before it is added to
+    the ActiveSpeakerObserver: the produce succeeds anyway (a warning is logged)."""
+    alice, bob = Client(manager), Client(manager)
+    a = await alice.join(name="alice")
+    await bob.join(name="bob")
+    a_send = await alice.transport("send")
+    peer = manager.rooms["room1"].peers[a["peerId"]]
+
+    def freeze(*made: object) -> None:
+        worker._channel.request_timeout = 0.2
+        os.kill(worker.pid, signal.SIGSTOP)
+
+    peer.transports[a_send].observer.once("newproducer", freeze)
+    try:
+        async with asyncio.timeout(10):
+            audio_id = await alice.produce(a_send, "audio")
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+        worker._channel.request_timeout = REQUEST_TIMEOUT
+    assert "active speaker observer: request timeout [method:RTPOBSERVER_ADD_PRODUCER" in (
+        caplog.text
+    )
+    assert bob.notified("newProducer") == [
+        {"peerId": a["peerId"], "producerId": audio_id, "kind": "audio"}
+    ]
+    assert (await peer.producers[audio_id].dump())["id"] == audio_id
 
 
 # -- the WebSocket front end ----------------------------------------------------------------
@@ -811,8 +908,9 @@ async def test_websocket_bad_input(demo: DemoServer, http: aiohttp.ClientSession
 
 
 async def test_websocket_oversized_message_drops_the_client(
-    demo: DemoServer, http: aiohttp.ClientSession
+    demo: DemoServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="mafalda.demo")
     async with http.ws_connect(demo.ws_url) as ws_bob, http.ws_connect(demo.ws_url) as ws_eve:
         bob, eve = WsClient(ws_bob), WsClient(ws_eve)
         b = await bob.join()
@@ -833,6 +931,7 @@ async def test_websocket_oversized_message_drops_the_client(
             left = await bob.receive_json()
         assert left["data"] == {"id": e["peerId"]}
         assert set(room.peers) == {b["peerId"]}
+        assert f"peer={e['peerId']} name='guest' (dropped: Message size " in caplog.text
         dump = await room.router.dump()
         assert eve_send["id"] not in dump["transportIds"]
         assert len(dump["transportIds"]) == 1
@@ -881,6 +980,25 @@ async def test_server_close_drops_clients(http: aiohttp.ClientSession) -> None:
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert server.worker.closed
     await ws.close()
+
+
+async def test_server_start_fails_when_its_rtc_port_is_taken() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        server = DemoServer(DemoConfig(port=0, rtc_port=taken.getsockname()[1]))
+        with pytest.raises(MediasoupError):
+            await server.start()
+    # Nothing is left running: the worker closed, no HTTP port was opened.
+    assert server.worker.closed
+    assert server.port == 0
+    await server.close()  # again: nothing more to do
+    assert server.worker.closed
+
+
+async def test_closing_a_server_never_started_does_nothing() -> None:
+    server = DemoServer(DemoConfig(port=0))
+    await server.close()
+    assert server.port == 0
 
 
 async def test_server_url_forms() -> None:

@@ -37,6 +37,7 @@ from mafalda.remote import (
     connect,
     serve,
 )
+from mafalda.remote import client as client_module
 from mafalda.remote import protocol as p
 from mafalda.remote import server as server_module
 from mafalda.vertical import Mafalda
@@ -571,6 +572,25 @@ async def test_hostile_calls_get_errors(server: RemoteServer) -> None:
     await ws.send_str("{not json")
     assert (await answer_of(ws))["error"]["code"] == p.PARSE_ERROR
     assert (await rpc(ws, 99, "ping", {}))["result"] == "pong"
+    await close_raw(ws)
+
+
+async def test_calls_after_a_bye_in_the_same_frame_are_refused(server: RemoteServer) -> None:
+    """A frame [bye, create_worker] (what `ensure_future(create_worker())` then
+    `aclose()` may send): the call is refused, no worker starts that no session owns."""
+    ws = await raw(server)
+    root = server._root
+    call = {"target": None, "method": "create_worker"}
+    frame = [
+        {"jsonrpc": "2.0", "method": "bye", "params": {}},
+        {"jsonrpc": "2.0", "id": 1, "method": "call", "params": call},
+    ]
+    await ws.send_str(json.dumps(frame))
+    answer = await answer_of(ws)
+    assert answer["id"] == 1 and answer["error"]["code"] == p.INVALID_REQUEST
+    assert answer["error"]["message"] == "session closed"
+    assert server.sessions == {}
+    assert root.live_workers() == 0 and list(root.workers) == []
     await close_raw(ws)
 
 
@@ -1235,6 +1255,198 @@ async def test_abort_drops_a_frozen_server_at_once() -> None:
         proc.send_signal(signal.SIGCONT)
         proc.kill()
         await reap(proc)
+
+
+async def test_a_worker_closed_here_as_it_dies_closes_once(server: RemoteServer) -> None:
+    """A worker's proxy closed from a listener of its death's first event (a router's
+    'workerclose', the process killed): its late events ('died', 'subprocessclose') still
+    come, its observer's 'close' (emitted here already) is not emitted again."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    events: list[str] = []
+
+    def on_workerclose() -> None:
+        events.append("workerclose")
+        worker.close()
+
+    router.on("workerclose", on_workerclose)
+    worker.on("died", lambda error: events.append("died"))
+    worker.on("subprocessclose", lambda: events.append("subprocessclose"))
+    worker.observer.on("close", lambda: events.append("observer close"))
+    gone = asyncio.ensure_future(worker.events.wait_for("subprocessclose"))
+    os.kill(worker.pid, signal.SIGKILL)
+    await asyncio.wait_for(gone, 10)
+    # Every event of the death (sent in one turn) was read before this answer.
+    await client.connection.call(None, "get_supported_rtp_capabilities", (), {})
+    assert events == [
+        "workerclose",
+        "observer close",
+        "died",
+        "subprocessclose",
+    ]
+    assert worker.closed and worker.died and router.closed
+    await client.aclose()
+
+
+async def test_a_worker_closed_here_keeps_its_state(server: RemoteServer) -> None:
+    """A worker's proxy stays with its connection after close() (its exit events come
+    later). What the server says of it afterwards does not change it: app_data set after
+    close() (taken, as by a local closed worker) is answered with the state of the
+    server's stand-in for the forgotten worker, which is not the worker's."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    other = await client.create_worker(log_level="warn")
+    pid = worker.pid
+    worker.close()
+    await other.dump()  # the close() ran before it: the server forgot the worker
+    worker.app_data = {"set": "after close"}
+    await other.dump()  # the state sent for set_app_data came before this answer
+    assert worker.closed and worker.pid == pid and worker.app_data == {"set": "after close"}
+    with pytest.raises(InvalidStateError, match="Worker closed"):
+        await worker.dump()  # still a Worker's method, failing as on the closed worker
+    await client.aclose()
+
+
+async def test_proxies_closed_here_are_remembered_up_to_a_bound(
+    server: RemoteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection remembers the proxies closed here lately (a resume must not bring
+    them back before their close() ran on the server) up to a bound, the oldest forgotten
+    first. The bound is lowered to 2 here: the real one (10 000) would take minutes of
+    transports to reach."""
+    monkeypatch.setattr(client_module, "_MAX_HELD", 2)
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    closed = []
+    for _ in range(3):
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+        transport.close()
+        closed.append(transport.handle)
+    assert list(client.connection._closed_lately) == closed[1:]
+    await client.aclose()
+
+
+async def test_fire_and_forget_calls_held_while_reconnecting_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fire-and-forget calls made while reconnecting are held up to a bound; those past
+    it are dropped (the held ones are sent, in order, once resumed). The bound is lowered
+    to 2 here (the real one is 10 000)."""
+    monkeypatch.setattr(client_module, "_MAX_HELD", 2)
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+
+        def on_disconnect() -> None:
+            for n in range(3):
+                router.app_data = {"n": n}
+
+        client.connection.events.on("disconnect", on_disconnect)
+        cutter.cut()
+        await asyncio.wait_for(reconnected, 10)
+        await router.dump()  # the held calls were sent before it
+        assert srv.sessions[client.session_id].objects[router.handle].app_data == {"n": 1}
+        assert router.app_data == {"n": 2}  # set here all the same
+        await client.aclose()
+
+
+async def test_an_event_the_server_cannot_encode_is_dropped(
+    server: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's own code may make an object's state unencodable (a cyclic app_data):
+    an event carrying that state (a transport's 'newproducer') is logged and dropped, the
+    call that caused it is answered, and the events after it get through."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+    served = served_by(server, transport)
+    served.app_data["self"] = served.app_data
+    heard: list[Any] = []
+    transport.observer.on("newproducer", heard.append)
+    producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+    assert producer.kind == "audio" and heard == []
+    assert "unencodable message dropped" in caplog.text
+    del served.app_data["self"]
+    again = await transport.produce(
+        kind="audio", rtp_parameters={**AUDIO, "encodings": [{"ssrc": 22222222}]}
+    )
+    assert heard == [again]
+    await client.aclose()
+
+
+async def test_objects_made_while_the_client_is_away_and_events_that_cannot_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While its client is away (within the grace period), transports the server's own
+    code creates in the client's router (as a swarm's streams do) are the session's: the
+    router's 'newtransport' registers them, under the router. One given a cyclic app_data
+    cannot be encoded: that is logged, and the server's own listeners still hear of it."""
+    async with await serve(token=TOKEN, grace_period=5) as srv:
+        client = await client_of(srv)
+        worker = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        session = srv.sessions[client.session_id]
+        served = session.objects[router.handle]
+        await client.aclose(keep_session=True)
+        await until(lambda: session.connection is None)
+        heard: list[Any] = []
+        served.observer.on("newtransport", heard.append)
+        kept = await served.create_plain_transport(listen_ip="127.0.0.1")
+        cyclic: dict[str, Any] = {}
+        cyclic["self"] = cyclic
+        odd = await served.create_plain_transport(listen_ip="127.0.0.1", app_data=cyclic)
+        assert heard == [kept, odd]
+        assert "forwarding observer 'newtransport' failed" in caplog.text
+        odd.close()
+        resumed = await connect(srv.url, token=TOKEN, session=client.session_id)
+        by_id = {o.id: o for o in resumed.objects}
+        assert by_id[router.id].transports_for_testing == {kept.id: by_id[kept.id]}
+        await resumed.aclose()
+
+
+async def test_a_close_that_fails_does_not_stop_a_session_closing(
+    server: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-made fault: no library object's close() raises, but were one to, the end of
+    its session logs it and closes the session's other objects all the same."""
+    client = await client_of(server)
+    first = await client.create_worker(log_level="warn")
+    second = await client.create_worker(log_level="warn")
+    broken, kept = served_by(server, first), served_by(server, second)
+    session = server.sessions[client.session_id]
+
+    def close() -> None:
+        raise RuntimeError("broken close")
+
+    broken.close = close
+    await client.aclose()  # its bye ends the session
+    await until(lambda: kept.closed)
+    assert "closing <Worker" in caplog.text and "broken close" in caplog.text
+    del broken.close
+    assert not broken.closed
+    broken.close()  # after its session's end: the session does not take it back
+    assert session.objects == {} and first.handle not in session.gone
+
+
+async def test_a_server_closed_before_it_started() -> None:
+    server = RemoteServer(
+        target=None,
+        token=TOKEN,
+        grace_period=1,
+        max_message_size=1 << 20,
+        rate_limit=10,
+        rate_burst=10,
+        hello_timeout=1,
+        heartbeat=None,
+    )
+    await server.close()
+    await asyncio.wait_for(server.wait_closed(), 1)
+    assert server.sessions == {} and server.port == 0
 
 
 # -- Remote Mafalda ------------------------------------------------------------------------

@@ -268,3 +268,28 @@ async def test_an_unreadable_hello_answer_fails_connect_and_closes_the_socket(
     with pytest.raises(ProtocolError, match="bytes"):
         await connect(await peer(garbled), token="t")
     await asyncio.wait_for(released.wait(), 5)
+
+
+async def test_a_proxy_the_server_closed_stays_closed(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    """A server that says an object is open again after saying it closed (ours never
+    does: an object's states go out in order, and none reopens): the proxy stays closed."""
+
+    async def script(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        worker = {"$ref": "worker", "id": "w1", "state": {"class": "Worker", "closed": False}}
+        await ws.send_str(_answer(hello["id"], {**HELLO, "objects": [worker]}))
+        call = json.loads((await ws.receive()).data)
+        died = {"target": "w1", "event": "died", "args": [], "state": {"closed": True}}
+        reopened = {"target": "w1", "state": {"closed": False, "died": False}}
+        for method, params in (("event", died), ("state", reopened)):
+            await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+        await ws.send_str(_answer(call["id"], {"value": None}))
+        await ws.receive()  # until the client goes
+
+    client = await connect(await peer(script), token="t", reconnect=False)
+    (worker,) = client.objects
+    assert not worker.closed
+    await client.connection.call(None, "dump", (), {})  # answered after both
+    assert worker.closed and worker.died is False
+    await client.aclose()

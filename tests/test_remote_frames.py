@@ -118,3 +118,20 @@ async def test_messages_of_one_turn_share_a_frame(
     assert (await ws.receive(5)).data == '[{"a":1},{"b":2},3]'
     sender.send(b'"alone"')
     assert (await ws.receive(5)).data == '"alone"'
+
+
+async def test_waiting_for_the_backlog_ends_when_the_socket_is_lost(
+    pair: tuple[FrameSender, aiohttp.ClientWebSocketResponse],
+) -> None:
+    """A reader waiting for the backlog to drain (``drained()``) while the peer does not
+    read: when the peer goes away, the wait ends (the sender is broken), it does not
+    hang."""
+    sender, ws = pair
+    for _ in range(COUNT):
+        sender.send(b'"' + b"x" * (FRAME - 2) + b'"')
+    waiting = asyncio.ensure_future(sender.drained(0))
+    await asyncio.sleep(0)
+    assert not waiting.done() and sender.backlog_bytes > 0
+    ws._response.connection.transport.abort()  # type: ignore[union-attr]
+    await asyncio.wait_for(waiting, 5)
+    assert sender.broken and sender.backlog_bytes == 0

@@ -197,9 +197,9 @@ class Peer:
         )
 
     def close(self) -> None:
-        """Close every transport (and so every producer and consumer) of this peer."""
-        if self.closed:
-            return
+        """Close every transport (and so every producer and consumer) of this peer.
+
+        Closing again does nothing: no transport is added once closed."""
         self.closed = True
         for transport in list(self.transports.values()):
             transport.close()
@@ -268,8 +268,7 @@ class Room:
         return None
 
     def close(self) -> None:
-        if self.closed:
-            return
+        """Close the peers and the Router (again: nothing left to close, nothing done)."""
         self.closed = True
         for peer in list(self.peers.values()):
             peer.close()
@@ -418,9 +417,7 @@ class Session:
         return protocol.ok_response(request.id, data)
 
     def close(self, reason: str = "disconnected") -> None:
-        """The client is gone: free its peer."""
-        if self.closed:
-            return
+        """The client is gone: free its peer (once: the peer is forgotten)."""
         self.closed = True
         if self.peer is not None:
             self.manager.remove_peer(self.peer, reason)

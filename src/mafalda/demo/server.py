@@ -159,9 +159,11 @@ class DemoServer:
         return await asyncio.shield(self._failed)
 
     def _on_worker_died(self, error: BaseException) -> None:
+        # A worker dies at most once, and only while open: close() closes it before
+        # cancelling _failed, which start() made before listening for this.
         logger.error("mediasoup-worker died: %s", error)
-        if self._failed is not None and not self._failed.done():
-            self._failed.set_result(f"mediasoup-worker died: {error}")
+        assert self._failed is not None
+        self._failed.set_result(f"mediasoup-worker died: {error}")
 
     # -- what the server has -----------------------------------------------------------
 

@@ -498,10 +498,8 @@ class Connection:
                 await asyncio.wait_for(self._reader, 2.0)
         else:
             self._reader.cancel()
-            # No handshake: the socket closes now (aiohttp keeps it private, as above).
-            response: Any = getattr(self._ws, "_response", None)
-            if response is not None:
-                response.close()
+            # No handshake: the socket closes now (aiohttp keeps the response private).
+            self._ws._response.close()
         self._lost()
         await self._http.close()
         self._done.set()

@@ -179,9 +179,8 @@ class RemoteObject:
             self._close_locally(self.parent_close_event)
 
     def _forget(self) -> None:
-        """Drop the links of an object the server closed."""
-        for child in list(self._children.values()):
-            child._parent = None
+        """Drop the links of an object the server closed (its children's closes came
+        before its own: they are gone from ``_children`` already)."""
         self._children.clear()
         if self._parent is not None:
             self._parent._children.pop(self._handle, None)

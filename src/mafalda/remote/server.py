@@ -357,22 +357,26 @@ class _Connection:
         self._tokens -= 1.0
         return True
 
-    def send(self, message: dict[str, Any], convert: Callable[[Any], Any] = repr) -> None:
+    def send(self, message: dict[str, Any], convert: Callable[[Any], Any] = repr) -> bool:
+        """Send ``message``; False when it could not be encoded (dropped; an answer is
+        replaced by an error answer)."""
         try:
             data = p.encode_message(message, convert)
         except (TypeError, ValueError, RecursionError) as error:
             # Only the server's own code can make such a value (a cyclic app_data...).
             logger.exception("unencodable message dropped")
             if "result" not in message:
-                return
+                return False
             # Its caller would wait for this answer forever: an error answer instead.
             error_message = p.error_response(
                 message.get("id"),
                 p.INTERNAL_ERROR,
                 f"the answer could not be encoded: {type(error).__name__}: {error}",
             )
-            data = p.encode_message(error_message, convert)
+            self.frames.send(p.encode_message(error_message, convert))
+            return False
         self.frames.send(data)
+        return True
 
     async def close(self, code: int = 1000) -> None:
         await self.frames.flush(2.0)
@@ -470,11 +474,7 @@ class Session:
         cls = type(obj)
         state: dict[str, Any] = {"class": cls.__name__} if full else {}
         for name in _state_props_of(cls, full):
-            try:
-                value = getattr(obj, name)
-            except Exception:  # a property that is not available in this state
-                continue
-            state[name] = value
+            state[name] = getattr(obj, name)
         if full:
             kind_type = getattr(cls, "type", None)
             if isinstance(kind_type, str):  # the transports' class attribute
@@ -626,20 +626,23 @@ class Session:
         if self.closing is not None and event not in _LATE_EVENTS and self.muted(handle):
             return
         obj = self.objects.get(handle)  # None: closed and forgotten (a worker's exit)
-        connection.send(
-            p.event_notification(
-                handle,
-                emitter,
-                event,
-                list(args),
-                None if obj is None else self.news(handle, obj),
-            ),
-            self.converter(handle),
+        message = p.event_notification(
+            handle, emitter, event, list(args), None if obj is None else self.news(handle, obj)
         )
+        self._send_on(connection, message, handle)
+
+    def _send_on(
+        self, connection: _Connection, message: dict[str, Any], context: str | None
+    ) -> None:
+        if not connection.send(message, self.converter(context)):
+            # The states its encoding recorded as sent never left: the client gets them
+            # whole next time (an object referenced first in it would come without its
+            # fixed state, the rest of its first state).
+            self.sent.clear()
 
     def send(self, message: dict[str, Any], context: str | None = None) -> None:
         if self.connection is not None:
-            self.connection.send(message, self.converter(context))
+            self._send_on(self.connection, message, context)
         elif not self.closed:
             # Detached, within the grace period: what a call created meanwhile (a worker,
             # a Mafalda's router: no event of a parent tells of them) is the session's
@@ -984,11 +987,10 @@ class RemoteServer:
     def _schemas(self) -> dict[str, dict[str, list[str]]]:
         classes: set[type] = set()
         stack = [cls for cls, _ in KINDS]
-        while stack:
+        while stack:  # a class reached twice (two bases served) is walked twice: no harm
             cls = stack.pop()
-            if cls not in classes:
-                classes.add(cls)
-                stack.extend(cls.__subclasses__())
+            classes.add(cls)
+            stack.extend(cls.__subclasses__())
         return {cls.__name__: schema_of(cls) for cls in classes}
 
     def _root_state(self, session: Session) -> dict[str, Any]:
@@ -1056,6 +1058,10 @@ class RemoteServer:
             return
         if req.method != "call":
             raise p.ProtocolError(p.METHOD_NOT_FOUND, f"method not found: {req.method}", req.id)
+        if session.closed:
+            # After its bye (later in the same frame): what a call made would belong to
+            # no session, never closed, counted against the server's limits.
+            raise p.ProtocolError(p.INVALID_REQUEST, "session closed", req.id)
         call = p.parse_call(req)
         if call.target is None:
             obj = self._root

@@ -594,6 +594,22 @@ async def test_calls_after_a_bye_in_the_same_frame_are_refused(server: RemoteSer
     await close_raw(ws)
 
 
+async def test_app_data_set_on_a_forgotten_object_tells_no_state(server: RemoteServer) -> None:
+    """set_app_data on a closed object the session forgot: answered, with no state (the
+    stand-in's would name its class "_Closed"), nothing remembered for the handle."""
+    ws = await raw(server)
+    made = await rpc(ws, 1, "call", {"target": None, "method": "create_worker"})
+    handle = made["result"]["value"]["id"]
+    await rpc(ws, 2, "call", {"target": handle, "method": "close"})
+    session = next(iter(server.sessions.values()))
+    assert handle not in session.objects and handle in session.gone  # forgotten
+    params = {"target": handle, "method": "set_app_data", "args": [{"x": 1}]}
+    answer = await rpc(ws, 3, "call", params)
+    assert answer["result"] == {"value": None}
+    assert handle not in session.sent
+    await close_raw(ws)
+
+
 # -- a second tenant ---------------------------------------------------------------------
 
 
@@ -1292,8 +1308,8 @@ async def test_a_worker_closed_here_as_it_dies_closes_once(server: RemoteServer)
 async def test_a_worker_closed_here_keeps_its_state(server: RemoteServer) -> None:
     """A worker's proxy stays with its connection after close() (its exit events come
     later). What the server says of it afterwards does not change it: app_data set after
-    close() (taken, as by a local closed worker) is answered with the state of the
-    server's stand-in for the forgotten worker, which is not the worker's."""
+    close() (taken, as by a local closed worker) is answered without a state (the
+    server's stand-in for the forgotten worker has none of its own)."""
     client = await client_of(server)
     worker = await client.create_worker(log_level="warn")
     other = await client.create_worker(log_level="warn")

@@ -529,7 +529,10 @@ class Session:
                 self.sent.pop(key, None)
                 return state, None
         last = self.sent.get(key)
-        self.sent[key] = data
+        if key is None or key in self.objects:
+            # A forgotten object's last state (its close() answered) is not kept: a long
+            # session would keep one per object it ever closed.
+            self.sent[key] = data
         if last is None:
             return state, (data if plain and not p.needs_walk(data) else None)
         if last == data:
@@ -1093,6 +1096,10 @@ class RemoteServer:
         if call.method == "set_app_data":
             if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
                 raise p.ProtocolError(p.INVALID_PARAMS, "app_data must be a dict", req.id)
+            if isinstance(obj, _Closed):
+                # A closed object the session forgot: the client's proxy keeps what it
+                # set (as a closed local object does); the stand-in has no state to tell.
+                return self._answer(session, req.id, call.target, obj, None, "get_app_data")
             obj.app_data = args[0]
             return self._answer(session, req.id, call.target, obj, None, "set_app_data")
         if len(session.tasks) >= self.max_pending_calls and call.method != "close":

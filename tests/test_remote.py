@@ -357,6 +357,11 @@ async def test_forgotten_closed_objects_are_bounded(
     for transport in closed[1:]:
         with pytest.raises(InvalidStateError, match="PlainTransport closed"):
             await client.connection.call(transport, "dump", (), {})
+    # Nothing else kept per object ever closed: the live ones and the remembered ones.
+    session = next(iter(server.sessions.values()))
+    live = {worker.handle, router.handle}
+    assert set(session.parents) == live | {t.handle for t in closed[1:]}
+    assert set(session.sent) <= live | {None}
     await client.aclose()
 
 

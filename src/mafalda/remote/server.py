@@ -571,7 +571,10 @@ class Session:
         self.sent.pop(handle, None)
         self.gone[handle] = "Router closed" if kind == "router" else f"{type(obj).__name__} closed"
         if len(self.gone) > _MAX_GONE:
-            del self.gone[next(iter(self.gone))]
+            oldest = next(iter(self.gone))
+            del self.gone[oldest]
+            # Kept until now for muted(): a late event of a child names its parents.
+            self.parents.pop(oldest, None)
 
     def muted(self, handle: str) -> bool:
         """Whether ``handle`` is the object whose close() the client asked for, or under

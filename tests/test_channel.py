@@ -713,3 +713,22 @@ async def test_a_failing_notification_handler_is_logged_and_the_others_run(
     (record,) = caplog.records
     assert record.getMessage() == "notification handler failed [event:PRODUCER_SCORE]"
     assert record.exc_info is not None and str(record.exc_info[1]) == "handler boom"
+
+
+async def test_a_request_cancelled_by_its_caller_is_skipped_by_the_timeout_sweep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller that gave up (cancelled its request) before the deadline: the sweep
+    finds a done future, leaves it alone and still times out the others, then the late
+    answers are matched quietly."""
+    channel = _attached()
+    channel.request_timeout = 0.05
+    given_up = channel.request(Method.WORKER_DUMP)  # id 1: 0.05 s
+    waited = channel.request(Method.WORKER_DUMP)  # id 2: 0.05 + 0.1 s
+    given_up.cancel()
+    async with asyncio.timeout(5):
+        with pytest.raises(ChannelTimeoutError, match="id:2"):
+            await waited
+    assert given_up.cancelled()
+    channel.data_received(_response(1) + _response(2))
+    assert not caplog.records and not channel._sents

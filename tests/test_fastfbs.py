@@ -1086,3 +1086,72 @@ def test_a_scalar_default_the_c_encoder_cannot_hold_leaves_the_class_to_pack(
     assert _fastfbs._encoder_of(cls) is None
     data = _pack(flatbuffers.Builder(0), cls(protocol=2))
     assert python_decoder(cls)(data, _root(data)).protocol == 2
+
+
+def _run_python(code: str, *path: str) -> list[str]:
+    """Run ``code`` in a new interpreter of this environment (measured by coverage too),
+    with ``path`` after its own sys.path; its printed words."""
+    env = {**os.environ, "MAFALDA_PURE_PYTHON": "0"}
+    prelude = f"import sys; sys.path.extend({list(path)!r})\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
+def test_without_the_c_extension_the_python_codec_is_used() -> None:
+    """Installed without a C compiler (the extension's import fails, here made to):
+    neither C decoders nor C encoders, the generated Python ones decode and pack."""
+    code = (
+        "sys.modules['mafalda.mediasoup._cfastfbs'] = None  # as if it was never built\n"
+        "from mafalda.mediasoup import _fastfbs\n"
+        "from mafalda.mediasoup._fbs.Transport.PortRange import PortRangeT\n"
+        "from tests.test_fastfbs import _pack, _root\n"
+        "data = _pack(_fastfbs.FastBuilder(0), PortRangeT(min=1, max=2))\n"
+        "decode = _fastfbs.decoder(PortRangeT)\n"
+        "got = decode(data, _root(data))\n"
+        "print(_fastfbs.HAVE_NATIVE, _fastfbs.NATIVE, type(decode).__name__,"
+        " _fastfbs.native_encoder(PortRangeT), got.min, got.max)\n"
+    )
+    assert _run_python(code, os.getcwd()) == ["False", "False", "function", "None", "1", "2"]
+
+
+def _numpy_path() -> str:
+    """The site-packages of the base interpreter when numpy is there (it is on the
+    project's machines, not in its environment)."""
+    import sysconfig
+
+    purelib = sysconfig.get_path("purelib", vars={"base": sys.base_prefix})
+    if not os.path.isdir(os.path.join(purelib, "numpy")):
+        pytest.skip("no numpy beside this environment")
+    return purelib
+
+
+def test_with_numpy_vectors_of_scalars_decode_to_the_same_arrays() -> None:
+    """With numpy installed the generated code reads vectors of scalars as numpy arrays:
+    the compiled decoders give the same arrays (dtype and values) as InitFromBuf, for
+    every table that has such a vector."""
+    code = (
+        "import flatbuffers, numpy as np\n"
+        "from mafalda.mediasoup import _fastfbs\n"
+        "from tests.test_fastfbs import T_CLASSES, _spec, _pack, _root\n"
+        "assert _fastfbs.np is np\n"
+        "checked = set()\n"
+        "for cls in T_CLASSES:\n"
+        "    fields = [f for f in _spec(cls).fields if f.kind == 'vscalar']\n"
+        "    if not fields:\n"
+        "        continue\n"
+        "    obj = cls()\n"
+        "    for f in fields:\n"
+        "        setattr(obj, f.name, [1, 2, 3])\n"
+        "    data = _pack(flatbuffers.Builder(0), obj)\n"
+        "    want = cls.InitFromBuf(data, _root(data))\n"
+        "    for decode in (_fastfbs.python_decoder(cls), _fastfbs.decoder(cls)):\n"
+        "        got = decode(data, _root(data))\n"
+        "        for f in fields:\n"
+        "            a, b = getattr(got, f.name), getattr(want, f.name)\n"
+        "            assert type(a) is np.ndarray and a.dtype == b.dtype, (cls, f.name)\n"
+        "            assert a.tolist() == b.tolist() == [1, 2, 3], (cls, f.name)\n"
+        "            checked.add(str(a.dtype))\n"
+        "print(len(checked) > 1)\n"
+    )
+    assert _run_python(code, os.getcwd(), _numpy_path()) == ["True"]

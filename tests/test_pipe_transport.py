@@ -990,6 +990,41 @@ async def test_open_pipe_pair_leaves_nothing_open_on_failure(worker: Worker) -> 
 # -- pipe_to_router failures and races --------------------------------------------------
 
 
+async def test_a_pipe_pair_end_closed_before_its_router_hears_of_the_pair(
+    worker: Worker,
+) -> None:
+    """The destination router learns of a pair a loop turn after it is made; its end
+    closing in between (its worker dying, the app closing it) leaves no record that
+    would refuse the next pipe between the two routers ("key already exists"). The
+    ordering is made by hand (the pair's future completed here): it is a race otherwise."""
+    router1 = await worker.create_router(media_codecs=MEDIA_CODECS)
+    router2 = await worker.create_router(media_codecs=MEDIA_CODECS)
+    listen: Any = {"protocol": "udp", "ip": "127.0.0.1"}
+    end1 = await router1.create_pipe_transport(listen_info=listen)
+    end2 = await router2.create_pipe_transport(listen_info=listen)
+    pair: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    router2._add_pipe_transport_pair(router1.id, pair)
+    end2.close()
+    pair.set_result({router1.id: end1, router2.id: end2})
+    await asyncio.sleep(0)  # the pair's done callbacks
+    assert router1.id not in router2._pipe_pairs
+    # And with its end open, the record goes when that end closes.
+    end3 = await router2.create_pipe_transport(listen_info=listen)
+    pair2: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    router2._add_pipe_transport_pair(router1.id, pair2)
+    pair2.set_result({router1.id: end1, router2.id: end3})
+    await asyncio.sleep(0)
+    assert router2._pipe_pairs[router1.id] is pair2
+    end3.close()
+    assert router1.id not in router2._pipe_pairs
+    # Both ways the routers pipe again.
+    producer = await (await router2.create_direct_transport()).produce(
+        kind="audio", rtp_parameters=opus_rtp_parameters(1234)
+    )
+    result = await router2.pipe_to_router(producer_id=producer.id, router=router1, keep_id=False)
+    assert not result["pipeProducer"].closed
+
+
 async def test_pipe_to_router_closes_the_pipe_consumer_when_the_copy_is_refused(
     ctx: Ctx,
 ) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 import socket
 from typing import Any
 
 import pytest
 
-from mafalda.mediasoup import InvalidStateError, Router, UnsupportedError, Worker
+from mafalda.mediasoup import (
+    ChannelTimeoutError,
+    InvalidStateError,
+    Router,
+    UnsupportedError,
+    Worker,
+)
 
 from .conftest import MEDIA_CODECS
 
@@ -288,3 +298,49 @@ async def test_alias_outlives_a_replaced_producer(worker: Worker) -> None:
         await pipe.consume(producer_id="alias")
     with pytest.raises(ValueError, match="not found"):
         await consuming.consume_data(data_producer_id="data-alias")
+
+
+async def test_a_pipe_follow_up_that_fails_is_logged_at_debug(
+    worker: Worker, worker2: Worker
+) -> None:
+    """Pausing a piped producer pauses its copy in the other worker, in the background:
+    when that worker does not answer (frozen with SIGSTOP), the failure is logged at
+    debug level and escapes nowhere."""
+    first = await worker.create_router(media_codecs=MEDIA_CODECS)
+    second = await worker2.create_router(media_codecs=MEDIA_CODECS)
+    source = await first.create_direct_transport()
+    producer = await source.produce(
+        kind="audio",
+        rtp_parameters={
+            "codecs": [
+                {"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000, "channels": 2}
+            ],
+            "encodings": [{"ssrc": 1234}],
+        },
+    )
+    piped = await first.pipe_to_router(router=second, producer_id=producer.id)
+    failed: asyncio.Future[logging.LogRecord] = asyncio.get_running_loop().create_future()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("pipe follow-up failed") and not failed.done():
+                failed.set_result(record)
+
+    router_logger = logging.getLogger("mafalda.mediasoup.router")
+    handler, level = Catch(logging.DEBUG), router_logger.level
+    router_logger.addHandler(handler)
+    router_logger.setLevel(logging.DEBUG)
+    worker2._channel.request_timeout = 0.2  # the copy's worker, about to freeze
+    os.kill(worker2.pid, signal.SIGSTOP)
+    try:
+        await producer.pause()
+        async with asyncio.timeout(10):
+            record = await failed
+    finally:
+        os.kill(worker2.pid, signal.SIGCONT)
+        router_logger.removeHandler(handler)
+        router_logger.setLevel(level)
+    assert record.levelno == logging.DEBUG
+    assert "PRODUCER_PAUSE" in record.getMessage()
+    assert isinstance(record.args, tuple) and isinstance(record.args[0], ChannelTimeoutError)
+    assert piped["pipeConsumer"].producer_paused and not piped["pipeProducer"].closed

@@ -461,3 +461,67 @@ def test_a_pipe_end_closes_its_descriptor_once() -> None:
     for fd in (*others, write):
         os.fstat(fd)
         os.close(fd)
+
+
+async def _start_held(tmp_path: Any) -> tuple[asyncio.Task[Worker], Worker]:
+    """A create_worker() task waiting for its worker to run, and that Worker: the
+    worker_bin given is a wrapper that stops itself (SIGSTOP) before it runs the real
+    worker, so that the test chooses the loop turn in which the start ends."""
+    from mafalda.mediasoup import worker as worker_module
+
+    wrapper = tmp_path / "held-worker"
+    wrapper.write_text(f'#!/bin/sh\nkill -STOP $$\nexec {find_worker_bin()} "$@"\n')
+    wrapper.chmod(0o755)
+    before = set(worker_module._live_pids)
+    task = asyncio.ensure_future(create_worker(worker_bin=str(wrapper)))
+    async with asyncio.timeout(10):
+        while True:  # until the task waits for WORKER_RUNNING (_workers has it then)
+            held = [w for w in worker_module._workers if w.pid not in before]
+            if held:
+                return task, held[0]
+            await asyncio.sleep(0)
+
+
+async def test_a_start_cancelled_in_the_loop_turn_its_worker_exits_in(tmp_path: Any) -> None:
+    """The process exits and create_worker() is cancelled in the same loop turn, the
+    cancellation first: the exit finds the start given up already (its future
+    cancelled) and reports nothing more; the task raises CancelledError."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    try:
+        task, worker = await _start_held(tmp_path)
+        os.kill(worker.pid, signal.SIGKILL)
+        # Until it is a zombie (left to be reaped): the loop sees the exit next turn.
+        os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOWAIT)
+        loop.call_soon(task.cancel)  # in that turn, before the exit is handled
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await worker.wait_closed() == (None, signal.SIGKILL)
+        assert worker.closed and not worker.died
+    finally:
+        loop.set_exception_handler(None)
+    assert not errors
+
+
+async def test_a_start_cancelled_in_the_loop_turn_its_worker_runs_in(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WORKER_RUNNING is handled in the loop turn create_worker() is cancelled in, after
+    the cancellation: the notification finds the start given up already, and the task
+    raises CancelledError and kills the worker."""
+    import select
+
+    loop = asyncio.get_running_loop()
+    task, worker = await _start_held(tmp_path)
+    os.waitid(os.P_PID, worker.pid, os.WSTOPPED | os.WNOWAIT)  # held now
+    os.kill(worker.pid, signal.SIGCONT)  # the real worker runs, and says so
+    channel_fd = worker._handed[1].fileno()
+    assert select.select([channel_fd], [], [], 10)[0] == [channel_fd]
+    # Next turn: this callback, then the channel's read (which schedules the dispatch of
+    # WORKER_RUNNING); the turn after: the cancellation, then that dispatch.
+    loop.call_soon(loop.call_soon, task.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await worker.wait_closed() == (None, signal.SIGKILL)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -51,7 +51,7 @@ from flatbuffers.compat import import_numpy
 
 try:
     from mafalda.mediasoup import _cfastfbs
-except ImportError:  # pragma: no cover - installed without a C compiler
+except ImportError:  # installed without a C compiler
     HAVE_NATIVE = False
 else:
     HAVE_NATIVE = True

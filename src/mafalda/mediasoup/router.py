@@ -718,11 +718,17 @@ class Router(EventSource):
             raise ValueError("given pipe transport pair key already exists in this Router")
         self._pipe_pairs[key] = future
 
+        def forget() -> None:
+            if self._pipe_pairs.get(key) is future:
+                del self._pipe_pairs[key]
+
         def done(f: asyncio.Future[dict[str, PipeTransport]]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                self._pipe_pairs.pop(key, None)
+            # This runs a loop turn after the pair is made: its end here may have closed
+            # in between (its worker died, the app closed it), and would be kept forever.
+            if f.cancelled() or f.exception() is not None or f.result()[self._id].closed:
+                forget()
                 return
-            f.result()[self._id].observer.on("close", lambda: self._pipe_pairs.pop(key, None))
+            f.result()[self._id].observer.on("close", forget)
 
         future.add_done_callback(done)
 

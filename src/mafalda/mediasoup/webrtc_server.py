@@ -159,8 +159,10 @@ class WebRtcServer(EventSource):
         self.observer.emit("webrtctransporthandled", transport)
 
         def on_gone() -> None:
-            if self._webrtc_transports.pop(transport.id, None) is not None:
-                self.observer.emit("webrtctransportunhandled", transport)
+            # Tracked still: a transport emits one of these two once, and what else
+            # forgets it (close(), worker_closed()) closes it otherwise or after its router.
+            del self._webrtc_transports[transport.id]
+            self.observer.emit("webrtctransportunhandled", transport)
 
         transport.events.on("@close", on_gone)
         # Also when its router closes (Node keeps tracking such a transport).

@@ -311,10 +311,13 @@ class Worker(EventSource):
     # -- lifecycle ----------------------------------------------------------------
 
     def _on_notification(self, event: int, body: Any) -> None:
-        if event == Event.WORKER_RUNNING and not self._spawn_done:
-            self._spawn_done = True
-            if not self._started.done():
-                self._started.set_result(None)
+        # The worker's only notification of its own (to its pid): WORKER_RUNNING, once.
+        # Whatever else ends the start (_abort, an exit) closes the channel, and with it
+        # this subscription, first. Not the cancellation of create_worker() though: it may
+        # come in the same loop turn, before the task runs _abort().
+        self._spawn_done = True
+        if not self._started.done():
+            self._started.set_result(None)
 
     def _on_process_exit(self) -> None:
         loop = asyncio.get_running_loop()

@@ -120,10 +120,10 @@ class SpanningRouter(EventSource, Generic[H], ABC):
     def _record_loss(self, host: H, kind: str, object_id: str) -> None:
         """An object of this router closed because ``host`` died."""
 
+    @abstractmethod
     def _hosts_source(self, host: H, source_id: str) -> bool:
         """Whether a (data) producer with this id already exists on ``host``'s worker
         (then a copy there needs its own id, known to the child by the original one)."""
-        return False
 
     def _alias(self, host: H, source_id: str, piped: Any, data: bool) -> None:
         """Make ``host``'s child find the copy ``piped`` (made with its own id) by

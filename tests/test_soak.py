@@ -216,3 +216,31 @@ async def test_a_mafalda_router_keeps_nothing_per_closed_object() -> None:
         assert _pool_sizes(pool, [router, other]) == after_two
     finally:
         await pool.aclose()
+
+
+async def test_a_remote_mafalda_session_keeps_nothing_per_closed_object() -> None:
+    """The same through Remote Mafalda: the session, the proxies and the pool's
+    spanning routers behind them."""
+    pool = await Mafalda.start(
+        num_workers=2, min_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    server = await serve(token=TOKEN, grace_period=0, target=pool)
+    client: Any = await connect(server.url, token=TOKEN)
+    try:
+        router = await client.create_router(media_codecs=MEDIA_CODECS)
+        other = await client.create_router(media_codecs=MEDIA_CODECS)
+        observer = await _run_cycles(router, other, 2)
+        gc.collect()
+        served = [served_by(server, router), served_by(server, other)]
+        after_two = _remote_sizes(server, client) | _pool_sizes(pool, served)
+        for _ in range(6):
+            await _cycle(router, other, observer, close_parent=False)
+            await _cycle(router, other, observer, close_parent=True)
+        await router.dump()
+        await other.dump()
+        gc.collect()
+        assert _remote_sizes(server, client) | _pool_sizes(pool, served) == after_two
+    finally:
+        await client.aclose()
+        await server.close()
+        await pool.aclose()

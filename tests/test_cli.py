@@ -69,6 +69,18 @@ def test_bad_ports(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     assert "is not a port number" in capsys.readouterr().err
 
 
+def test_monitor_interval_must_be_a_positive_number(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        cli.build_parser().parse_args(["monitor", "redis://x", "--interval", "0.5"]).interval == 0.5
+    )
+    for bad, error in (("soon", "'soon' is not a number"), ("inf", "not a positive number")):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["monitor", "redis://x", "--interval", bad])
+        assert error in capsys.readouterr().err
+
+
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "demo" in capsys.readouterr().out

@@ -455,6 +455,45 @@ async def test_a_failing_round_does_not_stop_the_gossip(
     assert "gossip round failed" in caplog.text
 
 
+async def test_a_node_closes_when_a_round_swallows_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aclose() returns even when the gossip loop's cancellation is lost: aiohttp turns
+    a cancellation into a TimeoutError when its own timeout fires at the same moment,
+    and the exchange takes that for a peer that failed. That race cannot be produced on
+    demand: here a round swallows the cancellation once and finishes, as it then does."""
+    async with await remote.serve(token=TOKEN) as server:
+        node = SwarmNode(server, token=TOKEN, interval=ROUND)
+        inside = asyncio.Event()
+        swallowed = False
+        real_round = node._round
+
+        async def round_() -> None:
+            nonlocal swallowed
+            if asyncio.current_task() is node._task and not swallowed:
+                inside.set()
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    swallowed = True
+                # (Coverage's tracer on Python 3.11 misses what a coroutine resumed by a
+                # thrown cancellation runs before it next waits: the loop's end with it.)
+                await asyncio.sleep(0)
+            await real_round()  # the rest of the round
+
+        monkeypatch.setattr(node, "_round", round_)
+        await node.start()
+        task = node._task
+        assert task is not None
+        try:
+            async with asyncio.timeout(10):
+                await inside.wait()
+                await node.aclose()
+        finally:
+            task.cancel()  # (a loop still running fails the test)
+        assert swallowed and task.done() and not task.cancelled()  # it ended by itself
+
+
 async def _nothing(request: Any) -> Any:
     raise AssertionError("not called")
 
@@ -942,6 +981,9 @@ async def test_streams_route_refuses_and_answers(
             async with http.post(url, json={"op": "open"} | more) as response:
                 assert (await response.json())["kind"] == "audio"
             assert await _transports(a) == before + 2  # its own sending transport only
+            # A pipe id in use already: refused, the first pipe untouched.
+            async with http.post(url, json={"op": "open"} | more) as response:
+                assert await response.json() == {"error": "pipe p2 is open already"}
             # Not of a pair this server has, nor of another router's producer.
             unknown = {"op": "open"} | more | {"pipeId": "p3", "pairId": "nope"}
             async with http.post(url, json=unknown) as response:
@@ -972,6 +1014,16 @@ async def test_streams_route_refuses_and_answers(
                 PipeTransport.consume = real  # type: ignore[method-assign]
             assert await _transports(a) == before + 1
             async with http.post(url, json=opening | {"producerId": producer.id}) as r:
+                assert (await r.json())["kind"] == "audio"
+            # The same fault on a pair that carries a stream: the pair stays for it.
+            PipeTransport.consume = failing  # type: ignore[method-assign]
+            try:
+                async with http.post(url, json={"op": "open"} | more | {"pipeId": "p5"}) as r:
+                    assert await r.json() == {"error": "closed meanwhile"}
+            finally:
+                PipeTransport.consume = real  # type: ignore[method-assign]
+            assert await _transports(a) == before + 2
+            async with http.post(url, json={"op": "open"} | more | {"pipeId": "p6"}) as r:
                 assert (await r.json())["kind"] == "audio"
             await producer.pause()
             await nodes[0].aclose()
@@ -1312,6 +1364,41 @@ async def test_data_streams_between_servers(
     finally:
         for app in (a, b, c):
             await app.client.aclose()
+
+
+async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """B's router on s2 takes no opus: a data stream of A's router on s1 comes in on a
+    pipe pair, then the copy of A's opus producer is refused by B's router (mediasoup:
+    unsupported codec). The consume fails, s1 is told to close that pipe, and the pair
+    stays for the data stream (the failure closed the pair, and the data with it)."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    a = await App.on(servers[0].url)
+    b = await remote.connect(servers[1].url, token=TOKEN)
+    out1, in2 = nodes[0].streams._out, nodes[1].streams._in  # type: ignore[union-attr]
+    try:
+        vp8_only = [{"kind": "video", "mimeType": "video/VP8", "clockRate": 90000}]
+        router = await (await b.create_worker()).create_router(media_codecs=vp8_only)
+        source = await a.router.create_direct_transport()
+        data_producer = await source.produce_data(label="chat")
+        _, producer = await a.producer("127.0.0.2")
+        sink_b = await router.create_direct_transport()
+        data_consumer = await sink_b.consume_data(data_producer_id=data_producer.id)
+        assert len(in2) == 1 and len(out1) == 1
+        with pytest.raises(Exception, match="codec"):
+            await sink_b.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        await wait_until(lambda: len(out1) == 1)  # the failed pipe closed on s1 too
+        assert len(in2) == 1 and not data_consumer.closed
+        got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+        data_producer.send("still here")
+        async with asyncio.timeout(5):
+            message, _ = await got
+        assert bytes(message) == b"still here"
+    finally:
+        await a.client.aclose()
+        await b.aclose()
 
 
 async def test_a_swarm_over_tls(tmp_path: Any) -> None:

@@ -532,9 +532,9 @@ async def _run_monitor(args: argparse.Namespace) -> int:
         if args.once:
             _print_view(await mon.view(), args)
             return 0
-        async for view in mon.views():
-            _print_view(view, args)
-    return 0
+        views = mon.views()  # endless: until interrupted
+        while True:
+            _print_view(await anext(views), args)
 
 
 def _print_view(view: Any, args: argparse.Namespace) -> None:

@@ -526,6 +526,10 @@ class SwarmStreams:
         return web.json_response({})
 
     async def _pipe_out(self, message: dict[str, Any]) -> dict[str, Any]:
+        if message["pipeId"] in self._out:
+            # A peer reusing an id (only a faulty or hostile one does): the first pipe's
+            # consumer would be orphaned, and a close would find the wrong one.
+            raise StreamError(f"pipe {message['pipeId']} is open already")
         data = message.get("data", False)
         found = self._original(message["producerId"], data)
         if found is None:

@@ -1329,6 +1329,30 @@ async def test_a_worker_closed_here_keeps_its_state(server: RemoteServer) -> Non
     await client.aclose()
 
 
+async def test_a_closed_workers_wait_closed_and_exit_as_locally(server: RemoteServer) -> None:
+    """`worker.close(); await worker.wait_closed()` returns the process's (exit code,
+    signal) as the local worker's does, before and after its exit reached the client
+    (`async with worker:` too); a worker killed returns its signal; then nothing is
+    kept of them on either side (one closed worker proxy per worker ever had before)."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    assert worker.exit_status is None
+    worker.close()
+    assert await worker.wait_closed() == (0, None)
+    assert worker.exit_status == (0, None) and worker.subprocess_closed
+    assert await worker.wait_closed() == (0, None)  # again, at once
+    async with await client.create_worker(log_level="warn") as other:
+        assert not other.closed
+    assert other.closed and other.exit_status == (0, None)
+    killed = await client.create_worker(log_level="warn")
+    os.kill(killed.pid, signal.SIGKILL)
+    assert await killed.wait_closed() == (None, signal.SIGKILL)  # held on the server
+    assert killed.died
+    session = next(iter(server.sessions.values()))
+    await until(lambda: not client.connection.proxies and not session.exiting)
+    await client.aclose()
+
+
 async def test_proxies_closed_here_are_remembered_up_to_a_bound(
     server: RemoteServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

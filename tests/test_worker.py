@@ -525,3 +525,10 @@ async def test_a_start_cancelled_in_the_loop_turn_its_worker_runs_in(
         await task
     assert await worker.wait_closed() == (None, signal.SIGKILL)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_exit_status_once_the_process_exited() -> None:
+    worker = await create_worker(log_level="warn")
+    assert worker.exit_status is None
+    worker.close()
+    assert await worker.wait_closed() == (0, None) == worker.exit_status

@@ -296,6 +296,13 @@ class Worker(EventSource):
         return self._subprocess_closed
 
     @property
+    def exit_status(self) -> tuple[int | None, int | None] | None:
+        """(exit code, signal) once the process exited and was reaped (what
+        ``wait_closed()`` returns), else None."""
+        done = self._exit_status.done() and not self._exit_status.cancelled()
+        return self._exit_status.result() if done else None
+
+    @property
     def webrtc_servers_for_testing(self) -> set[WebRtcServer]:
         return self._webrtc_servers
 

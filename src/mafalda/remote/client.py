@@ -343,6 +343,10 @@ class Connection:
             proxy._apply_state(state)
         emitter = proxy.observer if params.get("emitter") == "observer" else proxy.events
         emitter.emit(event, *args)
+        if event == "subprocessclose" and proxy.closed:
+            # A worker's last word (after its close): nothing more comes for it.
+            self.proxies.pop(target, None)
+            return
         if event == "close" and emitter is proxy.observer and proxy.closed:
             proxy._forget()
             if not isinstance(proxy, RemoteWorker):

@@ -10,6 +10,7 @@ the server.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import logging
@@ -193,6 +194,11 @@ class RemoteObject:
         }
 
 
+def _status(value: Any) -> tuple[int | None, int | None] | None:
+    """A worker's (exit code, signal) as the local one gives it (JSON made it a list)."""
+    return (value[0], value[1]) if isinstance(value, list | tuple) and len(value) == 2 else None
+
+
 class RemoteWorker(RemoteObject):
     """A mediasoup Worker on the server (``pid`` is the server's process id)."""
 
@@ -212,11 +218,44 @@ class RemoteWorker(RemoteObject):
         self._close_locally("died", error)
         self.events.emit("subprocessclose")
 
+    @property
+    def exit_status(self) -> tuple[int | None, int | None] | None:
+        return _status(self._state.get("exit_status"))
+
+    async def wait_closed(self) -> tuple[int | None, int | None] | None:
+        """As the local worker's: until the process exited, (exit code, signal). Once
+        the worker is closed the server has forgotten it: its exit comes here as the
+        late 'subprocessclose' event (with the status in its state); None when the
+        connection went first and the status is unknown."""
+        if not self.closed:
+            try:
+                return _status(await self._call("wait_closed"))
+            except InvalidStateError:
+                # It died as this was asked: its events came before this answer.
+                if not self.closed:
+                    raise
+        if not self._state.get("subprocess_closed") and not self._connection.closed:
+            exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_exit(*args: Any) -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            self.events.on("subprocessclose", on_exit)
+            self._connection.events.on("close", on_exit)
+            try:
+                await exited
+            finally:
+                self.events.off("subprocessclose", on_exit)
+                self._connection.events.off("close", on_exit)
+        return self.exit_status
+
     async def __aenter__(self) -> RemoteWorker:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+        await self.wait_closed()
 
 
 class RemoteWebRtcServer(RemoteObject):

@@ -440,6 +440,8 @@ class Session:
         self.closing: str | None = None
         #: Closed objects forgotten: handle -> the error message calls on them get.
         self.gone: dict[str, str] = {}
+        #: Closed workers whose process has not exited yet, until it has.
+        self.exiting: dict[str, Any] = {}
         self._counter = itertools.count(1)
         #: The workers this session started (Remote Mediasoup; closed ones are dropped
         #: when the next is asked for), and those still starting: its share of the
@@ -569,6 +571,9 @@ class Session:
         self.handles.pop(id(obj), None)
         kind = self.kinds.pop(handle, None)
         self.sent.pop(handle, None)
+        if kind == "worker" and not getattr(obj, "subprocess_closed", True):
+            # Its exit is still to come, with the status wait_closed() returns.
+            self.exiting[handle] = obj
         self.gone[handle] = "Router closed" if kind == "router" else f"{type(obj).__name__} closed"
         if len(self.gone) > _MAX_GONE:
             oldest = next(iter(self.gone))
@@ -631,7 +636,13 @@ class Session:
             return
         if self.closing is not None and event not in _LATE_EVENTS and self.muted(handle):
             return
-        obj = self.objects.get(handle)  # None: closed and forgotten (a worker's exit)
+        obj = self.objects.get(handle)
+        if obj is None and event in _LATE_EVENTS:  # a closed worker's exit: its last state
+            obj = (
+                self.exiting.pop(handle, None)
+                if event == "subprocessclose"
+                else (self.exiting.get(handle))
+            )
         message = p.event_notification(
             handle, emitter, event, list(args), None if obj is None else self.news(handle, obj)
         )

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from mafalda import horizontal
+from mafalda.remote import serve as remote_serve
 from tests import processes
 from tests.rtp_flow import MEDIA_CODECS, OPUS_RTP
 
@@ -82,3 +83,52 @@ async def test_a_cluster_client_keeps_nothing_per_room(shared_cluster: str) -> N
             assert [o for o in client.objects if not o.closed] == []
     finally:
         await cluster.aclose()
+
+
+async def test_a_cluster_client_keeps_nothing_per_server_that_left() -> None:
+    """Servers come and go (autoscaling: each with a new id), a long-lived room uses
+    each while it is there; once each has left, the client holds no connection, lock,
+    worker, timer or record of it (the same sizes after the sixth as after the first)."""
+    from mafalda.horizontal import MediaNode
+
+    redis = processes.RedisProcess()
+    redis.start()
+    cluster: Any = None
+    try:
+        cluster = await horizontal.connect(
+            redis.url, token=processes.TOKEN, interval=0.1, grace=0.3, worker_idle=0.1
+        )
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        sizes: list[dict[str, int]] = []
+        for index in range(6):
+            server_id = f"autoscaled-{index}"
+            async with (
+                await remote_serve(host="127.0.0.1", token=processes.TOKEN) as server,
+                MediaNode(server, redis_url=redis.url, server_id=server_id, interval=0.1),
+            ):
+                async with asyncio.timeout(10):
+                    while server_id not in cluster.servers:
+                        await asyncio.sleep(0.05)
+                transport = await router.create_plain_transport(
+                    server=server_id, listen_info={"protocol": "udp", "ip": "127.0.0.1"}
+                )
+                await transport.produce(kind="audio", rtp_parameters=OPUS_RTP)
+                transport.close()
+            async with asyncio.timeout(10):  # deregistered: the client drops it
+                while server_id in cluster.servers or vars(cluster)["_clients"]:
+                    await asyncio.sleep(0.05)
+            sizes.append(
+                _sizes(cluster)
+                | {
+                    f"router.{name}": len(value)
+                    for name, value in vars(router).items()
+                    if isinstance(value, dict | set | list)
+                }
+            )
+        assert sizes[-1] == sizes[0]
+        for name in ("_connecting", "_router_worker_locks", "_router_workers", "_idle_timers"):
+            assert sizes[0][f"cluster.{name}"] == 0, name
+    finally:
+        if cluster is not None:
+            await cluster.aclose()
+        redis.kill()

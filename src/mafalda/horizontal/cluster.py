@@ -410,6 +410,16 @@ class Cluster:
         record = self._records.pop(server_id, None)
         self._missing_since.pop(server_id, None)
         self._left_at[server_id] = asyncio.get_running_loop().time()
+        # Nothing kept per server that left: in an autoscaled cluster (a new id per
+        # server) these would grow by one per server ever seen.
+        self._router_workers.pop(server_id, None)  # closed with its client below
+        handle = self._idle_timers.pop(server_id, None)
+        if handle is not None:
+            handle.cancel()
+        for locks in (self._connecting, self._router_worker_locks):
+            lock = locks.get(server_id)
+            if lock is not None and not lock.locked():  # in use (rare): left in place
+                del locks[server_id]
         client = self._clients.pop(server_id, None)
         if client is not None:
             # The server is gone: its proxies close now, with their events, and pending

@@ -98,3 +98,68 @@ async def test_a_swarm_keeps_nothing_per_stream_it_carried(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def _node_sizes(node: SwarmNode) -> dict[str, int]:
+    sizes = {
+        f"node.{name}": len(value)
+        for name, value in vars(node).items()
+        if isinstance(value, dict | set | list)
+    }
+    streams: Any = node.streams
+    sizes |= {
+        f"streams.{name}": len(value)
+        for name, value in vars(streams).items()
+        if isinstance(value, dict | set | list)
+    }
+    sizes["table.entries"] = len(vars(node._table)["_entries"])  # type: ignore[attr-defined]
+    return sizes
+
+
+async def test_a_swarm_server_keeps_nothing_per_server_that_left() -> None:
+    """Servers join (each with a new id), a stream goes from the long-lived one to each,
+    then they leave: once their tombstones are forgotten the long-lived server holds
+    nothing of them (the same sizes after the fourth as after the first)."""
+    first = await remote.serve(host="127.0.0.2", token=TOKEN)
+    node = SwarmNode(first, token=TOKEN, server_id="stays", interval=ROUND, stream_idle=0.1)
+    await node.start()
+    a = await remote.connect(first.url, token=TOKEN)
+    sizes: list[dict[str, int]] = []
+    try:
+        wa: Any = await a.create_worker()  # type: ignore[union-attr]
+        ra = await wa.create_router(media_codecs=MEDIA_CODECS)
+        listen = {"protocol": "udp", "ip": "127.0.0.2"}
+        send = await ra.create_plain_transport(listen_info=listen, comedia=True)
+        producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+        for index in range(4):
+            server = await remote.serve(host="127.0.0.3", token=TOKEN)
+            other = SwarmNode(
+                server, token=TOKEN, seeds=[first.url], server_id=f"came-{index}", interval=ROUND
+            )
+            await other.start()
+            b = await remote.connect(server.url, token=TOKEN)
+            try:
+                async with asyncio.timeout(10):
+                    while len(node.members) < 2:
+                        await asyncio.sleep(ROUND)
+                wb: Any = await b.create_worker()  # type: ignore[union-attr]
+                rb = await wb.create_router(media_codecs=MEDIA_CODECS)
+                recv = await rb.create_plain_transport(
+                    listen_info={"protocol": "udp", "ip": "127.0.0.3"}, comedia=True
+                )
+                await recv.consume(producer_id=producer.id, rtp_capabilities=rb.rtp_capabilities)
+                assert len(vars(node.streams)["_out"]) == 1
+            finally:
+                await b.aclose()
+                await other.aclose()
+                await server.close()
+            async with asyncio.timeout(15):  # its tombstone forgotten, its pipes closed
+                while len(node.members) > 1 or _node_sizes(node)["table.entries"]:
+                    await asyncio.sleep(ROUND)
+            sizes.append(_node_sizes(node))
+        assert sizes[-1] == sizes[0]
+        assert sizes[0]["streams._out"] == sizes[0]["streams._queues"] == 0
+    finally:
+        await a.aclose()
+        await node.aclose()
+        await first.close()

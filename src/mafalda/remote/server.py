@@ -638,11 +638,8 @@ class Session:
             return
         obj = self.objects.get(handle)
         if obj is None and event in _LATE_EVENTS:  # a closed worker's exit: its last state
-            obj = (
-                self.exiting.pop(handle, None)
-                if event == "subprocessclose"
-                else (self.exiting.get(handle))
-            )
+            exiting = self.exiting
+            obj = exiting.pop(handle, None) if event == "subprocessclose" else exiting.get(handle)
         message = p.event_notification(
             handle, emitter, event, list(args), None if obj is None else self.news(handle, obj)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiortc.rtcsctptransport import AbortChunk, InitChunk, parse_packet, serialize_packet
 
 from mafalda import Mafalda, MafaldaRouter
 from mafalda.mediasoup import (
@@ -29,6 +31,7 @@ from mafalda.mediasoup import (
     Worker,
     create_worker,
 )
+from mafalda.mediasoup.channel import REQUEST_TIMEOUT
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
@@ -1196,3 +1199,213 @@ async def test_mafalda_closed_from_a_close_listener_of_a_closing_router() -> Non
         assert events == ["close"] and m.closed and m.routers == []
     finally:
         await m.aclose()
+
+
+async def test_worker_closed_as_its_new_child_router_is_handed_out(mafalda: Mafalda) -> None:
+    """The worker chosen for a router's first transport is closed from outside right
+    after its child router is made there, before the placement that waits for it gets
+    it: the creation fails with InvalidStateError (the worker is gone from the pool), and
+    the next transport goes to the worker that replaces it."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    (victim,) = mafalda.workers
+    loop = asyncio.get_running_loop()
+    # Queued before the child router's creation completes: runs before its waiter resumes.
+    victim.observer.on("newrouter", lambda _router: loop.call_soon(victim.close))
+    replaced = asyncio.Event()
+    mafalda.observer.on("newworker", lambda _worker: replaced.set())
+    with pytest.raises(InvalidStateError, match="Worker closed"):
+        await router.create_direct_transport()
+    assert victim.closed and victim not in mafalda.workers
+    assert router.child_routers == {}
+    await asyncio.wait_for(replaced.wait(), 10)
+    transport = await router.create_direct_transport()
+    assert router.worker_of(transport) in mafalda.workers
+    assert [w["units"] for w in mafalda.stats()["workers"]] == [1]
+
+
+async def test_a_worker_left_without_routers_is_freed_once_idle_long_enough() -> None:
+    """A worker whose last child router closes is idle from the first load sample that
+    sees it without routers: that sample keeps it (idle for no time yet), a later one
+    (idle_worker_timeout after) frees it, down to min_workers."""
+    async with await Mafalda.start(
+        num_workers=2,
+        min_workers=1,
+        load_interval=3600,
+        idle_worker_timeout=1e-6,
+        worker_settings={"log_level": "warn"},
+    ) as m:
+        await m.sample_load()  # after the sampler's first run (see the test above)
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(0)
+        kept = await router.create_direct_transport()
+        m.policy = _Pinned(1)
+        left = await router.create_direct_transport()
+        first, second = m.workers
+        assert router.worker_of(kept) is first and router.worker_of(left) is second
+        await m.sample_load()  # both host a router: neither is idle
+        left.close()
+        assert router.child_router(second) is None
+        await m.sample_load()  # idle from now on
+        assert m.workers == [first, second] and not second.closed
+        await m.sample_load()
+        assert m.workers == [first] and second.closed
+
+
+def test_child_router_being_made_when_the_loop_shuts_down() -> None:
+    """The application's loop shuts down (asyncio.run() returning, Runner.close()) while
+    a router's child router is being made for a transport (its worker held with SIGSTOP,
+    so it is still being made): the loop cancels every task, that creation included,
+    which ends cancelled without an error for the loop's exception handler; the
+    application's task closing the pool when cancelled still closes every worker."""
+    errors: list[dict[str, Any]] = []
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, c: errors.append(c))
+        m = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        (worker,) = m.workers
+
+        async def close_when_cancelled() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+                await m.aclose()
+
+        seen["closer"] = asyncio.ensure_future(close_when_cancelled())
+        seen["mafalda"], seen["pid"] = m, worker.pid
+        os.kill(worker.pid, signal.SIGSTOP)
+        seen["attempt"] = asyncio.ensure_future(router.create_direct_transport())
+        await asyncio.sleep(0)  # placed: its child router is being made
+        seen["creations"] = list(router._child_futures.values())
+
+    loop_factory = None
+    if os.environ.get("MAFALDA_TEST_LOOP") == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+    assert errors == []
+    (creation,) = seen["creations"]
+    assert creation.cancelled() and seen["attempt"].cancelled()
+    assert seen["mafalda"].closed and seen["closer"].cancelled()
+    with pytest.raises(ProcessLookupError):
+        os.kill(seen["pid"], 0)
+
+
+async def test_dump_while_a_pipe_opens(mafalda: Mafalda) -> None:
+    """dump() asked as a consume on another worker starts opening its pipe answers (the
+    pipe, still without its consumer on the producer's worker, left out); once the
+    consume is done it lists the consumer, and still not the pipe's."""
+    router, producer, far = await _split(mafalda, data=False)
+    # The dump's requests go first: each worker answers them before any of the pipe's.
+    dumping = asyncio.ensure_future(router.dump())
+    attempt = _far_consume(router, far, producer)
+    dump = await asyncio.wait_for(dumping, 5)
+    assert not attempt.done() and len((await router.mafalda_dump())["pipes"]) == 1
+    assert dump["mapProducerIdConsumerIds"] == [{"key": producer.id, "values": []}]
+    assert dump["mapConsumerIdProducerId"] == []
+    consumer = await asyncio.wait_for(attempt, 5)
+    dump = await router.dump()
+    assert dump["mapProducerIdConsumerIds"] == [{"key": producer.id, "values": [consumer.id]}]
+    assert dump["mapConsumerIdProducerId"] == [{"key": consumer.id, "value": producer.id}]
+
+
+class _RefusingSctpPeer(asyncio.DatagramProtocol):
+    """The far end of a plain transport's SCTP association (SCTP over plain UDP): it
+    answers the worker's INIT with an ABORT when told, as a peer refusing it would."""
+
+    def __init__(self) -> None:
+        self.init: asyncio.Future[tuple[int, int, int, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.socket: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.socket = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        source_port, destination_port, _tag, chunks = parse_packet(data)
+        for chunk in chunks:
+            if isinstance(chunk, InitChunk) and not self.init.done():
+                self.init.set_result((source_port, destination_port, chunk.initiate_tag, addr))
+
+    def abort(self) -> None:
+        source_port, destination_port, initiate_tag, addr = self.init.result()
+        packet = serialize_packet(destination_port, source_port, initiate_tag, AbortChunk())
+        self.socket.sendto(packet, addr)
+
+
+@pytest.mark.parametrize("closing", [None, "on its event", "on its observer's"])
+async def test_sctp_connected_when_the_association_fails(
+    worker: Worker, closing: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer refuses the SCTP association (ABORT): a wait for it fails with
+    InvalidStateError at once, and so does a later one (the association failed already,
+    no wait for the timeout). An application closing the transport as the association
+    fails (from its own listener, before or after the wait's) changes nothing but the
+    reason of whichever came first, and no listener fails."""
+    from mafalda.vertical.spanning import sctp_connected
+
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+    sock, peer = await asyncio.get_running_loop().create_datagram_endpoint(
+        _RefusingSctpPeer, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        await transport.connect(ip="127.0.0.1", port=sock.get_extra_info("sockname")[1])
+        waiting = asyncio.ensure_future(sctp_connected(transport))
+        source = await (await router.create_direct_transport()).produce_data()
+        await transport.consume_data(data_producer_id=source.id)  # starts the association
+        await asyncio.wait_for(peer.init, 5)
+        assert not waiting.done()
+
+        def close_if_failed(state: str) -> None:
+            if state == "failed":  # not on 'connecting', which may come after the INIT
+                transport.close()
+
+        if closing == "on its event":  # emitted before the observer's
+            transport.on("sctpstatechange", close_if_failed)
+        elif closing == "on its observer's":  # after the wait's own listener
+            transport.observer.on("sctpstatechange", close_if_failed)
+        peer.abort()
+        reason = "transport closed" if closing == "on its event" else "SCTP association failed"
+        with pytest.raises(InvalidStateError, match=reason):
+            await asyncio.wait_for(waiting, 5)
+        assert "listener of event" not in caplog.text
+        if closing is None:
+            assert transport.sctp_state == "failed" and not transport.closed
+            with pytest.raises(InvalidStateError, match="SCTP association failed"):
+                await asyncio.wait_for(sctp_connected(transport), 1)
+        else:
+            assert transport.closed
+    finally:
+        sock.close()
+
+
+async def test_a_pause_that_cannot_reach_the_piped_copy_is_logged(
+    mafalda: Mafalda, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The producer pauses while the worker of its piped copy is frozen (SIGSTOP): the
+    copy's pause times out, which is logged (debug) and fails nothing else; once that
+    worker answers again the far consumer follows the producer again."""
+    caplog.set_level(logging.DEBUG, logger="mafalda.vertical.spanning")
+    router, producer, far = await _split(mafalda, data=False)
+    consumer = await far.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+    dst = router.worker_of(far)
+    dst._channel.request_timeout = 0.2
+    os.kill(dst.pid, signal.SIGSTOP)
+    try:
+        await producer.pause()  # its worker answers
+        async with asyncio.timeout(5):
+            await _until(lambda: "pipe follow-up failed: request timeout" in caplog.text)
+    finally:
+        os.kill(dst.pid, signal.SIGCONT)
+        dst._channel.request_timeout = REQUEST_TIMEOUT
+    await dst.dump()  # after the late pause and its notification
+    assert consumer.producer_paused and not consumer.closed
+    await producer.resume()
+    async with asyncio.timeout(5):
+        await _until(lambda: not consumer.producer_paused)

@@ -258,10 +258,12 @@ class Mafalda(EventSource):
         self.events.emit("workerreplaced", worker)
 
     def record_loss(self, worker: Worker, kind: str, object_id: str) -> None:
-        """Called by MafaldaRouters for every object closed because ``worker`` died."""
-        entry = self._pool.get(worker)
-        if entry is not None:
-            entry.loss.setdefault(kind, []).append(object_id)
+        """Called by MafaldaRouters for every object closed because ``worker`` died.
+
+        A dying worker closes its routers, and with them every object this records,
+        before it emits 'died': it is still in the pool (_on_worker_died takes it out).
+        """
+        self._pool[worker].loss.setdefault(kind, []).append(object_id)
 
     def worker_hosts(self, worker: Worker, producer_id: str) -> bool:
         """Whether a producer or data producer with this id exists on ``worker``."""
@@ -402,15 +404,19 @@ class Mafalda(EventSource):
 
     @contextlib.contextmanager
     def reserve(self, worker: Worker) -> Any:
-        """Count a transport being created on ``worker`` until it exists."""
+        """Count a transport being created on ``worker`` until it exists.
+
+        InvalidStateError when ``worker`` left the pool since it was chosen: it closed or
+        died, and whatever would be made on it fails anyway.
+        """
         entry = self._pool.get(worker)
-        if entry is not None:
-            entry.reserved += 1
+        if entry is None:
+            raise InvalidStateError("Worker closed")
+        entry.reserved += 1
         try:
             yield
         finally:
-            if entry is not None:
-                entry.reserved -= 1
+            entry.reserved -= 1
 
     # -- routers ----------------------------------------------------------------------------
 

@@ -657,10 +657,13 @@ async def sctp_connected(transport: Any, timeout: float = 10.0) -> None:
     """Return once the SCTP association of ``transport`` (a local or remote proxy
     transport) is connected; InvalidStateError when it fails or the transport closes
     first, TimeoutError after ``timeout`` seconds."""
-    if transport.sctp_state == "connected":
+    state = transport.sctp_state
+    if state == "connected":
         return
     if transport.closed:
         raise InvalidStateError("transport closed")
+    if state in ("failed", "closed"):
+        raise InvalidStateError(f"SCTP association {state}")
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_state(state: str) -> None:

@@ -1409,3 +1409,38 @@ async def test_a_pause_that_cannot_reach_the_piped_copy_is_logged(
     await producer.resume()
     async with asyncio.timeout(5):
         await _until(lambda: not consumer.producer_paused)
+
+
+async def test_an_id_taken_on_another_worker_is_refused() -> None:
+    """One router: a producer (or data producer) id it has is refused on any of its
+    workers, as a Router refuses one (there the worker does), before anything is sent;
+    once the first is closed the id is free again."""
+    m = await Mafalda.start(num_workers=2, min_workers=2, policy="spread")
+    try:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        first, producer = await _audio_producer(router)
+        other = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+        if router.worker_of(other) is router.worker_of(first):
+            other = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+        assert router.worker_of(other) is not router.worker_of(first)
+        rtp = opus_rtp_parameters(4321, OPUS_PT)
+        with pytest.raises(TypeError, match=f'a Producer with same id "{producer.id}"'):
+            await other.produce(id=producer.id, kind="audio", rtp_parameters=rtp)
+        direct = await router.create_direct_transport()
+        data = await direct.produce_data()
+        with pytest.raises(TypeError, match=f'a DataProducer with same id "{data.id}"'):
+            await other.produce_data(id=data.id, sctp_stream_parameters={"streamId": 1})
+        # The originals are untouched, and consumers still get them.
+        consumer = await other.consume(
+            producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+        )
+        assert consumer.producer_id == producer.id and not producer.closed
+        gone = asyncio.get_running_loop().create_future()
+        consumer.on("producerclose", lambda: gone.set_result(None))
+        producer.close()
+        async with asyncio.timeout(10):
+            await gone  # its copy on the other worker closed too
+        again = await other.produce(id=producer.id, kind="audio", rtp_parameters=rtp)
+        assert again.id == producer.id
+    finally:
+        await m.aclose()

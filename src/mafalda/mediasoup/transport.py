@@ -547,6 +547,10 @@ class Transport(EventSource):
         #: living on another worker into this router there, and know when it is done.
         self.consume_guard: ConsumeGuard | None = None
         self.consume_data_guard: ConsumeGuard | None = None
+        #: Called with the id a produce() / produce_data() asks for, before anything is
+        #: sent: the layers above (Mafalda) refuse an id their other workers have.
+        self.produce_guard: Callable[[str], None] | None = None
+        self.produce_data_guard: Callable[[str], None] | None = None
         self.events = EventEmitter()
         self.observer = EventEmitter()
         channel.subscribe(transport_id, self._on_notification)
@@ -703,6 +707,8 @@ class Transport(EventSource):
         self._check_open()
         if id is not None and id in self._producers:
             raise TypeError(f'a Producer with same id "{id}" already exists')
+        if id is not None and self.produce_guard is not None:
+            self.produce_guard(id)
         if kind not in ("audio", "video"):
             raise TypeError(f'invalid kind "{kind}"')
         validate_app_data(app_data)
@@ -894,6 +900,8 @@ class Transport(EventSource):
         self._check_open()
         if id is not None and id in self._data_producers:
             raise TypeError(f'a DataProducer with same id "{id}" already exists')
+        if id is not None and self.produce_data_guard is not None:
+            self.produce_data_guard(id)
         validate_app_data(app_data)
         if not isinstance(label, str):
             raise TypeError("label must be a string")

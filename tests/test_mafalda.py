@@ -1444,3 +1444,31 @@ async def test_an_id_taken_on_another_worker_is_refused() -> None:
         assert again.id == producer.id
     finally:
         await m.aclose()
+
+
+async def test_concurrent_pipes_of_one_producer_into_a_router_make_one_copy() -> None:
+    """Two pipe_to_router() of one producer into the same MafaldaRouter at once: one
+    copy, the other call refused as mediasoup's second copy is ('already exists'),
+    wherever each would have been placed."""
+    m = await Mafalda.start(num_workers=2, min_workers=2, policy="spread")
+    try:
+        source = await m.create_router(media_codecs=MEDIA_CODECS)
+        target = await m.create_router(media_codecs=MEDIA_CODECS)
+        _, producer = await _audio_producer(source)
+        results = await asyncio.gather(
+            source.pipe_to_router(producer_id=producer.id, router=target),
+            source.pipe_to_router(producer_id=producer.id, router=target),
+            return_exceptions=True,
+        )
+        copies = [r for r in results if isinstance(r, dict)]
+        [refused] = [r for r in results if isinstance(r, BaseException)]
+        assert len(copies) == 1 and isinstance(refused, TypeError)
+        assert f'a Producer with same id "{producer.id}" already exists' in str(refused)
+        # The one copy is what the target router consumes from.
+        recv = await target.create_plain_transport(listen_info=LISTEN)
+        consumer = await recv.consume(
+            producer_id=producer.id, rtp_capabilities=target.rtp_capabilities
+        )
+        assert consumer.producer_id == producer.id
+    finally:
+        await m.aclose()

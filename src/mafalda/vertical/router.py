@@ -209,6 +209,28 @@ class MafaldaRouter(SpanningRouter[Worker]):
     ) -> PipeToRouterResult:
         """As mediasoup's, from wherever the (data) producer lives into ``router``."""
         source_id, home = self._pipe_source(router, producer_id, data_producer_id)
+        if not isinstance(router, MafaldaRouter):
+            return await self._pipe_to(
+                router, source_id, home, producer_id, data_producer_id, options
+            )
+        incoming = (source_id, "Producer" if producer_id else "DataProducer")
+        router._incoming.add(incoming)
+        try:
+            return await self._pipe_to(
+                router, source_id, home, producer_id, data_producer_id, options
+            )
+        finally:
+            router._incoming.discard(incoming)
+
+    async def _pipe_to(
+        self,
+        router: Router | MafaldaRouter,
+        source_id: str,
+        home: Worker,
+        producer_id: str | None,
+        data_producer_id: str | None,
+        options: dict[str, Any],
+    ) -> PipeToRouterResult:
         target: Router
         target_worker: Worker | None = None
         if isinstance(router, MafaldaRouter):

@@ -98,6 +98,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._pairs: dict[frozenset[H], PipePair[H]] = {}
         self._pipes: dict[tuple[str, str, H], Pipe[H]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: (id, kind) of the copies being piped in (pipe_to_router() from another
+        #: router): a second at once would shadow the first.
+        self._incoming: set[tuple[str, str]] = set()
         self.events = EventEmitter()
         self.observer = EventEmitter()
 
@@ -502,7 +505,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             # As mediasoup's target refuses a second copy: here it could land on another
             # host and silently shadow the first.
             copies = router._producers if producer_id else router._data_producers
-            if source_id in copies:
+            if source_id in copies or (source_id, kind) in router._incoming:
                 raise TypeError(f'a {kind} with same id "{source_id}" already exists')
         return source_id, home
 

@@ -883,7 +883,8 @@ async def test_streams_between_servers_of_this_process(
         direct = await b.router.create_direct_transport()
         local = await direct.produce(kind="audio", rtp_parameters=OPUS_RTP)
         from_b, _, sock_d = await d.consumer(local.id)
-        assert from_b.producer_id == local.id and not in2  # mediasoup's own pipe
+        # mediasoup's own pipe: a copy here, tracked for its idle time, on no pair.
+        assert from_b.producer_id == local.id and [p.pair for p in in2.values()] == [None]
 
         # s1 is cut off: its gossip stops and it cannot reach anyone (a partition; the
         # process cannot be killed here, the test above kills a real one).
@@ -902,7 +903,7 @@ async def test_streams_between_servers_of_this_process(
             )
         async with asyncio.timeout(10):
             await gone
-        assert not in2 and not from_b.closed
+        assert [p.pair for p in in2.values()] == [None] and not from_b.closed
 
         # s3 leaves while C has a copy of s2's stream: the copy closes with the leave.
         c2 = await App.on(servers[2].url)
@@ -1241,6 +1242,45 @@ async def test_monitor_command_shows_a_swarm_and_its_streams(
     assert no_token.returncode == 2 and b"token" in err
 
 
+async def test_an_unused_copy_from_another_router_here_is_collected() -> None:
+    """Two apps on one server: the copy of one's producer in the other's router
+    (mediasoup's pipe_to_router()) is collected ``stream_idle`` seconds after its last
+    consumer, as a copy from another server is; a consumer back within it reuses it;
+    after, a consume makes a new one."""
+    idle = 0.3
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND, stream_idle=idle) as n1,
+    ):
+        assert n1.streams is not None
+        in1 = n1.streams._in
+        a, b = await App.on(s1.url), await App.on(s1.url)
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            consumer, _, sock = await b.consumer(producer.id)
+            assert consumer.producer_id == producer.id
+            [copy_id] = list(in1)
+            copy = in1[copy_id].carrier
+            consumer.close()
+            await asyncio.sleep(idle / 3)
+            again, _, sock2 = await b.consumer(producer.id)  # back in time: the same copy
+            await asyncio.sleep(idle * 2)
+            assert list(in1) == [copy_id] and not copy.closed  # in use: kept
+            again.close()
+            await wait_until(lambda: not in1, timeout=5)
+            assert copy.closed and not n1.streams._copies and not n1.streams._carrying
+            # Its pipe consumer in A's router went with it: A's router keeps nothing.
+            dump = await a.router.dump()
+            assert [e["values"] for e in dump["mapProducerIdConsumerIds"]] == [[]]
+            third, _, sock3 = await b.consumer(producer.id)
+            assert third.producer_id == producer.id and list(in1) != [copy_id]
+            for s in (sock, sock2, sock3):
+                s.close()
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
 async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
     """A copy with no consumer left closes its pipe ``stream_idle`` seconds later, on
     both servers; a consumer back within it reuses the pipe; a consume that failed
@@ -1353,12 +1393,15 @@ async def test_data_streams_between_servers(
         b_data = await local.produce_data(label="b")
         sink_c = await c.router.create_direct_transport()
         from_b = await sink_c.consume_data(data_producer_id=b_data.id)
-        assert from_b.label == "b" and len(in2) == 1
+        assert from_b.label == "b" and sorted(p.pair is None for p in in2.values()) == [
+            False,
+            True,
+        ]  # the copy from s1 on its pair, B's here on none
         closed = asyncio.ensure_future(data_consumer.events.wait_for("dataproducerclose"))
         data_producer.close()
         async with asyncio.timeout(5):
             await closed
-        await wait_until(lambda: not in2)
+        await wait_until(lambda: [p.pair for p in in2.values()] == [None])
         with pytest.raises(Exception, match="not found"):
             await sink_b.consume_data(data_producer_id="nobody-has-this")
     finally:

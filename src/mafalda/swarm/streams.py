@@ -126,25 +126,27 @@ class _Pair:
 
 
 class _Pipe:
-    """One piped stream, at this end: its pair and what carries it here."""
+    """One piped stream, at this end: its pair and what carries it here (no pair: a copy
+    from another router of this server, mediasoup's pipe_to_router())."""
 
     __slots__ = ("carrier", "id", "idle", "key", "pair", "peer", "users")
 
     def __init__(
         self,
         pipe_id: str,
-        pair: _Pair,
+        pair: _Pair | None,
         carrier: Any,
         key: tuple[str, str, bool] | None = None,
     ) -> None:
         self.id = pipe_id
         self.key = key  # in: the copy's (router id, producer id, data)
         self.pair = pair
-        self.peer = pair.peer  # the other server's id
+        self.peer = pair.peer if pair is not None else None  # the other server's id
         self.carrier = carrier  # the pipe consumer (out) or the copy (in)
         self.users = 0  # in: the consumers of the copy
         self.idle: asyncio.TimerHandle | None = None  # in: its collection, when unused
-        pair.streams.add(pipe_id)
+        if pair is not None:
+            pair.streams.add(pipe_id)
 
 
 class SwarmStreams:
@@ -338,7 +340,16 @@ class SwarmStreams:
         else:
             copy = result["pipeProducer"]
             router.alias_producer(producer_id, copy)
-        self._here[(router.id, producer_id, data)] = copy
+        key = (router.id, producer_id, data)
+        self._here[key] = copy
+        # Collected when unused, as a copy from another server is (closing the copy
+        # closes its pipe consumer too: mediasoup links them).
+        pipe = _Pipe(copy.id, None, copy, key)
+        self._in[pipe.id] = pipe
+        self._copies[key] = pipe
+        self._carrying[copy.id] = pipe
+        copy.observer.on("close", lambda: self._closed_in(pipe, notify=False))
+        self._use(pipe, 0)  # collected if the consume that asked for it fails
 
     async def _find(self, producer_id: str, data: bool) -> tuple[ServerRecord, str] | None:
         """The peer that has the producer, and its router there (asked all at once; the
@@ -472,9 +483,11 @@ class SwarmStreams:
             del self._copies[pipe.key]
         self._carrying.pop(pipe.carrier.id, None)
         pipe.carrier.close()
-        if notify:
-            self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
         pair = pipe.pair
+        if pair is None:  # a copy from another router here
+            return
+        if notify:
+            self._notify(pair.peer, {"op": "close", "pipeId": pipe.id})
         pair.streams.discard(pipe.id)
         assert pair.key is not None
         lock = self._pair_locks.get(pair.key)
@@ -621,9 +634,11 @@ class SwarmStreams:
         if self._out.pop(pipe.id, None) is None:
             return
         pipe.carrier.close()
-        pipe.pair.streams.discard(pipe.id)
+        pair = pipe.pair
+        assert pair is not None  # every pipe out is on a pair
+        pair.streams.discard(pipe.id)
         if notify:
-            self._notify(pipe.peer, {"op": "close", "pipeId": pipe.id})
+            self._notify(pair.peer, {"op": "close", "pipeId": pipe.id})
 
     # -- talking to peers ---------------------------------------------------------------
 

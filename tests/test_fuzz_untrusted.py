@@ -2,10 +2,11 @@
 parameters, SCTP stream parameters, layers) is untrusted input an app hands to the
 library as it comes. Fuzzed from valid dicts (keys dropped, values replaced by junk of
 any type, unknown keys, list items dropped or repeated, at any depth) against a real
-worker: every call ends (within 5 s) in success or in a TypeError / ValueError /
-mediasoup error naming the problem (the library's or the worker's refusal), never in an
-unexpected exception (KeyError, AttributeError, OverflowError, struct.error...), and
-the worker is alive and answering after each one."""
+worker, local and through Remote Mediasoup: every call ends (within 5 s) in success or
+in a TypeError / ValueError / mediasoup error naming the problem (the library's or the
+worker's refusal), never in an unexpected exception (KeyError, AttributeError,
+OverflowError, struct.error...), and the worker is alive and answering after each
+one."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import collections
 import copy
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mafalda.mediasoup import MediasoupError, Router, Worker
+from mafalda.mediasoup import MediasoupError, Router, Worker, create_worker
+from mafalda.remote import connect, serve
 
 LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
 MEDIA_CODECS: list[Any] = [
@@ -72,6 +74,26 @@ JUNK = st.one_of(
     st.lists(st.integers(min_value=-5, max_value=300), max_size=3),
     st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
 )
+
+
+@pytest.fixture(params=["mediasoup", "remote"])
+async def worker(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A local worker, and one through Remote Mediasoup (the same input from the app,
+    over the wire to a loopback server: the same outcomes)."""
+    if request.param == "mediasoup":
+        local = await create_worker(log_level="warn")
+        yield local
+        local.close()
+        await local.wait_closed()
+        return
+    server = await serve(token="fuzz", grace_period=0)
+    client: Any = await connect(server.url, token="fuzz")
+    try:
+        yield await client.create_worker(log_level="warn")
+    finally:
+        await client.aclose()
+        await server.close()
+
 
 ALLOWED = (TypeError, ValueError, MediasoupError)
 #: Messages that name no field: Python's own, or the encoder's, leaking through.

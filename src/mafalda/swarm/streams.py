@@ -344,12 +344,17 @@ class SwarmStreams:
         self._here[key] = copy
         # Collected when unused, as a copy from another server is (closing the copy
         # closes its pipe consumer too: mediasoup links them).
-        pipe = _Pipe(copy.id, None, copy, key)
+        self._track_copy(_Pipe(copy.id, None, copy, key))
+
+    def _track_copy(self, pipe: _Pipe) -> None:
+        """A copy here: known by its key and its own id, collected when unused (so also
+        when the consume that asked for it fails), forgotten when it closes."""
+        assert pipe.key is not None
         self._in[pipe.id] = pipe
-        self._copies[key] = pipe
-        self._carrying[copy.id] = pipe
-        copy.observer.on("close", lambda: self._closed_in(pipe, notify=False))
-        self._use(pipe, 0)  # collected if the consume that asked for it fails
+        self._copies[pipe.key] = pipe
+        self._carrying[pipe.carrier.id] = pipe
+        pipe.carrier.observer.on("close", lambda: self._closed_in(pipe, notify=True))
+        self._use(pipe, 0)
 
     async def _find(self, producer_id: str, data: bool) -> tuple[ServerRecord, str] | None:
         """The peer that has the producer, and its router there (asked all at once; the
@@ -440,12 +445,7 @@ class SwarmStreams:
         if new:
             self._pairs_in[key] = pair
             pair.transport.observer.on("close", lambda: self._pair_in_closed(pair))
-        pipe = _Pipe(pipe_id, pair, copy, (router.id, producer_id, data))
-        self._in[pipe_id] = pipe
-        self._copies[(router.id, producer_id, data)] = pipe
-        self._carrying[copy.id] = pipe
-        copy.observer.on("close", lambda: self._closed_in(pipe, notify=True))
-        self._use(pipe, 0)  # collected if the consume that asked for it fails
+        self._track_copy(_Pipe(pipe_id, pair, copy, (router.id, producer_id, data)))
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
 
     def _pair_in_closed(self, pair: _Pair) -> None:

@@ -71,22 +71,16 @@ class MafaldaRouter(SpanningRouter[Worker]):
         return self._mafalda.worker_hosts(host, source_id)
 
     def _guard(self, host: Worker, transport: Any) -> None:
-        transport.produce_guard = self._refuse_taken_producer_id
-        transport.produce_data_guard = self._refuse_taken_data_producer_id
+        # One router: an id is unique in it as in a Router (whose worker refuses a
+        # duplicate), whichever worker the new producer would be on.
+        transport.produce_guard = lambda producer_id: self._refuse_taken(producer_id, "Producer")
+        transport.produce_data_guard = lambda data_producer_id: self._refuse_taken(
+            data_producer_id, "DataProducer"
+        )
         transport.consume_guard = lambda producer_id: self._pipe_guard(producer_id, host, False)
         transport.consume_data_guard = lambda data_producer_id: self._pipe_guard(
             data_producer_id, host, True
         )
-
-    def _refuse_taken_producer_id(self, producer_id: str) -> None:
-        # One router: an id is unique in it as in a Router (whose worker refuses a
-        # duplicate), whichever worker the new producer would be on.
-        if producer_id in self._producers:
-            raise TypeError(f'a Producer with same id "{producer_id}" already exists')
-
-    def _refuse_taken_data_producer_id(self, data_producer_id: str) -> None:
-        if data_producer_id in self._data_producers:
-            raise TypeError(f'a DataProducer with same id "{data_producer_id}" already exists')
 
     def _guard_observer(self, host: Worker, rtp_observer: Any) -> None:
         rtp_observer.add_producer_guard = lambda producer_id: self._pipe_guard(

@@ -504,10 +504,15 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         if isinstance(router, SpanningRouter):
             # As mediasoup's target refuses a second copy: here it could land on another
             # host and silently shadow the first.
-            copies = router._producers if producer_id else router._data_producers
-            if source_id in copies or (source_id, kind) in router._incoming:
-                raise TypeError(f'a {kind} with same id "{source_id}" already exists')
+            router._refuse_taken(source_id, kind)
         return source_id, home
+
+    def _refuse_taken(self, source_id: str, kind: str) -> None:
+        """TypeError when this router has a ``kind`` ('Producer' or 'DataProducer') of
+        this id on any host, or one is being piped in: one router, one id space."""
+        table = self._producers if kind == "Producer" else self._data_producers
+        if source_id in table or (source_id, kind) in self._incoming:
+            raise TypeError(f'a {kind} with same id "{source_id}" already exists')
 
     # -- RTP observers -------------------------------------------------------------------
 

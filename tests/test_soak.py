@@ -20,25 +20,17 @@ from mafalda.remote.proxy import RemoteObject
 from mafalda.vertical import Mafalda
 from tests.conftest import served_by
 from tests.rtp_flow import MEDIA_CODECS, OPUS_RTP
+from tests.sizes import containers, listeners
 
 LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
 TOKEN = "soak"
-
-
-def _listeners(obj: Any) -> int:
-    total = 0
-    for name in ("events", "observer"):
-        emitter = getattr(obj, name, None)
-        if emitter is not None:
-            total += sum(emitter.listener_count(event) for event in emitter.event_names())
-    return total
 
 
 def _local_sizes(worker: Worker, routers: list[Router]) -> dict[str, int]:
     channel: Any = worker._channel  # type: ignore[attr-defined]
     sizes = {
         "worker.routers": len(worker._routers),  # type: ignore[attr-defined]
-        "worker.listeners": _listeners(worker),
+        "worker.listeners": listeners(worker),
         "channel.sents": len(channel._sents),
         "channel.handlers": len(channel._handlers),
     }
@@ -50,10 +42,10 @@ def _local_sizes(worker: Worker, routers: list[Router]) -> dict[str, int]:
             f"router{index}.data_producers": len(r._data_producers),
             f"router{index}.rtp_observers": len(r._rtp_observers),
             f"router{index}.pipe_pairs": len(r._pipe_pairs),
-            f"router{index}.listeners": _listeners(router),
+            f"router{index}.listeners": listeners(router),
         }
         for observer in r._rtp_observers.values():
-            sizes[f"router{index}.observer.listeners"] = _listeners(observer)
+            sizes[f"router{index}.observer.listeners"] = listeners(observer)
     return sizes
 
 
@@ -168,21 +160,11 @@ async def test_a_remote_session_keeps_nothing_per_closed_object(
     assert isinstance(router, RemoteObject)
 
 
-def _containers(obj: Any, name: str) -> dict[str, int]:
-    """The size of every dict, set and list ``obj`` holds: a map added later is watched
-    too."""
-    return {
-        f"{name}.{attr}": len(value)
-        for attr, value in vars(obj).items()
-        if isinstance(value, dict | set | list)
-    }
-
-
 def _pool_sizes(pool: Mafalda, routers: list[Any]) -> dict[str, int]:
-    sizes = _containers(pool, "pool")
+    sizes = containers(pool, "pool")
     for index, router in enumerate(routers):
-        sizes |= _containers(router, f"router{index}")
-        sizes[f"router{index}.listeners"] = _listeners(router)
+        sizes |= containers(router, f"router{index}")
+        sizes[f"router{index}.listeners"] = listeners(router)
         for host, child in vars(router)["_children"].items():
             sizes |= {
                 f"router{index}@{host.pid}.{key}": value

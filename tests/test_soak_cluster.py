@@ -13,6 +13,7 @@ from mafalda import horizontal
 from mafalda.remote import serve as remote_serve
 from tests import processes
 from tests.rtp_flow import MEDIA_CODECS, OPUS_RTP
+from tests.sizes import containers
 
 #: Bounded by time, not by what the client had: when a server's record was last missed
 #: (a late heartbeat under load), and when one left (until the next registry read).
@@ -20,11 +21,7 @@ _BY_TIME = ("_missing_since", "_left_at")
 
 
 def _sizes(cluster: Any) -> dict[str, int]:
-    sizes = {
-        f"cluster.{name}": len(value)
-        for name, value in vars(cluster).items()
-        if isinstance(value, dict | set | list) and name not in _BY_TIME
-    }
+    sizes = containers(cluster, "cluster", skip=_BY_TIME)
     for server_id, client in vars(cluster)["_clients"].items():
         sizes[f"{server_id}.proxies"] = len(client.connection.proxies)
     return sizes
@@ -127,14 +124,7 @@ async def test_a_cluster_client_keeps_nothing_per_server_that_left() -> None:
                     or vars(cluster)["_left_at"]
                 ):
                     await asyncio.sleep(0.05)
-            sizes.append(
-                _sizes(cluster)
-                | {
-                    f"router.{name}": len(value)
-                    for name, value in vars(router).items()
-                    if isinstance(value, dict | set | list)
-                }
-            )
+            sizes.append(_sizes(cluster) | containers(router, "router"))
         assert sizes[-1] == sizes[0]
         for name in ("_connecting", "_router_worker_locks", "_router_workers", "_idle_timers"):
             assert sizes[0][f"cluster.{name}"] == 0, name

@@ -17,6 +17,7 @@ from mafalda.remote import RemoteServer
 from mafalda.swarm import SwarmNode
 from tests.processes import TOKEN
 from tests.rtp_flow import MEDIA_CODECS, OPUS_RTP
+from tests.sizes import containers
 
 ROUND = 0.1
 PER_STREAM = (
@@ -101,17 +102,7 @@ async def test_a_swarm_keeps_nothing_per_stream_it_carried(
 
 
 def _node_sizes(node: SwarmNode) -> dict[str, int]:
-    sizes = {
-        f"node.{name}": len(value)
-        for name, value in vars(node).items()
-        if isinstance(value, dict | set | list)
-    }
-    streams: Any = node.streams
-    sizes |= {
-        f"streams.{name}": len(value)
-        for name, value in vars(streams).items()
-        if isinstance(value, dict | set | list)
-    }
+    sizes = containers(node, "node") | containers(node.streams, "streams")
     sizes["table.entries"] = len(vars(node._table)["_entries"])  # type: ignore[attr-defined]
     return sizes
 

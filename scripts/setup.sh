@@ -5,7 +5,8 @@
 #   bash scripts/setup.sh --no-run set up only (the test command uses this)
 #
 # Steps: Debian packages (worker build deps, chromium for the browser tests),
-# the mediasoup-worker build (cached under ~/.cache/mafalda, built once), a
+# the mediasoup-worker build (cached under ~/.cache/mafalda, built once),
+# Prometheus's binaries for the /metrics tests (unpacked into the same cache), a
 # virtualenv in .venv with the package installed editable plus the development
 # tools, the demo page's bundle (mediasoup-client from npm, esbuild).
 set -euo pipefail
@@ -47,6 +48,11 @@ fi
 
 say "mediasoup-worker"
 bash scripts/build-worker.sh >/dev/null
+
+# Prometheus and promtool (Debian's, unpacked into the cache: no service) for the
+# tests that scrape the monitor's /metrics.
+say "prometheus"
+bash scripts/fetch-prometheus.sh >/dev/null
 
 if [[ ! -x .venv/bin/python ]]; then
 	say "creating .venv"

@@ -101,6 +101,7 @@ def _report(server_id: str, workers: list[int], pipes: list[PipeEnd], time: floa
             {
                 "pid": pid,
                 "cpu": 0.25,
+                "cpuTime": 12.5,
                 "load": 0.4,
                 "routers": 1,
                 "transports": 2,
@@ -140,6 +141,10 @@ def test_report_round_trip_and_keys() -> None:
     # A report of a probe serving no clients (or an older one) has none.
     bare = {k: v for k, v in report.items() if k not in ("clients", "clientsOmitted")}
     assert decode_stats(json.dumps(bare)) == {**report, "clients": [], "clientsOmitted": 0}
+    # Nor does a report of an older server have the workers' CPU time.
+    worker = {k: v for k, v in report["workers"][0].items() if k != "cpuTime"}
+    older = {**report, "workers": [worker]}
+    assert decode_stats(json.dumps(older))["workers"][0]["cpuTime"] is None
     assert stats_key("s1") == "mafalda:stats:s1"
     assert stats_key("s1", "x") == "x:stats:s1"
     assert stats_pattern("x") == "x:stats:*"
@@ -163,6 +168,8 @@ def test_report_round_trip_and_keys() -> None:
         (lambda r: {**r, "workers": [{**r["workers"][0], "pid": 0}]}, "worker 'pid'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "cpu": -0.1}]}, "worker 'cpu'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "cpu": "1"}]}, "worker 'cpu'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "cpuTime": -1}]}, "worker 'cpuTime'"),
+        (lambda r: {**r, "workers": [{**r["workers"][0], "cpuTime": False}]}, "'cpuTime'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "load": -2}]}, "worker 'load'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "load": True}]}, "worker 'load'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "consumers": 1.5}]}, "'consumers'"),
@@ -305,6 +312,8 @@ async def test_probe_reports_workers_routers_and_a_link_between_two_workers(
         by_pid = {w["pid"]: w for w in stats["workers"]}
         assert list(by_pid) == sorted([worker1.pid, worker2.pid])
         assert by_pid[worker1.pid]["cpu"] is None  # a first sample has no interval
+        first_time = by_pid[worker1.pid]["cpuTime"]
+        assert first_time is not None and first_time >= 0  # but it has the time so far
         w1, w2 = by_pid[worker1.pid], by_pid[worker2.pid]
         # worker1: the plain transport and the pipe, its producer and the pipe consumer
         assert (w1["routers"], w1["transports"], w1["producers"], w1["consumers"]) == (1, 2, 1, 1)
@@ -321,6 +330,9 @@ async def test_probe_reports_workers_routers_and_a_link_between_two_workers(
         await asyncio.sleep(0.05)
         again = await probe.sample()
         assert all(w["cpu"] is not None and w["cpu"] >= 0 for w in again["workers"])
+        # A counter: the time used so far, never less than the previous sample's.
+        again_time = {w["pid"]: w["cpuTime"] for w in again["workers"]}[worker1.pid]
+        assert again_time is not None and again_time >= first_time
 
         consumer.close()
         recv.close()
@@ -593,7 +605,7 @@ async def test_page_with_a_password_over_https(probe: Probe, tmp_path: Path) -> 
     ):
         assert page.url.startswith("https://0.0.0.0:")
         url = f"https://127.0.0.1:{page.port}/"
-        for path in ("", "view", "events", "nothing"):
+        for path in ("", "view", "events", "metrics", "nothing"):
             for headers in ({}, {"Authorization": _basic("u", "wrong")}, {"Authorization": "x"}):
                 async with http.get(url + path, headers=headers, ssl=client_side) as got:
                     assert got.status == 401
@@ -635,9 +647,10 @@ async def test_monitor_and_reporter_ride_out_a_redis_restart(
         waiting = asyncio.ensure_future(anext(views))
         # The page's JSON says why it has no view (not a bare 500).
         async with MonitorWeb(mon, port=0) as page, aiohttp.ClientSession() as http:
-            async with http.get(page.url + "view") as got:
-                assert got.status == 503
-                assert (await got.text()).startswith("cannot read the cluster's Redis: ")
+            for path in ("view", "metrics"):  # no stale figures for Prometheus either
+                async with http.get(page.url + path) as got:
+                    assert got.status == 503
+                    assert (await got.text()).startswith("cannot read the cluster's Redis: ")
         await asyncio.sleep(0.5)
         assert not waiting.done()  # nothing while Redis is down
         redis_server.start()
@@ -984,6 +997,8 @@ async def test_serve_with_its_own_monitor_page(serves: str) -> None:
             async with aiohttp.ClientSession() as http:
                 async with http.get(line.split()[-1] + "view") as got:
                     view = await got.json()
+                async with http.get(line.split()[-1] + "metrics") as got:
+                    metrics = await got.text()
         finally:
             await client.aclose()
         [server] = view["servers"]
@@ -992,6 +1007,11 @@ async def test_serve_with_its_own_monitor_page(serves: str) -> None:
         assert (entry["load"] is not None) == (serves == "mafalda")
         assert (server["totals"]["routers"], server["totals"]["transports"]) == (1, 1)
         assert [c["connected"] for c in server["clients"]] == [True]
+        # The same figures for Prometheus.
+        labels = f'server="local",worker="{entry["pid"]}"'
+        assert f"mafalda_worker_transports{{{labels}}} 1.0" in metrics
+        assert f"mafalda_worker_routers{{{labels}}} 1.0" in metrics
+        assert ("mafalda_worker_load{" in metrics) == (serves == "mafalda")
         assert await _terminate(proc) == 0
     finally:
         await _kill(proc)

@@ -10,7 +10,7 @@ A swarm's server (``mafalda serve --swarm`` does this; no Redis)::
     StatsRoute(probe, server, server_id=node.id).start()   # GET /stats
 
 Watching (``mafalda monitor redis://...`` or ``ws://a-swarm-server/ --token T`` in a
-terminal, ``--web`` for a live page)::
+terminal, ``--web`` for a live page and ``/metrics`` for Prometheus)::
 
     async with await mafalda.monitor.connect(REDIS) as monitor:
         async for view in monitor.views():
@@ -18,6 +18,7 @@ terminal, ``--web`` for a live page)::
 """
 
 from mafalda.monitor.local import LocalMonitor
+from mafalda.monitor.metrics import render_metrics
 from mafalda.monitor.monitor import Monitor, connect
 from mafalda.monitor.probe import Probe
 from mafalda.monitor.reporter import Reporter
@@ -49,5 +50,6 @@ __all__ = [
     "build_view",
     "busiest_routers",
     "connect",
+    "render_metrics",
     "render_text",
 ]

@@ -140,6 +140,7 @@ class Probe:
             worker: {
                 "pid": worker.pid,
                 "cpu": cpu.get(worker.pid),
+                "cpuTime": self._cpu[worker.pid][1] if worker.pid in self._cpu else None,
                 "load": loads.get(worker.pid),
                 "routers": 0,
                 "transports": 0,

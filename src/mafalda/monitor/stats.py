@@ -44,6 +44,7 @@ class Counts(TypedDict):
 class WorkerStats(Counts):
     pid: int
     cpu: float | None  # share of one core used since the previous sample (None: first)
+    cpuTime: float | None  # CPU seconds used since it started (None: not asked yet)
     load: float | None  # a Mafalda pool's placement load (its policy's figure), else None
     routers: int
     transports: int
@@ -132,6 +133,13 @@ def _worker(data: dict[str, Any]) -> WorkerStats:
         not isinstance(cpu, int | float) or isinstance(cpu, bool) or not 0 <= cpu < 1e300
     ):
         raise ValueError("server stats: invalid worker 'cpu'")
+    cpu_time = data.get("cpuTime")  # absent from older reports
+    if cpu_time is not None and (
+        not isinstance(cpu_time, int | float)
+        or isinstance(cpu_time, bool)
+        or not 0 <= cpu_time < 1e300
+    ):
+        raise ValueError("server stats: invalid worker 'cpuTime'")
     load = data.get("load")
     if load is not None and (
         not isinstance(load, int | float) or isinstance(load, bool) or not 0 <= load < 1e300
@@ -141,6 +149,7 @@ def _worker(data: dict[str, Any]) -> WorkerStats:
     return {
         "pid": _int(data, "pid", where, low=1),
         "cpu": None if cpu is None else float(cpu),
+        "cpuTime": None if cpu_time is None else float(cpu_time),
         "load": None if load is None else float(load),
         "routers": _int(data, "routers", where),
         "transports": _int(data, "transports", where),

@@ -4,6 +4,7 @@
                   their CPU and counts, a map of the links, refreshed by /events
     GET /view     the ClusterView now, as JSON
     GET /events   Server-Sent Events: one ``view`` event per interval
+    GET /metrics  the ClusterView now, as Prometheus metrics (``metrics.render_metrics``)
 
 Every client of /events shares one reader of Redis (the latest view is fanned out), so
 a wall of screens costs Redis what one does.
@@ -33,6 +34,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
+from mafalda.monitor.metrics import render_metrics
 from mafalda.monitor.view import ClusterView
 
 __all__ = ["MonitorWeb", "PAGE", "ViewSource", "check_page_options", "password_of"]
@@ -120,6 +122,7 @@ class MonitorWeb:
         self.app.router.add_get("/", self._page)
         self.app.router.add_get("/view", self._view)
         self.app.router.add_get("/events", self._events)
+        self.app.router.add_get("/metrics", self._metrics)
 
     @property
     def url(self) -> str:
@@ -164,14 +167,26 @@ class MonitorWeb:
     async def _page(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.read_text(), content_type="text/html")
 
-    async def _view(self, request: web.Request) -> web.Response:
+    async def _now(self) -> ClusterView | web.Response:
+        """The view now, not the last pushed (or a 503 saying why not)."""
         try:
-            view = await self.monitor.view()  # now, not the last pushed
+            return await self.monitor.view()
         except RedisError as error:
             return web.Response(status=503, text=f"cannot read the cluster's Redis: {error}")
         except OSError as error:  # a swarm's servers, none answering
             return web.Response(status=503, text=f"cannot read the cluster: {error}")
-        return web.json_response(view)
+
+    async def _view(self, request: web.Request) -> web.Response:
+        view = await self._now()
+        return view if isinstance(view, web.Response) else web.json_response(view)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # A failed read is a 503, not stale figures: Prometheus marks the target down.
+        view = await self._now()
+        if isinstance(view, web.Response):
+            return view
+        body, content_type = render_metrics(view, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

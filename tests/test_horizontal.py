@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -792,6 +793,13 @@ async def test_sigterm_drains_then_deregisters(
 
     await wait_until(marked)
     assert servers[2].proc.returncode is None  # still serving its objects
+    # What a load balancer's probes see meanwhile: alive, not ready for new clients.
+    base = cluster.servers["s3"]["controlUrl"].replace("ws://", "http://")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "readyz") as got:
+            assert (got.status, await got.text()) == (503, "not ready: draining")
+        async with http.get(base + "healthz") as got:
+            assert (got.status, await got.text()) == (200, "ok")
     assert (await router.dump())["id"] == router.id
     for _ in range(3):
         fresh = await cluster.create_worker(log_level="warn")

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from mafalda.remote import (
     RemoteMediasoup,
     RemoteServer,
     RemoteWorker,
+    ServerDrainingError,
     connect,
     serve,
 )
@@ -57,6 +59,48 @@ AUDIO: dict[str, Any] = {
 async def server() -> AsyncIterator[RemoteServer]:
     async with await serve(token=TOKEN, grace_period=0.3) as srv:
         yield srv
+
+
+async def test_health_and_readiness_probes_need_no_token() -> None:
+    """``/healthz`` and ``/readyz`` for load balancers and orchestrators: no token; ready
+    until full (``max_sessions``), draining or closing; no ``add_route`` can take them."""
+    async with await serve(token=TOKEN, max_sessions=1) as srv:
+        base = f"http://127.0.0.1:{srv.port}/"
+        async with aiohttp.ClientSession() as http:
+
+            async def probe(path: str) -> tuple[int, str]:
+                async with http.get(base + path) as got:
+                    return got.status, await got.text()
+
+            assert await probe("healthz") == (200, "ok")
+            assert await probe("readyz") == (200, "ready")
+            async with http.head(base + "readyz") as got:
+                assert got.status == 200
+            client = await client_of(srv)
+            try:
+                full = (503, "not ready: full: 1 sessions, max_sessions is 1")
+                assert await probe("readyz") == full
+                assert await probe("healthz") == (200, "ok")  # full is not ill
+            finally:
+                await client.aclose()
+            async with asyncio.timeout(5):
+                while srv.sessions:  # the bye closes the session as it lands
+                    await asyncio.sleep(0.01)
+            assert await probe("readyz") == (200, "ready")
+            srv.draining = True
+            assert await probe("readyz") == (503, "not ready: draining")
+            srv.draining = False
+            async with http.get(base + "stats") as got:
+                assert got.status == 401  # the other routes still want the token
+        for name in ("healthz", "readyz"):
+            with pytest.raises(ValueError, match="already served"):
+                srv.add_route(name, _not_found)
+        await srv.close()
+        assert srv.readiness() == "closing"
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=404)
 
 
 async def client_of(server: RemoteServer) -> RemoteMediasoup:
@@ -1593,13 +1637,47 @@ def test_serve_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["serve"]) == 2  # no token
 
 
+async def _until_draining(url: str) -> None:
+    """Until the server's /readyz says it drains."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        while True:
+            async with http.get(url.replace("ws://", "http://") + "readyz") as got:
+                if (got.status, await got.text()) == (503, "not ready: draining"):
+                    return
+            await asyncio.sleep(0.05)
+
+
 async def test_serve_command_mafalda_and_sigterm() -> None:
+    """SIGTERM drains a server outside any cluster too: /readyz says so, creations are
+    refused, what is there works on; it exits 0 once its clients' objects closed. A
+    second signal stops it at once, closing what is left."""
+    proc, url = await _start_server_process("--mafalda", "--num-workers", "1")
+    try:
+        client = await connect(url, token=TOKEN)
+        assert isinstance(client, RemoteMafalda)
+        router = await client.create_router(media_codecs=MEDIA_CODECS)
+        proc.send_signal(signal.SIGTERM)
+        await _until_draining(url)
+        with pytest.raises(ServerDrainingError, match="create_router"):
+            await client.create_router(media_codecs=MEDIA_CODECS)
+        assert (await router.dump())["id"] == router.id
+        await asyncio.sleep(0.3)
+        assert proc.returncode is None  # waits for the router
+        router.close()
+        assert await asyncio.wait_for(reap(proc), 20) == 0
+        await client.aclose()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await reap(proc)
     proc, url = await _start_server_process("--mafalda", "--num-workers", "1")
     try:
         client = await connect(url, token=TOKEN)
         assert isinstance(client, RemoteMafalda)
         router = await client.create_router(media_codecs=MEDIA_CODECS)
         closed = asyncio.ensure_future(router.observer.wait_for("close"))
+        proc.send_signal(signal.SIGTERM)
+        await _until_draining(url)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(reap(proc), 20) == 0
         await asyncio.wait_for(closed, 5)
@@ -1608,6 +1686,16 @@ async def test_serve_command_mafalda_and_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await reap(proc)
+
+
+def test_serve_drain_timeout_argument() -> None:
+    parser = cli.build_parser()
+    for text, seconds in (("0", 0.0), ("2.5", 2.5)):
+        args = parser.parse_args(["serve", "--drain-timeout", text])
+        assert args.drain_timeout == seconds
+    for bad in ("-1", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--drain-timeout", bad])
 
 
 async def test_call_timeout_against_a_frozen_server() -> None:

@@ -112,7 +112,7 @@ async def test_worker_binary_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: A
         find_worker_bin()
     monkeypatch.delenv("MEDIASOUP_WORKER_BIN")
     monkeypatch.setenv("MAFALDA_CACHE", str(tmp_path))
-    with pytest.raises(WorkerBinaryNotFoundError, match="build-worker.sh"):
+    with pytest.raises(WorkerBinaryNotFoundError, match="`mafalda build-worker`"):
         await create_worker()
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         "or asyncio's own",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    build = commands.add_parser(
+        "build-worker",
+        help="build mediasoup-worker into the cache (once; Debian 12, about 7 minutes)",
+        description=(
+            "Build mediasoup-worker from the mediasoup npm tarball against Debian's "
+            "libraries (installing the missing ones with apt), into ~/.cache/mafalda "
+            "(MAFALDA_CACHE), and print its path. A worker already built by this recipe "
+            "is kept. MEDIASOUP_WORKER_BIN, when set, is used instead of the cache."
+        ),
+    )
+    build.add_argument("--force", action="store_true", help="build again even if cached")
     demo = commands.add_parser(
         "demo",
         help="run the video room demo (open the printed URL in two browser tabs)",
@@ -200,13 +212,24 @@ def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     monitor.add_argument("--web-key", default=None, metavar="PEM", help="--web-cert's key")
 
 
-def _positive(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def _positive(value: str) -> float:
+    number = _number(value)
     if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = _number(value)
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 or more)")
     return number
 
 
@@ -295,6 +318,12 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="the monitor page's password (HTTP Basic, any user name; default: "
         "MAFALDA_MONITOR_PASSWORD); the page is served over HTTPS with --tls-cert",
     )
+    serve.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=30.0,
+        help="SIGTERM: seconds to wait for the clients' objects to close (0: stop at once)",
+    )
     cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
     cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
     cluster.add_argument(
@@ -313,9 +342,6 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=float,
         default=2.0,
         help="seconds (--cluster: the record's TTL is 3x; --swarm: a server silent 5x is dropped)",
-    )
-    cluster.add_argument(
-        "--drain-timeout", type=float, default=30.0, help="SIGTERM: seconds to wait for objects"
     )
 
 
@@ -451,10 +477,17 @@ async def _run_serve(args: argparse.Namespace) -> int:
             if page is not None:
                 print(f"Mafalda monitor on {page.url}", flush=True)
             await stop.wait()
-            if node is not None:  # drain (a second signal: leave now), then deregister
-                stop.clear()
+            # Drain (a second signal: stop now): clients' calls that create are refused,
+            # /readyz says so, what is there may finish; then leave the cluster.
+            stop.clear()
+            if node is not None:
                 await node.drain(args.drain_timeout, abort=stop)
                 await node.aclose()
+            else:
+                from mafalda.horizontal.node import wait_drained
+
+                server.draining = True
+                await wait_drained(server, args.drain_timeout, abort=stop)
     finally:
         if pool is not None:
             await pool.aclose()
@@ -607,12 +640,26 @@ def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
     return uvloop.run
 
 
+def _build_worker(*, force: bool) -> int:
+    """The packaged recipe's exit code (its progress on stderr, the path on stdout)."""
+    from mafalda.mediasoup.worker_binary import build_script
+
+    try:
+        done = subprocess.run(["bash", str(build_script()), *(["--force"] if force else [])])
+    except OSError as error:  # no bash
+        print(f"mafalda: cannot run the worker's build recipe: {error}", file=sys.stderr)
+        return 1
+    return done.returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "build-worker":
+        return _build_worker(force=args.force)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -318,6 +318,9 @@ _LATE_EVENTS = frozenset({"subprocessclose", "died"})
 
 #: Calls that change nothing: their answer carries no state refresh.
 _READ_ONLY = ("dump", "get_", "can_", "stats")
+#: Routes every server answers without a token (see ``RemoteServer.readiness``).
+_PROBES = ("healthz", "readyz")
+
 #: create_*() calls a draining server still takes: pipes carry what is already there.
 _DRAIN_OK = frozenset({"create_pipe_transport"})
 #: Calls that name a (data) producer by id: a swarm may bring it from another server.
@@ -805,12 +808,33 @@ class RemoteServer:
         TOKEN``); others get 401. How a swarm's servers gossip on their own port."""
         if not name.isascii() or not name.isalnum():
             raise ValueError(f"invalid route name {name!r}")
-        if name in self._routes:
+        if name in _PROBES or name in self._routes:
             raise ValueError(f"route /{name} already served")
         self._routes[name] = handler
 
     def remove_route(self, name: str) -> None:
         self._routes.pop(name, None)
+
+    def readiness(self) -> str | None:
+        """Why this server should get no new clients now (None: it should): closing,
+        draining, or as many sessions as ``max_sessions``."""
+        if self._closed.is_set():
+            return "closing"
+        if self.draining:
+            return "draining"
+        if len(self.sessions) >= self.max_sessions:
+            return f"full: {len(self.sessions)} sessions, max_sessions is {self.max_sessions}"
+        return None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        # Answering at all is the news: the event loop runs.
+        return web.Response(text="ok")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        why = self.readiness()
+        if why is None:
+            return web.Response(text="ready")
+        return web.Response(status=503, text=f"not ready: {why}")
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
@@ -826,6 +850,10 @@ class RemoteServer:
     async def start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
         app = web.Application(client_max_size=self.max_message_size)
         app.router.add_get("/", self._handle)
+        # Load balancers' and orchestrators' probes: no token (they say nothing of what
+        # is served), before the token-protected routes.
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_route("*", "/{name}", self._route)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -177,7 +177,8 @@ def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     monitor.add_argument(
         "url",
         metavar="URL",
-        help="the cluster's Redis (redis://, rediss://) or a swarm's server (ws://, wss://)",
+        help="the cluster's Redis (redis://, rediss://, redis+sentinel://) or a swarm's "
+        "server (ws://, wss://)",
     )
     monitor.add_argument(
         "--tls-ca",
@@ -325,7 +326,12 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="SIGTERM: seconds to wait for the clients' objects to close (0: stop at once)",
     )
     cluster = serve.add_argument_group("cluster (mafalda.horizontal)")
-    cluster.add_argument("--cluster", default=None, metavar="REDIS_URL", help="register in Redis")
+    cluster.add_argument(
+        "--cluster",
+        default=None,
+        metavar="REDIS_URL",
+        help="register in Redis (redis://, rediss://, redis+sentinel://HOST:PORT,.../SERVICE)",
+    )
     cluster.add_argument(
         "--swarm",
         nargs="*",

@@ -24,12 +24,12 @@ import os
 import ssl as ssl_module
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mafalda import mediasoup
 from mafalda.horizontal import registry
 from mafalda.horizontal.membership import Membership, RedisMembership
+from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.horizontal.router import ClusterRouter, refused_by_server
 from mafalda.mediasoup.emitter import EventEmitter
@@ -605,7 +605,8 @@ async def connect(
     call_timeout: float | None = None,
 ) -> Cluster:
     """Join the cluster registered in Redis at ``redis_url`` (``rediss://`` for TLS,
-    ``redis://user:password@host`` for AUTH).
+    ``redis://user:password@host`` for AUTH, ``redis+sentinel://host:port,.../service``
+    for a master behind Redis Sentinel: see ``redis_url``).
 
     token: the media servers' shared secret. policy: 'least-loaded' (default), 'pack'
     (fill a server before using the next) or 'region' (servers of ``region`` first).
@@ -625,11 +626,7 @@ async def connect(
         worker_idle=worker_idle,
         call_timeout=call_timeout,
     )
-    client: aioredis.Redis = aioredis.from_url(
-        redis_url,
-        socket_timeout=max(interval, 1.0) * 2,
-        socket_connect_timeout=max(interval, 1.0) * 2,
-    )
+    client = redis_client(redis_url, timeout=max(interval, 1.0) * 2)
     membership = RedisMembership(client, prefix=prefix, interval=interval)
     return await open_cluster(
         membership,

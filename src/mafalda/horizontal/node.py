@@ -21,11 +21,11 @@ import os
 import uuid
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
 from mafalda.horizontal.periodic import Periodic
+from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
@@ -140,11 +140,7 @@ class MediaNode:
         self.ttl_ms = int(interval * 3000)
         self.draining = False
         self.registered = False
-        self._redis: aioredis.Redis = aioredis.from_url(
-            redis_url,
-            socket_timeout=max(interval, 1.0),
-            socket_connect_timeout=max(interval, 1.0),
-        )
+        self._redis = redis_client(redis_url, timeout=max(interval, 1.0))
         self._key = registry.server_key(self.id, prefix)
         self._channel = registry.membership_channel(prefix)
         self._heartbeat = Periodic(

@@ -18,10 +18,10 @@ import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
+from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.monitor.stats import ServerStats, decode_stats, stats_pattern
 from mafalda.monitor.view import ClusterView, build_view
@@ -64,9 +64,7 @@ class Monitor:
             raise ValueError("interval must be > 0")
         self.prefix = prefix
         self.interval = interval
-        self._redis: aioredis.Redis = aioredis.from_url(
-            redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
-        )
+        self._redis = redis_client(redis_url, timeout=5.0)
         self._warned: set[tuple[str, str]] = set()
 
     def _ignore(self, key: str, error: ValueError) -> None:

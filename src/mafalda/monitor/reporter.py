@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
 from mafalda.horizontal.periodic import Periodic
+from mafalda.horizontal.redis_url import redis_client
 from mafalda.monitor.probe import Probe
 from mafalda.monitor.stats import encode_stats, stats_key
 
@@ -51,11 +51,7 @@ class Reporter:
             again="reporting to Redis again",
             refused="cannot report to Redis",
         )
-        self._redis: aioredis.Redis = aioredis.from_url(
-            redis_url,
-            socket_timeout=max(interval, 1.0),
-            socket_connect_timeout=max(interval, 1.0),
-        )
+        self._redis = redis_client(redis_url, timeout=max(interval, 1.0))
         self._closed = False
 
     async def report(self) -> None:

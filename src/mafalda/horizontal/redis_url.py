@@ -1,0 +1,136 @@
+"""The cluster's Redis, named by a URL: one server, or a service behind Redis Sentinel.
+
+    redis://[[user]:password@]host[:port][/db]          one Redis (redis-py's URL)
+    rediss://...                                        the same over TLS
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]
+        [?sentinel_password=...]
+
+With Sentinel, every connection asks the sentinels which server is the service's master
+(redis-py's ``SentinelConnectionPool``): after a failover, the next command and the next
+subscription go to the promoted replica, so the cluster rides out the loss of its Redis
+master as it rides out a Redis restart. The URL's user and password are the master's;
+``sentinel_password`` the sentinels' own, when they ask for one.
+
+``parse_sentinel_url`` is pure; ``redis_client`` makes the client (no I/O until used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+
+__all__ = ["SENTINEL_SCHEME", "SentinelSettings", "parse_sentinel_url", "redis_client"]
+
+SENTINEL_SCHEME = "redis+sentinel"
+_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelSettings:
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+
+
+def _host_port(part: str, url: str) -> tuple[str, int]:
+    if part.startswith("["):  # an IPv6 address
+        host, _, rest = part[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = part.partition(":")
+    if not host:
+        raise ValueError(f"Redis URL {url!r}: a sentinel without a host")
+    if not port_text:
+        return host, _SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"Redis URL {url!r}: invalid sentinel port {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_sentinel_url(url: str) -> SentinelSettings:
+    """The settings a ``redis+sentinel://`` URL names (ValueError naming what is wrong)."""
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ValueError(f"Redis URL {url!r}: not a {SENTINEL_SCHEME}:// URL")
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user_text, colon, password_text = credentials.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(password_text) if colon else None
+    if not hosts:
+        raise ValueError(f"Redis URL {url!r}: no sentinel (host:port,...)")
+    sentinels = [_host_port(part, url) for part in hosts.split(",")]
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not path or len(path) > 2:
+        raise ValueError(f"Redis URL {url!r}: the path must be /service or /service/db")
+    service = unquote(path[0])
+    db = 0
+    if len(path) == 2:
+        if not path[1].isdigit():
+            raise ValueError(f"Redis URL {url!r}: invalid database {path[1]!r}")
+        db = int(path[1])
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"sentinel_password"}
+    if unknown:
+        raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
+    sentinel_password = query.get("sentinel_password", [None])[-1]
+    return SentinelSettings(
+        sentinels=sentinels,
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_password=sentinel_password or None,
+    )
+
+
+class _SentinelRedis(aioredis.Redis):
+    """The master's client; closing it closes the connections to the sentinels too."""
+
+    # Not "sentinel": Redis has a method of that name (the SENTINEL command). Set by
+    # redis_client() as soon as master_for() made it.
+    sentinels_of: Sentinel
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for client in self.sentinels_of.sentinels:
+            await client.aclose()
+
+
+def redis_client(url: str, *, timeout: float) -> aioredis.Redis:
+    """A client of the Redis ``url`` names, its socket and connect timeouts ``timeout``."""
+    if not isinstance(url, str):
+        raise TypeError("the Redis URL must be a string")
+    if not url.startswith(SENTINEL_SCHEME + ":"):
+        client: aioredis.Redis = aioredis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        return client
+    settings = parse_sentinel_url(url)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if settings.sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.sentinel_password
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        settings.sentinels,
+        sentinel_kwargs=sentinel_kwargs,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+    )
+    master = sentinel.master_for(settings.service, redis_class=_SentinelRedis)
+    assert isinstance(master, _SentinelRedis)
+    master.sentinels_of = sentinel
+    return master

@@ -500,6 +500,62 @@ async def test_server_close_waits_for_workers_its_clients_closed() -> None:
 # -- security ------------------------------------------------------------------------------
 
 
+def test_tokens_taken() -> None:
+    assert server_module.check_tokens("new", ["old", "new", "old"]) == (b"new", b"old")
+    assert server_module.check_tokens("t") == (b"t",)
+    with pytest.raises(ValueError, match="token must be a non-empty string"):
+        server_module.check_tokens("", ["old"])
+    with pytest.raises(TypeError, match="accept_tokens must be a list of strings"):
+        server_module.check_tokens("new", "old")
+    with pytest.raises(ValueError, match="accept_tokens: each must be a non-empty string"):
+        server_module.check_tokens("new", ["old", ""])
+    with pytest.raises(ValueError, match="accept_tokens: each"):
+        server_module.check_tokens("new", [b"old"])
+    tokens = (b"new", b"old")
+    assert server_module.token_matches("old", tokens)
+    assert server_module.token_matches("new", tokens)
+    assert not server_module.token_matches("ol", tokens)
+    assert not server_module.token_matches(None, tokens)
+    assert not server_module.token_matches("\udcff", tokens)  # not encodable: no match
+
+
+async def test_a_token_rolled_out_without_a_stop() -> None:
+    """A server taking a new token and the old one: clients with either connect (each
+    sees only its own objects), routes take either as a bearer, others are refused."""
+    async with await serve(token="new", accept_tokens=["old"]) as srv:
+        srv.add_route("probe", _not_found)
+        old = await connect(srv.url, token="old")
+        new = await connect(srv.url, token="new")
+        try:
+            assert isinstance(old, RemoteMediasoup) and isinstance(new, RemoteMediasoup)
+            await old.create_worker(log_level="warn")
+            assert len(srv.sessions) == 2
+            with pytest.raises(RemoteError, match="authentication failed"):
+                await connect(srv.url, token="other")
+            base = f"http://127.0.0.1:{srv.port}/probe"
+            async with aiohttp.ClientSession() as http:
+                for token, status in (("old", 404), ("new", 404), ("other", 401)):
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with http.get(base, headers=headers) as got:
+                        assert got.status == status
+        finally:
+            await old.aclose()
+            await new.aclose()
+    # The command's way: --also-accept (or MAFALDA_REMOTE_ALSO_ACCEPT).
+    proc, url = await _start_server_process("--also-accept", "old")
+    try:
+        for token in ("old", TOKEN):
+            client = await connect(url, token=token)
+            await client.aclose()
+        with pytest.raises(RemoteError, match="authentication failed"):
+            await connect(url, token="other")
+    finally:
+        proc.terminate()
+        assert await reap(proc) == 0
+    with pytest.raises(ValueError, match="accept_tokens: each"):
+        await serve(token="new", accept_tokens=[""])
+
+
 async def test_token_required(server: RemoteServer) -> None:
     with pytest.raises(RemoteError, match="authentication failed") as info:
         await connect(server.url, token="wrong")

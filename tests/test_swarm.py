@@ -339,6 +339,33 @@ async def test_nodes_learn_each_other_drain_and_leave(
     assert set(nodes[2].members) == {"s1", "s3"} and set(nodes[0].members) == {"s1", "s3"}
 
 
+async def test_a_swarm_rolls_a_new_token_out_without_a_stop() -> None:
+    """Halfway through a rotation: s1 still sends the old token and takes the new one
+    too, s2 sends the new one and takes the old one; they gossip both ways, and a
+    client with either token reads the swarm through either server."""
+    first = await remote.serve(host="127.0.0.2", token="old", accept_tokens=["new"])
+    second = await remote.serve(host="127.0.0.3", token="new", accept_tokens=["old"])
+    nodes = [
+        SwarmNode(first, token="old", server_id="s1", interval=ROUND),
+        SwarmNode(second, token="new", seeds=[first.url], server_id="s2", interval=ROUND),
+    ]
+    try:
+        for node in nodes:
+            await node.start()
+        await wait_until(_everyone_knows(nodes, {"s1", "s2"}))
+        for url, token in ((first.url, "new"), (second.url, "old")):
+            cluster = await swarm.connect([url], token=token, interval=ROUND)
+            try:
+                await wait_until(lambda c=cluster: set(c.servers) == {"s1", "s2"})
+            finally:
+                await cluster.aclose()
+    finally:
+        for node in nodes:
+            await node.aclose()
+        await first.close()
+        await second.close()
+
+
 async def test_a_node_cut_off_is_dropped_after_fail_after(
     trio: tuple[list[RemoteServer], list[SwarmNode]],
 ) -> None:

@@ -248,6 +248,14 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument("--host", default=env("MAFALDA_REMOTE_HOST") or "127.0.0.1")
     serve.add_argument("--port", type=_port, default=_env_port("MAFALDA_REMOTE_PORT", 4443))
     serve.add_argument("--token", default=env("MAFALDA_REMOTE_TOKEN"), help="shared secret")
+    serve.add_argument(
+        "--also-accept",
+        action="append",
+        default=(env("MAFALDA_REMOTE_ALSO_ACCEPT") or "").split(),
+        metavar="TOKEN",
+        help="another secret clients and peers may present (repeatable; env "
+        "MAFALDA_REMOTE_ALSO_ACCEPT, space-separated): to rotate --token without a stop",
+    )
     serve.add_argument("--mafalda", action="store_true", help="serve a Mafalda pool")
     serve.add_argument("--num-workers", type=int, default=None, help="Mafalda pool size")
     serve.add_argument(
@@ -419,6 +427,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             token=args.token,
+            accept_tokens=args.also_accept,
             ssl=context,
             target=pool if pool is not None else mediasoup,
             grace_period=args.grace,

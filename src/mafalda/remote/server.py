@@ -22,7 +22,7 @@ import ssl as ssl_module
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import Any, TypedDict
 
@@ -318,6 +318,31 @@ _LATE_EVENTS = frozenset({"subprocessclose", "died"})
 
 #: Calls that change nothing: their answer carries no state refresh.
 _READ_ONLY = ("dump", "get_", "can_", "stats")
+
+
+def check_tokens(token: object, accept_tokens: object = ()) -> tuple[bytes, ...]:
+    """The secrets a server takes: ``token`` first, then ``accept_tokens`` (others it
+    also takes, to roll a new secret out without a stop). ValueError/TypeError naming
+    which is wrong."""
+    if not isinstance(token, str) or not token:
+        raise ValueError("token must be a non-empty string")
+    if isinstance(accept_tokens, str) or not isinstance(accept_tokens, Sequence):
+        raise TypeError("accept_tokens must be a list of strings")
+    for other in accept_tokens:
+        if not isinstance(other, str) or not other:
+            raise ValueError("accept_tokens: each must be a non-empty string")
+    return tuple(dict.fromkeys(t.encode() for t in [token, *accept_tokens]))
+
+
+def token_matches(given: object, tokens: tuple[bytes, ...]) -> bool:
+    """Whether ``given`` is one of ``tokens``, each compared in constant time (all of
+    them, whichever matches: the time tells nothing of which one did)."""
+    if not isinstance(given, str):
+        return False
+    encoded = given.encode("utf-8", "replace")
+    return any([hmac.compare_digest(encoded, token) for token in tokens])
+
+
 #: Routes every server answers without a token (see ``RemoteServer.readiness``).
 _PROBES = ("healthz", "readyz")
 
@@ -698,6 +723,7 @@ class RemoteServer:
         *,
         target: Any,
         token: str,
+        accept_tokens: Sequence[str] = (),
         grace_period: float,
         max_message_size: int,
         rate_limit: float,
@@ -741,9 +767,7 @@ class RemoteServer:
             self._root = _MediasoupRoot(worker_ports(target, self.rtc_port_range))
         else:
             raise TypeError("target must be the mafalda.mediasoup module or a Mafalda")
-        if not isinstance(token, str) or not token:
-            raise ValueError("token must be a non-empty string")
-        self._token = token.encode()
+        self._tokens = check_tokens(token, accept_tokens)
         self.grace_period = grace_period
         #: While True, every create_*() call is refused (a draining media server takes
         #: no new workers, routers, transports or observers; the rest keeps working),
@@ -838,9 +862,7 @@ class RemoteServer:
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(
-            given[7:].encode("utf-8", "replace"), self._token
-        ):
+        if not given.startswith("Bearer ") or not token_matches(given[7:], self._tokens):
             return web.Response(status=401, text="a token is required")
         handler = self._routes.get(request.match_info["name"])
         if handler is None:
@@ -964,10 +986,7 @@ class RemoteServer:
             connection.send(p.error_response(req.id, p.NOT_AUTHENTICATED, "hello first"))
             return None
         params = req.params
-        token = params.get("token")
-        if not isinstance(token, str) or not hmac.compare_digest(
-            token.encode("utf-8", "replace"), self._token
-        ):
+        if not token_matches(params.get("token"), self._tokens):
             connection.send(p.error_response(req.id, p.AUTH_FAILED, "authentication failed"))
             return None
         if params.get("version") != p.PROTOCOL_VERSION:
@@ -1265,6 +1284,7 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     token: str,
+    accept_tokens: Sequence[str] = (),
     ssl: ssl_module.SSLContext | None = None,
     target: Any = None,
     grace_period: float = 10.0,
@@ -1284,7 +1304,9 @@ async def serve(
 
     target: the ``mafalda.mediasoup`` module (default; a dict instead gives default
     ``create_worker`` settings for the clients' workers) or a running ``Mafalda``.
-    token: the shared secret clients present. ssl: serve ``wss://`` with this context.
+    token: the shared secret clients present (and a swarm's servers send each other);
+    accept_tokens: other secrets taken too, to roll a new one out without a stop (see
+    the README's "Rotating the token"). ssl: serve ``wss://`` with this context.
     grace_period: seconds a disconnected client's objects survive, waiting for it to
     resume its session. max_message_size: bytes per message (a larger one closes the
     connection). rate_limit / rate_burst: requests per second a connection may send
@@ -1327,6 +1349,7 @@ async def serve(
     server = RemoteServer(
         target=target,
         token=token,
+        accept_tokens=accept_tokens,
         grace_period=grace_period,
         max_message_size=max_message_size,
         rate_limit=rate_limit,

@@ -995,6 +995,56 @@ async def test_server_start_fails_when_its_rtc_port_is_taken() -> None:
     assert server.worker.closed
 
 
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        (DemoConfig(layer="nope"), "invalid layer 'nope'"),  # type: ignore[arg-type]
+        (DemoConfig(layer="remote", token="t"), "the remote layer needs a url and a token"),
+        (DemoConfig(layer="cluster", url="redis://h"), "the cluster layer needs a url"),
+        (DemoConfig(url="ws://h/"), "a url is for the remote, cluster or swarm layer"),
+        (DemoConfig(num_workers=2), "num_workers is for the mafalda layer"),
+        (DemoConfig(layer="remote", url="ws://h/", token="t", policy="spread"), "policy"),
+    ],
+)
+async def test_a_layer_that_does_not_add_up_is_refused_before_anything_starts(
+    config: DemoConfig, named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        config.check()
+    server = DemoServer(config)
+    with pytest.raises(ValueError, match=named):
+        await server.start()
+    assert server.port == 0
+
+
+async def test_a_room_manager_takes_a_webrtc_server_or_listen_infos(worker: Worker) -> None:
+    server = await worker.create_webrtc_server(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+    )
+    try:
+        for both_or_neither in (
+            {"webrtc_server": server, "listen_infos": [{"protocol": "udp", "ip": "127.0.0.1"}]},
+            {},
+        ):
+            with pytest.raises(ValueError, match="either webrtc_server or listen_infos"):
+                RoomManager(worker=worker, **both_or_neither)
+    finally:
+        server.close()
+
+
+def test_demo_command_layers(capsys: pytest.CaptureFixture[str]) -> None:
+    from mafalda import cli
+
+    args = cli.build_parser().parse_args(
+        ["demo", "--layer", "mafalda", "--num-workers", "2", "--policy", "spread"]
+    )
+    assert (args.layer, args.num_workers, args.policy, args.url) == ("mafalda", 2, "spread", None)
+    assert cli.main(["demo", "--layer", "swarm", "--token", "t"]) == 2
+    assert "the swarm layer needs a url and a token" in capsys.readouterr().err
+    assert cli.main(["demo", "--layer", "mafalda", "--policy", "nope", "--port", "0"]) == 2
+    assert "policy" in capsys.readouterr().err
+
+
 async def test_closing_a_server_never_started_does_nothing() -> None:
     server = DemoServer(DemoConfig(port=0))
     await server.close()

@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the video room demo (open the printed URL in two browser tabs)",
         description=(
             "Serve a one-page video room: camera, microphone, active speaker, chat over a "
-            "data channel. Media goes through one mediasoup WebRtcServer (UDP and TCP)."
+            "data channel. By default media goes through one mediasoup worker's "
+            "WebRtcServer (UDP and TCP); --layer runs the same rooms on a Mafalda pool, a "
+            "`mafalda serve` elsewhere, a cluster or a swarm."
         ),
     )
     env = os.environ.get
@@ -137,21 +139,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rtc-ip",
         default=env("MAFALDA_DEMO_RTC_IP") or "127.0.0.1",
-        help="IP the WebRtcServer listens on for media (env MAFALDA_DEMO_RTC_IP; "
-        "default %(default)s)",
+        help="IP media are received on: the WebRtcServer's, or with --layer mafalda or "
+        "remote each transport's (env MAFALDA_DEMO_RTC_IP; default %(default)s); a "
+        "cluster's or swarm's transports are on their servers' media addresses",
     )
     demo.add_argument(
         "--rtc-port",
         type=_port,
         default=_env_port("MAFALDA_DEMO_RTC_PORT", 40000),
         help="WebRtcServer port, UDP and TCP; 0 for any (env MAFALDA_DEMO_RTC_PORT; "
-        "default %(default)s)",
+        "default %(default)s); other layers use their workers' port ranges",
     )
     demo.add_argument(
         "--announced-ip",
         default=env("MAFALDA_DEMO_ANNOUNCED_IP") or None,
         help="address browsers send media to, when it is not --rtc-ip: a public IP behind "
         "NAT, or this host's address when --rtc-ip is 0.0.0.0 (env MAFALDA_DEMO_ANNOUNCED_IP)",
+    )
+    demo.add_argument(
+        "--layer",
+        choices=("worker", "mafalda", "remote", "cluster", "swarm"),
+        default="worker",
+        help="what the rooms run on: one worker (default), a Mafalda pool over the cores "
+        "(--num-workers), the `mafalda serve` at --url, the cluster whose Redis is --url, "
+        "or the swarm of the server at --url",
+    )
+    demo.add_argument("--url", default=None, help="--layer remote/cluster/swarm: where")
+    demo.add_argument(
+        "--token",
+        default=env("MAFALDA_REMOTE_TOKEN"),
+        help="--layer remote/cluster/swarm: the servers' token (env MAFALDA_REMOTE_TOKEN)",
+    )
+    demo.add_argument(
+        "--num-workers", type=int, default=None, help="--layer mafalda: the pool's size"
+    )
+    demo.add_argument(
+        "--policy",
+        default=None,
+        help="placement: --layer mafalda: concentrate (default), spread...; cluster/swarm: "
+        "least-loaded (default), pack, region",
     )
     demo.add_argument("--room", default="demo", help="room named in the printed URL")
     demo.add_argument(
@@ -605,7 +631,13 @@ async def _run_demo(args: argparse.Namespace) -> int:
         rtc_ip=args.rtc_ip,
         rtc_port=args.rtc_port,
         announced_ip=args.announced_ip,
+        layer=args.layer,
+        url=args.url,
+        token=args.token if args.layer in ("remote", "cluster", "swarm") else None,
+        num_workers=args.num_workers,
+        policy=args.policy,
     )
+    config.check()  # before anything starts: a usage error (exit code 2)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

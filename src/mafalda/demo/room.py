@@ -4,9 +4,12 @@ Everything here works without sockets: a :class:`Session` is fed the text of eac
 message a client sends and returns the response to send back; notifications go out
 through the ``send`` callable it was given. ``server.py`` wires sessions to WebSockets.
 
-A room exists while it has peers: the first join creates it (a Router on the shared
-worker and an ActiveSpeakerObserver), the last leave closes it. Every WebRtcTransport
-lives on the server's WebRtcServer (one UDP and one TCP port for all).
+A room exists while it has peers: the first join creates it (a Router and an
+ActiveSpeakerObserver), the last leave closes it. The Router comes from whatever layer
+the server runs on, through the one call they share, ``create_router()``: a worker (its
+WebRtcTransports on the server's WebRtcServer, one UDP and one TCP port for all), a
+Mafalda pool, a Remote Mediasoup worker or a Remote Mafalda, a cluster or a swarm
+(their transports on ``listen_infos``). The rest of this module is the same for all.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import copy
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from mafalda.demo import protocol
 from mafalda.demo.protocol import ProtocolError, Request
@@ -25,6 +28,7 @@ from mafalda.mediasoup import (
     Consumer,
     DataConsumer,
     DataProducer,
+    ListenInfo,
     MediasoupError,
     Producer,
     Router,
@@ -33,7 +37,6 @@ from mafalda.mediasoup import (
     SctpCapabilities,
     WebRtcServer,
     WebRtcTransport,
-    Worker,
     ortc,
 )
 
@@ -77,6 +80,18 @@ MAX_PRODUCERS_PER_PEER: Final = 4
 MAX_DATA_PRODUCERS_PER_PEER: Final = 2
 
 Send = Callable[[dict[str, Any]], None]
+
+
+class RouterSource(Protocol):
+    """What makes rooms' Routers: a Worker, a Mafalda, a Remote Mediasoup worker, a
+    Remote Mafalda, a horizontal or swarm Cluster (the same call in every layer)."""
+
+    async def create_router(
+        self,
+        *,
+        media_codecs: list[RouterRtpCodecCapability] | None = None,
+        app_data: dict[str, Any] | None = None,
+    ) -> Any: ...
 
 
 class RequestError(Exception):
@@ -224,9 +239,15 @@ class Room:
 
     @classmethod
     async def create(
-        cls, *, room_id: str, worker: Worker, media_codecs: list[RouterRtpCodecCapability]
+        cls,
+        *,
+        room_id: str,
+        worker: RouterSource,
+        media_codecs: list[RouterRtpCodecCapability],
     ) -> Room:
-        router = await worker.create_router(media_codecs=media_codecs, app_data={"room": room_id})
+        router: Router = await worker.create_router(
+            media_codecs=media_codecs, app_data={"room": room_id}
+        )
         try:
             speakers = await router.create_active_speaker_observer(interval=300)
         except BaseException:
@@ -282,12 +303,23 @@ class RoomManager:
     def __init__(
         self,
         *,
-        worker: Worker,
-        webrtc_server: WebRtcServer,
+        worker: RouterSource,
+        webrtc_server: WebRtcServer | None = None,
+        listen_infos: list[ListenInfo] | None = None,
         media_codecs: list[RouterRtpCodecCapability] | None = None,
     ) -> None:
+        """worker: where rooms' Routers come from. Their WebRtcTransports go on
+        ``webrtc_server`` (a worker's) or on ``listen_infos`` (one of the two)."""
+        if (webrtc_server is None) == (listen_infos is None):
+            raise ValueError("give a RoomManager either webrtc_server or listen_infos")
         self.worker = worker
         self.webrtc_server = webrtc_server
+        #: How every WebRtcTransport listens.
+        self.transport_options: dict[str, Any] = (
+            {"webrtc_server": webrtc_server}
+            if webrtc_server is not None
+            else {"listen_infos": copy.deepcopy(listen_infos)}
+        )
         self.media_codecs = copy.deepcopy(media_codecs or MEDIA_CODECS)
         # Every room's Router has these capabilities (same codecs, same generation).
         self.rtp_capabilities: RtpCapabilities = ortc.generate_router_rtp_capabilities(
@@ -482,7 +514,7 @@ class Session:
         # SCTP (data channels, for the chat) always: mediasoup-client 3.2x no longer
         # tells its SCTP capabilities, pymediasoup does.
         transport = await peer.room.router.create_webrtc_transport(
-            webrtc_server=self.manager.webrtc_server,
+            **self.manager.transport_options,
             enable_udp=True,
             enable_tcp=True,
             prefer_udp=True,

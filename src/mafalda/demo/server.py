@@ -7,7 +7,13 @@
 Routes: ``GET /`` the page (it joins the room named by ``?room=``), ``/static/...`` its
 files (``static/build/demo.js`` is the bundle that ``scripts/build-demo.sh`` makes), and
 ``GET /ws`` the signaling WebSocket (one :class:`~mafalda.demo.room.Session` each).
-Media flows through one WebRtcServer: one UDP and one TCP port for every transport.
+
+``DemoConfig.layer`` says what the rooms run on; the room code is the same for all:
+"worker" (one mediasoup worker here; media through one WebRtcServer, one UDP and one TCP
+port for every transport), "mafalda" (a Mafalda pool spanning the cores), "remote" (a
+``mafalda serve`` at ``url``: Remote Mediasoup or Remote Mafalda), "cluster" (the
+servers registered in the Redis at ``url``) or "swarm" (the swarm of the server at
+``url``).
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from mafalda.demo import protocol
-from mafalda.demo.room import RoomManager, Session
+from mafalda.demo.room import RoomManager, RouterSource, Session
 from mafalda.mediasoup import (
     ListenInfo,
     MediasoupError,
@@ -33,7 +40,7 @@ from mafalda.mediasoup import (
     create_worker,
 )
 
-__all__ = ["BUNDLE", "STATIC_DIR", "DemoConfig", "DemoServer"]
+__all__ = ["BUNDLE", "LAYERS", "STATIC_DIR", "DemoConfig", "DemoServer", "Layer"]
 
 logger = logging.getLogger("mafalda.demo")
 
@@ -43,6 +50,10 @@ STATIC_DIR: Final = Path(__file__).parent / "static"
 BUNDLE: Final = STATIC_DIR / "build" / "demo.js"
 #: Messages queued for a client that does not read them; past this it is dropped.
 MAX_OUTBOX: Final = 1000
+
+
+Layer = Literal["worker", "mafalda", "remote", "cluster", "swarm"]
+LAYERS: Final[tuple[Layer, ...]] = ("worker", "mafalda", "remote", "cluster", "swarm")
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,32 @@ class DemoConfig:
     #: The address browsers are told to send media to, when not ``rtc_ip`` (NAT, 0.0.0.0).
     announced_ip: str | None = None
     worker_log_level: WorkerLogLevel = "warn"
+    #: What the rooms run on (see the module's docstring).
+    layer: Layer = "worker"
+    #: "remote": the server's ws(s):// URL; "cluster": the Redis URL; "swarm": a
+    #: server's ws(s):// URL.
+    url: str | None = None
+    #: The servers' token ("remote", "cluster", "swarm").
+    token: str | None = None
+    #: "mafalda": the pool's size (None: one per core).
+    num_workers: int | None = None
+    #: Placement: "mafalda" ('concentrate', 'spread'...), "cluster" and "swarm"
+    #: ('least-loaded', 'pack', 'region'); None: the layer's default.
+    policy: str | None = None
+
+    def check(self) -> None:
+        """ValueError naming what does not go together."""
+        if self.layer not in LAYERS:
+            raise ValueError(f"invalid layer {self.layer!r}: one of {', '.join(LAYERS)}")
+        distant = self.layer in ("remote", "cluster", "swarm")
+        if distant and not (self.url and self.token):
+            raise ValueError(f"the {self.layer} layer needs a url and a token")
+        if not distant and self.url is not None:
+            raise ValueError(f"a url is for the remote, cluster or swarm layer, not {self.layer}")
+        if self.num_workers is not None and self.layer != "mafalda":
+            raise ValueError("num_workers is for the mafalda layer")
+        if self.policy is not None and self.layer in ("worker", "remote"):
+            raise ValueError("a placement policy is for the mafalda, cluster or swarm layer")
 
 
 class DemoServer:
@@ -67,6 +104,8 @@ class DemoServer:
         self.config = config or DemoConfig()
         self._worker: Worker | None = None
         self._webrtc_server: WebRtcServer | None = None
+        #: Closes what the layer opened (a pool, a client, a cluster client).
+        self._close_layer: Callable[[], Awaitable[None]] | None = None
         self._rooms: RoomManager | None = None
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -76,22 +115,80 @@ class DemoServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def _listen_infos(self, *, port: bool) -> list[ListenInfo]:
         config = self.config
-        self._failed = asyncio.get_running_loop().create_future()
-        self._worker = await create_worker(log_level=config.worker_log_level)
-        self._worker.on("died", self._on_worker_died)
         listen_infos: list[ListenInfo] = []
         for proto in ("udp", "tcp"):
             info: ListenInfo = {"protocol": proto, "ip": config.rtc_ip}
-            if config.rtc_port:
+            if port and config.rtc_port:
                 info["port"] = config.rtc_port
             if config.announced_ip:
                 info["announcedAddress"] = config.announced_ip
             listen_infos.append(info)
+        return listen_infos
+
+    async def _open_layer(self) -> RoomManager:
+        """The rooms, on the configured layer."""
+        config = self.config
+        config.check()
+        if config.layer == "worker":
+            self._worker = await create_worker(log_level=config.worker_log_level)
+            self._worker.on("died", self._on_worker_died)
+            self._webrtc_server = await self._worker.create_webrtc_server(
+                listen_infos=self._listen_infos(port=True)
+            )
+            return RoomManager(worker=self._worker, webrtc_server=self._webrtc_server)
+        source: RouterSource
+        # Each layer checks its own policy names (ValueError).
+        policy: dict[str, Any] = {"policy": config.policy} if config.policy else {}
+        if config.layer == "mafalda":
+            from mafalda.vertical import Mafalda
+
+            pool = await Mafalda.start(
+                num_workers=config.num_workers,
+                worker_settings={"log_level": config.worker_log_level},
+                **policy,
+            )
+            self._close_layer, source = pool.aclose, pool
+        elif config.layer == "remote":
+            from mafalda import remote
+
+            assert config.url is not None and config.token is not None
+            client = await remote.connect(config.url, token=config.token)
+            self._close_layer = client.aclose
+            if isinstance(client, remote.RemoteMafalda):
+                source = client
+            else:
+                worker = await client.create_worker(log_level=config.worker_log_level)
+                worker.on("died", self._on_worker_died)  # the server's worker, or the server
+                source = worker
+        else:
+            assert config.url is not None and config.token is not None
+            if config.layer == "cluster":
+                from mafalda import horizontal
+
+                cluster = await horizontal.connect(config.url, token=config.token, **policy)
+            else:
+                from mafalda import swarm
+
+                cluster = await swarm.connect([config.url], token=config.token, **policy)
+            self._close_layer, source = cluster.aclose, cluster
+            # Each transport on its server's media address (no ip: the cluster router
+            # fills it in); --rtc-ip 0.0.0.0: on all interfaces, that address announced.
+            infos: list[dict[str, Any]] = [
+                {"protocol": p, "ip": config.rtc_ip}
+                if config.rtc_ip in ("0.0.0.0", "::")
+                else {"protocol": p}
+                for p in ("udp", "tcp")
+            ]
+            return RoomManager(worker=source, listen_infos=cast(list[ListenInfo], infos))
+        return RoomManager(worker=source, listen_infos=self._listen_infos(port=False))
+
+    async def start(self) -> None:
+        config = self.config
+        self._failed = asyncio.get_running_loop().create_future()
         try:
-            self._webrtc_server = await self._worker.create_webrtc_server(listen_infos=listen_infos)
-            self._rooms = RoomManager(worker=self._worker, webrtc_server=self._webrtc_server)
+            self._rooms = await self._open_layer()
             app = web.Application()
             app.router.add_get("/", self._index)
             app.router.add_get("/favicon.ico", self._no_content)
@@ -129,6 +226,8 @@ class DemoServer:
             self._rooms.close()
         if self._webrtc_server is not None:
             self._webrtc_server.close()
+        if self._close_layer is not None:
+            await self._close_layer()
         if self._worker is not None:
             if not self._worker.closed:
                 # The close requests above are fire-and-forget; the worker answers in

@@ -117,10 +117,13 @@ class ClusterRtpObserver(_Wrapper):
 
 
 def _announce(value: Any, address: str) -> Any:
-    """Listen info(s) with the server's media address announced where they listen on
-    all interfaces and announce nothing (anything else is left for validation)."""
+    """Listen info(s) with the server's media address filled in: as the address to
+    listen on where they name none, announced where they listen on all interfaces and
+    announce nothing (anything else is left for validation)."""
     if isinstance(value, list):
         return [_announce(info, address) for info in value]
+    if isinstance(value, dict) and "ip" not in value:
+        return {**value, "ip": address}
     if (
         isinstance(value, dict)
         and value.get("ip") in _ANY_ADDRESS
@@ -282,9 +285,10 @@ class ClusterRouter(SpanningRouter[str]):
     async def create_webrtc_transport(
         self, *, server: str | None = None, **options: Any
     ) -> ClusterTransport:
-        """As mediasoup's, on ``server`` or where the policy says. A listen info on all
-        interfaces (0.0.0.0 or ::) without an announced address announces the server's
-        media address (the caller need not know which server it is)."""
+        """As mediasoup's, on ``server`` or where the policy says. A listen info without
+        an ``ip`` listens on the server's media address; one on all interfaces (0.0.0.0
+        or ::) without an announced address announces it (behind NAT): the caller need
+        not know which server it is."""
         if "webrtc_server" in options:
             raise UnsupportedError("webrtc_server is not supported by a ClusterRouter")
         return await self._create("create_webrtc_transport", server, options)

@@ -12,6 +12,7 @@ import random
 import signal
 import ssl
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -441,6 +442,9 @@ async def test_swarm_node_and_route_arguments() -> None:
             assert node.control_url == f"ws://127.0.0.1:{everywhere.port}/"
         with pytest.raises(ValueError, match="route name"):
             server.add_route("a/b", _nothing)
+        for bad in (0, float("inf")):
+            with pytest.raises(ValueError, match="find_timeout must be > 0"):
+                SwarmNode(server, token=TOKEN, find_timeout=bad)
         async with SwarmNode(server, token=TOKEN, interval=ROUND, streams=False) as plain:
             assert plain.streams is None and server.before_consume is None
         node = SwarmNode(server, token=TOKEN, interval=ROUND)
@@ -643,6 +647,43 @@ async def swarm_servers() -> AsyncIterator[list[Server]]:
         for server in started:
             if server.proc.returncode is None:
                 server.proc.kill()
+            await reap(server.proc)
+
+
+async def test_a_frozen_peer_holds_a_find_only_for_the_find_timeout() -> None:
+    """Two `mafalda serve --swarm` processes with a 2 s heartbeat (a silent peer is
+    dropped after 10 s); s2 SIGSTOPped: a consume through s1 of an id no server has
+    fails once the find timeout (2 s) passed, not after the 10 s of a peer call; s2
+    goes on after SIGCONT."""
+    s1 = await _start(1, "--heartbeat", "2")
+    s2 = await _start(2, s1.url, "--heartbeat", "2")
+    client = None
+    try:
+        async with await swarm.connect([s1.url], token=TOKEN, interval=0.2) as cluster:
+            await wait_until(_has(cluster, {"s1", "s2"}), timeout=15)
+        client = await remote.connect(s1.url, token=TOKEN)
+        assert isinstance(client, remote.RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_plain_transport(
+            listen_info={"protocol": "udp", "ip": "127.0.0.2"}
+        )
+        s2.proc.send_signal(signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Exception, match="not found") as refused:
+            await transport.consume(
+                producer_id=str(uuid.uuid4()), rtp_capabilities=router.rtp_capabilities
+            )
+        took = loop.time() - started
+        assert 1.5 <= took < 6, (took, refused.value)
+        s2.proc.send_signal(signal.SIGCONT)
+    finally:
+        if client is not None:
+            await client.aclose()
+        for server in (s1, s2):
+            server.proc.send_signal(signal.SIGCONT)
+            server.proc.kill()
             await reap(server.proc)
 
 

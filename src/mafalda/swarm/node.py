@@ -66,6 +66,7 @@ class SwarmNode:
         ssl: ssl_module.SSLContext | None = None,
         streams: bool = True,
         stream_idle: float = 10.0,
+        find_timeout: float = 2.0,
     ) -> None:
         """token: the servers' shared secret (the one clients present too). seeds: URLs
         of servers of the swarm to join (none: this one starts a swarm). interval:
@@ -74,6 +75,8 @@ class SwarmNode:
         streams: let this server's clients consume producers of the swarm's other
         servers (``mafalda.swarm.streams``);
         stream_idle: seconds such a copy stays unconsumed before its pipe closes.
+        find_timeout: seconds the peers have to say whether they have a producer asked
+        for (a silent one, frozen but not dropped yet, is taken as a no).
 
         ``observer`` emits 'serverjoin' (id) and 'serverleave' (id, 'left' or
         'silent') as this node learns them.
@@ -110,6 +113,7 @@ class SwarmNode:
                 idle=stream_idle,
                 ssl=ssl,
                 media_address=self.media_address,
+                find_timeout=find_timeout,
             )
             self.observer.on("serverleave", lambda server_id, _why: mine.peers_gone([server_id]))
         self._http: aiohttp.ClientSession | None = None

@@ -168,13 +168,21 @@ class SwarmStreams:
         idle: float = 10.0,
         ssl: ssl_module.SSLContext | None = None,
         media_address: str | None = None,
+        find_timeout: float = 2.0,
     ) -> None:
         """media_address: where this server's pipe transports listen (default: the
-        server's host). idle: seconds a copy brought from another server stays with no consumer
-        before its pipe closes (a consumer back within it reuses the pipe). ssl: the
-        context to reach wss:// peers (default: the system's certificate authorities)."""
+        server's host). find_timeout: seconds the peers have to say whether they have a
+        producer (a lookup in memory each); a peer still silent then, frozen or cut off
+        but not dropped from the swarm yet, is taken as a no, so a consume of an id no
+        server has fails in that time rather than in ``timeout``. idle: seconds a copy
+        brought from another server stays with no consumer before its pipe closes (a
+        consumer back within it reuses the pipe). ssl: the context to reach wss:// peers
+        (default: the system's certificate authorities)."""
         if idle < 0:
             raise ValueError("idle must be >= 0")
+        if not 0 < find_timeout < float("inf"):
+            raise ValueError("find_timeout must be > 0")
+        self.find_timeout = find_timeout
         self.server = server
         self.id = server_id
         self._token = token
@@ -373,14 +381,23 @@ class SwarmStreams:
 
         asks = [asyncio.ensure_future(ask(r)) for i, r in self._members().items() if i != self.id]
         try:
-            for next_answer in asyncio.as_completed(asks):
-                owner = await next_answer
-                if owner is not None:
-                    return owner
-            return None
+            async with asyncio.timeout(self.find_timeout):
+                for next_answer in asyncio.as_completed(asks):
+                    owner = await next_answer
+                    if owner is not None:
+                        return owner
+        except TimeoutError:
+            logger.warning(
+                "%s %s: %d peer(s) did not answer within %g s, taken as not having it",
+                "data producer" if data else "producer",
+                producer_id,
+                sum(1 for task in asks if not task.done()),
+                self.find_timeout,
+            )
         finally:
             for task in asks:
                 task.cancel()
+        return None
 
     async def _open(
         self,

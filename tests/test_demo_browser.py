@@ -14,6 +14,7 @@ import pytest
 
 from mafalda.demo.server import BUNDLE, DemoConfig, DemoServer
 from mafalda.mediasoup import Consumer, Producer
+from mafalda.vertical import MafaldaRouter
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -44,6 +45,18 @@ pytestmark = [
 async def demo() -> AsyncIterator[DemoServer]:
     assert BUNDLE.exists(), f"{BUNDLE} is missing: run `bash scripts/build-demo.sh` first"
     async with DemoServer(DemoConfig(port=0, rtc_port=0)) as server:
+        yield server
+
+
+@pytest.fixture(params=["worker", "mafalda"])
+async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
+    """The demo on one worker, and on a Mafalda pool of two workers placing the two
+    pages' transports on different workers (spread): the browser sees no difference."""
+    assert BUNDLE.exists(), f"{BUNDLE} is missing: run `bash scripts/build-demo.sh` first"
+    config = DemoConfig(port=0, rtc_port=0)
+    if request.param == "mafalda":
+        config = DemoConfig(port=0, layer="mafalda", num_workers=2, policy="spread")
+    async with DemoServer(config) as server:
         yield server
 
 
@@ -100,7 +113,8 @@ class Page:
                 await asyncio.sleep(0.5)
 
 
-async def test_two_pages_see_each_other(demo: DemoServer, browser: Any) -> None:
+async def test_two_pages_see_each_other(demo_on: DemoServer, browser: Any) -> None:
+    demo = demo_on
     url = demo.url("browser")
     alice = await Page.open(browser)
     await alice.join(url + "&name=alice")
@@ -110,6 +124,12 @@ async def test_two_pages_see_each_other(demo: DemoServer, browser: Any) -> None:
     room = demo.rooms.rooms["browser"]
     peer_ids = {peer.display_name: peer.id for peer in room.peers.values()}
     assert set(peer_ids) == {"alice", "bob"}
+    if isinstance(room.router, MafaldaRouter):  # each page's transports on its own worker
+        workers = {
+            name: {room.router.worker_of(t).pid for t in room.peers[i].transports.values()}
+            for name, i in peer_ids.items()
+        }
+        assert workers["alice"] != workers["bob"], workers
     for page, other in ((alice, "bob"), (bob, "alice")):
         stats = await page.wait_remote_video(peers=1, frames=1)
         assert stats[0]["peerId"] == peer_ids[other]
@@ -144,7 +164,8 @@ async def test_two_pages_see_each_other(demo: DemoServer, browser: Any) -> None:
     # Let the video run a little so that the picture shows motion, then keep it.
     await alice.wait_remote_video(peers=1, frames=30)
     ARTIFACTS.mkdir(exist_ok=True)
-    await alice.page.screenshot(path=str(ARTIFACTS / "demo-two-peers.png"))
+    layer = "" if demo.config.layer == "worker" else f"-{demo.config.layer}"
+    await alice.page.screenshot(path=str(ARTIFACTS / f"demo-two-peers{layer}.png"))
 
     # bob leaves with the button: alice's page drops his tile.
     await bob.page.click("#leave")

@@ -637,7 +637,6 @@ async def _run_demo(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         policy=args.policy,
     )
-    config.check()  # before anything starts: a usage error (exit code 2)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

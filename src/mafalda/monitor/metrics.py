@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from mafalda.monitor.view import ClusterView
+from mafalda.monitor.view import ClusterView, clients_away
 
 __all__ = ["collect", "render_metrics"]
 
@@ -140,7 +140,7 @@ def collect(view: ClusterView) -> list[Metric]:
         draining.add_metric(sid, 1.0 if server["draining"] else 0.0)
         load.add_metric(sid, server["load"])
         clients.add_metric(sid, server["totals"]["clients"])
-        away.add_metric(sid, sum(1 for c in server["clients"] if not c["connected"]))
+        away.add_metric(sid, clients_away(server))
         for worker in server["workers"]:
             wid = [server["id"], str(worker["pid"])]
             if worker["cpuTime"] is not None:

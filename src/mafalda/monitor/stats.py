@@ -126,31 +126,27 @@ def _counts(data: dict[str, Any], where: str) -> dict[str, int]:
     return {name: _int(data, name, where) for name in COUNT_FIELDS}
 
 
+def _number(data: dict[str, Any], name: str, where: str) -> float | None:
+    """A finite number >= 0, or None where it is absent or null."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e300:
+        raise ValueError(f"server stats: invalid {where}{name!r}")
+    return float(value)
+
+
 def _worker(data: dict[str, Any]) -> WorkerStats:
     where = "worker "
-    cpu = data.get("cpu")
-    if cpu is not None and (
-        not isinstance(cpu, int | float) or isinstance(cpu, bool) or not 0 <= cpu < 1e300
-    ):
-        raise ValueError("server stats: invalid worker 'cpu'")
-    cpu_time = data.get("cpuTime")  # absent from older reports
-    if cpu_time is not None and (
-        not isinstance(cpu_time, int | float)
-        or isinstance(cpu_time, bool)
-        or not 0 <= cpu_time < 1e300
-    ):
-        raise ValueError("server stats: invalid worker 'cpuTime'")
-    load = data.get("load")
-    if load is not None and (
-        not isinstance(load, int | float) or isinstance(load, bool) or not 0 <= load < 1e300
-    ):
-        raise ValueError("server stats: invalid worker 'load'")
+    cpu = _number(data, "cpu", where)
+    cpu_time = _number(data, "cpuTime", where)  # absent from older reports
+    load = _number(data, "load", where)
     counts = _counts(data, where)
     return {
         "pid": _int(data, "pid", where, low=1),
-        "cpu": None if cpu is None else float(cpu),
-        "cpuTime": None if cpu_time is None else float(cpu_time),
-        "load": None if load is None else float(load),
+        "cpu": cpu,
+        "cpuTime": cpu_time,
+        "load": load,
         "routers": _int(data, "routers", where),
         "transports": _int(data, "transports", where),
         "producers": counts["producers"],
@@ -221,12 +217,12 @@ def decode_stats(raw: str | bytes) -> ServerStats:
     server_id = data.get("id")
     if not registry.is_server_id(server_id):
         raise ValueError("server stats: invalid 'id'")
-    time = data.get("time")
-    if not isinstance(time, int | float) or isinstance(time, bool) or not 0 <= time < 1e300:
+    time = _number(data, "time", "")
+    if time is None:
         raise ValueError("server stats: invalid 'time'")
     return {
         "id": server_id,
-        "time": float(time),
+        "time": time,
         "workers": [_worker(item) for item in _list(data, "workers")],
         "routers": [_router(item) for item in _list(data, "routers")],
         "routersOmitted": _int(data, "routersOmitted", ""),

@@ -34,6 +34,7 @@ __all__ = [
     "Totals",
     "build_view",
     "busiest_routers",
+    "clients_away",
     "render_text",
 ]
 
@@ -218,6 +219,11 @@ def build_view(
     }
 
 
+def clients_away(server: ServerView) -> int:
+    """The server's reported sessions waiting for their client to resume."""
+    return sum(1 for c in server["clients"] if not c["connected"])
+
+
 def _end(end: LinkEnd | None) -> str:
     return "(outside the cluster)" if end is None else f"{end['server']}/{end['worker']}"
 
@@ -254,7 +260,7 @@ def render_text(view: ClusterView, *, routers: int = 10) -> str:
         if not server["reported"]:
             state += ", no report"
         t = server["totals"]
-        away = sum(1 for c in server["clients"] if not c["connected"])
+        away = clients_away(server)
         lines.append(
             f"{server['id']}  {server['serves']}  {server['mediaAddress']}  "
             f"region {server['region'] or '-'}  load {server['load']:.2f}  {state}  "

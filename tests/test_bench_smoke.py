@@ -57,3 +57,17 @@ def test_cluster_benchmark_runs() -> None:
 def test_probe_benchmark_runs() -> None:
     out = _run(str(BENCH / "probe.py"), "--routers", "10", "--transports", "2", "--repeat", "2")
     assert out.startswith("10 routers x 2 transports") and "report" in out
+
+
+def test_remote_ceiling_benchmark_prints_both_modes() -> None:
+    """bench/remote_ceiling.py starts its relay and direct servers and drives real
+    workers through both: each scenario's row has a rate and a ratio per mode."""
+    out = _run(str(BENCH / "remote_ceiling.py"), "--runs", "1", "--scale", "0.02")
+    header, *rows = out.splitlines()
+    assert header.split()[-3:] == ["local", "relay", "direct"]
+    assert len(rows) == 4, out
+    for row in rows:
+        cells = row.split()
+        for ratio in (cells[-1], cells[-3]):
+            assert 0 < float(ratio) < 10, row
+        assert cells[-2].endswith("/s") and float(cells[-2][:-2]) > 0, row

@@ -22,6 +22,7 @@ from tests.processes import (
     reap,
     serve_command,
     spawn_serve,
+    tls_files,
 )
 
 needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed")
@@ -44,7 +45,9 @@ def test_sentinel_urls() -> None:
 @pytest.mark.parametrize(
     ("url", "named"),
     [
-        ("redis://h/0", "not a redis+sentinel:// URL"),
+        ("redis://h/0", "not a redis+sentinel:// or rediss+sentinel:// URL"),
+        ("redis+sentinel://h/main?ssl_ca_certs=/ca.pem", "TLS options need rediss+sentinel://"),
+        ("rediss+sentinel://h/main?ssl_cert_reqs=maybe", "ssl_cert_reqs must be one of"),
         ("redis+sentinel:///main", "no sentinel"),
         ("redis+sentinel://h,:5/main", "a sentinel without a host"),
         ("redis+sentinel://h:x/main", "invalid sentinel port 'x'"),
@@ -59,6 +62,26 @@ def test_a_bad_sentinel_url_is_refused_naming_what_is_wrong(url: str, named: str
     with pytest.raises(ValueError, match="Redis URL") as error:
         parse_sentinel_url(url)
     assert named in str(error.value)
+
+
+def test_tls_sentinel_urls() -> None:
+    settings = parse_sentinel_url(
+        "rediss+sentinel://:pw@h:1/main?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
+        "&ssl_keyfile=/k.pem&ssl_cert_reqs=optional&sentinel_password=s"
+    )
+    assert settings.tls == {
+        "ssl": True,
+        "ssl_ca_certs": "/ca.pem",
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/k.pem",
+        "ssl_cert_reqs": "optional",
+    }
+    assert (settings.password, settings.sentinel_password) == ("pw", "s")
+    assert parse_sentinel_url("rediss+sentinel://h/main").tls == {
+        "ssl": True,
+        "ssl_cert_reqs": "required",  # the server's certificate is checked unless told
+    }
+    assert parse_sentinel_url("redis+sentinel://h/main?sentinel_password=").tls == {}
 
 
 async def test_redis_client_over_sentinels_passes_each_its_password() -> None:
@@ -90,13 +113,21 @@ async def test_redis_client_refuses_a_bad_url_before_any_connection() -> None:
 
 
 class _Sentinel:
-    """A redis-server in sentinel mode watching ``master`` as service ``main``."""
+    """A redis-server in sentinel mode watching ``master`` as service ``main`` (TLS only,
+    with ``tls``: its certificate, key and CA files; masters reached over TLS too)."""
 
-    def __init__(self, master_port: int, directory: Path) -> None:
+    def __init__(self, master_port: int, directory: Path, tls: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         conf = directory / "sentinel.conf"
+        listen = f"port {self.port}\n"
+        if tls:
+            cert, key, ca = tls
+            listen = (
+                f"port 0\ntls-port {self.port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
+                f"tls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\n"
+            )
         conf.write_text(  # the sentinel rewrites it: a file of its own
-            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"{listen}bind 127.0.0.1\ndir {directory}\n"
             f"sentinel monitor main 127.0.0.1 {master_port} 1\n"
             "sentinel down-after-milliseconds main 400\n"
             "sentinel failover-timeout main 3000\n"
@@ -205,6 +236,61 @@ async def test_a_cluster_rides_out_a_sentinel_failover(
         for each in procs:
             each.kill()
             await reap(each)
+
+
+@needs_redis
+async def test_a_cluster_over_tls_sentinels(tmp_path: Path) -> None:
+    """``rediss+sentinel://``: the sentinel and the master take TLS only; a `mafalda serve
+    --cluster` server and a cluster client find the master through the sentinel with the
+    CA from the URL; with another CA, the connection is refused."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    ca, cert, key = tls_files(tmp_path)
+    master = RedisProcess(
+        "127.0.0.1",
+        "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+        "--tls-auth-clients", "no",
+        scheme="rediss",
+    )  # fmt: skip
+    master.start()
+    sentinel = _Sentinel(master.port, tmp_path, (cert, key, ca))
+    url = f"rediss+sentinel://127.0.0.1:{sentinel.port}/main?ssl_ca_certs={ca}"
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        client = redis_client(url, timeout=2)
+        try:
+            await _until(lambda: _answers(client))
+        finally:
+            await client.aclose()
+        proc, _ = await spawn_serve(serve_command(url, 1, 0.3))
+        procs.append(proc)
+        async with await horizontal.connect(url, token=TOKEN, interval=0.2) as cluster:
+            await _until(lambda: _has(cluster, "s1"))
+            worker = await cluster.create_worker(log_level="warn")
+            assert cluster.server_of(worker)["id"] == "s1"  # type: ignore[index]
+        (tmp_path / "other").mkdir()
+        other_ca, _, _ = tls_files(tmp_path / "other")
+        # The sentinel's certificate is not trusted with another CA: refused.
+        refused = redis_client(url.replace(ca, other_ca), timeout=0.5)
+        try:
+            with pytest.raises(RedisConnectionError):
+                await refused.ping()
+        finally:
+            await refused.aclose()
+    finally:
+        for each in procs:
+            each.kill()
+            await reap(each)
+        sentinel.kill()
+        master.kill()
+
+
+async def _answers(client: aioredis.Redis) -> bool:
+    try:
+        await client.set("probe", "1")
+    except (OSError, aioredis.RedisError):
+        return False
+    return await client.get("probe") == b"1"
 
 
 async def _has(cluster: horizontal.Cluster, server_id: str) -> bool:

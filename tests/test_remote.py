@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import logging
 import os
 import signal
 import ssl
@@ -97,6 +99,35 @@ async def test_health_and_readiness_probes_need_no_token() -> None:
                 srv.add_route(name, _not_found)
         await srv.close()
         assert srv.readiness() == "closing"
+
+
+async def test_drain_waits_for_the_clients_objects() -> None:
+    """``RemoteServer.drain()``: creations refused at once; True once every object the
+    clients hold closed, False at the timeout or at ``abort`` (objects kept)."""
+    async with await serve(token=TOKEN) as srv:
+        client = await client_of(srv)
+        try:
+            worker = await client.create_worker()
+            router = await worker.create_router(media_codecs=MEDIA_CODECS)
+            assert {type(obj).__name__ for obj in srv.live_objects()} == {"Worker", "Router"}
+            assert await srv.drain(0.3) is False
+            assert srv.draining and srv.readiness() == "draining"
+            with pytest.raises(ServerDrainingError, match="create_router"):
+                await worker.create_router(media_codecs=MEDIA_CODECS)
+            abort = asyncio.Event()
+            draining = asyncio.ensure_future(srv.drain(60, abort=abort))
+            await asyncio.sleep(0.2)
+            abort.set()
+            async with asyncio.timeout(2):
+                assert await draining is False
+            assert not router.closed
+            draining = asyncio.ensure_future(srv.drain(60))
+            worker.close()
+            async with asyncio.timeout(5):
+                assert await draining is True
+            assert srv.live_objects() == []
+        finally:
+            await client.aclose()
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
@@ -354,6 +385,49 @@ async def test_closing_a_webrtc_server_closes_the_transports_using_it(
     assert transport.closed and transport.ice_state == "closed"
     assert not router.closed and router.transports_for_testing == {}
     assert (await router.dump())["transportIds"] == []
+    await client.aclose()
+
+
+async def test_a_webrtc_server_names_the_closed_transport_itself(server: RemoteServer) -> None:
+    """'webrtctransportunhandled' names a transport already closed and dropped on both
+    sides: the listener gets the app's own proxy (or, once the app let it go, a closed
+    stand-in), and no proxy is kept for it, closed by the client or with its worker."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    webrtc_server = await worker.create_webrtc_server(listen_infos=LISTEN)
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    unhandled: list[Any] = []
+    webrtc_server.observer.on("webrtctransportunhandled", unhandled.append)
+    session = server.sessions[client.session_id]
+    transports = [await router.create_webrtc_transport(webrtc_server=webrtc_server)]
+    transports[0].close()
+    await router.dump()  # its close() and events came before this answer
+    assert unhandled == transports and unhandled[0] is transports[0]
+    transport = await router.create_webrtc_transport(webrtc_server=webrtc_server)
+    handle = transport.handle
+    transport.close()
+    del transport
+    gc.collect()
+    await router.dump()
+    assert unhandled[1].handle == handle and unhandled[1].closed
+    assert len(session.objects) == 3 and len(client.connection.proxies) == 3
+    # A WebRtcServer closed by the server's own code closes its transports first: they
+    # are forgotten there before it names them.
+    other = await worker.create_webrtc_server(listen_infos=LISTEN)
+    other.observer.on("webrtctransportunhandled", unhandled.append)
+    transports.append(await router.create_webrtc_transport(webrtc_server=other))
+    session.objects[other.handle].close()
+    await until(lambda: len(unhandled) == 3)
+    assert unhandled[2] is transports[1] and transports[1].closed
+    assert len(session.objects) == 3 and len(client.connection.proxies) == 3
+    # Closed on the server with its worker.
+    transports.append(await router.create_webrtc_transport(webrtc_server=webrtc_server))
+    os.kill(worker.pid, signal.SIGKILL)
+    await asyncio.wait_for(worker.events.wait_for("died"), 5)
+    await until(lambda: len(unhandled) == 4)
+    assert unhandled[3] is transports[2] and transports[2].closed
+    assert not any(obj.closed for obj in session.objects.values())
+    assert all(not proxy.closed for proxy in client.connection.proxies.values())
     await client.aclose()
 
 
@@ -1453,6 +1527,81 @@ async def test_a_closed_workers_wait_closed_and_exit_as_locally(server: RemoteSe
     await client.aclose()
 
 
+async def test_a_worker_the_server_closes_as_its_client_waits_for_it(
+    server: RemoteServer,
+) -> None:
+    """The server closes a client's worker (its own code: an operator's) just as the client
+    asks for its wait_closed(): the server answers that call as on the closed worker
+    (InvalidStateError), after the worker's 'close' event. The client's proxy closed with
+    that event, so its wait_closed() takes the answer as the worker's end and waits for
+    its exit: the proxy stays with its connection until the late 'subprocessclose'
+    brings the exit status, then is dropped."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    closes: list[str] = []
+    worker.observer.on("close", lambda: closes.append("close"))
+    served_by(server, worker).close()  # the server forgets it at once
+    assert not worker.closed  # the client has not heard of it yet: it asks the server
+    assert await asyncio.wait_for(worker.wait_closed(), 10) == (0, None)
+    assert worker.closed and worker.subprocess_closed and closes == ["close"]
+    assert worker.handle not in client.connection.proxies
+    await client.aclose()
+
+
+async def test_a_worker_closed_on_both_sides_at_once_closes_once(server: RemoteServer) -> None:
+    """The server closes a worker (its own code) as its client closes the proxy: the
+    server's 'close' event, arriving after the proxy closed here, is not emitted again;
+    the worker's exit (a late event) still comes."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    closes: list[str] = []
+    worker.observer.on("close", lambda: closes.append("close"))
+    exited = asyncio.ensure_future(worker.events.wait_for("subprocessclose"))
+    served_by(server, worker).close()
+    worker.close()
+    await asyncio.wait_for(exited, 10)
+    await client.connection.call(None, "get_supported_rtp_capabilities", (), {})
+    assert closes == ["close"] and worker.exit_status == (0, None)
+    assert worker.handle not in client.connection.proxies
+    await client.aclose()
+
+
+async def test_wait_closed_ends_once_when_the_client_aborts_as_the_worker_exits(
+    server: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wait_closed() of a closed worker waits for its exit or the connection's end: an
+    application that aborts its client from a 'subprocessclose' listener brings both at
+    once; wait_closed() returns the exit status, nothing fails."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    worker.close()
+    waiting = asyncio.ensure_future(worker.wait_closed())
+    worker.on("subprocessclose", client.abort)
+    assert await asyncio.wait_for(waiting, 10) == (0, None)
+    assert client.closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await client.wait_closed()
+
+
+async def test_app_data_set_as_a_worker_closes_reaches_the_server_first(
+    server: RemoteServer,
+) -> None:
+    """``worker.close(); worker.app_data = ...`` in one turn: the server sets the app_data
+    as it reads it (before the close() call, which runs in its own task) and sends the
+    state it changed; that state reaches a proxy closed here already, which stays as it
+    is (closed, with the app_data set here), and its exit comes as usual."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    served = served_by(server, worker)
+    worker.close()
+    worker.app_data = {"set": "as it closed"}
+    assert await asyncio.wait_for(worker.wait_closed(), 10) == (0, None)
+    assert served.closed and served.app_data == {"set": "as it closed"}
+    assert worker.closed and worker.app_data == {"set": "as it closed"}
+    assert worker.exit_status == (0, None) and not worker.died
+    await client.aclose()
+
+
 async def test_proxies_closed_here_are_remembered_up_to_a_bound(
     server: RemoteServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1576,6 +1725,67 @@ async def test_a_close_that_fails_does_not_stop_a_session_closing(
     assert not broken.closed
     broken.close()  # after its session's end: the session does not take it back
     assert session.objects == {} and first.handle not in session.gone
+
+
+async def test_a_client_saying_hello_as_the_server_closes_is_refused() -> None:
+    """close() closes the connections it has one by one, each after what waits for its
+    client (here a client that does not read holds it), and the server still accepts
+    meanwhile: a client saying hello then is refused ("server closing"), and no session
+    is made (one made then would outlive close(), open, counted as a client)."""
+    async with await serve(token=TOKEN, grace_period=5) as srv:
+        srv.max_backlog = 64 * 1024
+        holding = await raw(srv)
+        (connection,) = srv._connections
+        call = {"target": None, "method": "get_supported_rtp_capabilities"}
+        batch = json.dumps(
+            [{"jsonrpc": "2.0", "id": n, "method": "call", "params": call} for n in range(100)]
+        )
+
+        async def send_unread() -> None:
+            while True:
+                await holding.send_str(batch)
+                await asyncio.sleep(0)
+
+        sender = asyncio.create_task(send_unread())
+        try:  # until its answers wait on the server: its reader waits for them to go
+            await until(lambda: connection.frames.backlog_bytes > srv.max_backlog, 10)
+        finally:
+            sender.cancel()
+        closing = asyncio.ensure_future(srv.close())
+        await until(lambda: srv.readiness() == "closing" and not srv.sessions)
+        with pytest.raises(RemoteError, match="server closing") as refused:
+            await client_of(srv)
+        assert refused.value.code == p.RATE_LIMITED
+        assert not srv.sessions and srv.clients() == []
+        assert not list(srv._root.workers) and not closing.done()
+        await close_raw(holding)  # what waited for it goes: close() goes on
+        await asyncio.wait_for(closing, 5)
+        assert not srv.sessions
+
+
+async def test_a_connection_whose_handler_is_cancelled_is_dropped() -> None:
+    """aiohttp cancels a connection's handler task in a forced shutdown (one that waited
+    its shutdown_timeout, a minute by default) and asyncio.run() does at its end, with
+    the server still up: the server takes it as a dropped connection, its session kept
+    for a resume within the grace period. (The cancellation is made here by hand, as
+    aiohttp makes it: its real causes take a minute or the end of the process.)"""
+    async with await serve(token=TOKEN, grace_period=5) as srv:
+        client = await client_of(srv)
+        worker = await client.create_worker(log_level="warn")
+        session = srv.sessions[client.session_id]
+        (handler,) = [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") == "RequestHandler.start"
+        ]
+        handler.cancel()
+        await asyncio.wait_for(client.wait_closed(), 5)  # closed by the server (1000)
+        assert session.connection is None and session.expiry is not None
+        assert not session.closed and srv.sessions == {client.session_id: session}
+        resumed = await connect(srv.url, token=TOKEN, session=client.session_id)
+        assert isinstance(resumed, RemoteMediasoup)
+        assert [w.pid for w in resumed.workers] == [worker.pid]
+        await resumed.aclose()
 
 
 async def test_a_server_closed_before_it_started() -> None:

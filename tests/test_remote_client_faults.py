@@ -293,3 +293,38 @@ async def test_a_proxy_the_server_closed_stays_closed(
     await client.connection.call(None, "dump", (), {})  # answered after both
     assert worker.closed and worker.died is False
     await client.aclose()
+
+
+async def test_a_client_aborted_as_its_resume_is_answered_stays_closed(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    """The client is aborted in the very turn its resume's hello is answered (the answer
+    in, the reconnecting task not back yet): it does not take the resumed connection up
+    (no 'reconnect'), and closes that socket. No timing from outside can aim at that one
+    turn: the abort is made by the opener itself, right after the real one returned."""
+    released = asyncio.Event()
+
+    async def answer_and_close(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        await ws.send_str(_answer(hello["id"], {**HELLO, "gracePeriod": 1}))
+        await ws.close()  # returns once the client's close frame came back
+        released.set()
+
+    client = await connect(await peer(_dropping(answer_and_close)), token="t")
+    connection = client.connection
+    dropped = connection._ws
+    opener = connection._opener
+    assert opener is not None
+
+    async def aborting(http: Any, session_id: str | None) -> Any:
+        opened = await opener(http, session_id)
+        client.abort()
+        return opened
+
+    connection._opener = aborting  # before the reader hears of the drop
+    seen: list[str] = []
+    for name in ("disconnect", "reconnect", "close"):
+        connection.events.on(name, lambda name=name: seen.append(name))
+    await asyncio.wait_for(client.wait_closed(), 5)
+    await asyncio.wait_for(released.wait(), 5)
+    assert seen == ["disconnect", "close"]
+    assert client.closed and not connection.reconnecting and connection._ws is dropped

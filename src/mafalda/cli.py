@@ -203,8 +203,8 @@ def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     monitor.add_argument(
         "url",
         metavar="URL",
-        help="the cluster's Redis (redis://, rediss://, redis+sentinel://) or a swarm's "
-        "server (ws://, wss://)",
+        help="the cluster's Redis (redis://, rediss://, redis+sentinel://, "
+        "rediss+sentinel://) or a swarm's server (ws://, wss://)",
     )
     monitor.add_argument(
         "--tls-ca",
@@ -364,7 +364,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--cluster",
         default=None,
         metavar="REDIS_URL",
-        help="register in Redis (redis://, rediss://, redis+sentinel://HOST:PORT,.../SERVICE)",
+        help="register in Redis (redis://, rediss://, redis(s)+sentinel://HOST:PORT,.../SERVICE)",
     )
     cluster.add_argument(
         "--swarm",
@@ -525,10 +525,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
                 await node.drain(args.drain_timeout, abort=stop)
                 await node.aclose()
             else:
-                from mafalda.horizontal.node import wait_drained
-
-                server.draining = True
-                await wait_drained(server, args.drain_timeout, abort=stop)
+                await server.drain(args.drain_timeout, abort=stop)
     finally:
         if pool is not None:
             await pool.aclose()

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import uuid
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -30,19 +29,9 @@ from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
 
-__all__ = ["MediaNode", "control_url", "live_objects", "server_record", "wait_drained"]
+__all__ = ["MediaNode", "control_url", "server_record"]
 
 logger = logging.getLogger("mafalda.horizontal.node")
-
-
-def live_objects(server: RemoteServer) -> list[Any]:
-    """Every live object the server's clients hold."""
-    return [
-        obj
-        for session in list(server.sessions.values())
-        for obj in list(session.objects.values())
-        if not getattr(obj, "closed", True)
-    ]
 
 
 def server_record(
@@ -54,7 +43,7 @@ def server_record(
     region: str | None = None,
 ) -> ServerRecord:
     """What ``server`` would publish about itself now (its load, workers, consumers)."""
-    objects = live_objects(server)
+    objects = server.live_objects()
     consumers = sum(1 for o in objects if isinstance(o, Consumer))
     pool = server.mafalda
     if pool is not None:
@@ -97,20 +86,6 @@ def control_url(
         host = media_address
     url = f"{server.scheme}://{f'[{host}]' if ':' in host else host}:{server.port}/"
     return url, media_address or host
-
-
-async def wait_drained(
-    server: RemoteServer, timeout: float, abort: asyncio.Event | None = None
-) -> bool:
-    """Wait until every object served by ``server`` closed (True), or ``timeout``
-    seconds or ``abort`` (False)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while live_objects(server):
-        if loop.time() >= deadline or (abort is not None and abort.is_set()):
-            return False
-        await asyncio.sleep(0.1)
-    return True
 
 
 class MediaNode:
@@ -189,7 +164,7 @@ class MediaNode:
         with contextlib.suppress(RedisError, OSError):
             await self._beat()
             await self._publish("update")
-        return await wait_drained(self.server, timeout, abort)
+        return await self.server.drain(timeout, abort)
 
     async def aclose(self) -> None:
         """Stop heart-beating and deregister (best effort: the TTL covers a failure)."""

@@ -4,12 +4,17 @@
     rediss://...                                        the same over TLS
     redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]
         [?sentinel_password=...]
+    rediss+sentinel://...[?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...
+        &ssl_cert_reqs=required|optional|none]           the same, TLS to every server
 
 With Sentinel, every connection asks the sentinels which server is the service's master
 (redis-py's ``SentinelConnectionPool``): after a failover, the next command and the next
 subscription go to the promoted replica, so the cluster rides out the loss of its Redis
 master as it rides out a Redis restart. The URL's user and password are the master's;
-``sentinel_password`` the sentinels' own, when they ask for one.
+``sentinel_password`` the sentinels' own, when they ask for one. With ``rediss+``, the
+sentinels and the master are reached over TLS with the same options (a CA file, a client
+certificate and key, whether the server's certificate is checked), named as in redis-py's
+``rediss://`` URLs.
 
 ``parse_sentinel_url`` is pure; ``redis_client`` makes the client (no I/O until used).
 """
@@ -23,9 +28,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
-__all__ = ["SENTINEL_SCHEME", "SentinelSettings", "parse_sentinel_url", "redis_client"]
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SENTINEL_TLS_SCHEME",
+    "SentinelSettings",
+    "parse_sentinel_url",
+    "redis_client",
+]
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_TLS_SCHEME = "rediss+sentinel"
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_CERT_REQS = ("required", "optional", "none")
 _SENTINEL_PORT = 26379
 
 
@@ -37,6 +51,8 @@ class SentinelSettings:
     username: str | None
     password: str | None
     sentinel_password: str | None
+    #: redis-py's TLS arguments (``ssl`` and the URL's ``ssl_*`` options); empty: no TLS
+    tls: dict[str, Any]
 
 
 def _host_port(part: str, url: str) -> tuple[str, int]:
@@ -55,10 +71,13 @@ def _host_port(part: str, url: str) -> tuple[str, int]:
 
 
 def parse_sentinel_url(url: str) -> SentinelSettings:
-    """The settings a ``redis+sentinel://`` URL names (ValueError naming what is wrong)."""
+    """The settings a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names
+    (ValueError naming what is wrong)."""
     parts = urlsplit(url)
-    if parts.scheme != SENTINEL_SCHEME:
-        raise ValueError(f"Redis URL {url!r}: not a {SENTINEL_SCHEME}:// URL")
+    if parts.scheme not in (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME):
+        raise ValueError(
+            f"Redis URL {url!r}: not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL"
+        )
     credentials, at, hosts = parts.netloc.rpartition("@")
     username = password = None
     if at:
@@ -77,11 +96,20 @@ def parse_sentinel_url(url: str) -> SentinelSettings:
         if not path[1].isdigit():
             raise ValueError(f"Redis URL {url!r}: invalid database {path[1]!r}")
         db = int(path[1])
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"sentinel_password"}
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = set(query) - {"sentinel_password", "ssl_cert_reqs", *_TLS_FILES}
     if unknown:
         raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
-    sentinel_password = query.get("sentinel_password", [None])[-1]
+    tls: dict[str, Any] = {}
+    if parts.scheme == SENTINEL_TLS_SCHEME:
+        tls = {"ssl": True, **{name: query[name] for name in _TLS_FILES if query.get(name)}}
+        reqs = query.get("ssl_cert_reqs", "required")
+        if reqs not in _CERT_REQS:
+            raise ValueError(f"Redis URL {url!r}: ssl_cert_reqs must be one of {_CERT_REQS}")
+        tls["ssl_cert_reqs"] = reqs
+    elif set(query) & {"ssl_cert_reqs", *_TLS_FILES}:
+        raise ValueError(f"Redis URL {url!r}: TLS options need {SENTINEL_TLS_SCHEME}://")
+    sentinel_password = query.get("sentinel_password")
     return SentinelSettings(
         sentinels=sentinels,
         service=service,
@@ -89,6 +117,7 @@ def parse_sentinel_url(url: str) -> SentinelSettings:
         username=username,
         password=password,
         sentinel_password=sentinel_password or None,
+        tls=tls,
     )
 
 
@@ -109,7 +138,7 @@ def redis_client(url: str, *, timeout: float) -> aioredis.Redis:
     """A client of the Redis ``url`` names, its socket and connect timeouts ``timeout``."""
     if not isinstance(url, str):
         raise TypeError("the Redis URL must be a string")
-    if not url.startswith(SENTINEL_SCHEME + ":"):
+    if not url.startswith((SENTINEL_SCHEME + ":", SENTINEL_TLS_SCHEME + ":")):
         client: aioredis.Redis = aioredis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
@@ -118,6 +147,7 @@ def redis_client(url: str, *, timeout: float) -> aioredis.Redis:
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
+        **settings.tls,
     }
     if settings.sentinel_password is not None:
         sentinel_kwargs["password"] = settings.sentinel_password
@@ -129,6 +159,7 @@ def redis_client(url: str, *, timeout: float) -> aioredis.Redis:
         db=settings.db,
         username=settings.username,
         password=settings.password,
+        **settings.tls,
     )
     master = sentinel.master_for(settings.service, redis_class=_SentinelRedis)
     assert isinstance(master, _SentinelRedis)

@@ -21,6 +21,7 @@ import itertools
 import logging
 import ssl as ssl_module
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -105,6 +106,11 @@ class Connection:
         #: Handles of proxies closed here lately, whose close() the server may not have
         #: run yet (a resume must not bring them back).
         self._closed_lately: dict[str, None] = {}
+        #: Proxies dropped (closed), while the app holds them: what a reference to one
+        #: that the server sends again ("gone") resolves to.
+        self._gone_proxies: weakref.WeakValueDictionary[str, RemoteObject] = (
+            weakref.WeakValueDictionary()
+        )
         self._special = self._decode_marker
         self._attach(ws, hello)
 
@@ -133,7 +139,7 @@ class Connection:
                     child._link(parent)
         if gone:  # closed on the server while we were away (parents first: they cascade)
             error = RemoteConnectionError("closed on the server while disconnected")
-            for proxy in [self.proxies.pop(handle) for handle in gone]:
+            for proxy in [self._drop(self.proxies[handle]) for handle in gone]:
                 proxy._connection_lost(error)
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
 
@@ -142,10 +148,15 @@ class Connection:
         of its events (a worker's exit excepted), so it is dropped."""
         if isinstance(proxy, RemoteWorker) or self.closed:
             return
-        self.proxies.pop(proxy.handle, None)
+        self._drop(proxy)
         self._closed_lately[proxy.handle] = None
         if len(self._closed_lately) > _MAX_HELD:
             del self._closed_lately[next(iter(self._closed_lately))]
+
+    def _drop(self, proxy: RemoteObject) -> RemoteObject:
+        self.proxies.pop(proxy.handle, None)
+        self._gone_proxies[proxy.handle] = proxy
+        return proxy
 
     def schema(self, class_name: str) -> dict[str, list[str]]:
         return self._schemas.get(class_name, _EMPTY_SCHEMA)
@@ -180,6 +191,16 @@ class Connection:
         handle: str = ref["id"]
         proxy = self.proxies.get(handle)
         state = ref.get("state")
+        if proxy is None and (
+            handle in self._gone_proxies or handle in self._closed_lately or ref.get("gone")
+        ):
+            # Closed and dropped here (an event names it again, as a WebRtcServer's
+            # 'webrtctransportunhandled' after its close): the app's proxy if it still
+            # holds it, else a closed stand-in, kept nowhere.
+            proxy = self._gone_proxies.get(handle)
+            if proxy is None:
+                proxy = proxy_class(ref["$ref"])(self, handle, {"closed": True})
+            return proxy
         if proxy is None:
             proxy = proxy_class(ref["$ref"])(self, handle, state if isinstance(state, dict) else {})
             self.proxies[handle] = proxy
@@ -322,9 +343,7 @@ class Connection:
             if target is None:
                 self.root_state.update(state)
             elif isinstance(target, str) and target in self.proxies:
-                known = self.proxies[target]
-                if not known._closed_local:
-                    known._apply_state(state)
+                self.proxies[target]._apply_state(state)  # (a closed one stays closed)
             return
         if message.method == "error":
             self._on_call_error(params)
@@ -345,12 +364,12 @@ class Connection:
         emitter.emit(event, *args)
         if event == "subprocessclose" and proxy.closed:
             # A worker's last word (after its close): nothing more comes for it.
-            self.proxies.pop(target, None)
+            self._drop(proxy)
             return
         if event == "close" and emitter is proxy.observer and proxy.closed:
             proxy._forget()
             if not isinstance(proxy, RemoteWorker):
-                self.proxies.pop(target, None)
+                self._drop(proxy)
 
     def _on_call_error(self, params: dict[str, Any]) -> None:
         wire = params.get("error")

@@ -39,7 +39,9 @@ Values: JSON values pass through (wire dicts keep their camelCase keys), bytes t
 ``{"$bytes": "<base64>"}``, tuples and sets as lists, objects as references ``{"$ref":
 "<kind>", "id": "<handle>", "parent": "<handle>", "state": {...}}`` (``state`` and
 ``parent`` only where the object first appears or changes; ``"plain": true`` when that
-state holds no marker and no ``$`` key, so that it is read as it is), exceptions (event
+state holds no marker and no ``$`` key, so that it is read as it is; ``"gone": true``,
+no state, for an object already closed and forgotten that an event names again, such as
+the transport in a WebRtcServer's 'webrtctransportunhandled'), exceptions (event
 arguments, such as a worker's death) as ``{"$error": "<class name>", "message": "..."}``.
 So that those markers cannot be confused with data, every other dict key that starts
 with ``$`` is sent with one more ``$`` in front (``{"$ref": 1}`` in app_data travels as

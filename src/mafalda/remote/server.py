@@ -468,6 +468,9 @@ class Session:
         self.closing: str | None = None
         #: Closed objects forgotten: handle -> the error message calls on them get.
         self.gone: dict[str, str] = {}
+        #: Forgotten objects, while something still holds them: their handle, for an
+        #: event that names one again (never registered anew: it would stay forever).
+        self.forgotten: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         #: Closed workers whose process has not exited yet, until it has.
         self.exiting: dict[str, Any] = {}
         self._counter = itertools.count(1)
@@ -573,6 +576,12 @@ class Session:
     def ref(self, obj: Any, kind: str, context: str | None) -> dict[str, Any]:
         """A reference to ``obj`` (registered, with ``context`` as its parent when it may
         be), carrying the state the client has not seen, escaped for the wire."""
+        if id(obj) not in self.handles:
+            old = self.forgotten.get(obj)
+            if old is not None:
+                ref = p.make_ref(kind, old)
+                ref["gone"] = True
+                return ref
         parent = None
         if context is not None and self.kinds.get(context) in PARENT_KINDS.get(kind, ()):
             parent = context
@@ -597,6 +606,7 @@ class Session:
         if obj is None:
             return
         self.handles.pop(id(obj), None)
+        self.forgotten[obj] = handle
         kind = self.kinds.pop(handle, None)
         self.sent.pop(handle, None)
         if kind == "worker" and not getattr(obj, "subprocess_closed", True):
@@ -839,6 +849,27 @@ class RemoteServer:
     def remove_route(self, name: str) -> None:
         self._routes.pop(name, None)
 
+    def live_objects(self) -> list[Any]:
+        """Every live object the clients of this server hold."""
+        return [
+            obj
+            for session in list(self.sessions.values())
+            for obj in list(session.objects.values())
+            if not getattr(obj, "closed", True)
+        ]
+
+    async def drain(self, timeout: float, abort: asyncio.Event | None = None) -> bool:
+        """Refuse every create_*() call from now on (``draining``); wait until every
+        object served here closed (True), or ``timeout`` seconds or ``abort`` (False)."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.live_objects():
+            if loop.time() >= deadline or (abort is not None and abort.is_set()):
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     def readiness(self) -> str | None:
         """Why this server should get no new clients now (None: it should): closing,
         draining, or as many sessions as ``max_sessions``."""
@@ -997,6 +1028,10 @@ class RemoteServer:
                     f"unsupported protocol version (server speaks {p.PROTOCOL_VERSION})",
                 )
             )
+            return None
+        if self._closed.is_set():
+            # close() has closed the sessions there were; a new one would stay open.
+            connection.send(p.error_response(req.id, p.RATE_LIMITED, "server closing"))
             return None
         session_id = params.get("session")
         if session_id is None:

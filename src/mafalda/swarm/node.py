@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from mafalda.horizontal import registry
-from mafalda.horizontal.node import control_url, server_record, wait_drained
+from mafalda.horizontal.node import control_url, server_record
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.remote import RemoteServer
@@ -231,7 +231,7 @@ class SwarmNode:
         served here closed (True) or ``timeout`` seconds or ``abort`` (False)."""
         self.server.draining = True
         await self._tell_everyone()
-        return await wait_drained(self.server, timeout, abort)
+        return await self.server.drain(timeout, abort)
 
     async def _tell_everyone(self) -> None:
         self._table.beat(self.record())

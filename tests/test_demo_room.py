@@ -1096,3 +1096,24 @@ async def test_client_that_does_not_read_is_dropped(
         assert message.type == aiohttp.WSMsgType.CLOSE
         assert message.data == aiohttp.WSCloseCode.POLICY_VIOLATION
         assert message.extra == "too slow"
+
+
+async def test_a_slow_client_is_dropped_once(
+    demo: DemoServer,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Answers that overflow after the drop began are discarded without a second close."""
+    monkeypatch.setattr("mafalda.demo.server.MAX_OUTBOX", 0)
+    async with http.ws_connect(demo.ws_url) as ws:
+        for _ in range(3):  # one burst: the later answers come while the socket closes
+            await ws.send_str(request_text("getRouterRtpCapabilities"))
+        async with asyncio.timeout(10):
+            message = await ws.receive()
+        assert (message.type, message.extra) == (aiohttp.WSMsgType.CLOSE, "too slow")
+    async with asyncio.timeout(10):
+        while demo._sockets:
+            await asyncio.sleep(0.01)
+    drops = [r for r in caplog.records if r.message.startswith("dropping a client")]
+    assert len(drops) == 1

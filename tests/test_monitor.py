@@ -163,6 +163,8 @@ def test_report_round_trip_and_keys() -> None:
         (lambda r: {**r, "time": True}, "'time'"),
         (lambda r: {**r, "time": -1}, "'time'"),
         (lambda r: {**r, "time": float("nan")}, "'time'"),
+        (lambda r: {**r, "time": None}, "'time'"),
+        (lambda r: {k: v for k, v in r.items() if k != "time"}, "'time'"),
         (lambda r: {**r, "workers": {}}, "'workers'"),
         (lambda r: {**r, "workers": [1]}, "'workers'"),
         (lambda r: {**r, "workers": [{**r["workers"][0], "pid": 0}]}, "worker 'pid'"),

@@ -15,9 +15,13 @@ import pytest
 
 from mafalda import mediasoup
 from mafalda.mediasoup import InvalidStateError, Worker, create_worker
+from mafalda.mediasoup._fastfbs import FastBuilder, decoder, python_decoder
+from mafalda.mediasoup._fbs.LibUring.Dump import DumpT as LibUringDumpT
+from mafalda.mediasoup._fbs.Worker.ChannelMessageHandlers import ChannelMessageHandlersT
+from mafalda.mediasoup._fbs.Worker.DumpResponse import DumpResponseT
 from mafalda.mediasoup._io import READ_SIZE, limit_read_size
 from mafalda.mediasoup.errors import ChannelClosedError, ChannelTimeoutError
-from mafalda.mediasoup.worker import WorkerDiedError
+from mafalda.mediasoup.worker import WorkerDiedError, parse_worker_dump
 from mafalda.mediasoup.worker_binary import WorkerBinaryNotFoundError, find_worker_bin
 
 from .conftest import MEDIA_CODECS
@@ -121,6 +125,7 @@ async def test_worker_dump_and_resource_usage(worker: Worker) -> None:
     assert dump["pid"] == worker.pid
     assert dump["routerIds"] == [] and dump["webRtcServerIds"] == []
     assert dump["channelMessageHandlers"]["channelRequestHandlers"] == []
+    assert "liburing" not in dump  # this project's worker is built without io_uring
     router = await worker.create_router(media_codecs=MEDIA_CODECS)
     dump = await worker.dump()
     assert dump["routerIds"] == [router.id]
@@ -128,6 +133,35 @@ async def test_worker_dump_and_resource_usage(worker: Worker) -> None:
     usage = await worker.get_resource_usage()
     assert set(usage) >= {"ru_utime", "ru_stime", "ru_maxrss", "ru_nvcsw"}
     assert usage["ru_maxrss"] > 0
+
+
+@pytest.mark.parametrize("python", [False, True], ids=["native", "python"])
+def test_worker_dump_of_an_io_uring_worker(python: bool) -> None:
+    """A worker built with liburing adds its counters to the dump. This project builds
+    without (its wrap cannot be fetched here), so the body is encoded and decoded by
+    the library's codec, as the channel does, instead of coming from a worker."""
+    handlers = ChannelMessageHandlersT()
+    handlers.channelRequestHandlers = ["r1", "t1"]
+    handlers.channelNotificationHandlers = ["t1"]
+    body = DumpResponseT()
+    body.pid, body.webRtcServerIds, body.routerIds = 4321, ["w1"], ["r1"]
+    body.channelMessageHandlers = handlers
+    body.liburing = LibUringDumpT(sqeProcessCount=7, sqeMissCount=2, userDataMissCount=1)
+    builder = FastBuilder(256)
+    builder.Finish(body.Pack(builder))
+    data = bytes(builder.Output())
+    decode = python_decoder(DumpResponseT) if python else decoder(DumpResponseT)
+    root = int.from_bytes(data[:4], "little")
+    assert parse_worker_dump(decode(data, root)) == {
+        "pid": 4321,
+        "webRtcServerIds": ["w1"],
+        "routerIds": ["r1"],
+        "channelMessageHandlers": {
+            "channelRequestHandlers": ["r1", "t1"],
+            "channelNotificationHandlers": ["t1"],
+        },
+        "liburing": {"sqeProcessCount": 7, "sqeMissCount": 2, "userDataMissCount": 1},
+    }
 
 
 async def test_update_settings_rejects_bad_input(worker: Worker) -> None:

@@ -714,8 +714,9 @@ class Router(EventSource):
     def _add_pipe_transport_pair(
         self, key: str, future: asyncio.Future[dict[str, PipeTransport]]
     ) -> None:
-        if key in self._pipe_pairs:
-            raise ValueError("given pipe transport pair key already exists in this Router")
+        # Both routers enter a pair in the same call (_get_pipe_pair) and drop it on the
+        # same close, so the other router never holds one this router has not.
+        assert key not in self._pipe_pairs, "pipe transport pair key already in this Router"
         self._pipe_pairs[key] = future
 
         def forget() -> None:

@@ -250,6 +250,28 @@ class _LineLogger(_PipeEnd):
                 logger.log(self._level, "worker[pid:%s] (%s) %s", self._pid, self._stream, line)
 
 
+def parse_worker_dump(body: Any) -> WorkerDump:
+    """A decoded ``FBS.Worker.DumpResponse`` as mediasoup's ``worker.dump()`` gives it
+    (``liburing`` only from a worker that uses io_uring; this project builds without)."""
+    handlers = body.channelMessageHandlers
+    dump: WorkerDump = {
+        "pid": body.pid,
+        "webRtcServerIds": list(body.webRtcServerIds or []),
+        "routerIds": list(body.routerIds or []),
+        "channelMessageHandlers": {
+            "channelRequestHandlers": list(handlers.channelRequestHandlers or []),
+            "channelNotificationHandlers": list(handlers.channelNotificationHandlers or []),
+        },
+    }
+    if body.liburing is not None:
+        dump["liburing"] = {
+            "sqeProcessCount": body.liburing.sqeProcessCount,
+            "sqeMissCount": body.liburing.sqeMissCount,
+            "userDataMissCount": body.liburing.userDataMissCount,
+        }
+    return dump
+
+
 class Worker(EventSource):
     """A mediasoup-worker process. Create with :func:`create_worker`."""
 
@@ -448,24 +470,7 @@ class Worker(EventSource):
 
     async def dump(self) -> WorkerDump:
         self._check_open()
-        body = await self._channel.request(Method.WORKER_DUMP)
-        handlers = body.channelMessageHandlers
-        dump: WorkerDump = {
-            "pid": body.pid,
-            "webRtcServerIds": list(body.webRtcServerIds or []),
-            "routerIds": list(body.routerIds or []),
-            "channelMessageHandlers": {
-                "channelRequestHandlers": list(handlers.channelRequestHandlers or []),
-                "channelNotificationHandlers": list(handlers.channelNotificationHandlers or []),
-            },
-        }
-        if body.liburing is not None:
-            dump["liburing"] = {
-                "sqeProcessCount": body.liburing.sqeProcessCount,
-                "sqeMissCount": body.liburing.sqeMissCount,
-                "userDataMissCount": body.liburing.userDataMissCount,
-            }
-        return dump
+        return parse_worker_dump(await self._channel.request(Method.WORKER_DUMP))
 
     async def get_resource_usage(self) -> WorkerResourceUsage:
         self._check_open()

@@ -5,11 +5,13 @@ cluster through any of them, with RTP between them and servers killed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import random
 import signal
+import socket
 import ssl
 import sys
 import uuid
@@ -687,6 +689,56 @@ async def test_a_frozen_peer_holds_a_find_only_for_the_find_timeout() -> None:
             await reap(server.proc)
 
 
+async def test_a_find_takes_a_silent_peer_as_a_no_after_find_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same in this process (measured): a peer of the swarm whose control port
+    takes connections but never answers, as a SIGSTOPped server's does (the kernel
+    completes the handshake into the backlog), is taken as a no once ``find_timeout``
+    passed, with a warning naming how many peers were silent; the consume of an id no
+    server has fails with mediasoup's 'not found' then, not after a peer call's 10 s."""
+    find_timeout = 0.3
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.9", 0))
+    frozen.listen(8)  # never accepted
+    port = frozen.getsockname()[1]
+    try:
+        async with (
+            await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+            SwarmNode(
+                s1,
+                token=TOKEN,
+                server_id="s1",
+                interval=ROUND,
+                fail_after=30,  # the frozen peer stays a member throughout
+                find_timeout=find_timeout,
+            ) as n1,
+        ):
+            late = entry("frozen", generation=2**40, controlUrl=f"ws://127.0.0.9:{port}/")
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with aiohttp.ClientSession(headers=auth) as http:
+                async with http.post(route_url(s1.url), data=encode_gossip([late])) as r:
+                    assert r.status == 200
+            assert set(n1.members) == {"s1", "frozen"}
+            app = await App.on(s1.url)
+            try:
+                transport = await app.router.create_direct_transport()
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                with pytest.raises(Exception, match="not found"):
+                    await transport.consume(
+                        producer_id=str(uuid.uuid4()), rtp_capabilities=app.router.rtp_capabilities
+                    )
+                took = loop.time() - started
+                assert find_timeout <= took < 3, took
+                assert f"1 peer(s) did not answer within {find_timeout:g} s" in caplog.text
+            finally:
+                await app.client.aclose()
+                frozen.close()  # dead now: s1's leave does not wait for it
+    finally:
+        frozen.close()
+
+
 def _has(cluster: Cluster, ids: set[str]) -> Callable[[], bool]:
     return lambda: set(cluster.servers) == ids
 
@@ -1349,11 +1401,11 @@ async def test_an_unused_copy_from_another_router_here_is_collected() -> None:
                 await app.client.aclose()
 
 
-async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
-    """A copy with no consumer left closes its pipe ``stream_idle`` seconds later, on
-    both servers; a consumer back within it reuses the pipe; a consume that failed
-    after the pipe was made does not leave it."""
-    idle = 0.3
+@contextlib.asynccontextmanager
+async def _two_nodes(
+    idle: float,
+) -> AsyncIterator[tuple[RemoteServer, RemoteServer, SwarmNode, SwarmNode]]:
+    """Servers s1 (127.0.0.2) and s2 (127.0.0.3) in one swarm, copies idle ``idle`` s."""
     async with (
         await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
         await remote.serve(host="127.0.0.3", token=TOKEN) as s2,
@@ -1363,6 +1415,15 @@ async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
         ) as n2,
     ):
         await wait_until(_everyone_knows([n1, n2], {"s1", "s2"}))
+        yield s1, s2, n1, n2
+
+
+async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
+    """A copy with no consumer left closes its pipe ``stream_idle`` seconds later, on
+    both servers; a consumer back within it reuses the pipe; a consume that failed
+    after the pipe was made does not leave it."""
+    idle = 0.3
+    async with _two_nodes(idle) as (s1, s2, n1, n2):
         assert n1.streams is not None and n2.streams is not None
         out1, in2 = n1.streams._out, n2.streams._in
         a, b = await App.on(s1.url), await App.on(s2.url)
@@ -1417,6 +1478,45 @@ async def test_an_unused_copy_is_collected_after_stream_idle() -> None:
                 s.close()
             with pytest.raises(ValueError, match="idle"):
                 SwarmNode(s1, token=TOKEN, stream_idle=-1)
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
+async def test_a_copy_made_again_after_an_own_producer_took_its_id_is_kept() -> None:
+    """B's router on s2 holds a copy of A's producer P (s1); then B produces with id P
+    itself (mediasoup lets an app choose its producer's id, and s2's worker does not
+    have P) and closes it: the router no longer has P, so the next consume of P brings
+    a second copy while the first is still there. The first copy, collected once
+    unused, does not take the second one's place with it: consumers of P made after go
+    on counting on the second copy, which stays while they do."""
+    idle = 0.3
+    async with _two_nodes(idle) as (s1, s2, n1, n2):
+        assert n2.streams is not None
+        in2, copies2 = n2.streams._in, n2.streams._copies
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            sink_b = await b.router.create_direct_transport()
+            caps = b.router.rtp_capabilities
+            first = await sink_b.consume(producer_id=producer.id, rtp_capabilities=caps)
+            [first_pipe] = list(in2.values())
+            own = await sink_b.produce(id=producer.id, kind="audio", rtp_parameters=OPUS_RTP)
+            own.close()
+            second = await sink_b.consume(producer_id=producer.id, rtp_capabilities=caps)
+            [second_pipe] = [p for p in in2.values() if p is not first_pipe]
+            assert second.producer_id == producer.id
+            first.close()
+            await wait_until(lambda: list(in2.values()) == [second_pipe], timeout=5)
+            assert list(copies2.values()) == [second_pipe]
+            # A consumer of P made now counts on the second copy, which it keeps.
+            third = await sink_b.consume(producer_id=producer.id, rtp_capabilities=caps)
+            assert list(in2.values()) == [second_pipe] and second_pipe.users == 2
+            second.close()
+            await asyncio.sleep(idle * 2)
+            assert list(in2.values()) == [second_pipe] and not third.closed
+            third.close()
+            await wait_until(lambda: not in2 and not copies2, timeout=5)
         finally:
             for app in (a, b):
                 await app.client.aclose()
@@ -1510,6 +1610,57 @@ async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(
     finally:
         await a.client.aclose()
         await b.aclose()
+
+
+async def test_a_pair_closed_while_an_open_on_it_is_under_way_leaves_it_the_lock(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """B's router on s2 takes a second stream of A's router on s1 over their pipe pair
+    while A's worker is frozen (SIGSTOP: s1 cannot answer that open), and B's router
+    closes meanwhile. The pair goes with it, but the lock of its key stays with the open
+    under way (deleted, a consume of that key could open a pair alongside it); once A's
+    worker goes on, that open fails and neither server keeps anything of it."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    streams1, streams2 = nodes[0].streams, nodes[1].streams
+    assert streams1 is not None and streams2 is not None
+    a = await remote.connect(servers[0].url, token=TOKEN)
+    b = await App.on(servers[1].url)
+    stopped = None
+    try:
+        worker_a = await a.create_worker()
+        app_a = App(a, await worker_a.create_router(media_codecs=MEDIA_CODECS))
+        _, first = await app_a.producer("127.0.0.2")
+        _, second = await app_a.producer("127.0.0.2")
+        sink_b = await b.router.create_direct_transport()
+        caps = b.router.rtp_capabilities
+        await sink_b.consume(producer_id=first.id, rtp_capabilities=caps)
+        [key] = list(streams2._pairs_in)
+        os.kill(worker_a.pid, signal.SIGSTOP)
+        stopped = worker_a.pid
+        opening = asyncio.ensure_future(
+            sink_b.consume(producer_id=second.id, rtp_capabilities=caps)
+        )
+        # s1 answered the find (no worker needed); the open on the pair is under way.
+        lock = streams2._pair_locks[key]  # the first open's, kept with its pair
+        await wait_until(lock.locked)
+        b.router.close()
+        await wait_until(lambda: not streams2._pairs_in and not streams2._in)
+        assert streams2._pair_locks.get(key) is lock and lock.locked()
+        # s2 said 'closepair': s1's end went, with the stream it carried.
+        await wait_until(lambda: not streams1._pairs_out and not streams1._out)
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        with pytest.raises(Exception, match="server s1: PipeTransport closed"):
+            await opening
+        assert not lock.locked()
+        assert not streams1._out and not streams1._pairs_out
+        assert not streams2._copies and not streams2._carrying and not streams2._pairs_in
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        await a.aclose()
+        await b.client.aclose()
 
 
 async def test_a_swarm_over_tls(tmp_path: Any) -> None:

@@ -1723,7 +1723,8 @@ async def test_streams_between_servers_of_mafalda_pools() -> None:
     """`mafalda serve --mafalda --swarm`: Remote Mafalda apps on two servers, each a
     pool of two workers. A producer of a MafaldaRouter on s1 is consumed through s2 on
     transports of its MafaldaRouter on both workers there (the copy lands on one, the
-    router pipes it to the other); closing it reaches every consumer."""
+    router pipes it to the other); closing it reaches every consumer. Between two rooms
+    of s2, a data producer's copy serves every consumer of it there."""
     pools = [await Mafalda.start(num_workers=2, min_workers=2, policy="spread") for _ in range(2)]
     try:
         async with (
@@ -1764,6 +1765,12 @@ async def test_streams_between_servers_of_mafalda_pools() -> None:
                 async with asyncio.timeout(5):
                     message, _ = await got
                 assert bytes(message) == b"room to room"
+                # A second consumer there uses the same copy (it was piped again, and
+                # refused as a DataProducer already there).
+                again = await sink_c.consume_data(data_producer_id=data_producer.id)
+                assert again.data_producer_id == data_producer.id
+                assert n2.streams is not None
+                assert n2.streams._copies[(room_c.id, data_producer.id, True)].users == 2
                 await third.aclose()
                 closed = [
                     asyncio.ensure_future(c.events.wait_for("producerclose")) for c in consumers

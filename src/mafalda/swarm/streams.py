@@ -336,18 +336,21 @@ class SwarmStreams:
     async def _pipe_locally(self, source: Any, router: Any, producer_id: str, data: bool) -> None:
         """mediasoup's pipe_to_router(); between plain Routers, with a copy of its own id
         that the router knows by the original's (both routers may share a worker: a
-        MafaldaRouter sees to that itself)."""
+        MafaldaRouter sees to that itself). The copy is known here (a second consume
+        uses it) and collected when unused, as a copy from another server is."""
         which = "data_producer_id" if data else "producer_id"
         if isinstance(source, MafaldaRouter):
-            await source.pipe_to_router(router=router, **{which: producer_id})
-            return
-        result = await source.pipe_to_router(router=router, keep_id=False, **{which: producer_id})
-        if data:
-            copy = result["pipeDataProducer"]
-            router.alias_data_producer(producer_id, copy)
+            result = await source.pipe_to_router(router=router, **{which: producer_id})
         else:
-            copy = result["pipeProducer"]
-            router.alias_producer(producer_id, copy)
+            result = await source.pipe_to_router(
+                router=router, keep_id=False, **{which: producer_id}
+            )
+        copy = result["pipeDataProducer" if data else "pipeProducer"]
+        if not isinstance(source, MafaldaRouter):
+            if data:
+                router.alias_data_producer(producer_id, copy)
+            else:
+                router.alias_producer(producer_id, copy)
         key = (router.id, producer_id, data)
         self._here[key] = copy
         # Collected when unused, as a copy from another server is (closing the copy

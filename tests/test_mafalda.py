@@ -24,6 +24,7 @@ from aiortc.rtcsctptransport import AbortChunk, InitChunk, parse_packet, seriali
 
 from mafalda import Mafalda, MafaldaRouter
 from mafalda.mediasoup import (
+    DataProducer,
     InvalidStateError,
     PipeTransport,
     PlainTransport,
@@ -1409,6 +1410,45 @@ async def test_a_pause_that_cannot_reach_the_piped_copy_is_logged(
     await producer.resume()
     async with asyncio.timeout(5):
         await _until(lambda: not consumer.producer_paused)
+
+
+async def test_one_id_asked_on_two_workers_at_once_is_made_once() -> None:
+    """Two produce() (and produce_data()) calls with one id on two workers of a router,
+    in one turn: one is made, the other refused (each worker alone would accept it);
+    an id whose produce() failed is free again."""
+    m = await Mafalda.start(num_workers=2, min_workers=2, policy="spread")
+    try:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        one = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+        two = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+        if router.worker_of(two) is router.worker_of(one):
+            two = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+        assert router.worker_of(two) is not router.worker_of(one)
+        made = await asyncio.gather(
+            *(
+                t.produce(id="one-id", kind="audio", rtp_parameters=opus_rtp_parameters(s))
+                for t, s in ((one, 1111), (two, 2222))
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(made[0], Producer) and made[0].id == "one-id"
+        assert isinstance(made[1], TypeError) and 'Producer with same id "one-id"' in str(made[1])
+        streams = ({"streamId": 1}, {"streamId": 2})
+        made = await asyncio.gather(
+            *(
+                t.produce_data(id="data-id", sctp_stream_parameters=p)
+                for t, p in zip((one, two), streams, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(made[0], DataProducer) and made[0].id == "data-id"
+        assert isinstance(made[1], TypeError) and "same id" in str(made[1])
+        with pytest.raises(TypeError, match="invalid kind"):
+            await two.produce(id="free-id", kind="text", rtp_parameters=opus_rtp_parameters(3))
+        again = await two.produce(id="free-id", kind="audio", rtp_parameters=opus_rtp_parameters(3))
+        assert again.id == "free-id" and router.worker_of(again) is router.worker_of(two)
+    finally:
+        await m.aclose()
 
 
 async def test_an_id_taken_on_another_worker_is_refused() -> None:

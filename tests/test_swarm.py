@@ -1059,6 +1059,51 @@ async def test_a_worker_started_before_the_streams_is_not_followed() -> None:
         SwarmStreams(server, server_id="s", token=TOKEN, members=dict, idle=-1)
 
 
+async def test_one_pipe_id_opened_twice_at_once_is_opened_once() -> None:
+    """A faulty or hostile peer opening one pipe id on two pairs at once (the worker held
+    so that the first open waits there): one is opened, the other refused; closing the
+    pairs leaves nothing."""
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
+    ):
+        assert n1.streams is not None
+        a = await App.on(s1.url)
+        url = route_url(s1.url, "streams")
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            opening = {"op": "open", "producerId": producer.id, "from": "s9"}
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+
+                async def post(message: dict[str, Any]) -> Any:
+                    async with http.post(url, json=message) as response:
+                        return await response.json()
+
+                for pipe_id, pair_id in (("a", "q1"), ("b", "q2")):
+                    pair = {"pipeId": pipe_id, "pairId": pair_id, "ip": "127.0.0.1", "port": 9}
+                    assert (await post(opening | pair))["kind"] == "audio"
+                (worker,) = a.client.workers
+                os.kill(worker.pid, signal.SIGSTOP)
+                try:
+                    both = asyncio.gather(
+                        *(post(opening | {"pipeId": "x", "pairId": q}) for q in ("q1", "q2"))
+                    )
+                    await asyncio.sleep(0.3)
+                finally:
+                    os.kill(worker.pid, signal.SIGCONT)
+                answers = await both
+                assert sorted(("kind" in answer, answer.get("error")) for answer in answers) == [
+                    (False, "pipe x is open already"),
+                    (True, None),
+                ]
+                assert sorted(n1.streams._out) == ["a", "b", "x"]
+                for pair_id in ("q1", "q2"):
+                    assert await post({"op": "closepair", "pairId": pair_id}) == {}
+                assert n1.streams._out == {} and n1.streams._pairs_out == {}
+        finally:
+            await a.client.aclose()
+
+
 async def test_streams_route_refuses_and_answers(
     trio: tuple[list[RemoteServer], list[SwarmNode]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1228,6 +1273,9 @@ async def test_a_peer_that_cannot_pipe_fails_the_consume_and_leaves_nothing(
             assert await _transports(b) == before + 1
             await wait_until(lambda: bool(liar.told))
             assert liar.told[0]["op"] == "close"
+            # Nothing kept for the key of the pair that was never made.
+            streams = nodes[1].streams
+            assert streams is not None and streams._pair_locks == streams._pair_opens == {}
         finally:
             await b.client.aclose()
     await wait_until(lambda: "telling server liar of close failed" in caplog.text)

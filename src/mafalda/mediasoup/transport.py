@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import marshal
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 from mafalda.mediasoup import ortc
@@ -547,10 +547,11 @@ class Transport(EventSource):
         #: living on another worker into this router there, and know when it is done.
         self.consume_guard: ConsumeGuard | None = None
         self.consume_data_guard: ConsumeGuard | None = None
-        #: Called with the id a produce() / produce_data() asks for, before anything is
-        #: sent: the layers above (Mafalda) refuse an id their other workers have.
-        self.produce_guard: Callable[[str], None] | None = None
-        self.produce_data_guard: Callable[[str], None] | None = None
+        #: Entered with the id a produce() / produce_data() asks for, before anything is
+        #: sent, until the new producer is there: the layers above (Mafalda) refuse an id
+        #: their other workers have or are making.
+        self.produce_guard: Callable[[str], AbstractContextManager[None]] | None = None
+        self.produce_data_guard: Callable[[str], AbstractContextManager[None]] | None = None
         self.events = EventEmitter()
         self.observer = EventEmitter()
         channel.subscribe(transport_id, self._on_notification)
@@ -707,61 +708,65 @@ class Transport(EventSource):
         self._check_open()
         if id is not None and id in self._producers:
             raise TypeError(f'a Producer with same id "{id}" already exists')
-        if id is not None and self.produce_guard is not None:
+        guard = (
             self.produce_guard(id)
-        if kind not in ("audio", "video"):
-            raise TypeError(f'invalid kind "{kind}"')
-        validate_app_data(app_data)
-        if key_frame_request_delay is not None:
-            _check_bitrate(key_frame_request_delay, "key_frame_request_delay")
-        params: RtpParameters = copy.deepcopy(rtp_parameters)
-        ortc.validate_and_normalize_rtp_parameters(params)
-        if not params.get("encodings"):
-            params["encodings"] = [{}]
-        if self.type != "pipe":
-            rtcp = params.get("rtcp") or {}
-            if not self._cname_for_producers:
-                self._cname_for_producers = rtcp.get("cname") or new_id()[:8]
-            rtcp["cname"] = self._cname_for_producers
-            params["rtcp"] = rtcp
-        router_caps = self._get_router_rtp_capabilities()
-        rtp_mapping = ortc.get_producer_rtp_parameters_mapping(params, router_caps)
-        consumable = ortc.get_consumable_rtp_parameters(kind, params, router_caps, rtp_mapping)
-        producer_id = id or new_id()
-        request = ProduceRequestT()
-        request.producerId = producer_id
-        request.kind = FbsMediaKind.AUDIO if kind == "audio" else FbsMediaKind.VIDEO
-        request.rtpParameters = serialize_rtp_parameters(params, prepacked=True)
-        request.rtpMapping = ortc.serialize_rtp_mapping(rtp_mapping)
-        request.paused = bool(paused)
-        request.keyFrameRequestDelay = key_frame_request_delay or 0
-        request.enableMediasoupPacketIdHeaderExtension = bool(
-            enable_mediasoup_packet_id_header_extension
+            if id is not None and self.produce_guard is not None
+            else contextlib.nullcontext()
         )
-        response = await self._request(Method.TRANSPORT_PRODUCE, request)
-        producer = Producer(
-            transport_id=self._id,
-            producer_id=producer_id,
-            kind=kind,
-            rtp_parameters=params,
-            type=_PRODUCER_TYPES[response.type],  # type: ignore[arg-type]
-            consumable_rtp_parameters=consumable,
-            channel=self._channel,
-            app_data=app_data,
-            paused=bool(paused),
-        )
-        self._check_still_open(producer)
-        self._producers[producer_id] = producer
-        book = self._book
+        with guard:
+            if kind not in ("audio", "video"):
+                raise TypeError(f'invalid kind "{kind}"')
+            validate_app_data(app_data)
+            if key_frame_request_delay is not None:
+                _check_bitrate(key_frame_request_delay, "key_frame_request_delay")
+            params: RtpParameters = copy.deepcopy(rtp_parameters)
+            ortc.validate_and_normalize_rtp_parameters(params)
+            if not params.get("encodings"):
+                params["encodings"] = [{}]
+            if self.type != "pipe":
+                rtcp = params.get("rtcp") or {}
+                if not self._cname_for_producers:
+                    self._cname_for_producers = rtcp.get("cname") or new_id()[:8]
+                rtcp["cname"] = self._cname_for_producers
+                params["rtcp"] = rtcp
+            router_caps = self._get_router_rtp_capabilities()
+            rtp_mapping = ortc.get_producer_rtp_parameters_mapping(params, router_caps)
+            consumable = ortc.get_consumable_rtp_parameters(kind, params, router_caps, rtp_mapping)
+            producer_id = id or new_id()
+            request = ProduceRequestT()
+            request.producerId = producer_id
+            request.kind = FbsMediaKind.AUDIO if kind == "audio" else FbsMediaKind.VIDEO
+            request.rtpParameters = serialize_rtp_parameters(params, prepacked=True)
+            request.rtpMapping = ortc.serialize_rtp_mapping(rtp_mapping)
+            request.paused = bool(paused)
+            request.keyFrameRequestDelay = key_frame_request_delay or 0
+            request.enableMediasoupPacketIdHeaderExtension = bool(
+                enable_mediasoup_packet_id_header_extension
+            )
+            response = await self._request(Method.TRANSPORT_PRODUCE, request)
+            producer = Producer(
+                transport_id=self._id,
+                producer_id=producer_id,
+                kind=kind,
+                rtp_parameters=params,
+                type=_PRODUCER_TYPES[response.type],  # type: ignore[arg-type]
+                consumable_rtp_parameters=consumable,
+                channel=self._channel,
+                app_data=app_data,
+                paused=bool(paused),
+            )
+            self._check_still_open(producer)
+            self._producers[producer_id] = producer
+            book = self._book
 
-        def on_close() -> None:
-            self._producers.pop(producer_id, None)
-            book.producers.pop(producer_id, None)
+            def on_close() -> None:
+                self._producers.pop(producer_id, None)
+                book.producers.pop(producer_id, None)
 
-        producer.events.on("@close", on_close)
-        book.producers[producer_id] = producer
-        self.observer.emit("newproducer", producer)
-        return producer
+            producer.events.on("@close", on_close)
+            book.producers[producer_id] = producer
+            self.observer.emit("newproducer", producer)
+            return producer
 
     async def consume(
         self,
@@ -900,60 +905,65 @@ class Transport(EventSource):
         self._check_open()
         if id is not None and id in self._data_producers:
             raise TypeError(f'a DataProducer with same id "{id}" already exists')
-        if id is not None and self.produce_data_guard is not None:
+        guard = (
             self.produce_data_guard(id)
-        validate_app_data(app_data)
-        if not isinstance(label, str):
-            raise TypeError("label must be a string")
-        if not isinstance(protocol, str):
-            raise TypeError("protocol must be a string")
-        params: SctpStreamParameters | None = copy.deepcopy(sctp_stream_parameters)
-        if self.type != "direct":
-            kind = "sctp"
-            if params is None:
-                raise TypeError("missing sctp_stream_parameters")
-            ortc.validate_and_normalize_sctp_stream_parameters(params)
-        else:
-            kind = "direct"
-            if params is not None:
-                logger.warning(
-                    "produce_data() | sctp_stream_parameters are ignored on a DirectTransport"
-                )
-                params = None
-        data_producer_id = id or new_id()
-        request = ProduceDataRequestT()
-        request.dataProducerId = data_producer_id
-        request.type = FbsDataProducerType.SCTP if kind == "sctp" else FbsDataProducerType.DIRECT
-        if params is not None:
-            request.sctpStreamParameters = serialize_sctp_stream_parameters(params)
-        request.label = label
-        request.protocol = protocol
-        request.paused = bool(paused)
-        body = await self._request(Method.TRANSPORT_PRODUCE_DATA, request)
-        dump = parse_data_producer_dump(body)
-        data_producer = DataProducer(
-            transport_id=self._id,
-            data_producer_id=data_producer_id,
-            type=dump["type"],
-            sctp_stream_parameters=dump.get("sctpStreamParameters"),
-            label=dump["label"],
-            protocol=dump["protocol"],
-            channel=self._channel,
-            paused=bool(paused),
-            app_data=app_data,
+            if id is not None and self.produce_data_guard is not None
+            else contextlib.nullcontext()
         )
-        self._check_still_open(data_producer)
-        self._data_producers[data_producer_id] = data_producer
-        book = self._book
+        with guard:
+            validate_app_data(app_data)
+            if not isinstance(label, str):
+                raise TypeError("label must be a string")
+            if not isinstance(protocol, str):
+                raise TypeError("protocol must be a string")
+            params: SctpStreamParameters | None = copy.deepcopy(sctp_stream_parameters)
+            if self.type != "direct":
+                kind = "sctp"
+                if params is None:
+                    raise TypeError("missing sctp_stream_parameters")
+                ortc.validate_and_normalize_sctp_stream_parameters(params)
+            else:
+                kind = "direct"
+                if params is not None:
+                    logger.warning(
+                        "produce_data() | sctp_stream_parameters are ignored on a DirectTransport"
+                    )
+                    params = None
+            data_producer_id = id or new_id()
+            request = ProduceDataRequestT()
+            request.dataProducerId = data_producer_id
+            sctp = kind == "sctp"
+            request.type = FbsDataProducerType.SCTP if sctp else FbsDataProducerType.DIRECT
+            if params is not None:
+                request.sctpStreamParameters = serialize_sctp_stream_parameters(params)
+            request.label = label
+            request.protocol = protocol
+            request.paused = bool(paused)
+            body = await self._request(Method.TRANSPORT_PRODUCE_DATA, request)
+            dump = parse_data_producer_dump(body)
+            data_producer = DataProducer(
+                transport_id=self._id,
+                data_producer_id=data_producer_id,
+                type=dump["type"],
+                sctp_stream_parameters=dump.get("sctpStreamParameters"),
+                label=dump["label"],
+                protocol=dump["protocol"],
+                channel=self._channel,
+                paused=bool(paused),
+                app_data=app_data,
+            )
+            self._check_still_open(data_producer)
+            self._data_producers[data_producer_id] = data_producer
+            book = self._book
 
-        def on_close() -> None:
-            self._data_producers.pop(data_producer_id, None)
-            book.data_producers.pop(data_producer_id, None)
+            def on_close() -> None:
+                self._data_producers.pop(data_producer_id, None)
+                book.data_producers.pop(data_producer_id, None)
 
-        data_producer.events.on("@close", on_close)
-        book.data_producers[data_producer_id] = data_producer
-        self.observer.emit("newdataproducer", data_producer)
-        return data_producer
+            data_producer.events.on("@close", on_close)
+            book.data_producers[data_producer_id] = data_producer
+            self.observer.emit("newdataproducer", data_producer)
+            return data_producer
 
     async def consume_data(
         self,

@@ -206,6 +206,7 @@ class SwarmStreams:
         #: pipe id; the pipes in and the copies being made by (router id, id, data). (A
         #: copy from another router of this server is mediasoup's pipe_to_router().)
         self._out: dict[str, _Pipe] = {}
+        self._opening: set[str] = set()  # ids of the pipes out being opened
         self._in: dict[str, _Pipe] = {}
         self._copies: dict[tuple[str, str, bool], _Pipe] = {}
         self._carrying: dict[str, _Pipe] = {}  # the pipes in, by their copy's own id
@@ -213,6 +214,7 @@ class SwarmStreams:
         #: making of each (one at a time); the pairs peers opened here, by pair id.
         self._pairs_in: dict[tuple[str, str, str], _Pair] = {}
         self._pair_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._pair_opens: dict[tuple[str, str, str], int] = {}  # opens under way or waiting
         self._pairs_out: dict[str, _Pair] = {}
         self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
@@ -330,8 +332,17 @@ class SwarmStreams:
         if found_at is not None:  # else nowhere: mediasoup's own "not found" answers the call
             owner, owner_router = found_at
             key = (router.id, owner["id"], owner_router)
-            async with self._pair_locks.setdefault(key, asyncio.Lock()):
-                await self._open(router, producer_id, owner, key, data)
+            lock = self._pair_locks.setdefault(key, asyncio.Lock())
+            self._pair_opens[key] = self._pair_opens.get(key, 0) + 1
+            try:
+                async with lock:
+                    await self._open(router, producer_id, owner, key, data)
+            finally:
+                self._pair_opens[key] -= 1
+                if not self._pair_opens[key]:
+                    del self._pair_opens[key]
+                    if key not in self._pairs_in:  # (a failed first open: no pair)
+                        self._pair_locks.pop(key, None)
 
     async def _pipe_locally(self, source: Any, router: Any, producer_id: str, data: bool) -> None:
         """mediasoup's pipe_to_router(); between plain Routers, with a copy of its own id
@@ -474,9 +485,8 @@ class SwarmStreams:
         assert pair.key is not None
         if self._pairs_in.get(pair.key) is pair:  # (not a newer pair of the same key)
             del self._pairs_in[pair.key]
-        lock = self._pair_locks.get(pair.key)
-        if lock is not None and not lock.locked():  # else an open under way uses it
-            del self._pair_locks[pair.key]
+        if pair.key not in self._pair_opens:  # else an open under way or waiting uses it
+            self._pair_locks.pop(pair.key, None)
         self._notify(pair.peer, {"op": "closepair", "pairId": pair.id})
 
     def _use(self, pipe: _Pipe, change: int) -> None:
@@ -510,10 +520,9 @@ class SwarmStreams:
             self._notify(pair.peer, {"op": "close", "pipeId": pipe.id})
         pair.streams.discard(pipe.id)
         assert pair.key is not None
-        lock = self._pair_locks.get(pair.key)
         # Its last stream: the pair goes ('closepair' then), unless an open is under way
-        # on it (which closes it if it fails).
-        if not pair.streams and (lock is None or not lock.locked()):
+        # or waiting on it (which closes it if it fails).
+        if not pair.streams and pair.key not in self._pair_opens:
             pair.transport.close()
 
     # -- the route: what peers ask ------------------------------------------------------
@@ -540,9 +549,7 @@ class SwarmStreams:
             pair = self._pairs_out.pop(message["pairId"], None)
             if pair is not None:
                 for pipe_id in list(pair.streams):  # the asking side closed them already
-                    stream = self._out.get(pipe_id)
-                    if stream is not None:
-                        self._closed_out(stream, notify=False)
+                    self._closed_out(self._out[pipe_id], notify=False)
                 pair.transport.close()
             return web.json_response({})
         pipe_id = message["pipeId"]
@@ -559,10 +566,18 @@ class SwarmStreams:
         return web.json_response({})
 
     async def _pipe_out(self, message: dict[str, Any]) -> dict[str, Any]:
-        if message["pipeId"] in self._out:
+        pipe_id = message["pipeId"]
+        if pipe_id in self._out or pipe_id in self._opening:
             # A peer reusing an id (only a faulty or hostile one does): the first pipe's
             # consumer would be orphaned, and a close would find the wrong one.
-            raise StreamError(f"pipe {message['pipeId']} is open already")
+            raise StreamError(f"pipe {pipe_id} is open already")
+        self._opening.add(pipe_id)  # until it is in _out (or failed): two opens at once
+        try:
+            return await self._open_out(message)
+        finally:
+            self._opening.discard(pipe_id)
+
+    async def _open_out(self, message: dict[str, Any]) -> dict[str, Any]:
         data = message.get("data", False)
         found = self._original(message["producerId"], data)
         if found is None:

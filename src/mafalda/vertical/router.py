@@ -72,9 +72,10 @@ class MafaldaRouter(SpanningRouter[Worker]):
 
     def _guard(self, host: Worker, transport: Any) -> None:
         # One router: an id is unique in it as in a Router (whose worker refuses a
-        # duplicate), whichever worker the new producer would be on.
-        transport.produce_guard = lambda producer_id: self._refuse_taken(producer_id, "Producer")
-        transport.produce_data_guard = lambda data_producer_id: self._refuse_taken(
+        # duplicate), whichever worker the new producer would be on, two produce() calls
+        # at once included.
+        transport.produce_guard = lambda producer_id: self._making(producer_id, "Producer")
+        transport.produce_data_guard = lambda data_producer_id: self._making(
             data_producer_id, "DataProducer"
         )
         transport.consume_guard = lambda producer_id: self._pipe_guard(producer_id, host, False)

@@ -12,11 +12,12 @@ closed too. Subclasses say where things go and how a host's objects are made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Hashable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -98,8 +99,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._pairs: dict[frozenset[H], PipePair[H]] = {}
         self._pipes: dict[tuple[str, str, H], Pipe[H]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: (id, kind) of the copies being piped in (pipe_to_router() from another
-        #: router): a second at once would shadow the first.
+        #: (id, kind) of the producers being made here with an id given (produce()) or
+        #: piped in (pipe_to_router() from another router): a second at once would
+        #: shadow the first.
         self._incoming: set[tuple[str, str]] = set()
         self.events = EventEmitter()
         self.observer = EventEmitter()
@@ -506,6 +508,17 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             # host and silently shadow the first.
             router._refuse_taken(source_id, kind)
         return source_id, home
+
+    @contextlib.contextmanager
+    def _making(self, source_id: str, kind: str) -> Iterator[None]:
+        """Around a produce() with id ``source_id``: refused if taken, then reserved."""
+        self._refuse_taken(source_id, kind)
+        entry = (source_id, kind)
+        self._incoming.add(entry)
+        try:
+            yield
+        finally:
+            self._incoming.discard(entry)
 
     def _refuse_taken(self, source_id: str, kind: str) -> None:
         """TypeError when this router has a ``kind`` ('Producer' or 'DataProducer') of

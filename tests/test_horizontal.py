@@ -1383,6 +1383,29 @@ async def test_cluster_router_data_and_observers_across_servers(cluster: Cluster
     assert breakout.closed and closes == ["close"]
 
 
+async def test_cluster_router_makes_one_id_once(cluster: Cluster) -> None:
+    """One router, one id space across its servers: a producer (or data producer) id it
+    has on one server is refused on another, two produce() calls with one id on two
+    servers at once make one, before anything is sent."""
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    one = await router.create_direct_transport(server="s1")
+    two = await router.create_direct_transport(server="s2")
+    first = await one.produce(id="taken", kind="audio", rtp_parameters=OPUS_RTP)
+    with pytest.raises(TypeError, match='a Producer with same id "taken" already exists'):
+        await two.produce(id="taken", kind="audio", rtp_parameters=OPUS_RTP)
+    made = await asyncio.gather(
+        one.produce_data(id="once", label="a"),
+        two.produce_data(id="once", label="b"),
+        return_exceptions=True,
+    )
+    assert not isinstance(made[0], BaseException) and made[0].label == "a"
+    assert isinstance(made[1], TypeError) and 'DataProducer with same id "once"' in str(made[1])
+    assert router.server_of(first) == "s1" and router.server_of(made[0]) == "s1"
+    first.close()
+    again = await two.produce(id="taken", kind="audio", rtp_parameters=OPUS_RTP)
+    assert router.server_of(again) == "s2"
+
+
 async def test_cluster_router_drain(
     db: aioredis.Redis, servers: list[Server], cluster: Cluster
 ) -> None:

@@ -411,6 +411,12 @@ async def test_a_webrtc_server_names_the_closed_transport_itself(server: RemoteS
     await router.dump()
     assert unhandled[1].handle == handle and unhandled[1].closed
     assert len(session.objects) == 3 and len(client.connection.proxies) == 3
+    # What such a reference gives once no proxy of it is left here (the app's may still
+    # be held, as above, by the last message read): a closed stand-in, kept nowhere.
+    gone = {"$ref": "transport", "id": handle + "0", "gone": True}
+    stand_in = client.connection._resolve(gone)
+    assert stand_in.closed and stand_in.handle == handle + "0"
+    assert stand_in.handle not in client.connection.proxies
     # A WebRtcServer closed by the server's own code closes its transports first: they
     # are forgotten there before it names them.
     other = await worker.create_webrtc_server(listen_infos=LISTEN)

@@ -92,6 +92,21 @@ class ClusterTransport(_Wrapper):
 
     __slots__ = ()
 
+    async def produce(self, **options: Any) -> Any:
+        return await self._produce("produce", "Producer", options)
+
+    async def produce_data(self, **options: Any) -> Any:
+        return await self._produce("produce_data", "DataProducer", options)
+
+    async def _produce(self, method: str, kind: str, options: dict[str, Any]) -> Any:
+        # One router, one id space: an id it has on any server (or is making) is refused,
+        # as a Router's worker refuses it, before anything is sent.
+        source_id = options.get("id")
+        if source_id is None:
+            return await getattr(self._proxy, method)(**options)
+        with self._router._making(source_id, kind):
+            return await getattr(self._proxy, method)(**options)
+
     async def consume(self, **options: Any) -> Any:
         async with self._router._pipe_guard(
             _source(options, "producer_id"), self._server_id, False
@@ -343,6 +358,18 @@ class ClusterRouter(SpanningRouter[str]):
             raise TypeError("router must be a ClusterRouter of the same cluster")
         if router.closed:
             raise InvalidStateError("destination Router closed")
+        with router._making(source_id, "Producer" if producer_id else "DataProducer"):
+            return await self._pipe_in(router, source_id, home, producer_id, options)
+
+    async def _pipe_in(
+        self,
+        router: ClusterRouter,
+        source_id: str,
+        home: str,
+        producer_id: str | None,
+        options: dict[str, Any],
+    ) -> Any:
+        data_producer_id = None if producer_id else source_id
         source, target = await asyncio.gather(self._child(home), router._child(home))
         one_worker = self._cluster.serves(home) == "mediasoup"
         if one_worker:

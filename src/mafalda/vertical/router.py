@@ -208,14 +208,10 @@ class MafaldaRouter(SpanningRouter[Worker]):
             return await self._pipe_to(
                 router, source_id, home, producer_id, data_producer_id, options
             )
-        incoming = (source_id, "Producer" if producer_id else "DataProducer")
-        router._incoming.add(incoming)
-        try:
+        with router._making(source_id, "Producer" if producer_id else "DataProducer"):
             return await self._pipe_to(
                 router, source_id, home, producer_id, data_producer_id, options
             )
-        finally:
-            router._incoming.discard(incoming)
 
     async def _pipe_to(
         self,

@@ -1281,6 +1281,57 @@ async def test_a_peer_that_cannot_pipe_fails_the_consume_and_leaves_nothing(
     await wait_until(lambda: "telling server liar of close failed" in caplog.text)
 
 
+class _EmptyPeer(_LyingPeer):
+    """A server of the swarm that has no producer: it answers every find no, and
+    counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.finds = 0
+
+    async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self.finds += 1
+        return aiohttp.web.json_response({"found": False})
+
+
+async def test_a_producer_found_once_is_asked_for_where_it_was(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """The peer a find found a producer on is asked alone next time (a router of this
+    server consuming it after another): the other peers are not asked again. When that
+    peer says no (the producer closed), every peer is asked."""
+    servers, nodes = trio
+    async with _EmptyPeer() as empty:
+        late = entry("empty", generation=2**40, controlUrl=empty.url, mediaAddress="127.0.0.9")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            async with http.post(route_url(servers[1].url), data=encode_gossip([late])) as r:
+                assert r.status == 200
+        assert "empty" in nodes[1].members
+        a = await App.on(servers[0].url)
+        apps = [await App.on(servers[1].url) for _ in range(2)]
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            for app in apps:  # two routers of s2: a pipe in each
+                consumer, _, sock = await app.consumer(producer.id)
+                sock.close()
+                assert consumer.producer_id == producer.id
+            assert empty.finds == 1
+            producer.close()
+            third = await App.on(servers[1].url)
+            transport, _, sock = await sink(third.router)
+            with pytest.raises(Exception, match="not found"):
+                await transport.consume(
+                    producer_id=producer.id, rtp_capabilities=third.router.rtp_capabilities
+                )
+            sock.close()
+            assert empty.finds == 2
+            await third.client.aclose()
+        finally:
+            await a.client.aclose()
+            for app in apps:
+                await app.client.aclose()
+
+
 # -- the Monitor over a swarm (mafalda.monitor.swarm) --------------------------------------
 
 

@@ -60,6 +60,8 @@ logger = logging.getLogger("mafalda.swarm.streams")
 
 ROUTE = "streams"
 _OPS = ("find", "open", "close", "pause", "resume", "closepair")
+#: Producers whose peer a SwarmStreams remembers (where a find found them last).
+_MAX_FOUND = 4096
 
 
 class StreamError(mediasoup.MediasoupError):
@@ -215,6 +217,9 @@ class SwarmStreams:
         self._pairs_in: dict[tuple[str, str, str], _Pair] = {}
         self._pair_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._pair_opens: dict[tuple[str, str, str], int] = {}  # opens under way or waiting
+        #: The peer each producer was found on lately, by (producer id, data): asked
+        #: first next time (at most _MAX_FOUND, the oldest forgotten first).
+        self._found: dict[tuple[str, bool], str] = {}
         self._pairs_out: dict[str, _Pair] = {}
         self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
@@ -379,8 +384,29 @@ class SwarmStreams:
         self._use(pipe, 0)
 
     async def _find(self, producer_id: str, data: bool) -> tuple[ServerRecord, str] | None:
-        """The peer that has the producer, and its router there (asked all at once; the
+        """The peer that has the producer, and its router there: the peer that had it
+        last time alone first (a producer does not move), else every peer at once (the
         first yes wins)."""
+        key = (producer_id, data)
+        members = self._members()
+        known = self._found.pop(key, None)
+        if known is not None and known in members:
+            owner = await self._find_on([members[known]], producer_id, data)
+            if owner is not None:
+                self._found[key] = known
+                return owner
+        others = [r for i, r in members.items() if i != self.id and i != known]
+        owner = await self._find_on(others, producer_id, data)
+        if owner is not None:
+            self._found[key] = owner[0]["id"]
+            if len(self._found) > _MAX_FOUND:
+                del self._found[next(iter(self._found))]
+        return owner
+
+    async def _find_on(
+        self, records: list[ServerRecord], producer_id: str, data: bool
+    ) -> tuple[ServerRecord, str] | None:
+        """Ask ``records`` at once whether they have the producer (the first yes wins)."""
 
         async def ask(record: ServerRecord) -> tuple[ServerRecord, str] | None:
             try:
@@ -393,7 +419,7 @@ class SwarmStreams:
                 return record, router_id
             return None
 
-        asks = [asyncio.ensure_future(ask(r)) for i, r in self._members().items() if i != self.id]
+        asks = [asyncio.ensure_future(ask(r)) for r in records]
         try:
             async with asyncio.timeout(self.find_timeout):
                 for next_answer in asyncio.as_completed(asks):

@@ -511,7 +511,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
 
     @contextlib.contextmanager
     def _making(self, source_id: str, kind: str) -> Iterator[None]:
-        """Around a produce() with id ``source_id``: refused if taken, then reserved."""
+        """Around the making of a ``kind`` with id ``source_id`` here (produce() with an
+        id, or a copy piped in): TypeError if the id is taken, else it is held until done."""
         self._refuse_taken(source_id, kind)
         entry = (source_id, kind)
         self._incoming.add(entry)

@@ -1,9 +1,10 @@
 """A long-lived server keeps nothing per object it ever had: after many cycles of a
 transport with a producer, a consumer, data producers and consumers, an RTP observer's
-producer, and a pipe to another router, each closed (by its own close() or its parent's),
-every map and listener list of the worker, its channel and the routers is back to what
-it was after the first cycle, on a local worker and behind Remote Mediasoup (the
-server's session and the client's proxies too)."""
+producer, a pipe to another router and (where there is a WebRtcServer) a transport
+through it, each closed (by its own close() or its parent's), every map and listener
+list of the worker, its channel and the routers is back to what it was after the first
+cycle, on a local worker and behind Remote Mediasoup (the server's session and the
+client's proxies too)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ def _local_sizes(worker: Worker, routers: list[Router]) -> dict[str, int]:
     return sizes
 
 
-async def _cycle(router: Router, other: Router, observer: Any, close_parent: bool) -> None:
-    """One participant's life: everything made, then closed."""
+async def _cycle(
+    router: Router, other: Router, observer: Any, close_parent: bool, webrtc_server: Any = None
+) -> None:
+    """One participant's life: everything made, then closed (with ``webrtc_server``, a
+    transport listening through it too: its close makes the server name it again)."""
+    if webrtc_server is not None:
+        through = await router.create_webrtc_transport(webrtc_server=webrtc_server)
+        through.close()
     send = await router.create_webrtc_transport(listen_infos=[LISTEN], enable_sctp=True)
     recv = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
     producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
@@ -74,10 +81,10 @@ async def _cycle(router: Router, other: Router, observer: Any, close_parent: boo
         recv.close()
 
 
-async def _run_cycles(router: Router, other: Router, cycles: int) -> Any:
+async def _run_cycles(router: Router, other: Router, cycles: int, webrtc_server: Any = None) -> Any:
     observer = await router.create_audio_level_observer()
     for index in range(cycles):
-        await _cycle(router, other, observer, close_parent=index % 2 == 1)
+        await _cycle(router, other, observer, index % 2 == 1, webrtc_server)
     await router.dump()  # every close() above reached the worker before this answer
     await other.dump()
     return observer
@@ -94,14 +101,16 @@ async def worker() -> AsyncIterator[Worker]:
 async def test_a_local_worker_keeps_nothing_per_closed_object(worker: Worker) -> None:
     router = await worker.create_router(media_codecs=MEDIA_CODECS)
     other = await worker.create_router(media_codecs=MEDIA_CODECS)
-    observer = await _run_cycles(router, other, 2)
+    webrtc_server = await worker.create_webrtc_server(listen_infos=[LISTEN])
+    observer = await _run_cycles(router, other, 2, webrtc_server)
     after_two = _local_sizes(worker, [router, other])
     for _ in range(10):
-        await _cycle(router, other, observer, close_parent=False)
-        await _cycle(router, other, observer, close_parent=True)
+        await _cycle(router, other, observer, False, webrtc_server)
+        await _cycle(router, other, observer, True, webrtc_server)
     await router.dump()
     await other.dump()
     assert _local_sizes(worker, [router, other]) == after_two
+    assert vars(webrtc_server)["_webrtc_transports"] == {}
     # The pipe pair between the two routers stays for the next pipe, as mediasoup's.
     assert after_two["router0.pipe_pairs"] == 1
 
@@ -140,15 +149,16 @@ async def test_a_remote_session_keeps_nothing_per_closed_object(
     worker = await client.create_worker(log_level="warn")
     router = await worker.create_router(media_codecs=MEDIA_CODECS)
     other = await worker.create_router(media_codecs=MEDIA_CODECS)
-    observer = await _run_cycles(router, other, 2)
+    webrtc_server = await worker.create_webrtc_server(listen_infos=[LISTEN])
+    observer = await _run_cycles(router, other, 2, webrtc_server)
     gc.collect()
     after_two = _remote_sizes(server, client)
     served_worker = served_by(server, worker)
     served = [served_by(server, router), served_by(server, other)]
     local_after_two = _local_sizes(served_worker, served)
     for _ in range(10):
-        await _cycle(router, other, observer, close_parent=False)
-        await _cycle(router, other, observer, close_parent=True)
+        await _cycle(router, other, observer, False, webrtc_server)
+        await _cycle(router, other, observer, True, webrtc_server)
     await router.dump()
     await other.dump()
     gc.collect()

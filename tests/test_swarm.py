@@ -1059,6 +1059,35 @@ async def test_a_worker_started_before_the_streams_is_not_followed() -> None:
         SwarmStreams(server, server_id="s", token=TOKEN, members=dict, idle=-1)
 
 
+async def test_two_streams_of_one_router_brought_at_once_share_one_pair(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """Two producers of one router of s1 consumed at once into one router of s2: the
+    second open waits for the first's pair and rides on it (one pair, two pipes)."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    a, b = await App.on(servers[0].url), await App.on(servers[1].url)
+    sinks = [await sink(b.router) for _ in range(2)]
+    try:
+        producers = [(await a.producer("127.0.0.2"))[1] for _ in range(2)]
+        consumers = await asyncio.gather(
+            *(
+                transport.consume(producer_id=p.id, rtp_capabilities=b.router.rtp_capabilities)
+                for (transport, _, _), p in zip(sinks, producers, strict=True)
+            )
+        )
+        assert [c.producer_id for c in consumers] == [p.id for p in producers]
+        streams = nodes[1].streams
+        assert streams is not None
+        assert len(streams._pairs_in) == 1 and len(streams._in) == 2
+        assert streams._pair_opens == {} and len(streams._pair_locks) == 1
+    finally:
+        for _, _, sock in sinks:
+            sock.close()
+        await a.client.aclose()
+        await b.client.aclose()
+
+
 async def test_one_pipe_id_opened_twice_at_once_is_opened_once() -> None:
     """A faulty or hostile peer opening one pipe id on two pairs at once (the worker held
     so that the first open waits there): one is opened, the other refused; closing the

@@ -1318,6 +1318,13 @@ class _EmptyPeer(_LyingPeer):
         super().__init__(None)
         self.finds = 0
 
+    async def join(self, server: RemoteServer) -> None:
+        """Join the swarm through ``server``'s gossip, as any holder of the token can."""
+        late = entry("empty", generation=2**40, controlUrl=self.url, mediaAddress="127.0.0.9")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            async with http.post(route_url(server.url), data=encode_gossip([late])) as r:
+                assert r.status == 200
+
     async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self.finds += 1
         return aiohttp.web.json_response({"found": False})
@@ -1331,10 +1338,7 @@ async def test_a_producer_found_once_is_asked_for_where_it_was(
     peer says no (the producer closed), every peer is asked."""
     servers, nodes = trio
     async with _EmptyPeer() as empty:
-        late = entry("empty", generation=2**40, controlUrl=empty.url, mediaAddress="127.0.0.9")
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-            async with http.post(route_url(servers[1].url), data=encode_gossip([late])) as r:
-                assert r.status == 200
+        await empty.join(servers[1])
         assert "empty" in nodes[1].members
         a = await App.on(servers[0].url)
         apps = [await App.on(servers[1].url) for _ in range(2)]
@@ -1356,6 +1360,34 @@ async def test_a_producer_found_once_is_asked_for_where_it_was(
             assert empty.finds == 2
             await third.client.aclose()
         finally:
+            await a.client.aclose()
+            for app in apps:
+                await app.client.aclose()
+
+
+async def test_where_producers_were_found_is_remembered_up_to_a_bound(
+    trio: tuple[list[RemoteServer], list[SwarmNode]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oldest producer's peer is forgotten past the bound (lowered to 1 here: the
+    real one, 4096, would take thousands of producers): its next lookup asks everyone."""
+    monkeypatch.setattr("mafalda.swarm.streams._MAX_FOUND", 1)
+    servers, nodes = trio
+    async with _EmptyPeer() as empty:
+        await empty.join(servers[1])
+        a = await App.on(servers[0].url)
+        apps = [await App.on(servers[1].url) for _ in range(2)]
+        socks = []
+        try:
+            first, second = [(await a.producer("127.0.0.2"))[1] for _ in range(2)]
+            for app, producer in ((apps[0], first), (apps[0], second), (apps[1], first)):
+                _, _, sock = await app.consumer(producer.id)
+                socks.append(sock)
+            assert empty.finds == 3  # the first's peer was forgotten for the second's
+            streams = nodes[1].streams
+            assert streams is not None and list(streams._found) == [(first.id, False)]
+        finally:
+            for sock in socks:
+                sock.close()
             await a.client.aclose()
             for app in apps:
                 await app.client.aclose()

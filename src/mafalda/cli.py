@@ -203,8 +203,8 @@ def _add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     monitor.add_argument(
         "url",
         metavar="URL",
-        help="the cluster's Redis (redis://, rediss://, redis+sentinel://, "
-        "rediss+sentinel://) or a swarm's server (ws://, wss://)",
+        help="the cluster's Redis (redis://, rediss://, redis(s)+sentinel://, "
+        "redis(s)+cluster://) or a swarm's server (ws://, wss://)",
     )
     monitor.add_argument(
         "--tls-ca",
@@ -364,7 +364,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--cluster",
         default=None,
         metavar="REDIS_URL",
-        help="register in Redis (redis://, rediss://, redis(s)+sentinel://HOST:PORT,.../SERVICE)",
+        help="register in Redis (redis://, rediss://, redis(s)+sentinel://HOST:PORT,.../SERVICE, "
+        "redis(s)+cluster://HOST:PORT,...)",
     )
     cluster.add_argument(
         "--swarm",

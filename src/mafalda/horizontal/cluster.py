@@ -606,7 +606,8 @@ async def connect(
 ) -> Cluster:
     """Join the cluster registered in Redis at ``redis_url`` (``rediss://`` for TLS,
     ``redis://user:password@host`` for AUTH, ``redis+sentinel://host:port,.../service``
-    for a master behind Redis Sentinel: see ``redis_url``).
+    for a master behind Redis Sentinel, ``redis+cluster://host:port,...`` for a Redis
+    Cluster: see ``redis_url``).
 
     token: the media servers' shared secret. policy: 'least-loaded' (default), 'pack'
     (fill a server before using the next) or 'region' (servers of ``region`` first).

@@ -14,10 +14,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
+from mafalda.horizontal.redis_url import RedisClient, get_many
 from mafalda.horizontal.registry import ServerRecord
 
 __all__ = ["Membership", "RedisMembership", "Snapshot"]
@@ -55,7 +55,7 @@ class RedisMembership:
     """The registry in Redis (``registry``'s keys), read by SCAN and announced by
     pub/sub."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, interval: float) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str, interval: float) -> None:
         self._redis = client
         self.prefix = prefix
         self.interval = interval
@@ -64,7 +64,7 @@ class RedisMembership:
         found: dict[str, ServerRecord] = {}
         pattern = registry.server_pattern(self.prefix)
         keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
-        values = await self._redis.mget(keys) if keys else []
+        values = await get_many(self._redis, keys) if keys else []
         for key, raw in zip(keys, values, strict=True):
             server_id = registry.server_id_from_key(key, self.prefix)
             if server_id is None or raw is None:

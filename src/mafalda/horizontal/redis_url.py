@@ -6,6 +6,8 @@
         [?sentinel_password=...]
     rediss+sentinel://...[?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...
         &ssl_cert_reqs=required|optional|none]           the same, TLS to every server
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...][/]
+    rediss+cluster://...[?ssl_...]                      a Redis Cluster (its seed nodes)
 
 With Sentinel, every connection asks the sentinels which server is the service's master
 (redis-py's ``SentinelConnectionPool``): after a failover, the next command and the next
@@ -16,28 +18,48 @@ sentinels and the master are reached over TLS with the same options (a CA file, 
 certificate and key, whether the server's certificate is checked), named as in redis-py's
 ``rediss://`` URLs.
 
-``parse_sentinel_url`` is pure; ``redis_client`` makes the client (no I/O until used).
+With Redis Cluster (redis-py's ``RedisCluster``), the seed nodes tell the client the
+others; a server's record and report keys land on any shard: the registry's SCAN walks
+every primary, and its multi-key reads go shard by shard (``get_many``). Publishing is
+cluster-wide, as Redis Cluster's PUBLISH is.
+
+``parse_sentinel_url`` and ``parse_cluster_url`` are pure; ``redis_client`` makes the
+client (no I/O until used).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 __all__ = [
+    "CLUSTER_SCHEME",
+    "CLUSTER_TLS_SCHEME",
     "SENTINEL_SCHEME",
     "SENTINEL_TLS_SCHEME",
+    "ClusterSettings",
+    "RedisClient",
     "SentinelSettings",
+    "get_many",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "redis_client",
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_TLS_SCHEME = "rediss+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_TLS_SCHEME = "rediss+cluster"
+_REDIS_PORT = 6379
+
+#: What redis_client() makes: one Redis (plain, or a Sentinel service's master), or a
+#: Redis Cluster.
+RedisClient = aioredis.Redis | RedisCluster
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _CERT_REQS = ("required", "optional", "none")
 _SENTINEL_PORT = 26379
@@ -55,29 +77,32 @@ class SentinelSettings:
     tls: dict[str, Any]
 
 
-def _host_port(part: str, url: str) -> tuple[str, int]:
+def _host_port(part: str, url: str, default: int = _SENTINEL_PORT) -> tuple[str, int]:
     if part.startswith("["):  # an IPv6 address
         host, _, rest = part[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = part.partition(":")
     if not host:
-        raise ValueError(f"Redis URL {url!r}: a sentinel without a host")
+        raise ValueError(f"Redis URL {url!r}: a {_what(default)} without a host")
     if not port_text:
-        return host, _SENTINEL_PORT
+        return host, default
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"Redis URL {url!r}: invalid sentinel port {port_text!r}")
+        raise ValueError(f"Redis URL {url!r}: invalid {_what(default)} port {port_text!r}")
     return host, int(port_text)
 
 
-def parse_sentinel_url(url: str) -> SentinelSettings:
-    """The settings a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names
-    (ValueError naming what is wrong)."""
+def _what(default_port: int) -> str:
+    return "sentinel" if default_port == _SENTINEL_PORT else "node"
+
+
+def _split(
+    url: str, schemes: tuple[str, str], what: str
+) -> tuple[SplitResult, str | None, str | None, str]:
+    """(parts, user, password, hosts) of a URL of one of ``schemes``."""
     parts = urlsplit(url)
-    if parts.scheme not in (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME):
-        raise ValueError(
-            f"Redis URL {url!r}: not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL"
-        )
+    if parts.scheme not in schemes:
+        raise ValueError(f"Redis URL {url!r}: not a {schemes[0]}:// or {schemes[1]}:// URL")
     credentials, at, hosts = parts.netloc.rpartition("@")
     username = password = None
     if at:
@@ -85,7 +110,62 @@ def parse_sentinel_url(url: str) -> SentinelSettings:
         username = unquote(user_text) or None
         password = unquote(password_text) if colon else None
     if not hosts:
-        raise ValueError(f"Redis URL {url!r}: no sentinel (host:port,...)")
+        raise ValueError(f"Redis URL {url!r}: no {what} (host:port,...)")
+    return parts, username, password, hosts
+
+
+def _tls_options(query: dict[str, str], tls: bool, url: str, scheme: str) -> dict[str, Any]:
+    """redis-py's TLS arguments from a URL's ``ssl_*`` options (refused without TLS)."""
+    if not tls:
+        if set(query) & {"ssl_cert_reqs", *_TLS_FILES}:
+            raise ValueError(f"Redis URL {url!r}: TLS options need {scheme}://")
+        return {}
+    options: dict[str, Any] = {"ssl": True}
+    options |= {name: query[name] for name in _TLS_FILES if query.get(name)}
+    reqs = query.get("ssl_cert_reqs", "required")
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"Redis URL {url!r}: ssl_cert_reqs must be one of {_CERT_REQS}")
+    options["ssl_cert_reqs"] = reqs
+    return options
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    nodes: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    #: redis-py's TLS arguments (``ssl`` and the URL's ``ssl_*`` options); empty: no TLS
+    tls: dict[str, Any]
+
+
+def parse_cluster_url(url: str) -> ClusterSettings:
+    """The settings a ``redis+cluster://`` or ``rediss+cluster://`` URL names (ValueError
+    naming what is wrong)."""
+    parts, username, password, hosts = _split(url, (CLUSTER_SCHEME, CLUSTER_TLS_SCHEME), "node")
+    nodes = [_host_port(part, url, _REDIS_PORT) for part in hosts.split(",")]
+    if parts.path.strip("/"):
+        raise ValueError(f"Redis URL {url!r}: a Redis Cluster has no database to choose")
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = set(query) - {"ssl_cert_reqs", *_TLS_FILES}
+    if unknown:
+        raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
+    tls = _tls_options(query, parts.scheme == CLUSTER_TLS_SCHEME, url, CLUSTER_TLS_SCHEME)
+    return ClusterSettings(nodes=nodes, username=username, password=password, tls=tls)
+
+
+async def get_many(client: RedisClient, keys: list[Any]) -> list[Any]:
+    """MGET, shard by shard on a Redis Cluster (whose MGET takes keys of one slot)."""
+    if isinstance(client, RedisCluster):
+        return await client.mget_nonatomic(keys)
+    return list(await client.mget(keys))
+
+
+def parse_sentinel_url(url: str) -> SentinelSettings:
+    """The settings a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names
+    (ValueError naming what is wrong)."""
+    parts, username, password, hosts = _split(
+        url, (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME), "sentinel"
+    )
     sentinels = [_host_port(part, url) for part in hosts.split(",")]
     path = [segment for segment in parts.path.split("/") if segment]
     if not path or len(path) > 2:
@@ -100,15 +180,7 @@ def parse_sentinel_url(url: str) -> SentinelSettings:
     unknown = set(query) - {"sentinel_password", "ssl_cert_reqs", *_TLS_FILES}
     if unknown:
         raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
-    tls: dict[str, Any] = {}
-    if parts.scheme == SENTINEL_TLS_SCHEME:
-        tls = {"ssl": True, **{name: query[name] for name in _TLS_FILES if query.get(name)}}
-        reqs = query.get("ssl_cert_reqs", "required")
-        if reqs not in _CERT_REQS:
-            raise ValueError(f"Redis URL {url!r}: ssl_cert_reqs must be one of {_CERT_REQS}")
-        tls["ssl_cert_reqs"] = reqs
-    elif set(query) & {"ssl_cert_reqs", *_TLS_FILES}:
-        raise ValueError(f"Redis URL {url!r}: TLS options need {SENTINEL_TLS_SCHEME}://")
+    tls = _tls_options(query, parts.scheme == SENTINEL_TLS_SCHEME, url, SENTINEL_TLS_SCHEME)
     sentinel_password = query.get("sentinel_password")
     return SentinelSettings(
         sentinels=sentinels,
@@ -134,10 +206,20 @@ class _SentinelRedis(aioredis.Redis):
             await client.aclose()
 
 
-def redis_client(url: str, *, timeout: float) -> aioredis.Redis:
+def redis_client(url: str, *, timeout: float) -> RedisClient:
     """A client of the Redis ``url`` names, its socket and connect timeouts ``timeout``."""
     if not isinstance(url, str):
         raise TypeError("the Redis URL must be a string")
+    if url.startswith((CLUSTER_SCHEME + ":", CLUSTER_TLS_SCHEME + ":")):
+        cluster = parse_cluster_url(url)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+            username=cluster.username,
+            password=cluster.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            **cluster.tls,
+        )
     if not url.startswith((SENTINEL_SCHEME + ":", SENTINEL_TLS_SCHEME + ":")):
         client: aioredis.Redis = aioredis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout

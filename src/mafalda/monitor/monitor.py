@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
-from mafalda.horizontal.redis_url import redis_client
+from mafalda.horizontal.redis_url import get_many, redis_client
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.monitor.stats import ServerStats, decode_stats, stats_pattern
 from mafalda.monitor.view import ClusterView, build_view
@@ -75,7 +75,7 @@ class Monitor:
 
     async def _read(self, pattern: str) -> list[tuple[str, bytes | str]]:
         keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
-        values = await self._redis.mget(keys) if keys else []
+        values = await get_many(self._redis, keys) if keys else []
         return [
             (key.decode(errors="replace") if isinstance(key, bytes) else key, raw)
             for key, raw in zip(keys, values, strict=True)

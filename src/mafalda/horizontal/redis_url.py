@@ -77,29 +77,25 @@ class SentinelSettings:
     tls: dict[str, Any]
 
 
-def _host_port(part: str, url: str, default: int = _SENTINEL_PORT) -> tuple[str, int]:
+def _host_port(part: str, url: str, what: str, default_port: int) -> tuple[str, int]:
     if part.startswith("["):  # an IPv6 address
         host, _, rest = part[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = part.partition(":")
     if not host:
-        raise ValueError(f"Redis URL {url!r}: a {_what(default)} without a host")
+        raise ValueError(f"Redis URL {url!r}: a {what} without a host")
     if not port_text:
-        return host, default
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"Redis URL {url!r}: invalid {_what(default)} port {port_text!r}")
+        raise ValueError(f"Redis URL {url!r}: invalid {what} port {port_text!r}")
     return host, int(port_text)
 
 
-def _what(default_port: int) -> str:
-    return "sentinel" if default_port == _SENTINEL_PORT else "node"
-
-
 def _split(
-    url: str, schemes: tuple[str, str], what: str
-) -> tuple[SplitResult, str | None, str | None, str]:
-    """(parts, user, password, hosts) of a URL of one of ``schemes``."""
+    url: str, schemes: tuple[str, str], what: str, default_port: int
+) -> tuple[SplitResult, str | None, str | None, list[tuple[str, int]]]:
+    """(parts, user, password, (host, port) of each ``what``) of a URL of ``schemes``."""
     parts = urlsplit(url)
     if parts.scheme not in schemes:
         raise ValueError(f"Redis URL {url!r}: not a {schemes[0]}:// or {schemes[1]}:// URL")
@@ -111,7 +107,20 @@ def _split(
         password = unquote(password_text) if colon else None
     if not hosts:
         raise ValueError(f"Redis URL {url!r}: no {what} (host:port,...)")
-    return parts, username, password, hosts
+    addresses = [_host_port(part, url, what, default_port) for part in hosts.split(",")]
+    return parts, username, password, addresses
+
+
+def _options(
+    parts: SplitResult, url: str, allowed: set[str], tls_scheme: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A URL's query options (only ``allowed`` ones and the TLS ones), and redis-py's
+    TLS arguments from them."""
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = set(query) - {*allowed, "ssl_cert_reqs", *_TLS_FILES}
+    if unknown:
+        raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
+    return query, _tls_options(query, parts.scheme == tls_scheme, url, tls_scheme)
 
 
 def _tls_options(query: dict[str, str], tls: bool, url: str, scheme: str) -> dict[str, Any]:
@@ -141,15 +150,11 @@ class ClusterSettings:
 def parse_cluster_url(url: str) -> ClusterSettings:
     """The settings a ``redis+cluster://`` or ``rediss+cluster://`` URL names (ValueError
     naming what is wrong)."""
-    parts, username, password, hosts = _split(url, (CLUSTER_SCHEME, CLUSTER_TLS_SCHEME), "node")
-    nodes = [_host_port(part, url, _REDIS_PORT) for part in hosts.split(",")]
+    schemes = (CLUSTER_SCHEME, CLUSTER_TLS_SCHEME)
+    parts, username, password, nodes = _split(url, schemes, "node", _REDIS_PORT)
     if parts.path.strip("/"):
         raise ValueError(f"Redis URL {url!r}: a Redis Cluster has no database to choose")
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    unknown = set(query) - {"ssl_cert_reqs", *_TLS_FILES}
-    if unknown:
-        raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
-    tls = _tls_options(query, parts.scheme == CLUSTER_TLS_SCHEME, url, CLUSTER_TLS_SCHEME)
+    _, tls = _options(parts, url, set(), CLUSTER_TLS_SCHEME)
     return ClusterSettings(nodes=nodes, username=username, password=password, tls=tls)
 
 
@@ -163,10 +168,8 @@ async def get_many(client: RedisClient, keys: list[Any]) -> list[Any]:
 def parse_sentinel_url(url: str) -> SentinelSettings:
     """The settings a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names
     (ValueError naming what is wrong)."""
-    parts, username, password, hosts = _split(
-        url, (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME), "sentinel"
-    )
-    sentinels = [_host_port(part, url) for part in hosts.split(",")]
+    schemes = (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME)
+    parts, username, password, sentinels = _split(url, schemes, "sentinel", _SENTINEL_PORT)
     path = [segment for segment in parts.path.split("/") if segment]
     if not path or len(path) > 2:
         raise ValueError(f"Redis URL {url!r}: the path must be /service or /service/db")
@@ -176,11 +179,7 @@ def parse_sentinel_url(url: str) -> SentinelSettings:
         if not path[1].isdigit():
             raise ValueError(f"Redis URL {url!r}: invalid database {path[1]!r}")
         db = int(path[1])
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    unknown = set(query) - {"sentinel_password", "ssl_cert_reqs", *_TLS_FILES}
-    if unknown:
-        raise ValueError(f"Redis URL {url!r}: unknown option {sorted(unknown)[0]!r}")
-    tls = _tls_options(query, parts.scheme == SENTINEL_TLS_SCHEME, url, SENTINEL_TLS_SCHEME)
+    query, tls = _options(parts, url, {"sentinel_password"}, SENTINEL_TLS_SCHEME)
     sentinel_password = query.get("sentinel_password")
     return SentinelSettings(
         sentinels=sentinels,

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from mafalda import horizontal, monitor
+from mafalda.horizontal import registry
+from mafalda.horizontal.membership import RedisMembership
 from mafalda.horizontal.redis_url import parse_cluster_url, redis_client
 from tests.processes import (
     HAVE_REDIS,
@@ -76,31 +79,42 @@ def _cluster_port() -> int:
             return port
 
 
+def _start_cluster(
+    nodes: list[RedisProcess], tmp_path: Path, primaries: int, replicas: int
+) -> None:
+    """Cluster nodes with every slot between ``primaries`` of them, each with
+    ``replicas`` replicas, appended to ``nodes`` as they start (the caller kills them)."""
+    for index in range(primaries * (1 + replicas)):
+        directory = tmp_path / f"node{index}"
+        directory.mkdir()
+        node = RedisProcess(
+            "127.0.0.1",
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            # A quick failover, and a replica's first sync at once: a replica that
+            # never synced does not take over its primary.
+            *("--cluster-node-timeout", "500", "--repl-diskless-sync-delay", "0"),
+            *("--dir", str(directory)),
+        )
+        node.port = _cluster_port()
+        node.start()
+        nodes.append(node)
+    assert REDIS_CLI is not None
+    subprocess.run(
+        [REDIS_CLI, "--cluster", "create"]
+        + [f"127.0.0.1:{node.port}" for node in nodes]
+        + ["--cluster-replicas", str(replicas), "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[str]:
     """Three cluster nodes with every slot between them: the URL of two of them."""
-    nodes = []
+    nodes: list[RedisProcess] = []
     try:
-        for index in range(3):
-            directory = tmp_path / f"node{index}"
-            directory.mkdir()
-            node = RedisProcess(
-                "127.0.0.1",
-                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                *("--dir", str(directory)),
-            )
-            node.port = _cluster_port()
-            node.start()
-            nodes.append(node)
-        assert REDIS_CLI is not None
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create"]
-            + [f"127.0.0.1:{node.port}" for node in nodes]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        _start_cluster(nodes, tmp_path, 3, 0)
         yield f"redis+cluster://127.0.0.1:{nodes[0].port},127.0.0.1:{nodes[1].port}"
     finally:
         for node in nodes:
@@ -154,6 +168,150 @@ async def test_servers_and_clients_over_a_redis_cluster(redis_cluster: str) -> N
         finally:
             await cluster.aclose()
     finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await reap(proc)
+
+
+@pytest.fixture
+def redis_cluster_with_replicas(tmp_path: Path) -> Iterator[list[RedisProcess]]:
+    """Three primaries with every slot between them, each with a synced replica."""
+    nodes: list[RedisProcess] = []
+    try:
+        _start_cluster(nodes, tmp_path, 3, 1)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+async def _replicas_synced(nodes: list[RedisProcess]) -> bool:
+    synced = 0
+    for node in nodes:
+        db = aioredis.Redis(port=node.port)
+        try:
+            info = await db.info("replication")
+        finally:
+            await db.aclose()
+        if info.get("role") == "slave":
+            if info.get("master_link_status") != "up":
+                return False
+            synced += 1
+    return synced == len(nodes) // 2
+
+
+@needs_cluster
+async def test_servers_and_clients_ride_out_a_redis_cluster_failover(
+    redis_cluster_with_replicas: list[RedisProcess],
+) -> None:
+    """The primary holding the membership channel's slot and one server's record is
+    SIGKILLed; its replica takes over. The servers' heartbeats reach the new primary,
+    the client keeps both servers and places on each, and the membership channel
+    (listened to alone, with no registry reads) still brings a server's 'leave'."""
+    nodes = redis_cluster_with_replicas
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in nodes[:2])
+    await _until(lambda: _cluster_ready(url))
+    await _until(lambda: _replicas_synced(nodes))
+    channel = registry.membership_channel()
+    probe = redis_client(url, timeout=1)
+    try:
+        await probe.initialize()
+        victim_port = probe.get_node_from_key(channel).port
+        # A server whose record is on the victim's shard, and one on another shard.
+        on_victim = next(
+            i
+            for i in range(1, 200)
+            if probe.get_node_from_key(registry.server_key(f"s{i}")).port == victim_port
+        )
+        elsewhere = next(
+            i
+            for i in range(1, 200)
+            if probe.get_node_from_key(registry.server_key(f"s{i}")).port != victim_port
+        )
+    finally:
+        await probe.aclose()
+    victim = next(node for node in nodes if node.port == victim_port)
+    ids = (f"s{on_victim}", f"s{elsewhere}")
+
+    left: list[str] = []
+    listening = True
+    listener_client = redis_client(url, timeout=1)
+    await listener_client.initialize()  # its slot map read, as a Cluster's first read does
+    listener = RedisMembership(listener_client, prefix="mafalda", interval=0.2)
+
+    async def nothing() -> None:
+        return None
+
+    async def record_leave(server_id: str) -> None:
+        left.append(server_id)
+
+    watch = asyncio.create_task(
+        listener.watch(
+            running=lambda: listening,
+            refresh=nothing,
+            seen=lambda record: None,
+            left=record_leave,
+        )
+    )
+    procs = []
+    cluster = await horizontal.connect(url, token=TOKEN, interval=0.2, grace=10.0)
+    try:
+        for index in (on_victim, elsewhere):
+            proc, _ = await spawn_serve(serve_command(url, index, 0.3))
+            procs.append(proc)
+        for server_id in ids:
+            await _until(lambda server_id=server_id: _has(cluster, server_id))
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        before = await router.create_direct_transport(server=ids[0])
+        victim.kill()
+        survivors = [node for node in nodes if node is not victim]
+
+        async def promoted() -> bool:
+            fresh = redis_client(
+                "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in survivors),
+                timeout=1,
+            )
+            try:
+                await fresh.initialize()
+                info = await fresh.cluster_info()
+                return bool(
+                    info.get("cluster_state") == "ok"
+                    and fresh.get_node_from_key(channel).port != victim_port
+                )
+            except Exception:
+                return False
+            finally:
+                await fresh.aclose()
+
+        await _until(promoted, 30)
+        # A record lives 0.9 s (3 heartbeats): still there well after, so the servers
+        # write to the new primary.
+        await asyncio.sleep(2.0)
+        for server_id in ids:
+            assert server_id in cluster.servers
+            transport = await router.create_direct_transport(server=server_id)
+            assert router.server_of(transport) == server_id
+        assert not before.closed
+        procs[1].terminate()
+        async with asyncio.timeout(20):
+            await reap(procs[1])
+
+        async def announced() -> bool:
+            return ids[1] in left
+
+        await _until(announced)
+
+        async def gone() -> bool:
+            return ids[1] not in cluster.servers
+
+        await _until(gone)
+        assert ids[0] in cluster.servers
+    finally:
+        listening = False
+        await watch
+        await listener.aclose()
+        await cluster.aclose()
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()

@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
-from mafalda.horizontal.redis_url import RedisClient, get_many
+from mafalda.horizontal.redis_url import RedisClient, get_many, route_to
 from mafalda.horizontal.registry import ServerRecord
 
 __all__ = ["Membership", "RedisMembership", "Snapshot"]
@@ -102,6 +102,7 @@ class RedisMembership:
         while running():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
+                await route_to(self._redis, channel)
                 await pubsub.subscribe(channel)
                 await refresh()  # what happened while not subscribed
                 while running():

@@ -165,6 +165,17 @@ async def get_many(client: RedisClient, keys: list[Any]) -> list[Any]:
     return list(await client.mget(keys))
 
 
+async def route_to(client: RedisClient, key: str) -> None:
+    """On a Redis Cluster, bring the client's slot map up to date for ``key``'s slot.
+
+    redis-py's cluster pub/sub picks its node from that map but never reads the slots
+    itself: a client that ran no command yet has no map (KeyError), and after a
+    failover the map names the dead primary until some command fails on it. A keyed
+    command re-reads the slots on a connection error and retries on the new primary."""
+    if isinstance(client, RedisCluster):
+        await client.exists(key)
+
+
 def parse_sentinel_url(url: str) -> SentinelSettings:
     """The settings a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names
     (ValueError naming what is wrong)."""

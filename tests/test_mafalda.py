@@ -551,6 +551,76 @@ async def test_webrtc_server_pins_placement(mafalda: Mafalda) -> None:
         await stranger.wait_closed()
 
 
+@pytest.mark.parametrize("side", SIDES)
+async def test_webrtc_servers_one_per_worker_pin_their_transports(side: str) -> None:
+    """create_webrtc_servers() makes one per worker of the pool, keyed by its pid; a
+    transport given one lives on that worker and listens on its port; closing the
+    server closes its transports ('listenserverclose'). Through Remote Mafalda they
+    are the client's own: another client cannot use them, and they close with the
+    client's session."""
+    async with _pool(side, num_workers=2, min_workers=2) as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(TypeError, match="listen_infos"):
+            await pool.api.create_webrtc_servers(listen_infos="udp")
+        servers = await pool.api.create_webrtc_servers(
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 0}],
+            app_data={"room": "a"},
+        )
+        assert sorted(servers) == sorted(w.pid for w in pool.inside.workers)
+        transports = {}
+        for pid, server in servers.items():
+            assert server.app_data == {"room": "a"}
+            transport = await router.create_webrtc_transport(webrtc_server=server)
+            assert pool.worker_of(router, transport).pid == pid
+            (udp,) = (await server.dump())["udpSockets"]
+            assert [c["port"] for c in transport.ice_candidates] == [udp["port"]]
+            assert (await server.dump())["webRtcTransportIds"] == [transport.id]
+            transports[pid] = transport
+        first_pid, first = next(iter(servers.items()))
+        heard = asyncio.Event()
+        transports[first_pid].on("listenserverclose", heard.set)
+        first.close()
+        await asyncio.wait_for(heard.wait(), 5)
+        assert transports[first_pid].closed and first.closed
+        assert all(not t.closed for pid, t in transports.items() if pid != first_pid)
+        if pool.server is None:
+            return
+        second, last = list(servers.values())[1], list(transports.values())[1]
+        assert pool.api.webrtc_servers == [second]
+        inside = pool.served(second)
+        other = await connect(pool.server.url, token="pool")
+        try:
+            other_router = await other.create_router(media_codecs=MEDIA_CODECS)
+            with pytest.raises(Exception, match="unknown object"):
+                await other_router.create_webrtc_transport(webrtc_server=second)
+        finally:
+            await other.aclose()
+        assert not inside.closed
+        await pool.api.aclose()  # grace_period=0: the session ends, its objects close
+        async with asyncio.timeout(5):
+            while not inside.closed:
+                await asyncio.sleep(0.02)
+        assert second.closed and last.closed
+
+
+async def test_remote_mafalda_webrtc_servers_keep_to_the_port_range() -> None:
+    """A Remote Mafalda server with an rtc_port_range refuses a WebRtcServer outside it
+    before any worker is asked."""
+    inside = await Mafalda.start(worker_settings={"log_level": "warn"}, num_workers=1)
+    try:
+        async with await serve(
+            token="pool", target=inside, grace_period=0, rtc_port_range=(40000, 40099)
+        ) as server:
+            async with await connect(server.url, token="pool") as client:
+                with pytest.raises(ValueError, match="rtc_port_range"):
+                    await client.create_webrtc_servers(
+                        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": 5000}]
+                    )
+                assert inside.workers[0].webrtc_servers_for_testing == set()
+    finally:
+        await inside.aclose()
+
+
 async def test_worker_closed_from_outside_leaves_the_pool(mafalda: Mafalda) -> None:
     router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
     transport = await router.create_direct_transport()

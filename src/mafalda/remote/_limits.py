@@ -44,6 +44,7 @@ LISTENING_METHODS = frozenset(
         "create_pipe_transport",
         "pipe_to_router",
         "create_webrtc_server",
+        "create_webrtc_servers",
     }
 )
 #: Where those calls take ListenInfo-like dicts (one, or a list of them).

@@ -33,7 +33,13 @@ from mafalda.mediasoup.errors import ChannelTimeoutError
 from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
 from mafalda.remote.errors import RemoteConnectionError, RemoteError, error_from_wire
-from mafalda.remote.proxy import RemoteObject, RemoteRouter, RemoteWorker, proxy_class
+from mafalda.remote.proxy import (
+    RemoteObject,
+    RemoteRouter,
+    RemoteWebRtcServer,
+    RemoteWorker,
+    proxy_class,
+)
 
 __all__ = ["Connection", "RemoteMafalda", "RemoteMediasoup", "connect"]
 
@@ -624,12 +630,38 @@ class RemoteMafalda(_Facade):
         self.observer.emit("newrouter", router)
         return router
 
+    @property
+    def webrtc_servers(self) -> list[RemoteWebRtcServer]:
+        """This client's WebRtcServers in the pool (``create_webrtc_servers()``)."""
+        return [o for o in self.objects if isinstance(o, RemoteWebRtcServer)]
+
+    async def create_webrtc_servers(
+        self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
+    ) -> dict[int, RemoteWebRtcServer]:
+        """As Mafalda's: one WebRtcServer per current worker of the pool, by worker pid
+        (ports must differ: a portRange, or port 0). They are this client's: closed with
+        its session, unseen by other clients."""
+        pairs = await self._connection.call(
+            None,
+            "create_webrtc_servers",
+            (),
+            {"listen_infos": listen_infos, "app_data": app_data},
+        )
+        servers: dict[int, RemoteWebRtcServer] = {}
+        for pid, server in pairs:
+            assert isinstance(server, RemoteWebRtcServer)
+            servers[int(pid)] = server
+        return servers
+
     def close(self) -> None:
-        """Close this client's routers and the connection (the pool stays on the server)."""
+        """Close this client's routers and WebRtcServers and the connection (the pool
+        stays on the server)."""
         if self._connection.closed:
             return
         for router in self.routers:
             router.close()
+        for server in self.webrtc_servers:
+            server.close()
         self._closing = asyncio.get_running_loop().create_task(self._connection.aclose())
         self.observer.emit("close")
 

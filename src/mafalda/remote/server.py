@@ -280,6 +280,12 @@ class _MafaldaRoot:
         self._session.server.observer.emit("newrouter", router)
         return router
 
+    async def create_webrtc_servers(self, **kwargs: Any) -> list[list[Any]]:
+        """The client's own WebRtcServers, one per worker of the pool (closed with its
+        session), as ``[pid, server]`` pairs: JSON keys could not be the pids."""
+        servers = await self._mafalda.create_webrtc_servers(**kwargs)
+        return [[pid, server] for pid, server in servers.items()]
+
     def stats(self) -> Any:
         return self._mafalda.stats()
 
@@ -356,7 +362,7 @@ _CREATING = ("create_", "consume", "produce", "pipe_to_router")
 
 _ROOT_METHODS: dict[str, frozenset[str]] = {
     "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
-    "mafalda": frozenset({"create_router", "dump", "stats"}),
+    "mafalda": frozenset({"create_router", "create_webrtc_servers", "dump", "stats"}),
 }
 
 

@@ -31,6 +31,7 @@ from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
 from mafalda.monitor.web import MonitorWeb
 from mafalda.remote import PROTOCOL_VERSION, RemoteServer
 from mafalda.swarm import SwarmNode, Table, gossip
+from mafalda.swarm.directory import directory_server
 from mafalda.swarm.gossip import Entry, decode_gossip, encode_gossip
 from mafalda.swarm.streams import SwarmStreams, check_message
 from mafalda.swarm.urls import route_url
@@ -1311,12 +1312,17 @@ async def test_a_peer_that_cannot_pipe_fails_the_consume_and_leaves_nothing(
 
 
 class _EmptyPeer(_LyingPeer):
-    """A server of the swarm that has no producer: it answers every find no, and
-    counts them."""
+    """A server of the swarm that has no producer: it answers every find no, keeps no
+    directory entry (as a server of an older version, or one that lost them), and
+    records what it is asked and told."""
 
     def __init__(self) -> None:
         super().__init__(None)
-        self.finds = 0
+        self.messages: list[dict[str, Any]] = []
+
+    @property
+    def finds(self) -> int:
+        return sum(1 for m in self.messages if m["op"] == "find")
 
     async def join(self, server: RemoteServer) -> None:
         """Join the swarm through ``server``'s gossip, as any holder of the token can."""
@@ -1326,12 +1332,20 @@ class _EmptyPeer(_LyingPeer):
                 assert r.status == 200
 
     async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        self.finds += 1
-        return aiohttp.web.json_response({"found": False})
+        message = await request.json()
+        self.messages.append(message)
+        return aiohttp.web.json_response({"found": False} if message["op"] == "find" else {})
+
+
+@pytest.fixture
+def no_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lookups without the directory (no producer has a directory server): what the
+    memory of where producers were found does by itself."""
+    monkeypatch.setattr("mafalda.swarm.streams.directory_server", lambda *_: None)
 
 
 async def test_a_producer_found_once_is_asked_for_where_it_was(
-    trio: tuple[list[RemoteServer], list[SwarmNode]],
+    trio: tuple[list[RemoteServer], list[SwarmNode]], no_directory: None
 ) -> None:
     """The peer a find found a producer on is asked alone next time (a router of this
     server consuming it after another): the other peers are not asked again. When that
@@ -1366,7 +1380,9 @@ async def test_a_producer_found_once_is_asked_for_where_it_was(
 
 
 async def test_where_producers_were_found_is_remembered_up_to_a_bound(
-    trio: tuple[list[RemoteServer], list[SwarmNode]], monkeypatch: pytest.MonkeyPatch
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+    monkeypatch: pytest.MonkeyPatch,
+    no_directory: None,
 ) -> None:
     """The oldest producer's peer is forgotten past the bound (lowered to 1 here: the
     real one, 4096, would take thousands of producers): its next lookup asks everyone."""
@@ -1391,6 +1407,175 @@ async def test_where_producers_were_found_is_remembered_up_to_a_bound(
             await a.client.aclose()
             for app in apps:
                 await app.client.aclose()
+
+
+async def _producer_listed_at(app: App, wanted: str, members: set[str]) -> Any:
+    """A producer of ``app`` whose directory server among ``members`` is ``wanted``
+    (producer ids are the worker's: a few tries, the others closed)."""
+    for _ in range(60):
+        send, producer = await app.producer("127.0.0.2")
+        if directory_server(producer.id, members) == wanted:
+            return producer
+        send.close()
+    raise AssertionError(f"no producer listed at {wanted} in 60 tries")
+
+
+async def test_a_lookup_asks_the_directory_server_not_every_peer(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """A producer of s1 consumed through s2 is found through its directory server, where
+    that is s3, s1 (its home) or s2 (the asker): the fourth peer is never asked. Its
+    close takes its entry back. A directory server that lost the entry (the fourth
+    peer keeps none) costs a lookup of every peer, and the consume still works."""
+    servers, nodes = trio
+    async with _EmptyPeer() as empty:
+        await empty.join(servers[1])
+        members = {"s1", "s2", "s3", "empty"}
+        await wait_until(_everyone_knows(nodes, members))
+        a = await App.on(servers[0].url)
+        b = await App.on(servers[1].url)
+        socks = []
+        try:
+            for listed_at, node in (("s3", nodes[2]), ("s1", nodes[0]), ("s2", nodes[1])):
+                producer = await _producer_listed_at(a, listed_at, members)
+                directory = node.streams.directory  # type: ignore[union-attr]
+                key = (producer.id, False)
+                await wait_until(lambda key=key, d=directory: d.get(key) == "s1")
+                consumer, _, sock = await b.consumer(producer.id)
+                socks.append(sock)
+                assert consumer.producer_id == producer.id
+                producer.close()
+                await wait_until(lambda key=key, d=directory: d.get(key) is None)
+            # Told of the producers it is the directory server of (the tries), never asked.
+            assert {m["op"] for m in empty.messages} <= {"announce", "forget"}
+            lost = await _producer_listed_at(a, "empty", members)
+
+            def about_lost() -> list[str]:
+                return [m["op"] for m in empty.messages if m["producerId"] == lost.id]
+
+            await wait_until(lambda: about_lost() == ["announce"])
+            consumer, _, sock = await b.consumer(lost.id)
+            socks.append(sock)
+            assert consumer.producer_id == lost.id
+            assert about_lost() == ["announce", "locate", "find"]
+        finally:
+            for sock in socks:
+                sock.close()
+            await a.client.aclose()
+            await b.client.aclose()
+
+
+async def test_a_joining_server_takes_the_entries_it_wins(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """A producer whose directory server becomes a server that joins later: its home
+    tells the newcomer, and takes the entry back from the old directory server. When
+    the home leaves the swarm, its directory servers forget its entries."""
+    servers, nodes = trio
+    a = await App.on(servers[0].url)
+    try:
+        before, after = {"s1", "s2", "s3"}, {"s1", "s2", "s3", "empty"}
+        moving = staying = None
+        for _ in range(100):
+            send, candidate = await a.producer("127.0.0.2")
+            old, new = directory_server(candidate.id, before), directory_server(candidate.id, after)
+            if moving is None and new == "empty" and old != "s1":
+                moving = candidate
+            elif staying is None and old == new == "s3":
+                staying = candidate
+            else:
+                send.close()
+        assert moving is not None and staying is not None, "no producers to test in 100 tries"
+        old = directory_server(moving.id, before)
+        assert old is not None
+        old_directory = nodes[int(old[1]) - 1].streams.directory  # type: ignore[union-attr]
+        s3_directory = nodes[2].streams.directory  # type: ignore[union-attr]
+        await wait_until(lambda: old_directory.get((moving.id, False)) == "s1")
+        await wait_until(lambda: s3_directory.get((staying.id, False)) == "s1")
+        async with _EmptyPeer() as empty:
+            await empty.join(servers[0])
+            told = {"op": "announce", "producerId": moving.id, "data": False, "at": "s1"}
+            await wait_until(lambda: told in empty.messages)
+            await wait_until(lambda: old_directory.get((moving.id, False)) is None)
+            assert s3_directory.get((staying.id, False)) == "s1"
+            await nodes[0].aclose()  # s1 leaves the swarm, its producers still open
+            await wait_until(lambda: s3_directory.get((staying.id, False)) is None)
+    finally:
+        await a.client.aclose()
+
+
+class _OldPeer(_EmptyPeer):
+    """A server of an older version: it refuses the directory's messages (HTTP 400, as
+    for any op it does not know)."""
+
+    async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        message = await request.json()
+        self.messages.append(message)
+        if message["op"] == "find":
+            return aiohttp.web.json_response({"found": False})
+        return aiohttp.web.Response(status=400, text="streams: invalid 'op'")
+
+
+async def test_a_directory_server_of_an_older_version_costs_a_lookup_of_everyone(
+    trio: tuple[list[RemoteServer], list[SwarmNode]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer whose directory server refuses the directory (an older version): its
+    announce fails (logged), the lookup's locate fails, every peer is asked, and the
+    consume works."""
+    servers, nodes = trio
+    async with _OldPeer() as old:
+        await old.join(servers[1])
+        members = {"s1", "s2", "s3", "empty"}
+        await wait_until(_everyone_knows(nodes, members))
+        a = await App.on(servers[0].url)
+        b = await App.on(servers[1].url)
+        try:
+            producer = await _producer_listed_at(a, "empty", members)
+            await wait_until(lambda: "telling server empty of announce failed" in caplog.text)
+            consumer, _, sock = await b.consumer(producer.id)
+            sock.close()
+            assert consumer.producer_id == producer.id
+            asked = [m["op"] for m in old.messages if m["producerId"] == producer.id]
+            assert asked == ["announce", "locate", "find"]
+        finally:
+            await a.client.aclose()
+            await b.client.aclose()
+
+
+async def test_an_id_given_to_two_producers_of_a_server_stays_listed_with_the_second(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """Two apps of s1 give their producers one id (each router has its own id space):
+    the first one's close does not take back the entry the second still needs, and a
+    consume through s2 finds the second."""
+    servers, nodes = trio
+    members = {"s1", "s2", "s3"}
+    await wait_until(_everyone_knows(nodes, members))
+    shared = next(
+        i for i in (str(uuid.uuid4()) for _ in range(200)) if directory_server(i, members) == "s3"
+    )
+    apps = [await App.on(servers[0].url) for _ in range(2)]
+    b = await App.on(servers[1].url)
+    try:
+        producers = []
+        for app in apps:
+            send = await app.router.create_plain_transport(
+                listen_info={"protocol": "udp", "ip": "127.0.0.2"}, comedia=True
+            )
+            producers.append(await send.produce(id=shared, kind="audio", rtp_parameters=OPUS_RTP))
+        directory = nodes[2].streams.directory  # type: ignore[union-attr]
+        await wait_until(lambda: directory.get((shared, False)) == "s1")
+        producers[0].close()
+        await asyncio.sleep(5 * ROUND)  # a forget would have arrived by now
+        assert directory.get((shared, False)) == "s1"
+        consumer, _, sock = await b.consumer(shared)
+        sock.close()
+        assert consumer.producer_id == shared
+        producers[1].close()
+        await wait_until(lambda: directory.get((shared, False)) is None)
+    finally:
+        for app in [*apps, b]:
+            await app.client.aclose()
 
 
 # -- the Monitor over a swarm (mafalda.monitor.swarm) --------------------------------------

@@ -17,8 +17,11 @@ closes the pipe; a server that leaves or goes silent closes every pipe to and fr
 
 Servers talk on their own port, on the token-protected route ``/streams``, in JSON:
 ``find`` (do you have P, in which router?), ``open`` (pipe P on this pair; a new pair
-comes with this end's address), and the notices ``close``, ``pause``, ``resume`` of a
-stream and ``closepair``, sent in order per peer.
+comes with this end's address), ``locate`` (where is P?, asked of P's directory server:
+``mafalda.swarm.directory``), and the notices ``close``, ``pause``, ``resume`` of a
+stream, ``closepair``, and ``announce`` / ``forget`` (P is here / gone, told to P's
+directory server), sent in order per peer. A lookup asks the peer P was found on last,
+then P's directory server and the home it names, and only then every peer.
 
 Data producers the same way (``consume_data(data_producer_id=P)``; SCTP on the pipe).
 RTP observers' ``add_producer(producer_id=P)`` too (a watched copy is in use). On a
@@ -51,6 +54,7 @@ from mafalda.horizontal.registry import ServerRecord, json_object
 from mafalda.mediasoup import Router, Transport, Worker
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.remote import RemoteServer
+from mafalda.swarm.directory import Directory, directory_server
 from mafalda.swarm.urls import route_url
 from mafalda.vertical.router import MafaldaRouter
 
@@ -59,7 +63,17 @@ __all__ = ["ROUTE", "StreamError", "SwarmStreams", "check_message"]
 logger = logging.getLogger("mafalda.swarm.streams")
 
 ROUTE = "streams"
-_OPS = ("find", "open", "close", "pause", "resume", "closepair")
+_OPS = (
+    "find",
+    "open",
+    "close",
+    "pause",
+    "resume",
+    "closepair",
+    "announce",
+    "forget",
+    "locate",
+)
 #: Producers whose peer a SwarmStreams remembers (where a find found them last).
 _MAX_FOUND = 4096
 
@@ -83,8 +97,11 @@ def check_message(raw: bytes) -> dict[str, Any]:
         raise ValueError("streams: invalid 'op'")
     if not isinstance(data.get("data", False), bool):
         raise ValueError("streams: invalid 'data'")
-    if op == "find":
+    if op in ("find", "locate"):
         _text(data, "producerId")
+    elif op in ("announce", "forget"):
+        _text(data, "producerId")
+        _text(data, "at")
     elif op == "open":
         _text(data, "producerId")
         _text(data, "pipeId")
@@ -220,6 +237,10 @@ class SwarmStreams:
         #: The peer each producer was found on lately, by (producer id, data): asked
         #: first next time (at most _MAX_FOUND, the oldest forgotten first).
         self._found: dict[tuple[str, bool], str] = {}
+        #: The entries this server keeps as a directory server, and the directory server
+        #: it told of each of its own producers.
+        self.directory = Directory()
+        self._listed: dict[tuple[str, bool], str] = {}
         self._pairs_out: dict[str, _Pair] = {}
         self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
@@ -254,8 +275,11 @@ class SwarmStreams:
             def new_producer(producer: Any, data: bool = False) -> None:
                 self._here[(router.id, producer.id, data)] = producer
                 if origin:
-                    self._originals[(producer.id, data)] = producer
+                    key = (producer.id, data)
+                    self._originals[key] = producer
                     self._router_of[producer] = router
+                    self._list(key)
+                    producer.observer.on("close", lambda: self._unlist(key, producer))
 
             def new_consumer(consumer: Any, data: bool = False) -> None:
                 source = consumer.data_producer_id if data else consumer.producer_id
@@ -390,18 +414,82 @@ class SwarmStreams:
         key = (producer_id, data)
         members = self._members()
         known = self._found.pop(key, None)
+        asked = {self.id}
+        owner = None
         if known is not None and known in members:
+            # Where it was found last: a producer does not move, so a no there means it
+            # closed, which only asking everyone tells for sure.
             owner = await self._find_on([members[known]], producer_id, data)
             if owner is not None:
                 self._found[key] = known
                 return owner
-        others = [r for i, r in members.items() if i != self.id and i != known]
-        owner = await self._find_on(others, producer_id, data)
+            asked.add(known)
+        else:
+            home = await self._locate(key, members)
+            if home is not None and home not in asked and home in members:
+                owner = await self._find_on([members[home]], producer_id, data)
+                asked.add(home)
+        if owner is None:
+            others = [r for i, r in members.items() if i not in asked]
+            owner = await self._find_on(others, producer_id, data)
         if owner is not None:
             self._found[key] = owner[0]["id"]
             if len(self._found) > _MAX_FOUND:
                 del self._found[next(iter(self._found))]
         return owner
+
+    async def _locate(self, key: tuple[str, bool], members: dict[str, ServerRecord]) -> str | None:
+        """The home the producer's directory server names (None: none, or no answer
+        within ``find_timeout``)."""
+        server_id = directory_server(key[0], members)
+        if server_id == self.id:
+            return self.directory.get(key)
+        if server_id is None:
+            return None
+        ask = {"op": "locate", "producerId": key[0], "data": key[1]}
+        try:
+            async with asyncio.timeout(self.find_timeout):
+                answer = await self._post(members[server_id], ask)
+        except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
+            return None
+        home = answer.get("at")
+        return home if isinstance(home, str) else None
+
+    # -- this server's producers in the directory ---------------------------------------
+
+    def _list(self, key: tuple[str, bool]) -> None:
+        """Tell the producer's directory server that it lives here."""
+        server_id = directory_server(key[0], self._members())
+        if server_id is None:
+            return
+        self._listed[key] = server_id
+        if server_id == self.id:
+            self.directory.put(key, self.id)
+        else:
+            self._notify(server_id, {"op": "announce", **self._entry(key)})
+
+    def _unlist(self, key: tuple[str, bool], producer: Any = None) -> None:
+        """Take the producer back from its directory server (``producer``: only if it is
+        still the one of that id here)."""
+        if producer is not None and self._originals.get(key) not in (None, producer):
+            return
+        server_id = self._listed.pop(key, None)
+        if server_id == self.id:
+            self.directory.drop(key, self.id)
+        elif server_id is not None and server_id in self._members():
+            self._notify(server_id, {"op": "forget", **self._entry(key)})
+
+    def _entry(self, key: tuple[str, bool]) -> dict[str, Any]:
+        return {"producerId": key[0], "data": key[1], "at": self.id}
+
+    def members_changed(self) -> None:
+        """Tell the new directory servers of this server's producers whose directory
+        server changed with the members (a server joined or left)."""
+        members = self._members()
+        for key, server_id in list(self._listed.items()):
+            if directory_server(key[0], members) != server_id:
+                self._unlist(key)
+                self._list(key)
 
     async def _find_on(
         self, records: list[ServerRecord], producer_id: str, data: bool
@@ -561,6 +649,16 @@ class SwarmStreams:
         except ValueError as error:
             return web.Response(status=400, text=str(error))
         op = message["op"]
+        if op in ("announce", "forget", "locate"):
+            key = (message["producerId"], message.get("data", False))
+            if op == "announce":
+                self.directory.put(key, message["at"])
+            elif op == "forget":
+                self.directory.drop(key, message["at"])
+            else:
+                home = self.directory.get(key)
+                return web.json_response({} if home is None else {"at": home})
+            return web.json_response({})
         if op == "find":
             found = self._original(message["producerId"], message.get("data", False))
             if found is None:
@@ -736,8 +834,10 @@ class SwarmStreams:
     # -- peers gone, and the end ---------------------------------------------------------
 
     def peers_gone(self, server_ids: list[str]) -> None:
-        """Close every pipe to and from servers that left the swarm."""
+        """Close every pipe to and from servers that left the swarm, and forget their
+        producers' entries."""
         gone = set(server_ids)
+        self.directory.homes_gone(gone)
         for pipe in [p for p in self._in.values() if p.peer in gone]:
             logger.info("server %s gone: closing its stream %s", pipe.peer, pipe.carrier.id)
             self._closed_in(pipe, notify=False)
@@ -750,6 +850,7 @@ class SwarmStreams:
             sender = self._senders.pop(peer, None)
             if sender is not None:
                 sender.cancel()
+        self.members_changed()
 
     async def aclose(self) -> None:
         """Stop: the copies brought here close (their consumers get 'producerclose'),

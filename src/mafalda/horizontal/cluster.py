@@ -32,6 +32,7 @@ from mafalda.horizontal.membership import Membership, RedisMembership
 from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.horizontal.router import ClusterRouter, refused_by_server
+from mafalda.horizontal.webrtc_server import ClusterWebRtcServer
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import MediasoupError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
@@ -110,6 +111,7 @@ class Cluster:
         self._router_workers: dict[str, RemoteWorker] = {}
         self._router_worker_locks: dict[str, asyncio.Lock] = {}
         self._routers: dict[str, ClusterRouter] = {}
+        self._webrtc_servers: dict[str, ClusterWebRtcServer] = {}
         self._worker_idle = worker_idle
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -263,6 +265,24 @@ class Cluster:
         router.events.on("@close", lambda: self._routers.pop(router.id, None))
         self.observer.emit("newrouter", router)
         return router
+
+    @property
+    def webrtc_servers(self) -> list[ClusterWebRtcServer]:
+        return list(self._webrtc_servers.values())
+
+    async def create_webrtc_server(
+        self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
+    ) -> ClusterWebRtcServer:
+        """A WebRtcServer for this cluster's routers' WebRtcTransports: nothing is made
+        now; each server gets a real one, with these listen infos completed with its
+        media address, when a transport there first uses it."""
+        if self._closed:
+            raise ClusterError("cluster client closed")
+        server = ClusterWebRtcServer(cluster=self, listen_infos=listen_infos, app_data=app_data)
+        self._webrtc_servers[server.id] = server
+        server.events.on("@close", lambda: self._webrtc_servers.pop(server.id, None))
+        self.observer.emit("newwebrtcserver", server)
+        return server
 
     async def router_worker(self, server_id: str) -> RemoteWorker:
         """This client's worker on ``server_id`` for the children of cluster routers."""
@@ -547,6 +567,9 @@ class Cluster:
         for router in list(self._routers.values()):
             router.cluster_closed()
         self._routers.clear()
+        for webrtc_server in list(self._webrtc_servers.values()):
+            webrtc_server.cluster_closed()
+        self._webrtc_servers.clear()
         for handle in self._idle_timers.values():
             handle.cancel()
         self._idle_timers.clear()

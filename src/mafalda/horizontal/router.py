@@ -26,13 +26,15 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from mafalda.mediasoup.errors import InvalidStateError, UnsupportedError
+from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.router import validate_listen_choice
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
 from mafalda.vertical.spanning import SpanningRouter
 
 if TYPE_CHECKING:
     from mafalda.horizontal.cluster import Cluster
+    from mafalda.horizontal.webrtc_server import ClusterWebRtcServer
 
 __all__ = ["ClusterRouter", "ClusterRtpObserver", "ClusterTransport"]
 
@@ -285,28 +287,53 @@ class ClusterRouter(SpanningRouter[str]):
             return server, child
 
     async def _create(
-        self, method: str, server: str | None, options: dict[str, Any]
+        self,
+        method: str,
+        server: str | None,
+        options: dict[str, Any],
+        webrtc_server: ClusterWebRtcServer | None = None,
     ) -> ClusterTransport:
         server, child = await self._host(server)
         address = self._cluster.media_address(server)
         for key in ("listen_infos", "listen_info"):
             if key in options:
                 options[key] = _announce(options[key], address)
+        if webrtc_server is not None:
+            options["webrtc_server"] = await webrtc_server.on_server(server)
+            self._check_open()
         transport = await getattr(child, method)(**options)
         wrapper = ClusterTransport(self, server, transport)
         self._adopt(server, transport, wrapper)
         return wrapper
 
     async def create_webrtc_transport(
-        self, *, server: str | None = None, **options: Any
+        self,
+        *,
+        server: str | None = None,
+        webrtc_server: ClusterWebRtcServer | None = None,
+        **options: Any,
     ) -> ClusterTransport:
         """As mediasoup's, on ``server`` or where the policy says. A listen info without
         an ``ip`` listens on the server's media address; one on all interfaces (0.0.0.0
         or ::) without an announced address announces it (behind NAT): the caller need
-        not know which server it is."""
-        if "webrtc_server" in options:
-            raise UnsupportedError("webrtc_server is not supported by a ClusterRouter")
-        return await self._create("create_webrtc_transport", server, options)
+        not know which server it is. ``webrtc_server``: a ClusterWebRtcServer of this
+        cluster, whose WebRtcServer on the chosen server (made there if it is the first
+        transport to need it) the transport listens through."""
+        # Imported here: that module imports this one (for _announce).
+        from mafalda.horizontal.webrtc_server import ClusterWebRtcServer
+
+        self._check_open()
+        listen_infos, listen_ips = options.get("listen_infos"), options.get("listen_ips")
+        validate_listen_choice(webrtc_server, listen_infos, listen_ips)
+        if webrtc_server is not None:
+            if (
+                not isinstance(webrtc_server, ClusterWebRtcServer)
+                or webrtc_server.cluster is not self._cluster
+            ):
+                raise TypeError("webrtc_server must be a ClusterWebRtcServer of the same cluster")
+            if webrtc_server.closed:
+                raise InvalidStateError("WebRtcServer closed")
+        return await self._create("create_webrtc_transport", server, options, webrtc_server)
 
     async def create_plain_transport(
         self, *, server: str | None = None, **options: Any

@@ -74,6 +74,7 @@ from mafalda.mediasoup.transport import (
     listen_info_to_fbs,
     listen_ip_to_listen_info,
     validate_listen_info,
+    validate_listen_infos,
 )
 from mafalda.mediasoup.webrtc_transport import WebRtcTransport, parse_webrtc_transport_dump
 from mafalda.mediasoup.worker import validate_app_data
@@ -189,6 +190,18 @@ def _media_base_options(
 
 #: The option tables of transport creations (apps repeat a few option sets).
 _prepacked_options = PrepackedCache(64).get
+
+
+def validate_listen_choice(webrtc_server: Any, listen_infos: Any, listen_ips: Any) -> None:
+    """TypeError unless exactly one of create_webrtc_transport()'s ways to listen is
+    given (None: not given), as mediasoup's Node library says it."""
+    given = sum(x is not None for x in (webrtc_server, listen_infos, listen_ips))
+    if not given:
+        raise TypeError(
+            "missing webrtc_server, listen_infos and listen_ips (one of them is mandatory)"
+        )
+    if given > 1:
+        raise TypeError("only one of webrtc_server, listen_infos and listen_ips must be given")
 
 
 def _single_listen_info(
@@ -344,13 +357,7 @@ class Router(EventSource):
         app_data: dict[str, Any] | None = None,
     ) -> WebRtcTransport:
         self._check_open()
-        given = [x is not None for x in (webrtc_server, listen_infos, listen_ips)]
-        if not any(given):
-            raise TypeError(
-                "missing webrtc_server, listen_infos and listen_ips (one of them is mandatory)"
-            )
-        if sum(given) > 1:
-            raise TypeError("only one of webrtc_server, listen_infos and listen_ips must be given")
+        validate_listen_choice(webrtc_server, listen_infos, listen_ips)
         validate_app_data(app_data)
         _check_uint(ice_consent_timeout, "ice_consent_timeout", 255)
         if webrtc_server is not None:
@@ -383,10 +390,7 @@ class Router(EventSource):
                         info["port"] = port
                     listen_infos.append(info)
         if listen_infos is not None:
-            if not isinstance(listen_infos, list) or not listen_infos:
-                raise TypeError("listen_infos must be a non-empty list")
-            for i, info in enumerate(listen_infos):
-                validate_listen_info(info, f"listen_infos[{i}]")
+            validate_listen_infos(listen_infos)
 
         def build() -> WebRtcTransportOptionsT:
             options = WebRtcTransportOptionsT()

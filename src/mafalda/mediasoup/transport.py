@@ -257,6 +257,15 @@ def validate_listen_info(info: Any, name: str = "listen_info") -> None:
             raise ValueError(f"{name}.{key} must be a non-negative integer")
 
 
+def validate_listen_infos(listen_infos: Any, name: str = "listen_infos") -> None:
+    """Raise TypeError/ValueError naming the entry when ``listen_infos`` is not a
+    non-empty list of valid ListenInfos."""
+    if not isinstance(listen_infos, list) or not listen_infos:
+        raise TypeError(f"{name} must be a non-empty list")
+    for i, info in enumerate(listen_infos):
+        validate_listen_info(info, f"{name}[{i}]")
+
+
 def listen_ip_to_listen_info(listen_ip: Any, protocol: TransportProtocol, name: str) -> ListenInfo:
     """Turn a deprecated listen IP (a string or {ip, announcedIp}) into a ListenInfo."""
     if isinstance(listen_ip, str):

@@ -511,15 +511,12 @@ class Worker(EventSource):
     async def create_webrtc_server(
         self, *, listen_infos: list[ListenInfo], app_data: dict[str, Any] | None = None
     ) -> WebRtcServer:
-        from mafalda.mediasoup.transport import listen_info_to_fbs, validate_listen_info
+        from mafalda.mediasoup.transport import listen_info_to_fbs, validate_listen_infos
         from mafalda.mediasoup.webrtc_server import WebRtcServer
 
         self._check_open()
         validate_app_data(app_data)
-        if not isinstance(listen_infos, list) or not listen_infos:
-            raise TypeError("listen_infos must be a non-empty list")
-        for i, info in enumerate(listen_infos):
-            validate_listen_info(info, f"listen_infos[{i}]")
+        validate_listen_infos(listen_infos)
         server_id = new_id()
         request = CreateWebRtcServerRequestT()
         request.webRtcServerId = server_id

@@ -897,7 +897,7 @@ async def test_media_node_record_of_a_mafalda_pool(
     busiest worker's load; draining refuses creations but not pipe transports."""
     from mafalda.horizontal import MediaNode
     from mafalda.mediasoup.errors import InvalidStateError
-    from mafalda.remote import RemoteMafalda, serve
+    from mafalda.remote import serve
     from mafalda.vertical import Mafalda
 
     async with await Mafalda.start(
@@ -1897,6 +1897,7 @@ async def test_cluster_webrtc_server_listens_on_each_server_used(cluster: Cluste
     assert _candidates(t2) == {("127.0.0.3", port, "udp")}
     servers = cws.servers
     assert sorted(servers) == ["s1", "s2"]
+    assert repr(cws) == f"<ClusterWebRtcServer id={cws.id} servers=['s1', 's2'] closed=False>"
     assert servers["s1"].app_data == {"clusterWebRtcServerId": cws.id}
     dump = await cws.dump()
     assert sorted(dump["s1"]["webRtcTransportIds"]) == sorted([t1.id, t3.id])
@@ -1945,6 +1946,9 @@ async def test_cluster_webrtc_server_validates_before_anything(
     """Wrong listen infos or app_data, a transport with both ways to listen or none, a
     webrtc_server that is not this cluster's or is closed: refused before anything
     reaches a server. A closed cluster makes none and closes its own."""
+    await wait_until(_has_servers(cluster, 3))
+    with pytest.raises(RemoteError, match="s1 serves mediasoup, not a Mafalda"):
+        await cluster.mafalda_client("s1")
     cases: list[tuple[Any, type[Exception], str]] = [
         ([], TypeError, "listen_infos must be a non-empty list"),
         ({"protocol": "udp"}, TypeError, "listen_infos must be a non-empty list"),
@@ -2079,24 +2083,45 @@ async def test_killed_server_forgets_its_webrtc_server(
 
 
 async def test_cluster_webrtc_server_on_a_mafalda_server(redis_server: RedisProcess) -> None:
-    """A server serving a Mafalda pool: not supported yet, said as such, and nothing
-    is made for it."""
-    from mafalda.mediasoup.errors import UnsupportedError
-
-    server = await _start_server(redis_server.url, 5, "--mafalda", "--num-workers", "1")
+    """A server serving a Mafalda pool of two workers: the ClusterWebRtcServer there is
+    the pool's own spanning WebRtcServer (one per client), so the pool places the
+    transports and each worker it uses listens on a port of the range, on the server's
+    media address. One port for the whole pool is refused by the server, and nothing is
+    left of it."""
+    server = await _start_server(redis_server.url, 5, "--mafalda", "--num-workers", "2")
     try:
         async with await horizontal.connect(
             redis_server.url, token=TOKEN, interval=0.2, grace=1.5
         ) as cluster:
             await wait_until(_has_servers(cluster, 1))
-            cws = await cluster.create_webrtc_server(listen_infos=[{"protocol": "udp"}])
             router = await cluster.create_router(media_codecs=MEDIA_CODECS)
-            with pytest.raises(UnsupportedError, match="a Mafalda server's WebRtcServers"):
-                await router.create_webrtc_transport(webrtc_server=cws)
-            assert cws.servers == {}
-            # None of this client's in the server's pool.
-            client = cluster._clients["s5"]
-            assert isinstance(client, RemoteMafalda) and client.webrtc_servers == []
+            one_port = await cluster.create_webrtc_server(
+                listen_infos=[{"protocol": "udp", "port": free_port("127.0.0.6")}]
+            )
+            with pytest.raises(ValueError, match="the pool's 2 workers cannot share one port"):
+                await router.create_webrtc_transport(webrtc_server=one_port)
+            assert one_port.servers == {}
+            low = free_port("127.0.0.6")
+            cws = await cluster.create_webrtc_server(
+                listen_infos=[{"protocol": "udp", "portRange": {"min": low, "max": low + 20}}]
+            )
+            transports = [await router.create_webrtc_transport(webrtc_server=cws) for _ in range(3)]
+            for transport in transports:
+                ((address, port, _),) = _candidates(transport)
+                assert address == "127.0.0.6" and low <= port <= low + 20
+            client = await cluster.mafalda_client("s5")
+            assert client.webrtc_servers == [cws.servers["s5"]]
+            dump = (await cws.dump())["s5"]  # the pool's: by worker pid
+            assert sorted(i for d in dump.values() for i in d["webRtcTransportIds"]) == sorted(
+                t.id for t in transports
+            )
+            closed = asyncio.Event()
+            transports[0].on("listenserverclose", closed.set)
+            cws.close()
+            await asyncio.wait_for(closed.wait(), 5)
+            assert client.webrtc_servers == []
+            with pytest.raises(ClusterError, match="no live media server 'nope'"):
+                await cluster.mafalda_client("nope")
     finally:
         server.proc.kill()
         await reap(server.proc)

@@ -36,6 +36,7 @@ from mafalda.mediasoup.channel import REQUEST_TIMEOUT
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
+from tests.processes import free_port
 
 from .conftest import MEDIA_CODECS, opus_rtp_parameters, served_by
 
@@ -587,20 +588,31 @@ async def test_webrtc_servers_one_per_worker_pin_their_transports(side: str) -> 
             return
         second, last = list(servers.values())[1], list(transports.values())[1]
         assert pool.api.webrtc_servers == [second]
-        inside = pool.served(second)
-        other = await connect(pool.server.url, token="pool")
-        try:
-            other_router = await other.create_router(media_codecs=MEDIA_CODECS)
-            with pytest.raises(Exception, match="unknown object"):
-                await other_router.create_webrtc_transport(webrtc_server=second)
-        finally:
-            await other.aclose()
-        assert not inside.closed
-        await pool.api.aclose()  # grace_period=0: the session ends, its objects close
-        async with asyncio.timeout(5):
-            while not inside.closed:
-                await asyncio.sleep(0.02)
-        assert second.closed and last.closed
+        await _only_its_client_uses(pool, second, last, closing=False)
+
+
+async def _only_its_client_uses(pool: Pool, server: Any, transport: Any, *, closing: bool) -> None:
+    """Through Remote Mafalda: another client cannot use the client's WebRtcServer, which
+    closes with the client (``closing``: its close(), which closes its proxies, else its
+    session's end), ``transport`` with it."""
+    assert pool.server is not None
+    inside = pool.served(server)
+    other = await connect(pool.server.url, token="pool")
+    try:
+        other_router = await other.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(Exception, match="unknown object"):
+            await other_router.create_webrtc_transport(webrtc_server=server)
+    finally:
+        await other.aclose()
+    assert not inside.closed
+    if closing:
+        pool.api.close()
+        assert server.closed  # at once, as a local close() does
+    await pool.api.aclose()  # grace_period=0: the session ends, its objects close
+    async with asyncio.timeout(5):
+        while not inside.closed:
+            await asyncio.sleep(0.02)
+    assert server.closed and transport.closed
 
 
 async def test_remote_mafalda_webrtc_servers_keep_to_the_port_range() -> None:
@@ -619,6 +631,177 @@ async def test_remote_mafalda_webrtc_servers_keep_to_the_port_range() -> None:
                 assert inside.workers[0].webrtc_servers_for_testing == set()
     finally:
         await inside.aclose()
+
+
+def _port_range(size: int = 20) -> dict[str, int]:
+    low = free_port()
+    return {"min": low, "max": min(low + size, 65535)}
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_mafalda_webrtc_server_follows_placement(side: str) -> None:
+    """create_webrtc_server(): transports are placed as any other (here spread over two
+    workers), each listening through its worker's real WebRtcServer, made by the first
+    transport there and shared by the next (one port of the range per worker); the
+    observer tells of each transport; close() closes them ('listenserverclose')."""
+    async with _pool(side, num_workers=2, min_workers=2, policy="spread") as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        ports = _port_range()
+        server = await pool.api.create_webrtc_server(
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "portRange": ports}],
+            app_data={"room": "a"},
+        )
+        assert server.app_data == {"room": "a"} and not server.closed
+        inside = pool.served(server)
+        assert inside.servers == {}  # nothing made before a transport needs it
+        handled: list[Any] = []
+        server.observer.on("webrtctransporthandled", handled.append)
+        transports = [await router.create_webrtc_transport(webrtc_server=server) for _ in range(4)]
+        by_worker: dict[int, set[int]] = {}
+        for transport in transports:
+            pid = pool.worker_of(router, transport).pid
+            (candidate,) = transport.ice_candidates
+            assert ports["min"] <= candidate["port"] <= ports["max"]
+            by_worker.setdefault(pid, set()).add(candidate["port"])
+        assert sorted(by_worker) == sorted(w.pid for w in pool.inside.workers)
+        assert all(len(used) == 1 for used in by_worker.values())  # one port per worker
+        assert len({port for used in by_worker.values() for port in used}) == 2
+        assert handled == transports
+        assert sorted(inside.servers) == sorted(by_worker)
+        dump = await server.dump()
+        assert sorted(dump) == sorted(str(pid) for pid in by_worker)
+        for pid, real_dump in dump.items():
+            assert sorted(real_dump["webRtcTransportIds"]) == sorted(
+                t.id for t in transports if pool.worker_of(router, t).pid == int(pid)
+            )
+            assert real_dump["udpSockets"][0]["port"] in by_worker[int(pid)]
+        real = next(iter(inside.servers.values()))
+        assert real.app_data == {"mafaldaWebRtcServerId": server.id}
+        closed = asyncio.Event()
+        transports[0].on("listenserverclose", closed.set)
+        server.close()
+        server.close()
+        await asyncio.wait_for(closed.wait(), 5)
+        async with asyncio.timeout(5):
+            while not all(t.closed for t in transports):
+                await asyncio.sleep(0.02)
+        assert server.closed and inside.servers == {}
+        assert all(w.webrtc_servers_for_testing == set() for w in pool.inside.workers)
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_mafalda_webrtc_server_is_checked_before_anything(side: str) -> None:
+    async with _pool(side, num_workers=2) as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        one_port = [{"protocol": "udp", "ip": "127.0.0.1", "port": 40000}]
+        with pytest.raises(ValueError, match=r"listen_infos\[0\].port: the pool's 2 workers"):
+            await pool.api.create_webrtc_server(listen_infos=one_port)
+        with pytest.raises(TypeError, match="listen_infos must be a non-empty list"):
+            await pool.api.create_webrtc_server(listen_infos=[])
+        with pytest.raises(TypeError, match="app_data"):
+            await pool.api.create_webrtc_server(
+                listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}], app_data=[]
+            )
+        server = await pool.api.create_webrtc_server(
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}]
+        )
+        with pytest.raises(TypeError, match="only one of"):
+            await router.create_webrtc_transport(
+                webrtc_server=server, listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}]
+            )
+        server.close()
+        with pytest.raises(InvalidStateError, match="WebRtcServer closed"):
+            await router.create_webrtc_transport(webrtc_server=server)
+        with pytest.raises(InvalidStateError, match="WebRtcServer closed"):
+            await server.dump()
+        assert router.transports_for_testing == {}
+        assert all(w.webrtc_servers_for_testing == set() for w in pool.inside.workers)
+
+
+async def test_a_mafalda_webrtc_server_of_another_pool_or_a_closed_pool(mafalda: Mafalda) -> None:
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    listen = [{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+    other = await _start_pool()
+    try:
+        foreign = await other.create_webrtc_server(listen_infos=listen)
+        with pytest.raises(ValueError, match="another Mafalda"):
+            await router.create_webrtc_transport(webrtc_server=foreign)
+    finally:
+        await other.aclose()
+    assert foreign.closed  # with its pool ('workerclose')
+    foreign.on("workerclose", lambda: pytest.fail("told twice"))
+    foreign.mafalda_closed()
+    server = await mafalda.create_webrtc_server(listen_infos=listen)
+    assert mafalda.webrtc_servers == [server]
+    assert repr(server) == f"<MafaldaWebRtcServer id={server.id} workers=0 closed=False>"
+    await router.create_webrtc_transport(webrtc_server=server)
+    gone = asyncio.Event()
+    server.on("workerclose", gone.set)
+    await mafalda.aclose()
+    assert gone.is_set() and server.closed and mafalda.webrtc_servers == []
+    with pytest.raises(InvalidStateError):
+        await mafalda.create_webrtc_server(listen_infos=listen)
+
+
+async def test_a_mafalda_webrtc_server_is_made_again_on_a_new_worker(mafalda: Mafalda) -> None:
+    """The worker of a real WebRtcServer dies: its transports close, it is forgotten,
+    and the next transport (on the replacement worker) makes a new one."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    server = await mafalda.create_webrtc_server(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}]
+    )
+    first, second = await asyncio.gather(
+        router.create_webrtc_transport(webrtc_server=server),
+        router.create_webrtc_transport(webrtc_server=server),
+    )
+    ((pid, real),) = server.servers.items()  # two at once: one made
+    assert first.ice_candidates[0]["port"] == second.ice_candidates[0]["port"]
+    os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while not (real.closed and first.closed):
+            await asyncio.sleep(0.02)
+        while not mafalda.workers or mafalda.workers[0].pid == pid:
+            await asyncio.sleep(0.02)
+    assert server.servers == {} and not server.closed
+    again = await router.create_webrtc_transport(webrtc_server=server)
+    assert list(server.servers) == [router.worker_of(again).pid] != [pid]
+
+
+async def test_a_mafalda_webrtc_server_whose_worker_closes_as_it_is_made(
+    mafalda: Mafalda,
+) -> None:
+    """The worker closes as its real WebRtcServer is being made: the transport fails
+    (nothing kept of it), and the next one, on the replacement worker, works."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    server = await mafalda.create_webrtc_server(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}]
+    )
+    (worker,) = mafalda.workers
+    worker.observer.on("newwebrtcserver", lambda _: worker.close())
+    with pytest.raises(InvalidStateError, match="closed"):
+        await router.create_webrtc_transport(webrtc_server=server)
+    assert server.servers == {} and not server.closed
+    async with asyncio.timeout(10):
+        while not mafalda.workers or mafalda.workers[0] is worker:
+            await asyncio.sleep(0.02)
+    transport = await router.create_webrtc_transport(webrtc_server=server)
+    assert list(server.servers) == [router.worker_of(transport).pid]
+
+
+@pytest.mark.parametrize("side", ["remote-mafalda"])
+async def test_a_remote_mafalda_webrtc_server_is_the_clients_own(side: str) -> None:
+    """Through Remote Mafalda: another client cannot use it, and it closes with the
+    client's session (its transports with it)."""
+    async with _pool(side, num_workers=1) as pool:
+        assert pool.server is not None
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        server = await pool.api.create_webrtc_server(
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}]
+        )
+        transport = await router.create_webrtc_transport(webrtc_server=server)
+        assert pool.api.webrtc_servers == [server]
+        await _only_its_client_uses(pool, server, transport, closing=True)
+        assert pool.inside.workers[0].webrtc_servers_for_testing == set()
 
 
 async def test_worker_closed_from_outside_leaves_the_pool(mafalda: Mafalda) -> None:

@@ -377,6 +377,16 @@ class Cluster:
             self._clients[server_id] = remote
             return remote
 
+    async def mafalda_client(self, server_id: str) -> RemoteMafalda:
+        """This client's connection to ``server_id``, a server of a Mafalda pool."""
+        record = self._records.get(server_id)
+        if record is None:
+            raise ClusterError(f"no live media server {server_id!r}")
+        client = await self._client(record)
+        if not isinstance(client, RemoteMafalda):
+            raise RemoteError(f"server {server_id} serves mediasoup, not a Mafalda")
+        return client
+
     async def _mediasoup_client(self, record: ServerRecord) -> RemoteMediasoup:
         client = await self._client(record)
         if not isinstance(client, RemoteMediasoup):

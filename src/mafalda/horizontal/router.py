@@ -299,7 +299,7 @@ class ClusterRouter(SpanningRouter[str]):
             if key in options:
                 options[key] = _announce(options[key], address)
         if webrtc_server is not None:
-            options["webrtc_server"] = await webrtc_server.on_server(server)
+            options["webrtc_server"] = await webrtc_server.on_host(server)
             self._check_open()
         transport = await getattr(child, method)(**options)
         wrapper = ClusterTransport(self, server, transport)

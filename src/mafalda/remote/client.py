@@ -635,6 +635,18 @@ class RemoteMafalda(_Facade):
         """This client's WebRtcServers in the pool (``create_webrtc_servers()``)."""
         return [o for o in self.objects if isinstance(o, RemoteWebRtcServer)]
 
+    async def create_webrtc_server(
+        self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
+    ) -> RemoteWebRtcServer:
+        """As Mafalda's: a WebRtcServer whose transports are placed as any other, each on
+        its worker's real one (a pool of several workers is given a portRange). The
+        client's own, as its routers are."""
+        server = await self._connection.call(
+            None, "create_webrtc_server", (), {"listen_infos": listen_infos, "app_data": app_data}
+        )
+        assert isinstance(server, RemoteWebRtcServer)
+        return server
+
     async def create_webrtc_servers(
         self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
     ) -> dict[int, RemoteWebRtcServer]:

@@ -58,6 +58,7 @@ from mafalda.remote._limits import (
 from mafalda.remote.errors import ServerDrainingError
 from mafalda.vertical.mafalda import Mafalda
 from mafalda.vertical.router import MafaldaRouter
+from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
 
 __all__ = ["ClientInfo", "RemoteServer", "serve"]
 
@@ -75,6 +76,7 @@ KINDS: tuple[tuple[type, str], ...] = (
     (DataConsumer, "dataconsumer"),
     (RtpObserver, "rtpobserver"),
     (WebRtcServer, "webrtcserver"),
+    (MafaldaWebRtcServer, "webrtcserver"),
 )
 
 #: The kinds an object's parent may have (the parent closes it when it closes).
@@ -104,6 +106,7 @@ _DENIED = frozenset(
         "child_router",
         "worker_of",
         "mafalda_dump",
+        "on_host",
     }
 )
 _STATE_DENIED = frozenset(
@@ -117,6 +120,7 @@ _STATE_DENIED = frozenset(
         "child_routers",
         "routers",
         "workers",
+        "servers",
     }
 )
 #: State that cannot change once an object exists (mediasoup sets it at creation): sent
@@ -280,6 +284,9 @@ class _MafaldaRoot:
         self._session.server.observer.emit("newrouter", router)
         return router
 
+    async def create_webrtc_server(self, **kwargs: Any) -> MafaldaWebRtcServer:
+        return await self._mafalda.create_webrtc_server(**kwargs)
+
     async def create_webrtc_servers(self, **kwargs: Any) -> list[list[Any]]:
         """The client's own WebRtcServers, one per worker of the pool (closed with its
         session), as ``[pid, server]`` pairs: JSON keys could not be the pids."""
@@ -362,7 +369,9 @@ _CREATING = ("create_", "consume", "produce", "pipe_to_router")
 
 _ROOT_METHODS: dict[str, frozenset[str]] = {
     "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
-    "mafalda": frozenset({"create_router", "create_webrtc_servers", "dump", "stats"}),
+    "mafalda": frozenset(
+        {"create_router", "create_webrtc_server", "create_webrtc_servers", "dump", "stats"}
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from mafalda.vertical.policy import (
     WorkerLoad,
 )
 from mafalda.vertical.router import MafaldaRouter
+from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
 
 __all__ = [
     "GROW",
@@ -28,6 +29,7 @@ __all__ = [
     "Mafalda",
     "MafaldaRouter",
     "MafaldaStats",
+    "MafaldaWebRtcServer",
     "PlacementPolicy",
     "SpreadPolicy",
     "WorkerLoad",

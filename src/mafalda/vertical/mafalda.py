@@ -26,6 +26,7 @@ from mafalda.vertical.policy import GROW, Limits, PlacementPolicy, WorkerLoad, m
 
 if TYPE_CHECKING:
     from mafalda.vertical.router import MafaldaRouter
+    from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
 
 logger = logging.getLogger("mafalda.vertical")
 
@@ -97,6 +98,7 @@ class Mafalda(EventSource):
         #: waits for their processes.
         self._retired: set[Worker] = set()
         self._routers: dict[str, MafaldaRouter] = {}
+        self._webrtc_servers: dict[str, MafaldaWebRtcServer] = {}
         self._closed = False
         self._grow_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -295,6 +297,25 @@ class Mafalda(EventSource):
         )
         return {w.pid: s for w, s in zip(self._pool, servers, strict=True)}
 
+    @property
+    def webrtc_servers(self) -> list[MafaldaWebRtcServer]:
+        return list(self._webrtc_servers.values())
+
+    async def create_webrtc_server(
+        self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
+    ) -> MafaldaWebRtcServer:
+        """A WebRtcServer for this pool's routers' WebRtcTransports, placed as any other:
+        each worker a transport goes to gets a real one (made by the first transport
+        there), so give a pool of several workers a portRange, not one port."""
+        from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
+
+        self._check_open()
+        server = MafaldaWebRtcServer(mafalda=self, listen_infos=listen_infos, app_data=app_data)
+        self._webrtc_servers[server.id] = server
+        server.events.on("@close", lambda: self._webrtc_servers.pop(server.id, None))
+        self.observer.emit("newwebrtcserver", server)
+        return server
+
     # -- load ---------------------------------------------------------------------------------
 
     def _counts(self, worker: Worker) -> tuple[int, int, int, int]:
@@ -488,6 +509,9 @@ class Mafalda(EventSource):
         for router in list(self._routers.values()):
             router.mafalda_closed()
         self._routers.clear()
+        for webrtc_server in list(self._webrtc_servers.values()):
+            webrtc_server.mafalda_closed()
+        self._webrtc_servers.clear()
         for worker in list(self._pool):
             worker.close()
         self.observer.emit("close")

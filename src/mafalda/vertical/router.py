@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.mediasoup.plain_transport import PlainTransport
 from mafalda.mediasoup.producer import Producer
-from mafalda.mediasoup.router import PipeToRouterResult, Router
+from mafalda.mediasoup.router import PipeToRouterResult, Router, validate_listen_choice
 from mafalda.mediasoup.rtp_observer import RtpObserver
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.mediasoup.transport import Transport
@@ -135,11 +136,28 @@ class MafaldaRouter(SpanningRouter[Worker]):
     # -- transports -----------------------------------------------------------------------------
 
     async def create_webrtc_transport(self, **options: Any) -> WebRtcTransport:
-        """As mediasoup's; with ``webrtc_server`` the transport goes to that server's worker."""
+        """As mediasoup's. ``webrtc_server``: one of this Mafalda's MafaldaWebRtcServers
+        (the transport is placed as any other, on that worker's real WebRtcServer), or a
+        WebRtcServer of one of its workers (the transport goes to that worker)."""
+        from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
+
         server = options.get("webrtc_server")
-        pinned = self._mafalda.worker_of_webrtc_server(server) if server is not None else None
+        spanning = server if isinstance(server, MafaldaWebRtcServer) else None
+        if spanning is not None:
+            self._check_open()
+            validate_listen_choice(server, options.get("listen_infos"), options.get("listen_ips"))
+            if spanning.mafalda is not self._mafalda:
+                raise ValueError("webrtc_server belongs to another Mafalda")
+            if spanning.closed:
+                raise InvalidStateError("WebRtcServer closed")
+        pinned = None
+        if server is not None and spanning is None:
+            pinned = self._mafalda.worker_of_webrtc_server(server)
         worker, child = await self._placed_child(pinned)
         with self._mafalda.reserve(worker):
+            if spanning is not None:
+                options["webrtc_server"] = await spanning.on_host(worker)
+                self._check_open()
             transport = await child.create_webrtc_transport(**options)
         self._adopt(worker, transport)
         return transport

@@ -17,7 +17,7 @@ import copy
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -33,6 +33,27 @@ from mafalda.mediasoup.worker import validate_app_data
 logger = logging.getLogger("mafalda.vertical.spanning")
 
 H = TypeVar("H", bound=Hashable)
+T = TypeVar("T")
+
+
+def made_once(
+    makings: dict[H, asyncio.Future[T]], key: H, make: Callable[[H], Awaitable[T]]
+) -> Awaitable[T]:
+    """The making of ``key`` under way in ``makings``, or ``make(key)`` started there:
+    whoever asks meanwhile waits for the same one. Shielded: a caller cancelled must not
+    cancel a making others wait for, nor leave what it made unknown to everyone."""
+    future = makings.get(key)
+    if future is None:
+        future = asyncio.ensure_future(make(key))
+        makings[key] = future
+
+        def done(f: asyncio.Future[T]) -> None:
+            makings.pop(key, None)
+            if not f.cancelled():
+                f.exception()  # its waiters raise it; none at all is fine too
+
+        future.add_done_callback(done)
+    return asyncio.shield(future)
 
 
 @dataclass(eq=False, slots=True)
@@ -169,18 +190,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         child = self._children.get(host)
         if child is not None:
             return child
-        future = self._child_futures.get(host)
-        if future is None:
-            future = asyncio.ensure_future(self._create_child(host))
-            self._child_futures[host] = future
-
-            def done(f: asyncio.Future[Any]) -> None:
-                self._child_futures.pop(host, None)
-                if not f.cancelled():
-                    f.exception()  # its waiters raise it; none at all is fine too
-
-            future.add_done_callback(done)
-        return await asyncio.shield(future)
+        return await made_once(self._child_futures, host, self._create_child)
 
     async def _create_child(self, host: H) -> Any:
         child = await self._new_child(host)

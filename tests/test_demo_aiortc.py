@@ -28,7 +28,7 @@ from pymediasoup.sctp_parameters import SctpParameters, SctpStreamParameters
 from mafalda import remote, swarm
 from mafalda.demo.server import DemoConfig, DemoServer
 from mafalda.vertical import Mafalda, MafaldaRouter
-from tests.processes import TOKEN
+from tests.processes import TOKEN, free_port
 
 TIMEOUT = 60  # generous: a 2-core machine runs the worker, two aiortc peers and the codecs
 
@@ -260,7 +260,10 @@ async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
         if layer == "worker":
             config = DemoConfig(port=0, rtc_port=0)
         elif layer == "mafalda":
-            config = DemoConfig(port=0, layer="mafalda", num_workers=2, policy="spread")
+            # A range of two ports from a free one: one each for the two workers.
+            config = DemoConfig(
+                port=0, rtc_port=free_port(), layer="mafalda", num_workers=2, policy="spread"
+            )
         elif layer in ("remote", "remote-mafalda"):
             target = None
             if layer == "remote-mafalda":
@@ -268,10 +271,12 @@ async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
                 stack.push_async_callback(target.aclose)
             server = await remote.serve(token=TOKEN, target=target)
             stack.push_async_callback(server.close)
-            config = DemoConfig(port=0, layer="remote", url=server.url, token=TOKEN)
+            config = DemoConfig(port=0, rtc_port=0, layer="remote", url=server.url, token=TOKEN)
         elif layer == "cluster":
             redis_url = request.getfixturevalue("shared_cluster")
-            config = DemoConfig(port=0, layer="cluster", url=redis_url, token=TOKEN)
+            config = DemoConfig(
+                port=0, rtc_port=free_port(), layer="cluster", url=redis_url, token=TOKEN
+            )
         else:
             # Two swarm servers on their own addresses, the second knowing the first.
             urls: list[str] = []
@@ -284,11 +289,38 @@ async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
                 await node.start()
                 stack.push_async_callback(node.aclose)
                 urls.append(server.url)
-            config = DemoConfig(port=0, layer="swarm", url=urls[1], token=TOKEN)
+            config = DemoConfig(port=0, rtc_port=0, layer="swarm", url=urls[1], token=TOKEN)
         demo = DemoServer(config)
         await demo.start()
         stack.push_async_callback(demo.close)
         yield demo
+
+
+async def test_the_cluster_layer_on_all_interfaces(shared_cluster: str) -> None:
+    """--rtc-ip 0.0.0.0 on a cluster: each server's WebRtcServer listens on all its
+    interfaces and announces its own media address, on a port of the range. (Media are
+    not sent: on one machine's loopback addresses a socket on all interfaces answers
+    from 127.0.0.1, which a WebRTC peer expecting 127.0.0.x drops.)"""
+    low = free_port()
+    config = DemoConfig(
+        port=0, rtc_ip="0.0.0.0", rtc_port=low, layer="cluster", url=shared_cluster, token=TOKEN
+    )
+    async with DemoServer(config) as demo:
+        cluster = demo.rooms.worker
+        router = await cluster.create_router(media_codecs=demo.rooms.media_codecs)
+        taken = []
+        for server in sorted(cluster.servers):
+            transport = await router.create_webrtc_transport(
+                server=server, webrtc_server=demo.rooms.webrtc_server
+            )
+            address = cluster.servers[server]["mediaAddress"]
+            for candidate in transport.ice_candidates:
+                assert candidate["address"] == address
+                assert low <= candidate["port"] < low + 16
+            taken.append({(c["protocol"], c["port"]) for c in transport.ice_candidates})
+        # Both on all interfaces of one machine: each server took ports of its own.
+        assert len(taken) == 2 and not taken[0] & taken[1]
+        router.close()
 
 
 @pytest.fixture
@@ -329,6 +361,12 @@ async def test_two_aiortc_peers_through_the_demo(
         assert joined["activeSpeaker"] == speaker
         bob_recv = await bob.recv_transport()
         room = demo.rooms.rooms["aiortc"]
+        # Both transports listen through the layer's WebRtcServer (a worker's, or one per
+        # worker or server used: a dump by each).
+        dump = await demo.rooms.webrtc_server.dump()
+        dumps = [dump] if "webRtcTransportIds" in dump else list(dump.values())
+        in_server = {t for d in dumps for t in d["webRtcTransportIds"]}
+        assert in_server == {alice_send.id, bob_recv.id}
         # Spread: a pipe between the workers. (A cluster's or swarm's least-loaded
         # placement put the two on different servers in every run seen, not asserted.)
         if isinstance(room.router, MafaldaRouter):

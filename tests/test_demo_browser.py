@@ -55,7 +55,7 @@ async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
     assert BUNDLE.exists(), f"{BUNDLE} is missing: run `bash scripts/build-demo.sh` first"
     config = DemoConfig(port=0, rtc_port=0)
     if request.param == "mafalda":
-        config = DemoConfig(port=0, layer="mafalda", num_workers=2, policy="spread")
+        config = DemoConfig(port=0, rtc_port=0, layer="mafalda", num_workers=2, policy="spread")
     async with DemoServer(config) as server:
         yield server
 

@@ -139,16 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rtc-ip",
         default=env("MAFALDA_DEMO_RTC_IP") or "127.0.0.1",
-        help="IP media are received on: the WebRtcServer's, or with --layer mafalda or "
-        "remote each transport's (env MAFALDA_DEMO_RTC_IP; default %(default)s); a "
-        "cluster's or swarm's transports are on their servers' media addresses",
+        help="IP media are received on, the WebRtcServer's (env MAFALDA_DEMO_RTC_IP; "
+        "default %(default)s); a cluster's or swarm's WebRtcServers are on their "
+        "servers' media addresses (0.0.0.0 or ::: on all interfaces, that one announced)",
     )
     demo.add_argument(
         "--rtc-port",
         type=_port,
         default=_env_port("MAFALDA_DEMO_RTC_PORT", 40000),
         help="WebRtcServer port, UDP and TCP; 0 for any (env MAFALDA_DEMO_RTC_PORT; "
-        "default %(default)s); other layers use their workers' port ranges",
+        "default %(default)s); where each worker has its own WebRtcServer the ports from "
+        "it, one per worker (a Mafalda pool), 16 on each server of a cluster or swarm",
     )
     demo.add_argument(
         "--announced-ip",

@@ -35,7 +35,6 @@ from mafalda.mediasoup import (
     RouterRtpCodecCapability,
     RtpCapabilities,
     SctpCapabilities,
-    WebRtcServer,
     WebRtcTransport,
     ortc,
 )
@@ -304,12 +303,13 @@ class RoomManager:
         self,
         *,
         worker: RouterSource,
-        webrtc_server: WebRtcServer | None = None,
+        webrtc_server: Any = None,
         listen_infos: list[ListenInfo] | None = None,
         media_codecs: list[RouterRtpCodecCapability] | None = None,
     ) -> None:
         """worker: where rooms' Routers come from. Their WebRtcTransports go on
-        ``webrtc_server`` (a worker's) or on ``listen_infos`` (one of the two)."""
+        ``webrtc_server`` (a worker's, or the layer's own: a Mafalda's, a cluster's) or
+        on ``listen_infos`` (one of the two)."""
         if (webrtc_server is None) == (listen_infos is None):
             raise ValueError("give a RoomManager either webrtc_server or listen_infos")
         self.worker = worker

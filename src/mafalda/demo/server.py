@@ -8,9 +8,10 @@ Routes: ``GET /`` the page (it joins the room named by ``?room=``), ``/static/..
 files (``static/build/demo.js`` is the bundle that ``scripts/build-demo.sh`` makes), and
 ``GET /ws`` the signaling WebSocket (one :class:`~mafalda.demo.room.Session` each).
 
-``DemoConfig.layer`` says what the rooms run on; the room code is the same for all:
-"worker" (one mediasoup worker here; media through one WebRtcServer, one UDP and one TCP
-port for every transport), "mafalda" (a Mafalda pool spanning the cores), "remote" (a
+``DemoConfig.layer`` says what the rooms run on; the room code is the same for all,
+and on every layer media go through a WebRtcServer (one UDP and one TCP port per worker
+for every transport there): "worker" (one mediasoup worker here), "mafalda" (a Mafalda
+pool spanning the cores), "remote" (a
 ``mafalda serve`` at ``url``: Remote Mediasoup or Remote Mafalda), "cluster" (the
 servers registered in the Redis at ``url``) or "swarm" (the swarm of the server at
 ``url``).
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -48,6 +49,9 @@ STATIC_DIR: Final = Path(__file__).parent / "static"
 #: The browser bundle (mediasoup-client and the page's code), built by
 #: ``scripts/build-demo.sh``; not in the source tree until then.
 BUNDLE: Final = STATIC_DIR / "build" / "demo.js"
+#: Ports from ``rtc_port`` a server of a cluster or swarm may listen on (one per worker).
+CLUSTER_PORTS: Final = 16
+
 #: Messages queued for a client that does not read them; past this it is dropped.
 MAX_OUTBOX: Final = 1000
 
@@ -115,12 +119,17 @@ class DemoServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _listen_infos(self, *, port: bool) -> list[ListenInfo]:
+    def _listen_infos(self, ports: int = 1) -> list[ListenInfo]:
+        """The WebRtcServer's: ``rtc_port``, or the ``ports`` from it where several
+        workers each have their own (0: any free ones)."""
         config = self.config
         listen_infos: list[ListenInfo] = []
         for proto in ("udp", "tcp"):
             info: ListenInfo = {"protocol": proto, "ip": config.rtc_ip}
-            if port and config.rtc_port:
+            if config.rtc_port and ports > 1:
+                last = min(config.rtc_port + ports - 1, 65535)
+                info["portRange"] = {"min": config.rtc_port, "max": last}
+            elif config.rtc_port:
                 info["port"] = config.rtc_port
             if config.announced_ip:
                 info["announcedAddress"] = config.announced_ip
@@ -135,10 +144,11 @@ class DemoServer:
             self._worker = await create_worker(log_level=config.worker_log_level)
             self._worker.on("died", self._on_worker_died)
             self._webrtc_server = await self._worker.create_webrtc_server(
-                listen_infos=self._listen_infos(port=True)
+                listen_infos=self._listen_infos()
             )
             return RoomManager(worker=self._worker, webrtc_server=self._webrtc_server)
         source: RouterSource
+        webrtc_server: Any
         # Each layer checks its own policy names (ValueError).
         policy: dict[str, Any] = {"policy": config.policy} if config.policy else {}
         if config.layer == "mafalda":
@@ -150,6 +160,9 @@ class DemoServer:
                 **policy,
             )
             self._close_layer, source = pool.aclose, pool
+            webrtc_server = await pool.create_webrtc_server(
+                listen_infos=self._listen_infos(pool.max_workers)
+            )
         elif config.layer == "remote":
             from mafalda import remote
 
@@ -158,10 +171,14 @@ class DemoServer:
             self._close_layer = client.aclose
             if isinstance(client, remote.RemoteMafalda):
                 source = client
+                webrtc_server = await client.create_webrtc_server(
+                    listen_infos=self._listen_infos(client.max_workers)
+                )
             else:
                 worker = await client.create_worker(log_level=config.worker_log_level)
                 worker.on("died", self._on_worker_died)  # the server's worker, or the server
                 source = worker
+                webrtc_server = await worker.create_webrtc_server(listen_infos=self._listen_infos())
         else:
             assert config.url is not None and config.token is not None
             if config.layer == "cluster":
@@ -173,16 +190,22 @@ class DemoServer:
 
                 cluster = await swarm.connect([config.url], token=config.token, **policy)
             self._close_layer, source = cluster.aclose, cluster
-            # Each transport on its server's media address (no ip: the cluster router
-            # fills it in); --rtc-ip 0.0.0.0: on all interfaces, that address announced.
-            infos: list[dict[str, Any]] = [
-                {"protocol": p, "ip": config.rtc_ip}
-                if config.rtc_ip in ("0.0.0.0", "::")
-                else {"protocol": p}
-                for p in ("udp", "tcp")
-            ]
-            return RoomManager(worker=source, listen_infos=cast(list[ListenInfo], infos))
-        return RoomManager(worker=source, listen_infos=self._listen_infos(port=False))
+            # Each server's WebRtcServer on its media address (no ip: the cluster fills
+            # it in); --rtc-ip 0.0.0.0: on all interfaces, that address announced. A
+            # range: a server of a Mafalda pool has one per worker.
+            infos: list[dict[str, Any]] = []
+            for proto in ("udp", "tcp"):
+                info: dict[str, Any] = {"protocol": proto}
+                if config.rtc_ip in ("0.0.0.0", "::"):
+                    info["ip"] = config.rtc_ip
+                if config.rtc_port:
+                    info["portRange"] = {
+                        "min": config.rtc_port,
+                        "max": min(config.rtc_port + CLUSTER_PORTS - 1, 65535),
+                    }
+                infos.append(info)
+            webrtc_server = await cluster.create_webrtc_server(listen_infos=infos)
+        return RoomManager(worker=source, webrtc_server=webrtc_server)
 
     async def start(self) -> None:
         config = self.config

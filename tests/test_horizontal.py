@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -2125,3 +2126,28 @@ async def test_cluster_webrtc_server_on_a_mafalda_server(redis_server: RedisProc
     finally:
         server.proc.kill()
         await reap(server.proc)
+
+
+async def test_cluster_router_keeps_a_child_a_transport_is_being_made_on(
+    cluster: Cluster,
+) -> None:
+    """The only transport on a server closes while another is being made there (from
+    the router worker's 'newwebrtcserver', as the ClusterWebRtcServer is made): the
+    child router stays for the new transport. A transport the server refuses (its port
+    taken) on a server the router had no child on leaves no child there."""
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    first = await router.create_plain_transport(server="s1", listen_info={"protocol": "udp"})
+    cws = await cluster.create_webrtc_server(listen_infos=[{"protocol": "udp"}])
+    cluster._router_workers["s1"].observer.on("newwebrtcserver", lambda _: first.close())
+    second = await router.create_webrtc_transport(server="s1", webrtc_server=cws)
+    assert first.closed and not second.closed and router.servers == ["s1"]
+    assert (await second.dump())["id"] == second.id
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.3", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(Exception, match=f"address already in use.*{port}|{port}.*in use"):
+            await router.create_plain_transport(
+                server="s2", listen_info={"protocol": "udp", "port": port}
+            )
+    assert router.servers == ["s1"]
+    router.close()

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -802,6 +803,50 @@ async def test_a_remote_mafalda_webrtc_server_is_the_clients_own(side: str) -> N
         assert pool.api.webrtc_servers == [server]
         await _only_its_client_uses(pool, server, transport, closing=True)
         assert pool.inside.workers[0].webrtc_servers_for_testing == set()
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_the_last_transport_closing_while_another_is_made_keeps_the_child(
+    side: str,
+) -> None:
+    """The only transport on a worker closes while another is being made there (from
+    the child router's own 'newtransport'): the child router stays for the new one,
+    which works; it goes once that one closes too."""
+    async with _pool(side, num_workers=1) as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        first = await router.create_plain_transport(listen_info=LISTEN)
+        (worker,) = pool.inside.workers
+        child = pool.served(router).child_router(worker)
+        served_first = pool.served(first)
+        child.observer.on(
+            "newtransport", lambda t: None if t is served_first else served_first.close()
+        )
+        second = await router.create_direct_transport()
+        assert served_first.closed and not pool.served(second).closed
+        assert pool.served(router).child_router(worker) is child and not child.closed
+        assert (await second.dump())["id"] == second.id
+        second.close()
+        async with asyncio.timeout(5):
+            while not child.closed:
+                await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_failed_transport_leaves_no_idle_child(side: str) -> None:
+    """A transport the worker refuses (its port taken) on a worker this router had no
+    child on: the child router made for it goes too."""
+    async with _pool(side, num_workers=1) as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            with pytest.raises(Exception, match=str(port)):
+                await router.create_plain_transport(
+                    listen_info={"protocol": "udp", "ip": "127.0.0.1", "port": port}
+                )
+        (worker,) = pool.inside.workers
+        assert pool.served(router).child_router(worker) is None
+        assert (await worker.dump())["routerIds"] == []
 
 
 async def test_worker_closed_from_outside_leaves_the_pool(mafalda: Mafalda) -> None:

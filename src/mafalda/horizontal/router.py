@@ -21,9 +21,10 @@ events fire, copies of its producers on other servers close, so their consumers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.errors import InvalidStateError
@@ -264,27 +265,34 @@ class ClusterRouter(SpanningRouter[str]):
 
     # -- transports and observers --------------------------------------------------------
 
-    async def _host(self, server: str | None) -> tuple[str, Any]:
-        """The server for a new transport or observer, and the child router there."""
+    @contextlib.asynccontextmanager
+    async def _hosted(self, server: str | None) -> AsyncIterator[tuple[str, Any]]:
+        """The server for a new transport or observer (``server``, or the policy's
+        choice), and the child router there, kept (not idle) until the body has made and
+        adopted what it makes."""
         self._check_open()
         if server is not None:
             self._cluster.check_placeable(server)
-            child = await self._child(server)
-            self._check_open()
-            return server, child
+            with self._busy(server):
+                child = await self._child(server)
+                self._check_open()
+                yield server, child
+            return
         refused: set[str] = set()
         while True:
             server = self._cluster.place(exclude=refused)  # ClusterError when none is left
-            try:
-                child = await self._child(server)
-            except Exception as error:
-                if not refused_by_server(error):
-                    raise
-                logger.warning("server %s refused a child router: %s", server, error)
-                refused.add(server)
-                continue
-            self._check_open()
-            return server, child
+            with self._busy(server):
+                try:
+                    child = await self._child(server)
+                except Exception as error:
+                    if not refused_by_server(error):
+                        raise
+                    logger.warning("server %s refused a child router: %s", server, error)
+                    refused.add(server)
+                    continue
+                self._check_open()
+                yield server, child
+                return
 
     async def _create(
         self,
@@ -293,17 +301,17 @@ class ClusterRouter(SpanningRouter[str]):
         options: dict[str, Any],
         webrtc_server: ClusterWebRtcServer | None = None,
     ) -> ClusterTransport:
-        server, child = await self._host(server)
-        address = self._cluster.media_address(server)
-        for key in ("listen_infos", "listen_info"):
-            if key in options:
-                options[key] = _announce(options[key], address)
-        if webrtc_server is not None:
-            options["webrtc_server"] = await webrtc_server.on_host(server)
-            self._check_open()
-        transport = await getattr(child, method)(**options)
-        wrapper = ClusterTransport(self, server, transport)
-        self._adopt(server, transport, wrapper)
+        async with self._hosted(server) as (server, child):
+            address = self._cluster.media_address(server)
+            for key in ("listen_infos", "listen_info"):
+                if key in options:
+                    options[key] = _announce(options[key], address)
+            if webrtc_server is not None:
+                options["webrtc_server"] = await webrtc_server.on_host(server)
+                self._check_open()
+            transport = await getattr(child, method)(**options)
+            wrapper = ClusterTransport(self, server, transport)
+            self._adopt(server, transport, wrapper)
         return wrapper
 
     async def create_webrtc_transport(
@@ -353,10 +361,10 @@ class ClusterRouter(SpanningRouter[str]):
     async def _create_observer(
         self, method: str, server: str | None, options: dict[str, Any]
     ) -> ClusterRtpObserver:
-        server, child = await self._host(server)
-        rtp_observer = await getattr(child, method)(**options)
-        wrapper = ClusterRtpObserver(self, server, rtp_observer)
-        self._adopt_observer(server, rtp_observer, wrapper)
+        async with self._hosted(server) as (server, child):
+            rtp_observer = await getattr(child, method)(**options)
+            wrapper = ClusterRtpObserver(self, server, rtp_observer)
+            self._adopt_observer(server, rtp_observer, wrapper)
         return wrapper
 
     async def create_active_speaker_observer(

@@ -8,8 +8,9 @@ bookkeeping of pipes, pairs and idle children is SpanningRouter's).
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.data_producer import DataProducer
@@ -124,14 +125,20 @@ class MafaldaRouter(SpanningRouter[Worker]):
             return self._home[obj.id]
         raise ValueError(f"{type(obj).__name__} {obj.id} is not on this router")
 
-    async def _placed_child(self, worker: Worker | None = None) -> tuple[Worker, Router]:
+    @contextlib.asynccontextmanager
+    async def _placed(self, worker: Worker | None = None) -> AsyncIterator[tuple[Worker, Router]]:
+        """The worker (``worker``, or the policy's choice) and this router's child there,
+        both held (counted by the pool, not idle) until the body has made and adopted
+        what it makes."""
         self._check_open()
         if worker is None:
             worker = await self._mafalda.place(self)
-        with self._mafalda.reserve(worker):
+        with self._busy(worker), self._mafalda.reserve(worker):
             child: Router = await self._child(worker)
-        self._check_open()
-        return worker, child
+            self._check_open()
+            if worker.closed:  # closed from outside while its child was being made
+                raise InvalidStateError("Worker closed")
+            yield worker, child
 
     # -- transports -----------------------------------------------------------------------------
 
@@ -153,34 +160,30 @@ class MafaldaRouter(SpanningRouter[Worker]):
         pinned = None
         if server is not None and spanning is None:
             pinned = self._mafalda.worker_of_webrtc_server(server)
-        worker, child = await self._placed_child(pinned)
-        with self._mafalda.reserve(worker):
+        async with self._placed(pinned) as (worker, child):
             if spanning is not None:
                 options["webrtc_server"] = await spanning.on_host(worker)
                 self._check_open()
             transport = await child.create_webrtc_transport(**options)
-        self._adopt(worker, transport)
+            self._adopt(worker, transport)
         return transport
 
     async def create_plain_transport(self, **options: Any) -> PlainTransport:
-        worker, child = await self._placed_child()
-        with self._mafalda.reserve(worker):
+        async with self._placed() as (worker, child):
             transport = await child.create_plain_transport(**options)
-        self._adopt(worker, transport)
+            self._adopt(worker, transport)
         return transport
 
     async def create_pipe_transport(self, **options: Any) -> PipeTransport:
-        worker, child = await self._placed_child()
-        with self._mafalda.reserve(worker):
+        async with self._placed() as (worker, child):
             transport = await child.create_pipe_transport(**options)
-        self._adopt(worker, transport)
+            self._adopt(worker, transport)
         return transport
 
     async def create_direct_transport(self, **options: Any) -> DirectTransport:
-        worker, child = await self._placed_child()
-        with self._mafalda.reserve(worker):
+        async with self._placed() as (worker, child):
             transport = await child.create_direct_transport(**options)
-        self._adopt(worker, transport)
+            self._adopt(worker, transport)
         return transport
 
     # -- aliases ------------------------------------------------------------------------------
@@ -242,49 +245,53 @@ class MafaldaRouter(SpanningRouter[Worker]):
     ) -> PipeToRouterResult:
         target: Router
         target_worker: Worker | None = None
-        if isinstance(router, MafaldaRouter):
-            target_worker = await router._mafalda.place(router)
-            _, target = await router._placed_child(target_worker)
-            if options.get("keep_id", True) and router._mafalda.worker_hosts(
-                target_worker, source_id
-            ):
-                # Ids are unique per worker: the copy gets its own id there, and the
-                # target router knows it by the original one.
-                options["keep_id"] = False
-        elif isinstance(router, Router):
-            target = router
-        else:
-            raise TypeError("router must be a Router or a MafaldaRouter")
-        source: Router = await self._child(home)
-        result = await source.pipe_to_router(
-            router=target, producer_id=producer_id, data_producer_id=data_producer_id, **options
-        )
-        if isinstance(router, MafaldaRouter) and target_worker is not None:
-            # The piped copy is the target router's producer from now on, by this id.
-            if "pipeProducer" in result:
-                piped = result["pipeProducer"]
-                if piped.id != source_id:
-                    target.alias_producer(source_id, piped)
-                router._adopt_producer(target_worker, piped, source_id)
-            if "pipeDataProducer" in result:
-                piped_data = result["pipeDataProducer"]
-                if piped_data.id != source_id:
-                    target.alias_data_producer(source_id, piped_data)
-                router._adopt_data_producer(target_worker, piped_data, source_id)
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(router, MafaldaRouter):
+                target_worker = await router._mafalda.place(router)
+                _, target = await stack.enter_async_context(router._placed(target_worker))
+                if options.get("keep_id", True) and router._mafalda.worker_hosts(
+                    target_worker, source_id
+                ):
+                    # Ids are unique per worker: the copy gets its own id there, and the
+                    # target router knows it by the original one.
+                    options["keep_id"] = False
+            elif isinstance(router, Router):
+                target = router
+            else:
+                raise TypeError("router must be a Router or a MafaldaRouter")
+            source: Router = await self._child(home)
+            result = await source.pipe_to_router(
+                router=target,
+                producer_id=producer_id,
+                data_producer_id=data_producer_id,
+                **options,
+            )
+            if isinstance(router, MafaldaRouter) and target_worker is not None:
+                # The piped copy is the target router's producer from now on, by this id.
+                if "pipeProducer" in result:
+                    piped = result["pipeProducer"]
+                    if piped.id != source_id:
+                        target.alias_producer(source_id, piped)
+                    router._adopt_producer(target_worker, piped, source_id)
+                if "pipeDataProducer" in result:
+                    piped_data = result["pipeDataProducer"]
+                    if piped_data.id != source_id:
+                        target.alias_data_producer(source_id, piped_data)
+                    router._adopt_data_producer(target_worker, piped_data, source_id)
         return result
 
     # -- RTP observers --------------------------------------------------------------------------
 
     async def create_active_speaker_observer(self, **options: Any) -> ActiveSpeakerObserver:
-        worker, child = await self._placed_child()
-        rtp_observer = await child.create_active_speaker_observer(**options)
-        self._adopt_observer(worker, rtp_observer)
+        async with self._placed() as (worker, child):
+            rtp_observer = await child.create_active_speaker_observer(**options)
+            self._adopt_observer(worker, rtp_observer)
         return rtp_observer
 
     async def create_audio_level_observer(self, **options: Any) -> AudioLevelObserver:
-        worker, child = await self._placed_child()
-        rtp_observer = await child.create_audio_level_observer(**options)
-        self._adopt_observer(worker, rtp_observer)
+        async with self._placed() as (worker, child):
+            rtp_observer = await child.create_audio_level_observer(**options)
+            self._adopt_observer(worker, rtp_observer)
         return rtp_observer
 
     # -- dumps ----------------------------------------------------------------------------------

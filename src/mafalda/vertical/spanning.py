@@ -124,6 +124,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         #: piped in (pipe_to_router() from another router): a second at once would
         #: shadow the first.
         self._incoming: set[tuple[str, str]] = set()
+        #: Transports and observers being made on each host: its child is not idle.
+        self._busy_hosts: dict[H, int] = {}
         self.events = EventEmitter()
         self.observer = EventEmitter()
 
@@ -218,9 +220,26 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._forget_child(host, child)
         self._record_loss(host, "routers", child.id)
 
+    @contextlib.contextmanager
+    def _busy(self, host: H) -> Iterator[None]:
+        """A transport or observer being made on ``host``, from before its child router is
+        fetched until it is adopted: a last one closing there meanwhile must not close
+        the child under it. After a making that failed, the child goes if idle."""
+        self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._busy_hosts[host] - 1
+            if left:
+                self._busy_hosts[host] = left
+            else:
+                del self._busy_hosts[host]
+                if not self._closed:
+                    self._release_child_if_idle(host)
+
     def _release_child_if_idle(self, host: H) -> None:
         child = self._children.get(host)
-        if child is None or child.closed:
+        if child is None or child.closed or host in self._busy_hosts:
             return
         if any(h == host for h in self._transport_host.values()):
             return

@@ -15,7 +15,9 @@ import pytest
 
 from mafalda.mediasoup import InvalidStateError, Router, Worker
 from mafalda.mediasoup.channel import Channel
+from mafalda.mediasoup.errors import InvalidValueError
 from mafalda.mediasoup.transport import Transport, validate_listen_info
+from mafalda.mediasoup.worker import validate_worker_settings
 from mafalda.remote import RemoteMediasoup, RemoteServer, connect, serve
 from mafalda.remote.proxy import RemoteObject
 
@@ -54,6 +56,37 @@ MEDIA_CODECS: list[Any] = [
 def test_listen_info_errors_name_the_field(info: Any, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         validate_listen_info(info)
+
+
+def _worker_settings(**wrong: Any) -> None:
+    settings: dict[str, Any] = {
+        "log_level": None,
+        "log_tags": None,
+        "rtc_min_port": 10000,
+        "rtc_max_port": 59999,
+        "dtls_certificate_file": None,
+        "dtls_private_key_file": None,
+        "app_data": None,
+    }
+    validate_worker_settings(**{**settings, **wrong})
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: validate_listen_info({"protocol": "sctp", "ip": "127.0.0.1"}),
+        lambda: validate_listen_info({**LISTEN, "portRange": {"min": 9, "max": 8}}),
+        lambda: _worker_settings(log_level="chatty"),
+        lambda: _worker_settings(rtc_min_port=0),
+    ],
+    ids=["protocol", "portRange", "log_level", "rtc_min_port"],
+)
+def test_a_wrong_value_is_a_type_error_as_in_mediasoup_and_a_value_error(call: Any) -> None:
+    """mediasoup throws TypeError for a value of the right type that is wrong; Python
+    code expects ValueError: the error is both (InvalidValueError)."""
+    with pytest.raises(InvalidValueError) as error:
+        call()
+    assert isinstance(error.value, TypeError) and isinstance(error.value, ValueError)
 
 
 def test_valid_listen_info_passes() -> None:

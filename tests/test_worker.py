@@ -111,13 +111,20 @@ async def test_worker_failing_on_its_certificate_raises_worker_died_error(tmp_pa
 
 
 async def test_worker_binary_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import mafalda.mediasoup as mediasoup
+
     monkeypatch.setenv("MEDIASOUP_WORKER_BIN", str(tmp_path / "nope"))
+    assert mediasoup.worker_bin == str(tmp_path / "nope")  # mediasoup's workerBin, as is
     with pytest.raises(WorkerBinaryNotFoundError, match="MEDIASOUP_WORKER_BIN"):
         find_worker_bin()
     monkeypatch.delenv("MEDIASOUP_WORKER_BIN")
     monkeypatch.setenv("MAFALDA_CACHE", str(tmp_path))
+    assert mediasoup.worker_bin.startswith(str(tmp_path))
+    assert mediasoup.worker_bin.endswith("/mediasoup-worker-3.19.19/mediasoup-worker")
     with pytest.raises(WorkerBinaryNotFoundError, match="`mafalda build-worker`"):
         await create_worker()
+    with pytest.raises(AttributeError, match="no attribute 'workerBin'"):
+        mediasoup.workerBin  # noqa: B018
 
 
 async def test_worker_dump_and_resource_usage(worker: Worker) -> None:

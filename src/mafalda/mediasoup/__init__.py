@@ -15,6 +15,8 @@ names (snake_case methods and keyword arguments; camelCase keys inside wire dict
 
 from __future__ import annotations
 
+import os
+
 from mafalda.mediasoup import ortc
 from mafalda.mediasoup.active_speaker_observer import ActiveSpeakerObserver
 from mafalda.mediasoup.audio_level_observer import AudioLevelObserver
@@ -27,6 +29,7 @@ from mafalda.mediasoup.errors import (
     ChannelClosedError,
     ChannelTimeoutError,
     InvalidStateError,
+    InvalidValueError,
     MediasoupError,
     UnsupportedError,
     WorkerError,
@@ -76,6 +79,7 @@ from mafalda.mediasoup.worker import (
 from mafalda.mediasoup.worker_binary import (
     WORKER_VERSION,
     WorkerBinaryNotFoundError,
+    cached_worker_bin,
     find_worker_bin,
 )
 
@@ -94,6 +98,7 @@ __all__ = [
     "DirectTransport",
     "EventEmitter",
     "InvalidStateError",
+    "InvalidValueError",
     "ListenInfo",
     "LogEventListeners",
     "MediaKind",
@@ -142,4 +147,14 @@ __all__ = [
     "parse_scalability_mode",
     "set_log_event_listeners",
     "version",
+    "worker_bin",
 ]
+
+
+def __getattr__(name: str) -> str:
+    # mediasoup's `workerBin`: the binary the next worker starts, whether it is there or
+    # not (find_worker_bin() checks it). Read when asked: MEDIASOUP_WORKER_BIN may be set
+    # after this import.
+    if name == "worker_bin":
+        return os.environ.get("MEDIASOUP_WORKER_BIN") or str(cached_worker_bin())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

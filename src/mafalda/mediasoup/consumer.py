@@ -16,7 +16,7 @@ from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
 from mafalda.mediasoup._fbs.Transport.CloseConsumerRequest import CloseConsumerRequestT
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.producer import (
     TraceEventDirection,
     media_kind_from_fbs,
@@ -488,12 +488,16 @@ class Consumer(EventSource):
         if not _is_int(spatial_layer):
             raise TypeError("spatial_layer must be an integer")
         if not 0 <= spatial_layer <= _UINT8_MAX:
-            raise ValueError(f"spatial_layer must be in 0..{_UINT8_MAX}, got {spatial_layer}")
+            raise InvalidValueError(
+                f"spatial_layer must be in 0..{_UINT8_MAX}, got {spatial_layer}"
+            )
         if temporal_layer is not None:
             if not _is_int(temporal_layer):
                 raise TypeError("if given, temporal_layer must be an integer")
             if not 0 <= temporal_layer <= _UINT8_MAX:
-                raise ValueError(f"temporal_layer must be in 0..{_UINT8_MAX}, got {temporal_layer}")
+                raise InvalidValueError(
+                    f"temporal_layer must be in 0..{_UINT8_MAX}, got {temporal_layer}"
+                )
         self._check_open()
         layers = ConsumerLayersT(spatialLayer=spatial_layer, temporalLayer=temporal_layer)
         body = await self._channel.request(
@@ -512,7 +516,7 @@ class Consumer(EventSource):
         if not _is_int(priority):
             raise TypeError("priority must be an integer")
         if not 1 <= priority <= _UINT8_MAX:
-            raise ValueError(f"priority must be in 1..{_UINT8_MAX}, got {priority}")
+            raise InvalidValueError(f"priority must be in 1..{_UINT8_MAX}, got {priority}")
         self._check_open()
         body = await self._channel.request(
             Method.CONSUMER_SET_PRIORITY, self._id, SetPriorityRequestT(priority=priority)

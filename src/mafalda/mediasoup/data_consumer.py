@@ -45,7 +45,7 @@ from mafalda.mediasoup.data_producer import (
     validate_subchannels,
 )
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.sctp_parameters import SctpStreamParameters, parse_sctp_stream_parameters
 
 __all__ = [
@@ -332,7 +332,7 @@ class DataConsumer(EventSource):
         if isinstance(threshold, bool) or not isinstance(threshold, int):
             raise TypeError("threshold must be an integer")
         if not 0 <= threshold <= _UINT32_MAX:
-            raise ValueError(f"threshold must be in 0..{_UINT32_MAX}, got {threshold}")
+            raise InvalidValueError(f"threshold must be in 0..{_UINT32_MAX}, got {threshold}")
         await self._channel.request(
             Method.DATACONSUMER_SET_BUFFERED_AMOUNT_LOW_THRESHOLD,
             self._id,

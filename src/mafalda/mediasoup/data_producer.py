@@ -23,7 +23,7 @@ from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.Transport.CloseDataProducerRequest import CloseDataProducerRequestT
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.sctp_parameters import SctpStreamParameters, parse_sctp_stream_parameters
 
 __all__ = [
@@ -126,7 +126,7 @@ def validate_ppid(ppid: Any) -> None:
     if isinstance(ppid, bool) or not isinstance(ppid, int):
         raise TypeError("if given, ppid must be an integer")
     if not 0 <= ppid <= _UINT32_MAX:
-        raise ValueError(f"ppid must be in 0..{_UINT32_MAX}, got {ppid}")
+        raise InvalidValueError(f"ppid must be in 0..{_UINT32_MAX}, got {ppid}")
 
 
 def resolve_message_ppid(message: Any, ppid: int | None) -> tuple[bytes, int]:
@@ -162,7 +162,7 @@ def validate_subchannel(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer")
     if not 0 <= value <= _UINT16_MAX:
-        raise ValueError(f"{name} must be in 0..{_UINT16_MAX}, got {value}")
+        raise InvalidValueError(f"{name} must be in 0..{_UINT16_MAX}, got {value}")
     return value
 
 

@@ -11,8 +11,10 @@ The tree::
     └── WorkerError                 the worker refused a request; ``reason`` is its text
         └── WorkerTypeError         ... because an argument was wrong (also a TypeError)
 
-Invalid arguments detected before anything reaches the worker raise the builtin
-TypeError or ValueError, naming the field, as mediasoup's Node library does.
+Invalid arguments detected before anything reaches the worker raise TypeError for a
+value of the wrong type and InvalidValueError (a TypeError and a ValueError) for one of
+the right type that is wrong, naming the field: mediasoup throws TypeError for both, so
+code written after Node's catches either, and Python code catches a ValueError.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from __future__ import annotations
 
 class MediasoupError(Exception):
     """Root of the errors raised by mafalda.mediasoup."""
+
+
+class InvalidValueError(TypeError, ValueError):
+    """A value of the expected type whose content is invalid.
+
+    mediasoup throws TypeError for these; being a ValueError as well lets Python
+    code catch them the idiomatic way while code written after Node's keeps working.
+    """
 
 
 class UnsupportedError(MediasoupError):

@@ -17,6 +17,7 @@ from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
 from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer
+from mafalda.mediasoup.errors import InvalidValueError
 from mafalda.mediasoup.plain_transport import (
     validate_remote_ip,
     validate_remote_port,
@@ -206,7 +207,7 @@ class PipeTransport(Transport):
     async def _consume_pipe(self, producer_id: str, app_data: dict[str, Any] | None) -> Consumer:
         producer = self._get_producer_by_id(producer_id)
         if producer is None:
-            raise ValueError(f'Producer with id "{producer_id}" not found')
+            raise InvalidValueError(f'Producer with id "{producer_id}" not found')
         rtp_parameters = ortc.get_pipe_consumer_rtp_parameters(
             consumable_rtp_parameters=producer.consumable_rtp_parameters,
             enable_rtx=self._rtx,

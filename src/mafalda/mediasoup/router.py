@@ -53,7 +53,7 @@ from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport, parse_direct_transport_dump
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.pipe_transport import (
     PipeTransport,
     open_pipe_pair,
@@ -135,7 +135,7 @@ def _check_num_sctp_streams(value: Any) -> NumSctpStreamsT:
         raise TypeError("if given, num_sctp_streams must contain OS and MIS")
     for key in ("OS", "MIS"):
         if not 1 <= value[key] <= 65535:
-            raise ValueError(f"num_sctp_streams.{key} must be in 1..65535")
+            raise InvalidValueError(f"num_sctp_streams.{key} must be in 1..65535")
     t = NumSctpStreamsT()
     t.os = value["OS"]
     t.mis = value["MIS"]
@@ -146,7 +146,7 @@ def _check_uint(value: Any, name: str, maximum: int = 0xFFFFFFFF) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer")
     if not 0 <= value <= maximum:
-        raise ValueError(f"{name} must be in 0..{maximum}, got {value}")
+        raise InvalidValueError(f"{name} must be in 0..{maximum}, got {value}")
     return value
 
 
@@ -587,7 +587,7 @@ class Router(EventSource):
         if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
             raise TypeError("if given, max_message_size must be a positive integer")
         if max_message_size < 0:
-            raise ValueError("if given, max_message_size must be a positive integer")
+            raise InvalidValueError("if given, max_message_size must be a positive integer")
         validate_app_data(app_data)
         base = OptionsT()
         base.direct = True
@@ -653,12 +653,12 @@ class Router(EventSource):
         if producer_id:
             producer = self._producers.get(producer_id)
             if producer is None:
-                raise ValueError(f'Producer with id "{producer_id}" not found')
+                raise InvalidValueError(f'Producer with id "{producer_id}" not found')
         else:
             assert data_producer_id is not None
             data_producer = self._data_producers.get(data_producer_id)
             if data_producer is None:
-                raise ValueError(f'DataProducer with id "{data_producer_id}" not found')
+                raise InvalidValueError(f'DataProducer with id "{data_producer_id}" not found')
         pair = await self._get_pipe_pair(
             router,
             info,
@@ -873,11 +873,13 @@ class Router(EventSource):
         if isinstance(max_entries, bool) or not isinstance(max_entries, int):
             raise TypeError("if given, max_entries must be a positive integer")
         if not 0 < max_entries <= 65535:
-            raise ValueError("if given, max_entries must be a positive integer")
+            raise InvalidValueError("if given, max_entries must be a positive integer")
         if isinstance(threshold, bool) or not isinstance(threshold, int | float):
             raise TypeError("if given, threshold must be a number")
         if not -127 <= threshold <= 0:
-            raise ValueError("if given, threshold must be a negative number greater than -127")
+            raise InvalidValueError(
+                "if given, threshold must be a negative number greater than -127"
+            )
         _check_uint(interval, "interval", 65535)
         validate_app_data(app_data)
         observer_id = new_id()

@@ -28,7 +28,7 @@ from mafalda.mediasoup._fbs.RtpObserver.AddProducerRequest import AddProducerReq
 from mafalda.mediasoup._fbs.RtpObserver.RemoveProducerRequest import RemoveProducerRequestT
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 
 if TYPE_CHECKING:
     from mafalda.mediasoup.producer import Producer
@@ -153,7 +153,7 @@ class RtpObserver(EventSource, abc.ABC):
             raise TypeError("producer_id must be a string")
         producer = self._get_producer_by_id(producer_id)
         if producer is None:
-            raise ValueError(f'Producer with id "{producer_id}" not found')
+            raise InvalidValueError(f'Producer with id "{producer_id}" not found')
         return producer
 
     async def add_producer(self, *, producer_id: str) -> None:

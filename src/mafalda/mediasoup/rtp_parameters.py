@@ -32,6 +32,7 @@ from mafalda.mediasoup._fbs.RtpParameters.RtpParameters import RtpParametersT
 from mafalda.mediasoup._fbs.RtpParameters.Rtx import RtxT
 from mafalda.mediasoup._fbs.RtpParameters.String import StringT
 from mafalda.mediasoup._fbs.RtpParameters.Value import Value
+from mafalda.mediasoup.errors import InvalidValueError
 
 __all__ = [
     "InvalidValueError",
@@ -62,14 +63,6 @@ __all__ = [
     "serialize_rtp_encoding_parameters",
     "serialize_rtp_parameters",
 ]
-
-
-class InvalidValueError(TypeError, ValueError):
-    """A value of the expected type whose content is invalid.
-
-    mediasoup throws TypeError for these; being a ValueError as well lets Python
-    code catch them the idiomatic way while code written after Node's keeps working.
-    """
 
 
 MediaKind = Literal["audio", "video"]

@@ -52,7 +52,7 @@ from mafalda.mediasoup.consumer import Consumer, ConsumerLayers
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.producer import Producer
 from mafalda.mediasoup.rtp_parameters import (
     MediaKind,
@@ -206,7 +206,7 @@ def _check_port(value: Any, name: str, *, allow_zero: bool = True) -> None:
         raise TypeError(f"{name} must be an integer")
     low = 0 if allow_zero else 1
     if not low <= value <= 65535:
-        raise ValueError(f"{name} must be in {low}..65535, got {value}")
+        raise InvalidValueError(f"{name} must be in {low}..65535, got {value}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -223,7 +223,7 @@ def _check_ip(value: Any, name: str) -> None:
     if not isinstance(value, str) or not value:
         raise TypeError(f"missing {name}")
     if not _is_ip(value):
-        raise ValueError(f"{name} {value!r} is not an IP address")
+        raise InvalidValueError(f"{name} {value!r} is not an IP address")
 
 
 def validate_listen_info(info: Any, name: str = "listen_info") -> None:
@@ -231,7 +231,9 @@ def validate_listen_info(info: Any, name: str = "listen_info") -> None:
     if not isinstance(info, dict):
         raise TypeError(f"{name} must be a dict")
     if info.get("protocol") not in ("udp", "tcp"):
-        raise ValueError(f"{name}.protocol must be 'udp' or 'tcp', got {info.get('protocol')!r}")
+        raise InvalidValueError(
+            f"{name}.protocol must be 'udp' or 'tcp', got {info.get('protocol')!r}"
+        )
     _check_ip(info.get("ip"), f"{name}.ip")
     for key in ("announcedAddress", "announcedIp"):
         if key in info and info[key] is not None and not isinstance(info[key], str):
@@ -245,7 +247,7 @@ def validate_listen_info(info: Any, name: str = "listen_info") -> None:
         _check_port(port_range.get("min"), f"{name}.portRange.min")
         _check_port(port_range.get("max"), f"{name}.portRange.max")
         if port_range["min"] > port_range["max"]:
-            raise ValueError(f"{name}.portRange.min is greater than {name}.portRange.max")
+            raise InvalidValueError(f"{name}.portRange.min is greater than {name}.portRange.max")
     flags = info.get("flags")
     if flags is not None and not isinstance(flags, dict):
         raise TypeError(f"{name}.flags must be a dict")
@@ -254,7 +256,7 @@ def validate_listen_info(info: Any, name: str = "listen_info") -> None:
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 0
         ):
-            raise ValueError(f"{name}.{key} must be a non-negative integer")
+            raise InvalidValueError(f"{name}.{key} must be a non-negative integer")
 
 
 def validate_listen_infos(listen_infos: Any, name: str = "listen_infos") -> None:
@@ -484,7 +486,7 @@ def _check_bitrate(bitrate: Any, name: str = "bitrate") -> None:
     if isinstance(bitrate, bool) or not isinstance(bitrate, int):
         raise TypeError(f"{name} must be an integer")
     if not 0 <= bitrate <= 0xFFFFFFFF:
-        raise ValueError(f"{name} must be in 0..4294967295, got {bitrate}")
+        raise InvalidValueError(f"{name} must be in 0..4294967295, got {bitrate}")
 
 
 _PRODUCER_TYPES = {FbsRtpType.SIMPLE: "simple", FbsRtpType.SIMULCAST: "simulcast",
@@ -808,7 +810,7 @@ class Transport(EventSource):
             self._check_open()
             producer = self._get_producer_by_id(producer_id)
             if producer is None:
-                raise ValueError(f'Producer with id "{producer_id}" not found')
+                raise InvalidValueError(f'Producer with id "{producer_id}" not found')
             if enable_rtx is None:
                 enable_rtx = producer.kind == "video"
             rtp_parameters = ortc.get_consumer_rtp_parameters(
@@ -1014,7 +1016,7 @@ class Transport(EventSource):
             self._check_open()
             data_producer = self._get_data_producer_by_id(data_producer_id)
             if data_producer is None:
-                raise ValueError(f'DataProducer with id "{data_producer_id}" not found')
+                raise InvalidValueError(f'DataProducer with id "{data_producer_id}" not found')
             sctp_stream_id: int | None = None
             params: SctpStreamParameters | None = None
             if self.type == "direct":
@@ -1117,4 +1119,4 @@ class Transport(EventSource):
                 ids[stream_id] = 1
                 self._next_sctp_stream_id = stream_id + 1
                 return stream_id
-        raise ValueError("no sctpStreamId available")
+        raise InvalidValueError("no sctpStreamId available")

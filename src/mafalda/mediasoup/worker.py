@@ -21,7 +21,7 @@ from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.channel import Channel, ChannelReader
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError, MediasoupError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError, MediasoupError
 from mafalda.mediasoup.worker_binary import WORKER_VERSION, find_worker_bin
 
 if TYPE_CHECKING:
@@ -117,30 +117,32 @@ def validate_worker_settings(
     app_data: Any,
 ) -> None:
     if log_level is not None and log_level not in LOG_LEVELS:
-        raise ValueError(f"invalid log_level {log_level!r}, expected one of {sorted(LOG_LEVELS)}")
+        raise InvalidValueError(
+            f"invalid log_level {log_level!r}, expected one of {sorted(LOG_LEVELS)}"
+        )
     if log_tags is not None:
         if not isinstance(log_tags, list | tuple):
             raise TypeError("log_tags must be a list of strings")
         for tag in log_tags:
             if tag not in LOG_TAGS:
-                raise ValueError(f"invalid log tag {tag!r} in log_tags")
+                raise InvalidValueError(f"invalid log tag {tag!r} in log_tags")
     for name, port in (("rtc_min_port", rtc_min_port), ("rtc_max_port", rtc_max_port)):
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError(f"{name} must be an integer")
         if not 0 < port <= 65535:
-            raise ValueError(f"{name} must be in 1..65535, got {port}")
+            raise InvalidValueError(f"{name} must be in 1..65535, got {port}")
     if rtc_min_port > rtc_max_port:
-        raise ValueError(
+        raise InvalidValueError(
             f"rtc_min_port ({rtc_min_port}) is greater than rtc_max_port ({rtc_max_port})"
         )
     if (dtls_certificate_file is None) != (dtls_private_key_file is None):
-        raise ValueError("dtls_certificate_file and dtls_private_key_file go together")
+        raise InvalidValueError("dtls_certificate_file and dtls_private_key_file go together")
     for name, path in (
         ("dtls_certificate_file", dtls_certificate_file),
         ("dtls_private_key_file", dtls_private_key_file),
     ):
         if path is not None and not os.path.isfile(path):
-            raise ValueError(f"{name} {path!r} is not a readable file")
+            raise InvalidValueError(f"{name} {path!r} is not a readable file")
     validate_app_data(app_data)
 
 
@@ -499,10 +501,10 @@ class Worker(EventSource):
     ) -> None:
         self._check_open()
         if log_level is not None and log_level not in LOG_LEVELS:
-            raise ValueError(f"invalid log_level {log_level!r}")
+            raise InvalidValueError(f"invalid log_level {log_level!r}")
         for tag in log_tags or []:
             if tag not in LOG_TAGS:
-                raise ValueError(f"invalid log tag {tag!r} in log_tags")
+                raise InvalidValueError(f"invalid log tag {tag!r} in log_tags")
         request = UpdateSettingsRequestT()
         request.logLevel = log_level
         request.logTags = list(log_tags) if log_tags is not None else None

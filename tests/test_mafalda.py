@@ -1516,6 +1516,9 @@ async def test_worker_closed_as_its_new_child_router_is_handed_out(mafalda: Mafa
         await router.create_direct_transport()
     assert victim.closed and victim not in mafalda.workers
     assert router.child_routers == {}
+    with pytest.raises(InvalidStateError, match="Worker closed"):
+        with mafalda.reserve(victim):  # what is made on it would fail anyway
+            pass
     await asyncio.wait_for(replaced.wait(), 10)
     transport = await router.create_direct_transport()
     assert router.worker_of(transport) in mafalda.workers

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from mafalda import horizontal
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
+from mafalda.horizontal.router import ClusterTransport
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.remote import (
     PROTOCOL_VERSION,
@@ -1884,6 +1885,10 @@ async def test_cluster_webrtc_server_listens_on_each_server_used(cluster: Cluste
     assert all(s["clientWorkers"] == [] for s in cluster.dump()["servers"].values())
     listen_infos.append({"protocol": "udp", "port": 1})  # the caller's list is not kept
     router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    handled: list[Any] = []
+    unhandled: list[Any] = []
+    cws.observer.on("webrtctransporthandled", handled.append)
+    cws.observer.on("webrtctransportunhandled", unhandled.append)
     t1 = await router.create_webrtc_transport(server="s1", webrtc_server=cws)
     t2 = await router.create_webrtc_transport(server="s2", webrtc_server=cws, enable_tcp=False)
     t3 = await router.create_webrtc_transport(server="s1", webrtc_server=cws)
@@ -1898,6 +1903,7 @@ async def test_cluster_webrtc_server_listens_on_each_server_used(cluster: Cluste
     assert _candidates(t2) == {("127.0.0.3", port, "udp")}
     servers = cws.servers
     assert sorted(servers) == ["s1", "s2"]
+    assert handled == [t1, t2, t3] and unhandled == []  # the wrappers the router gave
     assert repr(cws) == f"<ClusterWebRtcServer id={cws.id} servers=['s1', 's2'] closed=False>"
     assert servers["s1"].app_data == {"clusterWebRtcServerId": cws.id}
     dump = await cws.dump()
@@ -1933,6 +1939,8 @@ async def test_cluster_webrtc_server_listens_on_each_server_used(cluster: Cluste
 
     await wait_until(all_closed, 5)
     assert sorted(events) == sorted([t1.id, t2.id, t3.id])
+    assert sorted(t.id for t in unhandled) == sorted(events)  # once each, as wrappers
+    assert all(isinstance(t, ClusterTransport) for t in unhandled)
     assert not router.closed and router.transports_for_testing == {}
     with pytest.raises(InvalidStateError, match="WebRtcServer closed"):
         await cws.dump()

@@ -312,6 +312,8 @@ class ClusterRouter(SpanningRouter[str]):
             transport = await getattr(child, method)(**options)
             wrapper = ClusterTransport(self, server, transport)
             self._adopt(server, transport, wrapper)
+        if webrtc_server is not None:
+            webrtc_server.handle_webrtc_transport(wrapper, transport)
         return wrapper
 
     async def create_webrtc_transport(

@@ -38,7 +38,8 @@ class ClusterWebRtcServer(SpanningWebRtcServer[str]):
     """A WebRtcServer for a cluster's routers. Create with Cluster.create_webrtc_server().
 
     Events: ``workerclose`` (the cluster closed; and the private ``@close``). Observer
-    events: ``close``.
+    events: ``close``, ``webrtctransporthandled`` and ``webrtctransportunhandled`` (a
+    transport of any server, as the ClusterTransport the router returned).
     """
 
     app_data_key = "clusterWebRtcServerId"
@@ -84,6 +85,15 @@ class ClusterWebRtcServer(SpanningWebRtcServer[str]):
             listen_infos=listen_infos, app_data=self._real_app_data()
         )
         return real
+
+    def handle_webrtc_transport(self, wrapper: Any, transport: Any) -> None:
+        """A cluster router's transport listening through this one: mediasoup's observer
+        events, with the wrapper the app holds (the real WebRtcServer's would carry the
+        bare proxy, before the router has wrapped it)."""
+        self.observer.emit("webrtctransporthandled", wrapper)
+        transport.observer.once(
+            "close", lambda: self.observer.emit("webrtctransportunhandled", wrapper)
+        )
 
     def cluster_closed(self) -> None:
         """Called by the Cluster when it closes (mediasoup's worker_closed)."""

@@ -7,7 +7,9 @@ session-wide cluster outlives every test's event loop; ``spawn_serve`` is the as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import select
 import socket
 import subprocess
@@ -36,6 +38,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free for UDP and TCP on every address,
+    below Linux's ephemeral range (32768 up), so that no outgoing connection takes one
+    before the test binds them: for a WebRtcServer's ``portRange``."""
+    while True:
+        first = random.randrange(20000, 32768 - count)
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        sock = held.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return first
 
 
 class RedisProcess:

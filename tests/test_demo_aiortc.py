@@ -28,7 +28,7 @@ from pymediasoup.sctp_parameters import SctpParameters, SctpStreamParameters
 from mafalda import remote, swarm
 from mafalda.demo.server import DemoConfig, DemoServer
 from mafalda.vertical import Mafalda, MafaldaRouter
-from tests.processes import TOKEN, free_port
+from tests.processes import TOKEN, free_ports
 
 TIMEOUT = 60  # generous: a 2-core machine runs the worker, two aiortc peers and the codecs
 
@@ -260,9 +260,9 @@ async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
         if layer == "worker":
             config = DemoConfig(port=0, rtc_port=0)
         elif layer == "mafalda":
-            # A range of two ports from a free one: one each for the two workers.
+            # A range of two free ports: one each for the two workers.
             config = DemoConfig(
-                port=0, rtc_port=free_port(), layer="mafalda", num_workers=2, policy="spread"
+                port=0, rtc_port=free_ports(2), layer="mafalda", num_workers=2, policy="spread"
             )
         elif layer in ("remote", "remote-mafalda"):
             target = None
@@ -275,7 +275,7 @@ async def demo_on(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
         elif layer == "cluster":
             redis_url = request.getfixturevalue("shared_cluster")
             config = DemoConfig(
-                port=0, rtc_port=free_port(), layer="cluster", url=redis_url, token=TOKEN
+                port=0, rtc_port=free_ports(16), layer="cluster", url=redis_url, token=TOKEN
             )
         else:
             # Two swarm servers on their own addresses, the second knowing the first.
@@ -301,7 +301,7 @@ async def test_the_cluster_layer_on_all_interfaces(shared_cluster: str) -> None:
     interfaces and announces its own media address, on a port of the range. (Media are
     not sent: on one machine's loopback addresses a socket on all interfaces answers
     from 127.0.0.1, which a WebRTC peer expecting 127.0.0.x drops.)"""
-    low = free_port()
+    low = free_ports(16)
     config = DemoConfig(
         port=0, rtc_ip="0.0.0.0", rtc_port=low, layer="cluster", url=shared_cluster, token=TOKEN
     )

@@ -37,7 +37,7 @@ from mafalda.mediasoup.channel import REQUEST_TIMEOUT
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
-from tests.processes import free_port
+from tests.processes import free_port, free_ports
 
 from .conftest import MEDIA_CODECS, opus_rtp_parameters, served_by
 
@@ -616,6 +616,27 @@ async def _only_its_client_uses(pool: Pool, server: Any, transport: Any, *, clos
     assert server.closed and transport.closed
 
 
+@pytest.mark.parametrize("side", SIDES)
+async def test_webrtc_servers_are_made_on_every_worker_or_none(side: str) -> None:
+    """create_webrtc_servers() on two workers with one port between them: the second
+    worker refuses, and the first one's is closed (on a shared pool it would otherwise
+    hold its port for good). One fixed port for two workers is refused up front."""
+    async with _pool(side, num_workers=2, min_workers=2) as pool:
+        port = free_port()
+        with pytest.raises(ValueError, match="the pool's 2 workers cannot share one port"):
+            await pool.api.create_webrtc_servers(
+                listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": port}]
+            )
+        one_port = {"min": port, "max": port}
+        with pytest.raises(Exception, match="no more available ports|in use|port"):
+            await pool.api.create_webrtc_servers(
+                listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "portRange": one_port}]
+            )
+        for worker in pool.inside.workers:
+            assert worker.webrtc_servers_for_testing == set()
+            assert (await worker.dump())["webRtcServerIds"] == []
+
+
 async def test_remote_mafalda_webrtc_servers_keep_to_the_port_range() -> None:
     """A Remote Mafalda server with an rtc_port_range refuses a WebRtcServer outside it
     before any worker is asked."""
@@ -635,8 +656,8 @@ async def test_remote_mafalda_webrtc_servers_keep_to_the_port_range() -> None:
 
 
 def _port_range(size: int = 20) -> dict[str, int]:
-    low = free_port()
-    return {"min": low, "max": min(low + size, 65535)}
+    low = free_ports(size)
+    return {"min": low, "max": low + size - 1}
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -648,6 +669,8 @@ async def test_a_mafalda_webrtc_server_follows_placement(side: str) -> None:
     async with _pool(side, num_workers=2, min_workers=2, policy="spread") as pool:
         router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
         ports = _port_range()
+        told: list[Any] = []
+        pool.api.observer.on("newwebrtcserver", told.append)
         server = await pool.api.create_webrtc_server(
             listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "portRange": ports}],
             app_data={"room": "a"},
@@ -655,6 +678,7 @@ async def test_a_mafalda_webrtc_server_follows_placement(side: str) -> None:
         assert server.app_data == {"room": "a"} and not server.closed
         inside = pool.served(server)
         assert inside.servers == {}  # nothing made before a transport needs it
+        assert pool.api.webrtc_servers == [server] and told == [server]
         handled: list[Any] = []
         server.observer.on("webrtctransporthandled", handled.append)
         transports = [await router.create_webrtc_transport(webrtc_server=server) for _ in range(4)]

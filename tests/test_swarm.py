@@ -1319,13 +1319,37 @@ class _EmptyPeer(_LyingPeer):
     def __init__(self) -> None:
         super().__init__(None)
         self.messages: list[dict[str, Any]] = []
+        self.beating: asyncio.Future[None] | None = None
 
     async def join(self, server: RemoteServer) -> None:
-        """Join the swarm through ``server``'s gossip, as any holder of the token can."""
-        late = entry("empty", generation=2**40, controlUrl=self.url, mediaAddress="127.0.0.9")
+        """Join the swarm through ``server``'s gossip, as any holder of the token can, and
+        keep beating there every round (else the swarm drops it as silent after
+        fail_after, half a second here, mid-test on a slow machine)."""
+        await self._beat(server, 1)
+        self.beating = asyncio.ensure_future(self._beat_on(server))
+
+    async def _beat(self, server: RemoteServer, beat: int) -> None:
+        late = entry(
+            "empty", generation=2**40, beat=beat, controlUrl=self.url, mediaAddress="127.0.0.9"
+        )
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             async with http.post(route_url(server.url), data=encode_gossip([late])) as r:
                 assert r.status == 200
+
+    async def _beat_on(self, server: RemoteServer) -> None:
+        beat = 1
+        while True:
+            await asyncio.sleep(ROUND)
+            beat += 1
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await self._beat(server, beat)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.beating is not None:
+            self.beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.beating
+        await super().__aexit__(*exc)
 
     async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         message = await request.json()
@@ -1517,8 +1541,11 @@ async def test_a_joining_server_takes_the_entries_it_wins(
             await wait_until(lambda: told in empty.messages)
             await wait_until(lambda: old_directory.get((moving.id, False)) is None)
             assert s3_directory.get((staying.id, False)) == "s1"
-            await nodes[0].aclose()  # s1 leaves the swarm, its producers still open
-            await wait_until(lambda: s3_directory.get((staying.id, False)) is None)
+        # The newcomer went silent: dropped by the swarm, its entries are listed again
+        # where they were.
+        await wait_until(lambda: old_directory.get((moving.id, False)) == "s1")
+        await nodes[0].aclose()  # s1 leaves the swarm, its producers still open
+        await wait_until(lambda: s3_directory.get((staying.id, False)) is None)
     finally:
         await a.client.aclose()
 
@@ -1563,6 +1590,57 @@ async def test_a_directory_server_of_an_older_version_costs_a_lookup_of_everyone
         finally:
             await a.client.aclose()
             await b.client.aclose()
+
+
+async def test_a_directory_takes_announcements_from_members_only(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+) -> None:
+    """An announce naming a server the swarm does not have is dropped: a lookup could
+    not go there anyway, and it would take the place of a real entry."""
+    servers, nodes = trio
+    await wait_until(_everyone_knows(nodes, {"s1", "s2", "s3"}))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    directory = nodes[0].streams.directory  # type: ignore[union-attr]
+    async with aiohttp.ClientSession(headers=auth) as http:
+        for home in ("stranger", "s2"):
+            told = {"op": "announce", "producerId": "p", "data": False, "at": home}
+            async with http.post(route_url(servers[0].url, "streams"), json=told) as r:
+                assert r.status == 200
+        async with http.post(
+            route_url(servers[0].url, "streams"), json={"op": "locate", "producerId": "p"}
+        ) as r:
+            assert await r.json() == {"at": "s2"}
+    assert len(directory) == 1
+
+
+async def test_notices_after_the_streams_stopped_or_failing_oddly(
+    trio: tuple[list[RemoteServer], list[SwarmNode]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A notice that fails in an unexpected way is logged and the next ones to that
+    peer still go; once stopped, a server's producers closing tell no one."""
+    servers, nodes = trio
+    streams = nodes[0].streams
+    assert streams is not None
+    sent: list[str] = []
+    post = streams._post
+
+    async def odd_once(record: ServerRecord, message: dict[str, Any]) -> dict[str, Any]:
+        if not sent:
+            sent.append("odd")
+            raise RuntimeError("odd")
+        sent.append(message["pipeId"])
+        return await post(record, message)
+
+    monkeypatch.setattr(streams, "_post", odd_once)
+    streams._notify("s2", {"op": "close", "pipeId": "first"})
+    streams._notify("s2", {"op": "close", "pipeId": "second"})
+    await wait_until(lambda: sent == ["odd", "second"])
+    assert "telling server s2 of close failed" in caplog.text
+    await nodes[0].aclose()
+    streams._notify("s2", {"op": "close", "pipeId": "late"})
+    assert streams._senders == {} and streams._queues == {}
 
 
 async def test_an_id_given_to_two_producers_of_a_server_stays_listed_with_the_second(

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from mafalda.swarm.directory import Directory, directory_server
+from mafalda.swarm.directory import Directory, beats, directory_server
 from mafalda.swarm.streams import check_message
 
 IDS = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(3000)]
@@ -94,3 +94,13 @@ def test_directory_messages_that_pass() -> None:
         b'{"op": "locate", "producerId": "p"}',
     ):
         assert check_message(raw)["producerId"] == "p"
+
+
+def test_a_joining_server_takes_exactly_the_ids_it_beats() -> None:
+    members = ["s1", "s2", "s3", "s4"]
+    for producer_id in IDS[:500]:
+        holder = directory_server(producer_id, members)
+        assert holder is not None
+        joined = directory_server(producer_id, [*members, "s5"])
+        assert (joined == "s5") == beats("s5", holder, producer_id)
+        assert not beats(holder, holder, producer_id)

@@ -471,3 +471,18 @@ async def test_real_peer_through_server(worker: Worker) -> None:
     server.close()
     assert transport.closed is True
     assert transport.dtls_state == "closed"
+
+
+async def test_a_creation_cancelled_after_it_was_sent_leaves_nothing(worker: Worker) -> None:
+    """The caller of create_webrtc_server() is cancelled once the request is on its way:
+    the worker makes the server all the same, and it is closed there (it belongs to no
+    router that would close it)."""
+    attempt = asyncio.ensure_future(
+        worker.create_webrtc_server(listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}])
+    )
+    await asyncio.sleep(0)  # sent: now waiting for the answer
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    assert (await worker.dump())["webRtcServerIds"] == []
+    assert worker.webrtc_servers_for_testing == set()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Worker.CloseWebRtcServerRequest import CloseWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateWebRtcServerRequest import CreateWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.UpdateSettingsRequest import UpdateSettingsRequestT
@@ -523,7 +524,15 @@ class Worker(EventSource):
         request = CreateWebRtcServerRequestT()
         request.webRtcServerId = server_id
         request.listenInfos = [listen_info_to_fbs(info) for info in listen_infos]
-        await self._channel.request(Method.WORKER_CREATE_WEBRTCSERVER, "", request)
+        try:
+            await self._channel.request(Method.WORKER_CREATE_WEBRTCSERVER, "", request)
+        except asyncio.CancelledError:
+            # The worker makes it all the same, and a WebRtcServer belongs to no router
+            # that would close it one day: it would hold its ports as long as the worker.
+            close = CloseWebRtcServerRequestT()
+            close.webRtcServerId = server_id
+            self._channel.request_nowait(Method.WORKER_WEBRTCSERVER_CLOSE, "", close)
+            raise
         server = WebRtcServer(webrtc_server_id=server_id, channel=self._channel, app_data=app_data)
         self._webrtc_servers.add(server)
         server.events.on("@close", lambda: self._webrtc_servers.discard(server))

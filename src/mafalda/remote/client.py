@@ -632,7 +632,8 @@ class RemoteMafalda(_Facade):
 
     @property
     def webrtc_servers(self) -> list[RemoteWebRtcServer]:
-        """This client's WebRtcServers in the pool (``create_webrtc_servers()``)."""
+        """This client's WebRtcServers in the pool: its spanning ones
+        (``create_webrtc_server()``) and its workers' (``create_webrtc_servers()``)."""
         return [o for o in self.objects if isinstance(o, RemoteWebRtcServer)]
 
     async def create_webrtc_server(
@@ -645,6 +646,7 @@ class RemoteMafalda(_Facade):
             None, "create_webrtc_server", (), {"listen_infos": listen_infos, "app_data": app_data}
         )
         assert isinstance(server, RemoteWebRtcServer)
+        self.observer.emit("newwebrtcserver", server)
         return server
 
     async def create_webrtc_servers(

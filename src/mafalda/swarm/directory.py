@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-__all__ = ["Directory", "directory_server"]
+__all__ = ["Directory", "beats", "directory_server"]
 
 #: Entries a server keeps for others at most (the oldest dropped first): a dropped one
 #: only sends its lookups to every peer.
@@ -31,6 +31,13 @@ Key = tuple[str, bool]  # (producer id, data)
 def _score(server_id: str, producer_id: str) -> int:
     digest = hashlib.blake2b(f"{server_id}\0{producer_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def beats(challenger: str, holder: str, producer_id: str) -> bool:
+    """Whether ``challenger`` would be the directory server of ``producer_id`` rather
+    than ``holder`` (what a server that joins changes: nothing else moves)."""
+    score, held = _score(challenger, producer_id), _score(holder, producer_id)
+    return score > held or (score == held and challenger < holder)
 
 
 def directory_server(producer_id: str, server_ids: Iterable[str]) -> str | None:

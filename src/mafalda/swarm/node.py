@@ -116,7 +116,7 @@ class SwarmNode:
                 find_timeout=find_timeout,
             )
             self.observer.on("serverleave", lambda server_id, _why: mine.peers_gone([server_id]))
-            self.observer.on("serverjoin", lambda _server_id: mine.members_changed())
+            self.observer.on("serverjoin", mine.member_joined)
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = False

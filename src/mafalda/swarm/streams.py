@@ -54,7 +54,7 @@ from mafalda.horizontal.registry import ServerRecord, json_object
 from mafalda.mediasoup import Router, Transport, Worker
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.remote import RemoteServer
-from mafalda.swarm.directory import Directory, directory_server
+from mafalda.swarm.directory import Directory, beats, directory_server
 from mafalda.swarm.urls import route_url
 from mafalda.vertical.router import MafaldaRouter
 
@@ -440,7 +440,8 @@ class SwarmStreams:
 
     async def _locate(self, key: tuple[str, bool], members: dict[str, ServerRecord]) -> str | None:
         """The home the producer's directory server names (None: none, or no answer
-        within ``find_timeout``)."""
+        within a quarter of ``find_timeout``: a frozen directory server must not hold a
+        lookup long before every peer is asked)."""
         server_id = directory_server(key[0], members)
         if server_id == self.id:
             return self.directory.get(key)
@@ -448,7 +449,7 @@ class SwarmStreams:
             return None
         ask = {"op": "locate", "producerId": key[0], "data": key[1]}
         try:
-            async with asyncio.timeout(self.find_timeout):
+            async with asyncio.timeout(self.find_timeout / 4):
                 answer = await self._post(members[server_id], ask)
         except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
             return None
@@ -482,12 +483,18 @@ class SwarmStreams:
     def _entry(self, key: tuple[str, bool]) -> dict[str, Any]:
         return {"producerId": key[0], "data": key[1], "at": self.id}
 
-    def members_changed(self) -> None:
-        """Tell the new directory servers of this server's producers whose directory
-        server changed with the members (a server joined or left)."""
-        members = self._members()
-        for key, server_id in list(self._listed.items()):
-            if directory_server(key[0], members) != server_id:
+    def member_joined(self, server_id: str) -> None:
+        """Move this server's producers that a server that joined wins to it (about
+        1/N of them: one hash each, none moves elsewhere)."""
+        for key, holder in list(self._listed.items()):
+            if holder != server_id and beats(server_id, holder, key[0]):
+                self._unlist(key)
+                self._list(key)
+
+    def _members_left(self, server_ids: set[str]) -> None:
+        """List again this server's producers whose directory server left."""
+        for key, holder in list(self._listed.items()):
+            if holder in server_ids:
                 self._unlist(key)
                 self._list(key)
 
@@ -652,7 +659,10 @@ class SwarmStreams:
         if op in ("announce", "forget", "locate"):
             key = (message["producerId"], message.get("data", False))
             if op == "announce":
-                self.directory.put(key, message["at"])
+                # From a member only: an entry names a home lookups may go to, and a
+                # stranger's would only take the place of real ones.
+                if message["at"] in self._members():
+                    self.directory.put(key, message["at"])
             elif op == "forget":
                 self.directory.drop(key, message["at"])
             else:
@@ -813,7 +823,10 @@ class SwarmStreams:
         return answer
 
     def _notify(self, peer: str, message: dict[str, Any]) -> None:
-        """Send a notice to ``peer``, after those sent to it before (best effort)."""
+        """Send a notice to ``peer``, after those sent to it before (best effort; none once
+        stopped: its producers closing after the swarm node left tell no one)."""
+        if not self._started:
+            return
         queue = self._queues.get(peer)
         if queue is None:
             queue = self._queues[peer] = asyncio.Queue()
@@ -830,6 +843,8 @@ class SwarmStreams:
                 await self._post(record, message)
             except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError) as error:
                 logger.warning("telling server %s of %s failed: %r", peer, message["op"], error)
+            except Exception:  # the next notices must still go
+                logger.exception("telling server %s of %s failed", peer, message["op"])
 
     # -- peers gone, and the end ---------------------------------------------------------
 
@@ -850,7 +865,7 @@ class SwarmStreams:
             sender = self._senders.pop(peer, None)
             if sender is not None:
                 sender.cancel()
-        self.members_changed()
+        self._members_left(gone)
 
     async def aclose(self) -> None:
         """Stop: the copies brought here close (their consumers get 'producerclose'),
@@ -873,5 +888,6 @@ class SwarmStreams:
         if self._senders:
             await asyncio.wait(list(self._senders.values()))
         self._senders.clear()
+        self._queues.clear()
         assert self._http is not None
         await self._http.close()

@@ -20,6 +20,7 @@ from mafalda.mediasoup import Worker, create_worker
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
+from mafalda.mediasoup.transport import validate_listen_infos
 from mafalda.mediasoup.webrtc_server import WebRtcServer
 from mafalda.mediasoup.worker import validate_app_data
 from mafalda.vertical.policy import GROW, Limits, PlacementPolicy, WorkerLoad, make_policy
@@ -287,15 +288,28 @@ class Mafalda(EventSource):
     async def create_webrtc_servers(
         self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
     ) -> dict[int, WebRtcServer]:
-        """One WebRtcServer per current worker (ports must differ: use a portRange or port 0)."""
+        """One WebRtcServer per current worker (ports must differ: use a portRange or port
+        0). All or none: when one worker refuses, those made on the others are closed."""
+        from mafalda.vertical.webrtc_server import check_pool_ports
+
         self._check_open()
-        servers = await asyncio.gather(
+        validate_listen_infos(listen_infos)
+        workers = list(self._pool)
+        check_pool_ports(listen_infos, len(workers))
+        made = await asyncio.gather(
             *(
                 w.create_webrtc_server(listen_infos=listen_infos, app_data=app_data)
-                for w in self._pool
-            )
+                for w in workers
+            ),
+            return_exceptions=True,
         )
-        return {w.pid: s for w, s in zip(self._pool, servers, strict=True)}
+        servers = [s for s in made if isinstance(s, WebRtcServer)]
+        if len(servers) < len(made):
+            for server in servers:
+                server.close()
+            error = next(e for e in made if isinstance(e, BaseException))
+            raise error
+        return {w.pid: s for w, s in zip(workers, servers, strict=True)}
 
     @property
     def webrtc_servers(self) -> list[MafaldaWebRtcServer]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mafalda.mediasoup.errors import InvalidValueError
 from mafalda.mediasoup.transport import validate_listen_infos
 from mafalda.mediasoup.webrtc_server import WebRtcServer
 from mafalda.mediasoup.worker import Worker
@@ -33,7 +34,7 @@ def check_pool_ports(listen_infos: list[Any], max_workers: int) -> None:
         return
     for i, info in enumerate(listen_infos):
         if info.get("port") and "portRange" not in info:
-            raise ValueError(
+            raise InvalidValueError(
                 f"listen_infos[{i}].port: the pool's {max_workers} workers cannot share "
                 "one port (each has its own WebRtcServer): give a portRange instead"
             )

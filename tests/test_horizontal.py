@@ -27,7 +27,7 @@ from mafalda import horizontal
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
 from mafalda.horizontal.router import ClusterTransport
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -1982,11 +1982,11 @@ async def test_cluster_webrtc_server_validates_before_anything(
         await router.create_webrtc_transport(webrtc_server=cws, listen_ips=["127.0.0.2"])
     with pytest.raises(TypeError, match="missing webrtc_server, listen_infos and listen_ips"):
         await router.create_webrtc_transport(server="s1")
-    with pytest.raises(TypeError, match="ClusterWebRtcServer of the same cluster"):
+    with pytest.raises(TypeError, match="webrtc_server must be a ClusterWebRtcServer"):
         await router.create_webrtc_transport(webrtc_server=object())  # type: ignore[arg-type]
     async with await horizontal.connect(redis_server.url, token=TOKEN) as other:
         foreign = await other.create_webrtc_server(listen_infos=udp)
-        with pytest.raises(TypeError, match="ClusterWebRtcServer of the same cluster"):
+        with pytest.raises(InvalidValueError, match="belongs to another cluster"):
             await router.create_webrtc_transport(webrtc_server=foreign)
         gone: list[str] = []
         foreign.on("workerclose", lambda: gone.append("workerclose"))

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.router import validate_listen_choice
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
@@ -336,11 +336,10 @@ class ClusterRouter(SpanningRouter[str]):
         listen_infos, listen_ips = options.get("listen_infos"), options.get("listen_ips")
         validate_listen_choice(webrtc_server, listen_infos, listen_ips)
         if webrtc_server is not None:
-            if (
-                not isinstance(webrtc_server, ClusterWebRtcServer)
-                or webrtc_server.cluster is not self._cluster
-            ):
-                raise TypeError("webrtc_server must be a ClusterWebRtcServer of the same cluster")
+            if not isinstance(webrtc_server, ClusterWebRtcServer):
+                raise TypeError("webrtc_server must be a ClusterWebRtcServer")
+            if webrtc_server.cluster is not self._cluster:
+                raise InvalidValueError("webrtc_server belongs to another cluster")
             if webrtc_server.closed:
                 raise InvalidStateError("WebRtcServer closed")
         return await self._create("create_webrtc_transport", server, options, webrtc_server)

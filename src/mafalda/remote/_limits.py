@@ -2,15 +2,19 @@
 (no I/O): the server calls them before anything reaches a worker.
 
 Errors follow the library's own for bad arguments (``mafalda.mediasoup.transport``'s
-``validate_listen_info``, ``create_worker``'s settings): a ValueError naming the argument,
-the allowed range and the value. A value of the wrong type is left alone here: the
-library refuses it with its own TypeError before the worker hears of it.
+``validate_listen_info``, ``create_worker``'s settings): an InvalidValueError (a
+ValueError, and a TypeError as mediasoup's) naming the argument, the allowed range and
+the value. A value of the wrong type is left alone here: the library refuses it with its
+own TypeError before the worker hears of it. (The operator's own limits, checked when
+the server starts, are plain ValueErrors.)
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from mafalda.mediasoup.errors import InvalidValueError
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
@@ -86,7 +90,7 @@ def _outside(value: Any, name: str, port_range: tuple[int, int], zero: bool) -> 
     if not _is_int(value) or (zero and value == 0) or low <= value <= high:
         return
     allowed = f"0 or in {low}..{high}" if zero else f"in {low}..{high}"
-    raise ValueError(f"{name} must be {allowed} (the server's rtc_port_range), got {value}")
+    raise InvalidValueError(f"{name} must be {allowed} (the server's rtc_port_range), got {value}")
 
 
 def worker_ports(settings: dict[str, Any], port_range: tuple[int, int] | None) -> dict[str, Any]:

@@ -632,9 +632,15 @@ class RemoteMafalda(_Facade):
 
     @property
     def webrtc_servers(self) -> list[RemoteWebRtcServer]:
-        """This client's WebRtcServers in the pool: its spanning ones
-        (``create_webrtc_server()``) and its workers' (``create_webrtc_servers()``)."""
-        return [o for o in self.objects if isinstance(o, RemoteWebRtcServer)]
+        """This client's spanning WebRtcServers (``create_webrtc_server()``), as Mafalda's
+        ``webrtc_servers``; its workers' ones (``create_webrtc_servers()``) are among
+        ``objects``."""
+        return [
+            o
+            for o in self.objects
+            if isinstance(o, RemoteWebRtcServer)
+            and o._state.get("class") == "MafaldaWebRtcServer"
+        ]
 
     async def create_webrtc_server(
         self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
@@ -674,8 +680,9 @@ class RemoteMafalda(_Facade):
             return
         for router in self.routers:
             router.close()
-        for server in self.webrtc_servers:
-            server.close()
+        for server in self.objects:
+            if isinstance(server, RemoteWebRtcServer):
+                server.close()
         self._closing = asyncio.get_running_loop().create_task(self._connection.aclose())
         self.observer.emit("close")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from mafalda.mediasoup import Worker, create_worker
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.mediasoup.transport import validate_listen_infos
 from mafalda.mediasoup.webrtc_server import WebRtcServer
@@ -283,7 +283,7 @@ class Mafalda(EventSource):
         for worker in self._pool:
             if server in worker.webrtc_servers_for_testing:
                 return worker
-        raise ValueError("webrtc_server does not belong to a worker of this Mafalda")
+        raise InvalidValueError("webrtc_server does not belong to a worker of this Mafalda")
 
     async def create_webrtc_servers(
         self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None

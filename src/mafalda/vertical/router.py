@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.mediasoup.plain_transport import PlainTransport
 from mafalda.mediasoup.producer import Producer
@@ -154,7 +154,7 @@ class MafaldaRouter(SpanningRouter[Worker]):
             self._check_open()
             validate_listen_choice(server, options.get("listen_infos"), options.get("listen_ips"))
             if spanning.mafalda is not self._mafalda:
-                raise ValueError("webrtc_server belongs to another Mafalda")
+                raise InvalidValueError("webrtc_server belongs to another Mafalda")
             if spanning.closed:
                 raise InvalidStateError("WebRtcServer closed")
         pinned = None

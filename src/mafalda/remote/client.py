@@ -638,8 +638,7 @@ class RemoteMafalda(_Facade):
         return [
             o
             for o in self.objects
-            if isinstance(o, RemoteWebRtcServer)
-            and o._state.get("class") == "MafaldaWebRtcServer"
+            if isinstance(o, RemoteWebRtcServer) and o._state.get("class") == "MafaldaWebRtcServer"
         ]
 
     async def create_webrtc_server(

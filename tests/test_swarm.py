@@ -1328,6 +1328,14 @@ class _EmptyPeer(_LyingPeer):
         await self._beat(server, 1)
         self.beating = asyncio.ensure_future(self._beat_on(server))
 
+    async def join_trio(self, trio: tuple[list[RemoteServer], list[SwarmNode]]) -> set[str]:
+        """Join the trio's swarm through s2, until every node knows it: the members."""
+        servers, nodes = trio
+        await self.join(servers[1])
+        members = {"s1", "s2", "s3", "empty"}
+        await wait_until(_everyone_knows(nodes, members))
+        return members
+
     async def _beat(self, server: RemoteServer, beat: int) -> None:
         late = entry(
             "empty", generation=2**40, beat=beat, controlUrl=self.url, mediaAddress="127.0.0.9"
@@ -1469,9 +1477,7 @@ async def test_a_lookup_asks_the_directory_server_not_every_peer(
     peer keeps none) costs a lookup of every peer, and the consume still works."""
     servers, nodes = trio
     async with _EmptyPeer() as empty:
-        await empty.join(servers[1])
-        members = {"s1", "s2", "s3", "empty"}
-        await wait_until(_everyone_knows(nodes, members))
+        members = await empty.join_trio(trio)
         asked = _record_finds(nodes[1].streams, monkeypatch)
         a = await App.on(servers[0].url)
         b = await App.on(servers[1].url)
@@ -1572,9 +1578,7 @@ async def test_a_directory_server_of_an_older_version_costs_a_lookup_of_everyone
     consume works."""
     servers, nodes = trio
     async with _OldPeer() as old:
-        await old.join(servers[1])
-        members = {"s1", "s2", "s3", "empty"}
-        await wait_until(_everyone_knows(nodes, members))
+        members = await old.join_trio(trio)
         finds = _record_finds(nodes[1].streams, monkeypatch)
         a = await App.on(servers[0].url)
         b = await App.on(servers[1].url)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -119,18 +119,22 @@ class DemoServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def _ports(self, ports: int) -> dict[str, Any]:
+        """A listen info's port: ``rtc_port``, or the ``ports`` from it where several
+        workers each have their own WebRtcServer (none when 0: any free ones)."""
+        port = self.config.rtc_port
+        if not port:
+            return {}
+        if ports > 1:
+            return {"portRange": {"min": port, "max": min(port + ports - 1, 65535)}}
+        return {"port": port}
+
     def _listen_infos(self, ports: int = 1) -> list[ListenInfo]:
-        """The WebRtcServer's: ``rtc_port``, or the ``ports`` from it where several
-        workers each have their own (0: any free ones)."""
+        """The WebRtcServer's, on ``rtc_ip`` (see ``_ports``)."""
         config = self.config
         listen_infos: list[ListenInfo] = []
         for proto in ("udp", "tcp"):
-            info: ListenInfo = {"protocol": proto, "ip": config.rtc_ip}
-            if config.rtc_port and ports > 1:
-                last = min(config.rtc_port + ports - 1, 65535)
-                info["portRange"] = {"min": config.rtc_port, "max": last}
-            elif config.rtc_port:
-                info["port"] = config.rtc_port
+            info = cast(ListenInfo, {"protocol": proto, "ip": config.rtc_ip, **self._ports(ports)})
             if config.announced_ip:
                 info["announcedAddress"] = config.announced_ip
             listen_infos.append(info)
@@ -195,14 +199,9 @@ class DemoServer:
             # range: a server of a Mafalda pool has one per worker.
             infos: list[dict[str, Any]] = []
             for proto in ("udp", "tcp"):
-                info: dict[str, Any] = {"protocol": proto}
+                info: dict[str, Any] = {"protocol": proto, **self._ports(CLUSTER_PORTS)}
                 if config.rtc_ip in ("0.0.0.0", "::"):
                     info["ip"] = config.rtc_ip
-                if config.rtc_port:
-                    info["portRange"] = {
-                        "min": config.rtc_port,
-                        "max": min(config.rtc_port + CLUSTER_PORTS - 1, 65535),
-                    }
                 infos.append(info)
             webrtc_server = await cluster.create_webrtc_server(listen_infos=infos)
         return RoomManager(worker=source, webrtc_server=webrtc_server)

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
-from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.router import validate_listen_choice
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
@@ -338,10 +338,7 @@ class ClusterRouter(SpanningRouter[str]):
         if webrtc_server is not None:
             if not isinstance(webrtc_server, ClusterWebRtcServer):
                 raise TypeError("webrtc_server must be a ClusterWebRtcServer")
-            if webrtc_server.cluster is not self._cluster:
-                raise InvalidValueError("webrtc_server belongs to another cluster")
-            if webrtc_server.closed:
-                raise InvalidStateError("WebRtcServer closed")
+            webrtc_server.check_usable_by(self._cluster)
         return await self._create("create_webrtc_transport", server, options, webrtc_server)
 
     async def create_plain_transport(

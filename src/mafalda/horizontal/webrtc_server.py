@@ -43,6 +43,7 @@ class ClusterWebRtcServer(SpanningWebRtcServer[str]):
     """
 
     app_data_key = "clusterWebRtcServerId"
+    spans = "cluster"
 
     def __init__(
         self, *, cluster: Cluster, listen_infos: Any, app_data: dict[str, Any] | None
@@ -67,6 +68,9 @@ class ClusterWebRtcServer(SpanningWebRtcServer[str]):
             f"<ClusterWebRtcServer id={self._id} servers={sorted(self._made)} "
             f"closed={self._closed}>"
         )
+
+    def _owner(self) -> object:
+        return self._cluster
 
     def _name(self, host: str) -> str:
         return host

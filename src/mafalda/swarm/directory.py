@@ -33,11 +33,15 @@ def _score(server_id: str, producer_id: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+def _ahead(score: int, server_id: str, other_score: int, other_id: str) -> bool:
+    # Ties (a 64-bit collision) go to the lower id: every server picks the same one.
+    return score > other_score or (score == other_score and server_id < other_id)
+
+
 def beats(challenger: str, holder: str, producer_id: str) -> bool:
     """Whether ``challenger`` would be the directory server of ``producer_id`` rather
     than ``holder`` (what a server that joins changes: nothing else moves)."""
-    score, held = _score(challenger, producer_id), _score(holder, producer_id)
-    return score > held or (score == held and challenger < holder)
+    return _ahead(_score(challenger, producer_id), challenger, _score(holder, producer_id), holder)
 
 
 def directory_server(producer_id: str, server_ids: Iterable[str]) -> str | None:
@@ -46,8 +50,7 @@ def directory_server(producer_id: str, server_ids: Iterable[str]) -> str | None:
     best_score = -1
     for server_id in server_ids:
         score = _score(server_id, producer_id)
-        # Ties (a 64-bit collision) go to the lower id: every server picks the same one.
-        if score > best_score or (score == best_score and best is not None and server_id < best):
+        if best is None or _ahead(score, server_id, best_score, best):
             best, best_score = server_id, score
     return best
 

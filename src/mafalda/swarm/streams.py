@@ -409,8 +409,8 @@ class SwarmStreams:
 
     async def _find(self, producer_id: str, data: bool) -> tuple[ServerRecord, str] | None:
         """The peer that has the producer, and its router there: the peer that had it
-        last time alone first (a producer does not move), else every peer at once (the
-        first yes wins)."""
+        last time alone first (a producer does not move), else the home its directory
+        server names; every peer at once (the first yes wins) when that finds nothing."""
         key = (producer_id, data)
         members = self._members()
         known = self._found.pop(key, None)
@@ -486,15 +486,13 @@ class SwarmStreams:
     def member_joined(self, server_id: str) -> None:
         """Move this server's producers that a server that joined wins to it (about
         1/N of them: one hash each, none moves elsewhere)."""
-        for key, holder in list(self._listed.items()):
-            if holder != server_id and beats(server_id, holder, key[0]):
-                self._unlist(key)
-                self._list(key)
+        self._relist(lambda key, holder: holder != server_id and beats(server_id, holder, key))
 
-    def _members_left(self, server_ids: set[str]) -> None:
-        """List again this server's producers whose directory server left."""
+    def _relist(self, moved: Callable[[str, str], bool]) -> None:
+        """List again this server's producers whose directory server ``moved(producer
+        id, directory server)`` says changed."""
         for key, holder in list(self._listed.items()):
-            if holder in server_ids:
+            if moved(key[0], holder):
                 self._unlist(key)
                 self._list(key)
 
@@ -865,7 +863,7 @@ class SwarmStreams:
             sender = self._senders.pop(peer, None)
             if sender is not None:
                 sender.cancel()
-        self._members_left(gone)
+        self._relist(lambda _, holder: holder in gone)
 
     async def aclose(self) -> None:
         """Stop: the copies brought here close (their consumers get 'producerclose'),

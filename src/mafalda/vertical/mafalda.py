@@ -20,7 +20,6 @@ from mafalda.mediasoup import Worker, create_worker
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
-from mafalda.mediasoup.transport import validate_listen_infos
 from mafalda.mediasoup.webrtc_server import WebRtcServer
 from mafalda.mediasoup.worker import validate_app_data
 from mafalda.vertical.policy import GROW, Limits, PlacementPolicy, WorkerLoad, make_policy
@@ -290,12 +289,11 @@ class Mafalda(EventSource):
     ) -> dict[int, WebRtcServer]:
         """One WebRtcServer per current worker (ports must differ: use a portRange or port
         0). All or none: when one worker refuses, those made on the others are closed."""
-        from mafalda.vertical.webrtc_server import check_pool_ports
+        from mafalda.vertical.webrtc_server import check_pool_listen_infos
 
         self._check_open()
-        validate_listen_infos(listen_infos)
         workers = list(self._pool)
-        check_pool_ports(listen_infos, len(workers))
+        check_pool_listen_infos(listen_infos, len(workers))
         made = await asyncio.gather(
             *(
                 w.create_webrtc_server(listen_infos=listen_infos, app_data=app_data)

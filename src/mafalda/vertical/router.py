@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.direct_transport import DirectTransport
-from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
+from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.mediasoup.plain_transport import PlainTransport
 from mafalda.mediasoup.producer import Producer
@@ -153,10 +153,7 @@ class MafaldaRouter(SpanningRouter[Worker]):
         if spanning is not None:
             self._check_open()
             validate_listen_choice(server, options.get("listen_infos"), options.get("listen_ips"))
-            if spanning.mafalda is not self._mafalda:
-                raise InvalidValueError("webrtc_server belongs to another Mafalda")
-            if spanning.closed:
-                raise InvalidStateError("WebRtcServer closed")
+            spanning.check_usable_by(self._mafalda)
         pinned = None
         if server is not None and spanning is None:
             pinned = self._mafalda.worker_of_webrtc_server(server)

@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.worker import validate_app_data
 from mafalda.vertical.spanning import made_once
 
@@ -32,6 +32,8 @@ class SpanningWebRtcServer(EventSource, ABC, Generic[H]):
 
     #: The app_data key of the real WebRtcServers that names the spanning one.
     app_data_key: ClassVar[str]
+    #: What it spans, as errors name it ("Mafalda", "cluster").
+    spans: ClassVar[str]
 
     def __init__(self, *, listen_infos: list[Any], app_data: dict[str, Any] | None) -> None:
         """``listen_infos`` validated by the subclass (before anything is made)."""
@@ -57,6 +59,17 @@ class SpanningWebRtcServer(EventSource, ABC, Generic[H]):
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidStateError("WebRtcServer closed")
+
+    def check_usable_by(self, owner: object) -> None:
+        """Before a router of ``owner`` makes anything with it: InvalidValueError when it
+        spans another pool or cluster, InvalidStateError once closed."""
+        if owner is not self._owner():
+            raise InvalidValueError(f"webrtc_server belongs to another {self.spans}")
+        self._check_open()
+
+    @abstractmethod
+    def _owner(self) -> object:
+        """What it spans (the Mafalda, the cluster client)."""
 
     @abstractmethod
     def _name(self, host: H) -> str:

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["MafaldaWebRtcServer"]
 
 
-def check_pool_ports(listen_infos: list[Any], max_workers: int) -> None:
-    """ValueError when a pool of more than one worker is given one port: the workers'
-    WebRtcServers cannot all listen on it."""
+def check_pool_listen_infos(listen_infos: Any, max_workers: int) -> None:
+    """Listen infos for the WebRtcServers of a pool's workers: valid ones (TypeError /
+    InvalidValueError naming the entry), and no one port for more than one worker (their
+    WebRtcServers cannot all listen on it)."""
+    validate_listen_infos(listen_infos)
     if max_workers < 2:
         return
     for i, info in enumerate(listen_infos):
@@ -49,12 +51,12 @@ class MafaldaWebRtcServer(SpanningWebRtcServer[Worker]):
     """
 
     app_data_key = "mafaldaWebRtcServerId"
+    spans = "Mafalda"
 
     def __init__(
         self, *, mafalda: Mafalda, listen_infos: Any, app_data: dict[str, Any] | None
     ) -> None:
-        validate_listen_infos(listen_infos)
-        check_pool_ports(listen_infos, mafalda.max_workers)
+        check_pool_listen_infos(listen_infos, mafalda.max_workers)
         super().__init__(listen_infos=listen_infos, app_data=app_data)
         self._mafalda = mafalda
 
@@ -71,6 +73,9 @@ class MafaldaWebRtcServer(SpanningWebRtcServer[Worker]):
         return (
             f"<MafaldaWebRtcServer id={self._id} workers={len(self._made)} closed={self._closed}>"
         )
+
+    def _owner(self) -> object:
+        return self._mafalda
 
     def _name(self, host: Worker) -> str:
         return str(host.pid)  # a dump's keys are strings (JSON's)

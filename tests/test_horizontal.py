@@ -1882,6 +1882,7 @@ async def test_cluster_webrtc_server_listens_on_each_server_used(cluster: Cluste
     listen_infos: list[Any] = [{"protocol": "udp", "port": port}, {"protocol": "tcp", "port": port}]
     cws = await cluster.create_webrtc_server(listen_infos=listen_infos, app_data={"room": "a"})
     assert cluster.webrtc_servers == [cws] and cws.app_data == {"room": "a"}
+    assert cws.cluster is cluster
     assert cws.servers == {} and not cws.closed
     assert all(s["clientWorkers"] == [] for s in cluster.dump()["servers"].values())
     listen_infos.append({"protocol": "udp", "port": 1})  # the caller's list is not kept

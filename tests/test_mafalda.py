@@ -758,7 +758,7 @@ async def test_a_mafalda_webrtc_server_of_another_pool_or_a_closed_pool(mafalda:
     foreign.on("workerclose", lambda: pytest.fail("told twice"))
     foreign.mafalda_closed()
     server = await mafalda.create_webrtc_server(listen_infos=listen)
-    assert mafalda.webrtc_servers == [server]
+    assert mafalda.webrtc_servers == [server] and server.mafalda is mafalda
     assert repr(server) == f"<MafaldaWebRtcServer id={server.id} workers=0 closed=False>"
     await router.create_webrtc_transport(webrtc_server=server)
     gone = asyncio.Event()

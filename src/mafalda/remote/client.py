@@ -679,9 +679,8 @@ class RemoteMafalda(_Facade):
             return
         for router in self.routers:
             router.close()
-        for server in self.objects:
-            if isinstance(server, RemoteWebRtcServer):
-                server.close()
+        for obj in self.objects:  # what is left: its WebRtcServers, of both kinds
+            obj.close()
         self._closing = asyncio.get_running_loop().create_task(self._connection.aclose())
         self.observer.emit("close")
 

@@ -40,6 +40,7 @@ from tests.processes import (
     TOKEN,
     RedisProcess,
     free_port,
+    free_ports,
     reap,
     serve_command,
     spawn_serve,
@@ -851,7 +852,7 @@ async def test_serve_monitor_page_with_a_password_over_https(tmp_path: Path) -> 
     """`mafalda serve --tls-cert --monitor-password`: the page on every interface, over
     HTTPS with the server's certificate, asks for the password."""
     ca, cert, key = tls_files(tmp_path)
-    port = free_port()
+    port = free_ports(1)  # bound later on every interface: none an outgoing connection takes
     proc, url = await spawn_serve(
         [
             *[sys.executable, "-m", "mafalda.cli", "serve", "--port", "0", "--token", TOKEN],

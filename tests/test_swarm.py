@@ -29,7 +29,7 @@ from mafalda.horizontal.registry import ServerRecord
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
 from mafalda.monitor.web import MonitorWeb
-from mafalda.remote import PROTOCOL_VERSION, RemoteServer
+from mafalda.remote import PROTOCOL_VERSION, RemoteError, RemoteServer
 from mafalda.swarm import SwarmNode, Table, gossip
 from mafalda.swarm.directory import directory_server
 from mafalda.swarm.gossip import Entry, decode_gossip, encode_gossip
@@ -549,6 +549,141 @@ async def test_a_node_with_another_token_is_not_let_in(
     assert "refused: HTTP 401" in caplog.text
 
 
+PEERS = "the-servers-own-secret"  # the servers' secret, which no client holds
+
+
+async def test_a_peer_token_keeps_clients_from_acting_as_servers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two servers with a peer token gossip and pipe streams with it; the clients'
+    token still reads the table (apps, monitors) but may not gossip, pipe streams out
+    or write directory entries (403); the peer token opens no session; a server that
+    presents the clients' token, or another peer token, is kept out."""
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as one,
+        await remote.serve(host="127.0.0.3", token=TOKEN) as two,
+        await remote.serve(host="127.0.0.4", token=TOKEN) as three,
+        await remote.serve(host="127.0.0.5", token=TOKEN) as four,
+    ):
+        nodes = [
+            SwarmNode(one, token=TOKEN, peer_token=PEERS, server_id="s1", interval=ROUND),
+            SwarmNode(
+                two,
+                token=TOKEN,
+                peer_token=PEERS,
+                seeds=[one.url],
+                server_id="s2",
+                interval=ROUND,
+            ),
+        ]
+        # Not of the swarm: no peer token (sends the clients' one), another peer token.
+        outsiders = [
+            SwarmNode(three, token=TOKEN, seeds=[one.url], server_id="s3", interval=ROUND),
+            SwarmNode(
+                four,
+                token=TOKEN,
+                peer_token="another",
+                seeds=[one.url],
+                server_id="s4",
+                interval=ROUND,
+            ),
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            for node in nodes + outsiders:
+                await stack.enter_async_context(node)
+            await wait_until(_everyone_knows(nodes, {"s1", "s2"}))
+            gossip_url, streams_url = route_url(one.url), route_url(one.url, "streams")
+            client = {"Authorization": f"Bearer {TOKEN}"}
+            peer = {"Authorization": f"Bearer {PEERS}"}
+            find = {"op": "find", "producerId": "nope"}
+            async with aiohttp.ClientSession() as http:
+                async with http.get(gossip_url, headers=client) as response:
+                    assert response.status == 200
+                    assert {e["record"]["id"] for e in decode_gossip(await response.read())} == {
+                        "s1",
+                        "s2",
+                    }
+                # A client's token neither adds a server nor asks or tells the streams.
+                forged = encode_gossip([entry("x1")])
+                async with http.post(gossip_url, data=forged, headers=client) as response:
+                    assert response.status == 403
+                    assert "only the swarm's servers" in await response.text()
+                announce = {"op": "announce", "producerId": "p1", "at": "s2"}
+                for message in (find, announce):
+                    async with http.post(streams_url, json=message, headers=client) as response:
+                        assert response.status == 403
+                assert "x1" not in nodes[0].members
+                assert nodes[0].streams is not None
+                assert nodes[0].streams.directory.get(("p1", False)) is None
+                # The peer token does all that (and reads the table too).
+                async with http.post(streams_url, json=find, headers=peer) as response:
+                    assert await response.json() == {"found": False}
+                async with http.post(gossip_url, data=forged, headers=peer) as response:
+                    assert response.status == 200
+                assert "x1" in nodes[0].members
+            # The peer token is no client's: it opens no Remote Mediasoup session.
+            with pytest.raises(RemoteError, match="authentication failed"):
+                await remote.connect(one.url, token=PEERS)
+            # Apps (the clients' token) consume across the servers: the streams between
+            # them go with the peer token.
+            a, b = await App.on(one.url), await App.on(two.url)
+            try:
+                send, producer = await a.producer("127.0.0.2")
+                consumer, counter, sock = await b.consumer(producer.id)
+                assert consumer.producer_id == producer.id
+                with Sender(send):
+                    await received(counter)
+                sock.close()
+            finally:
+                await a.client.aclose()
+                await b.client.aclose()
+            for outsider in outsiders:
+                assert set(outsider.members) == {outsider.id}
+            assert {"s3", "s4"}.isdisjoint(nodes[0].members)
+    assert "refused: HTTP 403" in caplog.text  # s3, with the clients' token
+    assert "refused: HTTP 401" in caplog.text  # s4, with another peer token
+
+
+async def test_a_swarm_rolls_a_new_peer_token_out_without_a_stop() -> None:
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as first,
+        await remote.serve(host="127.0.0.3", token=TOKEN) as second,
+    ):
+        nodes = [
+            SwarmNode(
+                first,
+                token=TOKEN,
+                peer_token="old",
+                accept_peer_tokens=["new"],
+                server_id="s1",
+                interval=ROUND,
+            ),
+            SwarmNode(
+                second,
+                token=TOKEN,
+                peer_token="new",
+                accept_peer_tokens=["old"],
+                seeds=[first.url],
+                server_id="s2",
+                interval=ROUND,
+            ),
+        ]
+        async with nodes[0], nodes[1]:
+            await wait_until(_everyone_knows(nodes, {"s1", "s2"}))
+
+
+async def test_peer_token_arguments_are_checked() -> None:
+    async with await remote.serve(token=TOKEN) as server:
+        with pytest.raises(ValueError, match="peer_token must be a non-empty string"):
+            SwarmNode(server, token=TOKEN, peer_token="")
+        with pytest.raises(TypeError, match="accept_peer_tokens must be a list"):
+            SwarmNode(server, token=TOKEN, peer_token=PEERS, accept_peer_tokens="x")
+        with pytest.raises(ValueError, match="accept_peer_tokens: each must be"):
+            SwarmNode(server, token=TOKEN, peer_token=PEERS, accept_peer_tokens=[""])
+        with pytest.raises(ValueError, match="accept_peer_tokens needs a peer_token"):
+            SwarmNode(server, token=TOKEN, accept_peer_tokens=["x"])
+
+
 # -- the client: mafalda.swarm.connect ----------------------------------------------------
 
 
@@ -631,6 +766,8 @@ async def _start(index: int, *extra: str) -> Server:
             "0.2",
             "--drain-timeout",
             "10",
+            "--peer-token",
+            PEERS,
             "--swarm",
             *extra,
         )
@@ -811,6 +948,17 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2 and b"every interface (0.0.0.0)" in err
     assert b"Traceback" not in err
+    assert b"warning: no --peer-token" in err  # said before anything else fails
+    # The servers' own secret is a swarm's only, and what it rotates needs it.
+    for extra, error in (
+        (["--peer-token", PEERS], b"--peer-token and --peer-also-accept need --swarm"),
+        (["--peer-also-accept", "x", "--swarm"], b"--peer-also-accept needs --peer-token"),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            *serve_args(*extra), stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 2 and error in err, err
 
 
 # -- streams across entry points (mafalda.swarm.streams) -----------------------------------

@@ -6,6 +6,7 @@
                   [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--max-workers-per-session N]
                   [--max-workers N] [--max-sessions N] [--max-connections N]
                   [--rtc-port-range MIN-MAX] [--cluster REDIS_URL ... | --swarm [SEED_URL ...]]
+                  [--peer-token SECRET [--peer-also-accept SECRET]]
     mafalda monitor REDIS_URL|SWARM_SERVER_URL [--token T] [--tls-ca PEM] [--interval 2]
                     [--once] [--json] [--web --port 8090]
 
@@ -376,6 +377,22 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="join a swarm (mafalda.swarm) through these servers' URLs, or start one "
         "(no URL); no Redis: the servers gossip on this port",
     )
+    cluster.add_argument(
+        "--peer-token",
+        default=env("MAFALDA_SWARM_TOKEN") or None,
+        metavar="SECRET",
+        help="--swarm: the servers' own secret, which no client holds (env "
+        "MAFALDA_SWARM_TOKEN): only its holders may gossip, pipe streams out and write "
+        "directory entries (default: the clients' token is the servers' too)",
+    )
+    cluster.add_argument(
+        "--peer-also-accept",
+        action="append",
+        default=(env("MAFALDA_SWARM_ALSO_ACCEPT") or "").split(),
+        metavar="SECRET",
+        help="--swarm: another servers' secret taken too (repeatable; env "
+        "MAFALDA_SWARM_ALSO_ACCEPT, space-separated): to rotate --peer-token without a stop",
+    )
     cluster.add_argument("--region", default=None, help="this server's region")
     cluster.add_argument("--announce-ip", default=None, help="media address (default --host)")
     cluster.add_argument("--server-id", default=None, help="registry id (default a UUID)")
@@ -423,6 +440,18 @@ async def _run_serve(args: argparse.Namespace) -> int:
     if args.cluster and args.swarm is not None:
         print("mafalda: --cluster and --swarm are two ways to join: pick one", file=sys.stderr)
         return 2
+    if args.swarm is None and (args.peer_token or args.peer_also_accept):
+        print("mafalda: --peer-token and --peer-also-accept need --swarm", file=sys.stderr)
+        return 2
+    if args.peer_also_accept and not args.peer_token:
+        print("mafalda: --peer-also-accept needs --peer-token", file=sys.stderr)
+        return 2
+    if args.swarm is not None and not args.peer_token:
+        print(
+            "mafalda: warning: no --peer-token (MAFALDA_SWARM_TOKEN): any client's token "
+            "can act as a server of the swarm",
+            file=sys.stderr,
+        )
     if args.monitor_port is not None:
         from mafalda.monitor.web import check_page_options
 
@@ -482,6 +511,8 @@ async def _run_serve(args: argparse.Namespace) -> int:
                 node = SwarmNode(
                     server,
                     token=args.token,
+                    peer_token=args.peer_token,
+                    accept_peer_tokens=args.peer_also_accept,
                     seeds=args.swarm,
                     ssl=peer_context(args.tls_ca),
                     server_id=args.server_id,

@@ -333,17 +333,20 @@ _LATE_EVENTS = frozenset({"subprocessclose", "died"})
 _READ_ONLY = ("dump", "get_", "can_", "stats")
 
 
-def check_tokens(token: object, accept_tokens: object = ()) -> tuple[bytes, ...]:
+def check_tokens(
+    token: object, accept_tokens: object = (), name: str = "token"
+) -> tuple[bytes, ...]:
     """The secrets a server takes: ``token`` first, then ``accept_tokens`` (others it
     also takes, to roll a new secret out without a stop). ValueError/TypeError naming
-    which is wrong."""
+    which is wrong (``name``: the token's, e.g. 'peer_token' and 'accept_peer_tokens')."""
+    accept = f"accept_{name}s"
     if not isinstance(token, str) or not token:
-        raise ValueError("token must be a non-empty string")
+        raise ValueError(f"{name} must be a non-empty string")
     if isinstance(accept_tokens, str) or not isinstance(accept_tokens, Sequence):
-        raise TypeError("accept_tokens must be a list of strings")
+        raise TypeError(f"{accept} must be a list of strings")
     for other in accept_tokens:
         if not isinstance(other, str) or not other:
-            raise ValueError("accept_tokens: each must be a non-empty string")
+            raise ValueError(f"{accept}: each must be a non-empty string")
     return tuple(dict.fromkeys(t.encode() for t in [token, *accept_tokens]))
 
 
@@ -358,6 +361,21 @@ def token_matches(given: object, tokens: tuple[bytes, ...]) -> bool:
 
 #: Routes every server answers without a token (see ``RemoteServer.readiness``).
 _PROBES = ("healthz", "readyz")
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PEER = web.RequestKey("peer", bool)
+
+
+def is_peer(request: web.Request) -> bool:
+    """Whether a request to a route of ``RemoteServer.add_route()`` carried a peer's
+    secret (or, on a route with none of its own, the server's token)."""
+    return bool(request.get(_PEER, False))
+
+
+def peer_refused() -> web.Response:
+    """The answer to a client's token on what only a swarm's servers may do."""
+    return web.Response(status=403, text="only the swarm's servers may do this")
+
 
 #: create_*() calls a draining server still takes: pipes carry what is already there.
 _DRAIN_OK = frozenset({"create_pipe_transport"})
@@ -809,7 +827,8 @@ class RemoteServer:
         self.sessions: dict[str, Session] = {}
         self._connections: set[_Connection] = set()
         self._runner: web.AppRunner | None = None
-        self._routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
+        #: Each route's handler and the peer secrets it takes besides the server's tokens.
+        self._routes: dict[str, tuple[_Handler, tuple[bytes, ...]]] = {}
         #: 'newworker' (worker): a worker started for a client of this server (not the
         #: process's other workers, as mediasoup.observer's); 'newrouter' (router): a
         #: MafaldaRouter created for a client of a server of a Mafalda pool.
@@ -850,16 +869,19 @@ class RemoteServer:
         ]
 
     def add_route(
-        self, name: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self, name: str, handler: _Handler, *, peer_tokens: tuple[bytes, ...] = ()
     ) -> None:
         """Serve ``handler`` at ``/{name}`` (any method; the body at most
-        ``max_message_size``) to requests that carry the token (``Authorization: Bearer
-        TOKEN``); others get 401. How a swarm's servers gossip on their own port."""
+        ``max_message_size``) to requests that carry a token (``Authorization: Bearer
+        TOKEN``): one of the server's, or one of ``peer_tokens`` (the secret of the
+        servers of a swarm, from ``check_tokens()``); others get 401. ``is_peer(request)``
+        tells the handler which kind it got: how a swarm's servers talk on their own
+        port, and keep what only servers may do from the clients."""
         if not name.isascii() or not name.isalnum():
             raise ValueError(f"invalid route name {name!r}")
         if name in _PROBES or name in self._routes:
             raise ValueError(f"route /{name} already served")
-        self._routes[name] = handler
+        self._routes[name] = (handler, peer_tokens)
 
     def remove_route(self, name: str) -> None:
         self._routes.pop(name, None)
@@ -907,13 +929,19 @@ class RemoteServer:
         return web.Response(status=503, text=f"not ready: {why}")
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or not token_matches(given[7:], self._tokens):
+        route = self._routes.get(request.match_info["name"])
+        peer_tokens = () if route is None else route[1]
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else None
+        # Both sets compared whole, whatever matches: the time tells nothing of which.
+        peer = token_matches(given, peer_tokens)
+        if not token_matches(given, self._tokens) and not peer:
             return web.Response(status=401, text="a token is required")
-        handler = self._routes.get(request.match_info["name"])
-        if handler is None:
+        if route is None:
             return web.Response(status=404, text="no such route")
-        return await handler(request)
+        # A route with no secret of its own takes the servers' token as theirs too.
+        request[_PEER] = peer or not peer_tokens
+        return await route[0](request)
 
     async def start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
         app = web.Application(client_max_size=self.max_message_size)

@@ -35,6 +35,7 @@ from mafalda.horizontal.node import control_url, server_record
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.remote import RemoteServer
+from mafalda.remote.server import check_tokens, is_peer, peer_refused
 from mafalda.swarm.gossip import Change, Table, decode_gossip, encode_gossip
 from mafalda.swarm.streams import SwarmStreams
 from mafalda.swarm.urls import GOSSIP_ROUTE, check_seeds, route_url
@@ -56,6 +57,8 @@ class SwarmNode:
         server: RemoteServer,
         *,
         token: str,
+        peer_token: str | None = None,
+        accept_peer_tokens: Sequence[str] = (),
         seeds: Sequence[str] = (),
         server_id: str | None = None,
         media_address: str | None = None,
@@ -68,7 +71,12 @@ class SwarmNode:
         stream_idle: float = 10.0,
         find_timeout: float = 2.0,
     ) -> None:
-        """token: the servers' shared secret (the one clients present too). seeds: URLs
+        """token: the clients' secret (the server's). peer_token: the servers' own
+        secret, which they present to each other and no client holds: then only a
+        holder of it may gossip, pipe streams out and write directory entries (a client's
+        token still reads the table); None: the clients' token is the servers' too.
+        accept_peer_tokens: other peer secrets taken too, to roll one out without a stop.
+        seeds: URLs
         of servers of the swarm to join (none: this one starts a swarm). interval:
         seconds between gossip rounds. fail_after: seconds without news of a server
         before it is dropped (default 5 rounds). ssl: the context to reach wss:// peers.
@@ -83,6 +91,12 @@ class SwarmNode:
         """
         if not isinstance(token, str) or not token:
             raise ValueError("token must be a non-empty string")
+        if peer_token is None:
+            if accept_peer_tokens:
+                raise ValueError("accept_peer_tokens needs a peer_token")
+            self._peer_tokens: tuple[bytes, ...] = ()
+        else:
+            self._peer_tokens = check_tokens(peer_token, accept_peer_tokens, "peer_token")
         if not interval > 0:
             raise ValueError("interval must be > 0")
         if fail_after is not None and not fail_after > interval:
@@ -95,7 +109,7 @@ class SwarmNode:
         self.control_url, self.media_address = control_url(server, control_host, media_address)
         self.region = region
         self.interval = interval
-        self._token = token
+        self._token = token if peer_token is None else peer_token
         self._ssl = ssl
         self._table = Table(
             self.record(),
@@ -108,7 +122,8 @@ class SwarmNode:
             mine = self.streams = SwarmStreams(
                 server,
                 server_id=self.id,
-                token=token,
+                token=self._token,
+                peer_tokens=self._peer_tokens,
                 members=lambda: self.members,
                 idle=stream_idle,
                 ssl=ssl,
@@ -154,7 +169,7 @@ class SwarmNode:
         if self._started:
             raise RuntimeError("swarm node already started")
         self._started = True
-        self.server.add_route(GOSSIP_ROUTE, self._handle)
+        self.server.add_route(GOSSIP_ROUTE, self._handle, peer_tokens=self._peer_tokens)
         if self.streams is not None:
             self.streams.start()
         self._http = aiohttp.ClientSession(
@@ -199,8 +214,9 @@ class SwarmNode:
                 ssl=self._ssl if self._ssl is not None else True,
             ) as response:
                 if response.status != 200:
-                    # 401: not the same token (a misconfigured server, said each time).
-                    log = logger.warning if response.status == 401 else logger.debug
+                    # 401/403: not the swarm's secret (a misconfigured server, said each
+                    # time).
+                    log = logger.warning if response.status in (401, 403) else logger.debug
                     log("gossip with %s refused: HTTP %s", url, response.status)
                     return False
                 entries = decode_gossip(await response.read())
@@ -215,6 +231,8 @@ class SwarmNode:
             return self._answer()
         if request.method != "POST":
             return web.Response(status=405, text="GET or POST")
+        if not is_peer(request):  # a client's token: it may read, not change, the table
+            return peer_refused()
         try:
             entries = decode_gossip(await request.read())
         except ValueError as error:

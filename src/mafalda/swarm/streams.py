@@ -54,6 +54,7 @@ from mafalda.horizontal.registry import ServerRecord, json_object
 from mafalda.mediasoup import Router, Transport, Worker
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.remote import RemoteServer
+from mafalda.remote.server import is_peer, peer_refused
 from mafalda.swarm.directory import Directory, beats, directory_server
 from mafalda.swarm.urls import route_url
 from mafalda.vertical.router import MafaldaRouter
@@ -182,6 +183,7 @@ class SwarmStreams:
         *,
         server_id: str,
         token: str,
+        peer_tokens: tuple[bytes, ...] = (),
         members: Callable[[], dict[str, ServerRecord]],
         timeout: float = 10.0,
         idle: float = 10.0,
@@ -205,6 +207,7 @@ class SwarmStreams:
         self.server = server
         self.id = server_id
         self._token = token
+        self._peer_tokens = peer_tokens
         self._members = members
         self._timeout = timeout
         self.idle = idle
@@ -256,7 +259,7 @@ class SwarmStreams:
         self._started = True
         self.server.observer.on("newworker", self._follow_worker)
         self.server.observer.on("newrouter", self._follow_router)
-        self.server.add_route(ROUTE, self._handle)
+        self.server.add_route(ROUTE, self._handle, peer_tokens=self._peer_tokens)
         self.server.before_consume = self._before_consume
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
@@ -649,6 +652,8 @@ class SwarmStreams:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return web.Response(status=405, text="POST")
+        if not is_peer(request):
+            return peer_refused()
         try:
             message = check_message(await request.read())
         except ValueError as error:

@@ -41,7 +41,8 @@ LISTEN: Any = {"protocol": "udp", "ip": "127.0.0.1"}
 async def _start(index: int, *seeds: str) -> tuple[Any, str]:
     command = support.serve_args(
         *["--host", f"127.0.0.{index + 1}", "--server-id", f"s{index}", "--heartbeat", "0.5"],
-        *["--swarm", *seeds],
+        # As in production: the servers' own secret, the apps' token kept out of streams.
+        *["--peer-token", "bench-peers", "--swarm", *seeds],
     )
     proc, url = await support.spawn_serve(command)
     return proc, url

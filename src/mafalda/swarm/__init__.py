@@ -2,10 +2,11 @@
 charge; every server is an entry point, and a producer created through one server is
 consumed through any other by its id (``mafalda.swarm.streams``).
 
-Media server (``mafalda serve --swarm [SEED_URL ...]`` or)::
+Media server (``mafalda serve --swarm [SEED_URL ...] --peer-token PEERS`` or; PEERS is
+the servers' own secret, which no client holds)::
 
     server = await mafalda.remote.serve(host="10.0.0.5", token=TOKEN)
-    node = SwarmNode(server, token=TOKEN, seeds=["ws://10.0.0.4:4443/"])
+    node = SwarmNode(server, token=TOKEN, peer_token=PEERS, seeds=["ws://10.0.0.4:4443/"])
     await node.start()
 
 Client (the same Cluster as ``mafalda.horizontal.connect``; one line changes)::

@@ -2,17 +2,17 @@
 record with its peers, on its own port, with no Redis.
 
     server = await mafalda.remote.serve(host="10.0.0.5", port=4443, token=TOKEN)
-    node = SwarmNode(server, token=TOKEN, seeds=["ws://10.0.0.4:4443/"])
+    node = SwarmNode(server, token=TOKEN, peer_token=PEERS, seeds=["ws://10.0.0.4:4443/"])
     await node.start()          # known to the swarm within a few rounds
     ...
     await node.drain(timeout=30)  # SIGTERM: no new placements, wait for objects to close
     await node.aclose()           # a tombstone: every peer drops it at once
 
 Every ``interval`` seconds the node bumps its own version, exchanges tables with one
-live peer chosen at random (push-pull over ``POST /swarm``, the token as a bearer
-token), and with every seed that is not a live peer yet (a swarm split in two heals
-through them). ``GET /swarm`` answers the table: any server is an entry point for
-clients (``mafalda.swarm.connect``).
+live peer chosen at random (push-pull over ``POST /swarm``, the servers' secret
+``PEERS`` as a bearer token), and with every seed that is not a live peer yet (a swarm
+split in two heals through them). ``GET /swarm`` answers the table, to the clients'
+token too: any server is an entry point for clients (``mafalda.swarm.connect``).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from mafalda.monitor.stats import (
     stats_key,
     stats_pattern,
 )
-from mafalda.monitor.web import MonitorWeb, check_page_options, password_of
+from mafalda.monitor.web import PAGE, MonitorWeb, check_page_options, password_of
 from tests.conftest import MEDIA_CODECS, opus_rtp_parameters
 from tests.processes import (
     HAVE_REDIS,
@@ -966,6 +966,252 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
         worker.close()
         await worker.wait_closed()
         await db.aclose()
+
+
+# -- the page's history (kept in the browser only) -------------------------------------------
+
+
+def _history_view(time: float, servers: dict[str, tuple[float, dict[int, float | None]]]) -> Any:
+    """A view at ``time`` of the ``servers``: by id, its load and its workers' CPU by pid."""
+    records, reports = [], []
+    for server_id, (load, cpus) in servers.items():
+        records.append(_record(server_id, "127.0.0.1", load=load))
+        report = _report(server_id, list(cpus), [], time)
+        for worker in report["workers"]:
+            worker["cpu"] = cpus[worker["pid"]]
+        reports.append(report)
+    return build_view(records, reports, now=time)
+
+
+async def _sparks(page: Any) -> dict[tuple[str, str], tuple[list[float], list[Any]]]:
+    """The page's sparklines: by (server or server/worker, figure), their times and values."""
+    found = await page.evaluate(
+        """() => [...document.querySelectorAll("svg.spark")].map(
+            (s) => [s.dataset.of, s.dataset.series, s.dataset.times, s.dataset.values])"""
+    )
+    return {(of, series): (json.loads(t), json.loads(v)) for of, series, t, v in found}
+
+
+async def _history_page(playwright: Any) -> tuple[Any, Any, list[str]]:
+    browser = await playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+    )
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return browser, page, errors
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
+async def test_page_history_is_bounded_and_follows_the_view() -> None:
+    """The page's history fed views directly (no monitor; its event stream answers 204,
+    which browsers do not retry): the last 300 views, no older than 10 minutes, a null
+    CPU breaking the line, a view sent again not counted twice, and a server or worker
+    that leaves the view losing its history (starting afresh when it comes back)."""
+    from playwright.async_api import Route, async_playwright
+
+    async def serve(route: Route) -> None:
+        if route.request.url.endswith("/events"):
+            await route.fulfill(status=204)
+        else:
+            await route.fulfill(body=PAGE.read_text(), content_type="text/html")
+
+    async with async_playwright() as playwright:
+        browser, page, errors = await _history_page(playwright)
+        try:
+            await page.route("http://monitor.test/**", serve)
+            await page.goto("http://monitor.test/")
+
+            async def feed(views: list[Any]) -> None:
+                await page.evaluate("(views) => views.forEach((view) => render(view))", views)
+
+            t0 = 1_700_000_000.0
+
+            def both(i: int) -> dict[str, tuple[float, dict[int, float | None]]]:
+                return {"a": (i / 1000, {11: i / 2000}), "b": (0.5, {21: 0.25})}
+
+            await feed([_history_view(t0 + i, both(i)) for i in range(400)])
+            sparks = await _sparks(page)
+            assert set(sparks) == {
+                ("a", "load"), ("a", "clients"), ("a/11", "cpu"),
+                ("b", "load"), ("b", "clients"), ("b/21", "cpu"),
+            }  # fmt: skip
+            times, loads = sparks[("a", "load")]
+            assert times == [t0 + i for i in range(100, 400)]  # the last 300 views
+            assert loads == [i / 1000 for i in range(100, 400)]
+            assert sparks[("a/11", "cpu")][1] == [i / 2000 for i in range(100, 400)]
+            assert sparks[("a", "clients")][1] == [3] * 300  # two reported, one omitted
+            assert await page.evaluate("past.servers.get('a').times.length") == 300
+
+            # One view every 5 s: only the last 10 minutes are kept (121 views).
+            late = [t0 + 399 + 5 * k for k in range(1, 201)]
+            await feed([_history_view(t, both(400)) for t in late])
+            times, loads = (await _sparks(page))[("a", "load")]
+            assert times == late[79:] and times[0] == times[-1] - 600
+            # Sent again (the stream reconnected): the same view is not a new point.
+            await feed([_history_view(late[-1], both(400))])
+            assert (await _sparks(page))[("a", "load")][0] == late[79:]
+
+            # b and a's worker 11 leave the view: their history goes with them.
+            now = late[-1]
+            await feed([_history_view(now + 1, {"a": (0.1, {12: None})})])
+            sparks = await _sparks(page)
+            assert set(sparks) == {("a", "load"), ("a", "clients"), ("a/12", "cpu")}
+            assert await page.evaluate("[[...past.servers.keys()], [...past.workers.keys()]]") == [
+                ["a"],
+                ["a/12"],
+            ]
+            cpus: list[float | None] = [0.5, 0.75, None, 0.25]
+            await feed(
+                [_history_view(now + 2 + i, {"a": (0.1, {12: cpu})}) for i, cpu in enumerate(cpus)]
+            )
+            # They come back (and a/12 leaves): afresh, from this view on.
+            await feed([_history_view(now + 9, both(1))])
+            sparks = await _sparks(page)
+            assert sparks[("b", "load")] == ([now + 9], [0.5])
+            assert sparks[("a/11", "cpu")] == ([now + 9], [0.0005])
+            assert ("a/12", "cpu") not in sparks
+            # So does a/12, with its CPU unknown (null) at times: the line breaks there.
+            await feed(
+                [_history_view(now + 10 + i, {"a": (0.1, {12: cpu})}) for i, cpu in enumerate(cpus)]
+            )
+            assert (await _sparks(page))[("a/12", "cpu")] == (
+                [now + 10, now + 11, now + 12, now + 13],
+                cpus,
+            )
+            path = await page.get_attribute("svg.spark[data-of='a/12'] path.line", "d")
+            assert path is not None and path.count("M") == 2 and path.count("L") == 1
+            assert path.endswith("M101.0,14.5")  # the newest on the right, 0.25 of 18 px up
+            assert errors == []
+        finally:
+            await browser.close()
+
+
+class _Recorded:
+    """A monitor whose views are kept by their time: what a page was sent."""
+
+    def __init__(self, source: monitor.Monitor) -> None:
+        self.source = source
+        self.sent: dict[float, Any] = {}
+
+    async def view(self) -> Any:
+        return await self.source.view()
+
+    async def views(self) -> AsyncIterator[Any]:
+        async for view in self.source.views():
+            self.sent[view["time"]] = view
+            yield view
+
+
+@needs_redis
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
+async def test_page_in_chromium_draws_the_history_it_was_sent(redis_server: RedisProcess) -> None:
+    """Two `mafalda serve --cluster` servers, a monitor and its page in Chromium (at most
+    10 points): each server's load and clients and each worker's CPU drawn point for
+    point from the views the page was sent; s1's load rising as a client starts workers
+    on it; every line bounded; a closed worker's and a killed server's history dropped, a
+    restarted server's starting afresh; no script error."""
+    from playwright.async_api import async_playwright
+
+    from mafalda.remote import RemoteMediasoup
+    from mafalda.remote import connect as remote_connect
+
+    points = 10
+    procs: dict[int, asyncio.subprocess.Process] = {}
+    urls: dict[int, str] = {}
+    for index in (1, 2):
+        procs[index], urls[index] = await spawn_serve(serve_command(redis_server.url, index, 0.2))
+    client = None
+    try:
+        async with await monitor.connect(redis_server.url, interval=0.2) as mon:
+            recorded = _Recorded(mon)
+            async with (
+                MonitorWeb(recorded, port=0) as page_server,
+                async_playwright() as playwright,
+            ):
+                browser, page, errors = await _history_page(playwright)
+                try:
+                    await page.goto(f"{page_server.url}?points={points}")
+
+                    def figure(view: Any, of: str, series: str) -> Any:
+                        server_id, _, pid = of.partition("/")
+                        [server] = [s for s in view["servers"] if s["id"] == server_id]
+                        if series == "cpu":
+                            return [w["cpu"] for w in server["workers"] if w["pid"] == int(pid)][0]
+                        return server["load"] if series == "load" else server["totals"]["clients"]
+
+                    async def until(ready: Any, timeout: float = 20.0) -> Any:
+                        """The sparklines once ``ready``, each checked against the views."""
+                        async with asyncio.timeout(timeout):
+                            while True:
+                                sparks = await _sparks(page)
+                                if ready(sparks):
+                                    break
+                                await asyncio.sleep(0.05)
+                        for (of, series), (times, values) in sparks.items():
+                            assert 0 < len(times) <= points and times == sorted(set(times))
+                            assert values == [figure(recorded.sent[t], of, series) for t in times]
+                        return sparks
+
+                    def grown(*of: str, to: int = 3) -> Any:
+                        """Whether the servers' loads and workers' CPU have ``to`` points."""
+                        keys = [(x, "cpu" if "/" in x else "load") for x in of]
+                        return lambda sparks: all(
+                            key in sparks and len(sparks[key][0]) >= to for key in keys
+                        )
+
+                    sparks = await until(grown("s1", "s2"))
+                    assert set(sparks[("s1", "load")][1]) == {0.0}  # no worker yet
+                    assert set(sparks[("s1", "clients")][1]) == {0}
+
+                    # A client starts workers on s1: its load is its workers per core.
+                    client = await remote_connect(urls[1], token=TOKEN)
+                    assert isinstance(client, RemoteMediasoup)
+                    steps = [round(n / (os.cpu_count() or 1), 4) for n in (0, 1, 2)]
+                    workers = []
+                    for n in (1, 2):
+                        workers.append(await client.create_worker(log_level="warn"))
+                        sparks = await until(
+                            lambda s, want=steps[n]: s[("s1", "load")][1][-1] == want
+                        )
+                        loads = sparks[("s1", "load")][1]
+                        assert loads == sorted(loads) and steps[n - 1] in loads
+                    # Its client (reported on the probe's clock, not the record's).
+                    sparks = await until(lambda s: s[("s1", "clients")][1][-1] == 1)
+                    assert set(sparks[("s1", "clients")][1]) <= {0, 1}
+                    pids = [w.pid for w in workers]
+                    # Every line fills up to the bound and stays there.
+                    everything = grown("s1", "s2", *(f"s1/{pid}" for pid in pids), to=points)
+                    sparks = await until(everything)
+                    newest = sparks[("s1", "load")][0][-1]
+                    sparks = await until(lambda s: s[("s1", "load")][0][-4] > newest)
+                    assert {len(times) for times, _ in sparks.values()} == {points}
+                    assert any(v is not None for v in sparks[(f"s1/{pids[0]}", "cpu")][1])
+
+                    # A worker closed: its line and history gone.
+                    workers[0].close()
+                    await workers[0].wait_closed()
+                    sparks = await until(lambda s: (f"s1/{pids[0]}", "cpu") not in s)
+                    assert not await page.evaluate(f"past.workers.has('s1/{pids[0]}')")
+                    # A server killed: the same; restarted (same id), it starts afresh.
+                    procs[2].kill()
+                    await reap(procs[2])
+                    sparks = await until(lambda s: ("s2", "load") not in s)
+                    assert not await page.evaluate("past.servers.has('s2')")
+                    gone = sparks[("s1", "load")][0][-1]
+                    procs[2], urls[2] = await spawn_serve(serve_command(redis_server.url, 2, 0.2))
+                    sparks = await until(lambda s: ("s2", "load") in s)
+                    assert min(sparks[("s2", "load")][0]) > gone
+                    assert errors == []
+                finally:
+                    await browser.close()
+    finally:
+        if client is not None:
+            await client.aclose()
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.kill()
+            await reap(proc)
 
 
 @pytest.mark.parametrize("serves", ["mediasoup", "mafalda"])

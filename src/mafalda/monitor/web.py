@@ -1,7 +1,9 @@
 """The Monitor's live page: ``mafalda monitor REDIS_URL --web`` (aiohttp).
 
     GET /         the page (no build step, no external files): servers, workers with
-                  their CPU and counts, a map of the links, refreshed by /events
+                  their CPU and counts, a map of the links, refreshed by /events;
+                  the page keeps the last 10 minutes of each server's load and
+                  clients and each worker's CPU (sparklines; ``/?points=N``: N views)
     GET /view     the ClusterView now, as JSON
     GET /events   Server-Sent Events: one ``view`` event per interval
     GET /metrics  the ClusterView now, as Prometheus metrics (``metrics.render_metrics``)

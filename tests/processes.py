@@ -43,7 +43,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def free_ports(count: int) -> int:
     """The first of ``count`` consecutive ports free for UDP and TCP on every address,
     below Linux's ephemeral range (32768 up), so that no outgoing connection takes one
-    before the test binds them: for a WebRtcServer's ``portRange``."""
+    before what the test starts binds them (a process, a worker, a WebRtcServer's
+    ``portRange``)."""
     while True:
         first = random.randrange(20000, 32768 - count)
         try:
@@ -64,7 +65,7 @@ class RedisProcess:
         """``extra``: more redis-server arguments (a password, TLS files...); with
         ``scheme="rediss"`` the port given is the TLS one (the plain port is off)."""
         self.host = host
-        self.port = free_port()
+        self.port = free_ports(1)  # bound later (again after a kill): not an ephemeral one
         self.url = f"{scheme}://{host}:{self.port}/0"
         self.extra = extra
         self.tls = scheme == "rediss"

@@ -1878,7 +1878,7 @@ async def test_cluster_webrtc_server_listens_on_each_server_used(cluster: Cluste
     WebRtcServer (one port on every server, on its media address), made by the first
     transport there and shared by the next; a real WebRTC client connects through it on
     each server; close() closes the transports with 'listenserverclose'."""
-    port = free_port("127.0.0.2")
+    port = free_ports(1)  # each server binds it later (UDP, TCP): below the ephemeral range
     listen_infos: list[Any] = [{"protocol": "udp", "port": port}, {"protocol": "tcp", "port": port}]
     cws = await cluster.create_webrtc_server(listen_infos=listen_infos, app_data={"room": "a"})
     assert cluster.webrtc_servers == [cws] and cws.app_data == {"room": "a"}

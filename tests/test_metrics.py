@@ -23,7 +23,7 @@ from mafalda.monitor.metrics import render_metrics
 from mafalda.monitor.view import ClusterView
 from mafalda.monitor.web import MonitorWeb
 from tests.conftest import MEDIA_CODECS, opus_rtp_parameters
-from tests.processes import free_port, reap
+from tests.processes import free_ports, reap
 from tests.test_monitor import _end, _record, _report
 
 PROMETHEUS = cache_dir() / "prometheus" / "usr" / "bin"
@@ -173,7 +173,7 @@ async def test_a_real_prometheus_scrapes_a_monitor_page_with_a_password(tmp_path
     probe = Probe(server_id="here")
     probe.add_worker(worker)
     local = monitor.LocalMonitor(probe, record=lambda: _record("here", "127.0.0.1"), interval=0.2)
-    port = free_port()
+    port = free_ports(1)  # prometheus binds it later: below the ephemeral range
     config = tmp_path / "prometheus.yml"
     proc: asyncio.subprocess.Process | None = None
     try:

@@ -39,7 +39,6 @@ from tests.processes import (
     HAVE_REDIS,
     TOKEN,
     RedisProcess,
-    free_port,
     free_ports,
     reap,
     serve_command,
@@ -799,7 +798,7 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 
 @needs_redis
 async def test_monitor_command_serves_the_page_until_sigterm(redis_server: RedisProcess) -> None:
-    port = free_port()
+    port = free_ports(1)  # bound later by the process: below the ephemeral range
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url],
         *["--web", "--port", str(port), "--interval", "0.2"],
@@ -885,7 +884,7 @@ async def test_monitor_command_page_with_a_password_over_https(
     """`mafalda monitor --web --web-cert --web-key`, the password from
     MAFALDA_MONITOR_PASSWORD."""
     ca, cert, key = tls_files(tmp_path)
-    port = free_port()
+    port = free_ports(1)  # bound later on every interface: none an outgoing connection takes
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "mafalda.cli", "monitor", redis_server.url, "--web"],
         *["--host", "0.0.0.0", "--port", str(port), "--web-cert", cert, "--web-key", key],
@@ -1222,7 +1221,7 @@ async def test_serve_with_its_own_monitor_page(serves: str) -> None:
     from mafalda.remote import RemoteMafalda, RemoteMediasoup
     from mafalda.remote import connect as remote_connect
 
-    port = free_port()
+    port = free_ports(1)  # bound later by the server: below the ephemeral range
     extra = ["--mafalda", "--num-workers", "1"] if serves == "mafalda" else []
     proc, url = await spawn_serve(
         [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mafalda.mediasoup._fbs.Transport.TraceNotification import TraceNotification
 from mafalda.mediasoup.channel import Channel, encode_notification
 from mafalda.mediasoup.errors import InvalidStateError, WorkerError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
+from tests.processes import free_ports
 
 from .conftest import opus_rtp_parameters
 
@@ -181,13 +181,6 @@ VIDEO_PIPE_HEADER_EXTENSIONS = [
 def inject(channel: Channel, event: int, handler_id: str, body: Any = None) -> None:
     """Feed the channel a notification as if the worker had sent it."""
     channel.data_received(encode_notification(flatbuffers.Builder(256), event, handler_id, body))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -503,7 +496,7 @@ async def test_connect_with_wrong_address(pipe: PipeTransport) -> None:
 
 
 async def test_create_pipe_transport_with_fixed_port(ctx: Ctx) -> None:
-    port = free_port()
+    port = free_ports(1)  # the worker binds it: below the ephemeral range
     pipe_transport = await ctx.router1.create_pipe_transport(
         listen_info={"protocol": "udp", "ip": "127.0.0.1", "port": port}
     )

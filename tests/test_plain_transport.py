@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import struct
 from typing import Any
 
@@ -30,6 +29,7 @@ from mafalda.mediasoup._fbs.Transport.Tuple import TupleT
 from mafalda.mediasoup.channel import Channel, encode_notification
 from mafalda.mediasoup.errors import InvalidStateError, WorkerError
 from mafalda.mediasoup.plain_transport import validate_srtp_parameters
+from tests.processes import free_ports
 
 from .conftest import TRANSPORT_STAT_COUNTERS, hosting_worker
 
@@ -50,13 +50,6 @@ OPUS_PRODUCER_PARAMETERS: dict[str, Any] = {
 def inject(channel: Channel, event: int, handler_id: str, body: Any = None) -> None:
     """Feed the channel a notification as if the worker had sent it."""
     channel.data_received(encode_notification(flatbuffers.Builder(256), event, handler_id, body))
-
-
-def free_port(kind: int = socket.SOCK_DGRAM, ip: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((ip, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rtp_packet(payload_type: int, ssrc: int, seq: int, timestamp: int, payload: bytes) -> bytes:
@@ -199,8 +192,8 @@ async def test_create_plain_transport_succeeds(router: Router) -> None:
     another = await router.create_plain_transport(listen_ip="127.0.0.1")
     assert isinstance(another, PlainTransport)
 
-    rtp_port = free_port()
-    rtcp_port = free_port()
+    rtp_port = free_ports(2)  # the worker binds them: below the ephemeral range
+    rtcp_port = rtp_port + 1
     transport2 = await router.create_plain_transport(
         listen_info={"protocol": "udp", "ip": "127.0.0.1", "port": rtp_port},
         rtcp_listen_info={"protocol": "udp", "ip": "127.0.0.1", "port": rtcp_port},
@@ -330,7 +323,7 @@ async def test_create_plain_transport_with_non_bindable_ip(router: Router) -> No
 
 async def test_two_transports_on_same_port_with_udp_reuse_port(router: Router) -> None:
     multicast_ip = "224.0.0.1"
-    port = free_port(ip=multicast_ip)
+    port = free_ports(1)
     # ipv6Only is ignored: the IP is IPv4.
     await router.create_plain_transport(
         listen_info={
@@ -352,7 +345,7 @@ async def test_two_transports_on_same_port_with_udp_reuse_port(router: Router) -
 
 async def test_two_transports_on_same_port_without_udp_reuse_port_fail(router: Router) -> None:
     multicast_ip = "224.0.0.1"
-    port = free_port(ip=multicast_ip)
+    port = free_ports(1)
     info: Any = {
         "protocol": "udp",
         "ip": multicast_ip,
@@ -365,7 +358,7 @@ async def test_two_transports_on_same_port_without_udp_reuse_port_fail(router: R
 
 
 async def test_create_plain_transport_with_fixed_port(router: Router) -> None:
-    port = free_port()
+    port = free_ports(1)
     transport = await router.create_plain_transport(
         listen_info={"protocol": "udp", "ip": "127.0.0.1", "port": port}
     )

@@ -21,7 +21,7 @@ from tests.processes import (
     HAVE_REDIS,
     TOKEN,
     RedisProcess,
-    free_port,
+    free_ports,
     reap,
     serve_command,
     spawn_serve,
@@ -67,10 +67,11 @@ def test_a_bad_cluster_url_is_refused_naming_what_is_wrong(url: str, named: str)
 
 
 def _cluster_port() -> int:
-    """A free port whose cluster bus port (10000 more) is free and valid too."""
+    """A free port whose cluster bus port (10000 more) is free too, both below the
+    ephemeral range (the node binds them later)."""
     while True:
-        port = free_port()
-        if port + 10000 < 65536:
+        port = free_ports(1)
+        if port + 10000 < 32768:
             with socket.socket() as bus:
                 try:
                     bus.bind(("127.0.0.1", port + 10000))

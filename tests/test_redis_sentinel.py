@@ -18,7 +18,7 @@ from tests.processes import (
     REDIS_SERVER,
     TOKEN,
     RedisProcess,
-    free_port,
+    free_ports,
     reap,
     serve_command,
     spawn_serve,
@@ -117,7 +117,7 @@ class _Sentinel:
     with ``tls``: its certificate, key and CA files; masters reached over TLS too)."""
 
     def __init__(self, master_port: int, directory: Path, tls: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+        self.port = free_ports(1)  # the sentinel binds it later: below the ephemeral range
         conf = directory / "sentinel.conf"
         listen = f"port {self.port}\n"
         if tls:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
@@ -15,20 +14,14 @@ from pymediasoup.rtp_parameters import RtpCapabilities
 from mafalda.mediasoup import WebRtcServer, Worker, create_worker
 from mafalda.mediasoup.errors import InvalidStateError, WorkerError
 from mafalda.mediasoup.webrtc_server import parse_webrtc_server_dump
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.processes import free_ports
 
 
 async def test_create_webrtc_server_succeeds(worker: Worker) -> None:
     new_servers: list[Any] = []
     worker.observer.once("newwebrtcserver", new_servers.append)
-    port1 = free_port(socket.SOCK_DGRAM)
-    port2 = free_port(socket.SOCK_STREAM)
+    port1 = free_ports(2)  # the worker binds them: below the ephemeral range
+    port2 = port1 + 1
     server = await worker.create_webrtc_server(
         listen_infos=[
             {"protocol": "udp", "ip": "127.0.0.1", "port": port1},
@@ -66,8 +59,8 @@ async def test_create_webrtc_server_succeeds(worker: Worker) -> None:
 
 
 async def test_create_webrtc_server_with_port_range(worker: Worker) -> None:
-    port1 = free_port(socket.SOCK_DGRAM)
-    port2 = free_port(socket.SOCK_STREAM)
+    port1 = free_ports(2)  # the worker binds them: below the ephemeral range
+    port2 = port1 + 1
     server = await worker.create_webrtc_server(
         listen_infos=[
             {"protocol": "udp", "ip": "127.0.0.1", "portRange": {"min": port1, "max": port1}},
@@ -126,8 +119,8 @@ async def test_create_webrtc_server_with_wrong_arguments(worker: Worker) -> None
 async def test_create_webrtc_server_with_unavailable_listen_infos(
     worker: Worker, worker2: Worker
 ) -> None:
-    port1 = free_port()
-    port2 = free_port()
+    port1 = free_ports(2)
+    port2 = port1 + 1
     # An IP that is not ours.
     with pytest.raises(WorkerError):
         await worker.create_webrtc_server(
@@ -165,13 +158,13 @@ async def test_create_webrtc_server_on_closed_worker() -> None:
     await worker.wait_closed()
     with pytest.raises(InvalidStateError):
         await worker.create_webrtc_server(
-            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_port()}]
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
         )
 
 
 async def test_close(worker: Worker) -> None:
     server = await worker.create_webrtc_server(
-        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_port()}]
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
     )
     closes: list[None] = []
     server.observer.once("close", lambda: closes.append(None))
@@ -190,7 +183,7 @@ async def test_close(worker: Worker) -> None:
 
 async def test_workerclose_when_worker_closes(worker: Worker) -> None:
     server = await worker.create_webrtc_server(
-        listen_infos=[{"protocol": "tcp", "ip": "127.0.0.1", "port": free_port(socket.SOCK_STREAM)}]
+        listen_infos=[{"protocol": "tcp", "ip": "127.0.0.1", "port": free_ports(1)}]
     )
     closes: list[None] = []
     server.observer.once("close", lambda: closes.append(None))
@@ -203,8 +196,8 @@ async def test_workerclose_when_worker_closes(worker: Worker) -> None:
 
 
 async def test_webrtc_transport_on_server_then_transport_closed(worker: Worker) -> None:
-    port1 = free_port(socket.SOCK_DGRAM)
-    port2 = free_port(socket.SOCK_STREAM)
+    port1 = free_ports(2)  # the worker binds them: below the ephemeral range
+    port2 = port1 + 1
     server = await worker.create_webrtc_server(
         listen_infos=[
             {"protocol": "udp", "ip": "127.0.0.1", "port": port1},
@@ -273,8 +266,8 @@ async def test_webrtc_transport_on_server_then_transport_closed(worker: Worker) 
 
 
 async def test_webrtc_transport_on_server_then_server_closed(worker: Worker) -> None:
-    port1 = free_port(socket.SOCK_DGRAM)
-    port2 = free_port(socket.SOCK_STREAM)
+    port1 = free_ports(2)  # the worker binds them: below the ephemeral range
+    port2 = port1 + 1
     server = await worker.create_webrtc_server(
         listen_infos=[
             {"protocol": "udp", "ip": "127.0.0.1", "port": port1},
@@ -336,7 +329,7 @@ async def test_webrtc_transport_on_server_then_server_closed(worker: Worker) -> 
 
 async def test_webrtc_transport_on_server_then_router_closed(worker: Worker) -> None:
     server = await worker.create_webrtc_server(
-        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_port()}]
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
     )
     unhandled: list[Any] = []
     server.observer.on("webrtctransportunhandled", unhandled.append)
@@ -355,7 +348,7 @@ async def test_webrtc_transport_on_server_then_router_closed(worker: Worker) -> 
 
 async def test_webrtc_transport_on_closed_server_fails(worker: Worker) -> None:
     server = await worker.create_webrtc_server(
-        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_port()}]
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
     )
     router = await worker.create_router()
     server.close()
@@ -365,7 +358,7 @@ async def test_webrtc_transport_on_closed_server_fails(worker: Worker) -> None:
 
 async def test_worker_close_with_transports_on_server(worker: Worker) -> None:
     server = await worker.create_webrtc_server(
-        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_port()}]
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
     )
     router = await worker.create_router()
     transport = await router.create_webrtc_transport(webrtc_server=server)
@@ -425,7 +418,7 @@ def test_repr_and_events_delegation() -> None:
 async def test_real_peer_through_server(worker: Worker) -> None:
     """ICE + DTLS with an aiortc peer through the server's shared UDP socket."""
     server = await worker.create_webrtc_server(
-        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_port()}]
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
     )
     router = await worker.create_router(
         media_codecs=[{"kind": "video", "mimeType": "video/VP8", "clockRate": 90000}]

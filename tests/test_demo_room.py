@@ -5,6 +5,7 @@ a client that vanishes)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -1117,3 +1118,98 @@ async def test_a_slow_client_is_dropped_once(
             await asyncio.sleep(0.01)
     drops = [r for r in caplog.records if r.message.startswith("dropping a client")]
     assert len(drops) == 1
+
+
+async def non_reading_client(server: DemoServer, caplog: pytest.LogCaptureFixture) -> socket.socket:
+    """A WebSocket client that sends requests and never reads their answers, until the
+    server drops it ('too slow'). Its small receive buffer fills soon, then the server's:
+    the connection's writer, and then the drop's close frame, wait on a drain that only
+    a read would allow."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            sock,
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
+        head = b""
+        async with asyncio.timeout(10):
+            while b"\r\n\r\n" not in head:  # the 101 only: nothing is read after it
+                head += await loop.sock_recv(sock, 1)
+        assert head.startswith(b"HTTP/1.1 101")
+        frame = masked_frame(0x1, request_text("getRouterRtpCapabilities").encode())
+        async with asyncio.timeout(30):
+            while not any(r.message.startswith("dropping a client") for r in caplog.records):
+                # A few at a time: the outbox grows only once the writer waits on the
+                # socket, so that the drop waits on it too.
+                await loop.sock_sendall(sock, frame * 20)
+                await asyncio.sleep(0.005)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's final frame (masked with a zero key: the payload as it is)."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + bytes(4) + payload
+
+
+async def tasks_left(timeout: float) -> list[asyncio.Task[Any]]:
+    """The tasks other than the test's still running after at most ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    here, deadline = asyncio.current_task(), loop.time() + timeout
+    while (left := [t for t in asyncio.all_tasks() if t is not here]) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return left
+
+
+async def test_closing_the_server_cancels_the_drop_of_a_client_that_never_reads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drop of a client that does not read waits on the socket; closing the server
+    cancels it, and with it the writer (waiting on the same drain) long before its
+    WRITER_GRACE: no task is left."""
+    monkeypatch.setattr("mafalda.demo.server.WRITER_GRACE", 60.0)
+    loop = asyncio.get_running_loop()
+    server = DemoServer(DemoConfig(port=0, rtc_port=0))
+    await server.start()
+    sock = await non_reading_client(server, caplog)
+    try:
+        started = loop.time()
+        await server.close()
+        assert loop.time() - started < 10  # aiohttp's shutdown: 2 s, twice
+        assert server.worker.closed
+        assert await tasks_left(2) == []
+    finally:
+        sock.close()
+        await server.close()  # (again: nothing more to do, unless the test failed first)
+
+
+async def test_a_dropped_client_that_never_reads_has_its_writer_stopped(
+    demo: DemoServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client dropped for not reading, that closes its end of the WebSocket and still
+    does not read: its handler ends, and stops the writer that waits on the socket
+    WRITER_GRACE later (the drop's close frame with it)."""
+    monkeypatch.setattr("mafalda.demo.server.WRITER_GRACE", 0.5)
+    loop = asyncio.get_running_loop()
+    sock = await non_reading_client(demo, caplog)
+    try:
+        assert len(demo._sockets) == 1
+        await loop.sock_sendall(sock, masked_frame(0x8, (1000).to_bytes(2, "big")))
+        started = loop.time()
+        assert await tasks_left(5) == []
+        assert loop.time() - started >= 0.5  # the writer had its grace
+        assert demo._sockets == set()
+    finally:
+        sock.close()

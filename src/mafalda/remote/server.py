@@ -528,10 +528,11 @@ class Session:
         self.handles[id(obj)] = handle
         self.kinds[handle] = kind
         self.parents[handle] = parent
+        # Every served kind is an EventSource (its own two emitters), registered once by
+        # one session: ref() answers for a forgotten object (never registered anew), and
+        # a closed session registers nothing (send(), and forward() through emit()).
         for name in ("events", "observer"):
-            emitter = getattr(obj, name, None)
-            if isinstance(emitter, EventEmitter) and not isinstance(emitter, _ForwardingEmitter):
-                setattr(obj, name, _ForwardingEmitter(emitter, self, handle, name))
+            setattr(obj, name, _ForwardingEmitter(getattr(obj, name), self, handle, name))
         return handle, True
 
     def state(self, obj: Any, full: bool = False) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from mafalda.mediasoup.channel import REQUEST_TIMEOUT
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
-from tests.processes import free_port, free_ports
+from tests.processes import free_ports
 
 from .conftest import MEDIA_CODECS, opus_rtp_parameters, served_by
 
@@ -623,7 +623,7 @@ async def test_webrtc_servers_are_made_on_every_worker_or_none(side: str) -> Non
     worker refuses, and the first one's is closed (on a shared pool it would otherwise
     hold its port for good). One fixed port for two workers is refused up front."""
     async with _pool(side, num_workers=2, min_workers=2) as pool:
-        port = free_port()
+        port = free_ports(1)  # the first worker binds it: below the ephemeral range
         with pytest.raises(ValueError, match="the pool's 2 workers cannot share one port"):
             await pool.api.create_webrtc_servers(
                 listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": port}]
@@ -955,6 +955,10 @@ async def test_piped_copy_on_a_worker_hosting_the_id_gets_an_alias(mafalda: Mafa
         producer_id=producer.id, rtp_capabilities=room_b.rtp_capabilities
     )
     assert consumer.producer_id == producer.id
+    # Room B's dump knows the copy there by the original id too, its consumer included.
+    dump = await room_b.dump()
+    assert {"key": producer.id, "values": [consumer.id]} in dump["mapProducerIdConsumerIds"]
+    assert dump["mapConsumerIdProducerId"] == [{"key": consumer.id, "value": producer.id}]
     await _send_rtp(send_transport, 1234, 30)
     await asyncio.wait_for(counter.arrived.wait(), 5)
     sock.close()
@@ -1495,12 +1499,21 @@ async def test_data_producer_piped_onto_a_worker_that_hosts_its_id(mafalda: Mafa
     sinks = [await room.create_direct_transport() for room in (room_b, room_c)]
     assert all(room.worker_of(s) is first for room, s in zip((room_b, room_c), sinks, strict=True))
     received: list[asyncio.Future[bytes]] = []
-    for sink in sinks:
+    for room, sink in zip((room_b, room_c), sinks, strict=True):
         consumer = await sink.consume_data(data_producer_id=original.id)
         assert consumer.data_producer_id == original.id
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         consumer.on("message", lambda m, _ppid, f=future: f.done() or f.set_result(m))
         received.append(future)
+        # Each room's dump knows its copy by the original id (room B's adopted one, room
+        # C's pipe's), its consumer included.
+        dump = await room.dump()
+        assert dump["mapDataProducerIdDataConsumerIds"] == [
+            {"key": original.id, "values": [consumer.id]}
+        ]
+        assert dump["mapDataConsumerIdDataProducerId"] == [
+            {"key": consumer.id, "value": original.id}
+        ]
     assert len((await room_c.mafalda_dump())["pipes"]) == 1
     original.send("to every room")
     for future in received:
@@ -1738,6 +1751,16 @@ async def test_a_pause_that_cannot_reach_the_piped_copy_is_logged(
         await _until(lambda: not consumer.producer_paused)
 
 
+async def _on_two_workers(router: MafaldaRouter) -> tuple[PlainTransport, PlainTransport]:
+    """Two SCTP-enabled plain transports of ``router``, on two workers (policy 'spread')."""
+    one = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+    two = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+    if router.worker_of(two) is router.worker_of(one):
+        two = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
+    assert router.worker_of(two) is not router.worker_of(one)
+    return one, two
+
+
 async def test_one_id_asked_on_two_workers_at_once_is_made_once() -> None:
     """Two produce() (and produce_data()) calls with one id on two workers of a router,
     in one turn: one is made, the other refused (each worker alone would accept it);
@@ -1745,11 +1768,7 @@ async def test_one_id_asked_on_two_workers_at_once_is_made_once() -> None:
     m = await Mafalda.start(num_workers=2, min_workers=2, policy="spread")
     try:
         router = await m.create_router(media_codecs=MEDIA_CODECS)
-        one = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
-        two = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
-        if router.worker_of(two) is router.worker_of(one):
-            two = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=True)
-        assert router.worker_of(two) is not router.worker_of(one)
+        one, two = await _on_two_workers(router)
         made = await asyncio.gather(
             *(
                 t.produce(id="one-id", kind="audio", rtp_parameters=opus_rtp_parameters(s))
@@ -1810,6 +1829,51 @@ async def test_an_id_taken_on_another_worker_is_refused() -> None:
         assert again.id == producer.id
     finally:
         await m.aclose()
+
+
+async def test_a_producer_and_a_data_producer_of_one_id_keep_their_homes() -> None:
+    """A producer and a data producer may share an id (two id spaces, as in mediasoup),
+    each on its own worker: each is found on its worker, and one closing leaves the
+    other's home (a consume from the third transport still pipes it there)."""
+    m = await Mafalda.start(num_workers=2, min_workers=2, policy="spread")
+    try:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        one, two = await _on_two_workers(router)
+        producer = await one.produce(id="same", kind="audio", rtp_parameters=opus_rtp_parameters(1))
+        data_producer = await two.produce_data(
+            id="same", sctp_stream_parameters={"streamId": 1, "ordered": True}
+        )
+        assert router.worker_of(producer) is router.worker_of(one)
+        assert router.worker_of(data_producer) is router.worker_of(two)
+        data_producer.close()
+        assert router.worker_of(producer) is router.worker_of(one)
+        consumer = await two.consume(producer_id="same", rtp_capabilities=router.rtp_capabilities)
+        assert consumer.producer_id == "same"
+        assert (await router.mafalda_dump())["workers"][router.worker_of(one).pid]["producers"] == 1
+    finally:
+        await m.aclose()
+
+
+async def test_an_alias_for_an_id_being_made_is_refused(mafalda: Mafalda) -> None:
+    """alias_producer() for an id that a produce() of the router is making: refused as
+    for an id it has (else the producer made would take the alias's place in the router,
+    and whichever closed first would take the other's entry with it). The producer made
+    is the router's by that id, whatever else closes."""
+    room = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    _, copy = await _audio_producer(room)
+    transport = await room.create_plain_transport(listen_info=LISTEN)
+    rtp = opus_rtp_parameters(4321, OPUS_PT)
+    making = asyncio.ensure_future(transport.produce(id="taken", kind="audio", rtp_parameters=rtp))
+    await asyncio.sleep(0)  # it runs up to the worker's answer, its id held
+    assert not making.done()
+    with pytest.raises(TypeError, match='a Producer with same id "taken" already exists'):
+        room.alias_producer("taken", copy)
+    producer = await making
+    copy.close()
+    sink = await room.create_direct_transport()
+    consumer = await sink.consume(producer_id="taken", rtp_capabilities=room.rtp_capabilities)
+    assert consumer.producer_id == "taken" and not producer.closed
+    assert room.worker_of(producer) is room.worker_of(transport)
 
 
 async def test_concurrent_pipes_of_one_producer_into_a_router_make_one_copy() -> None:

@@ -2141,6 +2141,9 @@ async def test_data_streams_between_servers(
         data_consumer = await sink_b.consume_data(data_producer_id=data_producer.id)
         assert (data_consumer.label, data_consumer.protocol) == ("chat", "text")
         assert len(in2) == 1
+        # Sent at once, a message must not meet an association still being made.
+        (pipe,) = in2.values()
+        assert pipe.pair.transport.sctp_state == "connected"
         got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
         data_producer.send("hello")
         async with asyncio.timeout(5):
@@ -2173,6 +2176,44 @@ async def test_data_streams_between_servers(
     finally:
         for app in (a, b, c):
             await app.client.aclose()
+
+
+async def test_a_data_stream_waits_for_sctp_only_for_find_timeout(
+    worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wait for a pair's SCTP association ends when it is up, when the pair closes,
+    or after find_timeout (a peer whose end never connects), with a warning."""
+    async with await remote.serve(host="127.0.0.2", token=TOKEN) as server:
+        streams = SwarmStreams(server, server_id="s", token=TOKEN, members=dict, find_timeout=0.3)
+        router = await worker.create_router()
+        ends = [
+            await router.create_pipe_transport(listen_ip="127.0.0.1", enable_sctp=True)
+            for _ in range(2)
+        ]
+        start = asyncio.get_running_loop().time()
+        await streams._sctp_up(ends[0])  # nobody at the other end
+        assert asyncio.get_running_loop().time() - start >= 0.3
+        assert "SCTP is new, not connected" in caplog.text
+        # mediasoup starts an association once the transport has a stream, as a pair has.
+        source = await router.create_direct_transport()
+        data_producer = await source.produce_data()
+        out = await ends[1].consume_data(data_producer_id=data_producer.id)
+        await ends[0].produce_data(sctp_stream_parameters=out.sctp_stream_parameters)
+        for one, other in (ends, ends[::-1]):
+            await one.connect(ip="127.0.0.1", port=other.tuple["localPort"])
+        streams.find_timeout = 10
+        await streams._sctp_up(ends[0])
+        assert ends[0].sctp_state == "connected"
+        await streams._sctp_up(ends[1])  # up already: at once
+        lonely = await router.create_pipe_transport(listen_ip="127.0.0.1", enable_sctp=True)
+        streams.find_timeout = 30
+        waiting = asyncio.ensure_future(streams._sctp_up(lonely))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        lonely.close()
+        async with asyncio.timeout(5):
+            await waiting
+        assert "SCTP is closed" in caplog.text
 
 
 async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(
@@ -2317,12 +2358,12 @@ async def test_a_swarm_over_tls(tmp_path: Any) -> None:
             await reap(server.proc)
 
 
-async def test_streams_between_servers_of_mafalda_pools() -> None:
-    """`mafalda serve --mafalda --swarm`: Remote Mafalda apps on two servers, each a
-    pool of two workers. A producer of a MafaldaRouter on s1 is consumed through s2 on
-    transports of its MafaldaRouter on both workers there (the copy lands on one, the
-    router pipes it to the other); closing it reaches every consumer. Between two rooms
-    of s2, a data producer's copy serves every consumer of it there."""
+@contextlib.asynccontextmanager
+async def _pool_nodes() -> AsyncIterator[
+    tuple[list[Mafalda], RemoteServer, RemoteServer, SwarmNode, SwarmNode]
+]:
+    """Servers s1 (127.0.0.2) and s2 (127.0.0.3) of two Mafalda pools of two workers
+    (policy 'spread'), in one swarm."""
     pools = [await Mafalda.start(num_workers=2, min_workers=2, policy="spread") for _ in range(2)]
     try:
         async with (
@@ -2332,56 +2373,104 @@ async def test_streams_between_servers_of_mafalda_pools() -> None:
             SwarmNode(s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND) as n2,
         ):
             await wait_until(_everyone_knows([n1, n2], {"s1", "s2"}))
-            a = await remote.connect(s1.url, token=TOKEN)
-            b = await remote.connect(s2.url, token=TOKEN)
-            try:
-                room_a = await a.create_router(media_codecs=MEDIA_CODECS)
-                room_b = await b.create_router(media_codecs=MEDIA_CODECS)
-                app_a, app_b = App(a, room_a), App(b, room_b)
-                send, producer = await app_a.producer("127.0.0.2")
-                consumers = []
-                with Sender(send):
-                    for _ in range(3):  # spread over s2's two workers (policy 'spread')
-                        consumer, counter, sock = await app_b.consumer(producer.id)
-                        consumers.append(consumer)
-                        await received(counter)
-                        sock.close()
-                # Both of s2's workers have consumers: one has the copy, the other takes
-                # it from there (one pipe in from s1 all the same).
-                busy = [w for w in pools[1].stats()["workers"] if w["consumers"] > 0]
-                assert len(busy) == 2
-                assert len(n2.streams._in) == 1  # type: ignore[union-attr]
-                # Another app of s2 takes a data producer of B's room: MafaldaRouter's own
-                # pipe_to_router() between the two rooms.
-                third = await remote.connect(s2.url, token=TOKEN)
-                room_c = await third.create_router(media_codecs=MEDIA_CODECS)
-                data_producer = await (await room_b.create_direct_transport()).produce_data()
-                sink_c = await room_c.create_direct_transport()
-                from_b = await sink_c.consume_data(data_producer_id=data_producer.id)
-                got = asyncio.ensure_future(from_b.events.wait_for("message"))
-                data_producer.send(b"room to room")
-                async with asyncio.timeout(5):
-                    message, _ = await got
-                assert bytes(message) == b"room to room"
-                # A second consumer there uses the same copy (it was piped again, and
-                # refused as a DataProducer already there).
-                again = await sink_c.consume_data(data_producer_id=data_producer.id)
-                assert again.data_producer_id == data_producer.id
-                assert n2.streams is not None
-                assert n2.streams._copies[(room_c.id, data_producer.id, True)].users == 2
-                await third.aclose()
-                closed = [
-                    asyncio.ensure_future(c.events.wait_for("producerclose")) for c in consumers
-                ]
-                producer.close()
-                async with asyncio.timeout(5):
-                    await asyncio.gather(*closed)
-            finally:
-                await a.aclose()
-                await b.aclose()
+            yield pools, s1, s2, n1, n2
     finally:
         for pool in pools:
             await pool.aclose()
+
+
+async def test_streams_between_servers_of_mafalda_pools() -> None:
+    """`mafalda serve --mafalda --swarm`: Remote Mafalda apps on two servers, each a
+    pool of two workers. A producer of a MafaldaRouter on s1 is consumed through s2 on
+    transports of its MafaldaRouter on both workers there (the copy lands on one, the
+    router pipes it to the other); closing it reaches every consumer. Between two rooms
+    of s2, a data producer's copy serves every consumer of it there."""
+    async with _pool_nodes() as (pools, s1, s2, n1, n2):
+        a = await remote.connect(s1.url, token=TOKEN)
+        b = await remote.connect(s2.url, token=TOKEN)
+        try:
+            room_a = await a.create_router(media_codecs=MEDIA_CODECS)
+            room_b = await b.create_router(media_codecs=MEDIA_CODECS)
+            app_a, app_b = App(a, room_a), App(b, room_b)
+            send, producer = await app_a.producer("127.0.0.2")
+            consumers = []
+            with Sender(send):
+                for _ in range(3):  # spread over s2's two workers (policy 'spread')
+                    consumer, counter, sock = await app_b.consumer(producer.id)
+                    consumers.append(consumer)
+                    await received(counter)
+                    sock.close()
+            # Both of s2's workers have consumers: one has the copy, the other takes
+            # it from there (one pipe in from s1 all the same).
+            busy = [w for w in pools[1].stats()["workers"] if w["consumers"] > 0]
+            assert len(busy) == 2
+            assert len(n2.streams._in) == 1  # type: ignore[union-attr]
+            # Another app of s2 takes a data producer of B's room: MafaldaRouter's own
+            # pipe_to_router() between the two rooms.
+            third = await remote.connect(s2.url, token=TOKEN)
+            room_c = await third.create_router(media_codecs=MEDIA_CODECS)
+            data_producer = await (await room_b.create_direct_transport()).produce_data()
+            sink_c = await room_c.create_direct_transport()
+            from_b = await sink_c.consume_data(data_producer_id=data_producer.id)
+            got = asyncio.ensure_future(from_b.events.wait_for("message"))
+            data_producer.send(b"room to room")
+            async with asyncio.timeout(5):
+                message, _ = await got
+            assert bytes(message) == b"room to room"
+            # A second consumer there uses the same copy (it was piped again, and
+            # refused as a DataProducer already there).
+            again = await sink_c.consume_data(data_producer_id=data_producer.id)
+            assert again.data_producer_id == data_producer.id
+            assert n2.streams is not None
+            assert n2.streams._copies[(room_c.id, data_producer.id, True)].users == 2
+            await third.aclose()
+            closed = [asyncio.ensure_future(c.events.wait_for("producerclose")) for c in consumers]
+            producer.close()
+            async with asyncio.timeout(5):
+                await asyncio.gather(*closed)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+
+async def test_a_cluster_router_over_a_swarm_of_mafalda_pools() -> None:
+    """A ClusterRouter (swarm.connect) over two servers of Mafalda pools: a producer and
+    a data producer on s1 consumed on s2 through the router's own pipe, and on s2 by
+    another app by the producer's id, which the server finds there already (the
+    router's copy, whatever id the pool gave it) rather than piping it again."""
+    async with _pool_nodes() as (pools, s1, s2, n1, n2):
+        async with await swarm.connect([s1.url], token=TOKEN, interval=ROUND) as cluster:
+            router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+            source = await router.create_direct_transport(server="s1")
+            producer = await source.produce(kind="audio", rtp_parameters=OPUS_RTP)
+            data_producer = await source.produce_data(label="chat")
+            sink = await router.create_direct_transport(server="s2")
+            caps = router.rtp_capabilities
+            consumer = await sink.consume(producer_id=producer.id, rtp_capabilities=caps)
+            data_consumer = await sink.consume_data(data_producer_id=data_producer.id)
+            assert consumer.producer_id == producer.id
+            got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+            data_producer.send(b"across")
+            async with asyncio.timeout(5):
+                message, _ = await got
+            assert bytes(message) == b"across"
+            assert not n2.streams._in  # type: ignore[union-attr]  # the router's pipe
+            # A breakout room: its copy of the producer, on s1, maybe of its own id on
+            # a worker that hosts the producer; consumed there and on s2.
+            breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
+            await router.pipe_to_router(router=breakout, producer_id=producer.id)
+            await router.pipe_to_router(router=breakout, data_producer_id=data_producer.id)
+            for server in ("s1", "s1", "s2"):
+                there = await breakout.create_direct_transport(server=server)
+                consumer = await there.consume(producer_id=producer.id, rtp_capabilities=caps)
+                assert consumer.producer_id == producer.id
+                data_consumer = await there.consume_data(data_producer_id=data_producer.id)
+                got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+                data_producer.send(b"breakout")
+                async with asyncio.timeout(5):
+                    message, _ = await got
+                assert bytes(message) == b"breakout"
+            assert not n1.streams._in and not n2.streams._in  # type: ignore[union-attr]
 
 
 async def test_swarm_benchmark_runs() -> None:

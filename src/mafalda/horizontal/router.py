@@ -31,6 +31,7 @@ from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.router import validate_listen_choice
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
+from mafalda.remote.proxy import RemoteDataProducer
 from mafalda.vertical.spanning import SpanningRouter
 
 if TYPE_CHECKING:
@@ -256,8 +257,9 @@ class ClusterRouter(SpanningRouter[str]):
         oid = obj.id
         if isinstance(obj, ClusterTransport | ClusterRtpObserver):
             return obj.server_id
-        if oid in self._home:
-            return self._home[oid]
+        home = self._home.get((oid, isinstance(obj, RemoteDataProducer)))
+        if home is not None:
+            return home
         raise ValueError(f"{type(obj).__name__} {oid} is not on this router")
 
     def __repr__(self) -> str:
@@ -434,7 +436,7 @@ class ClusterRouter(SpanningRouter[str]):
                 "routerId": child.id,
                 "transports": sum(1 for h in self._transport_host.values() if h == server_id),
                 "producers": sum(
-                    1 for p, h in self._home.items() if h == server_id and p in self._producers
+                    1 for (_, data), h in self._home.items() if h == server_id and not data
                 ),
                 "rtpObservers": sum(1 for h in self._observer_host.values() if h == server_id),
             }

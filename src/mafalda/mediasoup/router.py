@@ -804,6 +804,14 @@ class Router(EventSource):
 
     # -- aliases (for the layers above) ---------------------------------------------------
 
+    def has_producer(self, producer_id: str) -> bool:
+        """Whether consume(producer_id=...) finds it in this router (aliases included)."""
+        return producer_id in self._producers
+
+    def has_data_producer(self, data_producer_id: str) -> bool:
+        """As has_producer(), for consume_data()."""
+        return data_producer_id in self._data_producers
+
     def alias_producer(self, key: str, producer: Producer) -> None:
         """Make ``producer`` findable as ``key`` too (consume, pipe_to_router, observers).
 

@@ -348,6 +348,8 @@ class SwarmStreams:
             if pipe is not None and pipe.users == 0:
                 self._use(pipe, 0)  # an unused copy: a new idle period for this consume
             return None  # here already (its origin or a copy): mediasoup's call as it is
+        if (router.has_data_producer if data else router.has_producer)(producer_id):
+            return None  # a copy of its own id that the router knows by P's (a breakout's)
         pending = self._bringing.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._bring(router, producer_id, data))
@@ -576,6 +578,7 @@ class SwarmStreams:
                     paused=answer["paused"],
                 )
                 router.alias_data_producer(producer_id, copy)
+                await self._sctp_up(pair.transport)
             else:
                 copy = await pair.transport.produce(
                     kind=answer["kind"],
@@ -601,12 +604,39 @@ class SwarmStreams:
         self._track_copy(_Pipe(pipe_id, pair, copy, (router.id, producer_id, data)))
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
 
+    async def _sctp_up(self, transport: PipeTransport) -> None:
+        """Until the pair's SCTP association is up, at most ``find_timeout`` seconds.
+
+        A message sent before it is dropped by the owner's end, and the app may send one
+        as soon as consume_data() returns (mediasoup's pipe_to_router() does not wait:
+        on one host the handshake beats any app; between loaded servers it may not).
+        """
+        try:
+            async with asyncio.timeout(self.find_timeout):
+                while transport.sctp_state not in ("connected", "failed", "closed"):
+                    changed = transport.observer.wait_for("sctpstatechange")
+                    closed = transport.observer.wait_for("close")
+                    try:
+                        await asyncio.wait((changed, closed), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        changed.cancel()
+                        closed.cancel()
+        except TimeoutError:
+            pass
+        if transport.sctp_state != "connected":
+            logger.warning(
+                "pipe transport %s: SCTP is %s, not connected; early messages may be lost",
+                transport.id,
+                transport.sctp_state,
+            )
+
     def _pair_in_closed(self, pair: _Pair) -> None:
         """A pair of this server closed: its router did (its copies closed first, with
         their transport), or its last stream went."""
         assert pair.key is not None
-        if self._pairs_in.get(pair.key) is pair:  # (not a newer pair of the same key)
-            del self._pairs_in[pair.key]
+        # It is the key's pair: one is made only when the key has none, and a pair that
+        # failed to open closes before this listener is added.
+        del self._pairs_in[pair.key]
         if pair.key not in self._pair_opens:  # else an open under way or waiting uses it
             self._pair_locks.pop(pair.key, None)
         self._notify(pair.peer, {"op": "closepair", "pairId": pair.id})

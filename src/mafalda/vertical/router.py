@@ -121,8 +121,9 @@ class MafaldaRouter(SpanningRouter[Worker]):
             return self._transport_host[obj.id]
         if isinstance(obj, RtpObserver) and obj.id in self._observer_host:
             return self._observer_host[obj.id]
-        if obj.id in self._home:
-            return self._home[obj.id]
+        home = self._home.get((obj.id, isinstance(obj, DataProducer)))
+        if home is not None:
+            return home
         raise ValueError(f"{type(obj).__name__} {obj.id} is not on this router")
 
     @contextlib.asynccontextmanager
@@ -185,6 +186,14 @@ class MafaldaRouter(SpanningRouter[Worker]):
 
     # -- aliases ------------------------------------------------------------------------------
 
+    def has_producer(self, producer_id: str) -> bool:
+        """Whether consume(producer_id=...) finds it in this router (aliases included)."""
+        return producer_id in self._producers
+
+    def has_data_producer(self, data_producer_id: str) -> bool:
+        """As has_producer(), for consume_data()."""
+        return data_producer_id in self._data_producers
+
     def alias_producer(self, key: str, producer: Producer) -> None:
         """As Router's: ``producer`` of this router (a pipe copy made with its own id
         because its worker hosts that id already) is findable as ``key`` too, from every
@@ -206,9 +215,8 @@ class MafaldaRouter(SpanningRouter[Worker]):
         source_id: str = getattr(source, "id", "")
         if table.get(source_id) is not source:
             raise ValueError(f"{kind} {source_id or source!r} is not of this router")
-        if key in table:
-            raise TypeError(f'a {kind} with same id "{key}" already exists')
-        return self._home[source_id]
+        self._refuse_taken(key, kind)  # one id space: an id being made is taken too
+        return self._home[(source_id, kind == "DataProducer")]
 
     # -- piping to other routers ----------------------------------------------------------------
 
@@ -308,7 +316,7 @@ class MafaldaRouter(SpanningRouter[Worker]):
                 ),
                 "consumers": sum(len(t.consumers) for t in transports),
                 "producers": sum(
-                    1 for p, w in self._home.items() if w is worker and p in self._producers
+                    1 for (_, data), w in self._home.items() if w is worker and not data
                 ),
             }
         return {

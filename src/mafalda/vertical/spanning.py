@@ -114,7 +114,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._transport_host: dict[str, H] = {}
         self._producers: dict[str, Any] = {}
         self._data_producers: dict[str, Any] = {}
-        self._home: dict[str, H] = {}
+        #: The host of each producer (id, False) and data producer (id, True): two id
+        #: spaces, as in mediasoup.
+        self._home: dict[tuple[str, bool], H] = {}
         self._rtp_observers: dict[str, Any] = {}
         self._observer_host: dict[str, H] = {}
         self._pairs: dict[frozenset[H], PipePair[H]] = {}
@@ -289,12 +291,14 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self, host: H, source: Any, key: str, table: dict[str, Any], kind: str
     ) -> None:
         table[key] = source
-        self._home[key] = host
+        home_key = (key, kind == "dataProducers")
+        self._home[home_key] = host
 
         def closed() -> None:
-            if table.get(key) is source:
-                del table[key]
-                self._home.pop(key, None)
+            # Still the key's source: one id space per router (an id it has or is making
+            # is refused: _refuse_taken), so no other took the key meanwhile.
+            table.pop(key, None)
+            self._home.pop(home_key, None)
             if self._lost(host):
                 self._record_loss(host, kind, key)
             elif not self._closed:
@@ -322,7 +326,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
     @asynccontextmanager
     async def _pipe_guard(self, source_id: str, dst: H, data: bool) -> AsyncIterator[None]:
         """Around a consume on ``dst``: make the (data) producer available there first."""
-        home = self._home.get(source_id)
+        home = self._home.get((source_id, data))
         if home is None or home == dst or self._closed:
             yield
             return
@@ -529,7 +533,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         source_id = producer_id or data_producer_id
         assert source_id is not None
         kind = "Producer" if producer_id else "DataProducer"
-        home = self._home.get(source_id)
+        home = self._home.get((source_id, kind == "DataProducer"))
         if home is None:
             raise ValueError(f'{kind} with id "{source_id}" not found')
         if isinstance(router, SpanningRouter):
@@ -621,11 +625,29 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             ids.update(t.id for t in pair.transports.values())
         return ids
 
+    def _renamed(self) -> dict[tuple[H, bool], dict[str, str]]:
+        """By host and kind (data or not), the copies there that have an id of their own,
+        mapped to the id this router knows them by: a source adopted under an alias, and
+        a pipe's copy on a host that held the id already."""
+        renamed: dict[tuple[H, bool], dict[str, str]] = {}
+        for data, table in ((False, self._producers), (True, self._data_producers)):
+            for key, source in table.items():
+                if source.id != key:
+                    renamed.setdefault((self._home[(key, data)], data), {})[source.id] = key
+        for pipe in self._pipes.values():
+            source_id = pipe.key[1]
+            if pipe.producer is not None and pipe.producer.id != source_id:
+                renamed.setdefault((pipe.dst, pipe.data), {})[pipe.producer.id] = source_id
+        return renamed
+
     async def dump(self) -> RouterDump:
-        """mediasoup's Router dump, merged over the child routers (pipes left out)."""
+        """mediasoup's Router dump, merged over the child routers (pipes left out, copies
+        by the ids this router knows them by)."""
         self._check_open()
-        dumps = await asyncio.gather(*(child.dump() for child in list(self._children.values())))
+        hosts = list(self._children)
+        dumps = await asyncio.gather(*(self._children[host].dump() for host in hosts))
         internal = self._internal_ids()
+        renamed = self._renamed()
         merged: dict[str, dict[str, list[str]]] = {
             "mapProducerIdConsumerIds": {},
             "mapProducerIdObserverIds": {},
@@ -635,15 +657,18 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             "mapConsumerIdProducerId": {},
             "mapDataConsumerIdDataProducerId": {},
         }
-        for dump in dumps:
+        for host, dump in zip(hosts, dumps, strict=True):
+            media, data = renamed.get((host, False), {}), renamed.get((host, True), {})
             for name, table in merged.items():
+                names = data if name.startswith("mapData") else media
                 for entry in dump[name]:
                     values = [v for v in entry["values"] if v not in internal]
-                    table.setdefault(entry["key"], []).extend(values)
+                    table.setdefault(names.get(entry["key"], entry["key"]), []).extend(values)
             for name, mapping in pairs.items():
+                names = data if name.startswith("mapData") else media
                 for entry in dump[name]:
                     if entry["key"] not in internal:
-                        mapping[entry["key"]] = entry["value"]
+                        mapping[entry["key"]] = names.get(entry["value"], entry["value"])
         user_sources = set(self._producers) | set(self._data_producers)
         return {
             "id": self._id,

@@ -71,6 +71,30 @@ def test_a_directory_is_bounded_dropping_the_oldest() -> None:
     assert len(directory) == 0
     with pytest.raises(ValueError, match="limit must be at least 1"):
         Directory(limit=0)
+    with pytest.raises(ValueError, match="per_home must be at least 1"):
+        Directory(per_home=0)
+
+
+def test_one_home_cannot_push_out_the_others_entries() -> None:
+    """A home past its share drops its own oldest entries; the others' stay, as long as
+    the whole stays under the limit."""
+    directory = Directory(limit=6, per_home=3)
+    directory.put(("a", False), "s1")
+    directory.put(("b", False), "s2")
+    directory.put(("a", True), "s2")
+    for name in ("c", "d", "e", "f"):
+        directory.put((name, False), "s3")
+    assert [directory.get((n, False)) for n in "abcdef"] == ["s1", "s2", None, "s3", "s3", "s3"]
+    assert directory.get(("a", True)) == "s2" and len(directory) == 6
+    directory.put(("c", False), "s3")  # announced again: its newest, its oldest goes
+    assert directory.get(("d", False)) is None and directory.get(("c", False)) == "s3"
+    directory.put(("g", False), "s4")  # past the limit, within its share: the oldest goes
+    assert directory.get(("a", False)) is None and len(directory) == 6
+    directory.put(("b", False), "s3")  # an id moved to a new home: the old home's goes
+    assert directory.get(("b", False)) == "s3" and directory.get(("e", False)) is None
+    directory.homes_gone(["s3"])
+    assert [directory.get(k) for k in (("a", True), ("g", False))] == ["s2", "s4"]
+    assert len(directory) == 2
 
 
 @pytest.mark.parametrize(

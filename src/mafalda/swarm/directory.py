@@ -24,6 +24,9 @@ __all__ = ["Directory", "beats", "directory_server"]
 #: Entries a server keeps for others at most (the oldest dropped first): a dropped one
 #: only sends its lookups to every peer.
 DEFAULT_LIMIT = 262_144
+#: Entries of one home kept at most (its oldest dropped first): a server that announces
+#: without end (a runaway app) pushes out its own entries, not the other servers'.
+DEFAULT_PER_HOME = DEFAULT_LIMIT // 4
 
 Key = tuple[str, bool]  # (producer id, data)
 
@@ -59,12 +62,15 @@ class Directory:
     """The entries a server keeps as the directory server of their ids: the home of each
     producer, as its home announced it."""
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, per_home: int = DEFAULT_PER_HOME) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        if per_home < 1:
+            raise ValueError("per_home must be at least 1")
         self.limit = limit
+        self.per_home = per_home
         self._home: dict[Key, str] = {}
-        self._listed: dict[str, set[Key]] = {}  # each home's entries
+        self._listed: dict[str, dict[Key, None]] = {}  # each home's entries, oldest first
 
     def __len__(self) -> int:
         return len(self._home)
@@ -75,8 +81,11 @@ class Directory:
     def put(self, key: Key, home: str) -> None:
         self.drop(key)
         self._home[key] = home
-        self._listed.setdefault(home, set()).add(key)
-        if len(self._home) > self.limit:
+        listed = self._listed.setdefault(home, {})
+        listed[key] = None
+        if len(listed) > self.per_home:
+            self.drop(next(iter(listed)))
+        elif len(self._home) > self.limit:
             self.drop(next(iter(self._home)))
 
     def drop(self, key: Key, home: str | None = None) -> None:
@@ -88,7 +97,7 @@ class Directory:
             return
         del self._home[key]
         listed = self._listed[current]
-        listed.discard(key)
+        del listed[key]
         if not listed:
             del self._listed[current]
 

@@ -1266,6 +1266,11 @@ class Cutter:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
+    def refuse(self) -> None:
+        """Accept no new connection (the client's tries to resume fail)."""
+        assert self._server is not None
+        self._server.close()
+
     def cut(self) -> None:
         for a, b in self._pairs:
             a.transport.abort()
@@ -1350,6 +1355,35 @@ async def test_no_resume_when_the_session_is_gone() -> None:
         await asyncio.wait_for(closed, 10)
         assert client.closed and worker.closed
         assert len(died) == 1 and isinstance(died[0], RemoteConnectionError)
+        await client.aclose()
+
+
+async def test_what_reaches_a_session_after_it_closed_is_not_kept() -> None:
+    """An answer for a session whose client is away registers what it names (a worker a
+    call made meanwhile: the session's, closed with it); once the session closed, it
+    registers nothing (the session would keep it forever). Its calls are cancelled when
+    it closes, so the late answer is sent here by hand."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        session = srv.sessions[client.session_id]
+        cutter.refuse()
+        cutter.cut()
+        async with asyncio.timeout(5):
+            while session.connection is not None:
+                await asyncio.sleep(0.01)
+        made_meanwhile = await mediasoup.create_worker(log_level="warn")
+        session.send(p.result_response(1, {"value": made_meanwhile}))
+        assert id(made_meanwhile) in session.handles
+        srv._expire(session)  # the grace period runs out: closed with the session
+        assert session.closed and made_meanwhile.closed
+        await made_meanwhile.wait_closed()
+        late = await mediasoup.create_worker(log_level="warn")
+        try:
+            session.send(p.result_response(2, {"value": late}))
+            assert session.handles == {} and session.objects == {}
+        finally:
+            late.close()
+            await late.wait_closed()
         await client.aclose()
 
 

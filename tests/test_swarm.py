@@ -2192,7 +2192,8 @@ async def test_a_data_stream_waits_for_sctp_only_for_find_timeout(
         ]
         start = asyncio.get_running_loop().time()
         await streams._sctp_up(ends[0])  # nobody at the other end
-        assert asyncio.get_running_loop().time() - start >= 0.3
+        # (uvloop's clock counts whole milliseconds: a timer may end a hair early on it.)
+        assert asyncio.get_running_loop().time() - start >= 0.29
         assert "SCTP is new, not connected" in caplog.text
         # mediasoup starts an association once the transport has a stream, as a pair has.
         source = await router.create_direct_transport()

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from mafalda import monitor, remote, swarm
 from mafalda.horizontal.cluster import Cluster, ClusterError
 from mafalda.horizontal.registry import ServerRecord
+from mafalda.mediasoup import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
 from mafalda.monitor.web import MonitorWeb
@@ -682,6 +683,14 @@ async def test_peer_token_arguments_are_checked() -> None:
             SwarmNode(server, token=TOKEN, peer_token=PEERS, accept_peer_tokens=[""])
         with pytest.raises(ValueError, match="accept_peer_tokens needs a peer_token"):
             SwarmNode(server, token=TOKEN, accept_peer_tokens=["x"])
+        for peer_tokens in ([TOKEN], [PEERS, TOKEN]):
+            with pytest.raises(ValueError, match="must not be a token of the server's apps"):
+                SwarmNode(
+                    server,
+                    token=TOKEN,
+                    peer_token=peer_tokens[0],
+                    accept_peer_tokens=peer_tokens[1:],
+                )
 
 
 # -- the client: mafalda.swarm.connect ----------------------------------------------------
@@ -953,6 +962,7 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
     for extra, error in (
         (["--peer-token", PEERS], b"--peer-token and --peer-also-accept need --swarm"),
         (["--peer-also-accept", "x", "--swarm"], b"--peer-also-accept needs --peer-token"),
+        (["--swarm", "--peer-token", TOKEN], b"the peer token must not be a token of the apps"),
     ):
         proc = await asyncio.create_subprocess_exec(
             *serve_args(*extra), stderr=asyncio.subprocess.PIPE
@@ -962,9 +972,6 @@ async def test_serve_swarm_and_cluster_are_exclusive() -> None:
 
 
 # -- streams across entry points (mafalda.swarm.streams) -----------------------------------
-
-
-_OPEN = b'{"op": "open", "producerId": "p", "pipeId": "x", "pairId": "y", "from": "s", "ip": "1"'
 
 
 _OPEN = b'{"op": "open", "producerId": "p", "pipeId": "x", "pairId": "y", "from": "s", "ip": "1"'
@@ -2215,6 +2222,120 @@ async def test_a_data_stream_waits_for_sctp_only_for_find_timeout(
         async with asyncio.timeout(5):
             await waiting
         assert "SCTP is closed" in caplog.text
+
+
+def _hold_sctp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[asyncio.Event, asyncio.Event, list[PipeTransport]]:
+    """Hold every data stream's wait for its SCTP association until ``release`` is set
+    (``entered``: one is held, on a pipe transport of ``held``): a handshake as slow as
+    between loaded servers, on cue."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    held_on: list[PipeTransport] = []
+    original = SwarmStreams._sctp_up
+
+    async def held(self: SwarmStreams, transport: PipeTransport) -> None:
+        held_on.append(transport)
+        entered.set()
+        await release.wait()
+        await original(self, transport)
+
+    monkeypatch.setattr(SwarmStreams, "_sctp_up", held)
+    return entered, release, held_on
+
+
+async def test_a_consume_while_a_data_stream_opens_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second consume of a data producer on the router whose stream of it is opening
+    waits for it, and uses its copy (two users: the copy outlives the first consumer);
+    a pause of the owner's meanwhile reaches the copy once it is made."""
+    entered, release, _ = _hold_sctp(monkeypatch)
+    idle = 0.3
+    async with _two_nodes(idle) as (s1, s2, n1, n2):
+        assert n2.streams is not None
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            data_producer = await (await a.router.create_direct_transport()).produce_data()
+            sinks = [await b.router.create_direct_transport() for _ in range(2)]
+            first = asyncio.ensure_future(sinks[0].consume_data(data_producer_id=data_producer.id))
+            await asyncio.wait_for(entered.wait(), 5)
+            second = asyncio.ensure_future(sinks[1].consume_data(data_producer_id=data_producer.id))
+            await data_producer.pause()
+            (early,) = n2.streams._early.values()
+            await wait_until(lambda: early == ["pause"])
+            assert not first.done() and not second.done()
+            release.set()
+            consumers = [await first, await second]
+            (pipe,) = n2.streams._in.values()
+            assert pipe.users == 2 and pipe.carrier.paused
+            assert all(c.data_producer_paused for c in consumers)
+            consumers[0].close()
+            await asyncio.sleep(idle * 3)
+            assert not consumers[1].closed and n2.streams._in == {pipe.id: pipe}
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
+@pytest.mark.parametrize("closing", ["router", "producer"])
+async def test_a_data_stream_closed_on_either_side_while_it_opens(
+    monkeypatch: pytest.MonkeyPatch, closing: str
+) -> None:
+    """The consumer's router, or the data producer, closes while the stream waits for
+    its SCTP association: the consume fails (the producer's as mediasoup's "not found"),
+    and nothing of the stream is left on either server, its new pair included."""
+    entered, release, held_on = _hold_sctp(monkeypatch)
+    async with _two_nodes(10) as (s1, s2, n1, n2):
+        assert n1.streams is not None and n2.streams is not None
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            data_producer = await (await a.router.create_direct_transport()).produce_data()
+            sink_b = await b.router.create_direct_transport()
+            consume = asyncio.ensure_future(sink_b.consume_data(data_producer_id=data_producer.id))
+            await asyncio.wait_for(entered.wait(), 5)
+            if closing == "router":
+                b.router.close()
+                await wait_until(lambda: held_on[0].closed)  # with the router, on s2
+            else:
+                data_producer.close()
+                (early,) = n2.streams._early.values()
+                await wait_until(lambda: early == ["close"])
+            release.set()
+            error = InvalidStateError if closing == "router" else InvalidValueError
+            with pytest.raises(error, match="Router closed|not found"):
+                await consume
+            await wait_until(
+                lambda: not (n2.streams._in or n2.streams._pairs_in or n2.streams._pair_locks)
+            )
+            await wait_until(lambda: not (n1.streams._out or n1.streams._pairs_out))
+            assert n2.streams._early == {}
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
+async def test_a_failed_first_stream_closes_the_owners_end_of_its_pair() -> None:
+    """A consume whose stream fails once the owner made its end (a router of s2 without
+    the producer's codec): the owner closes its end of the new pair too."""
+    async with _two_nodes(10) as (s1, s2, n1, n2):
+        assert n1.streams is not None and n2.streams is not None
+        a = await App.on(s1.url)
+        b = await remote.connect(s2.url, token=TOKEN)
+        try:
+            vp8 = [{"kind": "video", "mimeType": "video/VP8", "clockRate": 90000}]
+            router = await (await b.create_worker()).create_router(media_codecs=vp8)
+            _, producer = await a.producer("127.0.0.2")
+            sink_b = await router.create_direct_transport()
+            with pytest.raises(Exception, match="unsupported codec"):
+                await sink_b.consume(
+                    producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+                )
+            await wait_until(lambda: not (n1.streams._out or n1.streams._pairs_out))
+            assert not n2.streams._pairs_in and not n2.streams._in
+        finally:
+            await a.client.aclose()
+            await b.aclose()
 
 
 async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(

@@ -446,6 +446,10 @@ async def _run_serve(args: argparse.Namespace) -> int:
     if args.peer_also_accept and not args.peer_token:
         print("mafalda: --peer-also-accept needs --peer-token", file=sys.stderr)
         return 2
+    if {args.peer_token, *args.peer_also_accept} & {args.token, *args.also_accept}:
+        # (Every app would be a peer: what the peer token keeps from them.)
+        print("mafalda: the peer token must not be a token of the apps", file=sys.stderr)
+        return 2
     if args.swarm is not None and not args.peer_token:
         print(
             "mafalda: warning: no --peer-token (MAFALDA_SWARM_TOKEN): any client's token "

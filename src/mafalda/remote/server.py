@@ -869,6 +869,10 @@ class RemoteServer:
             for session in list(self.sessions.values())
         ]
 
+    def takes_token(self, token: str) -> bool:
+        """Whether ``token`` is one of the tokens this server's apps connect with."""
+        return token_matches(token, self._tokens)
+
     def add_route(
         self, name: str, handler: _Handler, *, peer_tokens: tuple[bytes, ...] = ()
     ) -> None:

@@ -97,6 +97,9 @@ class SwarmNode:
             self._peer_tokens: tuple[bytes, ...] = ()
         else:
             self._peer_tokens = check_tokens(peer_token, accept_peer_tokens, "peer_token")
+            if any(server.takes_token(t.decode()) for t in self._peer_tokens):
+                # Every app would be a peer: what the peer token keeps from them.
+                raise ValueError("a peer token must not be a token of the server's apps")
         if not interval > 0:
             raise ValueError("interval must be > 0")
         if fail_after is not None and not fail_after > interval:

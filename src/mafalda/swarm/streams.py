@@ -51,7 +51,7 @@ from aiohttp import web
 from mafalda import mediasoup
 from mafalda.horizontal.cluster import Cluster
 from mafalda.horizontal.registry import ServerRecord, json_object
-from mafalda.mediasoup import Router, Transport, Worker
+from mafalda.mediasoup import InvalidStateError, Router, Transport, Worker
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.remote import RemoteServer
 from mafalda.remote.server import is_peer, peer_refused
@@ -77,6 +77,10 @@ _OPS = (
 )
 #: Producers whose peer a SwarmStreams remembers (where a find found them last).
 _MAX_FOUND = 4096
+
+
+class _ProducerGone(Exception):
+    """The producer of a stream being opened closed meanwhile (its owner said so)."""
 
 
 class StreamError(mediasoup.MediasoupError):
@@ -246,6 +250,9 @@ class SwarmStreams:
         self._listed: dict[tuple[str, bool], str] = {}
         self._pairs_out: dict[str, _Pair] = {}
         self._bringing: dict[tuple[str, str, bool], asyncio.Future[None]] = {}
+        #: The pipes in being opened: the notices ('close', 'pause', 'resume') their
+        #: owner sent meanwhile (it may send them once it answered the open).
+        self._early: dict[str, list[str]] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -348,10 +355,10 @@ class SwarmStreams:
             if pipe is not None and pipe.users == 0:
                 self._use(pipe, 0)  # an unused copy: a new idle period for this consume
             return None  # here already (its origin or a copy): mediasoup's call as it is
-        if (router.has_data_producer if data else router.has_producer)(producer_id):
-            return None  # a copy of its own id that the router knows by P's (a breakout's)
-        pending = self._bringing.get(key)
+        pending = self._bringing.get(key)  # (first: its copy may be known by P already)
         if pending is None:
+            if (router.has_data_producer if data else router.has_producer)(producer_id):
+                return None  # a copy of its own id that the router knows by P's (a breakout's)
             pending = asyncio.ensure_future(self._bring(router, producer_id, data))
             self._bringing[key] = pending
             pending.add_done_callback(lambda _: self._bringing.pop(key, None))
@@ -370,7 +377,9 @@ class SwarmStreams:
             self._pair_opens[key] = self._pair_opens.get(key, 0) + 1
             try:
                 async with lock:
-                    await self._open(router, producer_id, owner, key, data)
+                    # Gone meanwhile: mediasoup's own "not found" answers the call.
+                    with contextlib.suppress(_ProducerGone):
+                        await self._open(router, producer_id, owner, key, data)
             finally:
                 self._pair_opens[key] -= 1
                 if not self._pair_opens[key]:
@@ -559,6 +568,8 @@ class SwarmStreams:
             }
         pipe_id = str(uuid.uuid4())
         message |= {"pipeId": pipe_id, "pairId": pair.id, "from": self.id}
+        self._early[pipe_id] = []  # the owner's notices for it until it is tracked
+        copy: Any = None
         try:
             answer = await self._post(owner, message)
             if "error" in answer:
@@ -569,7 +580,6 @@ class SwarmStreams:
                 )
             # The copy gets an id of its own, and the router knows it by P's: ids are
             # unique per worker, and another router of this worker may hold a copy of P.
-            copy: Any
             if data:
                 copy = await pair.transport.produce_data(
                     sctp_stream_parameters=answer["sctpStreamParameters"],
@@ -577,7 +587,6 @@ class SwarmStreams:
                     protocol=answer["protocol"],
                     paused=answer["paused"],
                 )
-                router.alias_data_producer(producer_id, copy)
                 await self._sctp_up(pair.transport)
             else:
                 copy = await pair.transport.produce(
@@ -585,10 +594,19 @@ class SwarmStreams:
                     rtp_parameters=answer["rtpParameters"],
                     paused=answer["paused"],
                 )
-                router.alias_producer(producer_id, copy)
+            if copy.closed or router.closed:  # (while the last step ran)
+                raise InvalidStateError("Router closed while the stream was opening")
+            if "close" in self._early[pipe_id]:
+                raise _ProducerGone
+            (router.alias_data_producer if data else router.alias_producer)(producer_id, copy)
             self._here[(router.id, producer_id, data)] = copy
         except BaseException as error:
+            del self._early[pipe_id]
+            if copy is not None:  # (on a pair of other streams it would stay)
+                copy.close()
             self._notify(owner["id"], {"op": "close", "pipeId": pipe_id})
+            if new:  # the owner may have made its end of the pair: it goes too
+                self._notify(owner["id"], {"op": "closepair", "pairId": pair.id})
             if not pair.streams:  # new, or emptied while this open was under way
                 pair.transport.close()
             wrong = (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError)
@@ -601,8 +619,12 @@ class SwarmStreams:
         if new:
             self._pairs_in[key] = pair
             pair.transport.observer.on("close", lambda: self._pair_in_closed(pair))
-        self._track_copy(_Pipe(pipe_id, pair, copy, (router.id, producer_id, data)))
+        pipe = _Pipe(pipe_id, pair, copy, (router.id, producer_id, data))
+        self._track_copy(pipe)
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
+        early = self._early.pop(pipe_id)
+        if early:  # the last pause or resume is the owner's state
+            await self._set_paused(pipe, early[-1] == "pause")
 
     async def _sctp_up(self, transport: PipeTransport) -> None:
         """Until the pair's SCTP association is up, at most ``find_timeout`` seconds.
@@ -725,12 +747,15 @@ class SwarmStreams:
                 self._closed_out(self._out[pipe_id], notify=False)
             elif pipe_id in self._in:
                 self._closed_in(self._in[pipe_id], notify=False)
-        else:
-            pipe = self._in.get(pipe_id)
-            if pipe is not None:
-                with contextlib.suppress(Exception):  # closed meanwhile
-                    await (pipe.carrier.pause() if op == "pause" else pipe.carrier.resume())
+        elif pipe_id in self._in:
+            await self._set_paused(self._in[pipe_id], op == "pause")
+        if pipe_id in self._early:  # a pipe of this server's still opening: later
+            self._early[pipe_id].append(op)
         return web.json_response({})
+
+    async def _set_paused(self, pipe: _Pipe, paused: bool) -> None:
+        with contextlib.suppress(Exception):  # closed meanwhile
+            await (pipe.carrier.pause() if paused else pipe.carrier.resume())
 
     async def _pipe_out(self, message: dict[str, Any]) -> dict[str, Any]:
         pipe_id = message["pipeId"]

@@ -488,12 +488,17 @@ async def test_alias_makes_a_producer_findable_by_another_id_on_every_worker(
         room.alias_data_producer(data_producer.id, data_producer)
     room.alias_producer("copy", producer)
     room.alias_data_producer("data-copy", data_producer)
+    counts = (await room.mafalda_dump())["workers"]
+    assert counts[mafalda.workers[0].pid]["producers"] == 1  # one producer, two ids
     mafalda.policy = _Pinned(1)
     sink = await room.create_direct_transport()
     assert room.worker_of(sink) is mafalda.workers[1]
     consumer = await sink.consume(producer_id="copy", rtp_capabilities=room.rtp_capabilities)
     assert consumer.kind == "audio"
     assert [p["id"] for p in (await room.mafalda_dump())["pipes"]] == ["copy"]
+    # The router's dump knows the producer by both ids (an app's alias renames nothing).
+    entries = {e["key"]: e["values"] for e in (await room.dump())["mapProducerIdConsumerIds"]}
+    assert entries == {producer.id: [], "copy": [consumer.id]}
     data_consumer = await sink.consume_data(data_producer_id="data-copy")
     assert data_consumer.label == "c"
     await room.pipe_to_router(router=other, producer_id="copy")

@@ -435,9 +435,7 @@ class ClusterRouter(SpanningRouter[str]):
             servers[server_id] = {
                 "routerId": child.id,
                 "transports": sum(1 for h in self._transport_host.values() if h == server_id),
-                "producers": sum(
-                    1 for (_, data), h in self._home.items() if h == server_id and not data
-                ),
+                "producers": self._producer_count(server_id),
                 "rtpObservers": sum(1 for h in self._observer_host.values() if h == server_id),
             }
         return {

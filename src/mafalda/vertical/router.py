@@ -315,9 +315,7 @@ class MafaldaRouter(SpanningRouter[Worker]):
                     if isinstance(t, PipeTransport) and t.id not in self._transports
                 ),
                 "consumers": sum(len(t.consumers) for t in transports),
-                "producers": sum(
-                    1 for (_, data), w in self._home.items() if w is worker and not data
-                ),
+                "producers": self._producer_count(worker),
             }
         return {
             "id": self._id,

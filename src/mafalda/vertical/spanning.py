@@ -625,14 +625,20 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             ids.update(t.id for t in pair.transports.values())
         return ids
 
+    def _producer_count(self, host: H) -> int:
+        """The producers homed on ``host``, one known by two ids (an alias) counted once."""
+        table = self._producers
+        return len({id(p) for key, p in table.items() if self._home[(key, False)] == host})
+
     def _renamed(self) -> dict[tuple[H, bool], dict[str, str]]:
         """By host and kind (data or not), the copies there that have an id of their own,
-        mapped to the id this router knows them by: a source adopted under an alias, and
-        a pipe's copy on a host that held the id already."""
+        mapped to the id this router knows them by: a source adopted under an alias
+        alone, and a pipe's copy on a host that held the id already. (A source it knows
+        by its own id too, as an app's alias_producer() makes, keeps its own.)"""
         renamed: dict[tuple[H, bool], dict[str, str]] = {}
         for data, table in ((False, self._producers), (True, self._data_producers)):
             for key, source in table.items():
-                if source.id != key:
+                if source.id not in table:
                     renamed.setdefault((self._home[(key, data)], data), {})[source.id] = key
         for pipe in self._pipes.values():
             source_id = pipe.key[1]

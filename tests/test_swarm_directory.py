@@ -63,7 +63,7 @@ def test_a_directory_keeps_each_home_and_forgets_what_it_is_told() -> None:
 
 
 def test_a_directory_is_bounded_dropping_the_oldest() -> None:
-    directory = Directory(limit=2)
+    directory = Directory(limit=2, per_home=2)
     for name in ("a", "b", "c"):
         directory.put((name, False), "s1")
     assert [directory.get((n, False)) for n in ("a", "b", "c")] == [None, "s1", "s1"]
@@ -73,6 +73,11 @@ def test_a_directory_is_bounded_dropping_the_oldest() -> None:
         Directory(limit=0)
     with pytest.raises(ValueError, match="per_home must be at least 1"):
         Directory(per_home=0)
+    assert (Directory().per_home, Directory(limit=100).per_home, Directory(limit=3).per_home) == (
+        65_536,
+        25,
+        1,
+    )
 
 
 def test_one_home_cannot_push_out_the_others_entries() -> None:

@@ -24,9 +24,6 @@ __all__ = ["Directory", "beats", "directory_server"]
 #: Entries a server keeps for others at most (the oldest dropped first): a dropped one
 #: only sends its lookups to every peer.
 DEFAULT_LIMIT = 262_144
-#: Entries of one home kept at most (its oldest dropped first): a server that announces
-#: without end (a runaway app) pushes out its own entries, not the other servers'.
-DEFAULT_PER_HOME = DEFAULT_LIMIT // 4
 
 Key = tuple[str, bool]  # (producer id, data)
 
@@ -62,13 +59,16 @@ class Directory:
     """The entries a server keeps as the directory server of their ids: the home of each
     producer, as its home announced it."""
 
-    def __init__(self, limit: int = DEFAULT_LIMIT, per_home: int = DEFAULT_PER_HOME) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, per_home: int | None = None) -> None:
+        """``per_home``: the entries of one home kept at most (a quarter of ``limit`` by
+        default), its oldest dropped first: a server that announces without end (a
+        runaway app) pushes out its own entries, not the other servers'."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        if per_home < 1:
+        if per_home is not None and per_home < 1:
             raise ValueError("per_home must be at least 1")
         self.limit = limit
-        self.per_home = per_home
+        self.per_home = max(1, limit // 4) if per_home is None else per_home
         self._home: dict[Key, str] = {}
         self._listed: dict[str, dict[Key, None]] = {}  # each home's entries, oldest first
 

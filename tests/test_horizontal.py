@@ -161,6 +161,11 @@ def test_registry_encoding() -> None:
     ):
         with pytest.raises(ValueError, match="server record"):
             registry.decode_record(registry.encode_record({**record, key: value}))  # type: ignore[misc]
+    # Python's JSON reads these (a browser's does not: the monitor page would stop).
+    for text in ("NaN", "Infinity", "1e999"):
+        raw = json.dumps({**record, "load": 0.0}).replace('"load": 0.0', f'"load": {text}')
+        with pytest.raises(ValueError, match="server record: invalid 'load'"):
+            registry.decode_record(raw)
     assert registry.server_key("a") == "mafalda:server:a"
     assert registry.server_key("a", "x") == "x:server:a"
     for bad_id in ("", "a:b", "*"):

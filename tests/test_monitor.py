@@ -970,11 +970,18 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
 # -- the page's history (kept in the browser only) -------------------------------------------
 
 
-def _history_view(time: float, servers: dict[str, tuple[float, dict[int, float | None]]]) -> Any:
-    """A view at ``time`` of the ``servers``: by id, its load and its workers' CPU by pid."""
+def _history_view(
+    time: float,
+    servers: dict[str, tuple[float, dict[int, float | None]]],
+    unreported: tuple[str, ...] = (),
+) -> Any:
+    """A view at ``time`` of the ``servers``: by id, its load and its workers' CPU by pid
+    (none for those ``unreported``: in the registry, their report missing)."""
     records, reports = [], []
     for server_id, (load, cpus) in servers.items():
         records.append(_record(server_id, "127.0.0.1", load=load))
+        if server_id in unreported:
+            continue
         report = _report(server_id, list(cpus), [], time)
         for worker in report["workers"]:
             worker["cpu"] = cpus[worker["pid"]]
@@ -1001,28 +1008,31 @@ async def _history_page(playwright: Any) -> tuple[Any, Any, list[str]]:
     return browser, page, errors
 
 
+async def _page_alone(route: Any) -> None:
+    """The page, with no monitor behind it: its event stream answers 204, which browsers
+    do not retry (views are fed to its render() directly)."""
+    if route.request.url.endswith("/events"):
+        await route.fulfill(status=204)
+    else:
+        await route.fulfill(body=PAGE.read_text(), content_type="text/html")
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
 async def test_page_history_is_bounded_and_follows_the_view() -> None:
     """The page's history fed views directly (no monitor; its event stream answers 204,
     which browsers do not retry): the last 300 views, no older than 10 minutes, a null
     CPU breaking the line, a view sent again not counted twice, and a server or worker
     that leaves the view losing its history (starting afresh when it comes back)."""
-    from playwright.async_api import Route, async_playwright
-
-    async def serve(route: Route) -> None:
-        if route.request.url.endswith("/events"):
-            await route.fulfill(status=204)
-        else:
-            await route.fulfill(body=PAGE.read_text(), content_type="text/html")
+    from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser, page, errors = await _history_page(playwright)
         try:
-            await page.route("http://monitor.test/**", serve)
+            await page.route("http://monitor.test/**", _page_alone)
             await page.goto("http://monitor.test/")
 
-            async def feed(views: list[Any]) -> None:
-                await page.evaluate("(views) => views.forEach((view) => render(view))", views)
+            def feed(views: list[Any]) -> Any:
+                return page.evaluate("(views) => views.forEach((view) => render(view))", views)
 
             t0 = 1_700_000_000.0
 
@@ -1080,7 +1090,70 @@ async def test_page_history_is_bounded_and_follows_the_view() -> None:
             )
             path = await page.get_attribute("svg.spark[data-of='a/12'] path.line", "d")
             assert path is not None and path.count("M") == 2 and path.count("L") == 1
-            assert path.endswith("M101.0,14.5")  # the newest on the right, 0.25 of 18 px up
+            # the newest on the right, 0.25 of 18 px up: a lone point, drawn as a dot
+            assert path.endswith("M101.0,14.5h0")
+            assert errors == []
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
+async def test_page_history_gaps_unknowns_and_its_points_argument() -> None:
+    """Points are placed by time: a pause in the views breaks the line; a server whose
+    report is missing keeps its workers' history (a gap) and its clients unknown; a clock
+    set back starts a history afresh; ``?points=`` takes a whole number from 2 to 3600,
+    and anything else means 300."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser, page, errors = await _history_page(playwright)
+        try:
+            await page.route("http://monitor.test/**", _page_alone)
+            for asked, points in (
+                ("", 300), ("10", 10), ("2", 2), ("3600", 3600), ("1", 300), ("0", 300),
+                ("-5", 300), ("3601", 300), ("10.5", 300), ("abc", 300), ("0x10", 300),
+                ("1e3", 300),
+            ):  # fmt: skip
+                await page.goto(f"http://monitor.test/?points={asked}")
+                assert await page.evaluate("POINTS") == points, asked
+            await page.goto("http://monitor.test/?points=60")
+
+            def feed(views: list[Any]) -> Any:
+                return page.evaluate("(views) => views.forEach((view) => render(view))", views)
+
+            async def line(of: str) -> str:
+                path = await page.get_attribute(f"svg.spark[data-of='{of}'] path.line", "d")
+                assert path is not None
+                return path
+
+            t0 = 1_700_000_000.0
+            # A view a second, then none for 30 s (Redis unreadable, say), then again.
+            times = [t0 + i for i in range(10)] + [t0 + 40 + i for i in range(10)]
+            await feed([_history_view(t, {"a": (0.5, {11: 0.5})}) for t in times])
+            path = await line("a/11")
+            assert path.count("M") == 2 and path.count("L") == 18  # two runs of 10 points
+            # The axis spans 59 usual steps (60 points): the first run starts 49 s back.
+            assert path.startswith(f"M{1 + 100 - 49 / 59 * 100:.1f},")
+            # a's report goes missing for two views: its clients unknown, its worker's
+            # CPU a gap, its history kept; then it is back.
+            await feed([_history_view(t0 + 50 + i, {"a": (0.5, {})}, ("a",)) for i in range(2)])
+            await feed([_history_view(t0 + 52, {"a": (0.5, {11: 0.25})})])
+            sparks = await _sparks(page)
+            assert sparks[("a", "clients")][1][-3:] == [None, None, 3]
+            assert sparks[("a", "load")][1][-3:] == [0.5, 0.5, 0.5]
+            assert sparks[("a/11", "cpu")] == (
+                [*times, t0 + 50, t0 + 51, t0 + 52],
+                [0.5] * 20 + [None, None, 0.25],
+            )
+            assert (await line("a/11")).endswith("M101.0,14.5h0")  # a lone point: a dot
+            # The monitor's clock set back an hour: every history starts afresh.
+            await feed([_history_view(t0 - 3600, {"a": (0.5, {11: 0.5})})])
+            sparks = await _sparks(page)
+            assert {k: v[0] for k, v in sparks.items()} == {
+                ("a", "load"): [t0 - 3600],
+                ("a", "clients"): [t0 - 3600],
+                ("a/11", "cpu"): [t0 - 3600],
+            }
             assert errors == []
         finally:
             await browser.close()

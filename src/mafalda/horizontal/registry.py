@@ -15,6 +15,7 @@ Keys (``prefix`` defaults to ``"mafalda"``; one prefix is one cluster):
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal, TypedDict, TypeGuard
 
 __all__ = [
@@ -133,6 +134,8 @@ def check_record(data: dict[str, Any]) -> ServerRecord:
     load = _field(data, "load", (int, float))
     if workers < 0 or consumers < 0 or load < 0:
         raise ValueError("server record: negative count")
+    if not math.isfinite(load):  # (Python's JSON reads NaN and 1e999; browsers' do not)
+        raise ValueError("server record: invalid 'load'")
     serves = data.get("serves", "mediasoup")  # records of the first increment had none
     if serves not in ("mediasoup", "mafalda"):
         raise ValueError("server record: invalid 'serves'")

@@ -1257,7 +1257,8 @@ async def test_one_pipe_id_opened_twice_at_once_is_opened_once() -> None:
         url = route_url(s1.url, "streams")
         try:
             _, producer = await a.producer("127.0.0.2")
-            opening = {"op": "open", "producerId": producer.id, "from": "s9"}
+            # (from a member: this server itself will do)
+            opening = {"op": "open", "producerId": producer.id, "from": "s1"}
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
 
                 async def post(message: dict[str, Any]) -> Any:
@@ -1289,6 +1290,119 @@ async def test_one_pipe_id_opened_twice_at_once_is_opened_once() -> None:
             await a.client.aclose()
 
 
+async def test_a_pipe_or_pair_closed_by_its_peer_while_it_opens_is_not_kept() -> None:
+    """A peer that gave up on an open (its call timed out) says 'close' and 'closepair'
+    while the open still runs here (the worker held, SIGSTOP): the open fails once the
+    worker goes on, and what it made is closed, a new pair with its stream, and on a
+    pair that stays only the stream."""
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
+    ):
+        streams = n1.streams
+        assert streams is not None
+        a = await App.on(s1.url)
+        url = route_url(s1.url, "streams")
+        (worker,) = a.client.workers
+        stopped = None
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            before = await _transports(a)
+            opening = {"op": "open", "producerId": producer.id, "from": "s1"}
+            new_pair = {"pipeId": "x", "pairId": "q", "ip": "127.0.0.1", "port": 9}
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+
+                async def post(message: dict[str, Any]) -> Any:
+                    async with http.post(url, json=message) as response:
+                        return await response.json()
+
+                close_x = {"op": "close", "pipeId": "x"}
+                cases = (
+                    (new_pair, [close_x, {"op": "closepair", "pairId": "q"}], "pipe pair q was"),
+                    (
+                        {"pipeId": "z", "pairId": "r"},
+                        [{"op": "close", "pipeId": "z"}],
+                        "pipe z was",
+                    ),
+                )
+                for pair, said, error in cases:
+                    if pair["pairId"] == "r":  # a pair carrying a stream already
+                        carried = {"pipeId": "y", "pairId": "r", "ip": "127.0.0.1", "port": 9}
+                        assert (await post(opening | carried))["kind"] == "audio"
+                    os.kill(worker.pid, signal.SIGSTOP)
+                    stopped = worker.pid
+                    answer = asyncio.ensure_future(post(opening | pair))
+                    await wait_until(lambda p=pair["pipeId"]: p in streams._opening)
+                    for notice in said:
+                        assert await post(notice) == {}
+                    os.kill(worker.pid, signal.SIGCONT)
+                    stopped = None
+                    assert (await answer)["error"].startswith(error)
+                    assert streams._cancelled == set() and streams._pairs_opening == set()
+                assert list(streams._out) == ["y"] and list(streams._pairs_out) == ["r"]
+                assert await _transports(a) == before + 1  # the pair r
+                assert await post({"op": "closepair", "pairId": "r"}) == {}
+                assert await _transports(a) == before and not streams._out
+        finally:
+            if stopped is not None:
+                os.kill(stopped, signal.SIGCONT)
+            await a.client.aclose()
+
+
+async def test_an_open_from_a_server_waits_for_it_to_join_then_not_longer() -> None:
+    """A peer may know this server a gossip round before this server knows it: its open
+    waits for it to join (at most find_timeout), and the pipe closes with its leave. A
+    server that does not join is refused: a pipe to it would never close."""
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        await remote.serve(host="127.0.0.3", token=TOKEN) as s2,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND, find_timeout=5) as n1,
+    ):
+        streams = n1.streams
+        assert streams is not None
+        a = await App.on(s1.url)
+        url = route_url(s1.url, "streams")
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            opening = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q"}
+            opening |= {"pipeId": "x", "ip": "127.0.0.1", "port": 9}
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+
+                async def post(message: dict[str, Any]) -> Any:
+                    async with http.post(url, json=message) as response:
+                        return await response.json()
+
+                answer = asyncio.ensure_future(post(opening))
+                await asyncio.sleep(ROUND * 3)
+                assert not answer.done() and not streams._out
+                async with SwarmNode(
+                    s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND
+                ) as n2:
+                    assert (await answer)["kind"] == "audio"
+                    assert list(streams._out) == ["x"]
+                    # s2 leaves while a stream on a new pair opens here (the worker held):
+                    # the pipes close with the leave, and that one once it is made.
+                    (worker,) = a.client.workers
+                    os.kill(worker.pid, signal.SIGSTOP)
+                    try:
+                        second = asyncio.ensure_future(
+                            post(opening | {"pipeId": "x2", "pairId": "q2"})
+                        )
+                        await wait_until(lambda: "x2" in streams._opening)
+                        await n2.aclose()
+                        await wait_until(lambda: not streams._out and not streams._pairs_out)
+                    finally:
+                        os.kill(worker.pid, signal.SIGCONT)
+                    error = "pipe x2 was closed, or server s2 left, meanwhile"
+                    assert (await second)["error"] == error
+                    assert not streams._out and not streams._pairs_out
+                streams.find_timeout = 0.2
+                refused = await post(opening | {"from": "s9"})
+                assert refused == {"error": "server s9 is not in this swarm"}
+        finally:
+            await a.client.aclose()
+
+
 async def test_streams_route_refuses_and_answers(
     trio: tuple[list[RemoteServer], list[SwarmNode]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1302,8 +1416,11 @@ async def test_streams_route_refuses_and_answers(
             assert response.status == 400 and "invalid 'op'" in await response.text()
         async with http.post(url, data=b'{"op": "find", "producerId": "nope"}') as response:
             assert await response.json() == {"found": False}
-        opening = {"op": "open", "producerId": "nope", "pipeId": "p", "from": "s9", "pairId": "q"}
+        opening = {"op": "open", "producerId": "nope", "pipeId": "p", "from": "s2", "pairId": "q"}
         opening |= {"ip": "127.0.0.1", "port": 9}
+        nodes[0].streams.find_timeout = 0.2  # type: ignore[union-attr]
+        async with http.post(url, json=opening | {"from": "s9"}) as response:
+            assert await response.json() == {"error": "server s9 is not in this swarm"}
         async with http.post(url, json=opening) as response:
             assert await response.json() == {"error": "no producer nope here"}
         async with http.post(url, json=opening | {"data": True}) as response:
@@ -1320,15 +1437,15 @@ async def test_streams_route_refuses_and_answers(
             async with http.post(url, json=bad) as response:
                 assert "srtp" in (await response.json())["error"].lower()
             assert await _transports(a) == before
-            # Opened for a server the swarm does not know: its notices are dropped, and
-            # the pipe closes when this node leaves.
+            # Opened for s2 (whose notices s2 ignores: it opened none); the pipe closes
+            # when this node leaves.
             async with http.post(url, json=opening | {"producerId": producer.id}) as response:
                 answer = await response.json()
             assert answer["kind"] == "audio" and answer["srtpParameters"] is None
             assert await _transports(a) == before + 1
             # A second stream of that router on that pair: no transport more.
             _, second = await a.producer("127.0.0.2")
-            more = {"producerId": second.id, "pipeId": "p2", "pairId": "q", "from": "s9"}
+            more = {"producerId": second.id, "pipeId": "p2", "pairId": "q", "from": "s2"}
             async with http.post(url, json={"op": "open"} | more) as response:
                 assert (await response.json())["kind"] == "audio"
             assert await _transports(a) == before + 2  # its own sending transport only
@@ -1778,7 +1895,8 @@ async def test_notices_after_the_streams_stopped_or_failing_oddly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A notice that fails in an unexpected way is logged and the next ones to that
-    peer still go; once stopped, a server's producers closing tell no one."""
+    peer still go; a server not in the swarm is told nothing; once stopped, a server's
+    producers closing tell no one."""
     servers, nodes = trio
     streams = nodes[0].streams
     assert streams is not None
@@ -1797,6 +1915,9 @@ async def test_notices_after_the_streams_stopped_or_failing_oddly(
     streams._notify("s2", {"op": "close", "pipeId": "second"})
     await wait_until(lambda: sent == ["odd", "second"])
     assert "telling server s2 of close failed" in caplog.text
+    # A server not in the swarm (it left: its pipes closed with it) is told nothing.
+    streams._notify("s9", {"op": "close", "pipeId": "gone"})
+    assert list(streams._senders) == ["s2"]
     await nodes[0].aclose()
     streams._notify("s2", {"op": "close", "pipeId": "late"})
     assert streams._senders == {} and streams._queues == {}
@@ -2278,13 +2399,26 @@ async def test_a_consume_while_a_data_stream_opens_waits_for_it(
                 await app.client.aclose()
 
 
-@pytest.mark.parametrize("closing", ["router", "producer"])
+_CUT = "stream from server s1 was cut while it opened"
+
+
+@pytest.mark.parametrize(
+    ("closing", "error"),
+    [
+        ("router", InvalidStateError("Router closed")),
+        ("producer", InvalidValueError("not found")),
+        ("owner leaves", Exception(_CUT)),
+        ("asker stops", Exception(_CUT)),
+    ],
+)
 async def test_a_data_stream_closed_on_either_side_while_it_opens(
-    monkeypatch: pytest.MonkeyPatch, closing: str
+    monkeypatch: pytest.MonkeyPatch, closing: str, error: Exception
 ) -> None:
     """The consumer's router, or the data producer, closes while the stream waits for
-    its SCTP association: the consume fails (the producer's as mediasoup's "not found"),
-    and nothing of the stream is left on either server, its new pair included."""
+    its SCTP association, or s1 leaves the swarm (s2 is told), or s2's node stops: the
+    consume fails (the producer's as mediasoup's "not found"), and nothing of the stream
+    is left on either server, its new pair included (a copy kept after a leave would
+    stay, fed by no one)."""
     entered, release, held_on = _hold_sctp(monkeypatch)
     async with _two_nodes(10) as (s1, s2, n1, n2):
         assert n1.streams is not None and n2.streams is not None
@@ -2297,19 +2431,26 @@ async def test_a_data_stream_closed_on_either_side_while_it_opens(
             if closing == "router":
                 b.router.close()
                 await wait_until(lambda: held_on[0].closed)  # with the router, on s2
-            else:
+            elif closing == "producer":
                 data_producer.close()
                 (early,) = n2.streams._early.values()
                 await wait_until(lambda: early == ["close"])
+            elif closing == "owner leaves":
+                await n1.aclose()
+                await wait_until(lambda: "s1" not in n2.members)
+            else:
+                await n2.aclose()
             release.set()
-            error = InvalidStateError if closing == "router" else InvalidValueError
-            with pytest.raises(error, match="Router closed|not found"):
+            with pytest.raises(type(error), match=str(error)):
                 await consume
-            await wait_until(
-                lambda: not (n2.streams._in or n2.streams._pairs_in or n2.streams._pair_locks)
-            )
+            s = n2.streams
+            await wait_until(lambda: not (s._in or s._copies or s._pairs_in or s._pair_locks))
             await wait_until(lambda: not (n1.streams._out or n1.streams._pairs_out))
-            assert n2.streams._early == {}
+            assert s._early == {}
+            if closing != "router":
+                assert await _transports(b) == 1  # the sink only: the pair went too
+            if closing in ("owner leaves", "asker stops"):
+                assert not s._queues and not s._senders  # nothing to tell s1 any more
         finally:
             for app in (a, b):
                 await app.client.aclose()
@@ -2481,18 +2622,20 @@ async def test_a_swarm_over_tls(tmp_path: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _pool_nodes() -> AsyncIterator[
-    tuple[list[Mafalda], RemoteServer, RemoteServer, SwarmNode, SwarmNode]
-]:
+async def _pool_nodes(
+    idle: float = 10,
+) -> AsyncIterator[tuple[list[Mafalda], RemoteServer, RemoteServer, SwarmNode, SwarmNode]]:
     """Servers s1 (127.0.0.2) and s2 (127.0.0.3) of two Mafalda pools of two workers
-    (policy 'spread'), in one swarm."""
+    (policy 'spread'), in one swarm, copies idle ``idle`` s."""
     pools = [await Mafalda.start(num_workers=2, min_workers=2, policy="spread") for _ in range(2)]
     try:
         async with (
             await remote.serve(host="127.0.0.2", token=TOKEN, target=pools[0]) as s1,
             await remote.serve(host="127.0.0.3", token=TOKEN, target=pools[1]) as s2,
-            SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
-            SwarmNode(s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND) as n2,
+            SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND, stream_idle=idle) as n1,
+            SwarmNode(
+                s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND, stream_idle=idle
+            ) as n2,
         ):
             await wait_until(_everyone_knows([n1, n2], {"s1", "s2"}))
             yield pools, s1, s2, n1, n2
@@ -2550,6 +2693,55 @@ async def test_streams_between_servers_of_mafalda_pools() -> None:
             producer.close()
             async with asyncio.timeout(5):
                 await asyncio.gather(*closed)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+
+async def test_an_rtp_observer_of_a_pool_keeps_the_copy_it_watches() -> None:
+    """On a server of a Mafalda pool, an RTP observer on one worker watches a copy that
+    landed on the other (the router pipes it on, and the observer reports the piped
+    producer): the copy is in use while watched, and collected once it is not."""
+    idle = 0.3
+    async with _pool_nodes(idle) as (pools, s1, s2, n1, n2):
+        assert n2.streams is not None
+        in2 = n2.streams._in
+        a = await remote.connect(s1.url, token=TOKEN)
+        b = await remote.connect(s2.url, token=TOKEN)
+        try:
+            app_a = App(a, await a.create_router(media_codecs=MEDIA_CODECS))
+            room_b = await b.create_router(media_codecs=MEDIA_CODECS)
+            _, producer = await app_a.producer("127.0.0.2")
+            observer = await room_b.create_audio_level_observer()
+            # A transport beside the observer: the pipe's goes to the other worker
+            # (policy 'spread').
+            await room_b.create_direct_transport()
+            await observer.add_producer(producer_id=producer.id)
+            (pipe,) = in2.values()
+            # The copy is on one worker, and a pipe consumer there takes it to the other.
+            assert sorted(w["consumers"] for w in pools[1].stats()["workers"]) == [0, 1]
+            assert pipe.users == 1
+            await asyncio.sleep(idle * 2)
+            assert list(in2.values()) == [pipe]  # watched: kept
+            await observer.remove_producer(producer_id=producer.id)
+            await wait_until(lambda: not in2, timeout=5)
+            # Another app's room of s2 takes B's own producer Q: a copy of the same id
+            # there (the pool's pipe_to_router() keeps ids). B's observer watching Q
+            # watches B's own, not that copy: it is collected when unused all the same.
+            _, own = await App(b, room_b).producer("127.0.0.3")
+            third = await remote.connect(s2.url, token=TOKEN)
+            try:
+                room_c = await third.create_router(media_codecs=MEDIA_CODECS)
+                consumer, _, sock = await App(third, room_c).consumer(own.id)
+                (copy,) = in2.values()
+                assert copy.key == (room_c.id, own.id, False) and copy.users == 1
+                await observer.add_producer(producer_id=own.id)
+                assert copy.users == 1
+                consumer.close()
+                await wait_until(lambda: not in2, timeout=5)
+                sock.close()
+            finally:
+                await third.aclose()
         finally:
             await a.aclose()
             await b.aclose()

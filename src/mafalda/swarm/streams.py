@@ -20,7 +20,11 @@ Servers talk on their own port, on the token-protected route ``/streams``, in JS
 comes with this end's address), ``locate`` (where is P?, asked of P's directory server:
 ``mafalda.swarm.directory``), and the notices ``close``, ``pause``, ``resume`` of a
 stream, ``closepair``, and ``announce`` / ``forget`` (P is here / gone, told to P's
-directory server), sent in order per peer. A lookup asks the peer P was found on last,
+directory server), sent in order per peer (to members only). An ``open`` is taken from
+a member only (one that is joining is waited for, up to ``find_timeout``): a pipe to a
+stranger would never close, as no leave of it comes. A stream or pair its asker closes
+while it opens, or whose peer leaves meanwhile, is closed once made, and its open
+fails. A lookup asks the peer P was found on last,
 then P's directory server and the home it names, and only then every peer.
 
 Data producers the same way (``consume_data(data_producer_id=P)``; SCTP on the pipe).
@@ -233,6 +237,11 @@ class SwarmStreams:
         #: copy from another router of this server is mediasoup's pipe_to_router().)
         self._out: dict[str, _Pipe] = {}
         self._opening: set[str] = set()  # ids of the pipes out being opened
+        self._pairs_opening: set[str] = set()  # ids of the pairs peers open here, being made
+        #: The pipes and pairs out being opened that their peer closed meanwhile (it
+        #: gave up on them: they must not be kept).
+        self._cancelled: set[str] = set()
+        self._joined = asyncio.Event()  # set (and replaced) when a server joins
         self._in: dict[str, _Pipe] = {}
         self._copies: dict[tuple[str, str, bool], _Pipe] = {}
         self._carrying: dict[str, _Pipe] = {}  # the pipes in, by their copy's own id
@@ -253,7 +262,9 @@ class SwarmStreams:
         #: The pipes in being opened: the notices ('close', 'pause', 'resume') their
         #: owner sent meanwhile (it may send them once it answered the open).
         self._early: dict[str, list[str]] = {}
-        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        #: Per peer, the notices to send it in order, each with the peer's record then
+        #: (a leave cancels the peer's sender).
+        self._queues: dict[str, asyncio.Queue[tuple[ServerRecord, dict[str, Any]]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._started = False
@@ -307,14 +318,23 @@ class SwarmStreams:
             self._router_of[rtp_observer] = router
             watched: set[_Pipe] = set()  # the copies it watches: they are in use
 
-            def added(producer: Any) -> None:
+            def copy_of(producer: Any) -> _Pipe | None:
                 pipe = self._carrying.get(producer.id)
+                if pipe is not None and pipe.carrier is producer:
+                    return pipe  # the copy itself
+                # On a pool, a copy the router piped on to the observer's worker: that
+                # worker knows it by the original's id (and a copy of that id in
+                # another router, as pipe_to_router() keeps ids, is not this one).
+                return self._copies.get((router.id, producer.id, False))
+
+            def added(producer: Any) -> None:
+                pipe = copy_of(producer)
                 if pipe is not None and pipe not in watched:
                     watched.add(pipe)
                     self._use(pipe, 1)
 
             def removed(producer: Any) -> None:
-                pipe = self._carrying.get(producer.id)
+                pipe = copy_of(producer)
                 if pipe is not None and pipe in watched:
                     watched.discard(pipe)
                     self._use(pipe, -1)
@@ -500,6 +520,8 @@ class SwarmStreams:
     def member_joined(self, server_id: str) -> None:
         """Move this server's producers that a server that joined wins to it (about
         1/N of them: one hash each, none moves elsewhere)."""
+        self._joined.set()
+        self._joined = asyncio.Event()
         self._relist(lambda key, holder: holder != server_id and beats(server_id, holder, key))
 
     def _relist(self, moved: Callable[[str, str], bool]) -> None:
@@ -598,6 +620,11 @@ class SwarmStreams:
                 raise InvalidStateError("Router closed while the stream was opening")
             if "close" in self._early[pipe_id]:
                 raise _ProducerGone
+            if not self._live(owner["id"]):  # peers_gone() or aclose() missed it
+                raise StreamError(
+                    f"the stream from server {owner['id']} was cut while it opened (that "
+                    "server left, or this one's swarm node stopped)"
+                )
             (router.alias_data_producer if data else router.alias_producer)(producer_id, copy)
             self._here[(router.id, producer_id, data)] = copy
         except BaseException as error:
@@ -735,6 +762,8 @@ class SwarmStreams:
             except Exception as error:  # the asking server fails its call with this
                 return web.json_response({"error": str(error) or type(error).__name__})
         if op == "closepair":
+            if message["pairId"] in self._pairs_opening:
+                self._cancelled.add(message["pairId"])
             pair = self._pairs_out.pop(message["pairId"], None)
             if pair is not None:
                 for pipe_id in list(pair.streams):  # the asking side closed them already
@@ -747,6 +776,8 @@ class SwarmStreams:
                 self._closed_out(self._out[pipe_id], notify=False)
             elif pipe_id in self._in:
                 self._closed_in(self._in[pipe_id], notify=False)
+            elif pipe_id in self._opening:
+                self._cancelled.add(pipe_id)
         elif pipe_id in self._in:
             await self._set_paused(self._in[pipe_id], op == "pause")
         if pipe_id in self._early:  # a pipe of this server's still opening: later
@@ -768,15 +799,18 @@ class SwarmStreams:
             return await self._open_out(message)
         finally:
             self._opening.discard(pipe_id)
+            self._cancelled.discard(pipe_id)
 
     async def _open_out(self, message: dict[str, Any]) -> dict[str, Any]:
+        peer = message["from"]
+        await self._member(peer)
         data = message.get("data", False)
         found = self._original(message["producerId"], data)
         if found is None:
             kind = "data producer" if data else "producer"
             raise StreamError(f"no {kind} {message['producerId']} here")
         producer, router = found
-        peer = message["from"]
+        pipe_id = message["pipeId"]
         pair = self._pairs_out.get(message["pairId"])
         new = pair is None
         if pair is None:
@@ -791,12 +825,15 @@ class SwarmStreams:
                 consumer = await pair.transport.consume_data(data_producer_id=producer.id)
             else:
                 consumer = await pair.transport.consume(producer_id=producer.id)
+            if consumer.closed or pipe_id in self._cancelled or not self._live(peer):
+                consumer.close()
+                raise StreamError(f"pipe {pipe_id} was closed, or server {peer} left, meanwhile")
         except BaseException:
             if new:
                 self._pairs_out.pop(pair.id, None)
                 pair.transport.close()
             raise
-        pipe = _Pipe(message["pipeId"], pair, consumer)
+        pipe = _Pipe(pipe_id, pair, consumer)
         self._out[pipe.id] = pipe
         consumer.observer.on("close", lambda: self._closed_out(pipe, notify=True))
         prefix = "dataproducer" if data else "producer"
@@ -837,17 +874,27 @@ class SwarmStreams:
 
     async def _pair_out(self, router: Any, message: dict[str, Any]) -> _Pair:
         """A pair a peer opens with this server's ``router``: this end, connected."""
-        transport = await self._pipe_transport(router, message.get("srtpParameters") is not None)
+        pair_id = message["pairId"]
+        self._pairs_opening.add(pair_id)
         try:
-            await transport.connect(
-                ip=message["ip"],
-                port=message["port"],
-                srtp_parameters=message.get("srtpParameters"),
+            transport = await self._pipe_transport(
+                router, message.get("srtpParameters") is not None
             )
-        except BaseException:
-            transport.close()
-            raise
-        pair = _Pair(message["pairId"], message["from"], transport)
+            try:
+                await transport.connect(
+                    ip=message["ip"],
+                    port=message["port"],
+                    srtp_parameters=message.get("srtpParameters"),
+                )
+                if pair_id in self._cancelled:
+                    raise StreamError(f"pipe pair {pair_id} was closed meanwhile")
+            except BaseException:
+                transport.close()
+                raise
+        finally:
+            self._pairs_opening.discard(pair_id)
+            self._cancelled.discard(pair_id)
+        pair = _Pair(pair_id, message["from"], transport)
         self._pairs_out[pair.id] = pair
 
         def closed() -> None:  # its router closed (or 'closepair'): its streams with it
@@ -869,6 +916,22 @@ class SwarmStreams:
 
     # -- talking to peers ---------------------------------------------------------------
 
+    def _live(self, server_id: str) -> bool:
+        """Whether this server still streams with ``server_id`` (a member, and not
+        stopped): what an open must check after each wait."""
+        return self._started and server_id in self._members()
+
+    async def _member(self, server_id: str) -> None:
+        """Until ``server_id`` is a member, at most ``find_timeout`` seconds (a peer may
+        know this server a gossip round before this server knows it); StreamError past
+        that. A pipe to a stranger would never be closed: no leave of it comes."""
+        try:
+            async with asyncio.timeout(self.find_timeout):
+                while server_id not in self._members():
+                    await self._joined.wait()
+        except TimeoutError:
+            raise StreamError(f"server {server_id} is not in this swarm") from None
+
     async def _post(self, record: ServerRecord, message: dict[str, Any]) -> dict[str, Any]:
         assert self._http is not None
         url = route_url(record["controlUrl"], ROUTE)
@@ -882,21 +945,22 @@ class SwarmStreams:
 
     def _notify(self, peer: str, message: dict[str, Any]) -> None:
         """Send a notice to ``peer``, after those sent to it before (best effort; none once
-        stopped: its producers closing after the swarm node left tell no one)."""
-        if not self._started:
+        stopped: its producers closing after the swarm node left tell no one; none to a
+        server that left: its pipes closed with its leave)."""
+        record = self._members().get(peer) if self._started else None
+        if record is None:
             return
         queue = self._queues.get(peer)
         if queue is None:
             queue = self._queues[peer] = asyncio.Queue()
             self._senders[peer] = asyncio.ensure_future(self._send(peer, queue))
-        queue.put_nowait(message)
+        queue.put_nowait((record, message))
 
-    async def _send(self, peer: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _send(
+        self, peer: str, queue: asyncio.Queue[tuple[ServerRecord, dict[str, Any]]]
+    ) -> None:
         while True:
-            message = await queue.get()
-            record = self._members().get(peer)
-            if record is None:
-                continue  # gone: its pipes close with it
+            record, message = await queue.get()
             try:
                 await self._post(record, message)
             except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError) as error:

@@ -2248,6 +2248,17 @@ async def test_a_copy_made_again_after_an_own_producer_took_its_id_is_kept() -> 
                 await app.client.aclose()
 
 
+async def _delivered(data_producer: Any, data_consumer: Any, payload: str | bytes) -> int:
+    """Send ``payload`` through ``data_producer``; ``data_consumer`` gets it within 5 s
+    (its PPID returned: 51 for a string, 53 for bytes)."""
+    got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
+    data_producer.send(payload)
+    async with asyncio.timeout(5):
+        message, ppid = await got
+    assert bytes(message) == (payload.encode() if isinstance(payload, str) else payload)
+    return int(ppid)
+
+
 async def test_data_streams_between_servers(
     trio: tuple[list[RemoteServer], list[SwarmNode]],
 ) -> None:
@@ -2272,11 +2283,7 @@ async def test_data_streams_between_servers(
         # Sent at once, a message must not meet an association still being made.
         (pipe,) = in2.values()
         assert pipe.pair.transport.sctp_state == "connected"
-        got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-        data_producer.send("hello")
-        async with asyncio.timeout(5):
-            message, ppid = await got
-        assert bytes(message) == b"hello" and ppid == 51  # WebRTC string
+        assert await _delivered(data_producer, data_consumer, "hello") == 51  # WebRTC string
         paused = asyncio.ensure_future(data_consumer.events.wait_for("dataproducerpause"))
         await data_producer.pause()
         async with asyncio.timeout(5):
@@ -2504,11 +2511,7 @@ async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(
             await sink_b.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
         await wait_until(lambda: len(out1) == 1)  # the failed pipe closed on s1 too
         assert len(in2) == 1 and not data_consumer.closed
-        got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-        data_producer.send("still here")
-        async with asyncio.timeout(5):
-            message, _ = await got
-        assert bytes(message) == b"still here"
+        await _delivered(data_producer, data_consumer, b"still here")
     finally:
         await a.client.aclose()
         await b.aclose()
@@ -2597,11 +2600,7 @@ async def test_a_swarm_over_tls(tmp_path: Any) -> None:
             router_b = await (await b.create_worker()).create_router()
             sink_b = await router_b.create_direct_transport()
             data_consumer = await sink_b.consume_data(data_producer_id=data_producer.id)
-            got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-            data_producer.send(b"over tls")
-            async with asyncio.timeout(5):
-                message, _ = await got
-            assert bytes(message) == b"over tls"
+            await _delivered(data_producer, data_consumer, b"over tls")
         finally:
             await a.aclose()
             await b.aclose()
@@ -2677,11 +2676,7 @@ async def test_streams_between_servers_of_mafalda_pools() -> None:
             data_producer = await (await room_b.create_direct_transport()).produce_data()
             sink_c = await room_c.create_direct_transport()
             from_b = await sink_c.consume_data(data_producer_id=data_producer.id)
-            got = asyncio.ensure_future(from_b.events.wait_for("message"))
-            data_producer.send(b"room to room")
-            async with asyncio.timeout(5):
-                message, _ = await got
-            assert bytes(message) == b"room to room"
+            await _delivered(data_producer, from_b, b"room to room")
             # A second consumer there uses the same copy (it was piped again, and
             # refused as a DataProducer already there).
             again = await sink_c.consume_data(data_producer_id=data_producer.id)
@@ -2763,11 +2758,7 @@ async def test_a_cluster_router_over_a_swarm_of_mafalda_pools() -> None:
             consumer = await sink.consume(producer_id=producer.id, rtp_capabilities=caps)
             data_consumer = await sink.consume_data(data_producer_id=data_producer.id)
             assert consumer.producer_id == producer.id
-            got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-            data_producer.send(b"across")
-            async with asyncio.timeout(5):
-                message, _ = await got
-            assert bytes(message) == b"across"
+            await _delivered(data_producer, data_consumer, b"across")
             assert not n2.streams._in  # type: ignore[union-attr]  # the router's pipe
             # A breakout room: its copy of the producer, on s1, maybe of its own id on
             # a worker that hosts the producer; consumed there and on s2.
@@ -2779,11 +2770,7 @@ async def test_a_cluster_router_over_a_swarm_of_mafalda_pools() -> None:
                 consumer = await there.consume(producer_id=producer.id, rtp_capabilities=caps)
                 assert consumer.producer_id == producer.id
                 data_consumer = await there.consume_data(data_producer_id=data_producer.id)
-                got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-                data_producer.send(b"breakout")
-                async with asyncio.timeout(5):
-                    message, _ = await got
-                assert bytes(message) == b"breakout"
+                await _delivered(data_producer, data_consumer, b"breakout")
             assert not n1.streams._in and not n2.streams._in  # type: ignore[union-attr]
 
 
@@ -2833,11 +2820,7 @@ async def test_two_routers_of_one_worker_take_copies_of_one_stream(
         local = await routers[2].create_direct_transport()
         data_consumer = await local.consume_data(data_producer_id=data_producer.id)
         assert data_consumer.data_producer_id == data_producer.id
-        got = asyncio.ensure_future(data_consumer.events.wait_for("message"))
-        data_producer.send(b"same worker")
-        async with asyncio.timeout(5):
-            message, _ = await got
-        assert bytes(message) == b"same worker"
+        assert await _delivered(data_producer, data_consumer, b"same worker") == 53
     finally:
         await a.client.aclose()
         await b.aclose()

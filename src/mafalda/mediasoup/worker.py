@@ -453,9 +453,9 @@ class Worker(EventSource):
         """Wait until the process has exited and was reaped and its pipes are closed;
         returns (exit code, signal)."""
         status = await asyncio.shield(self._exit_status)
-        if self._pipes_open > 0:
-            with contextlib.suppress(TimeoutError):  # never hang on a transport's close
-                await asyncio.wait_for(asyncio.shield(self._pipes_closed), _CLOSE_GRACE_SECONDS)
+        # Never hang on a transport's close; pipes never opened are not waited for.
+        grace = _CLOSE_GRACE_SECONDS if self._pipes_open > 0 else 0
+        await asyncio.wait([self._pipes_closed], timeout=grace)
         return status
 
     async def __aenter__(self) -> Worker:

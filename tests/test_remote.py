@@ -1665,27 +1665,145 @@ async def test_proxies_closed_here_are_remembered_up_to_a_bound(
 async def test_fire_and_forget_calls_held_while_reconnecting_are_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Fire-and-forget calls made while reconnecting are held up to a bound; those past
-    it are dropped (the held ones are sent, in order, once resumed). The bound is lowered
-    to 2 here (the real one is 10 000)."""
+    """Fire-and-forget calls made while reconnecting are held up to a bound; one past it
+    fails at once, naming the bound (close() too: never dropped unseen); the held ones are
+    sent, in order, once resumed. The bound is lowered to 2 here (the real one is 10 000)."""
     monkeypatch.setattr(client_module, "_MAX_HELD", 2)
     async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
         router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1")
         reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+        refused: list[str] = []
 
         def on_disconnect() -> None:
             for n in range(3):
-                router.app_data = {"n": n}
+                try:
+                    router.app_data = {"n": n}
+                except RemoteConnectionError as error:
+                    refused.append(f"app_data: {error}")
+            try:
+                transport.close()
+            except RemoteConnectionError as error:
+                refused.append(f"close: {error}")
 
         client.connection.events.on("disconnect", on_disconnect)
         cutter.cut()
         await asyncio.wait_for(reconnected, 10)
         await router.dump()  # the held calls were sent before it
-        assert srv.sessions[client.session_id].objects[router.handle].app_data == {"n": 1}
+        session = srv.sessions[client.session_id]
+        assert session.objects[router.handle].app_data == {"n": 1}
         assert router.app_data == {"n": 2}  # set here all the same
+        assert [r.split(":")[0] for r in refused] == ["app_data", "close"]
+        assert all("set_app_data() not sent" in r or "close() not sent" in r for r in refused)
+        assert all("at most 2 calls are held" in r for r in refused)
+        assert transport.closed and not session.objects[transport.handle].closed
         await client.aclose()
+
+
+async def test_a_closed_worker_that_exits_while_its_client_is_away_is_told_on_resume() -> None:
+    """A worker closed here whose process exits while the connection is down: its exit
+    (the late 'subprocessclose', with the status) comes once the session is resumed, so
+    wait_closed() returns and the proxy leaves its connection. The process is stopped
+    (SIGSTOP) to hold its exit until the client is away, and the resume is held (the
+    opener waits) until it has exited: the real race is too quick to catch."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        session = srv.sessions[client.session_id]
+        served = session.objects[worker.handle]
+        connection = client.connection
+        opener = connection._opener
+        assert opener is not None
+        exited = asyncio.Event()
+
+        async def held_opener(http: Any, session_id: str | None) -> Any:
+            await exited.wait()
+            return await opener(http, session_id)
+
+        connection._opener = held_opener
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            worker.close()
+            await until(lambda: worker.handle in session.exiting)
+            waiting = asyncio.ensure_future(worker.wait_closed())
+            reconnected = asyncio.ensure_future(connection.events.wait_for("reconnect"))
+            cutter.cut()
+            await until(lambda: session.connection is None)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        await until(lambda: served.subprocess_closed, 10)
+        exited.set()
+        await asyncio.wait_for(reconnected, 10)
+        assert await asyncio.wait_for(waiting, 5) == served.exit_status
+        assert worker.subprocess_closed and worker.exit_status == served.exit_status
+        assert worker.handle not in connection.proxies and not session.exiting
+        await client.aclose()
+
+
+async def test_a_cancelled_call_is_forgotten_here_and_released_there_when_done(
+    server: RemoteServer,
+) -> None:
+    """A call whose caller gave up (its task cancelled) leaves nothing pending here; the
+    server is not told, so it holds the call (it counts towards max_pending_calls) until
+    it is done and answered (here: a worker's wait_closed(), until the worker closes)."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    session = server.sessions[client.session_id]
+    waiting = asyncio.ensure_future(worker.wait_closed())
+    await until(lambda: len(session.tasks) == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert client.connection._pending == {}
+    assert len(session.tasks) == 1  # the server still runs it
+    worker.close()
+    await until(lambda: not session.tasks)
+    await client.aclose()
+
+
+async def test_a_call_cancelled_as_the_connection_goes_ends_cancelled(
+    server: RemoteServer,
+) -> None:
+    """A call cancelled in the same turn as the connection is dropped: its future is
+    cancelled before its task runs again, so it is still pending as the calls are
+    failed; it stays cancelled, nothing else fails."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    waiting = asyncio.ensure_future(worker.wait_closed())
+    await asyncio.sleep(0)  # asked, waiting for its answer
+    waiting.cancel()
+    client.abort()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert client.connection._pending == {} and worker.closed
+    await client.wait_closed()
+
+
+async def test_an_object_made_by_a_call_given_up_on_is_closed(server: RemoteServer) -> None:
+    """A create call that timed out here may still be answered: the object it made is
+    nobody's, so it is closed (on the server too) and kept nowhere. The server's
+    before_consume hook holds the call past the client's call_timeout."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    direct = await router.create_direct_transport()
+    data_producer = await direct.produce_data()
+    release = asyncio.Event()
+    server.before_consume = lambda obj, producer_id, data: release.wait()
+    made: list[Any] = []
+    served_by(server, direct).observer.on("newdataconsumer", made.append)
+    client.connection.call_timeout = 0.1
+    with pytest.raises(ChannelTimeoutError):
+        await direct.consume_data(data_producer_id=data_producer.id)
+    release.set()
+    await until(lambda: bool(made) and made[0].closed)
+    await direct.dump()  # the late answer came before this one
+    assert direct.data_consumers == {}
+    assert [o for o in client.objects if o.proxy_kind == "dataconsumer"] == []
+    assert all(o.proxy_kind != "dataconsumer" for o in client.connection.proxies.values())
+    await client.aclose()
 
 
 async def test_an_event_the_server_cannot_encode_is_dropped(

@@ -161,6 +161,46 @@ async def test_cancelled_calls_answered_or_lost_later(
     await client.aclose()
 
 
+async def test_a_late_answer_closes_the_objects_it_made_and_only_those(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    """A call given up on here (cancelled) is answered later with an object it made and
+    one the client knows: the new one is nobody's, so the client closes it (and tells
+    the server); the known one is left as it is. The peer makes the answer: our server
+    answers only what it was asked, which cannot name both kinds at once."""
+    go = asyncio.Event()
+    received: list[dict[str, Any]] = []
+
+    async def script(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        known = {"$ref": "worker", "id": "w1", "state": {"class": "Worker", "closed": False}}
+        await ws.send_str(_answer(hello["id"], {**HELLO, "objects": [known]}))
+        call = json.loads((await ws.receive()).data)
+        await go.wait()
+        made = {"$ref": "worker", "id": "w2", "state": {"class": "Worker", "closed": False}}
+        await ws.send_str(_answer(call["id"], {"value": [{"$ref": "worker", "id": "w1"}, made]}))
+        received.append(json.loads((await ws.receive()).data))
+        await ws.receive()  # until the client goes
+
+    client = await connect(await peer(script), token="t", reconnect=False)
+    (known,) = client.objects
+    call = asyncio.ensure_future(client.connection.call(None, "create_worker", (), {}))
+    await asyncio.sleep(0)  # it is sent
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    go.set()
+    await asyncio.wait_for(_until(lambda: bool(received)), 5)
+    assert received[0]["params"] == {"target": "w2", "method": "close", "args": [], "kwargs": {}}
+    made = client.connection.proxies["w2"]  # a worker's proxy waits for its exit
+    assert made.closed and not known.closed and client.objects == [known]
+    await client.aclose()
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)
+
+
 def _dropping(resume: Script) -> Script:
     """A peer that answers a first hello (grace period 1 s), then drops the connection
     (close code 4000: no reason to give up, the client reconnects), and runs ``resume``

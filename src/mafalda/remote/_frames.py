@@ -54,6 +54,11 @@ class FrameSender:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._on_turn)
 
+    def end_frame(self) -> None:
+        """Send what this turn batched as its own frame: what is sent next goes after it,
+        in another (a message read alone, as a hello answer, must not be in a batch)."""
+        self._flush()
+
     def _on_turn(self) -> None:
         self._scheduled = False
         self._flush()

@@ -117,6 +117,9 @@ class Connection:
         self._gone_proxies: weakref.WeakValueDictionary[str, RemoteObject] = (
             weakref.WeakValueDictionary()
         )
+        #: Handles of the proxies made while reading the current frame: a late answer's
+        #: new objects are nobody's (see _on_response).
+        self._fresh: set[str] = set()
         self._special = self._decode_marker
         self._attach(ws, hello)
 
@@ -210,6 +213,7 @@ class Connection:
         if proxy is None:
             proxy = proxy_class(ref["$ref"])(self, handle, state if isinstance(state, dict) else {})
             self.proxies[handle] = proxy
+            self._fresh.add(handle)
         elif isinstance(state, dict) and not proxy._closed_local:
             proxy._apply_state(state)
         if link:
@@ -256,17 +260,20 @@ class Connection:
         self._pending[request_id] = (future, target)
         self._frames.send(data)
         limit = self.call_timeout
-        if limit is None or method.startswith("wait_"):  # wait_closed(): held by design
-            return await future
         try:
-            async with asyncio.timeout(limit):
+            if limit is None or method.startswith("wait_"):  # wait_closed(): held by design
                 return await future
-        except TimeoutError:
-            # Its answer, if the server ever sends one, is dropped (unknown id).
+            try:
+                async with asyncio.timeout(limit):
+                    return await future
+            except TimeoutError:
+                raise ChannelTimeoutError(
+                    f"remote call timeout [method:{method}]: no answer in {limit} s"
+                ) from None
+        finally:
+            # Timed out or cancelled: its answer, if the server ever sends one, is late
+            # (see _on_response).
             self._pending.pop(request_id, None)
-            raise ChannelTimeoutError(
-                f"remote call timeout [method:{method}]: no answer in {limit} s"
-            ) from None
 
     def call_nowait(
         self,
@@ -276,13 +283,18 @@ class Connection:
         kwargs: dict[str, Any],
     ) -> None:
         """Fire-and-forget call (a failure comes back as 'callerror'). While reconnecting
-        it is held, and sent once the session is resumed."""
+        it is held, and sent once the session is resumed (RemoteConnectionError past
+        ``_MAX_HELD`` held calls)."""
         if self.closed:
             return
         data = self._message(None, target, method, args, kwargs)
         if self.reconnecting:
-            if len(self._held) < _MAX_HELD:
-                self._held.append(data)
+            if len(self._held) >= _MAX_HELD:
+                raise RemoteConnectionError(
+                    f"remote connection lost, reconnecting: {method}() not sent "
+                    f"(at most {_MAX_HELD} calls are held for the resume)"
+                )
+            self._held.append(data)
             return
         self._frames.send(data)
 
@@ -293,6 +305,7 @@ class Connection:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
+                self._fresh.clear()
                 try:
                     messages = p.parse_server_frame(msg.data, self._special)
                 except p.ProtocolError:
@@ -319,11 +332,10 @@ class Connection:
                 logger.warning("server error: %s", response.error.get("message"))
             return
         entry = self._pending.pop(response.id, None)
-        if entry is None:
+        if entry is None or entry[0].done():
+            self._close_unclaimed(response.result)
             return
         future, target = entry
-        if future.done():
-            return
         if response.error is not None:
             error = response.error
             future.set_exception(
@@ -338,6 +350,16 @@ class Connection:
             elif not target._closed_local:
                 target._apply_state(state)
         future.set_result(result.get("value"))
+
+    def _close_unclaimed(self, value: Any) -> None:
+        """A late answer (its call timed out or was cancelled here): the objects it made
+        are nobody's, and would live on the server until the session ends."""
+        if isinstance(value, RemoteObject):
+            if value.handle in self._fresh:  # (one known already is the app's)
+                value.close()
+        elif isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                self._close_unclaimed(item)
 
     def _on_notification(self, message: p.Notification) -> None:
         params = message.params
@@ -498,7 +520,10 @@ class Connection:
 
     async def aclose(self, *, keep_session: bool = False) -> None:
         """Close the connection. The server closes this session's objects at once, or
-        after its grace period when ``keep_session`` (to resume with ``session=``)."""
+        after its grace period when ``keep_session`` (to resume with ``session=``).
+        While ``reconnecting`` the server cannot be told: it closes them at the end of its
+        grace period (as with ``keep_session``), and the fire-and-forget calls held for
+        the resume (``close()``...) are never sent."""
         if self._closing is None:
             if not self.closed and not self.reconnecting and not keep_session:
                 self._frames.send(p.dumps(p.request(None, "bye", {})))

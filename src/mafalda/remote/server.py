@@ -1126,6 +1126,13 @@ class RemoteServer:
             ),
             session.converter(None),
         )
+        exited = [h for h, worker in session.exiting.items() if worker.subprocess_closed]
+        if exited:
+            # Closed workers that exited while the client was away: their exit, with the
+            # status wait_closed() returns, was not told (the client waits for it).
+            connection.frames.end_frame()  # the client reads the hello answer alone
+            for handle in exited:
+                session.forward(handle, "events", "subprocessclose", ())
         return session
 
     def _schemas(self) -> dict[str, dict[str, list[str]]]:

@@ -717,6 +717,86 @@ async def test_pipe_refuses_foreign_routers_and_undoes_a_failed_pipe(
     assert dump["mapProducerIdConsumerIds"] == [{"key": producer.id, "values": [consumer.id]}]
 
 
+async def test_concurrent_pipes_share_one_pair_which_closes_as_a_whole(cluster: Cluster) -> None:
+    """Producers piped at once between the same two routers share one pipe transport
+    pair (the second caller waits for the pair the first opens). When either end
+    closes, the other closes too and the pair is forgotten: the next pipe opens a new one
+    (as mediasoup's pipeToRouter pairs)."""
+    worker_a = await cluster.create_worker(log_level="warn")
+    worker_b = await cluster.create_worker(log_level="warn")
+    router_a = await worker_a.create_router(media_codecs=MEDIA_CODECS)
+    router_b = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+    send = await router_a.create_direct_transport()
+    producers = [
+        await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT))
+        for ssrc in (1111, 2222, 3333)
+    ]
+    results = await asyncio.gather(
+        *(
+            cluster.pipe_to_router(producer=p, router=router_a, target_router=router_b)
+            for p in producers[:2]
+        )
+    )
+    assert [piped.id for _, piped in results] == [p.id for p in producers[:2]]
+    assert len((await router_a.dump())["transportIds"]) == 2  # the direct one and one pipe
+    assert len((await router_b.dump())["transportIds"]) == 1
+    [pipe] = cluster.dump()["pipes"]
+    near, far = cluster._pipes[(router_a.id, router_b.id)]
+    assert [near.id, far.id] == pipe["transportIds"]
+    far.close()
+
+    async def near_closed() -> bool:
+        return near.closed
+
+    await wait_until(near_closed)
+    assert cluster.dump()["pipes"] == [] and cluster._pipes == {}
+    assert (await router_a.dump())["transportIds"] == [send.id]
+
+    _, piped = await cluster.pipe_to_router(
+        producer=producers[2], router=router_a, target_router=router_b
+    )
+    assert piped.id == producers[2].id and not piped.closed
+    [new_pipe] = cluster.dump()["pipes"]
+    assert new_pipe["transportIds"] != pipe["transportIds"]
+
+
+async def test_a_pipe_pair_opened_for_callers_that_give_up_or_fail(cluster: Cluster) -> None:
+    """A caller cancelled while the pair opens does not undo it for the caller that waits
+    with it; a pair that cannot open (the target router closed) fails its callers and
+    leaves nothing open nor pending, and the next pipe tries afresh."""
+    worker_a = await cluster.create_worker(log_level="warn")
+    worker_b = await cluster.create_worker(log_level="warn")
+    router_a = await worker_a.create_router(media_codecs=MEDIA_CODECS)
+    router_b = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+    send = await router_a.create_direct_transport()
+    first, second = [
+        await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT))
+        for ssrc in (1111, 2222)
+    ]
+    given_up = asyncio.ensure_future(
+        cluster.pipe_to_router(producer=first, router=router_a, target_router=router_b)
+    )
+    waited = asyncio.ensure_future(
+        cluster.pipe_to_router(producer=second, router=router_a, target_router=router_b)
+    )
+    await asyncio.sleep(0)  # both wait for the pair
+    assert len(cluster._pipes_opening) == 1
+    given_up.cancel()
+    _, piped = await waited
+    assert piped.id == second.id and given_up.cancelled()
+    assert len(cluster.dump()["pipes"]) == 1 and not cluster._pipes_opening
+
+    router_c = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+    router_c.close()
+    with pytest.raises(InvalidStateError):
+        await cluster.pipe_to_router(producer=first, router=router_a, target_router=router_c)
+    assert not cluster._pipes_opening and len(cluster._pipes) == 1
+    assert len((await router_a.dump())["transportIds"]) == 2  # the direct one, one pipe
+    router_d = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+    _, piped = await cluster.pipe_to_router(producer=first, router=router_a, target_router=router_d)
+    assert piped.id == first.id and len(cluster._pipes) == 2
+
+
 # -- faults and membership -----------------------------------------------------------------
 
 

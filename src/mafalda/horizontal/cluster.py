@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import ipaddress
 import logging
 import os
@@ -106,7 +107,12 @@ class Cluster:
         self._clients: dict[str, RemoteMediasoup | RemoteMafalda] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._workers: dict[RemoteWorker, str] = {}
-        self._pipes: dict[tuple[int, int], tuple[RemoteTransport, RemoteTransport]] = {}
+        #: One pipe transport pair per (router id, target router id), dropped when either
+        #: end closes; the pair being opened, shared by every caller that needs it.
+        self._pipes: dict[tuple[str, str], tuple[RemoteTransport, RemoteTransport]] = {}
+        self._pipes_opening: dict[
+            tuple[str, str], asyncio.Future[tuple[RemoteTransport, RemoteTransport]]
+        ] = {}
         self._worker_settings = worker_settings
         self._router_workers: dict[str, RemoteWorker] = {}
         self._router_worker_locks: dict[str, asyncio.Lock] = {}
@@ -506,20 +512,31 @@ class Cluster:
             raise ClusterError("both routers must live on servers of this cluster")
         if enable_srtp is None:
             enable_srtp = self.srtp_between(source["mediaAddress"], target["mediaAddress"])
-        key = (id(router), id(target_router))
+        key = (router.id, target_router.id)
         pair = self._pipes.get(key)
+        # (A pair closed before its close listeners were added is replaced here.)
         if pair is None or pair[0].closed or pair[1].closed:
-            options = {"enable_rtx": enable_rtx, "enable_srtp": enable_srtp}
-            local, remote = await open_pipe_pair(
-                router.create_pipe_transport(
-                    listen_info={"protocol": "udp", "ip": source["mediaAddress"]}, **options
-                ),
-                target_router.create_pipe_transport(
-                    listen_info={"protocol": "udp", "ip": target["mediaAddress"]}, **options
-                ),
-            )
-            pair = (local, remote)
-            self._pipes[key] = pair
+            opening = self._pipes_opening.get(key)
+            if opening is None:
+                # Callers that come while it opens share it: two pairs for one router
+                # pair would each carry half the producers, and one would be kept nowhere.
+                options = {"enable_rtx": enable_rtx, "enable_srtp": enable_srtp}
+                opening = asyncio.ensure_future(
+                    open_pipe_pair(
+                        router.create_pipe_transport(
+                            listen_info={"protocol": "udp", "ip": source["mediaAddress"]},
+                            **options,
+                        ),
+                        target_router.create_pipe_transport(
+                            listen_info={"protocol": "udp", "ip": target["mediaAddress"]},
+                            **options,
+                        ),
+                    )
+                )
+                self._pipes_opening[key] = opening
+                opening.add_done_callback(functools.partial(self._pipe_opened, key))
+            # Shielded: a caller that gives up does not undo the pair the others wait for.
+            pair = await asyncio.shield(opening)
         local, remote = pair
         pipe_consumer = await local.consume(producer_id=producer.id)
         try:
@@ -534,6 +551,26 @@ class Cluster:
             pipe_consumer.close()
             raise
         return pipe_consumer, pipe_producer
+
+    def _pipe_opened(
+        self,
+        key: tuple[str, str],
+        opening: asyncio.Future[tuple[RemoteTransport, RemoteTransport]],
+    ) -> None:
+        del self._pipes_opening[key]
+        if opening.cancelled() or opening.exception() is not None:
+            return  # (its callers got the error; nothing was kept open)
+        pair = opening.result()
+        self._pipes[key] = pair
+
+        def dropped() -> None:
+            if self._pipes.get(key) is pair:
+                del self._pipes[key]
+            for end in pair:  # one end alone carries nothing (as mediasoup's pairs)
+                end.close()
+
+        for end in pair:
+            end.observer.once("close", dropped)
 
     # -- visibility and closing ----------------------------------------------------------
 

@@ -1197,6 +1197,81 @@ async def test_streams_between_servers_of_this_process(
             await app.client.aclose()
 
 
+def _network_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+async def test_a_stream_over_a_network_is_srtp_and_a_pair_in_the_clear_is_refused() -> None:
+    """Servers whose media address is not loopback pipe with SRTP (RTP counted through
+    it); the owner refuses a new pair that comes without SRTP from such a peer, whatever
+    the asker chose, before anything is made."""
+    address = _network_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    servers: list[RemoteServer] = []
+    nodes: list[SwarmNode] = []
+    try:
+        for i in range(2):
+            servers.append(await remote.serve(host=f"127.0.0.{i + 2}", token=TOKEN))
+            node = SwarmNode(
+                servers[i],
+                token=TOKEN,
+                seeds=[servers[0].url] if i else [],
+                server_id=f"s{i + 1}",
+                interval=ROUND,
+                media_address=address,
+            )
+            await node.start()
+            nodes.append(node)
+        await wait_until(_everyone_knows(nodes, {"s1", "s2"}))
+        owner, asker = nodes[0].streams, nodes[1].streams
+        assert owner is not None and asker is not None
+        a, b = await App.on(servers[0].url), await App.on(servers[1].url)
+        try:
+            send, producer = await a.producer("127.0.0.2")
+            consumer, counter, sock = await b.consumer(producer.id)
+            with Sender(send):
+                await received(counter)
+            sock.close()
+            [far] = owner._pairs_out.values()
+            [near] = asker._pairs_in.values()
+            for pair in (far, near):
+                assert pair.transport.srtp_parameters is not None
+                assert pair.transport.tuple["localAddress"] == address
+
+            before = await _transports(a)
+            _, second = await a.producer("127.0.0.2")
+            plain = {"op": "open", "producerId": second.id, "data": False, "from": "s2"}
+            plain |= {"pipeId": "p", "pairId": "q", "ip": address, "port": 9}
+            url = route_url(servers[0].url, "streams")
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with (
+                aiohttp.ClientSession(headers=auth) as http,
+                http.post(url, json=plain) as response,
+            ):
+                error = (await response.json())["error"]
+            assert error == (
+                f"pipe pair q: SRTP is required between {address} and {address} (not both loopback)"
+            )
+            assert await _transports(a) == before + 1  # the second producer's own only
+            assert "q" not in owner._pairs_out and not consumer.closed
+        finally:
+            await a.client.aclose()
+            await b.client.aclose()
+    finally:
+        for node in nodes:
+            await node.aclose()
+        for server in servers:
+            await server.close()
+
+
 async def test_a_worker_started_before_the_streams_is_not_followed() -> None:
     async with await remote.serve(host="127.0.0.2", token=TOKEN) as server:
         early = await App.on(server.url)

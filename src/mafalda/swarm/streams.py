@@ -5,7 +5,8 @@ An app connected to server Y calls ``transport.consume(producer_id=P)`` for a pr
 P that another app created on server X. Y's router does not have P, so before the
 call runs Y asks its peers who has P, and
 pipes it in: a PipeTransport on each side (on each server's media address, SRTP unless
-both are loopback, RTX on), X consuming P into its end and Y producing it, with P's id,
+both are loopback, RTX on; X refuses a new pair without SRTP that the rule asks for,
+whatever Y sends), X consuming P into its end and Y producing it, with P's id,
 into the consuming router. The call then runs as if P had been there all along, and
 every later consumer of P on that router shares the copy. The streams between two
 routers share one PipeTransport pair, opened by the consuming server with its first
@@ -875,11 +876,18 @@ class SwarmStreams:
     async def _pair_out(self, router: Any, message: dict[str, Any]) -> _Pair:
         """A pair a peer opens with this server's ``router``: this end, connected."""
         pair_id = message["pairId"]
+        srtp = message.get("srtpParameters") is not None
+        peer = self._members()[message["from"]]  # (_open_out waited for it, no await since)
+        if not srtp and Cluster.srtp_between(self.media_address, peer["mediaAddress"]):
+            # The media would cross a network in the clear: the asker decides for its
+            # end, this server for its own, by the same rule.
+            raise StreamError(
+                f"pipe pair {pair_id}: SRTP is required between {self.media_address} and "
+                f"{peer['mediaAddress']} (not both loopback)"
+            )
         self._pairs_opening.add(pair_id)
         try:
-            transport = await self._pipe_transport(
-                router, message.get("srtpParameters") is not None
-            )
+            transport = await self._pipe_transport(router, srtp)
             try:
                 await transport.connect(
                     ip=message["ip"],

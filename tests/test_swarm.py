@@ -1365,6 +1365,50 @@ async def test_one_pipe_id_opened_twice_at_once_is_opened_once() -> None:
             await a.client.aclose()
 
 
+async def test_one_new_pair_id_opened_twice_at_once_is_opened_once() -> None:
+    """A faulty or hostile peer opening two streams on one new pair id at once (the
+    worker held so that the first open waits there): the second is refused, so no
+    pair is made that nothing would close; closing the pair leaves nothing."""
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
+    ):
+        streams = n1.streams
+        assert streams is not None
+        a = await App.on(s1.url)
+        url = route_url(s1.url, "streams")
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            _, other = await a.producer("127.0.0.2")
+            before = await _transports(a)
+            new_pair = {"op": "open", "from": "s1", "pairId": "q", "ip": "127.0.0.1", "port": 9}
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+
+                async def post(message: dict[str, Any]) -> Any:
+                    async with http.post(url, json=message) as response:
+                        return await response.json()
+
+                (worker,) = a.client.workers
+                os.kill(worker.pid, signal.SIGSTOP)
+                try:
+                    first = asyncio.ensure_future(
+                        post(new_pair | {"pipeId": "a", "producerId": producer.id})
+                    )
+                    await wait_until(lambda: "q" in streams._pairs_opening)
+                    second = await post(new_pair | {"pipeId": "b", "producerId": other.id})
+                finally:
+                    os.kill(worker.pid, signal.SIGCONT)
+                assert second == {"error": "pipe pair q is being opened already"}
+                assert (await first)["kind"] == "audio"
+                assert list(streams._out) == ["a"] and list(streams._pairs_out) == ["q"]
+                assert await _transports(a) == before + 1
+                assert await post({"op": "closepair", "pairId": "q"}) == {}
+                assert streams._out == {} and streams._pairs_out == {}
+                assert await _transports(a) == before
+        finally:
+            await a.client.aclose()
+
+
 async def test_a_pipe_or_pair_closed_by_its_peer_while_it_opens_is_not_kept() -> None:
     """A peer that gave up on an open (its call timed out) says 'close' and 'closepair'
     while the open still runs here (the worker held, SIGSTOP): the open fails once the

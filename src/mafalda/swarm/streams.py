@@ -876,6 +876,10 @@ class SwarmStreams:
     async def _pair_out(self, router: Any, message: dict[str, Any]) -> _Pair:
         """A pair a peer opens with this server's ``router``: this end, connected."""
         pair_id = message["pairId"]
+        if pair_id in self._pairs_opening:
+            # Only a faulty or hostile peer (an asker opens a pair once): the pair made
+            # second would take the first's place, which nothing would close.
+            raise StreamError(f"pipe pair {pair_id} is being opened already")
         srtp = message.get("srtpParameters") is not None
         peer = self._members()[message["from"]]  # (_open_out waited for it, no await since)
         if not srtp and Cluster.srtp_between(self.media_address, peer["mediaAddress"]):

@@ -1319,94 +1319,89 @@ async def test_two_streams_of_one_router_brought_at_once_share_one_pair(
         await b.client.aclose()
 
 
+Post = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@contextlib.asynccontextmanager
+async def _lone_node(**options: Any) -> AsyncIterator[tuple[SwarmStreams, App, Post]]:
+    """s1 alone (on 127.0.0.2; ``options`` for its SwarmNode), an app's router there,
+    and ``post``, which sends a message to s1's streams route as a peer would."""
+    async with (
+        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND, **options) as n1,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+    ):
+        assert n1.streams is not None
+        url = route_url(s1.url, "streams")
+
+        async def post(message: dict[str, Any]) -> Any:
+            async with http.post(url, json=message) as response:
+                return await response.json()
+
+        a = await App.on(s1.url)
+        try:
+            yield n1.streams, a, post
+        finally:
+            await a.client.aclose()
+
+
 async def test_one_pipe_id_opened_twice_at_once_is_opened_once() -> None:
     """A faulty or hostile peer opening one pipe id on two pairs at once (the worker held
     so that the first open waits there): one is opened, the other refused; closing the
     pairs leaves nothing."""
-    async with (
-        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
-        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
-    ):
-        assert n1.streams is not None
-        a = await App.on(s1.url)
-        url = route_url(s1.url, "streams")
+    async with _lone_node() as (streams, a, post):
+        _, producer = await a.producer("127.0.0.2")
+        # (from a member: this server itself will do)
+        opening = {"op": "open", "producerId": producer.id, "from": "s1"}
+        for pipe_id, pair_id in (("a", "q1"), ("b", "q2")):
+            pair = {"pipeId": pipe_id, "pairId": pair_id, "ip": "127.0.0.1", "port": 9}
+            assert (await post(opening | pair))["kind"] == "audio"
+        (worker,) = a.client.workers
+        os.kill(worker.pid, signal.SIGSTOP)
         try:
-            _, producer = await a.producer("127.0.0.2")
-            # (from a member: this server itself will do)
-            opening = {"op": "open", "producerId": producer.id, "from": "s1"}
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-
-                async def post(message: dict[str, Any]) -> Any:
-                    async with http.post(url, json=message) as response:
-                        return await response.json()
-
-                for pipe_id, pair_id in (("a", "q1"), ("b", "q2")):
-                    pair = {"pipeId": pipe_id, "pairId": pair_id, "ip": "127.0.0.1", "port": 9}
-                    assert (await post(opening | pair))["kind"] == "audio"
-                (worker,) = a.client.workers
-                os.kill(worker.pid, signal.SIGSTOP)
-                try:
-                    both = asyncio.gather(
-                        *(post(opening | {"pipeId": "x", "pairId": q}) for q in ("q1", "q2"))
-                    )
-                    await asyncio.sleep(0.3)
-                finally:
-                    os.kill(worker.pid, signal.SIGCONT)
-                answers = await both
-                assert sorted(("kind" in answer, answer.get("error")) for answer in answers) == [
-                    (False, "pipe x is open already"),
-                    (True, None),
-                ]
-                assert sorted(n1.streams._out) == ["a", "b", "x"]
-                for pair_id in ("q1", "q2"):
-                    assert await post({"op": "closepair", "pairId": pair_id}) == {}
-                assert n1.streams._out == {} and n1.streams._pairs_out == {}
+            both = asyncio.gather(
+                *(post(opening | {"pipeId": "x", "pairId": q}) for q in ("q1", "q2"))
+            )
+            await asyncio.sleep(0.3)
         finally:
-            await a.client.aclose()
+            os.kill(worker.pid, signal.SIGCONT)
+        answers = await both
+        assert sorted(("kind" in answer, answer.get("error")) for answer in answers) == [
+            (False, "pipe x is open already"),
+            (True, None),
+        ]
+        assert sorted(streams._out) == ["a", "b", "x"]
+        for pair_id in ("q1", "q2"):
+            assert await post({"op": "closepair", "pairId": pair_id}) == {}
+        assert streams._out == {} and streams._pairs_out == {}
 
 
 async def test_one_new_pair_id_opened_twice_at_once_is_opened_once() -> None:
     """A faulty or hostile peer opening two streams on one new pair id at once (the
     worker held so that the first open waits there): the second is refused, so no
     pair is made that nothing would close; closing the pair leaves nothing."""
-    async with (
-        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
-        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
-    ):
-        streams = n1.streams
-        assert streams is not None
-        a = await App.on(s1.url)
-        url = route_url(s1.url, "streams")
+    async with _lone_node() as (streams, a, post):
+        _, producer = await a.producer("127.0.0.2")
+        _, other = await a.producer("127.0.0.2")
+        before = await _transports(a)
+        new_pair = {"op": "open", "from": "s1", "pairId": "q", "ip": "127.0.0.1", "port": 9}
+        (worker,) = a.client.workers
+        os.kill(worker.pid, signal.SIGSTOP)
         try:
-            _, producer = await a.producer("127.0.0.2")
-            _, other = await a.producer("127.0.0.2")
-            before = await _transports(a)
-            new_pair = {"op": "open", "from": "s1", "pairId": "q", "ip": "127.0.0.1", "port": 9}
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-
-                async def post(message: dict[str, Any]) -> Any:
-                    async with http.post(url, json=message) as response:
-                        return await response.json()
-
-                (worker,) = a.client.workers
-                os.kill(worker.pid, signal.SIGSTOP)
-                try:
-                    first = asyncio.ensure_future(
-                        post(new_pair | {"pipeId": "a", "producerId": producer.id})
-                    )
-                    await wait_until(lambda: "q" in streams._pairs_opening)
-                    second = await post(new_pair | {"pipeId": "b", "producerId": other.id})
-                finally:
-                    os.kill(worker.pid, signal.SIGCONT)
-                assert second == {"error": "pipe pair q is being opened already"}
-                assert (await first)["kind"] == "audio"
-                assert list(streams._out) == ["a"] and list(streams._pairs_out) == ["q"]
-                assert await _transports(a) == before + 1
-                assert await post({"op": "closepair", "pairId": "q"}) == {}
-                assert streams._out == {} and streams._pairs_out == {}
-                assert await _transports(a) == before
+            first = asyncio.ensure_future(
+                post(new_pair | {"pipeId": "a", "producerId": producer.id})
+            )
+            await wait_until(lambda: "q" in streams._pairs_opening)
+            second = await post(new_pair | {"pipeId": "b", "producerId": other.id})
         finally:
-            await a.client.aclose()
+            os.kill(worker.pid, signal.SIGCONT)
+        assert second == {"error": "pipe pair q is being opened already"}
+        assert (await first)["kind"] == "audio"
+        assert list(streams._out) == ["a"] and list(streams._pairs_out) == ["q"]
+        assert await _transports(a) == before + 1
+        assert await post({"op": "closepair", "pairId": "q"}) == {}
+        assert streams._out == {} and streams._pairs_out == {}
+        assert await _transports(a) == before
 
 
 async def test_a_pipe_or_pair_closed_by_its_peer_while_it_opens_is_not_kept() -> None:
@@ -1414,58 +1409,35 @@ async def test_a_pipe_or_pair_closed_by_its_peer_while_it_opens_is_not_kept() ->
     while the open still runs here (the worker held, SIGSTOP): the open fails once the
     worker goes on, and what it made is closed, a new pair with its stream, and on a
     pair that stays only the stream."""
-    async with (
-        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
-        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND) as n1,
-    ):
-        streams = n1.streams
-        assert streams is not None
-        a = await App.on(s1.url)
-        url = route_url(s1.url, "streams")
+    async with _lone_node() as (streams, a, post):
         (worker,) = a.client.workers
-        stopped = None
-        try:
-            _, producer = await a.producer("127.0.0.2")
-            before = await _transports(a)
-            opening = {"op": "open", "producerId": producer.id, "from": "s1"}
-            new_pair = {"pipeId": "x", "pairId": "q", "ip": "127.0.0.1", "port": 9}
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-
-                async def post(message: dict[str, Any]) -> Any:
-                    async with http.post(url, json=message) as response:
-                        return await response.json()
-
-                close_x = {"op": "close", "pipeId": "x"}
-                cases = (
-                    (new_pair, [close_x, {"op": "closepair", "pairId": "q"}], "pipe pair q was"),
-                    (
-                        {"pipeId": "z", "pairId": "r"},
-                        [{"op": "close", "pipeId": "z"}],
-                        "pipe z was",
-                    ),
-                )
-                for pair, said, error in cases:
-                    if pair["pairId"] == "r":  # a pair carrying a stream already
-                        carried = {"pipeId": "y", "pairId": "r", "ip": "127.0.0.1", "port": 9}
-                        assert (await post(opening | carried))["kind"] == "audio"
-                    os.kill(worker.pid, signal.SIGSTOP)
-                    stopped = worker.pid
-                    answer = asyncio.ensure_future(post(opening | pair))
-                    await wait_until(lambda p=pair["pipeId"]: p in streams._opening)
-                    for notice in said:
-                        assert await post(notice) == {}
-                    os.kill(worker.pid, signal.SIGCONT)
-                    stopped = None
-                    assert (await answer)["error"].startswith(error)
-                    assert streams._cancelled == set() and streams._pairs_opening == set()
-                assert list(streams._out) == ["y"] and list(streams._pairs_out) == ["r"]
-                assert await _transports(a) == before + 1  # the pair r
-                assert await post({"op": "closepair", "pairId": "r"}) == {}
-                assert await _transports(a) == before and not streams._out
-        finally:
-            if stopped is not None:
-                os.kill(stopped, signal.SIGCONT)
-            await a.client.aclose()
+        _, producer = await a.producer("127.0.0.2")
+        before = await _transports(a)
+        opening = {"op": "open", "producerId": producer.id, "from": "s1"}
+        new_pair = {"pipeId": "x", "pairId": "q", "ip": "127.0.0.1", "port": 9}
+        close_x = {"op": "close", "pipeId": "x"}
+        cases = (
+            (new_pair, [close_x, {"op": "closepair", "pairId": "q"}], "pipe pair q was"),
+            ({"pipeId": "z", "pairId": "r"}, [{"op": "close", "pipeId": "z"}], "pipe z was"),
+        )
+        for pair, said, error in cases:
+            if pair["pairId"] == "r":  # a pair carrying a stream already
+                carried = {"pipeId": "y", "pairId": "r", "ip": "127.0.0.1", "port": 9}
+                assert (await post(opening | carried))["kind"] == "audio"
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                answer = asyncio.ensure_future(post(opening | pair))
+                await wait_until(lambda p=pair["pipeId"]: p in streams._opening)
+                for notice in said:
+                    assert await post(notice) == {}
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            assert (await answer)["error"].startswith(error)
+            assert streams._cancelled == set() and streams._pairs_opening == set()
+        assert list(streams._out) == ["y"] and list(streams._pairs_out) == ["r"]
+        assert await _transports(a) == before + 1  # the pair r
+        assert await post({"op": "closepair", "pairId": "r"}) == {}
+        assert await _transports(a) == before and not streams._out
 
 
 async def test_an_open_from_a_server_waits_for_it_to_join_then_not_longer() -> None:
@@ -1473,53 +1445,37 @@ async def test_an_open_from_a_server_waits_for_it_to_join_then_not_longer() -> N
     waits for it to join (at most find_timeout), and the pipe closes with its leave. A
     server that does not join is refused: a pipe to it would never close."""
     async with (
-        await remote.serve(host="127.0.0.2", token=TOKEN) as s1,
+        _lone_node(find_timeout=5) as (streams, a, post),
         await remote.serve(host="127.0.0.3", token=TOKEN) as s2,
-        SwarmNode(s1, token=TOKEN, server_id="s1", interval=ROUND, find_timeout=5) as n1,
     ):
-        streams = n1.streams
-        assert streams is not None
-        a = await App.on(s1.url)
-        url = route_url(s1.url, "streams")
-        try:
-            _, producer = await a.producer("127.0.0.2")
-            opening = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q"}
-            opening |= {"pipeId": "x", "ip": "127.0.0.1", "port": 9}
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-
-                async def post(message: dict[str, Any]) -> Any:
-                    async with http.post(url, json=message) as response:
-                        return await response.json()
-
-                answer = asyncio.ensure_future(post(opening))
-                await asyncio.sleep(ROUND * 3)
-                assert not answer.done() and not streams._out
-                async with SwarmNode(
-                    s2, token=TOKEN, seeds=[s1.url], server_id="s2", interval=ROUND
-                ) as n2:
-                    assert (await answer)["kind"] == "audio"
-                    assert list(streams._out) == ["x"]
-                    # s2 leaves while a stream on a new pair opens here (the worker held):
-                    # the pipes close with the leave, and that one once it is made.
-                    (worker,) = a.client.workers
-                    os.kill(worker.pid, signal.SIGSTOP)
-                    try:
-                        second = asyncio.ensure_future(
-                            post(opening | {"pipeId": "x2", "pairId": "q2"})
-                        )
-                        await wait_until(lambda: "x2" in streams._opening)
-                        await n2.aclose()
-                        await wait_until(lambda: not streams._out and not streams._pairs_out)
-                    finally:
-                        os.kill(worker.pid, signal.SIGCONT)
-                    error = "pipe x2 was closed, or server s2 left, meanwhile"
-                    assert (await second)["error"] == error
-                    assert not streams._out and not streams._pairs_out
-                streams.find_timeout = 0.2
-                refused = await post(opening | {"from": "s9"})
-                assert refused == {"error": "server s9 is not in this swarm"}
-        finally:
-            await a.client.aclose()
+        _, producer = await a.producer("127.0.0.2")
+        opening = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q"}
+        opening |= {"pipeId": "x", "ip": "127.0.0.1", "port": 9}
+        answer = asyncio.ensure_future(post(opening))
+        await asyncio.sleep(ROUND * 3)
+        assert not answer.done() and not streams._out
+        async with SwarmNode(
+            s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND
+        ) as n2:
+            assert (await answer)["kind"] == "audio"
+            assert list(streams._out) == ["x"]
+            # s2 leaves while a stream on a new pair opens here (the worker held):
+            # the pipes close with the leave, and that one once it is made.
+            (worker,) = a.client.workers
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                second = asyncio.ensure_future(post(opening | {"pipeId": "x2", "pairId": "q2"}))
+                await wait_until(lambda: "x2" in streams._opening)
+                await n2.aclose()
+                await wait_until(lambda: not streams._out and not streams._pairs_out)
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            error = "pipe x2 was closed, or server s2 left, meanwhile"
+            assert (await second)["error"] == error
+            assert not streams._out and not streams._pairs_out
+        streams.find_timeout = 0.2
+        refused = await post(opening | {"from": "s9"})
+        assert refused == {"error": "server s9 is not in this swarm"}
 
 
 async def test_streams_route_refuses_and_answers(

@@ -972,6 +972,27 @@ async def test_piped_copy_on_a_worker_hosting_the_id_gets_an_alias(mafalda: Mafa
     assert (await room_b.mafalda_dump())["pipes"] == []
 
 
+async def test_observer_watching_a_copy_with_an_alias_holds_its_pipe(mafalda: Mafalda) -> None:
+    """An observer on a worker that hosts the id already (room B's copy) watches room A's
+    producer through a copy under an alias: the observer holds that pipe open."""
+    room_a = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    _, producer = await _audio_producer(room_a)
+    mafalda.policy = _Pinned(1)
+    await room_a.pipe_to_router(router=room_b, producer_id=producer.id)
+    observer = await room_a.create_audio_level_observer()
+    assert room_a.worker_of(observer) is mafalda.workers[1]
+    await observer.add_producer(producer_id=producer.id)
+    await asyncio.sleep(0.05)
+    assert len((await room_a.mafalda_dump())["pipes"]) == 1
+    assert {"key": producer.id, "values": [observer.id]} in (await room_a.dump())[
+        "mapProducerIdObserverIds"
+    ]
+    await observer.remove_producer(producer_id=producer.id)
+    assert (await room_a.mafalda_dump())["pipes"] == []
+
+
 async def test_sctp_connected_waits_for_the_association(worker: Worker) -> None:
     # Two workers, as Mafalda's pipes (two SCTP ends in one worker never connect).
     other_worker = await create_worker()
@@ -1189,6 +1210,45 @@ async def test_worker_killed_while_a_transport_is_being_placed_on_it() -> None:
         new_worker = await asyncio.wait_for(replaced, 10)
         transport = await router.create_plain_transport(listen_info=LISTEN)
         assert router.worker_of(transport) is new_worker
+
+
+@pytest.mark.parametrize("grows", [False, True])
+async def test_a_lost_worker_is_replaced_once_whatever_placement_does(grows: bool) -> None:
+    """A transport placed right after a worker died, before its replacement started: a
+    full pool does not grow past num_workers for it; a pool that may grow does, and then
+    the replacement is not needed."""
+    async with await Mafalda.start(
+        num_workers=3 if grows else 2,
+        min_workers=2,
+        policy="spread",
+        worker_settings={"log_level": "warn"},
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        victim, survivor = m.workers
+        # One transport on each worker: "spread" wants a new worker from then on.
+        await router.create_direct_transport()
+        await router.create_direct_transport()
+        replaced: list[Worker] = []
+        m.on("workerreplaced", replaced.append)
+        placed: list[asyncio.Future[PlainTransport]] = []
+        if grows:
+            m.policy = _Pinned(2)  # a new worker each time the pool may grow
+        # From the 'workerdied' handler: placed before the replacement starts.
+        m.on(
+            "workerdied",
+            lambda loss: placed.append(
+                asyncio.ensure_future(router.create_plain_transport(listen_info=LISTEN))
+            ),
+        )
+        os.kill(victim.pid, signal.SIGKILL)
+        await asyncio.wait_for(_until(lambda: placed), 5)
+        transport = await asyncio.wait_for(placed[0], 10)
+        await asyncio.wait_for(_until(lambda: m._replacing == 0), 10)
+        assert len(m.workers) == 2 and victim not in m.workers
+        if grows:
+            assert replaced == [] and router.worker_of(transport) not in (victim, survivor)
+        else:
+            assert router.worker_of(transport) is survivor and replaced == [m.workers[1]]
 
 
 async def _split(m: Mafalda, data: bool) -> tuple[MafaldaRouter, Any, PlainTransport]:

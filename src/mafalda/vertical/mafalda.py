@@ -101,6 +101,9 @@ class Mafalda(EventSource):
         self._webrtc_servers: dict[str, MafaldaWebRtcServer] = {}
         self._closed = False
         self._grow_lock = asyncio.Lock()
+        #: Replacements of lost workers not yet started: placement counts them as started,
+        #: or a pool that lost a worker would grow past num_workers.
+        self._replacing = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sampler: asyncio.Task[None] | None = None
         self.events = EventEmitter()
@@ -238,7 +241,7 @@ class Mafalda(EventSource):
         self.events.emit("workerdied", loss)
         self.observer.emit("workerdied", loss)
         if not self._closed and len(self._pool) < self._min_workers:
-            self._spawn(self._replace_worker())
+            self._replace_soon()
 
     def _on_worker_closed(self, worker: Worker) -> None:
         """A worker closed by someone else (not died): forget it, keep min_workers."""
@@ -248,15 +251,26 @@ class Mafalda(EventSource):
         logger.warning("worker %s was closed outside Mafalda", worker.pid)
         self.observer.emit("workerclose", worker)
         if len(self._pool) < self._min_workers:
-            self._spawn(self._replace_worker())
+            self._replace_soon()
+
+    def _replace_soon(self) -> None:
+        self._replacing += 1
+        self._spawn(self._replace_worker())
 
     async def _replace_worker(self) -> None:
         try:
-            worker = await self._add_worker()
+            # Under the lock of placement's growth: a pool grown back to min_workers
+            # meanwhile needs no replacement.
+            async with self._grow_lock:
+                if len(self._pool) >= self._min_workers:
+                    return
+                worker = await self._add_worker()
         except Exception as error:
             if not self._closed:
                 logger.error("could not replace a dead worker: %s", error)
             return
+        finally:
+            self._replacing -= 1
         self.events.emit("workerreplaced", worker)
 
     def record_loss(self, worker: Worker, kind: str, object_id: str) -> None:
@@ -416,7 +430,7 @@ class Mafalda(EventSource):
         self._check_open()
         while True:
             workers = list(self._pool)
-            can_grow = len(workers) < self._num_workers
+            can_grow = len(workers) + self._replacing < self._num_workers
             choice = self.policy.choose(self.loads(router), can_grow=can_grow)
             if choice == GROW and can_grow:
                 async with self._grow_lock:

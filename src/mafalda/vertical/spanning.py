@@ -572,6 +572,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
 
         def added(producer: Any) -> None:
             pipe = self._pipes.get(pipe_key(producer.id, host, False))
+            if pipe is None or pipe.producer is not producer:
+                # A copy on a host that had its id already goes by an alias.
+                pipe = next((p for p in self._pipes.values() if p.producer is producer), None)
             if pipe is not None:
                 pipe.users.add(f"observer:{oid}")
                 watched[producer.id] = pipe

@@ -353,6 +353,8 @@ async def test_pipe_keeping_ids_into_the_same_worker_is_refused(
     sent = channel._next_id
     with pytest.raises(TypeError, match="keep_id: the destination Router is in the same Worker"):
         await pipe(True)
+    with pytest.raises(TypeError, match="keep_id must be a bool"):
+        await pipe("no")
     assert channel._next_id == sent
     assert (await other.dump())["transportIds"] == []
     result = await pipe(False)

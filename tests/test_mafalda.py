@@ -972,6 +972,99 @@ async def test_piped_copy_on_a_worker_hosting_the_id_gets_an_alias(mafalda: Mafa
     assert (await room_b.mafalda_dump())["pipes"] == []
 
 
+@pytest.mark.parametrize("data", [False, True])
+async def test_pipe_into_a_mafalda_router_under_a_new_id(mafalda: Mafalda, data: bool) -> None:
+    """keep_id=False: as mediasoup's, the target knows each copy by its new id only (the
+    source's stays free there) and consumes it on any worker."""
+    room_a = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    original: Any
+    if data:
+        original = await (await room_a.create_direct_transport()).produce_data(label="chat")
+        field, source = "pipeDataProducer", {"data_producer_id": original.id}
+    else:
+        _, original = await _audio_producer(room_a)
+        field, source = "pipeProducer", {"producer_id": original.id}
+    with pytest.raises(TypeError, match="keep_id must be a bool"):
+        await room_a.pipe_to_router(router=room_b, keep_id=1, **source)
+    first = (await room_a.pipe_to_router(router=room_b, keep_id=False, **source))[field]
+    second = (await room_a.pipe_to_router(router=room_b, keep_id=False, **source))[field]
+    assert len({original.id, first.id, second.id}) == 3
+    assert room_b.worker_of(first) is room_b.worker_of(second) is mafalda.workers[0]
+    has = room_b.has_data_producer if data else room_b.has_producer
+    assert has(first.id) and has(second.id) and not has(original.id)
+    mafalda.policy = _Pinned(1)
+    if data:
+        far: Any = await room_b.create_direct_transport()
+        consumer: Any = await far.consume_data(data_producer_id=first.id)
+        assert consumer.data_producer_id == first.id
+    else:
+        far = await room_b.create_plain_transport(listen_info=LISTEN)
+        consumer = await far.consume(producer_id=first.id, rtp_capabilities=room_b.rtp_capabilities)
+        assert consumer.producer_id == first.id
+    assert room_b.worker_of(far) is mafalda.workers[1]
+    first.close()
+    await asyncio.wait_for(_until(lambda: consumer.closed), 5)
+    assert not has(first.id) and has(second.id)
+    # Keeping the id on the source's own worker: the copy there needs another, and the
+    # target knows it by the source's.
+    mafalda.policy = _Pinned(0)
+    kept = (await room_a.pipe_to_router(router=room_b, **source))[field]
+    assert kept.id != original.id and has(original.id)
+    assert room_b.worker_of(kept) is mafalda.workers[0]
+
+
+async def test_two_rooms_piping_one_id_into_a_worker_at_once() -> None:
+    """Room A's producer and room B's copy of it (pipe_to_router keeps the id) are both
+    piped into a third worker at once: the first copy takes the id there, the second an
+    alias, instead of the worker refusing it. The third worker is held with SIGSTOP so that
+    both copies are being made together."""
+    async with await Mafalda.start(
+        num_workers=3, min_workers=3, worker_settings={"log_level": "warn"}
+    ) as m:
+        room_a = await m.create_router(media_codecs=MEDIA_CODECS)
+        room_b = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(0)
+        _, producer = await _audio_producer(room_a)
+        _, other_a = await _audio_producer(room_a, ssrc=2222)
+        m.policy = _Pinned(1)
+        await room_a.pipe_to_router(router=room_b, producer_id=producer.id)
+        _, other_b = await _audio_producer(room_b, ssrc=3333)
+        m.policy = _Pinned(2)
+        third = m.workers[2]
+        a = await room_a.create_plain_transport(listen_info=LISTEN)
+        b = await room_b.create_plain_transport(listen_info=LISTEN)
+        # The pipe pairs into the third worker are open already: what follows only makes
+        # copies there.
+        await a.consume(producer_id=other_a.id, rtp_capabilities=room_a.rtp_capabilities)
+        await b.consume(producer_id=other_b.id, rtp_capabilities=room_a.rtp_capabilities)
+        key = ("media", producer.id, third)
+        os.kill(third.pid, signal.SIGSTOP)
+        try:
+            consumes = [
+                asyncio.ensure_future(
+                    t.consume(producer_id=producer.id, rtp_capabilities=room_a.rtp_capabilities)
+                )
+                for t in (a, b)
+            ]
+            await asyncio.wait_for(
+                _until(
+                    lambda: all(
+                        key in r._pipes and r._pipes[key].consumer is not None
+                        for r in (room_a, room_b)
+                    )
+                ),
+                5,
+            )
+        finally:
+            os.kill(third.pid, signal.SIGCONT)
+        for consumer in await asyncio.wait_for(asyncio.gather(*consumes), 5):
+            assert consumer.producer_id == producer.id
+        ids = {room_a._pipes[key].producer.id, room_b._pipes[key].producer.id}
+        assert producer.id in ids and len(ids) == 2
+
+
 async def test_observer_watching_a_copy_with_an_alias_holds_its_pipe(mafalda: Mafalda) -> None:
     """An observer on a worker that hosts the id already (room B's copy) watches room A's
     producer through a copy under an alias: the observer holds that pipe open."""

@@ -201,6 +201,9 @@ class ClusterRouter(SpanningRouter[str]):
     def _child_gone(self, host: str) -> None:
         self._cluster.release_router_worker(host)
 
+    def _claim_id(self, host: str, source_id: str) -> contextlib.AbstractContextManager[bool]:
+        return contextlib.nullcontext(not self._hosts_source(host, source_id))
+
     def _hosts_source(self, host: str, source_id: str) -> bool:
         # On a mediasoup server every cluster router's child lives on this client's one
         # worker there, where ids are unique: another router (a breakout room fed by

@@ -635,6 +635,8 @@ class Router(EventSource):
             raise TypeError("missing producer_id or data_producer_id")
         if producer_id and data_producer_id:
             raise TypeError("just producer_id or data_producer_id can be given")
+        if not isinstance(keep_id, bool):
+            raise TypeError("keep_id must be a bool")
         if not isinstance(router, Router):
             raise TypeError("router must be a Router")
         if router is self:

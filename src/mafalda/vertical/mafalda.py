@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -104,6 +104,8 @@ class Mafalda(EventSource):
         #: Replacements of lost workers not yet started: placement counts them as started,
         #: or a pool that lost a worker would grow past num_workers.
         self._replacing = 0
+        #: (worker, id) of the copies being made there under their source's id.
+        self._claimed: set[tuple[Worker, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sampler: asyncio.Task[None] | None = None
         self.events = EventEmitter()
@@ -281,8 +283,26 @@ class Mafalda(EventSource):
         """
         self._pool[worker].loss.setdefault(kind, []).append(object_id)
 
+    @contextlib.contextmanager
+    def claim_id(self, worker: Worker, producer_id: str) -> Iterator[bool]:
+        """Around the making of a copy of a (data) producer on ``worker``: whether it may
+        keep the id, which it then holds until made (two routers piping copies of one id
+        there at once: the second gets its own)."""
+        if self.worker_hosts(worker, producer_id):
+            yield False
+            return
+        claim = (worker, producer_id)
+        self._claimed.add(claim)
+        try:
+            yield True
+        finally:
+            self._claimed.discard(claim)
+
     def worker_hosts(self, worker: Worker, producer_id: str) -> bool:
-        """Whether a producer or data producer with this id exists on ``worker``."""
+        """Whether a producer or data producer with this id exists on ``worker``, or a
+        copy is being made there with it."""
+        if (worker, producer_id) in self._claimed:
+            return True
         for router in self._routers.values():
             child = router.child_router(worker)
             if child is None:

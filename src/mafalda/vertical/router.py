@@ -69,8 +69,8 @@ class MafaldaRouter(SpanningRouter[Worker]):
     def _record_loss(self, host: Worker, kind: str, object_id: str) -> None:
         self._mafalda.record_loss(host, kind, object_id)
 
-    def _hosts_source(self, host: Worker, source_id: str) -> bool:
-        return self._mafalda.worker_hosts(host, source_id)
+    def _claim_id(self, host: Worker, source_id: str) -> contextlib.AbstractContextManager[bool]:
+        return self._mafalda.claim_id(host, source_id)
 
     def _guard(self, host: Worker, transport: Any) -> None:
         # One router: an id is unique in it as in a Router (whose worker refuses a
@@ -121,9 +121,15 @@ class MafaldaRouter(SpanningRouter[Worker]):
             return self._transport_host[obj.id]
         if isinstance(obj, RtpObserver) and obj.id in self._observer_host:
             return self._observer_host[obj.id]
-        home = self._home.get((obj.id, isinstance(obj, DataProducer)))
+        data = isinstance(obj, DataProducer)
+        home = self._home.get((obj.id, data))
         if home is not None:
             return home
+        # A copy under its own id on a worker that had the source's, known by the latter.
+        table: dict[str, Any] = self._data_producers if data else self._producers
+        for key, source in table.items():
+            if source is obj:
+                return self._home[(key, data)]
         raise ValueError(f"{type(obj).__name__} {obj.id} is not on this router")
 
     @contextlib.asynccontextmanager
@@ -229,8 +235,11 @@ class MafaldaRouter(SpanningRouter[Worker]):
         **options: Any,
     ) -> PipeToRouterResult:
         """As mediasoup's, from wherever the (data) producer lives into ``router``."""
+        if not isinstance(options.get("keep_id", True), bool):
+            raise TypeError("keep_id must be a bool")
         source_id, home = self._pipe_source(router, producer_id, data_producer_id)
-        if not isinstance(router, MafaldaRouter):
+        if not isinstance(router, MafaldaRouter) or not options.get("keep_id", True):
+            # A copy with a new id takes nothing of the target's id space.
             return await self._pipe_to(
                 router, source_id, home, producer_id, data_producer_id, options
             )
@@ -250,16 +259,17 @@ class MafaldaRouter(SpanningRouter[Worker]):
     ) -> PipeToRouterResult:
         target: Router
         target_worker: Worker | None = None
+        keep_id = options.get("keep_id", True)
         async with contextlib.AsyncExitStack() as stack:
             if isinstance(router, MafaldaRouter):
                 target_worker = await router._mafalda.place(router)
                 _, target = await stack.enter_async_context(router._placed(target_worker))
-                if options.get("keep_id", True) and router._mafalda.worker_hosts(
-                    target_worker, source_id
-                ):
-                    # Ids are unique per worker: the copy gets its own id there, and the
-                    # target router knows it by the original one.
-                    options["keep_id"] = False
+                if keep_id:
+                    # Ids are unique per worker: a copy where the id is taken gets its own
+                    # there, and the target router knows it by the original one.
+                    options["keep_id"] = stack.enter_context(
+                        router._mafalda.claim_id(target_worker, source_id)
+                    )
             elif isinstance(router, Router):
                 target = router
             else:
@@ -272,17 +282,20 @@ class MafaldaRouter(SpanningRouter[Worker]):
                 **options,
             )
             if isinstance(router, MafaldaRouter) and target_worker is not None:
-                # The piped copy is the target router's producer from now on, by this id.
+                # The piped copy is the target router's producer from now on, by the
+                # source's id unless the caller asked for a new one.
                 if "pipeProducer" in result:
                     piped = result["pipeProducer"]
-                    if piped.id != source_id:
-                        target.alias_producer(source_id, piped)
-                    router._adopt_producer(target_worker, piped, source_id)
+                    key = source_id if keep_id else piped.id
+                    if piped.id != key:
+                        target.alias_producer(key, piped)
+                    router._adopt_producer(target_worker, piped, key)
                 if "pipeDataProducer" in result:
                     piped_data = result["pipeDataProducer"]
-                    if piped_data.id != source_id:
-                        target.alias_data_producer(source_id, piped_data)
-                    router._adopt_data_producer(target_worker, piped_data, source_id)
+                    key = source_id if keep_id else piped_data.id
+                    if piped_data.id != key:
+                        target.alias_data_producer(key, piped_data)
+                    router._adopt_data_producer(target_worker, piped_data, key)
         return result
 
     # -- RTP observers --------------------------------------------------------------------------

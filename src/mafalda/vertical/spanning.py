@@ -151,9 +151,10 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         """An object of this router closed because ``host`` died."""
 
     @abstractmethod
-    def _hosts_source(self, host: H, source_id: str) -> bool:
-        """Whether a (data) producer with this id already exists on ``host``'s worker
-        (then a copy there needs its own id, known to the child by the original one)."""
+    def _claim_id(self, host: H, source_id: str) -> contextlib.AbstractContextManager[bool]:
+        """Around the making of a copy of ``source_id`` on ``host``: whether it may keep
+        that id (no (data) producer there has it or is being made with it). One that may
+        not gets its own id, and the child knows it by the original one too."""
 
     def _alias(self, host: H, source_id: str, piped: Any, data: bool) -> None:
         """Make ``host``'s child find the copy ``piped`` (made with its own id) by
@@ -379,6 +380,18 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             return
         pipe.ready.set_result(None)
 
+    async def _make_copy(
+        self,
+        pipe: Pipe[H],
+        source_id: str,
+        make: Callable[..., Awaitable[Any]],
+        options: dict[str, Any],
+    ) -> Any:
+        """The pipe's copy, made by ``make`` with the source's id where free, else its own."""
+        with self._claim_id(pipe.dst, source_id) as keep:
+            pipe.producer = await make(id=source_id if keep else None, **options)
+        return pipe.producer
+
     async def _open_media_pipe(
         self, pipe: Pipe[H], producer_id: str, local: Any, remote: Any
     ) -> None:
@@ -387,16 +400,18 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             raise InvalidStateError("original Producer closed")
         consumer = await local.consume(producer_id=producer_id)
         pipe.consumer = consumer
-        keep = not self._hosts_source(pipe.dst, producer_id)
-        piped = await remote.produce(
-            id=producer_id if keep else None,
-            kind=consumer.kind,
-            rtp_parameters=consumer.rtp_parameters,
-            paused=consumer.producer_paused,
-            app_data=producer.app_data,
+        piped = await self._make_copy(
+            pipe,
+            producer_id,
+            remote.produce,
+            {
+                "kind": consumer.kind,
+                "rtp_parameters": consumer.rtp_parameters,
+                "paused": consumer.producer_paused,
+                "app_data": producer.app_data,
+            },
         )
-        pipe.producer = piped
-        if not keep:
+        if piped.id != producer_id:
             self._alias(pipe.dst, producer_id, piped, False)
         if producer.closed:
             raise InvalidStateError("original Producer closed")
@@ -412,20 +427,22 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             raise InvalidStateError("original DataProducer closed")
         consumer = await local.consume_data(data_producer_id=data_producer_id)
         pipe.consumer = consumer
-        keep = not self._hosts_source(pipe.dst, data_producer_id)
-        piped = await remote.produce_data(
-            id=data_producer_id if keep else None,
-            sctp_stream_parameters=consumer.sctp_stream_parameters,
-            label=consumer.label,
-            protocol=consumer.protocol,
-            app_data=data_producer.app_data,
+        piped = await self._make_copy(
+            pipe,
+            data_producer_id,
+            remote.produce_data,
+            {
+                "sctp_stream_parameters": consumer.sctp_stream_parameters,
+                "label": consumer.label,
+                "protocol": consumer.protocol,
+                "app_data": data_producer.app_data,
+            },
         )
-        pipe.producer = piped
         # Messages sent into the pipe before its SCTP association is up are dropped by
         # the worker, which starts it with the first stream (the consumer above): the
         # pipe is ready once it is up (at once but for a pair's first data pipe).
         await asyncio.gather(sctp_connected(local), sctp_connected(remote))
-        if not keep:
+        if piped.id != data_producer_id:
             self._alias(pipe.dst, data_producer_id, piped, True)
         if data_producer.closed:
             raise InvalidStateError("original DataProducer closed")

@@ -920,6 +920,41 @@ async def test_can_consume_update_codecs_and_close(pool: Pool) -> None:
     assert inside.closed and pool.api.routers == []
 
 
+async def test_codecs_updated_while_a_child_router_is_made(mafalda: Mafalda) -> None:
+    """update_media_codecs() while the router's first transport on a worker makes its
+    child router there (the worker held with SIGSTOP): the new child gets the new codecs."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS[:1])
+    mafalda.policy = _Pinned(1)
+    (await router.create_direct_transport()).close()  # the pool has its second worker
+    worker = mafalda.workers[1]
+    await asyncio.wait_for(_until(lambda: router.child_router(worker) is None), 5)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        making = asyncio.ensure_future(router.create_plain_transport(listen_info=LISTEN))
+        await asyncio.wait_for(_until(lambda: worker in router._child_futures), 5)
+        router.update_media_codecs(MEDIA_CODECS)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    transport = await asyncio.wait_for(making, 5)
+    assert router.worker_of(transport) is worker
+    assert router.child_router(worker).rtp_capabilities == router.rtp_capabilities
+    vp8 = next(c for c in router.rtp_capabilities["codecs"] if c["mimeType"] == "video/VP8")
+    producer = await transport.produce(
+        kind="video",
+        rtp_parameters={
+            "codecs": [
+                {
+                    "mimeType": "video/VP8",
+                    "payloadType": vp8["preferredPayloadType"],
+                    "clockRate": 90000,
+                }
+            ],
+            "encodings": [{"ssrc": 5555}],
+        },
+    )
+    assert producer.kind == "video"
+
+
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.01)

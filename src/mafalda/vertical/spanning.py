@@ -198,6 +198,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         return await made_once(self._child_futures, host, self._create_child)
 
     async def _create_child(self, host: H) -> Any:
+        media_codecs = self._media_codecs
         child = await self._new_child(host)
         if self._closed:
             child.close()
@@ -206,6 +207,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             # Its host closed as it was being made: its 'workerclose' is gone already, so
             # kept it would stay in the router for good (and fail every dump()).
             raise InvalidStateError("child router closed with its host")
+        if self._media_codecs is not media_codecs:
+            # update_media_codecs() went over the children while this one was being made.
+            child.update_media_codecs(copy.deepcopy(self._media_codecs))
         self._children[host] = child
         child.on("workerclose", lambda: self._on_child_lost(host, child))
         child.observer.on("close", lambda: self._forget_child(host, child))

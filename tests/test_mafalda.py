@@ -27,6 +27,7 @@ from mafalda import Mafalda, MafaldaRouter
 from mafalda.mediasoup import (
     DataProducer,
     InvalidStateError,
+    InvalidValueError,
     PipeTransport,
     PlainTransport,
     Producer,
@@ -918,6 +919,46 @@ async def test_can_consume_update_codecs_and_close(pool: Pool) -> None:
         inside.worker_of(served_producer)
     await pool.api.dump()  # a remote close() went before it
     assert inside.closed and pool.api.routers == []
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_a_closed_source_is_not_consumed_through_its_copies(
+    mafalda: Mafalda, data: bool
+) -> None:
+    """A (data) producer closed: its copy on another worker goes at once, not when the
+    worker tells its pipe consumer, so a consume there right after fails (as of a closed
+    Router's producer), and one of a new source with its id gets the new one."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    near: Any = await (
+        router.create_direct_transport()
+        if data
+        else router.create_plain_transport(listen_info=LISTEN, comedia=True)
+    )
+    mafalda.policy = _Pinned(1)
+    far = await router.create_plain_transport(listen_info=LISTEN, enable_sctp=data)
+
+    async def make() -> Any:
+        if data:
+            return await near.produce_data(id="stable", label="chat")
+        return await near.produce(
+            id="stable", kind="audio", rtp_parameters=opus_rtp_parameters(1234, OPUS_PT)
+        )
+
+    async def consume() -> Any:
+        if data:
+            return await far.consume_data(data_producer_id="stable")
+        return await far.consume(producer_id="stable", rtp_capabilities=router.rtp_capabilities)
+
+    first = await make()
+    await consume()
+    first.close()
+    with pytest.raises(InvalidValueError, match="not found"):
+        await consume()
+    second = await make()
+    consumer = await consume()
+    await asyncio.sleep(0.1)
+    assert not consumer.closed and not second.closed
 
 
 async def test_codecs_updated_while_a_child_router_is_made(mafalda: Mafalda) -> None:

@@ -304,6 +304,12 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             # is refused: _refuse_taken), so no other took the key meanwhile.
             table.pop(key, None)
             self._home.pop(home_key, None)
+            # Its copies go now, not when the worker tells their pipe consumers: until then
+            # they would be consumed in its place (a new source with its id included).
+            pipe_kind = "data" if home_key[1] else "media"
+            for pipe in list(self._pipes.values()):
+                if pipe.key[:2] == (pipe_kind, key) and pipe.ready.done():
+                    self._close_pipe(pipe)
             if self._lost(host):
                 self._record_loss(host, kind, key)
             elif not self._closed:

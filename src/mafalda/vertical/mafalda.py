@@ -94,8 +94,8 @@ class Mafalda(EventSource):
         self._idle_worker_timeout = idle_worker_timeout
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
         self._pool: dict[Worker, _PoolWorker] = {}
-        #: Workers that left the pool (freed, closed from outside): aclose() still
-        #: waits for their processes.
+        #: Workers that left the pool (freed, closed from outside) until their processes
+        #: have exited: aclose() waits for them.
         self._retired: set[Worker] = set()
         self._routers: dict[str, MafaldaRouter] = {}
         self._webrtc_servers: dict[str, MafaldaWebRtcServer] = {}
@@ -212,7 +212,7 @@ class Mafalda(EventSource):
     async def _add_worker(self) -> Worker:
         worker = await create_worker(**self._worker_settings)
         if self._closed:
-            self._retired.add(worker)  # aclose() waits for it too
+            self._retire(worker)
             worker.close()
             raise InvalidStateError("Mafalda closed")
         entry = _PoolWorker(worker=worker, idle_since=time.monotonic())
@@ -249,11 +249,19 @@ class Mafalda(EventSource):
         """A worker closed by someone else (not died): forget it, keep min_workers."""
         if worker.died or self._closed or self._pool.pop(worker, None) is None:
             return
-        self._retired.add(worker)
+        self._retire(worker)
         logger.warning("worker %s was closed outside Mafalda", worker.pid)
         self.observer.emit("workerclose", worker)
         if len(self._pool) < self._min_workers:
             self._replace_soon()
+
+    def _retire(self, worker: Worker) -> None:
+        self._retired.add(worker)
+        self._spawn(self._forget_when_exited(worker))
+
+    async def _forget_when_exited(self, worker: Worker) -> None:
+        await worker.wait_closed()
+        self._retired.discard(worker)
 
     def _replace_soon(self) -> None:
         self._replacing += 1
@@ -428,7 +436,7 @@ class Mafalda(EventSource):
                     continue
                 logger.info("closing idle worker %s", worker.pid)
                 del self._pool[worker]
-                self._retired.add(worker)
+                self._retire(worker)
                 worker.close()
                 self.observer.emit("workerclose", worker)
 

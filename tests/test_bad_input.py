@@ -221,6 +221,43 @@ async def test_produce_and_consume_arguments(router: Router) -> None:
             "preferred_layers.spatialLayer must be an integer",
         ),
         (
+            lambda: transport.consume(
+                producer_id=producer.id,
+                rtp_capabilities=caps,
+                preferred_layers={"spatialLayer": True},
+            ),
+            TypeError,
+            "preferred_layers.spatialLayer must be an integer",
+        ),
+        (
+            lambda: transport.consume(
+                producer_id=producer.id,
+                rtp_capabilities=caps,
+                preferred_layers={"spatialLayer": 1, "temporalLayer": 256},
+            ),
+            ValueError,
+            r"preferred_layers.temporalLayer must be in 0..255, got 256",
+        ),
+        (
+            lambda: transport.consume(
+                producer_id=producer.id,
+                rtp_capabilities=caps,
+                preferred_layers=[1],  # type: ignore[arg-type]
+            ),
+            TypeError,
+            "if given, preferred_layers must be a dict",
+        ),
+        (
+            lambda: transport.produce(kind="audio", rtp_parameters=rtp, id=b"x"),  # type: ignore[arg-type]
+            TypeError,
+            "if given, id must be a non-empty string",
+        ),
+        (
+            lambda: transport.produce(kind="audio", rtp_parameters=rtp, id=""),
+            TypeError,
+            "if given, id must be a non-empty string",
+        ),
+        (
             lambda: transport.consume(producer_id="nope", rtp_capabilities=caps),
             ValueError,
             'Producer with id "nope" not found',
@@ -268,6 +305,24 @@ async def test_data_arguments(router: Router) -> None:
             lambda: direct.consume_data(data_producer_id=data_producer.id, max_retransmits=True),
             TypeError,
             "max_retransmits must be a non-negative integer",
+        ),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id=data_producer.id, max_retransmits=70000),
+            ValueError,
+            r"max_retransmits must be in 0..65535, got 70000",
+        ),
+        (
+            direct,
+            lambda: direct.consume_data(data_producer_id=data_producer.id, ordered="yes"),  # type: ignore[arg-type]
+            TypeError,
+            "if given, ordered must be a bool",
+        ),
+        (
+            direct,
+            lambda: direct.produce_data(id=["x"]),  # type: ignore[arg-type]
+            TypeError,
+            "if given, id must be a non-empty string",
         ),
         (
             direct,

@@ -12,8 +12,9 @@ from pymediasoup.models.transport import DtlsParameters, IceCandidate, IceParame
 from pymediasoup.rtp_parameters import RtpCapabilities
 
 from mafalda.mediasoup import WebRtcServer, Worker, create_worker
-from mafalda.mediasoup.errors import InvalidStateError, WorkerError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError, WorkerError
 from mafalda.mediasoup.webrtc_server import parse_webrtc_server_dump
+from tests.conftest import MEDIA_CODECS, opus_rtp_parameters
 from tests.processes import free_ports
 
 
@@ -325,6 +326,33 @@ async def test_webrtc_transport_on_server_then_server_closed(worker: Worker) -> 
     router_dump = await router.dump()
     assert router_dump["id"] == router.id
     assert router_dump["transportIds"] == []
+
+
+async def test_server_closed_takes_its_transports_producers_out_of_the_router(
+    worker: Worker,
+) -> None:
+    """The router outlives the server: the closed transports' producers and data
+    producers are gone from it (mediasoup's Node library keeps them offered)."""
+    server = await worker.create_webrtc_server(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}]
+    )
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_webrtc_transport(webrtc_server=server, enable_sctp=True)
+    other = await router.create_webrtc_transport(
+        listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}], enable_sctp=True
+    )
+    producer = await transport.produce(kind="audio", rtp_parameters=opus_rtp_parameters(1111))
+    data_producer = await transport.produce_data(sctp_stream_parameters={"streamId": 0})
+    server.close()
+    assert producer.closed and data_producer.closed
+    assert not router.can_consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+    with pytest.raises(InvalidValueError, match="not found"):
+        await other.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+    with pytest.raises(InvalidValueError, match="not found"):
+        await other.consume_data(data_producer_id=data_producer.id)
+    observer = await router.create_audio_level_observer()
+    with pytest.raises(InvalidValueError, match="not found"):
+        await observer.add_producer(producer_id=producer.id)
 
 
 async def test_webrtc_transport_on_server_then_router_closed(worker: Worker) -> None:

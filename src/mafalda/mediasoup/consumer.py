@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 from mafalda.mediasoup._fbs.Consumer.ConsumerLayers import ConsumerLayersT
 from mafalda.mediasoup._fbs.Consumer.EnableTraceEventRequest import EnableTraceEventRequestT
@@ -192,6 +192,20 @@ _TRACE_EVENT_TYPE_FROM_FBS: dict[int, ConsumerTraceEventType] = {
 
 #: Layers and priorities are uint8 on the wire.
 _UINT8_MAX = 255
+
+
+def check_layers(spatial: object, temporal: object, spatial_name: str, temporal_name: str) -> None:
+    """TypeError or InvalidValueError naming what is wrong, unless ``spatial`` is a
+    layer (0..255) and ``temporal`` is one or None."""
+    if not _is_int(spatial):
+        raise TypeError(f"{spatial_name} must be an integer")
+    if not 0 <= cast(int, spatial) <= _UINT8_MAX:
+        raise InvalidValueError(f"{spatial_name} must be in 0..{_UINT8_MAX}, got {spatial}")
+    if temporal is not None:
+        if not _is_int(temporal):
+            raise TypeError(f"if given, {temporal_name} must be an integer")
+        if not 0 <= cast(int, temporal) <= _UINT8_MAX:
+            raise InvalidValueError(f"{temporal_name} must be in 0..{_UINT8_MAX}, got {temporal}")
 
 
 def _is_int(value: object) -> bool:
@@ -485,19 +499,7 @@ class Consumer(EventSource):
         self, *, spatial_layer: int, temporal_layer: int | None = None
     ) -> None:
         """Prefer these layers (simulcast and SVC); the worker clamps them to what exists."""
-        if not _is_int(spatial_layer):
-            raise TypeError("spatial_layer must be an integer")
-        if not 0 <= spatial_layer <= _UINT8_MAX:
-            raise InvalidValueError(
-                f"spatial_layer must be in 0..{_UINT8_MAX}, got {spatial_layer}"
-            )
-        if temporal_layer is not None:
-            if not _is_int(temporal_layer):
-                raise TypeError("if given, temporal_layer must be an integer")
-            if not 0 <= temporal_layer <= _UINT8_MAX:
-                raise InvalidValueError(
-                    f"temporal_layer must be in 0..{_UINT8_MAX}, got {temporal_layer}"
-                )
+        check_layers(spatial_layer, temporal_layer, "spatial_layer", "temporal_layer")
         self._check_open()
         layers = ConsumerLayersT(spatialLayer=spatial_layer, temporalLayer=temporal_layer)
         body = await self._channel.request(

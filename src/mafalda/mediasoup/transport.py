@@ -48,7 +48,7 @@ from mafalda.mediasoup._fbs.Transport.SocketFlags import SocketFlagsT
 from mafalda.mediasoup._fbs.Transport.TraceEventType import TraceEventType as FbsTraceEventType
 from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
-from mafalda.mediasoup.consumer import Consumer, ConsumerLayers
+from mafalda.mediasoup.consumer import Consumer, ConsumerLayers, check_layers
 from mafalda.mediasoup.data_consumer import DataConsumer
 from mafalda.mediasoup.data_producer import DataProducer
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
@@ -482,6 +482,12 @@ def parse_transport_trace_event_data(t: Any) -> TransportTraceEventData:
     }
 
 
+def _check_id(value: Any) -> None:
+    # A non-string id would key this library's maps by another value than the worker's.
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError("if given, id must be a non-empty string")
+
+
 def _check_bitrate(bitrate: Any, name: str = "bitrate") -> None:
     if isinstance(bitrate, bool) or not isinstance(bitrate, int):
         raise TypeError(f"{name} must be an integer")
@@ -657,7 +663,9 @@ class Transport(EventSource):
             return
         self._closed = True
         self._mark_closed()
-        self._close_children(notify_router=False)
+        # The router lives on: it must forget this transport's producers (Node's does
+        # not, and keeps offering them to consume()).
+        self._close_children(notify_router=True)
         self._book.transports.pop(self._id, None)
         self.events.emit("@listenserverclose")
         self.events.emit("listenserverclose")
@@ -717,6 +725,7 @@ class Transport(EventSource):
         app_data: dict[str, Any] | None = None,
     ) -> Producer:
         self._check_open()
+        _check_id(id)
         if id is not None and id in self._producers:
             raise TypeError(f'a Producer with same id "{id}" already exists')
         guard = (
@@ -799,10 +808,14 @@ class Transport(EventSource):
         if mid is not None and (not isinstance(mid, str) or not mid):
             raise TypeError("if given, mid must be non empty string")
         if preferred_layers is not None:
-            if not isinstance(preferred_layers, dict) or not isinstance(
-                preferred_layers.get("spatialLayer"), int
-            ):
-                raise TypeError("preferred_layers.spatialLayer must be an integer")
+            if not isinstance(preferred_layers, dict):
+                raise TypeError("if given, preferred_layers must be a dict")
+            check_layers(
+                preferred_layers.get("spatialLayer"),
+                preferred_layers.get("temporalLayer"),
+                "preferred_layers.spatialLayer",
+                "preferred_layers.temporalLayer",
+            )
         # Read-only from here on: get_consumer_rtp_parameters() copies what it keeps.
         caps = _shared_normalized_rtp_capabilities(rtp_capabilities)
         guard = self.consume_guard(producer_id) if self.consume_guard else contextlib.nullcontext()
@@ -914,6 +927,7 @@ class Transport(EventSource):
         from mafalda.mediasoup.data_producer import parse_data_producer_dump
 
         self._check_open()
+        _check_id(id)
         if id is not None and id in self._data_producers:
             raise TypeError(f'a DataProducer with same id "{id}" already exists')
         guard = (
@@ -1007,6 +1021,10 @@ class Transport(EventSource):
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
                 raise TypeError(f"{name} must be a non-negative integer")
+            if value is not None and value > 65535:
+                raise InvalidValueError(f"{name} must be in 0..65535, got {value}")
+        if ordered is not None and not isinstance(ordered, bool):
+            raise TypeError("if given, ordered must be a bool")
         guard = (
             self.consume_data_guard(data_producer_id)
             if self.consume_data_guard

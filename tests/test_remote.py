@@ -699,6 +699,49 @@ async def test_handshake_faults() -> None:
         assert list(srv.sessions) == [session]
 
 
+async def test_a_session_taken_over_stays_with_its_new_link(monkeypatch: Any) -> None:
+    """A resume while the old link is still open and reads nothing (a stalled client):
+    the resume is answered at once, the session stays with the new link past the grace
+    period (the old link's end detaches nothing), and the old link is dropped."""
+    monkeypatch.setattr(server_module, "FLUSH_TIMEOUT", 0.2)
+    monkeypatch.setattr(server_module, "CLOSE_TIMEOUT", 0.2)
+    async with await serve(
+        token=TOKEN, grace_period=0.2, heartbeat=None, target={"log_level": "warn"}
+    ) as srv:
+        first = await raw(srv, hello=False)
+        hello = {"version": PROTOCOL_VERSION, "token": TOKEN}
+        session_id = (await rpc(first, 0, "hello", hello))["result"]["session"]
+        worker = await rpc(first, 1, "call", {"target": None, "method": "create_worker"})
+        handle = worker["result"]["value"]["id"]
+        session = srv.sessions[session_id]
+        old = session.connection
+        assert old is not None
+        # Big answers never read: the old link's socket fills up.
+        ask = {"target": None, "method": "get_supported_rtp_capabilities"}
+        rid = 2
+        while old.frames.backlog_bytes == 0:
+            batch = [
+                {"jsonrpc": "2.0", "id": rid + i, "method": "call", "params": ask}
+                for i in range(200)
+            ]
+            rid += 200
+            await first.send_str(json.dumps(batch))
+            await asyncio.sleep(0.01)
+        second = await raw(srv, hello=False)
+        answer = await asyncio.wait_for(
+            rpc(second, 0, "hello", {**hello, "session": session_id}), 5
+        )
+        assert answer["result"]["session"] == session_id
+        assert session.connection is not old and session.expiry is None
+        await until(lambda: old not in srv._connections)  # dropped, not waited for
+        await asyncio.sleep(0.3)  # past the grace period
+        assert srv.sessions.get(session_id) is session and not session.closed
+        dump = await rpc(second, 1, "call", {"target": handle, "method": "dump"})
+        assert dump["result"]["value"]["pid"] == session.objects[handle].pid
+        await close_raw(second)
+        await first._test_http.close()  # type: ignore[attr-defined]
+
+
 async def test_client_b_cannot_touch_client_a_objects(server: RemoteServer) -> None:
     a = await client_of(server)
     b = await client_of(server)

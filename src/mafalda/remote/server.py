@@ -24,7 +24,7 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -307,6 +307,9 @@ class _MafaldaRoot:
 
 #: Closed objects a session remembers (their handles), the oldest forgotten first.
 _MAX_GONE = 100_000
+#: Seconds a connection being closed has to flush what it was sent, then to close.
+FLUSH_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 5.0
 
 
 class _Closed:
@@ -398,9 +401,15 @@ class _Connection:
     rate limiter."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, rate: float, burst: float, address: str | None = None
+        self,
+        ws: web.WebSocketResponse,
+        rate: float,
+        burst: float,
+        address: str | None,
+        transport: asyncio.Transport,
     ) -> None:
         self.ws = ws
+        self._transport = transport
         #: The client's IP address (for the operator's eyes: the Monitor's clients).
         self.address = address
         self.frames = FrameSender(ws)
@@ -440,9 +449,14 @@ class _Connection:
         return True
 
     async def close(self, code: int = 1000) -> None:
-        await self.frames.flush(2.0)
+        await self.frames.flush(FLUSH_TIMEOUT)
         with contextlib.suppress(Exception):
-            await self.ws.close(code=code)
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.ws.close(code=code)
+            except TimeoutError:
+                # A peer that reads nothing: its close frame cannot even be written.
+                self._transport.abort()
 
 
 class _ForwardingEmitter(EventEmitter):
@@ -827,6 +841,8 @@ class RemoteServer:
         self._heartbeat = heartbeat
         self.sessions: dict[str, Session] = {}
         self._connections: set[_Connection] = set()
+        #: Closes of connections whose session was taken over, run in the background.
+        self._takeovers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         #: Each route's handler and the peer secrets it takes besides the server's tokens.
         self._routes: dict[str, tuple[_Handler, tuple[bytes, ...]]] = {}
@@ -1020,7 +1036,14 @@ class RemoteServer:
         ws = web.WebSocketResponse(max_msg_size=self.max_message_size, heartbeat=self._heartbeat)
         await ws.prepare(request)
         limit_read_size(request.transport)
-        connection = _Connection(ws, self._rate_limit, self._rate_burst, request.remote)
+        connection = _Connection(
+            ws,
+            self._rate_limit,
+            self._rate_burst,
+            request.remote,
+            # Set: prepare() wrote the handshake on it.
+            cast(asyncio.Transport, request.transport),
+        )
         if len(self._connections) >= self.max_connections:
             # Refused before its hello (answered as the hello's, id 0): a flood of sockets
             # that never say hello would otherwise each hold one for hello_timeout.
@@ -1104,8 +1127,15 @@ class RemoteServer:
             if session.expiry is not None:
                 session.expiry.cancel()
                 session.expiry = None
-            if session.connection is not None:
-                await session.connection.close(p.SESSION_TAKEN_OVER)
+            old = session.connection
+            # Attached before the old link goes: its end then detaches nothing (else its
+            # session would expire under the new one). Closed in the background, as a
+            # stalled old link must not hold the resume (nor let a retried one in first).
+            session.connection = connection
+            if old is not None:
+                task = asyncio.get_running_loop().create_task(old.close(p.SESSION_TAKEN_OVER))
+                self._takeovers.add(task)
+                task.add_done_callback(self._takeovers.discard)
         session.connection = connection
         objects = session.all_objects()
         root = self._root_state(session)

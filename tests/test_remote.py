@@ -481,6 +481,17 @@ async def test_forgotten_closed_objects_are_bounded(
     for transport in closed[1:]:
         with pytest.raises(InvalidStateError, match="PlainTransport closed"):
             await client.connection.call(transport, "dump", (), {})
+    # close() again does nothing, and tells no state: the stand-in has none.
+    ws = await raw(server, hello=False)
+    hello = {"version": PROTOCOL_VERSION, "token": TOKEN}
+    assert (await rpc(ws, 0, "hello", hello))["result"]
+    made = await rpc(ws, 1, "call", {"target": None, "method": "create_worker"})
+    handle = made["result"]["value"]["id"]
+    for rid in (2, 3):
+        answer = await rpc(ws, rid, "call", {"target": handle, "method": "close"})
+        assert answer["result"]["value"] is None
+    assert "state" not in answer["result"]
+    await close_raw(ws)
     # Nothing else kept per object ever closed: the live ones and the remembered ones.
     session = next(iter(server.sessions.values()))
     live = {worker.handle, router.handle}

@@ -205,7 +205,23 @@ async def test_aliases_resolve_for_pipe_and_data_consumers(worker: Worker) -> No
     )
     copy, copy_data = piped["pipeProducer"], piped_data["pipeDataProducer"]
     assert copy.id != producer.id and copy_data.id != data_producer.id
-    second.alias_producer(producer.id, copy)
+    # Only what the router has, under a key nobody holds; once per alias, however often.
+    with pytest.raises(TypeError, match="key must be a non-empty string"):
+        second.alias_producer("", copy)
+    with pytest.raises(ValueError, match="Producer .* is not of this router"):
+        second.alias_producer("x", producer)  # the first router's
+    transport = await second.create_direct_transport()
+    with pytest.raises(ValueError, match="is not of this router"):
+        second.alias_data_producer("x", transport)  # type: ignore[arg-type]
+    again = await first.pipe_to_router(router=second, producer_id=producer.id, keep_id=False)
+    taken = again["pipeProducer"].id
+    with pytest.raises(TypeError, match=f'a Producer with same id "{taken}" already exists'):
+        second.alias_producer(taken, copy)
+    again["pipeProducer"].close()
+    listening = len(copy.observer._listeners.get("close", []))
+    for _ in range(3):
+        second.alias_producer(producer.id, copy)
+    assert len(copy.observer._listeners.get("close", [])) == listening + 1
     second.alias_data_producer(data_producer.id, copy_data)
     pipe = await second.create_pipe_transport(listen_info=LISTEN)  # type: ignore[arg-type]
     consumer = await pipe.consume(producer_id=producer.id)

@@ -821,23 +821,32 @@ class Router(EventSource):
         into a worker that already hosts that id needs another id, and Mafalda keeps
         the original id working through an alias. It goes when the producer closes.
         """
-        self._producers[key] = producer
-
-        def drop() -> None:
-            if self._producers.get(key) is producer:
-                del self._producers[key]
-
-        producer.observer.on("close", drop)
+        self._alias(key, producer, self._producers, "Producer")
 
     def alias_data_producer(self, key: str, data_producer: DataProducer) -> None:
         """As alias_producer(), for a data producer."""
-        self._data_producers[key] = data_producer
+        self._alias(key, data_producer, self._data_producers, "DataProducer")
+
+    def _alias(self, key: str, source: Any, table: dict[str, Any], kind: str) -> None:
+        self._check_open()
+        if not isinstance(key, str) or not key:
+            raise TypeError("key must be a non-empty string")
+        source_id: str = getattr(source, "id", "")
+        if source_id not in table or table[source_id] is not source:
+            raise InvalidValueError(f"{kind} {source_id or source!r} is not of this router")
+        held = table.get(key)
+        if held is source:
+            return  # one alias, one listener, however often it is asked for
+        if held is not None and held.id == key:
+            # An alias may move to another source, but never hide one by its own id.
+            raise TypeError(f'a {kind} with same id "{key}" already exists')
+        table[key] = source
 
         def drop() -> None:
-            if self._data_producers.get(key) is data_producer:
-                del self._data_producers[key]
+            if table.get(key) is source:
+                del table[key]
 
-        data_producer.observer.on("close", drop)
+        source.observer.on("close", drop)
 
     # -- RTP observers -------------------------------------------------------------------
 

@@ -1274,10 +1274,8 @@ class RemoteServer:
         if call.method == "set_app_data":
             if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
                 raise p.ProtocolError(p.INVALID_PARAMS, "app_data must be a dict", req.id)
-            if isinstance(obj, _Closed):
-                # A closed object the session forgot: the client's proxy keeps what it
-                # set (as a closed local object does); the stand-in has no state to tell.
-                return self._answer(session, req.id, call.target, obj, None, "get_app_data")
+            # On a closed object the session forgot, the stand-in takes it and tells
+            # nothing: the client's proxy keeps what it set, as a closed local one does.
             obj.app_data = args[0]
             return self._answer(session, req.id, call.target, obj, None, "set_app_data")
         if len(session.tasks) >= self.max_pending_calls and call.method != "close":
@@ -1352,7 +1350,9 @@ class RemoteServer:
         method: str = "",
     ) -> None:
         answer: dict[str, Any] = {"value": result}  # an object: a reference (converter)
-        if not method.startswith(_READ_ONLY) and not (
+        if isinstance(obj, _Closed):
+            pass  # a closed object the session forgot: no state to tell
+        elif not method.startswith(_READ_ONLY) and not (
             target is not None and method.startswith(_CREATING)
         ):  # a call that may change its target: what changed
             if target is None:

@@ -963,6 +963,30 @@ async def test_a_closed_source_is_not_consumed_through_its_copies(
     assert not consumer.closed and not second.closed
 
 
+async def test_create_webrtc_servers_cancelled_leaves_none() -> None:
+    """create_webrtc_servers() cancelled while one worker has made its server and the
+    other (held with SIGSTOP) has not: neither is left (one closed here, the other by
+    its cancelled creation)."""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        done, held = m.workers
+        os.kill(held.pid, signal.SIGSTOP)
+        try:
+            making = asyncio.ensure_future(
+                m.create_webrtc_servers(listen_infos=[{"protocol": "udp", "ip": "127.0.0.1"}])
+            )
+            await asyncio.wait_for(_until(lambda: done.webrtc_servers_for_testing), 5)
+            making.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await making
+        finally:
+            os.kill(held.pid, signal.SIGCONT)
+        for worker in (done, held):
+            await asyncio.wait_for(_until(lambda w=worker: not w.webrtc_servers_for_testing), 5)
+            assert (await worker.dump())["webRtcServerIds"] == []
+
+
 async def test_codecs_updated_while_a_child_router_is_made(mafalda: Mafalda) -> None:
     """update_media_codecs() while the router's first transport on a worker makes its
     child router there (the worker held with SIGSTOP): the new child gets the new codecs."""

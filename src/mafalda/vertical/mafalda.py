@@ -336,13 +336,21 @@ class Mafalda(EventSource):
         self._check_open()
         workers = list(self._pool)
         check_pool_listen_infos(listen_infos, len(workers))
-        made = await asyncio.gather(
-            *(
+        tasks = [
+            asyncio.ensure_future(
                 w.create_webrtc_server(listen_infos=listen_infos, app_data=app_data)
-                for w in workers
-            ),
-            return_exceptions=True,
-        )
+            )
+            for w in workers
+        ]
+        try:
+            made = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # Those still running were cancelled with the gather (each closes what its
+            # worker made); those made already are nobody's: closed here.
+            for task in tasks:
+                if not task.cancelled() and task.exception() is None:
+                    task.result().close()
+            raise
         servers = [s for s in made if isinstance(s, WebRtcServer)]
         if len(servers) < len(made):
             for server in servers:

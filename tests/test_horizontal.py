@@ -162,7 +162,7 @@ def test_registry_encoding() -> None:
         with pytest.raises(ValueError, match="server record"):
             registry.decode_record(registry.encode_record({**record, key: value}))  # type: ignore[misc]
     # Python's JSON reads these (a browser's does not: the monitor page would stop).
-    for text in ("NaN", "Infinity", "1e999"):
+    for text in ("NaN", "Infinity", "1e999", "1" + "0" * 400, "-1"):
         raw = json.dumps({**record, "load": 0.0}).replace('"load": 0.0', f'"load": {text}')
         with pytest.raises(ValueError, match="server record: invalid 'load'"):
             registry.decode_record(raw)

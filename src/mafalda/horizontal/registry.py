@@ -15,7 +15,6 @@ Keys (``prefix`` defaults to ``"mafalda"``; one prefix is one cluster):
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Literal, TypedDict, TypeGuard
 
 __all__ = [
@@ -132,9 +131,11 @@ def check_record(data: dict[str, Any]) -> ServerRecord:
     workers = _field(data, "workers", int)
     consumers = _field(data, "consumers", int)
     load = _field(data, "load", (int, float))
-    if workers < 0 or consumers < 0 or load < 0:
+    if workers < 0 or consumers < 0:
         raise ValueError("server record: negative count")
-    if not math.isfinite(load):  # (Python's JSON reads NaN and 1e999; browsers' do not)
+    # NaN, infinities, integers no float holds: Python's JSON reads them (browsers' do
+    # not), and float() of the last raises OverflowError, which no reader expects.
+    if not 0 <= load < 1e300:
         raise ValueError("server record: invalid 'load'")
     serves = data.get("serves", "mediasoup")  # records of the first increment had none
     if serves not in ("mediasoup", "mafalda"):

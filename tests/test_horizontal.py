@@ -866,6 +866,39 @@ async def test_frozen_server_is_removed_promptly_and_its_objects_close(
         servers[1].proc.send_signal(signal.SIGCONT)
 
 
+async def test_a_read_begun_before_a_leave_does_not_bring_the_server_back(
+    db: aioredis.Redis, servers: list[Server], cluster: Cluster
+) -> None:
+    """Registry reads run one at a time: one begun before a server's leave that ends
+    after a later read does not list the server again. (The first read's answer is held
+    back by a wrapper around the real read: an order of answers cannot be had on cue.)"""
+    await _subscribed(db)
+    await asyncio.sleep(0.2)  # and its read of what came before, which the leave waits for
+    joins: list[str] = []
+    cluster.observer.on("serverjoin", lambda record: joins.append(record["id"]))
+    real_read = cluster.membership.read
+    answered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_read() -> Any:
+        snapshot = await real_read()
+        answered.set()
+        await release.wait()
+        return snapshot
+
+    cluster.membership.read = held_read  # type: ignore[method-assign]
+    first = asyncio.ensure_future(cluster.refresh())
+    await asyncio.wait_for(answered.wait(), 5)
+    cluster.membership.read = real_read  # type: ignore[method-assign]
+    left = asyncio.ensure_future(cluster.observer.wait_for("serverleave"))
+    servers[2].proc.send_signal(signal.SIGTERM)  # nothing on it: drained, it leaves
+    await asyncio.wait_for(left, 10)
+    later = asyncio.ensure_future(cluster.refresh())
+    await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, later), 5)
+    assert "s3" not in cluster.servers and joins == []
+
+
 async def test_sigterm_drains_then_deregisters(
     db: aioredis.Redis, servers: list[Server], cluster: Cluster
 ) -> None:

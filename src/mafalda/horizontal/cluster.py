@@ -104,6 +104,9 @@ class Cluster:
         #: When each server last left: a refresh that read the registry before that must
         #: not bring it back (its read may predate the deletion of the record).
         self._left_at: dict[str, float] = {}
+        #: Registry reads one at a time: forgetting a leave (below) assumes that no read
+        #: begun before it is still under way (it would list the server again).
+        self._refresh_lock = asyncio.Lock()
         self._clients: dict[str, RemoteMediasoup | RemoteMafalda] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._workers: dict[RemoteWorker, str] = {}
@@ -410,6 +413,10 @@ class Cluster:
 
     async def refresh(self) -> None:
         """Read every server record now (the background loop does it every ``interval``)."""
+        async with self._refresh_lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         started = asyncio.get_running_loop().time()
         found, departed = await self.membership.read()
         now = asyncio.get_running_loop().time()

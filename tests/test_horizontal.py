@@ -198,10 +198,18 @@ async def test_connect_validates_options(redis_server: RedisProcess) -> None:
         await horizontal.connect(redis_server.url, token=TOKEN, policy="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="region"):
         await horizontal.connect(redis_server.url, token=TOKEN, policy="region")
-    with pytest.raises(ValueError, match="interval"):
-        await horizontal.connect(redis_server.url, token=TOKEN, interval=0)
-    with pytest.raises(ValueError, match="worker_idle"):
-        await horizontal.connect(redis_server.url, token=TOKEN, worker_idle=-1)
+    nan = float("nan")
+    for option, value, message in (
+        ("interval", 0, "interval must be a finite number of seconds > 0, got 0"),
+        ("interval", nan, "interval must be a finite number of seconds > 0, got nan"),
+        ("grace", nan, "grace must be a finite number of seconds >= 0, got nan"),
+        ("grace", float("inf"), "grace must be a finite number of seconds >= 0, got inf"),
+        ("worker_idle", -1, "worker_idle must be a finite number of seconds >= 0, got -1"),
+        ("connect_timeout", 0, "connect_timeout must be a finite number of seconds > 0"),
+        ("connect_timeout", "5", "connect_timeout must be a finite number of seconds > 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            await horizontal.connect(redis_server.url, token=TOKEN, **{option: value})
     async with await horizontal.connect(redis_server.url, token=TOKEN) as empty:
         assert empty.servers == {} and empty.dump()["servers"] == {}
         with pytest.raises(ClusterError, match="no live media server"):
@@ -1093,8 +1101,11 @@ async def test_media_node_in_process(redis_server: RedisProcess, db: aioredis.Re
     from mafalda.remote import serve
 
     async with await serve(host="0.0.0.0", token=TOKEN) as server:
-        with pytest.raises(ValueError, match="interval"):
-            MediaNode(server, redis_url=redis_server.url, interval=0)
+        for interval in (0, float("nan"), float("inf"), True):
+            with pytest.raises(ValueError, match="interval must be a finite number"):
+                MediaNode(server, redis_url=redis_server.url, interval=interval)
+        with pytest.raises(ValueError, match="interval must be at least 1/3000 s"):
+            MediaNode(server, redis_url=redis_server.url, interval=1e-5)
         with pytest.raises(ValueError, match="server id"):
             MediaNode(server, redis_url=redis_server.url, server_id="a:b")
         node = MediaNode(

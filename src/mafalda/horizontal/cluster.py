@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from mafalda import mediasoup
 from mafalda.horizontal import registry
 from mafalda.horizontal.membership import Membership, RedisMembership
+from mafalda.horizontal.periodic import check_seconds
 from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.horizontal.router import ClusterRouter, refused_by_server
@@ -653,6 +654,7 @@ def check_options(
     grace: float,
     worker_idle: float,
     call_timeout: float | None = None,
+    connect_timeout: float = 10.0,
 ) -> None:
     """ValueError naming the first bad option of a cluster client."""
     check_call_timeout(call_timeout)
@@ -660,10 +662,10 @@ def check_options(
         raise ValueError(f"unknown placement policy {policy!r}")
     if policy == "region" and not region:
         raise ValueError("policy 'region' needs region=")
-    if interval <= 0 or grace < 0:
-        raise ValueError("interval must be > 0 and grace >= 0")
-    if worker_idle < 0:
-        raise ValueError("worker_idle must be >= 0")
+    check_seconds(interval, "interval", positive=True)
+    check_seconds(grace, "grace")  # NaN: no server would ever expire
+    check_seconds(worker_idle, "worker_idle")
+    check_seconds(connect_timeout, "connect_timeout", positive=True)
 
 
 async def connect(
@@ -703,6 +705,7 @@ async def connect(
         grace=grace,
         worker_idle=worker_idle,
         call_timeout=call_timeout,
+        connect_timeout=connect_timeout,
     )
     client = redis_client(redis_url, timeout=max(interval, 1.0) * 2)
     membership = RedisMembership(client, prefix=prefix, interval=interval)

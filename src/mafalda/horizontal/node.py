@@ -23,7 +23,7 @@ import uuid
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
-from mafalda.horizontal.periodic import Periodic
+from mafalda.horizontal.periodic import Periodic, check_seconds
 from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
@@ -103,8 +103,10 @@ class MediaNode:
         prefix: str = registry.DEFAULT_PREFIX,
         interval: float = 2.0,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be > 0")
+        # Redis takes the record's TTL in whole milliseconds, three intervals.
+        check_seconds(interval, "interval", positive=True)
+        if interval * 3000 < 1:
+            raise ValueError(f"interval must be at least 1/3000 s, got {interval!r}")
         self.server = server
         self.id = server_id or str(uuid.uuid4())
         registry.server_key(self.id, prefix)  # validates the id

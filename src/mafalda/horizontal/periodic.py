@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
-__all__ = ["Periodic"]
+__all__ = ["Periodic", "check_seconds"]
 
 
 class Periodic:
@@ -70,3 +70,16 @@ class Periodic:
             self._task.cancel()
             # wait(), not await: a cancellation of stop() itself must not be swallowed.
             await asyncio.wait([self._task])
+
+
+def check_seconds(value: object, name: str, *, positive: bool = False) -> None:
+    """ValueError unless ``value`` is a finite number of seconds, > 0 or >= 0 (NaN
+    compares false with everything: a NaN grace would never expire a server)."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not (0 < value if positive else 0 <= value)
+        or not value < float("inf")
+    ):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")

@@ -117,6 +117,7 @@ async def connect(
         grace=grace,
         worker_idle=worker_idle,
         call_timeout=call_timeout,
+        connect_timeout=connect_timeout,
     )
     membership = SwarmMembership(
         urls, token=token, ssl=ssl, timeout=min(connect_timeout, max(interval, 1.0) * 2)

@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from mafalda import horizontal
+from mafalda.horizontal import cluster as cluster_module
 from mafalda.horizontal import registry
 from mafalda.horizontal.cluster import Cluster, ClusterError, is_loopback
 from mafalda.horizontal.router import ClusterTransport
@@ -154,6 +155,7 @@ def test_registry_encoding() -> None:
             registry.decode_record(bad)
     for key, value in (
         ("workers", True),
+        ("workers", -1),
         ("load", -1),
         ("region", 3),
         ("draining", 0),
@@ -905,6 +907,30 @@ async def test_a_read_begun_before_a_leave_does_not_bring_the_server_back(
     release.set()
     await asyncio.wait_for(asyncio.gather(first, later), 5)
     assert "s3" not in cluster.servers and joins == []
+
+
+async def test_aclose_with_frozen_servers_and_a_placement_under_way(
+    redis_server: RedisProcess, servers: list[Server]
+) -> None:
+    """aclose() does not wait on a frozen server's closing handshake (the connection is
+    dropped after CLIENT_CLOSE_TIMEOUT), and a placement under way fails instead of
+    keeping, on the closed cluster, a connection finished after aclose()."""
+    cluster = await horizontal.connect(redis_server.url, token=TOKEN, interval=0.2, grace=30.0)
+    frozen = await cluster.create_worker(log_level="warn")
+    for server in servers:
+        server.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Waits on a frozen server: the one connected to already, or another's connect.
+        placing = asyncio.ensure_future(cluster.create_worker(log_level="warn"))
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(cluster.aclose(), cluster_module.CLIENT_CLOSE_TIMEOUT + 3)
+        assert frozen.closed
+    finally:
+        for server in servers:
+            server.proc.send_signal(signal.SIGCONT)
+    with pytest.raises(ClusterError, match="cluster client closed"):
+        await asyncio.wait_for(placing, 15)
+    assert cluster._clients == {}
 
 
 async def test_sigterm_drains_then_deregisters(

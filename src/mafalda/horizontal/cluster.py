@@ -57,6 +57,9 @@ __all__ = ["Cluster", "ClusterError", "Policy", "check_options", "connect", "ope
 
 logger = logging.getLogger("mafalda.horizontal.cluster")
 
+#: Seconds aclose() gives each server's connection to close politely.
+CLIENT_CLOSE_TIMEOUT = 2.0
+
 Policy = Literal["least-loaded", "pack", "region"]
 _POLICIES: frozenset[str] = frozenset({"least-loaded", "pack", "region"})
 
@@ -384,6 +387,10 @@ class Cluster:
                     timeout=self._connect_timeout,
                     call_timeout=self._call_timeout,
                 )
+            if self._closed:
+                # aclose() came while connecting: kept, it would never be closed.
+                remote.abort()
+                raise ClusterError("cluster client closed")
             self._clients[server_id] = remote
             return remote
 
@@ -635,7 +642,7 @@ class Cluster:
         self._tasks.clear()
         clients = list(self._clients.values())
         self._clients.clear()
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        await asyncio.gather(*(_close_client(c) for c in clients), return_exceptions=True)
         await self.membership.aclose()
         self.observer.emit("close")
 
@@ -644,6 +651,15 @@ class Cluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _close_client(client: RemoteMediasoup | RemoteMafalda) -> None:
+    """Its closing handshake for CLIENT_CLOSE_TIMEOUT s at most (a frozen server would
+    hold it for the WebSocket's close timeout), then the connection is dropped."""
+    try:
+        await asyncio.wait_for(client.aclose(), CLIENT_CLOSE_TIMEOUT)
+    except TimeoutError:
+        client.abort()
 
 
 def check_options(

@@ -1200,6 +1200,36 @@ async def test_a_server_draining_before_its_record_says_so_is_passed_over(
         router.close()
 
 
+async def test_a_router_with_a_child_on_a_server_that_starts_draining_goes_elsewhere(
+    redis_server: RedisProcess,
+) -> None:
+    """ "pack" keeps placing a router's transports on the server it uses; that server
+    starts draining (its record not rewritten yet): the router's child there refuses the
+    next transport and observer, which are made on the other server instead."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        MediaNode(a, redis_url=redis_server.url, server_id="a", interval=60),
+        MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
+        await horizontal.connect(
+            redis_server.url, token=TOKEN, interval=60, policy="pack"
+        ) as cluster,
+    ):
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        first = await router.create_plain_transport(listen_ip="127.0.0.1")
+        used = router.server_of(first)
+        other = "a" if used == "b" else "b"
+        (a if used == "a" else b).draining = True
+        second = await router.create_plain_transport(listen_ip="127.0.0.1")
+        assert router.server_of(second) == other
+        observer = await router.create_audio_level_observer()
+        assert router.server_of(observer) == other
+        router.close()
+
+
 async def test_media_node_outlives_a_redis_outage(
     redis_server: RedisProcess,
     db: aioredis.Redis,

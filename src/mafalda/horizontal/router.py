@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mafalda.mediasoup.errors import InvalidStateError
 from mafalda.mediasoup.router import validate_listen_choice
@@ -44,6 +44,8 @@ _ANY_ADDRESS = ("0.0.0.0", "::")
 
 
 logger = logging.getLogger("mafalda.horizontal.router")
+
+_T = TypeVar("_T")
 
 
 def refused_by_server(error: BaseException) -> bool:
@@ -270,34 +272,31 @@ class ClusterRouter(SpanningRouter[str]):
 
     # -- transports and observers --------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _hosted(self, server: str | None) -> AsyncIterator[tuple[str, Any]]:
-        """The server for a new transport or observer (``server``, or the policy's
-        choice), and the child router there, kept (not idle) until the body has made and
-        adopted what it makes."""
+    async def _made_on(self, server: str | None, make: Callable[[str, Any], Awaitable[_T]]) -> _T:
+        """``make(server, child router)`` on ``server``, or where the policy says, the
+        child kept (not idle) until it is done. Unpinned, what a server refuses (its child
+        router or ``make`` itself: draining before its record said so, at a limit, gone)
+        is made on the next server."""
         self._check_open()
         if server is not None:
             self._cluster.check_placeable(server)
             with self._busy(server):
                 child = await self._child(server)
                 self._check_open()
-                yield server, child
-            return
+                return await make(server, child)
         refused: set[str] = set()
         while True:
             server = self._cluster.place(exclude=refused)  # ClusterError when none is left
             with self._busy(server):
                 try:
                     child = await self._child(server)
+                    self._check_open()
+                    return await make(server, child)
                 except Exception as error:
                     if not refused_by_server(error):
                         raise
-                    logger.warning("server %s refused a child router: %s", server, error)
+                    logger.warning("server %s refused: %s", server, error)
                     refused.add(server)
-                    continue
-                self._check_open()
-                yield server, child
-                return
 
     async def _create(
         self,
@@ -306,17 +305,21 @@ class ClusterRouter(SpanningRouter[str]):
         options: dict[str, Any],
         webrtc_server: ClusterWebRtcServer | None = None,
     ) -> ClusterTransport:
-        async with self._hosted(server) as (server, child):
-            address = self._cluster.media_address(server)
+        async def make(host: str, child: Any) -> tuple[ClusterTransport, Any]:
+            placed = dict(options)  # announced for this host (another may come next)
+            address = self._cluster.media_address(host)
             for key in ("listen_infos", "listen_info"):
-                if key in options:
-                    options[key] = _announce(options[key], address)
+                if key in placed:
+                    placed[key] = _announce(placed[key], address)
             if webrtc_server is not None:
-                options["webrtc_server"] = await webrtc_server.on_host(server)
+                placed["webrtc_server"] = await webrtc_server.on_host(host)
                 self._check_open()
-            transport = await getattr(child, method)(**options)
-            wrapper = ClusterTransport(self, server, transport)
-            self._adopt(server, transport, wrapper)
+            transport = await getattr(child, method)(**placed)
+            wrapper = ClusterTransport(self, host, transport)
+            self._adopt(host, transport, wrapper)
+            return wrapper, transport
+
+        wrapper, transport = await self._made_on(server, make)
         if webrtc_server is not None:
             webrtc_server.handle_webrtc_transport(wrapper, transport)
         return wrapper
@@ -364,11 +367,13 @@ class ClusterRouter(SpanningRouter[str]):
     async def _create_observer(
         self, method: str, server: str | None, options: dict[str, Any]
     ) -> ClusterRtpObserver:
-        async with self._hosted(server) as (server, child):
+        async def make(host: str, child: Any) -> ClusterRtpObserver:
             rtp_observer = await getattr(child, method)(**options)
-            wrapper = ClusterRtpObserver(self, server, rtp_observer)
-            self._adopt_observer(server, rtp_observer, wrapper)
-        return wrapper
+            wrapper = ClusterRtpObserver(self, host, rtp_observer)
+            self._adopt_observer(host, rtp_observer, wrapper)
+            return wrapper
+
+        return await self._made_on(server, make)
 
     async def create_active_speaker_observer(
         self, *, server: str | None = None, **options: Any

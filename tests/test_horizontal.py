@@ -933,6 +933,24 @@ async def test_aclose_with_frozen_servers_and_a_placement_under_way(
     assert cluster._clients == {}
 
 
+async def test_placements_at_once_spread(redis_server: RedisProcess, servers: list[Server]) -> None:
+    """Workers and transports asked for at once spread over equally loaded servers, as
+    one after the other do: those being made count as this client's already."""
+    async with await horizontal.connect(
+        redis_server.url, token=TOKEN, interval=60, grace=60
+    ) as cluster:
+        workers = await asyncio.gather(*(cluster.create_worker(log_level="warn") for _ in range(4)))
+        servers_used = sorted(cluster.server_of(w)["id"] for w in workers)  # type: ignore[index]
+        assert servers_used == ["s1", "s1", "s2", "s3"]
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        transports = await asyncio.gather(
+            *(router.create_plain_transport(listen_ip="127.0.0.1") for _ in range(6))
+        )
+        placed = sorted(router.server_of(t) for t in transports)
+        assert placed == ["s2", "s2", "s2", "s3", "s3", "s3"]  # s1 has two workers of ours
+        router.close()
+
+
 async def test_sigterm_drains_then_deregisters(
     db: aioredis.Redis, servers: list[Server], cluster: Cluster
 ) -> None:

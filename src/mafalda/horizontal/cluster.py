@@ -114,6 +114,8 @@ class Cluster:
         self._clients: dict[str, RemoteMediasoup | RemoteMafalda] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._workers: dict[RemoteWorker, str] = {}
+        #: create_worker() calls under way, by server: placements at once spread.
+        self._workers_coming: dict[str, int] = {}
         #: One pipe transport pair per (router id, target router id), dropped when either
         #: end closes; the pair being opened, shared by every caller that needs it.
         self._pipes: dict[tuple[str, str], tuple[RemoteTransport, RemoteTransport]] = {}
@@ -154,15 +156,23 @@ class Cluster:
             record = self._choose(exclude=tried, serves="mediasoup")
             if record is None:
                 raise ClusterError("no live media server available")
-            tried.add(record["id"])
+            server_id = record["id"]
+            tried.add(server_id)
+            self._workers_coming[server_id] = self._workers_coming.get(server_id, 0) + 1
             try:
                 client = await self._mediasoup_client(record)
                 worker = await client.create_worker(**kwargs)
             except Exception as error:
                 if not refused_by_server(error):
                     raise
-                logger.warning("server %s failed: %s", record["id"], error)
+                logger.warning("server %s failed: %s", server_id, error)
                 continue
+            finally:
+                left = self._workers_coming[server_id] - 1
+                if left:
+                    self._workers_coming[server_id] = left
+                else:
+                    del self._workers_coming[server_id]
             self._workers[worker] = record["id"]
             worker.observer.on("close", lambda w=worker: self._workers.pop(w, None))
             self.observer.emit("newworker", worker)
@@ -176,8 +186,10 @@ class Cluster:
         return copy.deepcopy(self._records)
 
     def _estimated_load(self, record: ServerRecord) -> float:
-        """The record's load, raised by this client's workers it does not count yet."""
+        """The record's load, raised by this client's workers it does not count yet
+        (those being made included)."""
         own = sum(1 for w, s in self._workers.items() if s == record["id"] and not w.closed)
+        own += self._workers_coming.get(record["id"], 0)
         if own <= record["workers"]:
             return record["load"]
         per_worker = (
@@ -219,8 +231,11 @@ class Cluster:
 
     def _own_transports(self, server_id: str) -> int:
         """This client's transports on a server, over its cluster routers (a record
-        counts them only from the server's next heartbeat on)."""
-        return sum(len(r.transports_on(server_id)) for r in self._routers.values())
+        counts them only from the server's next heartbeat on), those being made included
+        (placements at once spread)."""
+        return sum(
+            len(r.transports_on(server_id)) + r.making_on(server_id) for r in self._routers.values()
+        )
 
     def place(self, exclude: set[str] | None = None) -> str:
         """The server where a cluster router's next transport goes (not one of

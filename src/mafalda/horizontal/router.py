@@ -257,6 +257,10 @@ class ClusterRouter(SpanningRouter[str]):
         """Ids of this router's transports on a server."""
         return [t for t, h in self._transport_host.items() if h == server_id]
 
+    def making_on(self, server_id: str) -> int:
+        """Transports and observers of this router being made on a server."""
+        return self._busy_hosts.get(server_id, 0)
+
     def server_of(self, obj: Any) -> str:
         """The server hosting a transport, an RTP observer, a producer or a data producer."""
         oid = obj.id

@@ -951,6 +951,26 @@ async def test_placements_at_once_spread(redis_server: RedisProcess, servers: li
         router.close()
 
 
+async def test_bad_transport_options_are_refused_before_a_server_is_used(
+    redis_server: RedisProcess, servers: list[Server]
+) -> None:
+    """What every server would refuse (unknown options, bad listen infos) is refused
+    before the router makes a child router, and a worker for it, on one."""
+    async with await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster:
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+            await router.create_plain_transport(listen_ip="127.0.0.1", bogus=1)
+        with pytest.raises(ValueError, match="is not an IP address"):
+            await router.create_plain_transport(listen_info={"protocol": "udp", "ip": "x"})
+        with pytest.raises(ValueError, match="protocol"):
+            await router.create_webrtc_transport(listen_infos=[{"protocol": "sctp"}])
+        with pytest.raises(TypeError, match="create_audio_level_observer.. got an unexpected"):
+            await router.create_audio_level_observer(threshold=-80, bogus=True)
+        assert cluster._clients == {} and router.servers == []
+        transport = await router.create_plain_transport(listen_info={"protocol": "udp"})
+        assert transport.tuple["localAddress"] == cluster.media_address(router.server_of(transport))
+
+
 async def test_sigterm_drains_then_deregisters(
     db: aioredis.Redis, servers: list[Server], cluster: Cluster
 ) -> None:

@@ -23,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mafalda.mediasoup.errors import InvalidStateError
-from mafalda.mediasoup.router import validate_listen_choice
+from mafalda.mediasoup.router import Router, validate_listen_choice
+from mafalda.mediasoup.transport import validate_listen_info, validate_listen_infos
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
 from mafalda.remote.proxy import RemoteDataProducer
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["ClusterRouter", "ClusterRtpObserver", "ClusterTransport"]
 
 _ANY_ADDRESS = ("0.0.0.0", "::")
+#: Stands for the media address, unknown until a server is chosen, when listen infos
+#: are validated: any IP address validates the same way.
+_SOME_ADDRESS = "192.0.2.1"
 
 
 logger = logging.getLogger("mafalda.horizontal.router")
@@ -153,6 +159,24 @@ def _announce(value: Any, address: str) -> Any:
     ):
         return {**value, "announcedAddress": address}
     return value
+
+
+@functools.cache
+def _signature(method: str) -> inspect.Signature:
+    return inspect.signature(getattr(Router, method))
+
+
+def check_create_options(method: str, options: dict[str, Any]) -> None:
+    """What a server's Router would refuse of these options (unknown names, listen
+    infos), refused before a child router, and a worker for it, is made on a server."""
+    try:
+        _signature(method).bind(None, **options)
+    except TypeError as error:
+        raise TypeError(f"{method}() {error}") from None
+    if "listen_infos" in options:
+        validate_listen_infos(_announce(options["listen_infos"], _SOME_ADDRESS))
+    if "listen_info" in options:
+        validate_listen_info(_announce(options["listen_info"], _SOME_ADDRESS))
 
 
 def _source(options: dict[str, Any], key: str) -> str:
@@ -309,6 +333,8 @@ class ClusterRouter(SpanningRouter[str]):
         options: dict[str, Any],
         webrtc_server: ClusterWebRtcServer | None = None,
     ) -> ClusterTransport:
+        check_create_options(method, options)
+
         async def make(host: str, child: Any) -> tuple[ClusterTransport, Any]:
             placed = dict(options)  # announced for this host (another may come next)
             address = self._cluster.media_address(host)
@@ -371,6 +397,8 @@ class ClusterRouter(SpanningRouter[str]):
     async def _create_observer(
         self, method: str, server: str | None, options: dict[str, Any]
     ) -> ClusterRtpObserver:
+        check_create_options(method, options)
+
         async def make(host: str, child: Any) -> ClusterRtpObserver:
             rtp_observer = await getattr(child, method)(**options)
             wrapper = ClusterRtpObserver(self, host, rtp_observer)

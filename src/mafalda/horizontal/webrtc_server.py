@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mafalda.horizontal.router import _announce
+from mafalda.horizontal.router import _SOME_ADDRESS, _announce
 from mafalda.mediasoup.transport import validate_listen_infos
 from mafalda.vertical.spanning_webrtc_server import SpanningWebRtcServer
 
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from mafalda.remote import RemoteWebRtcServer
 
 __all__ = ["ClusterWebRtcServer"]
-
-#: Stands for the media address, unknown until a server is chosen, when listen infos
-#: are validated: any IP address validates the same way.
-_SOME_ADDRESS = "192.0.2.1"
 
 
 class ClusterWebRtcServer(SpanningWebRtcServer[str]):

@@ -1446,6 +1446,28 @@ async def test_a_lost_worker_is_replaced_once_whatever_placement_does(grows: boo
             assert router.worker_of(transport) is survivor and replaced == [m.workers[1]]
 
 
+@pytest.mark.parametrize("policy", ["concentrate", "spread"])
+async def test_a_placement_while_the_only_worker_is_replaced_waits_for_it(policy: str) -> None:
+    """The pool's one worker died and its replacement is starting: a transport placed
+    meanwhile waits for it (the pool may not grow past num_workers, and refusing would
+    fail every creation for as long as a worker takes to start)."""
+    async with await Mafalda.start(
+        num_workers=1, min_workers=1, policy=policy, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        (victim,) = m.workers
+        placed: list[asyncio.Future[Any]] = []
+        m.on(
+            "workerdied",
+            lambda loss: placed.append(asyncio.ensure_future(router.create_direct_transport())),
+        )
+        os.kill(victim.pid, signal.SIGKILL)
+        await asyncio.wait_for(_until(lambda: placed), 5)
+        transport = await asyncio.wait_for(placed[0], 10)
+        (replacement,) = m.workers
+        assert replacement is not victim and router.worker_of(transport) is replacement
+
+
 async def _split(m: Mafalda, data: bool) -> tuple[MafaldaRouter, Any, PlainTransport]:
     """A router of ``m`` with a (data) producer on the first worker and a transport on
     the second, where consuming it needs a pipe."""

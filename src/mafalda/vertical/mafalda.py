@@ -101,9 +101,10 @@ class Mafalda(EventSource):
         self._webrtc_servers: dict[str, MafaldaWebRtcServer] = {}
         self._closed = False
         self._grow_lock = asyncio.Lock()
-        #: Replacements of lost workers not yet started: placement counts them as started,
-        #: or a pool that lost a worker would grow past num_workers.
-        self._replacing = 0
+        #: Replacements of lost workers under way: placement counts them as started (or a
+        #: pool that lost a worker would grow past num_workers), and waits for one when
+        #: they are all it may have.
+        self._replacements: set[asyncio.Task[None]] = set()
         #: (worker, id) of the copies being made there under their source's id.
         self._claimed: set[tuple[Worker, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -263,9 +264,15 @@ class Mafalda(EventSource):
         await worker.wait_closed()
         self._retired.discard(worker)
 
+    @property
+    def _replacing(self) -> int:
+        return sum(1 for task in self._replacements if not task.done())
+
     def _replace_soon(self) -> None:
-        self._replacing += 1
-        self._spawn(self._replace_worker())
+        task = asyncio.ensure_future(self._replace_worker())
+        for tasks in (self._tasks, self._replacements):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _replace_worker(self) -> None:
         try:
@@ -279,8 +286,6 @@ class Mafalda(EventSource):
             if not self._closed:
                 logger.error("could not replace a dead worker: %s", error)
             return
-        finally:
-            self._replacing -= 1
         self.events.emit("workerreplaced", worker)
 
     def record_loss(self, worker: Worker, kind: str, object_id: str) -> None:
@@ -473,6 +478,12 @@ class Mafalda(EventSource):
                     if len(self._pool) != len(workers):
                         continue  # someone else grew the pool: choose again
                     return await self._add_worker()
+            if choice == GROW and self._replacing:
+                # Every worker there may be is a replacement under way: wait for one.
+                starting = [task for task in self._replacements if not task.done()]
+                await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+                self._check_open()
+                continue
             # A custom policy breaking its contract: an error, not a loop that never yields
             # (a negative index would silently pick another worker).
             if choice == GROW:

@@ -360,3 +360,55 @@ async def test_a_pipe_follow_up_that_fails_is_logged_at_debug(
     assert "PRODUCER_PAUSE" in record.getMessage()
     assert isinstance(record.args, tuple) and isinstance(record.args[0], ChannelTimeoutError)
     assert piped["pipeConsumer"].producer_paused and not piped["pipeProducer"].closed
+
+
+async def _cancelled_once_sent(make: Any) -> None:
+    attempt = asyncio.ensure_future(make())
+    await asyncio.sleep(0)  # sent: now waiting for the answer
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+
+async def test_creations_cancelled_once_sent_leave_nothing_in_the_worker(worker: Worker) -> None:
+    """A caller cancelled once its creation is on its way: the worker makes the router,
+    transport, observer, producer or consumer all the same, and nothing here would ever
+    close it (ports held, media forwarded): it is closed there."""
+    await _cancelled_once_sent(lambda: worker.create_router(media_codecs=MEDIA_CODECS))
+    assert (await worker.dump())["routerIds"] == []
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    listen = {"protocol": "udp", "ip": "127.0.0.1"}
+    for make in (
+        lambda: router.create_plain_transport(listen_info=listen),
+        lambda: router.create_webrtc_transport(listen_infos=[listen]),
+        lambda: router.create_pipe_transport(listen_info=listen),
+        router.create_direct_transport,
+        router.create_audio_level_observer,
+        router.create_active_speaker_observer,
+    ):
+        await _cancelled_once_sent(make)
+    dump = await router.dump()
+    assert dump["transportIds"] == [] and dump["rtpObserverIds"] == []
+    transport = await router.create_plain_transport(listen_info=listen, comedia=True)
+    direct = await router.create_direct_transport()
+    parameters: Any = {
+        "codecs": [
+            {"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000, "channels": 2}
+        ],
+        "encodings": [{"ssrc": 1111}],
+    }
+    await _cancelled_once_sent(lambda: transport.produce(kind="audio", rtp_parameters=parameters))
+    await _cancelled_once_sent(lambda: direct.produce_data(label="x"))
+    producer = await transport.produce(kind="audio", rtp_parameters=parameters)
+    data_producer = await direct.produce_data(label="y")
+    caps = router.rtp_capabilities
+    await _cancelled_once_sent(
+        lambda: transport.consume(producer_id=producer.id, rtp_capabilities=caps)
+    )
+    await _cancelled_once_sent(lambda: direct.consume_data(data_producer_id=data_producer.id))
+    plain_dump, direct_dump = await transport.dump(), await direct.dump()
+    assert plain_dump["producerIds"] == [producer.id] and plain_dump["consumerIds"] == []
+    assert direct_dump["dataProducerIds"] == [data_producer.id]
+    assert direct_dump["dataConsumerIds"] == []
+    # The channel still serves (the closes' answers matched nothing pending).
+    assert set((await router.dump())["transportIds"]) == {transport.id, direct.id}

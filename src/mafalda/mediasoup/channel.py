@@ -495,6 +495,20 @@ class Channel:
             self._sweeper = self._loop.call_at(deadline, self._sweep)
         return future
 
+    async def request_making(
+        self, method: int, handler_id: str, body: Any, close: tuple[int, str, Any]
+    ) -> Any:
+        """request() of one that makes an object in the worker, which makes it even when
+        its caller is cancelled or the request times out: nothing here would ever close
+        it then (it would hold its ports, forward media), so ``close`` (method, handler
+        id, body) is sent before the error goes on."""
+        future = self.request(method, handler_id, body)
+        try:
+            return await future
+        except (asyncio.CancelledError, ChannelTimeoutError):
+            self.request_nowait(*close)
+            raise
+
     def _sweep(self) -> None:
         self._sweeper = None
         now = self._loop.time()

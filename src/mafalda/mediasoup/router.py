@@ -19,6 +19,8 @@ from mafalda.mediasoup._fbs.DirectTransport.DirectTransportOptions import Direct
 from mafalda.mediasoup._fbs.PipeTransport.PipeTransportOptions import PipeTransportOptionsT
 from mafalda.mediasoup._fbs.PlainTransport.PlainTransportOptions import PlainTransportOptionsT
 from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Router.CloseRtpObserverRequest import CloseRtpObserverRequestT
+from mafalda.mediasoup._fbs.Router.CloseTransportRequest import CloseTransportRequestT
 from mafalda.mediasoup._fbs.Router.CreateActiveSpeakerObserverRequest import (
     CreateActiveSpeakerObserverRequestT,
 )
@@ -324,6 +326,19 @@ class Router(EventSource):
             "book": self._book,
         }
 
+    async def _make_transport(self, method: int, transport_id: str, request: Any) -> Any:
+        close = CloseTransportRequestT()
+        close.transportId = transport_id
+        return await self._channel.request_making(
+            method, self._id, request, (Method.ROUTER_CLOSE_TRANSPORT, self._id, close)
+        )
+
+    async def _make_rtp_observer(self, method: int, observer_id: str, request: Any) -> None:
+        close = CloseRtpObserverRequestT(rtpObserverId=observer_id)
+        await self._channel.request_making(
+            method, self._id, request, (Method.ROUTER_CLOSE_RTPOBSERVER, self._id, close)
+        )
+
     def _check_still_open(self, child: Transport | RtpObserver) -> None:
         """InvalidStateError when this router closed while the worker made ``child`` (the
         worker closed that with the router): it is marked closed, not handed out."""
@@ -445,7 +460,7 @@ class Router(EventSource):
             if webrtc_server is not None
             else Method.ROUTER_CREATE_WEBRTCTRANSPORT
         )
-        body = await self._channel.request(method, self._id, request)
+        body = await self._make_transport(method, transport_id, request)
         transport = WebRtcTransport(
             **self._transport_kwargs(transport_id, app_data),
             data=parse_webrtc_transport_dump(body),
@@ -520,7 +535,9 @@ class Router(EventSource):
             ),
             build,
         )
-        body = await self._channel.request(Method.ROUTER_CREATE_PLAINTRANSPORT, self._id, request)
+        body = await self._make_transport(
+            Method.ROUTER_CREATE_PLAINTRANSPORT, transport_id, request
+        )
         transport = PlainTransport(
             **self._transport_kwargs(transport_id, app_data),
             data=parse_plain_transport_dump(body),
@@ -572,7 +589,7 @@ class Router(EventSource):
             ),
             build,
         )
-        body = await self._channel.request(Method.ROUTER_CREATE_PIPETRANSPORT, self._id, request)
+        body = await self._make_transport(Method.ROUTER_CREATE_PIPETRANSPORT, transport_id, request)
         transport = PipeTransport(
             **self._transport_kwargs(transport_id, app_data),
             data=parse_pipe_transport_dump(body),
@@ -598,7 +615,9 @@ class Router(EventSource):
         request = CreateDirectTransportRequestT()
         request.transportId = transport_id
         request.options = options
-        body = await self._channel.request(Method.ROUTER_CREATE_DIRECTTRANSPORT, self._id, request)
+        body = await self._make_transport(
+            Method.ROUTER_CREATE_DIRECTTRANSPORT, transport_id, request
+        )
         transport = DirectTransport(
             **self._transport_kwargs(transport_id, app_data),
             data=parse_direct_transport_dump(body),
@@ -869,7 +888,9 @@ class Router(EventSource):
         request = CreateActiveSpeakerObserverRequestT()
         request.rtpObserverId = observer_id
         request.options = options
-        await self._channel.request(Method.ROUTER_CREATE_ACTIVESPEAKEROBSERVER, self._id, request)
+        await self._make_rtp_observer(
+            Method.ROUTER_CREATE_ACTIVESPEAKEROBSERVER, observer_id, request
+        )
         rtp_observer = ActiveSpeakerObserver(
             router_id=self._id,
             rtp_observer_id=observer_id,
@@ -909,7 +930,7 @@ class Router(EventSource):
         request = CreateAudioLevelObserverRequestT()
         request.rtpObserverId = observer_id
         request.options = options
-        await self._channel.request(Method.ROUTER_CREATE_AUDIOLEVELOBSERVER, self._id, request)
+        await self._make_rtp_observer(Method.ROUTER_CREATE_AUDIOLEVELOBSERVER, observer_id, request)
         rtp_observer = AudioLevelObserver(
             router_id=self._id,
             rtp_observer_id=observer_id,

@@ -27,6 +27,10 @@ from mafalda.mediasoup._fbs.RtpParameters.MediaKind import MediaKind as FbsMedia
 from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
 from mafalda.mediasoup._fbs.SctpAssociation.SctpState import SctpState as FbsSctpState
 from mafalda.mediasoup._fbs.Transport.BweType import BweType
+from mafalda.mediasoup._fbs.Transport.CloseConsumerRequest import CloseConsumerRequestT
+from mafalda.mediasoup._fbs.Transport.CloseDataConsumerRequest import CloseDataConsumerRequestT
+from mafalda.mediasoup._fbs.Transport.CloseDataProducerRequest import CloseDataProducerRequestT
+from mafalda.mediasoup._fbs.Transport.CloseProducerRequest import CloseProducerRequestT
 from mafalda.mediasoup._fbs.Transport.ConsumeDataRequest import ConsumeDataRequestT
 from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
 from mafalda.mediasoup._fbs.Transport.EnableTraceEventRequest import EnableTraceEventRequestT
@@ -677,6 +681,16 @@ class Transport(EventSource):
         self._check_open()
         return await self._channel.request(method, self._id, body)
 
+    async def _request_making(
+        self, method: int, body: Any, close_method: int, close_body: Any
+    ) -> Any:
+        """A request that makes a child: closed in the worker if the caller goes first
+        (see Channel.request_making)."""
+        self._check_open()
+        return await self._channel.request_making(
+            method, self._id, body, (close_method, self._id, close_body)
+        )
+
     async def _dump_body(self) -> Any:
         return await self._request(Method.TRANSPORT_DUMP)
 
@@ -763,7 +777,12 @@ class Transport(EventSource):
             request.enableMediasoupPacketIdHeaderExtension = bool(
                 enable_mediasoup_packet_id_header_extension
             )
-            response = await self._request(Method.TRANSPORT_PRODUCE, request)
+            response = await self._request_making(
+                Method.TRANSPORT_PRODUCE,
+                request,
+                Method.TRANSPORT_CLOSE_PRODUCER,
+                CloseProducerRequestT(producerId=producer_id),
+            )
             producer = Producer(
                 transport_id=self._id,
                 producer_id=producer_id,
@@ -858,7 +877,12 @@ class Transport(EventSource):
                 layers.temporalLayer = preferred_layers.get("temporalLayer")
                 request.preferredLayers = layers
             request.ignoreDtx = bool(ignore_dtx)
-            status = await self._request(Method.TRANSPORT_CONSUME, request)
+            status = await self._request_making(
+                Method.TRANSPORT_CONSUME,
+                request,
+                Method.TRANSPORT_CLOSE_CONSUMER,
+                CloseConsumerRequestT(consumerId=consumer_id),
+            )
             score = status.score
             status_layers = status.preferredLayers
             consumer = Consumer(
@@ -964,7 +988,12 @@ class Transport(EventSource):
             request.label = label
             request.protocol = protocol
             request.paused = bool(paused)
-            body = await self._request(Method.TRANSPORT_PRODUCE_DATA, request)
+            body = await self._request_making(
+                Method.TRANSPORT_PRODUCE_DATA,
+                request,
+                Method.TRANSPORT_CLOSE_DATAPRODUCER,
+                CloseDataProducerRequestT(dataProducerId=data_producer_id),
+            )
             dump = parse_data_producer_dump(body)
             data_producer = DataProducer(
                 transport_id=self._id,
@@ -1084,7 +1113,12 @@ class Transport(EventSource):
             request.paused = bool(paused)
             request.subchannels = list(subchannels or [])
             try:
-                body = await self._request(Method.TRANSPORT_CONSUME_DATA, request)
+                body = await self._request_making(
+                    Method.TRANSPORT_CONSUME_DATA,
+                    request,
+                    Method.TRANSPORT_CLOSE_DATACONSUMER,
+                    CloseDataConsumerRequestT(dataConsumerId=data_consumer_id),
+                )
             except BaseException:
                 self._release_sctp_stream_id(sctp_stream_id)
                 raise

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from mafalda.mediasoup._fbs.Notification.Event import Event
 from mafalda.mediasoup._fbs.Request.Method import Method
+from mafalda.mediasoup._fbs.Worker.CloseRouterRequest import CloseRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CloseWebRtcServerRequest import CloseWebRtcServerRequestT
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup._fbs.Worker.CreateWebRtcServerRequest import CreateWebRtcServerRequestT
@@ -556,7 +557,11 @@ class Worker(EventSource):
         router_id = new_id()
         request = CreateRouterRequestT()
         request.routerId = router_id
-        await self._channel.request(Method.WORKER_CREATE_ROUTER, "", request)
+        close = CloseRouterRequestT()
+        close.routerId = router_id
+        await self._channel.request_making(
+            Method.WORKER_CREATE_ROUTER, "", request, (Method.WORKER_CLOSE_ROUTER, "", close)
+        )
         router = Router(
             router_id=router_id,
             rtp_capabilities=rtp_capabilities,

@@ -155,6 +155,12 @@ def test_generate_router_rtp_capabilities_payload_types() -> None:
     ]
 
 
+def test_generate_router_rtp_capabilities_refuses_what_is_no_payload_type() -> None:
+    for wrong in (128, -5, 100.5):
+        with pytest.raises(TypeError, match="codec.preferredPayloadType: .* not an integer"):
+            router_caps({**opus(), "preferredPayloadType": wrong})
+
+
 def test_generate_router_rtp_capabilities_with_duplicated_payload_type_raises() -> None:
     with pytest.raises(InvalidValueError, match="duplicated codec.preferredPayloadType"):
         router_caps({**opus(), "preferredPayloadType": 101}, {**vp8(), "preferredPayloadType": 101})
@@ -1123,6 +1129,21 @@ def test_validate_and_normalize_rtp_capabilities_fills_defaults() -> None:
             TypeError,
             "invalid codec.preferredPayloadType",
         ),
+        (
+            {"codecs": [{"mimeType": "audio/opus", "preferredPayloadType": 1000}]},
+            TypeError,
+            "invalid codec.preferredPayloadType: 1000 is not an integer in [0, 127]",
+        ),
+        (
+            {"codecs": [{"mimeType": "audio/opus", "preferredPayloadType": 100.5}]},
+            TypeError,
+            "invalid codec.preferredPayloadType: 100.5",
+        ),
+        (
+            {"codecs": [{"mimeType": "audio/opus", "clockRate": 1, "parameters": {1: "x"}}]},
+            TypeError,
+            "invalid codec parameter key 1",
+        ),
         ({"codecs": [{"mimeType": "audio/opus"}]}, TypeError, "missing codec.clockRate"),
         (
             {"codecs": [{"mimeType": "audio/opus", "clockRate": True}]},
@@ -1314,6 +1335,11 @@ def test_validate_and_normalize_rtp_parameters_fills_defaults() -> None:
             {"codecs": [], "headerExtensions": [{"uri": MID, "id": 1, "parameters": {"p": []}}]},
             TypeError,
             "invalid header extension parameter",
+        ),
+        (
+            {"codecs": [], "headerExtensions": [{"uri": MID, "id": 1, "parameters": {("a",): 1}}]},
+            TypeError,
+            "invalid header extension parameter key ('a',)",
         ),
         ({"codecs": [], "encodings": {"ssrc": 1}}, TypeError, "params.encodings is not an array"),
         ({"codecs": [], "encodings": [1]}, TypeError, "encoding is not an object"),

@@ -344,6 +344,8 @@ def _normalize_codec_parameters_and_feedback(codec: dict[str, Any]) -> None:
     if not isinstance(parameters, dict):
         codec["parameters"] = parameters = {}
     for key, value in parameters.items():
+        if not isinstance(key, str):  # (a JavaScript object's keys are strings)
+            raise TypeError(f"invalid codec parameter key {key!r}")
         if value is None:
             parameters[key] = value = ""
         if not isinstance(value, str) and not _is_number(value):
@@ -370,6 +372,15 @@ def validate_and_normalize_rtp_codec_capability(
     preferred_payload_type = obj.get("preferredPayloadType")
     if _truthy(preferred_payload_type) and not _is_number(preferred_payload_type):
         raise TypeError("invalid codec.preferredPayloadType")
+    if _is_number(preferred_payload_type) and not (
+        isinstance(preferred_payload_type, int) and 0 <= preferred_payload_type <= 127
+    ):
+        # An RTP payload type (7 bits): mediasoup's encoder would wrap or truncate it,
+        # and the router would advertise what the worker does not use.
+        raise TypeError(
+            f"invalid codec.preferredPayloadType: {preferred_payload_type!r} is not an "
+            "integer in [0, 127]"
+        )
 
     if not _is_number(obj.get("clockRate")):
         raise TypeError("missing codec.clockRate")
@@ -457,6 +468,8 @@ def validate_and_normalize_rtp_header_extension_parameters(
     if not isinstance(parameters, dict):
         obj["parameters"] = parameters = {}
     for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TypeError(f"invalid header extension parameter key {key!r}")
         if value is None:
             parameters[key] = value = ""
         if not isinstance(value, str) and not _is_number(value):

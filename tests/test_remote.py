@@ -364,6 +364,68 @@ async def test_fire_and_forget_failure_reaches_the_client(
     await client.aclose()
 
 
+async def _notices(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` notifications from the server, batches taken apart."""
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        msg = await ws.receive(5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        data = json.loads(msg.data)
+        got.extend(m for m in (data if isinstance(data, list) else [data]) if "method" in m)
+    return got
+
+
+async def test_failed_fire_and_forget_calls_are_logged_within_bounds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client whose fire-and-forget calls fail by the thousand (each told to it) gets
+    one warning line for the first, then one per FAILURE_LOG_INTERVAL counting the others
+    (the last one named); a quiet interval ends that; the session's end logs what was
+    held back. Nothing is lost: the lines add up to every failure."""
+    monkeypatch.setattr(server_module, "FAILURE_LOG_INTERVAL", 1.0)
+    caplog.set_level(logging.WARNING, "mafalda.remote.server")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mafalda.remote.server"]
+
+    failing = {
+        "jsonrpc": "2.0",
+        "method": "call",
+        "params": {"target": None, "method": "get_supported_rtp_capabilities", "args": [1]},
+    }
+    single = "get_supported_rtp_capabilities() failed: "
+    async with await serve(token=TOKEN, grace_period=0.3) as srv:
+        ws = await raw(srv)
+        await ws.send_str(json.dumps([failing] * 1000))
+        notices = await _notices(ws, 1000)
+        assert {n["params"]["method"] for n in notices} == {"get_supported_rtp_capabilities"}
+        (first,) = lines()  # one line, not a thousand
+        assert first.startswith(single) and "positional argument" in first
+        await until(lambda: len(lines()) == 2)
+        assert lines()[1] == f"999 more fire-and-forget calls failed (the last: {first})"
+        # Failing on: held back again, one line per interval.
+        await ws.send_str(json.dumps([failing] * 5))
+        await _notices(ws, 5)
+        assert len(lines()) == 2
+        await until(lambda: len(lines()) == 3)
+        assert lines()[2].startswith("5 more fire-and-forget calls failed (the last: ")
+        # A quiet interval: the next failure is logged at once.
+        await asyncio.sleep(1.2)
+        assert len(lines()) == 3
+        await ws.send_str(json.dumps(failing))
+        await _notices(ws, 1)
+        assert len(lines()) == 4 and lines()[3].startswith(single)
+        # Held back when the session ends (its bye): logged then, not dropped.
+        await ws.send_str(json.dumps(failing))
+        await _notices(ws, 1)
+        assert len(lines()) == 4
+        await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "bye"}))
+        await until(lambda: len(lines()) == 5)
+        assert lines()[4].startswith("1 more fire-and-forget calls failed (the last: ")
+        await close_raw(ws)
+        assert len(lines()) == 5
+
+
 async def test_closing_a_webrtc_server_closes_the_transports_using_it(
     server: RemoteServer,
 ) -> None:
@@ -710,6 +772,29 @@ async def test_handshake_faults() -> None:
         assert list(srv.sessions) == [session]
 
 
+async def _stalled_session(
+    srv: RemoteServer,
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any], str, str]:
+    """A raw client's session with a worker, its link stalled: big answers never read
+    fill up its socket. The link, the hello, the session id and the worker's handle."""
+    first = await raw(srv, hello=False)
+    hello = {"version": PROTOCOL_VERSION, "token": TOKEN}
+    session_id = (await rpc(first, 0, "hello", hello))["result"]["session"]
+    worker = await rpc(first, 1, "call", {"target": None, "method": "create_worker"})
+    old = srv.sessions[session_id].connection
+    assert old is not None
+    ask = {"target": None, "method": "get_supported_rtp_capabilities"}
+    rid = 2
+    while old.frames.backlog_bytes == 0:
+        batch = [
+            {"jsonrpc": "2.0", "id": rid + i, "method": "call", "params": ask} for i in range(200)
+        ]
+        rid += 200
+        await first.send_str(json.dumps(batch))
+        await asyncio.sleep(0.01)
+    return first, hello, session_id, worker["result"]["value"]["id"]
+
+
 async def test_a_session_taken_over_stays_with_its_new_link(monkeypatch: Any) -> None:
     """A resume while the old link is still open and reads nothing (a stalled client):
     the resume is answered at once, the session stays with the new link past the grace
@@ -719,25 +804,9 @@ async def test_a_session_taken_over_stays_with_its_new_link(monkeypatch: Any) ->
     async with await serve(
         token=TOKEN, grace_period=0.2, heartbeat=None, target={"log_level": "warn"}
     ) as srv:
-        first = await raw(srv, hello=False)
-        hello = {"version": PROTOCOL_VERSION, "token": TOKEN}
-        session_id = (await rpc(first, 0, "hello", hello))["result"]["session"]
-        worker = await rpc(first, 1, "call", {"target": None, "method": "create_worker"})
-        handle = worker["result"]["value"]["id"]
+        first, hello, session_id, handle = await _stalled_session(srv)
         session = srv.sessions[session_id]
         old = session.connection
-        assert old is not None
-        # Big answers never read: the old link's socket fills up.
-        ask = {"target": None, "method": "get_supported_rtp_capabilities"}
-        rid = 2
-        while old.frames.backlog_bytes == 0:
-            batch = [
-                {"jsonrpc": "2.0", "id": rid + i, "method": "call", "params": ask}
-                for i in range(200)
-            ]
-            rid += 200
-            await first.send_str(json.dumps(batch))
-            await asyncio.sleep(0.01)
         second = await raw(srv, hello=False)
         answer = await asyncio.wait_for(
             rpc(second, 0, "hello", {**hello, "session": session_id}), 5
@@ -749,6 +818,47 @@ async def test_a_session_taken_over_stays_with_its_new_link(monkeypatch: Any) ->
         assert srv.sessions.get(session_id) is session and not session.closed
         dump = await rpc(second, 1, "call", {"target": handle, "method": "dump"})
         assert dump["result"]["value"]["pid"] == session.objects[handle].pid
+        await close_raw(second)
+        await first._test_http.close()  # type: ignore[attr-defined]
+
+
+async def test_events_of_a_takeover_go_to_the_new_link(monkeypatch: Any) -> None:
+    """While a session taken over closes its old link (stalled: its close waits), the
+    session's events go to the new link: a worker dying then is told to the client."""
+    monkeypatch.setattr(server_module, "FLUSH_TIMEOUT", 2.0)
+    monkeypatch.setattr(server_module, "CLOSE_TIMEOUT", 2.0)
+    closing = asyncio.Event()
+    close = server_module._Connection.close
+
+    async def watched_close(self: Any, code: int = 1000) -> None:
+        if code == p.SESSION_TAKEN_OVER:
+            closing.set()
+        await close(self, code)
+
+    monkeypatch.setattr(server_module._Connection, "close", watched_close)
+    async with await serve(
+        token=TOKEN, grace_period=5, heartbeat=None, target={"log_level": "warn"}
+    ) as srv:
+        first, hello, session_id, handle = await _stalled_session(srv)
+        session = srv.sessions[session_id]
+        old = session.connection
+        second = await raw(srv, hello=False)
+        resume = {"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {**hello}}
+        resume["params"]["session"] = session_id
+        await second.send_str(json.dumps(resume))
+        await asyncio.wait_for(closing.wait(), 5)
+        os.kill(session.objects[handle].pid, signal.SIGKILL)
+        async with asyncio.timeout(5):
+            died = None
+            while died is None:
+                msg = await second.receive()
+                assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                data = json.loads(msg.data)
+                for message in data if isinstance(data, list) else [data]:
+                    params = message.get("params", {})
+                    if params.get("target") == handle and params.get("event") == "died":
+                        died = message
+        assert old in srv._connections  # still closing: within the takeover
         await close_raw(second)
         await first._test_http.close()  # type: ignore[attr-defined]
 
@@ -830,6 +940,23 @@ async def test_calls_after_a_bye_in_the_same_frame_are_refused(server: RemoteSer
     assert answer["error"]["message"] == "session closed"
     assert server.sessions == {}
     assert root.live_workers() == 0 and list(root.workers) == []
+    await close_raw(ws)
+
+
+async def test_a_bye_with_an_id_is_answered_once_the_session_closed(
+    server: RemoteServer,
+) -> None:
+    """A bye sent as a request (with an id) gets its answer (JSON-RPC 2.0), null, once
+    the session's objects are closed; calls after it are refused, as after any bye."""
+    ws = await raw(server)
+    made = await rpc(ws, 1, "call", {"target": None, "method": "create_worker"})
+    (session,) = server.sessions.values()
+    worker = session.objects[made["result"]["value"]["id"]]
+    answer = await rpc(ws, 2, "bye", {})
+    assert answer == {"jsonrpc": "2.0", "id": 2, "result": None}
+    assert server.sessions == {} and worker.closed
+    refused = await rpc(ws, 3, "call", {"target": None, "method": "create_worker"})
+    assert refused["error"] == {"code": p.INVALID_REQUEST, "message": "session closed"}
     await close_raw(ws)
 
 

@@ -1,6 +1,6 @@
 """The operator's limits of a Remote Mediasoup / Remote Mafalda server: workers per
-session, sessions, the RTC port range. The checks alone (no I/O), then against real
-loopback servers, clients and workers, and the `mafalda serve` flags."""
+session, sessions, objects per session, the RTC port range. The checks alone (no I/O),
+then against real loopback servers, clients and workers, and the `mafalda serve` flags."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from mafalda.remote import (
 )
 from mafalda.remote import protocol as p
 from mafalda.remote._limits import (
+    DEFAULT_MAX_OBJECTS_PER_SESSION,
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_WORKERS,
     DEFAULT_MAX_WORKERS_PER_SESSION,
@@ -77,6 +78,7 @@ def test_defaults() -> None:
     assert DEFAULT_MAX_WORKERS_PER_SESSION == max(8, 4 * (os.cpu_count() or 1))
     assert DEFAULT_MAX_WORKERS == 2 * DEFAULT_MAX_WORKERS_PER_SESSION
     assert DEFAULT_MAX_SESSIONS == 1000
+    assert DEFAULT_MAX_OBJECTS_PER_SESSION == 100_000
 
 
 @pytest.mark.parametrize(
@@ -207,6 +209,8 @@ async def test_serve_refuses_bad_limits() -> None:
         await serve(token=TOKEN, max_workers_per_session=0)
     with pytest.raises(TypeError, match="max_sessions must be an integer"):
         await serve(token=TOKEN, max_sessions=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_objects_per_session must be at least 1"):
+        await serve(token=TOKEN, max_objects_per_session=0)
     with pytest.raises(ValueError, match="rtc_port_range min .* is greater than its max"):
         await serve(token=TOKEN, rtc_port_range=(2, 1))
     # The operator's own worker settings must fit the operator's range.
@@ -357,6 +361,99 @@ async def test_max_sessions() -> None:
         assert set(srv.sessions) == {c.session_id, d.session_id}
         await c.aclose()
         await d.aclose()
+
+
+# -- objects per session -------------------------------------------------------------------
+
+
+async def test_max_objects_per_session_remote_mafalda() -> None:
+    """On a Mafalda's shared pool, a session holding max_objects_per_session live objects
+    gets a 'too many objects' error (RemoteError, code RATE_LIMITED, the limit named) for
+    its next creation, before anything reaches a worker; other sessions are served on;
+    closed objects free their slots; the calls of one frame cannot pass it together; a
+    creation that fails takes no slot."""
+    mafalda = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    try:
+        async with await serve(
+            token=TOKEN, target=mafalda, grace_period=0, max_objects_per_session=3
+        ) as srv:
+            assert srv.max_objects_per_session == 3
+            a = await connect(srv.url, token=TOKEN)
+            assert isinstance(a, RemoteMafalda)
+            router = await a.create_router(media_codecs=MEDIA_CODECS)
+            transport = await router.create_plain_transport(listen_ip="127.0.0.1")
+            await transport.produce(kind="audio", rtp_parameters=AUDIO)  # at the limit
+            served = srv.sessions[a.session_id]
+            assert len(served.objects) == 3
+            (worker,) = mafalda.workers
+            routers = (await worker.dump())["routerIds"]
+            transports = dict(served_by(srv, router).transports_for_testing)
+            limit = "too many objects: max_objects_per_session is 3"
+            with pytest.raises(RemoteError, match=limit) as info:
+                await router.create_plain_transport(listen_ip="127.0.0.1")
+            assert info.value.code == p.RATE_LIMITED
+            with pytest.raises(RemoteError, match=limit):
+                await a.create_router(media_codecs=MEDIA_CODECS)
+            with pytest.raises(RemoteError, match=limit):
+                await transport.produce(kind="audio", rtp_parameters=AUDIO)
+            # Nothing reached the worker.
+            assert (await worker.dump())["routerIds"] == routers
+            assert served_by(srv, router).transports_for_testing == transports
+            assert len(a.objects) == 3 and len(served.objects) == 3
+            # A fire-and-forget creation past it: its client hears of the refusal.
+            errors: list[Any] = []
+            a.connection.events.on("callerror", lambda *e: errors.append(e))
+            a.connection.call_nowait(router, "create_plain_transport", (), {"listen_ip": "::1"})
+            await until(lambda: errors != [])
+            ((target, method, error),) = errors
+            assert (target, method) == (router, "create_plain_transport")
+            assert isinstance(error, RemoteError) and error.code == p.RATE_LIMITED
+            assert str(error) == limit
+            # Another session has its own objects, on the same pool.
+            b = await connect(srv.url, token=TOKEN)
+            assert isinstance(b, RemoteMafalda)
+            other = await b.create_router(media_codecs=MEDIA_CODECS)
+            await other.create_plain_transport(listen_ip="127.0.0.1")
+            # Closed objects free their slots (the transport's producer with it).
+            transport.close()
+            await until(lambda: len(served.objects) == 1)
+            # Calls of one frame run in turn: two get a slot, the third is refused.
+            results = await asyncio.gather(
+                *(router.create_plain_transport(listen_ip="127.0.0.1") for _ in range(3)),
+                return_exceptions=True,
+            )
+            refused = [r for r in results if isinstance(r, Exception)]
+            assert len(refused) == 1 and str(refused[0]) == limit
+            assert len(served.objects) == 3 and served.creating == 0
+            # A creation that fails (its own error) leaves no slot taken.
+            results[0 if refused[0] is not results[0] else 1].close()
+            await until(lambda: len(served.objects) == 2)
+            with pytest.raises(TypeError):
+                await router.create_plain_transport(listen_ip="127.0.0.1", bogus=1)
+            assert served.creating == 0
+            await router.create_plain_transport(listen_ip="127.0.0.1")
+            await a.aclose()
+            await b.aclose()
+    finally:
+        await mafalda.aclose()
+
+
+async def test_max_objects_per_session_remote_mediasoup() -> None:
+    """A Remote Mediasoup session's workers count among its objects: past the limit no
+    router is made, and no worker starts."""
+    async with await serve(token=TOKEN, grace_period=0, max_objects_per_session=2) as srv:
+        client = await connect(srv.url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        await worker.create_router(media_codecs=MEDIA_CODECS)
+        routers = (await worker.dump())["routerIds"]
+        with pytest.raises(RemoteError, match="max_objects_per_session is 2"):
+            await worker.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(RemoteError, match="max_objects_per_session is 2"):
+            await client.create_worker(log_level="warn")
+        assert (await worker.dump())["routerIds"] == routers
+        assert len(list(srv._root.workers)) == 1
+        await client.aclose()
 
 
 # -- the RTC port range --------------------------------------------------------------------
@@ -536,12 +633,15 @@ def test_serve_limit_flags() -> None:
             "7",
             "--max-connections",
             "9",
+            "--max-objects-per-session",
+            "11",
             "--rtc-port-range",
             "40000-40099",
         ]
     )
     assert cli.serve_limits(args) == {
         "max_connections": 9,
+        "max_objects_per_session": 11,
         "max_workers": 7,
         "max_workers_per_session": 3,
         "max_sessions": 5,
@@ -582,6 +682,8 @@ async def test_serve_command_limits() -> None:
             "1",
             "--max-workers-per-session",
             "1",
+            "--max-objects-per-session",
+            "2",
             "--rtc-port-range",
             f"{low}-{high}",
             token=TOKEN,
@@ -594,6 +696,9 @@ async def test_serve_command_limits() -> None:
         assert rtc_ports_of(worker.pid) == (low, high)
         with pytest.raises(RemoteError, match="max_workers_per_session is 1"):
             await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        with pytest.raises(RemoteError, match="max_objects_per_session is 2"):
+            await router.create_plain_transport(listen_ip="127.0.0.1")
         with pytest.raises(RemoteError, match="max_sessions is 1"):
             await connect(url, token=TOKEN)
         await client.aclose()

@@ -5,7 +5,8 @@
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
                   [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--max-workers-per-session N]
                   [--max-workers N] [--max-sessions N] [--max-connections N]
-                  [--rtc-port-range MIN-MAX] [--cluster REDIS_URL ... | --swarm [SEED_URL ...]]
+                  [--max-objects-per-session N] [--rtc-port-range MIN-MAX]
+                  [--cluster REDIS_URL ... | --swarm [SEED_URL ...]]
                   [--peer-token SECRET [--peer-also-accept SECRET]]
     mafalda monitor REDIS_URL|SWARM_SERVER_URL [--token T] [--tls-ca PEM] [--interval 2]
                     [--once] [--json] [--web --port 8090]
@@ -328,6 +329,14 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="clients at once, those within their grace period included (default 1000)",
     )
     limits.add_argument(
+        "--max-objects-per-session",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help="live objects (routers, transports, producers, consumers...) a client may "
+        "hold (default 100000)",
+    )
+    limits.add_argument(
         "--rtc-port-range",
         type=_port_range,
         default=None,
@@ -412,6 +421,7 @@ def serve_limits(args: argparse.Namespace) -> dict[str, Any]:
         "max_workers",
         "max_sessions",
         "max_connections",
+        "max_objects_per_session",
         "rtc_port_range",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

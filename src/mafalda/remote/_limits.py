@@ -17,6 +17,7 @@ from typing import Any
 from mafalda.mediasoup.errors import InvalidValueError
 
 __all__ = [
+    "DEFAULT_MAX_OBJECTS_PER_SESSION",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_MAX_WORKERS_PER_SESSION",
@@ -38,6 +39,13 @@ DEFAULT_MAX_WORKERS = 2 * DEFAULT_MAX_WORKERS_PER_SESSION
 #: Generous: a session costs little until it creates objects, and the workers of each
 #: are bounded by ``max_workers_per_session``.
 DEFAULT_MAX_SESSIONS = 1000
+#: Live objects of one session (workers, routers, transports, producers, consumers, data
+#: ones, observers, WebRtcServers), on a Remote Mafalda's shared pool too: each holds the
+#: server's memory (its Python object, its handle and last state sent) and a worker's.
+#: Generous: a worker carries some hundreds of consumers, so an app's rooms on a large
+#: machine stay far below it (as the 100,000 closed objects a session remembers), while
+#: one client can no longer make the server hold objects without bound.
+DEFAULT_MAX_OBJECTS_PER_SESSION = 100_000
 
 #: Calls whose keyword arguments may name listening ports (a transport's, a
 #: WebRtcServer's). They take keyword arguments only, so their kwargs are all there is.

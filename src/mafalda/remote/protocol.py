@@ -20,7 +20,9 @@ Client to server:
   instance). The result is ``{"value": <encoded return value>, "state": <state delta>}``.
   Sent without ``id`` (a JSON-RPC notification) for fire-and-forget calls (``close()``,
   ``send()``); their failure comes back as an ``error`` notification.
-- ``{"jsonrpc": "2.0", "method": "bye"}``: close the session's objects now (no grace).
+- ``{"jsonrpc": "2.0", "method": "bye"}``: close the session's objects now (no grace);
+  calls after it are refused ('session closed'). Sent with an ``id`` (a request), it is
+  answered ``"result": null`` once they are closed.
 
 Server to client (notifications, no ``id``):
 

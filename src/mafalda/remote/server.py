@@ -46,6 +46,7 @@ from mafalda.mediasoup.worker_binary import WORKER_VERSION
 from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
 from mafalda.remote._limits import (
+    DEFAULT_MAX_OBJECTS_PER_SESSION,
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_WORKERS,
     DEFAULT_MAX_WORKERS_PER_SESSION,
@@ -310,6 +311,9 @@ _MAX_GONE = 100_000
 #: Seconds a connection being closed has to flush what it was sent, then to close.
 FLUSH_TIMEOUT = 2.0
 CLOSE_TIMEOUT = 5.0
+#: Seconds between two warnings of a session's failed fire-and-forget calls (the first is
+#: logged at once, the others counted into one line per interval).
+FAILURE_LOG_INTERVAL = 10.0
 
 
 class _Closed:
@@ -459,6 +463,51 @@ class _Connection:
                 self._transport.abort()
 
 
+class _FailureLog:
+    """The warnings of a session's fire-and-forget calls that failed (their client hears
+    of each): the first at once, then at most one line per ``FAILURE_LOG_INTERVAL``
+    seconds counting those held back, with the last of them. A client sending thousands
+    of failing calls a second would otherwise write as many lines."""
+
+    __slots__ = ("_held", "_last", "_timer")
+
+    def __init__(self) -> None:
+        self._held = 0
+        self._last = ""
+        #: While set, failures are held back (until it fires: one line for them).
+        self._timer: asyncio.TimerHandle | None = None
+
+    def failed(self, method: str, error: Exception) -> None:
+        if self._timer is None:
+            logger.warning("%.100s() failed: %s", method, error)
+            self._wait()
+            return
+        self._held += 1
+        self._last = f"{method:.100}() failed: {error}"
+
+    def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(FAILURE_LOG_INTERVAL, self._flush)
+
+    def _flush(self, closing: bool = False) -> None:
+        self._timer = None
+        if not self._held:
+            return
+        logger.warning(
+            "%d more fire-and-forget calls failed (the last: %s)", self._held, self._last
+        )
+        self._held = 0
+        self._last = ""
+        if not closing:
+            self._wait()  # still failing: the next line in an interval at the earliest
+
+    def close(self) -> None:
+        """The session ended: what is held back is logged now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush(closing=True)
+
+
 class _ForwardingEmitter(EventEmitter):
     """Takes the place of an object's emitter (sharing its listeners) and forwards every
     event to the session's client before the local listeners run."""
@@ -526,6 +575,10 @@ class Session:
         #: server's processes (``max_workers_per_session``).
         self.workers: set[Worker] = set()
         self.starting_workers = 0
+        #: Creations running (their objects not registered yet): with ``objects``, what
+        #: ``max_objects_per_session`` bounds.
+        self.creating = 0
+        self.failures = _FailureLog()
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -760,6 +813,7 @@ class Session:
     def close_objects(self) -> None:
         """Close every object of the session (roots first: closing cascades)."""
         self.closed = True
+        self.failures.close()
         for obj in list(self.objects.values()):
             closer = getattr(obj, "close", None)
             if callable(closer) and not getattr(obj, "closed", True):
@@ -794,6 +848,7 @@ class RemoteServer:
         rtc_port_range: tuple[int, int] | None = None,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_connections: int | None = None,
+        max_objects_per_session: int = DEFAULT_MAX_OBJECTS_PER_SESSION,
     ) -> None:
         #: Workers a Remote Mediasoup session may have at once (closed ones do not count).
         self.max_workers_per_session = check_limit(
@@ -803,6 +858,11 @@ class RemoteServer:
         self.max_sessions = check_limit(max_sessions, "max_sessions")
         #: Workers of every Remote Mediasoup session together (starting ones included).
         self.max_workers = check_limit(max_workers, "max_workers")
+        #: Live objects a session may hold (those being created included), Remote
+        #: Mafalda's on the shared pool too.
+        self.max_objects_per_session = check_limit(
+            max_objects_per_session, "max_objects_per_session"
+        )
         #: Open WebSockets, those still before their hello included (default: one per
         #: session, and 100 more for clients saying hello or reconnecting).
         self.max_connections = check_limit(
@@ -1236,6 +1296,9 @@ class RemoteServer:
         if req.method == "bye":
             session.connection = None
             self._expire(session)
+            if req.id is not None:
+                # A request: answered (JSON-RPC 2.0), once the session's objects closed.
+                connection.send(p.result_response(req.id, None))
             return
         if req.method != "call":
             raise p.ProtocolError(p.METHOD_NOT_FOUND, f"method not found: {req.method}", req.id)
@@ -1304,31 +1367,51 @@ class RemoteServer:
         quiet = request_id is None and call.method == "close" and call.target is not None
         if quiet:
             session.closing = call.target
+        counted = False
         try:
-            if self.draining and call.method.startswith("create_") and call.method not in _DRAIN_OK:
-                raise ServerDrainingError(f"media server draining: {call.method}() refused")
-            if call.method in LISTENING_METHODS:
-                check_listen_ports(kwargs, self.rtc_port_range)
-            hook = self.before_consume
-            if hook is not None and call.method in _CONSUMING:
-                data = call.method == "consume_data"
-                producer_id = kwargs.get("data_producer_id" if data else "producer_id")
-                waiting = hook(obj, producer_id, data) if isinstance(producer_id, str) else None
-                if waiting is not None:
-                    await waiting
-            result = getattr(obj, call.method)(*args, **kwargs)
-        except Exception as error:
-            self._fail(session, request_id, call, error)
-            return
+            try:
+                if (
+                    self.draining
+                    and call.method.startswith("create_")
+                    and call.method not in _DRAIN_OK
+                ):
+                    raise ServerDrainingError(f"media server draining: {call.method}() refused")
+                if call.method.startswith(_CREATING):
+                    limit = self.max_objects_per_session
+                    if len(session.objects) + session.creating >= limit:
+                        raise p.ProtocolError(
+                            p.RATE_LIMITED,
+                            f"too many objects: max_objects_per_session is {limit}",
+                        )
+                    # Counted before the first wait: the calls of one frame (run in turn
+                    # up to it) cannot pass the limit together.
+                    session.creating += 1
+                    counted = True
+                if call.method in LISTENING_METHODS:
+                    check_listen_ports(kwargs, self.rtc_port_range)
+                hook = self.before_consume
+                if hook is not None and call.method in _CONSUMING:
+                    data = call.method == "consume_data"
+                    producer_id = kwargs.get("data_producer_id" if data else "producer_id")
+                    waiting = hook(obj, producer_id, data) if isinstance(producer_id, str) else None
+                    if waiting is not None:
+                        await waiting
+                result = getattr(obj, call.method)(*args, **kwargs)
+            except Exception as error:
+                self._fail(session, request_id, call, error)
+                return
+            finally:
+                if quiet:
+                    session.closing = None
+            if quiet and not inspect.isawaitable(result):
+                return
+            if inspect.isawaitable(result):
+                await self._finish(session, request_id, call, obj, result)
+            else:
+                self._answer(session, request_id, call.target, obj, result, call.method)
         finally:
-            if quiet:
-                session.closing = None
-        if quiet and not inspect.isawaitable(result):
-            return
-        if inspect.isawaitable(result):
-            await self._finish(session, request_id, call, obj, result)
-        else:
-            self._answer(session, request_id, call.target, obj, result, call.method)
+            if counted:  # its objects are registered now (when it made any)
+                session.creating -= 1
 
     async def _finish(
         self, session: Session, request_id: Any, call: p.Call, obj: Any, awaitable: Any
@@ -1380,7 +1463,7 @@ class RemoteServer:
             }
         if request_id is None:
             # Nobody awaits a fire-and-forget call: its client hears of the failure.
-            logger.warning("%s() failed: %s", call.method, error)
+            session.failures.failed(call.method, error)
             session.send(
                 p.call_error_notification(call.target, call.method, code, str(error), wire)
             )
@@ -1419,6 +1502,7 @@ async def serve(
     rtc_port_range: tuple[int, int] | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_connections: int | None = None,
+    max_objects_per_session: int = DEFAULT_MAX_OBJECTS_PER_SESSION,
 ) -> RemoteServer:
     """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
 
@@ -1456,6 +1540,15 @@ async def serve(
     period count: they hold their objects; a polite ``aclose()`` ends its session at
     once). A new client beyond it gets a 'too many sessions' error from ``connect()``;
     resuming a session is always taken.
+    max_objects_per_session: live objects one session may hold (workers, routers,
+    transports, producers, consumers, data ones, RTP observers, WebRtcServers; those
+    being created count, closed ones do not), on a Mafalda's shared pool too; a
+    creation (``create_*()``, ``produce*()``, ``consume*()``, ``pipe_to_router()``)
+    when it holds that many gets a 'too many objects' error, before anything reaches a
+    worker. The default, 100,000, is far above what an app's rooms use on one machine
+    (a worker carries some hundreds of consumers); it bounds the memory one client can
+    make the server hold. (A call that makes several objects, as ``pipe_to_router()``,
+    is counted as one when it starts.)
     rtc_port_range: ``(min, max)``, the only ports clients may have workers, transports
     and WebRtcServers listen on; None (default): any, as the library allows. A client's
     ``create_worker(rtc_min_port=, rtc_max_port=)`` must lie within it (left out: the
@@ -1482,6 +1575,7 @@ async def serve(
         rtc_port_range=rtc_port_range,
         max_workers=max_workers,
         max_connections=max_connections,
+        max_objects_per_session=max_objects_per_session,
     )
     await server.start(host, port, ssl)
     return server

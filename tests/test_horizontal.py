@@ -150,6 +150,12 @@ def test_registry_encoding() -> None:
     legacy = {k: v for k, v in record.items() if k != "serves"}  # first-increment records
     assert registry.decode_record(json.dumps(legacy))["serves"] == "mediasoup"
     assert registry.decode_record(registry.encode_record(record).encode()) == record
+    beating: registry.ServerRecord = {**record, "heartbeat": 2.0}  # a MediaNode's
+    assert registry.decode_record(registry.encode_record(beating)) == beating
+    assert registry.decode_record(json.dumps({**record, "heartbeat": 2}))["heartbeat"] == 2.0
+    for heartbeat in (0, -1, True, "2", None, 1e300):
+        with pytest.raises(ValueError, match="server record: invalid 'heartbeat'"):
+            registry.decode_record(json.dumps({**record, "heartbeat": heartbeat}))
     for bad in (b"\xff", "[]", "{", '{"id": "a"}', "[" * 100_000):
         with pytest.raises(ValueError, match="server record"):
             registry.decode_record(bad)
@@ -157,6 +163,7 @@ def test_registry_encoding() -> None:
         ("workers", True),
         ("workers", -1),
         ("load", -1),
+        ("load", True),
         ("region", 3),
         ("draining", 0),
         ("serves", "x"),
@@ -2384,3 +2391,307 @@ async def test_cluster_router_keeps_a_child_a_transport_is_being_made_on(
             )
     assert router.servers == ["s1"]
     router.close()
+
+
+# -- connections that drop, servers that leave while a client connects ---------------------
+
+
+class _Relay:
+    """A TCP relay on ``host`` in front of the server at ``upstream``:``port``, at the
+    same port (a MediaNode's ``control_host`` names it): its connections can be cut (both
+    sockets aborted, as a network failure would), and new ones held (accepted, not
+    relayed) until released."""
+
+    def __init__(self, host: str, upstream: str, port: int) -> None:
+        self._host, self._upstream, self._port = host, upstream, port
+        self._open = asyncio.Event()
+        self._open.set()
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self.waiting = 0  # connections held now
+
+    async def __aenter__(self) -> _Relay:
+        self._server = await asyncio.start_server(self._relay, self._host, self._port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            self.waiting += 1
+            try:
+                await self._open.wait()
+            finally:
+                self.waiting -= 1
+            up_reader, up_writer = await asyncio.open_connection(self._upstream, self._port)
+            self._pairs.append((writer, up_writer))
+
+            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    while data := await source.read(65536):
+                        sink.write(data)
+                        await sink.drain()
+                sink.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def cut(self) -> None:
+        for a, b in self._pairs:
+            a.transport.abort()
+            b.transport.abort()
+        self._pairs.clear()
+
+
+def _live_workers(server: Any) -> list[Any]:
+    from mafalda.mediasoup import Worker
+
+    return [o for o in server.live_objects() if isinstance(o, Worker)]
+
+
+def _until(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
+async def test_what_a_call_cut_off_by_a_drop_made_is_closed_when_the_session_resumes(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server "a" is making a worker (for create_worker(), then for a cluster router's
+    first transport there) when the client's connection to it drops: the call fails, the
+    worker is made on "b" instead, while "a" makes it all the same (its answer lost, the
+    session's). When the connection resumes, the client closes it: it used to stay on
+    "a", in the resumed session, until the client closed."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+    from mafalda.remote import server as server_module
+
+    real_create_worker = server_module.create_worker
+    arrived, go = asyncio.Event(), asyncio.Event()
+    go.set()
+
+    async def gated_create_worker(**settings: Any) -> Any:
+        arrived.set()
+        await go.wait()
+        return await real_create_worker(**settings)
+
+    monkeypatch.setattr(server_module, "create_worker", gated_create_worker)
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
+        MediaNode(
+            a,
+            redis_url=redis_server.url,
+            server_id="a",
+            control_host="127.0.0.6",
+            media_address="127.0.0.2",
+            interval=60,
+        ),
+        MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+
+        async def cut_while_a_makes_a_worker(making: Awaitable[Any]) -> Any:
+            arrived.clear()
+            go.clear()
+            task = asyncio.ensure_future(making)
+            await arrived.wait()  # "a" is making the worker
+            relay.hold()
+            relay.cut()
+            await wait_until(_until(lambda: all(s.connection is None for s in a.sessions.values())))
+            go.set()
+            made = await task  # on "b"
+            await wait_until(_until(lambda: len(_live_workers(a)) == 1))  # "a" made it too
+            relay.release()  # the client resumes its session, which has that worker
+            await wait_until(_until(lambda: _live_workers(a) == []))
+            return made
+
+        # ("a" comes first: least loaded, then by id.)
+        worker = await cut_while_a_makes_a_worker(cluster.create_worker(log_level="warn"))
+        assert cluster.server_of(worker)["id"] == "b"  # type: ignore[index]
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        transport = await cut_while_a_makes_a_worker(router.create_direct_transport())
+        assert transport.server_id == "b"
+        client_a = cluster._clients["a"]  # resumed, with nothing left of those calls
+        assert not client_a.closed and [o for o in client_a.objects if not o.closed] == []
+        assert [w for w in cluster.workers if cluster.server_of(w)["id"] == "a"] == []  # type: ignore[index]
+        router.close()
+
+
+async def test_a_server_that_leaves_while_a_client_connects_to_it_is_not_kept(
+    redis_server: RedisProcess,
+) -> None:
+    """Server "a" leaves the registry while the client connects to it (for create_worker()
+    and, waiting for that connection, for a transport pinned there): the connection is
+    dropped, the worker goes to "b", the transport fails, and nothing is kept for "a"
+    (no connection, no lock). It used to keep that connection (with the worker made
+    through it) and reuse it when "a" came back, and to keep the locks for ever."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
+        MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+        node_options: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "server_id": "a",
+            "control_host": "127.0.0.6",
+            "media_address": "127.0.0.2",
+            "interval": 60,
+        }
+        node = MediaNode(a, **node_options)
+        await node.start()
+        await wait_until(_until(lambda: "a" in cluster.servers))
+        relay.hold()
+        making_worker = asyncio.ensure_future(cluster.create_worker(log_level="warn"))
+        await wait_until(_until(lambda: relay.waiting == 1))  # connecting to "a"
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        pinned = asyncio.ensure_future(router.create_direct_transport(server="a"))
+        await wait_until(_until(lambda: cluster._connecting["a"].users == 2))
+        await node.aclose()  # "a" leaves
+        await wait_until(_until(lambda: "a" not in cluster.servers))
+        relay.release()
+        worker = await making_worker
+        assert cluster.server_of(worker)["id"] == "b"  # type: ignore[index]
+        with pytest.raises(RemoteConnectionError, match="media server 'a' left the cluster"):
+            await pinned
+        assert _live_workers(a) == []
+        assert "a" not in cluster._clients
+        assert "a" not in cluster._connecting and "a" not in cluster._router_worker_locks
+        # Back (same id): a new connection.
+        async with MediaNode(a, **node_options):
+            await wait_until(_until(lambda: "a" in cluster.servers))
+            assert not cluster.dump()["servers"]["a"]["connected"]
+            transport = await router.create_direct_transport(server="a")
+            assert transport.server_id == "a" and len(_live_workers(a)) == 1
+            router.close()
+
+
+async def test_a_media_node_that_cannot_register_keeps_no_connection(
+    redis_server: RedisProcess, db: aioredis.Redis
+) -> None:
+    """Redis refuses the record (here an ACL user without SET; read-only or out of memory
+    alike): start() fails and the node's Redis connection is closed (it used to stay
+    open: ``async with`` calls no aclose() when start() fails). It may start again."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+
+    await db.acl_setuser(
+        "noset", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
+    )
+    await db.acl_setuser("noset", enabled=True, commands=["-set"])
+    url = f"redis://noset:pw@{redis_server.host}:{redis_server.port}/0"
+
+    async def connected() -> int:
+        return sum(1 for c in await db.client_list() if c["user"] == "noset")
+
+    async def none_connected() -> bool:
+        return await connected() == 0
+
+    async with await serve(host="127.0.0.1", token=TOKEN) as server:
+        node = MediaNode(server, redis_url=url, server_id="n", interval=60)
+        with pytest.raises(OSError, match="cannot register in Redis"):
+            async with node:
+                pass
+        await wait_until(none_connected)
+        await db.acl_setuser("noset", enabled=True, commands=["+set"])
+        await node.start()  # allowed now
+        assert await record_of(db, "n") is not None and await connected() == 1
+        await node.aclose()
+        assert await record_of(db, "n") is None
+        await wait_until(none_connected)
+
+
+async def test_a_heartbeat_not_shorter_than_the_grace_is_warned_of(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node publishes its heartbeat interval in its record; a client whose grace is not
+    longer warns when the server joins (after a Redis restart its record is back only at
+    its next heartbeat: the client would drop a live server)."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        MediaNode(a, redis_url=redis_server.url, server_id="slow", interval=5),
+        MediaNode(b, redis_url=redis_server.url, server_id="fast", interval=1),
+    ):
+        with caplog.at_level("WARNING", logger="mafalda.horizontal.cluster"):
+            async with await horizontal.connect(
+                redis_server.url, token=TOKEN, interval=60, grace=5
+            ) as cluster:
+                assert cluster.servers["slow"]["heartbeat"] == 5.0
+                assert cluster.servers["fast"]["heartbeat"] == 1.0
+        warned = [r.getMessage() for r in caplog.records if "heart-beats" in r.getMessage()]
+        assert warned == [
+            "server slow heart-beats every 5.0 s, not less than this client's grace (5 s): "
+            "a Redis restart will drop it (give the client a longer grace, or the server "
+            "a shorter --heartbeat)"
+        ]
+
+
+async def test_a_pipe_a_server_made_while_the_connection_was_down_is_not_an_orphan(
+    redis_server: RedisProcess,
+) -> None:
+    """While the client's connection to "a" is down, the server makes a PipeTransport on
+    the client's router there itself (as a swarm server pipes a stream out to a peer):
+    the resume brings it, and the client leaves it open (it is nobody's orphan)."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.mediasoup import Router
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
+        _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
+        MediaNode(
+            a,
+            redis_url=redis_server.url,
+            server_id="a",
+            control_host="127.0.0.6",
+            media_address="127.0.0.2",
+            interval=60,
+        ),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+        router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        await router.create_direct_transport()
+        (served,) = [o for o in a.live_objects() if isinstance(o, Router)]
+        relay.hold()
+        relay.cut()
+        await wait_until(_until(lambda: all(s.connection is None for s in a.sessions.values())))
+        pipe = await served.create_pipe_transport(
+            listen_info={"protocol": "udp", "ip": "127.0.0.2"}
+        )
+        relay.release()
+        await wait_until(_until(lambda: all(s.connection is not None for s in a.sessions.values())))
+        client_a = cluster._clients["a"]
+        await wait_until(_until(lambda: pipe.id in {o.id for o in client_a.objects}))
+        await asyncio.sleep(0.2)
+        assert not pipe.closed
+        router.close()

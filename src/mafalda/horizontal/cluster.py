@@ -12,17 +12,25 @@ Membership: a server that joins (pub/sub ``join``) is usable at once; one that l
 client to it closed, which closes this client's objects there with their close events
 (a worker emits 'died'). A server whose process dies is noticed sooner: its WebSocket
 closes and mafalda.remote closes the proxies at once.
+
+A connection to a server that drops and resumes its session fails the calls under way
+with RemoteConnectionError (a placement tries the next server), though the server may
+have made what they asked for: what the resumed session brings that this client did not
+know (a worker, a router, a transport whose answer was lost) is closed, as
+mafalda.remote closes what a late answer makes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import ipaddress
 import logging
 import os
 import ssl as ssl_module
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
@@ -41,6 +49,7 @@ from mafalda.mediasoup.pipe_transport import open_pipe_pair
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.remote import (
     PROTOCOL_VERSION,
+    RemoteConnectionError,
     RemoteError,
     RemoteMafalda,
     RemoteMediasoup,
@@ -66,6 +75,20 @@ _POLICIES: frozenset[str] = frozenset({"least-loaded", "pack", "region"})
 
 class ClusterError(MediasoupError):
     """No live server could take the request."""
+
+
+class _ServerLock:
+    """A lock per server, and how many callers hold it or wait for it: kept while any
+    does (a server that left and came back meanwhile gets the same one), dropped with
+    its server once unused."""
+
+    __slots__ = ("lock", "users", "removals")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+        #: Times its server left while the lock was in use.
+        self.removals = 0
 
 
 def is_loopback(address: str) -> bool:
@@ -112,7 +135,7 @@ class Cluster:
         #: begun before it is still under way (it would list the server again).
         self._refresh_lock = asyncio.Lock()
         self._clients: dict[str, RemoteMediasoup | RemoteMafalda] = {}
-        self._connecting: dict[str, asyncio.Lock] = {}
+        self._connecting: dict[str, _ServerLock] = {}
         self._workers: dict[RemoteWorker, str] = {}
         #: create_worker() calls under way, by server: placements at once spread.
         self._workers_coming: dict[str, int] = {}
@@ -124,7 +147,7 @@ class Cluster:
         ] = {}
         self._worker_settings = worker_settings
         self._router_workers: dict[str, RemoteWorker] = {}
-        self._router_worker_locks: dict[str, asyncio.Lock] = {}
+        self._router_worker_locks: dict[str, _ServerLock] = {}
         self._routers: dict[str, ClusterRouter] = {}
         self._webrtc_servers: dict[str, ClusterWebRtcServer] = {}
         self._worker_idle = worker_idle
@@ -314,8 +337,7 @@ class Cluster:
 
     async def router_worker(self, server_id: str) -> RemoteWorker:
         """This client's worker on ``server_id`` for the children of cluster routers."""
-        lock = self._router_worker_locks.setdefault(server_id, asyncio.Lock())
-        async with lock:
+        async with self._server_lock(self._router_worker_locks, server_id):
             worker = self._router_workers.get(server_id)
             if worker is not None and not worker.closed:
                 return worker
@@ -349,7 +371,7 @@ class Cluster:
 
     def _router_worker_used(self, server_id: str) -> bool:
         lock = self._router_worker_locks.get(server_id)
-        return (lock is not None and lock.locked()) or any(
+        return (lock is not None and lock.users > 0) or any(
             router.has_child_on(server_id) for router in self._routers.values()
         )
 
@@ -387,13 +409,32 @@ class Cluster:
 
     # -- servers -------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _server_lock(
+        self, locks: dict[str, _ServerLock], server_id: str
+    ) -> AsyncIterator[Callable[[], bool]]:
+        """Hold the lock of ``server_id`` in ``locks``; what it gives says whether the
+        server left since this caller came (its record, read before, is stale). The lock
+        is dropped by its last user when the server is gone (_remove() leaves one in use)."""
+        entry = locks.setdefault(server_id, _ServerLock())
+        removals = entry.removals
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield lambda: entry.removals != removals
+        finally:
+            entry.users -= 1
+            if not entry.users and server_id not in self._records:
+                del locks[server_id]
+
     async def _client(self, record: ServerRecord) -> RemoteMediasoup | RemoteMafalda:
         server_id = record["id"]
-        lock = self._connecting.setdefault(server_id, asyncio.Lock())
-        async with lock:
+        async with self._server_lock(self._connecting, server_id) as left:
             client = self._clients.get(server_id)
             if client is not None and not client.closed:
                 return client
+            if left():  # while this caller waited for another's connection
+                raise _left(server_id)
             async with asyncio.timeout(self._connect_timeout):
                 remote = await remote_connect(
                     record["controlUrl"],
@@ -406,6 +447,12 @@ class Cluster:
                 # aclose() came while connecting: kept, it would never be closed.
                 remote.abort()
                 raise ClusterError("cluster client closed")
+            if left():
+                # Kept, this connection would outlive the server's membership (and be
+                # reused, with what it made, if a server came back with its id).
+                remote.abort()
+                raise _left(server_id)
+            _close_orphans_on_resume(server_id, remote)
             self._clients[server_id] = remote
             return remote
 
@@ -468,6 +515,16 @@ class Cluster:
         joined = record["id"] not in self._records
         self._records[record["id"]] = record
         if joined:
+            heartbeat = record.get("heartbeat")
+            if heartbeat is not None and heartbeat >= self.grace:
+                logger.warning(
+                    "server %s heart-beats every %s s, not less than this client's grace "
+                    "(%s s): a Redis restart will drop it (give the client a longer grace, "
+                    "or the server a shorter --heartbeat)",
+                    record["id"],
+                    heartbeat,
+                    self.grace,
+                )
             self.observer.emit("serverjoin", copy.deepcopy(record))
         if record["draining"]:
             self.release_router_worker(record["id"])
@@ -484,7 +541,11 @@ class Cluster:
             handle.cancel()
         for locks in (self._connecting, self._router_worker_locks):
             lock = locks.get(server_id)
-            if lock is not None and not lock.locked():  # in use (rare): left in place
+            if lock is None:
+                continue
+            if lock.users:  # in use (rare): dropped by its last user
+                lock.removals += 1
+            else:
                 del locks[server_id]
         client = self._clients.pop(server_id, None)
         if client is not None:
@@ -666,6 +727,51 @@ class Cluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _left(server_id: str) -> RemoteConnectionError:
+    """A server left the cluster while this client waited for it (a placement tries the
+    next server, as for a connection that failed)."""
+    return RemoteConnectionError(f"media server {server_id!r} left the cluster")
+
+
+def _close_orphans_on_resume(server_id: str, client: RemoteMediasoup | RemoteMafalda) -> None:
+    """When ``client``'s connection resumes its session, close the objects it did not
+    know when it dropped: made by calls that failed with the drop (their answers were
+    lost; a placement went to the next server), they are nobody's. The connection reads
+    nothing while away, so what it knew then is what it knows until the resume."""
+    connection = client.connection
+    known: set[str] = set()
+
+    def dropped() -> None:
+        known.clear()
+        known.update(connection.proxies)
+
+    def resumed() -> None:
+        orphans = [
+            proxy
+            for handle, proxy in connection.proxies.items()
+            if handle not in known and not _under_a_pipe(proxy)
+        ]
+        known.clear()
+        for proxy in orphans:
+            logger.info("server %s: closing %r, made by a call that failed", server_id, proxy)
+            proxy.close()  # (one closed with its parent already: nothing)
+
+    connection.events.on("disconnect", dropped)
+    connection.events.on("reconnect", resumed)
+
+
+def _under_a_pipe(proxy: Any) -> bool:
+    """A PipeTransport, or an object of one: a swarm server makes them on this client's
+    routers itself (a peer's stream piped out), so one that came meanwhile is not an
+    orphan. (A pipe_to_router() cut off by the drop leaves its pipe: rare, and that
+    call's caller knows it failed.)"""
+    while proxy is not None:
+        if proxy._state.get("class") == "PipeTransport":
+            return True
+        proxy = proxy._parent
+    return False
 
 
 async def _close_client(client: RemoteMediasoup | RemoteMafalda) -> None:

@@ -133,19 +133,30 @@ class MediaNode:
     # -- the record ----------------------------------------------------------------------
 
     def record(self) -> ServerRecord:
-        return server_record(
+        record = server_record(
             self.server,
             server_id=self.id,
             control_url=self.control_url,
             media_address=self.media_address,
             region=self.region,
         )
+        # Clients warn when it is not shorter than their grace (a Redis restart would
+        # drop this server: its record is back only at its next heartbeat).
+        record["heartbeat"] = self.interval
+        return record
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Register now (OSError if Redis is unreachable), then heart-beat in the background."""
-        await self._heartbeat.start()
+        try:
+            await self._heartbeat.start()
+        except BaseException:
+            # Its connection would stay open (Redis refused the record: read-only,
+            # out of memory, not allowed...), as would the client (``async with``
+            # calls no aclose() when start() fails); start() may be tried again.
+            await self._redis.aclose()
+            raise
 
     async def _publish(self, event: MembershipEvent) -> None:
         await self._redis.publish(self._channel, registry.encode_membership(event, self.id))

@@ -15,7 +15,7 @@ Keys (``prefix`` defaults to ``"mafalda"``; one prefix is one cluster):
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypedDict, TypeGuard
+from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -54,6 +54,9 @@ class ServerRecord(TypedDict):
     draining: bool  # True: take no new placements
     version: str  # the mafalda.remote protocol version it speaks
     serves: Literal["mediasoup", "mafalda"]  # workers for clients, or a Mafalda pool
+    #: Seconds between its heartbeats (a MediaNode's; records of older servers, and a
+    #: swarm's, have none): after a Redis restart, its record is back within that.
+    heartbeat: NotRequired[float]
 
 
 class MembershipMessage(TypedDict):
@@ -101,7 +104,9 @@ def encode_record(record: ServerRecord) -> str:
 
 def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = data.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+    # bool is an int: no number field takes true or false (nor, with (int, float), did
+    # "load": true pass as 1.0).
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ValueError(f"server record: invalid {name!r}")
     return value
 
@@ -140,7 +145,7 @@ def check_record(data: dict[str, Any]) -> ServerRecord:
     serves = data.get("serves", "mediasoup")  # records of the first increment had none
     if serves not in ("mediasoup", "mafalda"):
         raise ValueError("server record: invalid 'serves'")
-    return {
+    record: ServerRecord = {
         "id": _field(data, "id", str),
         "controlUrl": _field(data, "controlUrl", str),
         "mediaAddress": _field(data, "mediaAddress", str),
@@ -152,6 +157,12 @@ def check_record(data: dict[str, Any]) -> ServerRecord:
         "version": _field(data, "version", str),
         "serves": serves,
     }
+    if "heartbeat" in data:
+        heartbeat = _field(data, "heartbeat", (int, float))
+        if not 0 < heartbeat < 1e300:
+            raise ValueError("server record: invalid 'heartbeat'")
+        record["heartbeat"] = float(heartbeat)
+    return record
 
 
 def encode_membership(event: MembershipEvent, server_id: str) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import struct
 from typing import Any
 
 import flatbuffers
 import pytest
 
+from mafalda.mediasoup import Worker
 from mafalda.mediasoup._fastfbs import FastBuilder, prepack
 from mafalda.mediasoup._fbs.Log import Log as LogMod
 from mafalda.mediasoup._fbs.Message import Message as MessageMod
@@ -33,8 +36,10 @@ from mafalda.mediasoup._fbs.Transport.SendRtcpNotification import SendRtcpNotifi
 from mafalda.mediasoup._fbs.Worker.CreateRouterRequest import CreateRouterRequestT
 from mafalda.mediasoup.channel import (
     PAYLOAD_MAX_LEN,
+    REQUEST_TIMEOUT,
     Channel,
     FrameDecoder,
+    FrameError,
     LogMessage,
     NotificationMessage,
     ResponseMessage,
@@ -148,9 +153,20 @@ def test_frame_decoder_splits_and_joins() -> None:
 
 def test_frame_decoder_rejects_oversized_length() -> None:
     decoder = FrameDecoder()
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match="exceeds") as info:
         decoder.feed(struct.pack("<I", PAYLOAD_MAX_LEN + 1) + b"x")
+    assert isinstance(info.value, FrameError) and info.value.frames == []
     assert decoder.pending == 0
+
+
+def test_frame_decoder_error_carries_the_frames_before_the_corrupt_length() -> None:
+    decoder = FrameDecoder()
+    head = _response(1) + _response(2)
+    decoder.feed(head[:10])  # some pending: the frames then come from the buffer
+    with pytest.raises(FrameError) as info:
+        decoder.feed(head[10:] + struct.pack("<I", PAYLOAD_MAX_LEN + 1) + _response(3))
+    assert info.value.frames == [_response(1)[4:], _response(2)[4:]]
+    assert decoder.pending == 0  # the rest of the chunk is dropped, as Node does
 
 
 def test_decode_response_error_and_body() -> None:
@@ -342,6 +358,36 @@ async def test_notification_never_overtakes_its_response() -> None:
     assert order == ["response", f"notification:{Event.PRODUCER_SCORE}"]
     notif = decode_message(bytes(b.Output())[4:])
     assert isinstance(notif, NotificationMessage) and notif.handler_id == "obj"
+
+
+async def test_responses_before_a_corrupt_length_are_handled_then_it_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fake stream (a worker never sends a corrupt length): the responses read in the
+    same chunk before it resolve their requests (they would hang until their timeout),
+    then the corrupt frame is logged."""
+    channel = _attached(7)
+    first = channel.request(Method.WORKER_DUMP)
+    second = channel.request(Method.WORKER_DUMP)
+    lost = channel.request(Method.WORKER_DUMP)
+    channel.data_received(
+        _response(1)
+        + _response(2, accepted=False, reason="no")
+        + struct.pack("<I", PAYLOAD_MAX_LEN + 5)
+        + _response(3)  # after the corruption: dropped with it
+    )
+    assert first.done() and await first is None
+    with pytest.raises(WorkerError, match="no"):
+        await second
+    assert not lost.done()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"worker[pid:7] sent an invalid frame: message length {PAYLOAD_MAX_LEN + 5} "
+            f"exceeds {PAYLOAD_MAX_LEN}",
+        )
+    ]
+    channel.close()
 
 
 async def test_channel_survives_garbage() -> None:
@@ -668,7 +714,7 @@ async def test_a_request_not_answered_in_time_fails_and_its_late_answer_is_dropp
 ) -> None:
     """As mediasoup's 'Channel request timeout': the timeout, plus 0.1 s per request
     pending when it was sent; one timer looks at them all and goes on for the later ones;
-    what nobody awaits never times out; a late answer is matched and dropped quietly."""
+    what nobody awaits fails nothing; a late answer is matched and dropped quietly."""
     channel = _attached()
     channel.request_timeout = 0.05
     channel.request_nowait(Method.WORKER_DUMP)  # id 1
@@ -683,8 +729,7 @@ async def test_a_request_not_answered_in_time_fails_and_its_late_answer_is_dropp
     with pytest.raises(ChannelTimeoutError, match="id:4"):
         await later
     channel.data_received(_response(2) + _response(4) + _response(1))
-    assert not caplog.records and not channel._sents
-    assert channel._sweeper is None  # nothing left to watch
+    assert not caplog.records and not channel._sents and not channel._late
     # close() stops the timer with the requests it fails.
     pending = channel.request(Method.WORKER_DUMP)
     assert channel._sweeper is not None
@@ -732,3 +777,98 @@ async def test_a_request_cancelled_by_its_caller_is_skipped_by_the_timeout_sweep
     assert given_up.cancelled()
     channel.data_received(_response(1) + _response(2))
     assert not caplog.records and not channel._sents
+
+
+async def test_requests_past_their_deadline_are_kept_for_their_late_answer_then_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Awaited or not, a request past its deadline is no longer due (nothing waits for
+    its answer to write the next requests), its late answer (a refusal included) is
+    dropped quietly for a grace, then the request is forgotten: an answer after that
+    matches nothing and is logged. close() forgets them too."""
+    channel = _attached()
+    channel.request_timeout = 0.05
+    channel.late_answer_grace = 0.3
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r")  # id 1: 0.05 s
+    channel.request_timeout = 1.0
+    awaited = channel.request(Method.WORKER_DUMP)  # id 2: 1.1 s
+    with caplog.at_level(logging.DEBUG, logger="mafalda.mediasoup.channel"):
+        async with asyncio.timeout(5):
+            while 1 not in channel._late:
+                await asyncio.sleep(0.01)
+            assert list(channel._sents) == [2]
+            # The timer goes on for the grace of the first (until 0.35 s), then for the
+            # second's deadline and grace (until 1.4 s).
+            while 1 in channel._late:
+                await asyncio.sleep(0.01)
+            with pytest.raises(ChannelTimeoutError, match="id:2"):
+                await awaited
+        assert not channel._sents and set(channel._late) == {2}
+        channel.data_received(_response(2, accepted=False, reason="late"))
+        channel.data_received(_response(1))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "ignored request failure [method:WORKER_DUMP]: late"),
+        (logging.ERROR, "response does not match any sent request [id:1]"),
+    ]
+    channel.request_nowait(Method.ROUTER_CLOSE_TRANSPORT, "r")  # id 3
+    channel.request_timeout = 0.01
+    async with asyncio.timeout(5):
+        while not channel._late:
+            await asyncio.sleep(0.01)
+    channel.close()
+    assert not channel._late and channel._sweeper is None
+
+
+async def test_timed_out_requests_no_longer_hold_back_the_next_ones(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen worker (SIGSTOP): two requests time out. They are no longer due: a
+    request after them is written at once, not held for the next loop turn as when two
+    answers are due. The worker resumed, their late answers are dropped quietly and the
+    new request is answered."""
+    channel = worker._channel
+    channel.request_timeout = 0.2
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(5):
+            for result in await asyncio.gather(
+                worker.dump(), worker.dump(), return_exceptions=True
+            ):
+                assert isinstance(result, ChannelTimeoutError)
+        channel.request_timeout = REQUEST_TIMEOUT
+        pending = channel.request(Method.WORKER_DUMP)
+        assert not channel._out  # written at once
+        assert len(channel._sents) == 1 and len(channel._late) == 2
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    with caplog.at_level(logging.DEBUG, logger="mafalda.mediasoup.channel"):
+        async with asyncio.timeout(10):
+            await pending
+    assert not channel._sents and not channel._late
+    assert not [r for r in caplog.records if r.name == "mafalda.mediasoup.channel"]
+
+
+async def test_a_request_the_worker_never_answers_is_dropped_after_the_grace(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker frozen for longer than a request's timeout and grace (SIGSTOP): the
+    request is forgotten (it would stay for good if the worker never answered); its
+    answer once the worker resumes matches nothing and is logged."""
+    channel = worker._channel
+    channel.request_timeout = 0.1
+    channel.late_answer_grace = 0.2
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ChannelTimeoutError):
+            await worker.dump()
+        async with asyncio.timeout(5):
+            while channel._sents or channel._late:
+                await asyncio.sleep(0.02)
+        channel.request_timeout = REQUEST_TIMEOUT
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    await worker.dump()  # answered after the forgotten one
+    records = [r for r in caplog.records if r.name == "mafalda.mediasoup.channel"]
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.ERROR, f"response does not match any sent request [id:{channel._next_id - 1}]")
+    ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import flatbuffers
 import pytest
@@ -29,9 +30,10 @@ from mafalda.mediasoup._fbs.Transport.SctpStateChangeNotification import (
 )
 from mafalda.mediasoup._fbs.Transport.TraceEventType import TraceEventType
 from mafalda.mediasoup._fbs.Transport.TraceNotification import TraceNotificationT
-from mafalda.mediasoup.channel import Channel, encode_notification
-from mafalda.mediasoup.errors import InvalidStateError, WorkerError
+from mafalda.mediasoup.channel import REQUEST_TIMEOUT, Channel, encode_notification
+from mafalda.mediasoup.errors import ChannelTimeoutError, InvalidStateError, WorkerError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
+from mafalda.mediasoup.router import PipeToRouterResult
 from tests.processes import free_ports
 
 from .conftest import opus_rtp_parameters
@@ -1016,6 +1018,81 @@ async def test_a_pipe_pair_end_closed_before_its_router_hears_of_the_pair(
     )
     result = await router2.pipe_to_router(producer_id=producer.id, router=router1, keep_id=False)
     assert not result["pipeProducer"].closed
+
+
+T = TypeVar("T")
+
+
+def _start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """Run ``coro`` up to its first suspension now, and the rest in a task (as Python
+    3.12's eager tasks): a call made at a given point of a loop turn."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+    try:
+        waiting = coro.send(None)
+    except StopIteration as stop:
+        outcome.set_result(stop.value)
+        return outcome
+    except BaseException as error:
+        outcome.set_exception(error)
+        return outcome
+
+    async def rest() -> T:
+        nonlocal waiting
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                waiting._asyncio_future_blocking = False
+                await asyncio.wait([waiting])
+            try:
+                waiting = coro.send(None)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+
+    return asyncio.ensure_future(rest())
+
+
+async def test_a_pipe_to_router_right_after_its_pipe_pair_failed_makes_a_new_pair(
+    ctx: Ctx,
+) -> None:
+    """The pair between two routers fails (the destination worker frozen with SIGSTOP past
+    the request timeout) and both routers forget it in the loop turn after, by its done
+    callbacks: a pipe_to_router() in that very turn makes a new pair, as one a turn later
+    (it does not fail with the other caller's error). That caller is started from the
+    failed pair's local end closing (done as the pair fails, in the task making it, so the
+    call lands in the turn before the pair's callbacks) and runs its first step at once."""
+    router1, router2, producer = ctx.router1, ctx.router2, ctx.audio_producer
+    loop = asyncio.get_running_loop()
+    late: list[asyncio.Future[PipeToRouterResult]] = []
+
+    def in_the_next_turn() -> None:
+        late.append(_start_now(router1.pipe_to_router(router=router2, producer_id=producer.id)))
+
+    def on_failed_end_close() -> None:
+        os.kill(ctx.worker2.pid, signal.SIGCONT)
+        ctx.worker2._channel.request_timeout = REQUEST_TIMEOUT
+        loop.call_soon(in_the_next_turn)
+
+    router1.observer.once(
+        "newtransport", lambda end: end.observer.once("close", on_failed_end_close)
+    )
+    ctx.worker2._channel.request_timeout = 0.2
+    os.kill(ctx.worker2.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ChannelTimeoutError):
+            await router1.pipe_to_router(router=router2, producer_id=producer.id)
+    finally:
+        os.kill(ctx.worker2.pid, signal.SIGCONT)
+    (caller,) = late
+    async with asyncio.timeout(10):
+        result = await caller
+    assert result["pipeProducer"].id == producer.id and not result["pipeConsumer"].closed
+    # Both routers hold the new pair (the failed one's callbacks left it alone).
+    pair = router1._pipe_pairs[router2.id]
+    assert router2._pipe_pairs[router1.id] is pair and not pair.result()[router1.id].closed
+    assert len((await router2.dump())["transportIds"]) == 2  # the new end, and the WebRTC one
 
 
 async def test_pipe_to_router_closes_the_pipe_consumer_when_the_copy_is_refused(

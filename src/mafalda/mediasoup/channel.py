@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ worker_logger = logging.getLogger("mafalda.mediasoup.worker.log")
 #: Largest message either side accepts: a 4 MiB payload plus its length prefix.
 MESSAGE_MAX_LEN = 4194308
 REQUEST_TIMEOUT = 15.0  # seconds (see Channel.request_timeout)
+LATE_ANSWER_GRACE = 60.0  # seconds (see Channel.late_answer_grace)
 PAYLOAD_MAX_LEN = 4194304
 
 _FBS_PREFIX = "mafalda.mediasoup._fbs."
@@ -212,6 +214,15 @@ def encode_notification(
     return _finish(builder, MessageBody.Notification, FbsNotificationMod.End(builder))
 
 
+class FrameError(ValueError):
+    """A corrupt stream: a length prefix over PAYLOAD_MAX_LEN. ``frames``: the complete
+    payloads that came before it in the data fed, to be handled all the same."""
+
+    def __init__(self, message: str, frames: list[bytes]) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
 class FrameDecoder:
     """Split a byte stream into length-prefixed message payloads."""
 
@@ -224,7 +235,8 @@ class FrameDecoder:
         """Add received bytes; return every complete payload, in order.
 
         A prefix announcing more than PAYLOAD_MAX_LEN means the stream is corrupt: the
-        buffer is discarded (as Node does) and ValueError raised.
+        buffer and the rest of ``data`` are discarded (as Node does) and FrameError (a
+        ValueError) raised, with the payloads complete before it.
         """
         pending = self._buffer
         buf: bytes | bytearray
@@ -242,7 +254,7 @@ class FrameDecoder:
             (size,) = _LEN.unpack_from(buf, pos)
             if size > PAYLOAD_MAX_LEN:
                 self._buffer = bytearray()
-                raise ValueError(f"message length {size} exceeds {PAYLOAD_MAX_LEN}")
+                raise FrameError(f"message length {size} exceeds {PAYLOAD_MAX_LEN}", frames)
             if end - pos - 4 < size:
                 break
             frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
@@ -387,12 +399,21 @@ class Channel:
         self._builder = FastBuilder(1024)
         self._decoder = FrameDecoder()
         self._next_id = 0
-        # request id -> (future, method, deadline); no future for a request nobody
-        # awaits (or one that timed out: its late answer is matched and dropped)
+        # request id -> (future, method, deadline) of the requests whose answer is due;
+        # no future for one nobody awaits (request_nowait)
         self._sents: dict[int, tuple[asyncio.Future[Any] | None, int, float]] = {}
-        #: Seconds an awaited request waits for its answer (a frozen worker), plus 0.1 s
-        #: per request pending when it is sent, as mediasoup's Node library does.
+        # request id -> (method, until) of the requests past their deadline, awaited
+        # (timed out) or not: no longer due (they neither count for _send's batching nor
+        # stay for good, should the worker never answer), but an answer until then is
+        # expected, and dropped quietly
+        self._late: dict[int, tuple[int, float]] = {}
+        #: Seconds a request waits for its answer (a frozen worker), plus 0.1 s per
+        #: request pending when it is sent, as mediasoup's Node library does. An awaited
+        #: one then fails with ChannelTimeoutError.
         self.request_timeout = REQUEST_TIMEOUT
+        #: Seconds after its deadline a request's late answer is still expected (and
+        #: dropped quietly; later on, it is logged as matching no request).
+        self.late_answer_grace = LATE_ANSWER_GRACE
         self._sweeper: asyncio.TimerHandle | None = None
         self._handlers: dict[str, NotificationHandler] = {}
         self._writer: asyncio.WriteTransport | None = None
@@ -424,7 +445,7 @@ class Channel:
         self._send(writer, data)
 
     def _send(self, writer: asyncio.WriteTransport, data: bytes) -> None:
-        # With two answers or more awaited the worker has work queued: what is sent
+        # With two answers or more due the worker has work queued: what is sent
         # meanwhile goes out in one pipe write at the next loop turn, in order (a burst
         # of requests wakes the worker once instead of once per message, which on a
         # busy machine costs more than encoding them). Otherwise at once, requests
@@ -488,12 +509,15 @@ class Channel:
         sents[request_id] = (future, method, deadline)
         sweeper = self._sweeper
         if sweeper is None or deadline < sweeper.when():
-            # One timer for them all (not one per request): it looks at every pending
-            # request when the earliest may have timed out.
-            if sweeper is not None:
-                sweeper.cancel()
-            self._sweeper = self._loop.call_at(deadline, self._sweep)
+            self._sweep_at(deadline)
         return future
+
+    def _sweep_at(self, when: float) -> None:
+        # One timer for them all (not one per request): it looks at every pending
+        # request when the earliest may have timed out.
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = self._loop.call_at(when, self._sweep)
 
     async def request_making(
         self, method: int, handler_id: str, body: Any, close: tuple[int, str, Any]
@@ -512,33 +536,46 @@ class Channel:
     def _sweep(self) -> None:
         self._sweeper = None
         now = self._loop.time()
-        earliest: float | None = None
-        for request_id, (future, method, deadline) in list(self._sents.items()):
-            if future is None:
-                continue
+        earliest = math.inf
+        sents, late = self._sents, self._late
+        for request_id, (_, until) in list(late.items()):
+            if until <= now:
+                del late[request_id]  # never answered (or not yet: then logged)
+            else:
+                earliest = min(earliest, until)
+        until = now + self.late_answer_grace
+        for request_id, (future, method, deadline) in list(sents.items()):
             if deadline > now:
-                earliest = deadline if earliest is None else min(earliest, deadline)
+                earliest = min(earliest, deadline)
                 continue
-            self._sents[request_id] = (None, method, deadline)
-            if not future.done():
+            del sents[request_id]
+            late[request_id] = (method, until)
+            earliest = min(earliest, until)
+            if future is not None and not future.done():
                 name = _method_name(method)
                 future.set_exception(
                     ChannelTimeoutError(f"request timeout [method:{name}, id:{request_id}]")
                 )
                 future.exception()  # a caller that gave up must not cause noise
-        if earliest is not None:
+        if earliest != math.inf:
             self._sweeper = self._loop.call_at(earliest, self._sweep)
 
     def request_nowait(self, method: int, handler_id: str = "", body: Any = None) -> None:
         """Send a request whose answer nobody awaits (closing things, as Node's
         ``request(...).catch(() => {})``): failures are logged at debug level. No future
-        stands for it: its answer only needs to be matched."""
+        stands for it: its answer only needs to be matched (and it is no longer due
+        after the request timeout, as an awaited one)."""
         try:
             request_id = self._send_request(method, handler_id, body)
         except MediasoupError as error:
             logger.debug("request_nowait() failed to send: %s", error)
             return
-        self._sents[request_id] = (None, method, 0.0)
+        sents = self._sents
+        deadline = self._loop.time() + self.request_timeout + 0.1 * len(sents)
+        sents[request_id] = (None, method, deadline)
+        sweeper = self._sweeper
+        if sweeper is None or deadline < sweeper.when():
+            self._sweep_at(deadline)
 
     def notify(self, event: int, handler_id: str = "", body: Any = None) -> None:
         name = EVENT_NAMES.get(event, str(event))
@@ -554,11 +591,13 @@ class Channel:
     # -- receiving ----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        corrupt: FrameError | None = None
         try:
             frames = self._decoder.feed(data)
-        except ValueError as error:
-            logger.error("worker[pid:%s] sent an invalid frame: %s", self.pid, error)
-            return
+        except FrameError as invalid:
+            # The messages before the corrupt length are handled all the same (their
+            # callers would wait for them until they time out), then it is reported.
+            frames, corrupt = invalid.frames, invalid
         for payload in frames:
             try:
                 message = decode_message(payload)
@@ -573,17 +612,16 @@ class Channel:
                 self._on_log(message)
             else:
                 logger.warning("worker[pid:%s] sent an unexpected message", self.pid)
+        if corrupt is not None:
+            logger.error("worker[pid:%s] sent an invalid frame: %s", self.pid, corrupt)
 
     def _on_response(self, message: ResponseMessage) -> None:
         sent = self._sents.pop(message.id, None)
         if sent is None:
-            # After close() the pending requests were failed already: their late
-            # answers are expected.
-            log = logger.debug if self.closed else logger.error
-            log("response does not match any sent request [id:%s]", message.id)
+            self._on_late_response(message)
             return
         future, method, _ = sent
-        if future is None:  # request_nowait(), or timed out
+        if future is None:  # request_nowait()
             if not message.accepted:
                 logger.debug(
                     "ignored request failure [method:%s]: %s",
@@ -601,6 +639,18 @@ class Channel:
             future.set_exception(WorkerTypeError(message.reason, method=name))
         else:
             future.set_exception(WorkerError(message.reason, method=name))
+
+    def _on_late_response(self, message: ResponseMessage) -> None:
+        late = self._late.pop(message.id, None)
+        if late is None:
+            # After close() the pending requests were failed already: their late
+            # answers are expected.
+            log = logger.debug if self.closed else logger.error
+            log("response does not match any sent request [id:%s]", message.id)
+        elif not message.accepted:
+            logger.debug(
+                "ignored request failure [method:%s]: %s", _method_name(late[0]), message.reason
+            )
 
     def _dispatch(self, message: NotificationMessage) -> None:
         handler = self._handlers.get(message.handler_id)
@@ -625,6 +675,7 @@ class Channel:
             return
         self.closed = True
         sents, self._sents = self._sents, {}
+        self._late.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

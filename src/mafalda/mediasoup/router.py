@@ -702,7 +702,9 @@ class Router(EventSource):
     ) -> dict[str, PipeTransport]:
         key = router.id
         future = self._pipe_pairs.get(key)
-        if future is None:
+        if future is None or not _reusable(future):
+            # A pair that failed (or closed) is forgotten by callbacks of the loop turn
+            # after: a caller in between makes a new one too.
             future = asyncio.ensure_future(self._create_pipe_pair(router, info, **options))
             self._pipe_pairs[key] = future
             router._add_pipe_transport_pair(self._id, future)
@@ -740,8 +742,10 @@ class Router(EventSource):
         self, key: str, future: asyncio.Future[dict[str, PipeTransport]]
     ) -> None:
         # Both routers enter a pair in the same call (_get_pipe_pair) and drop it on the
-        # same close, so the other router never holds one this router has not.
-        assert key not in self._pipe_pairs, "pipe transport pair key already in this Router"
+        # same close, so the other router never holds one this router has not (but one
+        # it has just replaced, that failed or closed, which goes a loop turn later).
+        held = self._pipe_pairs.get(key)
+        assert held is None or not _reusable(held), "pipe transport pair key already in Router"
         self._pipe_pairs[key] = future
 
         def forget() -> None:
@@ -969,6 +973,17 @@ def answer_can_consume(
     except (TypeError, ValueError) as error:
         log.error("can_consume() | invalid rtp_capabilities: %s", error)
         return False
+
+
+def _reusable(pair: asyncio.Future[dict[str, PipeTransport]]) -> bool:
+    """Whether a pipe transport pair a router holds may serve a pipe_to_router(): one
+    being made (its waiters get its outcome, as Node's), or made with both ends open."""
+    if not pair.done():
+        return True
+    if pair.cancelled() or pair.exception() is not None:
+        return False
+    first, second = pair.result().values()
+    return not (first.closed or second.closed)
 
 
 _background: set[asyncio.Task[Any]] = set()

@@ -17,7 +17,7 @@ import copy
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -77,6 +77,7 @@ class Pipe(Generic[H]):
     dst: H
     data: bool
     ready: asyncio.Future[None]
+    opening: asyncio.Task[None] | None = None
     pair: PipePair[H] | None = None
     consumer: Any = None
     producer: Any = None
@@ -306,9 +307,13 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             self._home.pop(home_key, None)
             # Its copies go now, not when the worker tells their pipe consumers: until then
             # they would be consumed in its place (a new source with its id included).
+            # So do those being made, which would fail only once made, and meanwhile be
+            # joined by the consumers of a new source with its id.
             pipe_kind = "data" if home_key[1] else "media"
             for pipe in list(self._pipes.values()):
-                if pipe.key[:2] == (pipe_kind, key) and pipe.ready.done():
+                if pipe.key[:2] == (pipe_kind, key):
+                    if not pipe.ready.done():
+                        self._abort_pipe(pipe)
                     self._close_pipe(pipe)
             if self._lost(host):
                 self._record_loss(host, kind, key)
@@ -360,7 +365,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 ready=asyncio.get_running_loop().create_future(),
             )
             self._pipes[key] = pipe
-            self._spawn(self._open_pipe(pipe, source_id))
+            pipe.opening = self._spawn(self._open_pipe(pipe, source_id))
         pipe.pending += 1
         try:
             await asyncio.shield(pipe.ready)
@@ -406,8 +411,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self, pipe: Pipe[H], producer_id: str, local: Any, remote: Any
     ) -> None:
         producer = self._producers.get(producer_id)
-        if producer is None:  # closed while the pipe pair was opening
-            raise InvalidStateError("original Producer closed")
+        # Here throughout: its closing cancels this opening (_abort_pipe).
+        assert producer is not None
         consumer = await local.consume(producer_id=producer_id)
         pipe.consumer = consumer
         piped = await self._make_copy(
@@ -423,8 +428,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         )
         if piped.id != producer_id:
             self._alias(pipe.dst, producer_id, piped, False)
-        if producer.closed:
-            raise InvalidStateError("original Producer closed")
+        assert not producer.closed
         self._wire_pipe(pipe, consumer, piped)
         if piped.paused != producer.paused:
             await (piped.pause() if producer.paused else piped.resume())
@@ -433,8 +437,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self, pipe: Pipe[H], data_producer_id: str, local: Any, remote: Any
     ) -> None:
         data_producer = self._data_producers.get(data_producer_id)
-        if data_producer is None:  # closed while the pipe pair was opening
-            raise InvalidStateError("original DataProducer closed")
+        assert data_producer is not None  # as in _open_media_pipe
         consumer = await local.consume_data(data_producer_id=data_producer_id)
         pipe.consumer = consumer
         piped = await self._make_copy(
@@ -454,8 +457,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         await asyncio.gather(sctp_connected(local), sctp_connected(remote))
         if piped.id != data_producer_id:
             self._alias(pipe.dst, data_producer_id, piped, True)
-        if data_producer.closed:
-            raise InvalidStateError("original DataProducer closed")
+        assert not data_producer.closed
         self._wire_pipe(pipe, consumer, piped)
         if consumer.data_producer_paused != piped.paused:
             await (piped.pause() if consumer.data_producer_paused else piped.resume())
@@ -466,10 +468,24 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         dataproducerpause and resume (mediasoup's pipeToRouter carries it for media only;
         a Router spanning hosts must for data too); either end closing closes the pipe.
         """
-        consumer.observer.on("pause", lambda: self._spawn(_quietly(piped.pause())))
-        consumer.observer.on("resume", lambda: self._spawn(_quietly(piped.resume())))
+
+        def follow(request: Awaitable[Any]) -> None:
+            self._spawn(_quietly(request))
+
+        consumer.observer.on("pause", lambda: follow(piped.pause()))
+        consumer.observer.on("resume", lambda: follow(piped.resume()))
         consumer.observer.on("close", lambda: self._close_pipe(pipe))
         piped.observer.on("close", lambda: self._close_pipe(pipe))
+
+    def _abort_pipe(self, pipe: Pipe[H]) -> None:
+        """Stop the opening of ``pipe``, whose source closed: its waiters fail at once, and
+        its task is cancelled (what a creation cancelled once sent makes is closed where
+        it was made; what the pipe holds already, _close_pipe() closes)."""
+        source = "DataProducer" if pipe.data else "Producer"
+        pipe.ready.set_exception(InvalidStateError(f"original {source} closed"))
+        pipe.ready.exception()  # awaiters get it; nobody waiting is fine too
+        assert pipe.opening is not None
+        pipe.opening.cancel()
 
     def _release_pipe_if_idle(self, pipe: Pipe[H]) -> None:
         if not pipe.closed and not pipe.users and pipe.pending == 0 and pipe.ready.done():
@@ -502,7 +518,10 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         try:
             await asyncio.shield(pair.ready)
         except BaseException:
+            # Failed (the pair is closed), or its pipe's opening cancelled (_abort_pipe):
+            # the pair goes if nothing else wants it, or once open if it is being opened.
             pair.pending -= 1
+            self._release_pair_if_idle(pair)
             raise
         return pair
 
@@ -523,9 +542,10 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 raise
             return
         pair.ready.set_result(None)
+        self._release_pair_if_idle(pair)  # all its waiters gone meanwhile
 
     def _release_pair_if_idle(self, pair: PipePair[H]) -> None:
-        if not pair.pipes and pair.pending == 0:
+        if not pair.pipes and pair.pending == 0 and pair.ready.done():
             self._close_pair(pair)
 
     def _close_pair(self, pair: PipePair[H]) -> None:
@@ -540,10 +560,11 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         for host in pair.key:
             self._release_child_if_idle(host)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _pipe_source(
         self, router: Any, producer_id: str | None, data_producer_id: str | None

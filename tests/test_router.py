@@ -410,5 +410,8 @@ async def test_creations_cancelled_once_sent_leave_nothing_in_the_worker(worker:
     assert plain_dump["producerIds"] == [producer.id] and plain_dump["consumerIds"] == []
     assert direct_dump["dataProducerIds"] == [data_producer.id]
     assert direct_dump["dataConsumerIds"] == []
+    pipe = await router.create_pipe_transport(listen_info=listen)
+    await _cancelled_once_sent(lambda: pipe.consume(producer_id=producer.id))
+    assert (await pipe.dump())["consumerIds"] == []
     # The channel still serves (the closes' answers matched nothing pending).
-    assert set((await router.dump())["transportIds"]) == {transport.id, direct.id}
+    assert set((await router.dump())["transportIds"]) == {transport.id, direct.id, pipe.id}

@@ -13,6 +13,7 @@ from mafalda.mediasoup._fbs.PipeTransport.ConnectRequest import ConnectRequestT
 from mafalda.mediasoup._fbs.Request.Method import Method
 from mafalda.mediasoup._fbs.RtpParameters.MediaKind import MediaKind as FbsMediaKind
 from mafalda.mediasoup._fbs.RtpParameters.Type import Type as FbsRtpType
+from mafalda.mediasoup._fbs.Transport.CloseConsumerRequest import CloseConsumerRequestT
 from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
 from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
@@ -223,7 +224,12 @@ class PipeTransport(Transport):
         request.consumableRtpEncodings = serialize_rtp_encoding_parameters(
             producer.consumable_rtp_parameters["encodings"]
         )
-        status = await self._request(Method.TRANSPORT_CONSUME, request)
+        status = await self._request_making(
+            Method.TRANSPORT_CONSUME,
+            request,
+            Method.TRANSPORT_CLOSE_CONSUMER,
+            CloseConsumerRequestT(consumerId=consumer_id),
+        )
         consumer = Consumer(
             transport_id=self._id,
             consumer_id=consumer_id,

@@ -514,6 +514,38 @@ async def _wait_view(mon: monitor.Monitor, predicate: Any, timeout: float = 15.0
 
 
 @needs_redis
+async def test_a_reporter_that_cannot_report_keeps_no_connection(
+    redis_server: RedisProcess, probe: Probe
+) -> None:
+    """Redis refuses the report (an ACL user without SET; read-only or out of memory
+    alike): start() fails and the reporter's Redis connection is closed (it used to stay
+    open: ``async with`` calls no aclose() when start() fails). It may start again."""
+    db: aioredis.Redis = aioredis.from_url(redis_server.url)
+    await db.acl_setuser(
+        "noset", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
+    )
+    await db.acl_setuser("noset", enabled=True, commands=["-set"])
+    url = f"redis://noset:pw@{redis_server.host}:{redis_server.port}/0"
+
+    async def none_connected() -> bool:
+        return not any(c["user"] == "noset" for c in await db.client_list())
+
+    try:
+        reporter = Reporter(probe, redis_url=url, server_id="p1", interval=60)
+        with pytest.raises(OSError, match="cannot report to Redis"):
+            async with reporter:
+                pass
+        await _until(none_connected)
+        await db.acl_setuser("noset", enabled=True, commands=["+set"])
+        await reporter.start()  # allowed now
+        assert await db.get(stats_key("p1")) is not None
+        await reporter.aclose()
+        await _until(none_connected)
+    finally:
+        await db.aclose()
+
+
+@needs_redis
 async def test_reporter_publishes_and_monitor_ignores_junk(
     redis_server: RedisProcess, probe: Probe, caplog: pytest.LogCaptureFixture
 ) -> None:

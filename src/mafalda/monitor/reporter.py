@@ -61,7 +61,14 @@ class Reporter:
 
     async def start(self) -> None:
         """Publish now (OSError if Redis is unreachable), then every ``interval``."""
-        await self._beat.start()
+        try:
+            await self._beat.start()
+        except BaseException:
+            # Its connection would stay open (Redis refused the report: read-only, out
+            # of memory, not allowed...): ``async with`` calls no aclose() when start()
+            # fails. start() may be tried again.
+            await self._redis.aclose()
+            raise
 
     async def aclose(self) -> None:
         """Stop and delete the report (best effort: its TTL covers a failure)."""

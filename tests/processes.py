@@ -98,6 +98,24 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait()
 
+    async def refusing_writes(self, db: Any, user: str = "noset") -> str:
+        """The URL of a new ACL user ``user`` that may do anything but SET (as a Redis
+        read-only, out of memory or not allowing it refuses writes); ``db``: an admin
+        client. ``allow_writes()`` lifts it."""
+        await db.acl_setuser(
+            user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
+        )
+        await db.acl_setuser(user, enabled=True, commands=["-set"])
+        return f"redis://{user}:pw@{self.host}:{self.port}/0"
+
+    @staticmethod
+    async def allow_writes(db: Any, user: str = "noset") -> None:
+        await db.acl_setuser(user, enabled=True, commands=["+set"])
+
+    @staticmethod
+    async def connections_of(db: Any, user: str = "noset") -> int:
+        return sum(1 for c in await db.client_list() if c["user"] == user)
+
 
 class ServerProcess:
     """A `mafalda serve --cluster` process; ``url`` is its control URL."""

@@ -2461,6 +2461,20 @@ class _Relay:
         self._pairs.clear()
 
 
+def _behind_the_relay(server: Any, redis_url: str) -> Any:
+    """Server "a"'s MediaNode (on 127.0.0.2), its control URL a _Relay's on 127.0.0.6."""
+    from mafalda.horizontal import MediaNode
+
+    return MediaNode(
+        server,
+        redis_url=redis_url,
+        server_id="a",
+        control_host="127.0.0.6",
+        media_address="127.0.0.2",
+        interval=60,
+    )
+
+
 def _live_workers(server: Any) -> list[Any]:
     from mafalda.mediasoup import Worker
 
@@ -2500,14 +2514,7 @@ async def test_what_a_call_cut_off_by_a_drop_made_is_closed_when_the_session_res
         await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
         await serve(host="127.0.0.3", token=TOKEN) as b,
         _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
-        MediaNode(
-            a,
-            redis_url=redis_server.url,
-            server_id="a",
-            control_host="127.0.0.6",
-            media_address="127.0.0.2",
-            interval=60,
-        ),
+        _behind_the_relay(a, redis_server.url),
         MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
         await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
     ):
@@ -2557,14 +2564,7 @@ async def test_a_server_that_leaves_while_a_client_connects_to_it_is_not_kept(
         MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
         await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
     ):
-        node_options: dict[str, Any] = {
-            "redis_url": redis_server.url,
-            "server_id": "a",
-            "control_host": "127.0.0.6",
-            "media_address": "127.0.0.2",
-            "interval": 60,
-        }
-        node = MediaNode(a, **node_options)
+        node = _behind_the_relay(a, redis_server.url)
         await node.start()
         await wait_until(_until(lambda: "a" in cluster.servers))
         relay.hold()
@@ -2584,7 +2584,7 @@ async def test_a_server_that_leaves_while_a_client_connects_to_it_is_not_kept(
         assert "a" not in cluster._clients
         assert "a" not in cluster._connecting and "a" not in cluster._router_worker_locks
         # Back (same id): a new connection.
-        async with MediaNode(a, **node_options):
+        async with _behind_the_relay(a, redis_server.url):
             await wait_until(_until(lambda: "a" in cluster.servers))
             assert not cluster.dump()["servers"]["a"]["connected"]
             transport = await router.create_direct_transport(server="a")
@@ -2601,17 +2601,10 @@ async def test_a_media_node_that_cannot_register_keeps_no_connection(
     from mafalda.horizontal import MediaNode
     from mafalda.remote import serve
 
-    await db.acl_setuser(
-        "noset", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
-    )
-    await db.acl_setuser("noset", enabled=True, commands=["-set"])
-    url = f"redis://noset:pw@{redis_server.host}:{redis_server.port}/0"
-
-    async def connected() -> int:
-        return sum(1 for c in await db.client_list() if c["user"] == "noset")
+    url = await redis_server.refusing_writes(db)
 
     async def none_connected() -> bool:
-        return await connected() == 0
+        return await redis_server.connections_of(db) == 0
 
     async with await serve(host="127.0.0.1", token=TOKEN) as server:
         node = MediaNode(server, redis_url=url, server_id="n", interval=60)
@@ -2619,9 +2612,10 @@ async def test_a_media_node_that_cannot_register_keeps_no_connection(
             async with node:
                 pass
         await wait_until(none_connected)
-        await db.acl_setuser("noset", enabled=True, commands=["+set"])
+        await redis_server.allow_writes(db)
         await node.start()  # allowed now
-        assert await record_of(db, "n") is not None and await connected() == 1
+        assert await record_of(db, "n") is not None
+        assert await redis_server.connections_of(db) == 1
         await node.aclose()
         assert await record_of(db, "n") is None
         await wait_until(none_connected)
@@ -2662,21 +2656,13 @@ async def test_a_pipe_a_server_made_while_the_connection_was_down_is_not_an_orph
     """While the client's connection to "a" is down, the server makes a PipeTransport on
     the client's router there itself (as a swarm server pipes a stream out to a peer):
     the resume brings it, and the client leaves it open (it is nobody's orphan)."""
-    from mafalda.horizontal import MediaNode
     from mafalda.mediasoup import Router
     from mafalda.remote import serve
 
     async with (
         await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
         _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
-        MediaNode(
-            a,
-            redis_url=redis_server.url,
-            server_id="a",
-            control_host="127.0.0.6",
-            media_address="127.0.0.2",
-            interval=60,
-        ),
+        _behind_the_relay(a, redis_server.url),
         await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
     ):
         router = await cluster.create_router(media_codecs=MEDIA_CODECS)

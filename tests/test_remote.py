@@ -1923,25 +1923,107 @@ async def test_a_closed_worker_that_exits_while_its_client_is_away_is_told_on_re
         await client.aclose()
 
 
-async def test_a_cancelled_call_is_forgotten_here_and_released_there_when_done(
-    server: RemoteServer,
-) -> None:
-    """A call whose caller gave up (its task cancelled) leaves nothing pending here; the
-    server is not told, so it holds the call (it counts towards max_pending_calls) until
-    it is done and answered (here: a worker's wait_closed(), until the worker closes)."""
-    client = await client_of(server)
-    worker = await client.create_worker(log_level="warn")
-    session = server.sessions[client.session_id]
-    waiting = asyncio.ensure_future(worker.wait_closed())
+async def test_a_cancelled_held_call_ends_on_the_server_too() -> None:
+    """A held call (a worker's wait_closed()) whose caller gave up (its task cancelled) is
+    forgotten here, and the client tells the server, which ends it: it no longer holds
+    its slot of max_pending_calls (here 1: the call after it is taken again)."""
+    async with await serve(token=TOKEN, grace_period=0.3, max_pending_calls=1) as srv:
+        client = await client_of(srv)
+        worker = await client.create_worker(log_level="warn")
+        session = srv.sessions[client.session_id]
+        waiting = asyncio.ensure_future(worker.wait_closed())
+        await until(lambda: len(session.tasks) == 1)
+        with pytest.raises(RemoteError, match="too many calls pending"):
+            await worker.dump()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert client.connection._pending == {}
+        await until(lambda: not session.tasks)
+        assert session.held == {}
+        assert (await worker.dump())["pid"] == worker.pid
+        assert not worker.closed  # only the wait ended
+        await client.aclose()
+
+
+async def test_cancel_on_the_wire(server: RemoteServer) -> None:
+    """``cancel`` names a call by id: a held one (wait_*()) ends, answered with a
+    CANCELLED error; a cancel sent with an id is answered whether it cancelled one; one
+    naming any other call (which runs to its end and is answered), an unknown id or not
+    an id cancels nothing; sent without an id it gets no answer."""
+    ws = await raw(server)
+    made = await rpc(ws, 1, "call", {"target": None, "method": "create_worker"})
+    handle = made["result"]["value"]["id"]
+    (session,) = server.sessions.values()
+
+    def message(rid: Any, method: str, params: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+
+    held = {"target": handle, "method": "wait_closed"}
+    await ws.send_str(json.dumps(message("w", "call", held)))
     await until(lambda: len(session.tasks) == 1)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    assert client.connection._pending == {}
-    assert len(session.tasks) == 1  # the server still runs it
-    worker.close()
+    answers = [await rpc(ws, 2, "cancel", {"id": "w"}), await answer_of(ws)]
+    assert answers == [
+        {"jsonrpc": "2.0", "id": "w", "error": {"code": p.CANCELLED, "message": "call cancelled"}},
+        {"jsonrpc": "2.0", "id": 2, "result": True},
+    ]
     await until(lambda: not session.tasks)
-    await client.aclose()
+    assert session.held == {}
+    # A call that is not held runs on: [dump, cancel of it] answers the cancel first.
+    frame = [
+        message(3, "call", {"target": handle, "method": "dump"}),
+        message(4, "cancel", {"id": 3}),
+    ]
+    await ws.send_str(json.dumps(frame))
+    assert await answer_of(ws) == {"jsonrpc": "2.0", "id": 4, "result": False}
+    assert (await answer_of(ws))["result"]["value"]["pid"] == made["result"]["value"]["state"][
+        "pid"
+    ]
+    for rid, params in [(5, {"id": 99}), (6, {"id": True}), (7, {"id": [1]}), (8, {})]:
+        assert await rpc(ws, rid, "cancel", params) == {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "result": False,
+        }
+    # Without an id (as the client sends it): no answer, held call or not.
+    await ws.send_str(json.dumps(message("x", "call", held)))
+    await until(lambda: len(session.tasks) == 1)
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "cancel", "params": {"id": 99}}))
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "cancel", "params": {"id": "x"}}))
+    cancelled = await answer_of(ws)
+    assert cancelled["id"] == "x" and cancelled["error"]["code"] == p.CANCELLED
+    assert (await rpc(ws, 9, "ping", {}))["result"] == "pong"
+    await close_raw(ws)
+
+
+async def test_an_unknown_method_without_an_id_gets_no_answer(server: RemoteServer) -> None:
+    """What a server that knows no ``cancel`` does with a new client's: an unknown method
+    sent without an id (a notification) is not answered; the next answer is the ping's."""
+    ws = await raw(server)
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "nosuch", "params": {"id": 1}}))
+    assert await rpc(ws, 1, "ping", {}) == {"jsonrpc": "2.0", "id": 1, "result": "pong"}
+    await close_raw(ws)
+
+
+async def test_a_resumed_session_ends_the_held_calls_of_its_old_link() -> None:
+    """A held call pending as the connection drops fails here at once; the server ends it
+    when the session is resumed (its slot of max_pending_calls is free again), and no
+    answer of it reaches the new link."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        session = srv.sessions[client.session_id]
+        waiting = asyncio.ensure_future(worker.wait_closed())
+        await until(lambda: len(session.tasks) == 1)
+        reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+        cutter.cut()
+        with pytest.raises(RemoteConnectionError):
+            await asyncio.wait_for(waiting, 5)
+        await asyncio.wait_for(reconnected, 10)
+        await until(lambda: not session.tasks)
+        assert session.held == {}
+        assert (await worker.dump())["pid"] == worker.pid
+        await client.aclose()
 
 
 async def test_a_call_cancelled_as_the_connection_goes_ends_cancelled(
@@ -1962,11 +2044,21 @@ async def test_a_call_cancelled_as_the_connection_goes_ends_cancelled(
     await client.wait_closed()
 
 
-async def test_an_object_made_by_a_call_given_up_on_is_closed(server: RemoteServer) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["one-frame", "split-frames"])
+async def test_an_object_made_by_a_call_given_up_on_is_closed(
+    server: RemoteServer, split: bool
+) -> None:
     """A create call that timed out here may still be answered: the object it made is
     nobody's, so it is closed (on the server too) and kept nowhere. The server's
-    before_consume hook holds the call past the client's call_timeout."""
+    before_consume hook holds the call past the client's call_timeout. The object comes
+    first in its transport's 'newdataconsumer' event, then in the answer: in one frame,
+    or (``split``: as when a burst of answers passes the server's 256 KiB batch, here
+    every message its own frame) in two."""
     client = await client_of(server)
+    if split:
+        link = server.sessions[client.session_id].connection
+        assert link is not None
+        link.frames._batch_limit = 1
     worker = await client.create_worker(log_level="warn")
     router = await worker.create_router(media_codecs=MEDIA_CODECS)
     direct = await router.create_direct_transport()

@@ -164,10 +164,11 @@ async def test_cancelled_calls_answered_or_lost_later(
 async def test_a_late_answer_closes_the_objects_it_made_and_only_those(
     peer: Callable[[Script], Awaitable[str]],
 ) -> None:
-    """A call given up on here (cancelled) is answered later with an object it made and
-    one the client knows: the new one is nobody's, so the client closes it (and tells
-    the server); the known one is left as it is. The peer makes the answer: our server
-    answers only what it was asked, which cannot name both kinds at once."""
+    """A call given up on here (cancelled) is told to the server (``cancel``, naming it),
+    and answered later with an object it made and one the client knows: the new one is
+    nobody's, so the client closes it (and tells the server); the known one is left as
+    it is. The peer makes the answer: our server answers only what it was asked, which
+    cannot name both kinds at once."""
     go = asyncio.Event()
     received: list[dict[str, Any]] = []
 
@@ -175,6 +176,7 @@ async def test_a_late_answer_closes_the_objects_it_made_and_only_those(
         known = {"$ref": "worker", "id": "w1", "state": {"class": "Worker", "closed": False}}
         await ws.send_str(_answer(hello["id"], {**HELLO, "objects": [known]}))
         call = json.loads((await ws.receive()).data)
+        received.append(json.loads((await ws.receive()).data))  # its cancel
         await go.wait()
         made = {"$ref": "worker", "id": "w2", "state": {"class": "Worker", "closed": False}}
         await ws.send_str(_answer(call["id"], {"value": [{"$ref": "worker", "id": "w1"}, made]}))
@@ -189,8 +191,9 @@ async def test_a_late_answer_closes_the_objects_it_made_and_only_those(
     with pytest.raises(asyncio.CancelledError):
         await call
     go.set()
-    await asyncio.wait_for(_until(lambda: bool(received)), 5)
-    assert received[0]["params"] == {"target": "w2", "method": "close", "args": [], "kwargs": {}}
+    await asyncio.wait_for(_until(lambda: len(received) == 2), 5)
+    assert received[0] == {"jsonrpc": "2.0", "method": "cancel", "params": {"id": 1}}
+    assert received[1]["params"] == {"target": "w2", "method": "close", "args": [], "kwargs": {}}
     made = client.connection.proxies["w2"]  # a worker's proxy waits for its exit
     assert made.closed and not known.closed and client.objects == [known]
     await client.aclose()

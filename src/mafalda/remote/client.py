@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import copy
 import errno
-import itertools
 import logging
 import ssl as ssl_module
 import time
@@ -90,7 +89,9 @@ class Connection:
     ) -> None:
         self._http = http
         self._opener = opener
-        self._ids = itertools.count(1)
+        #: The id of the last request sent (ids go up for the connection's life, across
+        #: reconnections).
+        self._last_id = 0
         self._pending: dict[int, tuple[asyncio.Future[Any], RemoteObject | None]] = {}
         self.proxies: dict[str, RemoteObject] = {}
         self.closed = False
@@ -117,9 +118,6 @@ class Connection:
         self._gone_proxies: weakref.WeakValueDictionary[str, RemoteObject] = (
             weakref.WeakValueDictionary()
         )
-        #: Handles of the proxies made while reading the current frame: a late answer's
-        #: new objects are nobody's (see _on_response).
-        self._fresh: set[str] = set()
         self._special = self._decode_marker
         self._attach(ws, hello)
 
@@ -212,8 +210,8 @@ class Connection:
             return proxy
         if proxy is None:
             proxy = proxy_class(ref["$ref"])(self, handle, state if isinstance(state, dict) else {})
+            proxy._born = self._last_id
             self.proxies[handle] = proxy
-            self._fresh.add(handle)
         elif isinstance(state, dict) and not proxy._closed_local:
             proxy._apply_state(state)
         if link:
@@ -254,7 +252,7 @@ class Connection:
             raise RemoteConnectionError("remote connection closed")
         if self.reconnecting:
             raise RemoteConnectionError("remote connection lost, reconnecting")
-        request_id = next(self._ids)
+        request_id = self._last_id = self._last_id + 1
         data = self._message(request_id, target, method, args, kwargs)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, target)
@@ -271,9 +269,10 @@ class Connection:
                     f"remote call timeout [method:{method}]: no answer in {limit} s"
                 ) from None
         finally:
-            # Timed out or cancelled: its answer, if the server ever sends one, is late
-            # (see _on_response).
-            self._pending.pop(request_id, None)
+            # Still pending: timed out or cancelled. Its answer, if the server ever sends
+            # one, is late (see _on_response); the server is told, which ends a held call.
+            if self._pending.pop(request_id, None) is not None:
+                self._frames.send(p.dumps(p.request(None, "cancel", {"id": request_id})))
 
     def call_nowait(
         self,
@@ -305,7 +304,6 @@ class Connection:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
-                self._fresh.clear()
                 try:
                     messages = p.parse_server_frame(msg.data, self._special)
                 except p.ProtocolError:
@@ -333,7 +331,7 @@ class Connection:
             return
         entry = self._pending.pop(response.id, None)
         if entry is None or entry[0].done():
-            self._close_unclaimed(response.result)
+            self._close_unclaimed(response.result, response.id)
             return
         future, target = entry
         if response.error is not None:
@@ -351,15 +349,19 @@ class Connection:
                 target._apply_state(state)
         future.set_result(result.get("value"))
 
-    def _close_unclaimed(self, value: Any) -> None:
+    def _close_unclaimed(self, value: Any, request_id: int) -> None:
         """A late answer (its call timed out or was cancelled here): the objects it made
-        are nobody's, and would live on the server until the session ends."""
+        are nobody's, and would live on the server until the session ends. They are those
+        first seen after the call was sent, in this frame or in an earlier one (the
+        'newconsumer' event that tells of a consumer goes with the answer, but the server
+        splits a burst of messages past 256 KiB into several frames); one known before
+        the call is the app's."""
         if isinstance(value, RemoteObject):
-            if value.handle in self._fresh:  # (one known already is the app's)
+            if value._born >= request_id:
                 value.close()
         elif isinstance(value, dict | list):
             for item in value.values() if isinstance(value, dict) else value:
-                self._close_unclaimed(item)
+                self._close_unclaimed(item, request_id)
 
     def _on_notification(self, message: p.Notification) -> None:
         params = message.params

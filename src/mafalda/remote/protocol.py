@@ -20,6 +20,17 @@ Client to server:
   instance). The result is ``{"value": <encoded return value>, "state": <state delta>}``.
   Sent without ``id`` (a JSON-RPC notification) for fire-and-forget calls (``close()``,
   ``send()``); their failure comes back as an ``error`` notification.
+- ``{"jsonrpc": "2.0", "method": "cancel", "params": {"id": 7}}``: the client gave up on
+  call 7 (its caller was cancelled, or it timed out). A held call (``wait_*()``, as a
+  worker's ``wait_closed()``, which runs until something ends) ends now, and is answered
+  with a ``CANCELLED`` (-32006) error: it no longer holds one of the calls a session may
+  have running at once. Any other call runs to its end (a creation stopped half-way
+  could leave what it made in the worker) and is answered as usual, late (the client
+  closes what it made: nobody holds it). Sent with an ``id``, it is answered ``true``
+  when it cancelled a call, else ``false``. (A server that knows no ``cancel`` answers
+  nothing to it: an unknown method sent without ``id`` gets no answer.) When a session
+  is resumed, the held calls of its previous link are cancelled, without an answer: the
+  client failed them as the link dropped.
 - ``{"jsonrpc": "2.0", "method": "bye"}``: close the session's objects now (no grace);
   calls after it are refused ('session closed'). Sent with an ``id`` (a request), it is
   answered ``"result": null`` once they are closed.
@@ -48,7 +59,9 @@ arguments, such as a worker's death) as ``{"$error": "<class name>", "message": 
 So that those markers cannot be confused with data, every other dict key that starts
 with ``$`` is sent with one more ``$`` in front (``{"$ref": 1}`` in app_data travels as
 ``{"$$ref": 1}``); the receiver removes it. Integers travel within 64 bits (orjson's
-range: a larger one is sent, but read back as a float).
+range: a larger one is sent, but read back as a float); floats NaN and +-Infinity, which
+JSON lacks, travel as ``null`` (no value of the worker's is one: mediasoup's validation
+refuses them in parameters; only an app's own ``app_data`` may hold one).
 
 Changes from ``mafalda-remote/1``: batches both ways, state deltas instead of full
 snapshots, the ``error`` notification, ``gracePeriod`` in the hello result, ``class``
@@ -66,6 +79,7 @@ import orjson
 
 __all__ = [
     "AUTH_FAILED",
+    "CANCELLED",
     "FORBIDDEN",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
@@ -123,6 +137,7 @@ AUTH_FAILED = -32002
 VERSION_MISMATCH = -32003
 FORBIDDEN = -32004  #: unknown object, or one owned by another connection
 RATE_LIMITED = -32005
+CANCELLED = -32006  #: the answer of a held call its client cancelled
 #: The WebSocket close code a connection gets when its session is resumed on another
 #: connection (a client does not reconnect after it).
 SESSION_TAKEN_OVER = 4001

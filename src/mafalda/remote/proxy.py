@@ -65,6 +65,9 @@ class RemoteObject:
         self._parent: RemoteObject | None = None
         self._children: dict[str, RemoteObject] = {}
         self._app_data: dict[str, Any] = {}
+        #: The id of the last request its connection had sent when the proxy was made:
+        #: a late answer to a later request did not make it (see ``_close_unclaimed``).
+        self._born = 0
         self.events = EventEmitter()
         self.observer = EventEmitter()
         self._apply_state(state)

@@ -579,6 +579,26 @@ class Session:
         #: ``max_objects_per_session`` bounds.
         self.creating = 0
         self.failures = _FailureLog()
+        #: Held calls (``wait_*()``) running, by request id: what a client's ``cancel``
+        #: ends (they would hold their slot of ``max_pending_calls`` until they are done).
+        self.held: dict[int | str, asyncio.Task[None]] = {}
+
+    def hold(self, request_id: int | str, task: asyncio.Task[None]) -> None:
+        """Record ``task``, a held call, for a ``cancel`` naming ``request_id``."""
+        self.held[request_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self.held.get(request_id) is task:  # (not another call with its id)
+                del self.held[request_id]
+
+        task.add_done_callback(done)
+
+    def cancel_held(self) -> None:
+        """End the held calls of a link that is gone (its client failed them)."""
+        held = list(self.held.values())
+        self.held.clear()
+        for task in held:
+            task.cancel()
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -1184,6 +1204,10 @@ class RemoteServer:
                 connection.send(p.error_response(req.id, p.FORBIDDEN, "unknown session"))
                 return None
             session = found
+            # The held calls (wait_closed()) of the link it had: its client failed them
+            # as the link went, and this one never asked them. They would hold their
+            # slots of max_pending_calls until done, their answers going to this link.
+            session.cancel_held()
             if session.expiry is not None:
                 session.expiry.cancel()
                 session.expiry = None
@@ -1301,6 +1325,8 @@ class RemoteServer:
                 connection.send(p.result_response(req.id, None))
             return
         if req.method != "call":
+            if req.method == "cancel":
+                return self._cancel(connection, session, req)
             raise p.ProtocolError(p.METHOD_NOT_FOUND, f"method not found: {req.method}", req.id)
         if session.closed:
             # After its bye (later in the same frame): what a call made would belong to
@@ -1351,7 +1377,23 @@ class RemoteServer:
         )
         session.tasks.add(task)
         task.add_done_callback(session.tasks.discard)
+        if call.method[:5] == "wait_" and req.id is not None:  # held until something ends
+            session.hold(req.id, task)
         return None
+
+    def _cancel(self, connection: _Connection, session: Session, req: p.Request) -> None:
+        """A call its client gave up on (``params.id``): a held one (``wait_*()``) ends now,
+        answered with a CANCELLED error; any other runs to its end (a creation cancelled
+        half-way could leave what it made in the worker), its answer late."""
+        call_id = req.params.get("id")
+        task = None
+        if isinstance(call_id, int | str) and not isinstance(call_id, bool):  # (true is 1)
+            task = session.held.pop(call_id, None)
+        cancelled = task is not None and task.cancel()
+        if cancelled:
+            connection.send(p.error_response(call_id, p.CANCELLED, "call cancelled"))
+        if req.id is not None:
+            connection.send(p.result_response(req.id, cancelled))
 
     async def _run(
         self,

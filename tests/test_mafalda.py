@@ -39,7 +39,7 @@ from mafalda.mediasoup.channel import REQUEST_TIMEOUT
 from mafalda.remote import RemoteMafalda, RemoteServer, connect, serve
 from mafalda.vertical import SpreadPolicy, WorkerLoss
 from mafalda.vertical.policy import Limits
-from mafalda.vertical.spanning import pipe_key
+from mafalda.vertical.spanning import pipe_key, source_open
 from tests.processes import free_ports
 
 from .conftest import MEDIA_CODECS, opus_rtp_parameters, served_by
@@ -2318,3 +2318,17 @@ async def test_concurrent_pipes_of_one_producer_into_a_router_make_one_copy() ->
         assert consumer.producer_id == producer.id
     finally:
         await m.aclose()
+
+
+async def test_a_pipe_is_not_opened_for_a_source_gone_or_closed(mafalda: Mafalda) -> None:
+    """The check the opening of a pipe makes of its source: a local one's closing cancels
+    that opening first, but a remote one (a ClusterRouter's proxy) may show its closed
+    state before its close event, so the check is called here with such states."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    transport = await router.create_direct_transport()
+    source = await transport.produce_data(label="chat")
+    assert source_open(source, "DataProducer") is source
+    source.close()
+    for gone, what in ((source, "DataProducer"), (None, "Producer")):
+        with pytest.raises(InvalidStateError, match=f"original {what} closed"):
+            source_open(gone, what)

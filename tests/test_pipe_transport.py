@@ -1095,6 +1095,41 @@ async def test_a_pipe_to_router_right_after_its_pipe_pair_failed_makes_a_new_pai
     assert len((await router2.dump())["transportIds"]) == 2  # the new end, and the WebRTC one
 
 
+async def test_a_pipe_pair_whose_end_closed_as_it_connected_is_not_kept(
+    ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One end of a new pair closes as the pair connects (its router, its worker or the
+    app closing it then): pipe_to_router() fails, the other end is closed, neither router
+    keeps the pair, and the next call makes a working one that both hold, which stays
+    theirs when the first pair's ends are long gone. (That moment cannot be had on cue:
+    the connect is wrapped to close the destination's end once the worker connected it.)
+    Before, the open end stayed, a newer pair was dropped by one router only when it
+    closed, and a third call failed an assertion."""
+    router1, router2, producer = ctx.router1, ctx.router2, ctx.audio_producer
+    connect = PipeTransport.connect
+    ends2: list[Any] = []
+    router2.observer.on("newtransport", ends2.append)
+
+    async def connect_then_close(self: PipeTransport, **kwargs: Any) -> None:
+        await connect(self, **kwargs)
+        if self in ends2:
+            self.close()
+
+    monkeypatch.setattr(PipeTransport, "connect", connect_then_close)
+    with pytest.raises(InvalidStateError, match="closed while its pair was opening"):
+        await router1.pipe_to_router(router=router2, producer_id=producer.id)
+    monkeypatch.undo()
+    await asyncio.sleep(0)  # the failed pair's callbacks
+    assert router2.id not in router1._pipe_pairs and router1.id not in router2._pipe_pairs
+    assert (await router1.dump())["transportIds"] == [ctx.webrtc_transport1.id]
+    result = await router1.pipe_to_router(router=router2, producer_id=producer.id)
+    assert not result["pipeConsumer"].closed
+    pair = router1._pipe_pairs[router2.id]
+    assert router2._pipe_pairs[router1.id] is pair
+    await router1.pipe_to_router(router=router2, data_producer_id=ctx.data_producer.id)
+    assert router1._pipe_pairs[router2.id] is pair and router2._pipe_pairs[router1.id] is pair
+
+
 async def test_pipe_to_router_closes_the_pipe_consumer_when_the_copy_is_refused(
     ctx: Ctx,
 ) -> None:

@@ -155,7 +155,8 @@ class MediaNode:
             # Its connection would stay open (Redis refused the record: read-only,
             # out of memory, not allowed...), as would the client (``async with``
             # calls no aclose() when start() fails); start() may be tried again.
-            await self._redis.aclose()
+            with contextlib.suppress(Exception):  # start()'s own error is the one to tell
+                await self._redis.aclose()
             raise
 
     async def _publish(self, event: MembershipEvent) -> None:

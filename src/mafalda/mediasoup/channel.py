@@ -573,8 +573,7 @@ class Channel:
         sents = self._sents
         deadline = self._loop.time() + self.request_timeout + 0.1 * len(sents)
         sents[request_id] = (None, method, deadline)
-        sweeper = self._sweeper
-        if sweeper is None or deadline < sweeper.when():
+        if self._sweeper is None:  # (one due later only lingers until then: it fails nothing)
             self._sweep_at(deadline)
 
     def notify(self, event: int, handler_id: str = "", body: Any = None) -> None:

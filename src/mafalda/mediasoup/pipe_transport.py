@@ -18,7 +18,7 @@ from mafalda.mediasoup._fbs.Transport.ConsumeRequest import ConsumeRequestT
 from mafalda.mediasoup._ids import new_id
 from mafalda.mediasoup.channel import Channel
 from mafalda.mediasoup.consumer import Consumer
-from mafalda.mediasoup.errors import InvalidValueError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.plain_transport import (
     validate_remote_ip,
     validate_remote_port,
@@ -293,4 +293,10 @@ async def open_pipe_pair(first: Awaitable[_Pipe], second: Awaitable[_Pipe]) -> t
         for end in ends:
             end.close()
         raise
+    if any(end.closed for end in ends):
+        # One closed as they connected (its router or worker, the app): a pair with a
+        # closed end pipes nothing, and its open end would be left behind.
+        for end in ends:
+            end.close()
+        raise InvalidStateError("PipeTransport closed while its pair was opening")
     return a, b  # type: ignore[return-value]

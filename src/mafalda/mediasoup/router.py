@@ -726,13 +726,25 @@ class Router(EventSource):
             router.create_pipe_transport(listen_info=info, **options),
         )
 
+        def forget() -> None:
+            # Only this pair: a router holds a newer one after a failed or closed one.
+            held = self._pipe_pairs.get(key)
+            if (
+                held is not None
+                and held.done()
+                and not held.cancelled()
+                and held.exception() is None
+                and held.result()[self._id] is local_t
+            ):
+                del self._pipe_pairs[key]
+
         def on_local_close() -> None:
             remote_t.close()
-            self._pipe_pairs.pop(key, None)
+            forget()
 
         def on_remote_close() -> None:
             local_t.close()
-            self._pipe_pairs.pop(key, None)
+            forget()
 
         local_t.observer.on("close", on_local_close)
         remote_t.observer.on("close", on_remote_close)

@@ -67,7 +67,8 @@ class Reporter:
             # Its connection would stay open (Redis refused the report: read-only, out
             # of memory, not allowed...): ``async with`` calls no aclose() when start()
             # fails. start() may be tried again.
-            await self._redis.aclose()
+            with contextlib.suppress(Exception):  # start()'s own error is the one to tell
+                await self._redis.aclose()
             raise
 
     async def aclose(self) -> None:

@@ -410,9 +410,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
     async def _open_media_pipe(
         self, pipe: Pipe[H], producer_id: str, local: Any, remote: Any
     ) -> None:
-        producer = self._producers.get(producer_id)
-        # Here throughout: its closing cancels this opening (_abort_pipe).
-        assert producer is not None
+        producer = source_open(self._producers.get(producer_id), "Producer")
         consumer = await local.consume(producer_id=producer_id)
         pipe.consumer = consumer
         piped = await self._make_copy(
@@ -428,7 +426,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         )
         if piped.id != producer_id:
             self._alias(pipe.dst, producer_id, piped, False)
-        assert not producer.closed
+        source_open(producer, "Producer")
         self._wire_pipe(pipe, consumer, piped)
         if piped.paused != producer.paused:
             await (piped.pause() if producer.paused else piped.resume())
@@ -436,8 +434,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
     async def _open_data_pipe(
         self, pipe: Pipe[H], data_producer_id: str, local: Any, remote: Any
     ) -> None:
-        data_producer = self._data_producers.get(data_producer_id)
-        assert data_producer is not None  # as in _open_media_pipe
+        data_producer = source_open(self._data_producers.get(data_producer_id), "DataProducer")
         consumer = await local.consume_data(data_producer_id=data_producer_id)
         pipe.consumer = consumer
         piped = await self._make_copy(
@@ -457,7 +454,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         await asyncio.gather(sctp_connected(local), sctp_connected(remote))
         if piped.id != data_producer_id:
             self._alias(pipe.dst, data_producer_id, piped, True)
-        assert not data_producer.closed
+        source_open(data_producer, "DataProducer")
         self._wire_pipe(pipe, consumer, piped)
         if consumer.data_producer_paused != piped.paused:
             await (piped.pause() if consumer.data_producer_paused else piped.resume())
@@ -774,6 +771,15 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._close_all()
         self.events.emit("@close")
         self.observer.emit("close")
+
+
+def source_open(source: Any, what: str) -> Any:
+    """``source``, the (data) producer a pipe being opened copies, still open. Its closing
+    cancels that opening (_abort_pipe), but a remote one (a ClusterRouter's) may show its
+    closed state a frame before it tells its close: InvalidStateError then."""
+    if source is None or source.closed:
+        raise InvalidStateError(f"original {what} closed")
+    return source
 
 
 def _fail_waiters(ready: asyncio.Future[Any]) -> None:

@@ -52,6 +52,7 @@ from tests.processes import (
     spawn_serve,
     tls_files,
 )
+from tests.relay import Relay
 from tests.rtp_flow import MEDIA_CODECS, OPUS_PT, OPUS_RTP
 from tests.rtp_flow import Counter as _Counter
 from tests.rtp_flow import Sender as _Sender
@@ -2396,73 +2397,8 @@ async def test_cluster_router_keeps_a_child_a_transport_is_being_made_on(
 # -- connections that drop, servers that leave while a client connects ---------------------
 
 
-class _Relay:
-    """A TCP relay on ``host`` in front of the server at ``upstream``:``port``, at the
-    same port (a MediaNode's ``control_host`` names it): its connections can be cut (both
-    sockets aborted, as a network failure would), and new ones held (accepted, not
-    relayed) until released."""
-
-    def __init__(self, host: str, upstream: str, port: int) -> None:
-        self._host, self._upstream, self._port = host, upstream, port
-        self._open = asyncio.Event()
-        self._open.set()
-        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
-        self.waiting = 0  # connections held now
-
-    async def __aenter__(self) -> _Relay:
-        self._server = await asyncio.start_server(self._relay, self._host, self._port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            self.waiting += 1
-            try:
-                await self._open.wait()
-            finally:
-                self.waiting -= 1
-            up_reader, up_writer = await asyncio.open_connection(self._upstream, self._port)
-            self._pairs.append((writer, up_writer))
-
-            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-                with contextlib.suppress(ConnectionError, OSError):
-                    while data := await source.read(65536):
-                        sink.write(data)
-                        await sink.drain()
-                sink.close()
-
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    def hold(self) -> None:
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
-
-    def cut(self) -> None:
-        for a, b in self._pairs:
-            a.transport.abort()
-            b.transport.abort()
-        self._pairs.clear()
-
-
 def _behind_the_relay(server: Any, redis_url: str) -> Any:
-    """Server "a"'s MediaNode (on 127.0.0.2), its control URL a _Relay's on 127.0.0.6."""
+    """Server "a"'s MediaNode (on 127.0.0.2), its control URL a Relay's on 127.0.0.6."""
     from mafalda.horizontal import MediaNode
 
     return MediaNode(
@@ -2513,7 +2449,7 @@ async def test_what_a_call_cut_off_by_a_drop_made_is_closed_when_the_session_res
     async with (
         await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
         await serve(host="127.0.0.3", token=TOKEN) as b,
-        _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
+        Relay(a.port, host="127.0.0.6", upstream="127.0.0.2", port=a.port) as relay,
         _behind_the_relay(a, redis_server.url),
         MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
         await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
@@ -2560,7 +2496,7 @@ async def test_a_server_that_leaves_while_a_client_connects_to_it_is_not_kept(
     async with (
         await serve(host="127.0.0.2", token=TOKEN) as a,
         await serve(host="127.0.0.3", token=TOKEN) as b,
-        _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
+        Relay(a.port, host="127.0.0.6", upstream="127.0.0.2", port=a.port) as relay,
         MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
         await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
     ):
@@ -2661,7 +2597,7 @@ async def test_a_pipe_a_server_made_while_the_connection_was_down_is_not_an_orph
 
     async with (
         await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
-        _Relay("127.0.0.6", "127.0.0.2", a.port) as relay,
+        Relay(a.port, host="127.0.0.6", upstream="127.0.0.2", port=a.port) as relay,
         _behind_the_relay(a, redis_server.url),
         await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
     ):

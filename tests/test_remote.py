@@ -48,6 +48,7 @@ from mafalda.vertical import Mafalda
 
 from .conftest import MEDIA_CODECS, served_by
 from .processes import reap, serve_args, spawn_serve
+from .relay import Relay
 
 TOKEN = "s3cret"
 LISTEN = [{"protocol": "udp", "ip": "127.0.0.1"}]
@@ -1413,54 +1414,8 @@ async def test_objects_created_after_the_connection_dropped_belong_to_the_sessio
         await process_gone(served.pid)
 
 
-class Cutter:
-    """A TCP relay on 127.0.0.1 in front of a server, whose connections can be cut (both
-    sockets aborted, as a network failure would) while it keeps accepting new ones."""
-
-    def __init__(self, port: int) -> None:
-        self._port = port
-        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self._server: asyncio.Server | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> Cutter:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
-        self._pairs.append((writer, up_writer))
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def refuse(self) -> None:
-        """Accept no new connection (the client's tries to resume fail)."""
-        assert self._server is not None
-        self._server.close()
-
-    def cut(self) -> None:
-        for a, b in self._pairs:
-            a.transport.abort()
-            b.transport.abort()
-        self._pairs.clear()
-
-
 async def test_reconnects_after_a_cut_connection() -> None:
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         assert isinstance(client, RemoteMediasoup)
         worker = await client.create_worker(log_level="warn")
@@ -1498,7 +1453,7 @@ def server_objects_closed(server: RemoteServer) -> bool:
 
 
 async def test_fire_and_forget_calls_made_while_reconnecting_are_sent_after() -> None:
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
         router = await worker.create_router(media_codecs=MEDIA_CODECS)
@@ -1524,7 +1479,7 @@ async def test_fire_and_forget_calls_made_while_reconnecting_are_sent_after() ->
 
 async def test_no_resume_when_the_session_is_gone() -> None:
     """The connection drops and the server forgot the session: everything closes."""
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
         died: list[Exception] = []
@@ -1544,7 +1499,7 @@ async def test_what_reaches_a_session_after_it_closed_is_not_kept() -> None:
     call made meanwhile: the session's, closed with it); once the session closed, it
     registers nothing (the session would keep it forever). Its calls are cancelled when
     it closes, so the late answer is sent here by hand."""
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         session = srv.sessions[client.session_id]
         cutter.refuse()
@@ -1850,7 +1805,7 @@ async def test_fire_and_forget_calls_held_while_reconnecting_are_bounded(
     fails at once, naming the bound (close() too: never dropped unseen); the held ones are
     sent, in order, once resumed. The bound is lowered to 2 here (the real one is 10 000)."""
     monkeypatch.setattr(client_module, "_MAX_HELD", 2)
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
         router = await worker.create_router(media_codecs=MEDIA_CODECS)
@@ -1889,7 +1844,7 @@ async def test_a_closed_worker_that_exits_while_its_client_is_away_is_told_on_re
     wait_closed() returns and the proxy leaves its connection. The process is stopped
     (SIGSTOP) to hold its exit until the client is away, and the resume is held (the
     opener waits) until it has exited: the real race is too quick to catch."""
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
         session = srv.sessions[client.session_id]
@@ -2009,7 +1964,7 @@ async def test_a_resumed_session_ends_the_held_calls_of_its_old_link() -> None:
     """A held call pending as the connection drops fails here at once; the server ends it
     when the session is resumed (its slot of max_pending_calls is free again), and no
     answer of it reaches the new link."""
-    async with await serve(token=TOKEN, grace_period=5) as srv, Cutter(srv.port) as cutter:
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
         worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
         session = srv.sessions[client.session_id]

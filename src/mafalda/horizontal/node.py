@@ -23,7 +23,7 @@ import uuid
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
-from mafalda.horizontal.periodic import Periodic, check_seconds
+from mafalda.horizontal.periodic import Periodic, check_seconds, start_or_close
 from mafalda.horizontal.redis_url import redis_client
 from mafalda.horizontal.registry import MembershipEvent, ServerRecord
 from mafalda.mediasoup import Consumer, Worker
@@ -149,15 +149,7 @@ class MediaNode:
 
     async def start(self) -> None:
         """Register now (OSError if Redis is unreachable), then heart-beat in the background."""
-        try:
-            await self._heartbeat.start()
-        except BaseException:
-            # Its connection would stay open (Redis refused the record: read-only,
-            # out of memory, not allowed...), as would the client (``async with``
-            # calls no aclose() when start() fails); start() may be tried again.
-            with contextlib.suppress(Exception):  # start()'s own error is the one to tell
-                await self._redis.aclose()
-            raise
+        await start_or_close(self._heartbeat, self._redis)
 
     async def _publish(self, event: MembershipEvent) -> None:
         await self._redis.publish(self._channel, registry.encode_membership(event, self.id))

@@ -9,12 +9,14 @@ later failures are logged once per outage, and the beat goes on until ``stop()``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.exceptions import RedisError
 
-__all__ = ["Periodic", "check_seconds"]
+__all__ = ["Periodic", "check_seconds", "start_or_close"]
 
 
 class Periodic:
@@ -83,3 +85,16 @@ def check_seconds(value: object, name: str, *, positive: bool = False) -> None:
     ):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+async def start_or_close(periodic: Periodic, redis: Any) -> None:
+    """``periodic.start()``, whose steps write with ``redis``; when it fails, ``redis`` is
+    closed and start()'s own error raised. Its connection would stay open otherwise
+    (Redis refused the write: read-only, out of memory, not allowed...): ``async with``
+    calls no aclose() when start() fails. It may be started again."""
+    try:
+        await periodic.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+        raise

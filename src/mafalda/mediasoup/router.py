@@ -726,16 +726,11 @@ class Router(EventSource):
             router.create_pipe_transport(listen_info=info, **options),
         )
 
+        this = asyncio.current_task()  # the pair's future in both routers (_get_pipe_pair)
+
         def forget() -> None:
             # Only this pair: a router holds a newer one after a failed or closed one.
-            held = self._pipe_pairs.get(key)
-            if (
-                held is not None
-                and held.done()
-                and not held.cancelled()
-                and held.exception() is None
-                and held.result()[self._id] is local_t
-            ):
+            if self._pipe_pairs.get(key) is this:
                 del self._pipe_pairs[key]
 
         def on_local_close() -> None:

@@ -16,7 +16,7 @@ import logging
 from redis.exceptions import RedisError
 
 from mafalda.horizontal import registry
-from mafalda.horizontal.periodic import Periodic
+from mafalda.horizontal.periodic import Periodic, start_or_close
 from mafalda.horizontal.redis_url import redis_client
 from mafalda.monitor.probe import Probe
 from mafalda.monitor.stats import encode_stats, stats_key
@@ -61,15 +61,7 @@ class Reporter:
 
     async def start(self) -> None:
         """Publish now (OSError if Redis is unreachable), then every ``interval``."""
-        try:
-            await self._beat.start()
-        except BaseException:
-            # Its connection would stay open (Redis refused the report: read-only, out
-            # of memory, not allowed...): ``async with`` calls no aclose() when start()
-            # fails. start() may be tried again.
-            with contextlib.suppress(Exception):  # start()'s own error is the one to tell
-                await self._redis.aclose()
-            raise
+        await start_or_close(self._beat, self._redis)
 
     async def aclose(self) -> None:
         """Stop and delete the report (best effort: its TTL covers a failure)."""

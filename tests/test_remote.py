@@ -1096,6 +1096,51 @@ async def test_a_client_that_does_not_read_is_pushed_back(server: RemoteServer) 
         await close_raw(ws)
 
 
+async def test_a_client_that_does_not_read_is_dropped_past_max_send_backlog(
+    server: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pausing a client's requests does not bound what it asked for already: one frame of
+    5000 calls of a 10 kB answer is 50 MB. Past max_send_backlog bytes waiting for it,
+    the connection is dropped (what waited freed), its session kept for a resume as
+    after any drop; the other clients go on."""
+    server.max_send_backlog = 1 << 20
+    other = await client_of(server)
+    worker = await other.create_worker(log_level="warn")
+    ws = await raw(server)
+    (connection,) = server._connections - {server.sessions[other.session_id].connection}
+    (session,) = [s for s in server.sessions.values() if s.connection is connection]
+    request = {"target": None, "method": "get_supported_rtp_capabilities"}
+    count = 5000
+    batch = [
+        {"jsonrpc": "2.0", "id": rid, "method": "call", "params": request}
+        for rid in range(1, count + 1)
+    ]
+    most = 0
+
+    def watched() -> bool:
+        nonlocal most
+        most = max(most, connection.frames.backlog_bytes)
+        return connection not in server._connections
+
+    await ws.send_str(json.dumps(batch))  # and nothing read
+    await until(watched, 20)
+    assert most <= server.max_send_backlog + 512 * 1024  # and a frame
+    assert connection.frames.backlog_bytes == 0
+    assert session.connection is None and session.id in server.sessions  # its grace period
+    assert "not reading" in caplog.text and "max_send_backlog" in caplog.text
+    await close_raw(ws)
+    # Its session resumes on a new connection.
+    again = await raw(server, hello=False)
+    hello = {"version": PROTOCOL_VERSION, "token": TOKEN, "session": session.id}
+    answer = await rpc(again, 0, "hello", hello)
+    assert answer["result"]["session"] == session.id, answer
+    pong = await rpc(again, 1, "ping", {})
+    assert pong.get("result") == "pong", pong
+    await close_raw(again)
+    assert (await worker.dump())["pid"] == worker.pid  # the other client went on
+    await other.aclose()
+
+
 async def _pushed_back(
     server: RemoteServer, ws: Any, connection: Any, sender: Any, count: int
 ) -> None:

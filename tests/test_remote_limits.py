@@ -211,6 +211,8 @@ async def test_serve_refuses_bad_limits() -> None:
         await serve(token=TOKEN, max_sessions=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_objects_per_session must be at least 1"):
         await serve(token=TOKEN, max_objects_per_session=0)
+    with pytest.raises(TypeError, match="max_send_backlog must be an integer"):
+        await serve(token=TOKEN, max_send_backlog=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rtc_port_range min .* is greater than its max"):
         await serve(token=TOKEN, rtc_port_range=(2, 1))
     # The operator's own worker settings must fit the operator's range.
@@ -635,6 +637,8 @@ def test_serve_limit_flags() -> None:
             "9",
             "--max-objects-per-session",
             "11",
+            "--max-send-backlog",
+            "1048576",
             "--rtc-port-range",
             "40000-40099",
         ]
@@ -642,6 +646,7 @@ def test_serve_limit_flags() -> None:
     assert cli.serve_limits(args) == {
         "max_connections": 9,
         "max_objects_per_session": 11,
+        "max_send_backlog": 1 << 20,
         "max_workers": 7,
         "max_workers_per_session": 3,
         "max_sessions": 5,
@@ -684,6 +689,8 @@ async def test_serve_command_limits() -> None:
             "1",
             "--max-objects-per-session",
             "2",
+            "--max-send-backlog",
+            "1048576",
             "--rtc-port-range",
             f"{low}-{high}",
             token=TOKEN,

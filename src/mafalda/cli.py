@@ -5,7 +5,8 @@
     mafalda serve [--host 127.0.0.1] [--port 4443] [--token T] [--mafalda] [--grace 10]
                   [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--max-workers-per-session N]
                   [--max-workers N] [--max-sessions N] [--max-connections N]
-                  [--max-objects-per-session N] [--rtc-port-range MIN-MAX]
+                  [--max-objects-per-session N] [--max-send-backlog BYTES]
+                  [--rtc-port-range MIN-MAX]
                   [--cluster REDIS_URL ... | --swarm [SEED_URL ...]]
                   [--peer-token SECRET [--peer-also-accept SECRET]]
     mafalda monitor REDIS_URL|SWARM_SERVER_URL [--token T] [--tls-ca PEM] [--interval 2]
@@ -337,6 +338,14 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "hold (default 100000)",
     )
     limits.add_argument(
+        "--max-send-backlog",
+        type=_limit,
+        default=None,
+        metavar="BYTES",
+        help="answers and events waiting for a client that does not read, before its "
+        "connection is dropped (default 67108864: 64 MiB)",
+    )
+    limits.add_argument(
         "--rtc-port-range",
         type=_port_range,
         default=None,
@@ -422,6 +431,7 @@ def serve_limits(args: argparse.Namespace) -> dict[str, Any]:
         "max_sessions",
         "max_connections",
         "max_objects_per_session",
+        "max_send_backlog",
         "rtc_port_range",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

@@ -9,7 +9,9 @@ one frame, a JSON array when there are several (one send() system call, one fram
 parse), and writes it through aiohttp's frame writer right away: an uncompressed frame
 goes to the transport before ``send_frame`` first yields. While the transport pushes
 back, or when that writer is not available, frames wait for ``send_frame`` (which awaits
-the transport's drain), in order.
+the transport's drain), in order, up to ``max_backlog`` bytes: past it the sender breaks
+and ``on_overflow`` is called (a peer that reads nothing would otherwise make its
+writer hold every answer and event it is due, without bound).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
@@ -28,10 +31,17 @@ _ERRORS = (ConnectionError, RuntimeError)
 
 class FrameSender:
     def __init__(
-        self, ws: ClientWebSocketResponse | web.WebSocketResponse, batch_limit: int = 256 * 1024
+        self,
+        ws: ClientWebSocketResponse | web.WebSocketResponse,
+        batch_limit: int = 256 * 1024,
+        max_backlog: int | None = None,
+        on_overflow: Callable[[int], None] = lambda waiting: None,
     ) -> None:
         self._ws = ws
         self._batch_limit = batch_limit
+        self._max_backlog = max_backlog
+        #: Called with the bytes waiting once they pass ``max_backlog`` (the sender broken).
+        self._on_overflow = on_overflow
         self._batch: list[bytes] = []
         self._batch_size = 0
         self._scheduled = False
@@ -95,6 +105,11 @@ class FrameSender:
         self.backlog_bytes += len(data)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
+        elif self._max_backlog is not None and self.backlog_bytes > self._max_backlog:
+            # What waits is freed by the draining task, whose write fails once the
+            # owner (on_overflow) has dropped the socket.
+            self.broken = True
+            self._on_overflow(self.backlog_bytes)
 
     async def _drain(self) -> None:
         try:

@@ -18,6 +18,7 @@ from mafalda.mediasoup.errors import InvalidValueError
 
 __all__ = [
     "DEFAULT_MAX_OBJECTS_PER_SESSION",
+    "DEFAULT_MAX_SEND_BACKLOG",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_MAX_WORKERS_PER_SESSION",
@@ -46,6 +47,10 @@ DEFAULT_MAX_SESSIONS = 1000
 #: machine stay far below it (as the 100,000 closed objects a session remembers), while
 #: one client can no longer make the server hold objects without bound.
 DEFAULT_MAX_OBJECTS_PER_SESSION = 100_000
+#: Bytes of answers and events waiting for one client that does not read them, before
+#: its connection is dropped (its session kept for a resume). Generous: a client that
+#: reads at all takes them far sooner, while 1000 sessions at it stay within a machine.
+DEFAULT_MAX_SEND_BACKLOG = 64 << 20
 
 #: Calls whose keyword arguments may name listening ports (a transport's, a
 #: WebRtcServer's). They take keyword arguments only, so their kwargs are all there is.

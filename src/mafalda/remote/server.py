@@ -47,6 +47,7 @@ from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
 from mafalda.remote._limits import (
     DEFAULT_MAX_OBJECTS_PER_SESSION,
+    DEFAULT_MAX_SEND_BACKLOG,
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_WORKERS,
     DEFAULT_MAX_WORKERS_PER_SESSION,
@@ -411,16 +412,29 @@ class _Connection:
         burst: float,
         address: str | None,
         transport: asyncio.Transport,
+        max_send_backlog: int = DEFAULT_MAX_SEND_BACKLOG,
     ) -> None:
         self.ws = ws
         self._transport = transport
         #: The client's IP address (for the operator's eyes: the Monitor's clients).
         self.address = address
-        self.frames = FrameSender(ws)
+        self._max_send_backlog = max_send_backlog
+        self.frames = FrameSender(ws, max_backlog=max_send_backlog, on_overflow=self._overflow)
         self._rate = rate
         self._burst = burst
         self._tokens = burst
         self._stamp = time.monotonic()
+
+    def _overflow(self, waiting: int) -> None:
+        logger.warning(
+            "client %s not reading: %d bytes wait for it, past max_send_backlog (%d): "
+            "connection dropped (its session waits for a resume)",
+            self.address,
+            waiting,
+            self._max_send_backlog,
+        )
+        # Not a close: its frame could not be written either.
+        self._transport.abort()
 
     def allow(self) -> bool:
         now = time.monotonic()
@@ -869,6 +883,7 @@ class RemoteServer:
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_connections: int | None = None,
         max_objects_per_session: int = DEFAULT_MAX_OBJECTS_PER_SESSION,
+        max_send_backlog: int = DEFAULT_MAX_SEND_BACKLOG,
     ) -> None:
         #: Workers a Remote Mediasoup session may have at once (closed ones do not count).
         self.max_workers_per_session = check_limit(
@@ -917,6 +932,9 @@ class RemoteServer:
         self.max_pending_calls = max_pending_calls
         #: Bytes of answers and events waiting for a client before its requests wait.
         self.max_backlog = max(4 * max_message_size, 1 << 22)
+        #: ... and before its connection is dropped: the requests already read can be
+        #: due far more (a frame of calls with large answers), and events come anyway.
+        self.max_send_backlog = check_limit(max_send_backlog, "max_send_backlog")
         self._hello_timeout = hello_timeout
         self._heartbeat = heartbeat
         self.sessions: dict[str, Session] = {}
@@ -1123,6 +1141,7 @@ class RemoteServer:
             request.remote,
             # Set: prepare() wrote the handshake on it.
             cast(asyncio.Transport, request.transport),
+            self.max_send_backlog,
         )
         if len(self._connections) >= self.max_connections:
             # Refused before its hello (answered as the hello's, id 0): a flood of sockets
@@ -1545,6 +1564,7 @@ async def serve(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_connections: int | None = None,
     max_objects_per_session: int = DEFAULT_MAX_OBJECTS_PER_SESSION,
+    max_send_backlog: int = DEFAULT_MAX_SEND_BACKLOG,
 ) -> RemoteServer:
     """Start a server on ``host``:``port`` (0: any free port, see ``server.port``).
 
@@ -1591,6 +1611,11 @@ async def serve(
     (a worker carries some hundreds of consumers); it bounds the memory one client can
     make the server hold. (A call that makes several objects, as ``pipe_to_router()``,
     is counted as one when it starts.)
+    max_send_backlog: bytes of answers and events that may wait for a client that does
+    not read them (64 MiB by default); past it its connection is dropped and its
+    session waits for a resume, as after any drop (the resume brings its objects'
+    states). Its requests are not read while a few MiB wait (``max_backlog``), but
+    those already read, and events, can be due without bound.
     rtc_port_range: ``(min, max)``, the only ports clients may have workers, transports
     and WebRtcServers listen on; None (default): any, as the library allows. A client's
     ``create_worker(rtc_min_port=, rtc_max_port=)`` must lie within it (left out: the
@@ -1618,6 +1643,7 @@ async def serve(
         max_workers=max_workers,
         max_connections=max_connections,
         max_objects_per_session=max_objects_per_session,
+        max_send_backlog=max_send_backlog,
     )
     await server.start(host, port, ssl)
     return server

@@ -823,6 +823,39 @@ async def test_a_session_taken_over_stays_with_its_new_link(monkeypatch: Any) ->
         await first._test_http.close()  # type: ignore[attr-defined]
 
 
+async def test_frames_reaching_a_link_taken_over_are_not_run(monkeypatch: Any) -> None:
+    """Requests the old link had sent but the server had not read yet when the session
+    was resumed on another link are not run: their client failed them as it left, and
+    their answers would go to the new link, whose client numbers its own requests."""
+    monkeypatch.setattr(server_module, "FLUSH_TIMEOUT", 5.0)
+    async with await serve(
+        token=TOKEN, grace_period=5, heartbeat=None, target={"log_level": "warn"}
+    ) as srv:
+        srv.max_backlog = 64 * 1024
+        first, hello, session_id, handle = await _stalled_session(srv)
+        session = srv.sessions[session_id]
+        old = session.connection
+        assert old is not None
+        await until(lambda: old.frames.backlog_bytes > srv.max_backlog)  # its reads paused
+        late = {"target": handle, "method": "create_router", "kwargs": {}}
+        await first.send_str(
+            json.dumps({"jsonrpc": "2.0", "id": 9999, "method": "call", "params": late})
+        )
+        second = await raw(srv, hello=False)
+        answer = await rpc(second, 0, "hello", {**hello, "session": session_id})
+        assert answer["result"]["lastId"] >= 200
+        # The old link takes what waited for it: its server side reads on, then ends.
+        async with asyncio.timeout(10):
+            while (await first.receive()).type == aiohttp.WSMsgType.TEXT:
+                pass
+        await until(lambda: old not in srv._connections)
+        dump = await rpc(second, 1, "call", {"target": handle, "method": "dump"})
+        assert dump["id"] == 1 and dump["result"]["value"]["routerIds"] == []
+        assert list(session.objects) == [handle]
+        await close_raw(second)
+        await first._test_http.close()  # type: ignore[attr-defined]
+
+
 async def test_events_of_a_takeover_go_to_the_new_link(monkeypatch: Any) -> None:
     """While a session taken over closes its old link (stalled: its close waits), the
     session's events go to the new link: a worker dying then is told to the client."""
@@ -2024,6 +2057,38 @@ async def test_a_resumed_session_ends_the_held_calls_of_its_old_link() -> None:
         assert session.held == {}
         assert (await worker.dump())["pid"] == worker.pid
         await client.aclose()
+
+
+async def test_a_session_resumed_from_another_process_numbers_its_requests_above_the_old(
+    server: RemoteServer,
+) -> None:
+    """``connect(session=)`` from another process (another Connection here): the hello
+    tells the session's last request id, and the new client's ids go on above it. Calls
+    of the old link still run and answer on the new one: a late answer of the old
+    link's request 3 (a stopped worker's resource usage) must not resolve the new
+    client's third call (that worker's dump)."""
+    old = await client_of(server)
+    stopped = await old.create_worker(log_level="warn")  # 1
+    other = await old.create_worker(log_level="warn")  # 2
+    session = server.sessions[old.session_id]
+    os.kill(stopped.pid, signal.SIGSTOP)
+    try:
+        usage = asyncio.ensure_future(stopped.get_resource_usage())  # 3, held by the stop
+        await until(lambda: len(session.tasks) == 1)
+        new = await connect(server.url, token=TOKEN, session=old.session_id)
+        assert isinstance(new, RemoteMediasoup)
+        with pytest.raises(RemoteConnectionError):
+            await asyncio.wait_for(usage, 5)  # taken over
+        workers = {w.pid: w for w in new.workers}
+        for _ in range(2):
+            assert (await workers[other.pid].dump())["pid"] == other.pid
+        dump = asyncio.ensure_future(workers[stopped.pid].dump())
+        await until(lambda: len(session.tasks) == 2)
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    assert (await asyncio.wait_for(dump, 5))["pid"] == stopped.pid
+    await new.aclose()
+    await old.wait_closed()
 
 
 async def test_a_call_cancelled_as_the_connection_goes_ends_cancelled(

@@ -130,6 +130,11 @@ class Connection:
         grace = hello.get("gracePeriod")
         self.grace_period = float(grace) if isinstance(grace, int | float) else 0.0
         self._schemas = hello.get("schemas") or self._schemas
+        last_id = hello.get("lastId")
+        if isinstance(last_id, int) and last_id > self._last_id:
+            # A session resumed from another process: late answers to that one's
+            # requests may still come, under ids this one must not use.
+            self._last_id = last_id
         refs = [self._with_state(r) for r in hello.get("objects") or [] if p.is_ref(r)]
         alive = {r["id"] for r in refs}
         gone = [h for h, proxy in self.proxies.items() if h not in alive and not proxy.closed]

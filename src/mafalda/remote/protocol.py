@@ -10,10 +10,14 @@ Client to server:
 
 - ``{"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"version": "mafalda-remote/2",
   "token": "...", "session": null}}``: must come first. The result is ``{"version", "session",
-  "serves": "mediasoup" | "mafalda", "mediasoupVersion", "gracePeriod", "root": <root
-  state>, "schemas", "objects": [<ref>...]}``; ``objects`` lists every live object the
-  session owns, with its full state (empty for a new session, the surviving objects when
-  resuming a session within its grace period, which is ``gracePeriod`` seconds).
+  "serves": "mediasoup" | "mafalda", "mediasoupVersion", "gracePeriod", "lastId", "root":
+  <root state>, "schemas", "objects": [<ref>...]}``; ``objects`` lists every live object
+  the session owns, with its full state (empty for a new session, the surviving objects
+  when resuming a session within its grace period, which is ``gracePeriod`` seconds).
+  ``lastId`` is the highest integer request id the session has seen (0 for a new one):
+  answers to requests of its previous link may still come on the new one (calls keep
+  running), so a client resuming from another process numbers its requests above it.
+  Frames that reach a link after its session was resumed on another are not read.
 - ``{"jsonrpc": "2.0", "id": 2, "method": "call", "params": {"target": <handle> | null,
   "method": "create_router", "args": [...], "kwargs": {...}}}``: calls a public method of an
   owned object (``target`` null: the served root, the mediasoup module or the Mafalda

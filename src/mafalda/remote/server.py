@@ -596,6 +596,10 @@ class Session:
         #: Held calls (``wait_*()``) running, by request id: what a client's ``cancel``
         #: ends (they would hold their slot of ``max_pending_calls`` until they are done).
         self.held: dict[int | str, asyncio.Task[None]] = {}
+        #: The highest integer id of the session's requests: a resume's hello tells it,
+        #: so that a client in another process numbers its requests above the late
+        #: answers still due to the one before.
+        self.last_id = 0
 
     def hold(self, request_id: int | str, task: asyncio.Task[None]) -> None:
         """Record ``task``, a held call, for a ``cancel`` naming ``request_id``."""
@@ -1252,6 +1256,7 @@ class RemoteServer:
                     "serves": self.serves,
                     "mediasoupVersion": WORKER_VERSION,
                     "gracePeriod": self.grace_period,
+                    "lastId": session.last_id,
                     "root": root,
                     "schemas": self._schemas(),
                     "objects": objects,
@@ -1307,6 +1312,10 @@ class RemoteServer:
                 return
             if text is None:
                 return
+            if session.connection is not connection and session.connection is not None:
+                # Taken over (its link closing): its client failed what it sent on it, and
+                # the session's new link numbers its requests anew.
+                return
             try:
                 requests = p.parse_client_frame(text, self.max_message_size)
             except p.ProtocolError as error:
@@ -1319,6 +1328,8 @@ class RemoteServer:
                     if connection.allow():
                         connection.send(p.error_response(req.request_id, req.code, req.message))
                     continue
+                if type(req.id) is int and req.id > session.last_id:
+                    session.last_id = req.id
                 try:
                     if not connection.allow():
                         raise p.ProtocolError(p.RATE_LIMITED, "rate limited", req.id)

@@ -2411,6 +2411,24 @@ def _behind_the_relay(server: Any, redis_url: str) -> Any:
     )
 
 
+@contextlib.asynccontextmanager
+async def _a_behind_a_relay_and_b(redis_url: str) -> AsyncIterator[tuple[Any, Relay, Cluster]]:
+    """Servers "a" (grace period 10 s, behind a Relay) and "b" in a cluster, and its
+    client: (a, the relay, the client)."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        Relay(a.port, host="127.0.0.6", upstream="127.0.0.2", port=a.port) as relay,
+        _behind_the_relay(a, redis_url),
+        MediaNode(b, redis_url=redis_url, server_id="b", interval=60),
+        await horizontal.connect(redis_url, token=TOKEN, interval=60) as cluster,
+    ):
+        yield a, relay, cluster
+
+
 def _live_workers(server: Any) -> list[Any]:
     from mafalda.mediasoup import Worker
 
@@ -2432,8 +2450,6 @@ async def test_what_a_call_cut_off_by_a_drop_made_is_closed_when_the_session_res
     worker is made on "b" instead, while "a" makes it all the same (its answer lost, the
     session's). When the connection resumes, the client closes it: it used to stay on
     "a", in the resumed session, until the client closed."""
-    from mafalda.horizontal import MediaNode
-    from mafalda.remote import serve
     from mafalda.remote import server as server_module
 
     real_create_worker = server_module.create_worker
@@ -2446,14 +2462,7 @@ async def test_what_a_call_cut_off_by_a_drop_made_is_closed_when_the_session_res
         return await real_create_worker(**settings)
 
     monkeypatch.setattr(server_module, "create_worker", gated_create_worker)
-    async with (
-        await serve(host="127.0.0.2", token=TOKEN, grace_period=10) as a,
-        await serve(host="127.0.0.3", token=TOKEN) as b,
-        Relay(a.port, host="127.0.0.6", upstream="127.0.0.2", port=a.port) as relay,
-        _behind_the_relay(a, redis_server.url),
-        MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
-        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
-    ):
+    async with _a_behind_a_relay_and_b(redis_server.url) as (a, relay, cluster):
 
         async def cut_while_a_makes_a_worker(making: Awaitable[Any]) -> Any:
             arrived.clear()
@@ -2617,3 +2626,103 @@ async def test_a_pipe_a_server_made_while_the_connection_was_down_is_not_an_orph
         await asyncio.sleep(0.2)
         assert not pipe.closed
         router.close()
+
+
+def _gate(monkeypatch: pytest.MonkeyPatch, cls: type, name: str, server: Any) -> Any:
+    """``cls.name`` held on ``server``'s objects while armed: (arrived, go) events, the
+    call waiting for ``go`` once ``arrived`` is set."""
+    real = getattr(cls, name)
+    arrived, go = asyncio.Event(), asyncio.Event()
+    go.set()
+
+    async def gated(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(o is self for o in server.live_objects()):
+            arrived.set()
+            await go.wait()
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, gated)
+    return arrived, go
+
+
+@pytest.mark.parametrize("cut", ["pipe transport", "pipe consumer", "cluster router pair"])
+async def test_a_pipe_cut_off_by_a_drop_is_closed_when_the_session_resumes(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """The client's connection to "a" drops while "a" makes the PipeTransport of a
+    pipe_to_router() to "b" (or of a cluster router's pair between "a" and "b"), or the
+    pipe consumer of a pipe_to_router() on a pair already open: the call fails, "a"
+    makes it all the same, and when the session resumes the client closes it. It used
+    to stay on "a" for good: pipe transports, and what is under them, were all left (a
+    swarm server's own pipes on a client's routers must stay: they still do). A pair
+    already open stays, and pipes on."""
+    from mafalda.mediasoup import Consumer, PipeTransport, Router
+
+    async with _a_behind_a_relay_and_b(redis_server.url) as (a, relay, cluster):
+
+        def on_a(cls: type) -> list[Any]:
+            return [o for o in a.live_objects() if isinstance(o, cls)]
+
+        producers: list[Any] = []
+        if cut == "cluster router pair":
+            room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+            send = await room.create_direct_transport(server="a")
+            producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+            sink = await room.create_direct_transport(server="b")
+            making = sink.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
+        else:
+            worker_a = await cluster.create_worker(log_level="warn")  # least loaded, by id
+            worker_b = await cluster.create_worker(log_level="warn")
+            assert [cluster.server_of(w)["id"] for w in (worker_a, worker_b)] == ["a", "b"]  # type: ignore[index]
+            router_a = await worker_a.create_router(media_codecs=MEDIA_CODECS)
+            router_b = await worker_b.create_router(media_codecs=MEDIA_CODECS)
+            send = await router_a.create_direct_transport()
+            producers = [
+                await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT))
+                for ssrc in (1111, 2222, 3333)
+            ]
+
+            def pipe(producer: Any) -> Any:
+                return cluster.pipe_to_router(
+                    producer=producer, router=router_a, target_router=router_b
+                )
+
+            if cut == "pipe consumer":
+                await pipe(producers[0])  # the pair is open
+            making = pipe(producers[1])
+        if cut == "pipe consumer":
+            arrived, go = _gate(monkeypatch, PipeTransport, "consume", a)
+            kind: type = Consumer
+        else:
+            arrived, go = _gate(monkeypatch, Router, "create_pipe_transport", a)
+            kind = PipeTransport
+        before = {o.id for o in on_a(kind)}
+        go.clear()
+        task = asyncio.ensure_future(making)
+        await arrived.wait()  # "a" is making it
+        relay.hold()
+        relay.cut()
+        await wait_until(_until(lambda: all(s.connection is None for s in a.sessions.values())))
+        go.set()
+        with pytest.raises(RemoteConnectionError):
+            await task
+
+        def made() -> set[str]:
+            return {o.id for o in on_a(kind)} - before
+
+        await wait_until(_until(lambda: len(made()) == 1))  # "a" made it all the same
+        (orphan,) = made()
+        relay.release()  # the client resumes its session, which has it
+        await wait_until(_until(lambda: all(s.connection is not None for s in a.sessions.values())))
+        await wait_until(_until(lambda: orphan not in {o.id for o in on_a(kind)}), timeout=5)
+        assert {o.id for o in on_a(kind)} == before
+        if cut == "cluster router pair":
+            consumer = await sink.consume(
+                producer_id=producer.id, rtp_capabilities=room.rtp_capabilities
+            )
+            assert consumer.producer_id == producer.id
+            room.close()
+        else:  # the next pipe opens a new pair, or reuses the one open
+            _, piped = await pipe(producers[2])
+            assert piped.id == producers[2].id
+            assert len(on_a(PipeTransport)) == 1

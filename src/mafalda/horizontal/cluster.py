@@ -30,7 +30,7 @@ import ipaddress
 import logging
 import os
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
@@ -68,6 +68,9 @@ logger = logging.getLogger("mafalda.horizontal.cluster")
 
 #: Seconds aclose() gives each server's connection to close politely.
 CLIENT_CLOSE_TIMEOUT = 2.0
+
+#: The app data key (True) of the PipeTransports this client makes itself.
+_OWN_PIPE = "clusterPipe"
 
 Policy = Literal["least-loaded", "pack", "region"]
 _POLICIES: frozenset[str] = frozenset({"least-loaded", "pack", "region"})
@@ -295,6 +298,15 @@ class Cluster:
     def srtp_between(a: str, b: str) -> bool:
         """SRTP on pipes by default, unless both ends are loopback addresses."""
         return not (is_loopback(a) and is_loopback(b))
+
+    @staticmethod
+    def _own_pipe_transport(router: Any, address: str, **options: Any) -> Awaitable[Any]:
+        """A PipeTransport of this client's (for a pair between servers) on ``router``,
+        listening on ``address``; marked as this client's (see _close_orphans_on_resume)."""
+        creating: Awaitable[Any] = router.create_pipe_transport(
+            listen_info={"protocol": "udp", "ip": address}, app_data={_OWN_PIPE: True}, **options
+        )
+        return creating
 
     # -- routers spanning servers --------------------------------------------------------
 
@@ -614,14 +626,8 @@ class Cluster:
                 options = {"enable_rtx": enable_rtx, "enable_srtp": enable_srtp}
                 opening = asyncio.ensure_future(
                     open_pipe_pair(
-                        router.create_pipe_transport(
-                            listen_info={"protocol": "udp", "ip": source["mediaAddress"]},
-                            **options,
-                        ),
-                        target_router.create_pipe_transport(
-                            listen_info={"protocol": "udp", "ip": target["mediaAddress"]},
-                            **options,
-                        ),
+                        self._own_pipe_transport(router, source["mediaAddress"], **options),
+                        self._own_pipe_transport(target_router, target["mediaAddress"], **options),
                     )
                 )
                 self._pipes_opening[key] = opening
@@ -751,7 +757,7 @@ def _close_orphans_on_resume(server_id: str, client: RemoteMediasoup | RemoteMaf
         orphans = [
             proxy
             for handle, proxy in connection.proxies.items()
-            if handle not in known and not _under_a_pipe(proxy)
+            if handle not in known and not _under_a_servers_pipe(proxy)
         ]
         known.clear()
         for proxy in orphans:
@@ -762,14 +768,16 @@ def _close_orphans_on_resume(server_id: str, client: RemoteMediasoup | RemoteMaf
     connection.events.on("reconnect", resumed)
 
 
-def _under_a_pipe(proxy: Any) -> bool:
-    """A PipeTransport, or an object of one: a swarm server makes them on this client's
-    routers itself (a peer's stream piped out), so one that came meanwhile is not an
-    orphan. (A pipe_to_router() cut off by the drop leaves its pipe: rare, and that
-    call's caller knows it failed.)"""
+def _under_a_servers_pipe(proxy: Any) -> bool:
+    """A PipeTransport this client did not make, or an object of one: a swarm server
+    makes them on this client's routers itself (a peer's stream piped out), so one that
+    came meanwhile is not an orphan. This client's own (pipe_to_router()'s, a cluster
+    router's pairs') are marked in their app data: one a cut-off call made, and a pipe
+    consumer or producer made on one, are. (A Router's pipe_to_router() between two
+    routers of one server makes its pipe on the server, unmarked: one cut off leaves it.)"""
     while proxy is not None:
         if proxy._state.get("class") == "PipeTransport":
-            return True
+            return proxy.app_data.get(_OWN_PIPE) is not True
         proxy = proxy._parent
     return False
 

@@ -217,8 +217,8 @@ class ClusterRouter(SpanningRouter[str]):
             "enable_srtp": self._cluster.srtp_between(a, b),
         }
         return (
-            child_home.create_pipe_transport(listen_info={"protocol": "udp", "ip": a}, **options),
-            child_dst.create_pipe_transport(listen_info={"protocol": "udp", "ip": b}, **options),
+            self._cluster._own_pipe_transport(child_home, a, **options),
+            self._cluster._own_pipe_transport(child_dst, b, **options),
         )
 
     def _lost(self, host: str) -> bool:

@@ -1082,13 +1082,14 @@ async def test_a_router_closed_as_a_pipe_of_a_closed_source_is_dropped(
             _until(lambda: key in router._pipes and router._pipes[key].consumer), 5
         )
         pipe = router._pipes[key]
+        pipe_consumer = pipe.consumer
         first.close()
         router.close()
         with pytest.raises(InvalidStateError, match="original Producer closed"):
             await asyncio.wait_for(stale, 2)
     finally:
         os.kill(dst.pid, signal.SIGCONT)
-    assert pipe.closed and pipe.consumer.closed and not router._tasks
+    assert pipe.closed and pipe_consumer.closed and not router._tasks
     for worker in mafalda.workers:
         assert (await worker.dump())["routerIds"] == []
     gc.collect()
@@ -2332,3 +2333,74 @@ async def test_a_pipe_is_not_opened_for_a_source_gone_or_closed(mafalda: Mafalda
     for gone, what in ((source, "DataProducer"), (None, "Producer")):
         with pytest.raises(InvalidStateError, match=f"original {what} closed"):
             source_open(gone, what)
+
+
+async def test_a_transport_cancelled_while_its_child_router_is_made_leaves_none(
+    mafalda: Mafalda,
+) -> None:
+    """The caller of a router's first transport on a worker is cancelled (a timeout, a
+    client gone) while the child router is made there: the making goes on without it
+    (shielded, for whoever else waits), and the child, which nobody then uses, is closed
+    once made instead of staying on the worker for good (keeping it from being freed)."""
+    router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    attempt = asyncio.ensure_future(router.create_plain_transport(listen_info=LISTEN))
+    await asyncio.sleep(0)  # the child router is being made
+    (making,) = router._child_futures.values()
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    await asyncio.wait_for(asyncio.gather(making, return_exceptions=True), 5)
+    assert router.child_routers == {}
+    for worker in mafalda.workers:
+        assert (await worker.dump())["routerIds"] == []
+    assert all(info["routers"] == 0 for info in mafalda.stats()["workers"])
+    # The router goes on: the next transport makes its child again.
+    transport = await router.create_plain_transport(listen_info=LISTEN)
+    assert router.child_router(router.worker_of(transport)) is not None
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_a_consume_cancelled_while_its_pipe_opens_leaves_no_pipe(
+    mafalda: Mafalda, data: bool
+) -> None:
+    """A consume on another worker is cancelled while it waits for its pipe: the pipe's
+    opening goes on (others may share it), and once open with nobody using it, it is
+    closed with its pipe transport pair, instead of staying until the original closes
+    (with the far worker's child router, even after its last transport goes)."""
+    router, original, far = await _split(mafalda, data)
+    home = router.worker_of(original)
+    attempt = _far_consume(router, far, original)
+    await asyncio.sleep(0)  # the pipe is on its way
+    (pipe,) = router._pipes.values()
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    assert pipe.opening is not None
+    await asyncio.wait_for(asyncio.gather(pipe.opening, return_exceptions=True), 5)
+    dump = await router.mafalda_dump()
+    assert dump["pipes"] == [] and dump["pipeTransportPairs"] == []
+    assert all(info["pipeTransports"] == 0 for info in dump["workers"].values())
+    far.close()
+    assert list(router.child_routers) == [home.pid]
+
+
+@pytest.mark.parametrize("data", [False, True])
+async def test_a_piped_source_closing_sends_nothing_its_worker_refuses(
+    mafalda: Mafalda, data: bool, caplog: Any
+) -> None:
+    """A (data) producer consumed on another worker closes: its copy there goes at once,
+    but its pipe consumer, which its worker closes with it, is not closed again by a
+    request (refused there: 'Consumer not found', an error in the worker's log at every
+    such close)."""
+    router, original, far = await _split(mafalda, data)
+    consumer = await _far_consume(router, far, original)
+    home = router.worker_of(original)
+    (pipe,) = router._pipes.values()
+    pipe_consumer = pipe.consumer
+    caplog.set_level(logging.WARNING, logger="mafalda.mediasoup.worker.log")
+    original.close()
+    await asyncio.wait_for(_until(lambda: consumer.closed), 5)
+    assert (await router.mafalda_dump())["pipes"] == []
+    await asyncio.wait_for(_until(lambda: pipe_consumer.closed), 5)  # as its worker told
+    await home.dump()  # its answers (and logs) to all sent before have arrived
+    assert [r.getMessage() for r in caplog.records if r.name.endswith("worker.log")] == []

@@ -111,6 +111,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
         self._children: dict[H, Any] = {}
         self._child_futures: dict[H, asyncio.Future[Any]] = {}
+        #: How many wait for the child being made on each host (see _create_child).
+        self._child_askers: dict[H, int] = {}
         self._transports: dict[str, Any] = {}
         self._transport_host: dict[str, H] = {}
         self._producers: dict[str, Any] = {}
@@ -196,7 +198,15 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         child = self._children.get(host)
         if child is not None:
             return child
-        return await made_once(self._child_futures, host, self._create_child)
+        self._child_askers[host] = self._child_askers.get(host, 0) + 1
+        try:
+            return await made_once(self._child_futures, host, self._create_child)
+        finally:
+            left = self._child_askers[host] - 1
+            if left:
+                self._child_askers[host] = left
+            else:
+                del self._child_askers[host]
 
     async def _create_child(self, host: H) -> Any:
         media_codecs = self._media_codecs
@@ -214,6 +224,11 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._children[host] = child
         child.on("workerclose", lambda: self._on_child_lost(host, child))
         child.observer.on("close", lambda: self._forget_child(host, child))
+        if host not in self._child_askers:
+            # All who asked for it were cancelled meanwhile (its making went on without
+            # them): nothing would ever use it, nor close it, and it would keep its host
+            # from being freed.
+            self._release_child_if_idle(host)
         return child
 
     def _forget_child(self, host: H, child: Any) -> None:
@@ -314,6 +329,10 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 if pipe.key[:2] == (pipe_kind, key):
                     if not pipe.ready.done():
                         self._abort_pipe(pipe)
+                    # Its consumer went with the source on the source's host, which tells
+                    # it soon: a close request would be refused there ('Consumer not
+                    # found', an error in the worker's log at every such close).
+                    pipe.consumer = None
                     self._close_pipe(pipe)
             if self._lost(host):
                 self._record_loss(host, kind, key)
@@ -394,6 +413,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 raise
             return
         pipe.ready.set_result(None)
+        # Its consumes were all cancelled meanwhile (its opening went on without them):
+        # unused, it would stay open until its source closes.
+        self._release_pipe_if_idle(pipe)
 
     async def _make_copy(
         self,

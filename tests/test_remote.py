@@ -349,8 +349,10 @@ async def test_fire_and_forget_failure_reaches_the_client(
     transport = await router.create_plain_transport(listen_ip="127.0.0.1")
     errors: list[tuple[Any, str, Exception]] = []
     client.connection.events.on("callerror", lambda *a: errors.append(a))
-    # Refused before it runs: a PlainTransport has no send_rtcp() (DirectTransport only).
-    transport.send_rtcp(b"\x80\xc8\x00\x01\x00\x00\x00\x01")
+    # Refused before it runs: a PlainTransport has no send_rtcp() (DirectTransport only;
+    # its proxy has none either: sent as a proxy without that check would).
+    rtcp = b"\x80\xc8\x00\x01\x00\x00\x00\x01"
+    client.connection.call_nowait(transport, "send_rtcp", (rtcp,), {})
     # Fails as it runs: dump() takes no argument.
     client.connection.call_nowait(router, "dump", ("unexpected",), {})
     await until(lambda: len(errors) == 2)
@@ -431,9 +433,9 @@ async def test_closing_a_webrtc_server_closes_the_transports_using_it(
     server: RemoteServer,
 ) -> None:
     """A WebRtcServer closed by its client (fire-and-forget) closes, on the server, the
-    transports that listen through it, in another branch of the tree: their
-    'listenserverclose' reaches the client, whose proxies close too (only what is under
-    the closed object is closed by the client itself, its events not resent)."""
+    transports that listen through it, in another branch of the tree; the client closed
+    their proxies at once, with their 'listenserverclose', as mediasoup does (the
+    server's events for them are not resent)."""
     client = await client_of(server)
     worker = await client.create_worker(log_level="warn")
     webrtc_server = await worker.create_webrtc_server(listen_infos=LISTEN)
@@ -443,7 +445,8 @@ async def test_closing_a_webrtc_server_closes_the_transports_using_it(
     transport.on("listenserverclose", lambda: events.append("listenserverclose"))
     transport.observer.on("close", lambda: events.append("observer close"))
     webrtc_server.close()
-    await asyncio.wait_for(transport.observer.wait_for("close"), 5)
+    assert events == ["listenserverclose", "observer close"]
+    await router.dump()  # the server's close() ran before it
     assert events == ["listenserverclose", "observer close"]
     assert transport.closed and transport.ice_state == "closed"
     assert not router.closed and router.transports_for_testing == {}
@@ -1881,7 +1884,9 @@ async def test_fire_and_forget_calls_held_while_reconnecting_are_bounded(
 ) -> None:
     """Fire-and-forget calls made while reconnecting are held up to a bound; one past it
     fails at once, naming the bound (close() too: never dropped unseen); the held ones are
-    sent, in order, once resumed. The bound is lowered to 2 here (the real one is 10 000)."""
+    sent, in order, once resumed. The bound is lowered to 2 here (the real one is 10 000).
+    A close() refused so still closed its proxy: the resume, which finds the object
+    alive, asks for its close again, so that both ends agree."""
     monkeypatch.setattr(client_module, "_MAX_HELD", 2)
     async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
         client = await connect(cutter.url, token=TOKEN)
@@ -1912,7 +1917,36 @@ async def test_fire_and_forget_calls_held_while_reconnecting_are_bounded(
         assert [r.split(":")[0] for r in refused] == ["app_data", "close"]
         assert all("set_app_data() not sent" in r or "close() not sent" in r for r in refused)
         assert all("at most 2 calls are held" in r for r in refused)
-        assert transport.closed and not session.objects[transport.handle].closed
+        assert transport.closed
+        assert transport.handle not in session.objects  # closed there too, by the resume
+        await client.aclose()
+
+
+async def test_a_close_lost_with_its_link_is_asked_again_on_resume() -> None:
+    """A close() sent as the link is cut (the client has not noticed yet: it goes to a
+    dead socket) is lost; the resume finds the object alive there, closed here, and asks
+    again. It lived on the server until the session ended. Its children go with it
+    (asked once, by their parent's close); a worker closed so is closed too."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        worker = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        other = await client.create_worker(log_level="warn")  # type: ignore[union-attr]
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_direct_transport()
+        session = srv.sessions[client.session_id]
+        reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+        cutter.cut()
+        router.close()  # this turn: the link looks up
+        other.close()
+        assert router.closed and transport.closed and other.closed
+        await asyncio.wait_for(reconnected, 10)
+        await worker.dump()  # after what the resume sent
+        assert router.handle not in session.objects
+        assert transport.handle not in session.objects
+        await until(
+            lambda: other.handle not in session.objects or session.objects[other.handle].closed
+        )
+        assert [w.pid for w in srv.live_objects()] == [worker.pid]
         await client.aclose()
 
 
@@ -2489,3 +2523,294 @@ async def test_call_timeout_against_a_frozen_server() -> None:
         proc.send_signal(signal.SIGCONT)
         proc.kill()
         await reap(proc)
+
+
+# -- proxies as their local objects: events, their order and arguments ------------------------
+
+
+class _EventLog(list[str]):
+    """What a scenario saw: events (their arguments by class) and notes, in order."""
+
+    def watch(
+        self, obj: Any, label: str, events: tuple[str, ...] = (), observer: tuple[str, ...] = ()
+    ) -> None:
+        for emitter, names, prefix in (
+            (obj.events, events, ""),
+            (obj.observer, observer, "observer."),
+        ):
+            for name in names:
+                emitter.on(
+                    name,
+                    lambda *args, name=name, prefix=prefix: self.append(
+                        f"{label}.{prefix}{name}({', '.join(map(_class_of, args))})"
+                    ),
+                )
+
+
+def _class_of(value: Any) -> str:
+    """A local object's class, or the class of the server's object behind a proxy."""
+    state = value.__dict__.get("_state", {}) if hasattr(value, "__dict__") else {}
+    return str(state.get("class", type(value).__name__))
+
+
+async def _locally_and_remotely(scenario: Any) -> tuple[list[str], list[str]]:
+    """The logs of ``scenario(worker, log)`` run on a local worker, then on a worker of
+    Remote Mediasoup (a loopback server): the same API, so the same logs."""
+    local = _EventLog()
+    worker = await mediasoup.create_worker(log_level="warn")
+    try:
+        await scenario(worker, local)
+    finally:
+        worker.close()
+        await worker.wait_closed()
+    remote = _EventLog()
+    async with await serve(token=TOKEN, grace_period=0) as srv:
+        client = await client_of(srv)
+        try:
+            await scenario(await client.create_worker(log_level="warn"), remote)
+        finally:
+            await client.aclose()
+    return local, remote
+
+
+async def test_close_cascades_run_in_mediasoups_order() -> None:
+    """A transport closes its producers, then its consumers, data producers and data
+    consumers; a router its transports, then its RTP observers; a worker its routers
+    (their WebRtcTransports telling their WebRtcServer first), then its WebRtcServers:
+    whatever order they were made in. The proxies closed them in creation order."""
+
+    async def scenario(worker: Any, log: _EventLog) -> None:
+        webrtc_server = await worker.create_webrtc_server(listen_infos=LISTEN)
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        observer = await router.create_audio_level_observer()
+        source = await router.create_direct_transport()
+        producer = await source.produce(kind="audio", rtp_parameters=AUDIO)
+        data_producer = await source.produce_data()
+        transport = await router.create_webrtc_transport(listen_infos=LISTEN, enable_sctp=True)
+        data_consumer = await transport.consume_data(data_producer_id=data_producer.id)
+        consumer = await transport.consume(
+            producer_id=producer.id, rtp_capabilities=router.rtp_capabilities
+        )
+        own_data_producer = await transport.produce_data(sctp_stream_parameters={"streamId": 3})
+        own_producer = await transport.produce(
+            kind="audio", rtp_parameters={**AUDIO, "encodings": [{"ssrc": 22222222}]}
+        )
+        for child, label in (
+            (data_consumer, "dataconsumer"),
+            (consumer, "consumer"),
+            (own_data_producer, "dataproducer"),
+            (own_producer, "producer"),
+        ):
+            log.watch(child, label, ("transportclose",), ("close",))
+        log.watch(transport, "transport", ("@close",), ("close",))
+        transport.close()
+        log.append(f"closed: {transport.closed} {transport.dtls_state} {transport.sctp_state}")
+        log.watch(observer, "observer", ("routerclose",), ("close",))
+        log.watch(source, "source", ("routerclose",), ("close",))
+        log.watch(router, "router", ("@close",), ("close",))
+        router.close()
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        on_server = await router.create_webrtc_transport(webrtc_server=webrtc_server)
+        log.watch(
+            webrtc_server, "webrtcserver", ("workerclose",), ("close", "webrtctransportunhandled")
+        )
+        log.watch(router, "router", ("workerclose",), ("close",))
+        log.watch(on_server, "transport", ("routerclose",), ("close",))
+        worker.close()
+        log.append(f"closed: {[o.closed for o in (worker, router, on_server, webrtc_server)]}")
+
+    local, remote = await _locally_and_remotely(scenario)
+    assert remote == local
+    assert local == [
+        "producer.transportclose()",
+        "producer.observer.close()",
+        "consumer.transportclose()",
+        "consumer.observer.close()",
+        "dataproducer.transportclose()",
+        "dataproducer.observer.close()",
+        "dataconsumer.transportclose()",
+        "dataconsumer.observer.close()",
+        "transport.@close()",
+        "transport.observer.close()",
+        "closed: True closed closed",
+        "source.routerclose()",
+        "source.observer.close()",
+        "observer.routerclose()",
+        "observer.observer.close()",
+        "router.@close()",
+        "router.observer.close()",
+        "webrtcserver.observer.webrtctransportunhandled(WebRtcTransport)",
+        "transport.routerclose()",
+        "transport.observer.close()",
+        "router.workerclose()",
+        "router.observer.close()",
+        "webrtcserver.workerclose()",
+        "webrtcserver.observer.close()",
+        "closed: [True, True, True, True]",
+    ]
+
+
+async def test_a_webrtc_server_tells_of_its_transports_as_they_close() -> None:
+    """As mediasoup's: a WebRtcServer's close() closes its transports at once (each
+    'listenserverclose', then 'webrtctransportunhandled' naming it), before its own close
+    events; a transport closed otherwise (close(), its router's) is 'unhandled' before its
+    '@close' or 'routerclose' listeners run, once. Through the proxies those came a round
+    trip later, after the transport's events, and never for the server's own close()."""
+
+    async def scenario(worker: Any, log: _EventLog) -> None:
+        empty = await worker.create_webrtc_server(listen_infos=LISTEN)
+        empty.close()
+        webrtc_server = await worker.create_webrtc_server(listen_infos=LISTEN)
+        unhandled: list[Any] = []
+        webrtc_server.observer.on("webrtctransportunhandled", unhandled.append)
+        log.watch(webrtc_server, "server", ("@close",), ("close", "webrtctransportunhandled"))
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        other = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transports = {}
+        for label, parent in (("closed", router), ("routed", other), ("a", router), ("b", router)):
+            transport = await parent.create_webrtc_transport(webrtc_server=webrtc_server)
+            log.watch(transport, label, ("@close", "routerclose", "listenserverclose"), ("close",))
+            transports[label] = transport
+        transports["closed"].close()
+        await webrtc_server.dump()  # what the server says of it came before this answer
+        other.close()
+        await webrtc_server.dump()
+        log.append("server.close()")
+        webrtc_server.close()
+        log.append(f"at once: {transports['b'].closed} {transports['b'].ice_state}")
+        log.append(f"router's transports: {list(router.transports_for_testing)}")
+        await router.dump()
+        assert unhandled == [transports[label] for label in ("closed", "routed", "a", "b")]
+
+    local, remote = await _locally_and_remotely(scenario)
+    assert remote == local
+    unhandled = "server.observer.webrtctransportunhandled(WebRtcTransport)"
+    assert local == [
+        unhandled,
+        "closed.@close()",
+        "closed.observer.close()",
+        unhandled,
+        "routed.routerclose()",
+        "routed.observer.close()",
+        "server.close()",
+        "a.listenserverclose()",
+        "a.observer.close()",
+        unhandled,
+        "b.listenserverclose()",
+        "b.observer.close()",
+        unhandled,
+        "server.@close()",
+        "server.observer.close()",
+        "at once: True closed",
+        "router's transports: []",
+    ]
+
+
+async def test_a_killed_worker_closes_as_the_local_one() -> None:
+    """A worker whose process is killed: its routers and WebRtcServers close, then
+    'died' with a WorkerDiedError (pid, code, signal), 'subprocessclose' and its
+    observer's 'close', as a local worker's. Through a proxy 'died' gave an
+    InvalidStateError, and the observer's 'close' never came (the proxy was dropped at
+    'subprocessclose')."""
+    seen: list[Any] = []
+
+    async def scenario(worker: Any, log: _EventLog) -> None:
+        webrtc_server = await worker.create_webrtc_server(listen_infos=LISTEN)
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_webrtc_transport(webrtc_server=webrtc_server)
+        log.watch(webrtc_server, "server", ("workerclose",), ("close", "webrtctransportunhandled"))
+        log.watch(router, "router", ("workerclose",), ("close",))
+        log.watch(transport, "transport", ("routerclose",), ("close",))
+        log.watch(worker, "worker", ("died", "subprocessclose"), ("close",))
+        worker.on("died", seen.append)
+        closed = asyncio.ensure_future(worker.observer.wait_for("close"))
+        os.kill(worker.pid, signal.SIGKILL)
+        await asyncio.wait_for(closed, 10)
+        error = seen[-1]
+        log.append(f"{error.pid == worker.pid} {error.code} {error.signal} {error}")
+        log.append(f"{worker.closed} {worker.died} {worker.subprocess_closed}")
+
+    local, remote = await _locally_and_remotely(scenario)
+    assert remote[:-2] == local[:-2] and remote[-1] == local[-1]
+    assert local[:-1] == [
+        "server.observer.webrtctransportunhandled(WebRtcTransport)",
+        "transport.routerclose()",
+        "transport.observer.close()",
+        "router.workerclose()",
+        "router.observer.close()",
+        "server.workerclose()",
+        "server.observer.close()",
+        "worker.died(WorkerDiedError)",
+        "worker.subprocessclose()",
+        "worker.observer.close()",
+        f"True None 9 [pid:{seen[0].pid}, code:None, signal:9]",
+    ]
+    assert remote[-2] == f"True None 9 [pid:{seen[1].pid}, code:None, signal:9]"
+    assert local[-1] == "True True True"
+
+
+async def test_a_lost_connection_ends_a_worker_as_a_death(server: RemoteServer) -> None:
+    """A worker's proxy closed by a lost connection ends as a local worker's death:
+    'died', 'subprocessclose', then its observer's 'close' (which came before
+    'subprocessclose')."""
+    client = await client_of(server)
+    worker = await client.create_worker(log_level="warn")
+    router = await worker.create_router(media_codecs=MEDIA_CODECS)
+    log = _EventLog()
+    log.watch(router, "router", ("workerclose",), ("close",))
+    log.watch(worker, "worker", ("died", "subprocessclose"), ("close",))
+    client.abort()
+    assert log == [
+        "router.workerclose()",
+        "router.observer.close()",
+        "worker.died(RemoteConnectionError)",
+        "worker.subprocessclose()",
+        "worker.observer.close()",
+    ]
+    # A WorkerDiedError whose message is not a worker's (another server's?) comes as
+    # any error it cannot rebuild.
+    odd = client.connection._decode_marker({"$error": "WorkerDiedError", "message": "odd"})
+    assert type(odd) is InvalidStateError and str(odd) == "odd"
+    await client.wait_closed()
+
+
+async def test_made_with_app_data_a_proxy_keeps_the_callers_dict() -> None:
+    """As a local object, one made with ``app_data=`` holds the caller's dict itself
+    (changed after, the object's is), unless it came back different (the wire made a
+    tuple a list); a proxy held a copy read from the server. A transport that is not a
+    DirectTransport has no ``send_rtcp`` (a proxy had it, refused on the server)."""
+
+    async def scenario(worker: Any, log: _EventLog) -> None:
+        given: dict[str, Any] = {"room": "a"}
+        router = await worker.create_router(media_codecs=MEDIA_CODECS, app_data=given)
+        transport = await router.create_plain_transport(listen_ip="127.0.0.1", app_data=given)
+        given["peer"] = "b"
+        log.append(f"{router.app_data is given} {transport.app_data}")
+        log.append(f"{hasattr(transport, 'send_rtcp')} {hasattr(transport, 'connect')}")
+        direct = await router.create_direct_transport()
+        direct.send_rtcp(b"\x80\xc8\x00\x00")
+        log.append(f"{hasattr(direct, 'send_rtcp')}")
+
+    local, remote = await _locally_and_remotely(scenario)
+    assert remote == local == ["True {'room': 'a', 'peer': 'b'}", "False True", "True"]
+    async with await serve(token=TOKEN, grace_period=0) as srv:
+        client = await client_of(srv)
+        given = {"n": 1}
+        worker = await client.create_worker(log_level="warn", app_data=given)
+        assert worker.app_data is given
+        changed = {"pair": (1, 2)}
+        router = await worker.create_router(media_codecs=MEDIA_CODECS, app_data=changed)
+        assert router.app_data == {"pair": [1, 2]} and router.app_data is not changed
+        await client.aclose()
+    served = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    try:
+        async with await serve(token=TOKEN, grace_period=0, target=served) as srv:
+            remote_mafalda = await connect(srv.url, token=TOKEN)
+            assert isinstance(remote_mafalda, RemoteMafalda)
+            mafalda_router = await remote_mafalda.create_router(
+                media_codecs=MEDIA_CODECS, app_data=given
+            )
+            assert mafalda_router.app_data is given
+            await remote_mafalda.aclose()
+    finally:
+        await served.aclose()

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import errno
 import logging
+import re
 import ssl as ssl_module
 import time
 import weakref
@@ -29,6 +30,7 @@ import aiohttp
 from mafalda.mediasoup._io import limit_read_size
 from mafalda.mediasoup.emitter import EventEmitter
 from mafalda.mediasoup.errors import ChannelTimeoutError
+from mafalda.mediasoup.worker import WorkerDiedError
 from mafalda.remote import protocol as p
 from mafalda.remote._frames import FrameSender
 from mafalda.remote.errors import RemoteConnectionError, RemoteError, error_from_wire
@@ -37,6 +39,7 @@ from mafalda.remote.proxy import (
     RemoteRouter,
     RemoteWebRtcServer,
     RemoteWorker,
+    adopt_app_data,
     proxy_class,
 )
 
@@ -45,6 +48,8 @@ __all__ = ["Connection", "RemoteMafalda", "RemoteMediasoup", "connect"]
 logger = logging.getLogger("mafalda.remote.client")
 
 _EMPTY_SCHEMA: dict[str, list[str]] = {"async": [], "sync": []}
+#: The message of a WorkerDiedError: "[pid:123, code:None, signal:9]".
+_WORKER_DIED = re.compile(r"\[pid:(\d+), code:(-?\d+|None), signal:(\d+|None)\]")
 
 #: Close codes after which the client does not reconnect: the server closed the
 #: connection on purpose (shutting down, or the session resumed on another connection).
@@ -138,11 +143,20 @@ class Connection:
         refs = [self._with_state(r) for r in hello.get("objects") or [] if p.is_ref(r)]
         alive = {r["id"] for r in refs}
         gone = [h for h, proxy in self.proxies.items() if h not in alive and not proxy.closed]
+        unclosed: set[str] = set()
         for ref in refs:
             known = self.proxies.get(ref["id"])
             if ref["id"] in self._closed_lately or (known is not None and known._closed_local):
-                continue  # closed here: its close() is on its way
+                unclosed.add(ref["id"])
+                continue
             self._resolve(ref, link=False)
+        for ref in refs:
+            if ref["id"] in unclosed and ref.get("parent") not in unclosed:
+                # Closed here, alive there: its close() went with the link that dropped
+                # (or waits in the held calls: a second close() is nothing). Asked again,
+                # else it would live until the session ends; a child goes with it.
+                close = p.make_call(None, ref["id"], "close", [], {})
+                self._frames.send(p.encode_message(close, self._convert))
         for ref in refs:
             if isinstance(ref.get("parent"), str):
                 child = self.proxies.get(ref["id"])
@@ -190,6 +204,11 @@ class Connection:
             return self._resolve(self._with_state(marker))
         if "$bytes" in marker and p.is_bytes(marker):
             return p.decode_bytes(marker)
+        died = _WORKER_DIED.fullmatch(marker["message"])
+        if marker["$error"] == "WorkerDiedError" and died is not None:
+            # A worker's 'died' argument, as the local one: its class, pid, code, signal.
+            code, sig = (None if n == "None" else int(n) for n in died.group(2, 3))
+            return WorkerDiedError(int(died[1]), code, sig)
         return error_from_wire(0, marker["message"], {"type": marker["$error"]})
 
     def _with_state(self, ref: dict[str, Any]) -> dict[str, Any]:
@@ -396,14 +415,17 @@ class Connection:
         if isinstance(state, dict):
             proxy._apply_state(state)
         emitter = proxy.observer if params.get("emitter") == "observer" else proxy.events
-        emitter.emit(event, *args)
+        proxy._on_event(emitter, event, args)
         if event == "subprocessclose" and proxy.closed:
-            # A worker's last word (after its close): nothing more comes for it.
-            self._drop(proxy)
+            # A worker's last word (after its close): nothing more comes for it. But for
+            # a death's observer 'close', which follows it (mediasoup's order: 'died',
+            # 'subprocessclose', 'close'), unless emitted here already (closed here).
+            if proxy._closed_local or not proxy._state.get("died"):
+                self._drop(proxy)
             return
         if event == "close" and emitter is proxy.observer and proxy.closed:
             proxy._forget()
-            if not isinstance(proxy, RemoteWorker):
+            if not isinstance(proxy, RemoteWorker) or proxy._state.get("subprocess_closed"):
                 self._drop(proxy)
 
     def _on_call_error(self, params: dict[str, Any]) -> None:
@@ -618,6 +640,7 @@ class RemoteMediasoup(_Facade):
     async def create_worker(self, **kwargs: Any) -> RemoteWorker:
         worker = await self._connection.call(None, "create_worker", (), kwargs)
         assert isinstance(worker, RemoteWorker)
+        adopt_app_data(worker, kwargs)
         self.observer.emit("newworker", worker)
         return worker
 
@@ -659,6 +682,7 @@ class RemoteMafalda(_Facade):
     async def create_router(self, **kwargs: Any) -> RemoteRouter:
         router = await self._connection.call(None, "create_router", (), kwargs)
         assert isinstance(router, RemoteRouter)
+        adopt_app_data(router, kwargs)
         self.observer.emit("newrouter", router)
         return router
 

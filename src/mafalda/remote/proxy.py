@@ -14,6 +14,7 @@ import asyncio
 import copy
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mafalda.mediasoup import ortc
@@ -40,6 +41,7 @@ __all__ = [
     "RemoteTransport",
     "RemoteWebRtcServer",
     "RemoteWorker",
+    "adopt_app_data",
     "proxy_class",
 ]
 
@@ -147,7 +149,9 @@ class RemoteObject:
     # -- calls -----------------------------------------------------------------------------
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._connection.call(self, method, args, kwargs)
+        made = await self._connection.call(self, method, args, kwargs)
+        adopt_app_data(made, kwargs)
+        return made
 
     def _call_sync(self, method: str, *args: Any, **kwargs: Any) -> None:
         if self.closed:
@@ -167,16 +171,27 @@ class RemoteObject:
         on ``events`` and 'close' on ``observer``."""
         self._closed_local = True
         self._state["closed"] = True
-        for child in list(self._children.values()):
+        # In mediasoup's order: a transport closes its producers, then its consumers, data
+        # producers and data consumers; a router its transports, then its RTP observers; a
+        # worker its routers, then its WebRtcServers (each kind in creation order).
+        for child in sorted(self._children.values(), key=_close_rank):
             if not child.closed:
                 child._close_locally(child.parent_close_event)
         self._children.clear()
         if self._parent is not None:
             self._parent._children.pop(self._handle, None)
         self._connection._closed_here(self)
+        self._emit_close(event, args)
+
+    def _emit_close(self, event: str | None, args: tuple[Any, ...]) -> None:
+        """The events of a close here: ``event`` (with ``args``), then the observer's."""
         if event is not None:
             self.events.emit(event, *args)
         self.observer.emit("close")
+
+    def _on_event(self, emitter: EventEmitter, event: str, args: list[Any]) -> None:
+        """An event of the server's object (its state applied already), emitted here."""
+        emitter.emit(event, *args)
 
     def _connection_lost(self, error: Exception) -> None:
         if not self.closed:
@@ -195,6 +210,29 @@ class RemoteObject:
             for child in self._children.values()
             if child.proxy_kind == kind and not child.closed
         }
+
+
+#: The rank of a kind among its siblings when their parent closes (see _close_locally).
+_CLOSE_RANKS = {
+    "webrtcserver": 1,
+    "rtpobserver": 1,
+    "consumer": 1,
+    "dataproducer": 2,
+    "dataconsumer": 3,
+}
+
+
+def _close_rank(child: RemoteObject) -> int:
+    return _CLOSE_RANKS.get(child.proxy_kind, 0)
+
+
+def adopt_app_data(made: Any, kwargs: dict[str, Any]) -> None:
+    """A local object made with ``app_data=`` keeps the caller's dict itself (changes to it
+    are the object's, as mediasoup's): so does a proxy whose app_data came back equal
+    (else the server changed it, or the wire did, as a tuple made a list)."""
+    app_data = kwargs.get("app_data")
+    if isinstance(made, RemoteObject) and isinstance(app_data, dict) and made.app_data == app_data:
+        made._app_data = app_data
 
 
 def _status(value: Any) -> tuple[int | None, int | None] | None:
@@ -219,7 +257,14 @@ class RemoteWorker(RemoteObject):
         self._state["died"] = True
         self._state["subprocess_closed"] = True
         self._close_locally("died", error)
-        self.events.emit("subprocessclose")
+
+    def _emit_close(self, event: str | None, args: tuple[Any, ...]) -> None:
+        if event == "died":  # as a local worker's death: 'subprocessclose' before 'close'
+            self.events.emit("died", *args)
+            self.events.emit("subprocessclose")
+            self.observer.emit("close")
+        else:
+            super()._emit_close(event, args)
 
     @property
     def exit_status(self) -> tuple[int | None, int | None] | None:
@@ -262,8 +307,62 @@ class RemoteWorker(RemoteObject):
 
 
 class RemoteWebRtcServer(RemoteObject):
+    """A WebRtcServer (or a MafaldaWebRtcServer). As mediasoup's, it emits
+    'webrtctransportunhandled' as one of its transports closes (before the transport's
+    'routerclose' or '@close' listeners run), and its close() closes them first
+    ('listenserverclose'): it knows them from its 'webrtctransporthandled' events."""
+
     proxy_kind = "webrtcserver"
     parent_close_event = "workerclose"
+
+    def __init__(self, connection: Connection, handle: str, state: dict[str, Any]) -> None:
+        super().__init__(connection, handle, state)
+        #: Its open transports (each one's ``_listen_server`` is this server).
+        self._transports: dict[str, RemoteTransport] = {}
+        #: Transports whose 'webrtctransportunhandled' was emitted here as they closed:
+        #: the server's own, which follows, is dropped.
+        self._told: set[str] = set()
+
+    def _on_event(self, emitter: EventEmitter, event: str, args: list[Any]) -> None:
+        transport = args[0] if args and isinstance(args[0], RemoteTransport) else None
+        if emitter is self.observer and transport is not None:
+            if event == "webrtctransporthandled":
+                self._transports[transport.handle] = transport
+                transport._listen_server = self
+            elif transport.handle in self._told:  # 'webrtctransportunhandled', emitted here
+                self._told.discard(transport.handle)
+                return
+            else:  # 'webrtctransportunhandled' of a transport closed otherwise (its server's)
+                self._transports.pop(transport.handle, None)
+                transport._listen_server = None
+        super()._on_event(emitter, event, args)
+
+    def _unhandle(self, transport: RemoteTransport) -> None:
+        """``transport`` (one of its own) closes: 'webrtctransportunhandled' now."""
+        transport._listen_server = None
+        self._transports.pop(transport.handle, None)
+        self._told.add(transport.handle)
+        self.observer.emit("webrtctransportunhandled", transport)
+
+    def _release(self) -> list[RemoteTransport]:
+        transports = list(self._transports.values())
+        for transport in transports:
+            transport._listen_server = None
+        self._transports.clear()
+        self._told.clear()  # closed: no more of its events come
+        return transports
+
+    def _emit_close(self, event: str | None, args: tuple[Any, ...]) -> None:
+        transports = self._release()
+        if event == "@close":  # close(): its transports close first, as mediasoup's do
+            for transport in transports:
+                transport._close_locally("listenserverclose")
+                self.observer.emit("webrtctransportunhandled", transport)
+        super()._emit_close(event, args)
+
+    def _forget(self) -> None:
+        self._release()
+        super()._forget()
 
 
 class RemoteRouter(RemoteObject):
@@ -307,6 +406,8 @@ class RemoteTransport(RemoteObject):
 
     proxy_kind = "transport"
     parent_close_event = "routerclose"
+    #: The WebRtcServer it listens through (told of its close, see RemoteWebRtcServer).
+    _listen_server: RemoteWebRtcServer | None = None
 
     @property
     def producers(self) -> dict[str, Any]:
@@ -320,8 +421,30 @@ class RemoteTransport(RemoteObject):
             self._state["sctp_state"] = "closed"
         super()._close_locally(event, *args)
 
-    def send_rtcp(self, rtcp_packet: bytes) -> None:
-        """DirectTransport only: send an RTCP packet into the router (fire-and-forget)."""
+    def _emit_close(self, event: str | None, args: tuple[Any, ...]) -> None:
+        self._tell_listen_server(event)
+        super()._emit_close(event, args)
+
+    def _on_event(self, emitter: EventEmitter, event: str, args: list[Any]) -> None:
+        if emitter is self.events:
+            self._tell_listen_server(event)
+        super()._on_event(emitter, event, args)
+
+    def _tell_listen_server(self, event: str | None) -> None:
+        # mediasoup's WebRtcServer listens to these two (before the app's listeners).
+        if event in ("@close", "routerclose") and self._listen_server is not None:
+            self._listen_server._unhandle(self)
+
+    @property
+    def send_rtcp(self) -> Callable[[bytes], None]:
+        """DirectTransport only, as in mediasoup: the other transports have no such
+        attribute (AttributeError, ``hasattr()`` False), where a call would be refused."""
+        if "send_rtcp" not in self._connection.schema(self._state.get("class", ""))["sync"]:
+            raise AttributeError(f"{self._state.get('class')} has no attribute 'send_rtcp'")
+        return self._send_rtcp
+
+    def _send_rtcp(self, rtcp_packet: bytes) -> None:
+        """Send an RTCP packet into the router (fire-and-forget)."""
         if self.closed:
             raise InvalidStateError(self._closed_message())
         if not isinstance(rtcp_packet, bytes | bytearray | memoryview):

@@ -1,10 +1,13 @@
-"""Random operations and faults through a Remote Mediasoup client, checked against the
-server: workers, routers, transports, producers, consumers, pipes, pauses, dumps and
-closes, in sequence and in bursts, while workers are killed (SIGKILL) and the client's
-connection is cut (a TCP relay aborting both sockets). Every call ends within its
-timeout (none hangs), fails only with the library's own errors, and once things settle
-the client's live proxies are exactly the server's live objects of its session; closing
-the workers leaves nothing on the server. Seeded: a failure names its seed and step."""
+"""Random operations and faults, seeded: routers, transports, producers, consumers, pipes,
+pauses, dumps and closes, in sequence and in bursts, while workers are killed (SIGKILL)
+and, through a remote client, its connection is cut (a TCP relay aborting both sockets).
+
+Three sides: a Remote Mediasoup client (workers too), a Mafalda pool driven locally, and
+one driven through Remote Mafalda. Every call ends within its timeout (none hangs) and
+fails only with the library's own errors. Once things settle, a remote client's live
+proxies are exactly its session's live objects on the server; closing everything leaves
+nothing on the server, and a pool's workers hold no router (no pipe, no child router
+left behind). A failure names its seed, its step and the last steps."""
 
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ import os
 import random
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from mafalda import Mafalda
 from mafalda.mediasoup.errors import InvalidValueError, MediasoupError
-from mafalda.remote import RemoteMediasoup, connect, serve
+from mafalda.remote import RemoteMafalda, RemoteMediasoup, RemoteServer, connect, serve
 from tests.conftest import opus_rtp_parameters
 from tests.relay import Relay
 from tests.rtp_flow import MEDIA_CODECS, OPUS_PT
@@ -29,16 +34,33 @@ CALL_TIMEOUT = 15.0  # generous: a loaded CI machine; a hang waits forever
 #: What a call may fail with while objects close under it and the connection comes and
 #: goes: the library's own errors (closed objects, a dead worker, a lost connection).
 EXPECTED = (MediasoupError, InvalidValueError)
+KINDS = (
+    "worker",
+    "router",
+    "transport",
+    "producer",
+    "consumer",
+    "dataProducer",
+    "dataConsumer",
+    "observer",
+)
 
 
 class Chaos:
-    def __init__(self, rng: random.Random, client: RemoteMediasoup, relay: Relay) -> None:
+    """The operations, on ``api`` (a Remote Mediasoup client, a Mafalda, or a Remote
+    Mafalda client); ``pool``: the Mafalda whose workers are killed (None: the client's
+    own workers); ``relay``: the remote client's (None: local)."""
+
+    def __init__(
+        self, rng: random.Random, api: Any, pool: Mafalda | None, relay: Relay | None
+    ) -> None:
         self.rng = rng
-        self.client = client
+        self.api = api
+        self.pool = pool
         self.relay = relay
-        self.objects: dict[str, list[Any]] = {
-            k: [] for k in ("worker", "router", "transport", "producer", "consumer")
-        }
+        self.objects: dict[str, list[Any]] = {k: [] for k in KINDS}
+        #: Each object's router (transports, producers, consumers) or worker (routers).
+        self.parent: dict[Any, Any] = {}
         self.errors: Counter[str] = Counter()
         self.ssrc = 10_000
         self.log: list[Any] = []
@@ -50,14 +72,23 @@ class Chaos:
         live = self.live(kind)
         return self.rng.choice(live) if live else None
 
+    def add(self, kind: str, obj: Any, parent: Any) -> None:
+        self.objects[kind].append(obj)
+        self.parent[id(obj)] = parent
+
     async def create_worker(self) -> None:
-        if len(self.live("worker")) < 3:
-            self.objects["worker"].append(await self.client.create_worker(log_level="none"))
+        if self.pool is None and len(self.live("worker")) < 3:
+            self.add("worker", await self.api.create_worker(log_level="none"), None)
 
     async def create_router(self) -> None:
+        if self.pool is not None:
+            if len(self.live("router")) < 4:
+                self.add("router", await self.api.create_router(media_codecs=MEDIA_CODECS), None)
+            return
         worker = self.pick("worker")
         if worker is not None:
-            self.objects["router"].append(await worker.create_router(media_codecs=MEDIA_CODECS))
+            router = await worker.create_router(media_codecs=MEDIA_CODECS)
+            self.add("router", router, worker)
 
     async def create_transport(self) -> None:
         router = self.pick("router")
@@ -65,11 +96,12 @@ class Chaos:
             return
         if self.rng.random() < 0.5:
             transport = await router.create_direct_transport()
+            self.parent[("direct", id(transport))] = True  # type: ignore[index]
         else:
             transport = await router.create_plain_transport(
                 listen_info={"protocol": "udp", "ip": "127.0.0.1"}, comedia=True
             )
-        self.objects["transport"].append(transport)
+        self.add("transport", transport, router)
 
     async def produce(self) -> None:
         transport = self.pick("transport")
@@ -77,37 +109,67 @@ class Chaos:
             return
         self.ssrc += 1
         parameters = opus_rtp_parameters(self.ssrc, OPUS_PT)
-        self.objects["producer"].append(
-            await transport.produce(kind="audio", rtp_parameters=parameters)
-        )
+        producer = await transport.produce(kind="audio", rtp_parameters=parameters)
+        self.add("producer", producer, self.parent[id(transport)])
 
     async def consume(self) -> None:
         producer = self.pick("producer")
         if producer is None:
             return
-        router = producer._parent._parent
-        transports = [t for t in self.live("transport") if t._parent is router]
+        router = self.parent[id(producer)]
+        transports = [t for t in self.live("transport") if self.parent[id(t)] is router]
         if not transports:
             return
-        transport = self.rng.choice(transports)
-        self.objects["consumer"].append(
-            await transport.consume(
-                producer_id=producer.id,
-                rtp_capabilities=router.rtp_capabilities,
-                paused=self.rng.random() < 0.3,
-            )
+        consumer = await self.rng.choice(transports).consume(
+            producer_id=producer.id,
+            rtp_capabilities=router.rtp_capabilities,
+            paused=self.rng.random() < 0.3,
         )
+        self.add("consumer", consumer, router)
+
+    async def produce_data(self) -> None:
+        transport = self.pick("transport")
+        if transport is None or self.parent.get(("direct", id(transport))) is None:
+            return  # (a direct transport's: no SCTP to set up)
+        data_producer = await transport.produce_data()
+        self.add("dataProducer", data_producer, self.parent[id(transport)])
+
+    async def consume_data(self) -> None:
+        data_producer = self.pick("dataProducer")
+        if data_producer is None:
+            return
+        router = self.parent[id(data_producer)]
+        transports = [
+            t
+            for t in self.live("transport")
+            if self.parent[id(t)] is router and self.parent.get(("direct", id(t)))
+        ]
+        if transports:
+            consumer = await self.rng.choice(transports).consume_data(
+                data_producer_id=data_producer.id
+            )
+            self.add("dataConsumer", consumer, router)
+
+    async def observe(self) -> None:
+        router = self.pick("router")
+        if router is None:
+            return
+        producers = [p for p in self.live("producer") if self.parent[id(p)] is router]
+        observer = await router.create_audio_level_observer(interval=100)
+        self.add("observer", observer, router)
+        for producer in producers[:2]:
+            await observer.add_producer(producer_id=producer.id)
 
     async def pipe(self) -> None:
         producer = self.pick("producer")
         target = self.pick("router")
         if producer is None or target is None:
             return
-        router = producer._parent._parent
+        router = self.parent[id(producer)]
         if target is router:
             return
-        # Within one worker the copy needs another id.
-        keep_id = target._parent is not router._parent
+        # Within one worker the copy needs another id (a pool's routers span them all).
+        keep_id = self.pool is None and self.parent[id(target)] is not self.parent[id(router)]
         try:
             result = await router.pipe_to_router(
                 producer_id=producer.id, router=target, keep_id=keep_id
@@ -116,37 +178,44 @@ class Chaos:
             if "already exists" not in str(error):
                 raise
             return
-        self.objects["consumer"].append(result["pipeConsumer"])
-        self.objects["producer"].append(result["pipeProducer"])
+        self.add("consumer", result["pipeConsumer"], router)
+        self.add("producer", result["pipeProducer"], target)
 
     async def pause(self) -> None:
-        obj = self.pick(self.rng.choice(["producer", "consumer"]))
+        obj = self.pick(self.rng.choice(["producer", "consumer", "observer"]))
         if obj is not None:
             await (obj.pause() if self.rng.random() < 0.5 else obj.resume())
 
     async def dump(self) -> None:
-        obj = self.pick(self.rng.choice(list(self.objects)))
+        obj = self.pick(self.rng.choice([k for k in KINDS if k != "observer"]))  # (none)
         if obj is not None:
             await obj.dump()
 
     async def close(self) -> None:
-        obj = self.pick(self.rng.choice(list(self.objects)))
+        obj = self.pick(self.rng.choice(KINDS))
         if obj is not None:
             obj.close()
 
     async def kill_worker(self) -> None:
-        worker = self.pick("worker")
-        if worker is not None:
+        if self.pool is not None:
+            pids = [w.pid for w in self.pool.workers if not w.closed]
+        else:
+            pids = [w.pid for w in self.live("worker")]
+        if pids:
             with contextlib.suppress(ProcessLookupError):  # killed in this burst already
-                os.kill(worker.pid, signal.SIGKILL)
+                os.kill(self.rng.choice(pids), signal.SIGKILL)
 
     async def cut(self) -> None:
-        self.relay.cut()
+        if self.relay is not None:
+            self.relay.cut()
 
     async def settle(self) -> None:
+        if self.relay is None:
+            return
         # A cut this turn is noticed a few turns later: until then the link looks up.
         await asyncio.sleep(0.05)
-        await until(lambda: not self.client.connection.reconnecting, CALL_TIMEOUT)
+        connection = self.api.connection
+        await until(lambda: not connection.reconnecting, CALL_TIMEOUT)
 
     OPS: tuple[tuple[str, int], ...] = (
         ("create_worker", 2),
@@ -155,6 +224,9 @@ class Chaos:
         ("produce", 8),
         ("consume", 10),
         ("pipe", 4),
+        ("produce_data", 3),
+        ("consume_data", 3),
+        ("observe", 1),
         ("pause", 6),
         ("dump", 6),
         ("close", 5),
@@ -185,55 +257,108 @@ async def until(predicate: Any, timeout: float) -> None:
             await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def _side(
+    side: str,
+) -> AsyncIterator[tuple[Any, Mafalda | None, RemoteServer | None, Relay | None]]:
+    """(the api, the pool, the server, the relay) of ``side``."""
+    pool = None
+    if side != "remote-mediasoup":
+        pool = await Mafalda.start(
+            num_workers=3, worker_settings={"log_level": "none"}, idle_worker_timeout=3600
+        )
+    try:
+        if side == "mafalda":
+            yield pool, pool, None, None
+            return
+        async with (
+            await serve(token=TOKEN, target=pool, grace_period=10) as server,
+            Relay(server.port) as relay,
+        ):
+            client = await connect(relay.url, token=TOKEN)
+            assert isinstance(client, RemoteMafalda if pool else RemoteMediasoup)
+            try:
+                yield client, pool, server, relay
+            finally:
+                await client.aclose()
+    finally:
+        if pool is not None:
+            await pool.aclose()
+
+
 #: Seeds run by the suite (each a few seconds); ``CHAOS_SEEDS=1-200`` runs more by hand.
-_SEEDS = os.environ.get("CHAOS_SEEDS", "1-6")
+_SEEDS = os.environ.get("CHAOS_SEEDS", "1-4")
 SEEDS = list(range(int(_SEEDS.split("-")[0]), int(_SEEDS.split("-")[-1]) + 1))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_random_operations_and_faults_keep_client_and_server_in_step(seed: int) -> None:
-    rng = random.Random(seed)
-    async with (
-        await serve(token=TOKEN, grace_period=10) as server,
-        Relay(server.port) as relay,
-    ):
-        client = await connect(relay.url, token=TOKEN)
-        assert isinstance(client, RemoteMediasoup)
-        chaos = Chaos(rng, client, relay)
+@pytest.mark.parametrize("side", ["remote-mediasoup", "mafalda", "remote-mafalda"])
+async def test_random_operations_and_faults_leave_things_in_step(side: str, seed: int) -> None:
+    async with _side(side) as (api, pool, server, relay):
+        chaos = Chaos(random.Random(seed), api, pool, relay)
         for step in range(200):
             try:
                 await chaos.step()
             except (AssertionError, TimeoutError) as error:
-                raise AssertionError(f"seed {seed}, step {step}: {error!r}") from error
+                raise AssertionError(
+                    f"seed {seed}, step {step}: {error!r}; the last steps: {chaos.log[-10:]}"
+                ) from error
         await chaos.settle()
-        session = server.sessions[client.session_id]
+        if server is not None:
+            await _client_and_server_agree(api, server, chaos, seed)
+        for kind in ("router", "worker"):
+            for obj in chaos.live(kind):
+                obj.close()
+        if server is not None:
+            await until(lambda: server.live_objects() == [], 10)
+        if pool is not None:
+            await _no_router_left(pool, seed)
+        print(f"{side} seed {seed}, failures met: {dict(chaos.errors)}")
 
-        def differences() -> tuple[dict[str, Any], dict[str, Any]]:
-            """(live on the server only, live here only)."""
-            served = {h: o for h, o in session.objects.items() if not getattr(o, "closed", True)}
-            held = {h: p for h, p in client.connection.proxies.items() if not p.closed}
-            return (
-                {h: served[h] for h in served.keys() - held.keys()},
-                {h: held[h] for h in held.keys() - served.keys()},
-            )
 
-        try:  # the events of what closed last may still be on their way
-            await until(lambda: differences() == ({}, {}), 5)
-        except TimeoutError:
-            raise AssertionError(
-                f"seed {seed}: (on the server only, here only) {differences()}; "
-                f"the last steps: {chaos.log[-20:]}"
-            ) from None
-        for kind, objects in chaos.objects.items():
-            for proxy in objects:
-                served = session.objects.get(proxy.handle)
-                if proxy.closed:
-                    assert served is None or served.closed, (seed, kind, proxy)
-                else:
-                    assert served is not None and not served.closed, (seed, kind, proxy)
-        for worker in client.workers:
-            worker.close()
-        await until(lambda: server.live_objects() == [], 10)
-        await client.aclose()  # its bye ends the session
-        await until(lambda: not server.sessions, 5)
-        print(f"seed {seed}, failures met: {dict(chaos.errors)}")
+async def _client_and_server_agree(api: Any, server: RemoteServer, chaos: Chaos, seed: int) -> None:
+    session = server.sessions[api.session_id]
+    proxies = api.connection.proxies
+
+    def differences() -> tuple[dict[str, Any], dict[str, Any]]:
+        """(live on the server only, live here only)."""
+        served = {h: o for h, o in session.objects.items() if not getattr(o, "closed", True)}
+        held = {h: p for h, p in proxies.items() if not p.closed}
+        return (
+            {h: served[h] for h in served.keys() - held.keys()},
+            {h: held[h] for h in held.keys() - served.keys()},
+        )
+
+    try:  # the events of what closed last may still be on their way
+        await until(lambda: differences() == ({}, {}), 5)
+    except TimeoutError:
+        raise AssertionError(
+            f"seed {seed}: (on the server only, here only) {differences()}; "
+            f"the last steps: {chaos.log[-20:]}"
+        ) from None
+    for kind, objects in chaos.objects.items():
+        for proxy in objects:
+            served = session.objects.get(proxy.handle)
+            if proxy.closed:
+                assert served is None or served.closed, (seed, kind, proxy)
+            else:
+                assert served is not None and not served.closed, (seed, kind, proxy)
+
+
+async def _no_router_left(pool: Mafalda, seed: int) -> None:
+    """Every router closed: no worker of the pool holds a router (child routers, pipes)."""
+
+    async def routers() -> dict[int, list[str]]:
+        live = [w for w in pool.workers if not w.closed]
+        dumps = await asyncio.gather(*(w.dump() for w in live), return_exceptions=True)
+        return {
+            w.pid: d["routerIds"] for w, d in zip(live, dumps, strict=True) if isinstance(d, dict)
+        }
+
+    left: dict[int, list[str]] = {}
+    for _ in range(100):
+        left = {pid: ids for pid, ids in (await routers()).items() if ids}
+        if not left:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"seed {seed}: routers left on the pool's workers: {left}")

@@ -2726,3 +2726,43 @@ async def test_a_pipe_cut_off_by_a_drop_is_closed_when_the_session_resumes(
             _, piped = await pipe(producers[2])
             assert piped.id == producers[2].id
             assert len(on_a(PipeTransport)) == 1
+
+
+async def test_pipe_to_router_keeps_the_target_child_it_pipes_into(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target router's last transport on the producer's server closes while
+    pipe_to_router() makes the copy into its child router there: the child stays for
+    the copy, which the target's consumers then get. It was closed under the pipe
+    (nothing marked that server busy for the target, as a transport being made does)."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.mediasoup import Router
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        MediaNode(a, redis_url=redis_server.url, server_id="a", interval=60),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+        room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        send = await room.create_direct_transport(server="a")
+        producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+        last = await breakout.create_direct_transport(server="a")
+        arrived, go = _gate(monkeypatch, Router, "pipe_to_router", a)
+        go.clear()
+        task = asyncio.ensure_future(room.pipe_to_router(router=breakout, producer_id=producer.id))
+        await arrived.wait()  # "a" is making the copy in the target's child
+        last.close()
+        await wait_until(
+            _until(lambda: all(getattr(o, "id", None) != last.id for o in a.live_objects()))
+        )
+        go.set()
+        result = await asyncio.wait_for(task, 5)
+        assert not result["pipeProducer"].closed
+        assert breakout.servers == ["a"] and breakout.server_of(producer) == "a"
+        sink = await breakout.create_direct_transport(server="a")
+        consumer = await sink.consume(
+            producer_id=producer.id, rtp_capabilities=breakout.rtp_capabilities
+        )
+        assert consumer.producer_id == producer.id and not consumer.closed

@@ -468,7 +468,7 @@ async def test_pipe_to_plain_router_and_between_mafalda_routers(
         await router.pipe_to_router(router=other, producer_id="a", data_producer_id="b")
     with pytest.raises(TypeError, match="this Router"):
         await router.pipe_to_router(router=router, producer_id=producer.id)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(InvalidValueError, match="not found"):  # as a Router's
         await router.pipe_to_router(router=other, producer_id="nope")
     with pytest.raises(TypeError, match="router must be"):
         await router.pipe_to_router(router="x", producer_id=producer.id)  # type: ignore[arg-type]
@@ -2008,6 +2008,41 @@ async def test_a_worker_left_without_routers_is_freed_once_idle_long_enough() ->
         assert m.workers == [first, second] and not second.closed
         await m.sample_load()
         assert m.workers == [first] and second.closed
+
+
+async def test_a_worker_used_between_two_load_samples_is_not_freed_right_after() -> None:
+    """A worker idle since a load sample gets a transport (and a child router) that come
+    and go before the next sample: that sample starts its idle clock again, it does not
+    free it at once for an idleness the use interrupted (it did: the clock was reset
+    only by a sample that saw a router there, so a new user's worker was restarted
+    right after). A later sample, idle_worker_timeout after, frees it."""
+    async with await Mafalda.start(
+        num_workers=2,
+        min_workers=1,
+        load_interval=3600,
+        idle_worker_timeout=1e-6,
+        worker_settings={"log_level": "warn"},
+    ) as m:
+        await m.sample_load()  # after the sampler's first run (see above)
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(0)
+        kept = await router.create_direct_transport()
+        m.policy = _Pinned(1)
+        left = await router.create_direct_transport()
+        first, second = m.workers
+        await m.sample_load()  # both host a router: neither is idle
+        left.close()
+        await m.sample_load()  # the second is idle from now on
+        assert m.workers == [first, second]
+        used = await router.create_direct_transport()
+        assert router.worker_of(used) is second
+        used.close()
+        assert router.child_router(second) is None
+        await m.sample_load()  # used since the last sample: idle from now on
+        assert m.workers == [first, second] and not second.closed
+        await m.sample_load()
+        assert m.workers == [first] and second.closed
+        assert router.worker_of(kept) is first
 
 
 def test_child_router_being_made_when_the_loop_shuts_down() -> None:

@@ -445,25 +445,30 @@ class ClusterRouter(SpanningRouter[str]):
         options: dict[str, Any],
     ) -> Any:
         data_producer_id = None if producer_id else source_id
-        source, target = await asyncio.gather(self._child(home), router._child(home))
-        one_worker = self._cluster.serves(home) == "mediasoup"
-        if one_worker:
-            # Both children live on this client's worker there, and ids are unique per
-            # worker: the copy gets its own id, and the target child knows it by ours.
-            options["keep_id"] = False
-        result = await source.pipe_to_router(
-            router=target, producer_id=producer_id, data_producer_id=data_producer_id, **options
-        )
-        if producer_id:
-            piped = result["pipeProducer"]
-            if one_worker and piped.id != source_id:
-                target.alias_producer(source_id, piped)
-            router._adopt_producer(home, piped, source_id)
-        else:
-            piped = result["pipeDataProducer"]
-            if one_worker and piped.id != source_id:
-                target.alias_data_producer(source_id, piped)
-            router._adopt_data_producer(home, piped, source_id)
+        # The target's child there is held until the copy is adopted, as a transport
+        # being made holds its child: the target's last transport there closing meanwhile
+        # closed it under the pipe ("destination Router closed"). A pipe that fails leaves
+        # it to go if idle.
+        with router._busy(home):
+            source, target = await asyncio.gather(self._child(home), router._child(home))
+            one_worker = self._cluster.serves(home) == "mediasoup"
+            if one_worker:
+                # Both children live on this client's worker there, and ids are unique per
+                # worker: the copy gets its own id, and the target child knows it by ours.
+                options["keep_id"] = False
+            result = await source.pipe_to_router(
+                router=target, producer_id=producer_id, data_producer_id=data_producer_id, **options
+            )
+            if producer_id:
+                piped = result["pipeProducer"]
+                if one_worker and piped.id != source_id:
+                    target.alias_producer(source_id, piped)
+                router._adopt_producer(home, piped, source_id)
+            else:
+                piped = result["pipeDataProducer"]
+                if one_worker and piped.id != source_id:
+                    target.alias_data_producer(source_id, piped)
+                router._adopt_data_producer(home, piped, source_id)
         return result
 
     # -- visibility ----------------------------------------------------------------------

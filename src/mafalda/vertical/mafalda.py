@@ -507,6 +507,10 @@ class Mafalda(EventSource):
         if entry is None:
             raise InvalidStateError("Worker closed")
         entry.reserved += 1
+        # In use: whatever idleness the samples saw is over, even when what is made here
+        # is gone before the next sample (which then starts the clock again, instead of
+        # freeing the worker for an idleness this use interrupted).
+        entry.idle_since = None
         try:
             yield
         finally:

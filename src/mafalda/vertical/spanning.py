@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from mafalda.mediasoup import ortc
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.pipe_transport import open_pipe_pair
 from mafalda.mediasoup.router import RouterDump, answer_can_consume
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability, RtpCapabilities
@@ -602,7 +602,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         kind = "Producer" if producer_id else "DataProducer"
         home = self._home.get((source_id, kind == "DataProducer"))
         if home is None:
-            raise ValueError(f'{kind} with id "{source_id}" not found')
+            # As a Router's (a TypeError and a ValueError, as mediasoup's is a TypeError).
+            raise InvalidValueError(f'{kind} with id "{source_id}" not found')
         if isinstance(router, SpanningRouter):
             # As mediasoup's target refuses a second copy: here it could land on another
             # host and silently shadow the first.

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from mafalda import cli, mediasoup
 from mafalda.mediasoup._io import READ_SIZE
-from mafalda.mediasoup.errors import ChannelTimeoutError, InvalidStateError
+from mafalda.mediasoup.errors import ChannelTimeoutError, InvalidStateError, InvalidValueError
 from mafalda.remote import (
     PROTOCOL_VERSION,
     RemoteConnectionError,
@@ -2814,3 +2814,251 @@ async def test_made_with_app_data_a_proxy_keeps_the_callers_dict() -> None:
             await remote_mafalda.aclose()
     finally:
         await served.aclose()
+
+
+# -- a router's producer ids and aliases, answered as the local Router's ----------------------
+
+
+def _outcome(call: Any) -> str:
+    """What a sync call returned, or what it raised (class and message)."""
+    try:
+        return repr(call())
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+async def test_has_producer_and_aliases_answer_as_the_routers() -> None:
+    """has_producer(), has_data_producer(), alias_producer(), alias_data_producer() and
+    can_consume() of a remote router: the local Router's values, and its exceptions at the
+    call (bad input reaches no server); an alias works at once, and goes with its producer.
+    They were fire-and-forget: has_producer() gave None, a bad alias raised nothing."""
+
+    async def scenario(worker: Any, log: _EventLog) -> None:
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        other = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_direct_transport()
+        producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+        second = await transport.produce(
+            kind="audio", rtp_parameters={**AUDIO, "encodings": [{"ssrc": 22222222}]}
+        )
+        data_producer = await transport.produce_data()
+        elsewhere = await (await other.create_direct_transport()).produce(
+            kind="audio", rtp_parameters=AUDIO
+        )
+        caps = router.rtp_capabilities
+        names = {
+            producer.id: "P",
+            second.id: "P2",
+            data_producer.id: "D",
+            elsewhere.id: "E",
+        }
+
+        def named(text: str) -> str:
+            for object_id, name in names.items():
+                text = text.replace(object_id, name)
+            return text
+
+        def check(note: str) -> None:
+            log.append(
+                f"{note}: "
+                + ", ".join(
+                    _outcome(call)
+                    for call in (
+                        lambda: router.has_producer(producer.id),
+                        lambda: router.has_producer("p-alias"),
+                        lambda: router.has_producer(data_producer.id),
+                        lambda: router.has_data_producer(data_producer.id),
+                        lambda: router.has_data_producer("d-alias"),
+                        lambda: router.can_consume(producer_id="p-alias", rtp_capabilities=caps),
+                    )
+                )
+            )
+
+        check("before")
+        for call in (
+            lambda: router.alias_producer("", producer),
+            lambda: router.alias_producer(5, producer),
+            lambda: router.alias_producer("k", "not a producer"),
+            lambda: router.alias_producer("k", data_producer),
+            lambda: router.alias_producer("k", elsewhere),
+            lambda: router.alias_data_producer("k", producer),
+            lambda: router.alias_producer(second.id, producer),  # hides a producer's id
+            lambda: router.alias_producer("p-alias", producer),
+            lambda: router.alias_producer("p-alias", producer),  # again: nothing
+            lambda: router.alias_producer(producer.id, producer),  # its own id: nothing
+            lambda: router.alias_data_producer("d-alias", data_producer),
+        ):
+            log.append(named(_outcome(call)))
+        check("aliased")  # at once, as the local router's
+        await router.dump()  # (a round trip: what the server says agrees)
+        check("round trip")
+        consumer = await (await router.create_direct_transport()).consume(
+            producer_id="p-alias", rtp_capabilities=caps
+        )
+        log.append(named(f"consumed {consumer.producer_id}"))
+        log.append(_outcome(lambda: router.alias_producer("p-alias", second)))  # moves
+        log.append(_outcome(lambda: router.can_consume(producer_id="p-alias", rtp_capabilities={})))
+        second.close()
+        check("its producer closed")
+        data_producer.close()
+        producer.close()
+        await router.dump()
+        check("closed")
+        router.close()
+        check("router closed")
+        log.append(_outcome(lambda: router.alias_producer("k", elsewhere)))
+
+    local, remote = await _locally_and_remotely(scenario)
+    assert remote == local
+    assert local[:12] == [
+        "before: True, False, False, True, False, False",
+        "TypeError: key must be a non-empty string",
+        "TypeError: key must be a non-empty string",
+        "InvalidValueError: Producer 'not a producer' is not of this router",
+        "InvalidValueError: Producer 'D' is not of this router",
+        "InvalidValueError: Producer 'E' is not of this router",
+        "InvalidValueError: DataProducer 'P' is not of this router",
+        'TypeError: a Producer with same id "P2" already exists',
+        "None",
+        "None",
+        "None",
+        "None",
+    ]
+    assert local[12:] == [
+        "aliased: True, True, False, True, True, True",
+        "round trip: True, True, False, True, True, True",
+        "consumed p-alias",
+        "None",
+        "False",
+        "its producer closed: True, False, False, True, True, False",
+        "closed: False, False, False, False, False, False",
+        "router closed: False, False, False, False, False, False",
+        "InvalidStateError: Router closed",
+    ]
+
+
+async def test_a_routers_aliases_made_on_the_server_reach_its_proxy() -> None:
+    """An alias made on the server (as a swarm's, while it prepares a consume: the
+    ``before_consume`` hook) is the proxy's once the consume is answered, and goes with
+    its producer; bad aliases asked of the proxy send nothing (no 'callerror')."""
+    async with await serve(token=TOKEN, grace_period=0) as srv:
+        client = await client_of(srv)
+        errors: list[Any] = []
+        client.connection.events.on("callerror", lambda *args: errors.append(args))
+        try:
+            worker = await client.create_worker(log_level="warn")
+            router = await worker.create_router(media_codecs=MEDIA_CODECS)
+            source = await router.create_direct_transport()
+            producer = await source.produce(kind="audio", rtp_parameters=AUDIO)
+            sink = await router.create_direct_transport()
+            (served,) = [o for o in srv.live_objects() if type(o).__name__ == "Router"]
+            (original,) = [o for o in srv.live_objects() if getattr(o, "id", 0) == producer.id]
+            brought: list[str] = []
+
+            async def bring(key: str) -> None:
+                brought.append(key)
+                if key == "from-afar":
+                    served.alias_producer(key, original)  # known by another key now
+                elif key == "router-gone":
+                    served.close()
+
+            srv.before_consume = lambda target, key, data: (
+                None if key == producer.id else bring(key)
+            )
+            caps = router.rtp_capabilities
+            assert router.has_producer("from-afar") is False
+            consumer = await sink.consume(producer_id="from-afar", rtp_capabilities=caps)
+            assert consumer.producer_id == "from-afar"
+            assert router.has_producer("from-afar") is True
+            assert router.can_consume(producer_id="from-afar", rtp_capabilities=caps) is True
+            with pytest.raises(InvalidValueError, match="not found"):  # brought nothing
+                await sink.consume(producer_id="nowhere", rtp_capabilities=caps)
+            assert router.has_producer("nowhere") is False
+            with pytest.raises(TypeError, match="non-empty"):
+                router.alias_producer("", producer)
+            with pytest.raises(InvalidValueError, match="not of this router"):
+                router.alias_producer("k", consumer)
+            router.alias_producer(producer.id, producer)  # its own id: nothing to do
+            producer.close()
+            assert router.has_producer("from-afar") is False
+            assert router.has_producer(producer.id) is False
+            with pytest.raises(InvalidStateError):
+                await sink.consume(producer_id="router-gone", rtp_capabilities=caps)
+            assert brought == ["from-afar", "nowhere", "router-gone"]
+            await worker.dump()  # (a round trip)
+            assert router.closed and router.has_producer("from-afar") is False
+            assert errors == []
+        finally:
+            await client.aclose()
+
+
+async def test_a_mafalda_routers_aliases_answer_as_the_local_ones() -> None:
+    """Remote Mafalda: a router knows the copy piped into it from another router (under
+    none of its transports, by the source's id), as the local MafaldaRouter does; its
+    alias_producer() refuses as a MafaldaRouter's (ValueError; any key it has)."""
+
+    async def scenario(maker: Any) -> list[str]:
+        first = await maker.create_router(media_codecs=MEDIA_CODECS)
+        second = await maker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await first.create_plain_transport(listen_ip="127.0.0.1", enable_sctp=True)
+        producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+        data_producer = await transport.produce_data(sctp_stream_parameters={"streamId": 1})
+        own = await (await second.create_direct_transport()).produce(
+            kind="audio", rtp_parameters=AUDIO
+        )
+        piped = await first.pipe_to_router(router=second, producer_id=producer.id)
+        await first.pipe_to_router(router=second, data_producer_id=data_producer.id)
+        caps = second.rtp_capabilities
+        copy = piped["pipeProducer"]
+        names = {producer.id: "P", data_producer.id: "D", own.id: "O", copy.id: "C"}
+
+        def outcome(call: Any) -> str:
+            text = _outcome(call)
+            for object_id, name in names.items():
+                text = text.replace(object_id, name)
+            return text
+
+        log = [
+            outcome(call)
+            for call in (
+                lambda: second.has_producer(producer.id),
+                lambda: second.has_data_producer(data_producer.id),
+                lambda: second.can_consume(producer_id=producer.id, rtp_capabilities=caps),
+                lambda: second.alias_producer("k", producer),
+                lambda: second.alias_producer(own.id, copy),
+                lambda: second.alias_producer(own.id, own),  # (a Router: nothing)
+                lambda: second.alias_producer("o-alias", own),
+                lambda: second.alias_producer("o-alias", own),
+                lambda: second.has_producer("o-alias"),
+            )
+        ]
+        producer.close()
+        await second.dump()
+        log.append(outcome(lambda: second.has_producer(producer.id)))
+        first.close()
+        second.close()
+        return log
+
+    mafalda = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    try:
+        async with await serve(token=TOKEN, target=mafalda, grace_period=0) as srv:
+            client = await connect(srv.url, token=TOKEN)
+            try:
+                local = await scenario(mafalda)
+                assert await scenario(client) == local
+            finally:
+                await client.aclose()
+        assert local == [
+            "True",
+            "True",
+            "True",
+            "ValueError: Producer 'P' is not of this router",
+            "ValueError: Producer 'C' is not of this router",
+            'TypeError: a Producer with same id "O" already exists',
+            "None",
+            'TypeError: a Producer with same id "o-alias" already exists',
+            "True",
+            "False",
+        ]
+    finally:
+        await mafalda.aclose()

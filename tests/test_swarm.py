@@ -1036,13 +1036,15 @@ async def test_a_stream_is_consumed_through_another_entry_point(
     try:
         send, producer = await a.producer("127.0.0.2")
         caps = b.router.rtp_capabilities
-        # The client answers can_consume() from the producers it knows: another app's
-        # is none of them, before or after a consume() brought its copy (the copy has
-        # an id of its own: the server's router knows it by the original's).
+        # The client answers can_consume() as the server's router would: another app's
+        # producer is not in it before a consume() brings its copy, which the router
+        # knows by the original's id (an alias: the copy has an id of its own).
         assert not b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
+        assert not b.router.has_producer(producer.id)
         consumer, counter, sock = await b.consumer(producer.id)
         assert consumer.producer_id == producer.id and consumer.kind == "audio"
-        assert not b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
+        assert b.router.can_consume(producer_id=producer.id, rtp_capabilities=caps)
+        assert b.router.has_producer(producer.id)
         with Sender(send):
             await received(counter)
             paused = asyncio.ensure_future(consumer.events.wait_for("producerpause"))

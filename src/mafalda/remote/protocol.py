@@ -50,7 +50,14 @@ Server to client (notifications, no ``id``):
 State: a reference carries the object's full state (its properties, ``class``,
 ``app_data``) where the object first appears; after that answers and events carry only
 the properties that changed since the last state sent for that object (``state`` is
-left out when nothing changed). A property never changes back to "absent".
+left out when nothing changed). A property never changes back to "absent". A router's
+state also holds ``"_aliases": {"producers": {<key>: <handle>}, "dataProducers": {...}}``:
+the keys it finds (data) producers by (``consume()``, ``has_producer()``...) that are not
+the id of one under its transports (aliases, from ``alias_producer()``, made by the
+client or on the server; a Mafalda router's copies piped in from another router), each
+with the handle of its (data) producer (null: not the client's); it is sent again when
+a consume the server prepared (``RemoteServer.before_consume``) or a
+``pipe_to_router()`` changed it.
 
 Values: JSON values pass through (wire dicts keep their camelCase keys), bytes travel as
 ``{"$bytes": "<base64>"}``, tuples and sets as lists, objects as references ``{"$ref":
@@ -82,6 +89,7 @@ from typing import Any, Literal
 import orjson
 
 __all__ = [
+    "ALIASES",
     "AUTH_FAILED",
     "CANCELLED",
     "FORBIDDEN",
@@ -127,6 +135,11 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = "mafalda-remote/2"
+#: The state key of a router's aliases: ``{"producers": {key: handle}, "dataProducers":
+#: {...}}``, what it finds (data) producers by besides the ids of those under its
+#: transports (see the docstring). A ``_`` name: no property of the proxy, as a Router
+#: has none.
+ALIASES = "_aliases"
 
 # JSON-RPC 2.0 standard codes.
 PARSE_ERROR = -32700

@@ -24,8 +24,9 @@ from mafalda.mediasoup.data_producer import (
     validate_subchannels,
 )
 from mafalda.mediasoup.emitter import EventEmitter
-from mafalda.mediasoup.errors import InvalidStateError
+from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
 from mafalda.mediasoup.router import answer_can_consume
+from mafalda.remote.protocol import ALIASES
 
 if TYPE_CHECKING:
     from mafalda.remote.client import Connection
@@ -378,17 +379,80 @@ class RemoteRouter(RemoteObject):
     def transports_for_testing(self) -> dict[str, Any]:
         return self._open_children("transport")
 
+    def __init__(self, connection: Connection, handle: str, state: dict[str, Any]) -> None:
+        #: Aliases made here that the server's state has not told of yet: (table, key)
+        #: -> (data) producer. A state sent before the call reached the server lacks them.
+        self._made: dict[tuple[str, str], RemoteObject] = {}
+        super().__init__(connection, handle, state)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        super()._apply_state(state)
+        told = state.get(ALIASES)
+        if isinstance(told, dict):
+            self._made = {
+                (table, key): source
+                for (table, key), source in self._made.items()
+                if key not in told.get(table, {})
+            }
+
+    # -- as the Router's: answered here (the router's ids and aliases are in its state) -----
+
+    def _source(self, key: Any, table: str) -> RemoteObject | None:
+        """The open (data) producer ``consume(producer_id=key)`` finds in this router: one
+        under its transports by its own id, else one known by ``key`` on the server (an
+        alias: made here, or there, as a swarm's; a Mafalda router's piped copy)."""
+        if self.closed:
+            return None
+        kind = "producer" if table == "producers" else "dataproducer"
+        for transport in self._children.values():
+            for child in transport._children.values():
+                if child.proxy_kind == kind and child.id == key and not child.closed:
+                    return child
+        source = self._made.get((table, key))
+        if source is None:
+            handle = self._state.get(ALIASES, {}).get(table, {}).get(key)
+            source = self._connection.proxies.get(handle)
+        return None if source is None or source.closed else source
+
+    def has_producer(self, producer_id: str) -> bool:
+        """Whether consume(producer_id=...) finds it in this router (aliases included)."""
+        return self._source(producer_id, "producers") is not None
+
+    def has_data_producer(self, data_producer_id: str) -> bool:
+        """As has_producer(), for consume_data()."""
+        return self._source(data_producer_id, "dataProducers") is not None
+
+    def alias_producer(self, key: str, producer: Any) -> None:
+        """As the Router's: checked here (the same errors, before anything is sent)."""
+        self._alias(key, producer, "producers", "Producer", "alias_producer")
+
+    def alias_data_producer(self, key: str, data_producer: Any) -> None:
+        """As alias_producer(), for a data producer."""
+        self._alias(key, data_producer, "dataProducers", "DataProducer", "alias_data_producer")
+
+    def _alias(self, key: str, source: Any, table: str, kind: str, method: str) -> None:
+        if self.closed:
+            raise InvalidStateError("Router closed")
+        if not isinstance(key, str) or not key:
+            raise TypeError("key must be a non-empty string")
+        source_id = getattr(source, "id", "")
+        # A Mafalda router refuses with a ValueError, and any key it has already.
+        mafalda = self._state.get("class") == "MafaldaRouter"
+        found = self._source(source_id, table)
+        if found is None or found is not source:
+            error = ValueError if mafalda else InvalidValueError
+            raise error(f"{kind} {source_id or source!r} is not of this router")
+        held = self._source(key, table)
+        if held is found and not mafalda:
+            return  # one alias, however often it is asked for
+        if held is not None and (mafalda or held.id == key):
+            raise TypeError(f'a {kind} with same id "{key}" already exists')
+        self._made[(table, key)] = found
+        self._connection.call_nowait(self, method, (key, found), {})
+
     def can_consume(self, *, producer_id: str, rtp_capabilities: Any) -> bool:
         """Answered here, from the producer's consumable RTP parameters (as the Router)."""
-        producer = next(
-            (
-                child
-                for transport in self._children.values()
-                for child in transport._children.values()
-                if child.proxy_kind == "producer" and child.id == producer_id and not child.closed
-            ),
-            None,
-        )
+        producer = self._source(producer_id, "producers")
         consumable = None if producer is None else producer._state["consumable_rtp_parameters"]
         return answer_can_consume(producer_id, consumable, rtp_capabilities, logger)
 

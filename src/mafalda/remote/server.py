@@ -652,7 +652,31 @@ class Session:
             if isinstance(kind_type, str):  # the transports' class attribute
                 state["type"] = kind_type
         state["app_data"] = getattr(obj, "app_data", {})
+        if isinstance(obj, Router | MafaldaRouter):
+            state[p.ALIASES] = self._aliases(obj)
         return state
+
+    def _aliases(self, router: Router | MafaldaRouter) -> dict[str, dict[str, str | None]]:
+        """What a router finds (data) producers by that its client's proxy cannot tell from
+        the producers under the router's transports: aliases (``alias_producer()``, made
+        by the client, or on the server by a swarm), and producers of the router under
+        none of its transports (a Mafalda router's copies piped in from another router);
+        each key with the producer's handle. (The router's tables are read: a Router lists
+        neither, and a few keys beat every producer id in each state sent.)"""
+        here = self.handles.get(id(router))
+        parents = self.parents
+        aliases: dict[str, dict[str, str | None]] = {}
+        for name, table in (
+            ("producers", router._producers),
+            ("dataProducers", router._data_producers),
+        ):
+            keys: dict[str, str | None] = {}
+            for key, source in table.items():
+                handle = self.handles.get(id(source))
+                if key != source.id or parents.get(parents.get(handle or "") or "") != here:
+                    keys[key] = handle
+            aliases[name] = keys
+        return aliases
 
     def news(self, handle: str, obj: Any, full: bool = False) -> dict[str, Any] | None:
         """What of ``obj``'s state its client has not seen (None: nothing); ``full``: all
@@ -671,7 +695,7 @@ class Session:
         """The full state of ``obj``, for a client that has not seen it, and its JSON when
         that is plain (as in ``_delta``); what of it may change is recorded for deltas."""
         full = self.state(obj, full=True)
-        changing = (*_state_props_of(type(obj), False), "app_data")
+        changing = (*_state_props_of(type(obj), False), "app_data", p.ALIASES)
         self._delta(handle, {name: full[name] for name in changing if name in full})
         try:
             data = orjson.dumps(full)
@@ -1468,6 +1492,8 @@ class RemoteServer:
                     waiting = hook(obj, producer_id, data) if isinstance(producer_id, str) else None
                     if waiting is not None:
                         await waiting
+                        # What it brought may be known by an alias the router has now.
+                        self._tell(session, session.parents.get(call.target or ""))
                 result = getattr(obj, call.method)(*args, **kwargs)
             except Exception as error:
                 self._fail(session, request_id, call, error)
@@ -1479,6 +1505,10 @@ class RemoteServer:
                 return
             if inspect.isawaitable(result):
                 await self._finish(session, request_id, call, obj, result)
+                if call.method == "pipe_to_router":
+                    # A Mafalda router knows the copy piped into it, under none of its
+                    # transports (its state tells it, see Session._aliases).
+                    self._tell(session, session.handles.get(id(kwargs.get("router"))))
             else:
                 self._answer(session, request_id, call.target, obj, result, call.method)
         finally:
@@ -1521,6 +1551,13 @@ class RemoteServer:
                 session.send(p.notification("state", {"target": target, **answer}), target)
         else:
             session.send(p.result_response(request_id, answer), target)
+
+    def _tell(self, session: Session, handle: str | None) -> None:
+        """Send what changed of an object's state when a call on another changed it (a
+        router's aliases)."""
+        obj = session.objects.get(handle or "")
+        if obj is not None:
+            self._answer(session, None, handle, obj, None)
 
     def _fail(self, session: Session, request_id: Any, call: p.Call, error: Exception) -> None:
         code, wire = p.REMOTE_ERROR, None

@@ -43,6 +43,7 @@ KINDS = (
     "dataProducer",
     "dataConsumer",
     "observer",
+    "webrtcServer",
 )
 
 
@@ -90,9 +91,31 @@ class Chaos:
             router = await worker.create_router(media_codecs=MEDIA_CODECS)
             self.add("router", router, worker)
 
+    async def create_webrtc_server(self) -> None:
+        if len(self.live("webrtcServer")) >= 2:
+            return
+        listen = [{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+        if self.pool is not None:
+            listen = [{"protocol": "udp", "ip": "127.0.0.1", "portRange": {"min": 0, "max": 0}}]
+            self.add("webrtcServer", await self.api.create_webrtc_server(listen_infos=listen), None)
+            return
+        worker = self.pick("worker")
+        if worker is not None:
+            server = await worker.create_webrtc_server(listen_infos=listen)
+            self.add("webrtcServer", server, worker)
+
     async def create_transport(self) -> None:
         router = self.pick("router")
         if router is None:
+            return
+        servers = [
+            s
+            for s in self.live("webrtcServer")
+            if self.pool is not None or self.parent[id(s)] is self.parent[id(router)]
+        ]
+        if servers and self.rng.random() < 0.3:
+            transport = await router.create_webrtc_transport(webrtc_server=self.rng.choice(servers))
+            self.add("transport", transport, router)
             return
         if self.rng.random() < 0.5:
             transport = await router.create_direct_transport()
@@ -221,6 +244,7 @@ class Chaos:
         ("create_worker", 2),
         ("create_router", 4),
         ("create_transport", 8),
+        ("create_webrtc_server", 1),
         ("produce", 8),
         ("consume", 10),
         ("pipe", 4),
@@ -306,7 +330,7 @@ async def test_random_operations_and_faults_leave_things_in_step(side: str, seed
         await chaos.settle()
         if server is not None:
             await _client_and_server_agree(api, server, chaos, seed)
-        for kind in ("router", "worker"):
+        for kind in ("router", "webrtcServer", "worker"):
             for obj in chaos.live(kind):
                 obj.close()
         if server is not None:

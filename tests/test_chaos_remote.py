@@ -16,24 +16,19 @@ import contextlib
 import os
 import random
 import signal
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from mafalda import Mafalda
-from mafalda.mediasoup.errors import InvalidValueError, MediasoupError
 from mafalda.remote import RemoteMafalda, RemoteMediasoup, RemoteServer, connect, serve
-from tests.conftest import opus_rtp_parameters
+from tests import chaos
+from tests.chaos import CALL_TIMEOUT, until
 from tests.relay import Relay
-from tests.rtp_flow import MEDIA_CODECS, OPUS_PT
+from tests.rtp_flow import MEDIA_CODECS
 
 TOKEN = "chaos-token"
-CALL_TIMEOUT = 15.0  # generous: a loaded CI machine; a hang waits forever
-#: What a call may fail with while objects close under it and the connection comes and
-#: goes: the library's own errors (closed objects, a dead worker, a lost connection).
-EXPECTED = (MediasoupError, InvalidValueError)
 KINDS = (
     "worker",
     "router",
@@ -47,35 +42,20 @@ KINDS = (
 )
 
 
-class Chaos:
+class Chaos(chaos.Chaos):
     """The operations, on ``api`` (a Remote Mediasoup client, a Mafalda, or a Remote
     Mafalda client); ``pool``: the Mafalda whose workers are killed (None: the client's
     own workers); ``relay``: the remote client's (None: local)."""
 
+    KINDS = KINDS
+
     def __init__(
         self, rng: random.Random, api: Any, pool: Mafalda | None, relay: Relay | None
     ) -> None:
-        self.rng = rng
+        super().__init__(rng)
         self.api = api
         self.pool = pool
         self.relay = relay
-        self.objects: dict[str, list[Any]] = {k: [] for k in KINDS}
-        #: Each object's router (transports, producers, consumers) or worker (routers).
-        self.parent: dict[Any, Any] = {}
-        self.errors: Counter[str] = Counter()
-        self.ssrc = 10_000
-        self.log: list[Any] = []
-
-    def live(self, kind: str) -> list[Any]:
-        return [o for o in self.objects[kind] if not o.closed]
-
-    def pick(self, kind: str) -> Any:
-        live = self.live(kind)
-        return self.rng.choice(live) if live else None
-
-    def add(self, kind: str, obj: Any, parent: Any) -> None:
-        self.objects[kind].append(obj)
-        self.parent[id(obj)] = parent
 
     async def create_worker(self) -> None:
         if self.pool is None and len(self.live("worker")) < 3:
@@ -119,21 +99,12 @@ class Chaos:
             return
         if self.rng.random() < 0.5:
             transport = await router.create_direct_transport()
-            self.parent[("direct", id(transport))] = True  # type: ignore[index]
+            self.direct.add(id(transport))
         else:
             transport = await router.create_plain_transport(
                 listen_info={"protocol": "udp", "ip": "127.0.0.1"}, comedia=True
             )
         self.add("transport", transport, router)
-
-    async def produce(self) -> None:
-        transport = self.pick("transport")
-        if transport is None:
-            return
-        self.ssrc += 1
-        parameters = opus_rtp_parameters(self.ssrc, OPUS_PT)
-        producer = await transport.produce(kind="audio", rtp_parameters=parameters)
-        self.add("producer", producer, self.parent[id(transport)])
 
     async def consume(self) -> None:
         producer = self.pick("producer")
@@ -150,13 +121,6 @@ class Chaos:
         )
         self.add("consumer", consumer, router)
 
-    async def produce_data(self) -> None:
-        transport = self.pick("transport")
-        if transport is None or self.parent.get(("direct", id(transport))) is None:
-            return  # (a direct transport's: no SCTP to set up)
-        data_producer = await transport.produce_data()
-        self.add("dataProducer", data_producer, self.parent[id(transport)])
-
     async def consume_data(self) -> None:
         data_producer = self.pick("dataProducer")
         if data_producer is None:
@@ -165,7 +129,7 @@ class Chaos:
         transports = [
             t
             for t in self.live("transport")
-            if self.parent[id(t)] is router and self.parent.get(("direct", id(t)))
+            if self.parent[id(t)] is router and id(t) in self.direct
         ]
         if transports:
             consumer = await self.rng.choice(transports).consume_data(
@@ -209,16 +173,6 @@ class Chaos:
         if obj is not None:
             await (obj.pause() if self.rng.random() < 0.5 else obj.resume())
 
-    async def dump(self) -> None:
-        obj = self.pick(self.rng.choice([k for k in KINDS if k != "observer"]))  # (none)
-        if obj is not None:
-            await obj.dump()
-
-    async def close(self) -> None:
-        obj = self.pick(self.rng.choice(KINDS))
-        if obj is not None:
-            obj.close()
-
     async def kill_worker(self) -> None:
         if self.pool is not None:
             pids = [w.pid for w in self.pool.workers if not w.closed]
@@ -259,27 +213,6 @@ class Chaos:
         ("settle", 2),
     )
 
-    async def step(self) -> None:
-        names, weights = zip(*self.OPS, strict=True)
-        count = 1 if self.rng.random() < 0.7 else self.rng.randint(2, 5)  # a burst
-        ops = self.rng.choices(names, weights, k=count)
-        self.log.append(ops)
-        results = await asyncio.wait_for(
-            asyncio.gather(*(getattr(self, op)() for op in ops), return_exceptions=True),
-            CALL_TIMEOUT,
-        )
-        for op, result in zip(ops, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, EXPECTED):
-                    raise AssertionError(f"{op}() failed with {result!r}") from result
-                self.errors[f"{op}: {type(result).__name__}"] += 1
-
-
-async def until(predicate: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
 
 @contextlib.asynccontextmanager
 async def _side(
@@ -311,8 +244,7 @@ async def _side(
 
 
 #: Seeds run by the suite (each a few seconds); ``CHAOS_SEEDS=1-200`` runs more by hand.
-_SEEDS = os.environ.get("CHAOS_SEEDS", "1-4")
-SEEDS = list(range(int(_SEEDS.split("-")[0]), int(_SEEDS.split("-")[-1]) + 1))
+SEEDS = chaos.seeds("1-4")
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -2766,3 +2766,90 @@ async def test_pipe_to_router_keeps_the_target_child_it_pipes_into(
             producer_id=producer.id, rtp_capabilities=breakout.rtp_capabilities
         )
         assert consumer.producer_id == producer.id and not consumer.closed
+
+
+async def test_a_pipe_whose_pair_closes_as_its_copy_is_made_keeps_nothing_open(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster router's pipe transport pair closes (here its end on "b"; a worker
+    killed there alike) while server "a" makes the pipe consumer on it: "a" answers with
+    the consumer, then closes it with the transport, quietly (this client asked). The
+    pipe fails, and the consumer its answer brought is closed here too: it used to stay
+    open in the client's connection for good (under no proxy: its transport was gone),
+    the client and "a" no longer agreeing on what lives there (found by the cluster
+    chaos test)."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.mediasoup import PipeTransport
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        await serve(host="127.0.0.3", token=TOKEN) as b,
+        MediaNode(a, redis_url=redis_server.url, server_id="a", interval=60),
+        MediaNode(b, redis_url=redis_server.url, server_id="b", interval=60),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+        room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        send = await room.create_direct_transport(server="a")
+        producer = await send.produce(kind="audio", rtp_parameters=OPUS_RTP)
+        sink = await room.create_direct_transport(server="b")
+        real_consume = PipeTransport.consume
+
+        async def consume_then_lose_the_pair(self: Any, **options: Any) -> Any:
+            consumer = await real_consume(self, **options)  # made on "a"
+            if any(o is self for o in a.live_objects()):
+                (pair,) = room._pairs.values()
+                pair.transports["b"].close()  # the pair goes, its end on "a" with it
+            return consumer  # answered before "a" hears of that close
+
+        monkeypatch.setattr(PipeTransport, "consume", consume_then_lose_the_pair)
+        with pytest.raises(InvalidStateError):
+            await sink.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
+        client_a = cluster._clients["a"]
+        session = a.sessions[client_a.session_id]
+
+        def stale() -> list[Any]:
+            """Open here, closed (or unknown) on "a"."""
+            return [
+                proxy
+                for handle, proxy in client_a.connection.proxies.items()
+                if not proxy.closed and getattr(session.objects.get(handle), "closed", True)
+            ]
+
+        await asyncio.sleep(0.2)  # "a" has the close
+        assert stale() == []
+        monkeypatch.setattr(PipeTransport, "consume", real_consume)
+        consumer = await sink.consume(
+            producer_id=producer.id, rtp_capabilities=room.rtp_capabilities
+        )
+        assert consumer.producer_id == producer.id and not consumer.closed
+        room.close()
+
+
+async def test_a_router_worker_that_dies_is_not_kept(redis_server: RedisProcess) -> None:
+    """The worker behind a cluster router's children on a server is SIGKILLed: the
+    client forgets it at once (it used to keep the dead worker's proxy for worker_idle
+    seconds, or until the next child router there replaced it when the worker's close
+    came first), and the next transport there gets a new one, released as usual."""
+    from mafalda.horizontal import MediaNode
+    from mafalda.mediasoup import Worker
+    from mafalda.remote import serve
+
+    async with (
+        await serve(host="127.0.0.2", token=TOKEN) as a,
+        MediaNode(a, redis_url=redis_server.url, server_id="a", interval=60),
+        await horizontal.connect(redis_server.url, token=TOKEN, interval=60) as cluster,
+    ):
+        room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        transport = await room.create_direct_transport(server="a")
+        worker = cluster._router_workers["a"]
+        (served,) = [o for o in a.live_objects() if isinstance(o, Worker)]
+        os.kill(served.pid, signal.SIGKILL)
+        await wait_until(_until(lambda: worker.closed and transport.closed))
+        assert "a" not in cluster._router_workers and cluster.workers == []
+        again = await room.create_direct_transport(server="a")
+        assert cluster._router_workers["a"] is not worker and not again.closed
+        room.close()
+        cluster._release_idle("a", cluster._router_workers["a"])  # (its worker_idle over)
+        assert "a" not in cluster._router_workers
+        await wait_until(_until(lambda: cluster.workers == [] and _live_workers(a) == []))

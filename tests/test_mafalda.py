@@ -2045,6 +2045,32 @@ async def test_a_worker_used_between_two_load_samples_is_not_freed_right_after()
         assert router.worker_of(kept) is first
 
 
+async def test_a_worker_reserved_for_a_placement_is_not_freed_however_idle() -> None:
+    """A worker reserved for something being placed on it (a transport being made, its
+    child router not there yet) is kept by the samples that find it idle past
+    idle_worker_timeout; once the reservation ends, a sample frees it."""
+    async with await Mafalda.start(
+        num_workers=2,
+        min_workers=1,
+        load_interval=3600,
+        idle_worker_timeout=1e-6,
+        worker_settings={"log_level": "warn"},
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(0)
+        kept = await router.create_direct_transport()  # the first worker stays in use
+        m.policy = _Pinned(1)
+        (await router.create_direct_transport()).close()  # the second started, unused
+        first, second = m.workers
+        with m.reserve(second):
+            await m.sample_load()  # no router there: idle from now on
+            await m.sample_load()  # idle past the timeout, and reserved
+            assert m.workers == [first, second] and not second.closed
+        await m.sample_load()
+        assert m.workers == [first] and second.closed
+        assert router.worker_of(kept) is first
+
+
 def test_child_router_being_made_when_the_loop_shuts_down() -> None:
     """The application's loop shuts down (asyncio.run() returning, Runner.close()) while
     a router's child router is being made for a transport (its worker held with SIGSTOP,

@@ -1950,6 +1950,73 @@ async def test_a_close_lost_with_its_link_is_asked_again_on_resume() -> None:
         await client.aclose()
 
 
+async def test_what_a_cut_off_creation_made_is_closed_on_resume() -> None:
+    """A creation pending as the link drops fails here (RemoteConnectionError); if the
+    server makes the object all the same while the client is away, the resume brings it:
+    nobody holds it, so the client closes it (it lived until the session ended). Each
+    cut-off call claims one object of its class under its target: a pipe_to_router()
+    cut off too leaves its pipe (no claim: a swarm server makes pipes on its own)."""
+    async with await serve(token=TOKEN, grace_period=5) as srv, Relay(srv.port) as cutter:
+        client = await connect(cutter.url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        worker = await client.create_worker(log_level="warn")
+        other = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        target = await other.create_router(media_codecs=MEDIA_CODECS)
+        kept = await router.create_direct_transport()
+        producer = await kept.produce(kind="audio", rtp_parameters=AUDIO)
+        plain = await router.create_plain_transport(listen_ip="127.0.0.1")
+        taken = {"protocol": "udp", "ip": "127.0.0.1", "port": plain.tuple["localPort"]}
+        session = srv.sessions[client.session_id]
+        os.kill(worker.pid, signal.SIGSTOP)  # its requests wait
+        try:
+            making = [
+                asyncio.ensure_future(worker.create_router(media_codecs=MEDIA_CODECS)),
+                asyncio.ensure_future(router.create_direct_transport()),
+                # Fails there (its port is taken): its claim finds nothing.
+                asyncio.ensure_future(router.create_plain_transport(listen_info=taken)),
+                asyncio.ensure_future(
+                    router.pipe_to_router(producer_id=producer.id, router=target)
+                ),
+            ]
+            await until(lambda: len(session.tasks) == 4)
+            cutter.hold()
+            cutter.cut()
+            for call in making:
+                with pytest.raises(RemoteConnectionError):
+                    await asyncio.wait_for(call, 5)
+            await until(lambda: session.connection is None)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+
+        def classes() -> list[str]:
+            return sorted(type(o).__name__ for o in session.objects.values())
+
+        # Made there, told nobody: a router, a transport, a pipe pair and its copy.
+        await until(lambda: len(session.objects) == 7 + 2 + 4)
+        reconnected = asyncio.ensure_future(client.connection.events.wait_for("reconnect"))
+        cutter.release()
+        await asyncio.wait_for(reconnected, 10)
+        await worker.dump()  # after the closes the resume sent
+        assert classes() == [
+            "Consumer",
+            "DirectTransport",
+            "PipeTransport",
+            "PipeTransport",
+            "PlainTransport",
+            "Producer",
+            "Producer",
+            "Router",
+            "Router",
+            "Worker",
+            "Worker",
+        ]
+        assert not kept.closed and not router.closed
+        live = [p for p in client.connection.proxies.values() if not p.closed]
+        assert sorted(p.handle for p in live) == sorted(session.objects)
+        await client.aclose()
+
+
 async def test_a_closed_worker_that_exits_while_its_client_is_away_is_told_on_resume() -> None:
     """A worker closed here whose process exits while the connection is down: its exit
     (the late 'subprocessclose', with the status) comes once the session is resumed, so

@@ -360,8 +360,15 @@ class Cluster:
             worker = await client.create_worker(**(self._worker_settings or {}))
             self._router_workers[server_id] = worker
             self._workers[worker] = server_id
-            worker.observer.on("close", lambda w=worker: self._workers.pop(w, None))
+            worker.observer.on("close", lambda: self._router_worker_closed(server_id, worker))
             return worker
+
+    def _router_worker_closed(self, server_id: str, worker: RemoteWorker) -> None:
+        self._workers.pop(worker, None)
+        # One that died (killed, its server's connection lost) is not kept until the next
+        # child router there replaces it.
+        if self._router_workers.get(server_id) is worker:
+            del self._router_workers[server_id]
 
     def release_router_worker(self, server_id: str) -> None:
         """Close this client's router worker on a server no cluster router uses any more,

@@ -35,7 +35,7 @@ from mafalda.mediasoup.transport import validate_listen_info, validate_listen_in
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
 from mafalda.remote.proxy import RemoteDataProducer
-from mafalda.vertical.spanning import SpanningRouter
+from mafalda.vertical.spanning import Pipe, SpanningRouter
 
 if TYPE_CHECKING:
     from mafalda.horizontal.cluster import Cluster
@@ -185,6 +185,17 @@ def _source(options: dict[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _close_ends_if_closed(pipe: Pipe[str]) -> None:
+    """A pipe closed under its opening (its pair went): what the opening made since went
+    with the pair's transports on their servers, quietly (this client closed those), but
+    its proxies, made under a transport gone here, look open and would stay in their
+    connection for good: closed here too (closed ones: nothing)."""
+    if pipe.closed:
+        for end in (pipe.consumer, pipe.producer):
+            if end is not None:
+                end.close()
+
+
 class ClusterRouter(SpanningRouter[str]):
     """A Router spanning the media servers of a cluster. Create with Cluster.create_router()."""
 
@@ -226,6 +237,12 @@ class ClusterRouter(SpanningRouter[str]):
 
     def _child_gone(self, host: str) -> None:
         self._cluster.release_router_worker(host)
+
+    async def _open_pipe(self, pipe: Pipe[str], source_id: str) -> None:
+        try:
+            await super()._open_pipe(pipe, source_id)
+        finally:
+            _close_ends_if_closed(pipe)
 
     def _claim_id(self, host: str, source_id: str) -> contextlib.AbstractContextManager[bool]:
         return contextlib.nullcontext(not self._hosts_source(host, source_id))
@@ -376,7 +393,7 @@ class ClusterRouter(SpanningRouter[str]):
         if webrtc_server is not None:
             if not isinstance(webrtc_server, ClusterWebRtcServer):
                 raise TypeError("webrtc_server must be a ClusterWebRtcServer")
-            webrtc_server.check_usable_by(self._cluster)
+            webrtc_server._check_usable_by(self._cluster)
         return await self._create("create_webrtc_transport", server, options, webrtc_server)
 
     async def create_plain_transport(

@@ -51,6 +51,25 @@ _EMPTY_SCHEMA: dict[str, list[str]] = {"async": [], "sync": []}
 #: The message of a WorkerDiedError: "[pid:123, code:None, signal:9]".
 _WORKER_DIED = re.compile(r"\[pid:(\d+), code:(-?\d+|None), signal:(\d+|None)\]")
 
+#: Creating calls, and the class of what each makes (a Mafalda's: with "Mafalda" before
+#: it): an object of it that a resume brings under the target of such a call cut off by
+#: the drop was made by that call (its caller got RemoteConnectionError), see _attach.
+_MAKES = {
+    "create_worker": "Worker",
+    "create_router": "Router",
+    "create_webrtc_server": "WebRtcServer",
+    "create_webrtc_transport": "WebRtcTransport",
+    "create_plain_transport": "PlainTransport",
+    "create_pipe_transport": "PipeTransport",
+    "create_direct_transport": "DirectTransport",
+    "create_active_speaker_observer": "ActiveSpeakerObserver",
+    "create_audio_level_observer": "AudioLevelObserver",
+    "produce": "Producer",
+    "consume": "Consumer",
+    "produce_data": "DataProducer",
+    "consume_data": "DataConsumer",
+}
+
 #: Close codes after which the client does not reconnect: the server closed the
 #: connection on purpose (shutting down, or the session resumed on another connection).
 _FINAL_CLOSE_CODES = frozenset({1000, 1001, p.SESSION_TAKEN_OVER})
@@ -97,7 +116,9 @@ class Connection:
         #: The id of the last request sent (ids go up for the connection's life, across
         #: reconnections).
         self._last_id = 0
-        self._pending: dict[int, tuple[asyncio.Future[Any], RemoteObject | None]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], RemoteObject | None, str]] = {}
+        #: The creations the last drop cut off: (their target's handle, what they make).
+        self._cut_off: list[tuple[str | None, str]] = []
         self.proxies: dict[str, RemoteObject] = {}
         self.closed = False
         self.reconnecting = False
@@ -144,11 +165,20 @@ class Connection:
         alive = {r["id"] for r in refs}
         gone = [h for h, proxy in self.proxies.items() if h not in alive and not proxy.closed]
         unclosed: set[str] = set()
+        orphans: list[str] = []
+        cut_off, self._cut_off = self._cut_off, []
         for ref in refs:
             known = self.proxies.get(ref["id"])
             if ref["id"] in self._closed_lately or (known is not None and known._closed_local):
                 unclosed.add(ref["id"])
                 continue
+            if known is None and cut_off:
+                made = _made_by(ref, cut_off)
+                if made is not None:
+                    # Made as the link went by a call whose caller was told it failed:
+                    # nobody holds it, and it would live until the session ends.
+                    cut_off.remove(made)
+                    orphans.append(ref["id"])
             self._resolve(ref, link=False)
         for ref in refs:
             if ref["id"] in unclosed and ref.get("parent") not in unclosed:
@@ -167,6 +197,9 @@ class Connection:
             error = RemoteConnectionError("closed on the server while disconnected")
             for proxy in [self._drop(self.proxies[handle]) for handle in gone]:
                 proxy._connection_lost(error)
+        for handle in orphans:
+            logger.info("closing %r, made by a call the drop cut off", self.proxies[handle])
+            self.proxies[handle].close()
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
 
     def _closed_here(self, proxy: RemoteObject) -> None:
@@ -279,7 +312,7 @@ class Connection:
         request_id = self._last_id = self._last_id + 1
         data = self._message(request_id, target, method, args, kwargs)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (future, target)
+        self._pending[request_id] = (future, target, method)
         self._frames.send(data)
         limit = self.call_timeout
         try:
@@ -357,7 +390,7 @@ class Connection:
         if entry is None or entry[0].done():
             self._close_unclaimed(response.result, response.id)
             return
-        future, target = entry
+        future, target, _ = entry
         if response.error is not None:
             error = response.error
             future.set_exception(
@@ -463,6 +496,11 @@ class Connection:
             self._lost()
             return
         self.reconnecting = True
+        self._cut_off = [
+            (None if target is None else target.handle, _MAKES[method])
+            for _, target, method in self._pending.values()
+            if method in _MAKES
+        ]
         self._fail_pending(RemoteConnectionError("remote connection lost, reconnecting"))
         logger.warning("connection to the server lost (code %s): reconnecting", code)
         self.events.emit("disconnect")
@@ -522,7 +560,7 @@ class Connection:
     def _fail_pending(self, error: Exception) -> None:
         pending = list(self._pending.values())
         self._pending.clear()
-        for future, _ in pending:
+        for future, _, _ in pending:
             if not future.done():
                 future.set_exception(error)
 
@@ -586,6 +624,17 @@ class Connection:
         self._lost()
         await self._http.close()
         self._done.set()
+
+
+def _made_by(
+    ref: dict[str, Any], cut_off: list[tuple[str | None, str]]
+) -> tuple[str | None, str] | None:
+    """The cut-off creation (target, class) that made ``ref`` (None: none of them)."""
+    parent, cls = ref.get("parent"), ref.get("state", {}).get("class", "")
+    for made in cut_off:
+        if made[0] == parent and cls in (made[1], "Mafalda" + made[1]):
+            return made
+    return None
 
 
 class _Facade:

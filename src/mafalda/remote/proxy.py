@@ -129,8 +129,7 @@ class RemoteObject:
         schema = self._connection.schema(state.get("class", ""))
         if name in schema["async"]:
             return functools.partial(self._call, name)
-        if name in schema["sync"]:
-            return functools.partial(self._call_sync, name)
+        # A sync method is a proxy's own (each says how it is sent, what it checks here).
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __repr__(self) -> str:
@@ -432,7 +431,7 @@ class RemoteRouter(RemoteObject):
 
     def _alias(self, key: str, source: Any, table: str, kind: str, method: str) -> None:
         if self.closed:
-            raise InvalidStateError("Router closed")
+            raise InvalidStateError(self._closed_message())
         if not isinstance(key, str) or not key:
             raise TypeError("key must be a non-empty string")
         source_id = getattr(source, "id", "")
@@ -458,7 +457,7 @@ class RemoteRouter(RemoteObject):
 
     def update_media_codecs(self, media_codecs: list[Any]) -> None:
         if self.closed:
-            raise InvalidStateError("Router closed")
+            raise InvalidStateError(self._closed_message())
         capabilities = ortc.generate_router_rtp_capabilities(copy.deepcopy(media_codecs))
         self._state["rtp_capabilities"] = capabilities
         self._connection.call_nowait(self, "update_media_codecs", (media_codecs,), {})

@@ -160,7 +160,7 @@ class MafaldaRouter(SpanningRouter[Worker]):
         if spanning is not None:
             self._check_open()
             validate_listen_choice(server, options.get("listen_infos"), options.get("listen_ips"))
-            spanning.check_usable_by(self._mafalda)
+            spanning._check_usable_by(self._mafalda)
         pinned = None
         if server is not None and spanning is None:
             pinned = self._mafalda.worker_of_webrtc_server(server)

@@ -60,7 +60,7 @@ class SpanningWebRtcServer(EventSource, ABC, Generic[H]):
         if self._closed:
             raise InvalidStateError("WebRtcServer closed")
 
-    def check_usable_by(self, owner: object) -> None:
+    def _check_usable_by(self, owner: object) -> None:
         """Before a router of ``owner`` makes anything with it: InvalidValueError when it
         spans another pool or cluster, InvalidStateError once closed."""
         if owner is not self._owner():

@@ -2412,9 +2412,11 @@ def _behind_the_relay(server: Any, redis_url: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _a_behind_a_relay_and_b(redis_url: str) -> AsyncIterator[tuple[Any, Relay, Cluster]]:
+async def _a_behind_a_relay_and_b(
+    redis_url: str, **options: Any
+) -> AsyncIterator[tuple[Any, Relay, Cluster]]:
     """Servers "a" (grace period 10 s, behind a Relay) and "b" in a cluster, and its
-    client: (a, the relay, the client)."""
+    client (``horizontal.connect()`` ``options``): (a, the relay, the client)."""
     from mafalda.horizontal import MediaNode
     from mafalda.remote import serve
 
@@ -2424,7 +2426,7 @@ async def _a_behind_a_relay_and_b(redis_url: str) -> AsyncIterator[tuple[Any, Re
         Relay(a.port, host="127.0.0.6", upstream="127.0.0.2", port=a.port) as relay,
         _behind_the_relay(a, redis_url),
         MediaNode(b, redis_url=redis_url, server_id="b", interval=60),
-        await horizontal.connect(redis_url, token=TOKEN, interval=60) as cluster,
+        await horizontal.connect(redis_url, token=TOKEN, interval=60, **options) as cluster,
     ):
         yield a, relay, cluster
 
@@ -2853,3 +2855,31 @@ async def test_a_router_worker_that_dies_is_not_kept(redis_server: RedisProcess)
         cluster._release_idle("a", cluster._router_workers["a"])  # (its worker_idle over)
         assert "a" not in cluster._router_workers
         await wait_until(_until(lambda: cluster.workers == [] and _live_workers(a) == []))
+
+
+async def test_a_router_worker_whose_next_child_fails_is_released(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last child router on a server goes while another cluster router's child is
+    being made there (the worker in use: kept); that making fails (the connection to the
+    server drops): the worker is released all the same, worker_idle later. It stayed,
+    unused, until the client closed (nothing asked again)."""
+    from mafalda.mediasoup import Worker
+
+    async with _a_behind_a_relay_and_b(redis_server.url, worker_idle=0.2) as (a, relay, cluster):
+        first = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        transport = await first.create_direct_transport(server="a")
+        (worker,) = _live_workers(a)
+        arrived, go = _gate(monkeypatch, Worker, "create_router", a)
+        go.clear()
+        second = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        making = asyncio.ensure_future(second.create_direct_transport(server="a"))
+        await arrived.wait()  # the second's child being made on "a"
+        transport.close()  # the first's child there goes: the worker is in use, kept
+        await asyncio.sleep(0.5)  # past worker_idle
+        assert not worker.closed
+        relay.cut()  # the second's making fails
+        with pytest.raises(RemoteConnectionError):
+            await making
+        go.set()
+        await wait_until(_until(lambda: worker.closed), timeout=10)

@@ -375,8 +375,10 @@ class Cluster:
         at once when the server drains (so it can empty and leave), else after
         ``worker_idle`` seconds unused (a room that comes back reuses it)."""
         worker = self._router_workers.get(server_id)
-        if worker is None or worker.closed or self._router_worker_used(server_id):
+        if worker is None or worker.closed:
             return
+        # Whether it is used is seen when its time comes (_release_idle): a child router
+        # being made there now may fail, and then nothing else would ask again.
         record = self._records.get(server_id)
         if record is not None and not record["draining"] and self._worker_idle > 0:
             handle = self._idle_timers.pop(server_id, None)
@@ -414,7 +416,13 @@ class Cluster:
             if isinstance(client, RemoteMafalda):
                 return await client.create_router(**options)
         worker = await self.router_worker(server_id)
-        router: RemoteRouter = await worker.create_router(**options)
+        try:
+            router: RemoteRouter = await worker.create_router(**options)
+        except BaseException:
+            # Nothing made there: a release asked meanwhile (the last child there went)
+            # found the worker in use and left it, so it is asked again.
+            self.release_router_worker(server_id)
+            raise
         return router
 
     def server_lost(self, server_id: str) -> bool:

@@ -61,6 +61,7 @@ from mafalda.remote import (
 )
 from mafalda.remote import connect as remote_connect
 from mafalda.remote.client import check_call_timeout
+from mafalda.vertical.spanning import counting
 
 __all__ = ["Cluster", "ClusterError", "Policy", "check_options", "connect", "open_cluster"]
 
@@ -184,21 +185,15 @@ class Cluster:
                 raise ClusterError("no live media server available")
             server_id = record["id"]
             tried.add(server_id)
-            self._workers_coming[server_id] = self._workers_coming.get(server_id, 0) + 1
             try:
-                client = await self._mediasoup_client(record)
-                worker = await client.create_worker(**kwargs)
+                with counting(self._workers_coming, server_id):
+                    client = await self._mediasoup_client(record)
+                    worker = await client.create_worker(**kwargs)
             except Exception as error:
                 if not refused_by_server(error):
                     raise
                 logger.warning("server %s failed: %s", server_id, error)
                 continue
-            finally:
-                left = self._workers_coming[server_id] - 1
-                if left:
-                    self._workers_coming[server_id] = left
-                else:
-                    del self._workers_coming[server_id]
             self._workers[worker] = record["id"]
             worker.observer.on("close", lambda w=worker: self._workers.pop(w, None))
             self.observer.emit("newworker", worker)

@@ -56,6 +56,20 @@ def made_once(
     return asyncio.shield(future)
 
 
+@contextlib.contextmanager
+def counting(counts: dict[H, int], key: H) -> Iterator[None]:
+    """``counts[key]`` one more while inside (the key gone when back to none)."""
+    counts[key] = counts.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        left = counts[key] - 1
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
+
+
 @dataclass(eq=False, slots=True)
 class PipePair(Generic[H]):
     """Two connected PipeTransports between the child routers of two hosts."""
@@ -198,15 +212,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         child = self._children.get(host)
         if child is not None:
             return child
-        self._child_askers[host] = self._child_askers.get(host, 0) + 1
-        try:
+        with counting(self._child_askers, host):
             return await made_once(self._child_futures, host, self._create_child)
-        finally:
-            left = self._child_askers[host] - 1
-            if left:
-                self._child_askers[host] = left
-            else:
-                del self._child_askers[host]
 
     async def _create_child(self, host: H) -> Any:
         media_codecs = self._media_codecs
@@ -248,17 +255,12 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         """A transport or observer being made on ``host``, from before its child router is
         fetched until it is adopted: a last one closing there meanwhile must not close
         the child under it. After a making that failed, the child goes if idle."""
-        self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
         try:
-            yield
+            with counting(self._busy_hosts, host):
+                yield
         finally:
-            left = self._busy_hosts[host] - 1
-            if left:
-                self._busy_hosts[host] = left
-            else:
-                del self._busy_hosts[host]
-                if not self._closed:
-                    self._release_child_if_idle(host)
+            if host not in self._busy_hosts and not self._closed:
+                self._release_child_if_idle(host)
 
     def _release_child_if_idle(self, host: H) -> None:
         child = self._children.get(host)

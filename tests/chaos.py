@@ -9,6 +9,7 @@ import asyncio
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from mafalda.mediasoup.errors import InvalidValueError, MediasoupError
@@ -87,6 +88,27 @@ class Chaos:
         obj = self.pick(self.rng.choice(self.KINDS))
         if obj is not None:
             obj.close()
+
+    @staticmethod
+    async def piped(source_router: Any, /, **options: Any) -> Any:
+        """``source_router.pipe_to_router(**options)``'s result, or None when its target
+        has that source piped in already (mediasoup's own refusal)."""
+        try:
+            return await source_router.pipe_to_router(**options)
+        except TypeError as error:
+            if "already exists" not in str(error):
+                raise
+            return None
+
+    @staticmethod
+    async def link_up(connection_of: Callable[[], Any]) -> None:
+        """Once the remote connection ``connection_of()`` gives (None: none) is up after
+        the cuts made so far: a cut this turn is noticed a few turns later, until then
+        the link looks up."""
+        await asyncio.sleep(0.05)
+        connection = connection_of()
+        if connection is not None:
+            await until(lambda: not connection.reconnecting, CALL_TIMEOUT)
 
     async def step(self) -> None:
         names, weights = zip(*self.OPS, strict=True)

@@ -200,11 +200,8 @@ class Chaos(chaos.Chaos):
         if target is router:
             return
         key = "producer_id" if kind == "producer" else "data_producer_id"
-        try:
-            result = await router.pipe_to_router(router=target, **{key: source.id})
-        except TypeError as error:  # piped there already (mediasoup's own refusal)
-            if "already exists" not in str(error):
-                raise
+        result = await self.piped(router, router=target, **{key: source.id})
+        if result is None:
             return
         if kind == "producer":
             self.add("consumer", result["pipeConsumer"], router)
@@ -248,12 +245,11 @@ class Chaos(chaos.Chaos):
             self.moving.discard(server_id)
 
     async def settle(self) -> None:
-        # A cut this turn is noticed a few turns later: until then the link looks up.
-        await asyncio.sleep(0.05)
-        client = self.cluster._clients.get("a")
-        if client is not None:
-            connection = client.connection
-            await until(lambda: not connection.reconnecting, CALL_TIMEOUT)
+        def link() -> Any:  # "a"'s, the one behind the relay
+            client = self.cluster._clients.get("a")
+            return None if client is None else client.connection
+
+        await self.link_up(link)
 
     OPS: tuple[tuple[str, int], ...] = (
         ("create_router", 3),

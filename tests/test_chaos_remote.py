@@ -24,7 +24,7 @@ import pytest
 from mafalda import Mafalda
 from mafalda.remote import RemoteMafalda, RemoteMediasoup, RemoteServer, connect, serve
 from tests import chaos
-from tests.chaos import CALL_TIMEOUT, until
+from tests.chaos import until
 from tests.relay import Relay
 from tests.rtp_flow import MEDIA_CODECS
 
@@ -157,13 +157,8 @@ class Chaos(chaos.Chaos):
             return
         # Within one worker the copy needs another id (a pool's routers span them all).
         keep_id = self.pool is None and self.parent[id(target)] is not self.parent[id(router)]
-        try:
-            result = await router.pipe_to_router(
-                producer_id=producer.id, router=target, keep_id=keep_id
-            )
-        except TypeError as error:  # piped there already (mediasoup's own refusal)
-            if "already exists" not in str(error):
-                raise
+        result = await self.piped(router, producer_id=producer.id, router=target, keep_id=keep_id)
+        if result is None:
             return
         self.add("consumer", result["pipeConsumer"], router)
         self.add("producer", result["pipeProducer"], target)
@@ -187,12 +182,8 @@ class Chaos(chaos.Chaos):
             self.relay.cut()
 
     async def settle(self) -> None:
-        if self.relay is None:
-            return
-        # A cut this turn is noticed a few turns later: until then the link looks up.
-        await asyncio.sleep(0.05)
-        connection = self.api.connection
-        await until(lambda: not connection.reconnecting, CALL_TIMEOUT)
+        if self.relay is not None:
+            await self.link_up(lambda: self.api.connection)
 
     OPS: tuple[tuple[str, int], ...] = (
         ("create_worker", 2),

@@ -735,11 +735,9 @@ async def test_pipe_refuses_foreign_routers_and_undoes_a_failed_pipe(
     assert dump["mapProducerIdConsumerIds"] == [{"key": producer.id, "values": [consumer.id]}]
 
 
-async def test_concurrent_pipes_share_one_pair_which_closes_as_a_whole(cluster: Cluster) -> None:
-    """Producers piped at once between the same two routers share one pipe transport
-    pair (the second caller waits for the pair the first opens). When either end
-    closes, the other closes too and the pair is forgotten: the next pipe opens a new one
-    (as mediasoup's pipeToRouter pairs)."""
+async def _two_routers_and_producers(cluster: Cluster) -> tuple[Any, Any, Any, list[Any]]:
+    """A router on each of two new workers of the cluster's, and three audio producers on
+    a direct transport of the first: (router_a, router_b, that transport, producers)."""
     worker_a = await cluster.create_worker(log_level="warn")
     worker_b = await cluster.create_worker(log_level="warn")
     router_a = await worker_a.create_router(media_codecs=MEDIA_CODECS)
@@ -749,6 +747,15 @@ async def test_concurrent_pipes_share_one_pair_which_closes_as_a_whole(cluster: 
         await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT))
         for ssrc in (1111, 2222, 3333)
     ]
+    return router_a, router_b, send, producers
+
+
+async def test_concurrent_pipes_share_one_pair_which_closes_as_a_whole(cluster: Cluster) -> None:
+    """Producers piped at once between the same two routers share one pipe transport
+    pair (the second caller waits for the pair the first opens). When either end
+    closes, the other closes too and the pair is forgotten: the next pipe opens a new one
+    (as mediasoup's pipeToRouter pairs)."""
+    router_a, router_b, send, producers = await _two_routers_and_producers(cluster)
     results = await asyncio.gather(
         *(
             cluster.pipe_to_router(producer=p, router=router_a, target_router=router_b)
@@ -2673,16 +2680,9 @@ async def test_a_pipe_cut_off_by_a_drop_is_closed_when_the_session_resumes(
             sink = await room.create_direct_transport(server="b")
             making = sink.consume(producer_id=producer.id, rtp_capabilities=room.rtp_capabilities)
         else:
-            worker_a = await cluster.create_worker(log_level="warn")  # least loaded, by id
-            worker_b = await cluster.create_worker(log_level="warn")
-            assert [cluster.server_of(w)["id"] for w in (worker_a, worker_b)] == ["a", "b"]  # type: ignore[index]
-            router_a = await worker_a.create_router(media_codecs=MEDIA_CODECS)
-            router_b = await worker_b.create_router(media_codecs=MEDIA_CODECS)
-            send = await router_a.create_direct_transport()
-            producers = [
-                await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT))
-                for ssrc in (1111, 2222, 3333)
-            ]
+            router_a, router_b, send, producers = await _two_routers_and_producers(cluster)
+            # The workers went to the least loaded servers, by id.
+            assert [cluster.server_of(r)["id"] for r in (router_a, router_b)] == ["a", "b"]  # type: ignore[index]
 
             def pipe(producer: Any) -> Any:
                 return cluster.pipe_to_router(

@@ -1866,17 +1866,23 @@ async def test_workers_dying_or_closed_while_the_load_is_sampled() -> None:
         assert [w["pid"] for w in m.stats()["workers"]].count(sampled.pid) == 1
 
 
-async def test_an_idle_worker_chosen_for_a_transport_is_not_freed() -> None:
-    """A worker idle for longer than idle_worker_timeout is chosen for a transport; the
-    load is sampled while its child router is being made there (the worker has no router
-    of the pool yet): the worker is kept, and the transport is made on it."""
-    async with await Mafalda.start(
+async def _sampled_by_hand() -> Mafalda:
+    """A pool of up to two workers whose load is sampled only by ``sample_load()`` (after
+    the sampler's first run), and whose workers are idle past the timeout at once."""
+    return await Mafalda.start(
         num_workers=2,
         min_workers=1,
         load_interval=3600,
         idle_worker_timeout=1e-6,
         worker_settings={"log_level": "warn"},
-    ) as m:
+    )
+
+
+async def test_an_idle_worker_chosen_for_a_transport_is_not_freed() -> None:
+    """A worker idle for longer than idle_worker_timeout is chosen for a transport; the
+    load is sampled while its child router is being made there (the worker has no router
+    of the pool yet): the worker is kept, and the transport is made on it."""
+    async with await _sampled_by_hand() as m:
         # Ours comes after the sampler's first run (same worker, answers in order): that
         # run is over, with one worker in the pool, when this returns.
         await m.sample_load()
@@ -1986,13 +1992,7 @@ async def test_a_worker_left_without_routers_is_freed_once_idle_long_enough() ->
     """A worker whose last child router closes is idle from the first load sample that
     sees it without routers: that sample keeps it (idle for no time yet), a later one
     (idle_worker_timeout after) frees it, down to min_workers."""
-    async with await Mafalda.start(
-        num_workers=2,
-        min_workers=1,
-        load_interval=3600,
-        idle_worker_timeout=1e-6,
-        worker_settings={"log_level": "warn"},
-    ) as m:
+    async with await _sampled_by_hand() as m:
         await m.sample_load()  # after the sampler's first run (see the test above)
         router = await m.create_router(media_codecs=MEDIA_CODECS)
         m.policy = _Pinned(0)
@@ -2016,13 +2016,7 @@ async def test_a_worker_used_between_two_load_samples_is_not_freed_right_after()
     free it at once for an idleness the use interrupted (it did: the clock was reset
     only by a sample that saw a router there, so a new user's worker was restarted
     right after). A later sample, idle_worker_timeout after, frees it."""
-    async with await Mafalda.start(
-        num_workers=2,
-        min_workers=1,
-        load_interval=3600,
-        idle_worker_timeout=1e-6,
-        worker_settings={"log_level": "warn"},
-    ) as m:
+    async with await _sampled_by_hand() as m:
         await m.sample_load()  # after the sampler's first run (see above)
         router = await m.create_router(media_codecs=MEDIA_CODECS)
         m.policy = _Pinned(0)
@@ -2049,13 +2043,7 @@ async def test_a_worker_reserved_for_a_placement_is_not_freed_however_idle() -> 
     """A worker reserved for something being placed on it (a transport being made, its
     child router not there yet) is kept by the samples that find it idle past
     idle_worker_timeout; once the reservation ends, a sample frees it."""
-    async with await Mafalda.start(
-        num_workers=2,
-        min_workers=1,
-        load_interval=3600,
-        idle_worker_timeout=1e-6,
-        worker_settings={"log_level": "warn"},
-    ) as m:
+    async with await _sampled_by_hand() as m:
         router = await m.create_router(media_codecs=MEDIA_CODECS)
         m.policy = _Pinned(0)
         kept = await router.create_direct_transport()  # the first worker stays in use

@@ -458,6 +458,38 @@ async def test_max_objects_per_session_remote_mediasoup() -> None:
         await client.aclose()
 
 
+async def test_aliases_count_towards_max_objects_per_session() -> None:
+    """A router's aliases are held for the session as its objects are: past
+    max_objects_per_session an alias is refused (told as a 'callerror', the server's
+    router without it), as is a creation; aliases gone with their producer count no more.
+    They were not capped: a client could fill its routers' tables without bound."""
+    async with await serve(token=TOKEN, grace_period=0, max_objects_per_session=5) as srv:
+        client = await connect(srv.url, token=TOKEN)
+        assert isinstance(client, RemoteMediasoup)
+        errors: list[tuple[Any, ...]] = []
+        client.connection.events.on("callerror", lambda *a: errors.append(a))
+        worker = await client.create_worker(log_level="warn")
+        router = await worker.create_router(media_codecs=MEDIA_CODECS)
+        transport = await router.create_direct_transport()
+        producer = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+        served = next(iter(srv.sessions.values())).objects[router.handle]
+        router.alias_producer("a1", producer)
+        router.alias_producer("a2", producer)
+        await router.dump()  # (a round trip: both aliases asked)
+        assert [(e[1], str(e[2])) for e in errors] == [
+            ("alias_producer", "too many objects: max_objects_per_session is 5")
+        ]
+        assert served.has_producer("a1") and not served.has_producer("a2")
+        with pytest.raises(RemoteError, match="max_objects_per_session is 5"):
+            await router.create_direct_transport()
+        producer.close()  # its alias goes with it
+        again = await transport.produce(kind="audio", rtp_parameters=AUDIO)
+        router.alias_producer("a3", again)
+        await router.dump()
+        assert len(errors) == 1 and served.has_producer("a3")
+        await client.aclose()
+
+
 # -- the RTC port range --------------------------------------------------------------------
 
 

@@ -392,6 +392,9 @@ _CONSUMING = frozenset({"consume", "consume_data", "add_producer"})
 #: Calls whose news is the object they return (its state goes with its reference), not a
 #: change of their target's own state (a router's, a transport's).
 _CREATING = ("create_", "consume", "produce", "pipe_to_router")
+#: Calls that add a key to a router's table: each is held as an object is, so they count
+#: towards ``max_objects_per_session`` too (the table name each one fills).
+_ALIASING = {"alias_producer": "_producers", "alias_data_producer": "_data_producers"}
 
 _ROOT_METHODS: dict[str, frozenset[str]] = {
     "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
@@ -592,6 +595,9 @@ class Session:
         #: Creations running (their objects not registered yet): with ``objects``, what
         #: ``max_objects_per_session`` bounds.
         self.creating = 0
+        #: The aliases this session's calls made, maybe gone since (pruned when counted):
+        #: (router handle, table, key) -> the router.
+        self.aliases: dict[tuple[str, str, str], Any] = {}
         self.failures = _FailureLog()
         #: Held calls (``wait_*()``) running, by request id: what a client's ``cancel``
         #: ends (they would hold their slot of ``max_pending_calls`` until they are done).
@@ -617,6 +623,19 @@ class Session:
         self.held.clear()
         for task in held:
             task.cancel()
+
+    def held_count(self, asking_alias: bool = False) -> int:
+        """What ``max_objects_per_session`` bounds: live objects, creations running and
+        aliases (those gone are only pruned when the count would meet the limit, or for
+        an alias: it is asked for seldom, and every creation asks)."""
+        count = len(self.objects) + self.creating + len(self.aliases)
+        if asking_alias or count >= self.server.max_objects_per_session:
+            for entry, router in list(self.aliases.items()):
+                source = getattr(router, entry[1]).get(entry[2])
+                if router.closed or source is None or source.id == entry[2]:
+                    del self.aliases[entry]
+            count = len(self.objects) + self.creating + len(self.aliases)
+        return count
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -1472,17 +1491,19 @@ class RemoteServer:
                     and call.method not in _DRAIN_OK
                 ):
                     raise ServerDrainingError(f"media server draining: {call.method}() refused")
-                if call.method.startswith(_CREATING):
+                aliasing = _ALIASING.get(call.method)
+                if call.method.startswith(_CREATING) or aliasing is not None:
                     limit = self.max_objects_per_session
-                    if len(session.objects) + session.creating >= limit:
+                    if session.held_count(aliasing is not None) >= limit:
                         raise p.ProtocolError(
                             p.RATE_LIMITED,
                             f"too many objects: max_objects_per_session is {limit}",
                         )
                     # Counted before the first wait: the calls of one frame (run in turn
                     # up to it) cannot pass the limit together.
-                    session.creating += 1
-                    counted = True
+                    if aliasing is None:
+                        session.creating += 1
+                        counted = True
                 if call.method in LISTENING_METHODS:
                     check_listen_ports(kwargs, self.rtc_port_range)
                 hook = self.before_consume
@@ -1495,6 +1516,9 @@ class RemoteServer:
                         # What it brought may be known by an alias the router has now.
                         self._tell(session, session.parents.get(call.target or ""))
                 result = getattr(obj, call.method)(*args, **kwargs)
+                if aliasing is not None:
+                    key = args[0] if args else kwargs.get("key")
+                    session.aliases[(call.target or "", aliasing, key)] = obj
             except Exception as error:
                 self._fail(session, request_id, call, error)
                 return

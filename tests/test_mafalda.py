@@ -2455,3 +2455,164 @@ async def test_a_piped_source_closing_sends_nothing_its_worker_refuses(
     await asyncio.wait_for(_until(lambda: pipe_consumer.closed), 5)  # as its worker told
     await home.dump()  # its answers (and logs) to all sent before have arrived
     assert [r.getMessage() for r in caplog.records if r.name.endswith("worker.log")] == []
+
+
+async def test_a_worker_holding_an_application_webrtc_server_is_not_freed() -> None:
+    """create_webrtc_servers() makes one on each worker; the second worker then has no
+    router for longer than idle_worker_timeout: it is kept, its WebRtcServer stays open,
+    and a transport given it is made there (before, the worker was freed as idle and the
+    application's server closed with it). A MafaldaWebRtcServer's real server there does
+    not hold it (it is made again wherever a transport goes): once the application
+    closes its own, the worker is freed."""
+    async with await _sampled_by_hand() as m:
+        await m.sample_load()  # after the sampler's first run (see above)
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(0)
+        kept = await router.create_direct_transport()
+        m.policy = _Pinned(1)
+        (await router.create_direct_transport()).close()  # the second started, unused
+        first, second = m.workers
+        listen: Any = [{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+        server = (await m.create_webrtc_servers(listen_infos=listen))[second.pid]
+        await m.sample_load()  # no router there: idle from now on
+        await m.sample_load()  # idle past the timeout, and holding the server
+        assert m.workers == [first, second] and not second.closed and not server.closed
+        transport = await router.create_webrtc_transport(webrtc_server=server)
+        assert router.worker_of(transport) is second
+        spanning = await m.create_webrtc_server(listen_infos=listen)
+        (await router.create_webrtc_transport(webrtc_server=spanning)).close()
+        assert list(spanning.servers) == [second.pid]
+        transport.close()
+        await m.sample_load()
+        await m.sample_load()
+        assert m.workers == [first, second] and not server.closed
+        server.close()
+        await m.sample_load()
+        assert m.workers == [first] and second.closed and spanning.servers == {}
+        assert router.worker_of(kept) is first and not spanning.closed
+
+
+async def test_aclose_awaits_the_tasks_of_its_routers() -> None:
+    """aclose() returns once every task of the pool's routers has ended: those of a router
+    it closes (a pipe and its pair being opened for a consume, a follow-up whose
+    unwinding outlasts the workers' exit) and those of a router the application closed
+    before (cancelled then, and nobody's since). Before, it waited for the workers'
+    processes only."""
+    m = await Mafalda.start(num_workers=2, worker_settings={"log_level": "warn"})
+    router, producer, far = await _split(m, data=False)
+    left = await m.create_router(media_codecs=MEDIA_CODECS)
+    await left.create_direct_transport()
+    opening = asyncio.Event()
+    _on_pipe_stage(router, router.worker_of(producer), "pair", opening.set)
+    attempt = _far_consume(router, far, producer)
+    await asyncio.wait_for(opening.wait(), 5)
+    workers = m.workers
+
+    async def outlasting() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:  # cancelled: its unwinding ends well after the workers' exit
+            await asyncio.gather(*(w.wait_closed() for w in workers))
+            await asyncio.sleep(0.2)
+
+    router._spawn(outlasting())
+    left._spawn(outlasting())
+    await asyncio.sleep(0)  # both running
+    left.close()
+    tasks = set(router._tasks) | set(left._tasks)
+    assert len(tasks) == 4  # the pipe's opening, its pair's, and the two follow-ups
+    await m.aclose()
+    assert all(task.done() for task in tasks)
+    with pytest.raises(InvalidStateError, match="Router closed"):
+        await attempt
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def _room_b_on_the_copys_worker(
+    m: Mafalda,
+) -> tuple[MafaldaRouter, Producer, PlainTransport, MafaldaRouter, PlainTransport, Worker]:
+    """Room A's producer on the first worker, and a transport of room A and one of room B
+    on the second, with room A's pipe pair between the two open already (consuming the
+    producer there only makes a copy)."""
+    room_a = await m.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await m.create_router(media_codecs=MEDIA_CODECS)
+    m.policy = _Pinned(0)
+    _, producer = await _audio_producer(room_a)
+    _, other = await _audio_producer(room_a, ssrc=2222)
+    m.policy = _Pinned(1)
+    a = await room_a.create_plain_transport(listen_info=LISTEN)
+    b = await room_b.create_plain_transport(listen_info=LISTEN)
+    await a.consume(producer_id=other.id, rtp_capabilities=room_a.rtp_capabilities)
+    second = m.workers[1]
+    assert room_b.worker_of(b) is second and room_a.worker_of(producer) is not second
+    return room_a, producer, a, room_b, b, second
+
+
+async def test_a_produce_of_an_id_sent_before_a_copy_of_it_keeps_the_id() -> None:
+    """Room B's produce(id=X) on the second worker is sent, then room A's consume there of
+    its producer X makes a copy, both reaching the worker together (frozen by SIGSTOP):
+    room B's producer gets the id, room A's copy its own and an alias, and both work
+    (before, the copy was asked with that id too: the worker refused it, and room A's
+    consume failed with the worker's error)."""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        room_a, producer, a, room_b, b, second = await _room_b_on_the_copys_worker(m)
+        key = pipe_key(producer.id, second, False)
+        rtp = opus_rtp_parameters(3333, OPUS_PT)
+        os.kill(second.pid, signal.SIGSTOP)
+        try:
+            produced = asyncio.ensure_future(
+                b.produce(id=producer.id, kind="audio", rtp_parameters=rtp)
+            )
+            await asyncio.sleep(0)  # its request is sent
+            consumed = asyncio.ensure_future(
+                a.consume(producer_id=producer.id, rtp_capabilities=room_a.rtp_capabilities)
+            )
+            await asyncio.wait_for(
+                _until(lambda: key in room_a._pipes and room_a._pipes[key].consumer is not None), 5
+            )
+        finally:
+            os.kill(second.pid, signal.SIGCONT)
+        mine, consumer = await asyncio.wait_for(asyncio.gather(produced, consumed), 5)
+        assert mine.id == producer.id and room_b.worker_of(mine) is second
+        copy = room_a._pipes[key].producer
+        assert copy.id != producer.id and not copy.closed
+        assert consumer.producer_id == producer.id and room_a.worker_of(producer) is m.workers[0]
+
+
+async def test_a_produce_of_an_id_a_copy_has_or_takes_in_its_worker_is_refused() -> None:
+    """Room A's consume on the second worker makes a copy of its producer X there (the
+    worker frozen by SIGSTOP), and room B asks produce(id=X) on that worker meanwhile: a
+    TypeError before anything is sent (before, the request was sent, and the worker
+    refused it with a WorkerError once awake), and room A's copy gets the id. Once the
+    copy is made, the same TypeError; once its pipe closes, the id is free there."""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        room_a, producer, a, room_b, b, second = await _room_b_on_the_copys_worker(m)
+        key = pipe_key(producer.id, second, False)
+        rtp = opus_rtp_parameters(3333, OPUS_PT)
+        refused = f'a Producer or DataProducer with same id "{producer.id}" already exists'
+        os.kill(second.pid, signal.SIGSTOP)
+        try:
+            consumed = asyncio.ensure_future(
+                a.consume(producer_id=producer.id, rtp_capabilities=room_a.rtp_capabilities)
+            )
+            await asyncio.wait_for(
+                _until(lambda: key in room_a._pipes and room_a._pipes[key].consumer is not None), 5
+            )
+            with pytest.raises(TypeError, match=refused):
+                await asyncio.wait_for(
+                    b.produce(id=producer.id, kind="audio", rtp_parameters=rtp), 1
+                )
+        finally:
+            os.kill(second.pid, signal.SIGCONT)
+        consumer = await asyncio.wait_for(consumed, 5)
+        assert room_a._pipes[key].producer.id == producer.id
+        with pytest.raises(TypeError, match=refused):
+            await b.produce_data(id=producer.id, sctp_stream_parameters={"streamId": 1})
+        consumer.close()
+        assert key not in room_a._pipes
+        mine = await b.produce(id=producer.id, kind="audio", rtp_parameters=rtp)
+        assert mine.id == producer.id and room_b.worker_of(mine) is second

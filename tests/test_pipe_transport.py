@@ -1235,3 +1235,44 @@ async def test_pipe_consume_on_mafalda_pipes_a_producer_of_another_worker() -> N
         assert [[consumer.id]] == [e["values"] for m in maps for e in m if e["values"]]
     finally:
         await mafalda.aclose()
+
+
+async def test_a_pipe_consumer_closed_during_the_pause_sync_closes_the_copy(ctx: Ctx) -> None:
+    """The original is paused while its copy is being made (the destination worker frozen
+    with SIGSTOP), so pipe_to_router() pauses the copy once made; the pipe consumer closes
+    during that pause (as it does when its producer closes): the copy closes with it and
+    pipe_to_router() fails, instead of returning an open copy that nothing feeds any more
+    (the two ends were linked only after that pause). The id is free again on the
+    destination worker: the next pipe_to_router() makes a paused copy."""
+    router1, router2, producer = ctx.router1, ctx.router2, ctx.audio_producer
+    await router1.pipe_to_router(router=router2, producer_id=ctx.video_producer.id)  # the pair
+    pair = router1._pipe_pairs[router2.id].result()
+    local, remote = pair[router1.id], pair[router2.id]
+    loop = asyncio.get_running_loop()
+    consumers: list[Any] = []
+    copies: list[Any] = []
+    local.observer.once("newconsumer", consumers.append)
+
+    def copy_made(copy: Any) -> None:
+        copies.append(copy)
+        # Runs once pipe_to_router() has sent the copy's pause, before its answer.
+        loop.call_soon(consumers[0].close)
+
+    remote.observer.once("newproducer", copy_made)
+    os.kill(ctx.worker2.pid, signal.SIGSTOP)
+    try:
+        piping = asyncio.ensure_future(
+            router1.pipe_to_router(router=router2, producer_id=producer.id)
+        )
+        async with asyncio.timeout(5):
+            while not consumers:
+                await asyncio.sleep(0.01)
+        await producer.pause()  # worker1 answers; the copy is asked unpaused of worker2
+    finally:
+        os.kill(ctx.worker2.pid, signal.SIGCONT)
+    with pytest.raises(InvalidStateError, match="pipe Consumer closed"):
+        await asyncio.wait_for(piping, 10)
+    (consumer,), (copy,) = consumers, copies
+    assert consumer.closed and copy.closed and not router2.has_producer(producer.id)
+    result = await router1.pipe_to_router(router=router2, producer_id=producer.id)
+    assert result["pipeProducer"].id == producer.id and result["pipeProducer"].paused

@@ -783,13 +783,22 @@ class Router(EventSource):
                 paused=pipe_consumer.producer_paused,
                 app_data=producer.app_data,
             )
-            if producer.closed:
-                raise InvalidStateError("original Producer closed")
-            if pipe_producer.paused != producer.paused:
+            # Linked as soon as both exist: either end closing from now on (the original
+            # closing, the app) closes the other, during the pause sync below included.
+            pipe_consumer.observer.on("close", pipe_producer.close)
+            pipe_producer.observer.on("close", pipe_consumer.close)
+            if producer.closed or pipe_consumer.closed:
+                pass  # refused below, nothing to sync
+            elif pipe_producer.paused != producer.paused:
                 if producer.paused:
                     await pipe_producer.pause()
                 else:
                     await pipe_producer.resume()
+            if producer.closed:
+                raise InvalidStateError("original Producer closed")
+            if pipe_consumer.closed:
+                # Closed before its link above was made, or during the pause sync.
+                raise InvalidStateError("pipe Consumer closed while the pipe was being made")
         except BaseException:
             if pipe_consumer is not None:
                 pipe_consumer.close()
@@ -797,10 +806,8 @@ class Router(EventSource):
                 pipe_producer.close()
             raise
         consumer, piped = pipe_consumer, pipe_producer
-        consumer.observer.on("close", piped.close)
         consumer.observer.on("pause", lambda: _spawn_quiet(piped.pause()))
         consumer.observer.on("resume", lambda: _spawn_quiet(piped.resume()))
-        piped.observer.on("close", consumer.close)
         return {"pipeConsumer": consumer, "pipeProducer": piped}
 
     async def _pipe_data_producer(

@@ -105,9 +105,10 @@ class Mafalda(EventSource):
         #: pool that lost a worker would grow past num_workers), and waits for one when
         #: they are all it may have.
         self._replacements: set[asyncio.Task[None]] = set()
-        #: (worker, id) of the copies being made there under their source's id.
+        #: (worker, id) of the copies being made there under their source's id, and of
+        #: the application's produce() / produce_data() with an id under way there.
         self._claimed: set[tuple[Worker, str]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._sampler: asyncio.Task[None] | None = None
         self.events = EventEmitter()
         self.observer = EventEmitter()
@@ -300,14 +301,35 @@ class Mafalda(EventSource):
     def claim_id(self, worker: Worker, producer_id: str) -> Iterator[bool]:
         """Around the making of a copy of a (data) producer on ``worker``: whether it may
         keep the id, which it then holds until made (two routers piping copies of one id
-        there at once: the second gets its own)."""
+        there at once, or an application's produce() of that id there: the later one
+        gets its own)."""
         if self.worker_hosts(worker, producer_id):
             yield False
             return
-        claim = (worker, producer_id)
+        with self._holding(worker, producer_id):
+            yield True
+
+    @contextlib.contextmanager
+    def take_id(self, worker: Worker, object_id: str) -> Iterator[None]:
+        """Around an application's produce() or produce_data() with an id on ``worker``:
+        TypeError before anything is sent when a (data) producer there has it, a copy
+        piped there included, or one is being made there with it (the worker would refuse
+        it: ids are unique per worker); else the id is held until made, so a copy piped
+        there meanwhile gets its own id and an alias, not the worker's refusal."""
+        if self.worker_hosts(worker, object_id):
+            raise TypeError(
+                f'a Producer or DataProducer with same id "{object_id}" already exists in '
+                "its worker"
+            )
+        with self._holding(worker, object_id):
+            yield
+
+    @contextlib.contextmanager
+    def _holding(self, worker: Worker, object_id: str) -> Iterator[None]:
+        claim = (worker, object_id)
         self._claimed.add(claim)
         try:
-            yield True
+            yield
         finally:
             self._claimed.discard(claim)
 
@@ -335,7 +357,9 @@ class Mafalda(EventSource):
         self, *, listen_infos: list[Any], app_data: dict[str, Any] | None = None
     ) -> dict[int, WebRtcServer]:
         """One WebRtcServer per current worker (ports must differ: use a portRange or port
-        0). All or none: when one worker refuses, those made on the others are closed."""
+        0). All or none: when one worker refuses, those made on the others are closed.
+        Each is the application's until it closes it: its worker is not freed as idle
+        meanwhile (a worker started later gets none)."""
         from mafalda.vertical.webrtc_server import check_pool_listen_infos
 
         self._check_open()
@@ -379,7 +403,7 @@ class Mafalda(EventSource):
         self._check_open()
         server = MafaldaWebRtcServer(mafalda=self, listen_infos=listen_infos, app_data=app_data)
         self._webrtc_servers[server.id] = server
-        server.events.on("@close", lambda: self._webrtc_servers.pop(server.id, None))
+        server.events.on("@close", lambda: self._forget(self._webrtc_servers, server))
         self.observer.emit("newwebrtcserver", server)
         return server
 
@@ -445,13 +469,24 @@ class Mafalda(EventSource):
             if len(self._pool) <= self._min_workers:
                 return
             if entry.idle_since is not None and now - entry.idle_since >= self._idle_worker_timeout:
-                if entry.reserved or self._counts(worker)[2]:
+                if entry.reserved or self._counts(worker)[2] or self._holds_app_server(worker):
                     continue
                 logger.info("closing idle worker %s", worker.pid)
                 del self._pool[worker]
                 self._retire(worker)
                 worker.close()
                 self.observer.emit("workerclose", worker)
+
+    def _holds_app_server(self, worker: Worker) -> bool:
+        """Whether ``worker`` has an open WebRtcServer of the application's own
+        (``create_webrtc_servers()``, ``worker.create_webrtc_server()``): the application
+        holds it, its ports and the transports it pins there, so the worker is not freed
+        under it. The real ones of a MafaldaWebRtcServer do not hold it: they are made
+        again on whatever worker a transport goes to."""
+        spanned = {
+            id(real) for server in self._webrtc_servers.values() for real in server.servers.values()
+        }
+        return any(id(server) not in spanned for server in worker.webrtc_servers_for_testing)
 
     async def _sample_forever(self) -> None:
         while True:  # until close() cancels it
@@ -530,7 +565,7 @@ class Mafalda(EventSource):
         self._check_open()
         router = MafaldaRouter(mafalda=self, media_codecs=media_codecs, app_data=app_data)
         self._routers[router.id] = router
-        router.events.on("@close", lambda: self._routers.pop(router.id, None))
+        router.events.on("@close", lambda: self._forget(self._routers, router))
         self.observer.emit("newrouter", router)
         return router
 
@@ -570,9 +605,20 @@ class Mafalda(EventSource):
     # -- closing --------------------------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        self._keep(asyncio.ensure_future(coro))
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        """Hold ``task`` until done: aclose() awaits it."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _forget(self, table: dict[str, Any], closed: MafaldaRouter | MafaldaWebRtcServer) -> None:
+        """A router or WebRtcServer of the pool closed: its tasks, cancelled or finishing
+        (a child router or a real WebRtcServer being made closes what it makes), are
+        the pool's to await from now on."""
+        table.pop(closed.id, None)
+        for task in closed.unfinished_tasks():
+            self._keep(task)
 
     def close(self) -> None:
         """Close every router and worker of the pool."""
@@ -585,16 +631,17 @@ class Mafalda(EventSource):
         # and close their worker (a start cancelled midway could leave a pipe behind).
         for router in list(self._routers.values()):
             router.mafalda_closed()
-        self._routers.clear()
+            self._forget(self._routers, router)
         for webrtc_server in list(self._webrtc_servers.values()):
             webrtc_server.mafalda_closed()
-        self._webrtc_servers.clear()
+            self._forget(self._webrtc_servers, webrtc_server)
         for worker in list(self._pool):
             worker.close()
         self.observer.emit("close")
 
     async def aclose(self) -> None:
-        """Close, and wait until every worker process has exited."""
+        """Close, and wait until every task of the pool and of its routers and WebRtcServers
+        has ended and every worker process has exited."""
         self._retired.update(self._pool)
         self.close()
         self._pool.clear()

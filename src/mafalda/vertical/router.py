@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mafalda.mediasoup.data_producer import DataProducer
@@ -75,15 +75,24 @@ class MafaldaRouter(SpanningRouter[Worker]):
     def _guard(self, host: Worker, transport: Any) -> None:
         # One router: an id is unique in it as in a Router (whose worker refuses a
         # duplicate), whichever worker the new producer would be on, two produce() calls
-        # at once included.
-        transport.produce_guard = lambda producer_id: self._making(producer_id, "Producer")
-        transport.produce_data_guard = lambda data_producer_id: self._making(
-            data_producer_id, "DataProducer"
+        # at once included. And in its worker, as the worker wants: refused when a copy
+        # has it there, held against a copy being piped there meanwhile.
+        transport.produce_guard = lambda producer_id: self._taking(host, producer_id, "Producer")
+        transport.produce_data_guard = lambda data_producer_id: self._taking(
+            host, data_producer_id, "DataProducer"
         )
         transport.consume_guard = lambda producer_id: self._pipe_guard(producer_id, host, False)
         transport.consume_data_guard = lambda data_producer_id: self._pipe_guard(
             data_producer_id, host, True
         )
+
+    @contextlib.contextmanager
+    def _taking(self, host: Worker, object_id: str, kind: str) -> Iterator[None]:
+        """Around an application's produce() / produce_data() of ``object_id`` on
+        ``host``: the id taken in this router, then on that worker (TypeError if either
+        has it)."""
+        with self._making(object_id, kind), self._mafalda.take_id(host, object_id):
+            yield
 
     def _guard_observer(self, host: Worker, rtp_observer: Any) -> None:
         rtp_observer.add_producer_guard = lambda producer_id: self._pipe_guard(

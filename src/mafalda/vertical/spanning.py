@@ -581,6 +581,11 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         for host in pair.key:
             self._release_child_if_idle(host)
 
+    def unfinished_tasks(self) -> list[asyncio.Future[Any]]:
+        """Its tasks not done yet (pipe and pair openings, pause follow-ups, child routers
+        being made): once it is closed, cancelled or finishing, for its owner to await."""
+        return [t for t in (*self._tasks, *self._child_futures.values()) if not t.done()]
+
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)

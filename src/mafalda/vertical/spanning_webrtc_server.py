@@ -121,6 +121,11 @@ class SpanningWebRtcServer(EventSource, ABC, Generic[H]):
 
     # -- closing -------------------------------------------------------------------------
 
+    def unfinished_tasks(self) -> list[asyncio.Future[Any]]:
+        """The makings of real WebRtcServers under way (once it is closed, each closes
+        what it makes): for its owner to await."""
+        return [f for f in self._making.values() if not f.done()]
+
     def _close_made(self) -> None:
         self._closed = True
         made = list(self._made.values())

@@ -1517,7 +1517,7 @@ class RemoteServer:
                         self._tell(session, session.parents.get(call.target or ""))
                 result = getattr(obj, call.method)(*args, **kwargs)
                 if aliasing is not None:
-                    key = args[0] if args else kwargs.get("key")
+                    key: str = args[0] if args else kwargs["key"]  # a string: it was taken
                     session.aliases[(call.target or "", aliasing, key)] = obj
             except Exception as error:
                 self._fail(session, request_id, call, error)

@@ -175,8 +175,10 @@ def test_merge_keeps_the_newest_version_of_each_server() -> None:
     assert t.records()["a"]["workers"] == 1
     assert t.merge([entry("a", beat=3, workers=2)], 0.0) == [("update", "a")]
     assert t.merge([entry("a", beat=4, workers=2)], 0.0) == []  # a beat, nothing new
-    # A restart (a newer generation) outranks any beat of the former life.
-    assert t.merge([entry("a", generation=2, beat=0, workers=0)], 0.0) == [("update", "a")]
+    # A restart (a newer generation) outranks any beat of the former life: that life
+    # left, a new one joins.
+    restarted = [("leave", "a"), ("join", "a")]
+    assert t.merge([entry("a", generation=2, beat=0, workers=0)], 0.0) == restarted
     assert t.records()["a"]["workers"] == 0
     # What a peer says of this server is ignored: it knows itself best.
     assert t.merge([entry("me", generation=9, beat=9, left=True)], 0.0) == []
@@ -1435,7 +1437,7 @@ async def test_a_pipe_or_pair_closed_by_its_peer_while_it_opens_is_not_kept() ->
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
             assert (await answer)["error"].startswith(error)
-            assert streams._cancelled == set() and streams._pairs_opening == set()
+            assert streams._cancelled == set() and not streams._pairs_opening
         assert list(streams._out) == ["y"] and list(streams._pairs_out) == ["r"]
         assert await _transports(a) == before + 1  # the pair r
         assert await post({"op": "closepair", "pairId": "r"}) == {}
@@ -1472,7 +1474,8 @@ async def test_an_open_from_a_server_waits_for_it_to_join_then_not_longer() -> N
                 await wait_until(lambda: not streams._out and not streams._pairs_out)
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
-            error = "pipe x2 was closed, or server s2 left, meanwhile"
+            # (the new pair's making, cancelled by the leave, fails first)
+            error = "pipe pair q2 was closed, or server s2 left, meanwhile"
             assert (await second)["error"] == error
             assert not streams._out and not streams._pairs_out
         streams.find_timeout = 0.2
@@ -2204,6 +2207,45 @@ async def test_an_unused_copy_from_another_router_here_is_collected() -> None:
                 await app.client.aclose()
 
 
+async def test_a_data_stream_from_another_router_here_waits_for_sctp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two apps on one server: B's consume_data() of A's data producer (mediasoup's
+    pipe_to_router() between their routers) returns once the pipe pair's SCTP
+    association is up, as between servers: a message A sends at once reaches B (sent
+    before, it is dropped). On one host the handshake is quick: the wait is held on cue
+    (as slow as on a loaded server), and a second consume of it meanwhile waits too."""
+    entered, release, held_on = _hold_sctp(monkeypatch)
+    async with _lone_node() as (streams, a, _):
+        b = await App.on(streams.server.url)
+        try:
+            data_producer = await (await a.router.create_direct_transport()).produce_data()
+            sinks = [await b.router.create_direct_transport() for _ in range(2)]
+            # What the server holds: B's router, the pipe transport made there for the
+            # copy, B's sink; the pipe's SCTP state when B's consumer is made there.
+            here = {t.id: (t, r) for t, r in streams._router_of.items()}
+            served_sink, router_b = here[sinks[0].id]
+            pipes: list[PipeTransport] = []
+            router_b.observer.on("newtransport", pipes.append)
+            states: list[str] = []
+            served_sink.observer.on("newdataconsumer", lambda _: states.append(pipes[0].sctp_state))
+            first = asyncio.ensure_future(sinks[0].consume_data(data_producer_id=data_producer.id))
+            await asyncio.wait_for(entered.wait(), 5)
+            assert held_on == pipes
+            second = asyncio.ensure_future(sinks[1].consume_data(data_producer_id=data_producer.id))
+            await asyncio.sleep(0.2)
+            assert not first.done() and not second.done()
+            release.set()
+            data_consumer = await first
+            assert states == ["connected"]
+            assert await _delivered(data_producer, data_consumer, "at once") == 51
+            await second
+            (pipe,) = streams._in.values()
+            assert pipe.pair is None and pipe.users == 2
+        finally:
+            await b.client.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _two_nodes(
     idle: float,
@@ -2538,6 +2580,181 @@ async def test_a_data_stream_closed_on_either_side_while_it_opens(
         finally:
             for app in (a, b):
                 await app.client.aclose()
+
+
+class _DeafPeer(_EmptyPeer):
+    """A server of the swarm that has every producer, in one router, and pipes each to
+    whoever asks on one pair whose end it never makes: the asker's end sends to a port
+    nobody listens on, so the pair's SCTP association never comes up (a peer whose end
+    never answers: a fake, as a real server's end always answers)."""
+
+    async def _streams(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        message = await request.json()
+        self.messages.append(message)
+        if message["op"] == "find":
+            return aiohttp.web.json_response({"found": True, "routerId": "theirs"})
+        if message["op"] != "open":
+            return aiohttp.web.json_response({})
+        answer: dict[str, Any] = {"ip": "127.0.0.9", "port": 9, "srtpParameters": None}
+        if message["data"]:
+            stream = {"streamId": len(self.messages), "ordered": True}
+            answer |= {"sctpStreamParameters": stream, "label": "", "protocol": ""}
+        else:
+            answer |= {"kind": "audio", "rtpParameters": OPUS_RTP}
+        return aiohttp.web.json_response(answer | {"paused": False})
+
+
+async def test_a_stream_is_not_held_behind_another_ones_sctp_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A data stream's consume waits for its pipe pair's SCTP association (here it
+    never comes up: up to find_timeout); a media stream of the same pair opened
+    meanwhile does not wait behind it, and rides on the same pair."""
+    async with (
+        _lone_node(find_timeout=2) as (streams, a, _),
+        _DeafPeer() as deaf,
+    ):
+        await deaf.join(streams.server)
+        await wait_until(lambda: "empty" in streams._members())
+        sinks = [await a.router.create_direct_transport() for _ in range(2)]
+        data = asyncio.ensure_future(sinks[0].consume_data(data_producer_id="chat"))
+        await wait_until(lambda: [m["op"] for m in deaf.messages].count("open") == 1)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        caps = a.router.rtp_capabilities
+        media = await sinks[1].consume(producer_id="voice", rtp_capabilities=caps)
+        assert loop.time() - start < 1 and not data.done()
+        assert media.producer_id == "voice"
+        data_consumer = await data
+        assert data_consumer.data_producer_id == "chat"
+        assert "early messages may be lost" in caplog.text
+        (pair,) = streams._pairs_in.values()
+        assert sorted(p.pair is pair for p in streams._in.values()) == [True, True]
+        assert pair.opening == 0 and streams._pair_opens == {}
+
+
+async def test_an_owner_that_leaves_and_is_back_while_a_stream_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s1 leaves the swarm and joins again under its id (a new node) while s2 opens a
+    data stream from it (held in its SCTP wait): s1's end of the stream and of its pair
+    went with the leave, and the new node knows nothing of them. The consume fails (the
+    stream was cut), and nothing of it is left on either server."""
+    entered, release, _ = _hold_sctp(monkeypatch)
+    async with _two_nodes(10) as (s1, s2, n1, n2):
+        assert n2.streams is not None
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            data_producer = await (await a.router.create_direct_transport()).produce_data()
+            sink_b = await b.router.create_direct_transport()
+            consume = asyncio.ensure_future(sink_b.consume_data(data_producer_id=data_producer.id))
+            await asyncio.wait_for(entered.wait(), 5)
+            await n1.aclose()
+            await wait_until(lambda: "s1" not in n2.members)
+            async with SwarmNode(
+                s1, token=TOKEN, seeds=[s2.url], server_id="s1", interval=ROUND
+            ) as back:
+                await wait_until(lambda: "s1" in n2.members and "s2" in back.members)
+                release.set()
+                with pytest.raises(Exception, match=_CUT):
+                    await consume
+                s = n2.streams
+                await wait_until(lambda: not (s._in or s._pairs_in or s._pair_locks))
+                assert s._early == {}
+                assert back.streams is not None
+                assert not (back.streams._out or back.streams._pairs_out)
+                assert await _transports(b) == 1  # the sink only
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
+async def test_a_restart_seen_without_a_leave_closes_the_former_lifes_streams() -> None:
+    """s2 holds a copy of a producer of s1, on a pipe pair; then it hears of s1 with a
+    newer generation (s1 restarted within fail_after, its former life killed: no leave
+    came). That life left with its streams: s2 closes the copy (B's consumer gets
+    'producerclose') and the pair at once, not when the old life is dropped as silent."""
+    async with _two_nodes(10) as (s1, s2, n1, n2):
+        assert n2.streams is not None
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            consumer, _, sock = await b.consumer(producer.id)
+            sock.close()
+            closed = asyncio.ensure_future(consumer.events.wait_for("producerclose"))
+            assert len(n2.streams._in) == 1 and len(n2.streams._pairs_in) == 1
+            heard: list[tuple[str, str]] = []
+            n2.observer.on("serverleave", lambda i, _: heard.append(("leave", i)))
+            n2.observer.on("serverjoin", lambda i: heard.append(("join", i)))
+            (former,) = [e for e in n2._table.entries() if e["record"]["id"] == "s1"]
+            life = former | {"generation": former["generation"] + 1, "beat": 0}
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with aiohttp.ClientSession(headers=auth) as http:
+                async with http.post(route_url(s2.url), data=encode_gossip([life])) as r:
+                    assert r.status == 200
+            assert heard == [("leave", "s1"), ("join", "s1")]
+            assert not n2.streams._in and not n2.streams._pairs_in
+            async with asyncio.timeout(5):
+                await closed
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
+
+
+async def test_an_asker_that_leaves_and_is_back_while_its_stream_opens() -> None:
+    """s2 opens a stream (on a new pair) here on s1, whose worker is held: s2 leaves
+    and joins again under its id (a new node) meanwhile. The new node knows nothing of
+    that stream: s1 does not keep it (nor its pair) once made, though s2 is a member
+    again by then."""
+    async with (
+        _lone_node(find_timeout=5) as (streams, a, post),
+        await remote.serve(host="127.0.0.3", token=TOKEN) as s2,
+    ):
+        _, producer = await a.producer("127.0.0.2")
+        opening = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q"}
+        opening |= {"pipeId": "x", "ip": "127.0.0.1", "port": 9}
+        n2 = SwarmNode(s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND)
+        await n2.start()
+        try:
+            await wait_until(lambda: "s2" in streams._members())
+            (worker,) = a.client.workers
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                answer = asyncio.ensure_future(post(opening))
+                await wait_until(lambda: "q" in streams._pairs_opening)
+                await n2.aclose()
+                await wait_until(lambda: "s2" not in streams._members())
+                n2 = SwarmNode(
+                    s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND
+                )
+                await n2.start()
+                await wait_until(lambda: "s2" in streams._members())
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            error = "pipe pair q was closed, or server s2 left, meanwhile"
+            assert await answer == {"error": error}
+            assert not (streams._out or streams._pairs_out or streams._cancelled)
+            # The same with the pair made already: the stream is not kept.
+            answer = await post(opening | {"pairId": "q2"})
+            assert answer["kind"] == "audio"
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                more = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q2"}
+                second = asyncio.ensure_future(post(more | {"pipeId": "x2"}))
+                await wait_until(lambda: "x2" in streams._opening)
+                await n2.aclose()
+                await wait_until(lambda: "s2" not in streams._members())
+                n2 = SwarmNode(
+                    s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND
+                )
+                await n2.start()
+                await wait_until(lambda: "s2" in streams._members())
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            assert "error" in await second
+            assert not (streams._out or streams._pairs_out or streams._cancelled)
+        finally:
+            await n2.aclose()
 
 
 async def test_a_failed_first_stream_closes_the_owners_end_of_its_pair() -> None:

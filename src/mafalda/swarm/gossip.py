@@ -8,7 +8,8 @@ server in O(log n) rounds, with no server in charge.
 
 - A version is ``(generation, beat)``: the generation is when the server started (ms
   since the epoch), so a server restarted with the same id outranks its former life,
-  whose beats went higher.
+  whose beats went higher. A newer generation of a live server is a leave of the
+  former life, then a join (what a peer had with that life is gone).
 - A server nobody has heard a newer version of for ``fail_after`` seconds is dropped
   (killed, cut off). What is dropped is remembered for ``forget_after`` seconds: a
   peer still gossiping the old version does not bring it back.
@@ -190,6 +191,10 @@ class Table:
                 changes.append(("leave" if entry["left"] else "join", server_id))
             elif entry["left"]:
                 changes.append(("leave", server_id))
+            elif entry["generation"] > known["generation"]:
+                # Restarted (no leave of its former life came): that life left, with
+                # whatever it had (streams to and from it), and a new one joins.
+                changes += [("leave", server_id), ("join", server_id)]
             elif entry["record"] != known["record"]:
                 changes.append(("update", server_id))
         return changes

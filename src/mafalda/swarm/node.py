@@ -87,7 +87,8 @@ class SwarmNode:
         for (a silent one, frozen but not dropped yet, is taken as a no).
 
         ``observer`` emits 'serverjoin' (id) and 'serverleave' (id, 'left' or
-        'silent') as this node learns them.
+        'silent') as this node learns them (a server seen restarted: 'serverleave' of
+        its former life, 'left', then 'serverjoin').
         """
         if not isinstance(token, str) or not token:
             raise ValueError("token must be a non-empty string")

@@ -48,7 +48,7 @@ import ssl as ssl_module
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -80,6 +80,8 @@ _OPS = (
     "forget",
     "locate",
 )
+#: What an owner that could not pipe a stream (or answered nonsense) makes an open raise.
+_OWNER_FAULTS = (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError)
 #: Producers whose peer a SwarmStreams remembers (where a find found them last).
 _MAX_FOUND = 4096
 
@@ -138,7 +140,7 @@ class _Pair:
     pipe_to_router() shares one per router pair). The consuming side owns it: it opens
     it with its first stream and closes it ('closepair') after its last."""
 
-    __slots__ = ("id", "key", "peer", "streams", "transport")
+    __slots__ = ("id", "key", "opening", "peer", "streams", "transport")
 
     def __init__(
         self,
@@ -152,6 +154,7 @@ class _Pair:
         self.transport = transport
         self.key = key  # one this server opened: (router id, peer id, peer's router id)
         self.streams: set[str] = set()  # the pipe ids it carries
+        self.opening = 0  # streams being opened on it (this server's pairs)
 
 
 class _Pipe:
@@ -230,6 +233,10 @@ class SwarmStreams:
         self._originals: weakref.WeakValueDictionary[tuple[str, bool], Any] = (
             weakref.WeakValueDictionary()
         )
+        #: The pipe transport each copy made by a pipe comes on.
+        self._carried_by: weakref.WeakKeyDictionary[Any, PipeTransport] = (
+            weakref.WeakKeyDictionary()
+        )
         #: The router of each transport and origin: a Router, or on a server of a Mafalda
         #: pool the MafaldaRouter (whose transports pipe from its other workers).
         self._router_of: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -237,8 +244,10 @@ class SwarmStreams:
         #: pipe id; the pipes in and the copies being made by (router id, id, data). (A
         #: copy from another router of this server is mediasoup's pipe_to_router().)
         self._out: dict[str, _Pipe] = {}
-        self._opening: set[str] = set()  # ids of the pipes out being opened
-        self._pairs_opening: set[str] = set()  # ids of the pairs peers open here, being made
+        #: The pipes out being opened, and the pairs peers open here being made: the
+        #: peer of each, by id.
+        self._opening: dict[str, str] = {}
+        self._pairs_opening: dict[str, str] = {}
         #: The pipes and pairs out being opened that their peer closed meanwhile (it
         #: gave up on them: they must not be kept).
         self._cancelled: set[str] = set()
@@ -302,6 +311,8 @@ class SwarmStreams:
                     self._router_of[producer] = router
                     self._list(key)
                     producer.observer.on("close", lambda: self._unlist(key, producer))
+                else:  # a copy: the pipe transport it comes on
+                    self._carried_by[producer] = cast(PipeTransport, transport)
 
             def new_consumer(consumer: Any, data: bool = False) -> None:
                 source = consumer.data_producer_id if data else consumer.producer_id
@@ -370,14 +381,16 @@ class SwarmStreams:
         if router is None or router.closed:
             return None
         key = (router.id, producer_id, data)
-        present = self._here.get(key)
-        if present is not None and not present.closed:
-            pipe = self._copies.get(key)
-            if pipe is not None and pipe.users == 0:
-                self._use(pipe, 0)  # an unused copy: a new idle period for this consume
-            return None  # here already (its origin or a copy): mediasoup's call as it is
-        pending = self._bringing.get(key)  # (first: its copy may be known by P already)
+        # Being brought: its copy may be here, and known by P, before it may be used (a
+        # data stream's SCTP association on its way up).
+        pending = self._bringing.get(key)
         if pending is None:
+            present = self._here.get(key)
+            if present is not None and not present.closed:
+                pipe = self._copies.get(key)
+                if pipe is not None and pipe.users == 0:
+                    self._use(pipe, 0)  # an unused copy: a new idle period for this consume
+                return None  # here already (its origin or a copy): mediasoup's call as it is
             if (router.has_data_producer if data else router.has_producer)(producer_id):
                 return None  # a copy of its own id that the router knows by P's (a breakout's)
             pending = asyncio.ensure_future(self._bring(router, producer_id, data))
@@ -397,10 +410,9 @@ class SwarmStreams:
             lock = self._pair_locks.setdefault(key, asyncio.Lock())
             self._pair_opens[key] = self._pair_opens.get(key, 0) + 1
             try:
-                async with lock:
-                    # Gone meanwhile: mediasoup's own "not found" answers the call.
-                    with contextlib.suppress(_ProducerGone):
-                        await self._open(router, producer_id, owner, key, data)
+                # Gone meanwhile: mediasoup's own "not found" answers the call.
+                with contextlib.suppress(_ProducerGone):
+                    await self._open(router, producer_id, owner, key, lock, data)
             finally:
                 self._pair_opens[key] -= 1
                 if not self._pair_opens[key]:
@@ -431,6 +443,11 @@ class SwarmStreams:
         # Collected when unused, as a copy from another server is (closing the copy
         # closes its pipe consumer too: mediasoup links them).
         self._track_copy(_Pipe(copy.id, None, copy, key))
+        if data and not isinstance(source, MafaldaRouter):
+            # A message sent before the pair's SCTP association is up is dropped, as
+            # between servers. (On a pool, the copy's pipe is one of the MafaldaRouters'
+            # own, which they do not tell of.)
+            await self._sctp_up(self._carried_by[copy])
 
     def _track_copy(self, pipe: _Pipe) -> None:
         """A copy here: known by its key and its own id, collected when unused (so also
@@ -575,84 +592,118 @@ class SwarmStreams:
         producer_id: str,
         owner: ServerRecord,
         key: tuple[str, str, str],
+        lock: asyncio.Lock,
         data: bool,
     ) -> None:
-        pair = self._pairs_in.get(key)
-        new = pair is None
-        message: dict[str, Any] = {"op": "open", "producerId": producer_id, "data": data}
-        if pair is None:
-            srtp = Cluster.srtp_between(self.media_address, owner["mediaAddress"])
-            transport = await self._pipe_transport(router, srtp)
-            pair = _Pair(str(uuid.uuid4()), owner["id"], transport, key)
-            message |= {
-                "ip": transport.tuple["localAddress"],
-                "port": transport.tuple["localPort"],
-                "srtpParameters": transport.srtp_parameters,
-            }
+        """Pipe the producer in on the key's pair (made first if it has none): the pair
+        is made, and each stream asked for and produced on it, one at a time (``lock``);
+        a data stream's wait for the pair's SCTP association is not (other streams of
+        the pair do not wait behind it)."""
         pipe_id = str(uuid.uuid4())
-        message |= {"pipeId": pipe_id, "pairId": pair.id, "from": self.id}
-        self._early[pipe_id] = []  # the owner's notices for it until it is tracked
-        copy: Any = None
+        message: dict[str, Any] = {"op": "open", "producerId": producer_id, "data": data}
+        message |= {"pipeId": pipe_id, "from": self.id}
+        async with lock:
+            pair = self._pairs_in.get(key)
+            new = pair is None
+            if pair is None:
+                srtp = Cluster.srtp_between(self.media_address, owner["mediaAddress"])
+                pair = await self._new_pair_in(router, owner["id"], key, srtp)
+                message |= {
+                    "ip": pair.transport.tuple["localAddress"],
+                    "port": pair.transport.tuple["localPort"],
+                    "srtpParameters": pair.transport.srtp_parameters,
+                }
+            pair.opening += 1
+            message["pairId"] = pair.id
+            self._early[pipe_id] = []  # the owner's notices for it until it is tracked
+            try:
+                answer = await self._post(owner, message)
+                if "error" in answer:
+                    raise StreamError(f"server {owner['id']}: {answer['error']}")
+                if new:
+                    await pair.transport.connect(
+                        ip=answer["ip"],
+                        port=answer["port"],
+                        srtp_parameters=answer["srtpParameters"],
+                    )
+                # The copy gets an id of its own, and the router knows it by P's: ids are
+                # unique per worker, and another router of this worker may hold a copy.
+                copy: Any
+                if data:
+                    copy = await pair.transport.produce_data(
+                        sctp_stream_parameters=answer["sctpStreamParameters"],
+                        label=answer["label"],
+                        protocol=answer["protocol"],
+                        paused=answer["paused"],
+                    )
+                else:
+                    copy = await pair.transport.produce(
+                        kind=answer["kind"],
+                        rtp_parameters=answer["rtpParameters"],
+                        paused=answer["paused"],
+                    )
+            except BaseException as error:
+                self._abandon(pair, pipe_id, None, new)
+                if isinstance(error, _OWNER_FAULTS):
+                    raise StreamError(
+                        f"producer {producer_id} is on server {owner['id']}, which could not "
+                        f"pipe it here: {error!r}"
+                    ) from error
+                raise
         try:
-            answer = await self._post(owner, message)
-            if "error" in answer:
-                raise StreamError(f"server {owner['id']}: {answer['error']}")
-            if new:
-                await pair.transport.connect(
-                    ip=answer["ip"], port=answer["port"], srtp_parameters=answer["srtpParameters"]
-                )
-            # The copy gets an id of its own, and the router knows it by P's: ids are
-            # unique per worker, and another router of this worker may hold a copy of P.
-            if data:
-                copy = await pair.transport.produce_data(
-                    sctp_stream_parameters=answer["sctpStreamParameters"],
-                    label=answer["label"],
-                    protocol=answer["protocol"],
-                    paused=answer["paused"],
-                )
+            if data:  # out of the lock: the pair's other streams go on meanwhile
                 await self._sctp_up(pair.transport)
-            else:
-                copy = await pair.transport.produce(
-                    kind=answer["kind"],
-                    rtp_parameters=answer["rtpParameters"],
-                    paused=answer["paused"],
-                )
-            if copy.closed or router.closed:  # (while the last step ran)
+            if router.closed:  # (while the last step ran)
                 raise InvalidStateError("Router closed while the stream was opening")
             if "close" in self._early[pipe_id]:
                 raise _ProducerGone
-            if not self._live(owner["id"]):  # peers_gone() or aclose() missed it
+            # Its pair closed: the owner left (peers_gone()), even if it is back by now;
+            # not a member: peers_gone() or aclose() missed it.
+            if copy.closed or not self._live(owner["id"]):
                 raise StreamError(
                     f"the stream from server {owner['id']} was cut while it opened (that "
                     "server left, or this one's swarm node stopped)"
                 )
-            (router.alias_data_producer if data else router.alias_producer)(producer_id, copy)
-            self._here[(router.id, producer_id, data)] = copy
-        except BaseException as error:
-            del self._early[pipe_id]
-            if copy is not None:  # (on a pair of other streams it would stay)
-                copy.close()
-            self._notify(owner["id"], {"op": "close", "pipeId": pipe_id})
-            if new:  # the owner may have made its end of the pair: it goes too
-                self._notify(owner["id"], {"op": "closepair", "pairId": pair.id})
-            if not pair.streams:  # new, or emptied while this open was under way
-                pair.transport.close()
-            wrong = (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError)
-            if isinstance(error, wrong):
-                raise StreamError(
-                    f"producer {producer_id} is on server {owner['id']}, which could not "
-                    f"pipe it here: {error!r}"
-                ) from error
+        except BaseException:
+            self._abandon(pair, pipe_id, copy, new)
             raise
-        if new:
-            self._pairs_in[key] = pair
-            pair.transport.observer.on("close", lambda: self._pair_in_closed(pair))
+        (router.alias_data_producer if data else router.alias_producer)(producer_id, copy)
+        self._here[(router.id, producer_id, data)] = copy
+        pair.opening -= 1
         pipe = _Pipe(pipe_id, pair, copy, (router.id, producer_id, data))
         self._track_copy(pipe)
         logger.info("producer %s piped in from server %s", producer_id, owner["id"])
         early = self._early.pop(pipe_id)
         if early:  # the last pause or resume is the owner's state
             await self._set_paused(pipe, early[-1] == "pause")
+
+    async def _new_pair_in(
+        self, router: Any, peer: str, key: tuple[str, str, str], srtp: bool
+    ) -> _Pair:
+        """This server's end of a new pair with ``peer``, the key's pair from now on (the
+        next open of the key uses it once this one made it, or closed it)."""
+        transport = await self._pipe_transport(router, srtp)
+        pair = _Pair(str(uuid.uuid4()), peer, transport, key)
+        self._pairs_in[key] = pair
+        transport.observer.on("close", lambda: self._pair_in_closed(pair))
+        return pair
+
+    def _abandon(self, pair: _Pair, pipe_id: str, copy: Any, new: bool) -> None:
+        """A stream that failed to open on ``pair``: the owner is told to close its end,
+        and the pair goes too if it carries nothing and no other open uses it (a new
+        pair whose first open failed always: nothing may be on it at the owner's)."""
+        pair.opening -= 1
+        del self._early[pipe_id]
+        if copy is not None:  # (on a pair of other streams it would stay)
+            copy.close()
+        self._notify(pair.peer, {"op": "close", "pipeId": pipe_id})
+        assert pair.key is not None
+        if new and self._pairs_in.get(pair.key) is not pair:
+            # Closed meanwhile (its router, or the owner's leave), 'closepair' told then:
+            # the owner may have made its end since (back under the same id).
+            self._notify(pair.peer, {"op": "closepair", "pairId": pair.id})
+        if not pair.streams and not pair.opening:
+            pair.transport.close()  # ('closepair' then: the owner may have made its end)
 
     async def _sctp_up(self, transport: PipeTransport) -> None:
         """Until the pair's SCTP association is up, at most ``find_timeout`` seconds.
@@ -682,10 +733,10 @@ class SwarmStreams:
 
     def _pair_in_closed(self, pair: _Pair) -> None:
         """A pair of this server closed: its router did (its copies closed first, with
-        their transport), or its last stream went."""
+        their transport), its last stream went, its peer left, or its first open
+        failed."""
         assert pair.key is not None
-        # It is the key's pair: one is made only when the key has none, and a pair that
-        # failed to open closes before this listener is added.
+        # It is the key's pair: one is made (and is the key's) only when the key has none.
         del self._pairs_in[pair.key]
         if pair.key not in self._pair_opens:  # else an open under way or waiting uses it
             self._pair_locks.pop(pair.key, None)
@@ -795,11 +846,12 @@ class SwarmStreams:
             # A peer reusing an id (only a faulty or hostile one does): the first pipe's
             # consumer would be orphaned, and a close would find the wrong one.
             raise StreamError(f"pipe {pipe_id} is open already")
-        self._opening.add(pipe_id)  # until it is in _out (or failed): two opens at once
+        # Until it is in _out (or failed): two opens at once.
+        self._opening[pipe_id] = message["from"]
         try:
             return await self._open_out(message)
         finally:
-            self._opening.discard(pipe_id)
+            del self._opening[pipe_id]
             self._cancelled.discard(pipe_id)
 
     async def _open_out(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -889,7 +941,7 @@ class SwarmStreams:
                 f"pipe pair {pair_id}: SRTP is required between {self.media_address} and "
                 f"{peer['mediaAddress']} (not both loopback)"
             )
-        self._pairs_opening.add(pair_id)
+        self._pairs_opening[pair_id] = message["from"]
         try:
             transport = await self._pipe_transport(router, srtp)
             try:
@@ -899,12 +951,15 @@ class SwarmStreams:
                     srtp_parameters=message.get("srtpParameters"),
                 )
                 if pair_id in self._cancelled:
-                    raise StreamError(f"pipe pair {pair_id} was closed meanwhile")
+                    raise StreamError(
+                        f"pipe pair {pair_id} was closed, or server {message['from']} left, "
+                        "meanwhile"
+                    )
             except BaseException:
                 transport.close()
                 raise
         finally:
-            self._pairs_opening.discard(pair_id)
+            del self._pairs_opening[pair_id]
             self._cancelled.discard(pair_id)
         pair = _Pair(pair_id, message["from"], transport)
         self._pairs_out[pair.id] = pair
@@ -990,10 +1045,17 @@ class SwarmStreams:
         for pipe in [p for p in self._in.values() if p.peer in gone]:
             logger.info("server %s gone: closing its stream %s", pipe.peer, pipe.carrier.id)
             self._closed_in(pipe, notify=False)
+        # Its pairs too, those with streams opening on them: the server's end went (even
+        # if it is back under the same id by their end, it knows none of it).
+        for pair in [p for p in self._pairs_in.values() if p.peer in gone]:
+            pair.transport.close()
         for pipe in [p for p in self._out.values() if p.peer in gone]:
             self._closed_out(pipe, notify=False)
         for pair in [p for p in self._pairs_out.values() if p.peer in gone]:
             pair.transport.close()
+        # What it opens here: not kept once made (nor if it is back by then).
+        opening = (*self._opening.items(), *self._pairs_opening.items())
+        self._cancelled.update(i for i, peer in opening if peer in gone)
         for peer in gone:
             self._queues.pop(peer, None)
             sender = self._senders.pop(peer, None)

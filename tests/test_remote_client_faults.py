@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 
 from mafalda.remote import PROTOCOL_VERSION, RemoteConnectionError, RemoteError, connect
-from mafalda.remote.protocol import ProtocolError
+from mafalda.remote.protocol import SESSION_TAKEN_OVER, ProtocolError
 
+from .test_remote import until
 from .ws_peer import start_ws_peer
 
 Script = Callable[[web.WebSocketResponse, dict[str, Any]], Awaitable[None]]
@@ -241,26 +242,33 @@ async def test_aclose_stops_a_resume_in_progress(
     peer: Callable[[Script], Awaitable[str]],
 ) -> None:
     """The resume's hello is never answered: aclose() does not wait for the grace period,
-    it stops the attempt (whose socket closes) and the client closes."""
-    hanging = asyncio.Event()
-    released = asyncio.Event()
+    it stops the attempt (whose socket closes), tries once to say its bye over a link
+    of its own (whose hello is not answered either: given up after connect()'s
+    ``timeout``, that socket closed too) and the client closes."""
+    hellos: list[dict[str, Any]] = []
+    released: list[asyncio.Event] = []
 
     async def never_answer(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
-        hanging.set()
+        hellos.append(hello)
+        released.append(asyncio.Event())
         await ws.receive()  # until the client lets go
-        released.set()
+        released[-1].set()
 
-    client = await connect(await peer(_dropping(never_answer)), token="t")
-    await asyncio.wait_for(hanging.wait(), 5)
+    client = await connect(await peer(_dropping(never_answer)), token="t", timeout=0.5)
+    await until(lambda: bool(hellos))
     assert client.connection.reconnecting
     await asyncio.wait_for(client.aclose(), 5)
     assert client.closed
-    await asyncio.wait_for(released.wait(), 5)
+    assert len(hellos) == 2  # the resume's, the bye's
+    for event in released:
+        await asyncio.wait_for(event.wait(), 5)
 
 
 async def test_aclose_as_the_connection_drops_makes_no_resume(
     peer: Callable[[Script], Awaitable[str]],
 ) -> None:
+    """aclose() as the link drops: no resume is made for the client (no 'reconnect'),
+    one link is opened to say the bye (which this peer closes at once)."""
     resumes: list[dict[str, Any]] = []
 
     async def resume(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
@@ -272,9 +280,12 @@ async def test_aclose_as_the_connection_drops_makes_no_resume(
     client.connection.events.on(
         "disconnect", lambda: closing.append(asyncio.ensure_future(client.aclose()))
     )
+    reconnected: list[object] = []
+    client.connection.events.on("reconnect", lambda: reconnected.append(None))
     await asyncio.wait_for(client.connection.events.wait_for("close"), 5)
     await asyncio.wait_for(closing[0], 5)
-    assert client.closed and resumes == []
+    assert client.closed and reconnected == []
+    assert [hello["params"]["session"] for hello in resumes] == ["s1"]  # the bye's
 
 
 async def test_an_unreadable_resume_answer_closes_the_client(
@@ -371,3 +382,23 @@ async def test_a_client_aborted_as_its_resume_is_answered_stays_closed(
     await asyncio.wait_for(released.wait(), 5)
     assert seen == ["disconnect", "close"]
     assert client.closed and not connection.reconnecting and connection._ws is dropped
+
+
+async def test_aclose_says_no_bye_again_over_a_link_the_server_closed_on_purpose(
+    peer: Callable[[Script], Awaitable[str]],
+) -> None:
+    """The bye is met by the server closing the link on purpose (here: the session taken
+    over by another connection; a shutdown alike): no link is opened to say it again
+    (it would take the session from its new holder, and end it)."""
+    hellos: list[dict[str, Any]] = []
+
+    async def script(ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+        hellos.append(hello)
+        await ws.send_str(_answer(hello["id"], HELLO))
+        bye = json.loads((await ws.receive()).data)
+        assert bye["method"] == "bye" and isinstance(bye["id"], int)
+        await ws.close(code=SESSION_TAKEN_OVER)
+
+    client = await connect(await peer(script), token="t")
+    await asyncio.wait_for(client.aclose(), 5)
+    assert client.closed and len(hellos) == 1

@@ -109,10 +109,15 @@ class Connection:
         http: aiohttp.ClientSession,
         ws: aiohttp.ClientWebSocketResponse,
         hello: dict[str, Any],
-        opener: _Opener | None = None,
+        opener: _Opener,
+        *,
+        reconnect: bool = True,
     ) -> None:
         self._http = http
+        #: Opens a link resuming the session: to reconnect (``reconnect``), and for
+        #: aclose()'s bye when the link dropped before the bye was answered.
         self._opener = opener
+        self._reconnects = reconnect
         #: The id of the last request sent (ids go up for the connection's life, across
         #: reconnections).
         self._last_id = 0
@@ -136,6 +141,9 @@ class Connection:
         #: Seconds a call waits for its answer (None: as long as the connection lives);
         #: wait_*() calls (wait_closed()) are never timed out.
         self.call_timeout: float | None = None
+        #: Seconds aclose() waits for the server (the bye's answer, the closing
+        #: handshake), in all; then the socket is dropped as by abort().
+        self.close_timeout = 10.0
         #: Handles of proxies closed here lately, whose close() the server may not have
         #: run yet (a resume must not bring them back).
         self._closed_lately: dict[str, None] = {}
@@ -217,6 +225,11 @@ class Connection:
         self._gone_proxies[proxy.handle] = proxy
         return proxy
 
+    @property
+    def usable(self) -> bool:
+        """Whether calls can be sent now (not closed, not reconnecting)."""
+        return not self.closed and not self.reconnecting
+
     def schema(self, class_name: str) -> dict[str, list[str]]:
         return self._schemas.get(class_name, _EMPTY_SCHEMA)
 
@@ -269,6 +282,13 @@ class Connection:
             proxy = proxy_class(ref["$ref"])(self, handle, state if isinstance(state, dict) else {})
             proxy._born = self._last_id
             self.proxies[handle] = proxy
+            if self._closed_parent(ref.get("parent")):
+                # Made under a parent closed here (a call that made it was answered as
+                # its parent's close() went): the server closes it with that parent,
+                # quietly. Closed here too, as those closed with it were; nobody can
+                # listen to it yet, so its close events reach no one.
+                proxy._close_locally(proxy.parent_close_event)
+                return proxy
         elif isinstance(state, dict) and not proxy._closed_local:
             proxy._apply_state(state)
         if link:
@@ -277,6 +297,16 @@ class Connection:
             if parent is not None and not proxy.closed:
                 proxy._link(parent)
         return proxy
+
+    def _closed_parent(self, handle: Any) -> bool:
+        """Whether ``handle`` names a parent closed here (open ones stay in ``proxies``,
+        closed ones there are closed, dropped ones were closed)."""
+        if not isinstance(handle, str):
+            return False
+        parent = self.proxies.get(handle)
+        if parent is not None:
+            return parent.closed
+        return handle in self._closed_lately or handle in self._gone_proxies
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -489,7 +519,7 @@ class Connection:
         code = ws.close_code
         if (
             self._closing is not None
-            or self._opener is None
+            or not self._reconnects
             or self.grace_period <= 0
             or code in _FINAL_CLOSE_CODES
         ):
@@ -518,7 +548,6 @@ class Connection:
 
     async def _resume(self) -> bool:
         """Reconnect and resume the session; False when the server is gone for good."""
-        assert self._opener is not None
         with contextlib.suppress(Exception):
             await self._ws.close()
         # Within the server's grace period (a margin kept for the hello's round trip).
@@ -574,6 +603,8 @@ class Connection:
         self._fail_pending(error)
         proxies = list(self.proxies.values())
         for proxy in proxies:
+            proxy._lost = not proxy.closed
+        for proxy in proxies:
             if proxy._parent is None:
                 proxy._connection_lost(error)
         for proxy in proxies:
@@ -588,14 +619,55 @@ class Connection:
     async def aclose(self, *, keep_session: bool = False) -> None:
         """Close the connection. The server closes this session's objects at once, or
         after its grace period when ``keep_session`` (to resume with ``session=``).
-        While ``reconnecting`` the server cannot be told: it closes them at the end of its
-        grace period (as with ``keep_session``), and the fire-and-forget calls held for
-        the resume (``close()``...) are never sent."""
+
+        The server is told with a bye whose answer is awaited: if the link drops before
+        that answer (it was dead already, or while ``reconnecting``), a link resuming the
+        session is opened just to say it again, so a reachable server never keeps the
+        session for its grace period (the fire-and-forget calls held for the resume are
+        not sent: the bye closes everything). All of it within ``close_timeout``
+        seconds; past it the socket is dropped, as by ``abort()``."""
         if self._closing is None:
+            bye: asyncio.Future[Any] | None = None
             if not self.closed and not self.reconnecting and not keep_session:
-                self._frames.send(p.dumps(p.request(None, "bye", {})))
-            self._closing = asyncio.get_running_loop().create_task(self._shutdown())
+                bye = self._request_bye()
+            tell = not self.closed and not keep_session
+            self._closing = asyncio.get_running_loop().create_task(
+                self._shutdown(bye=bye, tell=tell)
+            )
         await asyncio.shield(self._closing)
+
+    def _request_bye(self) -> asyncio.Future[Any]:
+        """Send the bye as a request: its answer comes once the session closed."""
+        request_id = self._last_id = self._last_id + 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (future, None, "bye")
+        self._frames.send(p.dumps(p.request(request_id, "bye", {})))
+        return future
+
+    async def _say_bye(self, bye: asyncio.Future[Any] | None) -> None:
+        """Until the server has ended the session: ``bye``'s answer, else (the link
+        dropped before it, or was down) a bye over a link resumed for it."""
+        if bye is not None:
+            try:
+                await bye
+                return
+            except RemoteConnectionError:
+                # The link dropped first: the bye may never have gone. Unless the server
+                # closed it on purpose (shutting down, the session taken over elsewhere).
+                if self._ws.close_code in _FINAL_CLOSE_CODES:
+                    return
+        try:
+            ws, _ = await self._opener(self._http, self.session_id)
+        except (RemoteError, p.ProtocolError):
+            return  # answered, refused: the session is gone already
+        except (OSError, aiohttp.ClientError, RemoteConnectionError) as error:
+            logger.warning("closing: the server cannot be told, it keeps the session: %s", error)
+            return
+        # The server reads it before the closing handshake, which it answers after.
+        with contextlib.suppress(Exception):
+            await ws.send_str(p.dumps(p.request(None, "bye", {})).decode())
+        with contextlib.suppress(Exception):
+            await ws.close()
 
     def abort(self) -> None:
         """Drop the connection now, without the closing handshake (for a server that is
@@ -605,19 +677,31 @@ class Connection:
             self._closing = asyncio.get_running_loop().create_task(self._shutdown(False))
         self._lost()
 
-    async def _shutdown(self, handshake: bool = True) -> None:
+    async def _shutdown(
+        self,
+        handshake: bool = True,
+        bye: asyncio.Future[Any] | None = None,
+        tell: bool = False,
+    ) -> None:
         reconnector = self._reconnector
         if reconnector is not None and reconnector is not asyncio.current_task():
             reconnector.cancel()
             with contextlib.suppress(BaseException):
                 await reconnector
         if handshake:
-            await self._frames.flush(2.0)
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 2.0)
-        else:
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    if tell:
+                        await self._say_bye(bye)
+                    await self._frames.flush(2.0)
+                    with contextlib.suppress(Exception):
+                        await self._ws.close()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._reader, 2.0)
+            except TimeoutError:
+                logger.warning("closing: no answer from the server in %s s", self.close_timeout)
+                handshake = False
+        if not handshake:
             self._reader.cancel()
             # No handshake: the socket closes now (aiohttp keeps the response private).
             self._ws._response.close()
@@ -865,8 +949,9 @@ async def connect(
     try:
         ws, hello = await opener(http, session)
         try:
-            connection = Connection(http, ws, hello, opener if reconnect else None)
+            connection = Connection(http, ws, hello, opener, reconnect=reconnect)
             connection.call_timeout = call_timeout
+            connection.close_timeout = timeout
         except BaseException:  # a hello answer it cannot read: the socket goes too
             await ws.close()
             raise

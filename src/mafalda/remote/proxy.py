@@ -53,6 +53,9 @@ class RemoteObject:
     """Base of the proxies: state snapshot, events, remote calls by name, local close."""
 
     proxy_kind: ClassVar[str] = ""
+    #: The local class's name, for a proxy whose state does not tell it (a closed
+    #: stand-in): the kind's base class.
+    local_name: ClassVar[str] = "RemoteObject"
     #: The event the object emits when its parent closes (Node's 'transportclose'...).
     parent_close_event: ClassVar[str | None] = None
     #: The event emitted on ``events`` by ``close()`` (None: none, as Worker).
@@ -71,6 +74,9 @@ class RemoteObject:
         #: The id of the last request its connection had sent when the proxy was made:
         #: a late answer to a later request did not make it (see ``_close_unclaimed``).
         self._born = 0
+        #: Closed as its connection was lost for good (not by a close() of the app or the
+        #: server): its calls fail with RemoteConnectionError, which says more.
+        self._lost = False
         self.events = EventEmitter()
         self.observer = EventEmitter()
         self._apply_state(state)
@@ -115,8 +121,13 @@ class RemoteObject:
         if not self._connection.closed and isinstance(value, dict):
             self._connection.call_nowait(self, "set_app_data", (value,), {})
 
+    @property
+    def _class_name(self) -> str:
+        """The class of the server's object (``WebRtcTransport``, ``MafaldaRouter``...)."""
+        return str(self._state.get("class", self.local_name))
+
     def _closed_message(self) -> str:
-        return f"{self._state.get('class', type(self).__name__)} closed"
+        return f"{self._class_name} closed"
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -130,10 +141,11 @@ class RemoteObject:
         if name in schema["async"]:
             return functools.partial(self._call, name)
         # A sync method is a proxy's own (each says how it is sent, what it checks here).
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        raise AttributeError(f"{self._class_name!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} id={self.id} closed={self.closed}>"
+        # Named as the local object (the proxy's own class is an implementation detail).
+        return f"<{self._class_name} id={self.id} closed={self.closed}>"
 
     # -- events ----------------------------------------------------------------------------
 
@@ -149,6 +161,10 @@ class RemoteObject:
     # -- calls -----------------------------------------------------------------------------
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.closed and not self._lost and not self._connection.usable:
+            # As the local object's (the server says so when it can be asked): closed by
+            # its app or its server, not by a drop of the link, which would say more.
+            raise InvalidStateError(self._closed_message())
         made = await self._connection.call(self, method, args, kwargs)
         adopt_app_data(made, kwargs)
         return made
@@ -244,6 +260,7 @@ class RemoteWorker(RemoteObject):
     """A mediasoup Worker on the server (``pid`` is the server's process id)."""
 
     proxy_kind = "worker"
+    local_name = "Worker"
     close_event = None
     late_events = frozenset({"subprocessclose", "died"})
 
@@ -313,6 +330,7 @@ class RemoteWebRtcServer(RemoteObject):
     ('listenserverclose'): it knows them from its 'webrtctransporthandled' events."""
 
     proxy_kind = "webrtcserver"
+    local_name = "WebRtcServer"
     parent_close_event = "workerclose"
 
     def __init__(self, connection: Connection, handle: str, state: dict[str, Any]) -> None:
@@ -369,6 +387,7 @@ class RemoteRouter(RemoteObject):
     """A Router (or a MafaldaRouter) on the server."""
 
     proxy_kind = "router"
+    local_name = "Router"
     parent_close_event = "workerclose"
 
     def _closed_message(self) -> str:
@@ -468,6 +487,7 @@ class RemoteTransport(RemoteObject):
     state (``ice_parameters``, ``tuple``...)."""
 
     proxy_kind = "transport"
+    local_name = "Transport"
     parent_close_event = "routerclose"
     #: The WebRtcServer it listens through (told of its close, see RemoteWebRtcServer).
     _listen_server: RemoteWebRtcServer | None = None
@@ -529,6 +549,7 @@ class RemoteTransport(RemoteObject):
 
 class RemoteProducer(RemoteObject):
     proxy_kind = "producer"
+    local_name = "Producer"
     parent_close_event = "transportclose"
 
     def send(self, rtp_packet: bytes | bytearray | memoryview) -> None:
@@ -540,11 +561,13 @@ class RemoteProducer(RemoteObject):
 
 class RemoteConsumer(RemoteObject):
     proxy_kind = "consumer"
+    local_name = "Consumer"
     parent_close_event = "transportclose"
 
 
 class RemoteDataProducer(RemoteObject):
     proxy_kind = "dataproducer"
+    local_name = "DataProducer"
     parent_close_event = "transportclose"
 
     def send(
@@ -572,11 +595,13 @@ class RemoteDataProducer(RemoteObject):
 
 class RemoteDataConsumer(RemoteObject):
     proxy_kind = "dataconsumer"
+    local_name = "DataConsumer"
     parent_close_event = "transportclose"
 
 
 class RemoteRtpObserver(RemoteObject):
     proxy_kind = "rtpobserver"
+    local_name = "RtpObserver"
     parent_close_event = "routerclose"
 
 

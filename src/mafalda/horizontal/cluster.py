@@ -30,7 +30,7 @@ import ipaddress
 import logging
 import os
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
@@ -356,7 +356,12 @@ class Cluster:
             self._router_workers[server_id] = worker
             self._workers[worker] = server_id
             worker.observer.on("close", lambda: self._router_worker_closed(server_id, worker))
-            return worker
+        # Released as when a last user goes (whether it is used is seen when its time
+        # comes): a caller whose use then fails may leave nothing that would ask (a
+        # WebRtcServer made on it for a transport whose child router closed meanwhile,
+        # with the worker it replaces).
+        self.release_router_worker(server_id)
+        return worker
 
     def _router_worker_closed(self, server_id: str, worker: RemoteWorker) -> None:
         self._workers.pop(worker, None)
@@ -411,13 +416,8 @@ class Cluster:
             if isinstance(client, RemoteMafalda):
                 return await client.create_router(**options)
         worker = await self.router_worker(server_id)
-        try:
-            router: RemoteRouter = await worker.create_router(**options)
-        except BaseException:
-            # Nothing made there: a release asked meanwhile (the last child there went)
-            # found the worker in use and left it, so it is asked again.
-            self.release_router_worker(server_id)
-            raise
+        # (One that fails to be made leaves the worker released: ClusterRouter._making_over.)
+        router: RemoteRouter = await worker.create_router(**options)
         return router
 
     def server_lost(self, server_id: str) -> bool:
@@ -764,10 +764,11 @@ def _close_orphans_on_resume(server_id: str, client: RemoteMediasoup | RemoteMaf
         known.update(connection.proxies)
 
     def resumed() -> None:
+        between_own = _pipes_between_own_routers(connection.proxies.values())
         orphans = [
             proxy
             for handle, proxy in connection.proxies.items()
-            if handle not in known and not _under_a_servers_pipe(proxy)
+            if handle not in known and not _under_a_servers_pipe(proxy, between_own)
         ]
         known.clear()
         for proxy in orphans:
@@ -778,16 +779,35 @@ def _close_orphans_on_resume(server_id: str, client: RemoteMediasoup | RemoteMaf
     connection.events.on("reconnect", resumed)
 
 
-def _under_a_servers_pipe(proxy: Any) -> bool:
+def _is_pipe_transport(proxy: Any) -> bool:
+    return isinstance(proxy, RemoteTransport) and getattr(proxy, "type", None) == "pipe"
+
+
+def _pipes_between_own_routers(proxies: Iterable[Any]) -> set[str]:
+    """The handles of the open PipeTransports of a connection that are connected to
+    another of its own: the two ends of a pair between two of this client's routers on
+    that server, which only a Router's pipe_to_router() makes (a cluster router's pipe
+    into another router there), on the server, unmarked. (A swarm server's pipes go to
+    other servers.)"""
+    pipes = [proxy for proxy in proxies if _is_pipe_transport(proxy) and not proxy.closed]
+    local = {(p.tuple.get("localAddress"), p.tuple.get("localPort")): p for p in pipes}
+    return {
+        pipe.handle
+        for pipe in pipes
+        if local.get((pipe.tuple.get("remoteIp"), pipe.tuple.get("remotePort")), pipe) is not pipe
+    }
+
+
+def _under_a_servers_pipe(proxy: Any, between_own: set[str]) -> bool:
     """A PipeTransport this client did not make, or an object of one: a swarm server
     makes them on this client's routers itself (a peer's stream piped out), so one that
     came meanwhile is not an orphan. This client's own (pipe_to_router()'s, a cluster
-    router's pairs') are marked in their app data: one a cut-off call made, and a pipe
-    consumer or producer made on one, are. (A Router's pipe_to_router() between two
-    routers of one server makes its pipe on the server, unmarked: one cut off leaves it.)"""
+    router's pairs') are marked in their app data, and a Router's pipe_to_router()
+    between two of its routers on one server makes a pair of ends ``between_own``: one
+    a cut-off call made, and a pipe consumer or producer made on one, are orphans."""
     while proxy is not None:
-        if proxy._state.get("class") == "PipeTransport":
-            return proxy.app_data.get(_OWN_PIPE) is not True
+        if _is_pipe_transport(proxy):
+            return proxy.app_data.get(_OWN_PIPE) is not True and proxy.handle not in between_own
         proxy = proxy._parent
     return False
 

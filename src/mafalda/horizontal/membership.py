@@ -112,12 +112,13 @@ class RedisMembership:
                     parsed = registry.decode_membership(message["data"])
                     if parsed is None:
                         continue
-                    if parsed["event"] == "leave":
+                    record = await self._fetch(parsed["id"])
+                    if record is not None:
+                        # (A leave with a record there: late, of an earlier run of a
+                        # server restarted with that id, which registered since.)
+                        seen(record)
+                    elif parsed["event"] == "leave":
                         await left(parsed["id"])
-                    else:
-                        record = await self._fetch(parsed["id"])
-                        if record is not None:
-                            seen(record)
             except (RedisError, OSError) as error:
                 logger.warning("membership channel lost: %s", error)
                 await asyncio.sleep(self.interval)

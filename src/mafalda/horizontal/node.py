@@ -33,6 +33,15 @@ __all__ = ["MediaNode", "control_url", "server_record"]
 
 logger = logging.getLogger("mafalda.horizontal.node")
 
+#: DEL KEYS[1] if it holds the record of this run (ARGV[1]: its incarnation as encoded
+#: in the record): 1 deleted, 0 no record, -1 another run's (a restart with this id).
+_DELETE_OWN = """
+local record = redis.call('GET', KEYS[1])
+if not record then return 0 end
+if not string.find(record, ARGV[1], 1, true) then return -1 end
+return redis.call('DEL', KEYS[1])
+"""
+
 
 def server_record(
     server: RemoteServer,
@@ -109,6 +118,9 @@ class MediaNode:
             raise ValueError(f"interval must be at least 1/3000 s, got {interval!r}")
         self.server = server
         self.id = server_id or str(uuid.uuid4())
+        #: This run's, in its record: a record under its id that is not its own is a
+        #: later run's (restarted with this id), which aclose() leaves alone.
+        self.incarnation = uuid.uuid4().hex
         registry.server_key(self.id, prefix)  # validates the id
         self.control_url, self.media_address = control_url(server, control_host, media_address)
         self.region = region
@@ -143,6 +155,7 @@ class MediaNode:
         # Clients warn when it is not shorter than their grace (a Redis restart would
         # drop this server: its record is back only at its next heartbeat).
         record["heartbeat"] = self.interval
+        record["incarnation"] = self.incarnation
         return record
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -173,14 +186,18 @@ class MediaNode:
         return await self.server.drain(timeout, abort)
 
     async def aclose(self) -> None:
-        """Stop heart-beating and deregister (best effort: the TTL covers a failure)."""
+        """Stop heart-beating and deregister (best effort: the TTL covers a failure).
+        A record under this id that another run wrote (restarted with this id while
+        this one stopped) is left, and no leave announced."""
         if self._closed:
             return
         self._closed = True
         await self._heartbeat.stop()
+        own = f'"incarnation":"{self.incarnation}"'  # as encode_record() writes it
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.delete(self._key)
-            await self._publish("leave")
+            deleted = await self._redis.eval(_DELETE_OWN, 1, self._key, own)
+            if deleted != -1:
+                await self._publish("leave")
         await self._redis.aclose()
 
     async def __aenter__(self) -> MediaNode:

@@ -9,7 +9,9 @@ Keys (``prefix`` defaults to ``"mafalda"``; one prefix is one cluster):
   disappears when its TTL runs out.
 - ``{prefix}:membership``: the pub/sub channel on which servers announce ``join``,
   ``update`` (drain started) and ``leave``; messages are JSON
-  ``{"event": ..., "id": ...}``.
+  ``{"event": ..., "id": ...}``. A leave is believed only while no record is under its
+  id: a server restarted with the same id may have registered since (the leave, late,
+  is the previous run's).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class ServerRecord(TypedDict):
     #: Seconds between its heartbeats (a MediaNode's; records of older servers, and a
     #: swarm's, have none): after a Redis restart, its record is back within that.
     heartbeat: NotRequired[float]
+    #: Which run of the server under this id wrote it (a MediaNode's, new at each
+    #: start): one that stops deletes its record only if it is still its own.
+    incarnation: NotRequired[str]
 
 
 class MembershipMessage(TypedDict):
@@ -162,6 +167,8 @@ def check_record(data: dict[str, Any]) -> ServerRecord:
         if not 0 < heartbeat < 1e300:
             raise ValueError("server record: invalid 'heartbeat'")
         record["heartbeat"] = float(heartbeat)
+    if "incarnation" in data:
+        record["incarnation"] = _field(data, "incarnation", str)
     return record
 
 

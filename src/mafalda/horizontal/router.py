@@ -35,7 +35,7 @@ from mafalda.mediasoup.transport import validate_listen_info, validate_listen_in
 from mafalda.remote import RemoteConnectionError, RemoteError, ServerDrainingError
 from mafalda.remote.protocol import RATE_LIMITED
 from mafalda.remote.proxy import RemoteDataProducer
-from mafalda.vertical.spanning import Pipe, SpanningRouter
+from mafalda.vertical.spanning import SpanningRouter
 
 if TYPE_CHECKING:
     from mafalda.horizontal.cluster import Cluster
@@ -185,17 +185,6 @@ def _source(options: dict[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _close_ends_if_closed(pipe: Pipe[str]) -> None:
-    """A pipe closed under its opening (its pair went): what the opening made since went
-    with the pair's transports on their servers, quietly (this client closed those), but
-    its proxies, made under a transport gone here, look open and would stay in their
-    connection for good: closed here too (closed ones: nothing)."""
-    if pipe.closed:
-        for end in (pipe.consumer, pipe.producer):
-            if end is not None:
-                end.close()
-
-
 class ClusterRouter(SpanningRouter[str]):
     """A Router spanning the media servers of a cluster. Create with Cluster.create_router()."""
 
@@ -210,6 +199,21 @@ class ClusterRouter(SpanningRouter[str]):
         self._cluster = cluster
 
     # -- SpanningRouter's hooks ----------------------------------------------------------
+
+    async def _create_child(self, host: str) -> Any:
+        # Run as the child's making (made_once's task): once it is over (its future
+        # dropped: that callback came first), a child not kept (one that failed to be
+        # made, or went at once) leaves its worker to be released. A release asked while
+        # it was under way (the last child there went) found the worker in use, and at
+        # once on a draining server: nobody would ask again.
+        making = asyncio.current_task()
+        assert making is not None
+        making.add_done_callback(lambda _: self._making_over(host))
+        return await super()._create_child(host)
+
+    def _making_over(self, host: str) -> None:
+        if host not in self._children:
+            self._cluster.release_router_worker(host)
 
     async def _new_child(self, host: str) -> Any:
         return await self._cluster.child_router(
@@ -237,12 +241,6 @@ class ClusterRouter(SpanningRouter[str]):
 
     def _child_gone(self, host: str) -> None:
         self._cluster.release_router_worker(host)
-
-    async def _open_pipe(self, pipe: Pipe[str], source_id: str) -> None:
-        try:
-            await super()._open_pipe(pipe, source_id)
-        finally:
-            _close_ends_if_closed(pipe)
 
     def _claim_id(self, host: str, source_id: str) -> contextlib.AbstractContextManager[bool]:
         return contextlib.nullcontext(not self._hosts_source(host, source_id))

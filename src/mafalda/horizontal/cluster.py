@@ -496,7 +496,7 @@ class Cluster:
 
     def server_of(self, obj: RemoteObject | RemoteMediasoup) -> ServerRecord | None:
         """The record of the server an object lives on (None: not this cluster's, or gone)."""
-        connection = obj.connection if isinstance(obj, RemoteMediasoup) else obj._connection
+        connection = obj.connection
         for server_id, client in self._clients.items():
             if client.connection is connection:
                 record = self._records.get(server_id)
@@ -808,7 +808,7 @@ def _under_a_servers_pipe(proxy: Any, between_own: set[str]) -> bool:
     while proxy is not None:
         if _is_pipe_transport(proxy):
             return proxy.app_data.get(_OWN_PIPE) is not True and proxy.handle not in between_own
-        proxy = proxy._parent
+        proxy = proxy.parent
     return False
 
 

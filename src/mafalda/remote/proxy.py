@@ -104,6 +104,18 @@ class RemoteObject:
         return self._handle
 
     @property
+    def connection(self) -> Connection:
+        """The connection to the server this object lives on (a proxy's own: the layers
+        above tell servers apart by it)."""
+        return self._connection
+
+    @property
+    def parent(self) -> RemoteObject | None:
+        """The proxy of the object this one was made under (a proxy's own; None for a
+        worker, a Remote Mafalda's routers, and a closed stand-in)."""
+        return self._parent
+
+    @property
     def id(self) -> str:
         return str(self._state.get("id", self._handle))
 

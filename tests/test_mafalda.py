@@ -563,6 +563,32 @@ async def test_webrtc_server_pins_placement(mafalda: Mafalda) -> None:
         await stranger.wait_closed()
 
 
+async def test_webrtc_servers_pin_their_transports_past_the_limits() -> None:
+    """A transport given a WebRtcServer of create_webrtc_servers() goes to that server's
+    worker however loaded (no placement: the pool does not grow for it); a worker started
+    afterwards gets no server, and takes the transports without one. Once the server is
+    closed, a transport given it is an InvalidStateError, as a Router's (it was a
+    ValueError saying the server was not of the pool)."""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=1, max_units_per_worker=1, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        listen: Any = [{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+        ((pid, server),) = (await m.create_webrtc_servers(listen_infos=listen)).items()
+        (first,) = m.workers
+        pinned = [await router.create_webrtc_transport(webrtc_server=server) for _ in range(3)]
+        assert {router.worker_of(t) for t in pinned} == {first} and first.pid == pid
+        assert m.workers == [first]  # three units on a worker of one: no growth for them
+        spilled = await router.create_direct_transport()
+        (second,) = (w for w in m.workers if w is not first)
+        assert router.worker_of(spilled) is second
+        assert second.webrtc_servers_for_testing == set()
+        server.close()
+        with pytest.raises(InvalidStateError, match="WebRtcServer closed"):
+            await router.create_webrtc_transport(webrtc_server=server)
+        assert all(t.closed for t in pinned)
+
+
 @pytest.mark.parametrize("side", SIDES)
 async def test_webrtc_servers_one_per_worker_pin_their_transports(side: str) -> None:
     """create_webrtc_servers() makes one per worker of the pool, keyed by its pid; a
@@ -1325,6 +1351,68 @@ async def test_observer_watching_a_copy_with_an_alias_holds_its_pipe(mafalda: Ma
     assert (await room_a.mafalda_dump())["pipes"] == []
 
 
+@pytest.mark.parametrize("target", ["router", "mafalda-router"])
+async def test_pipe_to_router_of_data_returns_once_the_pair_sctp_is_up(
+    worker: Worker, target: str
+) -> None:
+    """A MafaldaRouter's pipe_to_router(data_producer_id=...) into a router of another
+    worker (a Router, a MafaldaRouter of another pool) returns once the pair's SCTP
+    association is up: the worker drops what is sent before (mediasoup's pipeToRouter()
+    does not wait). The association is held: the destination worker is stopped until
+    the pipe consumer is made (the pair's first data stream, which starts it), then the
+    source worker until the copy is made."""
+    source_pool = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    target_pool = await Mafalda.start(num_workers=1, worker_settings={"log_level": "warn"})
+    (source_worker,), (target_worker,) = source_pool.workers, target_pool.workers
+    try:
+        room = await source_pool.create_router(media_codecs=MEDIA_CODECS)
+        _, producer = await _audio_producer(room)
+        data_producer = await (await room.create_direct_transport()).produce_data()
+        other: Any = await (
+            worker.create_router(media_codecs=MEDIA_CODECS)
+            if target == "router"
+            else target_pool.create_router(media_codecs=MEDIA_CODECS)
+        )
+        await room.pipe_to_router(router=other, producer_id=producer.id)  # the pair, no SCTP
+        child = room.child_router(source_worker)
+        assert child is not None
+        target_child = other if target == "router" else other.child_router(target_worker)
+        local = child._pipe_pairs[target_child.id].result()[child.id]
+        assert local.sctp_state == "new"
+        far_pid = worker.pid if target == "router" else target_worker.pid
+
+        def hold(consumer: Any) -> None:
+            os.kill(source_worker.pid, signal.SIGSTOP)
+            os.kill(far_pid, signal.SIGCONT)
+
+        local.observer.once("newdataconsumer", hold)
+        os.kill(far_pid, signal.SIGSTOP)
+        try:
+            piping = asyncio.ensure_future(
+                room.pipe_to_router(router=other, data_producer_id=data_producer.id)
+            )
+            await asyncio.wait_for(
+                _until(lambda: target_child.has_data_producer(data_producer.id)), 5
+            )
+            await asyncio.sleep(0.1)
+            assert not piping.done()  # the copy is made, the association is not up
+        finally:
+            os.kill(far_pid, signal.SIGCONT)
+            os.kill(source_worker.pid, signal.SIGCONT)
+        result = await asyncio.wait_for(piping, 5)
+        assert local.sctp_state == "connected"
+        sink = await other.create_direct_transport()
+        data_consumer = await sink.consume_data(data_producer_id=data_producer.id)
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        data_consumer.on("message", lambda m, ppid: received.done() or received.set_result(m))
+        data_producer.send("at once")
+        assert await asyncio.wait_for(received, 5) == b"at once"
+        assert result["pipeDataProducer"].id == data_producer.id
+    finally:
+        await source_pool.aclose()
+        await target_pool.aclose()
+
+
 async def test_sctp_connected_waits_for_the_association(worker: Worker) -> None:
     # Two workers, as Mafalda's pipes (two SCTP ends in one worker never connect).
     other_worker = await create_worker()
@@ -1825,6 +1913,39 @@ async def test_workers_lost_above_min_workers_are_not_replaced() -> None:
         closed.close()
         assert m.workers == [kept] and m._replacing == 0
         assert list(router.transports_for_testing) == [transports[2].id]
+
+
+async def test_a_dead_worker_reports_the_application_webrtc_servers_it_took() -> None:
+    """A worker dies holding a WebRtcServer of the application's own (create_webrtc_servers())
+    and a MafaldaWebRtcServer's real one: the loss lists the former (closed, with
+    'workerclose' and observer 'close', as mediasoup's on its worker's close), its
+    transport too; not the latter, whose MafaldaWebRtcServer lives on. The other
+    worker's server stays open."""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        listen: Any = [{"protocol": "udp", "ip": "127.0.0.1", "port": 0}]
+        servers = await m.create_webrtc_servers(listen_infos=listen)
+        victim, survivor = m.workers
+        server, other = servers[victim.pid], servers[survivor.pid]
+        pinned = await router.create_webrtc_transport(webrtc_server=server)
+        spanning = await m.create_webrtc_server(listen_infos=listen)
+        placed = [await router.create_webrtc_transport(webrtc_server=spanning) for _ in range(2)]
+        assert {router.worker_of(t) for t in placed} == {victim, survivor}
+        assert set(spanning.servers) == {victim.pid, survivor.pid}
+        events: list[str] = []
+        server.on("workerclose", lambda: events.append("workerclose"))
+        server.observer.on("close", lambda: events.append("observer close"))
+        losses: asyncio.Future[WorkerLoss] = asyncio.get_running_loop().create_future()
+        m.on("workerdied", losses.set_result)
+        os.kill(victim.pid, signal.SIGKILL)
+        loss = await asyncio.wait_for(losses, 5)
+        assert loss["webRtcServers"] == [server.id]
+        assert server.closed and events == ["workerclose", "observer close"]
+        assert pinned.id in loss["transports"] and pinned.closed
+        assert not other.closed and not spanning.closed
+        assert set(spanning.servers) == {survivor.pid}
 
 
 async def test_a_dead_worker_that_cannot_be_replaced(tmp_path: Any, caplog: Any) -> None:

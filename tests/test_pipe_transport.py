@@ -730,6 +730,72 @@ async def test_pipe_to_router_with_data(ctx: Ctx) -> None:
     assert pipe_data_producer.id == ctx.data_producer.id
 
 
+async def test_pipe_to_router_with_data_returns_once_the_pair_sctp_is_up(ctx: Ctx) -> None:
+    """The worker drops what a pipe data consumer is sent before its pair's SCTP
+    association is up (the pair's first data stream starts it). mediasoup's Node library
+    returns from pipeToRouter() before that: a message sent at once into a new pair
+    between workers was lost about one time in two. Ours returns once it is up: the first
+    message into each of ten new pairs arrives."""
+    source = await (await ctx.router1.create_direct_transport()).produce_data()
+    copies: list[tuple[Router, DataProducer]] = []
+    for i in range(10):
+        router = await ctx.worker2.create_router(media_codecs=MEDIA_CODECS)
+        result = await ctx.router1.pipe_to_router(
+            router=router, data_producer_id=source.id, keep_id=False
+        )
+        source.send(f"message {i}")
+        copies.append((router, result["pipeDataProducer"]))
+    for router, copy in copies:
+        async with asyncio.timeout(5):  # no event tells of a message reaching a copy
+            while (await copy.get_stats())[0]["messagesReceived"] == 0:
+                await asyncio.sleep(0.02)
+        (pipe,) = router.transports_for_testing.values()
+        assert isinstance(pipe, PipeTransport) and pipe.sctp_state == "connected"
+
+
+@pytest.mark.parametrize("closing", ["pipe consumer", "original"])
+async def test_pipe_to_router_with_data_fails_when_closed_while_sctp_is_awaited(
+    ctx: Ctx, closing: str
+) -> None:
+    """The association is held (worker2 stopped until the pipe consumer, the pair's first
+    data stream, is made, then worker1 until the copy is): pipe_to_router() waits. The
+    pipe consumer, or the original, closes meanwhile: it fails once the association is
+    up, and leaves no copy open."""
+    router1, router2 = ctx.router1, ctx.router2
+    source = await (await router1.create_direct_transport()).produce_data()
+    await router1.pipe_to_router(router=router2, producer_id=ctx.audio_producer.id)  # the pair
+    pair = router1._pipe_pairs[router2.id].result()
+    local = pair[router1.id]
+    consumers: list[Any] = []
+
+    def hold(consumer: Any) -> None:
+        consumers.append(consumer)
+        os.kill(ctx.worker1.pid, signal.SIGSTOP)
+        os.kill(ctx.worker2.pid, signal.SIGCONT)
+
+    local.observer.once("newdataconsumer", hold)
+    os.kill(ctx.worker2.pid, signal.SIGSTOP)
+    try:
+        piping = asyncio.ensure_future(
+            router1.pipe_to_router(router=router2, data_producer_id=source.id)
+        )
+        async with asyncio.timeout(5):
+            while not router2.has_data_producer(source.id):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not piping.done() and local.sctp_state != "connected"
+        copy = router2._data_producers[source.id]
+        (consumers[0] if closing == "pipe consumer" else source).close()
+    finally:
+        os.kill(ctx.worker2.pid, signal.SIGCONT)
+        os.kill(ctx.worker1.pid, signal.SIGCONT)
+    reason = "pipe DataConsumer closed" if closing == "pipe consumer" else "original DataProducer"
+    with pytest.raises(InvalidStateError, match=reason):
+        await asyncio.wait_for(piping, 5)
+    assert local.sctp_state == "connected"
+    assert consumers[0].closed and copy.closed and not router2.has_data_producer(source.id)
+
+
 async def test_consume_data_of_pipe_data_producer(ctx: Ctx) -> None:
     result = await ctx.router1.pipe_to_router(
         data_producer_id=ctx.data_producer.id, router=ctx.router2

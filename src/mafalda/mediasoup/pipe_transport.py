@@ -300,3 +300,38 @@ async def open_pipe_pair(first: Awaitable[_Pipe], second: Awaitable[_Pipe]) -> t
             end.close()
         raise InvalidStateError("PipeTransport closed while its pair was opening")
     return a, b  # type: ignore[return-value]
+
+
+async def sctp_connected(transport: Any, timeout: float = 10.0) -> None:
+    """Return once the SCTP association of ``transport`` (a local or remote proxy
+    transport) is connected; InvalidStateError when it fails or the transport closes
+    first, TimeoutError after ``timeout`` seconds."""
+    state = transport.sctp_state
+    if state == "connected":
+        return
+    if transport.closed:
+        raise InvalidStateError("transport closed")
+    if state in ("failed", "closed"):
+        raise InvalidStateError(f"SCTP association {state}")
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_state(state: str) -> None:
+        if future.done():
+            return
+        if state == "connected":
+            future.set_result(None)
+        elif state in ("failed", "closed"):
+            future.set_exception(InvalidStateError(f"SCTP association {state}"))
+
+    def on_close() -> None:
+        if not future.done():
+            future.set_exception(InvalidStateError("transport closed"))
+
+    transport.observer.on("sctpstatechange", on_state)
+    transport.observer.on("close", on_close)
+    try:
+        async with asyncio.timeout(timeout):
+            await future
+    finally:
+        transport.observer.off("sctpstatechange", on_state)
+        transport.observer.off("close", on_close)

@@ -60,6 +60,7 @@ from mafalda.mediasoup.pipe_transport import (
     PipeTransport,
     open_pipe_pair,
     parse_pipe_transport_dump,
+    sctp_connected,
 )
 from mafalda.mediasoup.plain_transport import PlainTransport, parse_plain_transport_dump
 from mafalda.mediasoup.producer import Producer
@@ -828,18 +829,25 @@ class Router(EventSource):
                 protocol=pipe_consumer.protocol,
                 app_data=data_producer.app_data,
             )
+            pipe_consumer.observer.on("close", pipe_producer.close)
+            pipe_producer.observer.on("close", pipe_consumer.close)
+            # Unlike mediasoup's Node library, returned once the pair's SCTP association
+            # is up: the worker starts it with the pair's first stream (the consumer
+            # above) and drops what the pipe consumer is sent before, so a message sent
+            # as soon as this returns, between workers, was lost about one time in two.
+            await sctp_connected(local)
+            await sctp_connected(remote)
             if data_producer.closed:
                 raise InvalidStateError("original DataProducer closed")
+            if pipe_consumer.closed:
+                raise InvalidStateError("pipe DataConsumer closed while the pipe was being made")
         except BaseException:
             if pipe_consumer is not None:
                 pipe_consumer.close()
             if pipe_producer is not None:
                 pipe_producer.close()
             raise
-        consumer, piped = pipe_consumer, pipe_producer
-        consumer.observer.on("close", piped.close)
-        piped.observer.on("close", consumer.close)
-        return {"pipeDataConsumer": consumer, "pipeDataProducer": piped}
+        return {"pipeDataConsumer": pipe_consumer, "pipeDataProducer": pipe_producer}
 
     # -- aliases (for the layers above) ---------------------------------------------------
 

@@ -32,7 +32,11 @@ logger = logging.getLogger("mafalda.vertical")
 
 
 class WorkerLoss(TypedDict):
-    """What a dead worker took with it (the ``workerdied`` event's argument)."""
+    """What a dead worker took with it (the ``workerdied`` event's argument): ids of the
+    pool's routers' objects, and ``webRtcServers``, the application's own WebRtcServers
+    (``create_webrtc_servers()``, ``worker.create_webrtc_server()``) that closed with it
+    ('workerclose', observer 'close'). A MafaldaWebRtcServer's real ones are not listed:
+    it lives on, and makes one again on the worker its next transport goes to."""
 
     pid: int
     error: str
@@ -43,6 +47,7 @@ class WorkerLoss(TypedDict):
     dataProducers: list[str]
     dataConsumers: list[str]
     rtpObservers: list[str]
+    webRtcServers: list[str]
 
 
 class WorkerStats(TypedDict):
@@ -221,6 +226,7 @@ class Mafalda(EventSource):
         self._pool[worker] = entry
         worker.on("died", lambda error: self._on_worker_died(worker, error))
         worker.observer.on("close", lambda: self._on_worker_closed(worker))
+        worker.observer.on("newwebrtcserver", lambda server: self._follow(worker, server))
         self.observer.emit("newworker", worker)
         logger.info("worker %s started (%d in the pool)", worker.pid, len(self._pool))
         return worker
@@ -238,6 +244,7 @@ class Mafalda(EventSource):
             "dataProducers": entry.loss.get("dataProducers", []),
             "dataConsumers": entry.loss.get("dataConsumers", []),
             "rtpObservers": entry.loss.get("rtpObservers", []),
+            "webRtcServers": entry.loss.get("webRtcServers", []),
         }
         logger.error(
             "worker %s died (%s): %d transports lost", worker.pid, error, len(loss["transports"])
@@ -246,6 +253,22 @@ class Mafalda(EventSource):
         self.observer.emit("workerdied", loss)
         if not self._closed and len(self._pool) < self._min_workers:
             self._replace_soon()
+
+    def _follow(self, worker: Worker, server: WebRtcServer) -> None:
+        """A WebRtcServer made on ``worker``: one of the application's that dies with it
+        is in the worker's loss (it closes before the worker's 'died'). A
+        MafaldaWebRtcServer's real one is known by its app_data (it may die before its
+        making returns, before its MafaldaWebRtcServer knows it)."""
+        from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
+
+        if MafaldaWebRtcServer.app_data_key in server.app_data:
+            return
+
+        def worker_closed() -> None:
+            if worker.died:
+                self.record_loss(worker, "webRtcServers", server.id)
+
+        server.events.on("workerclose", worker_closed)
 
     def _on_worker_closed(self, worker: Worker) -> None:
         """A worker closed by someone else (not died): forget it, keep min_workers."""
@@ -348,6 +371,12 @@ class Mafalda(EventSource):
         return False
 
     def worker_of_webrtc_server(self, server: WebRtcServer) -> Worker:
+        """The worker of a WebRtcServer of the application's own: a transport given it
+        goes there, whatever the placement policy would choose and however loaded that
+        worker is (a WebRtcServer and its transports share a worker). InvalidStateError
+        once it is closed (by the application, or with its worker), as a Router's."""
+        if getattr(server, "closed", False):
+            raise InvalidStateError("WebRtcServer closed")
         for worker in self._pool:
             if server in worker.webrtc_servers_for_testing:
                 return worker
@@ -359,7 +388,12 @@ class Mafalda(EventSource):
         """One WebRtcServer per current worker (ports must differ: use a portRange or port
         0). All or none: when one worker refuses, those made on the others are closed.
         Each is the application's until it closes it: its worker is not freed as idle
-        meanwhile (a worker started later gets none)."""
+        meanwhile. A transport given one goes to its worker, however loaded (placement
+        does not apply, and the pool does not grow for it); a worker started later gets
+        none, so only transports without one go there (make one on it from the
+        observer's 'newworker' with ``worker.create_webrtc_server()``, or use
+        create_webrtc_server(), whose transports are placed as any other). A worker that
+        dies takes its server with it: the 'workerdied' loss names it."""
         from mafalda.vertical.webrtc_server import check_pool_listen_infos
 
         self._check_open()

@@ -161,7 +161,10 @@ class MafaldaRouter(SpanningRouter[Worker]):
     async def create_webrtc_transport(self, **options: Any) -> WebRtcTransport:
         """As mediasoup's. ``webrtc_server``: one of this Mafalda's MafaldaWebRtcServers
         (the transport is placed as any other, on that worker's real WebRtcServer), or a
-        WebRtcServer of one of its workers (the transport goes to that worker)."""
+        WebRtcServer of one of its workers (``create_webrtc_servers()``,
+        ``worker.create_webrtc_server()``): the transport goes to that server's worker,
+        however loaded, as a WebRtcServer's transports share its worker (a worker started
+        after those servers were made has none: no such transport goes there)."""
         from mafalda.vertical.webrtc_server import MafaldaWebRtcServer
 
         server = options.get("webrtc_server")

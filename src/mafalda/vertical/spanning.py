@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 from mafalda.mediasoup import ortc
 from mafalda.mediasoup.emitter import EventEmitter, EventSource
 from mafalda.mediasoup.errors import InvalidStateError, InvalidValueError
-from mafalda.mediasoup.pipe_transport import open_pipe_pair
+from mafalda.mediasoup.pipe_transport import open_pipe_pair, sctp_connected
 from mafalda.mediasoup.router import RouterDump, answer_can_consume
 from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability, RtpCapabilities
 from mafalda.mediasoup.worker import validate_app_data
@@ -820,41 +820,6 @@ def _fail_waiters(ready: asyncio.Future[Any]) -> None:
 
 def _entries(table: dict[str, list[str]], keep: set[str]) -> list[dict[str, Any]]:
     return [{"key": k, "values": v} for k, v in table.items() if k in keep]
-
-
-async def sctp_connected(transport: Any, timeout: float = 10.0) -> None:
-    """Return once the SCTP association of ``transport`` (a local or remote proxy
-    transport) is connected; InvalidStateError when it fails or the transport closes
-    first, TimeoutError after ``timeout`` seconds."""
-    state = transport.sctp_state
-    if state == "connected":
-        return
-    if transport.closed:
-        raise InvalidStateError("transport closed")
-    if state in ("failed", "closed"):
-        raise InvalidStateError(f"SCTP association {state}")
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_state(state: str) -> None:
-        if future.done():
-            return
-        if state == "connected":
-            future.set_result(None)
-        elif state in ("failed", "closed"):
-            future.set_exception(InvalidStateError(f"SCTP association {state}"))
-
-    def on_close() -> None:
-        if not future.done():
-            future.set_exception(InvalidStateError("transport closed"))
-
-    transport.observer.on("sctpstatechange", on_state)
-    transport.observer.on("close", on_close)
-    try:
-        async with asyncio.timeout(timeout):
-            await future
-    finally:
-        transport.observer.off("sctpstatechange", on_state)
-        transport.observer.off("close", on_close)
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from mafalda import monitor, remote, swarm
 from mafalda.horizontal.cluster import Cluster, ClusterError
 from mafalda.horizontal.registry import ServerRecord
-from mafalda.mediasoup import InvalidStateError, InvalidValueError
+from mafalda.mediasoup import InvalidStateError, InvalidValueError, MediasoupError
 from mafalda.mediasoup.pipe_transport import PipeTransport
 from mafalda.monitor import Probe, StatsRoute, SwarmMonitor
 from mafalda.monitor.web import MonitorWeb
@@ -993,6 +993,7 @@ _OPEN = b'{"op": "open", "producerId": "p", "pipeId": "x", "pairId": "y", "from"
         (_OPEN + b"}", "'port'"),
         (_OPEN + b', "port": 70000}', "'port'"),
         (_OPEN + b', "port": 7, "srtpParameters": 1}', "'srtpParameters'"),
+        (_OPEN + b', "port": 7, "incarnation": 1}', "'incarnation'"),
     ],
 )
 def test_bad_stream_messages_are_refused_naming_what(message: bytes, error: str) -> None:
@@ -2246,6 +2247,32 @@ async def test_a_data_stream_from_another_router_here_waits_for_sctp(
             await b.client.aclose()
 
 
+async def test_a_data_copy_from_another_router_here_follows_its_pause() -> None:
+    """Two apps on one server: B's consumer of A's data producer, on a copy made by
+    mediasoup's pipe_to_router() (which, as Node's, carries no data producer's pause),
+    has its pause state, as a copy from another server does: paused when the copy is
+    made, then each change; a pause and a resume at once end resumed."""
+    async with _lone_node() as (streams, a, _):
+        b = await App.on(streams.server.url)
+        try:
+            data_producer = await (await a.router.create_direct_transport()).produce_data()
+            await data_producer.pause()
+            sink = await b.router.create_direct_transport()
+            consumer = await sink.consume_data(data_producer_id=data_producer.id)
+            (pipe,) = streams._in.values()
+            assert consumer.data_producer_paused and pipe.carrier.paused
+            for paused in (False, True, False):
+                await (data_producer.pause() if paused else data_producer.resume())
+                await wait_until(lambda paused=paused: consumer.data_producer_paused is paused)
+            await data_producer.pause()
+            await data_producer.resume()
+            await wait_until(lambda: not streams._following)
+            assert not pipe.carrier.paused and not consumer.data_producer_paused
+            assert await _delivered(data_producer, consumer, "resumed") == 51
+        finally:
+            await b.client.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _two_nodes(
     idle: float,
@@ -2757,6 +2784,31 @@ async def test_an_asker_that_leaves_and_is_back_while_its_stream_opens() -> None
             await n2.aclose()
 
 
+async def test_an_open_from_a_former_run_of_a_server_is_not_taken_from_the_next() -> None:
+    """An open that s2 sent before it left reaches s1 late, after s1 dropped s2: s1
+    waits for s2 to be a member (it may be one joining), and s2 joins again under its
+    id meanwhile, a new run that knows nothing of that open. s1 takes it from the run
+    that sent it only (its record's incarnation): refused after find_timeout, nothing
+    kept (a pair and a stream nobody would close); the next run's opens are taken."""
+    async with (
+        _lone_node(find_timeout=1) as (streams, a, post),
+        await remote.serve(host="127.0.0.3", token=TOKEN) as s2,
+    ):
+        _, producer = await a.producer("127.0.0.2")
+        opening = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q"}
+        opening |= {"pipeId": "x", "ip": "127.0.0.1", "port": 9, "incarnation": "former"}
+        answer = asyncio.ensure_future(post(opening))
+        await wait_until(lambda: "x" in streams._opening)
+        seeds = [streams.server.url]
+        async with SwarmNode(s2, token=TOKEN, seeds=seeds, server_id="s2", interval=ROUND) as n2:
+            await wait_until(lambda: "s2" in streams._members())
+            assert await answer == {"error": "server s2 is not in this swarm"}
+            assert not (streams._out or streams._pairs_out or streams._opening)
+            this_run = opening | {"incarnation": n2.incarnation, "pipeId": "y"}
+            assert (await post(this_run))["kind"] == "audio"
+            assert list(streams._out) == ["y"]
+
+
 async def test_a_failed_first_stream_closes_the_owners_end_of_its_pair() -> None:
     """A consume whose stream fails once the owner made its end (a router of s2 without
     the producer's codec): the owner closes its end of the new pair too."""
@@ -2778,6 +2830,40 @@ async def test_a_failed_first_stream_closes_the_owners_end_of_its_pair() -> None
         finally:
             await a.client.aclose()
             await b.aclose()
+
+
+async def test_a_consume_under_way_when_the_node_stops_fails_with_a_stream_error() -> None:
+    """s2's node stops while a consume there is bringing a producer of s1 (held making
+    its end of the pair: its worker stopped): the open it then asks of s1 fails with
+    the library's StreamError, not aiohttp's RuntimeError of a closed session, and
+    leaves nothing."""
+    async with _two_nodes(10) as (s1, s2, n1, n2):
+        assert n2.streams is not None
+        streams = n2.streams
+        a, b = await App.on(s1.url), await App.on(s2.url)
+        try:
+            _, producer = await a.producer("127.0.0.2")
+            sink_b = await b.router.create_direct_transport()
+            (worker,) = b.client.workers
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                consume = asyncio.ensure_future(
+                    sink_b.consume(
+                        producer_id=producer.id, rtp_capabilities=b.router.rtp_capabilities
+                    )
+                )
+                await wait_until(lambda: bool(streams._pair_opens))
+                await n2.aclose()
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            with pytest.raises(MediasoupError, match="server s2: its swarm node stopped"):
+                await consume
+            assert not (streams._in or streams._pairs_in or streams._pair_opens)
+            await wait_until(lambda: not (n1.streams._out or n1.streams._pairs_out))  # type: ignore[union-attr]
+            assert await _transports(b) == 1  # the sink only
+        finally:
+            for app in (a, b):
+                await app.client.aclose()
 
 
 async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(

@@ -115,6 +115,9 @@ class SwarmNode:
         self.interval = interval
         self._token = token if peer_token is None else peer_token
         self._ssl = ssl
+        #: This run of the server under its id (its record carries it): what a peer
+        #: checks a stream's asker by (a former run's late open is not this one's).
+        self.incarnation = uuid.uuid4().hex
         self._table = Table(
             self.record(),
             generation=time.time_ns() // 1_000_000,
@@ -133,6 +136,7 @@ class SwarmNode:
                 ssl=ssl,
                 media_address=self.media_address,
                 find_timeout=find_timeout,
+                incarnation=self.incarnation,
             )
             self.observer.on("serverleave", lambda server_id, _why: mine.peers_gone([server_id]))
             self.observer.on("serverjoin", mine.member_joined)
@@ -144,13 +148,15 @@ class SwarmNode:
     # -- the record and the table --------------------------------------------------------
 
     def record(self) -> ServerRecord:
-        return server_record(
+        record = server_record(
             self.server,
             server_id=self.id,
             control_url=self.control_url,
             media_address=self.media_address,
             region=self.region,
         )
+        record["incarnation"] = self.incarnation
+        return record
 
     @property
     def members(self) -> dict[str, ServerRecord]:

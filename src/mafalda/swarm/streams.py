@@ -119,6 +119,8 @@ def check_message(raw: bytes) -> dict[str, Any]:
         _text(data, "pipeId")
         _text(data, "pairId")
         _text(data, "from")
+        if "incarnation" in data:  # (not from an older version)
+            _text(data, "incarnation")
         if "ip" in data:  # a new pair: the asking end's address
             _text(data, "ip")
             port = data.get("port")
@@ -202,6 +204,7 @@ class SwarmStreams:
         ssl: ssl_module.SSLContext | None = None,
         media_address: str | None = None,
         find_timeout: float = 2.0,
+        incarnation: str | None = None,
     ) -> None:
         """media_address: where this server's pipe transports listen (default: the
         server's host). find_timeout: seconds the peers have to say whether they have a
@@ -210,12 +213,15 @@ class SwarmStreams:
         server has fails in that time rather than in ``timeout``. idle: seconds a copy
         brought from another server stays with no consumer before its pipe closes (a
         consumer back within it reuses the pipe). ssl: the context to reach wss:// peers
-        (default: the system's certificate authorities)."""
+        (default: the system's certificate authorities). incarnation: this run of the
+        server, which its record in ``members`` names (a SwarmNode's; default: a new
+        one): the opens it asks for carry it, and a peer takes them from that run only."""
         if idle < 0:
             raise ValueError("idle must be >= 0")
         if not 0 < find_timeout < float("inf"):
             raise ValueError("find_timeout must be > 0")
         self.find_timeout = find_timeout
+        self.incarnation = incarnation or uuid.uuid4().hex
         self.server = server
         self.id = server_id
         self._token = token
@@ -276,6 +282,8 @@ class SwarmStreams:
         #: (a leave cancels the peer's sender).
         self._queues: dict[str, asyncio.Queue[tuple[ServerRecord, dict[str, Any]]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
+        #: The pauses and resumes of copies from another router here under way.
+        self._following: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._started = False
 
@@ -440,6 +448,21 @@ class SwarmStreams:
                 router.alias_producer(producer_id, copy)
         key = (router.id, producer_id, data)
         self._here[key] = copy
+        if data and not isinstance(source, MafaldaRouter):
+            # mediasoup's pipe_to_router() (as Node's) makes a data copy unpaused and
+            # deaf to its original's pause and resume: it follows them here, as a copy
+            # from another server does.
+            carrier = result["pipeDataConsumer"]
+
+            def follow() -> None:
+                task = asyncio.ensure_future(self._follow_pause(copy, carrier))
+                self._following.add(task)
+                task.add_done_callback(self._following.discard)
+
+            carrier.on("dataproducerpause", follow)
+            carrier.on("dataproducerresume", follow)
+            if carrier.data_producer_paused:
+                await self._follow_pause(copy, carrier)
         # Collected when unused, as a copy from another server is (closing the copy
         # closes its pipe consumer too: mediasoup links them).
         self._track_copy(_Pipe(copy.id, None, copy, key))
@@ -448,6 +471,14 @@ class SwarmStreams:
             # between servers. (On a pool, the copy's pipe is one of the MafaldaRouters'
             # own, which they do not tell of.)
             await self._sctp_up(self._carried_by[copy])
+
+    @staticmethod
+    async def _follow_pause(copy: Any, carrier: Any) -> None:
+        """Pause or resume ``copy`` as its original is now (``carrier``: its pipe data
+        consumer, which tells). Each change sends the state then, in turn: the last
+        one sent is the last state."""
+        with contextlib.suppress(Exception):  # closed meanwhile
+            await (copy.pause() if carrier.data_producer_paused else copy.resume())
 
     def _track_copy(self, pipe: _Pipe) -> None:
         """A copy here: known by its key and its own id, collected when unused (so also
@@ -601,7 +632,7 @@ class SwarmStreams:
         the pair do not wait behind it)."""
         pipe_id = str(uuid.uuid4())
         message: dict[str, Any] = {"op": "open", "producerId": producer_id, "data": data}
-        message |= {"pipeId": pipe_id, "from": self.id}
+        message |= {"pipeId": pipe_id, "from": self.id, "incarnation": self.incarnation}
         async with lock:
             pair = self._pairs_in.get(key)
             new = pair is None
@@ -855,8 +886,8 @@ class SwarmStreams:
             self._cancelled.discard(pipe_id)
 
     async def _open_out(self, message: dict[str, Any]) -> dict[str, Any]:
-        peer = message["from"]
-        await self._member(peer)
+        peer, incarnation = message["from"], message.get("incarnation")
+        await self._member(peer, incarnation)
         data = message.get("data", False)
         found = self._original(message["producerId"], data)
         if found is None:
@@ -878,7 +909,7 @@ class SwarmStreams:
                 consumer = await pair.transport.consume_data(data_producer_id=producer.id)
             else:
                 consumer = await pair.transport.consume(producer_id=producer.id)
-            if consumer.closed or pipe_id in self._cancelled or not self._live(peer):
+            if consumer.closed or pipe_id in self._cancelled or not self._live(peer, incarnation):
                 consumer.close()
                 raise StreamError(f"pipe {pipe_id} was closed, or server {peer} left, meanwhile")
         except BaseException:
@@ -983,24 +1014,36 @@ class SwarmStreams:
 
     # -- talking to peers ---------------------------------------------------------------
 
-    def _live(self, server_id: str) -> bool:
-        """Whether this server still streams with ``server_id`` (a member, and not
-        stopped): what an open must check after each wait."""
-        return self._started and server_id in self._members()
+    def _is_member(self, server_id: str, incarnation: str | None = None) -> bool:
+        """Whether ``server_id`` is a member, in its run ``incarnation`` if given (an
+        open its former run sent, late past that run's leave, is not the next run's:
+        that one would never close what it opens)."""
+        record = self._members().get(server_id)
+        return record is not None and incarnation in (None, record.get("incarnation"))
 
-    async def _member(self, server_id: str) -> None:
-        """Until ``server_id`` is a member, at most ``find_timeout`` seconds (a peer may
-        know this server a gossip round before this server knows it); StreamError past
-        that. A pipe to a stranger would never be closed: no leave of it comes."""
+    def _live(self, server_id: str, incarnation: str | None = None) -> bool:
+        """Whether this server still streams with ``server_id`` (a member, in that run,
+        and not stopped): what an open must check after each wait."""
+        return self._started and self._is_member(server_id, incarnation)
+
+    async def _member(self, server_id: str, incarnation: str | None = None) -> None:
+        """Until ``server_id`` is a member (in its run ``incarnation`` if given), at most
+        ``find_timeout`` seconds (a peer may know this server a gossip round before this
+        server knows it); StreamError past that. A pipe to a stranger, or to a run that
+        left, would never be closed: no leave of it comes."""
         try:
             async with asyncio.timeout(self.find_timeout):
-                while server_id not in self._members():
+                while not self._is_member(server_id, incarnation):
                     await self._joined.wait()
         except TimeoutError:
             raise StreamError(f"server {server_id} is not in this swarm") from None
 
     async def _post(self, record: ServerRecord, message: dict[str, Any]) -> dict[str, Any]:
         assert self._http is not None
+        if self._http.closed:
+            # Stopped (aclose()) while a consume waited to ask: aiohttp's own refusal
+            # would be a RuntimeError, which is not this library's.
+            raise StreamError(f"server {self.id}: its swarm node stopped")
         url = route_url(record["controlUrl"], ROUTE)
         async with self._http.post(url, data=json.dumps(message), ssl=self._ssl) as response:
             if response.status != 200:
@@ -1079,8 +1122,9 @@ class SwarmStreams:
         self.server.observer.off("newrouter", self._follow_router)
         self.server.remove_route(ROUTE)
         self.server.before_consume = None
-        for sender in self._senders.values():
-            sender.cancel()
+        for task in (*self._senders.values(), *self._following):
+            task.cancel()
+        await asyncio.gather(*self._following, return_exceptions=True)
         if self._senders:
             await asyncio.wait(list(self._senders.values()))
         self._senders.clear()

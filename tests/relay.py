@@ -84,6 +84,10 @@ class Relay:
         assert self._server is not None
         self._server.close()
 
+    async def accept(self) -> None:
+        """Accept new connections again after refuse() (on the port given: not port 0)."""
+        self._server = await asyncio.start_server(self._relay, self._host, self._port)
+
     def cut(self) -> None:
         for a, b in self._pairs:
             a.transport.abort()

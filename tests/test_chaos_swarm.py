@@ -39,8 +39,9 @@ from mafalda.swarm import SwarmNode
 from mafalda.swarm.streams import SwarmStreams
 from tests import chaos
 from tests.chaos import CALL_TIMEOUT, until
+from tests.conftest import opus_rtp_parameters
 from tests.relay import Relay
-from tests.rtp_flow import MEDIA_CODECS
+from tests.rtp_flow import MEDIA_CODECS, OPUS_PT
 
 TOKEN = "chaos-token"
 KINDS = (
@@ -519,3 +520,36 @@ async def _nothing_left(swarm: Swarm, chaos: Chaos) -> None:
     for worker in chaos.live("worker"):
         dump = await asyncio.wait_for(worker.dump(), CALL_TIMEOUT)
         assert not dump["routerIds"], f"routers left on {worker!r}: {dump['routerIds']}"
+
+
+async def test_a_notice_a_peer_did_not_hear_is_sent_again() -> None:
+    """A deterministic case of a fault the chaos test meets: s2's link to s1 is cut and
+    s1's port refuses for a while (for its peers: this app reaches s1 directly), as s2's
+    producer pauses; s2's notice to s1, which holds the copy, fails, and is sent again
+    until heard, so s1's consumer gets the pause (before, the notice was dropped after
+    one try: the copy stayed unpaused, and a lost close would leave a pipe open there for
+    good)."""
+    async with _swarm() as (swarm, apps):
+        s1 = swarm.servers["s1"]
+        a = await remote.connect(f"ws://{ADDRESSES['s1']}:{s1.port}/", token=TOKEN)
+        try:
+            here = await (await a.create_worker()).create_router(media_codecs=MEDIA_CODECS)
+            there = await (await apps["b"].create_worker()).create_router(media_codecs=MEDIA_CODECS)
+            producer = await (await there.create_direct_transport()).produce(
+                kind="audio", rtp_parameters=opus_rtp_parameters(1111, OPUS_PT)
+            )
+            consumer = await (await here.create_direct_transport()).consume(
+                producer_id=producer.id, rtp_capabilities=here.rtp_capabilities
+            )
+            paused = asyncio.Event()
+            consumer.on("producerpause", paused.set)
+            swarm.relay.refuse()
+            swarm.relay.cut()
+            await producer.pause()
+            await asyncio.sleep(0.2)  # a try or two refused (s1 a member still: < 5 rounds)
+            assert not paused.is_set() and not consumer.producer_paused
+            await swarm.relay.accept()
+            await asyncio.wait_for(paused.wait(), 5)
+            assert consumer.producer_paused
+        finally:
+            await a.aclose()

@@ -82,6 +82,8 @@ _OPS = (
 )
 #: What an owner that could not pipe a stream (or answered nonsense) makes an open raise.
 _OWNER_FAULTS = (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError)
+#: Seconds before a notice a peer did not hear is sent again, doubling up to the max.
+_RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 #: Producers whose peer a SwarmStreams remembers (where a find found them last).
 _MAX_FOUND = 4096
 
@@ -1054,9 +1056,10 @@ class SwarmStreams:
         return answer
 
     def _notify(self, peer: str, message: dict[str, Any]) -> None:
-        """Send a notice to ``peer``, after those sent to it before (best effort; none once
-        stopped: its producers closing after the swarm node left tell no one; none to a
-        server that left: its pipes closed with its leave)."""
+        """Send a notice to ``peer``, after those sent to it before (one it does not hear
+        is sent again until it does or leaves; none once stopped: its producers closing
+        after the swarm node left tell no one; none to a server that left: its pipes
+        closed with its leave)."""
         record = self._members().get(peer) if self._started else None
         if record is None:
             return
@@ -1071,12 +1074,26 @@ class SwarmStreams:
     ) -> None:
         while True:
             record, message = await queue.get()
-            try:
-                await self._post(record, message)
-            except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError) as error:
-                logger.warning("telling server %s of %s failed: %r", peer, message["op"], error)
-            except Exception:  # the next notices must still go
-                logger.exception("telling server %s of %s failed", peer, message["op"])
+            delay = _RETRY_FIRST
+            while True:
+                try:
+                    await self._post(record, message)
+                except (aiohttp.ClientConnectionError, OSError, TimeoutError) as error:
+                    # Not heard (a link cut, a port refusing, a peer slow): again, in
+                    # order, until heard or the peer leaves (peers_gone() cancels this
+                    # sender, as aclose() does). Every notice may come twice: a close of
+                    # what is closed, a pause of what is paused, change nothing; a lost
+                    # close would leave a pipe or pair open there for good.
+                    logger.info("telling server %s of %s: %r, again", peer, message["op"], error)
+                    await asyncio.sleep(delay)
+                    record = self._members().get(peer, record)  # (its address may change)
+                    delay = min(2 * delay, _RETRY_MAX)
+                    continue
+                except (aiohttp.ClientError, StreamError, ValueError) as error:
+                    logger.warning("telling server %s of %s failed: %r", peer, message["op"], error)
+                except Exception:  # the next notices must still go
+                    logger.exception("telling server %s of %s failed", peer, message["op"])
+                break
 
     # -- peers gone, and the end ---------------------------------------------------------
 

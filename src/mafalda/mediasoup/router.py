@@ -249,6 +249,9 @@ class Router(EventSource):
         self._producers: dict[str, Producer] = self._book.producers
         self._rtp_observers: dict[str, RtpObserver] = {}
         self._data_producers: dict[str, DataProducer] = self._book.data_producers
+        #: The aliases of each table (those keys only: the layers above list them
+        #: without a walk of every producer).
+        self._other_keys: dict[str, set[str]] = {"producers": set(), "dataProducers": set()}
         self._pipe_pairs: dict[str, asyncio.Future[dict[str, PipeTransport]]] = {}
         self.events = EventEmitter()
         self.observer = EventEmitter()
@@ -866,13 +869,13 @@ class Router(EventSource):
         into a worker that already hosts that id needs another id, and Mafalda keeps
         the original id working through an alias. It goes when the producer closes.
         """
-        self._alias(key, producer, self._producers, "Producer")
+        self._alias(key, producer, self._producers, "Producer", "producers")
 
     def alias_data_producer(self, key: str, data_producer: DataProducer) -> None:
         """As alias_producer(), for a data producer."""
-        self._alias(key, data_producer, self._data_producers, "DataProducer")
+        self._alias(key, data_producer, self._data_producers, "DataProducer", "dataProducers")
 
-    def _alias(self, key: str, source: Any, table: dict[str, Any], kind: str) -> None:
+    def _alias(self, key: str, source: Any, table: dict[str, Any], kind: str, name: str) -> None:
         self._check_open()
         if not isinstance(key, str) or not key:
             raise TypeError("key must be a non-empty string")
@@ -886,10 +889,13 @@ class Router(EventSource):
             # An alias may move to another source, but never hide one by its own id.
             raise TypeError(f'a {kind} with same id "{key}" already exists')
         table[key] = source
+        others = self._other_keys[name]
+        others.add(key)
 
         def drop() -> None:
             if table.get(key) is source:
                 del table[key]
+                others.discard(key)
 
         source.observer.on("close", drop)
 

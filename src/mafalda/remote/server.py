@@ -690,9 +690,14 @@ class Session:
             ("dataProducers", router._data_producers),
         ):
             keys: dict[str, str | None] = {}
-            for key, source in table.items():
+            # The router's other keys only (not every producer: a router event of a big
+            # room would walk them all, each transport made costing O(producers)).
+            for key in router._other_keys[name]:
+                source = table.get(key)  # (none once the router closed: its tables cleared)
                 handle = self.handles.get(id(source))
-                if key != source.id or parents.get(parents.get(handle or "") or "") != here:
+                if source is not None and (
+                    key != source.id or parents.get(parents.get(handle or "") or "") != here
+                ):
                     keys[key] = handle
             aliases[name] = keys
         return aliases

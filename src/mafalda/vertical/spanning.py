@@ -131,6 +131,10 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._transport_host: dict[str, H] = {}
         self._producers: dict[str, Any] = {}
         self._data_producers: dict[str, Any] = {}
+        #: The keys of each table that are not its own transports' sources under their
+        #: ids (aliases, copies piped in): the layers above list them without a walk of
+        #: every producer.
+        self._other_keys: dict[str, set[str]] = {"producers": set(), "dataProducers": set()}
         #: The host of each producer (id, False) and data producer (id, True): two id
         #: spaces, as in mediasoup.
         self._home: dict[tuple[str, bool], H] = {}
@@ -302,18 +306,21 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._release_child_if_idle(host)
 
     def _adopt_producer(self, host: H, producer: Any, key: str | None = None) -> None:
-        """Register a producer of this router, under ``key`` when its id had to differ."""
-        self._adopt_source(host, producer, key or producer.id, self._producers, "producers")
+        """Register a producer of this router: one of its transports' (no ``key``), or
+        another (an alias, a copy piped in) under ``key``."""
+        self._adopt_source(host, producer, key, self._producers, "producers")
 
     def _adopt_data_producer(self, host: H, data_producer: Any, key: str | None = None) -> None:
-        self._adopt_source(
-            host, data_producer, key or data_producer.id, self._data_producers, "dataProducers"
-        )
+        self._adopt_source(host, data_producer, key, self._data_producers, "dataProducers")
 
     def _adopt_source(
-        self, host: H, source: Any, key: str, table: dict[str, Any], kind: str
+        self, host: H, source: Any, other: str | None, table: dict[str, Any], kind: str
     ) -> None:
+        key: str = source.id if other is None else other
         table[key] = source
+        others = self._other_keys[kind]
+        if other is not None:
+            others.add(key)
         home_key = (key, kind == "dataProducers")
         self._home[home_key] = host
 
@@ -321,6 +328,7 @@ class SpanningRouter(EventSource, Generic[H], ABC):
             # Still the key's source: one id space per router (an id it has or is making
             # is refused: _refuse_taken), so no other took the key meanwhile.
             table.pop(key, None)
+            others.discard(key)
             self._home.pop(home_key, None)
             # Its copies go now, not when the worker tells their pipe consumers: until then
             # they would be consumed in its place (a new source with its id included).

@@ -4,7 +4,7 @@ consumers on other servers (media and data piped between servers), pipe_to_route
 between cluster routers, audio level observers, pauses, dumps and closes, in sequence
 and in bursts, while workers are killed on the servers (SIGKILL), the client's
 connection to one server is cut (a TCP relay aborting both sockets), and a server
-leaves the cluster (its MediaNode stops) and joins again.
+leaves the cluster (its MediaNode stops) and joins again, later or at once.
 
 A Redis and three in-process media servers ("a" behind the relay, "b", "c"), each
 registered by a MediaNode, and a cluster client. Every call ends within its timeout
@@ -244,6 +244,18 @@ class Chaos(chaos.Chaos):
         finally:
             self.moving.discard(server_id)
 
+    async def bounce(self) -> None:
+        """Server "b" or "c" leaves and joins again at once (a restart under its id)."""
+        server_id = self.rng.choice(["b", "c"])
+        if server_id in self.moving or server_id not in self.servers.nodes:
+            return
+        self.moving.add(server_id)
+        try:
+            await self.servers.leave(server_id)
+            await self.servers.join(server_id)
+        finally:
+            self.moving.discard(server_id)
+
     async def settle(self) -> None:
         def link() -> Any:  # "a"'s, the one behind the relay
             client = self.cluster._clients.get("a")
@@ -267,6 +279,7 @@ class Chaos(chaos.Chaos):
         ("kill_worker", 2),
         ("cut", 3),
         ("leave", 1),
+        ("bounce", 1),
         ("settle", 2),
     )
 

@@ -236,6 +236,7 @@ async def _side(
 
 #: Seeds run by the suite (each a few seconds); ``CHAOS_SEEDS=1-200`` runs more by hand.
 SEEDS = chaos.seeds("1-4")
+STEPS = int(os.environ.get("CHAOS_STEPS", "200"))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -243,7 +244,7 @@ SEEDS = chaos.seeds("1-4")
 async def test_random_operations_and_faults_leave_things_in_step(side: str, seed: int) -> None:
     async with _side(side) as (api, pool, server, relay):
         chaos = Chaos(random.Random(seed), api, pool, relay)
-        for step in range(200):
+        for step in range(STEPS):
             try:
                 await chaos.step()
             except (AssertionError, TimeoutError) as error:

@@ -2406,6 +2406,43 @@ async def test_cluster_router_keeps_a_child_a_transport_is_being_made_on(
     router.close()
 
 
+@pytest.mark.parametrize("made", ["transport", "observer"])
+@pytest.mark.parametrize("gone", ["link", "child router"])
+async def test_what_comes_closed_from_its_server_is_not_kept(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, made: str, gone: str
+) -> None:
+    """Between the answer that made a transport (an RTP observer) and the cluster
+    router's taking it, the link to its server closes for good (the server left), or its
+    child router there closes: it comes closed, its close gone by unseen. The call fails
+    (RemoteConnectionError, as one the link's end cut off; InvalidStateError) and
+    nothing is kept; the next one is made anew. It used to be adopted: a closed
+    transport (observer) kept in the router for good."""
+    from mafalda.remote.client import Connection
+
+    router = await cluster.create_router(media_codecs=MEDIA_CODECS)
+    await router.create_direct_transport(server="s1")  # the child router on s1
+    child = router._children["s1"]
+    method = "create_direct_transport" if made == "transport" else "create_audio_level_observer"
+    real = Connection.call
+
+    async def call(self: Connection, target: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        result = await real(self, target, name, *args, **kwargs)
+        if target is child and name == method:
+            self.abort() if gone == "link" else child.close()
+        return result
+
+    monkeypatch.setattr(Connection, "call", call)
+    error = RemoteConnectionError if gone == "link" else InvalidStateError
+    with pytest.raises(error):
+        await getattr(router, method)(server="s1")
+    monkeypatch.undo()
+    kept = [*router.transports_for_testing.values(), *router._rtp_observers.values()]
+    assert [o for o in kept if o.closed] == []
+    again = await getattr(router, method)(server="s1")  # (a new link, a new child)
+    assert not again.closed and (await router.dump())["id"] == router.id
+    router.close()
+
+
 # -- connections that drop, servers that leave while a client connects ---------------------
 
 

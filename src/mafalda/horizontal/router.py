@@ -66,6 +66,19 @@ def refused_by_server(error: BaseException) -> bool:
     return isinstance(error, RemoteConnectionError | OSError | TimeoutError)
 
 
+def _made_open(made: _T) -> _T:
+    """``made`` (a transport or an RTP observer a child router just made), unless it
+    came closed: its server's link closed for good (the server left) or its router there
+    closed between the answer and now. Its close has gone by unseen: adopted, it would
+    stay in the router for good (listed, its child router never idle)."""
+    proxy: Any = made
+    if proxy.closed:
+        if proxy.connection.closed:  # as a call cut off by the link's end
+            raise RemoteConnectionError("remote connection closed")
+        raise InvalidStateError(f"{proxy!r} closed as it was made")
+    return made
+
+
 class _Wrapper:
     """Delegates every attribute to a remote proxy, except what the subclass defines."""
 
@@ -359,7 +372,7 @@ class ClusterRouter(SpanningRouter[str]):
             if webrtc_server is not None:
                 placed["webrtc_server"] = await webrtc_server.on_host(host)
                 self._check_open()
-            transport = await getattr(child, method)(**placed)
+            transport = _made_open(await getattr(child, method)(**placed))
             wrapper = ClusterTransport(self, host, transport)
             self._adopt(host, transport, wrapper)
             return wrapper, transport
@@ -415,7 +428,7 @@ class ClusterRouter(SpanningRouter[str]):
         check_create_options(method, options)
 
         async def make(host: str, child: Any) -> ClusterRtpObserver:
-            rtp_observer = await getattr(child, method)(**options)
+            rtp_observer = _made_open(await getattr(child, method)(**options))
             wrapper = ClusterRtpObserver(self, host, rtp_observer)
             self._adopt_observer(host, rtp_observer, wrapper)
             return wrapper

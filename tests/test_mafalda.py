@@ -912,6 +912,98 @@ async def test_a_failed_transport_leaves_no_idle_child(side: str) -> None:
         assert (await worker.dump())["routerIds"] == []
 
 
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("made", ["transport", "observer"])
+@pytest.mark.parametrize("closer", ["itself", "child router", "worker"])
+async def test_what_comes_closed_from_its_child_router_is_not_kept(
+    side: str, made: str, closer: str
+) -> None:
+    """A listener of the child router's 'newtransport' ('newrtpobserver') closes what it
+    makes, that child router or its worker, before the Mafalda router takes it: it comes
+    closed, its close gone by unseen. The call fails with InvalidStateError, as a
+    Router's does when its closing cuts one off, and nothing is kept: no closed
+    transport (observer) listed, the child router made for it gone; the next one is made
+    and freed as any. It used to be adopted: listed for good, and the worker's next
+    child router never idle. (A worker killed as the answer arrives is not this hole:
+    the child Router sees its close before it hands the object out, and raises.)"""
+    async with _pool(side, num_workers=1, min_workers=1) as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        inside = pool.served(router)
+        (worker,) = pool.inside.workers
+        event = "newtransport" if made == "transport" else "newrtpobserver"
+        method = "create_direct_transport" if made == "transport" else "create_audio_level_observer"
+        listed = "transportIds" if made == "transport" else "rtpObserverIds"
+
+        def hook(child: Any) -> None:
+            def close(new: Any) -> None:
+                {"itself": new.close, "child router": child.close, "worker": worker.close}[closer]()
+
+            child.observer.once(event, close)
+
+        worker.observer.once("newrouter", hook)
+        with pytest.raises(InvalidStateError, match="closed as it was made"):
+            await getattr(router, method)()
+        dump = await router.dump()
+        assert dump["transportIds"] == [] and dump["rtpObserverIds"] == []
+        assert inside.child_routers == {}
+        if closer != "worker":
+            assert (await worker.dump())["routerIds"] == []
+        again = await asyncio.wait_for(getattr(router, method)(), 10)
+        assert not again.closed
+        host = inside.worker_of(pool.served(again))
+        assert (host is worker) == (closer != "worker")
+        assert (await router.dump())[listed] == [again.id]
+        again.close()
+        await asyncio.wait_for(_until(lambda: inside.child_routers == {}), 5)
+        assert (await host.dump())["routerIds"] == []
+
+
+@pytest.mark.parametrize("made", ["producer", "consumer"])
+async def test_a_producer_or_consumer_closed_before_the_router_sees_it_is_not_kept(
+    made: str,
+) -> None:
+    """A listener the application put on a transport's 'newproducer' ('newconsumer')
+    through its child router, so before the Mafalda router's own, closes the producer
+    (the consumer of a producer of another worker) it is told of: the router hears of
+    it closed. It is not kept: no closed producer listed nor holding its worker's child
+    router, no pipe held for a closed consumer. (It used to be: the child router, the
+    pipe, kept for good.)"""
+    async with await Mafalda.start(
+        num_workers=2, min_workers=2, worker_settings={"log_level": "warn"}
+    ) as m:
+        router = await m.create_router(media_codecs=MEDIA_CODECS)
+        m.policy = _Pinned(0)
+        source_transport, source = await _audio_producer(router)
+        m.policy = _Pinned(1)
+        event = "newproducer" if made == "producer" else "newconsumer"
+        first, second = m.workers
+        second.observer.once(
+            "newrouter",
+            lambda child: child.observer.once(
+                "newtransport",
+                lambda transport: transport.observer.once(event, lambda new: new.close()),
+            ),
+        )
+        transport = await router.create_plain_transport(listen_info=LISTEN, comedia=True)
+        assert router.worker_of(transport) is second
+        if made == "producer":
+            producer = await transport.produce(
+                kind="audio", rtp_parameters=opus_rtp_parameters(4321, OPUS_PT)
+            )
+            assert producer.closed and not router.has_producer(producer.id)
+        else:
+            consumer = await transport.consume(
+                producer_id=source.id, rtp_capabilities=router.rtp_capabilities
+            )
+            assert consumer.closed
+            assert (await router.mafalda_dump())["pipes"] == []
+        transport.close()
+        assert router.child_router(second) is None
+        assert list(router.child_routers) == [first.pid]
+        source_transport.close()
+        assert router.child_routers == {}
+
+
 async def test_worker_closed_from_outside_leaves_the_pool(mafalda: Mafalda) -> None:
     router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
     transport = await router.create_direct_transport()

@@ -67,15 +67,13 @@ def refused_by_server(error: BaseException) -> bool:
 
 
 def _made_open(made: _T) -> _T:
-    """``made`` (a transport or an RTP observer a child router just made), unless it
-    came closed: its server's link closed for good (the server left) or its router there
-    closed between the answer and now. Its close has gone by unseen: adopted, it would
-    stay in the router for good (listed, its child router never idle)."""
+    """``made`` (a transport or an RTP observer a child router just made), unless it came
+    closed as its server's link closed for good (the server left): RemoteConnectionError,
+    as for a call the link's end cut off, so that a placed call tries another server.
+    (Closed otherwise, its router there closed meanwhile: SpanningRouter refuses it.)"""
     proxy: Any = made
-    if proxy.closed:
-        if proxy.connection.closed:  # as a call cut off by the link's end
-            raise RemoteConnectionError("remote connection closed")
-        raise InvalidStateError(f"{proxy!r} closed as it was made")
+    if proxy.closed and proxy.connection.closed:
+        raise RemoteConnectionError("remote connection closed")
     return made
 
 

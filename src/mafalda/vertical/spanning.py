@@ -285,7 +285,9 @@ class SpanningRouter(EventSource, Generic[H], ABC):
 
     def _adopt(self, host: H, transport: Any, key: Any = None) -> None:
         """Register a transport created on ``host``'s child (``key``: what the router's
-        users hold for it, when not the transport itself)."""
+        users hold for it, when not the transport itself); InvalidStateError if it came
+        closed (see made_open)."""
+        made_open(transport, "Transport")
         tid = transport.id
         self._transports[tid] = transport if key is None else key
         self._transport_host[tid] = host
@@ -350,6 +352,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 self._release_child_if_idle(host)
 
         source.observer.on("close", closed)
+        if source.closed:  # came closed (see made_open): its close went by unseen
+            closed()
 
     def _adopt_consumer(self, host: H, consumer: Any, data: bool) -> None:
         source = consumer.data_producer_id if data else consumer.producer_id
@@ -365,6 +369,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 self._record_loss(host, "dataConsumers" if data else "consumers", consumer.id)
 
         consumer.observer.on("close", closed)
+        if consumer.closed:  # came closed (see made_open): its close went by unseen
+            closed()
 
     # -- pipes between hosts -------------------------------------------------------------
 
@@ -647,6 +653,8 @@ class SpanningRouter(EventSource, Generic[H], ABC):
     # -- RTP observers -------------------------------------------------------------------
 
     def _adopt_observer(self, host: H, rtp_observer: Any, key: Any = None) -> None:
+        """As _adopt(), for an RTP observer."""
+        made_open(rtp_observer, "RtpObserver")
         oid = rtp_observer.id
         self._rtp_observers[oid] = rtp_observer if key is None else key
         self._observer_host[oid] = host
@@ -809,6 +817,18 @@ class SpanningRouter(EventSource, Generic[H], ABC):
         self._close_all()
         self.events.emit("@close")
         self.observer.emit("close")
+
+
+def made_open(made: Any, what: str) -> None:
+    """InvalidStateError if ``made`` (a transport or an RTP observer a child router just
+    made, ``what`` its kind) came closed: closed between its making and its adoption,
+    by a listener of its child router's 'newtransport' / 'newrtpobserver' closing it, its
+    child router or its host, or as a remote child shows a close it has not told yet.
+    Its close has gone by unseen: adopted, it would stay listed for good and keep its
+    child router from ever being idle. The caller gets the error a Router gives for what
+    its closing cut off; its child goes if idle (_busy)."""
+    if made.closed:
+        raise InvalidStateError(f"{what} closed as it was made")
 
 
 def source_open(source: Any, what: str) -> Any:

@@ -87,6 +87,10 @@ async def test_unreadable_messages_are_dropped_and_calls_still_answered(
             {"jsonrpc": "2.0", "method": "state", "params": {"target": "h", "state": 5}},
             {"jsonrpc": "2.0", "method": "event", "params": {"target": "unknown", "event": "x"}},
             {"jsonrpc": "2.0", "method": "event", "params": {"target": 5}},
+            # Root events (target null): one this client has no use for, a malformed one.
+            {"jsonrpc": "2.0", "method": "event", "params": {"target": None, "event": "x"}},
+            {"jsonrpc": "2.0", "method": "event", "params": {"target": None, "event": 5}},
+            {"jsonrpc": "2.0", "method": "somethingnew", "params": {}},
             {"jsonrpc": "2.0", "id": "x", "result": {"value": "for nobody either"}},
             {"jsonrpc": "2.0", "method": "error", "params": {"error": 5}},
             {"jsonrpc": "2.0", "method": "error", "params": {"error": {"code": "x"}}},

@@ -84,6 +84,10 @@ _Opener = Callable[
 ]
 
 
+def _ignore_root_event(observer: bool, event: str, args: list[Any]) -> None:
+    """A root event no facade listens to (a Remote Mediasoup client's)."""
+
+
 def _refused(error: BaseException) -> bool:
     if isinstance(error, aiohttp.ClientConnectorError):
         return error.os_error.errno == errno.ECONNREFUSED
@@ -153,6 +157,9 @@ class Connection:
             weakref.WeakValueDictionary()
         )
         self._special = self._decode_marker
+        #: Called with (whether on the observer, event, arguments) for each event of the
+        #: served root (a Mafalda pool's), after the root's state is updated from it.
+        self.on_root_event: Callable[[bool, str, list[Any]], None] = _ignore_root_event
         self._attach(ws, hello)
 
     def _attach(self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any]) -> None:
@@ -465,7 +472,12 @@ class Connection:
         if message.method == "error":
             self._on_call_error(params)
             return
-        if message.method != "event" or not isinstance(target, str):
+        if message.method != "event":
+            return
+        if target is None:
+            self._on_root_event(params)
+            return
+        if not isinstance(target, str):
             return
         proxy = self.proxies.get(target)
         event = params.get("event")
@@ -490,6 +502,15 @@ class Connection:
             proxy._forget()
             if not isinstance(proxy, RemoteWorker) or proxy._state.get("subprocess_closed"):
                 self._drop(proxy)
+
+    def _on_root_event(self, params: dict[str, Any]) -> None:
+        event, args = params.get("event"), params.get("args", [])
+        if not isinstance(event, str) or not isinstance(args, list):
+            return
+        state = params.get("state")
+        if isinstance(state, dict):
+            self.root_state.update(state)
+        self.on_root_event(params.get("emitter") == "observer", event, args)
 
     def _on_call_error(self, params: dict[str, Any]) -> None:
         wire = params.get("error")
@@ -785,7 +806,45 @@ class RemoteMediasoup(_Facade):
 
 
 class RemoteMafalda(_Facade):
-    """A Mafalda's API on a remote server: this client's routers live in its pool."""
+    """A Mafalda's API on a remote server: this client's routers live in its pool.
+
+    ``events`` and ``observer`` emit the pool's events as a Mafalda's: 'workerdied' (the
+    loss, with the ids of this client's objects only: another client's are not told)
+    after the dead worker's objects here emitted their close events, 'workerreplaced',
+    'newworker' and 'workerclose' with the worker as a dict of ``workers`` (which agrees
+    when they are emitted), 'newrouter' and 'newwebrtcserver' for this client's own,
+    'close' when the pool closes. Those that fire while the connection is down (within
+    the grace period) are not told.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self.events = EventEmitter()
+        #: Routers and WebRtcServers whose 'newrouter' / 'newwebrtcserver' was emitted:
+        #: told by the server's event (before the answer), else after the answer.
+        self._announced: weakref.WeakSet[RemoteObject] = weakref.WeakSet()
+        self._close_emitted = False
+        connection.on_root_event = self._on_pool_event
+
+    def _on_pool_event(self, observer: bool, event: str, args: list[Any]) -> None:
+        emitter = self.observer if observer else self.events
+        if event == "close":
+            self._emit_close()
+            return
+        if event in ("newrouter", "newwebrtcserver"):
+            self._announce(event, args[0])
+            return
+        emitter.emit(event, *args)
+
+    def _announce(self, event: str, obj: RemoteObject) -> None:
+        if obj not in self._announced:
+            self._announced.add(obj)
+            self.observer.emit(event, obj)
+
+    def _emit_close(self) -> None:
+        if not self._close_emitted:
+            self._close_emitted = True
+            self.observer.emit("close")
 
     @property
     def workers(self) -> list[dict[str, Any]]:
@@ -816,7 +875,7 @@ class RemoteMafalda(_Facade):
         router = await self._connection.call(None, "create_router", (), kwargs)
         assert isinstance(router, RemoteRouter)
         adopt_app_data(router, kwargs)
-        self.observer.emit("newrouter", router)
+        self._announce("newrouter", router)
         return router
 
     @property
@@ -840,7 +899,7 @@ class RemoteMafalda(_Facade):
             None, "create_webrtc_server", (), {"listen_infos": listen_infos, "app_data": app_data}
         )
         assert isinstance(server, RemoteWebRtcServer)
-        self.observer.emit("newwebrtcserver", server)
+        self._announce("newwebrtcserver", server)
         return server
 
     async def create_webrtc_servers(
@@ -871,7 +930,7 @@ class RemoteMafalda(_Facade):
         for obj in self.objects:  # what is left: its WebRtcServers, of both kinds
             obj.close()
         self._closing = asyncio.get_running_loop().create_task(self._connection.aclose())
-        self.observer.emit("close")
+        self._emit_close()
 
     async def __aenter__(self) -> RemoteMafalda:
         return self

@@ -43,6 +43,19 @@ Server to client (notifications, no ``id``):
 
 - ``{"method": "event", "params": {"target": <handle>, "emitter": "events" | "observer",
   "event": "score", "args": [...], "state": <state delta>}}``.
+- The same with ``"target": null``: an event of the served root, a Mafalda pool's (Remote
+  Mafalda; a Remote Mediasoup server sends none), its ``state`` what changed of the
+  root's (``workers``, ``stats``): the pool's ``events`` 'workerdied' (the loss) and
+  'workerreplaced' (a worker), its ``observer`` 'newworker', 'workerclose',
+  'workerdied', 'newrouter', 'newwebrtcserver' and 'close'. A worker travels as it is in
+  the root's ``workers``: ``{"pid", "closed", "died"}``. Each session is told only of its
+  own: a 'workerdied' loss lists the ids of this session's objects (and of the child
+  routers its transports and RTP observers were on), others dropped; 'newrouter' and
+  'newwebrtcserver' come only for the session's own, before the answer of the call that
+  made them. The objects of a dead worker send their close events before the
+  'workerdied'. Events that fire while the session has no link (within its grace
+  period) are not sent. (A client that knows no root event drops it: an event whose
+  target is not a handle it knows is ignored.)
 - ``{"method": "state", "params": {"target": <handle> | null, "state": <state delta>}}``.
 - ``{"method": "error", "params": {"target": <handle> | null, "method": "close",
   "error": {"code", "message", "data"}}}``: a fire-and-forget call failed on the server.
@@ -350,7 +363,7 @@ def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_notification(
-    target: str, emitter: str, event: str, args: list[Any], state: dict[str, Any] | None
+    target: str | None, emitter: str, event: str, args: list[Any], state: dict[str, Any] | None
 ) -> dict[str, Any]:
     params: dict[str, Any] = {"target": target, "emitter": emitter, "event": event, "args": args}
     if state is not None:

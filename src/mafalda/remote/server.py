@@ -284,10 +284,15 @@ class _MafaldaRoot:
     async def create_router(self, **kwargs: Any) -> MafaldaRouter:
         router = await self._mafalda.create_router(**kwargs)
         self._session.server.observer.emit("newrouter", router)
+        # The pool's observer event, for this client's own router only (the pool's
+        # listener, Session.follow_pool, does not forward it: it cannot tell whose).
+        self._session.root_event("observer", "newrouter", (router,))
         return router
 
     async def create_webrtc_server(self, **kwargs: Any) -> MafaldaWebRtcServer:
-        return await self._mafalda.create_webrtc_server(**kwargs)
+        server = await self._mafalda.create_webrtc_server(**kwargs)
+        self._session.root_event("observer", "newwebrtcserver", (server,))
+        return server
 
     async def create_webrtc_servers(self, **kwargs: Any) -> list[list[Any]]:
         """The client's own WebRtcServers, one per worker of the pool (closed with its
@@ -305,6 +310,25 @@ class _MafaldaRoot:
             if isinstance(obj, MafaldaRouter) and not obj.closed
         ]
         return await self._mafalda.dump(routers=own)
+
+
+#: The events of a Mafalda pool each Remote Mafalda session forwards to its client, as
+#: root events (``emitter``, event): a worker travels as the dict of the client's
+#: ``workers``, a 'workerdied' loss with only the session's own ids. 'newrouter' and
+#: 'newwebrtcserver' are told by the session's own create_*() (another's are not its).
+_POOL_EVENTS = (
+    ("events", "workerdied"),
+    ("events", "workerreplaced"),
+    ("observer", "newworker"),
+    ("observer", "workerclose"),
+    ("observer", "workerdied"),
+    ("observer", "close"),
+)
+
+
+def worker_info(worker: Worker) -> dict[str, Any]:
+    """A worker of a Mafalda pool as Remote Mafalda clients see it (no proxy)."""
+    return {"pid": worker.pid, "closed": worker.closed, "died": worker.died}
 
 
 #: Closed objects a session remembers (their handles), the oldest forgotten first.
@@ -606,6 +630,13 @@ class Session:
         #: so that a client in another process numbers its requests above the late
         #: answers still due to the one before.
         self.last_id = 0
+        #: Remote Mafalda: the ids of the objects closed (forgotten) in this turn of the
+        #: event loop, and of the routers their transports and RTP observers were on. A
+        #: dying worker closes its objects, then the pool emits 'workerdied' in the same
+        #: turn: its loss, as this client gets it, keeps only those ids.
+        self.closed_now: set[str] = set()
+        #: The pool's listeners this session added (``follow_pool()``), removed as it ends.
+        self._following: list[tuple[EventEmitter, str, Callable[..., None]]] = []
 
     def hold(self, request_id: int | str, task: asyncio.Task[None]) -> None:
         """Record ``task``, a held call, for a ``cancel`` naming ``request_id``."""
@@ -800,11 +831,24 @@ class Session:
             # Its exit is still to come, with the status wait_closed() returns.
             self.exiting[handle] = obj
         self.gone[handle] = "Router closed" if kind == "router" else f"{type(obj).__name__} closed"
+        if self._following:
+            self._closed_now(obj)
         if len(self.gone) > _MAX_GONE:
             oldest = next(iter(self.gone))
             del self.gone[oldest]
             # Kept until now for muted(): a late event of a child names its parents.
             self.parents.pop(oldest, None)
+
+    def _closed_now(self, obj: Any) -> None:
+        if not self.closed_now:  # the first of this turn: the record ends with it
+            asyncio.get_running_loop().call_soon(self.closed_now.clear)
+        self.closed_now.add(obj.id)
+        # A Mafalda router's child router on the dead worker (the loss lists those): the
+        # one a transport or RTP observer of this session was on. (No public property of
+        # theirs names it.)
+        router_id = getattr(obj, "_router_id", None)
+        if isinstance(router_id, str):
+            self.closed_now.add(router_id)
 
     def muted(self, handle: str) -> bool:
         """Whether ``handle`` is the object whose close() the client asked for, or under
@@ -851,6 +895,43 @@ class Session:
         return p.unescape(value, self._special(request_id))
 
     # -- events --------------------------------------------------------------------------------
+
+    def follow_pool(self, mafalda: Mafalda) -> None:
+        """Forward the pool's events (``_POOL_EVENTS``) to this session's client."""
+        for name, event in _POOL_EVENTS:
+
+            def listener(*args: Any, _name: str = name, _event: str = event) -> None:
+                self.pool_event(_name, _event, args)
+
+            emitter: EventEmitter = getattr(mafalda, name)
+            emitter.on(event, listener)
+            self._following.append((emitter, event, listener))
+
+    def pool_event(self, emitter: str, event: str, args: tuple[Any, ...]) -> None:
+        """An event of the pool, as this client may see it: a worker as its dict, a loss
+        with the ids of this session's objects only (another's are not told)."""
+        if event == "workerdied":
+            own = self.closed_now
+            loss: dict[str, Any] = args[0]
+            args = (
+                {
+                    key: [i for i in value if i in own] if isinstance(value, list) else value
+                    for key, value in loss.items()
+                },
+            )
+        else:  # a worker ('newworker', 'workerclose', 'workerreplaced') or none ('close')
+            args = tuple(worker_info(worker) for worker in args)
+        self.root_event(emitter, event, args)
+
+    def root_event(self, emitter: str, event: str, args: tuple[Any, ...]) -> None:
+        """An event of the served root to the client (target null), with what changed of
+        the root's state (the pool's workers, stats): the client's view agrees when it is
+        emitted. Not told to a client away (within its grace period): its resume brings
+        the root's state."""
+        if self.connection is None or self.closed:
+            return
+        delta = self.delta(None, self.server.root_state(self))
+        self.send(p.event_notification(None, emitter, event, list(args), delta))
 
     def forward(self, handle: str, emitter: str, event: str, args: tuple[Any, ...]) -> None:
         connection = self.connection
@@ -900,6 +981,9 @@ class Session:
         """Close every object of the session (roots first: closing cascades)."""
         self.closed = True
         self.failures.close()
+        for emitter, event, listener in self._following:
+            emitter.off(event, listener)
+        self._following.clear()
         for obj in list(self.objects.values()):
             closer = getattr(obj, "close", None)
             if callable(closer) and not getattr(obj, "closed", True):
@@ -1269,6 +1353,8 @@ class RemoteServer:
                 return None
             session = Session(self)
             self.sessions[session.id] = session
+            if isinstance(self._root, Mafalda):
+                session.follow_pool(self._root)
         else:
             found = self.sessions.get(session_id) if isinstance(session_id, str) else None
             if found is None:
@@ -1293,7 +1379,7 @@ class RemoteServer:
                 task.add_done_callback(self._takeovers.discard)
         session.connection = connection
         objects = session.all_objects()
-        root = self._root_state(session)
+        root = self.root_state(session)
         session.delta(None, root)
         connection.send(
             p.result_response(
@@ -1330,15 +1416,13 @@ class RemoteServer:
             stack.extend(cls.__subclasses__())
         return {cls.__name__: schema_of(cls) for cls in classes}
 
-    def _root_state(self, session: Session) -> dict[str, Any]:
+    def root_state(self, session: Session) -> dict[str, Any]:
         if isinstance(self._root, Mafalda):
             mafalda = self._root
             return {
                 "closed": mafalda.closed,
                 "max_workers": mafalda.max_workers,
-                "workers": [
-                    {"pid": w.pid, "closed": w.closed, "died": w.died} for w in mafalda.workers
-                ],
+                "workers": [worker_info(w) for w in mafalda.workers],
                 "stats": mafalda.stats(),
             }
         state: dict[str, Any] = self._root.state()
@@ -1566,11 +1650,12 @@ class RemoteServer:
         answer: dict[str, Any] = {"value": result}  # an object: a reference (converter)
         if isinstance(obj, _Closed):
             pass  # a closed object the session forgot: no state to tell
-        elif not method.startswith(_READ_ONLY) and not (
-            target is not None and method.startswith(_CREATING)
-        ):  # a call that may change its target: what changed
+        elif target is None or not (
+            method.startswith(_READ_ONLY) or method.startswith(_CREATING)
+        ):  # a call that may change its target, or the root's (its stats() refreshes the
+            # client's view of the pool: its workers, stats): what changed
             if target is None:
-                delta = session.delta(None, self._root_state(session))
+                delta = session.delta(None, self.root_state(session))
             else:
                 delta = session.news(target, obj, method in _REFRESHING)
             if delta is not None:

@@ -1896,6 +1896,67 @@ async def test_producer_paused_while_its_copy_is_made_reaches_the_far_consumer(
     await asyncio.wait_for(_until(lambda: not consumer.producer_paused), 5)
 
 
+async def test_a_pipe_pair_closed_while_the_copy_pause_syncs_fails_the_consume(
+    mafalda: Mafalda,
+) -> None:
+    """The producer pauses while its copy is made unpaused (the far worker held with
+    SIGSTOP), so the opening pauses the copy last; the pipe pair closes while that pause
+    is answered (the far worker held again): the consume fails with InvalidStateError,
+    not in the worker on a copy already closed, and nothing is left of the pipe; a new
+    consume makes a new one, and once all is closed no child router is left."""
+    router, producer, far = await _split(mafalda, data=False)
+    home = router.worker_of(producer)
+    dst = router.worker_of(far)
+    key = pipe_key(producer.id, dst, False)
+    held = asyncio.Event()
+    holds = 2  # (the hooks stay: the new pipe at the end must go unheld)
+
+    def hold() -> None:
+        nonlocal holds
+        if holds:
+            holds -= 1
+            os.kill(dst.pid, signal.SIGSTOP)
+            held.set()
+
+    def hold_copy(transport: Any) -> None:
+        if isinstance(transport, PipeTransport):  # the copy made: its pause comes next
+            transport.observer.on("newproducer", lambda _copy: hold())
+
+    _on_pipe_stage(router, home, "consumer", hold)
+    far_child = router.child_router(dst)
+    assert far_child is not None
+    far_child.observer.on("newtransport", hold_copy)
+    attempt = _far_consume(router, far, producer)
+    try:
+        await asyncio.wait_for(held.wait(), 5)
+        await producer.pause()  # the copy's produce sent unpaused, not answered yet
+        held.clear()
+        os.kill(dst.pid, signal.SIGCONT)
+        await asyncio.wait_for(held.wait(), 5)  # the copy's pause sent, not answered
+        pipe = router._pipes[key]
+        assert pipe.producer is not None and not pipe.ready.done()
+        assert pipe.pair is not None
+        pipe.pair.transports[home].close()
+        assert pipe.closed
+    finally:
+        os.kill(dst.pid, signal.SIGCONT)
+    with pytest.raises(InvalidStateError, match="closed"):
+        await asyncio.wait_for(attempt, 5)
+    dump = await router.mafalda_dump()
+    assert dump["pipes"] == [] and dump["pipeTransportPairs"] == []
+    assert all(info["pipeTransports"] == 0 for info in dump["workers"].values())
+    assert far.consumers == {}
+    assert (await router.child_router(dst).dump())["transportIds"] == [far.id]
+    consumer = await asyncio.wait_for(_far_consume(router, far, producer), 5)
+    assert consumer.producer_id == producer.id and consumer.producer_paused
+    far.close()
+    for transport in list(router.child_router(home).transports_for_testing.values()):
+        transport.close()
+    await asyncio.wait_for(_until(lambda: not router._children), 5)
+    for worker in (home, dst):
+        assert (await worker.dump())["routerIds"] == []
+
+
 async def test_worker_closed_once_a_pipe_consumer_exists(mafalda: Mafalda) -> None:
     """The far worker is closed from outside after the pipe consumed the producer, before
     the copy exists there: the consume fails with InvalidStateError, the pipe's consumer

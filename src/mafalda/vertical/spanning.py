@@ -420,6 +420,11 @@ class SpanningRouter(EventSource, Generic[H], ABC):
                 await self._open_data_pipe(pipe, source_id, local, remote)
             else:
                 await self._open_media_pipe(pipe, source_id, local, remote)
+            if pipe.closed:
+                # Closed (its pair, or one of its ends) as its last request, the copy's
+                # pause or resume, was answered: ready, its consumes would go on with a
+                # copy already gone.
+                raise InvalidStateError("pipe closed as it was opened")
         except BaseException as error:
             self._close_pipe(pipe)
             if not pipe.ready.done():

@@ -35,6 +35,18 @@ async def until(predicate: Any, timeout: float) -> None:
             await asyncio.sleep(0.01)
 
 
+def live_differences(session: Any, connection: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(live on the server only, live here only): the live objects of a server's session
+    (None: gone, nothing there) against a client connection's live proxies."""
+    objects = session.objects if session is not None else {}
+    served = {h: o for h, o in objects.items() if not getattr(o, "closed", True)}
+    held = {h: p for h, p in connection.proxies.items() if not p.closed}
+    return (
+        {h: served[h] for h in served.keys() - held.keys()},
+        {h: held[h] for h in held.keys() - served.keys()},
+    )
+
+
 class Chaos:
     """Subclasses give KINDS (what they make) and OPS (operation name, weight): each
     operation is a coroutine method of that name."""
@@ -51,6 +63,16 @@ class Chaos:
         self.errors: Counter[str] = Counter()
         self.ssrc = 10_000
         self.log: list[Any] = []
+
+    async def run(self, steps: int, seed: int) -> None:
+        """``steps`` steps; a failed check says the seed, the step and the last ones."""
+        for step in range(steps):
+            try:
+                await self.step()
+            except (AssertionError, TimeoutError) as error:
+                raise AssertionError(
+                    f"seed {seed}, step {step}: {error!r}; the last steps: {self.log[-10:]}"
+                ) from error
 
     def live(self, kind: str) -> list[Any]:
         return [o for o in self.objects[kind] if not o.closed]

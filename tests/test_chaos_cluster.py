@@ -31,7 +31,7 @@ from mafalda.horizontal import Cluster, MediaNode
 from mafalda.mediasoup import Router, Worker
 from mafalda.remote import RemoteServer, serve
 from tests import chaos
-from tests.chaos import CALL_TIMEOUT, EXPECTED, until
+from tests.chaos import CALL_TIMEOUT, EXPECTED, live_differences, until
 from tests.processes import HAVE_REDIS, RedisProcess, free_ports
 from tests.relay import Relay
 from tests.rtp_flow import MEDIA_CODECS
@@ -333,13 +333,7 @@ async def test_random_operations_and_faults_on_a_cluster_leave_things_in_step(se
     async with _cluster() as (servers, cluster):
         chaos = Chaos(random.Random(seed), cluster, servers)
         empty = _sizes(cluster)  # (no router yet, a client per server to come)
-        for step in range(STEPS):
-            try:
-                await chaos.step()
-            except (AssertionError, TimeoutError) as error:
-                raise AssertionError(
-                    f"seed {seed}, step {step}: {error!r}; the last steps: {chaos.log[-10:]}"
-                ) from error
+        await chaos.run(STEPS, seed)
         for server_id in set(ADDRESSES) - set(servers.nodes):
             await servers.join(server_id)
         await chaos.settle()
@@ -375,13 +369,7 @@ async def _client_and_servers_agree(
         found = {}
         for server_id, client in cluster._clients.items():
             session = servers.servers[server_id].sessions.get(client.session_id)
-            objects = session.objects if session is not None else {}
-            served = {h: o for h, o in objects.items() if not getattr(o, "closed", True)}
-            held = {h: p for h, p in client.connection.proxies.items() if not p.closed}
-            only = (
-                {h: served[h] for h in served.keys() - held.keys()},
-                {h: held[h] for h in held.keys() - served.keys()},
-            )
+            only = live_differences(session, client.connection)
             if only != ({}, {}):
                 found[server_id] = only
         return found

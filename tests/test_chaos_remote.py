@@ -24,7 +24,7 @@ import pytest
 from mafalda import Mafalda
 from mafalda.remote import RemoteMafalda, RemoteMediasoup, RemoteServer, connect, serve
 from tests import chaos
-from tests.chaos import until
+from tests.chaos import live_differences, until
 from tests.relay import Relay
 from tests.rtp_flow import MEDIA_CODECS
 
@@ -244,13 +244,7 @@ STEPS = int(os.environ.get("CHAOS_STEPS", "200"))
 async def test_random_operations_and_faults_leave_things_in_step(side: str, seed: int) -> None:
     async with _side(side) as (api, pool, server, relay):
         chaos = Chaos(random.Random(seed), api, pool, relay)
-        for step in range(STEPS):
-            try:
-                await chaos.step()
-            except (AssertionError, TimeoutError) as error:
-                raise AssertionError(
-                    f"seed {seed}, step {step}: {error!r}; the last steps: {chaos.log[-10:]}"
-                ) from error
+        await chaos.run(STEPS, seed)
         await chaos.settle()
         if server is not None:
             await _client_and_server_agree(api, server, chaos, seed)
@@ -266,16 +260,9 @@ async def test_random_operations_and_faults_leave_things_in_step(side: str, seed
 
 async def _client_and_server_agree(api: Any, server: RemoteServer, chaos: Chaos, seed: int) -> None:
     session = server.sessions[api.session_id]
-    proxies = api.connection.proxies
 
     def differences() -> tuple[dict[str, Any], dict[str, Any]]:
-        """(live on the server only, live here only)."""
-        served = {h: o for h, o in session.objects.items() if not getattr(o, "closed", True)}
-        held = {h: p for h, p in proxies.items() if not p.closed}
-        return (
-            {h: served[h] for h in served.keys() - held.keys()},
-            {h: held[h] for h in held.keys() - served.keys()},
-        )
+        return live_differences(session, api.connection)
 
     try:  # the events of what closed last may still be on their way
         await until(lambda: differences() == ({}, {}), 5)

@@ -38,7 +38,7 @@ from mafalda.remote import RemoteServer
 from mafalda.swarm import SwarmNode
 from mafalda.swarm.streams import SwarmStreams
 from tests import chaos
-from tests.chaos import CALL_TIMEOUT, until
+from tests.chaos import CALL_TIMEOUT, live_differences, until
 from tests.conftest import opus_rtp_parameters
 from tests.relay import Relay
 from tests.rtp_flow import MEDIA_CODECS, OPUS_PT
@@ -414,13 +414,7 @@ async def _apps_and_servers_agree(apps: dict[str, Any], swarm: Swarm, chaos: Cha
         found = {}
         for name, client in apps.items():
             session = swarm.servers[APPS[name]].sessions.get(client.session_id)
-            objects = session.objects if session is not None else {}
-            served = {h: o for h, o in objects.items() if not getattr(o, "closed", True)}
-            held = {h: p for h, p in client.connection.proxies.items() if not p.closed}
-            only = (
-                {h: served[h] for h in served.keys() - held.keys()},
-                {h: held[h] for h in held.keys() - served.keys()},
-            )
+            only = live_differences(session, client.connection)
             if only != ({}, {}):
                 found[name] = only
         return found

@@ -2742,6 +2742,18 @@ async def test_an_asker_that_leaves_and_is_back_while_its_stream_opens() -> None
         opening |= {"pipeId": "x", "ip": "127.0.0.1", "port": 9}
         n2 = SwarmNode(s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND)
         await n2.start()
+
+        async def leave_and_rejoin() -> SwarmNode:
+            """s2 leaves the swarm and joins it again under its id (a new node)."""
+            await n2.aclose()
+            await wait_until(lambda: "s2" not in streams._members())
+            node = SwarmNode(
+                s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND
+            )
+            await node.start()
+            await wait_until(lambda: "s2" in streams._members())
+            return node
+
         try:
             await wait_until(lambda: "s2" in streams._members())
             (worker,) = a.client.workers
@@ -2749,13 +2761,7 @@ async def test_an_asker_that_leaves_and_is_back_while_its_stream_opens() -> None
             try:
                 answer = asyncio.ensure_future(post(opening))
                 await wait_until(lambda: "q" in streams._pairs_opening)
-                await n2.aclose()
-                await wait_until(lambda: "s2" not in streams._members())
-                n2 = SwarmNode(
-                    s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND
-                )
-                await n2.start()
-                await wait_until(lambda: "s2" in streams._members())
+                n2 = await leave_and_rejoin()
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
             error = "pipe pair q was closed, or server s2 left, meanwhile"
@@ -2769,13 +2775,7 @@ async def test_an_asker_that_leaves_and_is_back_while_its_stream_opens() -> None
                 more = {"op": "open", "producerId": producer.id, "from": "s2", "pairId": "q2"}
                 second = asyncio.ensure_future(post(more | {"pipeId": "x2"}))
                 await wait_until(lambda: "x2" in streams._opening)
-                await n2.aclose()
-                await wait_until(lambda: "s2" not in streams._members())
-                n2 = SwarmNode(
-                    s2, token=TOKEN, seeds=[streams.server.url], server_id="s2", interval=ROUND
-                )
-                await n2.start()
-                await wait_until(lambda: "s2" in streams._members())
+                n2 = await leave_and_rejoin()
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
             assert "error" in await second

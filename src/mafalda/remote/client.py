@@ -275,9 +275,7 @@ class Connection:
         handle: str = ref["id"]
         proxy = self.proxies.get(handle)
         state = ref.get("state")
-        if proxy is None and (
-            handle in self._gone_proxies or handle in self._closed_lately or ref.get("gone")
-        ):
+        if proxy is None and (self._dropped_here(handle) or ref.get("gone")):
             # Closed and dropped here (an event names it again, as a WebRtcServer's
             # 'webrtctransportunhandled' after its close): the app's proxy if it still
             # holds it, else a closed stand-in, kept nowhere.
@@ -313,7 +311,11 @@ class Connection:
         parent = self.proxies.get(handle)
         if parent is not None:
             return parent.closed
-        return handle in self._closed_lately or handle in self._gone_proxies
+        return self._dropped_here(handle)
+
+    def _dropped_here(self, handle: str) -> bool:
+        """Whether the proxy of ``handle`` was closed here and dropped."""
+        return handle in self._gone_proxies or handle in self._closed_lately
 
     # -- calls -----------------------------------------------------------------------------
 

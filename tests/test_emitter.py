@@ -30,6 +30,21 @@ def test_on_once_off_and_counts() -> None:
     assert e.event_names() == []
 
 
+def test_prepended_listeners_run_first() -> None:
+    # Node's prependListener()/prependOnceListener(), which mediasoup's emitters have.
+    e = EventEmitter()
+    calls: list[str] = []
+    e.on("x", lambda: calls.append("on"))
+    assert e.prepend_listener("x", lambda: calls.append("first")) is e
+    assert e.prepend_once_listener("x", lambda: calls.append("first once")) is e
+    e.prepend_listener("y", lambda: calls.append("y"))  # an event with no listener yet
+    e.emit("x")
+    e.emit("x")
+    e.emit("y")
+    assert calls == ["first once", "first", "on", "first", "on", "y"]
+    assert e.listener_count("x") == 2
+
+
 def test_off_removes_a_bound_method_given_again() -> None:
     """obj.handler is a new object at each access: off() finds the one on() got by
     equality (it silently kept it before), one registration at a time."""

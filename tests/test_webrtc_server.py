@@ -384,6 +384,24 @@ async def test_webrtc_transport_on_closed_server_fails(worker: Worker) -> None:
         await router.create_webrtc_transport(webrtc_server=server)
 
 
+async def test_webrtc_transport_on_a_server_of_another_worker_fails_first(worker: Worker) -> None:
+    # The worker refused it ("wrong webRtcServerId", a WorkerError), a non-server was an
+    # AttributeError: both are told before anything is sent.
+    other = await create_worker(log_level="warn")
+    async with other:
+        server = await other.create_webrtc_server(
+            listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]
+        )
+        router = await worker.create_router()
+        with pytest.raises(InvalidValueError, match="webrtc_server is of another Worker"):
+            await router.create_webrtc_transport(webrtc_server=server)
+        with pytest.raises(TypeError, match="webrtc_server must be a WebRtcServer"):
+            await router.create_webrtc_transport(webrtc_server=server.id)  # type: ignore[arg-type]
+        assert (await worker.dump())["routerIds"] == [router.id]
+        assert (await router.dump())["transportIds"] == []
+        assert server.webrtc_transports_for_testing == {}
+
+
 async def test_worker_close_with_transports_on_server(worker: Worker) -> None:
     server = await worker.create_webrtc_server(
         listen_infos=[{"protocol": "udp", "ip": "127.0.0.1", "port": free_ports(1)}]

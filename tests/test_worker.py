@@ -90,6 +90,12 @@ async def test_create_worker_with_all_settings(tmp_path: Any) -> None:
             ValueError,
             "dtls_certificate_file",
         ),
+        # The worker aborts on these (SIGABRT, the WorkerDiedError of a crash).
+        ({"libwebrtc_field_trials": 5}, TypeError, "libwebrtc_field_trials must be a string"),
+        ({"libwebrtc_field_trials": "WebRTC-Foo/Enabled"}, ValueError, "'Name/Group/' pairs"),
+        ({"libwebrtc_field_trials": "WebRTC-Foo//"}, ValueError, "'Name/Group/' pairs"),
+        ({"libwebrtc_field_trials": "/Enabled/"}, ValueError, "'Name/Group/' pairs"),
+        ({"libwebrtc_field_trials": "A/B/A/C/"}, ValueError, "one group"),
     ],
 )
 async def test_create_worker_rejects_bad_settings(
@@ -97,6 +103,29 @@ async def test_create_worker_rejects_bad_settings(
 ) -> None:
     with pytest.raises(error, match=match):
         await create_worker(**kwargs)
+
+
+async def test_worker_takes_field_trials_the_check_lets_through() -> None:
+    # The check is the worker's own: a name given twice with one group is fine.
+    trials = "WebRTC-Bwe-AlrLimitedBackoff/Enabled/WebRTC-Bwe-AlrLimitedBackoff/Enabled/"
+    async with await create_worker(libwebrtc_field_trials=trials) as worker:
+        assert (await worker.dump())["pid"] == worker.pid
+
+
+async def test_dtls_files_given_as_descriptors_are_refused(tmp_path: Any) -> None:
+    # os.path.isfile() takes a descriptor: one of a regular file passed the check and
+    # the worker was told to read a file named by its digits.
+    path = tmp_path / "cert.pem"
+    path.write_text("x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TypeError, match="dtls_certificate_file must be a path"):
+            await create_worker(
+                dtls_certificate_file=fd,  # type: ignore[arg-type]
+                dtls_private_key_file=str(path),
+            )
+    finally:
+        os.close(fd)
 
 
 async def test_worker_failing_on_its_certificate_raises_worker_died_error(tmp_path: Any) -> None:
@@ -176,6 +205,22 @@ async def test_update_settings_rejects_bad_input(worker: Worker) -> None:
         await worker.update_settings(log_level="chicken")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log tag"):
         await worker.update_settings(log_tags=["chicken"])  # type: ignore[list-item]
+    # As create_worker(): a string is no list of tags (it was read letter by letter).
+    with pytest.raises(TypeError, match="log_tags must be a list"):
+        await worker.update_settings(log_tags="ice")  # type: ignore[arg-type]
+    await worker.update_settings(log_level="warn", log_tags=("ice", "dtls"))  # type: ignore[arg-type]
+
+
+async def test_worker_ignores_pipe_hup_alrm_usr1_and_usr2(worker: Worker) -> None:
+    # As Node's test: signals a host's tools send (a closed terminal, a log rotation)
+    # never kill a worker.
+    for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+        os.kill(worker.pid, sig)
+    # Answered after the signals were delivered (a pending signal is handled before the
+    # process reads its channel again), and alive after that answer.
+    assert (await worker.dump())["pid"] == worker.pid
+    await worker.get_resource_usage()
+    assert not worker.closed and not worker.died and _alive(worker.pid)
 
 
 async def test_close_cascades_and_calls_after_close_raise() -> None:

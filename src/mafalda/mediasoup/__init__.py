@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from mafalda.mediasoup import ortc
+from mafalda.mediasoup import ortc, types
 from mafalda.mediasoup.active_speaker_observer import ActiveSpeakerObserver
 from mafalda.mediasoup.audio_level_observer import AudioLevelObserver
 from mafalda.mediasoup.consumer import Consumer
@@ -146,6 +146,7 @@ __all__ = [
     "ortc",
     "parse_scalability_mode",
     "set_log_event_listeners",
+    "types",
     "version",
     "worker_bin",
 ]

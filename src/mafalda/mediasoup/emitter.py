@@ -70,6 +70,16 @@ class EventEmitter:
         self._add(event, listener, True)
         return self
 
+    def prepend_listener(self, event: str, listener: Listener) -> EventEmitter:
+        """Add ``listener`` before the others of ``event`` (Node's prependListener)."""
+        self._listeners.setdefault(event, []).insert(0, (listener, False))
+        return self
+
+    def prepend_once_listener(self, event: str, listener: Listener) -> EventEmitter:
+        """As prepend_listener(), called at most once (Node's prependOnceListener)."""
+        self._listeners.setdefault(event, []).insert(0, (listener, True))
+        return self
+
     def _add(self, event: str, listener: Listener, once: bool) -> None:
         self._listeners.setdefault(event, []).append((listener, once))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from mafalda.mediasoup import ortc
 from mafalda.mediasoup._fastfbs import PrepackedCache
@@ -79,11 +79,9 @@ from mafalda.mediasoup.transport import (
     validate_listen_info,
     validate_listen_infos,
 )
+from mafalda.mediasoup.webrtc_server import WebRtcServer
 from mafalda.mediasoup.webrtc_transport import WebRtcTransport, parse_webrtc_transport_dump
 from mafalda.mediasoup.worker import validate_app_data
-
-if TYPE_CHECKING:
-    from mafalda.mediasoup.webrtc_server import WebRtcServer
 
 logger = logging.getLogger("mafalda.mediasoup.router")
 
@@ -380,8 +378,14 @@ class Router(EventSource):
         validate_app_data(app_data)
         _check_uint(ice_consent_timeout, "ice_consent_timeout", 255)
         if webrtc_server is not None:
+            if not isinstance(webrtc_server, WebRtcServer):
+                raise TypeError("webrtc_server must be a WebRtcServer")
             if webrtc_server.closed:
                 raise InvalidStateError("WebRtcServer closed")
+            if webrtc_server._channel is not self._channel:
+                # The worker would refuse it ("wrong webRtcServerId"): its transports
+                # share its sockets, so its worker.
+                raise InvalidValueError("webrtc_server is of another Worker than this Router")
             enable_udp = True if enable_udp is None else enable_udp
             enable_tcp = True if enable_tcp is None else enable_tcp
         else:

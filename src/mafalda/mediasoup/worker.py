@@ -108,16 +108,8 @@ def _kill_live_workers() -> None:  # pragma: no cover - runs at interpreter exit
             os.waitpid(pid, 0)
 
 
-def validate_worker_settings(
-    *,
-    log_level: str | None,
-    log_tags: list[WorkerLogTag] | list[str] | None,
-    rtc_min_port: int,
-    rtc_max_port: int,
-    dtls_certificate_file: str | None,
-    dtls_private_key_file: str | None,
-    app_data: Any,
-) -> None:
+def validate_log_settings(log_level: Any, log_tags: Any) -> None:
+    """The settings create_worker() and Worker.update_settings() share (None: not given)."""
     if log_level is not None and log_level not in LOG_LEVELS:
         raise InvalidValueError(
             f"invalid log_level {log_level!r}, expected one of {sorted(LOG_LEVELS)}"
@@ -128,6 +120,41 @@ def validate_worker_settings(
         for tag in log_tags:
             if tag not in LOG_TAGS:
                 raise InvalidValueError(f"invalid log tag {tag!r} in log_tags")
+
+
+def validate_field_trials(trials: Any) -> None:
+    """The worker's own check of libwebrtc field trials ("Name/Group/" pairs, a name
+    given twice with one group), made before it starts: a worker given others aborts
+    (SIGABRT, a WorkerDiedError that does not say why), a non-string went as its str()."""
+    if not isinstance(trials, str):
+        raise TypeError("if given, libwebrtc_field_trials must be a string")
+    tokens = trials.split("/")
+    # "A/B/" splits into ["A", "B", ""]: pairs of non-empty tokens, then the empty tail.
+    pairs = tokens[:-1]
+    valid = tokens[-1] == "" and len(pairs) % 2 == 0 and all(pairs)
+    if valid:
+        groups: dict[str, str] = {}
+        for name, group in zip(pairs[::2], pairs[1::2], strict=True):
+            valid = valid and groups.setdefault(name, group) == group
+    if not valid:
+        raise InvalidValueError(
+            f"invalid libwebrtc_field_trials {trials!r}: expected 'Name/Group/' pairs "
+            "(each name with one group)"
+        )
+
+
+def validate_worker_settings(
+    *,
+    log_level: str | None,
+    log_tags: list[WorkerLogTag] | list[str] | None,
+    rtc_min_port: int,
+    rtc_max_port: int,
+    dtls_certificate_file: str | None,
+    dtls_private_key_file: str | None,
+    app_data: Any,
+    libwebrtc_field_trials: str | None = None,
+) -> None:
+    validate_log_settings(log_level, log_tags)
     for name, port in (("rtc_min_port", rtc_min_port), ("rtc_max_port", rtc_max_port)):
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError(f"{name} must be an integer")
@@ -143,8 +170,13 @@ def validate_worker_settings(
         ("dtls_certificate_file", dtls_certificate_file),
         ("dtls_private_key_file", dtls_private_key_file),
     ):
+        # An int passed os.path.isfile() (a descriptor's file) and went as its digits.
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise TypeError(f"if given, {name} must be a path")
         if path is not None and not os.path.isfile(path):
             raise InvalidValueError(f"{name} {path!r} is not a readable file")
+    if libwebrtc_field_trials is not None:
+        validate_field_trials(libwebrtc_field_trials)
     validate_app_data(app_data)
 
 
@@ -502,11 +534,7 @@ class Worker(EventSource):
         self, *, log_level: WorkerLogLevel | None = None, log_tags: list[WorkerLogTag] | None = None
     ) -> None:
         self._check_open()
-        if log_level is not None and log_level not in LOG_LEVELS:
-            raise InvalidValueError(f"invalid log_level {log_level!r}")
-        for tag in log_tags or []:
-            if tag not in LOG_TAGS:
-                raise InvalidValueError(f"invalid log tag {tag!r} in log_tags")
+        validate_log_settings(log_level, log_tags)
         request = UpdateSettingsRequestT()
         request.logLevel = log_level
         request.logTags = list(log_tags) if log_tags is not None else None
@@ -601,6 +629,7 @@ async def create_worker(
         dtls_certificate_file=dtls_certificate_file,
         dtls_private_key_file=dtls_private_key_file,
         app_data=app_data,
+        libwebrtc_field_trials=libwebrtc_field_trials,
     )
     binary = worker_bin or find_worker_bin()
     argv = [binary]

@@ -187,6 +187,23 @@ def serve_command(
     )
 
 
+def swarm_command(index: int, *seeds: str, heartbeat: float = 0.2) -> list[str]:
+    """`mafalda serve --swarm` for server s<index> on 127.0.0.<index+1>, joining the
+    swarm through ``seeds`` (none: it starts one)."""
+    return serve_args(
+        "--host",
+        f"127.0.0.{index + 1}",
+        "--server-id",
+        f"s{index}",
+        "--heartbeat",
+        str(heartbeat),
+        "--drain-timeout",
+        "10",
+        "--swarm",
+        *seeds,
+    )
+
+
 def start_servers(
     redis_url: str, indexes: list[int], heartbeat: float = 0.3, timeout: float = 30.0
 ) -> list[ServerProcess]:

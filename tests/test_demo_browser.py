@@ -1,20 +1,26 @@
 """The demo end to end in headless Chromium (Debian's /usr/bin/chromium driven by
-Playwright, fake camera and microphone): two pages see each other, and a page's simulcast
-video is switched between layers on the server."""
+Playwright, fake camera and microphone): two pages see each other (on one worker, a
+Mafalda pool, and on two servers of a cluster or a swarm, each page's video piped from its
+server to the other's), and a page's simulcast video is switched between layers on the
+server."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mafalda.demo.server import BUNDLE, DemoConfig, DemoServer
+from mafalda.horizontal import Cluster
+from mafalda.horizontal.router import ClusterRouter
 from mafalda.mediasoup import Consumer, Producer
 from mafalda.vertical import MafaldaRouter
+from tests.processes import TOKEN, free_ports, reap, spawn_serve, swarm_command
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -175,6 +181,107 @@ async def test_two_pages_see_each_other(demo_on: DemoServer, browser: Any) -> No
         timeout=TIMEOUT_MS,
     )
     assert list(room.peers) == [peer_ids["alice"]]
+    assert alice.errors == [] and bob.errors == []
+
+
+@pytest.fixture(params=["cluster", "swarm"])
+async def demo_across(request: pytest.FixtureRequest) -> AsyncIterator[DemoServer]:
+    """The demo on two media servers: the session's two `mafalda serve --cluster`
+    processes (s1 on 127.0.0.2, s2 on 127.0.0.3, one Redis), or two `mafalda serve
+    --swarm` processes (s4 on 127.0.0.5, s5 on 127.0.0.6, the second seeded with the
+    first); the demo knows the Redis, or the swarm through s5 only."""
+    assert BUNDLE.exists(), f"{BUNDLE} is missing: run `bash scripts/build-demo.sh` first"
+    async with AsyncExitStack() as stack:
+        if request.param == "cluster":
+            url = request.getfixturevalue("shared_cluster")
+        else:
+            seeds: list[str] = []
+            for index in (4, 5):
+                proc, url = await spawn_serve(swarm_command(index, *seeds))
+                stack.push_async_callback(stop, proc)
+                seeds.append(url)
+        config = DemoConfig(
+            port=0, rtc_port=free_ports(16), layer=request.param, url=url, token=TOKEN
+        )
+        demo = await stack.enter_async_context(DemoServer(config))
+        cluster = demo.rooms.worker
+        assert isinstance(cluster, Cluster)
+        async with asyncio.timeout(20):
+            while len(cluster.servers) < 2:  # (a swarm's table fills as its servers gossip)
+                await cluster.refresh()
+                await asyncio.sleep(0.1)
+        yield demo
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    await reap(proc)
+
+
+def pin_peers(router: ClusterRouter, servers: list[str]) -> None:
+    """Place the transports of a demo room's n-th peer to ask for one on ``servers[n]``,
+    through the router's public ``server=``. (Left to the cluster's least-loaded
+    placement, a page's send and recv transports go to different servers, and then a
+    page's video may reach the other's recv transport on its own server, never
+    crossing: so it went in a run without this, alice sending to s2, bob receiving there.)"""
+    create = router.create_webrtc_transport
+    placed: dict[str, str] = {}
+
+    async def pinned(**options: Any) -> Any:
+        peer_id = options["app_data"]["peerId"]
+        if peer_id not in placed:
+            placed[peer_id] = servers[len(placed)]
+        return await create(server=placed[peer_id], **options)
+
+    router.create_webrtc_transport = pinned  # type: ignore[method-assign]
+
+
+async def test_two_pages_see_each_other_across_servers(
+    demo_across: DemoServer, browser: Any
+) -> None:
+    """Each page's transports on a server of its own: each page's video reaches the
+    other through the pipe between the two servers."""
+    demo = demo_across
+    cluster = demo.rooms.worker
+    assert isinstance(cluster, Cluster)
+    servers = sorted(cluster.servers)
+    assert len(servers) == 2
+    room = await demo.rooms.get_or_create("across")
+    router = room.router
+    assert isinstance(router, ClusterRouter)
+    pin_peers(router, servers)
+    url = demo.url("across")
+    alice = await Page.open(browser)
+    await alice.join(url + "&name=alice")
+    bob = await Page.open(browser)
+    await bob.join(url + "&name=bob")
+    peers = {peer.display_name: peer for peer in room.peers.values()}
+    assert set(peers) == {"alice", "bob"}
+
+    # Each server's WebRtcServer (its own dump) holds the transports of one page.
+    home = {"alice": servers[0], "bob": servers[1]}
+    dumps = await demo.rooms.webrtc_server.dump()
+    for name, server in home.items():
+        transports = set(peers[name].transports)
+        assert len(transports) == 2
+        assert transports <= set(dumps[server]["webRtcTransportIds"]), (name, server)
+        assert {router.server_of(t) for t in peers[name].transports.values()} == {server}
+
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        stats = await page.wait_remote_video(peers=1, frames=10)
+        assert stats[0]["peerId"] == peers[other].id
+        assert stats[0]["frameWidth"] > 0
+
+    # Each page's video was piped from its server to the other's (no other way: the
+    # two servers are separate processes, each with its own worker).
+    layout = router.cluster_dump()
+    media_pipes = {(p["id"], p["from"], p["to"]) for p in layout["pipes"] if p["kind"] == "media"}
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        (video,) = (p for p in peers[name].producers.values() if p.kind == "video")
+        assert router.server_of(video) == home[name]
+        assert (video.id, home[name], home[other]) in media_pipes, (name, media_pipes)
+    assert [pair["servers"] for pair in layout["pipeTransportPairs"]] == [servers]
     assert alice.errors == [] and bob.errors == []
 
 

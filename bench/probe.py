@@ -1,10 +1,12 @@
 """What the Monitor's probe costs a media server: one sample per heartbeat.
 
 Creates ``routers`` x ``transports`` DirectTransports on one worker, each with a data
-producer and a data consumer, then times ``Probe.snapshot()`` (counting, no request),
-``Probe.sample()`` (the same plus one CPU request per worker) and the report's JSON.
+producer and a data consumer (and with ``--producers`` an audio producer), then times
+``Probe.snapshot()`` (counting, no request; its CPU time too, which other processes on a
+shared machine do not inflate as much), ``Probe.sample()`` (the same plus one CPU
+request per worker) and the report's JSON (medians of ``repeat`` runs).
 
-    .venv/bin/python bench/probe.py [--routers 1000] [--transports 5]
+    .venv/bin/python bench/probe.py [--routers 1000] [--transports 5] [--producers]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 
 from mafalda import mediasoup
 from mafalda.monitor import Probe
@@ -20,7 +23,22 @@ from mafalda.monitor.stats import encode_stats
 CODECS = [{"kind": "audio", "mimeType": "audio/opus", "clockRate": 48000, "channels": 2}]
 
 
-async def main(routers: int, transports: int, repeat: int) -> None:
+def _timed(call: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    started = clock()
+    call()
+    return clock() - started
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+def _opus(ssrc: int) -> dict[str, object]:
+    codec = {"mimeType": "audio/opus", "payloadType": 100, "clockRate": 48000, "channels": 2}
+    return {"codecs": [codec], "encodings": [{"ssrc": ssrc}]}
+
+
+async def main(routers: int, transports: int, repeat: int, producers: bool) -> None:
     probe = Probe()
     probe.start()
     worker = await mediasoup.create_worker(log_level="warn")
@@ -31,26 +49,29 @@ async def main(routers: int, transports: int, repeat: int) -> None:
                 transport = await router.create_direct_transport()
                 producer = await transport.produce_data()
                 await transport.consume_data(data_producer_id=producer.id)
+                if producers:
+                    await transport.produce(kind="audio", rtp_parameters=_opus(1111))
         await probe.sample()
-        started = time.perf_counter()
+        # Medians: the machine is often shared (CI, other tests), a mean follows its noise.
+        snapshot = _median([_timed(probe.snapshot) for _ in range(repeat)])
+        cpu = _median([_timed(probe.snapshot, time.process_time) for _ in range(repeat)])
+        times = []
         for _ in range(repeat):
-            probe.snapshot()
-        snapshot = (time.perf_counter() - started) / repeat
-        started = time.perf_counter()
-        for _ in range(repeat):
+            started = time.perf_counter()
             report = await probe.sample()
-        sample = (time.perf_counter() - started) / repeat
-        started = time.perf_counter()
-        for _ in range(repeat):
-            data = encode_stats(report)
-        encode = (time.perf_counter() - started) / repeat
+            times.append(time.perf_counter() - started)
+        sample = _median(times)
+        encode = _median([_timed(lambda: encode_stats(report)) for _ in range(repeat)])
+        data = encode_stats(report)
     finally:
         worker.close()
         await worker.wait_closed()
     print(
         f"{routers} routers x {transports} transports ({routers * transports} transports, "
-        f"{2 * routers * transports} data producers and consumers): "
-        f"snapshot {snapshot * 1000:.2f} ms, sample {sample * 1000:.2f} ms, "
+        f"{2 * routers * transports} data producers and consumers"
+        f"{f', {routers * transports} audio producers' if producers else ''}): "
+        f"snapshot {snapshot * 1000:.2f} ms (CPU {cpu * 1000:.2f} ms), "
+        f"sample {sample * 1000:.2f} ms, "
         f"JSON {encode * 1000:.2f} ms, report {len(data) / 1024:.0f} KiB"
     )
 
@@ -60,8 +81,9 @@ def cli() -> None:
     parser.add_argument("--routers", type=int, default=1000)
     parser.add_argument("--transports", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--producers", action="store_true", help="an audio producer each")
     args = parser.parse_args()
-    asyncio.run(main(args.routers, args.transports, args.repeat))
+    asyncio.run(main(args.routers, args.transports, args.repeat, args.producers))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,14 @@ from mafalda import horizontal, mediasoup, monitor
 from mafalda.horizontal import registry
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.mediasoup import Worker
-from mafalda.monitor import Probe, Reporter, build_view, busiest_routers, render_text
+from mafalda.monitor import (
+    ClusterView,
+    Probe,
+    Reporter,
+    build_view,
+    busiest_routers,
+    render_text,
+)
 from mafalda.monitor.stats import (
     PipeEnd,
     ServerStats,
@@ -145,11 +152,29 @@ def test_report_round_trip_and_keys() -> None:
     worker = {k: v for k, v in report["workers"][0].items() if k != "cpuTime"}
     older = {**report, "workers": [worker]}
     assert decode_stats(json.dumps(older))["workers"][0]["cpuTime"] is None
+    # A router's detail: its transports by type, producers by kind, and its room.
+    detailed = {
+        **report,
+        "routers": [
+            {
+                **report["routers"][0],
+                "transportTypes": {"webrtc": 1, "pipe": 1},
+                "producerKinds": {"audio": 1},
+                "clusterRouterId": "c" * 100,
+            },
+            {**report["routers"][0], "id": "r2", "mafaldaRouterId": "m1"},
+        ],
+    }
+    assert decode_stats(encode_stats(detailed)) == detailed  # type: ignore[arg-type]
     assert stats_key("s1") == "mafalda:stats:s1"
     assert stats_key("s1", "x") == "x:stats:s1"
     assert stats_pattern("x") == "x:stats:*"
     with pytest.raises(ValueError, match="server id"):
         stats_key("a:b")
+
+
+def _router_with(report: Any, **fields: Any) -> Any:
+    return {**report, "routers": [{**report["routers"][0], **fields}]}
 
 
 @pytest.mark.parametrize(
@@ -178,6 +203,14 @@ def test_report_round_trip_and_keys() -> None:
         (lambda r: {**r, "routers": [{**r["routers"][0], "id": ""}]}, "router 'id'"),
         (lambda r: {**r, "routers": [{**r["routers"][0], "worker": True}]}, "router 'worker'"),
         (lambda r: {**r, "routersOmitted": -1}, "'routersOmitted'"),
+        (lambda r: _router_with(r, transportTypes=[]), "router 'transportTypes'"),
+        (lambda r: _router_with(r, transportTypes={"sctp": 1}), "router 'transportTypes'"),
+        (lambda r: _router_with(r, transportTypes={"pipe": 0}), "router 'transportTypes'"),
+        (lambda r: _router_with(r, producerKinds={"audio": True}), "router 'producerKinds'"),
+        (lambda r: _router_with(r, producerKinds={"pipe": 1}), "router 'producerKinds'"),
+        (lambda r: _router_with(r, clusterRouterId=""), "router 'clusterRouterId'"),
+        (lambda r: _router_with(r, clusterRouterId=["c"]), "router 'clusterRouterId'"),
+        (lambda r: _router_with(r, mafaldaRouterId="m" * 101), "router 'mafaldaRouterId'"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "localPort": 70000}]}, "'localPort'"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "remoteIp": 5}]}, "'remoteIp'"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "remotePort": None}]}, "go together"),
@@ -274,6 +307,112 @@ def test_view_pairs_pipe_ends_into_links_between_workers() -> None:
     assert "  r11  s1/11  transports 2  producers 1  consumers 3  data 0/1" in text
     assert [r["id"] for _, r in busiest_routers(view, 2)] == ["r11", "r12"]
     assert "busiest routers" not in render_text(view, routers=0)
+
+
+def _router(router_id: str, worker: int, transports: int, **fields: Any) -> Any:
+    counts = {"producers": 0, "consumers": 0, "dataProducers": 0, "dataConsumers": 0}
+    return {"id": router_id, "worker": worker, "transports": transports, **counts, **fields}
+
+
+def _on(router_id: str, end: PipeEnd) -> PipeEnd:
+    return {**end, "routerId": router_id}
+
+
+def _rooms_view() -> ClusterView:
+    """Rooms: a pool router spanning two workers of s1 (its children named by
+    mafaldaRouterId, a loopback pipe between them), a cluster router on s1 and s2
+    (clusterRouterId, a pipe between the servers), a router of its own (from an older
+    server: no detail), and a pipe end on a router beyond its report's cap (no room)."""
+    s1 = _report("s1", [11, 12], [], 100.0)
+    s1["routers"] = [
+        _router("p11", 11, 2, producers=1, mafaldaRouterId="M",
+                transportTypes={"webrtc": 1, "pipe": 1}, producerKinds={"audio": 1}),
+        _router("p12", 12, 2, producers=1, consumers=1, mafaldaRouterId="M",
+                transportTypes={"webrtc": 1, "pipe": 1}, producerKinds={"audio": 1}),
+        _router("c11", 11, 2, producers=1, consumers=1, clusterRouterId="C",
+                transportTypes={"plain": 1, "pipe": 1}, producerKinds={"video": 1}),
+        _router("solo", 12, 1, dataProducers=1),
+    ]  # fmt: skip
+    s1["routersOmitted"] = 1
+    s1["pipes"] = [
+        _on("p11", _end("pa", 11, ("127.0.0.1", 6000), ("127.0.0.1", 6001), consumers=1)),
+        _on("p12", _end("pb", 12, ("127.0.0.1", 6001), ("127.0.0.1", 6000), producers=1)),
+        _on("c11", _end("ca", 11, ("10.0.0.1", 4000), ("10.0.0.2", 5000), consumers=1)),
+        _on("omitted", _end("x", 12, ("10.0.0.1", 4001), ("192.0.2.9", 7000), consumers=1)),
+    ]
+    s2 = _report("s2", [21], [], 100.0)
+    s2["routers"] = [
+        _router("c21", 21, 2, producers=1, consumers=1, clusterRouterId="C",
+                transportTypes={"webrtc": 1, "pipe": 1}, producerKinds={"video": 1}),
+        # A second router of the room on that worker (an app's own, so named): one place.
+        _router("c21b", 21, 0, clusterRouterId="C"),
+    ]  # fmt: skip
+    s2["pipes"] = [
+        _on("c21", _end("cb", 21, ("10.0.0.2", 5000), ("10.0.0.1", 4000), producers=1)),
+    ]
+    return build_view([_record("s1", "10.0.0.1"), _record("s2", "10.0.0.2")], [s1, s2], now=101)
+
+
+def test_view_shows_each_room_where_it_lives_and_how_it_is_linked() -> None:
+    view = _rooms_view()
+    assert json.loads(json.dumps(view)) == view  # plain JSON, as --json and the page get it
+    cluster, pool, solo = view["rooms"]  # the busiest first
+    assert (cluster["kind"], cluster["id"], cluster["servers"]) == ("cluster", "C", ["s1", "s2"])
+    assert (cluster["transports"], cluster["producers"], cluster["consumers"]) == (4, 2, 2)
+    assert cluster["transportTypes"] == {"plain": 1, "pipe": 2, "webrtc": 1}
+    assert cluster["producerKinds"] == {"video": 2}
+    assert [(w["server"], w["worker"], w["routers"]) for w in cluster["workers"]] == [
+        ("s1", 11, ["c11"]),
+        ("s2", 21, ["c21", "c21b"]),
+    ]
+    s1_part, s2_part = cluster["workers"]
+    assert (s1_part["pipes"], s1_part["pipedIn"], s1_part["pipedOut"]) == (1, 0, 1)
+    assert (s2_part["pipes"], s2_part["pipedIn"], s2_part["pipedOut"]) == (1, 1, 0)
+    assert s2_part["transportTypes"] == {"webrtc": 1, "pipe": 1}
+    [link] = cluster["links"]
+    assert link == {
+        "a": {"server": "s1", "worker": 11},
+        "b": {"server": "s2", "worker": 21},
+        "aToB": 1,
+        "bToA": 0,
+        "pipes": 1,
+    }
+    assert (pool["kind"], pool["id"], pool["servers"]) == ("pool", "M", ["s1"])
+    assert [(w["worker"], w["routers"], w["pipedIn"], w["pipedOut"]) for w in pool["workers"]] == [
+        (11, ["p11"], 0, 1),
+        (12, ["p12"], 1, 0),
+    ]
+    assert pool["producerKinds"] == {"audio": 2}
+    [link] = pool["links"]
+    assert (link["a"], link["b"], link["aToB"], link["bToA"]) == (
+        {"server": "s1", "worker": 11},
+        {"server": "s1", "worker": 12},
+        1,
+        0,
+    )
+    assert (solo["kind"], solo["id"], solo["transportTypes"], solo["links"]) == (
+        "router",
+        "solo",
+        {},
+        [],
+    )
+    [place] = solo["workers"]
+    assert (place["worker"], place["dataProducers"], place["pipes"]) == (12, 1, 0)
+    # The end on the router beyond s1's cap is in the cluster's links, in no room's.
+    assert len(view["links"]) == 3
+    text = render_text(view)
+    assert (
+        "rooms across workers\n"
+        "  cluster C  servers s1, s2  transports 4 (webrtc 1, plain 1, pipe 2)  "
+        "producers 2 (video 2)  consumers 2  data 0/0\n"
+        "    s1/11  transports 2 (plain 1, pipe 1)  producers 1 (video 1)  consumers 1  "
+        "data 0/0  pipes 1 (in 0, out 1)\n"
+        "    s2/21  transports 2 (webrtc 1, pipe 1)  producers 1 (video 1)  consumers 1  "
+        "data 0/0  pipes 1 (in 1, out 0)\n"
+        "  pool M  servers s1  transports 4 (webrtc 2, pipe 2)  producers 2 (audio 2)  "
+    ) in text
+    assert "solo" not in text.split("rooms across workers")[1]  # on one worker
+    assert "rooms across" not in render_text(view, routers=0)
 
 
 # -- the probe, on real workers -------------------------------------------------------------
@@ -471,6 +610,78 @@ async def test_probe_sees_a_mafalda_router_spanning_two_workers_as_a_link(probe:
         assert (link["aToB"] + link["bToA"], link["pipes"]) == (1, 1)
     finally:
         await pool.aclose()
+
+
+async def test_probe_reports_a_pool_router_over_two_workers_as_one_room(probe: Probe) -> None:
+    """A Mafalda router spanning two workers (a producer on one, its consumer on the
+    other, a pipe between): one room, what it holds on each worker, the pipe as its link;
+    named by the cluster router whose child it is once the probe knows the pool's."""
+    from mafalda.monitor.probe import pool_rooms
+    from mafalda.vertical import Mafalda
+
+    pool = await Mafalda.start(
+        num_workers=2, min_workers=2, policy="spread", worker_settings={"log_level": "warn"}
+    )
+    worker = await _worker()
+    try:
+        router = await pool.create_router(
+            media_codecs=MEDIA_CODECS, app_data={"clusterRouterId": "room-1"}
+        )
+        listen: Any = {"protocol": "udp", "ip": "127.0.0.1"}
+        send = await router.create_plain_transport(listen_info=listen)
+        producer = await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(3333))
+        recv = await router.create_plain_transport(listen_info=listen)  # spread: the other
+        await recv.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        # A cluster router's child on a mediasoup server names it; other app_data does not.
+        child = await worker.create_router(
+            media_codecs=MEDIA_CODECS, app_data={"clusterRouterId": "room-2"}
+        )
+        for ssrc in (4444, 5555):  # producers on two of its transports: audio, video
+            direct = await child.create_direct_transport()
+            await direct.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc))
+        vp8 = {"mimeType": "video/VP8", "payloadType": 101, "clockRate": 90000}
+        await direct.produce(
+            kind="video", rtp_parameters={"codecs": [vp8], "encodings": [{"ssrc": 6666}]}
+        )
+        await worker.create_router(app_data={"clusterRouterId": "x" * 101})
+        await worker.create_router(app_data={"mafaldaRouterId": 5})
+        report = await probe.sample()
+        assert decode_stats(encode_stats(report)) == report  # what the probe says is valid
+        view = build_view([_record("here", "127.0.0.1")], [report])
+        [room] = [r for r in view["rooms"] if len(r["workers"]) > 1]
+        assert (room["kind"], room["id"], room["servers"]) == ("pool", router.id, ["here"])
+        by_pid = {w["worker"]: w for w in room["workers"]}
+        assert sorted(by_pid) == sorted(w.pid for w in pool.workers)
+        sender = next(w for w in by_pid.values() if w["pipedOut"])
+        receiver = next(w for w in by_pid.values() if w["pipedIn"])
+        assert sender["transportTypes"] == receiver["transportTypes"] == {"plain": 1, "pipe": 1}
+        assert (sender["producerKinds"], sender["consumers"], sender["pipes"]) == (
+            {"audio": 1},
+            1,
+            1,
+        )
+        # The receiver's producer is the copy piped in, its consumer the application's.
+        assert (receiver["producerKinds"], receiver["consumers"], receiver["pipedOut"]) == (
+            {"audio": 1},
+            1,
+            0,
+        )
+        [link] = room["links"]
+        assert (link["pipes"], link["aToB"] + link["bToA"]) == (1, 1)
+        assert {link["a"]["worker"], link["b"]["worker"]} == set(by_pid)  # type: ignore[index]
+        alone = [r for r in view["rooms"] if r["workers"][0]["worker"] == worker.pid]
+        assert sorted(r["kind"] for r in alone) == ["cluster", "router", "router"]
+        [room2] = [r for r in alone if r["kind"] == "cluster"]
+        assert room2["id"] == "room-2" and room2["transportTypes"] == {"direct": 2}
+        assert room2["producerKinds"] == {"audio": 2, "video": 1}
+
+        probe.rooms = pool_rooms(pool)  # as `mafalda serve --mafalda` sets it
+        view = build_view([_record("here", "127.0.0.1")], [probe.snapshot()])
+        [room] = [r for r in view["rooms"] if len(r["workers"]) > 1]
+        assert (room["kind"], room["id"], room["producers"]) == ("cluster", "room-1", 2)
+    finally:
+        worker.close()
+        await asyncio.gather(pool.aclose(), worker.wait_closed())
 
 
 def test_probe_reports_clients_connected_and_busiest_first() -> None:
@@ -704,11 +915,13 @@ async def test_monitor_and_reporter_ride_out_a_redis_restart(
 
 @needs_redis
 async def test_monitor_shows_a_room_across_two_servers(redis_server: RedisProcess) -> None:
-    """Two `mafalda serve --cluster` processes: a producer on s1, its consumer on s2; the
-    monitor sees both servers' workers and the s1 -> s2 link; a killed server leaves."""
+    """Two `mafalda serve --cluster` processes (s1 serving a Mafalda pool): a producer on
+    s1, its consumer on s2; the monitor sees both servers' workers, the s1 -> s2 link and
+    the cluster router as one room on both; a killed server leaves."""
     procs = []
-    for index in (1, 2):
-        procs.append((await spawn_serve(serve_command(redis_server.url, index, 0.3)))[0])
+    for index, extra in ((1, ("--mafalda", "--num-workers", "1")), (2, ())):
+        command = serve_command(redis_server.url, index, 0.3, *extra)
+        procs.append((await spawn_serve(command))[0])
     cluster = await horizontal.connect(redis_server.url, token=TOKEN, interval=0.2, grace=3.0)
     try:
         router = await cluster.create_router(media_codecs=MEDIA_CODECS)
@@ -743,6 +956,12 @@ async def test_monitor_shows_a_room_across_two_servers(redis_server: RedisProces
             assert (link["a"]["server"], link["aToB"], link["bToA"]) == ("s1", 1, 0)
             assert link["a"]["worker"] == s1["workers"][0]["pid"]
             assert link["b"]["worker"] == s2["workers"][0]["pid"]  # type: ignore[index]
+            # One room: the cluster router, a Mafalda router's child on s1 (named through
+            # the pool), a worker's router on s2, with the link between them.
+            [room] = [r for r in view["rooms"] if r["id"] == router.id]
+            assert (room["kind"], room["servers"]) == ("cluster", ["s1", "s2"])
+            assert [w["pipedOut"] for w in room["workers"]] == [1, 0]
+            assert room["producerKinds"] == {"audio": 2} and room["links"] == [link]
             # This test's cluster client is each server's one client.
             for server in (s1, s2):
                 [client] = server["clients"]
@@ -993,6 +1212,53 @@ async def test_page_in_chromium(redis_server: RedisProcess, probe: Probe) -> Non
         worker.close()
         await worker.wait_closed()
         await db.aclose()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
+async def test_page_opens_a_routers_room() -> None:
+    """The busiest routers' rows name their room and open (and close) to its detail:
+    what it holds on each server's worker and its links, kept open as views come."""
+    from playwright.async_api import async_playwright
+
+    view = _rooms_view()
+    async with async_playwright() as playwright:
+        browser, page, errors = await _history_page(playwright)
+        try:
+            await page.route("http://monitor.test/**", _page_alone)
+            await page.goto("http://monitor.test/")
+            await page.evaluate("(view) => render(view)", view)
+            row = page.locator("#routers tr.router[data-router='s1/c11']")
+            assert "cluster C, 2 workers" in await row.inner_text()
+            assert await page.locator("#routers tr.detail").count() == 0
+            await row.locator("button.toggle").click()
+            detail = page.locator("#routers tr.detail[data-router='s1/c11']")
+            assert "cluster room C — servers s1, s2, workers 2" in await detail.inner_text()
+            places = detail.locator("tr.place")
+            assert await places.count() == 2
+            assert (await places.nth(1).inner_text()).split("\t") == [
+                "s2/21",
+                "c21, c21b",
+                "2 (webrtc 1, pipe 1)",
+                "1 (video 1)",
+                "1",
+                "0/0",
+                "1 (1 / 0)",
+            ]
+            links = await detail.locator("ul.room-links li").all_inner_texts()
+            assert links == ["s1/11 → s2/21: 1 streams, 0 back (1 pipe)"]
+            # The next view redraws the table: the row stays open; a click closes it.
+            await page.evaluate("(view) => render(view)", {**view, "time": view["time"] + 2})
+            assert await page.locator("#routers tr.detail").count() == 1
+            await row.locator("button.toggle").click()
+            assert await page.locator("#routers tr.detail").count() == 0
+            solo = page.locator("#routers tr.router[data-router='s1/solo']")
+            await solo.locator("button.toggle").click()
+            solo_detail = await page.inner_text("#routers tr.detail[data-router='s1/solo']")
+            assert "router solo — servers s1, workers 1" in solo_detail
+            assert "no pipes" in solo_detail
+            assert errors == []
+        finally:
+            await browser.close()
 
 
 # -- the page's history (kept in the browser only) -------------------------------------------

@@ -550,9 +550,10 @@ async def _run_serve(args: argparse.Namespace) -> int:
             if probe is not None:
                 probe.clients = server.clients
                 if pool is not None:
-                    from mafalda.monitor.probe import pool_loads
+                    from mafalda.monitor.probe import pool_loads, pool_rooms
 
                     probe.loads = pool_loads(pool)
+                    probe.rooms = pool_rooms(pool)
             if args.cluster and node is not None and probe is not None:
                 from mafalda.monitor import Reporter
 

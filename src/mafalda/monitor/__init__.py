@@ -27,6 +27,7 @@ from mafalda.monitor.swarm import StatsRoute, SwarmMonitor
 from mafalda.monitor.view import (
     ClusterView,
     LinkView,
+    RoomView,
     ServerView,
     build_view,
     busiest_routers,
@@ -41,6 +42,7 @@ __all__ = [
     "PipeEnd",
     "Probe",
     "Reporter",
+    "RoomView",
     "RouterStats",
     "ServerStats",
     "ServerView",

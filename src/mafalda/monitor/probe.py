@@ -11,6 +11,12 @@ It follows mediasoup's observer API only (``newworker``, ``newrouter``,
 starts is seen, whoever starts it (a Remote Mediasoup client, a Mafalda pool, the app).
 Objects are held weakly and closed ones skipped, so the probe adds no listener per
 producer or consumer and keeps nothing alive.
+
+Each router comes with its transports by type, its producers by kind and, from its
+app_data, the room it is a part of: the cluster router whose child it is
+(``clusterRouterId``, set by ``horizontal``; through its Mafalda router's app_data when
+given ``rooms=pool_rooms(pool)``), else the pool router whose child it is
+(``mafaldaRouterId``, set by ``vertical``).
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import functools
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeGuard
 
 from mafalda import mediasoup
 from mafalda.mediasoup import PipeTransport, Router, Transport, Worker
 from mafalda.monitor.stats import (
-    COUNT_FIELDS,
+    MAX_ROOM_ID,
     ClientStats,
     PipeEnd,
     RouterStats,
@@ -33,7 +40,7 @@ from mafalda.monitor.stats import (
 )
 from mafalda.vertical import Mafalda
 
-__all__ = ["Probe", "pool_loads"]
+__all__ = ["Probe", "pool_loads", "pool_rooms"]
 
 
 def _transport_counts(transport: Transport) -> dict[str, int]:
@@ -56,10 +63,13 @@ class Probe:
         clients: Callable[[], Sequence[ClientStats]] | None = None,
         max_clients: int = 1000,
         loads: Callable[[], Mapping[int, float]] | None = None,
+        rooms: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         """``clients``: who is connected to this process, as ``RemoteServer.clients``
         (settable later: ``mafalda serve`` starts the probe before its server).
-        ``loads``: placement loads by worker pid (a Mafalda pool's, see ``pool_loads``)."""
+        ``loads``: placement loads by worker pid (a Mafalda pool's, see ``pool_loads``).
+        ``rooms``: cluster router ids by Mafalda router id (a pool's, see ``pool_rooms``):
+        a pool router's children carry only its id, the cluster's is in its app_data."""
         if max_routers < 0 or max_clients < 0:
             raise ValueError("max_routers and max_clients must be >= 0")
         self.server_id = server_id
@@ -67,6 +77,7 @@ class Probe:
         self.clients = clients
         self.max_clients = max_clients
         self.loads = loads
+        self.rooms = rooms
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._routers: weakref.WeakKeyDictionary[Router, Worker] = weakref.WeakKeyDictionary()
         self._transports: weakref.WeakKeyDictionary[Transport, Router] = weakref.WeakKeyDictionary()
@@ -151,12 +162,13 @@ class Probe:
             }
             for worker in self.workers()
         }
+        rooms = self.rooms() if self.rooms is not None else {}
         routers: dict[Router, RouterStats] = {}
         for router, worker in list(self._routers.items()):
             if router.closed or worker not in workers:
                 continue
             workers[worker]["routers"] += 1
-            routers[router] = {
+            made: RouterStats = {
                 "id": router.id,
                 "worker": worker.pid,
                 "transports": 0,
@@ -165,20 +177,48 @@ class Probe:
                 "dataProducers": 0,
                 "dataConsumers": 0,
             }
+            routers[router] = made
+            room = _room(router.app_data, rooms)
+            if room is not None:
+                made[room[0]] = room[1]  # type: ignore[literal-required]
         pipes: list[PipeEnd] = []
         for transport, router in list(self._transports.items()):
             entry = routers.get(router)
             if transport.closed or entry is None:
                 continue
             worker_entry = workers[self._routers[router]]
-            counts = _transport_counts(transport)
+            # Written out (no dict per transport, no loop over the fields): this runs for
+            # each of thousands of transports every sample.
+            producers = transport.producers
+            consumers = len(transport.consumers)
+            data_producers = len(transport.data_producers)
+            data_consumers = len(transport.data_consumers)
             entry["transports"] += 1
+            entry["producers"] += len(producers)
+            entry["consumers"] += consumers
+            entry["dataProducers"] += data_producers
+            entry["dataConsumers"] += data_consumers
             worker_entry["transports"] += 1
-            for name in COUNT_FIELDS:
-                entry[name] += counts[name]  # type: ignore[literal-required]
-                worker_entry[name] += counts[name]  # type: ignore[literal-required]
+            worker_entry["producers"] += len(producers)
+            worker_entry["consumers"] += consumers
+            worker_entry["dataProducers"] += data_producers
+            worker_entry["dataConsumers"] += data_consumers
+            types = entry.get("transportTypes")
+            if types is None:
+                types = entry["transportTypes"] = {}
+            type_ = transport.type
+            types[type_] = types.get(type_, 0) + 1
+            if producers:
+                kinds = entry.get("producerKinds")
+                if kinds is None:
+                    kinds = entry["producerKinds"] = {}
+                for producer in producers.values():  # (nothing awaited meanwhile)
+                    media = producer.kind
+                    kinds[media] = kinds.get(media, 0) + 1
             if isinstance(transport, PipeTransport):
-                pipes.append(_pipe_end(transport, router, entry["worker"], counts))
+                pipes.append(
+                    _pipe_end(transport, router, entry["worker"], _transport_counts(transport))
+                )
         kept = _busiest(routers.values(), self.max_routers)
         clients = list(self.clients()) if self.clients is not None else []
         return {
@@ -199,6 +239,34 @@ class Probe:
 def pool_loads(pool: Mafalda) -> Callable[[], dict[int, float]]:
     """A Mafalda pool's placement loads by worker pid, for ``Probe(loads=...)``."""
     return lambda: {w["pid"]: w["load"] for w in pool.stats()["workers"]}
+
+
+def pool_rooms(pool: Mafalda) -> Callable[[], dict[str, str]]:
+    """A Mafalda pool's routers that are cluster routers' children: the cluster router's
+    id by the pool router's, for ``Probe(rooms=...)``."""
+    return lambda: {
+        router.id: cluster
+        for router in pool.routers
+        if isinstance(cluster := router.app_data.get("clusterRouterId"), str)
+    }
+
+
+def _room_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ROOM_ID
+
+
+def _room(app_data: dict[str, Any], rooms: Mapping[str, str]) -> tuple[str, str] | None:
+    """The room a router is a part of, from its app_data: (key, id), or None."""
+    cluster = app_data.get("clusterRouterId")
+    if _room_id(cluster):
+        return ("clusterRouterId", cluster)
+    pool_router = app_data.get("mafaldaRouterId")
+    if _room_id(pool_router):
+        cluster = rooms.get(pool_router)
+        if _room_id(cluster):
+            return ("clusterRouterId", cluster)
+        return ("mafaldaRouterId", pool_router)
+    return None
 
 
 def _busiest(routers: Iterable[RouterStats], limit: int) -> list[RouterStats]:

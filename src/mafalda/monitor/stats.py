@@ -12,13 +12,16 @@ one, and the Monitor leaves such a report out.
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from mafalda.horizontal import registry
 from mafalda.remote.server import ClientInfo
 
 __all__ = [
     "COUNT_FIELDS",
+    "MAX_ROOM_ID",
+    "PRODUCER_KINDS",
+    "TRANSPORT_TYPES",
     "ClientStats",
     "Counts",
     "PipeEnd",
@@ -54,6 +57,16 @@ class RouterStats(Counts):
     id: str
     worker: int  # pid
     transports: int
+    # Only those it has (absent: none, or a report of an older server), to keep the
+    # report small: transports by type ("webrtc", "plain", "pipe", "direct") and
+    # producers by kind ("audio", "video"), each count above 0.
+    transportTypes: NotRequired[dict[str, int]]
+    producerKinds: NotRequired[dict[str, int]]
+    # The room it is a part of, from its app_data (at most one of the two is reported):
+    # the cluster router (horizontal) whose child it is, directly or through its Mafalda
+    # router, else the Mafalda router (a pool's, spanning workers) whose child it is.
+    clusterRouterId: NotRequired[str]
+    mafaldaRouterId: NotRequired[str]
 
 
 class PipeEnd(Counts):
@@ -99,6 +112,12 @@ def encode_stats(stats: ServerStats) -> str:
 
 #: The fields of ``Counts``, in order.
 COUNT_FIELDS = ("producers", "consumers", "dataProducers", "dataConsumers")
+#: The keys of a router's ``transportTypes`` and ``producerKinds``.
+TRANSPORT_TYPES = ("webrtc", "plain", "pipe", "direct")
+PRODUCER_KINDS = ("audio", "video")
+#: The longest room id (a cluster or Mafalda router's) reported: ours are UUIDs, an
+#: app_data's longer value is not reported (it would grow every router's entry).
+MAX_ROOM_ID = 100
 
 
 def _int(data: dict[str, Any], name: str, where: str, *, low: int = 0) -> int:
@@ -156,10 +175,19 @@ def _worker(data: dict[str, Any]) -> WorkerStats:
     }
 
 
+def _by(data: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, int]:
+    value = data[name]
+    if not isinstance(value, dict) or not all(
+        key in keys and type(count) is int and count > 0 for key, count in value.items()
+    ):
+        raise ValueError(f"server stats: invalid router {name!r}")
+    return value
+
+
 def _router(data: dict[str, Any]) -> RouterStats:
     where = "router "
     counts = _counts(data, where)
-    return {
+    router: RouterStats = {
         "id": _str(data, "id", where),
         "worker": _int(data, "worker", where, low=1),
         "transports": _int(data, "transports", where),
@@ -168,6 +196,16 @@ def _router(data: dict[str, Any]) -> RouterStats:
         "dataProducers": counts["dataProducers"],
         "dataConsumers": counts["dataConsumers"],
     }
+    if "transportTypes" in data:
+        router["transportTypes"] = _by(data, "transportTypes", TRANSPORT_TYPES)
+    if "producerKinds" in data:
+        router["producerKinds"] = _by(data, "producerKinds", PRODUCER_KINDS)
+    for name in ("clusterRouterId", "mafaldaRouterId"):
+        if name in data:
+            if len(_str(data, name, where)) > MAX_ROOM_ID:
+                raise ValueError(f"server stats: invalid router {name!r}")
+            router[name] = data[name]
+    return router
 
 
 def _port(data: dict[str, Any], name: str) -> int:

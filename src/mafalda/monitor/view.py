@@ -9,6 +9,13 @@ on two: pipes between servers) and counts the streams each way (consumers and da
 consumers on the sending end's PipeTransports). Two pipe ends are one pipe when each
 one's remote address is the other's local address. An end whose other end no server
 reports (a peer outside the cluster, or one gone) is a link to nobody (``b`` None).
+
+A room is a router as the application sees it, wherever its parts live: the routers
+reported with one ``clusterRouterId`` (a cluster router's children, on several servers,
+each possibly a Mafalda router spanning workers), else with one ``mafaldaRouterId`` (a
+pool router's children, on the workers of one server), else a router of its own. Its
+``workers`` say what it holds on each, its ``links`` are the pipes with an end on one of
+its routers. Routers beyond a report's cap are in no room (the busiest are reported).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from typing import Literal, TypedDict
 
 from mafalda.horizontal.registry import ServerRecord
 from mafalda.monitor.stats import (
+    PRODUCER_KINDS,
+    TRANSPORT_TYPES,
     ClientStats,
     Counts,
     PipeEnd,
@@ -30,6 +39,8 @@ __all__ = [
     "ClusterView",
     "LinkEnd",
     "LinkView",
+    "RoomView",
+    "RoomWorker",
     "ServerView",
     "Totals",
     "build_view",
@@ -77,10 +88,39 @@ class LinkView(TypedDict):
     pipes: int  # PipeTransport pairs (or lone ends) making up the link
 
 
+class RoomWorker(Counts):
+    """What a room holds on one worker."""
+
+    server: str
+    worker: int  # pid
+    routers: list[str]  # its routers there (one, unless the app made a second child)
+    transports: int
+    transportTypes: dict[str, int]  # by type ("webrtc", "plain", "pipe", "direct")
+    producerKinds: dict[str, int]  # by kind ("audio", "video")
+    pipes: int  # pipe ends (PipeTransports) on its routers there
+    pipedIn: int  # streams received through them (their producers and data producers)
+    pipedOut: int  # streams sent through them (their consumers and data consumers)
+
+
+RoomKind = Literal["cluster", "pool", "router"]
+
+
+class RoomView(Counts):
+    id: str  # the cluster router's, the Mafalda router's or the router's own id
+    kind: RoomKind
+    servers: list[str]
+    transports: int
+    transportTypes: dict[str, int]
+    producerKinds: dict[str, int]
+    workers: list[RoomWorker]  # by server, then pid
+    links: list[LinkView]  # the pipes with an end on one of its routers
+
+
 class ClusterView(TypedDict):
     time: float
     servers: list[ServerView]
     links: list[LinkView]
+    rooms: list[RoomView]  # the busiest first (producers and consumers, then transports)
     totals: Totals
 
 
@@ -137,9 +177,9 @@ def _pair(ends: list[_Owned]) -> list[tuple[_Owned, _Owned | None]]:
     return pairs
 
 
-def _links(ends: list[_Owned]) -> list[LinkView]:
+def _links(pairs: list[tuple[_Owned, _Owned | None]]) -> list[LinkView]:
     links: dict[tuple[tuple[str, int], tuple[str, int] | None], LinkView] = {}
-    for (a_server, a), other in _pair(ends):
+    for (a_server, a), other in pairs:
         a_key = (a_server, a["worker"])
         if other is None:
             key: tuple[tuple[str, int], tuple[str, int] | None] = (a_key, None)
@@ -211,12 +251,112 @@ def build_view(
         if report is not None:
             ends.extend((record["id"], end) for end in report["pipes"])
     everything = [w for server in servers for w in server["workers"]]
+    pairs = _pair(ends)
     return {
         "time": now,
         "servers": servers,
-        "links": _links(ends),
+        "links": _links(pairs),
+        "rooms": _rooms(servers, pairs),
         "totals": _totals(everything, sum(s["totals"]["clients"] for s in servers)),
     }
+
+
+_RoomKey = tuple[RoomKind, str]
+
+
+def _room_key(router: RouterStats) -> _RoomKey:
+    if "clusterRouterId" in router:
+        return ("cluster", router["clusterRouterId"])
+    if "mafaldaRouterId" in router:
+        return ("pool", router["mafaldaRouterId"])
+    return ("router", router["id"])
+
+
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for name, count in counts.items():
+        into[name] = into.get(name, 0) + count
+
+
+def _rooms(servers: list[ServerView], pairs: list[tuple[_Owned, _Owned | None]]) -> list[RoomView]:
+    rooms: dict[_RoomKey, RoomView] = {}
+    places: dict[tuple[_RoomKey, str, int], RoomWorker] = {}
+    # (server, router id) -> its room and worker (its pipe ends' own figure is not used:
+    # a report that would say another is not to break the view)
+    of_router: dict[tuple[str, str], tuple[_RoomKey, int]] = {}
+    for server in servers:
+        for router in server["routers"]:
+            key = _room_key(router)
+            of_router[(server["id"], router["id"])] = (key, router["worker"])
+            room = rooms.get(key)
+            if room is None:
+                room = rooms[key] = {
+                    "id": key[1],
+                    "kind": key[0],
+                    "servers": [],
+                    "transports": 0,
+                    "transportTypes": {},
+                    "producerKinds": {},
+                    "producers": 0,
+                    "consumers": 0,
+                    "dataProducers": 0,
+                    "dataConsumers": 0,
+                    "workers": [],
+                    "links": [],
+                }
+            if server["id"] not in room["servers"]:
+                room["servers"].append(server["id"])
+            place = places.get((key, server["id"], router["worker"]))
+            if place is None:
+                place = places[(key, server["id"], router["worker"])] = {
+                    "server": server["id"],
+                    "worker": router["worker"],
+                    "routers": [],
+                    "transports": 0,
+                    "transportTypes": {},
+                    "producerKinds": {},
+                    "producers": 0,
+                    "consumers": 0,
+                    "dataProducers": 0,
+                    "dataConsumers": 0,
+                    "pipes": 0,
+                    "pipedIn": 0,
+                    "pipedOut": 0,
+                }
+                room["workers"].append(place)
+            place["routers"].append(router["id"])
+            for into in (room, place):
+                into["transports"] += router["transports"]
+                _add(into["transportTypes"], router.get("transportTypes", {}))
+                _add(into["producerKinds"], router.get("producerKinds", {}))
+                for name in ("producers", "consumers", "dataProducers", "dataConsumers"):
+                    into[name] += router[name]
+    # Each pipe to the rooms of its ends (two, when it joins two rooms).
+    piped: dict[_RoomKey, list[tuple[_Owned, _Owned | None]]] = {}
+    for pair in pairs:
+        seen: list[_RoomKey] = []
+        for owned in (pair[0], pair[1]):
+            if owned is None:
+                continue
+            found = of_router.get((owned[0], owned[1]["routerId"]))
+            if found is None:
+                continue  # on a router beyond its report's cap
+            key, worker = found
+            place = places[(key, owned[0], worker)]
+            place["pipes"] += 1
+            place["pipedIn"] += _receives(owned[1])
+            place["pipedOut"] += _sends(owned[1])
+            if key not in seen:
+                seen.append(key)
+                piped.setdefault(key, []).append(pair)
+    for key, room_pairs in piped.items():
+        rooms[key]["links"] = _links(room_pairs)
+    for room in rooms.values():
+        room["servers"].sort()
+        room["workers"].sort(key=lambda w: (w["server"], w["worker"]))
+    return sorted(
+        rooms.values(),
+        key=lambda r: (-(r["consumers"] + r["producers"]), -r["transports"], r["kind"], r["id"]),
+    )
 
 
 def clients_away(server: ServerView) -> int:
@@ -226,6 +366,19 @@ def clients_away(server: ServerView) -> int:
 
 def _end(end: LinkEnd | None) -> str:
     return "(outside the cluster)" if end is None else f"{end['server']}/{end['worker']}"
+
+
+def _of(counts: dict[str, int], names: tuple[str, ...]) -> str:
+    shown = ", ".join(f"{name} {counts[name]}" for name in names if name in counts)
+    return f" ({shown})" if shown else ""
+
+
+def _held(room: RoomView | RoomWorker) -> str:
+    return (
+        f"transports {room['transports']}{_of(room['transportTypes'], TRANSPORT_TYPES)}  "
+        f"producers {room['producers']}{_of(room['producerKinds'], PRODUCER_KINDS)}  "
+        f"consumers {room['consumers']}  data {room['dataProducers']}/{room['dataConsumers']}"
+    )
 
 
 def busiest_routers(view: ClusterView, limit: int = 10) -> list[tuple[str, RouterStats]]:
@@ -245,7 +398,8 @@ def busiest_routers(view: ClusterView, limit: int = 10) -> list[tuple[str, Route
 
 def render_text(view: ClusterView, *, routers: int = 10) -> str:
     """A terminal page: one line per server and per worker, the ``routers`` busiest
-    routers, then the links."""
+    routers, as many of the busiest rooms spanning workers (a line per worker), then
+    the links."""
     totals = view["totals"]
     stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(view["time"]))
     lines = [
@@ -288,6 +442,19 @@ def render_text(view: ClusterView, *, routers: int = 10) -> str:
             f"consumers {router['consumers']}  data {router['dataProducers']}/"
             f"{router['dataConsumers']}"
         )
+    spread = [room for room in view["rooms"] if len(room["workers"]) > 1][:routers]
+    if spread:
+        lines.append("")
+        lines.append("rooms across workers")
+    for room in spread:
+        lines.append(
+            f"  {room['kind']} {room['id']}  servers {', '.join(room['servers'])}  {_held(room)}"
+        )
+        for place in room["workers"]:
+            lines.append(
+                f"    {place['server']}/{place['worker']}  {_held(place)}  "
+                f"pipes {place['pipes']} (in {place['pipedIn']}, out {place['pipedOut']})"
+            )
     lines.append("")
     lines.append("links" if view["links"] else "links: none")
     for link in view["links"]:

@@ -543,6 +543,34 @@ async def test_second_copy_into_a_mafalda_router_is_refused(mafalda: Mafalda, da
     assert not copy.closed and room_b.worker_of(original) is mafalda.workers[1]
 
 
+@pytest.mark.parametrize("data", [False, True], ids=["producer", "data_producer"])
+async def test_a_source_closed_as_it_is_piped_into_a_mafalda_router_on_its_worker(
+    mafalda: Mafalda, data: bool
+) -> None:
+    """pipe_to_router() into another MafaldaRouter whose copy goes to the original's own
+    worker; the original closes as the target's child router is made there: the call
+    fails as for a closed original (InvalidStateError), not with the worker's keep_id
+    refusal (the id looked free on that worker once the original was gone), which the
+    caller, who passed no keep_id, could make nothing of. Nothing is left behind."""
+    room_a = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    room_b = await mafalda.create_router(media_codecs=MEDIA_CODECS)
+    mafalda.policy = _Pinned(0)
+    if data:
+        original: Any = await (await room_a.create_direct_transport()).produce_data(label="c")
+        ids = {"data_producer_id": original.id}
+    else:
+        _, original = await _audio_producer(room_a)
+        ids = {"producer_id": original.id}
+    piping = asyncio.ensure_future(room_a.pipe_to_router(router=room_b, **ids))
+    await asyncio.wait_for(_until(lambda: room_b.unfinished_tasks()), 5)  # its child
+    original.close()
+    kind = "DataProducer" if data else "Producer"
+    with pytest.raises(InvalidStateError, match=f"original {kind} closed"):
+        await asyncio.wait_for(piping, 5)
+    assert room_b.child_routers == {}
+    assert (await room_a.mafalda_dump())["pipeTransportPairs"] == []
+
+
 async def test_webrtc_server_pins_placement(mafalda: Mafalda) -> None:
     router = await mafalda.create_router(media_codecs=MEDIA_CODECS)
     servers = await mafalda.create_webrtc_servers(
@@ -1640,6 +1668,64 @@ async def test_worker_killed_while_a_pipe_opens_fails_the_consume_promptly(
             producer_id=again.id, rtp_capabilities=router.rtp_capabilities
         )
         assert consumer.producer_id == again.id and not consumer.closed
+
+
+@pytest.mark.parametrize("victim_side", ["original", "far"])
+async def test_worker_killed_while_a_data_pipe_waits_for_its_sctp_fails_at_once(
+    victim_side: str,
+) -> None:
+    """The consume_data() of a data pipe waits for the pair's SCTP association, held (the
+    original's worker stopped once the pipe consumer is made, so the far worker's answer
+    to its INIT goes unanswered); a worker at either end dies: the consume fails at once,
+    not at the end of the wait's timeout, and neither end's wait is left running (the
+    pair closes with either transport, which ends the other's wait too)."""
+    async with _pool("mafalda", num_workers=2, min_workers=2, policy="spread") as pool:
+        router = await pool.api.create_router(media_codecs=MEDIA_CODECS)
+        source = await router.create_direct_transport()
+        data_producer = await source.produce_data()
+        home = router.worker_of(data_producer)
+        for _ in range(4):
+            far = await router.create_direct_transport()
+            if router.worker_of(far) is not home:
+                break
+        dst = router.worker_of(far)
+        assert dst is not home
+        # A media pipe first: the pair is open, its SCTP association not started.
+        _, producer = await _audio_producer(router)
+        sink = far if router.worker_of(producer) is home else source
+        await sink.consume(producer_id=producer.id, rtp_capabilities=router.rtp_capabilities)
+        child = router.child_router(home)
+        assert child is not None
+        transports = child.transports_for_testing.values()
+        (local,) = [t for t in transports if isinstance(t, PipeTransport)]
+        assert local.sctp_state == "new"
+        victim = router.worker_of(data_producer if victim_side == "original" else far)
+        survivor = dst if victim is home else home
+        held = asyncio.get_running_loop().create_future()
+
+        def hold(consumer: Any) -> None:
+            os.kill(home.pid, signal.SIGSTOP)
+            os.kill(dst.pid, signal.SIGCONT)
+            held.set_result(None)
+
+        local.observer.once("newdataconsumer", hold)
+        os.kill(dst.pid, signal.SIGSTOP)
+        try:
+            attempt = asyncio.ensure_future(far.consume_data(data_producer_id=data_producer.id))
+            await asyncio.wait_for(held, 5)
+            copy = pipe_key(data_producer.id, dst, True)
+            await asyncio.wait_for(_until(lambda: router._pipes[copy].producer is not None), 5)
+            assert not attempt.done()  # waiting for the association
+            os.kill(victim.pid, signal.SIGKILL)
+            os.kill(survivor.pid, signal.SIGCONT)
+            with pytest.raises(InvalidStateError, match="closed"):
+                await asyncio.wait_for(attempt, 2)
+        finally:
+            for worker in (home, dst):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGCONT)
+        waits = [t for t in asyncio.all_tasks() if "sctp_connected" in repr(t.get_coro())]
+        assert waits == []
 
 
 @pytest.mark.parametrize("side", SIDES)

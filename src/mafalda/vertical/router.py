@@ -25,7 +25,7 @@ from mafalda.mediasoup.rtp_parameters import RouterRtpCodecCapability
 from mafalda.mediasoup.transport import Transport
 from mafalda.mediasoup.webrtc_transport import WebRtcTransport
 from mafalda.mediasoup.worker import Worker
-from mafalda.vertical.spanning import SpanningRouter
+from mafalda.vertical.spanning import SpanningRouter, source_open
 
 if TYPE_CHECKING:
     from mafalda.mediasoup.active_speaker_observer import ActiveSpeakerObserver
@@ -276,17 +276,22 @@ class MafaldaRouter(SpanningRouter[Worker]):
             if isinstance(router, MafaldaRouter):
                 target_worker = await router._mafalda.place(router)
                 _, target = await stack.enter_async_context(router._placed(target_worker))
-                if keep_id:
-                    # Ids are unique per worker: a copy where the id is taken gets its own
-                    # there, and the target router knows it by the original one.
-                    options["keep_id"] = stack.enter_context(
-                        router._mafalda.claim_id(target_worker, source_id)
-                    )
             elif isinstance(router, Router):
                 target = router
             else:
                 raise TypeError("router must be a Router or a MafaldaRouter")
             source: Router = await self._child(home)
+            kind = "Producer" if producer_id else "DataProducer"
+            table = self._producers if producer_id else self._data_producers
+            # Closed while the target was placed: its id would look free on its own
+            # worker, and the copy told to keep it there (the worker's refusal).
+            source_open(table.get(source_id), kind)
+            if isinstance(router, MafaldaRouter) and target_worker is not None and keep_id:
+                # Ids are unique per worker: a copy where the id is taken gets its own
+                # there, and the target router knows it by the original one.
+                options["keep_id"] = stack.enter_context(
+                    router._mafalda.claim_id(target_worker, source_id)
+                )
             result = await source.pipe_to_router(
                 router=target,
                 producer_id=producer_id,

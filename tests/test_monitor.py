@@ -133,6 +133,7 @@ def _report(server_id: str, workers: list[int], pipes: list[PipeEnd], time: floa
         ],
         "routersOmitted": 0,
         "pipes": pipes,
+        "pipesOmitted": 0,
         "clients": [
             {"address": "10.9.0.1", "connected": True, "objects": 5},
             {"address": None, "connected": False, "objects": 2},
@@ -152,6 +153,11 @@ def test_report_round_trip_and_keys() -> None:
     worker = {k: v for k, v in report["workers"][0].items() if k != "cpuTime"}
     older = {**report, "workers": [worker]}
     assert decode_stats(json.dumps(older))["workers"][0]["cpuTime"] is None
+    # Pipe ends beyond the cap are counted; an older server's report (no cap) has none.
+    capped = {**report, "pipesOmitted": 3}
+    assert decode_stats(encode_stats(capped)) == capped  # type: ignore[arg-type]
+    uncapped = {k: v for k, v in report.items() if k != "pipesOmitted"}
+    assert decode_stats(json.dumps(uncapped))["pipesOmitted"] == 0
     # A router's detail: its transports by type, producers by kind, and its room.
     detailed = {
         **report,
@@ -215,6 +221,9 @@ def _router_with(report: Any, **fields: Any) -> Any:
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "remoteIp": 5}]}, "'remoteIp'"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "remotePort": None}]}, "go together"),
         (lambda r: {**r, "pipes": [{**r["pipes"][0], "transportId": None}]}, "'transportId'"),
+        (lambda r: {**r, "pipesOmitted": -1}, "'pipesOmitted'"),
+        (lambda r: {**r, "pipesOmitted": True}, "'pipesOmitted'"),
+        (lambda r: {**r, "pipesOmitted": None}, "'pipesOmitted'"),
         (lambda r: {**r, "clients": [{**r["clients"][0], "address": 5}]}, "client 'address'"),
         (lambda r: {**r, "clients": [{**r["clients"][0], "connected": 1}]}, "client 'connected'"),
         (lambda r: {**r, "clients": [{**r["clients"][0], "objects": -1}]}, "client 'objects'"),
@@ -322,7 +331,8 @@ def _rooms_view() -> ClusterView:
     """Rooms: a pool router spanning two workers of s1 (its children named by
     mafaldaRouterId, a loopback pipe between them), a cluster router on s1 and s2
     (clusterRouterId, a pipe between the servers), a router of its own (from an older
-    server: no detail), and a pipe end on a router beyond its report's cap (no room)."""
+    server: no detail), a pipe end on a router beyond its report's cap (no room), and
+    two ends beyond s1's report's cap (counted)."""
     s1 = _report("s1", [11, 12], [], 100.0)
     s1["routers"] = [
         _router("p11", 11, 2, producers=1, mafaldaRouterId="M",
@@ -334,6 +344,7 @@ def _rooms_view() -> ClusterView:
         _router("solo", 12, 1, dataProducers=1),
     ]  # fmt: skip
     s1["routersOmitted"] = 1
+    s1["pipesOmitted"] = 2
     s1["pipes"] = [
         _on("p11", _end("pa", 11, ("127.0.0.1", 6000), ("127.0.0.1", 6001), consumers=1)),
         _on("p12", _end("pb", 12, ("127.0.0.1", 6001), ("127.0.0.1", 6000), producers=1)),
@@ -400,7 +411,11 @@ def test_view_shows_each_room_where_it_lives_and_how_it_is_linked() -> None:
     assert (place["worker"], place["dataProducers"], place["pipes"]) == (12, 1, 0)
     # The end on the router beyond s1's cap is in the cluster's links, in no room's.
     assert len(view["links"]) == 3
+    # Ends beyond a report's cap: counted by server, shown after the links.
+    assert [s["pipesOmitted"] for s in view["servers"]] == [2, 0]
     text = render_text(view)
+    assert text.endswith("(1 pipe)\n  s1: 2 more pipe ends, beyond its report's cap (in no link)\n")
+    assert "s2: " not in text
     assert (
         "rooms across workers\n"
         "  cluster C  servers s1, s2  transports 4 (webrtc 1, plain 1, pipe 2)  "
@@ -562,6 +577,70 @@ async def test_probe_follows_only_from_start_and_add_worker_catches_up() -> None
         Probe(max_routers=-1)
     with pytest.raises(ValueError, match="max_clients"):
         Probe(max_clients=-1)
+
+
+async def test_probe_caps_pipe_ends_keeping_the_reported_routers_then_the_busiest() -> None:
+    """Pipe ends beyond ``max_pipes`` are counted: those of the reported routers first
+    (an idle one before busier ends of others), then the busiest, a pipe's two ends
+    together; what stays is valid and its pipe still one link."""
+    probe = Probe(max_routers=1, max_pipes=1)
+    probe.start()
+    worker1, worker2 = await _worker(), await _worker()
+    listen: Any = {"protocol": "udp", "ip": "127.0.0.1"}
+    try:
+        kept = await worker1.create_router(media_codecs=MEDIA_CODECS)
+        for ssrc in (1111, 2222, 3333):  # the busiest router: the one reported
+            direct = await kept.create_direct_transport()
+            await direct.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc))
+        idle = await kept.create_pipe_transport(listen_info=listen)
+        source = await worker1.create_router(media_codecs=MEDIA_CODECS)
+        direct = await source.create_direct_transport()
+        producer = await direct.produce(kind="audio", rtp_parameters=opus_rtp_parameters(4444))
+        sink = await worker2.create_router(media_codecs=MEDIA_CODECS)
+        await source.pipe_to_router(producer_id=producer.id, router=sink)  # a stream each
+        await sink.create_pipe_transport(listen_info=listen)  # idle, on no reported router
+        report = probe.snapshot()
+        assert [r["id"] for r in report["routers"]] == [kept.id]
+        assert ([p["transportId"] for p in report["pipes"]], report["pipesOmitted"]) == (
+            [idle.id],
+            3,
+        )
+        probe.max_pipes = 3
+        report = probe.snapshot()
+        assert decode_stats(encode_stats(report)) == report
+        assert sorted(p["routerId"] for p in report["pipes"]) == sorted(
+            [kept.id, source.id, sink.id]
+        )
+        assert report["pipesOmitted"] == 1
+        view = build_view([_record("here", "127.0.0.1")], [report | {"id": "here"}])  # type: ignore[list-item]
+        [pipe] = [link for link in view["links"] if link["b"] is not None]
+        assert (pipe["aToB"] + pipe["bToA"], pipe["pipes"]) == (1, 1)
+        assert view["servers"][0]["pipesOmitted"] == 1
+        probe.max_pipes = 2000
+        assert (len(probe.snapshot()["pipes"]), probe.snapshot()["pipesOmitted"]) == (4, 0)
+    finally:
+        probe.stop()
+        worker1.close()
+        worker2.close()
+        await asyncio.gather(worker1.wait_closed(), worker2.wait_closed())
+    with pytest.raises(ValueError, match="max_pipes"):
+        Probe(max_pipes=-1)
+
+
+def test_capped_pipe_ends_keep_a_pipes_two_ends_together() -> None:
+    """Two pipes between this server's workers, as busy: the cap keeps both ends of one
+    (a whole link) rather than an end of each (two links to nobody), whatever their ids."""
+    from mafalda.monitor.probe import _pipes_kept
+
+    ends = [
+        _end("a", 11, ("127.0.0.1", 6000), ("127.0.0.1", 6003), consumers=1),
+        _end("b", 11, ("127.0.0.1", 6001), ("127.0.0.1", 6002), consumers=1),
+        _end("c", 12, ("127.0.0.1", 6002), ("127.0.0.1", 6001), producers=1),
+        _end("d", 12, ("127.0.0.1", 6003), ("127.0.0.1", 6000), producers=1),
+        _end("e", 12, ("127.0.0.1", 6004), None),
+    ]
+    assert [e["transportId"] for e in _pipes_kept(ends, set(), 2)] == ["a", "d"]
+    assert [e["transportId"] for e in _pipes_kept(ends, {"r-e"}, 3)] == ["a", "d", "e"]
 
 
 async def test_probe_reports_a_mafalda_pools_loads(probe: Probe) -> None:
@@ -1251,11 +1330,17 @@ async def test_page_opens_a_routers_room() -> None:
             assert await page.locator("#routers tr.detail").count() == 1
             await row.locator("button.toggle").click()
             assert await page.locator("#routers tr.detail").count() == 0
+            assert await page.inner_text("#pipes-omitted") == (
+                "s1: 2 more pipe ends (beyond the reports' caps, in no link)"
+            )
             solo = page.locator("#routers tr.router[data-router='s1/solo']")
             await solo.locator("button.toggle").click()
             solo_detail = await page.inner_text("#routers tr.detail[data-router='s1/solo']")
             assert "router solo — servers s1, workers 1" in solo_detail
             assert "no pipes" in solo_detail
+            uncapped = {**view, "servers": [{**s, "pipesOmitted": 0} for s in view["servers"]]}
+            await page.evaluate("(view) => render(view)", uncapped)
+            assert await page.inner_text("#pipes-omitted") == ""
             assert errors == []
         finally:
             await browser.close()

@@ -62,6 +62,7 @@ class Probe:
         max_routers: int = 1000,
         clients: Callable[[], Sequence[ClientStats]] | None = None,
         max_clients: int = 1000,
+        max_pipes: int = 2000,
         loads: Callable[[], Mapping[int, float]] | None = None,
         rooms: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
@@ -69,13 +70,19 @@ class Probe:
         (settable later: ``mafalda serve`` starts the probe before its server).
         ``loads``: placement loads by worker pid (a Mafalda pool's, see ``pool_loads``).
         ``rooms``: cluster router ids by Mafalda router id (a pool's, see ``pool_rooms``):
-        a pool router's children carry only its id, the cluster's is in its app_data."""
-        if max_routers < 0 or max_clients < 0:
-            raise ValueError("max_routers and max_clients must be >= 0")
+        a pool router's children carry only its id, the cluster's is in its app_data.
+        ``max_pipes``: pipe ends reported, those of the reported routers first (their
+        rooms' links whole), then the busiest. Twice ``max_routers`` by default: each
+        reported router keeps its ends to two peers (a pool router's child on one of
+        three workers, a cluster router's on one of three servers); an end is about
+        260 bytes of JSON, 2,000 about 510 KiB every heartbeat."""
+        if max_routers < 0 or max_clients < 0 or max_pipes < 0:
+            raise ValueError("max_routers, max_clients and max_pipes must be >= 0")
         self.server_id = server_id
         self.max_routers = max_routers
         self.clients = clients
         self.max_clients = max_clients
+        self.max_pipes = max_pipes
         self.loads = loads
         self.rooms = rooms
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
@@ -220,6 +227,7 @@ class Probe:
                     _pipe_end(transport, router, entry["worker"], _transport_counts(transport))
                 )
         kept = _busiest(routers.values(), self.max_routers)
+        pipes_kept = _pipes_kept(pipes, {r["id"] for r in kept}, self.max_pipes)
         clients = list(self.clients()) if self.clients is not None else []
         return {
             "id": self.server_id,
@@ -227,7 +235,8 @@ class Probe:
             "workers": list(workers.values()),
             "routers": kept,
             "routersOmitted": len(routers) - len(kept),
-            "pipes": sorted(pipes, key=lambda p: p["transportId"]),
+            "pipes": pipes_kept,
+            "pipesOmitted": len(pipes) - len(pipes_kept),
             # The busiest clients are kept (those away last: they are leaving).
             "clients": sorted(clients, key=lambda c: (not c["connected"], -c["objects"]))[
                 : self.max_clients
@@ -274,6 +283,26 @@ def _busiest(routers: Iterable[RouterStats], limit: int) -> list[RouterStats]:
         routers, key=lambda r: (-(r["consumers"] + r["producers"]), -r["transports"], r["id"])
     )
     return ordered[:limit]
+
+
+def _pipes_kept(pipes: list[PipeEnd], routers: set[str], limit: int) -> list[PipeEnd]:
+    """The ``limit`` ends to report: those on ``routers`` (the reported ones: their
+    rooms' links stay whole) first, then the busiest (streams in and out). Ties go by
+    pipe (its two addresses), so both ends of a pipe between this server's workers,
+    which carry the same streams, are kept or left together."""
+
+    def order(end: PipeEnd) -> tuple[bool, int, tuple[str, int], str]:
+        local = (end["localIp"], end["localPort"])
+        remote = (end["remoteIp"] or "", end["remotePort"] or 0)
+        return (
+            end["routerId"] not in routers,
+            -(end["producers"] + end["consumers"] + end["dataProducers"] + end["dataConsumers"]),
+            min(local, remote),
+            end["transportId"],
+        )
+
+    kept = sorted(pipes, key=order)[:limit] if len(pipes) > limit else pipes
+    return sorted(kept, key=lambda p: p["transportId"])
 
 
 def _pipe_end(

@@ -93,6 +93,9 @@ class ServerStats(TypedDict):
     routers: list[RouterStats]
     routersOmitted: int  # beyond the report's cap (the busiest are kept)
     pipes: list[PipeEnd]
+    # Beyond the report's cap (the reported routers' ends are kept, then the busiest);
+    # 0 in an older server's report, which had no cap.
+    pipesOmitted: int
     clients: list[ClientStats]
     clientsOmitted: int  # beyond the report's cap
 
@@ -265,6 +268,7 @@ def decode_stats(raw: str | bytes) -> ServerStats:
         "routers": [_router(item) for item in _list(data, "routers")],
         "routersOmitted": _int(data, "routersOmitted", ""),
         "pipes": [_pipe(item) for item in _list(data, "pipes")],
+        "pipesOmitted": _int(data, "pipesOmitted", "") if "pipesOmitted" in data else 0,
         # Absent from a probe that serves no clients' sessions (nor from older reports).
         "clients": [_client(item) for item in _list(data, "clients")] if "clients" in data else [],
         "clientsOmitted": _int(data, "clientsOmitted", "") if "clientsOmitted" in data else 0,

@@ -8,14 +8,16 @@ A link joins two workers (on one server: a Mafalda pool's pipes between its work
 on two: pipes between servers) and counts the streams each way (consumers and data
 consumers on the sending end's PipeTransports). Two pipe ends are one pipe when each
 one's remote address is the other's local address. An end whose other end no server
-reports (a peer outside the cluster, or one gone) is a link to nobody (``b`` None).
+reports (a peer outside the cluster, one gone, or an end beyond its server's report's
+cap: ``pipesOmitted``) is a link to nobody (``b`` None).
 
 A room is a router as the application sees it, wherever its parts live: the routers
 reported with one ``clusterRouterId`` (a cluster router's children, on several servers,
 each possibly a Mafalda router spanning workers), else with one ``mafaldaRouterId`` (a
 pool router's children, on the workers of one server), else a router of its own. Its
 ``workers`` say what it holds on each, its ``links`` are the pipes with an end on one of
-its routers. Routers beyond a report's cap are in no room (the busiest are reported).
+its routers. Routers beyond a report's cap are in no room (the busiest are reported);
+a report's pipe ends are those of its reported routers first, so rooms keep their links.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class ServerView(TypedDict):
     workers: list[WorkerStats]
     routers: list[RouterStats]
     routersOmitted: int
+    pipesOmitted: int  # pipe ends beyond its report's cap: in no link
     clients: list[ClientStats]
     clientsOmitted: int
     totals: Totals
@@ -243,6 +246,7 @@ def build_view(
                 "workers": workers,
                 "routers": report["routers"] if report else [],
                 "routersOmitted": report["routersOmitted"] if report else 0,
+                "pipesOmitted": report["pipesOmitted"] if report else 0,
                 "clients": clients,
                 "clientsOmitted": clients_omitted,
                 "totals": _totals(workers, len(clients) + clients_omitted),
@@ -462,4 +466,10 @@ def render_text(view: ClusterView, *, routers: int = 10) -> str:
             f"  {_end(link['a'])} -> {_end(link['b'])}: {link['aToB']} streams, "
             f"{link['bToA']} back ({link['pipes']} pipe{'s' if link['pipes'] != 1 else ''})"
         )
+    for server in view["servers"]:
+        if server["pipesOmitted"]:
+            lines.append(
+                f"  {server['id']}: {server['pipesOmitted']} more pipe ends, beyond its "
+                "report's cap (in no link)"
+            )
     return "\n".join(lines) + "\n"

@@ -2208,43 +2208,24 @@ async def test_an_unused_copy_from_another_router_here_is_collected() -> None:
                 await app.client.aclose()
 
 
-async def test_a_data_stream_from_another_router_here_waits_for_sctp(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Two apps on one server: B's consume_data() of A's data producer (mediasoup's
-    pipe_to_router() between their routers) returns once the pipe pair's SCTP
-    association is up, as between servers: a message A sends at once reaches B (sent
-    before, it is dropped). On one host the handshake is quick: the wait is held on cue
-    (as slow as on a loaded server), and a second consume of it meanwhile waits too."""
-    entered, release, held_on = _hold_sctp(monkeypatch)
+async def test_a_data_stream_from_another_router_here_takes_a_message_sent_at_once() -> None:
+    """Two apps on one server, on two workers: a message A sends as soon as B's
+    consume_data() of A's data producer returns (mediasoup's pipe_to_router() between
+    their routers) reaches B. What makes it so is Router.pipe_to_router() returning once
+    the new pair's SCTP association is up (tests/test_pipe_transport.py shows it, ten new
+    pairs with a message sent at once); here the swarm's path adds the remote round trips,
+    which on one host outlast the handshake anyway: this checks the path, not the wait."""
     async with _lone_node() as (streams, a, _):
-        b = await App.on(streams.server.url)
+        apps = [await App.on(streams.server.url) for _ in range(2)]
         try:
             data_producer = await (await a.router.create_direct_transport()).produce_data()
-            sinks = [await b.router.create_direct_transport() for _ in range(2)]
-            # What the server holds: B's router, the pipe transport made there for the
-            # copy, B's sink; the pipe's SCTP state when B's consumer is made there.
-            here = {t.id: (t, r) for t, r in streams._router_of.items()}
-            served_sink, router_b = here[sinks[0].id]
-            pipes: list[PipeTransport] = []
-            router_b.observer.on("newtransport", pipes.append)
-            states: list[str] = []
-            served_sink.observer.on("newdataconsumer", lambda _: states.append(pipes[0].sctp_state))
-            first = asyncio.ensure_future(sinks[0].consume_data(data_producer_id=data_producer.id))
-            await asyncio.wait_for(entered.wait(), 5)
-            assert held_on == pipes
-            second = asyncio.ensure_future(sinks[1].consume_data(data_producer_id=data_producer.id))
-            await asyncio.sleep(0.2)
-            assert not first.done() and not second.done()
-            release.set()
-            data_consumer = await first
-            assert states == ["connected"]
-            assert await _delivered(data_producer, data_consumer, "at once") == 51
-            await second
-            (pipe,) = streams._in.values()
-            assert pipe.pair is None and pipe.users == 2
+            for b in apps:
+                sink_b = await b.router.create_direct_transport()
+                data_consumer = await sink_b.consume_data(data_producer_id=data_producer.id)
+                assert await _delivered(data_producer, data_consumer, "at once") == 51
         finally:
-            await b.client.aclose()
+            for b in apps:
+                await b.client.aclose()
 
 
 async def test_a_data_copy_from_another_router_here_follows_its_pause() -> None:

@@ -48,7 +48,7 @@ import ssl as ssl_module
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -241,10 +241,6 @@ class SwarmStreams:
         self._originals: weakref.WeakValueDictionary[tuple[str, bool], Any] = (
             weakref.WeakValueDictionary()
         )
-        #: The pipe transport each copy made by a pipe comes on.
-        self._carried_by: weakref.WeakKeyDictionary[Any, PipeTransport] = (
-            weakref.WeakKeyDictionary()
-        )
         #: The router of each transport and origin: a Router, or on a server of a Mafalda
         #: pool the MafaldaRouter (whose transports pipe from its other workers).
         self._router_of: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -284,6 +280,8 @@ class SwarmStreams:
         #: (a leave cancels the peer's sender).
         self._queues: dict[str, asyncio.Queue[tuple[ServerRecord, dict[str, Any]]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
+        #: What this server's objects tell it (see _attach()), by id(object).
+        self._attached: dict[int, tuple[Any, list[tuple[str, Callable[..., Any]]]]] = {}
         #: The pauses and resumes of copies from another router here under way.
         self._following: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
@@ -304,8 +302,23 @@ class SwarmStreams:
             headers={"Authorization": f"Bearer {self._token}"},
         )
 
+    def _attach(self, source: Any, event: str, listener: Callable[..., Any]) -> None:
+        """``source.observer.on(event, listener)``, taken back by aclose() (a stopped
+        node follows nothing: a new node of the same server would be told twice);
+        forgotten when ``source`` closes."""
+        entry = self._attached.get(id(source))
+        if entry is None:
+
+            def gone() -> None:
+                self._attached.pop(id(source), None)
+
+            entry = self._attached[id(source)] = (source, [("close", gone)])
+            source.observer.on("close", gone)
+        entry[1].append((event, listener))
+        source.observer.on(event, listener)
+
     def _follow_worker(self, worker: Worker) -> None:
-        worker.observer.on("newrouter", self._follow_router)
+        self._attach(worker, "newrouter", self._follow_router)
 
     def _follow_router(self, router: Router | MafaldaRouter) -> None:
         def new_transport(transport: Transport) -> None:
@@ -320,21 +333,19 @@ class SwarmStreams:
                     self._originals[key] = producer
                     self._router_of[producer] = router
                     self._list(key)
-                    producer.observer.on("close", lambda: self._unlist(key, producer))
-                else:  # a copy: the pipe transport it comes on
-                    self._carried_by[producer] = cast(PipeTransport, transport)
+                    self._attach(producer, "close", lambda: self._unlist(key, producer))
 
             def new_consumer(consumer: Any, data: bool = False) -> None:
                 source = consumer.data_producer_id if data else consumer.producer_id
                 pipe = self._copies.get((router.id, source, data))
                 if pipe is not None:
                     self._use(pipe, 1)
-                    consumer.observer.on("close", lambda: self._use(pipe, -1))
+                    self._attach(consumer, "close", lambda: self._use(pipe, -1))
 
-            transport.observer.on("newproducer", new_producer)
-            transport.observer.on("newconsumer", new_consumer)
-            transport.observer.on("newdataproducer", lambda p: new_producer(p, True))
-            transport.observer.on("newdataconsumer", lambda c: new_consumer(c, True))
+            self._attach(transport, "newproducer", new_producer)
+            self._attach(transport, "newconsumer", new_consumer)
+            self._attach(transport, "newdataproducer", lambda p: new_producer(p, True))
+            self._attach(transport, "newdataconsumer", lambda c: new_consumer(c, True))
 
         def new_rtp_observer(rtp_observer: Any) -> None:
             self._router_of[rtp_observer] = router
@@ -366,12 +377,12 @@ class SwarmStreams:
                     self._use(pipe, -1)
                 watched.clear()
 
-            rtp_observer.observer.on("addproducer", added)
-            rtp_observer.observer.on("removeproducer", removed)
-            rtp_observer.observer.on("close", closed)
+            self._attach(rtp_observer, "addproducer", added)
+            self._attach(rtp_observer, "removeproducer", removed)
+            self._attach(rtp_observer, "close", closed)
 
-        router.observer.on("newtransport", new_transport)
-        router.observer.on("newrtpobserver", new_rtp_observer)
+        self._attach(router, "newtransport", new_transport)
+        self._attach(router, "newrtpobserver", new_rtp_observer)
 
     def _original(self, producer_id: str, data: bool) -> tuple[Any, Any] | None:
         """A live (data) producer of this server's clients (not a copy piped in), and its
@@ -468,11 +479,6 @@ class SwarmStreams:
         # Collected when unused, as a copy from another server is (closing the copy
         # closes its pipe consumer too: mediasoup links them).
         self._track_copy(_Pipe(copy.id, None, copy, key))
-        if data and not isinstance(source, MafaldaRouter):
-            # A message sent before the pair's SCTP association is up is dropped, as
-            # between servers. (On a pool, the copy's pipe is one of the MafaldaRouters'
-            # own, which they do not tell of.)
-            await self._sctp_up(self._carried_by[copy])
 
     @staticmethod
     async def _follow_pause(copy: Any, carrier: Any) -> None:
@@ -533,9 +539,17 @@ class SwarmStreams:
         if server_id is None:
             return None
         ask = {"op": "locate", "producerId": key[0], "data": key[1]}
+        asking = asyncio.ensure_future(self._post(members[server_id], ask))
+        # (A deadline, not asyncio.timeout(): see _find_on().)
         try:
-            async with asyncio.timeout(self.find_timeout / 4):
-                answer = await self._post(members[server_id], ask)
+            done, _ = await asyncio.wait((asking,), timeout=self.find_timeout / 4)
+        finally:
+            if not asking.done():  # (past the deadline, or the lookup cancelled)
+                asking.cancel()
+        if not done:
+            return None
+        try:
+            answer = asking.result()
         except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
             return None
         home = answer.get("at")
@@ -599,23 +613,32 @@ class SwarmStreams:
                 return record, router_id
             return None
 
-        asks = [asyncio.ensure_future(ask(r)) for r in records]
+        # Waited for with a deadline, not asyncio.timeout(): on CPython 3.11 under a
+        # sys.settrace tracer (coverage, a debugger) its expiry may end the lookup with
+        # a CancelledError rather than a TimeoutError, and a consume waiting on it would
+        # never be answered.
+        pending = {asyncio.ensure_future(ask(r)) for r in records}
+        deadline = asyncio.get_running_loop().time() + self.find_timeout
         try:
-            async with asyncio.timeout(self.find_timeout):
-                for next_answer in asyncio.as_completed(asks):
-                    owner = await next_answer
-                    if owner is not None:
-                        return owner
-        except TimeoutError:
-            logger.warning(
-                "%s %s: %d peer(s) did not answer within %g s, taken as not having it",
-                "data producer" if data else "producer",
-                producer_id,
-                sum(1 for task in asks if not task.done()),
-                self.find_timeout,
-            )
+            while pending:
+                left = deadline - asyncio.get_running_loop().time()
+                done, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    logger.warning(
+                        "%s %s: %d peer(s) did not answer within %g s, taken as not having it",
+                        "data producer" if data else "producer",
+                        producer_id,
+                        len(pending),
+                        self.find_timeout,
+                    )
+                    break
+                for task in done:
+                    if task.result() is not None:
+                        return task.result()
         finally:
-            for task in asks:
+            for task in pending:
                 task.cancel()
         return None
 
@@ -742,21 +765,24 @@ class SwarmStreams:
         """Until the pair's SCTP association is up, at most ``find_timeout`` seconds.
 
         A message sent before it is dropped by the owner's end, and the app may send one
-        as soon as consume_data() returns (mediasoup's pipe_to_router() does not wait:
-        on one host the handshake beats any app; between loaded servers it may not).
+        as soon as consume_data() returns (between loaded servers the handshake may not
+        beat it). (A deadline, not asyncio.timeout(): see _find_on().)
         """
-        try:
-            async with asyncio.timeout(self.find_timeout):
-                while transport.sctp_state not in ("connected", "failed", "closed"):
-                    changed = transport.observer.wait_for("sctpstatechange")
-                    closed = transport.observer.wait_for("close")
-                    try:
-                        await asyncio.wait((changed, closed), return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        changed.cancel()
-                        closed.cancel()
-        except TimeoutError:
-            pass
+        deadline = asyncio.get_running_loop().time() + self.find_timeout
+        while transport.sctp_state not in ("connected", "failed", "closed"):
+            changed = transport.observer.wait_for("sctpstatechange")
+            closed = transport.observer.wait_for("close")
+            try:
+                done, _ = await asyncio.wait(
+                    (changed, closed),
+                    timeout=deadline - asyncio.get_running_loop().time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                changed.cancel()
+                closed.cancel()
+            if not done:
+                break  # the deadline passed
         if transport.sctp_state != "connected":
             logger.warning(
                 "pipe transport %s: SCTP is %s, not connected; early messages may be lost",
@@ -1137,6 +1163,10 @@ class SwarmStreams:
             pair.transport.close()
         self.server.observer.off("newworker", self._follow_worker)
         self.server.observer.off("newrouter", self._follow_router)
+        for source, listeners in self._attached.values():
+            for event, listener in listeners:
+                source.observer.off(event, listener)
+        self._attached.clear()
         self.server.remove_route(ROUTE)
         self.server.before_consume = None
         for task in (*self._senders.values(), *self._following):

@@ -49,8 +49,9 @@ def _key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 
 
 def _view() -> ClusterView:
-    """s1 (two workers, one a pool's without CPU yet) sends to s2, s2 sends back and to
-    nobody in the cluster; s3 has no report; s2's region needs escaping."""
+    """s1 (two workers, one a pool's without CPU yet; routers, clients and pipe ends
+    beyond its report's caps) sends to s2, s2 sends back and to nobody in the cluster;
+    s3 has no report; s2's region needs escaping."""
     s1 = _report(
         "s1",
         [11, 12],
@@ -58,6 +59,7 @@ def _view() -> ClusterView:
         5.0,
     )
     s1["workers"][1].update(cpu=None, cpuTime=None, load=None, consumers=7)
+    s1.update(routersOmitted=2, pipesOmitted=4)  # and one client, as every _report
     s2 = _report(
         "s2",
         [21],
@@ -97,6 +99,16 @@ def _check(samples: Samples) -> None:
     assert samples[_key("mafalda_server_clients", server="s1")] == 3  # one beyond the cap
     assert samples[_key("mafalda_server_clients_away", server="s1")] == 1
     assert samples[_key("mafalda_server_clients", server="s3")] == 0
+    # What a report left out beyond its caps: a series per kind, none unreported.
+    left_out = {k: v for k, v in samples.items() if k[0] == "mafalda_server_omitted"}
+    assert left_out == {
+        _key("mafalda_server_omitted", server="s1", what="routers"): 2,
+        _key("mafalda_server_omitted", server="s1", what="clients"): 1,
+        _key("mafalda_server_omitted", server="s1", what="pipes"): 4,
+        _key("mafalda_server_omitted", server="s2", what="routers"): 0,
+        _key("mafalda_server_omitted", server="s2", what="clients"): 1,
+        _key("mafalda_server_omitted", server="s2", what="pipes"): 0,
+    }
     assert samples[_key(cpu_total, server="s1", worker="11")] == 12.5
     assert samples[_key("mafalda_worker_cpu_ratio", server="s1", worker="11")] == 0.25
     assert samples[_key("mafalda_worker_load", server="s1", worker="11")] == 0.4

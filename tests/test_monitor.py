@@ -40,6 +40,7 @@ from mafalda.monitor.stats import (
     stats_key,
     stats_pattern,
 )
+from mafalda.monitor.view import omitted
 from mafalda.monitor.web import PAGE, MonitorWeb, check_page_options, password_of
 from tests.conftest import MEDIA_CODECS, opus_rtp_parameters
 from tests.processes import (
@@ -332,7 +333,7 @@ def _rooms_view() -> ClusterView:
     mafaldaRouterId, a loopback pipe between them), a cluster router on s1 and s2
     (clusterRouterId, a pipe between the servers), a router of its own (from an older
     server: no detail), a pipe end on a router beyond its report's cap (no room), and
-    two ends beyond s1's report's cap (counted)."""
+    a router, three clients and two ends beyond s1's report's caps (counted)."""
     s1 = _report("s1", [11, 12], [], 100.0)
     s1["routers"] = [
         _router("p11", 11, 2, producers=1, mafaldaRouterId="M",
@@ -345,6 +346,7 @@ def _rooms_view() -> ClusterView:
     ]  # fmt: skip
     s1["routersOmitted"] = 1
     s1["pipesOmitted"] = 2
+    s1["clientsOmitted"] = 3
     s1["pipes"] = [
         _on("p11", _end("pa", 11, ("127.0.0.1", 6000), ("127.0.0.1", 6001), consumers=1)),
         _on("p12", _end("pb", 12, ("127.0.0.1", 6001), ("127.0.0.1", 6000), producers=1)),
@@ -361,6 +363,7 @@ def _rooms_view() -> ClusterView:
     s2["pipes"] = [
         _on("c21", _end("cb", 21, ("10.0.0.2", 5000), ("10.0.0.1", 4000), producers=1)),
     ]
+    s2["clientsOmitted"] = 0  # nothing left out
     return build_view([_record("s1", "10.0.0.1"), _record("s2", "10.0.0.2")], [s1, s2], now=101)
 
 
@@ -411,11 +414,19 @@ def test_view_shows_each_room_where_it_lives_and_how_it_is_linked() -> None:
     assert (place["worker"], place["dataProducers"], place["pipes"]) == (12, 1, 0)
     # The end on the router beyond s1's cap is in the cluster's links, in no room's.
     assert len(view["links"]) == 3
-    # Ends beyond a report's cap: counted by server, shown after the links.
+    # What a report left out beyond its caps: counted by server, said under its workers
+    # (routers, clients and pipe ends alike), only when there is any.
     assert [s["pipesOmitted"] for s in view["servers"]] == [2, 0]
+    assert [omitted(s) for s in view["servers"]] == ["1 router, 3 clients, 2 pipe ends", ""]
+    singular = {**view["servers"][0], "routersOmitted": 2, "clientsOmitted": 1}
+    assert omitted(singular) == "2 routers, 1 client, 2 pipe ends"  # type: ignore[arg-type]
     text = render_text(view)
-    assert text.endswith("(1 pipe)\n  s1: 2 more pipe ends, beyond its report's cap (in no link)\n")
-    assert "s2: " not in text
+    assert (
+        "data 0/1\n  left out of its report (beyond its caps): 1 router, 3 clients, 2 pipe ends\n"
+        "s2  mediasoup"
+    ) in text
+    assert text.count("left out") == 1
+    assert text.endswith("(1 pipe)\n")
     assert (
         "rooms across workers\n"
         "  cluster C  servers s1, s2  transports 4 (webrtc 1, plain 1, pipe 2)  "
@@ -1330,17 +1341,30 @@ async def test_page_opens_a_routers_room() -> None:
             assert await page.locator("#routers tr.detail").count() == 1
             await row.locator("button.toggle").click()
             assert await page.locator("#routers tr.detail").count() == 0
-            assert await page.inner_text("#pipes-omitted") == (
-                "s1: 2 more pipe ends (beyond the reports' caps, in no link)"
+            # What s1's report left out, under its workers; s2's left out nothing.
+            rows = "(rows) => rows.map((r) => r.className)"
+            assert await page.locator("#servers tbody tr").evaluate_all(rows) == [
+                "server", "worker", "worker", "omitted", "server", "worker",
+            ]  # fmt: skip
+            assert await page.inner_text("#servers tr.omitted") == (
+                "left out of its report (beyond its caps): 1 router, 3 clients, 2 pipe ends"
             )
             solo = page.locator("#routers tr.router[data-router='s1/solo']")
             await solo.locator("button.toggle").click()
             solo_detail = await page.inner_text("#routers tr.detail[data-router='s1/solo']")
             assert "router solo — servers s1, workers 1" in solo_detail
             assert "no pipes" in solo_detail
-            uncapped = {**view, "servers": [{**s, "pipesOmitted": 0} for s in view["servers"]]}
+            one = {"routersOmitted": 2, "clientsOmitted": 1, "pipesOmitted": 0}
+            singular = {**view, "servers": [{**s, **one} for s in view["servers"]]}
+            await page.evaluate("(view) => render(view)", singular)
+            assert (
+                await page.locator("#servers tr.omitted").all_inner_texts()
+                == ["left out of its report (beyond its caps): 2 routers, 1 client"] * 2
+            )
+            none = {"routersOmitted": 0, "clientsOmitted": 0, "pipesOmitted": 0}
+            uncapped = {**view, "servers": [{**s, **none} for s in view["servers"]]}
             await page.evaluate("(view) => render(view)", uncapped)
-            assert await page.inner_text("#pipes-omitted") == ""
+            assert await page.locator("#servers tr.omitted").count() == 0
             assert errors == []
         finally:
             await browser.close()

@@ -7,6 +7,7 @@ type, in Prometheus's text format or OpenMetrics as the scraper's ``Accept`` hea
 One series per server and per worker, labelled by the server's id and the worker's pid,
 and one per link direction; routers are left out (their ids come and go with rooms: a
 series each would grow Prometheus's index without bound), their counts are the workers'.
+What a server's report left out beyond its caps is one series per kind (``what``).
 Cluster totals are sums in PromQL (``sum(mafalda_worker_consumers)``).
 """
 
@@ -35,6 +36,9 @@ _WORKER_COUNTS = (
     ("dataProducers", "data_producers", "Data producers on the worker."),
     ("dataConsumers", "data_consumers", "Data consumers on the worker."),
 )
+
+#: What a report leaves out beyond its caps: (``what`` label, ServerView key).
+_OMITTED = (("routers", "routersOmitted"), ("clients", "clientsOmitted"), ("pipes", "pipesOmitted"))
 
 
 class _Families:
@@ -85,6 +89,12 @@ def collect(view: ClusterView) -> list[Metric]:
         "mafalda_server_clients_away",
         "Sessions within their grace period, among the 1,000 reported.",
         labels=server_labels,
+    )
+    omitted = GaugeMetricFamily(
+        "mafalda_server_omitted",
+        "Routers, clients or pipe ends (what) the server's report left out beyond its caps "
+        "(the view has them in no room, away figure or link).",
+        labels=["server", "what"],
     )
     worker_labels = ["server", "worker"]
     cpu_total = CounterMetricFamily(
@@ -141,6 +151,9 @@ def collect(view: ClusterView) -> list[Metric]:
         load.add_metric(sid, server["load"])
         clients.add_metric(sid, server["totals"]["clients"])
         away.add_metric(sid, clients_away(server))
+        if server["reported"]:  # else unknown: no sample
+            for what, key in _OMITTED:
+                omitted.add_metric([server["id"], what], server[key])  # type: ignore[literal-required]
         for worker in server["workers"]:
             wid = [server["id"], str(worker["pid"])]
             if worker["cpuTime"] is not None:
@@ -165,6 +178,7 @@ def collect(view: ClusterView) -> list[Metric]:
         load,
         clients,
         away,
+        omitted,
         cpu_total,
         cpu,
         placement,

@@ -48,6 +48,7 @@ __all__ = [
     "build_view",
     "busiest_routers",
     "clients_away",
+    "omitted",
     "render_text",
 ]
 
@@ -385,6 +386,18 @@ def _held(room: RoomView | RoomWorker) -> str:
     )
 
 
+def omitted(server: ServerView) -> str:
+    """What ``server``'s report left out beyond its caps, "" if nothing: "1 router,
+    3 clients, 2 pipe ends". Those routers are in no room, those clients in no away
+    figure, those ends in no link; the terminal and the page say it alike."""
+    counts = (
+        (server["routersOmitted"], "router"),
+        (server["clientsOmitted"], "client"),
+        (server["pipesOmitted"], "pipe end"),
+    )
+    return ", ".join(f"{n} {what}{'' if n == 1 else 's'}" for n, what in counts if n)
+
+
 def busiest_routers(view: ClusterView, limit: int = 10) -> list[tuple[str, RouterStats]]:
     """The ``limit`` busiest routers of the cluster (consumers and producers, then
     transports), with their server's id."""
@@ -401,9 +414,9 @@ def busiest_routers(view: ClusterView, limit: int = 10) -> list[tuple[str, Route
 
 
 def render_text(view: ClusterView, *, routers: int = 10) -> str:
-    """A terminal page: one line per server and per worker, the ``routers`` busiest
-    routers, as many of the busiest rooms spanning workers (a line per worker), then
-    the links."""
+    """A terminal page: one line per server and per worker (and what its report left
+    out, if anything), the ``routers`` busiest routers, as many of the busiest rooms
+    spanning workers (a line per worker), then the links."""
     totals = view["totals"]
     stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(view["time"]))
     lines = [
@@ -435,6 +448,9 @@ def render_text(view: ClusterView, *, routers: int = 10) -> str:
                 f"consumers {worker['consumers']}  data {worker['dataProducers']}/"
                 f"{worker['dataConsumers']}"
             )
+        left_out = omitted(server)
+        if left_out:
+            lines.append(f"  left out of its report (beyond its caps): {left_out}")
     busiest = busiest_routers(view, routers)
     if busiest:
         lines.append("")
@@ -466,10 +482,4 @@ def render_text(view: ClusterView, *, routers: int = 10) -> str:
             f"  {_end(link['a'])} -> {_end(link['b'])}: {link['aToB']} streams, "
             f"{link['bToA']} back ({link['pipes']} pipe{'s' if link['pipes'] != 1 else ''})"
         )
-    for server in view["servers"]:
-        if server["pipesOmitted"]:
-            lines.append(
-                f"  {server['id']}: {server['pipesOmitted']} more pipe ends, beyond its "
-                "report's cap (in no link)"
-            )
     return "\n".join(lines) + "\n"

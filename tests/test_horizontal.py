@@ -3116,6 +3116,54 @@ async def test_a_same_server_pipe_cut_off_by_a_drop_is_closed_when_the_session_r
         breakout.close()
 
 
+async def test_a_same_server_pipe_answered_after_the_resume_is_closed(
+    redis_server: RedisProcess,
+) -> None:
+    """A cluster router's pipe_to_router() into another cluster router whose child on the
+    producer's server "a" is there too is cut off while this client's worker there
+    (stopped: SIGSTOP) makes the pair between the two children; the session resumes
+    before the worker answers, so the pipe's answer comes late, on the resumed link. Its
+    copy, its pipe consumer and the pair it made are closed: the pair stayed on "a"
+    until a child router closed (no answer names it, and at the resume it did not exist
+    yet, so the cluster's resume had nothing to close)."""
+    from mafalda.mediasoup import PipeTransport
+
+    async with _a_behind_a_relay_and_b(redis_server.url) as (a, relay, cluster):
+        room = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        breakout = await cluster.create_router(media_codecs=MEDIA_CODECS)
+        send = await room.create_direct_transport(server="a")
+        producers = [
+            await send.produce(kind="audio", rtp_parameters=opus_rtp_parameters(ssrc, OPUS_PT))
+            for ssrc in (1111, 2222)
+        ]
+        await breakout.create_direct_transport(server="a")  # (keeps its child there)
+        held = a.live_objects()  # (held: no new object takes the id() of one of them)
+        before = {id(o) for o in held}
+        (worker,) = _live_workers(a)
+        (session,) = a.sessions.values()
+        connection = cluster._clients["a"].connection
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(
+                room.pipe_to_router(router=breakout, producer_id=producers[0].id)
+            )
+            await wait_until(_until(lambda: bool(session.tasks)))  # waiting in the worker
+            resumed = asyncio.ensure_future(connection.events.wait_for("reconnect"))
+            relay.cut()
+            with pytest.raises(RemoteConnectionError):
+                await task
+            await asyncio.wait_for(resumed, 10)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        await wait_until(_until(lambda: not session.tasks))  # answered, late
+        await wait_until(_until(lambda: {id(o) for o in a.live_objects()} == before), timeout=5)
+        result = await room.pipe_to_router(router=breakout, producer_id=producers[1].id)
+        assert not result["pipeProducer"].closed
+        assert len([o for o in a.live_objects() if isinstance(o, PipeTransport)]) == 2
+        room.close()
+        breakout.close()
+
+
 async def test_a_router_worker_made_for_a_webrtc_server_whose_transport_fails_is_released(
     redis_server: RedisProcess,
 ) -> None:

@@ -37,6 +37,7 @@ from mafalda.remote.errors import RemoteConnectionError, RemoteError, error_from
 from mafalda.remote.proxy import (
     RemoteObject,
     RemoteRouter,
+    RemoteTransport,
     RemoteWebRtcServer,
     RemoteWorker,
     adopt_app_data,
@@ -446,18 +447,46 @@ class Connection:
         future.set_result(result.get("value"))
 
     def _close_unclaimed(self, value: Any, request_id: int) -> None:
-        """A late answer (its call timed out or was cancelled here): the objects it made
-        are nobody's, and would live on the server until the session ends. They are those
-        first seen after the call was sent, in this frame or in an earlier one (the
-        'newconsumer' event that tells of a consumer goes with the answer, but the server
-        splits a burst of messages past 256 KiB into several frames); one known before
-        the call is the app's."""
-        if isinstance(value, RemoteObject):
-            if value._born >= request_id:
-                value.close()
-        elif isinstance(value, dict | list):
-            for item in value.values() if isinstance(value, dict) else value:
-                self._close_unclaimed(item, request_id)
+        """A late answer (its call timed out, was cancelled here, or was cut off by a drop
+        and answered on the resumed link): the objects it made are nobody's, and would
+        live on the server until the session ends. They are those first seen after the
+        call was sent, in this frame or in an earlier one (the 'newconsumer' event that
+        tells of a consumer goes with the answer, but the server splits a burst of
+        messages past 256 KiB into several frames); one known before the call is the
+        app's. A pipe_to_router()'s pipe consumer and copy sit on the PipeTransport pair
+        it may have made for them, which its answer does not name: see _close_new_pair."""
+        made: list[RemoteObject] = []
+        _unclaimed(value, request_id, made)
+        for proxy in made:
+            proxy.close()
+        self._close_new_pair(made, request_id)
+
+    def _close_new_pair(self, made: list[RemoteObject], request_id: int) -> None:
+        """Close the pipe transports under ``made`` (a late answer's objects, closed) that
+        were first seen after its call was sent: the pair its pipe_to_router() made, which
+        would stay with its ports until either router closed (a router keeps its pair for
+        its next pipe to the other). Left while anything else uses it (the server gives
+        one pair to every pipe between two routers): another pipe on it, or a
+        pipe_to_router() of either router still under way here (sent as the late answer
+        came: nothing of it is seen yet)."""
+        ends = {
+            proxy.parent
+            for proxy in made
+            if isinstance(proxy.parent, RemoteTransport)
+            and proxy.parent._state.get("type") == "pipe"
+            and proxy.parent._born >= request_id
+        }
+        routers = {end.parent for end in ends}
+        in_use = any(not child.closed for end in ends for child in end._children.values())
+        piping = any(
+            method == "pipe_to_router" and target in routers
+            for _, target, method in self._pending.values()
+        )
+        if in_use or piping:
+            return
+        for end in ends:
+            logger.info("closing %r, made for a pipe_to_router() nobody awaits", end)
+            end.close()
 
     def _on_notification(self, message: p.Notification) -> None:
         params = message.params
@@ -731,6 +760,17 @@ class Connection:
         self._lost()
         await self._http.close()
         self._done.set()
+
+
+def _unclaimed(value: Any, request_id: int, made: list[RemoteObject]) -> None:
+    """Add to ``made`` the proxies in ``value`` (an answer to ``request_id``) first seen
+    since that request was sent."""
+    if isinstance(value, RemoteObject):
+        if value._born >= request_id:
+            made.append(value)
+    elif isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            _unclaimed(item, request_id, made)
 
 
 def _made_by(

@@ -420,6 +420,11 @@ _CREATING = ("create_", "consume", "produce", "pipe_to_router")
 #: towards ``max_objects_per_session`` too (the table name each one fills).
 _ALIASING = {"alias_producer": "_producers", "alias_data_producer": "_data_producers"}
 
+#: Root calls of a Mafalda's that emit a root event just before their answer, in the same
+#: turn (``_MafaldaRoot``): that event carries what changed of the root's state (the
+#: pool's stats, computed once), its answer nothing.
+_TOLD_BY_ROOT_EVENT = frozenset({"create_router", "create_webrtc_server"})
+
 _ROOT_METHODS: dict[str, frozenset[str]] = {
     "mediasoup": frozenset({"create_worker", "get_supported_rtp_capabilities"}),
     "mafalda": frozenset(
@@ -1646,6 +1651,8 @@ class RemoteServer:
         answer: dict[str, Any] = {"value": result}  # an object: a reference (converter)
         if isinstance(obj, _Closed):
             pass  # a closed object the session forgot: no state to tell
+        elif target is None and method in _TOLD_BY_ROOT_EVENT:
+            pass  # its root event, sent just before in this turn, carried the root's state
         elif target is None or not (
             method.startswith(_READ_ONLY) or method.startswith(_CREATING)
         ):  # a call that may change its target, or the root's (its stats() refreshes the

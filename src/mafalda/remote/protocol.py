@@ -30,7 +30,9 @@ Client to server:
   with a ``CANCELLED`` (-32006) error: it no longer holds one of the calls a session may
   have running at once. Any other call runs to its end (a creation stopped half-way
   could leave what it made in the worker) and is answered as usual, late (the client
-  closes what it made: nobody holds it). Sent with an ``id``, it is answered ``true``
+  closes what it made: nobody holds it). (A call whose awaited work the server did not
+  cancel itself ends in ``CANCELLED`` too: a library closing under it.) Sent with an
+  ``id``, it is answered ``true``
   when it cancelled a call, else ``false``. (A server that knows no ``cancel`` answers
   nothing to it: an unknown method sent without ``id`` gets no answer.) When a session
   is resumed, the held calls of its previous link are cancelled, without an answer: the
@@ -167,7 +169,7 @@ AUTH_FAILED = -32002
 VERSION_MISMATCH = -32003
 FORBIDDEN = -32004  #: unknown object, or one owned by another connection
 RATE_LIMITED = -32005
-CANCELLED = -32006  #: the answer of a held call its client cancelled
+CANCELLED = -32006  #: a held call its client cancelled, or one whose wait was cancelled under it
 #: The WebSocket close code a connection gets when its session is resumed on another
 #: connection (a client does not reconnect after it).
 SESSION_TAKEN_OVER = 4001

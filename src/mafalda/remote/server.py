@@ -1625,6 +1625,13 @@ class RemoteServer:
                     self._tell(session, session.handles.get(id(kwargs.get("router"))))
             else:
                 self._answer(session, request_id, call.target, obj, result, call.method)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise  # this server's own (a drain, a close, a cancel): answered, or moot
+            # What it awaited was cancelled by something else (a lookup whose library
+            # cancelled its inner wait as it closed): its client would wait forever.
+            message = f"{call.method}() cancelled on the server: what it awaited was cancelled"
+            self._fail(session, request_id, call, p.ProtocolError(p.CANCELLED, message))
         finally:
             if counted:  # its objects are registered now (when it made any)
                 session.creating -= 1
@@ -1695,6 +1702,13 @@ class RemoteServer:
             )
             return
         session.send(p.error_response(request_id, code, str(error), wire))
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not only a future it awaited)."""
+    task = asyncio.current_task()
+    assert task is not None  # (a call runs in its own task)
+    return task.cancelling() > 0
 
 
 def _call_error(req: p.Request, code: int, message: str) -> dict[str, Any]:

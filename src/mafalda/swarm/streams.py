@@ -540,18 +540,14 @@ class SwarmStreams:
             return None
         ask = {"op": "locate", "producerId": key[0], "data": key[1]}
         asking = asyncio.ensure_future(self._post(members[server_id], ask))
-        # (A deadline, not asyncio.timeout(): see _find_on().)
+        # (A deadline, not asyncio.timeout(): see _find_on().) Past it, no answer.
         try:
             done, _ = await asyncio.wait((asking,), timeout=self.find_timeout / 4)
-        finally:
-            if not asking.done():  # (past the deadline, or the lookup cancelled)
-                asking.cancel()
-        if not done:
-            return None
-        try:
-            answer = asking.result()
+            answer = asking.result() if done else {}
         except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
             return None
+        finally:
+            asking.cancel()  # (nothing once it is done: past the deadline, or cancelled)
         home = answer.get("at")
         return home if isinstance(home, str) else None
 

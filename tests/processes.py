@@ -168,40 +168,33 @@ async def reap(proc: asyncio.subprocess.Process) -> int:
     return code
 
 
-def serve_command(
-    redis_url: str, index: int, heartbeat: float, *extra: str, host: str | None = None
-) -> list[str]:
-    """`mafalda serve --cluster` for server s<index> on 127.0.0.<index+1> (or ``host``)."""
+def _server_args(index: int, heartbeat: float, host: str | None, *mode: str) -> list[str]:
+    """`mafalda serve` for server s<index> on 127.0.0.<index+1> (or ``host``), in ``mode``
+    (``--cluster URL`` or ``--swarm SEED...``, and any extra options)."""
     return serve_args(
         "--host",
         host or f"127.0.0.{index + 1}",
-        "--cluster",
-        redis_url,
         "--server-id",
         f"s{index}",
         "--heartbeat",
         str(heartbeat),
         "--drain-timeout",
         "10",
-        *extra,
+        *mode,
     )
+
+
+def serve_command(
+    redis_url: str, index: int, heartbeat: float, *extra: str, host: str | None = None
+) -> list[str]:
+    """`mafalda serve --cluster` for server s<index> on 127.0.0.<index+1> (or ``host``)."""
+    return _server_args(index, heartbeat, host, "--cluster", redis_url, *extra)
 
 
 def swarm_command(index: int, *seeds: str, heartbeat: float = 0.2) -> list[str]:
     """`mafalda serve --swarm` for server s<index> on 127.0.0.<index+1>, joining the
     swarm through ``seeds`` (none: it starts one)."""
-    return serve_args(
-        "--host",
-        f"127.0.0.{index + 1}",
-        "--server-id",
-        f"s{index}",
-        "--heartbeat",
-        str(heartbeat),
-        "--drain-timeout",
-        "10",
-        "--swarm",
-        *seeds,
-    )
+    return _server_args(index, heartbeat, None, "--swarm", *seeds)
 
 
 def start_servers(

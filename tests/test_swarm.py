@@ -2542,7 +2542,7 @@ _CUT = "stream from server s1 was cut while it opened"
         ("router", InvalidStateError("Router closed")),
         ("producer", InvalidValueError("not found")),
         ("owner leaves", Exception(_CUT)),
-        ("asker stops", Exception(_CUT)),
+        ("asker stops", MediasoupError("server s2: its swarm node stopped before data producer")),
     ],
 )
 async def test_a_data_stream_closed_on_either_side_while_it_opens(
@@ -2550,7 +2550,8 @@ async def test_a_data_stream_closed_on_either_side_while_it_opens(
 ) -> None:
     """The consumer's router, or the data producer, closes while the stream waits for
     its SCTP association, or s1 leaves the swarm (s2 is told), or s2's node stops: the
-    consume fails (the producer's as mediasoup's "not found"), and nothing of the stream
+    consume fails (the producer's as mediasoup's "not found", the stop's saying the node
+    stopped), and nothing of the stream
     is left on either server, its new pair included (a copy kept after a leave would
     stay, fed by no one)."""
     entered, release, held_on = _hold_sctp(monkeypatch)
@@ -2845,6 +2846,77 @@ async def test_a_consume_under_way_when_the_node_stops_fails_with_a_stream_error
         finally:
             for app in (a, b):
                 await app.client.aclose()
+
+
+async def test_lookups_under_way_when_the_node_stops_fail_with_a_stream_error() -> None:
+    """A swarm peer whose control port takes connections but never answers (as a
+    SIGSTOPped server's), and more consumes of unknown ids than aiohttp's connection
+    limit: the lookups beyond it wait for a connection. The node stops: its HTTP
+    client's close cuts the lookups (the asks in flight fail, the waits for a
+    connection are cancelled). Every consume fails at once with the swarm's StreamError
+    naming its producer id: not mediasoup's "not found" (the producer may well exist:
+    this server stopped looking), nor a CANCELLED RemoteError (a cancelled ask is that
+    peer's no answer, not the lookup's end); the session serves on."""
+    limit, queued = 100, 5  # aiohttp's connections at once per ClientSession; beyond it
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.9", 0))
+    # Never accepted; a backlog for every lookup's connection: each is made (none left
+    # retrying its SYN, past the test), and cut when the node's HTTP client closes.
+    frozen.listen(limit + queued + 16)
+    port = frozen.getsockname()[1]
+    try:
+        async with await remote.serve(host="127.0.0.2", token=TOKEN) as s1:
+            n1 = SwarmNode(
+                s1,
+                token=TOKEN,
+                server_id="s1",
+                interval=ROUND,
+                fail_after=30,  # the frozen peer stays a member throughout
+                find_timeout=60,  # no lookup ends by its deadline during the test
+            )
+            await n1.start()
+            app = None
+            try:
+                late = entry("frozen", generation=2**40, controlUrl=f"ws://127.0.0.9:{port}/")
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+                async with aiohttp.ClientSession(headers=auth) as http:
+                    async with http.post(route_url(s1.url), data=encode_gossip([late])) as r:
+                        assert r.status == 200
+                assert set(n1.members) == {"s1", "frozen"}
+                app = await App.on(s1.url)
+                transport = await app.router.create_direct_transport()
+                caps = app.router.rtp_capabilities
+                ids = [str(uuid.uuid4()) for _ in range(limit + queued)]
+                consumes = [
+                    asyncio.ensure_future(transport.consume(producer_id=i, rtp_capabilities=caps))
+                    for i in ids
+                ]
+                assert n1.streams is not None and n1.streams._http is not None
+                connector: Any = n1.streams._http.connector
+                # (aiohttp tells no count of what waits for a connection but this.)
+                await wait_until(
+                    lambda: sum(map(len, connector._waiters.values())) == queued, timeout=5
+                )
+                await n1.aclose()
+                async with asyncio.timeout(3):
+                    results = await asyncio.gather(*consumes, return_exceptions=True)
+                for producer_id, error in zip(ids, results, strict=True):
+                    assert isinstance(error, MediasoupError), results
+                    assert not isinstance(error, RemoteError), results  # (not CANCELLED)
+                    assert str(error) == (
+                        f"server s1: its swarm node stopped before producer {producer_id} "
+                        "was brought here"
+                    )
+                # The session goes on (the stopped node no longer looks anything up).
+                with pytest.raises(InvalidValueError, match="not found"):
+                    await transport.consume(producer_id=str(uuid.uuid4()), rtp_capabilities=caps)
+                assert not (await app.router.create_direct_transport()).closed
+            finally:
+                if app is not None:
+                    await app.client.aclose()
+                await n1.aclose()
+    finally:
+        frozen.close()
 
 
 async def test_a_stream_that_cannot_be_copied_leaves_its_pair_to_the_others(

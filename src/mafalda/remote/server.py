@@ -1628,8 +1628,8 @@ class RemoteServer:
         except asyncio.CancelledError:
             if _being_cancelled():
                 raise  # this server's own (a drain, a close, a cancel): answered, or moot
-            # What it awaited was cancelled by something else (a lookup whose library
-            # cancelled its inner wait as it closed): its client would wait forever.
+            # What it awaited was cancelled by something else (a library cancelling a
+            # wait of its own as it closes): its client would wait forever.
             message = f"{call.method}() cancelled on the server: what it awaited was cancelled"
             self._fail(session, request_id, call, p.ProtocolError(p.CANCELLED, message))
         finally:

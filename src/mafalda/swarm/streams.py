@@ -26,7 +26,10 @@ a member only (one that is joining is waited for, up to ``find_timeout``): a pip
 stranger would never close, as no leave of it comes. A stream or pair its asker closes
 while it opens, or whose peer leaves meanwhile, is closed once made, and its open
 fails. A lookup asks the peer P was found on last,
-then P's directory server and the home it names, and only then every peer.
+then P's directory server and the home it names, and only then every peer. A consume
+whose lookup or open the node's stop (``aclose()``) cuts fails with a StreamError
+saying so (not "not found": P may exist); a lookup ends at once (the stop closes the
+HTTP client its asks go through).
 
 Data producers the same way (``consume_data(data_producer_id=P)``; SCTP on the pipe).
 RTP observers' ``add_producer(producer_id=P)`` too (a watched copy is in use). On a
@@ -424,6 +427,22 @@ class SwarmStreams:
         if found is not None:  # another app's router on this server
             await self._pipe_locally(found[1], router, producer_id, data)
             return
+        try:
+            await self._bring_from_peers(router, producer_id, data)
+        finally:
+            task = asyncio.current_task()
+            if not self._started and not (task is not None and task.cancelling()):
+                # Stopped meanwhile (aclose()): its HTTP client's close cut the lookup
+                # and the open, which ended as failed (or cancelled) asks; "not found",
+                # or what they raised, would not tell the truth: the producer may exist.
+                # (A consume cancelled itself, as its server closes, stays cancelled.)
+                kind = "data producer" if data else "producer"
+                raise StreamError(
+                    f"server {self.id}: its swarm node stopped before {kind} {producer_id} "
+                    "was brought here"
+                )
+
+    async def _bring_from_peers(self, router: Any, producer_id: str, data: bool) -> None:
         found_at = await self._find(producer_id, data)
         if found_at is not None:  # else nowhere: mediasoup's own "not found" answers the call
             owner, owner_router = found_at
@@ -543,7 +562,8 @@ class SwarmStreams:
         # (A deadline, not asyncio.timeout(): see _find_on().) Past it, no answer.
         try:
             done, _ = await asyncio.wait((asking,), timeout=self.find_timeout / 4)
-            answer = asking.result() if done else {}
+            # Cancelled, not by this lookup (a closing HTTP client's queued wait): no answer.
+            answer = asking.result() if done and not asking.cancelled() else {}
         except (aiohttp.ClientError, OSError, TimeoutError, StreamError, ValueError):
             return None
         finally:
@@ -631,8 +651,11 @@ class SwarmStreams:
                     )
                     break
                 for task in done:
-                    if task.result() is not None:
-                        return task.result()
+                    # An ask cancelled, not by this lookup (its wait for a connection of
+                    # a closing HTTP client): that peer's no answer, as a failed ask.
+                    found = None if task.cancelled() else task.result()
+                    if found is not None:
+                        return found
         finally:
             for task in pending:
                 task.cancel()

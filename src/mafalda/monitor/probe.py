@@ -43,15 +43,6 @@ from mafalda.vertical import Mafalda
 __all__ = ["Probe", "pool_loads", "pool_rooms"]
 
 
-def _transport_counts(transport: Transport) -> dict[str, int]:
-    return {
-        "producers": len(transport.producers),
-        "consumers": len(transport.consumers),
-        "dataProducers": len(transport.data_producers),
-        "dataConsumers": len(transport.data_consumers),
-    }
-
-
 class Probe:
     """Follows the workers this process starts; ``sample()`` reports on them."""
 
@@ -223,9 +214,13 @@ class Probe:
                     media = producer.kind
                     kinds[media] = kinds.get(media, 0) + 1
             if isinstance(transport, PipeTransport):
-                pipes.append(
-                    _pipe_end(transport, router, entry["worker"], _transport_counts(transport))
-                )
+                counts = {
+                    "producers": len(producers),
+                    "consumers": consumers,
+                    "dataProducers": data_producers,
+                    "dataConsumers": data_consumers,
+                }
+                pipes.append(_pipe_end(transport, router, entry["worker"], counts))
         kept = _busiest(routers.values(), self.max_routers)
         pipes_kept = _pipes_kept(pipes, {r["id"] for r in kept}, self.max_pipes)
         clients = list(self.clients()) if self.clients is not None else []
